@@ -1,0 +1,22 @@
+//! thinfleet resource types, validation, label selectors and manifest decoding.
+//!
+//! Pure: no I/O, no async runtime, no HTTP, no database. Everything here is tested as plain
+//! functions.
+
+pub mod decode;
+pub mod meta;
+pub mod resources;
+pub mod schema;
+pub mod selector;
+pub mod validate;
+
+pub use decode::{DecodeError, Limits, Position, SourcedObject, decode_objects};
+pub use meta::{API_VERSION, Condition, ConditionStatus, ObjectMeta, Timestamp};
+pub use resources::{
+    AgentSpec, Artifact, ArtifactStatus, AssignedPackage, Client, ClientGroup, ClientGroupSpec,
+    ClientGroupStatus, ClientPhase, ClientSpec, ClientStatus, IntOrPercent, Kind, Object,
+    PackageRelease, PackageReleaseSpec, PackageReleaseStatus, PackageRequirement, ResolvedPackage,
+    RolloutSpec,
+};
+pub use selector::{LabelSelector, LabelSelectorRequirement, SelectorOperator};
+pub use tc_proto::{Hook, Hooks, Inventory, PackageReport, PackageState};

@@ -1,0 +1,259 @@
+//! Kubernetes label selectors: `matchLabels` and `matchExpressions`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::validate::{Errors, validate_label_key, validate_label_value};
+
+/// Selects clients by their labels. Every part must hold (AND); `{}` selects every client.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LabelSelector {
+    /// Each key must have exactly this value.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub match_labels: BTreeMap<String, String>,
+    /// Each expression must hold.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub match_expressions: Vec<LabelSelectorRequirement>,
+}
+
+/// One expression of a selector.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LabelSelectorRequirement {
+    /// The label key.
+    pub key: String,
+    /// How the key's value is tested.
+    pub operator: SelectorOperator,
+    /// Values for `In` and `NotIn` (at least one); empty for `Exists` and `DoesNotExist`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub values: Vec<String>,
+}
+
+/// Operators of a selector expression.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum SelectorOperator {
+    /// The label is present and its value is one of `values`.
+    In,
+    /// The label is absent, or its value is none of `values`.
+    NotIn,
+    /// The label is present.
+    Exists,
+    /// The label is absent.
+    DoesNotExist,
+}
+
+impl LabelSelector {
+    /// A selector that matches every set of labels.
+    pub fn everything() -> Self {
+        LabelSelector::default()
+    }
+
+    /// True when the selector matches `labels`.
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.match_labels
+            .iter()
+            .all(|(key, value)| labels.get(key) == Some(value))
+            && self
+                .match_expressions
+                .iter()
+                .all(|requirement| requirement.matches(labels))
+    }
+
+    /// True when the selector selects everything.
+    pub fn is_empty(&self) -> bool {
+        self.match_labels.is_empty() && self.match_expressions.is_empty()
+    }
+
+    /// Checks keys, values and operator arity; errors are reported under `path`.
+    pub fn validate(&self, path: &str, errors: &mut Errors) {
+        for (key, value) in &self.match_labels {
+            let entry = format!("{path}.matchLabels.{key}");
+            validate_label_key(key, &entry, errors);
+            validate_label_value(value, &entry, errors);
+        }
+        for (index, requirement) in self.match_expressions.iter().enumerate() {
+            let entry = format!("{path}.matchExpressions[{index}]");
+            validate_label_key(&requirement.key, &format!("{entry}.key"), errors);
+            match requirement.operator {
+                SelectorOperator::In | SelectorOperator::NotIn => {
+                    if requirement.values.is_empty() {
+                        errors.push(
+                            format!("{entry}.values"),
+                            format!(
+                                "operator {:?} needs at least one value",
+                                requirement.operator
+                            ),
+                        );
+                    }
+                }
+                SelectorOperator::Exists | SelectorOperator::DoesNotExist => {
+                    if !requirement.values.is_empty() {
+                        errors.push(
+                            format!("{entry}.values"),
+                            format!("operator {:?} takes no values", requirement.operator),
+                        );
+                    }
+                }
+            }
+            for (value_index, value) in requirement.values.iter().enumerate() {
+                validate_label_value(value, &format!("{entry}.values[{value_index}]"), errors);
+            }
+        }
+    }
+}
+
+impl LabelSelectorRequirement {
+    /// True when this expression holds for `labels`.
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        let value = labels.get(&self.key);
+        match self.operator {
+            SelectorOperator::In => value.is_some_and(|v| self.values.contains(v)),
+            SelectorOperator::NotIn => value.is_none_or(|v| !self.values.contains(v)),
+            SelectorOperator::Exists => value.is_some(),
+            SelectorOperator::DoesNotExist => value.is_none(),
+        }
+    }
+}
+
+/// Error of [`LabelSelector::parse`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid selector `{selector}`: {message}")]
+pub struct SelectorParseError {
+    /// The text that was parsed.
+    pub selector: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl LabelSelector {
+    /// Parses the kubectl `-l` syntax: comma-separated `k=v`, `k==v`, `k!=v`, `k in (a,b)`,
+    /// `k notin (a,b)`, `k` and `!k`.
+    pub fn parse(text: &str) -> Result<Self, SelectorParseError> {
+        let fail = |message: String| SelectorParseError {
+            selector: text.to_string(),
+            message,
+        };
+        let mut selector = LabelSelector::default();
+        for term in split_terms(text).map_err(&fail)? {
+            let term = term.trim();
+            if term.is_empty() {
+                continue;
+            }
+            let requirement = if let Some(key) = term.strip_prefix('!') {
+                LabelSelectorRequirement {
+                    key: key.trim().to_string(),
+                    operator: SelectorOperator::DoesNotExist,
+                    values: vec![],
+                }
+            } else if let Some((key, value)) = term.split_once("!=") {
+                LabelSelectorRequirement {
+                    key: key.trim().to_string(),
+                    operator: SelectorOperator::NotIn,
+                    values: vec![value.trim().to_string()],
+                }
+            } else if let Some((key, value)) =
+                term.split_once("==").or_else(|| term.split_once('='))
+            {
+                selector
+                    .match_labels
+                    .insert(key.trim().to_string(), value.trim().to_string());
+                continue;
+            } else if let Some((key, operator, values)) = parse_set_term(term) {
+                LabelSelectorRequirement {
+                    key,
+                    operator,
+                    values,
+                }
+            } else if term
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
+            {
+                LabelSelectorRequirement {
+                    key: term.to_string(),
+                    operator: SelectorOperator::Exists,
+                    values: vec![],
+                }
+            } else {
+                return Err(fail(format!("cannot understand `{term}`")));
+            };
+            selector.match_expressions.push(requirement);
+        }
+        let mut errors = Errors::default();
+        selector.validate("selector", &mut errors);
+        match errors.into_result() {
+            Ok(()) => Ok(selector),
+            Err(errors) => Err(fail(errors.to_string())),
+        }
+    }
+}
+
+/// Splits on commas that are not inside parentheses.
+fn split_terms(text: &str) -> Result<Vec<&str>, String> {
+    let mut terms = vec![];
+    let mut depth = 0usize;
+    let mut start = 0;
+    for (index, c) in text.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth = depth.checked_sub(1).ok_or("unbalanced `)`")?,
+            ',' if depth == 0 => {
+                terms.push(&text[start..index]);
+                start = index + 1;
+            }
+            _ => {}
+        }
+    }
+    if depth != 0 {
+        return Err("unbalanced `(`".into());
+    }
+    terms.push(&text[start..]);
+    Ok(terms)
+}
+
+fn parse_set_term(term: &str) -> Option<(String, SelectorOperator, Vec<String>)> {
+    let open = term.find('(')?;
+    let inner = term[open + 1..].strip_suffix(')')?;
+    let mut head = term[..open].split_whitespace();
+    let key = head.next()?.to_string();
+    let operator = match head.next()? {
+        "in" => SelectorOperator::In,
+        "notin" => SelectorOperator::NotIn,
+        _ => return None,
+    };
+    if head.next().is_some() {
+        return None;
+    }
+    let values = inner
+        .split(',')
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+        .collect();
+    Some((key, operator, values))
+}
+
+impl fmt::Display for LabelSelector {
+    /// Writes the selector in the `-l` syntax accepted by [`LabelSelector::parse`].
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut terms: Vec<String> = self
+            .match_labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        for requirement in &self.match_expressions {
+            let key = &requirement.key;
+            terms.push(match requirement.operator {
+                SelectorOperator::In => format!("{key} in ({})", requirement.values.join(",")),
+                SelectorOperator::NotIn => {
+                    format!("{key} notin ({})", requirement.values.join(","))
+                }
+                SelectorOperator::Exists => key.clone(),
+                SelectorOperator::DoesNotExist => format!("!{key}"),
+            });
+        }
+        f.write_str(&terms.join(","))
+    }
+}

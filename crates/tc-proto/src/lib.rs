@@ -1,0 +1,477 @@
+//! Wire types of the agent protocol (`/agent/v1`), shared by `tc-agent` and `tc-controller`.
+//!
+//! The protocol is versioned on its own ([`PROTOCOL_VERSION`]), independently of the resource API.
+//! Wire types accept unknown fields so that a newer agent can talk to an older controller and the
+//! other way round; fields added later must have a default.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Version of the agent protocol spoken by this build.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Path prefix of the agent API on the controller.
+pub const AGENT_API_PREFIX: &str = "/agent/v1";
+
+/// A point in time with millisecond precision, written as RFC 3339 UTC (`2026-11-22T01:20:00.000Z`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Timestamp(u64);
+
+impl Timestamp {
+    /// The Unix epoch.
+    pub const EPOCH: Timestamp = Timestamp(0);
+
+    /// The current wall-clock time.
+    pub fn now() -> Self {
+        Self::from_system_time(SystemTime::now())
+    }
+
+    /// Milliseconds since the Unix epoch.
+    pub fn from_unix_millis(millis: u64) -> Self {
+        Timestamp(millis)
+    }
+
+    /// Converts a `SystemTime`; times before the epoch become the epoch.
+    pub fn from_system_time(time: SystemTime) -> Self {
+        let millis = time
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis();
+        Timestamp(u64::try_from(millis).unwrap_or(u64::MAX))
+    }
+
+    /// Milliseconds since the Unix epoch.
+    pub fn unix_millis(self) -> u64 {
+        self.0
+    }
+
+    /// This time plus `duration` (saturating).
+    pub fn add(self, duration: Duration) -> Self {
+        let millis = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
+        Timestamp(self.0.saturating_add(millis))
+    }
+
+    /// How long after `earlier` this time is; zero if it is not after.
+    pub fn since(self, earlier: Timestamp) -> Duration {
+        Duration::from_millis(self.0.saturating_sub(earlier.0))
+    }
+
+    fn system_time(self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_millis(self.0)
+    }
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}",
+            humantime::format_rfc3339_millis(self.system_time())
+        )
+    }
+}
+
+impl std::str::FromStr for Timestamp {
+    type Err = humantime::TimestampError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        humantime::parse_rfc3339_weak(text).map(Self::from_system_time)
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(|error| {
+            serde::de::Error::custom(format!("`{text}` is not an RFC 3339 timestamp: {error}"))
+        })
+    }
+}
+
+#[cfg(feature = "schemars")]
+impl schemars::JsonSchema for Timestamp {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Timestamp".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({ "type": "string", "format": "date-time" })
+    }
+}
+
+/// One command run by the agent inside an extracted package.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Hook {
+    /// Program and arguments; a relative program is resolved inside the package directory.
+    pub command: Vec<String>,
+    /// The hook is killed and counts as failed after this many seconds.
+    #[serde(default = "default_hook_timeout")]
+    pub timeout_seconds: u32,
+}
+
+fn default_hook_timeout() -> u32 {
+    60
+}
+
+/// The optional lifecycle hooks of a package release.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Hooks {
+    /// Runs in the extracted (not yet active) version before activation; failure aborts the install.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pre_install: Option<Hook>,
+    /// Runs after the version became `current`; failure rolls back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub post_install: Option<Hook>,
+    /// Runs last; failure rolls back to the previous version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<Hook>,
+    /// Runs in the active version before it is removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pre_remove: Option<Hook>,
+}
+
+impl Hooks {
+    /// True when no hook is set.
+    pub fn is_empty(&self) -> bool {
+        self == &Hooks::default()
+    }
+}
+
+/// The state of one package on a client, as the agent reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
+pub enum PackageState {
+    /// Active and, if it has a health check, healthy.
+    Installed,
+    /// Being downloaded, extracted or activated.
+    Installing,
+    /// The last attempt failed; the previous version (if any) is active.
+    Failed,
+    /// Being removed.
+    Removing,
+}
+
+impl fmt::Display for PackageState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PackageState::Installed => "Installed",
+            PackageState::Installing => "Installing",
+            PackageState::Failed => "Failed",
+            PackageState::Removing => "Removing",
+        })
+    }
+}
+
+/// One package as reported by an agent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct PackageReport {
+    /// Package name.
+    pub name: String,
+    /// The version this report is about: the active one when `Installed`, the target otherwise.
+    pub version: String,
+    /// Where that version stands.
+    pub state: PackageState,
+    /// The version that is active right now, if any (differs from `version` while updating or after
+    /// a failed update that rolled back).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_version: Option<String>,
+    /// Human-readable detail: the failure reason with the tail of a hook's output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// When the package entered this state.
+    pub since: Timestamp,
+}
+
+/// A disk as seen by the agent.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase", default)]
+pub struct Disk {
+    /// Device name.
+    pub name: String,
+    /// Where it is mounted.
+    pub mount_point: String,
+    /// File system type.
+    pub file_system: String,
+    /// Size in bytes.
+    pub total_bytes: u64,
+    /// Free space in bytes, rounded down to whole MiB so that it does not change the inventory hash
+    /// on every write.
+    pub available_bytes: u64,
+}
+
+/// A network interface as seen by the agent.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase", default)]
+pub struct NetworkInterface {
+    /// Interface name (`eth0`).
+    pub name: String,
+    /// Hardware address (`aa:bb:cc:dd:ee:ff`).
+    pub mac: String,
+    /// Addresses with prefix length (`192.0.2.10/24`).
+    pub addresses: Vec<String>,
+}
+
+/// The hardware and software inventory of a client. It only changes when the machine does: the
+/// values that move all the time (load, uptime) travel in [`Load`] instead, so the inventory hash is
+/// stable and the full inventory is sent only when something really changed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase", default)]
+pub struct Inventory {
+    /// Host name.
+    pub hostname: String,
+    /// Operating system name (`Debian GNU/Linux`).
+    pub os_name: String,
+    /// Operating system version (`12`).
+    pub os_version: String,
+    /// Kernel version.
+    pub kernel_version: String,
+    /// CPU architecture (`x86_64`, `aarch64`).
+    pub arch: String,
+    /// CPU brand string.
+    pub cpu_model: String,
+    /// Logical CPU count.
+    pub cpu_cores: u32,
+    /// Physical memory in bytes.
+    pub memory_total_bytes: u64,
+    /// Disks.
+    pub disks: Vec<Disk>,
+    /// Network interfaces.
+    pub network_interfaces: Vec<NetworkInterface>,
+    /// When the machine booted (uptime = now - boot time).
+    pub boot_time: Option<Timestamp>,
+    /// Version of the tc-agent binary.
+    pub agent_version: String,
+}
+
+/// Fast-moving figures sent with every heartbeat (never part of the inventory hash).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase", default)]
+pub struct Load {
+    /// Average CPU use over the last interval, 0..=100.
+    pub cpu_percent: f32,
+    /// Memory in use, bytes.
+    pub memory_used_bytes: u64,
+    /// Seconds since boot.
+    pub uptime_seconds: u64,
+}
+
+/// `POST /agent/v1/enroll`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EnrollRequest {
+    /// Protocol version spoken by the agent.
+    pub protocol_version: u32,
+    /// The fleet's bootstrap token.
+    pub bootstrap_token: String,
+    /// A stable machine identity (`/etc/machine-id`); re-enrolment with the same id returns the
+    /// same client.
+    pub machine_id: String,
+    /// Preferred client name (the host name by default); the controller may adjust it.
+    pub name: String,
+    /// Host name.
+    pub hostname: String,
+    /// Labels from the agent's own configuration.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Answer to a successful enrolment.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EnrollResponse {
+    /// The client's name on the controller.
+    pub client_name: String,
+    /// Bearer token for every later agent request; shown only once.
+    pub client_token: String,
+    /// Heartbeat interval to use until told otherwise.
+    pub heartbeat_seconds: u32,
+}
+
+/// `POST /agent/v1/heartbeat`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HeartbeatRequest {
+    /// Protocol version spoken by the agent.
+    pub protocol_version: u32,
+    /// The desired revision the package reports below were produced for. Reports for an older
+    /// revision are not taken as proof that the current assignment is done.
+    pub observed_revision: u64,
+    /// Every package thinfleet manages on this client.
+    #[serde(default)]
+    pub packages: Vec<PackageReport>,
+    /// Hash of the inventory (see [`inventory_hash`]).
+    pub inventory_hash: String,
+    /// The full inventory, only when the hash changed or the controller asked for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inventory: Option<Inventory>,
+    /// Load figures.
+    #[serde(default)]
+    pub load: Load,
+}
+
+/// One package a client should run.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DesiredPackage {
+    /// Package name.
+    pub name: String,
+    /// Exact version.
+    pub version: String,
+    /// Lowercase hex sha256 of the zip.
+    pub sha256: String,
+    /// Size of the zip in bytes.
+    pub size: u64,
+    /// Where to download it, relative to the controller URL (`/blobs/sha256/<hex>`).
+    pub url: String,
+    /// Lifecycle hooks.
+    #[serde(default, skip_serializing_if = "Hooks::is_empty")]
+    pub hooks: Hooks,
+}
+
+/// Everything a client should run, at a revision.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DesiredState {
+    /// Increases every time the client's desired packages change.
+    pub revision: u64,
+    /// The packages, sorted by name.
+    pub packages: Vec<DesiredPackage>,
+}
+
+/// Answer to a heartbeat.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HeartbeatResponse {
+    /// What the client should run.
+    pub desired: DesiredState,
+    /// When to send the next heartbeat, jitter included.
+    pub next_heartbeat_millis: u64,
+    /// The controller wants the full inventory with the next heartbeat.
+    #[serde(default)]
+    pub send_inventory: bool,
+}
+
+/// Answer of `GET /agent/v1/desired?afterRevision=N`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DesiredResponse {
+    /// The desired state; its revision equals `afterRevision` when the wait timed out unchanged.
+    pub desired: DesiredState,
+    /// True when the revision is newer than the one asked after.
+    pub changed: bool,
+}
+
+/// Error body of the agent API (the same shape as the admin API's `Status`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ErrorStatus {
+    /// HTTP status code.
+    pub code: u16,
+    /// Machine-readable reason (`Unauthorized`, `BadRequest`, ...).
+    pub reason: String,
+    /// What went wrong, for a person.
+    pub message: String,
+}
+
+/// A stable hash of an inventory: FNV-1a over its canonical JSON-free field walk, in hex.
+///
+/// Uses a fixed algorithm (not `std`'s randomly seeded hasher) so agent and controller agree across
+/// restarts and builds.
+pub fn inventory_hash(inventory: &Inventory) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = Fnv1a::default();
+    inventory.hash(&mut hasher);
+    format!("{:016x}", hasher.finish())
+}
+
+/// 64-bit FNV-1a, small and deterministic.
+struct Fnv1a(u64);
+
+impl Default for Fnv1a {
+    fn default() -> Self {
+        Fnv1a(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl std::hash::Hasher for Fnv1a {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.0 ^= u64::from(*byte);
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamp_round_trips_through_rfc3339() {
+        let time = Timestamp::from_unix_millis(1_795_000_000_123);
+        let text = time.to_string();
+        assert_eq!(text, "2026-11-18T11:06:40.123Z");
+        assert_eq!(text.parse::<Timestamp>().unwrap(), time);
+        let json = serde_json::to_string(&time).unwrap();
+        assert_eq!(serde_json::from_str::<Timestamp>(&json).unwrap(), time);
+    }
+
+    #[test]
+    fn timestamp_rejects_garbage_with_the_text() {
+        let error = serde_json::from_str::<Timestamp>("\"yesterday\"").unwrap_err();
+        assert!(error.to_string().contains("`yesterday`"), "{error}");
+    }
+
+    #[test]
+    fn inventory_hash_is_stable_and_sensitive() {
+        let mut inventory = Inventory {
+            hostname: "kiosk-1".into(),
+            cpu_cores: 2,
+            ..Default::default()
+        };
+        let first = inventory_hash(&inventory);
+        assert_eq!(first, inventory_hash(&inventory.clone()));
+        inventory.memory_total_bytes = 2 << 30;
+        assert_ne!(first, inventory_hash(&inventory));
+        assert_eq!(first.len(), 16);
+    }
+
+    #[test]
+    fn heartbeat_accepts_unknown_fields_from_newer_agents() {
+        let request: HeartbeatRequest = serde_json::from_str(
+            r#"{"protocolVersion":2,"observedRevision":3,"inventoryHash":"x","futureField":true}"#,
+        )
+        .unwrap();
+        assert_eq!(request.observed_revision, 3);
+        assert!(request.packages.is_empty());
+    }
+
+    #[test]
+    fn hooks_default_timeout_is_sixty_seconds() {
+        let hook: Hook = serde_json::from_str(r#"{"command":["./health.sh"]}"#).unwrap();
+        assert_eq!(hook.timeout_seconds, 60);
+    }
+}
