@@ -4,6 +4,7 @@
 //! functions.
 
 pub mod decode;
+pub mod event;
 pub mod meta;
 pub mod resources;
 pub mod schema;
@@ -11,6 +12,7 @@ pub mod selector;
 pub mod validate;
 
 pub use decode::{DecodeError, Limits, Position, SourcedObject, decode_objects};
+pub use event::{Event, EventType, ObjectRef};
 pub use meta::{API_VERSION, Condition, ConditionStatus, ObjectMeta, Timestamp};
 pub use resources::{
     AgentSpec, Artifact, ArtifactStatus, AssignedPackage, Client, ClientGroup, ClientGroupSpec,

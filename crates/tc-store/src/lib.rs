@@ -1,0 +1,177 @@
+//! Persistence of desired and observed state behind the [`Store`] trait.
+//!
+//! [`RedbStore`] is the embedded default. Every write that returns `Ok` is committed to disk.
+//!
+//! Object writes go through one place (see [`Write`]): it assigns `uid` and `creationTimestamp` on
+//! creation, bumps `generation` only when `spec` changes, and gives every write a new
+//! `resourceVersion` from one store-wide counter, so versions also order writes across objects.
+
+mod redb_store;
+
+use tc_api::{Client, Event, Kind, Object, Timestamp};
+
+pub use redb_store::RedbStore;
+
+/// What can go wrong in the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The object does not exist.
+    #[error("{kind}/{name} not found")]
+    NotFound {
+        /// Its kind.
+        kind: String,
+        /// Its name.
+        name: String,
+    },
+    /// A `resourceVersion` precondition failed.
+    #[error(
+        "{kind}/{name} has been modified: its resourceVersion is {actual}, the request expected \
+         {expected}; read it again and retry"
+    )]
+    Conflict {
+        /// Its kind.
+        kind: String,
+        /// Its name.
+        name: String,
+        /// The version the request named.
+        expected: String,
+        /// The stored version (`none` when the object does not exist).
+        actual: String,
+    },
+    /// An object that must be unique already exists.
+    #[error("{kind}/{name} already exists")]
+    AlreadyExists {
+        /// Its kind.
+        kind: String,
+        /// Its name.
+        name: String,
+    },
+    /// The database failed (I/O, corruption, full disk).
+    #[error("database error: {0}")]
+    Database(String),
+    /// A stored record could not be decoded.
+    #[error("stored record {key} is unreadable: {message}")]
+    Corrupt {
+        /// The record's key.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// Result of store operations.
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// One write of an atomic batch (see [`Store::write`]).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Write {
+    /// Create the object, or replace its `spec`, `labels` and `annotations` (its `status` is kept).
+    /// `metadata.resourceVersion`, when set, is a precondition. Server-set metadata in `object` is
+    /// otherwise ignored. Nothing is written (and the outcome is `Unchanged`) when spec, labels,
+    /// annotations and manager are all the same as stored.
+    Apply {
+        /// The object as applied.
+        object: Object,
+        /// Who applies it (`tcadm`, `dir:/srv/manifests`); recorded in `metadata.managedBy`.
+        manager: String,
+    },
+    /// Replace only the object's `status` (controller-owned); `generation` does not move.
+    /// Ignored (outcome `Unchanged`) if the object no longer exists or the status is equal.
+    Status {
+        /// The object carrying the new status.
+        object: Object,
+    },
+    /// Delete the object. `precondition`, when set, must equal its `resourceVersion`.
+    Delete {
+        /// Its kind (`ClientGroup` or `PackageRelease`).
+        kind: Kind,
+        /// Its name.
+        name: String,
+        /// Expected `resourceVersion`.
+        precondition: Option<String>,
+    },
+}
+
+/// What one [`Write`] did.
+#[derive(Clone, Debug, PartialEq)]
+pub enum WriteOutcome {
+    /// A new object; carries the stored object.
+    Created(Object),
+    /// An existing object changed; carries the stored object.
+    Configured(Object),
+    /// Nothing changed; carries the stored object.
+    Unchanged(Object),
+    /// The object was deleted; carries its last state.
+    Deleted(Object),
+    /// The object was already gone (a `Delete` of a missing object without precondition).
+    Missing,
+}
+
+/// Which events to list.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EventFilter {
+    /// Only events about this kind (`ClientGroup`, `Client`, ...).
+    pub kind: Option<String>,
+    /// Only events about objects of this name.
+    pub name: Option<String>,
+    /// Only events with a sequence number greater than this.
+    pub after_seq: Option<u64>,
+    /// At most this many, the newest ones (all when `None`).
+    pub limit: Option<usize>,
+}
+
+/// Persistence of objects, clients, events and settings.
+///
+/// Every method is synchronous and may block on disk; async callers use `spawn_blocking`.
+pub trait Store: Send + Sync + 'static {
+    /// One `ClientGroup` or `PackageRelease`.
+    fn get(&self, kind: Kind, name: &str) -> Result<Option<Object>>;
+
+    /// Every object of a kind (`ClientGroup` or `PackageRelease`), sorted by name.
+    fn list(&self, kind: Kind) -> Result<Vec<Object>>;
+
+    /// Applies a batch of writes in one transaction: either every write happens or none does
+    /// (the first failing precondition aborts the batch and is returned). `now` stamps creations.
+    fn write(&self, writes: Vec<Write>, now: Timestamp) -> Result<Vec<WriteOutcome>>;
+
+    /// The current value of the store-wide resourceVersion counter.
+    fn revision(&self) -> Result<u64>;
+
+    /// One client.
+    fn get_client(&self, name: &str) -> Result<Option<Client>>;
+
+    /// Every client, sorted by name.
+    fn list_clients(&self) -> Result<Vec<Client>>;
+
+    /// The client that enrolled with this machine id.
+    fn client_by_machine_id(&self, machine_id: &str) -> Result<Option<Client>>;
+
+    /// Stores a newly enrolled client with the hash of its token. Fails with `AlreadyExists` if the
+    /// name or the machine id is taken. Assigns uid, creationTimestamp and resourceVersion.
+    fn create_client(&self, client: Client, token_hash: &str, now: Timestamp) -> Result<Client>;
+
+    /// Replaces the token hash of an existing client (re-enrolment); the old token stops working.
+    fn set_client_token(&self, name: &str, token_hash: &str) -> Result<()>;
+
+    /// The name of the client whose token has this hash.
+    fn client_by_token_hash(&self, token_hash: &str) -> Result<Option<String>>;
+
+    /// Upserts clients (labels and status) in one transaction, each with a new resourceVersion.
+    /// A client's `spec.machineId` must not change.
+    fn put_clients(&self, clients: Vec<Client>) -> Result<Vec<Client>>;
+
+    /// Deletes a client with its token and machine-id index; returns it if it existed.
+    fn delete_client(&self, name: &str) -> Result<Option<Client>>;
+
+    /// Appends events (assigning increasing `seq`), dropping the oldest beyond the capacity.
+    fn append_events(&self, events: Vec<Event>) -> Result<Vec<Event>>;
+
+    /// Events matching the filter, oldest first.
+    fn list_events(&self, filter: &EventFilter) -> Result<Vec<Event>>;
+
+    /// A small persisted setting (bootstrap token hashes, manifest source status, ...).
+    fn get_setting(&self, key: &str) -> Result<Option<String>>;
+
+    /// Sets (or with `None` removes) a setting.
+    fn put_setting(&self, key: &str, value: Option<&str>) -> Result<()>;
+}
