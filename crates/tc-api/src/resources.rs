@@ -9,7 +9,7 @@ use tc_proto::{Hook, Hooks, Inventory, Load, PackageReport, Timestamp};
 
 use crate::meta::{API_VERSION, Condition, ObjectMeta};
 use crate::selector::LabelSelector;
-use crate::validate::{Errors, validate_labels, validate_name};
+use crate::validate::{Errors, validate_labels, validate_name, validate_object_name};
 
 /// Longest hook timeout accepted (one day).
 pub const MAX_HOOK_TIMEOUT_SECONDS: u32 = 86_400;
@@ -674,7 +674,7 @@ impl Object {
 }
 
 fn validate_meta(meta: &ObjectMeta, errors: &mut Errors) {
-    validate_name(&meta.name, "metadata.name", errors);
+    validate_object_name(&meta.name, "metadata.name", errors);
     validate_labels(&meta.labels, "metadata.labels", errors);
     if let Some(version) = &meta.resource_version
         && version.parse::<u64>().is_err()

@@ -58,7 +58,33 @@ pub fn is_dns_label(name: &str) -> bool {
         && bytes[bytes.len() - 1] != b'-'
 }
 
-/// Checks an object or package name.
+/// True for an object name: like a DNS label, but `.` is allowed inside so that a release can be
+/// named after its version (`kiosk-browser-1.4.2`).
+pub fn is_object_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= MAX_NAME_LEN
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-.".contains(b))
+        && bytes[0].is_ascii_alphanumeric()
+        && bytes[bytes.len() - 1].is_ascii_alphanumeric()
+}
+
+/// Checks an object name (see [`is_object_name`]).
+pub fn validate_object_name(name: &str, path: &str, errors: &mut Errors) {
+    if !is_object_name(name) {
+        errors.push(
+            path,
+            format!(
+                "`{name}` is not a valid name: use at most 63 lowercase letters, digits, `-` and `.`, \
+                 starting and ending with a letter or digit"
+            ),
+        );
+    }
+}
+
+/// Checks a package name, a DNS label.
 pub fn validate_name(name: &str, path: &str, errors: &mut Errors) {
     if !is_dns_label(name) {
         errors.push(
@@ -142,6 +168,14 @@ mod tests {
         for bad in ["", "-a", "a-", "A", "a_b", "a.b", &"a".repeat(64), "ä"] {
             assert!(!is_dns_label(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn object_names_allow_inner_dots() {
+        assert!(is_object_name("kiosk-browser-1.4.2"));
+        assert!(!is_object_name(".a"));
+        assert!(!is_object_name("a."));
+        assert!(!is_object_name("A.b"));
     }
 
     #[test]

@@ -1,0 +1,439 @@
+//! Table-driven tests of manifest decoding: good documents decode, every bad one reports the
+//! expected file:line:column and field.
+
+use std::time::{Duration, Instant};
+
+use tc_api::decode::{Limits, decode_objects_with};
+use tc_api::{IntOrPercent, Object, SelectorOperator, decode_objects};
+
+const GROUP: &str = r#"apiVersion: thinfleet.io/v1
+kind: ClientGroup
+metadata:
+  name: front-desk
+  labels: { team: ops }
+spec:
+  selector:
+    matchLabels: { site: berlin }
+    matchExpressions:
+      - { key: thinfleet.io/arch, operator: In, values: [x86_64] }
+  priority: 10
+  packages:
+    - { name: kiosk-browser, version: "^1.4" }
+    - name: vpn-profile
+      version: "=2.0.1"
+  rollout:
+    maxUnavailable: 25%
+  agent:
+    heartbeatSeconds: 30
+"#;
+
+const RELEASE: &str = r#"---
+apiVersion: thinfleet.io/v1
+kind: PackageRelease
+metadata:
+  name: kiosk-browser-1.4.2
+spec:
+  package: kiosk-browser
+  version: 1.4.2
+  artifact:
+    path: ../packages/kiosk-browser-1.4.2.zip
+  hooks:
+    healthCheck: { command: ["./health.sh"], timeoutSeconds: 30 }
+"#;
+
+#[test]
+fn decodes_a_group_and_a_release_from_one_stream() {
+    let text = format!("{GROUP}{RELEASE}");
+    let objects = decode_objects("fleet.yaml", &text).unwrap();
+    assert_eq!(objects.len(), 2);
+    let Object::ClientGroup(group) = &objects[0].object else {
+        panic!("expected a group")
+    };
+    assert_eq!(group.metadata.name, "front-desk");
+    assert_eq!(group.metadata.labels["team"], "ops");
+    assert_eq!(group.spec.priority, 10);
+    assert_eq!(group.spec.packages[1].version, "=2.0.1");
+    assert_eq!(
+        group.spec.rollout.max_unavailable,
+        IntOrPercent::Percent(25)
+    );
+    assert_eq!(
+        group.spec.selector.match_expressions[0].operator,
+        SelectorOperator::In
+    );
+    let Object::PackageRelease(release) = &objects[1].object else {
+        panic!("expected a release")
+    };
+    assert_eq!(release.spec.version, "1.4.2");
+    assert_eq!(
+        release
+            .spec
+            .hooks
+            .health_check
+            .as_ref()
+            .unwrap()
+            .timeout_seconds,
+        30
+    );
+    assert_eq!(objects[1].position.line, 20);
+}
+
+#[test]
+fn json_documents_decode_too() {
+    let json = r#"{"apiVersion":"thinfleet.io/v1","kind":"ClientGroup","metadata":{"name":"all"},
+                   "spec":{"selector":{},"rollout":{"maxUnavailable":2}}}"#;
+    let objects = decode_objects("all.json", json).unwrap();
+    let Object::ClientGroup(group) = &objects[0].object else {
+        panic!()
+    };
+    assert!(group.spec.selector.is_empty());
+    assert_eq!(group.spec.rollout.max_unavailable, IntOrPercent::Int(2));
+}
+
+#[test]
+fn empty_documents_and_comments_are_skipped() {
+    let text = format!("# just a comment\n---\n---\n{GROUP}---\n# trailing\n");
+    assert_eq!(decode_objects("f.yaml", &text).unwrap().len(), 1);
+    assert!(decode_objects("f.yaml", "").unwrap().is_empty());
+}
+
+#[test]
+fn anchors_and_aliases_within_limits_work() {
+    let text = r#"apiVersion: thinfleet.io/v1
+kind: ClientGroup
+metadata: { name: a, labels: &l { site: berlin } }
+spec:
+  selector: { matchLabels: *l }
+"#;
+    let objects = decode_objects("a.yaml", text).unwrap();
+    let Object::ClientGroup(group) = &objects[0].object else {
+        panic!()
+    };
+    assert_eq!(group.spec.selector.match_labels["site"], "berlin");
+}
+
+/// One bad document: what to replace in GROUP or RELEASE, and what must be reported.
+struct Bad {
+    name: &'static str,
+    text: String,
+    line: usize,
+    column: usize,
+    field: Option<&'static str>,
+    message: &'static str,
+}
+
+fn group_with(from: &str, to: &str) -> String {
+    assert!(GROUP.contains(from), "{from}");
+    GROUP.replacen(from, to, 1)
+}
+
+fn release_with(from: &str, to: &str) -> String {
+    assert!(RELEASE.contains(from), "{from}");
+    RELEASE.replacen(from, to, 1)
+}
+
+#[test]
+fn bad_documents_report_file_line_column_and_field() {
+    let cases = vec![
+        Bad {
+            name: "unknown field in spec",
+            text: group_with("  priority: 10\n", "  priority: 10\n  colour: blue\n"),
+            line: 12,
+            column: 3,
+            field: Some("spec.colour"),
+            message: "unknown field `colour`",
+        },
+        Bad {
+            name: "unknown field in a list item",
+            text: group_with(
+                "      version: \"=2.0.1\"",
+                "      version: \"=2.0.1\"\n      pin: true",
+            ),
+            line: 16,
+            column: 7,
+            field: Some("spec.packages[1].pin"),
+            message: "unknown field `pin`",
+        },
+        Bad {
+            name: "wrong type",
+            text: group_with("priority: 10", "priority: high"),
+            line: 11,
+            column: 3,
+            field: Some("spec.priority"),
+            message: "invalid type",
+        },
+        Bad {
+            name: "bad semver requirement",
+            text: group_with("\"^1.4\"", "\"one point four\""),
+            line: 13,
+            column: 30,
+            field: Some("spec.packages[0].version"),
+            message: "not a semver requirement",
+        },
+        Bad {
+            name: "bad percentage",
+            text: group_with("25%", "250%"),
+            line: 17,
+            column: 5,
+            field: Some("spec.rollout.maxUnavailable"),
+            message: "more than 100%",
+        },
+        Bad {
+            name: "zero maxUnavailable",
+            text: group_with("25%", "0"),
+            line: 17,
+            column: 5,
+            field: Some("spec.rollout.maxUnavailable"),
+            message: "at least one member",
+        },
+        Bad {
+            name: "bad name",
+            text: group_with("name: front-desk", "name: Front_Desk"),
+            line: 4,
+            column: 3,
+            field: Some("metadata.name"),
+            message: "not a valid name",
+        },
+        Bad {
+            name: "In without values",
+            text: group_with("operator: In, values: [x86_64]", "operator: In"),
+            line: 10,
+            column: 9,
+            field: Some("spec.selector.matchExpressions[0].values"),
+            message: "needs at least one value",
+        },
+        Bad {
+            name: "unknown operator",
+            text: group_with("operator: In", "operator: Near"),
+            line: 10,
+            column: 35,
+            field: Some("spec.selector.matchExpressions[0].operator"),
+            message: "unknown variant `Near`",
+        },
+        Bad {
+            name: "bad label key",
+            text: group_with("team: ops", "\"bad key\": ops"),
+            line: 5,
+            column: 13,
+            field: Some("metadata.labels.bad key"),
+            message: "not a valid label key",
+        },
+        Bad {
+            name: "duplicate package",
+            text: group_with("name: vpn-profile", "name: kiosk-browser"),
+            line: 14,
+            column: 7,
+            field: Some("spec.packages[1].name"),
+            message: "listed twice",
+        },
+        Bad {
+            name: "heartbeat too short",
+            text: group_with("heartbeatSeconds: 30", "heartbeatSeconds: 1"),
+            line: 19,
+            column: 5,
+            field: Some("spec.agent.heartbeatSeconds"),
+            message: "outside 5..=86400",
+        },
+        Bad {
+            name: "missing spec",
+            text: "apiVersion: thinfleet.io/v1\nkind: ClientGroup\nmetadata: { name: x }\n".into(),
+            line: 1,
+            column: 1,
+            field: None,
+            message: "missing field `spec`",
+        },
+        Bad {
+            name: "wrong apiVersion",
+            text: group_with("thinfleet.io/v1", "thinfleet.io/v2"),
+            line: 1,
+            column: 1,
+            field: Some("apiVersion"),
+            message: "unsupported apiVersion `thinfleet.io/v2`",
+        },
+        Bad {
+            name: "unknown kind",
+            text: group_with("kind: ClientGroup", "kind: Deployment"),
+            line: 2,
+            column: 1,
+            field: Some("kind"),
+            message: "unknown kind `Deployment`",
+        },
+        Bad {
+            name: "client objects are not applied",
+            text: group_with("kind: ClientGroup", "kind: Client"),
+            line: 2,
+            column: 1,
+            field: Some("kind"),
+            message: "created when an agent enrols",
+        },
+        Bad {
+            name: "release with a bad version",
+            text: release_with("version: 1.4.2", "version: 1.4"),
+            line: 8,
+            column: 3,
+            field: Some("spec.version"),
+            message: "invalid type",
+        },
+        Bad {
+            name: "release with a non-semver version",
+            text: release_with("version: 1.4.2", "version: one"),
+            line: 8,
+            column: 3,
+            field: Some("spec.version"),
+            message: "not a semantic version",
+        },
+        Bad {
+            name: "url without sha256",
+            text: release_with(
+                "path: ../packages/kiosk-browser-1.4.2.zip",
+                "url: https://example.com/k.zip",
+            ),
+            line: 9,
+            column: 3,
+            field: Some("spec.artifact.sha256"),
+            message: "required with `url`",
+        },
+        Bad {
+            name: "bad sha256",
+            text: release_with("path: ../packages/kiosk-browser-1.4.2.zip", "sha256: XYZ"),
+            line: 10,
+            column: 5,
+            field: Some("spec.artifact.sha256"),
+            message: "64 lowercase hex",
+        },
+        Bad {
+            name: "hook timeout of zero",
+            text: release_with("timeoutSeconds: 30", "timeoutSeconds: 0"),
+            line: 12,
+            column: 46,
+            field: Some("spec.hooks.healthCheck.timeoutSeconds"),
+            message: "outside 1..=86400",
+        },
+        Bad {
+            name: "unknown hook",
+            text: release_with("healthCheck:", "livenessProbe:"),
+            line: 12,
+            column: 5,
+            field: Some("spec.hooks.livenessProbe"),
+            message: "unknown field `livenessProbe`",
+        },
+        Bad {
+            name: "syntax error",
+            text: group_with("  priority: 10\n", "  priority: [10\n"),
+            line: 12,
+            column: 11,
+            field: None,
+            message: "YAML syntax error",
+        },
+        Bad {
+            name: "duplicate key",
+            text: group_with("  priority: 10\n", "  priority: 10\n  priority: 11\n"),
+            line: 12,
+            column: 3,
+            field: None,
+            message: "duplicate key `priority`",
+        },
+        Bad {
+            name: "a scalar document",
+            text: "just a string\n".into(),
+            line: 1,
+            column: 1,
+            field: None,
+            message: "must be a mapping",
+        },
+    ];
+    let mut failures = vec![];
+    for case in &cases {
+        match decode_objects("m.yaml", &case.text) {
+            Ok(_) => failures.push(format!("{}: decoded, expected an error", case.name)),
+            Err(error) => {
+                let got = (
+                    error.file.as_str(),
+                    error.line,
+                    error.column,
+                    error.field.as_deref(),
+                );
+                let want = ("m.yaml", case.line, case.column, case.field);
+                if got != want || !error.message.contains(case.message) {
+                    failures.push(format!(
+                        "{}: got {got:?} `{}`, want {want:?} containing `{}`",
+                        case.name, error.message, case.message
+                    ));
+                }
+                let display = error.to_string();
+                assert!(
+                    display.starts_with(&format!("m.yaml:{}:{}: ", error.line, error.column)),
+                    "{display}"
+                );
+            }
+        }
+    }
+    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+}
+
+#[test]
+fn one_bad_document_fails_the_whole_file() {
+    let text = format!("{GROUP}{}", release_with("version: 1.4.2", "version: one"));
+    let error = decode_objects("two.yaml", &text).unwrap_err();
+    assert_eq!(
+        (error.line, error.field.as_deref()),
+        (27, Some("spec.version"))
+    );
+}
+
+fn assert_refused_quickly(name: &str, text: &str, message: &str) {
+    assert_refused_quickly_with(name, text, &[message]);
+}
+
+fn assert_refused_quickly_with(name: &str, text: &str, messages: &[&str]) {
+    let started = Instant::now();
+    let error = decode_objects_with("hostile.yaml", text, &Limits::default()).unwrap_err();
+    let elapsed = started.elapsed();
+    assert!(
+        messages.iter().any(|m| error.message.contains(m)),
+        "{name}: {error}"
+    );
+    // Generous bound: the point is "not minutes, not gigabytes", on a shared machine.
+    assert!(elapsed < Duration::from_secs(5), "{name} took {elapsed:?}");
+}
+
+#[test]
+fn billion_laughs_is_refused() {
+    let mut text = String::from(
+        "a0: &a0 [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n",
+    );
+    for level in 1..10 {
+        let previous = format!("*a{}", level - 1);
+        let items = vec![previous.as_str(); 10].join(",");
+        text.push_str(&format!("a{level}: &a{level} [{items}]\n"));
+    }
+    assert_refused_quickly("billion laughs", &text, "more than 1000000 nodes");
+}
+
+#[test]
+fn deep_nesting_is_refused() {
+    let depth = 100_000;
+    let text = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+    // The parser's own recursion guard or ours, whichever trips first.
+    assert_refused_quickly_with(
+        "flow nesting",
+        &text,
+        &["deeper than the limit of 64", "recursion limit exceeded"],
+    );
+    let mut block = String::new();
+    for level in 0..200 {
+        block.push_str(&format!("{}k{level}:\n", " ".repeat(level)));
+    }
+    assert_refused_quickly("block nesting", &block, "deeper than the limit");
+}
+
+#[test]
+fn huge_scalars_and_files_are_refused() {
+    let text = format!(
+        "apiVersion: thinfleet.io/v1\nkind: ClientGroup\nmetadata:\n  name: \"{}\"\n",
+        "x".repeat(4 << 20)
+    );
+    assert_refused_quickly("long string", &text, "longer than the limit");
+    let big = "# padding\n".repeat(2 << 20);
+    assert_refused_quickly("big file", &big, "more than the limit");
+}
