@@ -404,7 +404,7 @@ fn billion_laughs_is_refused() {
     );
     for level in 1..10 {
         let previous = format!("*a{}", level - 1);
-        let items = vec![previous.as_str(); 10].join(",");
+        let items = [previous.as_str(); 10].join(",");
         text.push_str(&format!("a{level}: &a{level} [{items}]\n"));
     }
     assert_refused_quickly("billion laughs", &text, "more than 1000000 nodes");
