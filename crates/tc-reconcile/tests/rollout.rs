@@ -1,0 +1,317 @@
+//! The rollout budget and convergence.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::map;
+use proptest::prelude::*;
+use tc_api::{AssignedPackage, ClientStatus, PackageReport, PackageState, Timestamp};
+use tc_reconcile::{
+    ClientDesire, ClientRollout, Convergence, GroupBudget, Want, convergence, plan_rollout,
+};
+
+fn desire(pairs: &[(&str, &str, &str)]) -> ClientDesire {
+    ClientDesire {
+        packages: pairs
+            .iter()
+            .map(|(package, version, group)| {
+                (
+                    package.to_string(),
+                    Want {
+                        version: version.to_string(),
+                        group: Some(group.to_string()),
+                    },
+                )
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+fn client(
+    name: &str,
+    groups: Vec<usize>,
+    wants: &[(&str, &str, &str)],
+    has: &[(&str, &str)],
+    unavailable: bool,
+) -> ClientRollout {
+    ClientRollout {
+        name: name.into(),
+        groups,
+        desire: desire(wants),
+        assigned: map(has),
+        unavailable,
+    }
+}
+
+fn budget(name: &str, max: usize, paused: bool) -> GroupBudget {
+    GroupBudget {
+        name: name.into(),
+        max_unavailable: max,
+        paused,
+    }
+}
+
+#[test]
+fn updates_respect_max_unavailable() {
+    let groups = [budget("g", 2, false)];
+    let clients: Vec<_> = (0..5)
+        .map(|i| {
+            client(
+                &format!("c{i}"),
+                vec![0],
+                &[("kiosk", "2.0.0", "g")],
+                &[("kiosk", "1.0.0")],
+                false,
+            )
+        })
+        .collect();
+    let next = plan_rollout(&groups, &clients);
+    let updated = next.iter().filter(|a| a["kiosk"] == "2.0.0").count();
+    assert_eq!(updated, 2);
+    // The first two (input order) were picked.
+    assert_eq!(next[0]["kiosk"], "2.0.0");
+    assert_eq!(next[4]["kiosk"], "1.0.0");
+}
+
+#[test]
+fn members_already_unavailable_use_up_the_budget() {
+    let groups = [budget("g", 2, false)];
+    let mut clients: Vec<_> = (0..4)
+        .map(|i| {
+            client(
+                &format!("c{i}"),
+                vec![0],
+                &[("kiosk", "2.0.0", "g")],
+                &[("kiosk", "1.0.0")],
+                false,
+            )
+        })
+        .collect();
+    // c3 is mid-update already (assigned 2.0.0, not reported yet).
+    clients[3] = client(
+        "c3",
+        vec![0],
+        &[("kiosk", "2.0.0", "g")],
+        &[("kiosk", "2.0.0")],
+        true,
+    );
+    // c2 failed on a previous attempt and still counts.
+    clients[2].unavailable = true;
+    let next = plan_rollout(&groups, &clients);
+    assert_eq!(next[0]["kiosk"], "1.0.0");
+    assert_eq!(next[1]["kiosk"], "1.0.0");
+    // An unavailable client may take further changes without more room.
+    assert_eq!(next[2]["kiosk"], "2.0.0");
+    assert_eq!(next[3]["kiosk"], "2.0.0");
+}
+
+#[test]
+fn new_packages_and_removals_are_not_limited() {
+    let groups = [budget("g", 1, false)];
+    let clients: Vec<_> = (0..3)
+        .map(|i| {
+            client(
+                &format!("c{i}"),
+                vec![0],
+                &[("kiosk", "1.0.0", "g")],
+                &[("old", "0.1.0")],
+                false,
+            )
+        })
+        .collect();
+    let next = plan_rollout(&groups, &clients);
+    for assignment in next {
+        assert_eq!(assignment, map(&[("kiosk", "1.0.0")]));
+    }
+}
+
+#[test]
+fn paused_groups_assign_nothing_new() {
+    let groups = [budget("g", 10, true)];
+    let clients = vec![
+        client(
+            "a",
+            vec![0],
+            &[("kiosk", "2.0.0", "g")],
+            &[("kiosk", "1.0.0")],
+            false,
+        ),
+        client("b", vec![0], &[("kiosk", "2.0.0", "g")], &[], false),
+    ];
+    let next = plan_rollout(&groups, &clients);
+    assert_eq!(next[0], map(&[("kiosk", "1.0.0")]));
+    assert_eq!(next[1], map(&[]));
+}
+
+#[test]
+fn an_update_needs_room_in_every_group_of_the_client() {
+    let groups = [budget("a", 1, false), budget("b", 1, false)];
+    let clients = vec![
+        // Busy in group b.
+        client("busy", vec![1], &[], &[], true),
+        // Member of a and b: b has no room, so its update (owned by a) waits.
+        client(
+            "both",
+            vec![0, 1],
+            &[("kiosk", "2.0.0", "a")],
+            &[("kiosk", "1.0.0")],
+            false,
+        ),
+        client(
+            "only-a",
+            vec![0],
+            &[("kiosk", "2.0.0", "a")],
+            &[("kiosk", "1.0.0")],
+            false,
+        ),
+    ];
+    let next = plan_rollout(&groups, &clients);
+    assert_eq!(next[1]["kiosk"], "1.0.0");
+    assert_eq!(next[2]["kiosk"], "2.0.0");
+}
+
+fn report(name: &str, version: &str, state: PackageState) -> PackageReport {
+    PackageReport {
+        name: name.into(),
+        version: version.into(),
+        state,
+        active_version: None,
+        message: Some("health check exited 1".into()),
+        since: Timestamp::EPOCH,
+    }
+}
+
+fn status(
+    desired_revision: u64,
+    observed: u64,
+    assigned: &[(&str, &str)],
+    reports: Vec<PackageReport>,
+) -> ClientStatus {
+    ClientStatus {
+        desired_revision,
+        observed_revision: observed,
+        desired: assigned
+            .iter()
+            .map(|(n, v)| AssignedPackage {
+                name: n.to_string(),
+                version: v.to_string(),
+            })
+            .collect(),
+        packages: reports,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn convergence_counts_only_fresh_reports() {
+    use PackageState::*;
+    let installed = || vec![report("kiosk", "2.0.0", Installed)];
+    let cases = [
+        (
+            "fresh and installed",
+            status(3, 3, &[("kiosk", "2.0.0")], installed()),
+            Convergence::Converged,
+        ),
+        (
+            "stale report",
+            status(4, 3, &[("kiosk", "2.0.0")], installed()),
+            Convergence::Progressing,
+        ),
+        (
+            "old version still",
+            status(
+                3,
+                3,
+                &[("kiosk", "2.0.0")],
+                vec![report("kiosk", "1.0.0", Installed)],
+            ),
+            Convergence::Progressing,
+        ),
+        (
+            "installing",
+            status(
+                3,
+                3,
+                &[("kiosk", "2.0.0")],
+                vec![report("kiosk", "2.0.0", Installing)],
+            ),
+            Convergence::Progressing,
+        ),
+        (
+            "failed",
+            status(
+                3,
+                3,
+                &[("kiosk", "2.0.0")],
+                vec![report("kiosk", "2.0.0", Failed)],
+            ),
+            Convergence::Failed {
+                package: "kiosk".into(),
+                message: "health check exited 1".into(),
+            },
+        ),
+        (
+            "missing report",
+            status(3, 3, &[("kiosk", "2.0.0")], vec![]),
+            Convergence::Progressing,
+        ),
+        (
+            "leftover being removed",
+            status(3, 3, &[], vec![report("old", "1.0.0", Removing)]),
+            Convergence::Progressing,
+        ),
+        (
+            "nothing assigned",
+            status(0, 0, &[], vec![]),
+            Convergence::Converged,
+        ),
+    ];
+    for (name, status, expected) in cases {
+        assert_eq!(convergence(&status), expected, "{name}");
+    }
+}
+
+proptest! {
+    /// However many clients and groups, a rollout never makes more members of a group unavailable
+    /// than its budget allows (beyond those that already were), and it never touches paused groups.
+    #[test]
+    fn budget_is_never_exceeded(
+        budgets in prop::collection::vec((1usize..4, any::<bool>()), 1..4),
+        clients in prop::collection::vec((prop::collection::btree_set(0usize..4, 1..3), any::<bool>(), any::<bool>(), 0usize..4), 0..30),
+    ) {
+        let groups: Vec<GroupBudget> =
+            budgets.iter().enumerate().map(|(i, (max, paused))| budget(&format!("g{i}"), *max, *paused)).collect();
+        let inputs: Vec<ClientRollout> = clients
+            .iter()
+            .enumerate()
+            .map(|(i, (member_of, has_old, unavailable, owner))| {
+                let member_of: Vec<usize> = member_of.iter().map(|g| g % groups.len()).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+                let owner = member_of[owner % member_of.len()];
+                let owner_name = format!("g{owner}");
+                let has = if *has_old { vec![("kiosk", "1.0.0")] } else { vec![] };
+                client(&format!("c{i:02}"), member_of, &[("kiosk", "2.0.0", &owner_name)], &has, *unavailable)
+            })
+            .collect();
+        let next = plan_rollout(&groups, &inputs);
+        for (g, group) in groups.iter().enumerate() {
+            let before = inputs.iter().filter(|c| c.unavailable && c.groups.contains(&g)).count();
+            let newly = inputs
+                .iter()
+                .zip(&next)
+                .filter(|(c, n)| !c.unavailable && c.groups.contains(&g) && c.assigned.get("kiosk").is_some_and(|v| Some(v) != n.get("kiosk")))
+                .count();
+            prop_assert!(newly == 0 || before + newly <= group.max_unavailable,
+                "group {} budget {} before {} newly {}", g, group.max_unavailable, before, newly);
+        }
+        for (input, assignment) in inputs.iter().zip(&next) {
+            let owner = input.desire.packages["kiosk"].group.as_deref().unwrap();
+            let paused = groups.iter().any(|g| g.name == owner && g.paused);
+            if paused {
+                prop_assert_eq!(assignment, &input.assigned);
+            }
+            let _: &BTreeMap<String, String> = assignment;
+        }
+    }
+}
