@@ -10,7 +10,7 @@ mod redb_store;
 
 use tc_api::{Client, Event, Kind, Object, Timestamp};
 
-pub use redb_store::RedbStore;
+pub use redb_store::{CLIENT_TOKEN_KIND, DEFAULT_EVENT_CAPACITY, MACHINE_ID_KIND, RedbStore};
 
 /// What can go wrong in the store.
 #[derive(Debug, thiserror::Error)]
@@ -75,13 +75,16 @@ pub enum Write {
         /// Who applies it (`tcadm`, `dir:/srv/manifests`); recorded in `metadata.managedBy`.
         manager: String,
     },
-    /// Replace only the object's `status` (controller-owned); `generation` does not move.
-    /// Ignored (outcome `Unchanged`) if the object no longer exists or the status is equal.
+    /// Replace only the object's `status` (controller-owned); `generation` does not move, and
+    /// `metadata.resourceVersion` of `object` is not a precondition. The outcome is `Configured`
+    /// with the stored object, `Unchanged` when the status is equal (nothing written), or
+    /// `Missing` when the object no longer exists (nothing written, the batch goes on).
     Status {
         /// The object carrying the new status.
         object: Object,
     },
-    /// Delete the object. `precondition`, when set, must equal its `resourceVersion`.
+    /// Delete the object. `precondition`, when set, must equal its `resourceVersion`. A missing
+    /// object is `Missing` without a precondition and fails with `NotFound` with one.
     Delete {
         /// Its kind (`ClientGroup` or `PackageRelease`).
         kind: Kind,
@@ -103,7 +106,8 @@ pub enum WriteOutcome {
     Unchanged(Object),
     /// The object was deleted; carries its last state.
     Deleted(Object),
-    /// The object was already gone (a `Delete` of a missing object without precondition).
+    /// The object was already gone (a `Delete` without precondition, or a `Status` write, of a
+    /// missing object).
     Missing,
 }
 
@@ -124,7 +128,8 @@ pub struct EventFilter {
 ///
 /// Every method is synchronous and may block on disk; async callers use `spawn_blocking`.
 pub trait Store: Send + Sync + 'static {
-    /// One `ClientGroup` or `PackageRelease`.
+    /// One `ClientGroup` or `PackageRelease` (`None` for `Kind::Client`: clients have their own
+    /// methods).
     fn get(&self, kind: Kind, name: &str) -> Result<Option<Object>>;
 
     /// Every object of a kind (`ClientGroup` or `PackageRelease`), sorted by name.
@@ -147,20 +152,26 @@ pub trait Store: Send + Sync + 'static {
     fn client_by_machine_id(&self, machine_id: &str) -> Result<Option<Client>>;
 
     /// Stores a newly enrolled client with the hash of its token. Fails with `AlreadyExists` if the
-    /// name or the machine id is taken. Assigns uid, creationTimestamp and resourceVersion.
+    /// name (kind `Client`), the machine id (kind [`MACHINE_ID_KIND`], name = the machine id) or
+    /// the token hash (kind [`CLIENT_TOKEN_KIND`]) is taken. Assigns uid, creationTimestamp and
+    /// resourceVersion.
     fn create_client(&self, client: Client, token_hash: &str, now: Timestamp) -> Result<Client>;
 
     /// Replaces the token hash of an existing client (re-enrolment); the old token stops working.
+    /// Fails with `NotFound` for an unknown client.
     fn set_client_token(&self, name: &str, token_hash: &str) -> Result<()>;
 
     /// The name of the client whose token has this hash.
     fn client_by_token_hash(&self, token_hash: &str) -> Result<Option<String>>;
 
     /// Upserts clients (labels and status) in one transaction, each with a new resourceVersion.
-    /// A client's `spec.machineId` must not change.
+    /// A client's `spec.machineId` must not change. Stored uid and creationTimestamp are kept; a
+    /// client not stored yet gets them (the current time, unless it carries one). A machine id
+    /// held by another client fails the batch with `AlreadyExists` (kind [`MACHINE_ID_KIND`]).
     fn put_clients(&self, clients: Vec<Client>) -> Result<Vec<Client>>;
 
-    /// Deletes a client with its token and machine-id index; returns it if it existed.
+    /// Deletes a client with its token and machine-id index; returns it if it existed. Takes a
+    /// resourceVersion, as deleting an object does.
     fn delete_client(&self, name: &str) -> Result<Option<Client>>;
 
     /// Appends events (assigning increasing `seq`), dropping the oldest beyond the capacity.
