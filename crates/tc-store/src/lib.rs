@@ -164,6 +164,10 @@ pub trait Store: Send + Sync + 'static {
     /// The name of the client whose token has this hash.
     fn client_by_token_hash(&self, token_hash: &str) -> Result<Option<String>>;
 
+    /// Every client's token hash, as (client name, token hash), sorted by name; for loading the
+    /// token index into memory at start-up.
+    fn client_token_hashes(&self) -> Result<Vec<(String, String)>>;
+
     /// Upserts clients (labels and status) in one transaction, each with a new resourceVersion.
     /// A client's `spec.machineId` must not change. Stored uid and creationTimestamp are kept; a
     /// client not stored yet gets them (the current time, unless it carries one). A machine id

@@ -706,6 +706,18 @@ impl Store for RedbStore {
         })
     }
 
+    fn client_token_hashes(&self) -> Result<Vec<(String, String)>> {
+        self.read_txn("list client tokens", |txn| {
+            let table = open_read(txn, TOKEN_OF)?;
+            let mut pairs = vec![];
+            for entry in table.iter().map_err(db_error("list client tokens"))? {
+                let (name, hash) = entry.map_err(db_error("list client tokens"))?;
+                pairs.push((name.value().to_string(), hash.value().to_string()));
+            }
+            Ok(pairs)
+        })
+    }
+
     fn put_clients(&self, clients: Vec<Client>) -> Result<Vec<Client>> {
         if clients.is_empty() {
             return Ok(clients);

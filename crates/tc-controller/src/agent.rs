@@ -1,0 +1,399 @@
+//! The agent protocol (`/agent/v1`): enrolment, heartbeats and the desired-state long-poll.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Query, State};
+use axum::http::HeaderMap;
+use serde::Deserialize;
+use tc_api::{
+    Client, ClientPhase, ClientSpec, Event, EventType, Kind, ObjectRef, PackageState, Timestamp,
+};
+use tc_proto::{
+    DesiredResponse, EnrollRequest, EnrollResponse, HeartbeatRequest, HeartbeatResponse,
+    PackageReport,
+};
+
+use crate::error::ApiError;
+use crate::fleet::ClientSlot;
+use crate::{Controller, tokens};
+
+/// Longest accepted machine id, name or label map, so that a hostile agent cannot grow the store.
+const MAX_FIELD: usize = 253;
+
+/// Authenticates an agent request; 401 without or with an unknown token, 403 for the admin token.
+pub fn authenticate_client(
+    controller: &Controller,
+    headers: &HeaderMap,
+) -> Result<Arc<ClientSlot>, ApiError> {
+    let token = tokens::bearer(headers)
+        .ok_or_else(|| ApiError::unauthorized("missing bearer token: enrol the agent first"))?;
+    let hash = tokens::hash(token);
+    if let Some(slot) = controller.fleet.by_token(&hash) {
+        return Ok(slot);
+    }
+    if hash == controller.admin_token_hash {
+        return Err(ApiError::forbidden(
+            "the admin token cannot be used on agent routes",
+        ));
+    }
+    Err(ApiError::unauthorized(
+        "unknown client token: the client was deleted or re-enrolled; enrol again",
+    ))
+}
+
+/// `POST /agent/v1/enroll`.
+pub async fn enroll(
+    State(controller): State<Arc<Controller>>,
+    Json(request): Json<EnrollRequest>,
+) -> Result<Json<EnrollResponse>, ApiError> {
+    if !controller.is_bootstrap_token(&request.bootstrap_token) {
+        return Err(ApiError::unauthorized("invalid bootstrap token"));
+    }
+    let machine_id = request.machine_id.trim().to_string();
+    if machine_id.is_empty() || machine_id.len() > MAX_FIELD {
+        return Err(ApiError::bad_request(
+            "machineId must be 1 to 253 characters",
+        ));
+    }
+    let mut errors = tc_api::validate::Errors::default();
+    tc_api::validate::validate_labels(&request.labels, "labels", &mut errors);
+    if let Err(errors) = errors.into_result() {
+        return Err(ApiError::bad_request(format!(
+            "invalid agent labels: {errors}"
+        )));
+    }
+    let token = tokens::generate();
+    let token_hash = tokens::hash(&token);
+    let now = Timestamp::now();
+    let _guard = controller.enroll_lock.lock().await;
+    let store = controller.store.clone();
+    let lookup_id = machine_id.clone();
+    let existing =
+        tokio::task::spawn_blocking(move || store.client_by_machine_id(&lookup_id)).await??;
+    let client = match existing {
+        Some(mut client) => {
+            let store = controller.store.clone();
+            let (name, hash) = (client.metadata.name.clone(), token_hash.clone());
+            tokio::task::spawn_blocking(move || store.set_client_token(&name, &hash)).await??;
+            // Keep the in-memory client (it may be newer than the stored one).
+            if let Some(slot) = controller.fleet.get(&client.metadata.name) {
+                client = slot.state.lock().expect("client lock").client.clone();
+            }
+            client.spec.agent_labels = request.labels.clone();
+            client.refresh_labels();
+            controller
+                .persister
+                .write(vec![client.clone()])
+                .await
+                .map_err(ApiError::internal)?;
+            let desired = controller
+                .fleet
+                .get(&client.metadata.name)
+                .map(|s| s.state.lock().expect("client lock").desired.clone());
+            controller.fleet.insert(
+                client.clone(),
+                desired.unwrap_or_default(),
+                Some(token_hash),
+            );
+            client
+        }
+        None => {
+            let base = client_name(&request.name, &request.hostname);
+            let mut name = base.clone();
+            let mut suffix = 2;
+            while controller.fleet.get(&name).is_some() {
+                let tail = format!("-{suffix}");
+                name = format!(
+                    "{}{tail}",
+                    &base[..base.len().min(63 - tail.len())].trim_end_matches('-')
+                );
+                suffix += 1;
+            }
+            let client = Client::new(
+                &name,
+                ClientSpec {
+                    machine_id,
+                    agent_labels: request.labels.clone(),
+                    admin_labels: BTreeMap::new(),
+                },
+            );
+            let store = controller.store.clone();
+            let hash = token_hash.clone();
+            let client =
+                tokio::task::spawn_blocking(move || store.create_client(client, &hash, now))
+                    .await??;
+            controller
+                .fleet
+                .insert(client.clone(), Default::default(), Some(token_hash));
+            client
+        }
+    };
+    drop(_guard);
+    controller
+        .record(vec![Event::new(
+            now,
+            ObjectRef::new(Kind::Client, &client.metadata.name),
+            EventType::Normal,
+            "Enrolled",
+            format!("agent on {} enrolled", request.hostname),
+        )])
+        .await;
+    controller.metrics.enrolments.inc();
+    controller.reconcile_wake.notify_one();
+    let heartbeat_seconds = controller
+        .fleet
+        .get(&client.metadata.name)
+        .map(|s| s.state.lock().expect("client lock").heartbeat_seconds)
+        .unwrap_or(tc_api::resources::DEFAULT_HEARTBEAT_SECONDS);
+    Ok(Json(EnrollResponse {
+        client_name: client.metadata.name,
+        client_token: token,
+        heartbeat_seconds,
+    }))
+}
+
+/// A valid client name from what the agent asked for.
+fn client_name(requested: &str, hostname: &str) -> String {
+    let source = if requested.trim().is_empty() {
+        hostname
+    } else {
+        requested
+    };
+    let mut name: String = source
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(63)
+        .collect();
+    name = name
+        .trim_matches(|c: char| !c.is_ascii_alphanumeric())
+        .to_string();
+    if name.is_empty() {
+        "client".to_string()
+    } else {
+        name
+    }
+}
+
+/// `POST /agent/v1/heartbeat`.
+pub async fn heartbeat(
+    State(controller): State<Arc<Controller>>,
+    headers: HeaderMap,
+    Json(request): Json<HeartbeatRequest>,
+) -> Result<Json<HeartbeatResponse>, ApiError> {
+    let slot = authenticate_client(&controller, &headers)?;
+    if request.packages.len() > 1024 {
+        return Err(ApiError::bad_request("too many packages in one report"));
+    }
+    let now = Timestamp::now();
+    let mut events = vec![];
+    let (persist, wake, response) = {
+        let mut state = slot.state.lock().expect("client lock");
+        let name = state.client.metadata.name.clone();
+        let status = &mut state.client.status;
+        let mut changed = false;
+        let mut wake = false;
+        if status.phase != ClientPhase::Online {
+            if status.phase == ClientPhase::Offline {
+                events.push(Event::new(
+                    now,
+                    ObjectRef::new(Kind::Client, &name),
+                    EventType::Normal,
+                    "Online",
+                    "heartbeats resumed",
+                ));
+            }
+            status.phase = ClientPhase::Online;
+            changed = true;
+            wake = true;
+        }
+        status.last_heartbeat = Some(now);
+        status.load = request.load;
+        if status.packages != request.packages
+            || status.observed_revision != request.observed_revision
+        {
+            package_events(&name, &status.packages, &request.packages, now, &mut events);
+            status.packages = request.packages.clone();
+            status.observed_revision = request.observed_revision;
+            changed = true;
+            wake = true;
+        }
+        let mut send_inventory = false;
+        if let Some(inventory) = &request.inventory {
+            if status.inventory.as_ref() != Some(inventory) {
+                status.inventory = Some(inventory.clone());
+                changed = true;
+            }
+            status.inventory_hash = request.inventory_hash.clone();
+        } else if request.inventory_hash != status.inventory_hash || status.inventory.is_none() {
+            send_inventory = true;
+        }
+        if changed {
+            let before = state.client.metadata.labels.clone();
+            state.client.refresh_labels();
+            wake |= before != state.client.metadata.labels;
+        }
+        let jitter = 0.9 + 0.2 * jitter_fraction(&name, now);
+        let next = Duration::from_secs_f64(f64::from(state.heartbeat_seconds) * jitter);
+        let response = HeartbeatResponse {
+            desired: (*state.desired).clone(),
+            next_heartbeat_millis: next.as_millis() as u64,
+            send_inventory,
+        };
+        (changed.then(|| state.client.clone()), wake, response)
+    };
+    match persist {
+        Some(client) => controller
+            .persister
+            .write(vec![client])
+            .await
+            .map_err(ApiError::internal)?,
+        None => controller.fleet.mark_dirty(&response_name(&slot)),
+    }
+    if !events.is_empty() {
+        controller.record(events).await;
+    }
+    if wake {
+        controller.reconcile_wake.notify_one();
+    }
+    controller.metrics.heartbeats.inc();
+    Ok(Json(response))
+}
+
+fn response_name(slot: &ClientSlot) -> String {
+    slot.state
+        .lock()
+        .expect("client lock")
+        .client
+        .metadata
+        .name
+        .clone()
+}
+
+/// A fraction in [0, 1) that differs between clients and heartbeats, without a random source.
+fn jitter_fraction(name: &str, now: Timestamp) -> f64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325 ^ now.unix_millis();
+    for byte in name.bytes() {
+        hash = (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (hash >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// Events for package state transitions: the client's update history.
+fn package_events(
+    name: &str,
+    before: &[PackageReport],
+    after: &[PackageReport],
+    now: Timestamp,
+    events: &mut Vec<Event>,
+) {
+    let object = || ObjectRef::new(Kind::Client, name);
+    for report in after {
+        let previous = before.iter().find(|p| p.name == report.name);
+        if previous.is_some_and(|p| p.state == report.state && p.version == report.version) {
+            continue;
+        }
+        let (type_, reason, message) = match report.state {
+            PackageState::Installed => (
+                EventType::Normal,
+                "Installed",
+                format!("{} {} installed", report.name, report.version),
+            ),
+            PackageState::Failed => (
+                EventType::Warning,
+                "InstallFailed",
+                format!(
+                    "{} {} failed: {}",
+                    report.name,
+                    report.version,
+                    report.message.clone().unwrap_or_default()
+                ),
+            ),
+            PackageState::Installing | PackageState::Removing => continue,
+        };
+        events.push(Event::new(now, object(), type_, reason, message));
+    }
+    for report in before {
+        if !after.iter().any(|p| p.name == report.name) {
+            events.push(Event::new(
+                now,
+                object(),
+                EventType::Normal,
+                "Removed",
+                format!("{} {} removed", report.name, report.version),
+            ));
+        }
+    }
+}
+
+/// Query of the long-poll.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DesiredQuery {
+    /// Answer when the revision is newer than this.
+    #[serde(default)]
+    after_revision: u64,
+    /// How long to wait at most (capped by the controller).
+    timeout_seconds: Option<u64>,
+}
+
+/// `GET /agent/v1/desired?afterRevision=N`.
+pub async fn desired(
+    State(controller): State<Arc<Controller>>,
+    headers: HeaderMap,
+    Query(query): Query<DesiredQuery>,
+) -> Result<Json<DesiredResponse>, ApiError> {
+    let slot = authenticate_client(&controller, &headers)?;
+    let mut receiver = slot.revision.subscribe();
+    let limit = controller.config.long_poll_max;
+    let wait = query
+        .timeout_seconds
+        .map_or(limit, |s| Duration::from_secs(s).min(limit));
+    let mut shutdown = controller.shutdown.clone();
+    let after = query.after_revision;
+    if *receiver.borrow_and_update() <= after {
+        tokio::select! {
+            _ = tokio::time::timeout(wait, receiver.wait_for(|revision| *revision > after)) => {}
+            _ = shutdown.wait_for(|stopping| *stopping) => {}
+        }
+    }
+    let desired = (*slot.state.lock().expect("client lock").desired).clone();
+    Ok(Json(DesiredResponse {
+        changed: desired.revision > after,
+        desired,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_names_are_sanitized() {
+        assert_eq!(
+            client_name("", "Kiosk_01.example.com"),
+            "kiosk-01.example.com"
+        );
+        assert_eq!(client_name("Front Desk", "h"), "front-desk");
+        assert_eq!(client_name("--", ""), "client");
+        assert_eq!(client_name(&"a".repeat(100), "").len(), 63);
+    }
+
+    #[test]
+    fn jitter_stays_in_range_and_varies() {
+        let values: Vec<f64> = (0..100)
+            .map(|i| jitter_fraction("c", Timestamp::from_unix_millis(i)))
+            .collect();
+        assert!(values.iter().all(|v| (0.0..1.0).contains(v)));
+        assert!(values.iter().any(|v| *v < 0.5) && values.iter().any(|v| *v >= 0.5));
+    }
+}

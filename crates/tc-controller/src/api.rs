@@ -1,0 +1,566 @@
+//! Admin API routes (`/apis/thinfleet.io/v1/...`), blobs, health and metrics.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tc_api::{API_VERSION, Client, Event, EventType, Kind, LabelSelector, ObjectRef, Timestamp};
+use tc_store::{EventFilter, Write, WriteOutcome};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+
+use crate::apply::{ApplyRequest, ArtifactPaths, ManifestFile};
+use crate::error::ApiError;
+use crate::{Controller, tokens};
+
+/// Middleware: the admin bearer token is required.
+pub async fn require_admin(
+    State(controller): State<Arc<Controller>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    match controller.check_admin(request.headers()) {
+        Ok(()) => next.run(request).await,
+        Err(error) => error.into_response(),
+    }
+}
+
+impl Controller {
+    /// 401 without or with an unknown token; 403 for a client token.
+    pub fn check_admin(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        let token = tokens::bearer(headers).ok_or_else(|| {
+            ApiError::unauthorized("missing bearer token: pass the admin token (data/admin.token)")
+        })?;
+        let hash = tokens::hash(token);
+        if hash == self.admin_token_hash {
+            return Ok(());
+        }
+        if self.fleet.by_token(&hash).is_some() {
+            return Err(ApiError::forbidden(
+                "a client token cannot be used on admin routes",
+            ));
+        }
+        Err(ApiError::unauthorized("invalid admin token"))
+    }
+}
+
+fn parse_kind(plural: &str) -> Result<Kind, ApiError> {
+    Kind::ALL
+        .into_iter()
+        .find(|k| k.plural() == plural)
+        .ok_or_else(|| {
+            ApiError::not_found(format!(
+                "unknown resource `{plural}`; use clientgroups, packagereleases or clients"
+            ))
+        })
+}
+
+/// Query of list calls.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ListQuery {
+    /// kubectl `-l` syntax.
+    label_selector: Option<String>,
+}
+
+/// `GET /apis/thinfleet.io/v1/{plural}`.
+pub async fn list(
+    State(controller): State<Arc<Controller>>,
+    Path(plural): Path<String>,
+    Query(query): Query<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let kind = parse_kind(&plural)?;
+    let selector = match query.label_selector.as_deref() {
+        Some(text) => {
+            LabelSelector::parse(text).map_err(|e| ApiError::bad_request(e.to_string()))?
+        }
+        None => LabelSelector::everything(),
+    };
+    let items: Vec<Value> = if kind == Kind::Client {
+        controller
+            .fleet
+            .clients()
+            .into_iter()
+            .filter(|c| selector.matches(&c.metadata.labels))
+            .map(|c| serde_json::to_value(c).expect("clients serialize"))
+            .collect()
+    } else {
+        let store = controller.store.clone();
+        tokio::task::spawn_blocking(move || store.list(kind))
+            .await??
+            .into_iter()
+            .filter(|o| selector.matches(&o.meta().labels))
+            .map(|o| serde_json::to_value(o).expect("objects serialize"))
+            .collect()
+    };
+    Ok(Json(
+        json!({ "apiVersion": API_VERSION, "kind": format!("{}List", kind.as_str()), "items": items }),
+    ))
+}
+
+/// `GET /apis/thinfleet.io/v1/{plural}/{name}`.
+pub async fn get(
+    State(controller): State<Arc<Controller>>,
+    Path((plural, name)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let kind = parse_kind(&plural)?;
+    let missing = || {
+        ApiError::not_found(format!(
+            "{}/{name} not found",
+            kind.as_str().to_ascii_lowercase()
+        ))
+    };
+    if kind == Kind::Client {
+        let slot = controller.fleet.get(&name).ok_or_else(missing)?;
+        let client = slot.state.lock().expect("client lock").client.clone();
+        return Ok(Json(
+            serde_json::to_value(client).expect("clients serialize"),
+        ));
+    }
+    let store = controller.store.clone();
+    let lookup = name.clone();
+    let object = tokio::task::spawn_blocking(move || store.get(kind, &lookup))
+        .await??
+        .ok_or_else(missing)?;
+    Ok(Json(
+        serde_json::to_value(object).expect("objects serialize"),
+    ))
+}
+
+/// `DELETE /apis/thinfleet.io/v1/{plural}/{name}`.
+pub async fn delete(
+    State(controller): State<Arc<Controller>>,
+    Path((plural, name)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let kind = parse_kind(&plural)?;
+    let reference = format!("{}/{name}", kind.as_str().to_ascii_lowercase());
+    let now = Timestamp::now();
+    let deleted: Value = if kind == Kind::Client {
+        let store = controller.store.clone();
+        let lookup = name.clone();
+        let client = tokio::task::spawn_blocking(move || store.delete_client(&lookup))
+            .await??
+            .ok_or_else(|| ApiError::not_found(format!("{reference} not found")))?;
+        controller.fleet.remove(&name);
+        serde_json::to_value(client).expect("clients serialize")
+    } else {
+        let _guard = controller.apply_lock.lock().await;
+        let store = controller.store.clone();
+        let lookup = name.clone();
+        let existing = tokio::task::spawn_blocking(move || store.get(kind, &lookup))
+            .await??
+            .ok_or_else(|| ApiError::not_found(format!("{reference} not found")))?;
+        if let tc_api::Object::PackageRelease(release) = &existing
+            && let Some(users) =
+                controller.release_users(&release.spec.package, &release.spec.version)
+        {
+            return Err(ApiError::conflict(format!(
+                "{reference} is assigned to {users} client(s); change the groups that select it first"
+            )));
+        }
+        let store = controller.store.clone();
+        let precondition = existing.meta().resource_version.clone();
+        let write = Write::Delete {
+            kind,
+            name: name.clone(),
+            precondition,
+        };
+        let outcome = tokio::task::spawn_blocking(move || store.write(vec![write], now)).await??;
+        match outcome.into_iter().next() {
+            Some(WriteOutcome::Deleted(object)) => {
+                serde_json::to_value(object).expect("objects serialize")
+            }
+            _ => return Err(ApiError::not_found(format!("{reference} not found"))),
+        }
+    };
+    controller
+        .record(vec![Event::new(
+            now,
+            ObjectRef::new(kind, &name),
+            EventType::Normal,
+            "Deleted",
+            format!("{reference} deleted"),
+        )])
+        .await;
+    controller.reconcile_wake.notify_one();
+    Ok(Json(deleted))
+}
+
+/// `PATCH /apis/thinfleet.io/v1/clients/{name}`: JSON merge patch of admin labels.
+pub async fn patch_client(
+    State(controller): State<Arc<Controller>>,
+    Path(name): Path<String>,
+    Json(patch): Json<Value>,
+) -> Result<Json<Client>, ApiError> {
+    let Some(patch) = patch.as_object() else {
+        return Err(ApiError::bad_request("the patch must be a JSON object"));
+    };
+    let allowed = patch.keys().all(|k| k == "metadata")
+        && patch
+            .get("metadata")
+            .and_then(Value::as_object)
+            .is_none_or(|m| m.keys().all(|k| k == "labels"));
+    if !allowed {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "only metadata.labels of a client can be patched",
+        ));
+    }
+    let labels = patch
+        .get("metadata")
+        .and_then(|m| m.get("labels"))
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
+    let mut set = BTreeMap::new();
+    let mut remove = vec![];
+    for (key, value) in &labels {
+        match value {
+            Value::Null => remove.push(key.clone()),
+            Value::String(v) => {
+                set.insert(key.clone(), v.clone());
+            }
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "label `{key}` must be a string or null, not {other}"
+                )));
+            }
+        }
+    }
+    let mut errors = tc_api::validate::Errors::default();
+    tc_api::validate::validate_labels(&set, "metadata.labels", &mut errors);
+    if let Err(errors) = errors.into_result() {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            errors.to_string(),
+        ));
+    }
+    let slot = controller
+        .fleet
+        .get(&name)
+        .ok_or_else(|| ApiError::not_found(format!("client/{name} not found")))?;
+    let client = {
+        let mut state = slot.state.lock().expect("client lock");
+        let spec = &mut state.client.spec;
+        for key in &remove {
+            spec.admin_labels.remove(key);
+        }
+        spec.admin_labels.extend(set);
+        state.client.refresh_labels();
+        state.client.clone()
+    };
+    controller
+        .persister
+        .write(vec![client.clone()])
+        .await
+        .map_err(ApiError::internal)?;
+    controller
+        .record(vec![Event::new(
+            Timestamp::now(),
+            ObjectRef::new(Kind::Client, &name),
+            EventType::Normal,
+            "Labelled",
+            format!(
+                "labels: {}",
+                LabelSelector {
+                    match_labels: client.metadata.labels.clone(),
+                    ..Default::default()
+                }
+            ),
+        )])
+        .await;
+    controller.reconcile_wake.notify_one();
+    Ok(Json(client))
+}
+
+/// Query of the apply call.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ApplyQuery {
+    #[serde(default)]
+    dry_run: bool,
+    #[serde(default)]
+    force: bool,
+    #[serde(default)]
+    prune: bool,
+    field_manager: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FilesBody {
+    files: Vec<FileBody>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileBody {
+    name: String,
+    content: String,
+}
+
+/// `POST /apis/thinfleet.io/v1/apply`.
+pub async fn apply(
+    State(controller): State<Arc<Controller>>,
+    Query(query): Query<ApplyQuery>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Json<crate::apply::ApplyResult>, ApiError> {
+    let text = std::str::from_utf8(&body)
+        .map_err(|_| ApiError::bad_request("the request body is not UTF-8"))?;
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    let files = match is_json
+        .then(|| serde_json::from_str::<FilesBody>(text))
+        .and_then(Result::ok)
+    {
+        Some(body) => body
+            .files
+            .into_iter()
+            .map(|f| ManifestFile {
+                name: f.name,
+                content: f.content,
+            })
+            .collect(),
+        None => vec![ManifestFile {
+            name: "request".into(),
+            content: text.to_string(),
+        }],
+    };
+    let manager = query.field_manager.unwrap_or_else(|| "tcadm".into());
+    if manager.is_empty() || manager.starts_with("dir:") {
+        return Err(ApiError::bad_request(
+            "fieldManager must be non-empty and must not start with `dir:`",
+        ));
+    }
+    let result = controller
+        .apply(ApplyRequest {
+            files,
+            manager,
+            dry_run: query.dry_run,
+            force: query.force,
+            prune: query.prune,
+            artifact_paths: ArtifactPaths::UploadedOnly,
+        })
+        .await?;
+    Ok(Json(result))
+}
+
+/// Query of the events call.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EventQuery {
+    kind: Option<String>,
+    name: Option<String>,
+    after_seq: Option<u64>,
+    limit: Option<usize>,
+}
+
+/// `GET /apis/thinfleet.io/v1/events`.
+pub async fn events(
+    State(controller): State<Arc<Controller>>,
+    Query(query): Query<EventQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let kind = query
+        .kind
+        .map(|k| Kind::parse(&k).map(|k| k.as_str().to_string()).unwrap_or(k));
+    let filter = EventFilter {
+        kind,
+        name: query.name,
+        after_seq: query.after_seq,
+        limit: Some(query.limit.unwrap_or(500).min(10_000)),
+    };
+    let store = controller.store.clone();
+    let items: Vec<Event> =
+        tokio::task::spawn_blocking(move || store.list_events(&filter)).await??;
+    Ok(Json(
+        json!({ "apiVersion": API_VERSION, "kind": "EventList", "items": items }),
+    ))
+}
+
+/// `GET /apis/thinfleet.io/v1/sources`.
+pub async fn sources(State(controller): State<Arc<Controller>>) -> Json<Value> {
+    let items: Vec<Value> = controller
+        .sources
+        .lock()
+        .expect("sources lock")
+        .values()
+        .map(|s| json!(s))
+        .collect();
+    Json(json!({ "apiVersion": API_VERSION, "kind": "ManifestSourceList", "items": items }))
+}
+
+/// `POST /apis/thinfleet.io/v1/bootstraptokens`.
+pub async fn create_bootstrap_token(
+    State(controller): State<Arc<Controller>>,
+) -> Result<Json<Value>, ApiError> {
+    let token = tokens::generate();
+    controller
+        .add_bootstrap_token(&tokens::hash(&token))
+        .await?;
+    Ok(Json(json!({ "token": token })))
+}
+
+/// Query of `PUT /blobs`.
+#[derive(Debug, Default, Deserialize)]
+pub struct PutBlobQuery {
+    sha256: Option<String>,
+}
+
+/// `PUT /blobs`.
+pub async fn put_blob(
+    State(controller): State<Arc<Controller>>,
+    Query(query): Query<PutBlobQuery>,
+    body: Body,
+) -> Result<Json<crate::blobs::BlobInfo>, ApiError> {
+    if let Some(sha) = &query.sha256
+        && !tc_api::resources::is_sha256_hex(sha)
+    {
+        return Err(ApiError::bad_request(format!(
+            "`{sha}` is not 64 lowercase hex digits"
+        )));
+    }
+    let stream = body.into_data_stream();
+    let info = controller
+        .blobs
+        .put_stream(stream, query.sha256.as_deref())
+        .await
+        .map_err(|error| match error {
+            crate::blobs::BlobError::DigestMismatch { .. } => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, error.to_string())
+            }
+            crate::blobs::BlobError::TooLarge { .. } => {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, error.to_string())
+            }
+            crate::blobs::BlobError::Source(_) => ApiError::bad_request(error.to_string()),
+            crate::blobs::BlobError::Io(_) => ApiError::internal(error),
+        })?;
+    Ok(Json(info))
+}
+
+impl Controller {
+    fn check_blob_reader(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        if self.config.public_blobs {
+            return Ok(());
+        }
+        let token = tokens::bearer(headers)
+            .ok_or_else(|| ApiError::unauthorized("missing bearer token"))?;
+        let hash = tokens::hash(token);
+        if hash == self.admin_token_hash || self.fleet.by_token(&hash).is_some() {
+            Ok(())
+        } else {
+            Err(ApiError::unauthorized("invalid token"))
+        }
+    }
+}
+
+/// `GET|HEAD /blobs/sha256/{hex}`: Range, ETag, immutable caching.
+pub async fn get_blob(
+    State(controller): State<Arc<Controller>>,
+    Path(sha256): Path<String>,
+    method: axum::http::Method,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    controller.check_blob_reader(&headers)?;
+    let size = controller
+        .blobs
+        .stat(&sha256)
+        .await
+        .ok_or_else(|| ApiError::not_found(format!("blob sha256:{sha256} not found")))?;
+    let etag = format!("\"sha256:{sha256}\"");
+    let mut response = Response::builder()
+        .header(header::ETAG, &etag)
+        .header(header::CACHE_CONTROL, "public, max-age=31536000, immutable")
+        .header(header::ACCEPT_RANGES, "bytes")
+        .header(header::CONTENT_TYPE, "application/zip");
+    if headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"))
+    {
+        return Ok(response
+            .status(StatusCode::NOT_MODIFIED)
+            .body(Body::empty())
+            .expect("valid response"));
+    }
+    let range = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
+        Some(value) => match crate::blobs::parse_range(value, size) {
+            Ok(range) => range,
+            Err(()) => {
+                return Ok(Response::builder()
+                    .status(StatusCode::RANGE_NOT_SATISFIABLE)
+                    .header(header::CONTENT_RANGE, format!("bytes */{size}"))
+                    .body(Body::empty())
+                    .expect("valid response"));
+            }
+        },
+        None => None,
+    };
+    let (start, length) = match range {
+        Some(r) => {
+            response = response.status(StatusCode::PARTIAL_CONTENT).header(
+                header::CONTENT_RANGE,
+                format!("bytes {}-{}/{size}", r.start, r.end),
+            );
+            (r.start, r.end - r.start + 1)
+        }
+        None => (0, size),
+    };
+    response = response.header(header::CONTENT_LENGTH, length);
+    if method == axum::http::Method::HEAD {
+        return Ok(response.body(Body::empty()).expect("valid response"));
+    }
+    let mut file = tokio::fs::File::open(controller.blobs.path(&sha256))
+        .await
+        .map_err(ApiError::internal)?;
+    file.seek(std::io::SeekFrom::Start(start))
+        .await
+        .map_err(ApiError::internal)?;
+    controller.metrics.blob_bytes_served.inc_by(length);
+    let stream = tokio_util::io::ReaderStream::new(file.take(length));
+    Ok(response
+        .body(Body::from_stream(stream))
+        .expect("valid response"))
+}
+
+/// `GET /healthz`.
+pub async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// `GET /readyz`: 503 until the store is open and the watched directory was applied once.
+pub async fn readyz(State(controller): State<Arc<Controller>>) -> Response {
+    if controller.ready.load(std::sync::atomic::Ordering::SeqCst) {
+        "ok".into_response()
+    } else {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "starting").into_response()
+    }
+}
+
+/// `GET /metrics`.
+pub async fn metrics(State(controller): State<Arc<Controller>>) -> Response {
+    let mut response = controller.metrics.render().into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    response
+}
+
+/// `GET /version`.
+pub async fn version() -> Json<Value> {
+    Json(json!({ "version": env!("CARGO_PKG_VERSION") }))
+}
+
+/// Fallback for unknown routes: a JSON 404.
+pub async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError::not_found(format!("no route for {}", uri.path()))
+}

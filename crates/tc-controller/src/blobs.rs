@@ -1,0 +1,271 @@
+//! The content-addressed blob store: `<data>/blobs/sha256/<hex>`.
+//!
+//! A blob is written to a temporary file while it is hashed, checked against the expected digest
+//! and size if any, synced, and only then renamed to its digest, so a blob that exists under its
+//! name is always complete and correct.
+
+use std::path::{Path, PathBuf};
+
+use futures_util::{Stream, StreamExt};
+use ring::digest::{Context, SHA256};
+use tokio::io::AsyncWriteExt;
+
+use crate::tokens::hex;
+
+/// A stored blob.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BlobInfo {
+    /// Lowercase hex sha256.
+    pub sha256: String,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// Why a blob could not be stored.
+#[derive(Debug, thiserror::Error)]
+pub enum BlobError {
+    /// The content does not have the expected digest.
+    #[error("sha256 mismatch: expected {expected}, got {actual}")]
+    DigestMismatch {
+        /// Declared.
+        expected: String,
+        /// Computed.
+        actual: String,
+    },
+    /// The content is larger than allowed.
+    #[error("blob is larger than the limit of {limit} bytes")]
+    TooLarge {
+        /// The limit.
+        limit: u64,
+    },
+    /// Reading the source failed.
+    #[error("reading the blob failed: {0}")]
+    Source(String),
+    /// The disk failed.
+    #[error("blob store I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The blob store.
+#[derive(Clone, Debug)]
+pub struct BlobStore {
+    root: PathBuf,
+    max_size: u64,
+}
+
+impl BlobStore {
+    /// Opens (creating) the store under `data_dir`.
+    pub fn open(data_dir: &Path, max_size: u64) -> std::io::Result<Self> {
+        let root = data_dir.join("blobs");
+        std::fs::create_dir_all(root.join("sha256"))?;
+        std::fs::create_dir_all(root.join("tmp"))?;
+        Ok(BlobStore { root, max_size })
+    }
+
+    /// Where a blob lives (whether or not it exists). `sha256` must be validated hex.
+    pub fn path(&self, sha256: &str) -> PathBuf {
+        self.root.join("sha256").join(sha256)
+    }
+
+    /// The blob's size, if it exists.
+    pub async fn stat(&self, sha256: &str) -> Option<u64> {
+        if !tc_api::resources::is_sha256_hex(sha256) {
+            return None;
+        }
+        tokio::fs::metadata(self.path(sha256))
+            .await
+            .ok()
+            .filter(|m| m.is_file())
+            .map(|m| m.len())
+    }
+
+    /// Stores a stream of bytes; verifies `expected` when given.
+    pub async fn put_stream<S, B, E>(
+        &self,
+        mut stream: S,
+        expected: Option<&str>,
+    ) -> Result<BlobInfo, BlobError>
+    where
+        S: Stream<Item = Result<B, E>> + Unpin,
+        B: AsRef<[u8]>,
+        E: std::fmt::Display,
+    {
+        let temp = self.root.join("tmp").join(crate::tokens::generate());
+        let result = async {
+            let mut file = tokio::fs::File::create(&temp).await?;
+            let mut context = Context::new(&SHA256);
+            let mut size = 0u64;
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk.map_err(|e| BlobError::Source(e.to_string()))?;
+                let bytes = chunk.as_ref();
+                size += bytes.len() as u64;
+                if size > self.max_size {
+                    return Err(BlobError::TooLarge {
+                        limit: self.max_size,
+                    });
+                }
+                context.update(bytes);
+                file.write_all(bytes).await?;
+            }
+            file.sync_all().await?;
+            drop(file);
+            let sha256 = hex(context.finish().as_ref());
+            if let Some(expected) = expected
+                && expected != sha256
+            {
+                return Err(BlobError::DigestMismatch {
+                    expected: expected.to_string(),
+                    actual: sha256,
+                });
+            }
+            tokio::fs::rename(&temp, self.path(&sha256)).await?;
+            Ok(BlobInfo { sha256, size })
+        }
+        .await;
+        if result.is_err() {
+            let _ = tokio::fs::remove_file(&temp).await;
+        }
+        result
+    }
+
+    /// Imports a local file (an `artifact.path` of the watched directory).
+    pub async fn put_file(
+        &self,
+        path: &Path,
+        expected: Option<&str>,
+    ) -> Result<BlobInfo, BlobError> {
+        let file = tokio::fs::File::open(path).await?;
+        let stream = tokio_util::io::ReaderStream::new(file);
+        self.put_stream(stream, expected).await
+    }
+
+    /// Hashes a local file without storing it (for dry runs).
+    pub async fn digest_file(path: &Path) -> Result<BlobInfo, BlobError> {
+        let file = tokio::fs::File::open(path).await?;
+        let mut stream = tokio_util::io::ReaderStream::new(file);
+        let mut context = Context::new(&SHA256);
+        let mut size = 0u64;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            size += chunk.len() as u64;
+            context.update(&chunk);
+        }
+        Ok(BlobInfo {
+            sha256: hex(context.finish().as_ref()),
+            size,
+        })
+    }
+}
+
+/// A parsed `Range: bytes=...` header for one range.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ByteRange {
+    /// First byte.
+    pub start: u64,
+    /// Last byte, inclusive.
+    pub end: u64,
+}
+
+/// Parses a single-range `Range` header against a size. `Ok(None)`: no usable range (serve the
+/// whole blob); `Err(())`: unsatisfiable (416).
+#[allow(clippy::result_unit_err)]
+pub fn parse_range(header: &str, size: u64) -> Result<Option<ByteRange>, ()> {
+    let Some(spec) = header.trim().strip_prefix("bytes=") else {
+        return Ok(None);
+    };
+    if spec.contains(',') {
+        // Several ranges: answer with the whole blob, which is allowed.
+        return Ok(None);
+    }
+    let Some((start, end)) = spec.split_once('-') else {
+        return Ok(None);
+    };
+    let (start, end) = (start.trim(), end.trim());
+    let range = if start.is_empty() {
+        let suffix: u64 = end.parse().map_err(|_| ())?;
+        if suffix == 0 || size == 0 {
+            return Err(());
+        }
+        ByteRange {
+            start: size.saturating_sub(suffix),
+            end: size - 1,
+        }
+    } else {
+        let start: u64 = start.parse().map_err(|_| ())?;
+        let end = if end.is_empty() {
+            size.saturating_sub(1)
+        } else {
+            end.parse::<u64>()
+                .map_err(|_| ())?
+                .min(size.saturating_sub(1))
+        };
+        if start >= size || end < start {
+            return Err(());
+        }
+        ByteRange { start, end }
+    };
+    Ok(Some(range))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn range_table() {
+        let cases = [
+            ("bytes=0-9", 100, Ok(Some(ByteRange { start: 0, end: 9 }))),
+            ("bytes=10-", 100, Ok(Some(ByteRange { start: 10, end: 99 }))),
+            ("bytes=-10", 100, Ok(Some(ByteRange { start: 90, end: 99 }))),
+            (
+                "bytes=90-200",
+                100,
+                Ok(Some(ByteRange { start: 90, end: 99 })),
+            ),
+            ("bytes=100-", 100, Err(())),
+            ("bytes=5-3", 100, Err(())),
+            ("bytes=0-1,5-6", 100, Ok(None)),
+            ("items=0-1", 100, Ok(None)),
+            ("bytes=x-1", 100, Err(())),
+        ];
+        for (header, size, expected) in cases {
+            assert_eq!(parse_range(header, size), expected, "{header}");
+        }
+    }
+
+    #[tokio::test]
+    async fn blobs_are_verified_before_they_appear() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path(), 1 << 20).unwrap();
+        let chunks = futures_util::stream::iter(vec![
+            Ok::<_, std::io::Error>(b"hello ".to_vec()),
+            Ok(b"world".to_vec()),
+        ]);
+        let info = store.put_stream(chunks, None).await.unwrap();
+        assert_eq!(
+            info.sha256,
+            "b94d27b9934d3e08a52e52d7da7dabfac484efe37a5380ee9088f7ace2efcde9"
+        );
+        assert_eq!(store.stat(&info.sha256).await, Some(11));
+
+        let wrong = "0".repeat(64);
+        let chunks = futures_util::stream::iter(vec![Ok::<_, std::io::Error>(b"other".to_vec())]);
+        let error = store.put_stream(chunks, Some(&wrong)).await.unwrap_err();
+        assert!(matches!(error, BlobError::DigestMismatch { .. }));
+        assert_eq!(store.stat(&wrong).await, None);
+        // Nothing is left in the temporary directory.
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("blobs/tmp"))
+                .unwrap()
+                .count(),
+            0
+        );
+
+        let small = BlobStore::open(dir.path(), 4).unwrap();
+        let chunks = futures_util::stream::iter(vec![Ok::<_, std::io::Error>(b"too big".to_vec())]);
+        assert!(matches!(
+            small.put_stream(chunks, None).await.unwrap_err(),
+            BlobError::TooLarge { .. }
+        ));
+    }
+}

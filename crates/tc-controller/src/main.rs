@@ -1,0 +1,96 @@
+//! `tc-controller`: the thinfleet controller binary.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use tc_controller::{Config, serve};
+
+/// The thinfleet controller: desired state, observed state, the API, the blobs and the agents'
+/// endpoint.
+#[derive(Debug, Parser)]
+#[command(name = "tc-controller", version)]
+struct Args {
+    /// Address to listen on (IPv4 or IPv6, e.g. `[::]:7130`).
+    #[arg(long, default_value = "127.0.0.1:7130", env = "TC_CONTROLLER_LISTEN")]
+    listen: SocketAddr,
+    /// Data directory: the database, the blobs and the token files.
+    #[arg(long, default_value = "./data", env = "TC_CONTROLLER_DATA_DIR")]
+    data_dir: PathBuf,
+    /// Watched manifest directory, applied at start and on every change.
+    #[arg(long, default_value = "./manifests", env = "TC_CONTROLLER_MANIFESTS")]
+    manifests: PathBuf,
+    /// Do not watch a manifest directory.
+    #[arg(long)]
+    no_manifests: bool,
+    /// Serve blobs without authentication (for a CDN or cache in front).
+    #[arg(long)]
+    public_blobs: bool,
+    /// Seconds between periodic reconcile passes and directory re-reads.
+    #[arg(long, default_value_t = 30)]
+    resync_seconds: u64,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let listener = match tokio::net::TcpListener::bind(args.listen).await {
+            Ok(listener) => listener,
+            Err(error) => {
+                eprintln!("error: cannot listen on {}: {error}", args.listen);
+                return ExitCode::FAILURE;
+            }
+        };
+        let mut config = Config::new(&args.data_dir);
+        config.manifests_dir = (!args.no_manifests).then(|| args.manifests.clone());
+        config.public_blobs = args.public_blobs;
+        config.resync_interval = std::time::Duration::from_secs(args.resync_seconds.max(1));
+        tracing::info!(listen = %args.listen, data_dir = %args.data_dir.display(), "tc-controller starting");
+        match serve(listener, config, shutdown_signal()).await {
+            Ok(()) => {
+                tracing::info!("tc-controller stopped");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("error: {error}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = terminate => {}
+    }
+    tracing::info!("shutting down");
+}

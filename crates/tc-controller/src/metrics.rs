@@ -1,0 +1,98 @@
+//! Prometheus metrics, one registry per controller instance (tests run several).
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// The controller's metrics.
+pub struct Metrics {
+    registry: Registry,
+    /// Clients by phase.
+    pub clients: Family<Vec<(String, String)>, Gauge>,
+    /// Heartbeats answered.
+    pub heartbeats: Counter,
+    /// Applies by result (`ok`, `error`, `dry_run`).
+    pub applies: Family<Vec<(String, String)>, Counter>,
+    /// Apply duration, seconds.
+    pub apply_seconds: Histogram,
+    /// Reconcile passes.
+    pub reconciles: Counter,
+    /// Reconcile pass duration, seconds.
+    pub reconcile_seconds: Histogram,
+    /// Blob bytes sent to agents and admins.
+    pub blob_bytes_served: Counter,
+    /// Enrolments.
+    pub enrolments: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("thinfleet");
+        let clients = Family::<Vec<(String, String)>, Gauge>::default();
+        registry.register("clients", "Clients by phase", clients.clone());
+        let heartbeats = Counter::default();
+        registry.register("heartbeats", "Heartbeats answered", heartbeats.clone());
+        let applies = Family::<Vec<(String, String)>, Counter>::default();
+        registry.register("applies", "Applies by result", applies.clone());
+        let apply_seconds = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
+        registry.register(
+            "apply_duration_seconds",
+            "Apply duration",
+            apply_seconds.clone(),
+        );
+        let reconciles = Counter::default();
+        registry.register("reconciles", "Reconcile passes", reconciles.clone());
+        let reconcile_seconds = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
+        registry.register(
+            "reconcile_duration_seconds",
+            "Reconcile pass duration",
+            reconcile_seconds.clone(),
+        );
+        let blob_bytes_served = Counter::default();
+        registry.register(
+            "blob_bytes_served",
+            "Blob bytes served",
+            blob_bytes_served.clone(),
+        );
+        let enrolments = Counter::default();
+        registry.register("enrolments", "Agent enrolments", enrolments.clone());
+        Metrics {
+            registry,
+            clients,
+            heartbeats,
+            applies,
+            apply_seconds,
+            reconciles,
+            reconcile_seconds,
+            blob_bytes_served,
+            enrolments,
+        }
+    }
+}
+
+impl Metrics {
+    /// Counts an apply.
+    pub fn apply(&self, result: &str, seconds: f64) {
+        self.applies
+            .get_or_create(&vec![("result".to_string(), result.to_string())])
+            .inc();
+        self.apply_seconds.observe(seconds);
+    }
+
+    /// Sets the number of clients in a phase.
+    pub fn set_clients(&self, phase: &str, count: usize) {
+        self.clients
+            .get_or_create(&vec![("phase".to_string(), phase.to_string())])
+            .set(count as i64);
+    }
+
+    /// The text exposition.
+    pub fn render(&self) -> String {
+        let mut text = String::new();
+        encode(&mut text, &self.registry).expect("metrics encode into a string");
+        text
+    }
+}

@@ -1,0 +1,518 @@
+//! The admin API over a real socket: apply semantics, auth, blobs.
+
+mod common;
+
+use common::*;
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+const GROUP: &str = "apiVersion: thinfleet.io/v1
+kind: ClientGroup
+metadata:
+  name: front-desk
+  labels: { team: ops }
+spec:
+  selector: { matchLabels: { site: berlin } }
+";
+
+#[tokio::test]
+async fn apply_reports_created_unchanged_configured_and_pruned() {
+    let controller = TestController::start().await;
+    let api = Api::admin(&controller);
+    let other = GROUP.replace("front-desk", "back-office");
+    let both = format!("{GROUP}---\n{other}");
+
+    let (status, result) = api.apply(&both, "").await;
+    assert_eq!(status, StatusCode::OK, "{result}");
+    assert_eq!(
+        actions(&result),
+        vec![
+            ("created".into(), "ClientGroup/front-desk".into()),
+            ("created".into(), "ClientGroup/back-office".into())
+        ]
+    );
+    assert_eq!(result["items"][0]["object"]["metadata"]["generation"], 1);
+    assert_eq!(
+        result["items"][0]["object"]["metadata"]["managedBy"],
+        "tcadm"
+    );
+
+    let (_, result) = api.apply(&both, "").await;
+    assert_eq!(actions(&result)[0].0, "unchanged");
+
+    let changed = both.replacen("site: berlin", "site: paris", 1);
+    let (_, result) = api.apply(&changed, "").await;
+    assert_eq!(actions(&result)[0].0, "configured");
+    assert_eq!(result["items"][0]["object"]["metadata"]["generation"], 2);
+
+    // Without --prune nothing is deleted; with it, what this manager applied before and left out goes.
+    let (_, result) = api.apply(GROUP, "").await;
+    assert_eq!(actions(&result).len(), 1);
+    let (_, list) = api.get("/apis/thinfleet.io/v1/clientgroups").await;
+    assert_eq!(list["items"].as_array().unwrap().len(), 2);
+    let (_, result) = api.apply(GROUP, "?prune=true").await;
+    assert_eq!(
+        actions(&result)[1],
+        ("pruned".into(), "ClientGroup/back-office".into())
+    );
+    let (status, _) = api
+        .get("/apis/thinfleet.io/v1/clientgroups/back-office")
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // Events record the audit trail.
+    let (_, events) = api
+        .get("/apis/thinfleet.io/v1/events?kind=ClientGroup&name=back-office")
+        .await;
+    let reasons: Vec<&str> = events["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(reasons, vec!["Created", "Pruned"]);
+}
+
+#[tokio::test]
+async fn dry_run_writes_nothing_and_shows_the_change() {
+    let controller = TestController::start().await;
+    let api = Api::admin(&controller);
+    let (status, result) = api.apply(GROUP, "?dryRun=true").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(result["dryRun"], true);
+    assert_eq!(actions(&result)[0].0, "created");
+    let (status, _) = api
+        .get("/apis/thinfleet.io/v1/clientgroups/front-desk")
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    api.apply(GROUP, "").await;
+    let (_, result) = api
+        .apply(&GROUP.replace("berlin", "rome"), "?dryRun=true")
+        .await;
+    assert_eq!(actions(&result)[0].0, "configured");
+    assert_eq!(
+        result["items"][0]["existing"]["spec"]["selector"]["matchLabels"]["site"],
+        "berlin"
+    );
+    assert_eq!(
+        result["items"][0]["object"]["spec"]["selector"]["matchLabels"]["site"],
+        "rome"
+    );
+    let (_, stored) = api
+        .get("/apis/thinfleet.io/v1/clientgroups/front-desk")
+        .await;
+    assert_eq!(stored["spec"]["selector"]["matchLabels"]["site"], "berlin");
+}
+
+#[tokio::test]
+async fn bad_manifests_change_nothing_and_say_where() {
+    let controller = TestController::start().await;
+    let api = Api::admin(&controller);
+    let good = GROUP.replace("front-desk", "good");
+    let bad = "apiVersion: thinfleet.io/v1\nkind: ClientGroup\nmetadata: { name: bad }\nspec:\n  selector: {}\n  colour: blue\n";
+    let (status, error) = api
+        .apply_files(&[("fleet/good.yaml", &good), ("fleet/bad.yaml", bad)], "")
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(error["kind"], "Status");
+    assert_eq!(error["reason"], "BadRequest");
+    let cause = &error["details"]["causes"][0];
+    assert_eq!(
+        (
+            cause["file"].as_str(),
+            cause["line"].as_u64(),
+            cause["column"].as_u64()
+        ),
+        (Some("fleet/bad.yaml"), Some(6), Some(3))
+    );
+    assert_eq!(cause["field"], "spec.colour");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("fleet/bad.yaml:6:3: spec.colour: unknown field `colour`"),
+        "{error}"
+    );
+    // Atomic: the good document was not applied either.
+    let (_, list) = api.get("/apis/thinfleet.io/v1/clientgroups").await;
+    assert!(list["items"].as_array().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn another_managers_object_needs_force() {
+    let controller = TestController::start().await;
+    let api = Api::admin(&controller);
+    api.apply(GROUP, "?fieldManager=alice").await;
+    let (status, error) = api.apply(&GROUP.replace("berlin", "rome"), "").await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("managed by `alice`"),
+        "{error}"
+    );
+    assert!(error["message"].as_str().unwrap().contains("--force"));
+    let (status, result) = api
+        .apply(&GROUP.replace("berlin", "rome"), "?force=true")
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        result["items"][0]["object"]["metadata"]["managedBy"],
+        "tcadm"
+    );
+}
+
+#[tokio::test]
+async fn stale_resource_version_is_refused() {
+    let controller = TestController::start().await;
+    let api = Api::admin(&controller);
+    let (_, result) = api.apply(GROUP, "").await;
+    let version = result["items"][0]["object"]["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let with_version = |v: &str, site: &str| {
+        GROUP
+            .replace(
+                "  labels:",
+                &format!("  resourceVersion: \"{v}\"\n  labels:"),
+            )
+            .replace("berlin", site)
+    };
+    let (status, _) = api.apply(&with_version(&version, "rome"), "").await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, error) = api.apply(&with_version(&version, "oslo"), "").await;
+    assert_eq!(status, StatusCode::CONFLICT, "{error}");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("has been modified")
+    );
+    let (_, stored) = api
+        .get("/apis/thinfleet.io/v1/clientgroups/front-desk")
+        .await;
+    assert_eq!(stored["spec"]["selector"]["matchLabels"]["site"], "rome");
+}
+
+#[tokio::test]
+async fn releases_need_their_blob_and_are_immutable() {
+    let controller = TestController::start().await;
+    let api = Api::admin(&controller);
+    let zip = package_zip("v1");
+    let sha = sha256_hex(&zip);
+    let (status, error) = api.apply(&release_yaml("kiosk", "1.0.0", &sha), "").await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{error}");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("not in the blob store")
+    );
+
+    let (status, info) = api.put_blob(zip.clone()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(info["sha256"], sha);
+    let (status, result) = api.apply(&release_yaml("kiosk", "1.0.0", &sha), "").await;
+    assert_eq!(status, StatusCode::OK, "{result}");
+    let release = &result["items"][0]["object"];
+    assert_eq!(release["status"]["artifact"]["sha256"], sha);
+    assert_eq!(release["status"]["artifact"]["size"], zip.len());
+    assert_eq!(release["status"]["conditions"][0]["type"], "Ready");
+
+    let other = package_zip("v1-rebuilt");
+    let other_sha = sha256_hex(&other);
+    api.put_blob(other).await;
+    let (status, error) = api
+        .apply(&release_yaml("kiosk", "1.0.0", &other_sha), "")
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert!(
+        error["message"].as_str().unwrap().contains("immutable"),
+        "{error}"
+    );
+
+    // A path on the admin's machine cannot be read by the controller.
+    let with_path = release_yaml("kiosk", "1.1.0", &other_sha)
+        .replace(&format!("sha256: {other_sha}"), "path: ./kiosk.zip");
+    let (status, error) = api.apply(&with_path, "").await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("upload the zip first"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn blobs_support_range_etag_and_are_verified() {
+    let controller = TestController::start().await;
+    let api = Api::admin(&controller);
+    let bytes: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+    let (_, info) = api.put_blob(bytes.clone()).await;
+    let sha = info["sha256"].as_str().unwrap().to_string();
+    let url = format!("{}/blobs/sha256/{sha}", api.base);
+
+    let full = api
+        .http
+        .get(&url)
+        .bearer_auth(&api.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(full.status(), StatusCode::OK);
+    let etag = full.headers()["etag"].to_str().unwrap().to_string();
+    assert_eq!(etag, format!("\"sha256:{sha}\""));
+    assert!(
+        full.headers()["cache-control"]
+            .to_str()
+            .unwrap()
+            .contains("immutable")
+    );
+    assert_eq!(full.bytes().await.unwrap().to_vec(), bytes);
+
+    let part = api
+        .http
+        .get(&url)
+        .bearer_auth(&api.token)
+        .header("range", "bytes=9000-")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(part.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(part.headers()["content-range"], "bytes 9000-9999/10000");
+    assert_eq!(part.bytes().await.unwrap().to_vec(), bytes[9000..].to_vec());
+
+    let cached = api
+        .http
+        .get(&url)
+        .bearer_auth(&api.token)
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cached.status(), StatusCode::NOT_MODIFIED);
+    let bad_range = api
+        .http
+        .get(&url)
+        .bearer_auth(&api.token)
+        .header("range", "bytes=20000-")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad_range.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+
+    // A declared digest that does not match is refused and nothing is stored.
+    let wrong = "a".repeat(64);
+    let response = api
+        .http
+        .put(format!("{}/blobs?sha256={wrong}", api.base))
+        .bearer_auth(&api.token)
+        .body(b"xyz".to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let missing = api
+        .http
+        .get(format!("{}/blobs/sha256/{wrong}", api.base))
+        .bearer_auth(&api.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+    // Without a token: 401.
+    let anonymous = api.http.get(&url).send().await.unwrap();
+    assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn every_protected_route_refuses_missing_wrong_and_misused_tokens() {
+    let controller = TestController::start().await;
+    let admin = Api::admin(&controller);
+    let (_, enrolled) = admin
+        .enroll(controller.bootstrap_token(), "m-1", "kiosk-1", json!({}))
+        .await;
+    let client_token = enrolled["clientToken"].as_str().unwrap().to_string();
+    let routes: Vec<(Method, &str, bool)> = vec![
+        (Method::GET, "/apis/thinfleet.io/v1/clientgroups", true),
+        (Method::GET, "/apis/thinfleet.io/v1/clientgroups/x", true),
+        (Method::DELETE, "/apis/thinfleet.io/v1/clientgroups/x", true),
+        (Method::GET, "/apis/thinfleet.io/v1/packagereleases", true),
+        (Method::GET, "/apis/thinfleet.io/v1/clients", true),
+        (Method::GET, "/apis/thinfleet.io/v1/clients/kiosk-1", true),
+        (Method::PATCH, "/apis/thinfleet.io/v1/clients/kiosk-1", true),
+        (
+            Method::DELETE,
+            "/apis/thinfleet.io/v1/clients/kiosk-1",
+            true,
+        ),
+        (Method::POST, "/apis/thinfleet.io/v1/apply", true),
+        (Method::GET, "/apis/thinfleet.io/v1/events", true),
+        (Method::GET, "/apis/thinfleet.io/v1/sources", true),
+        (Method::POST, "/apis/thinfleet.io/v1/bootstraptokens", true),
+        (Method::PUT, "/blobs", true),
+        (Method::POST, "/agent/v1/heartbeat", false),
+        (
+            Method::GET,
+            "/agent/v1/desired?afterRevision=0&timeoutSeconds=0",
+            false,
+        ),
+    ];
+    for (method, path, admin_route) in routes {
+        let url = format!("{}{path}", admin.base);
+        let body = if method == Method::GET || method == Method::DELETE {
+            None
+        } else {
+            Some(json!({"protocolVersion": 1, "observedRevision": 0, "inventoryHash": ""}))
+        };
+        let send = |token: Option<&str>| {
+            let mut request = admin.http.request(method.clone(), &url);
+            if let Some(token) = token {
+                request = request.bearer_auth(token);
+            }
+            if let Some(body) = &body {
+                request = request.json(body);
+            }
+            request.send()
+        };
+        let missing = send(None).await.unwrap();
+        assert_eq!(
+            missing.status(),
+            StatusCode::UNAUTHORIZED,
+            "{method} {path} without a token"
+        );
+        let body: serde_json::Value = missing.json().await.unwrap();
+        assert_eq!(body["kind"], "Status", "{method} {path}");
+        assert_eq!(
+            send(Some("wrong")).await.unwrap().status(),
+            StatusCode::UNAUTHORIZED,
+            "{method} {path} wrong token"
+        );
+        let misused = if admin_route {
+            client_token.as_str()
+        } else {
+            controller.admin_token()
+        };
+        assert_eq!(
+            send(Some(misused)).await.unwrap().status(),
+            StatusCode::FORBIDDEN,
+            "{method} {path} wrong kind of token"
+        );
+    }
+    // Enrolment with a wrong bootstrap token.
+    let (status, _) = admin.enroll("nope", "m-2", "kiosk-2", json!({})).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    // The open routes stay open.
+    for path in [
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/version",
+        "/openapi.json",
+    ] {
+        let response = admin
+            .http
+            .get(format!("{}{path}", admin.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+    }
+}
+
+#[tokio::test]
+async fn labels_select_clients_and_patch_changes_only_admin_labels() {
+    let controller = TestController::start().await;
+    let api = Api::admin(&controller);
+    api.enroll(
+        controller.bootstrap_token(),
+        "m-1",
+        "kiosk-1",
+        json!({"site": "berlin"}),
+    )
+    .await;
+    api.enroll(
+        controller.bootstrap_token(),
+        "m-2",
+        "kiosk-2",
+        json!({"site": "paris"}),
+    )
+    .await;
+    let (_, list) = api
+        .get("/apis/thinfleet.io/v1/clients?labelSelector=site%3Dberlin")
+        .await;
+    let names: Vec<&str> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["metadata"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, vec!["kiosk-1"]);
+
+    let patch = json!({"metadata": {"labels": {"rack": "7", "site": "rome"}}});
+    let (status, client) = api
+        .request(
+            Method::PATCH,
+            "/apis/thinfleet.io/v1/clients/kiosk-2",
+            Some(patch),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{client}");
+    assert_eq!(client["metadata"]["labels"]["site"], "rome");
+    assert_eq!(client["spec"]["agentLabels"]["site"], "paris");
+    let (_, client) = api
+        .request(
+            Method::PATCH,
+            "/apis/thinfleet.io/v1/clients/kiosk-2",
+            Some(json!({"metadata": {"labels": {"site": null}}})),
+        )
+        .await;
+    assert_eq!(client["metadata"]["labels"]["site"], "paris");
+    assert_eq!(client["metadata"]["labels"]["rack"], "7");
+    let (status, _) = api
+        .request(
+            Method::PATCH,
+            "/apis/thinfleet.io/v1/clients/kiosk-2",
+            Some(json!({"spec": {}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    let (status, _) = api
+        .request(
+            Method::PATCH,
+            "/apis/thinfleet.io/v1/clients/kiosk-2",
+            Some(json!({"metadata": {"labels": {"bad key": "x"}}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+}
+
+#[tokio::test]
+async fn openapi_describes_the_routes() {
+    let controller = TestController::start().await;
+    let api = Api::admin(&controller);
+    let (_, document) = api.get("/openapi.json").await;
+    assert_eq!(document["openapi"], "3.1.0");
+    for path in [
+        "/apis/thinfleet.io/v1/clientgroups/{name}",
+        "/apis/thinfleet.io/v1/apply",
+        "/agent/v1/heartbeat",
+        "/blobs/sha256/{hex}",
+    ] {
+        assert!(document["paths"][path].is_object(), "{path} missing");
+    }
+    assert!(document["components"]["schemas"]["ClientGroupSpec"].is_object());
+    let (_, metrics) = api.get("/metrics").await;
+    assert!(
+        metrics
+            .as_str()
+            .unwrap()
+            .contains("thinfleet_heartbeats_total"),
+        "{metrics}"
+    );
+}

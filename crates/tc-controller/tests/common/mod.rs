@@ -1,0 +1,197 @@
+//! Helpers for the controller's integration tests.
+
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+pub use tc_testkit::{PackageFile, TestController, build_zip, sha256_hex};
+
+/// A small API client for tests.
+pub struct Api {
+    pub base: String,
+    pub token: String,
+    pub http: reqwest::Client,
+}
+
+impl Api {
+    pub fn admin(controller: &TestController) -> Api {
+        Api::with_token(controller, controller.admin_token())
+    }
+
+    pub fn with_token(controller: &TestController, token: &str) -> Api {
+        tc_controller::install_crypto_provider();
+        Api {
+            base: controller.url(),
+            token: token.to_string(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(90))
+                .build()
+                .unwrap(),
+        }
+    }
+
+    pub async fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        let text = response.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        self.request(reqwest::Method::GET, path, None).await
+    }
+
+    pub async fn apply(&self, yaml: &str, query: &str) -> (StatusCode, Value) {
+        let response = self
+            .http
+            .post(format!("{}/apis/thinfleet.io/v1/apply{query}", self.base))
+            .bearer_auth(&self.token)
+            .header("content-type", "application/yaml")
+            .body(yaml.to_string())
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        (status, response.json().await.unwrap())
+    }
+
+    pub async fn apply_files(&self, files: &[(&str, &str)], query: &str) -> (StatusCode, Value) {
+        let files: Vec<Value> = files
+            .iter()
+            .map(|(name, content)| json!({"name": name, "content": content}))
+            .collect();
+        let response = self
+            .http
+            .post(format!("{}/apis/thinfleet.io/v1/apply{query}", self.base))
+            .bearer_auth(&self.token)
+            .json(&json!({ "files": files }))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        (status, response.json().await.unwrap())
+    }
+
+    pub async fn put_blob(&self, bytes: Vec<u8>) -> (StatusCode, Value) {
+        let response = self
+            .http
+            .put(format!("{}/blobs", self.base))
+            .bearer_auth(&self.token)
+            .body(bytes)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        (status, response.json().await.unwrap())
+    }
+
+    pub async fn enroll(
+        &self,
+        bootstrap: &str,
+        machine_id: &str,
+        name: &str,
+        labels: Value,
+    ) -> (StatusCode, Value) {
+        let body = json!({ "protocolVersion": 1, "bootstrapToken": bootstrap, "machineId": machine_id,
+                            "name": name, "hostname": name, "labels": labels });
+        let response = self
+            .http
+            .post(format!("{}/agent/v1/enroll", self.base))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        (status, response.json().await.unwrap())
+    }
+
+    pub async fn heartbeat(&self, body: Value) -> (StatusCode, Value) {
+        self.request(reqwest::Method::POST, "/agent/v1/heartbeat", Some(body))
+            .await
+    }
+}
+
+/// `[(action, "kind/name")]` of an apply result.
+pub fn actions(result: &Value) -> Vec<(String, String)> {
+    result["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|item| {
+            (
+                item["action"].as_str().unwrap().to_string(),
+                format!(
+                    "{}/{}",
+                    item["kind"].as_str().unwrap(),
+                    item["name"].as_str().unwrap()
+                ),
+            )
+        })
+        .collect()
+}
+
+pub fn group_yaml(
+    name: &str,
+    selector: &str,
+    packages: &[(&str, &str)],
+    max_unavailable: &str,
+) -> String {
+    let packages: String = packages
+        .iter()
+        .map(|(n, v)| format!("    - {{ name: {n}, version: \"{v}\" }}\n"))
+        .collect();
+    format!(
+        "apiVersion: thinfleet.io/v1\nkind: ClientGroup\nmetadata:\n  name: {name}\nspec:\n  selector: {selector}\n  packages:\n{packages}  rollout:\n    maxUnavailable: {max_unavailable}\n---\n"
+    )
+}
+
+pub fn release_yaml(package: &str, version: &str, sha256: &str) -> String {
+    format!(
+        "apiVersion: thinfleet.io/v1\nkind: PackageRelease\nmetadata:\n  name: {package}-{version}\nspec:\n  package: {package}\n  version: {version}\n  artifact:\n    sha256: {sha256}\n---\n"
+    )
+}
+
+/// A tiny valid package whose content depends on `tag`.
+pub fn package_zip(tag: &str) -> Vec<u8> {
+    build_zip(&[PackageFile {
+        path: "README",
+        content: tag.as_bytes(),
+        mode: 0o644,
+    }])
+}
+
+/// Polls `check` every 25 ms until it returns `Some`, for at most `limit`.
+pub async fn eventually<T, F, Fut>(limit: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not met within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}

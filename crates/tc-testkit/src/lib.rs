@@ -1,0 +1,188 @@
+//! Test support for thinfleet: a real controller in-process on `127.0.0.1:0` with a throwaway
+//! data directory, and fixtures (zip packages built on the fly).
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use tc_controller::Config;
+
+/// A controller running in this process on a loopback port, with its own temporary data
+/// directory. Dropping it stops the server.
+pub struct TestController {
+    addr: SocketAddr,
+    admin_token: String,
+    bootstrap_token: String,
+    data_dir: PathBuf,
+    _temp: Option<tempfile::TempDir>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Result<(), tc_controller::ServeError>>>,
+}
+
+impl TestController {
+    /// Starts a controller with test-friendly settings (no watched directory, fast resync).
+    pub async fn start() -> TestController {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts a controller after letting `adjust` change the settings.
+    pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> TestController {
+        let temp = tempfile::tempdir().expect("temporary directory");
+        let data_dir = temp.path().join("data");
+        let mut controller = Self::start_in(&data_dir, adjust).await;
+        controller._temp = Some(temp);
+        controller
+    }
+
+    /// Starts a controller on an existing data directory (to test restarts).
+    pub async fn start_in(data_dir: &Path, adjust: impl FnOnce(&mut Config)) -> TestController {
+        let mut config = Config::new(data_dir);
+        config.resync_interval = Duration::from_secs(2);
+        config.liveness_flush_interval = Duration::from_millis(200);
+        config.watch_debounce = Duration::from_millis(100);
+        adjust(&mut config);
+        std::fs::create_dir_all(data_dir).expect("data directory");
+        let (admin_token, _) = tc_controller::tokens::load_or_create(&data_dir.join("admin.token"))
+            .expect("admin token");
+        let (bootstrap_token, _) =
+            tc_controller::tokens::load_or_create(&data_dir.join("bootstrap.token"))
+                .expect("bootstrap token");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind 127.0.0.1:0");
+        let addr = listener.local_addr().expect("local address");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(tc_controller::serve(listener, config, async move {
+            let _ = stopped.await;
+        }));
+        let controller = TestController {
+            addr,
+            admin_token,
+            bootstrap_token,
+            data_dir: data_dir.to_path_buf(),
+            _temp: None,
+            stop: Some(stop),
+            task: Some(task),
+        };
+        controller.wait_ready().await;
+        controller
+    }
+
+    async fn wait_ready(&self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(mut stream) = tokio::net::TcpStream::connect(self.addr).await {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let request = format!(
+                    "GET /readyz HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+                    self.addr
+                );
+                if stream.write_all(request.as_bytes()).await.is_ok() {
+                    let mut response = String::new();
+                    let _ = stream.read_to_string(&mut response).await;
+                    if response.starts_with("HTTP/1.1 200") {
+                        return;
+                    }
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the controller did not become ready"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The listening address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The admin bearer token.
+    pub fn admin_token(&self) -> &str {
+        &self.admin_token
+    }
+
+    /// The bootstrap token agents enrol with.
+    pub fn bootstrap_token(&self) -> &str {
+        &self.bootstrap_token
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// Stops the server and waits until it has shut down cleanly.
+    pub async fn stop(mut self) {
+        self.shutdown().await;
+    }
+
+    async fn shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await
+                .expect("controller task")
+                .expect("controller stopped cleanly");
+        }
+    }
+
+    /// Stops the server but keeps the data directory, returning it (for restart tests).
+    pub async fn stop_keep_data(mut self) -> (PathBuf, Option<tempfile::TempDir>) {
+        self.shutdown().await;
+        (self.data_dir.clone(), self._temp.take())
+    }
+}
+
+impl Drop for TestController {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// One file of a test package.
+pub struct PackageFile<'a> {
+    /// Path inside the zip.
+    pub path: &'a str,
+    /// Content.
+    pub content: &'a [u8],
+    /// Unix mode (0o755 for scripts).
+    pub mode: u32,
+}
+
+/// Builds a zip in memory from files, with fixed timestamps so the bytes (and sha256) are stable.
+pub fn build_zip(files: &[PackageFile<'_>]) -> Vec<u8> {
+    let mut buffer = std::io::Cursor::new(Vec::new());
+    {
+        let mut writer = zip::ZipWriter::new(&mut buffer);
+        for file in files {
+            let options = zip::write::SimpleFileOptions::default()
+                .compression_method(zip::CompressionMethod::Deflated)
+                .last_modified_time(zip::DateTime::default())
+                .unix_permissions(file.mode);
+            writer.start_file(file.path, options).expect("zip entry");
+            writer.write_all(file.content).expect("zip write");
+        }
+        writer.finish().expect("zip finish");
+    }
+    buffer.into_inner()
+}
+
+/// Lowercase hex sha256 of bytes.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
+    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
