@@ -462,7 +462,11 @@ pub fn parse_documents(
                     *pending_key = Some((key, position));
                 }
                 Some((key, _)) => {
-                    map.insert(key, value);
+                    // A null value means "not set", as in Kubernetes manifests: `packages:` with
+                    // every entry commented out is an empty list, not a type error.
+                    if !value.is_null() {
+                        map.insert(key, value);
+                    }
                     *parent_nodes += nodes;
                 }
             },

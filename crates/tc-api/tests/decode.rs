@@ -98,6 +98,25 @@ fn empty_documents_and_comments_are_skipped() {
 }
 
 #[test]
+fn null_values_mean_unset() {
+    let text = "apiVersion: thinfleet.io/v1\nkind: ClientGroup\nmetadata: { name: a, labels: }\nspec:\n  selector: {}\n  packages:\n  # - { name: kiosk, version: \"^1\" }\n";
+    let objects = decode_objects("a.yaml", text).unwrap();
+    let Object::ClientGroup(group) = &objects[0].object else {
+        panic!()
+    };
+    assert!(group.spec.packages.is_empty());
+    let missing = decode_objects(
+        "a.yaml",
+        "apiVersion: thinfleet.io/v1\nkind: ClientGroup\nmetadata:\nspec: { selector: {} }\n",
+    )
+    .unwrap_err();
+    assert!(
+        missing.message.contains("missing field `metadata`"),
+        "{missing}"
+    );
+}
+
+#[test]
 fn anchors_and_aliases_within_limits_work() {
     let text = r#"apiVersion: thinfleet.io/v1
 kind: ClientGroup

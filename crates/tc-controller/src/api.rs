@@ -192,6 +192,22 @@ pub async fn delete(
     Ok(Json(deleted))
 }
 
+/// `GET /apis/thinfleet.io/v1/clients/{name}` (this path also carries PATCH, so it has its own route).
+pub async fn get_client(
+    state: State<Arc<Controller>>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    get(state, Path(("clients".to_string(), name))).await
+}
+
+/// `DELETE /apis/thinfleet.io/v1/clients/{name}`.
+pub async fn delete_client(
+    state: State<Arc<Controller>>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    delete(state, Path(("clients".to_string(), name))).await
+}
+
 /// `PATCH /apis/thinfleet.io/v1/clients/{name}`: JSON merge patch of admin labels.
 pub async fn patch_client(
     State(controller): State<Arc<Controller>>,

@@ -201,7 +201,9 @@ pub fn router(controller: Arc<Controller>) -> Router {
         )
         .route(
             "/apis/thinfleet.io/v1/clients/{name}",
-            patch(api::patch_client).get(api::get).delete(api::delete),
+            patch(api::patch_client)
+                .get(api::get_client)
+                .delete(api::delete_client),
         )
         .route("/apis/thinfleet.io/v1/{plural}", get(api::list))
         .route(

@@ -1,6 +1,6 @@
 //! Helpers for the controller's integration tests.
 
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use std::time::Duration;
 

@@ -1,0 +1,402 @@
+//! The agent protocol and the rollout, with simulated agents speaking the real protocol.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+/// A simulated agent: enrols, heartbeats, and reports what it was told to install.
+struct SimAgent {
+    api: Api,
+    name: String,
+    revision: u64,
+    packages: Vec<Value>,
+}
+
+impl SimAgent {
+    async fn enroll(controller: &TestController, machine: &str, labels: Value) -> SimAgent {
+        let anonymous = Api::with_token(controller, "");
+        let (status, enrolled) = anonymous
+            .enroll(controller.bootstrap_token(), machine, machine, labels)
+            .await;
+        assert_eq!(status, StatusCode::OK, "{enrolled}");
+        SimAgent {
+            api: Api::with_token(controller, enrolled["clientToken"].as_str().unwrap()),
+            name: enrolled["clientName"].as_str().unwrap().to_string(),
+            revision: 0,
+            packages: vec![],
+        }
+    }
+
+    /// Heartbeats with the current reports; returns the desired state.
+    async fn heartbeat(&mut self) -> Value {
+        let body = json!({
+            "protocolVersion": 1, "observedRevision": self.revision, "packages": self.packages,
+            "inventoryHash": "h1", "inventory": { "hostname": self.name, "arch": "x86_64", "osName": "Debian GNU/Linux", "cpuCores": 2 },
+        });
+        let (status, response) = self.api.heartbeat(body).await;
+        assert_eq!(status, StatusCode::OK, "{response}");
+        response["desired"].clone()
+    }
+
+    /// Heartbeats until the desired state satisfies `check` (at most 5 s).
+    async fn wait_for(&mut self, check: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let desired = self.heartbeat().await;
+            if check(&desired) {
+                return desired;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} never got the expected desired state: {desired}",
+                self.name
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Acts on a desired state: reports each package installed (or failed, when `fail` names it).
+    fn converge(&mut self, desired: &Value, fail: Option<&str>) {
+        self.revision = desired["revision"].as_u64().unwrap();
+        self.packages = desired["packages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                let failed = fail == Some(p["version"].as_str().unwrap());
+                json!({ "name": p["name"], "version": p["version"], "state": if failed { "Failed" } else { "Installed" },
+                        "message": if failed { "healthCheck exited 1" } else { "" }, "since": "2026-11-22T00:00:00Z" })
+            })
+            .collect();
+    }
+}
+
+async fn publish(api: &Api, package: &str, version: &str) -> String {
+    let zip = package_zip(&format!("{package}-{version}"));
+    let sha = sha256_hex(&zip);
+    api.put_blob(zip).await;
+    let (status, result) = api.apply(&release_yaml(package, version, &sha), "").await;
+    assert_eq!(status, StatusCode::OK, "{result}");
+    sha
+}
+
+fn versions(desired: &Value) -> Vec<String> {
+    desired["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            format!(
+                "{}@{}",
+                p["name"].as_str().unwrap(),
+                p["version"].as_str().unwrap()
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn enrolment_is_idempotent_per_machine_and_tokens_are_per_client() {
+    let controller = TestController::start().await;
+    let admin = Api::admin(&controller);
+    let first = SimAgent::enroll(&controller, "machine-a", json!({"site": "berlin"})).await;
+    let again = SimAgent::enroll(&controller, "machine-a", json!({"site": "paris"})).await;
+    assert_eq!(first.name, again.name);
+    // The old token stopped working; the new one works.
+    let (status, _) = first
+        .api
+        .heartbeat(json!({"protocolVersion": 1, "observedRevision": 0, "inventoryHash": ""}))
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let mut again = again;
+    again.heartbeat().await;
+    let (_, client) = admin
+        .get(&format!("/apis/thinfleet.io/v1/clients/{}", again.name))
+        .await;
+    assert_eq!(client["metadata"]["labels"]["site"], "paris");
+    assert_eq!(client["status"]["phase"], "Online");
+    assert_eq!(client["metadata"]["labels"]["thinfleet.io/arch"], "x86_64");
+    assert_eq!(client["status"]["inventory"]["cpuCores"], 2);
+
+    // Another machine asking for the same name gets a distinct one.
+    let other = SimAgent::enroll(&controller, "machine-b", json!({})).await;
+    assert_ne!(other.name, again.name);
+}
+
+#[tokio::test]
+async fn a_client_only_ever_sees_its_own_desired_state() {
+    let controller = TestController::start().await;
+    let admin = Api::admin(&controller);
+    publish(&admin, "kiosk", "1.0.0").await;
+    admin
+        .apply(
+            &group_yaml(
+                "berlin",
+                "{ matchLabels: { site: berlin } }",
+                &[("kiosk", "^1")],
+                "1",
+            ),
+            "",
+        )
+        .await;
+    let mut berlin = SimAgent::enroll(&controller, "b", json!({"site": "berlin"})).await;
+    let mut paris = SimAgent::enroll(&controller, "p", json!({"site": "paris"})).await;
+    let desired = berlin
+        .wait_for(|d| !d["packages"].as_array().unwrap().is_empty())
+        .await;
+    assert_eq!(versions(&desired), vec!["kiosk@1.0.0"]);
+    let desired = paris.heartbeat().await;
+    assert!(versions(&desired).is_empty());
+    // The long-poll is keyed by the token: paris's token gives paris's state, whatever is asked.
+    let (_, answer) = paris
+        .api
+        .get("/agent/v1/desired?afterRevision=0&timeoutSeconds=0")
+        .await;
+    assert!(versions(&answer["desired"]).is_empty());
+    // A client token cannot read other clients through the admin API.
+    let (status, _) = paris
+        .api
+        .get(&format!("/apis/thinfleet.io/v1/clients/{}", berlin.name))
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn a_waiting_long_poll_returns_well_under_a_second_after_an_apply() {
+    let controller = TestController::start().await;
+    let admin = Api::admin(&controller);
+    publish(&admin, "kiosk", "1.0.0").await;
+    let mut agent = SimAgent::enroll(&controller, "m", json!({"site": "berlin"})).await;
+    let desired = agent.heartbeat().await;
+    let revision = desired["revision"].as_u64().unwrap();
+    let waiting = {
+        let api = Api::with_token(&controller, &agent.api.token);
+        tokio::spawn(async move {
+            let (status, answer) = api
+                .get(&format!("/agent/v1/desired?afterRevision={revision}"))
+                .await;
+            (status, answer, Instant::now())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !waiting.is_finished(),
+        "the long-poll answered before anything changed"
+    );
+    let applied = Instant::now();
+    admin
+        .apply(&group_yaml("all", "{}", &[("kiosk", "^1")], "1"), "")
+        .await;
+    let (status, answer, answered) = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(answer["changed"], true);
+    assert_eq!(versions(&answer["desired"]), vec!["kiosk@1.0.0"]);
+    let latency = answered.saturating_duration_since(applied);
+    assert!(
+        latency < Duration::from_millis(900),
+        "long-poll answered {latency:?} after the apply"
+    );
+    assert!(
+        answer["desired"]["packages"][0]["url"]
+            .as_str()
+            .unwrap()
+            .starts_with("/blobs/sha256/")
+    );
+
+    // With nothing new, a long-poll times out with `changed: false`.
+    let current = answer["desired"]["revision"].as_u64().unwrap();
+    let (_, idle) = agent
+        .api
+        .get(&format!(
+            "/agent/v1/desired?afterRevision={current}&timeoutSeconds=1"
+        ))
+        .await;
+    assert_eq!(idle["changed"], false);
+}
+
+#[tokio::test]
+async fn a_rollout_respects_max_unavailable_and_stops_on_failures() {
+    let controller = TestController::start().await;
+    let admin = Api::admin(&controller);
+    publish(&admin, "kiosk", "1.0.0").await;
+    admin
+        .apply(&group_yaml("fleet", "{}", &[("kiosk", "^1")], "2"), "")
+        .await;
+    let mut agents = vec![];
+    for i in 0..6 {
+        agents.push(SimAgent::enroll(&controller, &format!("m{i}"), json!({})).await);
+    }
+    // Initial installs are not limited: everyone gets 1.0.0 and converges.
+    for agent in &mut agents {
+        let desired = agent
+            .wait_for(|d| !d["packages"].as_array().unwrap().is_empty())
+            .await;
+        agent.converge(&desired, None);
+        agent.heartbeat().await;
+    }
+    let ready = eventually(Duration::from_secs(5), || async {
+        let (_, group) = admin.get("/apis/thinfleet.io/v1/clientgroups/fleet").await;
+        (group["status"]["ready"] == 6).then_some(group)
+    })
+    .await;
+    assert_eq!(ready["status"]["desired"], 6);
+
+    // Publish 1.1.0: at most 2 of 6 members may be changing at any time.
+    publish(&admin, "kiosk", "1.1.0").await;
+    let mut max_changing = 0;
+    let mut rounds = 0;
+    loop {
+        rounds += 1;
+        assert!(rounds < 200, "the rollout did not finish");
+        let mut changing = 0;
+        let mut done = 0;
+        for agent in &mut agents {
+            let desired = agent.heartbeat().await;
+            let wants_new = versions(&desired) == vec!["kiosk@1.1.0".to_string()];
+            let reports_new = agent.packages.iter().any(|p| p["version"] == "1.1.0");
+            if wants_new && !reports_new {
+                changing += 1;
+            }
+            if reports_new {
+                done += 1;
+            }
+        }
+        max_changing = max_changing.max(changing);
+        if done == agents.len() {
+            break;
+        }
+        // Half of the changing agents finish per round, so several rounds overlap.
+        let mut finished = 0;
+        for agent in &mut agents {
+            let desired = agent.heartbeat().await;
+            if versions(&desired) == vec!["kiosk@1.1.0".to_string()]
+                && !agent.packages.iter().any(|p| p["version"] == "1.1.0")
+                && finished < 1
+            {
+                agent.converge(&desired, None);
+                agent.heartbeat().await;
+                finished += 1;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        max_changing <= 2,
+        "{max_changing} members were changing at once with maxUnavailable 2"
+    );
+    assert!(max_changing >= 1);
+
+    // 1.2.0 fails its health check everywhere: at most 2 members fail, the others keep 1.1.0.
+    publish(&admin, "kiosk", "1.2.0").await;
+    for _ in 0..20 {
+        for agent in &mut agents {
+            let desired = agent.heartbeat().await;
+            if versions(&desired) == vec!["kiosk@1.2.0".to_string()]
+                && agent.revision != desired["revision"].as_u64().unwrap()
+            {
+                agent.converge(&desired, Some("1.2.0"));
+                agent.heartbeat().await;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let failed = agents
+        .iter()
+        .filter(|a| a.packages.iter().any(|p| p["state"] == "Failed"))
+        .count();
+    assert_eq!(failed, 2);
+    let group = eventually(Duration::from_secs(5), || async {
+        let (_, group) = admin.get("/apis/thinfleet.io/v1/clientgroups/fleet").await;
+        (group["status"]["failed"] == 2).then_some(group)
+    })
+    .await;
+    let degraded = group["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Degraded")
+        .unwrap()
+        .clone();
+    assert_eq!(degraded["status"], "True");
+    assert_eq!(degraded["reason"], "MembersFailed");
+    // The failures are in the clients' update history.
+    let (_, events) = admin.get("/apis/thinfleet.io/v1/events?kind=Client").await;
+    let failures = events["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["reason"] == "InstallFailed")
+        .count();
+    assert_eq!(failures, 2);
+}
+
+#[tokio::test]
+async fn removing_a_package_from_a_group_removes_it_from_members() {
+    let controller = TestController::start().await;
+    let admin = Api::admin(&controller);
+    publish(&admin, "kiosk", "1.0.0").await;
+    publish(&admin, "vpn", "2.0.1").await;
+    admin
+        .apply(
+            &group_yaml("g", "{}", &[("kiosk", "^1"), ("vpn", "=2.0.1")], "1"),
+            "",
+        )
+        .await;
+    let mut agent = SimAgent::enroll(&controller, "m", json!({})).await;
+    let desired = agent.wait_for(|d| versions(&d).len() == 2).await;
+    agent.converge(&desired, None);
+    agent.heartbeat().await;
+    admin
+        .apply(&group_yaml("g", "{}", &[("kiosk", "^1")], "1"), "")
+        .await;
+    let desired = agent
+        .wait_for(|d| versions(&d) == vec!["kiosk@1.0.0".to_string()])
+        .await;
+    assert_eq!(desired["packages"].as_array().unwrap().len(), 1);
+    // A release that is still assigned cannot be deleted.
+    let (status, error) = admin
+        .request(
+            Method::DELETE,
+            "/apis/thinfleet.io/v1/packagereleases/kiosk-1.0.0",
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{error}");
+}
+
+#[tokio::test]
+async fn clients_that_stop_heartbeating_go_offline() {
+    let controller = TestController::start_with(|config| {
+        config.resync_interval = Duration::from_millis(200);
+    })
+    .await;
+    let admin = Api::admin(&controller);
+    admin.apply("apiVersion: thinfleet.io/v1\nkind: ClientGroup\nmetadata: { name: fast }\nspec:\n  selector: {}\n  agent: { heartbeatSeconds: 5 }\n", "").await;
+    let mut agent = SimAgent::enroll(&controller, "m", json!({})).await;
+    agent.heartbeat().await;
+    let (_, client) = admin
+        .get(&format!("/apis/thinfleet.io/v1/clients/{}", agent.name))
+        .await;
+    assert_eq!(client["status"]["phase"], "Online");
+    // 3 missed heartbeats of 5 s.
+    let client = eventually(Duration::from_secs(25), || async {
+        let (_, client) = admin
+            .get(&format!("/apis/thinfleet.io/v1/clients/{}", agent.name))
+            .await;
+        (client["status"]["phase"] == "Offline").then_some(client)
+    })
+    .await;
+    assert_eq!(client["status"]["phase"], "Offline");
+    agent.heartbeat().await;
+    let (_, client) = admin
+        .get(&format!("/apis/thinfleet.io/v1/clients/{}", agent.name))
+        .await;
+    assert_eq!(client["status"]["phase"], "Online");
+}
