@@ -350,14 +350,14 @@ async fn removing_a_package_from_a_group_removes_it_from_members() {
         )
         .await;
     let mut agent = SimAgent::enroll(&controller, "m", json!({})).await;
-    let desired = agent.wait_for(|d| versions(&d).len() == 2).await;
+    let desired = agent.wait_for(|d| versions(d).len() == 2).await;
     agent.converge(&desired, None);
     agent.heartbeat().await;
     admin
         .apply(&group_yaml("g", "{}", &[("kiosk", "^1")], "1"), "")
         .await;
     let desired = agent
-        .wait_for(|d| versions(&d) == vec!["kiosk@1.0.0".to_string()])
+        .wait_for(|d| versions(d) == vec!["kiosk@1.0.0".to_string()])
         .await;
     assert_eq!(desired["packages"].as_array().unwrap().len(), 1);
     // A release that is still assigned cannot be deleted.
