@@ -287,6 +287,7 @@ pub async fn open(
         )?;
     }
     let persister = Persister::start(store.clone());
+    install_crypto_provider();
     let http = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
         .timeout(Duration::from_secs(600))
