@@ -311,7 +311,8 @@ impl PackageReleaseSpec {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Artifact {
-    /// Path of the zip, relative to the manifest file.
+    /// Path of the zip, or of a directory packed into a reproducible zip, relative to the manifest
+    /// file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
     /// `http(s)://` URL of the zip, fetched once by the controller (needs `sha256`).

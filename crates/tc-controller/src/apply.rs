@@ -343,12 +343,19 @@ impl Controller {
             let info = match (&artifact.path, &artifact.url, &request.artifact_paths) {
                 (Some(path), _, ArtifactPaths::RelativeToManifest) => {
                     let full = resolve_relative(&sourced.file, path);
-                    let result = if request.dry_run {
+                    if full.is_dir() {
+                        // A package source directory: packed reproducibly, so its sha256 is stable.
+                        let dir = full.clone();
+                        let bytes = tokio::task::spawn_blocking(move || tc_pack::pack_dir(&dir))
+                            .await?
+                            .map_err(|e| fail(format!("packing {}: {e}", full.display())))?;
+                        self.blobs.put_bytes(bytes, declared, request.dry_run).await
+                    } else if request.dry_run {
                         BlobStore::digest_file(&full).await
                     } else {
                         self.blobs.put_file(&full, declared).await
-                    };
-                    result.map_err(|e| fail(format!("artifact {}: {e}", full.display())))?
+                    }
+                    .map_err(|e| fail(format!("artifact {}: {e}", full.display())))?
                 }
                 (Some(path), _, ArtifactPaths::UploadedOnly) => {
                     return Err(fail(format!(

@@ -139,6 +139,24 @@ impl BlobStore {
         self.put_stream(stream, expected).await
     }
 
+    /// Stores bytes held in memory; with `digest_only`, only computes what would be stored.
+    pub async fn put_bytes(
+        &self,
+        bytes: Vec<u8>,
+        expected: Option<&str>,
+        digest_only: bool,
+    ) -> Result<BlobInfo, BlobError> {
+        if digest_only {
+            let digest = ring::digest::digest(&SHA256, &bytes);
+            return Ok(BlobInfo {
+                sha256: hex(digest.as_ref()),
+                size: bytes.len() as u64,
+            });
+        }
+        let stream = futures_util::stream::iter([Ok::<_, std::io::Error>(bytes)]);
+        self.put_stream(stream, expected).await
+    }
+
     /// Hashes a local file without storing it (for dry runs).
     pub async fn digest_file(path: &Path) -> Result<BlobInfo, BlobError> {
         let file = tokio::fs::File::open(path).await?;

@@ -197,3 +197,35 @@ async fn the_api_cannot_silently_take_over_directory_objects() {
         "{error}"
     );
 }
+
+#[tokio::test]
+async fn the_example_fleet_applies_and_directory_artifacts_pack_reproducibly() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let manifests = root.join("manifests");
+    let watched = manifests.clone();
+    let controller =
+        TestController::start_with(move |config| config.manifests_dir = Some(watched)).await;
+    let api = Api::admin(&controller);
+    assert!(
+        source(&api).await["error"].is_null(),
+        "{}",
+        source(&api).await
+    );
+    assert_eq!(
+        group_names(&api).await,
+        vec!["back-office", "everyone", "front-desk"]
+    );
+    let (_, releases) = api.get("/apis/thinfleet.io/v1/packagereleases").await;
+    let releases = releases["items"].as_array().unwrap();
+    assert_eq!(releases.len(), 4);
+    for release in releases {
+        let dir = manifests.join(release["spec"]["artifact"]["path"].as_str().unwrap());
+        let packed = tc_pack::pack_dir(&dir).unwrap();
+        assert_eq!(
+            release["status"]["artifact"]["sha256"],
+            sha256_hex(&packed),
+            "{}",
+            dir.display()
+        );
+    }
+}

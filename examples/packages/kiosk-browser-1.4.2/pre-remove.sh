@@ -1,0 +1,2 @@
+#!/bin/sh
+echo "pre-remove: stopping kiosk-browser $(cat VERSION)"
