@@ -285,6 +285,12 @@ fn jitter_fraction(name: &str, now: Timestamp) -> f64 {
     for byte in name.bytes() {
         hash = (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3);
     }
+    // splitmix64's finalizer spreads every input bit over the whole word.
+    hash ^= hash >> 30;
+    hash = hash.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    hash ^= hash >> 27;
+    hash = hash.wrapping_mul(0x94d0_49bb_1331_11eb);
+    hash ^= hash >> 31;
     (hash >> 11) as f64 / (1u64 << 53) as f64
 }
 

@@ -7,6 +7,7 @@ pub mod agent;
 pub mod api;
 pub mod apply;
 pub mod blobs;
+pub mod demo;
 pub mod error;
 pub mod fleet;
 pub mod metrics;
@@ -334,9 +335,50 @@ pub async fn serve(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    serve_with(listener, config, shutdown, false).await
+}
+
+/// [`serve`], optionally in demo mode (three real agents started next to the controller, events
+/// printed as they happen).
+pub async fn serve_with(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    demo_mode: bool,
+) -> Result<(), ServeError> {
     install_crypto_provider();
     let (stop, stopping) = tokio::sync::watch::channel(false);
-    let (controller, _) = open(config, stopping.clone()).await?;
+    let (controller, token_files) = open(config, stopping.clone()).await?;
+    let demo_agents = if demo_mode {
+        let server_error = |e: String| ServeError::Server(std::io::Error::other(e));
+        let agent = demo::agent_binary().map_err(server_error)?;
+        let addr = listener.local_addr().map_err(ServeError::Server)?;
+        let host = if addr.ip().is_unspecified() {
+            "127.0.0.1".to_string()
+        } else {
+            addr.ip().to_string()
+        };
+        let host = if host.contains(':') {
+            format!("[{host}]")
+        } else {
+            host
+        };
+        let server = format!("http://{host}:{}", addr.port());
+        println!(
+            "thinfleet demo: controller on {server}; admin token in {}",
+            token_files.admin_path.display()
+        );
+        println!(
+            "thinfleet demo: try `tcadm get clients`; then edit manifests/groups.yaml and watch \
+             `tcadm rollout status clientgroup front-desk --watch`"
+        );
+        Some(
+            demo::start_agents(&agent, &server, &token_files.bootstrap_path)
+                .map_err(server_error)?,
+        )
+    } else {
+        None
+    };
     let mut tasks = vec![
         tokio::spawn(reconcile::run(controller.clone(), stopping.clone())),
         tokio::spawn(fleet::flush_liveness(
@@ -346,6 +388,12 @@ pub async fn serve(
             stopping.clone(),
         )),
     ];
+    if demo_agents.is_some() {
+        tasks.push(tokio::spawn(demo::print_events(
+            controller.clone(),
+            stopping.clone(),
+        )));
+    }
     if let Some(dir) = controller.config.manifests_dir.clone() {
         if let Err(error) = std::fs::create_dir_all(&dir) {
             tracing::warn!(dir = %dir.display(), %error, "cannot create the manifest directory");
@@ -362,6 +410,9 @@ pub async fn serve(
         let _ = stop.send(true);
     });
     let result = server.await.map_err(ServeError::Server);
+    if let Some(agents) = demo_agents {
+        agents.stop().await;
+    }
     for task in tasks {
         let _ = task.await;
     }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use tc_controller::{Config, serve};
+use tc_controller::{Config, serve_with};
 
 /// The thinfleet controller: desired state, observed state, the API, the blobs and the agents'
 /// endpoint.
@@ -30,6 +30,10 @@ struct Args {
     /// Seconds between periodic reconcile passes and directory re-reads.
     #[arg(long, default_value_t = 30)]
     resync_seconds: u64,
+    /// Also start three real tc-agent processes (throwaway state, different labels) and print the
+    /// fleet's events: a fleet converging on one machine.
+    #[arg(long)]
+    demo: bool,
 }
 
 fn main() -> ExitCode {
@@ -59,7 +63,7 @@ fn main() -> ExitCode {
         config.public_blobs = args.public_blobs;
         config.resync_interval = std::time::Duration::from_secs(args.resync_seconds.max(1));
         tracing::info!(listen = %args.listen, data_dir = %args.data_dir.display(), "tc-controller starting");
-        match serve(listener, config, shutdown_signal()).await {
+        match serve_with(listener, config, shutdown_signal(), args.demo).await {
             Ok(()) => {
                 tracing::info!("tc-controller stopped");
                 ExitCode::SUCCESS

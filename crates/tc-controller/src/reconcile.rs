@@ -158,8 +158,10 @@ pub async fn pass(controller: &Arc<Controller>) -> Result<(), String> {
             let changed =
                 before.is_none_or(|b| b.status != condition.status || b.reason != condition.reason);
             let interesting = condition.type_ != "Progressing" || condition.reason == "Complete";
+            // A group without members has nothing to report yet.
             if changed
                 && interesting
+                && status.desired > 0
                 && (before.is_some() || condition.status == tc_api::ConditionStatus::True)
             {
                 let warning = condition.type_ == "Degraded"
@@ -356,16 +358,25 @@ fn compute(
         });
     }
 
-    // Group status from the assignments just decided.
+    // Group status from the assignments just decided: a client given a new assignment in this pass
+    // has not converged on it yet, whatever it reported for the previous one.
+    let progressing = Convergence::Progressing;
     let mut statuses = vec![];
     for (g, group) in groups.iter().enumerate() {
         let members: Vec<MemberState<'_>> = membership
             .iter()
             .enumerate()
             .filter(|(_, groups_of_client)| groups_of_client.contains(&g))
-            .map(|(c, _)| MemberState {
-                assigned: &next[c],
-                convergence: &snapshots[c].convergence,
+            .map(|(c, _)| {
+                let fresh = next[c] == snapshots[c].assigned;
+                MemberState {
+                    assigned: &next[c],
+                    convergence: if fresh {
+                        &snapshots[c].convergence
+                    } else {
+                        &progressing
+                    },
+                }
             })
             .collect();
         statuses.push(group_status(
