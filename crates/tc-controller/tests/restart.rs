@@ -180,3 +180,77 @@ async fn everything_acknowledged_survives_kill_9() {
         .unwrap();
     assert_eq!(blob.bytes().await.unwrap().to_vec(), zip);
 }
+
+#[tokio::test]
+async fn sigterm_stops_cleanly_even_with_a_long_poll_waiting_and_ipv6_works() {
+    tc_controller::install_crypto_provider();
+    let temp = tempfile::tempdir().unwrap();
+    let data = temp.path().join("data");
+    let port = {
+        let listener = std::net::TcpListener::bind("[::1]:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let child = Command::new(env!("CARGO_BIN_EXE_tc-controller"))
+        .args(["--listen", &format!("[::1]:{port}"), "--data-dir"])
+        .arg(&data)
+        .arg("--no-manifests")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut process = Process { child };
+    let base = format!("http://[::1]:{port}");
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(90))
+        .build()
+        .unwrap();
+    wait_ready(&http, &base).await;
+    let bootstrap = std::fs::read_to_string(data.join("bootstrap.token"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let api = Api {
+        base: base.clone(),
+        token: String::new(),
+        http: http.clone(),
+    };
+    let (_, enrolled) = api.enroll(&bootstrap, "m", "kiosk", json!({})).await;
+    let token = enrolled["clientToken"].as_str().unwrap().to_string();
+    let poll = {
+        let http = http.clone();
+        let url = format!("{base}/agent/v1/desired?afterRevision=999");
+        tokio::spawn(async move {
+            http.get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .map(|r| r.status())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = std::time::Instant::now();
+    let signalled = Command::new("kill")
+        .args(["-TERM", &process.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(signalled.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = process.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the controller did not stop after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "exit status {status}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "shutdown waited for the long-poll: {:?}",
+        started.elapsed()
+    );
+    // The waiting long-poll was answered (not cut off) before the process ended.
+    assert_eq!(poll.await.unwrap().unwrap(), StatusCode::OK);
+}
