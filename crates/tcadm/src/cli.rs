@@ -1,0 +1,470 @@
+//! Command-line arguments, as typed and validated by clap.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use tc_api::Kind;
+
+/// Help text listing the exit codes.
+pub const EXIT_CODES_HELP: &str = "\
+Connection:
+  --server/TCADM_SERVER and --token/TCADM_TOKEN. With neither, tcadm talks to
+  http://127.0.0.1:7130 with the token in ./data/admin.token (the local quickstart).
+
+Exit codes:
+  0  success
+  1  `diff` found changes; `apply --wait` or `rollout status` saw a failed rollout or timed out
+  2  usage error: bad arguments, or manifests that cannot be read or decoded
+  3  server, network or authentication error";
+
+/// Manage a thinfleet fleet of thin clients declaratively, kubectl style.
+#[derive(Debug, Parser)]
+#[command(name = "tcadm", version, after_help = EXIT_CODES_HELP)]
+pub struct Cli {
+    /// Controller URL [default: http://127.0.0.1:7130].
+    #[arg(long, global = true, env = "TCADM_SERVER", value_name = "URL")]
+    pub server: Option<String>,
+    /// Admin bearer token [default: the content of ./data/admin.token, with the default server].
+    #[arg(
+        long,
+        global = true,
+        env = "TCADM_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create or update objects from manifests, atomically.
+    Apply(ApplyArgs),
+    /// Show what `apply` would change, as a unified diff (exit 1 when there are changes).
+    Diff(DiffArgs),
+    /// List objects or show one, as a table, YAML, JSON or names.
+    Get(GetArgs),
+    /// Show everything about one object, with its recent events.
+    Describe(DescribeArgs),
+    /// Delete objects named in manifests or on the command line.
+    Delete(DeleteArgs),
+    /// Set (`key=value`) or remove (`key-`) admin labels of a client.
+    Label(LabelArgs),
+    /// Upload a package zip and print a PackageRelease for it.
+    Push(PushArgs),
+    /// Follow the rollout of a client group.
+    #[command(subcommand)]
+    Rollout(RolloutCommand),
+    /// Manage bootstrap tokens for enrolling agents.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Print a shell completion script.
+    Completion(CompletionArgs),
+    /// Print the client version, and the server version when reachable.
+    Version(VersionArgs),
+}
+
+/// Manifest sources.
+#[derive(Debug, Args, Clone, PartialEq, Eq)]
+pub struct FileArgs {
+    /// A manifest file, a directory of `*.yaml`, `*.yml` and `*.json` files, or `-` for standard
+    /// input; may be repeated.
+    #[arg(
+        short = 'f',
+        long = "filename",
+        value_name = "FILE|DIR|-",
+        required = true
+    )]
+    pub filenames: Vec<String>,
+    /// Also read the subdirectories of directories.
+    #[arg(short = 'R', long)]
+    pub recursive: bool,
+}
+
+/// Arguments of `apply`.
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// The manifests.
+    #[command(flatten)]
+    pub files: FileArgs,
+    /// Validate and report without writing (local zips are still uploaded, so the server can
+    /// check the releases).
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Delete objects applied earlier by the same manager that are absent from these manifests.
+    #[arg(long)]
+    pub prune: bool,
+    /// Take over objects managed by someone else.
+    #[arg(long)]
+    pub force: bool,
+    /// Wait until the affected client groups are rolled out (or failed).
+    #[arg(long, conflicts_with = "dry_run")]
+    pub wait: bool,
+    /// How long `--wait` waits (`30s`, `5m`, `1h`).
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration, requires = "wait")]
+    pub timeout: Duration,
+    /// The manager recorded on the objects.
+    #[arg(long, value_name = "NAME", default_value = "tcadm")]
+    pub field_manager: String,
+}
+
+/// Arguments of `diff`.
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// The manifests.
+    #[command(flatten)]
+    pub files: FileArgs,
+    /// Include the objects an `apply --prune` would delete.
+    #[arg(long)]
+    pub prune: bool,
+    /// Diff as if taking over objects managed by someone else.
+    #[arg(long)]
+    pub force: bool,
+    /// The manager the apply would record.
+    #[arg(long, value_name = "NAME", default_value = "tcadm")]
+    pub field_manager: String,
+}
+
+/// What `get` lists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resource {
+    /// Objects of a kind.
+    Kind(Kind),
+    /// Events.
+    Events,
+}
+
+/// Parses a resource name: a kind name or short name (`cg`, `pr`, `client`), or `events`.
+pub fn parse_resource(text: &str) -> Result<Resource, String> {
+    if let Some(kind) = Kind::parse(text) {
+        return Ok(Resource::Kind(kind));
+    }
+    match text.to_ascii_lowercase().as_str() {
+        "events" | "event" | "ev" => Ok(Resource::Events),
+        _ => Err(format!(
+            "unknown resource `{text}`; use clients, clientgroups (cg), packagereleases (pr) or events"
+        )),
+    }
+}
+
+/// Parses a kind name or short name.
+pub fn parse_kind(text: &str) -> Result<Kind, String> {
+    Kind::parse(text).ok_or_else(|| {
+        format!("unknown kind `{text}`; use client, clientgroup (cg) or packagerelease (pr)")
+    })
+}
+
+/// Parses `KIND/NAME`.
+pub fn parse_object_ref(text: &str) -> Result<(Kind, String), String> {
+    let (kind, name) = text
+        .split_once('/')
+        .ok_or_else(|| format!("`{text}` is not KIND/NAME (for example client/kiosk-1)"))?;
+    if name.is_empty() {
+        return Err(format!("`{text}` has no name after the `/`"));
+    }
+    Ok((parse_kind(kind)?, name.to_string()))
+}
+
+/// Parses a duration such as `30s`, `5m` or `1h30m`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text)
+        .map_err(|error| format!("`{text}` is not a duration such as 30s, 5m or 1h: {error}"))
+}
+
+/// Output formats of `get`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// The table with more columns.
+    Wide,
+    /// YAML that `apply -f -` accepts back.
+    Yaml,
+    /// JSON as the API returns it.
+    Json,
+    /// `kind/name`, one per line.
+    Name,
+}
+
+/// Arguments of `get`.
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    /// clients, clientgroups (cg), packagereleases (pr) or events.
+    #[arg(value_name = "RESOURCE", value_parser = parse_resource)]
+    pub resource: Resource,
+    /// Show only this object.
+    #[arg(value_name = "NAME")]
+    pub name: Option<String>,
+    /// Label selector, as in kubectl (`site=berlin,tier in (a,b),!legacy`).
+    #[arg(short = 'l', long = "selector", value_name = "SELECTOR")]
+    pub selector: Option<String>,
+    /// Output format [default: a table].
+    #[arg(short = 'o', long = "output", value_name = "FORMAT")]
+    pub output: Option<OutputFormat>,
+    /// Keep polling every 2 seconds and print what changed, until interrupted.
+    #[arg(short = 'w', long = "watch")]
+    pub watch: bool,
+    /// For events: only those of this object (`client/kiosk-1`).
+    #[arg(long = "for", value_name = "KIND/NAME", value_parser = parse_object_ref)]
+    pub for_object: Option<(Kind, String)>,
+}
+
+/// Arguments of `describe`.
+#[derive(Debug, Args)]
+pub struct DescribeArgs {
+    /// client, clientgroup (cg) or packagerelease (pr).
+    #[arg(value_name = "KIND", value_parser = parse_kind)]
+    pub kind: Kind,
+    /// The object's name.
+    #[arg(value_name = "NAME")]
+    pub name: String,
+}
+
+/// Arguments of `delete`.
+#[derive(Debug, Args)]
+pub struct DeleteArgs {
+    /// Delete the objects defined in these manifests (files, directories or `-`).
+    #[arg(short = 'f', long = "filename", value_name = "FILE|DIR|-", conflicts_with_all = ["kind", "names"])]
+    pub filenames: Vec<String>,
+    /// Also read the subdirectories of directories.
+    #[arg(short = 'R', long, requires = "filenames")]
+    pub recursive: bool,
+    /// client, clientgroup (cg) or packagerelease (pr).
+    #[arg(value_name = "KIND", value_parser = parse_kind, required_unless_present = "filenames")]
+    pub kind: Option<Kind>,
+    /// Names of the objects to delete.
+    #[arg(
+        value_name = "NAME",
+        requires = "kind",
+        required_unless_present = "filenames"
+    )]
+    pub names: Vec<String>,
+    /// Succeed for objects that do not exist.
+    #[arg(long)]
+    pub ignore_not_found: bool,
+}
+
+/// Arguments of `label`.
+#[derive(Debug, Args)]
+pub struct LabelArgs {
+    /// Always `client`: labels of groups and releases come from their manifests.
+    #[arg(value_name = "KIND", value_parser = parse_kind)]
+    pub kind: Kind,
+    /// The client's name.
+    #[arg(value_name = "NAME")]
+    pub name: String,
+    /// `key=value` to set a label, `key-` to remove it.
+    #[arg(value_name = "KEY=VALUE|KEY-", required = true)]
+    pub labels: Vec<String>,
+}
+
+/// Arguments of `push`.
+#[derive(Debug, Args)]
+pub struct PushArgs {
+    /// The package zip.
+    #[arg(value_name = "FILE.zip")]
+    pub file: PathBuf,
+    /// Package name [default: from the file name, `kiosk-browser-1.4.2.zip` gives `kiosk-browser`].
+    #[arg(long, value_name = "NAME")]
+    pub package: Option<String>,
+    /// Release version [default: from the file name, `kiosk-browser-1.4.2.zip` gives `1.4.2`].
+    #[arg(long = "version", value_name = "SEMVER")]
+    pub release_version: Option<String>,
+    /// Name of the PackageRelease [default: PACKAGE-VERSION].
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+}
+
+/// `rollout` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum RolloutCommand {
+    /// Show a group's rollout; with --watch, follow it until it completes or fails.
+    Status(RolloutStatusArgs),
+}
+
+/// Arguments of `rollout status`.
+#[derive(Debug, Args)]
+pub struct RolloutStatusArgs {
+    /// Always `clientgroup` (`cg`).
+    #[arg(value_name = "KIND", value_parser = parse_kind)]
+    pub kind: Kind,
+    /// The group's name.
+    #[arg(value_name = "NAME")]
+    pub name: String,
+    /// Follow the rollout until it completes (exit 0), fails or times out (exit 1).
+    #[arg(short = 'w', long)]
+    pub watch: bool,
+    /// How long --watch follows (`30s`, `5m`, `1h`).
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
+    pub timeout: Duration,
+}
+
+/// `token` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a bootstrap token for enrolling agents (printed once).
+    Create,
+}
+
+/// Arguments of `completion`.
+#[derive(Debug, Args)]
+pub struct CompletionArgs {
+    /// The shell.
+    #[arg(value_name = "SHELL")]
+    pub shell: clap_complete::Shell,
+}
+
+/// Arguments of `version`.
+#[derive(Debug, Args)]
+pub struct VersionArgs {
+    /// Print only the client version; do not contact the server.
+    #[arg(long)]
+    pub client: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+    use clap::error::ErrorKind;
+
+    fn parse(line: &str) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(line.split_whitespace())
+    }
+
+    #[test]
+    fn the_command_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn apply_takes_files_and_flags() {
+        let cli = parse("tcadm apply -f a.yaml -f dir -R --prune --wait --timeout 90s").unwrap();
+        let Command::Apply(args) = cli.command else {
+            panic!("not apply")
+        };
+        assert_eq!(args.files.filenames, ["a.yaml", "dir"]);
+        assert!(args.files.recursive && args.prune && args.wait);
+        assert!(!args.dry_run && !args.force);
+        assert_eq!(args.timeout, Duration::from_secs(90));
+        assert_eq!(args.field_manager, "tcadm");
+        let cli = parse("tcadm apply -f -").unwrap();
+        let Command::Apply(args) = cli.command else {
+            panic!("not apply")
+        };
+        assert!(!args.wait);
+        assert_eq!(args.timeout, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn apply_usage_errors() {
+        let kind = |line: &str| parse(line).unwrap_err().kind();
+        assert_eq!(kind("tcadm apply"), ErrorKind::MissingRequiredArgument);
+        assert_eq!(
+            kind("tcadm apply -f a.yaml --timeout 1m"),
+            ErrorKind::MissingRequiredArgument
+        );
+        assert_eq!(
+            kind("tcadm apply -f a.yaml --dry-run --wait"),
+            ErrorKind::ArgumentConflict
+        );
+        assert_eq!(
+            kind("tcadm apply -f a.yaml --wait --timeout soon"),
+            ErrorKind::ValueValidation
+        );
+    }
+
+    #[test]
+    fn get_understands_short_names_and_formats() {
+        let cli = parse("tcadm get cg front-desk -o yaml").unwrap();
+        let Command::Get(args) = cli.command else {
+            panic!("not get")
+        };
+        assert_eq!(args.resource, Resource::Kind(Kind::ClientGroup));
+        assert_eq!(args.name.as_deref(), Some("front-desk"));
+        assert_eq!(args.output, Some(OutputFormat::Yaml));
+
+        let cli = parse("tcadm get events --for client/kiosk-1 -w").unwrap();
+        let Command::Get(args) = cli.command else {
+            panic!("not get")
+        };
+        assert_eq!(args.resource, Resource::Events);
+        assert_eq!(args.for_object, Some((Kind::Client, "kiosk-1".into())));
+        assert!(args.watch);
+
+        for (text, resource) in [
+            ("clients", Resource::Kind(Kind::Client)),
+            ("client", Resource::Kind(Kind::Client)),
+            ("pr", Resource::Kind(Kind::PackageRelease)),
+            ("PackageReleases", Resource::Kind(Kind::PackageRelease)),
+            ("event", Resource::Events),
+        ] {
+            assert_eq!(parse_resource(text), Ok(resource), "{text}");
+        }
+        assert!(parse_resource("pods").is_err());
+        assert_eq!(
+            parse("tcadm get pods").unwrap_err().kind(),
+            ErrorKind::ValueValidation
+        );
+        assert_eq!(
+            parse("tcadm get clients -o table").unwrap_err().kind(),
+            ErrorKind::InvalidValue
+        );
+    }
+
+    #[test]
+    fn delete_takes_files_or_kind_and_names() {
+        let cli = parse("tcadm delete cg a b --ignore-not-found").unwrap();
+        let Command::Delete(args) = cli.command else {
+            panic!("not delete")
+        };
+        assert_eq!(args.kind, Some(Kind::ClientGroup));
+        assert_eq!(args.names, ["a", "b"]);
+        assert!(args.ignore_not_found);
+        assert!(parse("tcadm delete -f fleet/ -R").is_ok());
+        assert!(parse("tcadm delete").is_err());
+        assert!(parse("tcadm delete cg").is_err());
+        assert!(parse("tcadm delete -f x.yaml cg a").is_err());
+    }
+
+    #[test]
+    fn connection_flags_are_global() {
+        let cli = parse("tcadm get clients --server http://h:1 --token t").unwrap();
+        assert_eq!(cli.server.as_deref(), Some("http://h:1"));
+        assert_eq!(cli.token.as_deref(), Some("t"));
+    }
+
+    #[test]
+    fn other_commands_parse() {
+        assert!(parse("tcadm label client kiosk-1 rack=7 old-").is_ok());
+        assert!(parse("tcadm label client kiosk-1").is_err());
+        assert!(parse("tcadm push kiosk-1.0.0.zip --package kiosk --version 1.0.0").is_ok());
+        assert!(parse("tcadm rollout status cg front-desk --watch --timeout 10m").is_ok());
+        assert!(parse("tcadm token create").is_ok());
+        assert!(parse("tcadm completion zsh").is_ok());
+        assert!(parse("tcadm completion tcsh").is_err());
+        assert!(parse("tcadm version --client").is_ok());
+        assert!(parse("tcadm describe pr kiosk-1.0.0").is_ok());
+        assert!(parse("tcadm describe pods x").is_err());
+    }
+
+    #[test]
+    fn help_documents_the_exit_codes() {
+        let help = Cli::command().render_long_help().to_string();
+        assert!(help.contains("Exit codes:"), "{help}");
+        assert!(help.contains("3  server, network or authentication error"));
+    }
+
+    #[test]
+    fn object_references_need_kind_and_name() {
+        assert_eq!(
+            parse_object_ref("cg/front-desk"),
+            Ok((Kind::ClientGroup, "front-desk".into()))
+        );
+        assert!(parse_object_ref("front-desk").is_err());
+        assert!(parse_object_ref("cg/").is_err());
+        assert!(parse_object_ref("pods/x").is_err());
+    }
+}

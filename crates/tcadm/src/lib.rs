@@ -1,0 +1,22 @@
+//! `tcadm`, the admin CLI of thinfleet: apply manifests, diff them, list and describe objects,
+//! label clients, upload packages and follow rollouts.
+//!
+//! The binary is glue around this library. Everything that decides what to print (tables, ages,
+//! label arguments, diffs, rollout judgement, manifest preparation) is a plain function tested on
+//! its own; [`commands`] does the I/O.
+
+pub mod api;
+pub mod cli;
+pub mod commands;
+pub mod describe;
+pub mod diff;
+pub mod error;
+pub mod format;
+pub mod labels;
+pub mod manifest;
+pub mod output;
+pub mod rollout;
+pub mod views;
+
+pub use commands::{Context, run};
+pub use error::CliError;

@@ -1,0 +1,215 @@
+//! Whether a group's rollout is done, still going, or failed, judged from its status.
+
+use tc_api::meta::find_condition;
+use tc_api::{ClientGroup, ConditionStatus};
+
+/// The `Degraded` reason that means members failed to install the group's packages.
+pub const MEMBERS_FAILED: &str = "MembersFailed";
+
+/// Where a group's rollout stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RolloutState {
+    /// Every member runs the current packages and is ready.
+    Complete,
+    /// Still going; the text says what is awaited.
+    Progressing(String),
+    /// Members failed; the text is the `Degraded` message.
+    Failed(String),
+}
+
+/// A release that was just published: a group that requires its package with a matching version
+/// is not rolled out until it resolves to this version or a later one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExpectedRelease {
+    /// Package name.
+    pub package: String,
+    /// The release's version.
+    pub version: semver::Version,
+}
+
+/// The member counts of a group, as `2 of 5 updated, 1 ready, 0 failed`.
+pub fn progress_text(group: &ClientGroup) -> String {
+    let status = group.status.clone().unwrap_or_default();
+    format!(
+        "{} of {} updated, {} ready, {} failed",
+        status.updated, status.desired, status.ready, status.failed
+    )
+}
+
+/// Judges a group: failed when `Degraded` is true with reason `MembersFailed`; complete when the
+/// status is for the current generation, resolves every expected release, and
+/// `updated == ready == desired`; progressing otherwise.
+pub fn rollout_state(group: &ClientGroup, expected: &[ExpectedRelease]) -> RolloutState {
+    let Some(status) = &group.status else {
+        return RolloutState::Progressing("waiting for the controller to report status".into());
+    };
+    if let Some(degraded) = find_condition(&status.conditions, "Degraded")
+        && degraded.status == ConditionStatus::True
+        && degraded.reason == MEMBERS_FAILED
+    {
+        let message = if degraded.message.is_empty() {
+            format!("{} member(s) failed", status.failed)
+        } else {
+            degraded.message.clone()
+        };
+        return RolloutState::Failed(message);
+    }
+    let generation = group.metadata.generation.unwrap_or(0);
+    if status.observed_generation < generation {
+        return RolloutState::Progressing(format!(
+            "waiting for the controller to observe generation {generation}"
+        ));
+    }
+    for release in expected {
+        let Some(requirement) = group
+            .spec
+            .packages
+            .iter()
+            .find(|p| p.name == release.package)
+        else {
+            continue;
+        };
+        let matches = requirement
+            .version_req()
+            .is_ok_and(|req| req.matches(&release.version));
+        if !matches {
+            continue;
+        }
+        let resolved = status
+            .packages
+            .iter()
+            .find(|p| p.name == release.package)
+            .and_then(|p| p.resolved_version.as_deref())
+            .and_then(|v| semver::Version::parse(v).ok());
+        if resolved.is_none_or(|v| v < release.version) {
+            return RolloutState::Progressing(format!(
+                "waiting for {}@{} to be resolved",
+                release.package, release.version
+            ));
+        }
+    }
+    if status.updated == status.desired && status.ready == status.desired {
+        RolloutState::Complete
+    } else {
+        RolloutState::Progressing(progress_text(group))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tc_api::{
+        ClientGroupSpec, ClientGroupStatus, Condition, ObjectMeta, PackageRequirement,
+        ResolvedPackage, Timestamp,
+    };
+
+    fn group(generation: u64, status: Option<ClientGroupStatus>) -> ClientGroup {
+        ClientGroup {
+            api_version: "thinfleet.io/v1".into(),
+            kind: "ClientGroup".into(),
+            metadata: ObjectMeta {
+                generation: Some(generation),
+                ..ObjectMeta::named("front-desk")
+            },
+            spec: ClientGroupSpec {
+                packages: vec![PackageRequirement {
+                    name: "kiosk".into(),
+                    version: "^1.4".into(),
+                }],
+                ..Default::default()
+            },
+            status,
+        }
+    }
+
+    fn status(observed: u64, desired: u32, updated: u32, ready: u32) -> ClientGroupStatus {
+        ClientGroupStatus {
+            observed_generation: observed,
+            desired,
+            updated,
+            ready,
+            packages: vec![ResolvedPackage {
+                name: "kiosk".into(),
+                version: "^1.4".into(),
+                resolved_version: Some("1.4.2".into()),
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn degraded(reason: &str) -> Condition {
+        Condition {
+            type_: "Degraded".into(),
+            status: ConditionStatus::True,
+            reason: reason.into(),
+            message: "kiosk-3 failed to install kiosk 1.4.2".into(),
+            last_transition_time: Timestamp::EPOCH,
+            observed_generation: Some(2),
+        }
+    }
+
+    #[test]
+    fn complete_needs_the_current_generation_and_every_member_updated_and_ready() {
+        assert_eq!(
+            rollout_state(&group(2, Some(status(2, 5, 5, 5))), &[]),
+            RolloutState::Complete
+        );
+        assert_eq!(
+            rollout_state(&group(2, Some(status(2, 0, 0, 0))), &[]),
+            RolloutState::Complete
+        );
+        assert!(matches!(
+            rollout_state(&group(2, Some(status(1, 5, 5, 5))), &[]),
+            RolloutState::Progressing(_)
+        ));
+        assert_eq!(
+            rollout_state(&group(2, Some(status(2, 5, 5, 3))), &[]),
+            RolloutState::Progressing("5 of 5 updated, 3 ready, 0 failed".into())
+        );
+        assert!(matches!(
+            rollout_state(&group(2, None), &[]),
+            RolloutState::Progressing(_)
+        ));
+    }
+
+    #[test]
+    fn members_failed_is_a_failure_and_other_degraded_reasons_are_not() {
+        let mut failed = status(2, 5, 5, 4);
+        failed.conditions.push(degraded(MEMBERS_FAILED));
+        assert_eq!(
+            rollout_state(&group(2, Some(failed)), &[]),
+            RolloutState::Failed("kiosk-3 failed to install kiosk 1.4.2".into())
+        );
+        let mut conflict = status(2, 5, 5, 5);
+        conflict.conditions.push(degraded("Conflict"));
+        assert_eq!(
+            rollout_state(&group(2, Some(conflict)), &[]),
+            RolloutState::Complete
+        );
+    }
+
+    #[test]
+    fn a_new_matching_release_must_be_resolved_first() {
+        let expected = |version: &str| ExpectedRelease {
+            package: "kiosk".into(),
+            version: version.parse().unwrap(),
+        };
+        let done = group(2, Some(status(2, 5, 5, 5)));
+        assert!(matches!(
+            rollout_state(&done, &[expected("1.4.3")]),
+            RolloutState::Progressing(_)
+        ));
+        assert_eq!(
+            rollout_state(&done, &[expected("1.4.2")]),
+            RolloutState::Complete
+        );
+        assert_eq!(
+            rollout_state(&done, &[expected("1.4.1")]),
+            RolloutState::Complete
+        );
+        assert_eq!(
+            rollout_state(&done, &[expected("2.0.0")]),
+            RolloutState::Complete
+        );
+    }
+}
