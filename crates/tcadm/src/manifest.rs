@@ -707,7 +707,7 @@ spec:
             .unwrap_err()
             .to_string();
         assert!(
-            error.contains("r.yaml:9:5: spec.artifact.path: `kiosk.zip` is not a file"),
+            error.contains("r.yaml:9:5: spec.artifact.path: `kiosk.zip` is neither a zip nor a package directory"),
             "{error}"
         );
     }
