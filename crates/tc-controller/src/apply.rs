@@ -81,6 +81,9 @@ pub struct ApplyResult {
     pub dry_run: bool,
     /// One item per object.
     pub items: Vec<AppliedItem>,
+    /// Prunes that wait until no client is assigned the release any more.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub deferred: Vec<String>,
 }
 
 impl Controller {
@@ -152,21 +155,27 @@ impl Controller {
             prune: request.prune,
             force: request.force,
         };
-        let planned = plan(&existing, &incoming, &request.manager, &options, &digests)
+        let mut planned = plan(&existing, &incoming, &request.manager, &options, &digests)
             .map_err(|errors| plan_error(&errors, &decoded))?;
-        for item in &planned.items {
-            if item.action == Action::Prune
-                && let Object::PackageRelease(release) = &item.object
-                && let Some(users) =
-                    self.release_users(&release.spec.package, &release.spec.version)
-            {
-                return Err(ApiError::conflict(format!(
-                    "packagerelease/{} is assigned to {users} client(s) and cannot be pruned yet; \
-                     change the groups first, then prune",
-                    release.metadata.name
-                )));
+        // A release still assigned to clients is not pruned yet: the rest of the apply (typically
+        // the group change that stops assigning it) goes ahead, and the prune is retried later.
+        let mut deferred = vec![];
+        planned.items.retain(|item| {
+            let Object::PackageRelease(release) = &item.object else { return true };
+            if item.action != Action::Prune {
+                return true;
             }
-        }
+            match self.release_users(&release.spec.package, &release.spec.version) {
+                Some(users) => {
+                    deferred.push(format!(
+                        "packagerelease/{} is still assigned to {users} client(s); it is pruned once none runs it",
+                        release.metadata.name
+                    ));
+                    false
+                }
+                None => true,
+            }
+        });
 
         if request.dry_run {
             let items = planned
@@ -190,6 +199,7 @@ impl Controller {
                 kind: "ApplyResult",
                 dry_run: true,
                 items,
+                deferred,
             });
         }
 
@@ -296,6 +306,7 @@ impl Controller {
             kind: "ApplyResult",
             dry_run: false,
             items,
+            deferred,
         })
     }
 

@@ -108,6 +108,8 @@ pub async fn run(controller: Arc<Controller>, dir: PathBuf, mut shutdown: watch:
         let files = collect_files(&dir);
         let unchanged = matches!((&files, &last_content), (Ok(files), Some(last)) if files == last);
         if !unchanged || last_failed {
+            // A failure, or prunes deferred until no client runs a release any more, is retried at
+            // the next resync even without a change.
             last_failed = !sync(
                 &controller,
                 &dir,
@@ -229,7 +231,7 @@ async fn sync(
     if let Some(event) = event {
         controller.record(vec![event]).await;
     }
-    outcome.is_ok()
+    matches!(&outcome, Ok(result) if result.deferred.is_empty())
 }
 
 /// How long to wait for more file events before applying.

@@ -400,3 +400,59 @@ async fn clients_that_stop_heartbeating_go_offline() {
         .await;
     assert_eq!(client["status"]["phase"], "Online");
 }
+
+#[tokio::test]
+async fn pruning_a_release_still_in_use_is_deferred_not_refused() {
+    let controller = TestController::start().await;
+    let admin = Api::admin(&controller);
+    let kiosk = publish(&admin, "kiosk", "1.0.0").await;
+    let vpn = publish(&admin, "vpn", "2.0.1").await;
+    let both = format!(
+        "{}{}{}",
+        release_yaml("kiosk", "1.0.0", &kiosk),
+        release_yaml("vpn", "2.0.1", &vpn),
+        group_yaml("g", "{}", &[("kiosk", "^1"), ("vpn", "=2.0.1")], "1")
+    );
+    admin.apply(&both, "").await;
+    let mut agent = SimAgent::enroll(&controller, "m", json!({})).await;
+    let desired = agent.wait_for(|d| versions(d).len() == 2).await;
+    agent.converge(&desired, None);
+    agent.heartbeat().await;
+
+    // One commit drops vpn from the group and deletes its release.
+    let without_vpn = format!(
+        "{}{}",
+        release_yaml("kiosk", "1.0.0", &kiosk),
+        group_yaml("g", "{}", &[("kiosk", "^1")], "1")
+    );
+    let (status, result) = admin.apply(&without_vpn, "?prune=true").await;
+    assert_eq!(status, StatusCode::OK, "{result}");
+    assert!(
+        result["deferred"][0]
+            .as_str()
+            .unwrap()
+            .contains("packagerelease/vpn-2.0.1 is still assigned"),
+        "{result}"
+    );
+    let (_, group) = admin.get("/apis/thinfleet.io/v1/clientgroups/g").await;
+    assert_eq!(
+        group["spec"]["packages"].as_array().unwrap().len(),
+        1,
+        "the group change was applied"
+    );
+    let (status, _) = admin
+        .get("/apis/thinfleet.io/v1/packagereleases/vpn-2.0.1")
+        .await;
+    assert_eq!(status, StatusCode::OK, "the release in use was kept");
+
+    // Once nothing is assigned the release, the same apply prunes it.
+    agent
+        .wait_for(|d| versions(d) == vec!["kiosk@1.0.0".to_string()])
+        .await;
+    let (_, result) = admin.apply(&without_vpn, "?prune=true").await;
+    assert!(result["deferred"].is_null(), "{result}");
+    assert!(
+        actions(&result).contains(&("pruned".to_string(), "PackageRelease/vpn-2.0.1".to_string())),
+        "{result}"
+    );
+}

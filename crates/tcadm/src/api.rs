@@ -280,6 +280,9 @@ pub struct ApplyResult {
     /// One item per object, in request order, then pruned objects.
     #[serde(default)]
     pub items: Vec<ApplyItem>,
+    /// Prunes the controller postponed because clients still run the release.
+    #[serde(default)]
+    pub deferred: Vec<String>,
 }
 
 /// What apply did (or would do) to one object.

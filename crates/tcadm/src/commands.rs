@@ -186,6 +186,9 @@ fn apply(context: &mut Context<'_>, args: &ApplyArgs) -> Result<u8, CliError> {
             context.out_style.action(&item.action)
         )?;
     }
+    for note in &result.deferred {
+        eprintln!("note: {note}");
+    }
     if args.wait {
         return wait_for_rollouts(context, &result, &prepared.decoded, args.timeout);
     }

@@ -1,0 +1,676 @@
+//! The agent side of the protocol (`/agent/v1`) and the agent's main loop.
+//!
+//! Two loops run side by side in one task:
+//!
+//! * the protocol loop enrols once, then sends heartbeats (package reports, inventory hash, the
+//!   full inventory only when the hash changed or the controller asked, load) and, between
+//!   heartbeats, waits on the long-poll so that a new desired state arrives at once. A heartbeat
+//!   is also sent as soon as the package reports change. When the controller is unreachable it
+//!   retries with exponential backoff and jitter, and catches up when it is back;
+//! * the engine loop converges to the latest desired state (also the one remembered in the
+//!   journal, so work continues while the controller is away) and wakes up when a failed package
+//!   is due for a retry.
+
+use std::future::Future;
+use std::time::Duration;
+
+use reqwest::{StatusCode, Url, header};
+use serde::de::DeserializeOwned;
+use tc_proto::{
+    DesiredResponse, DesiredState, EnrollRequest, EnrollResponse, ErrorStatus, HeartbeatRequest,
+    HeartbeatResponse, PROTOCOL_VERSION, Timestamp, inventory_hash,
+};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::backoff::{Backoff, Retry};
+use crate::config::AgentConfig;
+use crate::download::{Fetcher, error_chain};
+use crate::engine::{Engine, EngineError, EngineOptions, Snapshot};
+use crate::inventory::{AGENT_VERSION, Collector, hostname};
+use crate::state::{
+    ConnectionStatus, Credentials, ErrorRecord, StateDir, StateError, read_json, write_atomic,
+    write_json,
+};
+
+/// Where the system's machine identity is read from.
+pub const SYSTEM_MACHINE_ID: &str = "/etc/machine-id";
+
+/// A long-poll answer that comes back faster than this without a newer revision means the
+/// controller does not hold requests; the agent then waits for the next heartbeat instead of
+/// polling again at once.
+const MIN_LONG_POLL: Duration = Duration::from_secs(1);
+
+/// Timeout of enrolment and heartbeat requests.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// An error from the controller API.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The request did not get an answer.
+    #[error("{url}: {message}")]
+    Transport {
+        /// The URL.
+        url: Url,
+        /// What happened.
+        message: String,
+    },
+    /// The controller answered with an error.
+    #[error("{url}: {status}: {message}")]
+    Status {
+        /// The URL.
+        url: Url,
+        /// The status.
+        status: StatusCode,
+        /// The controller's message.
+        message: String,
+    },
+    /// The answer could not be decoded.
+    #[error("{url}: unexpected answer: {message}")]
+    Decode {
+        /// The URL.
+        url: Url,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+impl ApiError {
+    /// True when the controller refused the token.
+    pub fn is_unauthorized(&self) -> bool {
+        matches!(self, ApiError::Status { status, .. } if *status == StatusCode::UNAUTHORIZED)
+    }
+}
+
+/// Errors that stop the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The agent has no credentials and no bootstrap token to get them.
+    #[error(
+        "not enrolled with {server} and no bootstrap token configured (use --bootstrap-token-file)"
+    )]
+    NotEnrolled {
+        /// The controller.
+        server: Url,
+    },
+    /// The state directory could not be used.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// The install engine could not start.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// The HTTP client could not be built.
+    #[error("cannot set up HTTP: {0}")]
+    Http(String),
+}
+
+/// Builds the HTTP client shared by the protocol and the downloads (with rustls on the *ring*
+/// provider, installed here if nothing installed a provider before).
+pub fn http_client() -> Result<reqwest::Client, AgentError> {
+    crate::install_crypto_provider();
+    reqwest::Client::builder()
+        .user_agent(format!("tc-agent/{AGENT_VERSION}"))
+        .connect_timeout(Duration::from_secs(10))
+        .build()
+        .map_err(|error| AgentError::Http(error_chain(&error)))
+}
+
+/// The controller's agent API.
+#[derive(Clone, Debug)]
+pub struct ControllerClient {
+    http: reqwest::Client,
+    server: Url,
+}
+
+impl ControllerClient {
+    /// A client for the controller at `server` (a URL ending with `/`).
+    pub fn new(http: reqwest::Client, server: Url) -> Self {
+        ControllerClient { http, server }
+    }
+
+    /// `POST /agent/v1/enroll`.
+    pub async fn enroll(&self, request: &EnrollRequest) -> Result<EnrollResponse, ApiError> {
+        let url = self.url("agent/v1/enroll");
+        let builder = self
+            .http
+            .post(url.clone())
+            .timeout(REQUEST_TIMEOUT)
+            .json(request);
+        send(builder, url).await
+    }
+
+    /// `POST /agent/v1/heartbeat`.
+    pub async fn heartbeat(
+        &self,
+        token: &str,
+        request: &HeartbeatRequest,
+    ) -> Result<HeartbeatResponse, ApiError> {
+        let url = self.url("agent/v1/heartbeat");
+        let builder = self
+            .http
+            .post(url.clone())
+            .timeout(REQUEST_TIMEOUT)
+            .bearer_auth(token)
+            .json(request);
+        send(builder, url).await
+    }
+
+    /// `GET /agent/v1/desired?afterRevision=N`, waiting up to `timeout` for the answer.
+    pub async fn desired(
+        &self,
+        token: &str,
+        after_revision: u64,
+        timeout: Duration,
+    ) -> Result<DesiredResponse, ApiError> {
+        let mut url = self.url("agent/v1/desired");
+        url.set_query(Some(&format!("afterRevision={after_revision}")));
+        let builder = self
+            .http
+            .get(url.clone())
+            .timeout(timeout)
+            .bearer_auth(token);
+        send(builder, url).await
+    }
+
+    fn url(&self, path: &str) -> Url {
+        self.server
+            .join(path)
+            .expect("a relative path joins onto an http(s) URL")
+    }
+}
+
+async fn send<T: DeserializeOwned>(
+    builder: reqwest::RequestBuilder,
+    url: Url,
+) -> Result<T, ApiError> {
+    let response = builder
+        .header(header::ACCEPT, "application/json")
+        .send()
+        .await
+        .map_err(|error| ApiError::Transport {
+            url: url.clone(),
+            message: error_chain(&error),
+        })?;
+    let status = response.status();
+    let body = response
+        .bytes()
+        .await
+        .map_err(|error| ApiError::Transport {
+            url: url.clone(),
+            message: error_chain(&error),
+        })?;
+    if !status.is_success() {
+        let message = match serde_json::from_slice::<ErrorStatus>(&body) {
+            Ok(error) => error.message,
+            Err(_) => {
+                let text = String::from_utf8_lossy(&body).trim().to_owned();
+                if text.is_empty() {
+                    status.canonical_reason().unwrap_or("error").to_owned()
+                } else {
+                    text.chars().take(500).collect()
+                }
+            }
+        };
+        return Err(ApiError::Status {
+            url,
+            status,
+            message,
+        });
+    }
+    serde_json::from_slice(&body).map_err(|error| ApiError::Decode {
+        url,
+        message: error.to_string(),
+    })
+}
+
+/// Everything the main loop needs.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// The resolved configuration.
+    pub config: AgentConfig,
+    /// Engine tunables.
+    pub engine: EngineOptions,
+    /// Backoff while the controller is unreachable.
+    pub retry: Backoff,
+    /// Client-side timeout of the long-poll (a bit above what the controller holds it).
+    pub long_poll_timeout: Duration,
+    /// Heartbeat intervals asked by the controller are kept within these bounds.
+    pub heartbeat_bounds: (Duration, Duration),
+    /// How long a shutdown waits for the install engine to finish the current package.
+    pub shutdown_grace: Duration,
+}
+
+impl RunOptions {
+    /// Production defaults for `config`.
+    pub fn new(config: AgentConfig) -> Self {
+        RunOptions {
+            config,
+            engine: EngineOptions::default(),
+            retry: Backoff::new(Duration::from_secs(1), Duration::from_secs(60)),
+            long_poll_timeout: Duration::from_secs(75),
+            heartbeat_bounds: (Duration::from_secs(1), Duration::from_secs(3600)),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Runs the agent until `shutdown` completes. Returns an error only for problems a retry cannot
+/// fix (no credentials and no bootstrap token, an unusable state directory).
+///
+/// On shutdown the install engine is given [`RunOptions::shutdown_grace`] to finish the package
+/// it is working on; after that it is dropped mid-step, which the journal recovers from at the
+/// next start like any other interruption.
+pub async fn run(
+    options: RunOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AgentError> {
+    let dir = StateDir::new(&options.config.state_dir);
+    let engine = Engine::open(dir.clone(), options.engine.clone())?;
+    let http = http_client()?;
+    let fetcher = Fetcher::new(
+        http.clone(),
+        options.config.server.clone(),
+        options.engine.download.clone(),
+    );
+    let controller = ControllerClient::new(http, options.config.server.clone());
+    let (desired_tx, desired_rx) = watch::channel(engine.journal().desired.clone());
+    let (reports_tx, reports_rx) = watch::channel(engine.snapshot());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let protocol = ProtocolLoop {
+        options: &options,
+        dir: dir.clone(),
+        controller,
+        fetcher: fetcher.clone(),
+        connection: ConnectionTracker::load(dir, options.config.server.as_str()),
+        retry: Retry::new(options.retry),
+    };
+    tracing::info!(server = %options.config.server, state_dir = %options.config.state_dir.display(), version = AGENT_VERSION, "agent starting");
+    let engine = engine_loop(engine, fetcher, desired_rx, reports_tx, stop_rx);
+    tokio::pin!(engine);
+    let result = tokio::select! {
+        result = protocol.run(desired_tx, reports_rx) => result,
+        () = &mut engine => return Ok(()),
+        () = shutdown => {
+            tracing::info!("shutting down");
+            Ok(())
+        }
+    };
+    stop_tx.send_replace(true);
+    if tokio::time::timeout(options.shutdown_grace, &mut engine)
+        .await
+        .is_err()
+    {
+        tracing::warn!("an install step was still running; it is recovered at the next start");
+    }
+    result
+}
+
+/// Converges to the latest desired state until `stop` turns true (checked between packages).
+async fn engine_loop(
+    mut engine: Engine,
+    fetcher: Fetcher,
+    mut desired_rx: watch::Receiver<Option<DesiredState>>,
+    reports_tx: watch::Sender<Snapshot>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut failures = Retry::new(Backoff::new(
+        Duration::from_secs(1),
+        Duration::from_secs(60),
+    ));
+    loop {
+        if *stop.borrow_and_update() {
+            return;
+        }
+        let desired = desired_rx.borrow_and_update().clone();
+        let mut wait = None;
+        if let Some(desired) = desired {
+            let watcher = desired_rx.clone();
+            let stopping = stop.clone();
+            let mut progress = |snapshot: &Snapshot| {
+                reports_tx.send_if_modified(|current| {
+                    let changed = current != snapshot;
+                    if changed {
+                        *current = snapshot.clone();
+                    }
+                    changed
+                });
+                !watcher.has_changed().unwrap_or(false) && !*stopping.borrow()
+            };
+            match engine.converge(&desired, &fetcher, &mut progress).await {
+                Ok(()) => failures.reset(),
+                Err(error) => {
+                    let delay = failures.next_delay();
+                    tracing::error!(%error, retry_in = ?delay, "install engine failed");
+                    wait = Some(delay);
+                }
+            }
+        }
+        let now = Timestamp::now();
+        let wait = wait.or_else(|| engine.next_retry_at(now).map(|at| at.since(now)));
+        tokio::select! {
+            changed = desired_rx.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+            _ = stop.changed() => {}
+            () = sleep_or_forever(wait) => {}
+        }
+    }
+}
+
+async fn sleep_or_forever(duration: Option<Duration>) {
+    match duration {
+        Some(duration) => tokio::time::sleep(duration).await,
+        None => std::future::pending().await,
+    }
+}
+
+struct ProtocolLoop<'a> {
+    options: &'a RunOptions,
+    dir: StateDir,
+    controller: ControllerClient,
+    /// Shares the client token with the downloads.
+    fetcher: Fetcher,
+    connection: ConnectionTracker,
+    retry: Retry,
+}
+
+impl ProtocolLoop<'_> {
+    async fn run(
+        mut self,
+        desired_tx: watch::Sender<Option<DesiredState>>,
+        mut reports_rx: watch::Receiver<Snapshot>,
+    ) -> Result<(), AgentError> {
+        let mut credentials = self.enrolled(false).await?;
+        self.fetcher
+            .set_token(Some(credentials.client_token.clone()));
+        let mut collector = Collector::new();
+        let mut known_revision = desired_tx
+            .borrow()
+            .as_ref()
+            .map_or(0, |desired| desired.revision);
+        let mut sent_hash: Option<String> = None;
+        // Always send the full inventory once after a start: the controller may have lost it.
+        let mut send_inventory = true;
+        let (min_interval, max_interval) = self.options.heartbeat_bounds;
+        loop {
+            let snapshot = reports_rx.borrow_and_update().clone();
+            let inventory = collector.inventory();
+            let hash = inventory_hash(&inventory);
+            let include = send_inventory || sent_hash.as_deref() != Some(hash.as_str());
+            let request = HeartbeatRequest {
+                protocol_version: PROTOCOL_VERSION,
+                observed_revision: snapshot.observed_revision,
+                packages: snapshot.packages,
+                inventory_hash: hash.clone(),
+                inventory: include.then_some(inventory),
+                load: collector.load(),
+            };
+            let interval = match self
+                .controller
+                .heartbeat(&credentials.client_token, &request)
+                .await
+            {
+                Ok(response) => {
+                    self.connection.succeeded();
+                    self.retry.reset();
+                    if include {
+                        sent_hash = Some(hash);
+                    }
+                    send_inventory = response.send_inventory;
+                    deliver(&desired_tx, response.desired, &mut known_revision);
+                    Duration::from_millis(response.next_heartbeat_millis)
+                        .clamp(min_interval, max_interval)
+                }
+                Err(error) if error.is_unauthorized() => {
+                    self.connection.failed(&error.to_string());
+                    if self.options.config.bootstrap_token.is_some() {
+                        tracing::warn!(%error, "the controller refused the client token; enrolling again");
+                        credentials = self.enrolled(true).await?;
+                        self.fetcher
+                            .set_token(Some(credentials.client_token.clone()));
+                        send_inventory = true;
+                    } else {
+                        let delay = self.retry.next_delay();
+                        tracing::error!(%error, retry_in = ?delay,
+                            "the controller refused the client token (revoked or deleted?) and no bootstrap token is configured to enrol again");
+                        tokio::time::sleep(delay).await;
+                    }
+                    continue;
+                }
+                Err(error) => {
+                    self.connection.failed(&error.to_string());
+                    let delay = self.retry.next_delay();
+                    tracing::warn!(%error, retry_in = ?delay, "heartbeat failed");
+                    tokio::time::sleep(delay).await;
+                    continue;
+                }
+            };
+            self.wait_for_next_heartbeat(
+                Instant::now() + interval,
+                &credentials,
+                &desired_tx,
+                &mut reports_rx,
+                &mut known_revision,
+            )
+            .await;
+        }
+    }
+
+    /// Long-polls for desired-state changes until the heartbeat is due or the reports change.
+    async fn wait_for_next_heartbeat(
+        &mut self,
+        deadline: Instant,
+        credentials: &Credentials,
+        desired_tx: &watch::Sender<Option<DesiredState>>,
+        reports_rx: &mut watch::Receiver<Snapshot>,
+        known_revision: &mut u64,
+    ) {
+        let mut poll_retry = Retry::new(self.options.retry);
+        loop {
+            let started = Instant::now();
+            let asked = *known_revision;
+            let poll = self.controller.desired(
+                &credentials.client_token,
+                asked,
+                self.options.long_poll_timeout,
+            );
+            let result = tokio::select! {
+                () = tokio::time::sleep_until(deadline) => return,
+                changed = reports_rx.changed() => {
+                    if changed.is_err() {
+                        // The engine stopped; heartbeats go on with the last reports.
+                        tokio::time::sleep_until(deadline).await;
+                    }
+                    return;
+                }
+                result = poll => result,
+            };
+            match result {
+                Ok(response) => {
+                    poll_retry.reset();
+                    let advanced = response.desired.revision != asked;
+                    deliver(desired_tx, response.desired, known_revision);
+                    if !advanced && started.elapsed() < MIN_LONG_POLL {
+                        self.wait_until(deadline, reports_rx).await;
+                        return;
+                    }
+                }
+                Err(error) if error.is_unauthorized() => return,
+                Err(error) => {
+                    let delay = poll_retry.next_delay();
+                    tracing::debug!(%error, retry_in = ?delay, "long-poll failed");
+                    let resume = (Instant::now() + delay).min(deadline);
+                    tokio::select! {
+                        () = tokio::time::sleep_until(resume) => {}
+                        _ = reports_rx.changed() => return,
+                    }
+                    if Instant::now() >= deadline {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn wait_until(&self, deadline: Instant, reports_rx: &mut watch::Receiver<Snapshot>) {
+        tokio::select! {
+            () = tokio::time::sleep_until(deadline) => {}
+            _ = reports_rx.changed() => {}
+        }
+    }
+
+    /// The stored credentials, or new ones from an enrolment (retried until it succeeds).
+    async fn enrolled(&mut self, force: bool) -> Result<Credentials, AgentError> {
+        let config = &self.options.config;
+        if !force && let Some(credentials) = Credentials::load(&self.dir)? {
+            if credentials.server == config.server.as_str() {
+                return Ok(credentials);
+            }
+            tracing::warn!(enrolled_with = %credentials.server, server = %config.server,
+                "the stored credentials belong to another controller; enrolling again");
+        }
+        let Some(bootstrap_token) = &config.bootstrap_token else {
+            return Err(AgentError::NotEnrolled {
+                server: config.server.clone(),
+            });
+        };
+        let machine_id = machine_id(config, &self.dir)?;
+        let mut request = EnrollRequest {
+            protocol_version: PROTOCOL_VERSION,
+            bootstrap_token: String::new(),
+            machine_id: machine_id.clone(),
+            name: config.name.clone(),
+            hostname: hostname(),
+            labels: config.labels.clone(),
+        };
+        loop {
+            let attempt = match bootstrap_token.read() {
+                Ok(token) => {
+                    request.bootstrap_token = token;
+                    self.controller
+                        .enroll(&request)
+                        .await
+                        .map_err(|error| error.to_string())
+                }
+                Err(error) => Err(error.to_string()),
+            };
+            match attempt {
+                Ok(response) => {
+                    let credentials = Credentials {
+                        server: config.server.to_string(),
+                        machine_id,
+                        client_name: response.client_name,
+                        client_token: response.client_token,
+                        enrolled_at: Timestamp::now(),
+                    };
+                    credentials.save(&self.dir)?;
+                    self.connection.succeeded();
+                    self.retry.reset();
+                    tracing::info!(client = %credentials.client_name, "enrolled");
+                    return Ok(credentials);
+                }
+                Err(error) => {
+                    self.connection.failed(&error);
+                    let delay = self.retry.next_delay();
+                    tracing::warn!(%error, retry_in = ?delay, "enrolment failed");
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+}
+
+/// Records the controller's desired revision (what the long-poll asks after) and hands the
+/// desired state to the engine when it differs from the one the engine has. Revision 0 means the
+/// controller has not computed an assignment for this client yet (a new or reset controller): it
+/// carries no information, and acting on its empty package list would remove everything the
+/// machine runs, so the engine does not get it.
+fn deliver(
+    desired_tx: &watch::Sender<Option<DesiredState>>,
+    desired: DesiredState,
+    known_revision: &mut u64,
+) {
+    *known_revision = desired.revision;
+    if desired.revision == 0 {
+        return;
+    }
+    if desired_tx.borrow().as_ref() != Some(&desired) {
+        tracing::info!(
+            revision = desired.revision,
+            packages = desired.packages.len(),
+            "new desired state"
+        );
+        desired_tx.send_replace(Some(desired));
+    }
+}
+
+/// The machine identity: the override, `/etc/machine-id`, or an id generated once and kept in
+/// the state directory.
+pub fn machine_id(config: &AgentConfig, dir: &StateDir) -> Result<String, StateError> {
+    if let Some(id) = &config.machine_id {
+        return Ok(id.clone());
+    }
+    for path in [
+        std::path::PathBuf::from(SYSTEM_MACHINE_ID),
+        dir.machine_id(),
+    ] {
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            let id = text.trim();
+            if !id.is_empty() {
+                return Ok(id.to_owned());
+            }
+        }
+    }
+    let id = format!(
+        "{:016x}{:016x}",
+        crate::backoff::random_u64(),
+        crate::backoff::random_u64()
+    );
+    write_atomic(&dir.machine_id(), format!("{id}\n").as_bytes(), 0o644)?;
+    Ok(id)
+}
+
+/// Keeps `connection.json` in step with the last error, writing only when it changes.
+struct ConnectionTracker {
+    dir: StateDir,
+    status: ConnectionStatus,
+}
+
+impl ConnectionTracker {
+    fn load(dir: StateDir, server: &str) -> Self {
+        let status = read_json::<ConnectionStatus>(&dir.connection())
+            .ok()
+            .flatten()
+            .filter(|status| status.server == server)
+            .unwrap_or_else(|| ConnectionStatus {
+                server: server.to_owned(),
+                last_error: None,
+            });
+        ConnectionTracker { dir, status }
+    }
+
+    fn succeeded(&mut self) {
+        if self.status.last_error.take().is_some() {
+            tracing::info!("controller reachable");
+            self.write();
+        }
+    }
+
+    fn failed(&mut self, message: &str) {
+        if self.status.last_error.as_ref().map(|e| e.message.as_str()) != Some(message) {
+            self.status.last_error = Some(ErrorRecord {
+                message: message.to_owned(),
+                at: Timestamp::now(),
+            });
+            self.write();
+        }
+    }
+
+    fn write(&self) {
+        if let Err(error) = write_json(&self.dir.connection(), &self.status, 0o644) {
+            tracing::warn!(%error, "cannot record the connection status");
+        }
+    }
+}

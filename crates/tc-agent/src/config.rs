@@ -1,0 +1,627 @@
+//! Command line and configuration file.
+//!
+//! Settings come from the command line and from an optional YAML file (`--config`); the command
+//! line wins, and labels from both are merged (the command line wins per key). Relative paths in
+//! the file are taken relative to the file's directory.
+//!
+//! ```yaml
+//! server: https://controller.example:7130
+//! bootstrapTokenFile: /etc/tc-agent/bootstrap.token   # or bootstrapToken: ...
+//! stateDir: /var/lib/tc-agent
+//! name: front-desk-3
+//! labels:
+//!   site: berlin
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use std::collections::BTreeSet;
+
+use clap::{Args, Subcommand};
+use reqwest::Url;
+use saphyr_parser::{Event, Parser, ScalarStyle};
+
+/// The default state directory.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/tc-agent";
+
+/// The thinfleet agent: enrols with the controller, reports this machine and installs the
+/// packages assigned to it.
+#[derive(Debug, clap::Parser)]
+#[command(name = "tc-agent", version)]
+pub struct Cli {
+    /// What to do; `run` when omitted.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Settings, also accepted after the subcommand.
+    #[command(flatten)]
+    pub settings: Settings,
+}
+
+/// The subcommands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Subcommand)]
+pub enum Command {
+    /// Run the agent (the default).
+    Run,
+    /// Print what is installed, what is pending and the last error, from the state directory.
+    Status,
+}
+
+/// Settings as typed on the command line.
+#[derive(Clone, Debug, Default, Args)]
+pub struct Settings {
+    /// YAML configuration file; command-line settings override it.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Controller URL, e.g. `https://controller.example:7130`.
+    #[arg(long, global = true, value_name = "URL")]
+    pub server: Option<String>,
+    /// Bootstrap token for the first enrolment (prefer --bootstrap-token-file: a command line is
+    /// visible to every user of the machine).
+    #[arg(long, global = true, value_name = "TOKEN")]
+    pub bootstrap_token: Option<String>,
+    /// File holding the bootstrap token.
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        conflicts_with = "bootstrap_token"
+    )]
+    pub bootstrap_token_file: Option<PathBuf>,
+    /// State directory [default: /var/lib/tc-agent].
+    #[arg(long, global = true, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Label reported at enrolment (repeatable).
+    #[arg(long = "label", global = true, value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
+    /// Client name asked for at enrolment [default: the host name].
+    #[arg(long, global = true)]
+    pub name: Option<String>,
+    /// Machine identity [default: /etc/machine-id, else one generated in the state directory].
+    #[arg(long, global = true, value_name = "ID")]
+    pub machine_id: Option<String>,
+}
+
+/// The configuration file.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FileConfig {
+    /// Controller URL.
+    pub server: Option<String>,
+    /// Bootstrap token.
+    pub bootstrap_token: Option<String>,
+    /// File holding the bootstrap token.
+    pub bootstrap_token_file: Option<PathBuf>,
+    /// State directory.
+    pub state_dir: Option<PathBuf>,
+    /// Labels reported at enrolment.
+    pub labels: BTreeMap<String, String>,
+    /// Client name.
+    pub name: Option<String>,
+    /// Machine identity.
+    pub machine_id: Option<String>,
+}
+
+/// The resolved configuration of a running agent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentConfig {
+    /// Controller URL (ends with `/`, so that relative URLs resolve under it).
+    pub server: Url,
+    /// Bootstrap token, when one is configured.
+    pub bootstrap_token: Option<BootstrapToken>,
+    /// State directory.
+    pub state_dir: PathBuf,
+    /// Labels reported at enrolment.
+    pub labels: BTreeMap<String, String>,
+    /// Client name asked for at enrolment.
+    pub name: String,
+    /// Machine identity override.
+    pub machine_id: Option<String>,
+}
+
+/// Where the bootstrap token comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BootstrapToken {
+    /// Given as a value.
+    Value(String),
+    /// Read from a file at every enrolment, so that a rotated token is picked up without a
+    /// restart.
+    File(PathBuf),
+}
+
+impl BootstrapToken {
+    /// The token.
+    pub fn read(&self) -> Result<String, ConfigError> {
+        match self {
+            BootstrapToken::Value(token) => Ok(token.clone()),
+            BootstrapToken::File(path) => read_token(path),
+        }
+    }
+}
+
+/// Errors in the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The configuration file is not valid.
+    #[error("{path}: {message}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, with line and column.
+        message: String,
+    },
+    /// No controller URL was given.
+    #[error("no controller URL: pass --server or set `server` in the configuration file")]
+    MissingServer,
+    /// The controller URL is not usable.
+    #[error("invalid controller URL `{url}`: {message}")]
+    InvalidServer {
+        /// The URL given.
+        url: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// A label is not `key=value`.
+    #[error("invalid label `{label}`: expected KEY=VALUE with a non-empty key")]
+    InvalidLabel {
+        /// The label given.
+        label: String,
+    },
+    /// The token file is empty.
+    #[error("{path} is empty; expected the bootstrap token")]
+    EmptyToken {
+        /// The token file.
+        path: PathBuf,
+    },
+    /// Both a token and a token file were configured.
+    #[error("set either a bootstrap token or a bootstrap token file, not both")]
+    TwoTokens,
+}
+
+impl Settings {
+    /// Reads the configuration file, if any.
+    pub fn file_config(&self) -> Result<Option<(PathBuf, FileConfig)>, ConfigError> {
+        let Some(path) = &self.config else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let config = parse_file_config(&text).map_err(|message| ConfigError::File {
+            path: path.clone(),
+            message,
+        })?;
+        Ok(Some((path.clone(), config)))
+    }
+
+    /// The state directory, from the command line, the file or the default.
+    pub fn state_dir(&self) -> Result<PathBuf, ConfigError> {
+        if let Some(dir) = &self.state_dir {
+            return Ok(dir.clone());
+        }
+        Ok(self
+            .file_config()?
+            .and_then(|(path, file)| file.state_dir.map(|dir| relative_to(&path, dir)))
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)))
+    }
+
+    /// Merges the command line with the configuration file into the agent's configuration.
+    /// `hostname` is the default name.
+    pub fn resolve(&self, hostname: &str) -> Result<AgentConfig, ConfigError> {
+        let (file_path, file) = self.file_config()?.unwrap_or_default();
+        let server_text = self
+            .server
+            .clone()
+            .or(file.server)
+            .ok_or(ConfigError::MissingServer)?;
+        let server = parse_server(&server_text)?;
+
+        let bootstrap_token = if let Some(token) = &self.bootstrap_token {
+            Some(BootstrapToken::Value(token.clone()))
+        } else if let Some(path) = &self.bootstrap_token_file {
+            Some(BootstrapToken::File(path.clone()))
+        } else {
+            match (file.bootstrap_token, file.bootstrap_token_file) {
+                (Some(_), Some(_)) => return Err(ConfigError::TwoTokens),
+                (Some(token), None) => Some(BootstrapToken::Value(token)),
+                (None, Some(path)) => Some(BootstrapToken::File(relative_to(&file_path, path))),
+                (None, None) => None,
+            }
+        };
+        if let Some(token) = &bootstrap_token {
+            // A missing or empty token file is a configuration error worth failing on at start.
+            token.read()?;
+        }
+
+        let mut labels = file.labels;
+        for label in &self.labels {
+            let (key, value) = parse_label(label)?;
+            labels.insert(key, value);
+        }
+        for key in labels.keys() {
+            if key.trim().is_empty() {
+                return Err(ConfigError::InvalidLabel { label: key.clone() });
+            }
+        }
+
+        Ok(AgentConfig {
+            server,
+            bootstrap_token,
+            state_dir: self
+                .state_dir
+                .clone()
+                .or_else(|| file.state_dir.map(|dir| relative_to(&file_path, dir)))
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
+            labels,
+            name: self
+                .name
+                .clone()
+                .or(file.name)
+                .filter(|name| !name.is_empty())
+                .unwrap_or_else(|| hostname.to_owned()),
+            machine_id: self.machine_id.clone().or(file.machine_id),
+        })
+    }
+}
+
+/// The settings a configuration file may hold, as written in YAML.
+const FILE_FIELDS: &str =
+    "server, bootstrapToken, bootstrapTokenFile, stateDir, labels, name, machineId";
+
+/// Parses the YAML configuration file. Errors name the line and column.
+pub fn parse_file_config(text: &str) -> Result<FileConfig, String> {
+    let mut events = YamlEvents {
+        parser: Parser::new_from_str(text),
+    };
+    let mut config = FileConfig::default();
+    loop {
+        match events.next()? {
+            (Event::StreamStart, _) => {}
+            (Event::StreamEnd, _) => return Ok(config),
+            (Event::DocumentStart(_), _) => break,
+            (_, position) => return Err(position.error("expected a YAML document")),
+        }
+    }
+    match events.next()? {
+        (Event::MappingStart(..), _) => {}
+        (Event::Scalar(text, ScalarStyle::Plain, ..), _) if is_null(&text) => {
+            return events.end(config);
+        }
+        (_, position) => return Err(position.error("the configuration must be a mapping")),
+    }
+    let mut seen = BTreeSet::new();
+    loop {
+        let (key, position) = match events.next()? {
+            (Event::MappingEnd, _) => break,
+            (Event::Scalar(key, ..), position) => (key.into_owned(), position),
+            (_, position) => return Err(position.error("expected a setting name")),
+        };
+        if !seen.insert(key.clone()) {
+            return Err(position.error(&format!("`{key}` is set twice")));
+        }
+        match key.as_str() {
+            "server" => config.server = events.string(&key)?,
+            "bootstrapToken" => config.bootstrap_token = events.string(&key)?,
+            "bootstrapTokenFile" => {
+                config.bootstrap_token_file = events.string(&key)?.map(PathBuf::from);
+            }
+            "stateDir" => config.state_dir = events.string(&key)?.map(PathBuf::from),
+            "labels" => config.labels = events.labels()?,
+            "name" => config.name = events.string(&key)?,
+            "machineId" => config.machine_id = events.string(&key)?,
+            other => {
+                return Err(position.error(&format!(
+                    "unknown field `{other}`, expected one of {FILE_FIELDS}"
+                )));
+            }
+        }
+    }
+    events.end(config)
+}
+
+/// A place in the configuration file.
+struct Position {
+    line: usize,
+    column: usize,
+}
+
+impl Position {
+    fn error(&self, message: &str) -> String {
+        format!("line {} column {}: {message}", self.line, self.column)
+    }
+}
+
+/// The YAML events of a configuration file, with positions.
+struct YamlEvents<'a> {
+    parser: Parser<'a, saphyr_parser::StrInput<'a>>,
+}
+
+impl<'a> YamlEvents<'a> {
+    fn next(&mut self) -> Result<(Event<'a>, Position), String> {
+        match self.parser.next() {
+            Some(Ok((event, span))) => {
+                let position = Position {
+                    line: span.start.line(),
+                    column: span.start.col() + 1,
+                };
+                if let Event::Alias(_) = event {
+                    return Err(position.error("aliases are not supported here"));
+                }
+                Ok((event, position))
+            }
+            Some(Err(error)) => {
+                let marker = error.marker();
+                Err(Position {
+                    line: marker.line(),
+                    column: marker.col() + 1,
+                }
+                .error(&format!("YAML syntax error: {}", error.info())))
+            }
+            None => Err("unexpected end of the file".to_owned()),
+        }
+    }
+
+    /// A string value; `None` for a YAML null.
+    fn string(&mut self, key: &str) -> Result<Option<String>, String> {
+        match self.next()? {
+            (Event::Scalar(text, ScalarStyle::Plain, ..), _) if is_null(&text) => Ok(None),
+            (Event::Scalar(text, ..), _) => Ok(Some(text.into_owned())),
+            (_, position) => Err(position.error(&format!("`{key}` must be a string"))),
+        }
+    }
+
+    /// The `labels` mapping.
+    fn labels(&mut self) -> Result<BTreeMap<String, String>, String> {
+        let mut labels = BTreeMap::new();
+        match self.next()? {
+            (Event::MappingStart(..), _) => {}
+            (Event::Scalar(text, ScalarStyle::Plain, ..), _) if is_null(&text) => {
+                return Ok(labels);
+            }
+            (_, position) => {
+                return Err(position.error("`labels` must be a mapping of strings"));
+            }
+        }
+        loop {
+            let (key, position) = match self.next()? {
+                (Event::MappingEnd, _) => return Ok(labels),
+                (Event::Scalar(key, ..), position) => (key.into_owned(), position),
+                (_, position) => return Err(position.error("expected a label name")),
+            };
+            let value = self.string(&format!("labels.{key}"))?.unwrap_or_default();
+            if labels.insert(key.clone(), value).is_some() {
+                return Err(position.error(&format!("label `{key}` is set twice")));
+            }
+        }
+    }
+
+    /// Checks that nothing but the end of the file follows.
+    fn end(&mut self, config: FileConfig) -> Result<FileConfig, String> {
+        loop {
+            match self.next()? {
+                (Event::DocumentEnd, _) => {}
+                (Event::StreamEnd, _) => return Ok(config),
+                (_, position) => {
+                    return Err(position.error("the configuration must be a single document"));
+                }
+            }
+        }
+    }
+}
+
+fn is_null(text: &str) -> bool {
+    matches!(text, "" | "~" | "null" | "Null" | "NULL")
+}
+
+/// Parses and normalises the controller URL.
+pub fn parse_server(text: &str) -> Result<Url, ConfigError> {
+    let invalid = |message: String| ConfigError::InvalidServer {
+        url: text.to_owned(),
+        message,
+    };
+    let mut url = Url::parse(text).map_err(|error| invalid(error.to_string()))?;
+    if url.scheme() != "http" && url.scheme() != "https" {
+        return Err(invalid("the scheme must be http or https".to_owned()));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(invalid("no host".to_owned()));
+    }
+    if !url.path().ends_with('/') {
+        let path = format!("{}/", url.path());
+        url.set_path(&path);
+    }
+    Ok(url)
+}
+
+fn parse_label(label: &str) -> Result<(String, String), ConfigError> {
+    match label.split_once('=') {
+        Some((key, value)) if !key.trim().is_empty() => {
+            Ok((key.trim().to_owned(), value.trim().to_owned()))
+        }
+        _ => Err(ConfigError::InvalidLabel {
+            label: label.to_owned(),
+        }),
+    }
+}
+
+fn read_token(path: &Path) -> Result<String, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(ConfigError::EmptyToken {
+            path: path.to_owned(),
+        });
+    }
+    Ok(token.to_owned())
+}
+
+/// `path` relative to the directory of `file` (unchanged when absolute or when there is no file).
+fn relative_to(file: &Path, path: PathBuf) -> PathBuf {
+    if path.is_absolute() {
+        return path;
+    }
+    match file.parent() {
+        Some(parent) if !file.as_os_str().is_empty() => parent.join(path),
+        _ => path,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cli(arguments: &[&str]) -> Cli {
+        <Cli as clap::Parser>::try_parse_from(
+            std::iter::once("tc-agent").chain(arguments.iter().copied()),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn command_line_alone() {
+        let parsed = cli(&[
+            "--server",
+            "http://127.0.0.1:7130",
+            "--bootstrap-token",
+            "boot",
+            "--label",
+            "site=berlin",
+            "--label",
+            "floor=2",
+        ]);
+        assert_eq!(parsed.command, None);
+        let config = parsed.settings.resolve("kiosk-7").unwrap();
+        assert_eq!(config.server.as_str(), "http://127.0.0.1:7130/");
+        assert_eq!(
+            config.bootstrap_token,
+            Some(BootstrapToken::Value("boot".into()))
+        );
+        assert_eq!(config.state_dir, PathBuf::from(DEFAULT_STATE_DIR));
+        assert_eq!(config.name, "kiosk-7");
+        assert_eq!(config.labels.len(), 2);
+        assert_eq!(config.labels["site"], "berlin");
+    }
+
+    #[test]
+    fn file_and_command_line_merge_with_the_command_line_winning() {
+        let temp = tempfile::tempdir().unwrap();
+        std::fs::write(temp.path().join("token"), "from-file\n").unwrap();
+        let config_path = temp.path().join("agent.yaml");
+        std::fs::write(
+            &config_path,
+            "server: https://controller.example/prefix\n\
+             bootstrapTokenFile: token\n\
+             stateDir: state\n\
+             name: front-desk\n\
+             labels:\n  site: berlin\n  floor: '1'\n",
+        )
+        .unwrap();
+        let parsed = cli(&[
+            "status",
+            "--config",
+            config_path.to_str().unwrap(),
+            "--label",
+            "floor=2",
+        ]);
+        assert_eq!(parsed.command, Some(Command::Status));
+        let config = parsed.settings.resolve("ignored").unwrap();
+        assert_eq!(config.server.as_str(), "https://controller.example/prefix/");
+        let token = config.bootstrap_token.unwrap();
+        assert_eq!(token, BootstrapToken::File(temp.path().join("token")));
+        assert_eq!(token.read().unwrap(), "from-file");
+        assert_eq!(config.state_dir, temp.path().join("state"));
+        assert_eq!(config.name, "front-desk");
+        assert_eq!(config.labels["site"], "berlin");
+        assert_eq!(config.labels["floor"], "2");
+        assert_eq!(
+            parsed.settings.state_dir().unwrap(),
+            temp.path().join("state")
+        );
+    }
+
+    #[test]
+    fn file_errors_name_line_and_column() {
+        let check = |text: &str, expected: &str| {
+            let error = parse_file_config(text).unwrap_err();
+            assert!(error.contains(expected), "{text:?}: {error}");
+        };
+        check(
+            "server: http://x\nbootstrap_token: y\n",
+            "line 2 column 1: unknown field `bootstrap_token`, expected one of server,",
+        );
+        check(
+            "server: [a, b]\n",
+            "line 1 column 9: `server` must be a string",
+        );
+        check(
+            "labels: [a]\n",
+            "line 1 column 9: `labels` must be a mapping",
+        );
+        check(
+            "labels:\n  site: {x: 1}\n",
+            "`labels.site` must be a string",
+        );
+        check("name: a\nname: b\n", "line 2 column 1: `name` is set twice");
+        check("- server\n", "the configuration must be a mapping");
+        check("name: a\n---\nname: b\n", "must be a single document");
+        check("name: &n a\nmachineId: *n\n", "aliases are not supported");
+        check("name: 'unterminated\n", "YAML syntax error");
+    }
+
+    #[test]
+    fn file_values_nulls_and_empty_files() {
+        assert_eq!(parse_file_config("").unwrap(), FileConfig::default());
+        assert_eq!(
+            parse_file_config("# only a comment\n").unwrap(),
+            FileConfig::default()
+        );
+        assert_eq!(parse_file_config("~\n").unwrap(), FileConfig::default());
+        let config = parse_file_config(
+            "server: \"http://x\"\nname: ~\nlabels:\n  floor: 2\n  kiosk: true\n  empty:\n",
+        )
+        .unwrap();
+        assert_eq!(config.server.as_deref(), Some("http://x"));
+        assert_eq!(config.name, None);
+        assert_eq!(config.labels["floor"], "2");
+        assert_eq!(config.labels["kiosk"], "true");
+        assert_eq!(config.labels["empty"], "");
+    }
+
+    #[test]
+    fn bad_settings_are_refused_with_a_clear_message() {
+        let missing = cli(&[]).settings.resolve("h").unwrap_err();
+        assert!(missing.to_string().contains("--server"), "{missing}");
+        let scheme = cli(&["--server", "ftp://x"])
+            .settings
+            .resolve("h")
+            .unwrap_err();
+        assert!(scheme.to_string().contains("http or https"), "{scheme}");
+        let label = cli(&["--server", "http://x", "--label", "nokey"])
+            .settings
+            .resolve("h")
+            .unwrap_err();
+        assert!(label.to_string().contains("`nokey`"), "{label}");
+        assert!(
+            <Cli as clap::Parser>::try_parse_from([
+                "tc-agent",
+                "--bootstrap-token",
+                "a",
+                "--bootstrap-token-file",
+                "b"
+            ])
+            .is_err()
+        );
+    }
+}

@@ -1,0 +1,1045 @@
+//! The install engine: converges the packages under `packages/` to a desired state, one journaled
+//! step at a time, and recovers from a crash at any step.
+//!
+//! An install goes through these steps, each recorded in the journal before it starts:
+//!
+//! 1. `download` — fetch and verify `downloads/<sha256>.zip` (resumable);
+//! 2. `extract` — safe extraction into `staging/<name>`;
+//! 3. `move` — rename the staging directory to `packages/<name>/<version>`;
+//! 4. `pre-install` — `preInstall` runs in that directory, which is complete but not active;
+//! 5. `activate` — a `current.tmp` symlink to the version is renamed over `current`;
+//! 6. `post-install`, `health-check` — the hooks run in the active version;
+//! 7. commit — the journal records the new version as active and the old one as previous.
+//!
+//! A failure at any step leads to `roll-back`: `current` points to the previous version again
+//! (or is removed when there was none), the new version directory is deleted, and the package is
+//! reported `Failed` with the reason. The same attempt (version and sha256) is retried later with
+//! exponential backoff. On start, [`Engine::open`] looks at the step each package was in:
+//! before activation nothing active changed and the install simply resumes; from activation on,
+//! the install is rolled back like a failure (the hooks of an interrupted attempt cannot be
+//! trusted to have completed) and retried at once, up to [`IMMEDIATE_RETRIES_AFTER_CRASH`] times
+//! so that a hook that crashes the machine does not loop forever. Since `current` only ever
+//! changes by an atomic rename and only ever points to a complete directory, the active version is
+//! always the old or the new one.
+//!
+//! A removal runs `preRemove` (if it fails the package stays installed and is reported `Failed`),
+//! then removes `current` and the package directory. Only packages recorded in the journal are
+//! ever touched.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::io;
+use std::path::Path;
+
+use tc_proto::{DesiredPackage, DesiredState, Hook, PackageReport, PackageState, Timestamp};
+
+use crate::backoff::Backoff;
+use crate::download::{DownloadOptions, Fetcher, is_sha256_hex};
+use crate::extract::{ExtractLimits, extract};
+use crate::fault::{FaultPoint, Faults};
+use crate::hooks::{self, HookContext, HookKind};
+use crate::state::{
+    ErrorRecord, FailedAction, Failure, InstallStep, Journal, Operation, PackageRecord, RemoveStep,
+    StateDir, StateError, VersionRecord, sync_dir,
+};
+
+/// How many times an install interrupted by a crash after a hook started is retried at once
+/// before the normal failure backoff applies.
+pub const IMMEDIATE_RETRIES_AFTER_CRASH: u32 = 3;
+
+/// The name of the temporary link renamed over `current`.
+const CURRENT_TEMPORARY: &str = ".current.tmp";
+
+/// Tunables of the engine.
+#[derive(Clone, Debug)]
+pub struct EngineOptions {
+    /// Limits applied when extracting.
+    pub limits: ExtractLimits,
+    /// How downloads are retried within one attempt.
+    pub download: DownloadOptions,
+    /// Delay before a failed attempt is retried.
+    pub retry: Backoff,
+    /// Fault injection for crash tests.
+    pub faults: Faults,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            limits: ExtractLimits::default(),
+            download: DownloadOptions::default(),
+            retry: Backoff::new(
+                std::time::Duration::from_secs(30),
+                std::time::Duration::from_secs(3600),
+            ),
+            faults: Faults::none(),
+        }
+    }
+}
+
+/// Errors that stop the engine (package failures are not errors: they are reported).
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The state directory or the journal could not be read or written.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// A fault point was reached in simulate mode; the engine must be re-opened.
+    #[error("simulated crash at {0}")]
+    SimulatedCrash(FaultPoint),
+}
+
+/// Outcome of a step that did not complete.
+enum StepError {
+    /// The package failed; roll back and report.
+    Failed(String),
+    /// The engine cannot go on.
+    Fatal(EngineError),
+}
+
+impl From<EngineError> for StepError {
+    fn from(error: EngineError) -> Self {
+        StepError::Fatal(error)
+    }
+}
+
+impl From<StateError> for StepError {
+    fn from(error: StateError) -> Self {
+        StepError::Fatal(EngineError::State(error))
+    }
+}
+
+/// What the agent reports: the package states and the desired revision they were produced for.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// The desired revision the reports belong to.
+    pub observed_revision: u64,
+    /// One report per managed package.
+    pub packages: Vec<PackageReport>,
+}
+
+/// The install engine over one state directory.
+#[derive(Debug)]
+pub struct Engine {
+    dir: StateDir,
+    journal: Journal,
+    options: EngineOptions,
+}
+
+impl Engine {
+    /// Opens the state directory, creating it if needed, and recovers from an interrupted run.
+    pub fn open(dir: StateDir, options: EngineOptions) -> Result<Engine, EngineError> {
+        dir.create()?;
+        let journal = match Journal::load(&dir) {
+            Ok(Some(journal)) => journal,
+            Ok(None) => rebuild_journal(&dir),
+            Err(StateError::Corrupt { path, source }) => {
+                let aside = path.with_extension("json.corrupt");
+                tracing::error!(path = %path.display(), error = %source, aside = %aside.display(),
+                    "journal is corrupt; rebuilding it from the installed packages");
+                fs::rename(&path, &aside).map_err(StateError::io(&path))?;
+                rebuild_journal(&dir)
+            }
+            Err(error) => return Err(error.into()),
+        };
+        let mut engine = Engine {
+            dir,
+            journal,
+            options,
+        };
+        engine.recover()?;
+        engine.sweep();
+        Ok(engine)
+    }
+
+    /// The journal as it stands.
+    pub fn journal(&self) -> &Journal {
+        &self.journal
+    }
+
+    /// The state directory.
+    pub fn dir(&self) -> &StateDir {
+        &self.dir
+    }
+
+    /// The reports to send to the controller.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            observed_revision: self.journal.observed_revision,
+            packages: self.journal.reports(),
+        }
+    }
+
+    /// The earliest time after `now` at which a failed attempt becomes due again, if any package
+    /// waits for one.
+    pub fn next_retry_at(&self, now: Timestamp) -> Option<Timestamp> {
+        self.journal
+            .packages
+            .values()
+            .filter_map(|record| record.failure.as_ref())
+            .map(|failure| failure.retry_at)
+            .filter(|at| *at > now)
+            .min()
+    }
+
+    /// Brings the installed packages to `desired`. Package failures are recorded and reported,
+    /// not returned. `progress` is called with the reports whenever they may have changed; when
+    /// it returns false the pass stops early (a newer desired state is waiting).
+    pub async fn converge(
+        &mut self,
+        desired: &DesiredState,
+        fetcher: &Fetcher,
+        progress: &mut (dyn FnMut(&Snapshot) -> bool + Send),
+    ) -> Result<(), EngineError> {
+        // An earlier pass that stopped on an error (a full disk, say) may have left an operation
+        // half done: finish or undo it first, as after a crash.
+        self.recover()?;
+        let now = Timestamp::now();
+        let before = self.journal.clone();
+        self.journal.desired = Some(desired.clone());
+        self.journal.observed_revision = desired.revision;
+
+        let mut seen = BTreeSet::new();
+        let mut installs = Vec::new();
+        for package in &desired.packages {
+            if !seen.insert(package.name.as_str()) {
+                tracing::warn!(package = %package.name, "package listed twice in the desired state; using the first");
+                continue;
+            }
+            if let Some(work) = self.plan_package(package, now) {
+                installs.push(work);
+            }
+        }
+        let removals: Vec<String> = self
+            .journal
+            .packages
+            .iter()
+            .filter(|(name, record)| {
+                !seen.contains(name.as_str()) && !waiting(record, FailedAction::Remove, now)
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in &removals {
+            let record = self.record_mut(name);
+            let version = record
+                .active_version()
+                .unwrap_or(&record.version)
+                .to_owned();
+            record.set_state(PackageState::Removing, &version, None, now);
+        }
+        if self.journal != before {
+            self.save()?;
+        }
+        if !progress(&self.snapshot()) {
+            return Ok(());
+        }
+
+        for package in installs {
+            self.install(package, fetcher).await?;
+            if !progress(&self.snapshot()) {
+                return Ok(());
+            }
+        }
+        for name in removals {
+            self.remove(&name).await?;
+            if !progress(&self.snapshot()) {
+                return Ok(());
+            }
+        }
+        self.sweep();
+        Ok(())
+    }
+
+    /// Sets the state a desired package is reported with before the work starts; returns it when
+    /// it needs installing now.
+    fn plan_package<'a>(
+        &mut self,
+        package: &'a DesiredPackage,
+        now: Timestamp,
+    ) -> Option<&'a DesiredPackage> {
+        if !is_safe_name(&package.name) {
+            // The name becomes a directory name: without a record, nothing is ever done with it.
+            let message = format!("invalid package name `{}` refused", package.name);
+            tracing::error!(%message);
+            self.journal.last_error = Some(ErrorRecord { message, at: now });
+            return None;
+        }
+        let invalid = validate(package).err();
+        let record = self
+            .journal
+            .packages
+            .entry(package.name.clone())
+            .or_insert_with(|| PackageRecord::new(&package.version, now));
+        if let Some(reason) = invalid {
+            let message = format!("refused by the agent: {reason}");
+            record.set_state(PackageState::Failed, &package.version, Some(message), now);
+            return None;
+        }
+        if record.active_version() == Some(package.version.as_str()) {
+            record.failure = None;
+            record.set_state(PackageState::Installed, &package.version, None, now);
+            return None;
+        }
+        let same_attempt = record.failure.as_ref().is_some_and(|failure| {
+            failure.action == FailedAction::Install
+                && failure.version == package.version
+                && failure.sha256 == package.sha256
+        });
+        if same_attempt && waiting(record, FailedAction::Install, now) {
+            return None;
+        }
+        if !same_attempt {
+            record.failure = None;
+        }
+        record.set_state(PackageState::Installing, &package.version, None, now);
+        Some(package)
+    }
+
+    /// Installs one package, rolling back on failure.
+    async fn install(
+        &mut self,
+        package: &DesiredPackage,
+        fetcher: &Fetcher,
+    ) -> Result<(), EngineError> {
+        let previous = self.journal.packages[&package.name]
+            .active_version()
+            .map(str::to_owned);
+        tracing::info!(package = %package.name, version = %package.version,
+            previous = previous.as_deref().unwrap_or("none"), "installing");
+        self.record_mut(&package.name).operation = Some(Operation::Install {
+            target: version_record(package),
+            step: InstallStep::Download,
+            reason: None,
+        });
+        self.save()?;
+        match self
+            .install_steps(package, fetcher, previous.as_deref())
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(StepError::Fatal(error)) => Err(error),
+            Err(StepError::Failed(reason)) => {
+                self.set_install_step(&package.name, InstallStep::RollBack, Some(reason))?;
+                self.finish_rollback(&package.name, false)
+            }
+        }
+    }
+
+    async fn install_steps(
+        &mut self,
+        package: &DesiredPackage,
+        fetcher: &Fetcher,
+        previous: Option<&str>,
+    ) -> Result<(), StepError> {
+        let name = package.name.as_str();
+        let version = package.version.as_str();
+        let zip = fetcher
+            .fetch(package, &self.dir.downloads())
+            .await
+            .map_err(|error| StepError::Failed(format!("download failed: {error}")))?;
+        self.fault(FaultPoint::AfterDownload)?;
+
+        self.set_install_step(name, InstallStep::Extract, None)?;
+        let staging = self.dir.staging_for(name);
+        remove_all(&staging).map_err(|error| io_failure(&staging, error))?;
+        let limits = self.options.limits.clone();
+        let staging_for_task = staging.clone();
+        let extracted = tokio::task::spawn_blocking(move || {
+            extract(&zip, &staging_for_task, &limits).map_err(|error| error.to_string())
+        })
+        .await
+        .map_err(|error| StepError::Failed(format!("extraction failed: {error}")))?
+        .map_err(|error| StepError::Failed(format!("extraction refused: {error}")))?;
+        tracing::debug!(package = %name, version = %version, entries = extracted.entries, bytes = extracted.bytes, "extracted");
+        self.fault(FaultPoint::AfterExtract)?;
+
+        self.set_install_step(name, InstallStep::Move, None)?;
+        let package_dir = self.dir.package(name);
+        let version_dir = self.dir.version(name, version);
+        fs::create_dir_all(&package_dir).map_err(|error| io_failure(&package_dir, error))?;
+        if version_dir.exists() {
+            // A leftover of an earlier attempt, or the kept previous version being reinstalled.
+            let record = self.record_mut(name);
+            if record.previous.as_ref().map(|p| p.version.as_str()) == Some(version) {
+                record.previous = None;
+                self.save()?;
+            }
+            remove_all(&version_dir).map_err(|error| io_failure(&version_dir, error))?;
+        }
+        fs::rename(&staging, &version_dir).map_err(|error| io_failure(&version_dir, error))?;
+        sync_dir(&package_dir).map_err(|error| io_failure(&package_dir, error))?;
+        sync_dir(&self.dir.staging()).map_err(|error| io_failure(&staging, error))?;
+        self.fault(FaultPoint::AfterMove)?;
+
+        if let Some(hook) = &package.hooks.pre_install {
+            self.set_install_step(name, InstallStep::PreInstall, None)?;
+            self.run_hook(HookKind::PreInstall, hook, name, version, previous)
+                .await?;
+        }
+
+        self.set_install_step(name, InstallStep::Activate, None)?;
+        self.switch_current(name, version)
+            .map_err(|error| io_failure(&self.dir.current(name), error))?;
+        tracing::info!(package = %name, version = %version, "activated");
+        self.fault(FaultPoint::AfterActivate)?;
+
+        if let Some(hook) = &package.hooks.post_install {
+            self.set_install_step(name, InstallStep::PostInstall, None)?;
+            self.run_hook(HookKind::PostInstall, hook, name, version, previous)
+                .await?;
+        }
+        if let Some(hook) = &package.hooks.health_check {
+            self.set_install_step(name, InstallStep::HealthCheck, None)?;
+            self.run_hook(HookKind::HealthCheck, hook, name, version, previous)
+                .await?;
+        }
+        self.fault(FaultPoint::BeforeCommit)?;
+
+        let now = Timestamp::now();
+        let record = self.record_mut(name);
+        record.operation = None;
+        record.previous = record.active.take();
+        record.active = Some(version_record(package));
+        record.failure = None;
+        record.set_state(PackageState::Installed, version, None, now);
+        self.save()?;
+        tracing::info!(package = %name, version = %version, "installed");
+        self.sweep_package(name);
+        let download = self.dir.downloads().join(format!("{}.zip", package.sha256));
+        let _ = fs::remove_file(download);
+        Ok(())
+    }
+
+    /// Runs a hook of version `version` of `name`; a failure becomes [`StepError::Failed`].
+    async fn run_hook(
+        &self,
+        kind: HookKind,
+        hook: &Hook,
+        name: &str,
+        version: &str,
+        previous: Option<&str>,
+    ) -> Result<String, StepError> {
+        let directory = self.dir.version(name, version);
+        let context = HookContext {
+            package: name,
+            version,
+            directory: &directory,
+            previous_version: previous,
+        };
+        tracing::info!(package = %name, version = %version, hook = %kind, "running hook");
+        let running = hooks::spawn(kind, hook, &context)
+            .map_err(|error| StepError::Failed(error.to_string()))?;
+        self.fault(FaultPoint::DuringHook)?;
+        let output = running
+            .wait()
+            .await
+            .map_err(|error| StepError::Failed(error.to_string()))?;
+        tracing::debug!(package = %name, hook = %kind, %output, "hook succeeded");
+        Ok(output)
+    }
+
+    /// Puts the previous version back after a failed or interrupted install and records the
+    /// failure. `interrupted` means a crash rather than a failure of the package itself.
+    fn finish_rollback(&mut self, name: &str, interrupted: bool) -> Result<(), EngineError> {
+        let record = self.record_mut(name);
+        let Some(Operation::Install { target, reason, .. }) = record.operation.clone() else {
+            return Ok(());
+        };
+        let active = record.active.clone();
+        let reason = reason.unwrap_or_else(|| "interrupted".to_owned());
+        let restored = match &active {
+            Some(active) if self.dir.version(name, &active.version).is_dir() => {
+                if self.read_current(name).as_deref() != Some(active.version.as_str()) {
+                    self.switch_current(name, &active.version)
+                        .map_err(StateError::io(self.dir.current(name)))?;
+                }
+                Some(active.version.clone())
+            }
+            _ => {
+                remove_file_if_exists(&self.dir.current(name))
+                    .map_err(StateError::io(self.dir.current(name)))?;
+                None
+            }
+        };
+        if restored.as_deref() != Some(target.version.as_str()) {
+            let version_dir = self.dir.version(name, &target.version);
+            remove_all(&version_dir).map_err(StateError::io(&version_dir))?;
+        }
+        let staging = self.dir.staging_for(name);
+        remove_all(&staging).map_err(StateError::io(&staging))?;
+
+        let message = match &restored {
+            Some(version) => format!("{reason}; rolled back to {version}"),
+            None => format!("{reason}; no version is active"),
+        };
+        let now = Timestamp::now();
+        let retry = self.options.retry;
+        let record = self.record_mut(name);
+        if restored.is_none() {
+            record.active = None;
+        }
+        if record.previous.as_ref().map(|p| &p.version) == Some(&target.version) {
+            record.previous = None;
+        }
+        record.operation = None;
+        record_failure(
+            record,
+            FailedAction::Install,
+            &target,
+            retry,
+            interrupted,
+            now,
+        );
+        // An attempt cut short by a crash and retried at once is still being installed, not a
+        // failure of the package.
+        let retrying_now = record
+            .failure
+            .as_ref()
+            .is_some_and(|failure| failure.retry_at <= now);
+        let state = if interrupted && retrying_now {
+            PackageState::Installing
+        } else {
+            PackageState::Failed
+        };
+        record.set_state(state, &target.version, Some(message.clone()), now);
+        self.journal.last_error = Some(ErrorRecord {
+            message: format!("{name} {}: {message}", target.version),
+            at: now,
+        });
+        self.save()?;
+        if state == PackageState::Installing {
+            tracing::warn!(package = %name, version = %target.version, %message, "install interrupted; trying again");
+        } else {
+            tracing::warn!(package = %name, version = %target.version, %message, "install failed");
+        }
+        Ok(())
+    }
+
+    /// Removes a package that is no longer desired.
+    async fn remove(&mut self, name: &str) -> Result<(), EngineError> {
+        let Some(active) = self.journal.packages[name].active.clone() else {
+            // Nothing was ever activated: only leftovers to clear.
+            let package_dir = self.dir.package(name);
+            remove_all(&package_dir).map_err(StateError::io(&package_dir))?;
+            self.journal.packages.remove(name);
+            self.save()?;
+            return Ok(());
+        };
+        tracing::info!(package = %name, version = %active.version, "removing");
+        self.record_mut(name).operation = Some(Operation::Remove {
+            step: RemoveStep::PreRemove,
+        });
+        self.save()?;
+        if let Some(hook) = &active.hooks.pre_remove {
+            match self
+                .run_hook(HookKind::PreRemove, hook, name, &active.version, None)
+                .await
+            {
+                Ok(_) => {}
+                Err(StepError::Fatal(error)) => return Err(error),
+                Err(StepError::Failed(reason)) => {
+                    let now = Timestamp::now();
+                    let retry = self.options.retry;
+                    let message = format!("{reason}; the package stays installed");
+                    let record = self.record_mut(name);
+                    record.operation = None;
+                    record_failure(record, FailedAction::Remove, &active, retry, false, now);
+                    record.set_state(
+                        PackageState::Failed,
+                        &active.version,
+                        Some(message.clone()),
+                        now,
+                    );
+                    self.journal.last_error = Some(ErrorRecord {
+                        message: format!("{name} {}: {message}", active.version),
+                        at: now,
+                    });
+                    self.save()?;
+                    tracing::warn!(package = %name, %message, "removal failed");
+                    return Ok(());
+                }
+            }
+        }
+        self.record_mut(name).operation = Some(Operation::Remove {
+            step: RemoveStep::Delete,
+        });
+        self.save()?;
+        self.delete_package(name)?;
+        tracing::info!(package = %name, "removed");
+        Ok(())
+    }
+
+    /// Removes `current`, then the package directory, then the record.
+    fn delete_package(&mut self, name: &str) -> Result<(), EngineError> {
+        let current = self.dir.current(name);
+        remove_file_if_exists(&current).map_err(StateError::io(&current))?;
+        let package_dir = self.dir.package(name);
+        if package_dir.exists() {
+            sync_dir(&package_dir).map_err(StateError::io(&package_dir))?;
+        }
+        self.fault(FaultPoint::AfterUnlink)?;
+        remove_all(&package_dir).map_err(StateError::io(&package_dir))?;
+        let packages = self.dir.packages();
+        sync_dir(&packages).map_err(StateError::io(&packages))?;
+        self.journal.packages.remove(name);
+        self.save()?;
+        Ok(())
+    }
+
+    /// Finishes or undoes whatever was in progress when the agent stopped.
+    fn recover(&mut self) -> Result<(), EngineError> {
+        let interrupted: Vec<(String, Operation)> = self
+            .journal
+            .packages
+            .iter()
+            .filter_map(|(name, record)| Some((name.clone(), record.operation.clone()?)))
+            .collect();
+        for (name, operation) in interrupted {
+            match operation {
+                Operation::Install {
+                    target,
+                    step,
+                    reason,
+                } => {
+                    tracing::warn!(package = %name, version = %target.version, ?step, "recovering an interrupted install");
+                    if step == InstallStep::RollBack {
+                        // The attempt had failed; finish putting the previous version back.
+                        self.finish_rollback(&name, false)?;
+                    } else if step.ran_hooks() {
+                        // A hook may have run and `current` may point to the new version: the
+                        // attempt cannot be trusted, so it is rolled back and tried again.
+                        let reason = reason.unwrap_or_else(|| {
+                            format!("interrupted during {} (agent restarted)", step_name(step))
+                        });
+                        self.set_install_step(&name, InstallStep::RollBack, Some(reason))?;
+                        self.finish_rollback(&name, true)?;
+                    } else {
+                        // Nothing active changed: clear the partial work, keep the download, and
+                        // let the next pass resume.
+                        let record = self.record_mut(&name);
+                        record.operation = None;
+                        let active = record.active_version().map(str::to_owned);
+                        if active.as_deref() != Some(target.version.as_str()) {
+                            let version_dir = self.dir.version(&name, &target.version);
+                            remove_all(&version_dir).map_err(StateError::io(&version_dir))?;
+                            let record = self.record_mut(&name);
+                            if record.previous.as_ref().map(|p| &p.version) == Some(&target.version)
+                            {
+                                record.previous = None;
+                            }
+                        }
+                        let staging = self.dir.staging_for(&name);
+                        remove_all(&staging).map_err(StateError::io(&staging))?;
+                        self.save()?;
+                    }
+                }
+                Operation::Remove { step } => {
+                    tracing::warn!(package = %name, ?step, "recovering an interrupted removal");
+                    match step {
+                        RemoveStep::PreRemove => {
+                            self.record_mut(&name).operation = None;
+                            self.save()?;
+                        }
+                        RemoveStep::Delete => self.delete_package(&name)?,
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes what no record needs any more: staging leftovers, versions other than the active
+    /// and the previous one, and downloads of packages that are installed or no longer desired.
+    /// Errors are logged, never fatal.
+    fn sweep(&mut self) {
+        let staging = self.dir.staging();
+        for entry in read_dir_names(&staging) {
+            let busy =
+                self.journal.packages.get(&entry).is_some_and(|record| {
+                    matches!(record.operation, Some(Operation::Install { .. }))
+                });
+            if !busy {
+                let path = staging.join(&entry);
+                if let Err(error) = remove_all(&path) {
+                    tracing::warn!(path = %path.display(), %error, "cannot clean up");
+                }
+            }
+        }
+        let names: Vec<String> = self.journal.packages.keys().cloned().collect();
+        for name in names {
+            self.sweep_package(&name);
+        }
+        let needed: BTreeSet<String> = self
+            .journal
+            .desired
+            .iter()
+            .flat_map(|desired| desired.packages.iter())
+            .filter(|package| {
+                self.journal
+                    .packages
+                    .get(&package.name)
+                    .is_none_or(|record| record.active_version() != Some(&package.version))
+            })
+            .map(|package| package.sha256.clone())
+            .collect();
+        let downloads = self.dir.downloads();
+        for entry in read_dir_names(&downloads) {
+            let sha = entry
+                .strip_suffix(".zip")
+                .or_else(|| entry.strip_suffix(".part"))
+                .unwrap_or("");
+            if !needed.contains(sha) {
+                let path = downloads.join(&entry);
+                if let Err(error) = remove_all(&path) {
+                    tracing::warn!(path = %path.display(), %error, "cannot clean up");
+                }
+            }
+        }
+    }
+
+    /// Deletes the versions of `name` other than the active, the previous and the one being
+    /// installed.
+    fn sweep_package(&self, name: &str) {
+        let Some(record) = self.journal.packages.get(name) else {
+            return;
+        };
+        let mut keep: BTreeSet<&str> = BTreeSet::from(["current"]);
+        keep.extend(record.active.iter().map(|v| v.version.as_str()));
+        keep.extend(record.previous.iter().map(|v| v.version.as_str()));
+        if let Some(Operation::Install { target, .. }) = &record.operation {
+            keep.insert(&target.version);
+        }
+        let package_dir = self.dir.package(name);
+        for entry in read_dir_names(&package_dir) {
+            if !keep.contains(entry.as_str()) {
+                let path = package_dir.join(&entry);
+                tracing::debug!(path = %path.display(), "removing old version");
+                if let Err(error) = remove_all(&path) {
+                    tracing::warn!(path = %path.display(), %error, "cannot clean up");
+                }
+            }
+        }
+    }
+
+    /// Points `packages/<name>/current` at `version` atomically.
+    fn switch_current(&self, name: &str, version: &str) -> io::Result<()> {
+        let package_dir = self.dir.package(name);
+        let temporary = package_dir.join(CURRENT_TEMPORARY);
+        remove_file_if_exists(&temporary)?;
+        std::os::unix::fs::symlink(version, &temporary)?;
+        fs::rename(&temporary, self.dir.current(name))?;
+        sync_dir(&package_dir)
+    }
+
+    /// The version `current` points to.
+    fn read_current(&self, name: &str) -> Option<String> {
+        read_current(&self.dir, name)
+    }
+
+    fn set_install_step(
+        &mut self,
+        name: &str,
+        step: InstallStep,
+        reason: Option<String>,
+    ) -> Result<(), StateError> {
+        if let Some(Operation::Install {
+            step: current,
+            reason: current_reason,
+            ..
+        }) = &mut self.record_mut(name).operation
+        {
+            *current = step;
+            if reason.is_some() {
+                *current_reason = reason;
+            }
+        }
+        self.save()
+    }
+
+    fn fault(&self, point: FaultPoint) -> Result<(), EngineError> {
+        if self.options.faults.hit(point) {
+            Err(EngineError::SimulatedCrash(point))
+        } else {
+            Ok(())
+        }
+    }
+
+    fn record_mut(&mut self, name: &str) -> &mut PackageRecord {
+        self.journal
+            .packages
+            .get_mut(name)
+            .expect("the package has a record")
+    }
+
+    fn save(&self) -> Result<(), StateError> {
+        self.journal.save(&self.dir)
+    }
+}
+
+/// The version `packages/<name>/current` points to, if it is a link to a directory.
+pub fn read_current(dir: &StateDir, name: &str) -> Option<String> {
+    let target = fs::read_link(dir.current(name)).ok()?;
+    let version = target.to_str()?.to_owned();
+    dir.version(name, &version).is_dir().then_some(version)
+}
+
+/// What the journal keeps about the version `package` installs.
+fn version_record(package: &DesiredPackage) -> VersionRecord {
+    VersionRecord {
+        version: package.version.clone(),
+        sha256: package.sha256.clone(),
+        hooks: package.hooks.clone(),
+    }
+}
+
+/// True while a failed `action` of `record` waits for its retry time.
+fn waiting(record: &PackageRecord, action: FailedAction, now: Timestamp) -> bool {
+    record
+        .failure
+        .as_ref()
+        .is_some_and(|failure| failure.action == action && now < failure.retry_at)
+}
+
+/// Counts a failed attempt and schedules the next one.
+fn record_failure(
+    record: &mut PackageRecord,
+    action: FailedAction,
+    target: &VersionRecord,
+    retry: Backoff,
+    interrupted: bool,
+    now: Timestamp,
+) {
+    let attempts = match &record.failure {
+        Some(failure)
+            if failure.action == action
+                && failure.version == target.version
+                && failure.sha256 == target.sha256 =>
+        {
+            failure.attempts.saturating_add(1)
+        }
+        _ => 1,
+    };
+    let delay = if interrupted && attempts <= IMMEDIATE_RETRIES_AFTER_CRASH {
+        std::time::Duration::ZERO
+    } else {
+        retry.delay_with_jitter(attempts - 1)
+    };
+    record.failure = Some(Failure {
+        action,
+        version: target.version.clone(),
+        sha256: target.sha256.clone(),
+        attempts,
+        retry_at: now.plus(delay),
+    });
+}
+
+/// True for a name that is safe as one directory name: letters, digits, `.`, `_`, `+`, `-`,
+/// starting with a letter or digit (so never `.`, `..` or a hidden temporary name), and not
+/// `current`.
+fn is_safe_name(text: &str) -> bool {
+    !text.is_empty()
+        && text.len() <= 253
+        && text != "current"
+        && text.as_bytes()[0].is_ascii_alphanumeric()
+        && text
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || b"._+-".contains(&byte))
+}
+
+/// Checks what will become file names and URLs.
+fn validate(package: &DesiredPackage) -> Result<(), String> {
+    if !is_safe_name(&package.name) {
+        return Err(format!("invalid package name `{}`", package.name));
+    }
+    if !is_safe_name(&package.version) {
+        return Err(format!("invalid version `{}`", package.version));
+    }
+    if !is_sha256_hex(&package.sha256) {
+        return Err(format!("invalid sha256 `{}`", package.sha256));
+    }
+    if package.url.is_empty() {
+        return Err("empty download URL".to_owned());
+    }
+    Ok(())
+}
+
+/// Builds a journal from `packages/*/current` when there is none (or it was corrupt), so that
+/// what is installed stays managed.
+fn rebuild_journal(dir: &StateDir) -> Journal {
+    let mut journal = Journal::default();
+    let now = Timestamp::now();
+    for name in read_dir_names(&dir.packages()) {
+        if let Some(version) = read_current(dir, &name) {
+            tracing::info!(package = %name, version = %version, "adopting installed package");
+            let mut record = PackageRecord::new(&version, now);
+            record.active = Some(VersionRecord {
+                version: version.clone(),
+                sha256: String::new(),
+                hooks: Default::default(),
+            });
+            record.state = PackageState::Installed;
+            journal.packages.insert(name, record);
+        }
+    }
+    journal
+}
+
+fn step_name(step: InstallStep) -> &'static str {
+    match step {
+        InstallStep::Download => "download",
+        InstallStep::Extract => "extraction",
+        InstallStep::Move => "move",
+        InstallStep::PreInstall => "preInstall",
+        InstallStep::Activate => "activation",
+        InstallStep::PostInstall => "postInstall",
+        InstallStep::HealthCheck => "healthCheck",
+        InstallStep::RollBack => "rollback",
+    }
+}
+
+fn io_failure(path: &Path, error: io::Error) -> StepError {
+    StepError::Failed(format!("{}: {error}", path.display()))
+}
+
+fn read_dir_names(dir: &Path) -> Vec<String> {
+    match fs::read_dir(dir) {
+        Ok(entries) => entries
+            .filter_map(Result::ok)
+            .filter_map(|entry| entry.file_name().into_string().ok())
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Removes a file, link or directory tree; nothing to do when it does not exist.
+fn remove_all(path: &Path) -> io::Result<()> {
+    match fs::symlink_metadata(path) {
+        Ok(metadata) if metadata.is_dir() => make_writable_and_remove(path),
+        Ok(_) => fs::remove_file(path),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(error) => Err(error),
+    }
+}
+
+/// `remove_dir_all`, after giving the owner write permission on directories a package made
+/// read-only.
+fn make_writable_and_remove(path: &Path) -> io::Result<()> {
+    match fs::remove_dir_all(path) {
+        Ok(()) => Ok(()),
+        Err(error) if error.kind() == io::ErrorKind::PermissionDenied => {
+            make_directories_writable(path);
+            fs::remove_dir_all(path)
+        }
+        Err(error) => Err(error),
+    }
+}
+
+fn make_directories_writable(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(metadata) = fs::symlink_metadata(path) else {
+        return;
+    };
+    if metadata.is_dir() {
+        let mode = metadata.permissions().mode() | 0o700;
+        let _ = fs::set_permissions(path, fs::Permissions::from_mode(mode));
+        if let Ok(entries) = fs::read_dir(path) {
+            for entry in entries.flatten() {
+                make_directories_writable(&entry.path());
+            }
+        }
+    }
+}
+
+fn remove_file_if_exists(path: &Path) -> io::Result<()> {
+    match fs::remove_file(path) {
+        Err(error) if error.kind() != io::ErrorKind::NotFound => Err(error),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn package(name: &str, version: &str, sha256: &str) -> DesiredPackage {
+        DesiredPackage {
+            name: name.into(),
+            version: version.into(),
+            sha256: sha256.into(),
+            size: 1,
+            url: "/blobs/sha256/x".into(),
+            hooks: Default::default(),
+        }
+    }
+
+    #[test]
+    fn validation_refuses_what_would_escape_the_state_directory() {
+        let sha = "a".repeat(64);
+        assert_eq!(validate(&package("kiosk", "1.4.2+build.7", &sha)), Ok(()));
+        for (name, version, sha256) in [
+            ("../etc", "1.0.0", sha.as_str()),
+            ("kiosk", "../../x", sha.as_str()),
+            ("kiosk", "current", sha.as_str()),
+            ("kiosk", ".hidden", sha.as_str()),
+            ("kiosk", "", sha.as_str()),
+            ("kiosk", "1.0.0", "../../../etc/passwd"),
+            ("a/b", "1.0.0", sha.as_str()),
+        ] {
+            assert!(
+                validate(&package(name, version, sha256)).is_err(),
+                "{name} {version} {sha256}"
+            );
+        }
+    }
+
+    #[test]
+    fn failures_back_off_and_crashes_retry_at_once_a_few_times() {
+        let now = Timestamp::from_unix_millis(1_000_000);
+        let retry = Backoff::new(
+            std::time::Duration::from_secs(30),
+            std::time::Duration::from_secs(3600),
+        );
+        let target = VersionRecord {
+            version: "2.0.0".into(),
+            sha256: "b".repeat(64),
+            hooks: Default::default(),
+        };
+        let mut record = PackageRecord::new("2.0.0", now);
+        record_failure(
+            &mut record,
+            FailedAction::Install,
+            &target,
+            retry,
+            false,
+            now,
+        );
+        let failure = record.failure.clone().unwrap();
+        assert_eq!(failure.attempts, 1);
+        assert!(failure.retry_at >= now.plus(std::time::Duration::from_secs(15)));
+        assert!(waiting(&record, FailedAction::Install, now));
+        assert!(!waiting(&record, FailedAction::Remove, now));
+
+        let mut crashed = PackageRecord::new("2.0.0", now);
+        for attempt in 1..=IMMEDIATE_RETRIES_AFTER_CRASH {
+            record_failure(
+                &mut crashed,
+                FailedAction::Install,
+                &target,
+                retry,
+                true,
+                now,
+            );
+            let failure = crashed.failure.clone().unwrap();
+            assert_eq!(failure.attempts, attempt);
+            assert_eq!(failure.retry_at, now);
+        }
+        record_failure(
+            &mut crashed,
+            FailedAction::Install,
+            &target,
+            retry,
+            true,
+            now,
+        );
+        assert!(crashed.failure.unwrap().retry_at > now);
+    }
+}

@@ -1,0 +1,103 @@
+//! `tc-agent`: the thinfleet agent binary.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tc_agent::client::{self, RunOptions};
+use tc_agent::config::{Cli, Command};
+use tc_agent::fault::Faults;
+use tc_agent::state::StateDir;
+use tc_proto::Timestamp;
+use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::prelude::*;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Status => status(&cli),
+        Command::Run => run(&cli),
+    }
+}
+
+/// Logs go to stderr; `TC_AGENT_LOG` (or `RUST_LOG`) takes `info`, `debug`, or per-target
+/// directives such as `tc_agent=debug,info`.
+fn init_logging() {
+    let directives = std::env::var("TC_AGENT_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_default();
+    let filter = directives
+        .parse::<Targets>()
+        .ok()
+        .filter(|_| !directives.is_empty())
+        .unwrap_or_else(|| Targets::new().with_default(LevelFilter::INFO));
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(false),
+        )
+        .with(filter)
+        .init();
+}
+
+fn status(cli: &Cli) -> ExitCode {
+    let state_dir = match cli.settings.state_dir() {
+        Ok(dir) => dir,
+        Err(error) => return fail(2, &error),
+    };
+    match tc_agent::status::render(&StateDir::new(state_dir), Timestamp::now()) {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => fail(1, &error),
+    }
+}
+
+fn run(cli: &Cli) -> ExitCode {
+    let config = match cli.settings.resolve(&tc_agent::inventory::hostname()) {
+        Ok(config) => config,
+        Err(error) => return fail(2, &error),
+    };
+    let faults = match Faults::from_env() {
+        Ok(faults) => faults,
+        Err(error) => return fail(2, &error),
+    };
+    tc_agent::install_crypto_provider();
+    let mut options = RunOptions::new(config);
+    options.engine.faults = faults;
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => return fail(1, &error),
+    };
+    match runtime.block_on(client::run(options, shutdown_signal())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => fail(1, &error),
+    }
+}
+
+/// Completes on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut terminate) => {
+            tokio::select! {
+                _ = terminate.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(error) => {
+            tracing::warn!(%error, "cannot listen for SIGTERM; only Ctrl-C stops the agent");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+fn fail(code: u8, error: &dyn std::fmt::Display) -> ExitCode {
+    eprintln!("tc-agent: {error}");
+    ExitCode::from(code)
+}

@@ -1,0 +1,603 @@
+//! The agent's state directory: its layout, crash-safe file writes, the credentials and the install
+//! journal.
+//!
+//! ```text
+//! <state-dir>/
+//!   credentials.json          client name and token (mode 0600)
+//!   machine-id                generated identity when /etc/machine-id is not readable
+//!   state.json                the journal: desired state, package records, step in progress
+//!   connection.json           the last error talking to the controller (for `tc-agent status`)
+//!   downloads/<sha256>.part   a download in progress (resumed with HTTP Range)
+//!   downloads/<sha256>.zip    a verified download
+//!   staging/<name>/           a package being extracted
+//!   packages/<name>/<version>/  an installed version
+//!   packages/<name>/current -> <version>
+//! ```
+//!
+//! Every file that matters after a crash is written with [`write_atomic`]: to a temporary file,
+//! fsync, rename over the old one, fsync of the directory. A reader therefore sees either the old
+//! or the new content, never a torn write.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tc_proto::{DesiredState, Hooks, PackageReport, PackageState, Timestamp};
+
+/// Format version written into `state.json`; a journal from a newer agent is not trusted.
+pub const JOURNAL_FORMAT: u32 = 1;
+
+/// Errors reading or writing the state directory.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// A file or directory could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path involved.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// A state file exists but does not hold what the agent wrote.
+    #[error("{path} is corrupt: {source}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// Why it could not be decoded.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The journal was written by a newer agent with a format this one does not know.
+    #[error("{path} has format {found}, this agent understands up to {JOURNAL_FORMAT}")]
+    UnknownFormat {
+        /// The file.
+        path: PathBuf,
+        /// The format found.
+        found: u32,
+    },
+}
+
+impl StateError {
+    /// Wraps an I/O error with the path it happened on.
+    pub fn io(path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> StateError {
+        let path = path.into();
+        move |source| StateError::Io { path, source }
+    }
+}
+
+/// The paths inside a state directory.
+#[derive(Clone, Debug)]
+pub struct StateDir {
+    root: PathBuf,
+}
+
+impl StateDir {
+    /// The layout rooted at `root` (nothing is created).
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        StateDir { root: root.into() }
+    }
+
+    /// The state directory itself.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The path of `credentials.json`.
+    pub fn credentials(&self) -> PathBuf {
+        self.root.join("credentials.json")
+    }
+
+    /// The path of `state.json`, the journal.
+    pub fn journal(&self) -> PathBuf {
+        self.root.join("state.json")
+    }
+
+    /// The path of `connection.json`, the last error talking to the controller.
+    pub fn connection(&self) -> PathBuf {
+        self.root.join("connection.json")
+    }
+
+    /// The path of `machine-id`, the identity generated when the system has none.
+    pub fn machine_id(&self) -> PathBuf {
+        self.root.join("machine-id")
+    }
+
+    /// The directory `downloads/`.
+    pub fn downloads(&self) -> PathBuf {
+        self.root.join("downloads")
+    }
+
+    /// The directory `staging/`.
+    pub fn staging(&self) -> PathBuf {
+        self.root.join("staging")
+    }
+
+    /// The directory `staging/<name>`, where a package is extracted before it is moved into place.
+    pub fn staging_for(&self, name: &str) -> PathBuf {
+        self.staging().join(name)
+    }
+
+    /// The directory `packages/`.
+    pub fn packages(&self) -> PathBuf {
+        self.root.join("packages")
+    }
+
+    /// The directory `packages/<name>`.
+    pub fn package(&self, name: &str) -> PathBuf {
+        self.packages().join(name)
+    }
+
+    /// The directory `packages/<name>/<version>`.
+    pub fn version(&self, name: &str, version: &str) -> PathBuf {
+        self.package(name).join(version)
+    }
+
+    /// The link `packages/<name>/current`.
+    pub fn current(&self, name: &str) -> PathBuf {
+        self.package(name).join("current")
+    }
+
+    /// Creates the state directory (mode 0700) and its subdirectories.
+    pub fn create(&self) -> Result<(), StateError> {
+        if !self.root.exists() {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&self.root)
+                .map_err(StateError::io(&self.root))?;
+        }
+        for dir in [self.downloads(), self.staging(), self.packages()] {
+            fs::create_dir_all(&dir).map_err(StateError::io(&dir))?;
+        }
+        Ok(())
+    }
+}
+
+/// Writes `bytes` to `path` so that a crash leaves either the old or the new content: temporary
+/// file, fsync, rename, fsync of the directory. The file gets `mode`.
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), StateError> {
+    let file_name = path
+        .file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let temporary = path.with_file_name(format!(".{file_name}.tmp"));
+    let write = || -> io::Result<()> {
+        // A leftover from a crash could carry other permissions, which `mode` would not reset.
+        match fs::remove_file(&temporary) {
+            Err(error) if error.kind() != io::ErrorKind::NotFound => return Err(error),
+            _ => {}
+        }
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&temporary)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        Ok(())
+    };
+    write().map_err(StateError::io(&temporary))?;
+    fs::rename(&temporary, path).map_err(StateError::io(path))?;
+    if let Some(parent) = path.parent() {
+        sync_dir(parent).map_err(StateError::io(parent))?;
+    }
+    Ok(())
+}
+
+/// Flushes a directory's entries (new names, renames, removals) to disk.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Serialises `value` as pretty JSON and writes it with [`write_atomic`].
+pub fn write_json<T: Serialize>(path: &Path, value: &T, mode: u32) -> Result<(), StateError> {
+    let mut bytes = serde_json::to_vec_pretty(value).map_err(|source| StateError::Corrupt {
+        path: path.to_owned(),
+        source,
+    })?;
+    bytes.push(b'\n');
+    write_atomic(path, &bytes, mode)
+}
+
+/// Reads a JSON file; `None` when it does not exist.
+pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>, StateError> {
+    match fs::read(path) {
+        Ok(bytes) => {
+            serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|source| StateError::Corrupt {
+                    path: path.to_owned(),
+                    source,
+                })
+        }
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(error) => Err(StateError::Io {
+            path: path.to_owned(),
+            source: error,
+        }),
+    }
+}
+
+/// What the agent keeps after enrolment (`credentials.json`, mode 0600).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Credentials {
+    /// The controller these credentials belong to; enrolling with another controller replaces them.
+    pub server: String,
+    /// The machine id used at enrolment.
+    pub machine_id: String,
+    /// The client's name on the controller.
+    pub client_name: String,
+    /// The bearer token for every agent request.
+    pub client_token: String,
+    /// When the agent enrolled.
+    pub enrolled_at: Timestamp,
+}
+
+impl Credentials {
+    /// Reads `credentials.json`, if present.
+    pub fn load(dir: &StateDir) -> Result<Option<Credentials>, StateError> {
+        read_json(&dir.credentials())
+    }
+
+    /// Writes `credentials.json` with mode 0600.
+    pub fn save(&self, dir: &StateDir) -> Result<(), StateError> {
+        write_json(&dir.credentials(), self, 0o600)
+    }
+}
+
+/// The last problem talking to the controller (`connection.json`), kept for `tc-agent status`.
+/// It is written only when the problem changes, not on every retry.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectionStatus {
+    /// The controller URL.
+    pub server: String,
+    /// The last error, cleared when a request succeeds again.
+    pub last_error: Option<ErrorRecord>,
+}
+
+/// An error with the time it happened.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ErrorRecord {
+    /// What went wrong.
+    pub message: String,
+    /// When it happened.
+    pub at: Timestamp,
+}
+
+/// One version of a package: what is needed to activate it again and to remove it later.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VersionRecord {
+    /// The version (also the directory name under `packages/<name>/`).
+    pub version: String,
+    /// sha256 of the zip it came from; empty when unknown (a journal rebuilt from the disk).
+    pub sha256: String,
+    /// Its hooks: `preRemove` must still be known once the package left the desired state.
+    #[serde(default, skip_serializing_if = "Hooks::is_empty")]
+    pub hooks: Hooks,
+}
+
+/// The step of an install that was started and not yet finished. On restart the engine looks at
+/// this to bring the package back to a complete version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InstallStep {
+    /// Downloading and verifying the zip.
+    Download,
+    /// Extracting into `staging/<name>`.
+    Extract,
+    /// Renaming the staging directory to `packages/<name>/<version>`.
+    Move,
+    /// Running `preInstall` in the new, inactive version.
+    PreInstall,
+    /// Switching `current` to the new version.
+    Activate,
+    /// Running `postInstall`.
+    PostInstall,
+    /// Running `healthCheck`.
+    HealthCheck,
+    /// Switching `current` back to the previous version after a failure.
+    RollBack,
+}
+
+impl InstallStep {
+    /// True from the step on which a hook of the package may have run.
+    pub fn ran_hooks(self) -> bool {
+        self >= InstallStep::PreInstall
+    }
+}
+
+/// The step of a removal that was started and not yet finished.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RemoveStep {
+    /// Running `preRemove`.
+    PreRemove,
+    /// Removing `current` and the package directory.
+    Delete,
+}
+
+/// An operation in progress on one package.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "kind")]
+pub enum Operation {
+    /// Installing `target`.
+    Install {
+        /// The version being installed.
+        target: VersionRecord,
+        /// The step started last.
+        step: InstallStep,
+        /// Why the install is being rolled back (set with [`InstallStep::RollBack`]).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+    /// Removing the package.
+    Remove {
+        /// The step started last.
+        step: RemoveStep,
+    },
+}
+
+/// What a failed attempt was about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum FailedAction {
+    /// Installing a version.
+    Install,
+    /// Removing the package.
+    Remove,
+}
+
+/// A failed attempt, so that the same attempt is retried later with backoff rather than at once.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Failure {
+    /// What failed.
+    pub action: FailedAction,
+    /// The version the attempt was for.
+    pub version: String,
+    /// The sha256 the attempt was for (a different artifact is a different attempt).
+    pub sha256: String,
+    /// Consecutive failed attempts.
+    pub attempts: u32,
+    /// Not retried before this time.
+    pub retry_at: Timestamp,
+}
+
+/// Everything the agent knows about one package it manages.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PackageRecord {
+    /// The version `current` points to, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active: Option<VersionRecord>,
+    /// The version kept for rollback, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<VersionRecord>,
+    /// The state reported to the controller.
+    pub state: PackageState,
+    /// The version the state is about (the target while installing or after a failure).
+    pub version: String,
+    /// Detail for the report: the failure reason with a hook's output tail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// When the package entered `state`.
+    pub since: Timestamp,
+    /// The operation in progress, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operation: Option<Operation>,
+    /// The last failed attempt, if the package has not converged since.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<Failure>,
+}
+
+impl PackageRecord {
+    /// A record for a package about to be installed for the first time.
+    pub fn new(version: &str, now: Timestamp) -> Self {
+        PackageRecord {
+            active: None,
+            previous: None,
+            state: PackageState::Installing,
+            version: version.to_owned(),
+            message: None,
+            since: now,
+            operation: None,
+            failure: None,
+        }
+    }
+
+    /// The active version's name, if any.
+    pub fn active_version(&self) -> Option<&str> {
+        self.active.as_ref().map(|active| active.version.as_str())
+    }
+
+    /// Sets the reported state; `since` only moves when the state or the version changes.
+    pub fn set_state(
+        &mut self,
+        state: PackageState,
+        version: &str,
+        message: Option<String>,
+        now: Timestamp,
+    ) {
+        if self.state != state || self.version != version {
+            self.since = now;
+        }
+        self.state = state;
+        self.version = version.to_owned();
+        self.message = message;
+    }
+
+    /// The report for the controller.
+    pub fn report(&self, name: &str) -> PackageReport {
+        PackageReport {
+            name: name.to_owned(),
+            version: self.version.clone(),
+            state: self.state,
+            active_version: self.active.as_ref().map(|active| active.version.clone()),
+            message: self.message.clone(),
+            since: self.since,
+        }
+    }
+}
+
+/// `state.json`: what the agent was told, what it has done and what it is in the middle of.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Journal {
+    /// The format version ([`JOURNAL_FORMAT`] when written by this agent).
+    pub format: u32,
+    /// The last desired state received, so that the agent keeps converging after a restart while
+    /// the controller is unreachable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired: Option<DesiredState>,
+    /// The desired revision the package records were produced for.
+    #[serde(default)]
+    pub observed_revision: u64,
+    /// Every package thinfleet manages on this machine, by name.
+    #[serde(default)]
+    pub packages: BTreeMap<String, PackageRecord>,
+    /// The last package failure, for `tc-agent status`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<ErrorRecord>,
+}
+
+impl Default for Journal {
+    fn default() -> Self {
+        Journal {
+            format: JOURNAL_FORMAT,
+            desired: None,
+            observed_revision: 0,
+            packages: BTreeMap::new(),
+            last_error: None,
+        }
+    }
+}
+
+impl Journal {
+    /// Reads `state.json`; `None` when there is none yet.
+    pub fn load(dir: &StateDir) -> Result<Option<Journal>, StateError> {
+        let path = dir.journal();
+        let journal: Option<Journal> = read_json(&path)?;
+        if let Some(journal) = &journal
+            && journal.format > JOURNAL_FORMAT
+        {
+            return Err(StateError::UnknownFormat {
+                path,
+                found: journal.format,
+            });
+        }
+        Ok(journal)
+    }
+
+    /// Writes `state.json` atomically.
+    pub fn save(&self, dir: &StateDir) -> Result<(), StateError> {
+        write_json(&dir.journal(), self, 0o600)
+    }
+
+    /// The reports for every managed package, sorted by name.
+    pub fn reports(&self) -> Vec<PackageReport> {
+        self.packages
+            .iter()
+            .map(|(name, record)| record.report(name))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn credentials_are_written_mode_0600_and_read_back() {
+        let temp = tempfile::tempdir().unwrap();
+        let dir = StateDir::new(temp.path().join("state"));
+        dir.create().unwrap();
+        let credentials = Credentials {
+            server: "http://127.0.0.1:7130".into(),
+            machine_id: "abc".into(),
+            client_name: "kiosk-1".into(),
+            client_token: "secret".into(),
+            enrolled_at: Timestamp::from_unix_millis(1),
+        };
+        credentials.save(&dir).unwrap();
+        let mode = fs::metadata(dir.credentials())
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(Credentials::load(&dir).unwrap(), Some(credentials));
+        let root_mode = fs::metadata(dir.root()).unwrap().permissions().mode();
+        assert_eq!(root_mode & 0o777, 0o700);
+    }
+
+    #[test]
+    fn atomic_write_replaces_content_and_leaves_no_temporary_file() {
+        let temp = tempfile::tempdir().unwrap();
+        let path = temp.path().join("state.json");
+        write_atomic(&path, b"one", 0o600).unwrap();
+        write_atomic(&path, b"two", 0o600).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"two");
+        let names: Vec<_> = fs::read_dir(temp.path())
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("state.json")]);
+    }
+
+    #[test]
+    fn journal_round_trips_with_an_operation_in_progress() {
+        let temp = tempfile::tempdir().unwrap();
+        let dir = StateDir::new(temp.path());
+        let mut journal = Journal::default();
+        let mut record = PackageRecord::new("1.0.0", Timestamp::from_unix_millis(5));
+        record.operation = Some(Operation::Install {
+            target: VersionRecord {
+                version: "1.0.0".into(),
+                sha256: "ab".into(),
+                hooks: Hooks::default(),
+            },
+            step: InstallStep::Activate,
+            reason: None,
+        });
+        journal.packages.insert("kiosk".into(), record);
+        journal.save(&dir).unwrap();
+        assert_eq!(Journal::load(&dir).unwrap(), Some(journal));
+    }
+
+    #[test]
+    fn journal_from_a_newer_agent_is_refused() {
+        let temp = tempfile::tempdir().unwrap();
+        let dir = StateDir::new(temp.path());
+        fs::write(dir.journal(), r#"{"format": 99}"#).unwrap();
+        let error = Journal::load(&dir).unwrap_err();
+        assert!(error.to_string().contains("format 99"), "{error}");
+    }
+
+    #[test]
+    fn set_state_moves_since_only_on_change() {
+        let mut record = PackageRecord::new("1.0.0", Timestamp::from_unix_millis(1));
+        record.set_state(
+            PackageState::Installing,
+            "1.0.0",
+            None,
+            Timestamp::from_unix_millis(2),
+        );
+        assert_eq!(record.since, Timestamp::from_unix_millis(1));
+        record.set_state(
+            PackageState::Installed,
+            "1.0.0",
+            None,
+            Timestamp::from_unix_millis(3),
+        );
+        assert_eq!(record.since, Timestamp::from_unix_millis(3));
+    }
+}

@@ -1,0 +1,270 @@
+//! `tc-agent status`: what is installed, what is pending and the last error, read from the state
+//! directory alone (the controller is not needed).
+
+use std::fmt::Write;
+
+use tc_proto::{PackageState, Timestamp};
+
+use crate::state::{
+    ConnectionStatus, Credentials, FailedAction, Journal, StateDir, StateError, read_json,
+};
+
+/// Renders the status of the agent whose state lives in `dir`.
+pub fn render(dir: &StateDir, now: Timestamp) -> Result<String, StateError> {
+    let journal = Journal::load(dir)?;
+    let credentials = Credentials::load(dir)?;
+    let connection: Option<ConnectionStatus> = read_json(&dir.connection())?;
+    let mut out = String::new();
+    let _ = writeln!(out, "State directory: {}", dir.root().display());
+    match &credentials {
+        Some(credentials) => {
+            let _ = writeln!(
+                out,
+                "Client:          {} (enrolled with {} at {})",
+                credentials.client_name, credentials.server, credentials.enrolled_at
+            );
+        }
+        None => {
+            let _ = writeln!(out, "Client:          not enrolled");
+        }
+    }
+    let Some(journal) = journal else {
+        let _ = writeln!(out, "\nNo packages installed yet.");
+        write_connection(&mut out, connection.as_ref());
+        return Ok(out);
+    };
+    if let Some(desired) = &journal.desired {
+        let _ = writeln!(
+            out,
+            "Desired:         revision {} ({} package{})",
+            desired.revision,
+            desired.packages.len(),
+            if desired.packages.len() == 1 { "" } else { "s" }
+        );
+    }
+
+    let _ = writeln!(out, "\nInstalled:");
+    if journal.packages.is_empty() {
+        let _ = writeln!(out, "  (none)");
+    } else {
+        let rows: Vec<[String; 5]> = journal
+            .packages
+            .iter()
+            .map(|(name, record)| {
+                [
+                    name.clone(),
+                    record.active_version().unwrap_or("-").to_owned(),
+                    record
+                        .previous
+                        .as_ref()
+                        .map_or("-".to_owned(), |previous| previous.version.clone()),
+                    record.state.to_string(),
+                    record.since.to_string(),
+                ]
+            })
+            .collect();
+        let header = ["PACKAGE", "ACTIVE", "PREVIOUS", "STATE", "SINCE"];
+        let mut widths = header.map(str::len);
+        for row in &rows {
+            for (width, cell) in widths.iter_mut().zip(row) {
+                *width = (*width).max(cell.len());
+            }
+        }
+        let mut line = |cells: &[&str]| {
+            let mut text = String::from("  ");
+            for (cell, width) in cells.iter().zip(widths) {
+                let _ = write!(text, "{cell:<width$}  ");
+            }
+            let _ = writeln!(out, "{}", text.trim_end());
+        };
+        line(&header);
+        for row in &rows {
+            line(&row.each_ref().map(String::as_str));
+        }
+    }
+
+    let mut pending = Vec::new();
+    if let Some(desired) = &journal.desired {
+        for package in &desired.packages {
+            let record = journal.packages.get(&package.name);
+            if record.and_then(|record| record.active_version()) == Some(&package.version) {
+                continue;
+            }
+            let mut text = format!("install {} {}", package.name, package.version);
+            if let Some(record) = record {
+                if let Some(active) = record.active_version() {
+                    let _ = write!(text, " (replacing {active})");
+                }
+                if record.state == PackageState::Failed {
+                    let _ = write!(text, ": failed");
+                    if let Some(failure) = &record.failure {
+                        let _ = write!(text, " {} time(s)", failure.attempts);
+                        if failure.action == FailedAction::Install && failure.retry_at > now {
+                            let _ = write!(text, ", next attempt at {}", failure.retry_at);
+                        }
+                    }
+                    if let Some(message) = &record.message {
+                        let _ = write!(text, ": {message}");
+                    }
+                }
+            }
+            pending.push(text);
+        }
+        for (name, record) in &journal.packages {
+            if desired.packages.iter().all(|package| &package.name != name) {
+                let mut text = format!("remove {name}");
+                if record.state == PackageState::Failed
+                    && let Some(message) = &record.message
+                {
+                    let _ = write!(text, ": failed: {message}");
+                }
+                pending.push(text);
+            }
+        }
+    }
+    let _ = writeln!(out, "\nPending:");
+    if pending.is_empty() {
+        let _ = writeln!(out, "  (nothing)");
+    }
+    for text in pending {
+        let _ = writeln!(out, "  {text}");
+    }
+
+    let _ = writeln!(out);
+    match &journal.last_error {
+        Some(error) => {
+            let _ = writeln!(out, "Last error:      {} {}", error.at, error.message);
+        }
+        None => {
+            let _ = writeln!(out, "Last error:      none");
+        }
+    }
+    write_connection(&mut out, connection.as_ref());
+    Ok(out)
+}
+
+fn write_connection(out: &mut String, connection: Option<&ConnectionStatus>) {
+    match connection.and_then(|status| status.last_error.as_ref()) {
+        Some(error) => {
+            let _ = writeln!(
+                out,
+                "Controller:      failing since {}: {}",
+                error.at, error.message
+            );
+        }
+        None => {
+            let _ = writeln!(out, "Controller:      no error recorded");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{ErrorRecord, Failure, PackageRecord, VersionRecord};
+    use tc_proto::{DesiredPackage, DesiredState};
+
+    fn version(version: &str) -> VersionRecord {
+        VersionRecord {
+            version: version.into(),
+            sha256: "a".repeat(64),
+            hooks: Default::default(),
+        }
+    }
+
+    fn desired_package(name: &str, version: &str) -> DesiredPackage {
+        DesiredPackage {
+            name: name.into(),
+            version: version.into(),
+            sha256: "b".repeat(64),
+            size: 10,
+            url: "/blobs/sha256/b".into(),
+            hooks: Default::default(),
+        }
+    }
+
+    #[test]
+    fn status_shows_installed_pending_and_errors() {
+        let temp = tempfile::tempdir().unwrap();
+        let dir = StateDir::new(temp.path());
+        let now = Timestamp::from_unix_millis(1_800_000_000_000);
+        let mut journal = Journal::default();
+        let mut browser = PackageRecord::new("1.0.0", now);
+        browser.active = Some(version("1.0.0"));
+        browser.previous = Some(version("0.9.0"));
+        browser.state = PackageState::Failed;
+        browser.version = "2.0.0".into();
+        browser.message = Some("healthCheck failed; rolled back to 1.0.0".into());
+        browser.failure = Some(Failure {
+            action: FailedAction::Install,
+            version: "2.0.0".into(),
+            sha256: "b".repeat(64),
+            attempts: 2,
+            retry_at: now.plus(std::time::Duration::from_secs(60)),
+        });
+        journal.packages.insert("browser".into(), browser);
+        let mut old = PackageRecord::new("3.0.0", now);
+        old.active = Some(version("3.0.0"));
+        old.state = PackageState::Installed;
+        journal.packages.insert("old-tool".into(), old);
+        journal.desired = Some(DesiredState {
+            revision: 4,
+            packages: vec![
+                desired_package("browser", "2.0.0"),
+                desired_package("vpn", "1.0.0"),
+            ],
+        });
+        journal.last_error = Some(ErrorRecord {
+            message: "browser 2.0.0: healthCheck failed".into(),
+            at: now,
+        });
+        journal.save(&dir).unwrap();
+        crate::state::write_json(
+            &dir.connection(),
+            &ConnectionStatus {
+                server: "http://controller:7130/".into(),
+                last_error: Some(ErrorRecord {
+                    message: "connection refused".into(),
+                    at: now,
+                }),
+            },
+            0o644,
+        )
+        .unwrap();
+
+        let text = render(&dir, now).unwrap();
+        assert!(text.contains("not enrolled"), "{text}");
+        assert!(text.contains("revision 4 (2 packages)"), "{text}");
+        assert!(
+            text.lines().any(|line| line.contains("browser")
+                && line.contains("1.0.0")
+                && line.contains("0.9.0")
+                && line.contains("Failed")),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "install browser 2.0.0 (replacing 1.0.0): failed 2 time(s), next attempt at"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("install vpn 1.0.0"), "{text}");
+        assert!(text.contains("remove old-tool"), "{text}");
+        assert!(text.contains("Last error:      2027-"), "{text}");
+        assert!(text.contains("browser 2.0.0: healthCheck failed"), "{text}");
+        assert!(
+            text.contains(
+                "Controller:      failing since 2027-01-15T08:00:00.000Z: connection refused"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn status_of_an_empty_state_directory() {
+        let temp = tempfile::tempdir().unwrap();
+        let text = render(&StateDir::new(temp.path()), Timestamp::now()).unwrap();
+        assert!(text.contains("not enrolled"), "{text}");
+        assert!(text.contains("No packages installed yet."), "{text}");
+    }
+}

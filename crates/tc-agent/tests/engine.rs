@@ -1,0 +1,624 @@
+//! The install engine against a fake blob server: install, update, removal, rollback, hook
+//! timeouts, retry backoff and recovery from a crash at every step.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{
+    FakeController, assert_active_complete, current_version, list, logging_hooks, package_zip,
+    read_log, shell_hook,
+};
+use tc_agent::backoff::Backoff;
+use tc_agent::download::{DownloadOptions, Fetcher};
+use tc_agent::engine::{Engine, EngineError, EngineOptions};
+use tc_agent::fault::{FaultMode, FaultPoint, Faults};
+use tc_agent::state::StateDir;
+use tc_proto::{DesiredPackage, DesiredState, Hooks, PackageReport, PackageState};
+
+struct Harness {
+    fake: FakeController,
+    temp: tempfile::TempDir,
+    dir: StateDir,
+    fetcher: Fetcher,
+    revision: u64,
+}
+
+impl Harness {
+    fn new() -> Self {
+        let fake = FakeController::start();
+        let temp = tempfile::tempdir().unwrap();
+        let dir = StateDir::new(temp.path().join("state"));
+        let fetcher = Fetcher::new(
+            tc_agent::client::http_client().unwrap(),
+            tc_agent::config::parse_server(&fake.url()).unwrap(),
+            DownloadOptions {
+                attempts: 2,
+                backoff: Backoff::new(Duration::from_millis(10), Duration::from_millis(20)),
+                idle_timeout: Duration::from_secs(5),
+            },
+        );
+        Harness {
+            fake,
+            temp,
+            dir,
+            fetcher,
+            revision: 0,
+        }
+    }
+
+    fn options(&self) -> EngineOptions {
+        EngineOptions {
+            retry: Backoff::new(Duration::from_secs(60), Duration::from_secs(60)),
+            ..EngineOptions::default()
+        }
+    }
+
+    fn open(&self) -> Engine {
+        Engine::open(self.dir.clone(), self.options()).unwrap()
+    }
+
+    fn open_with(&self, options: EngineOptions) -> Engine {
+        Engine::open(self.dir.clone(), options).unwrap()
+    }
+
+    fn package(&self, version: &str, hooks: Hooks) -> DesiredPackage {
+        self.fake
+            .package("kiosk", version, package_zip(version), hooks)
+    }
+
+    fn desired(&mut self, packages: Vec<DesiredPackage>) -> DesiredState {
+        self.revision += 1;
+        DesiredState {
+            revision: self.revision,
+            packages,
+        }
+    }
+
+    async fn converge(
+        &self,
+        engine: &mut Engine,
+        desired: &DesiredState,
+    ) -> Result<(), EngineError> {
+        engine.converge(desired, &self.fetcher, &mut |_| true).await
+    }
+
+    fn log(&self) -> std::path::PathBuf {
+        self.temp.path().join("hooks.log")
+    }
+
+    fn versions_on_disk(&self) -> Vec<String> {
+        list(&self.dir.package("kiosk"))
+    }
+}
+
+fn report(engine: &Engine, name: &str) -> PackageReport {
+    let snapshot = engine.snapshot();
+    snapshot
+        .packages
+        .iter()
+        .find(|report| report.name == name)
+        .cloned()
+        .unwrap_or_else(|| panic!("no report for {name}: {snapshot:?}"))
+}
+
+#[tokio::test]
+async fn first_install_runs_the_hooks_in_order_and_activates_a_complete_version() {
+    let mut h = Harness::new();
+    let package = h.package("1.0.0", logging_hooks(&h.log()));
+    let desired = h.desired(vec![package]);
+    let mut engine = h.open();
+    h.converge(&mut engine, &desired).await.unwrap();
+
+    let report = report(&engine, "kiosk");
+    assert_eq!(report.state, PackageState::Installed);
+    assert_eq!(report.version, "1.0.0");
+    assert_eq!(report.active_version.as_deref(), Some("1.0.0"));
+    assert_eq!(engine.snapshot().observed_revision, 1);
+    assert_active_complete(&h.dir, "kiosk", "1.0.0");
+    assert_eq!(
+        read_log(&h.log()),
+        ["preInstall 1.0.0", "postInstall 1.0.0", "healthCheck 1.0.0"]
+    );
+    assert!(list(&h.dir.staging()).is_empty());
+    assert!(
+        list(&h.dir.downloads()).is_empty(),
+        "finished downloads are removed"
+    );
+    let journal = engine.journal();
+    assert!(journal.packages["kiosk"].operation.is_none());
+}
+
+#[tokio::test]
+async fn update_keeps_one_previous_version_and_points_current_at_the_new_one() {
+    let mut h = Harness::new();
+    let mut engine = h.open();
+    for version in ["1.0.0", "2.0.0"] {
+        let desired = h.desired(vec![h.package(version, Hooks::default())]);
+        h.converge(&mut engine, &desired).await.unwrap();
+    }
+    assert_active_complete(&h.dir, "kiosk", "2.0.0");
+    assert_eq!(h.versions_on_disk(), ["1.0.0", "2.0.0", "current"]);
+    let record = &engine.journal().packages["kiosk"];
+    assert_eq!(record.previous.as_ref().unwrap().version, "1.0.0");
+
+    let desired = h.desired(vec![h.package("3.0.0", Hooks::default())]);
+    h.converge(&mut engine, &desired).await.unwrap();
+    assert_active_complete(&h.dir, "kiosk", "3.0.0");
+    assert_eq!(h.versions_on_disk(), ["2.0.0", "3.0.0", "current"]);
+}
+
+#[tokio::test]
+async fn converged_state_is_not_rewritten() {
+    let mut h = Harness::new();
+    let mut engine = h.open();
+    let desired = h.desired(vec![h.package("1.0.0", Hooks::default())]);
+    h.converge(&mut engine, &desired).await.unwrap();
+    let written = std::fs::metadata(h.dir.journal())
+        .unwrap()
+        .modified()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    h.converge(&mut engine, &desired).await.unwrap();
+    let again = std::fs::metadata(h.dir.journal())
+        .unwrap()
+        .modified()
+        .unwrap();
+    assert_eq!(written, again, "an idle pass must not write to the disk");
+    assert_eq!(
+        h.fake.state().blob_ranges.len(),
+        1,
+        "nothing downloaded twice"
+    );
+}
+
+#[tokio::test]
+async fn removal_runs_pre_remove_and_leaves_other_packages_alone() {
+    let mut h = Harness::new();
+    let mut engine = h.open();
+    let foreign = h.dir.package("not-ours");
+    std::fs::create_dir_all(foreign.join("1.0")).unwrap();
+    std::fs::write(foreign.join("1.0/keep.txt"), "mine").unwrap();
+
+    let desired = h.desired(vec![h.package("1.0.0", logging_hooks(&h.log()))]);
+    h.converge(&mut engine, &desired).await.unwrap();
+    let desired = h.desired(vec![]);
+    h.converge(&mut engine, &desired).await.unwrap();
+
+    assert_eq!(read_log(&h.log()).last().unwrap(), "preRemove 1.0.0");
+    assert!(!h.dir.package("kiosk").exists());
+    assert!(engine.snapshot().packages.is_empty());
+    assert_eq!(
+        std::fs::read_to_string(foreign.join("1.0/keep.txt")).unwrap(),
+        "mine"
+    );
+    assert_eq!(list(&h.dir.packages()), ["not-ours"]);
+}
+
+#[tokio::test]
+async fn failing_pre_remove_keeps_the_package_and_reports_it() {
+    let mut h = Harness::new();
+    let mut engine = h.open();
+    let hooks = Hooks {
+        pre_remove: Some(shell_hook("echo cannot stop; exit 2", 10)),
+        ..Hooks::default()
+    };
+    let desired = h.desired(vec![h.package("1.0.0", hooks)]);
+    h.converge(&mut engine, &desired).await.unwrap();
+    let desired = h.desired(vec![]);
+    h.converge(&mut engine, &desired).await.unwrap();
+
+    let report = report(&engine, "kiosk");
+    assert_eq!(report.state, PackageState::Failed);
+    let message = report.message.as_deref().unwrap();
+    assert!(message.contains("preRemove failed"), "{message}");
+    assert!(message.contains("cannot stop"), "{message}");
+    assert_active_complete(&h.dir, "kiosk", "1.0.0");
+}
+
+#[tokio::test]
+async fn failing_health_check_rolls_back_and_is_retried_later_not_at_once() {
+    let mut h = Harness::new();
+    let desired = h.desired(vec![h.package("1.0.0", Hooks::default())]);
+    let mut engine = h.open_with(EngineOptions {
+        retry: Backoff::new(Duration::from_secs(2), Duration::from_secs(2)),
+        ..h.options()
+    });
+    h.converge(&mut engine, &desired).await.unwrap();
+
+    let log = h.log();
+    let hooks = Hooks {
+        health_check: Some(shell_hook(
+            &format!(
+                "echo check >> {}; echo database unreachable >&2; exit 1",
+                log.display()
+            ),
+            10,
+        )),
+        ..Hooks::default()
+    };
+    let desired = h.desired(vec![h.package("2.0.0", hooks)]);
+    h.converge(&mut engine, &desired).await.unwrap();
+
+    let report = report(&engine, "kiosk");
+    assert_eq!(report.state, PackageState::Failed);
+    assert_eq!(report.version, "2.0.0");
+    assert_eq!(report.active_version.as_deref(), Some("1.0.0"));
+    let message = report.message.as_deref().unwrap();
+    assert!(message.contains("healthCheck failed"), "{message}");
+    assert!(message.contains("database unreachable"), "{message}");
+    assert!(message.contains("rolled back to 1.0.0"), "{message}");
+    assert_active_complete(&h.dir, "kiosk", "1.0.0");
+    assert_eq!(h.versions_on_disk(), ["1.0.0", "current"]);
+    assert_eq!(read_log(&log).len(), 1);
+
+    // Converging again right away does not retry the same attempt.
+    h.converge(&mut engine, &desired).await.unwrap();
+    assert_eq!(read_log(&log).len(), 1, "no retry before the backoff");
+    assert!(engine.next_retry_at(tc_proto::Timestamp::now()).is_some());
+
+    // After the backoff it is tried again (and fails again).
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    h.converge(&mut engine, &desired).await.unwrap();
+    assert_eq!(read_log(&log).len(), 2, "retried after the backoff");
+    let failure = engine.journal().packages["kiosk"].failure.clone().unwrap();
+    assert_eq!(failure.attempts, 2);
+    assert_active_complete(&h.dir, "kiosk", "1.0.0");
+
+    // A new version is tried at once.
+    let desired = h.desired(vec![h.package("3.0.0", Hooks::default())]);
+    h.converge(&mut engine, &desired).await.unwrap();
+    assert_active_complete(&h.dir, "kiosk", "3.0.0");
+    assert!(engine.journal().packages["kiosk"].failure.is_none());
+}
+
+#[tokio::test]
+async fn hook_over_its_timeout_is_killed_and_reported() {
+    let mut h = Harness::new();
+    let mut engine = h.open();
+    let hooks = Hooks {
+        post_install: Some(shell_hook("echo starting; sleep 30", 1)),
+        ..Hooks::default()
+    };
+    let desired = h.desired(vec![h.package("1.0.0", hooks)]);
+    let started = Instant::now();
+    h.converge(&mut engine, &desired).await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(10));
+
+    let report = report(&engine, "kiosk");
+    assert_eq!(report.state, PackageState::Failed);
+    assert_eq!(report.active_version, None);
+    let message = report.message.as_deref().unwrap();
+    assert!(
+        message.contains("postInstall timed out after 1s and was killed"),
+        "{message}"
+    );
+    assert!(message.contains("starting"), "{message}");
+    assert!(message.contains("no version is active"), "{message}");
+    assert_eq!(current_version(&h.dir, "kiosk"), None);
+    assert!(
+        h.versions_on_disk().is_empty(),
+        "{:?}",
+        h.versions_on_disk()
+    );
+}
+
+#[tokio::test]
+async fn failing_pre_install_never_touches_the_active_version() {
+    let mut h = Harness::new();
+    let mut engine = h.open();
+    let desired = h.desired(vec![h.package("1.0.0", Hooks::default())]);
+    h.converge(&mut engine, &desired).await.unwrap();
+    let hooks = Hooks {
+        pre_install: Some(shell_hook("test -f ./VERSION && exit 7", 10)),
+        ..Hooks::default()
+    };
+    let desired = h.desired(vec![h.package("2.0.0", hooks)]);
+    h.converge(&mut engine, &desired).await.unwrap();
+    let message = report(&engine, "kiosk").message.clone().unwrap();
+    assert!(
+        message.contains("preInstall failed (exit status: 7)"),
+        "{message}"
+    );
+    assert_active_complete(&h.dir, "kiosk", "1.0.0");
+    assert_eq!(h.versions_on_disk(), ["1.0.0", "current"]);
+}
+
+#[tokio::test]
+async fn wrong_sha256_is_refused_before_anything_is_extracted() {
+    let mut h = Harness::new();
+    let mut engine = h.open();
+    let mut package = h.package("1.0.0", Hooks::default());
+    let real = package.sha256.clone();
+    package.sha256 = "1".repeat(64);
+    package.url = format!("/blobs/sha256/{real}");
+    let desired = h.desired(vec![package]);
+    h.converge(&mut engine, &desired).await.unwrap();
+    let message = report(&engine, "kiosk").message.clone().unwrap();
+    assert!(message.contains("sha256 mismatch"), "{message}");
+    assert!(h.versions_on_disk().is_empty());
+    assert!(list(&h.dir.staging()).is_empty());
+    assert!(list(&h.dir.downloads()).is_empty());
+}
+
+#[tokio::test]
+async fn unsafe_names_from_the_controller_are_refused_and_touch_nothing() {
+    let mut h = Harness::new();
+    let mut engine = h.open();
+    let good = h.package("1.0.0", Hooks::default());
+    let mut escape = good.clone();
+    escape.name = "..".into();
+    let mut bad_version = good.clone();
+    bad_version.name = "other".into();
+    bad_version.version = "../../1.0".into();
+    let desired = h.desired(vec![escape, good, bad_version]);
+    h.converge(&mut engine, &desired).await.unwrap();
+
+    assert_eq!(report(&engine, "kiosk").state, PackageState::Installed);
+    let other = report(&engine, "other");
+    assert_eq!(other.state, PackageState::Failed);
+    assert!(
+        other
+            .message
+            .as_deref()
+            .unwrap()
+            .contains("invalid version"),
+        "{other:?}"
+    );
+    assert_eq!(engine.snapshot().packages.len(), 2, "no record for `..`");
+    assert_eq!(
+        list(h.dir.root()),
+        ["downloads", "packages", "staging", "state.json"]
+    );
+    assert_eq!(list(&h.dir.packages()), ["kiosk"]);
+    let last_error = engine.journal().last_error.clone().unwrap();
+    assert!(
+        last_error.message.contains("invalid package name `..`"),
+        "{last_error:?}"
+    );
+}
+
+#[tokio::test]
+async fn package_script_runs_as_health_check_from_inside_the_package() {
+    let mut h = Harness::new();
+    let mut engine = h.open();
+    let hooks = Hooks {
+        health_check: Some(tc_proto::Hook {
+            command: vec!["./health.sh".into()],
+            timeout_seconds: 10,
+        }),
+        ..Hooks::default()
+    };
+    let desired = h.desired(vec![h.package("1.0.0", hooks)]);
+    h.converge(&mut engine, &desired).await.unwrap();
+    assert_eq!(report(&engine, "kiosk").state, PackageState::Installed);
+}
+
+/// Installs 1.0.0, then crashes (simulated) at `point` while installing 2.0.0, re-opens the
+/// engine and checks the active version is complete, then converges to 2.0.0.
+async fn crash_during_update_at(point: FaultPoint) {
+    let mut h = Harness::new();
+    let v1 = h.desired(vec![h.package("1.0.0", Hooks::default())]);
+    let mut engine = h.open();
+    h.converge(&mut engine, &v1).await.unwrap();
+    drop(engine);
+
+    let hooks = Hooks {
+        post_install: Some(shell_hook("sleep 0.2", 10)),
+        ..Hooks::default()
+    };
+    let v2 = h.desired(vec![h.package("2.0.0", hooks)]);
+    let mut crashing = h.open_with(EngineOptions {
+        faults: Faults::at(point, FaultMode::Simulate),
+        ..h.options()
+    });
+    let error = h.converge(&mut crashing, &v2).await.unwrap_err();
+    assert!(
+        matches!(error, EngineError::SimulatedCrash(hit) if hit == point),
+        "{error}"
+    );
+    drop(crashing);
+
+    let mut engine = h.open();
+    assert!(
+        engine
+            .journal()
+            .packages
+            .values()
+            .all(|record| record.operation.is_none()),
+        "recovery finishes every operation"
+    );
+    let active = current_version(&h.dir, "kiosk").expect("a version is active");
+    assert!(
+        active == "1.0.0" || active == "2.0.0",
+        "{point}: active {active}"
+    );
+    assert_active_complete(&h.dir, "kiosk", &active);
+    assert!(
+        list(&h.dir.staging()).is_empty(),
+        "{point}: staging cleaned"
+    );
+
+    h.converge(&mut engine, &v2).await.unwrap();
+    let report = report(&engine, "kiosk");
+    assert_eq!(report.state, PackageState::Installed, "{point}: {report:?}");
+    assert_active_complete(&h.dir, "kiosk", "2.0.0");
+    assert_eq!(
+        h.versions_on_disk(),
+        ["1.0.0", "2.0.0", "current"],
+        "{point}"
+    );
+}
+
+#[tokio::test]
+async fn crash_after_download_recovers() {
+    crash_during_update_at(FaultPoint::AfterDownload).await;
+}
+
+#[tokio::test]
+async fn crash_after_extract_recovers() {
+    crash_during_update_at(FaultPoint::AfterExtract).await;
+}
+
+#[tokio::test]
+async fn crash_after_move_recovers() {
+    crash_during_update_at(FaultPoint::AfterMove).await;
+}
+
+#[tokio::test]
+async fn crash_after_activate_recovers() {
+    crash_during_update_at(FaultPoint::AfterActivate).await;
+}
+
+#[tokio::test]
+async fn crash_during_hook_recovers() {
+    crash_during_update_at(FaultPoint::DuringHook).await;
+}
+
+#[tokio::test]
+async fn crash_before_commit_recovers() {
+    crash_during_update_at(FaultPoint::BeforeCommit).await;
+}
+
+#[tokio::test]
+async fn crash_after_activate_rolls_back_to_the_old_version_on_open() {
+    let mut h = Harness::new();
+    let v1 = h.desired(vec![h.package("1.0.0", Hooks::default())]);
+    let mut engine = h.open();
+    h.converge(&mut engine, &v1).await.unwrap();
+    let v2 = h.desired(vec![h.package("2.0.0", Hooks::default())]);
+    let mut crashing = h.open_with(EngineOptions {
+        faults: Faults::at(FaultPoint::AfterActivate, FaultMode::Simulate),
+        ..h.options()
+    });
+    h.converge(&mut crashing, &v2).await.unwrap_err();
+    assert_eq!(current_version(&h.dir, "kiosk").as_deref(), Some("2.0.0"));
+    drop(crashing);
+
+    let engine = h.open();
+    assert_active_complete(&h.dir, "kiosk", "1.0.0");
+    let report = report(&engine, "kiosk");
+    assert_eq!(
+        report.state,
+        PackageState::Installing,
+        "retried at once: {report:?}"
+    );
+    assert!(
+        report
+            .message
+            .as_deref()
+            .unwrap()
+            .contains("interrupted during activation"),
+        "{report:?}"
+    );
+}
+
+#[tokio::test]
+async fn crash_during_removal_finishes_the_removal() {
+    let mut h = Harness::new();
+    let v1 = h.desired(vec![h.package("1.0.0", Hooks::default())]);
+    let mut engine = h.open();
+    h.converge(&mut engine, &v1).await.unwrap();
+    let empty = h.desired(vec![]);
+    let mut crashing = h.open_with(EngineOptions {
+        faults: Faults::at(FaultPoint::AfterUnlink, FaultMode::Simulate),
+        ..h.options()
+    });
+    h.converge(&mut crashing, &empty).await.unwrap_err();
+    assert!(h.dir.package("kiosk").exists());
+    drop(crashing);
+
+    let engine = h.open();
+    assert!(!h.dir.package("kiosk").exists());
+    assert!(engine.snapshot().packages.is_empty());
+}
+
+#[tokio::test]
+async fn every_journal_step_of_an_interrupted_install_recovers_to_old_or_new() {
+    use tc_agent::state::{InstallStep, Journal, Operation, VersionRecord};
+    // Leave the disk as an install of 2.0.0 would at each step, with 1.0.0 active, and check that
+    // opening the engine always ends with a complete active version and no operation.
+    for step in [
+        InstallStep::Download,
+        InstallStep::Extract,
+        InstallStep::Move,
+        InstallStep::PreInstall,
+        InstallStep::Activate,
+        InstallStep::PostInstall,
+        InstallStep::HealthCheck,
+        InstallStep::RollBack,
+    ] {
+        let mut h = Harness::new();
+        let v1 = h.desired(vec![h.package("1.0.0", Hooks::default())]);
+        let mut engine = h.open();
+        h.converge(&mut engine, &v1).await.unwrap();
+        drop(engine);
+
+        // The files of 2.0.0 as far as the step got.
+        let staged = h.dir.staging_for("kiosk");
+        let zip = h.temp.path().join("v2.zip");
+        std::fs::write(&zip, package_zip("2.0.0")).unwrap();
+        if step >= InstallStep::Extract {
+            tc_agent::extract::extract(&zip, &staged, &Default::default()).unwrap();
+        }
+        if step >= InstallStep::Move {
+            std::fs::rename(&staged, h.dir.version("kiosk", "2.0.0")).unwrap();
+        }
+        if step >= InstallStep::Activate && step != InstallStep::RollBack {
+            std::os::unix::fs::symlink("2.0.0", h.dir.package("kiosk").join("next")).unwrap();
+            std::fs::rename(h.dir.package("kiosk").join("next"), h.dir.current("kiosk")).unwrap();
+        }
+        let mut journal = Journal::load(&h.dir).unwrap().unwrap();
+        journal.packages.get_mut("kiosk").unwrap().operation = Some(Operation::Install {
+            target: VersionRecord {
+                version: "2.0.0".into(),
+                sha256: "2".repeat(64),
+                hooks: Hooks::default(),
+            },
+            step,
+            reason: (step == InstallStep::RollBack).then(|| "healthCheck failed".into()),
+        });
+        journal.save(&h.dir).unwrap();
+
+        let engine = h.open();
+        assert_active_complete(&h.dir, "kiosk", "1.0.0");
+        assert!(
+            !h.dir.version("kiosk", "2.0.0").exists(),
+            "{step:?}: the unfinished version is removed"
+        );
+        assert!(engine.journal().packages["kiosk"].operation.is_none());
+        assert!(list(&h.dir.staging()).is_empty(), "{step:?}");
+        if step == InstallStep::RollBack {
+            let report = report(&engine, "kiosk");
+            assert_eq!(report.state, PackageState::Failed);
+            assert!(
+                report
+                    .message
+                    .as_deref()
+                    .unwrap()
+                    .contains("healthCheck failed")
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn corrupt_journal_is_rebuilt_from_the_installed_packages() {
+    let mut h = Harness::new();
+    let v1 = h.desired(vec![h.package("1.0.0", Hooks::default())]);
+    let mut engine = h.open();
+    h.converge(&mut engine, &v1).await.unwrap();
+    drop(engine);
+    std::fs::write(h.dir.journal(), "{ not json").unwrap();
+
+    let mut engine = h.open();
+    let report = report(&engine, "kiosk");
+    assert_eq!(report.state, PackageState::Installed);
+    assert_eq!(report.active_version.as_deref(), Some("1.0.0"));
+    assert!(h.dir.root().join("state.json.corrupt").exists());
+    // Still managed: an update works and keeps the adopted version as previous.
+    let v2 = h.desired(vec![h.package("2.0.0", Hooks::default())]);
+    h.converge(&mut engine, &v2).await.unwrap();
+    assert_active_complete(&h.dir, "kiosk", "2.0.0");
+    assert_eq!(h.versions_on_disk(), ["1.0.0", "2.0.0", "current"]);
+}
