@@ -516,3 +516,82 @@ async fn openapi_describes_the_routes() {
         "{metrics}"
     );
 }
+
+/// Serves `bytes` at `/kiosk.zip` on a loopback port; counts requests.
+async fn serve_file(bytes: Vec<u8>) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = hits.clone();
+    let app = axum::Router::new().route(
+        "/kiosk.zip",
+        axum::routing::get(move || {
+            let bytes = bytes.clone();
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async move { bytes }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/kiosk.zip", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, hits)
+}
+
+#[tokio::test]
+async fn url_artifacts_are_fetched_once_and_verified() {
+    let controller = TestController::start().await;
+    let api = Api::admin(&controller);
+    let zip = package_zip("from a url");
+    let sha = sha256_hex(&zip);
+    let (url, hits) = serve_file(zip.clone()).await;
+    let manifest = |version: &str, sha: &str| {
+        format!(
+            "apiVersion: thinfleet.io/v1\nkind: PackageRelease\nmetadata: {{ name: kiosk-{version} }}\nspec:\n  package: kiosk\n  version: {version}\n  artifact: {{ url: \"{url}\", sha256: {sha} }}\n"
+        )
+    };
+    // A dry run fetches nothing.
+    let (status, _) = api.apply(&manifest("1.0.0", &sha), "?dryRun=true").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+
+    let (status, result) = api.apply(&manifest("1.0.0", &sha), "").await;
+    assert_eq!(status, StatusCode::OK, "{result}");
+    assert_eq!(
+        result["items"][0]["object"]["status"]["artifact"]["sha256"],
+        sha
+    );
+    let blob = api
+        .http
+        .get(format!("{}/blobs/sha256/{sha}", api.base))
+        .bearer_auth(&api.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(blob.bytes().await.unwrap().to_vec(), zip);
+    // Re-applying does not fetch again: the blob is in the store.
+    let (_, result) = api.apply(&manifest("1.0.0", &sha), "").await;
+    assert_eq!(result["items"][0]["action"], "unchanged");
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+    // A URL whose content does not match the declared sha256 is refused and nothing is stored.
+    let wrong = "b".repeat(64);
+    let (status, error) = api.apply(&manifest("1.1.0", &wrong), "").await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{error}");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("sha256 mismatch"),
+        "{error}"
+    );
+    let (status, _) = api
+        .get("/apis/thinfleet.io/v1/packagereleases/kiosk-1.1.0")
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let missing = api
+        .http
+        .get(format!("{}/blobs/sha256/{wrong}", api.base))
+        .bearer_auth(&api.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+}
