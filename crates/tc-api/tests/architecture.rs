@@ -6,7 +6,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 fn lock_graph() -> BTreeMap<String, Vec<String>> {
-    let lock = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../Cargo.lock")).expect("Cargo.lock");
+    let lock = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../Cargo.lock"))
+        .expect("Cargo.lock");
     let mut graph: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for block in lock.split("[[package]]").skip(1) {
         let name = block
@@ -44,11 +45,17 @@ fn closure(graph: &BTreeMap<String, Vec<String>>, root: &str) -> BTreeSet<String
 #[test]
 fn pure_crates_stay_pure() {
     let graph = lock_graph();
-    let forbidden = ["tokio", "axum", "redb", "reqwest", "notify", "sysinfo", "zip", "hyper"];
+    let forbidden = [
+        "tokio", "axum", "redb", "reqwest", "notify", "sysinfo", "zip", "hyper",
+    ];
     for root in ["tc-api", "tc-proto", "tc-reconcile"] {
         assert!(graph.contains_key(root), "{root} is not in Cargo.lock");
         let reached = closure(&graph, root);
-        let bad: Vec<&str> = forbidden.iter().copied().filter(|f| reached.contains(*f)).collect();
+        let bad: Vec<&str> = forbidden
+            .iter()
+            .copied()
+            .filter(|f| reached.contains(*f))
+            .collect();
         assert!(bad.is_empty(), "{root} depends on {bad:?}");
     }
 }
