@@ -6,18 +6,16 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{Query, State};
-use axum::http::HeaderMap;
-use serde::Deserialize;
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
 use tc_api::{
     Client, ClientPhase, ClientSpec, Event, EventType, Kind, ObjectRef, PackageState, Timestamp,
 };
-use tc_proto::{
-    DesiredResponse, EnrollRequest, EnrollResponse, HeartbeatRequest, HeartbeatResponse,
-    PackageReport,
-};
+use tc_proto::{DesiredState, EnrollRequest, EnrollResponse, HeartbeatRequest, PackageReport};
 
 use crate::error::ApiError;
-use crate::fleet::ClientSlot;
+use crate::fleet::{ClientSlot, token_digest};
 use crate::{Controller, tokens};
 
 /// Longest accepted machine id, name or label map, so that a hostile agent cannot grow the store.
@@ -30,11 +28,10 @@ pub fn authenticate_client(
 ) -> Result<Arc<ClientSlot>, ApiError> {
     let token = tokens::bearer(headers)
         .ok_or_else(|| ApiError::unauthorized("missing bearer token: enrol the agent first"))?;
-    let hash = tokens::hash(token);
-    if let Some(slot) = controller.fleet.by_token(&hash) {
+    if let Some(slot) = controller.fleet.by_token_digest(&token_digest(token)) {
         return Ok(slot);
     }
-    if hash == controller.admin_token_hash {
+    if tokens::hash(token) == controller.admin_token_hash {
         return Err(ApiError::forbidden(
             "the admin token cannot be used on agent routes",
         ));
@@ -132,15 +129,21 @@ pub async fn enroll(
         }
     };
     drop(_guard);
-    controller
-        .record(vec![Event::new(
-            now,
-            ObjectRef::new(Kind::Client, &client.metadata.name),
-            EventType::Normal,
-            "Enrolled",
-            format!("agent on {} enrolled", request.hostname),
-        )])
-        .await;
+    let enrolled = Event::new(
+        now,
+        ObjectRef::new(Kind::Client, &client.metadata.name),
+        EventType::Normal,
+        "Enrolled",
+        format!("agent on {} enrolled", request.hostname),
+    );
+    // Concurrent enrolments record their events in one transaction.
+    if let Err(error) = controller
+        .persister
+        .write_with_events(vec![], vec![enrolled])
+        .await
+    {
+        tracing::error!(%error, "recording an enrolment event failed");
+    }
     controller.metrics.enrolments.inc();
     controller.reconcile_wake.notify_one();
     let heartbeat_seconds = controller
@@ -184,29 +187,67 @@ fn client_name(requested: &str, hostname: &str) -> String {
     }
 }
 
+/// The body of a heartbeat answer: [`tc_proto::HeartbeatResponse`] serialized from the client's
+/// shared desired state, without copying it.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct HeartbeatAnswer<'a> {
+    desired: &'a DesiredState,
+    next_heartbeat_millis: u64,
+    send_inventory: bool,
+}
+
+/// The body of a long-poll answer: [`tc_proto::DesiredResponse`] without copying the state.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct DesiredAnswer<'a> {
+    desired: &'a DesiredState,
+    changed: bool,
+}
+
+/// A JSON response from a value that borrows (axum's `Json` needs an owned one).
+fn json_response(value: &impl Serialize) -> Response {
+    match serde_json::to_vec(value) {
+        Ok(body) => (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            body,
+        )
+            .into_response(),
+        Err(error) => ApiError::internal(error).into_response(),
+    }
+}
+
 /// `POST /agent/v1/heartbeat`.
+///
+/// This is the hot path of a large fleet: a heartbeat that only proves liveness takes the
+/// client's lock once, copies nothing of the client, and queues it for the next liveness flush.
 pub async fn heartbeat(
     State(controller): State<Arc<Controller>>,
     headers: HeaderMap,
     Json(request): Json<HeartbeatRequest>,
-) -> Result<Json<HeartbeatResponse>, ApiError> {
+) -> Result<Response, ApiError> {
     let slot = authenticate_client(&controller, &headers)?;
     if request.packages.len() > 1024 {
         return Err(ApiError::bad_request("too many packages in one report"));
     }
     let now = Timestamp::now();
     let mut events = vec![];
-    let (persist, wake, response) = {
-        let mut state = slot.state.lock().expect("client lock");
-        let name = state.client.metadata.name.clone();
-        let status = &mut state.client.status;
+    let (persist, wake, desired, next_heartbeat_millis, send_inventory) = {
+        let mut guard = slot.state.lock().expect("client lock");
+        let state = &mut *guard;
+        let client = &mut state.client;
+        let name = &client.metadata.name;
+        let status = &mut client.status;
         let mut changed = false;
         let mut wake = false;
         if status.phase != ClientPhase::Online {
             if status.phase == ClientPhase::Offline {
                 events.push(Event::new(
                     now,
-                    ObjectRef::new(Kind::Client, &name),
+                    ObjectRef::new(Kind::Client, name),
                     EventType::Normal,
                     "Online",
                     "heartbeats resumed",
@@ -221,62 +262,60 @@ pub async fn heartbeat(
         if status.packages != request.packages
             || status.observed_revision != request.observed_revision
         {
-            package_events(&name, &status.packages, &request.packages, now, &mut events);
-            status.packages = request.packages.clone();
+            package_events(name, &status.packages, &request.packages, now, &mut events);
+            status.packages = request.packages;
             status.observed_revision = request.observed_revision;
             changed = true;
             wake = true;
         }
         let mut send_inventory = false;
-        if let Some(inventory) = &request.inventory {
-            if status.inventory.as_ref() != Some(inventory) {
-                status.inventory = Some(inventory.clone());
+        if let Some(inventory) = request.inventory {
+            if status.inventory.as_ref() != Some(&inventory) {
+                status.inventory = Some(inventory);
                 changed = true;
             }
-            status.inventory_hash = request.inventory_hash.clone();
+            status.inventory_hash = request.inventory_hash;
         } else if request.inventory_hash != status.inventory_hash || status.inventory.is_none() {
             send_inventory = true;
         }
         if changed {
-            let before = state.client.metadata.labels.clone();
-            state.client.refresh_labels();
-            wake |= before != state.client.metadata.labels;
+            let before = std::mem::take(&mut client.metadata.labels);
+            client.refresh_labels();
+            wake |= before != client.metadata.labels;
         }
-        let jitter = 0.9 + 0.2 * jitter_fraction(&name, now);
+        let jitter = 0.9 + 0.2 * jitter_fraction(&client.metadata.name, now);
         let next = Duration::from_secs_f64(f64::from(state.heartbeat_seconds) * jitter);
-        let response = HeartbeatResponse {
-            desired: (*state.desired).clone(),
-            next_heartbeat_millis: next.as_millis() as u64,
+        (
+            changed.then(|| client.clone()),
+            wake,
+            state.desired.clone(),
+            next.as_millis() as u64,
             send_inventory,
-        };
-        (changed.then(|| state.client.clone()), wake, response)
+        )
     };
     match persist {
+        // The client and the events about it share the transactions of concurrent heartbeats.
         Some(client) => controller
             .persister
-            .write(vec![client])
+            .write_with_events(vec![client], events)
             .await
             .map_err(ApiError::internal)?,
-        None => controller.fleet.mark_dirty(&response_name(&slot)),
-    }
-    if !events.is_empty() {
-        controller.record(events).await;
+        None => {
+            controller.fleet.mark_dirty(&slot);
+            if !events.is_empty() {
+                let _ = controller.persister.write_with_events(vec![], events).await;
+            }
+        }
     }
     if wake {
         controller.reconcile_wake.notify_one();
     }
     controller.metrics.heartbeats.inc();
-    Ok(Json(response))
-}
-
-fn response_name(slot: &ClientSlot) -> String {
-    slot.state
-        .lock()
-        .expect("client lock")
-        .client
-        .metadata
-        .name
-        .clone()
+    Ok(json_response(&HeartbeatAnswer {
+        desired: &desired,
+        next_heartbeat_millis,
+        send_inventory,
+    }))
 }
 
 /// A fraction in [0, 1) that differs between clients and heartbeats, without a random source.
@@ -357,25 +396,24 @@ pub async fn desired(
     State(controller): State<Arc<Controller>>,
     headers: HeaderMap,
     Query(query): Query<DesiredQuery>,
-) -> Result<Json<DesiredResponse>, ApiError> {
+) -> Result<Response, ApiError> {
     let slot = authenticate_client(&controller, &headers)?;
-    let mut receiver = slot.revision.subscribe();
     let limit = controller.config.long_poll_max;
     let wait = query
         .timeout_seconds
         .map_or(limit, |s| Duration::from_secs(s).min(limit));
-    let mut shutdown = controller.shutdown.clone();
     let after = query.after_revision;
-    if *receiver.borrow_and_update() <= after {
+    if slot.revision.get() <= after {
+        let mut shutdown = controller.shutdown.clone();
         tokio::select! {
-            _ = tokio::time::timeout(wait, receiver.wait_for(|revision| *revision > after)) => {}
+            _ = tokio::time::timeout(wait, slot.revision.wait_newer(after)) => {}
             _ = shutdown.wait_for(|stopping| *stopping) => {}
         }
     }
-    let desired = (*slot.state.lock().expect("client lock").desired).clone();
-    Ok(Json(DesiredResponse {
+    let desired = slot.state.lock().expect("client lock").desired.clone();
+    Ok(json_response(&DesiredAnswer {
         changed: desired.revision > after,
-        desired,
+        desired: &desired,
     }))
 }
 
@@ -392,6 +430,45 @@ mod tests {
         assert_eq!(client_name("Front Desk", "h"), "front-desk");
         assert_eq!(client_name("--", ""), "client");
         assert_eq!(client_name(&"a".repeat(100), "").len(), 63);
+    }
+
+    #[test]
+    fn borrowed_answers_serialize_like_the_protocol_types() {
+        let desired = DesiredState {
+            revision: 7,
+            packages: vec![tc_proto::DesiredPackage {
+                name: "kiosk".into(),
+                version: "1.0.0".into(),
+                sha256: "ab".into(),
+                size: 3,
+                url: "/blobs/sha256/ab".into(),
+                hooks: Default::default(),
+            }],
+        };
+        let heartbeat = serde_json::to_value(HeartbeatAnswer {
+            desired: &desired,
+            next_heartbeat_millis: 1234,
+            send_inventory: true,
+        })
+        .unwrap();
+        let expected = serde_json::to_value(tc_proto::HeartbeatResponse {
+            desired: desired.clone(),
+            next_heartbeat_millis: 1234,
+            send_inventory: true,
+        })
+        .unwrap();
+        assert_eq!(heartbeat, expected);
+        let long_poll = serde_json::to_value(DesiredAnswer {
+            desired: &desired,
+            changed: true,
+        })
+        .unwrap();
+        let expected = serde_json::to_value(tc_proto::DesiredResponse {
+            desired: desired.clone(),
+            changed: true,
+        })
+        .unwrap();
+        assert_eq!(long_poll, expected);
     }
 
     #[test]

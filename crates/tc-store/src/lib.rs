@@ -9,6 +9,7 @@
 mod redb_store;
 
 use tc_api::{Client, Event, Kind, Object, Timestamp};
+use tc_proto::Load;
 
 pub use redb_store::{CLIENT_TOKEN_KIND, DEFAULT_EVENT_CAPACITY, MACHINE_ID_KIND, RedbStore};
 
@@ -111,6 +112,17 @@ pub enum WriteOutcome {
     Missing,
 }
 
+/// When a client was last heard from, and its load then (see [`Store::put_liveness`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Liveness {
+    /// The client's name.
+    pub name: String,
+    /// Its last heartbeat.
+    pub last_heartbeat: Timestamp,
+    /// The load it reported with it.
+    pub load: Load,
+}
+
 /// Which events to list.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct EventFilter {
@@ -157,6 +169,13 @@ pub trait Store: Send + Sync + 'static {
     /// resourceVersion.
     fn create_client(&self, client: Client, token_hash: &str, now: Timestamp) -> Result<Client>;
 
+    /// Stores many newly enrolled clients, each with the hash of its token, in one transaction
+    /// (bulk enrolment: a site rolled out at once, or a simulated fleet). The rules of
+    /// [`Store::create_client`] apply to every client, also against the others of the batch; the
+    /// first violation fails the whole batch and nothing is written.
+    fn create_clients(&self, clients: Vec<(Client, String)>, now: Timestamp)
+    -> Result<Vec<Client>>;
+
     /// Replaces the token hash of an existing client (re-enrolment); the old token stops working.
     /// Fails with `NotFound` for an unknown client.
     fn set_client_token(&self, name: &str, token_hash: &str) -> Result<()>;
@@ -168,7 +187,17 @@ pub trait Store: Send + Sync + 'static {
     /// token index into memory at start-up.
     fn client_token_hashes(&self) -> Result<Vec<(String, String)>>;
 
-    /// Upserts clients (labels and status) in one transaction, each with a new resourceVersion.
+    /// Records when clients were last heard from, in one transaction, without rewriting the
+    /// clients and without taking resourceVersions (as Kubernetes keeps node heartbeats in Lease
+    /// objects): liveness changes with every heartbeat of every client, everything else rarely.
+    /// Reading a client ([`Store::get_client`], [`Store::list_clients`], ...) returns the newer
+    /// of its own `lastHeartbeat`/`load` and the recorded ones. A record is written for any name
+    /// without looking the client up: a record without a client is never read, and is dropped
+    /// when a client of that name is created or deleted. Returns how many were written.
+    fn put_liveness(&self, entries: Vec<Liveness>) -> Result<usize>;
+
+    /// Upserts clients (labels and status) in one transaction, each with a new resourceVersion,
+    /// in name order (also the order of the returned clients).
     /// A client's `spec.machineId` must not change. Stored uid and creationTimestamp are kept; a
     /// client not stored yet gets them (the current time, unless it carries one). A machine id
     /// held by another client fails the batch with `AlreadyExists` (kind [`MACHINE_ID_KIND`]).

@@ -9,6 +9,7 @@
 //! | `client_machine_ids` | machine id              | client name                                  |
 //! | `client_tokens`      | token hash              | client name                                  |
 //! | `client_token_of`    | client name             | token hash (so re-tokening and deletion find the old hash without a scan) |
+//! | `client_liveness`    | client name             | last heartbeat and load, 28 bytes (see [`Liveness`]) |
 //! | `events`             | sequence number (`u64`) | JSON of the [`Event`], at most `capacity` of them |
 //! | `settings`           | key                     | value                                        |
 //! | `meta`               | `revision`, `nextEventSeq`, `schemaVersion` | `u64`                    |
@@ -16,6 +17,11 @@
 //! Object keys sort by kind and then by name, so listing a kind is one range scan that already
 //! returns names in order. The store-wide `revision` counter is the last `resourceVersion` handed
 //! out; every write that changes an object or a client (including deletions) takes the next one.
+//!
+//! Liveness (`lastHeartbeat` and `load`) changes with every heartbeat of every client, so it has
+//! its own table of small fixed-size records instead of rewriting the client's JSON: flushing the
+//! heartbeats of a large fleet writes a few dozen bytes per client. Reading a client overlays its
+//! liveness record when that is newer than what the client's JSON holds.
 //!
 //! Every public method is one redb transaction. Write transactions use redb's default immediate
 //! durability, so a call that returned `Ok` is on disk; a failed call aborts its transaction and
@@ -34,14 +40,16 @@ use redb::{
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tc_api::{Client, ClientGroup, Event, Kind, Object, ObjectMeta, PackageRelease, Timestamp};
+use tc_proto::Load;
 
-use crate::{EventFilter, Result, Store, StoreError, Write, WriteOutcome};
+use crate::{EventFilter, Liveness, Result, Store, StoreError, Write, WriteOutcome};
 
 const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
 const CLIENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("clients");
 const MACHINE_IDS: TableDefinition<&str, &str> = TableDefinition::new("client_machine_ids");
 const TOKENS: TableDefinition<&str, &str> = TableDefinition::new("client_tokens");
 const TOKEN_OF: TableDefinition<&str, &str> = TableDefinition::new("client_token_of");
+const LIVENESS: TableDefinition<&str, &[u8]> = TableDefinition::new("client_liveness");
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 const SETTINGS: TableDefinition<&str, &str> = TableDefinition::new("settings");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -122,6 +130,7 @@ impl RedbStore {
             open(txn, MACHINE_IDS)?;
             open(txn, TOKENS)?;
             open(txn, TOKEN_OF)?;
+            open(txn, LIVENESS)?;
             open(txn, EVENTS)?;
             open(txn, SETTINGS)?;
             let mut meta = open(txn, META)?;
@@ -448,6 +457,157 @@ impl Revision {
     }
 }
 
+/// The tables an enrolment writes, open in one write transaction.
+struct NewClientTables<'t> {
+    clients: Table<'t, &'static str, &'static [u8]>,
+    machine_ids: Table<'t, &'static str, &'static str>,
+    tokens: Table<'t, &'static str, &'static str>,
+    token_of: Table<'t, &'static str, &'static str>,
+    liveness: Table<'t, &'static str, &'static [u8]>,
+    meta: Table<'t, &'static str, u64>,
+    revision: Revision,
+}
+
+impl<'t> NewClientTables<'t> {
+    fn open(txn: &'t WriteTransaction) -> Result<Self> {
+        let meta = open(txn, META)?;
+        let revision = Revision::load(&meta)?;
+        Ok(NewClientTables {
+            clients: open(txn, CLIENTS)?,
+            machine_ids: open(txn, MACHINE_IDS)?,
+            tokens: open(txn, TOKENS)?,
+            token_of: open(txn, TOKEN_OF)?,
+            liveness: open(txn, LIVENESS)?,
+            meta,
+            revision,
+        })
+    }
+
+    /// Stores one new client with its indexes; refuses a taken name, machine id or token hash
+    /// (including one taken earlier in the same transaction).
+    fn insert(&mut self, mut client: Client, token_hash: &str, now: Timestamp) -> Result<Client> {
+        let name = client.metadata.name.clone();
+        let machine_id = client.spec.machine_id.clone();
+        if self
+            .clients
+            .get(name.as_str())
+            .map_err(db_error("read client"))?
+            .is_some()
+        {
+            return Err(already_exists("Client", &name));
+        }
+        if self
+            .machine_ids
+            .get(machine_id.as_str())
+            .map_err(db_error("read machine id index"))?
+            .is_some()
+        {
+            return Err(already_exists(MACHINE_ID_KIND, &machine_id));
+        }
+        if let Some(holder) = self
+            .tokens
+            .get(token_hash)
+            .map_err(db_error("read token index"))?
+        {
+            return Err(already_exists(CLIENT_TOKEN_KIND, holder.value()));
+        }
+        let version = self.revision.take();
+        let metadata = &mut client.metadata;
+        metadata.uid = Some(new_uid("Client", &name, now, version));
+        metadata.creation_timestamp = Some(now);
+        metadata.resource_version = Some(version.to_string());
+        let bytes = encode(&format!("clients/{name}"), &client)?;
+        self.clients
+            .insert(name.as_str(), bytes.as_slice())
+            .map_err(db_error("write client"))?;
+        self.machine_ids
+            .insert(machine_id.as_str(), name.as_str())
+            .map_err(db_error("write machine id index"))?;
+        self.tokens
+            .insert(token_hash, name.as_str())
+            .map_err(db_error("write token index"))?;
+        self.token_of
+            .insert(name.as_str(), token_hash)
+            .map_err(db_error("write token index"))?;
+        // A liveness record written for a client of this name after it was deleted.
+        self.liveness
+            .remove(name.as_str())
+            .map_err(db_error("write client liveness"))?;
+        Ok(client)
+    }
+}
+
+/// Size of an encoded liveness record: last heartbeat (ms), CPU %, memory used, uptime.
+const LIVENESS_BYTES: usize = 28;
+
+fn encode_liveness(entry: &Liveness) -> [u8; LIVENESS_BYTES] {
+    let mut bytes = [0u8; LIVENESS_BYTES];
+    bytes[0..8].copy_from_slice(&entry.last_heartbeat.unix_millis().to_le_bytes());
+    bytes[8..12].copy_from_slice(&entry.load.cpu_percent.to_le_bytes());
+    bytes[12..20].copy_from_slice(&entry.load.memory_used_bytes.to_le_bytes());
+    bytes[20..28].copy_from_slice(&entry.load.uptime_seconds.to_le_bytes());
+    bytes
+}
+
+fn decode_liveness(name: &str, bytes: &[u8]) -> Result<(Timestamp, Load)> {
+    let corrupt = || StoreError::Corrupt {
+        key: format!("client_liveness/{name}"),
+        message: format!("{} bytes, expected {LIVENESS_BYTES}", bytes.len()),
+    };
+    if bytes.len() != LIVENESS_BYTES {
+        return Err(corrupt());
+    }
+    let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
+    let f32_at = |at: usize| f32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
+    Ok((
+        Timestamp::from_unix_millis(u64_at(0)),
+        Load {
+            cpu_percent: f32_at(8),
+            memory_used_bytes: u64_at(12),
+            uptime_seconds: u64_at(20),
+        },
+    ))
+}
+
+/// Takes a liveness record into a client read from its JSON, when the record is newer.
+fn overlay_liveness(client: &mut Client, record: Option<(Timestamp, Load)>) {
+    if let Some((last_heartbeat, load)) = record
+        && client
+            .status
+            .last_heartbeat
+            .is_none_or(|stored| last_heartbeat > stored)
+    {
+        client.status.last_heartbeat = Some(last_heartbeat);
+        client.status.load = load;
+    }
+}
+
+/// The liveness record of a client, if any.
+fn read_liveness(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    name: &str,
+) -> Result<Option<(Timestamp, Load)>> {
+    match table
+        .get(name)
+        .map_err(db_error(format_args!("read liveness of {name}")))?
+    {
+        Some(bytes) => decode_liveness(name, bytes.value()).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// A client with its liveness overlaid, from a read transaction.
+fn read_client_live(txn: &ReadTransaction, name: &str) -> Result<Option<Client>> {
+    let Some(mut client) = read_client(&open_read(txn, CLIENTS)?, name)? else {
+        return Ok(None);
+    };
+    overlay_liveness(
+        &mut client,
+        read_liveness(&open_read(txn, LIVENESS)?, name)?,
+    );
+    Ok(Some(client))
+}
+
 fn read_client(
     table: &impl ReadableTable<&'static str, &'static [u8]>,
     name: &str,
@@ -572,18 +732,41 @@ impl Store for RedbStore {
     }
 
     fn get_client(&self, name: &str) -> Result<Option<Client>> {
-        self.read_txn("get client", |txn| {
-            read_client(&open_read(txn, CLIENTS)?, name)
-        })
+        self.read_txn("get client", |txn| read_client_live(txn, name))
     }
 
     fn list_clients(&self) -> Result<Vec<Client>> {
         self.read_txn("list clients", |txn| {
             let clients = open_read(txn, CLIENTS)?;
+            let liveness = open_read(txn, LIVENESS)?;
+            // Both tables are keyed by client name: walk them side by side.
+            let mut records = liveness.iter().map_err(db_error("list client liveness"))?;
+            let mut next_record = || -> Result<Option<(String, (Timestamp, Load))>> {
+                let Some(entry) = records.next() else {
+                    return Ok(None);
+                };
+                let (key, value) = entry.map_err(db_error("list client liveness"))?;
+                let name = key.value();
+                Ok(Some((
+                    name.to_string(),
+                    decode_liveness(name, value.value())?,
+                )))
+            };
+            let mut pending = next_record()?;
             let mut result = Vec::new();
             for entry in clients.iter().map_err(db_error("list clients"))? {
                 let (key, value) = entry.map_err(db_error("list clients"))?;
-                result.push(decode(&format!("clients/{}", key.value()), value.value())?);
+                let name = key.value();
+                let mut client: Client = decode(&format!("clients/{name}"), value.value())?;
+                while pending.as_ref().is_some_and(|(n, _)| n.as_str() < name) {
+                    pending = next_record()?;
+                }
+                let record = match &pending {
+                    Some((n, record)) if n == name => Some(*record),
+                    _ => None,
+                };
+                overlay_liveness(&mut client, record);
+                result.push(client);
             }
             Ok(result)
         })
@@ -598,61 +781,35 @@ impl Store for RedbStore {
             else {
                 return Ok(None);
             };
-            read_client(&open_read(txn, CLIENTS)?, name.value())
+            read_client_live(txn, name.value())
         })
     }
 
     fn create_client(&self, client: Client, token_hash: &str, now: Timestamp) -> Result<Client> {
         self.write_txn("create client", |txn| {
-            let mut clients = open(txn, CLIENTS)?;
-            let mut machine_ids = open(txn, MACHINE_IDS)?;
-            let mut tokens = open(txn, TOKENS)?;
-            let mut token_of = open(txn, TOKEN_OF)?;
-            let mut meta = open(txn, META)?;
-            let mut client = client;
-            let name = client.metadata.name.clone();
-            let machine_id = client.spec.machine_id.clone();
-            if clients
-                .get(name.as_str())
-                .map_err(db_error("read client"))?
-                .is_some()
-            {
-                return Err(already_exists("Client", &name));
-            }
-            if machine_ids
-                .get(machine_id.as_str())
-                .map_err(db_error("read machine id index"))?
-                .is_some()
-            {
-                return Err(already_exists(MACHINE_ID_KIND, &machine_id));
-            }
-            if let Some(holder) = tokens
-                .get(token_hash)
-                .map_err(db_error("read token index"))?
-            {
-                return Err(already_exists(CLIENT_TOKEN_KIND, holder.value()));
-            }
-            let mut revision = Revision::load(&meta)?;
-            let version = revision.take();
-            let metadata = &mut client.metadata;
-            metadata.uid = Some(new_uid("Client", &name, now, version));
-            metadata.creation_timestamp = Some(now);
-            metadata.resource_version = Some(version.to_string());
-            let bytes = encode(&format!("clients/{name}"), &client)?;
-            clients
-                .insert(name.as_str(), bytes.as_slice())
-                .map_err(db_error("write client"))?;
-            machine_ids
-                .insert(machine_id.as_str(), name.as_str())
-                .map_err(db_error("write machine id index"))?;
-            tokens
-                .insert(token_hash, name.as_str())
-                .map_err(db_error("write token index"))?;
-            token_of
-                .insert(name.as_str(), token_hash)
-                .map_err(db_error("write token index"))?;
-            revision.save(&mut meta)?;
+            let mut tables = NewClientTables::open(txn)?;
+            let client = tables.insert(client, token_hash, now)?;
+            tables.revision.save(&mut tables.meta)?;
             Ok(client)
+        })
+    }
+
+    fn create_clients(
+        &self,
+        clients: Vec<(Client, String)>,
+        now: Timestamp,
+    ) -> Result<Vec<Client>> {
+        if clients.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.write_txn("create clients", |txn| {
+            let mut tables = NewClientTables::open(txn)?;
+            let mut created = Vec::with_capacity(clients.len());
+            for (client, token_hash) in clients {
+                created.push(tables.insert(client, &token_hash, now)?);
+            }
+            tables.revision.save(&mut tables.meta)?;
+            Ok(created)
         })
     }
 
@@ -718,12 +875,34 @@ impl Store for RedbStore {
         })
     }
 
-    fn put_clients(&self, clients: Vec<Client>) -> Result<Vec<Client>> {
+    fn put_liveness(&self, mut entries: Vec<Liveness>) -> Result<usize> {
+        if entries.is_empty() {
+            return Ok(0);
+        }
+        // In key order, a batch touches every page of the table at most once.
+        entries.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        self.write_txn("put client liveness", |txn| {
+            let mut table = open(txn, LIVENESS)?;
+            for entry in &entries {
+                let name = entry.name.as_str();
+                table
+                    .insert(name, encode_liveness(entry).as_slice())
+                    .map_err(db_error(format_args!("write liveness of {name}")))?;
+            }
+            Ok(entries.len())
+        })
+    }
+
+    fn put_clients(&self, mut clients: Vec<Client>) -> Result<Vec<Client>> {
         if clients.is_empty() {
             return Ok(clients);
         }
+        // In key order, a batch touches every page of the table at most once (a fifth faster for
+        // a batch of 50,000 than in arbitrary order).
+        clients.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
         self.write_txn("put clients", |txn| {
             let mut table = open(txn, CLIENTS)?;
+            let mut liveness = open(txn, LIVENESS)?;
             let mut machine_ids = open(txn, MACHINE_IDS)?;
             let mut meta = open(txn, META)?;
             let mut revision = Revision::load(&meta)?;
@@ -767,6 +946,9 @@ impl Store for RedbStore {
                         metadata.creation_timestamp = head.metadata.creation_timestamp;
                     }
                     None => {
+                        liveness
+                            .remove(name.as_str())
+                            .map_err(db_error("write client liveness"))?;
                         let created = *metadata
                             .creation_timestamp
                             .get_or_insert_with(Timestamp::now);
@@ -794,9 +976,16 @@ impl Store for RedbStore {
             let mut tokens = open(txn, TOKENS)?;
             let mut token_of = open(txn, TOKEN_OF)?;
             let mut meta = open(txn, META)?;
-            let Some(client) = read_client(&clients, name)? else {
+            let mut liveness = open(txn, LIVENESS)?;
+            let Some(mut client) = read_client(&clients, name)? else {
                 return Ok(None);
             };
+            let record = liveness
+                .remove(name)
+                .map_err(db_error("delete client liveness"))?
+                .map(|bytes| decode_liveness(name, bytes.value()))
+                .transpose()?;
+            overlay_liveness(&mut client, record);
             clients.remove(name).map_err(db_error("delete client"))?;
             let machine_id = client.spec.machine_id.as_str();
             let indexed = machine_ids

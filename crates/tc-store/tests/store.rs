@@ -9,7 +9,9 @@ use tc_api::{
     ClientSpec, Event, EventType, Kind, Object, ObjectMeta, ObjectRef, PackageRelease,
     PackageReleaseSpec, Timestamp,
 };
-use tc_store::{EventFilter, MACHINE_ID_KIND, RedbStore, Store, StoreError, Write, WriteOutcome};
+use tc_store::{
+    EventFilter, Liveness, MACHINE_ID_KIND, RedbStore, Store, StoreError, Write, WriteOutcome,
+};
 use tempfile::TempDir;
 
 // ---------------------------------------------------------------------------------------------
@@ -901,6 +903,226 @@ fn create_client_assigns_server_fields_and_refuses_duplicates() {
             "{what}"
         );
     }
+}
+
+#[test]
+fn create_clients_enrols_a_batch_in_one_transaction_or_nothing() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&dir);
+    store
+        .create_client(client("kiosk-0", "machine-0"), "hash-0", at(1))
+        .unwrap();
+    let batch: Vec<(Client, String)> = (1..=500)
+        .map(|i| {
+            (
+                client(&format!("kiosk-{i}"), &format!("machine-{i}")),
+                format!("hash-{i}"),
+            )
+        })
+        .collect();
+    let created = store.create_clients(batch, at(9)).unwrap();
+    assert_eq!(created.len(), 500);
+    // One new resourceVersion per client, in batch order, after the one before the batch.
+    let versions: Vec<String> = created
+        .iter()
+        .map(|c| c.metadata.resource_version.clone().unwrap())
+        .collect();
+    let expected: Vec<String> = (2..=501).map(|v| v.to_string()).collect();
+    assert_eq!(versions, expected);
+    assert!(
+        created
+            .iter()
+            .all(|c| c.metadata.creation_timestamp == Some(at(9)))
+    );
+    assert_eq!(store.revision().unwrap(), 501);
+    assert_eq!(store.list_clients().unwrap().len(), 501);
+    assert_eq!(
+        store.client_by_token_hash("hash-250").unwrap().as_deref(),
+        Some("kiosk-250")
+    );
+    assert_eq!(
+        store
+            .client_by_machine_id("machine-500")
+            .unwrap()
+            .map(|c| c.metadata.name),
+        Some("kiosk-500".to_string())
+    );
+    assert_eq!(store.client_token_hashes().unwrap().len(), 501);
+    assert!(store.create_clients(vec![], at(10)).unwrap().is_empty());
+    assert_eq!(store.revision().unwrap(), 501);
+
+    // (what, batch, expected AlreadyExists kind and name): a conflict with a stored client or
+    // with an earlier member of the same batch fails the whole batch.
+    let fresh = |i: usize| {
+        (
+            client(&format!("new-{i}"), &format!("new-machine-{i}")),
+            format!("new-hash-{i}"),
+        )
+    };
+    // (what, batch, expected AlreadyExists kind and name)
+    type Case<'a> = (&'a str, Vec<(Client, String)>, (&'a str, &'a str));
+    let cases: Vec<Case> = vec![
+        (
+            "stored name",
+            vec![
+                fresh(1),
+                (client("kiosk-7", "new-machine-2"), "new-hash-2".into()),
+            ],
+            ("Client", "kiosk-7"),
+        ),
+        (
+            "stored machine id",
+            vec![
+                fresh(1),
+                (client("new-2", "machine-7"), "new-hash-2".into()),
+            ],
+            (MACHINE_ID_KIND, "machine-7"),
+        ),
+        (
+            "stored token hash",
+            vec![
+                fresh(1),
+                (client("new-2", "new-machine-2"), "hash-7".into()),
+            ],
+            (tc_store::CLIENT_TOKEN_KIND, "kiosk-7"),
+        ),
+        (
+            "name twice in the batch",
+            vec![
+                fresh(1),
+                (client("new-1", "new-machine-2"), "new-hash-2".into()),
+            ],
+            ("Client", "new-1"),
+        ),
+        (
+            "machine id twice in the batch",
+            vec![
+                fresh(1),
+                (client("new-2", "new-machine-1"), "new-hash-2".into()),
+            ],
+            (MACHINE_ID_KIND, "new-machine-1"),
+        ),
+        (
+            "token hash twice in the batch",
+            vec![
+                fresh(1),
+                (client("new-2", "new-machine-2"), "new-hash-1".into()),
+            ],
+            (tc_store::CLIENT_TOKEN_KIND, "new-1"),
+        ),
+    ];
+    for (what, batch, (kind, holder)) in cases {
+        match store.create_clients(batch, at(11)) {
+            Err(StoreError::AlreadyExists { kind: k, name: n }) => {
+                assert_eq!((k.as_str(), n.as_str()), (kind, holder), "{what}");
+            }
+            other => panic!("{what}: expected AlreadyExists, got {other:?}"),
+        }
+        assert_eq!(store.revision().unwrap(), 501, "{what}");
+        assert_eq!(store.list_clients().unwrap().len(), 501, "{what}");
+        assert!(store.get_client("new-1").unwrap().is_none(), "{what}");
+        assert_eq!(
+            store.client_by_token_hash("new-hash-1").unwrap(),
+            None,
+            "{what}"
+        );
+        assert!(
+            store
+                .client_by_machine_id("new-machine-1")
+                .unwrap()
+                .is_none(),
+            "{what}"
+        );
+    }
+}
+
+fn liveness(name: &str, millis: u64, cpu: f32) -> Liveness {
+    Liveness {
+        name: name.into(),
+        last_heartbeat: at(millis),
+        load: tc_proto::Load {
+            cpu_percent: cpu,
+            memory_used_bytes: millis * 10,
+            uptime_seconds: millis / 1000,
+        },
+    }
+}
+
+fn seen(client: &Client) -> (Option<Timestamp>, f32) {
+    (client.status.last_heartbeat, client.status.load.cpu_percent)
+}
+
+#[test]
+fn liveness_is_recorded_apart_and_overlaid_on_reads() {
+    let dir = TempDir::new().unwrap();
+    {
+        let store = open(&dir);
+        for (name, machine) in [("a", "ma"), ("b", "mb"), ("c", "mc")] {
+            store
+                .create_client(client(name, machine), &format!("t{name}"), at(1))
+                .unwrap();
+        }
+        let revision = store.revision().unwrap();
+        let written = store
+            .put_liveness(vec![
+                liveness("a", 5_000, 12.5),
+                liveness("c", 6_000, 50.0),
+                liveness("ghost", 7_000, 1.0),
+            ])
+            .unwrap();
+        assert_eq!(written, 3);
+        assert_eq!(
+            store.revision().unwrap(),
+            revision,
+            "liveness takes no resourceVersion"
+        );
+        let a = store.get_client("a").unwrap().unwrap();
+        assert_eq!(seen(&a), (Some(at(5_000)), 12.5));
+        assert_eq!(a.status.load.memory_used_bytes, 50_000);
+        assert_eq!(a.metadata.resource_version.as_deref(), Some("1"));
+        let listed: Vec<_> = store.list_clients().unwrap().iter().map(seen).collect();
+        assert_eq!(
+            listed,
+            vec![
+                (Some(at(5_000)), 12.5),
+                (None, 0.0),
+                (Some(at(6_000)), 50.0)
+            ]
+        );
+        assert_eq!(
+            seen(&store.client_by_machine_id("mc").unwrap().unwrap()),
+            (Some(at(6_000)), 50.0)
+        );
+
+        // A client written with a newer heartbeat of its own shows its own.
+        let mut c = store.get_client("c").unwrap().unwrap();
+        c.status.last_heartbeat = Some(at(9_000));
+        c.status.load.cpu_percent = 70.0;
+        store.put_clients(vec![c]).unwrap();
+        assert_eq!(
+            seen(&store.get_client("c").unwrap().unwrap()),
+            (Some(at(9_000)), 70.0)
+        );
+        assert!(store.put_liveness(vec![]).unwrap() == 0);
+    }
+    // The record of a name without a client is not read, and a client created under that
+    // name does not inherit it.
+    let store = open(&dir);
+    store.put_clients(vec![client("ghost", "mg")]).unwrap();
+    assert_eq!(seen(&store.get_client("ghost").unwrap().unwrap()).0, None);
+    drop(store);
+    // Durable, and gone with the client.
+    let store = open(&dir);
+    assert_eq!(
+        seen(&store.get_client("a").unwrap().unwrap()),
+        (Some(at(5_000)), 12.5)
+    );
+    let deleted = store.delete_client("a").unwrap().unwrap();
+    assert_eq!(seen(&deleted), (Some(at(5_000)), 12.5));
+    store
+        .create_client(client("a", "ma"), "ta2", at(10))
+        .unwrap();
+    assert_eq!(seen(&store.get_client("a").unwrap().unwrap()), (None, 0.0));
 }
 
 #[test]

@@ -1,5 +1,7 @@
 //! Test support for thinfleet: a real controller in-process on `127.0.0.1:0` with a throwaway
-//! data directory, and fixtures (zip packages built on the fly).
+//! data directory, fixtures (zip packages built on the fly), and the fleet simulator ([`sim`]).
+
+pub mod sim;
 
 use std::io::Write;
 use std::net::SocketAddr;

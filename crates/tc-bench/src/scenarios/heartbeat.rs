@@ -1,0 +1,167 @@
+//! `tc-bench heartbeat`: the real controller's heartbeat path against a bare axum endpoint that
+//! only parses the heartbeat and records it in a map, with the same load generator and the same
+//! prepared requests, in one run.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tc_testkit::sim::{HammerReport, SimFleet, hammer};
+
+use super::{RunningController, Workspace, mib, on_own_thread, seconds};
+use crate::HeartbeatArgs;
+use crate::process::{Pinning, Server};
+use crate::report::Report;
+
+/// Runs the scenario.
+pub async fn run(args: HeartbeatArgs) -> Result<Report, String> {
+    let pinning = Pinning::decide(!args.no_pin);
+    let workspace = Workspace::new()?;
+    super::seed(&workspace.data_dir(), args.clients, args.seed).await?;
+    // Steady-state heartbeats: the controller already has every inventory, so only its hash is
+    // sent; the clients were seeded Online.
+    let fleet = SimFleet::seeded(args.seed, args.clients, true);
+    let requests: Arc<Vec<Vec<u8>>> = Arc::new(
+        (0..fleet.len())
+            .map(|i| fleet.heartbeat_request(i, "127.0.0.1"))
+            .collect(),
+    );
+    let request_bytes = requests.iter().map(|r| r.len()).sum::<usize>() / requests.len().max(1);
+
+    let mut bare_args = vec!["serve-bare".to_string()];
+    if let Some(cpu) = pinning.server {
+        bare_args.extend(["--cpu".into(), cpu.to_string()]);
+    }
+    let bare = Server::start(
+        &bare_args,
+        &workspace.path("bare.log"),
+        Duration::from_secs(60),
+    )
+    .await?;
+    let (bare_report, bare_cpu) = generate(&args, pinning, &bare, requests.clone()).await?;
+    bare.stop().await?;
+
+    let RunningController { server, .. } =
+        super::start_controller(&workspace, pinning.server).await?;
+    let (controller_report, controller_cpu) =
+        generate(&args, pinning, &server, requests.clone()).await?;
+    let figures = server.figures();
+    server.stop().await?;
+
+    let ratio = controller_report.rate() / bare_report.rate().max(1e-9);
+    let mut report = Report::new("heartbeat");
+    report.section("setup");
+    report.count(
+        "clients",
+        "clients (seeded, steady-state heartbeats)",
+        args.clients,
+    );
+    report.count(
+        "connections",
+        "keep-alive connections",
+        args.connections as u64,
+    );
+    report.number("duration_s", "measured per server", args.duration, 1, "s");
+    report.count("request_bytes", "mean request size", request_bytes as u64);
+    report.text("pinning", "CPU pinning", &pinning.describe());
+    report.text(
+        "load_generator",
+        "load generator",
+        "tc-testkit sim::hammer: HTTP/1.1 keep-alive over tokio TcpStream, prepared requests, one thread",
+    );
+    for (name, figures, cpu) in [
+        ("bare", &bare_report, bare_cpu),
+        ("controller", &controller_report, controller_cpu),
+    ] {
+        report.section(if name == "bare" {
+            "bare axum endpoint (parse JSON, insert into a map)"
+        } else {
+            "controller (durable store)"
+        });
+        report.number(&format!("{name}.rps"), "requests/s", figures.rate(), 0, "");
+        report.number(
+            &format!("{name}.p50_ms"),
+            "p50",
+            figures.latency.quantile_ms(0.5),
+            3,
+            "ms",
+        );
+        report.number(
+            &format!("{name}.p99_ms"),
+            "p99",
+            figures.latency.quantile_ms(0.99),
+            3,
+            "ms",
+        );
+        report.number(
+            &format!("{name}.max_ms"),
+            "max",
+            figures.latency.max_ms(),
+            3,
+            "ms",
+        );
+        report.number(
+            &format!("{name}.cpu_cores"),
+            "server CPU while loaded",
+            cpu,
+            2,
+            "cores",
+        );
+        report.count(&format!("{name}.errors"), "errors", figures.errors);
+        if let Some(sample) = figures.error_samples.first() {
+            report.text(&format!("{name}.first_error"), "first error", sample);
+        }
+    }
+    report.number(
+        "controller.rss_mib",
+        "controller RSS after the run",
+        mib(figures.rss_bytes),
+        1,
+        "MiB",
+    );
+    report.section("result");
+    report.number("ratio", "ratio controller / bare", ratio, 3, "");
+    let p99 = controller_report.latency.quantile_ms(0.99);
+    report.target(
+        "ratio",
+        "ratio >= 0.7",
+        ratio >= 0.7,
+        &format!("{ratio:.3}"),
+    );
+    report.target(
+        "p99",
+        "controller p99 < 2 ms",
+        p99 < 2.0,
+        &format!("{p99:.3} ms"),
+    );
+    Ok(report)
+}
+
+/// The load generator on its own (pinned) thread; returns its figures and the CPU the server
+/// used meanwhile (in cores), which shows whether the server or the generator was the limit.
+async fn generate(
+    args: &HeartbeatArgs,
+    pinning: Pinning,
+    server: &Server,
+    requests: Arc<Vec<Vec<u8>>>,
+) -> Result<(HammerReport, f64), String> {
+    let (connections, warmup, duration) = (
+        args.connections,
+        seconds(args.warmup),
+        seconds(args.duration),
+    );
+    let addr = server.addr;
+    let pid = server.pid;
+    let sampler = tokio::spawn(async move {
+        tokio::time::sleep(warmup).await;
+        let cpu = || crate::process::figures(pid).unwrap_or_default().cpu_seconds;
+        let (before, started) = (cpu(), Instant::now());
+        tokio::time::sleep(duration).await;
+        (cpu() - before) / started.elapsed().as_secs_f64()
+    });
+    let report = on_own_thread(pinning.generator, move || async move {
+        hammer(&[addr], requests, connections, warmup, duration).await
+    })
+    .await?;
+    let cpu = sampler.await.unwrap_or(0.0);
+    Ok((report, cpu))
+}

@@ -1,0 +1,232 @@
+//! The scenarios, and what they share: a seeded data directory, a controller process, the choice
+//! of long-poll transport.
+
+pub mod agent;
+pub mod converge;
+pub mod fleet;
+pub mod heartbeat;
+pub mod push;
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use tc_testkit::sim::Transport;
+
+use crate::TransportArg;
+use crate::admin::Admin;
+use crate::process::{self, Server};
+
+/// HTTP/2 long-polls per connection: under the server's limit of 200 concurrent streams.
+pub const H2_STREAMS_PER_CONNECTION: usize = 190;
+
+/// A throwaway directory for one run: the controller's data directory and the logs.
+pub struct Workspace {
+    dir: tempfile::TempDir,
+}
+
+impl Workspace {
+    /// A new directory under the system's temporary directory.
+    pub fn new() -> Result<Workspace, String> {
+        let dir = tempfile::Builder::new()
+            .prefix("tc-bench-")
+            .tempdir()
+            .map_err(|e| format!("temporary directory: {e}"))?;
+        Ok(Workspace { dir })
+    }
+
+    /// The controller's data directory.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// A path inside the workspace.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+/// Seeds `clients` simulated clients into the data directory in a separate process (through the
+/// store's batch enrolment); returns how long it took.
+pub async fn seed(data_dir: &Path, clients: u64, seed: u64) -> Result<Duration, String> {
+    seed_as(data_dir, clients, seed, false).await
+}
+
+/// [`seed`], with `pending` as freshly enrolled clients that have reported nothing yet.
+pub async fn seed_as(
+    data_dir: &Path,
+    clients: u64,
+    seed: u64,
+    pending: bool,
+) -> Result<Duration, String> {
+    let started = Instant::now();
+    let mut args = vec![
+        "seed".to_string(),
+        "--data-dir".into(),
+        data_dir.display().to_string(),
+        "--clients".into(),
+        clients.to_string(),
+        "--seed".into(),
+        seed.to_string(),
+    ];
+    if pending {
+        args.push("--pending".into());
+    }
+    let output = process::run_to_end(&args, Duration::from_secs(3 * 3600)).await?;
+    if !output.starts_with("SEEDED ") {
+        return Err(format!("unexpected output of tc-bench seed: {output}"));
+    }
+    Ok(started.elapsed())
+}
+
+/// A running controller process with its admin client.
+pub struct RunningController {
+    /// The process.
+    pub server: Server,
+    /// Admin calls.
+    pub admin: Admin,
+    /// How long it took from start to ready (opening the store, loading the fleet).
+    pub startup: Duration,
+    /// The bootstrap token.
+    pub bootstrap_token: String,
+}
+
+/// Starts `tc-bench serve-controller` on the data directory (optionally pinned to a CPU) and
+/// waits until it is ready.
+pub async fn start_controller(
+    workspace: &Workspace,
+    cpu: Option<usize>,
+) -> Result<RunningController, String> {
+    let data_dir = workspace.data_dir();
+    let mut args = vec![
+        "serve-controller".to_string(),
+        "--data-dir".into(),
+        data_dir.display().to_string(),
+    ];
+    if let Some(cpu) = cpu {
+        args.extend(["--cpu".into(), cpu.to_string()]);
+    }
+    // Extra controller settings for experiments, e.g. `--resync-seconds 3600`.
+    if let Ok(extra) = std::env::var("TC_BENCH_CONTROLLER_ARGS") {
+        args.extend(extra.split_whitespace().map(str::to_string));
+    }
+    let started = Instant::now();
+    let server = Server::start(
+        &args,
+        &workspace.path("controller.log"),
+        Duration::from_secs(60),
+    )
+    .await?;
+    process::wait_ready(server.addr, Duration::from_secs(3600)).await?;
+    let startup = started.elapsed();
+    let read = |file: &str| {
+        std::fs::read_to_string(data_dir.join(file))
+            .map(|t| t.trim().to_string())
+            .map_err(|e| format!("{file}: {e}"))
+    };
+    let admin = Admin::new(server.addr, &read("admin.token")?);
+    Ok(RunningController {
+        server,
+        admin,
+        startup,
+        bootstrap_token: read("bootstrap.token")?,
+    })
+}
+
+/// The long-poll transport for `waiting` agents: HTTP/1.1 when each agent's connection fits under
+/// the open-files limit of both processes (with `other` descriptors for everything else).
+pub fn choose_transport(
+    wanted: TransportArg,
+    waiting: u64,
+    other: u64,
+) -> Result<Transport, String> {
+    let limit = process::raise_open_files().soft;
+    let fits = waiting + other + 256 <= limit;
+    let h2 = Transport::Http2 {
+        streams_per_connection: H2_STREAMS_PER_CONNECTION,
+    };
+    match wanted {
+        TransportArg::Http1 if !fits => Err(format!(
+            "{waiting} HTTP/1.1 long-polls need {waiting} open connections in this process and in \
+             the controller, more than the open-files limit of {limit} allows; use --transport h2"
+        )),
+        TransportArg::Http1 => Ok(Transport::Http1),
+        TransportArg::H2 => Ok(h2),
+        TransportArg::Auto if fits => Ok(Transport::Http1),
+        TransportArg::Auto => Ok(h2),
+    }
+}
+
+/// How a transport reads in a report.
+pub fn describe_transport(transport: Transport, waiting: u64) -> String {
+    match transport {
+        Transport::Http1 => format!("HTTP/1.1, {waiting} connections"),
+        Transport::Http2 {
+            streams_per_connection,
+        } => format!(
+            "h2c, {} connections of up to {streams_per_connection} streams",
+            waiting.div_ceil(streams_per_connection as u64)
+        ),
+    }
+}
+
+/// Runs `work` on a new thread with its own single-threaded runtime, pinned to `cpu` if given,
+/// so that a load generator neither shares the server's CPU nor the caller's runtime.
+pub async fn on_own_thread<F, Fut, T>(cpu: Option<usize>, work: F) -> Result<T, String>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = T>,
+    T: Send + 'static,
+{
+    let (done, result) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("load-generator".into())
+        .spawn(move || {
+            if let Some(cpu) = cpu {
+                process::pin_current_thread(cpu);
+            }
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a current-thread runtime");
+            let _ = done.send(runtime.block_on(work()));
+        })
+        .map_err(|e| format!("cannot start the load generator thread: {e}"))?;
+    result
+        .await
+        .map_err(|_| "the load generator thread panicked".to_string())
+}
+
+/// Reconcile passes so far and the seconds they took, from the controller's metrics.
+pub async fn reconcile_figures(admin: &crate::admin::Admin) -> Result<(f64, f64), String> {
+    let metrics = admin.metrics().await?;
+    let find = |name: &str| {
+        metrics
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or(0.0, |(_, v)| *v)
+    };
+    Ok((
+        find("thinfleet_reconcile_duration_seconds_count"),
+        find("thinfleet_reconcile_duration_seconds_sum"),
+    ))
+}
+
+/// Mebibytes.
+pub fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+/// Seconds as a `Duration` (negative and non-finite values become zero).
+pub fn seconds(value: f64) -> Duration {
+    Duration::try_from_secs_f64(value).unwrap_or_default()
+}
+
+/// A quantile of durations, in milliseconds.
+pub fn quantile_ms(sorted: &[Duration], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1].as_secs_f64() * 1000.0
+}

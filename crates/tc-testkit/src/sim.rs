@@ -1,0 +1,1606 @@
+//! The fleet simulator: many virtual agents in one process, speaking the real agent protocol over
+//! real HTTP to a real controller.
+//!
+//! Every virtual agent has its own identity, enrolment and client token, and a realistic inventory
+//! ([`inventory::inventory`]) that it sends once and afterwards only by hash. Heartbeats follow a
+//! jittered schedule (open loop: a slow controller makes requests late, not fewer) over a bounded
+//! pool of keep-alive connections. A share of the agents waits on the desired-state long-poll,
+//! each on its own HTTP/1.1 connection or multiplexed over HTTP/2 (h2c). Agents that are told to
+//! run new packages download the blobs with their own token, verify size and sha256, and report
+//! the packages `Installed` with the `observedRevision` they were produced for.
+//!
+//! A fleet is either enrolled over HTTP ([`SimFleet::enroll`]), or seeded straight into a store
+//! ([`seed_store`], through the batch enrolment [`tc_store::Store::create_clients`]) and then
+//! driven by a [`SimFleet::seeded`] with the same seed, which knows every token.
+
+pub mod http;
+pub mod inventory;
+pub mod stats;
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use tc_api::{Client, ClientPhase, ClientSpec, Timestamp};
+use tc_proto::{
+    DesiredResponse, DesiredState, EnrollRequest, EnrollResponse, HeartbeatRequest,
+    HeartbeatResponse, Load, PROTOCOL_VERSION, PackageReport, PackageState,
+};
+use tc_store::Store;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use self::http::Connection;
+pub use self::stats::Histogram;
+
+/// What went wrong setting up a simulation.
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    /// A request could not be sent or answered.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The controller answered with an error.
+    #[error("{what}: HTTP {status}: {body}")]
+    Status {
+        /// What was being done.
+        what: String,
+        /// The status code.
+        status: u16,
+        /// The start of the body.
+        body: String,
+    },
+    /// The store refused the seeded clients.
+    #[error("seeding the store: {0}")]
+    Store(#[from] tc_store::StoreError),
+}
+
+/// The identity of one simulated agent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Credentials {
+    /// Index of the agent in its fleet.
+    pub index: u64,
+    /// Client name on the controller (the host name).
+    pub name: String,
+    /// Machine identity.
+    pub machine_id: String,
+    /// Client token.
+    pub token: String,
+}
+
+/// The credentials a seeded fleet uses: derived from the seed, so that the process that seeds the
+/// store and the process that drives the agents agree without exchanging a million tokens.
+pub fn credentials(seed: u64, index: u64) -> Credentials {
+    let token = (40..44)
+        .map(|n| format!("{:016x}", inventory::draw(seed, index, n)))
+        .collect();
+    Credentials {
+        index,
+        name: inventory::hostname(seed, index),
+        machine_id: inventory::machine_id(seed, index),
+        token,
+    }
+}
+
+/// How [`seed_store`] creates clients.
+#[derive(Clone, Debug)]
+pub struct SeedOptions {
+    /// Fleet seed (the same one the driving [`SimFleet::seeded`] uses).
+    pub seed: u64,
+    /// How many clients.
+    pub count: u64,
+    /// Clients per transaction.
+    pub batch: usize,
+    /// Store the clients as a running fleet would have them: inventory reported, `Online`, last
+    /// heartbeat `now`. Otherwise they are freshly enrolled (`Pending`, no inventory).
+    pub inventory_reported: bool,
+    /// Creation time and last heartbeat.
+    pub now: Timestamp,
+}
+
+/// Creates the clients of a seeded fleet in the store, `batch` per transaction, and returns how
+/// many were created. With `inventory_reported`, every client's liveness is recorded again at the
+/// end (one transaction), so that a controller started right after sees a fleet that was
+/// heartbeating until then, however long seeding took.
+pub fn seed_store(store: &dyn Store, options: &SeedOptions) -> Result<u64, SimError> {
+    let mut created = 0;
+    let mut index = 0;
+    while index < options.count {
+        let end = (index + options.batch.max(1) as u64).min(options.count);
+        let batch: Vec<(Client, String)> = (index..end)
+            .map(|i| {
+                let credentials = credentials(options.seed, i);
+                let mut client = Client::new(
+                    &credentials.name,
+                    ClientSpec {
+                        machine_id: credentials.machine_id,
+                        agent_labels: inventory::labels(options.seed, i),
+                        admin_labels: Default::default(),
+                    },
+                );
+                if options.inventory_reported {
+                    let inventory = inventory::inventory(options.seed, i);
+                    let status = &mut client.status;
+                    status.inventory_hash = tc_proto::inventory_hash(&inventory);
+                    status.inventory = Some(inventory);
+                    status.phase = ClientPhase::Online;
+                    status.last_heartbeat = Some(options.now);
+                    client.refresh_labels();
+                }
+                (client, tc_controller::tokens::hash(&credentials.token))
+            })
+            .collect();
+        created += store.create_clients(batch, options.now)?.len() as u64;
+        index = end;
+    }
+    if options.inventory_reported {
+        let now = Timestamp::now();
+        let liveness = (0..options.count)
+            .map(|i| tc_store::Liveness {
+                name: inventory::hostname(options.seed, i),
+                last_heartbeat: now,
+                load: Load::default(),
+            })
+            .collect();
+        store.put_liveness(liveness)?;
+    }
+    Ok(created)
+}
+
+/// How the long-polls travel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// One HTTP/1.1 connection per waiting agent, as real agents do.
+    Http1,
+    /// HTTP/2 without TLS (prior knowledge), this many waiting agents per connection, as behind
+    /// an HTTP/2 reverse proxy. The controller must be built with axum's `http2` feature.
+    Http2 {
+        /// Concurrent long-polls per connection (the server allows 200 streams).
+        streams_per_connection: usize,
+    },
+}
+
+/// How a simulation runs.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    /// Controller addresses; connections are spread over them (several loopback addresses give
+    /// more ephemeral ports than one).
+    pub servers: Vec<SocketAddr>,
+    /// Mean heartbeat interval.
+    pub interval: Duration,
+    /// Each interval is drawn from `interval * (1 ± jitter)`.
+    pub jitter: f64,
+    /// Keep-alive connections that carry heartbeats and install reports.
+    pub connections: usize,
+    /// Share of the agents (0.0..=1.0) that also wait on the long-poll.
+    pub long_poll_share: f64,
+    /// How the long-polls travel.
+    pub long_poll_transport: Transport,
+    /// `timeoutSeconds` of each long-poll.
+    pub long_poll_timeout: Duration,
+    /// Download, verify and report packages the agents are told to run.
+    pub install: bool,
+    /// Concurrent blob downloads.
+    pub downloads: usize,
+    /// Longest wait for one heartbeat, enrolment or download.
+    pub request_timeout: Duration,
+    /// Seed of the schedule.
+    pub seed: u64,
+}
+
+impl SimConfig {
+    /// Heartbeats every `interval` (±10 %) over 64 connections to `server`; no long-polls, no
+    /// installs.
+    pub fn new(server: SocketAddr, interval: Duration) -> SimConfig {
+        SimConfig {
+            servers: vec![server],
+            interval,
+            jitter: 0.1,
+            connections: 64,
+            long_poll_share: 0.0,
+            long_poll_transport: Transport::Http1,
+            long_poll_timeout: Duration::from_secs(60),
+            install: false,
+            downloads: 32,
+            request_timeout: Duration::from_secs(30),
+            seed: 1,
+        }
+    }
+}
+
+/// How an agent learned a desired revision.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Via {
+    /// It has not learned one yet.
+    #[default]
+    Nothing,
+    /// From a heartbeat answer.
+    Heartbeat,
+    /// From the long-poll.
+    LongPoll,
+}
+
+#[derive(Debug, Default)]
+struct AgentState {
+    /// The controller has this agent's inventory; heartbeats carry only its hash.
+    inventory_known: bool,
+    /// Hash of the inventory, computed on first use.
+    inventory_hash: Option<Box<str>>,
+    /// Reports sent with every heartbeat.
+    packages: Vec<PackageReport>,
+    /// The desired revision the reports are for.
+    observed_revision: u64,
+    /// The newest desired state learned.
+    desired: Option<Arc<DesiredState>>,
+    learned_at: Option<Instant>,
+    learned_by: Via,
+    /// An install job for this agent is queued or running.
+    installing: bool,
+    /// The newest revision whose `Installed` report the controller acknowledged.
+    converged_revision: u64,
+    converged_at: Option<Instant>,
+}
+
+/// One virtual agent.
+#[derive(Debug)]
+pub struct SimAgent {
+    index: u64,
+    seed: u64,
+    name: String,
+    token: String,
+    state: Mutex<AgentState>,
+}
+
+impl SimAgent {
+    fn new(seed: u64, index: u64, name: String, token: String, inventory_known: bool) -> Self {
+        SimAgent {
+            index,
+            seed,
+            name,
+            token,
+            state: Mutex::new(AgentState {
+                inventory_known,
+                ..AgentState::default()
+            }),
+        }
+    }
+
+    /// The client name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The client token.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// The heartbeat body this agent would send now.
+    fn heartbeat_body(&self, out: &mut Vec<u8>, load_draw: u64) -> bool {
+        let mut state = self.state.lock().expect("agent lock");
+        let include_inventory = !state.inventory_known;
+        let inventory = include_inventory.then(|| inventory::inventory(self.seed, self.index));
+        let hash = match (&state.inventory_hash, &inventory) {
+            (Some(hash), _) => hash.to_string(),
+            (None, Some(inventory)) => tc_proto::inventory_hash(inventory),
+            (None, None) => tc_proto::inventory_hash(&inventory::inventory(self.seed, self.index)),
+        };
+        state.inventory_hash = Some(hash.clone().into_boxed_str());
+        let memory = 1u64 << 30;
+        let request = HeartbeatRequest {
+            protocol_version: PROTOCOL_VERSION,
+            observed_revision: state.observed_revision,
+            packages: state.packages.clone(),
+            inventory_hash: hash,
+            inventory,
+            load: Load {
+                cpu_percent: (load_draw % 1000) as f32 / 10.0,
+                memory_used_bytes: memory / 4 + (load_draw >> 10) % (memory / 2),
+                uptime_seconds: 3_600 + (load_draw >> 20) % 3_000_000,
+            },
+        };
+        drop(state);
+        out.clear();
+        serde_json::to_writer(&mut *out, &request).expect("heartbeats serialize");
+        include_inventory
+    }
+}
+
+/// What one agent has seen so far.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentView {
+    /// The client name.
+    pub name: String,
+    /// The newest desired revision learned.
+    pub desired_revision: u64,
+    /// When it was learned.
+    pub learned_at: Option<Instant>,
+    /// How it was learned.
+    pub learned_by: Via,
+    /// The newest revision whose `Installed` report the controller acknowledged.
+    pub converged_revision: u64,
+    /// When that acknowledgement arrived.
+    pub converged_at: Option<Instant>,
+    /// Installed packages as `name@version`.
+    pub installed: Vec<String>,
+}
+
+/// Figures of an HTTP enrolment run.
+#[derive(Clone, Debug)]
+pub struct EnrolReport {
+    /// Agents enrolled.
+    pub enrolled: u64,
+    /// Failed enrolments.
+    pub errors: u64,
+    /// Wall time.
+    pub elapsed: Duration,
+    /// Latency of each enrolment.
+    pub latency: Histogram,
+}
+
+/// A fleet of virtual agents.
+#[derive(Clone, Debug)]
+pub struct SimFleet {
+    agents: Arc<Vec<SimAgent>>,
+}
+
+impl SimFleet {
+    /// The agents of a fleet seeded with [`seed_store`]: the same seed and count. With
+    /// `inventory_known`, agents start by sending only their inventory hash.
+    pub fn seeded(seed: u64, count: u64, inventory_known: bool) -> SimFleet {
+        let agents = (0..count)
+            .map(|index| {
+                let credentials = credentials(seed, index);
+                SimAgent::new(
+                    seed,
+                    index,
+                    credentials.name,
+                    credentials.token,
+                    inventory_known,
+                )
+            })
+            .collect();
+        SimFleet {
+            agents: Arc::new(agents),
+        }
+    }
+
+    /// Enrols `count` agents over HTTP with the bootstrap token, `concurrency` at a time. Agent
+    /// `i` has identity `i` of fleet `seed` (a different seed gives different machines).
+    pub async fn enroll(
+        servers: &[SocketAddr],
+        bootstrap_token: &str,
+        seed: u64,
+        count: u64,
+        concurrency: usize,
+        timeout: Duration,
+    ) -> Result<(SimFleet, EnrolReport), SimError> {
+        let started = Instant::now();
+        let next = Arc::new(AtomicU64::new(0));
+        let mut tasks = vec![];
+        for worker in 0..concurrency.max(1) {
+            let server = servers[worker % servers.len()];
+            let next = next.clone();
+            let bootstrap_token = bootstrap_token.to_string();
+            tasks.push(tokio::spawn(async move {
+                let mut enrolled = vec![];
+                let mut latency = Histogram::default();
+                let mut errors = 0u64;
+                let mut connection: Option<Connection> = None;
+                let host = server.to_string();
+                loop {
+                    let index = next.fetch_add(1, Ordering::Relaxed);
+                    if index >= count {
+                        break;
+                    }
+                    let request = EnrollRequest {
+                        protocol_version: PROTOCOL_VERSION,
+                        bootstrap_token: bootstrap_token.clone(),
+                        machine_id: inventory::machine_id(seed, index),
+                        name: inventory::hostname(seed, index),
+                        hostname: inventory::hostname(seed, index),
+                        labels: inventory::labels(seed, index),
+                    };
+                    let body = serde_json::to_vec(&request).expect("enrolments serialize");
+                    let bytes = http::build_request(
+                        "POST",
+                        "/agent/v1/enroll",
+                        &host,
+                        None,
+                        Some("application/json"),
+                        &body,
+                    );
+                    let sent = Instant::now();
+                    match exchange(&mut connection, server, &bytes, timeout).await {
+                        Ok(response) if response.status == 200 => {
+                            match serde_json::from_slice::<EnrollResponse>(&response.body) {
+                                Ok(answer) => {
+                                    latency.record(sent.elapsed());
+                                    enrolled.push(SimAgent::new(
+                                        seed,
+                                        index,
+                                        answer.client_name,
+                                        answer.client_token,
+                                        false,
+                                    ));
+                                }
+                                Err(_) => errors += 1,
+                            }
+                        }
+                        _ => errors += 1,
+                    }
+                }
+                (enrolled, latency, errors)
+            }));
+        }
+        let mut agents = vec![];
+        let mut latency = Histogram::default();
+        let mut errors = 0;
+        for task in tasks {
+            let (enrolled, histogram, failed) = task.await.map_err(|e| SimError::Io {
+                what: "enrolment task".into(),
+                source: std::io::Error::other(e),
+            })?;
+            agents.extend(enrolled);
+            latency.merge(&histogram);
+            errors += failed;
+        }
+        agents.sort_by_key(|a| a.index);
+        let report = EnrolReport {
+            enrolled: agents.len() as u64,
+            errors,
+            elapsed: started.elapsed(),
+            latency,
+        };
+        Ok((
+            SimFleet {
+                agents: Arc::new(agents),
+            },
+            report,
+        ))
+    }
+
+    /// Number of agents.
+    pub fn len(&self) -> usize {
+        self.agents.len()
+    }
+
+    /// True when the fleet has no agents.
+    pub fn is_empty(&self) -> bool {
+        self.agents.is_empty()
+    }
+
+    /// The agents.
+    pub fn agents(&self) -> &[SimAgent] {
+        &self.agents
+    }
+
+    /// A complete heartbeat request of agent `index` as it would be sent now, for load generators
+    /// that replay prepared requests ([`hammer`]).
+    pub fn heartbeat_request(&self, index: usize, host: &str) -> Vec<u8> {
+        let agent = &self.agents[index];
+        let mut body = Vec::new();
+        agent.heartbeat_body(&mut body, inventory::draw(agent.seed, agent.index, 99));
+        http::build_request(
+            "POST",
+            "/agent/v1/heartbeat",
+            host,
+            Some(&agent.token),
+            Some("application/json"),
+            &body,
+        )
+    }
+
+    /// Marks every agent's inventory as known to the controller (or not).
+    pub fn set_inventory_known(&self, known: bool) {
+        for agent in self.agents.iter() {
+            agent.state.lock().expect("agent lock").inventory_known = known;
+        }
+    }
+
+    /// What every agent has seen, in fleet order.
+    pub fn views(&self) -> Vec<AgentView> {
+        self.agents
+            .iter()
+            .map(|agent| {
+                let state = agent.state.lock().expect("agent lock");
+                AgentView {
+                    name: agent.name.clone(),
+                    desired_revision: state.desired.as_ref().map_or(0, |d| d.revision),
+                    learned_at: state.learned_at,
+                    learned_by: state.learned_by,
+                    converged_revision: state.converged_revision,
+                    converged_at: state.converged_at,
+                    installed: state
+                        .packages
+                        .iter()
+                        .filter(|p| p.state == PackageState::Installed)
+                        .map(|p| format!("{}@{}", p.name, p.version))
+                        .collect(),
+                }
+            })
+            .collect()
+    }
+
+    /// Starts heartbeats, long-polls and installs as configured.
+    pub fn start(&self, config: SimConfig) -> RunningSim {
+        assert!(!config.servers.is_empty(), "a simulation needs a server");
+        let (stop, stopping) = watch::channel(false);
+        let (jobs, job_receiver) = mpsc::channel::<Job>(config.connections.max(1) * 8);
+        let (installs, install_receiver) = mpsc::unbounded_channel::<u32>();
+        let shared = Arc::new(Shared {
+            agents: self.agents.clone(),
+            histograms: (0..config.connections.max(1))
+                .map(|_| Mutex::new(Histogram::default()))
+                .collect(),
+            dispatch_lag: Mutex::new(Histogram::default()),
+            counters: Counters::default(),
+            jobs: jobs.clone(),
+            installs,
+            errors: Mutex::new(vec![]),
+            config,
+        });
+        let mut tasks = vec![];
+        let job_receiver = Arc::new(tokio::sync::Mutex::new(job_receiver));
+        for worker in 0..shared.config.connections.max(1) {
+            tasks.push(tokio::spawn(pool_worker(
+                shared.clone(),
+                worker,
+                job_receiver.clone(),
+                stopping.clone(),
+            )));
+        }
+        if shared.config.install {
+            let install_receiver = Arc::new(tokio::sync::Mutex::new(install_receiver));
+            for worker in 0..shared.config.downloads.max(1) {
+                tasks.push(tokio::spawn(install_worker(
+                    shared.clone(),
+                    worker,
+                    install_receiver.clone(),
+                    stopping.clone(),
+                )));
+            }
+        }
+        tasks.push(tokio::spawn(scheduler(
+            shared.clone(),
+            jobs,
+            stopping.clone(),
+        )));
+        let waiting = ((self.agents.len() as f64) * shared.config.long_poll_share.clamp(0.0, 1.0))
+            .round() as usize;
+        match shared.config.long_poll_transport {
+            Transport::Http1 => {
+                for index in 0..waiting {
+                    tasks.push(tokio::spawn(long_poll_http1(
+                        shared.clone(),
+                        index,
+                        stopping.clone(),
+                    )));
+                }
+            }
+            Transport::Http2 {
+                streams_per_connection,
+            } => {
+                let per = streams_per_connection.max(1);
+                let pool = Arc::new(H2Pool {
+                    slots: (0..waiting.div_ceil(per))
+                        .map(|_| tokio::sync::Mutex::new(None))
+                        .collect(),
+                });
+                for index in 0..waiting {
+                    tasks.push(tokio::spawn(long_poll_http2(
+                        shared.clone(),
+                        pool.clone(),
+                        index,
+                        index / per,
+                        stopping.clone(),
+                    )));
+                }
+            }
+        }
+        RunningSim {
+            stop,
+            tasks,
+            shared,
+            fleet: self.clone(),
+        }
+    }
+}
+
+/// Counters of a running simulation.
+#[derive(Debug, Default)]
+struct Counters {
+    heartbeats: AtomicU64,
+    heartbeat_errors: AtomicU64,
+    reports: AtomicU64,
+    inventories_sent: AtomicU64,
+    long_polls_waiting: AtomicU64,
+    long_polls_answered: AtomicU64,
+    long_polls_changed: AtomicU64,
+    long_poll_errors: AtomicU64,
+    downloads: AtomicU64,
+    download_bytes: AtomicU64,
+    download_errors: AtomicU64,
+    installs: AtomicU64,
+    install_failures: AtomicU64,
+    late_dispatches: AtomicU64,
+}
+
+/// A point-in-time copy of a simulation's counters.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SimSnapshot {
+    /// Heartbeats and reports answered 200.
+    pub heartbeats: u64,
+    /// Heartbeats and reports that failed (I/O, timeout, non-200).
+    pub heartbeat_errors: u64,
+    /// Install reports sent (a subset of `heartbeats`).
+    pub reports: u64,
+    /// Heartbeats that carried the full inventory.
+    pub inventories_sent: u64,
+    /// Long-polls currently sent and not answered.
+    pub long_polls_waiting: u64,
+    /// Long-polls answered.
+    pub long_polls_answered: u64,
+    /// Long-polls answered with a newer revision.
+    pub long_polls_changed: u64,
+    /// Long-polls that failed.
+    pub long_poll_errors: u64,
+    /// Blobs downloaded and verified.
+    pub downloads: u64,
+    /// Bytes of verified blobs.
+    pub download_bytes: u64,
+    /// Downloads that failed or did not verify.
+    pub download_errors: u64,
+    /// Install jobs finished with every package installed.
+    pub installs: u64,
+    /// Install jobs with a failed package.
+    pub install_failures: u64,
+    /// Heartbeats dispatched more than 100 ms after they were due (the generator fell behind).
+    pub late_dispatches: u64,
+}
+
+impl SimSnapshot {
+    /// Every kind of error added up.
+    pub fn errors(&self) -> u64 {
+        self.heartbeat_errors + self.long_poll_errors + self.download_errors + self.install_failures
+    }
+}
+
+enum Job {
+    Heartbeat { agent: u32, dispatched: Instant },
+    Report { agent: u32, dispatched: Instant },
+}
+
+struct Shared {
+    agents: Arc<Vec<SimAgent>>,
+    config: SimConfig,
+    /// One per pool connection, so recording never contends.
+    histograms: Vec<Mutex<Histogram>>,
+    dispatch_lag: Mutex<Histogram>,
+    counters: Counters,
+    jobs: mpsc::Sender<Job>,
+    installs: mpsc::UnboundedSender<u32>,
+    /// The first few error messages, for diagnosis.
+    errors: Mutex<Vec<String>>,
+}
+
+impl Shared {
+    fn error(&self, counter: &AtomicU64, message: impl FnOnce() -> String) {
+        counter.fetch_add(1, Ordering::Relaxed);
+        let mut errors = self.errors.lock().expect("errors lock");
+        if errors.len() < 10 {
+            errors.push(message());
+        }
+    }
+
+    /// Takes in a desired state an agent was given.
+    fn learn(&self, agent: u32, desired: DesiredState, via: Via) {
+        let mut state = self.agents[agent as usize]
+            .state
+            .lock()
+            .expect("agent lock");
+        let newer = state
+            .desired
+            .as_ref()
+            .is_none_or(|known| desired.revision > known.revision);
+        if !newer {
+            return;
+        }
+        let differs_from_reports = desired.revision != state.observed_revision;
+        state.desired = Some(Arc::new(desired));
+        state.learned_at = Some(Instant::now());
+        state.learned_by = via;
+        if self.config.install && differs_from_reports && !state.installing {
+            state.installing = true;
+            let _ = self.installs.send(agent);
+        }
+    }
+}
+
+/// A simulation in progress. Dropping it without [`RunningSim::stop`] aborts its tasks.
+pub struct RunningSim {
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    shared: Arc<Shared>,
+    fleet: SimFleet,
+}
+
+impl RunningSim {
+    /// The counters now.
+    pub fn snapshot(&self) -> SimSnapshot {
+        let c = &self.shared.counters;
+        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        SimSnapshot {
+            heartbeats: get(&c.heartbeats),
+            heartbeat_errors: get(&c.heartbeat_errors),
+            reports: get(&c.reports),
+            inventories_sent: get(&c.inventories_sent),
+            long_polls_waiting: get(&c.long_polls_waiting),
+            long_polls_answered: get(&c.long_polls_answered),
+            long_polls_changed: get(&c.long_polls_changed),
+            long_poll_errors: get(&c.long_poll_errors),
+            downloads: get(&c.downloads),
+            download_bytes: get(&c.download_bytes),
+            download_errors: get(&c.download_errors),
+            installs: get(&c.installs),
+            install_failures: get(&c.install_failures),
+            late_dispatches: get(&c.late_dispatches),
+        }
+    }
+
+    /// Heartbeat latencies (from dispatch to answer) recorded since the last call, and resets them.
+    pub fn take_latencies(&self) -> Histogram {
+        let mut total = Histogram::default();
+        for histogram in &self.shared.histograms {
+            let taken = std::mem::take(&mut *histogram.lock().expect("histogram lock"));
+            total.merge(&taken);
+        }
+        total
+    }
+
+    /// How late heartbeats were dispatched against their schedule, since the last call.
+    pub fn take_dispatch_lag(&self) -> Histogram {
+        std::mem::take(&mut *self.shared.dispatch_lag.lock().expect("lag lock"))
+    }
+
+    /// The first few errors seen.
+    pub fn error_samples(&self) -> Vec<String> {
+        self.shared.errors.lock().expect("errors lock").clone()
+    }
+
+    /// The fleet being driven.
+    pub fn fleet(&self) -> &SimFleet {
+        &self.fleet
+    }
+
+    /// Queues an immediate heartbeat of every agent (for example so that all of them are known
+    /// `Online` before a measurement).
+    pub async fn heartbeat_all(&self) {
+        for agent in 0..self.shared.agents.len() {
+            let job = Job::Heartbeat {
+                agent: agent as u32,
+                dispatched: Instant::now(),
+            };
+            if self.shared.jobs.send(job).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Waits until `done` holds for the views of every agent, checking every `every`, at most
+    /// `timeout`; returns whether it did.
+    pub async fn wait_for(
+        &self,
+        timeout: Duration,
+        every: Duration,
+        done: impl Fn(&AgentView) -> bool,
+    ) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.fleet.views().iter().all(&done) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(every).await;
+        }
+    }
+
+    /// Stops every task (in-flight requests are abandoned) and returns the final counters.
+    pub async fn stop(mut self) -> SimSnapshot {
+        let _ = self.stop.send(true);
+        for task in std::mem::take(&mut self.tasks) {
+            if tokio::time::timeout(Duration::from_secs(5), task)
+                .await
+                .is_err()
+            {
+                // The task is stuck in a request; dropping the handle would leave it running.
+            }
+        }
+        self.snapshot()
+    }
+}
+
+impl Drop for RunningSim {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// One exchange on a lazily (re)connected keep-alive connection, bounded by `timeout`.
+async fn exchange(
+    connection: &mut Option<Connection>,
+    server: SocketAddr,
+    request: &[u8],
+    timeout: Duration,
+) -> std::io::Result<http::Response> {
+    let result = tokio::time::timeout(timeout, async {
+        if connection.as_ref().is_none_or(Connection::is_closed) {
+            *connection = Some(Connection::connect(server).await?);
+        }
+        connection
+            .as_mut()
+            .expect("connected above")
+            .request(request)
+            .await
+    })
+    .await
+    .unwrap_or_else(|_| {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "no answer in time",
+        ))
+    });
+    if result.is_err() {
+        *connection = None;
+    }
+    result
+}
+
+fn body_start(body: &[u8]) -> String {
+    String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned()
+}
+
+/// Dispatches heartbeats on schedule: each agent's first one at a random point of the first
+/// interval, each later one an interval (± jitter) after the previous one was due.
+async fn scheduler(shared: Arc<Shared>, jobs: mpsc::Sender<Job>, mut stop: watch::Receiver<bool>) {
+    let config = &shared.config;
+    let interval = config.interval.as_micros().max(1) as u64;
+    let jitter = config.jitter.clamp(0.0, 0.9);
+    let mut queue: BinaryHeap<Reverse<(u64, u32)>> = (0..shared.agents.len())
+        .map(|agent| {
+            let first = inventory::draw(config.seed, agent as u64, 30) % interval;
+            Reverse((first, agent as u32))
+        })
+        .collect();
+    let start = tokio::time::Instant::now();
+    let mut round: u64 = 0;
+    loop {
+        let now = start.elapsed().as_micros() as u64;
+        while let Some(&Reverse((due, agent))) = queue.peek() {
+            if due > now {
+                break;
+            }
+            queue.pop();
+            let lag = start.elapsed().as_micros() as u64 - due.min(now);
+            shared
+                .dispatch_lag
+                .lock()
+                .expect("lag lock")
+                .record_micros(lag);
+            if lag > 100_000 {
+                shared
+                    .counters
+                    .late_dispatches
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            let job = Job::Heartbeat {
+                agent,
+                dispatched: Instant::now(),
+            };
+            tokio::select! {
+                sent = jobs.send(job) => if sent.is_err() { return },
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            round = round.wrapping_add(1);
+            let fraction = (inventory::draw(config.seed, u64::from(agent), round) >> 11) as f64
+                / (1u64 << 53) as f64;
+            let next = (interval as f64 * (1.0 - jitter + 2.0 * jitter * fraction)) as u64;
+            queue.push(Reverse((due + next.max(1), agent)));
+        }
+        let Some(&Reverse((due, _))) = queue.peek() else {
+            return;
+        };
+        tokio::select! {
+            _ = tokio::time::sleep_until(start + Duration::from_micros(due)) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// One connection of the heartbeat pool.
+async fn pool_worker(
+    shared: Arc<Shared>,
+    worker: usize,
+    jobs: Arc<tokio::sync::Mutex<mpsc::Receiver<Job>>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let server = shared.config.servers[worker % shared.config.servers.len()];
+    let host = server.to_string();
+    let mut connection: Option<Connection> = None;
+    let mut body = Vec::with_capacity(4096);
+    let mut request = Vec::with_capacity(4096);
+    let mut draws: u64 = inventory::mix(worker as u64);
+    loop {
+        let job = {
+            let mut receiver = tokio::select! {
+                receiver = jobs.lock() => receiver,
+                _ = stop.wait_for(|s| *s) => return,
+            };
+            tokio::select! {
+                job = receiver.recv() => job,
+                _ = stop.wait_for(|s| *s) => return,
+            }
+        };
+        let Some(job) = job else { return };
+        let (agent, dispatched, report) = match job {
+            Job::Heartbeat { agent, dispatched } => (agent, dispatched, false),
+            Job::Report { agent, dispatched } => (agent, dispatched, true),
+        };
+        let sim_agent = &shared.agents[agent as usize];
+        draws = inventory::mix(draws);
+        let with_inventory = sim_agent.heartbeat_body(&mut body, draws);
+        let reported_revision = sim_agent
+            .state
+            .lock()
+            .expect("agent lock")
+            .observed_revision;
+        http::write_request(
+            &mut request,
+            "POST",
+            "/agent/v1/heartbeat",
+            &host,
+            Some(&sim_agent.token),
+            Some("application/json"),
+            &body,
+        );
+        let counters = &shared.counters;
+        let result = tokio::select! {
+            result = exchange(&mut connection, server, &request, shared.config.request_timeout) => result,
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        match result {
+            Ok(response) if response.status == 200 => {
+                let answer: HeartbeatResponse = match serde_json::from_slice(&response.body) {
+                    Ok(answer) => answer,
+                    Err(error) => {
+                        shared.error(&counters.heartbeat_errors, || {
+                            format!("heartbeat answer unreadable: {error}")
+                        });
+                        continue;
+                    }
+                };
+                shared.histograms[worker]
+                    .lock()
+                    .expect("histogram lock")
+                    .record(dispatched.elapsed());
+                counters.heartbeats.fetch_add(1, Ordering::Relaxed);
+                if with_inventory {
+                    counters.inventories_sent.fetch_add(1, Ordering::Relaxed);
+                }
+                {
+                    let mut state = sim_agent.state.lock().expect("agent lock");
+                    if with_inventory {
+                        state.inventory_known = true;
+                    }
+                    if answer.send_inventory {
+                        state.inventory_known = false;
+                    }
+                    if report {
+                        counters.reports.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let all_installed = state
+                        .packages
+                        .iter()
+                        .all(|p| p.state == PackageState::Installed);
+                    let current = state.desired.as_ref().map_or(0, |d| d.revision);
+                    if all_installed
+                        && reported_revision == current
+                        && reported_revision > state.converged_revision
+                    {
+                        state.converged_revision = reported_revision;
+                        state.converged_at = Some(Instant::now());
+                    }
+                }
+                shared.learn(agent, answer.desired, Via::Heartbeat);
+            }
+            Ok(response) => shared.error(&counters.heartbeat_errors, || {
+                format!(
+                    "heartbeat of {}: HTTP {}: {}",
+                    sim_agent.name,
+                    response.status,
+                    body_start(&response.body)
+                )
+            }),
+            Err(error) => shared.error(&counters.heartbeat_errors, || {
+                format!("heartbeat of {}: {error}", sim_agent.name)
+            }),
+        }
+    }
+}
+
+/// Waits on the long-poll for agent `agent` over its own HTTP/1.1 connection.
+async fn long_poll_http1(shared: Arc<Shared>, agent: usize, mut stop: watch::Receiver<bool>) {
+    let servers = &shared.config.servers;
+    let server = servers[agent % servers.len()];
+    let host = server.to_string();
+    let sim_agent = &shared.agents[agent];
+    let timeout_seconds = shared.config.long_poll_timeout.as_secs().max(1);
+    let mut connection: Option<Connection> = None;
+    let counters = &shared.counters;
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let after = current_revision(sim_agent);
+        let request = http::build_request(
+            "GET",
+            &format!("/agent/v1/desired?afterRevision={after}&timeoutSeconds={timeout_seconds}"),
+            &host,
+            Some(&sim_agent.token),
+            None,
+            b"",
+        );
+        counters.long_polls_waiting.fetch_add(1, Ordering::Relaxed);
+        let limit = Duration::from_secs(timeout_seconds + 30);
+        let result = tokio::select! {
+            result = exchange(&mut connection, server, &request, limit) => result,
+            _ = stop.wait_for(|s| *s) => {
+                counters.long_polls_waiting.fetch_sub(1, Ordering::Relaxed);
+                return;
+            }
+        };
+        counters.long_polls_waiting.fetch_sub(1, Ordering::Relaxed);
+        let failed = match result {
+            Ok(response) if response.status == 200 => {
+                long_poll_answer(&shared, agent, &response.body);
+                false
+            }
+            Ok(response) => {
+                shared.error(&counters.long_poll_errors, || {
+                    format!(
+                        "long-poll of {}: HTTP {}: {}",
+                        sim_agent.name,
+                        response.status,
+                        body_start(&response.body)
+                    )
+                });
+                true
+            }
+            Err(error) => {
+                shared.error(&counters.long_poll_errors, || {
+                    format!("long-poll of {}: {error}", sim_agent.name)
+                });
+                true
+            }
+        };
+        if failed {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+        }
+    }
+}
+
+fn current_revision(agent: &SimAgent) -> u64 {
+    agent
+        .state
+        .lock()
+        .expect("agent lock")
+        .desired
+        .as_ref()
+        .map_or(0, |d| d.revision)
+}
+
+fn long_poll_answer(shared: &Shared, agent: usize, body: &[u8]) {
+    let counters = &shared.counters;
+    match serde_json::from_slice::<DesiredResponse>(body) {
+        Ok(answer) => {
+            counters.long_polls_answered.fetch_add(1, Ordering::Relaxed);
+            if answer.changed {
+                counters.long_polls_changed.fetch_add(1, Ordering::Relaxed);
+                shared.learn(agent as u32, answer.desired, Via::LongPoll);
+            }
+        }
+        Err(error) => shared.error(&counters.long_poll_errors, || {
+            format!("long-poll answer unreadable: {error}")
+        }),
+    }
+}
+
+type H2Sender = hyper::client::conn::http2::SendRequest<Empty<Bytes>>;
+
+/// Shared HTTP/2 connections for long-polls; each is opened on first use and again after it
+/// broke.
+struct H2Pool {
+    slots: Vec<tokio::sync::Mutex<Option<H2Sender>>>,
+}
+
+impl H2Pool {
+    async fn sender(&self, slot: usize, server: SocketAddr) -> std::io::Result<H2Sender> {
+        let mut guard = self.slots[slot].lock().await;
+        if let Some(sender) = guard.as_ref()
+            && !sender.is_closed()
+        {
+            return Ok(sender.clone());
+        }
+        let stream = tokio::net::TcpStream::connect(server).await?;
+        stream.set_nodelay(true)?;
+        let (sender, connection) =
+            hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                .handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .map_err(std::io::Error::other)?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        *guard = Some(sender.clone());
+        Ok(sender)
+    }
+}
+
+/// Waits on the long-poll for agent `agent` as one stream of a shared HTTP/2 connection.
+async fn long_poll_http2(
+    shared: Arc<Shared>,
+    pool: Arc<H2Pool>,
+    agent: usize,
+    slot: usize,
+    mut stop: watch::Receiver<bool>,
+) {
+    let servers = &shared.config.servers;
+    let server = servers[slot % servers.len()];
+    let sim_agent = &shared.agents[agent];
+    let timeout_seconds = shared.config.long_poll_timeout.as_secs().max(1);
+    let counters = &shared.counters;
+    let authorization = format!("Bearer {}", sim_agent.token);
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let after = current_revision(sim_agent);
+        let uri = format!(
+            "http://{server}/agent/v1/desired?afterRevision={after}&timeoutSeconds={timeout_seconds}"
+        );
+        counters.long_polls_waiting.fetch_add(1, Ordering::Relaxed);
+        let limit = Duration::from_secs(timeout_seconds + 30);
+        let attempt = async {
+            let mut sender = pool.sender(slot, server).await?;
+            let request = hyper::Request::get(uri)
+                .header(hyper::header::AUTHORIZATION, authorization.as_str())
+                .body(Empty::<Bytes>::new())
+                .map_err(std::io::Error::other)?;
+            sender.ready().await.map_err(std::io::Error::other)?;
+            let response = sender
+                .send_request(request)
+                .await
+                .map_err(std::io::Error::other)?;
+            let status = response.status().as_u16();
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(std::io::Error::other)?
+                .to_bytes();
+            Ok::<_, std::io::Error>((status, body))
+        };
+        let result = tokio::select! {
+            result = tokio::time::timeout(limit, attempt) => result.unwrap_or_else(|_| Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer in time"))),
+            _ = stop.wait_for(|s| *s) => {
+                counters.long_polls_waiting.fetch_sub(1, Ordering::Relaxed);
+                return;
+            }
+        };
+        counters.long_polls_waiting.fetch_sub(1, Ordering::Relaxed);
+        let failed = match result {
+            Ok((200, body)) => {
+                long_poll_answer(&shared, agent, &body);
+                false
+            }
+            Ok((status, body)) => {
+                shared.error(&counters.long_poll_errors, || {
+                    format!(
+                        "long-poll of {}: HTTP {status}: {}",
+                        sim_agent.name,
+                        body_start(&body)
+                    )
+                });
+                true
+            }
+            Err(error) => {
+                shared.error(&counters.long_poll_errors, || {
+                    format!("long-poll of {} (h2): {error}", sim_agent.name)
+                });
+                true
+            }
+        };
+        if failed {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+        }
+    }
+}
+
+/// Downloads, verifies and "installs" what agents were told to run, then queues their report.
+async fn install_worker(
+    shared: Arc<Shared>,
+    worker: usize,
+    installs: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<u32>>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let server = shared.config.servers[worker % shared.config.servers.len()];
+    let host = server.to_string();
+    let mut connection: Option<Connection> = None;
+    let counters = &shared.counters;
+    loop {
+        let agent = {
+            let mut receiver = tokio::select! {
+                receiver = installs.lock() => receiver,
+                _ = stop.wait_for(|s| *s) => return,
+            };
+            tokio::select! {
+                agent = receiver.recv() => agent,
+                _ = stop.wait_for(|s| *s) => return,
+            }
+        };
+        let Some(agent) = agent else { return };
+        let sim_agent = &shared.agents[agent as usize];
+        let (target, installed) = {
+            let state = sim_agent.state.lock().expect("agent lock");
+            (state.desired.clone(), state.packages.clone())
+        };
+        let Some(target) = target else { continue };
+        let mut reports = vec![];
+        let mut failed = false;
+        for package in &target.packages {
+            let have = installed.iter().any(|p| {
+                p.name == package.name
+                    && p.version == package.version
+                    && p.state == PackageState::Installed
+            });
+            let outcome = if have {
+                Ok(())
+            } else {
+                let request = http::build_request(
+                    "GET",
+                    &package.url,
+                    &host,
+                    Some(&sim_agent.token),
+                    None,
+                    b"",
+                );
+                let download = tokio::select! {
+                    result = download(&mut connection, server, &request, shared.config.request_timeout) => result,
+                    _ = stop.wait_for(|s| *s) => return,
+                };
+                match download {
+                    Ok((size, digest)) if size == package.size && digest == package.sha256 => {
+                        counters.downloads.fetch_add(1, Ordering::Relaxed);
+                        counters.download_bytes.fetch_add(size, Ordering::Relaxed);
+                        Ok(())
+                    }
+                    Ok((size, digest)) => {
+                        let message = format!(
+                            "{}: got {size} bytes with sha256 {digest}, expected {} bytes with {}",
+                            package.url, package.size, package.sha256
+                        );
+                        shared.error(&counters.download_errors, || message.clone());
+                        Err(message)
+                    }
+                    Err(error) => {
+                        let message = format!("{}: {error}", package.url);
+                        shared.error(&counters.download_errors, || message.clone());
+                        Err(message)
+                    }
+                }
+            };
+            failed |= outcome.is_err();
+            reports.push(PackageReport {
+                name: package.name.clone(),
+                version: package.version.clone(),
+                state: if outcome.is_ok() {
+                    PackageState::Installed
+                } else {
+                    PackageState::Failed
+                },
+                active_version: outcome.is_ok().then(|| package.version.clone()),
+                message: outcome.err(),
+                since: Timestamp::now(),
+            });
+        }
+        if failed {
+            counters.install_failures.fetch_add(1, Ordering::Relaxed);
+        } else {
+            counters.installs.fetch_add(1, Ordering::Relaxed);
+        }
+        {
+            let mut state = sim_agent.state.lock().expect("agent lock");
+            state.packages = reports;
+            state.observed_revision = target.revision;
+            let newest = state.desired.as_ref().map_or(0, |d| d.revision);
+            if newest > target.revision && !failed {
+                let _ = shared.installs.send(agent);
+            } else {
+                state.installing = false;
+            }
+        }
+        let job = Job::Report {
+            agent,
+            dispatched: Instant::now(),
+        };
+        tokio::select! {
+            _ = shared.jobs.send(job) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// Downloads one blob and returns its size and lowercase hex sha256.
+async fn download(
+    connection: &mut Option<Connection>,
+    server: SocketAddr,
+    request: &[u8],
+    timeout: Duration,
+) -> std::io::Result<(u64, String)> {
+    let result = tokio::time::timeout(timeout, async {
+        if connection.as_ref().is_none_or(Connection::is_closed) {
+            *connection = Some(Connection::connect(server).await?);
+        }
+        let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+        let mut size = 0u64;
+        let head = connection
+            .as_mut()
+            .expect("connected above")
+            .exchange(request, &mut |chunk| {
+                context.update(chunk);
+                size += chunk.len() as u64;
+            })
+            .await?;
+        if head.status != 200 {
+            return Err(std::io::Error::other(format!("HTTP {}", head.status)));
+        }
+        let digest = context.finish();
+        Ok((size, hex(digest.as_ref())))
+    })
+    .await
+    .unwrap_or_else(|_| {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "download too slow",
+        ))
+    });
+    if result.is_err() {
+        *connection = None;
+    }
+    result
+}
+
+/// Figures of [`measure_downloads`].
+#[derive(Clone, Debug)]
+pub struct DownloadReport {
+    /// Verified bytes.
+    pub bytes: u64,
+    /// Downloads that failed or did not verify.
+    pub errors: u64,
+    /// Wall time.
+    pub elapsed: Duration,
+}
+
+impl DownloadReport {
+    /// Verified bytes per second.
+    pub fn bytes_per_second(&self) -> f64 {
+        self.bytes as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// Blob throughput as the simulated agents see it: `concurrency` connections download the blob at
+/// `url` (with `token`) and verify its size and sha256, the same way installs do, until `total`
+/// downloads are done.
+pub async fn measure_downloads(
+    server: SocketAddr,
+    token: &str,
+    url: &str,
+    sha256: &str,
+    size: u64,
+    concurrency: usize,
+    total: u64,
+) -> DownloadReport {
+    let started = Instant::now();
+    let next = Arc::new(AtomicU64::new(0));
+    let request = Arc::new(http::build_request(
+        "GET",
+        url,
+        &server.to_string(),
+        Some(token),
+        None,
+        b"",
+    ));
+    let mut tasks = vec![];
+    for _ in 0..concurrency.max(1) {
+        let (next, request, sha256) = (next.clone(), request.clone(), sha256.to_string());
+        tasks.push(tokio::spawn(async move {
+            let mut connection = None;
+            let (mut bytes, mut errors) = (0u64, 0u64);
+            while next.fetch_add(1, Ordering::Relaxed) < total {
+                match download(&mut connection, server, &request, Duration::from_secs(120)).await {
+                    Ok((got, digest)) if got == size && digest == sha256 => bytes += got,
+                    _ => errors += 1,
+                }
+            }
+            (bytes, errors)
+        }));
+    }
+    let mut report = DownloadReport {
+        bytes: 0,
+        errors: 0,
+        elapsed: Duration::ZERO,
+    };
+    for task in tasks {
+        let (bytes, errors) = task.await.unwrap_or((0, 1));
+        report.bytes += bytes;
+        report.errors += errors;
+    }
+    report.elapsed = started.elapsed();
+    report
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Figures of a [`hammer`] run.
+#[derive(Clone, Debug)]
+pub struct HammerReport {
+    /// Requests answered 200 inside the measured window.
+    pub requests: u64,
+    /// Requests that failed or were answered otherwise, inside the window.
+    pub errors: u64,
+    /// Length of the measured window.
+    pub elapsed: Duration,
+    /// Latency of every request of the window.
+    pub latency: Histogram,
+    /// The first few errors.
+    pub error_samples: Vec<String>,
+}
+
+impl HammerReport {
+    /// Requests per second.
+    pub fn rate(&self) -> f64 {
+        self.requests as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// A closed-loop load generator: `connections` keep-alive connections each send the next prepared
+/// request as soon as the previous one is answered. Connection `c` replays requests `c`,
+/// `c + connections`, ... in turn. Nothing is counted during `warmup`; then for `duration`.
+pub async fn hammer(
+    servers: &[SocketAddr],
+    requests: Arc<Vec<Vec<u8>>>,
+    connections: usize,
+    warmup: Duration,
+    duration: Duration,
+) -> HammerReport {
+    assert!(!requests.is_empty(), "hammer needs requests");
+    let start = Instant::now();
+    let measure_from = start + warmup;
+    let end = measure_from + duration;
+    let mut tasks = vec![];
+    for c in 0..connections.max(1) {
+        let server = servers[c % servers.len()];
+        let requests = requests.clone();
+        let step = connections.max(1);
+        tasks.push(tokio::spawn(async move {
+            let mut latency = Histogram::default();
+            let mut ok = 0u64;
+            let mut errors = 0u64;
+            let mut samples = vec![];
+            let mut connection: Option<Connection> = None;
+            let mut next = c % requests.len();
+            loop {
+                let sent = Instant::now();
+                if sent >= end {
+                    break;
+                }
+                let result = exchange(
+                    &mut connection,
+                    server,
+                    &requests[next],
+                    Duration::from_secs(10),
+                )
+                .await;
+                let done = Instant::now();
+                let counted = sent >= measure_from && done <= end;
+                match result {
+                    Ok(response) if response.status == 200 => {
+                        if counted {
+                            ok += 1;
+                            latency.record(done - sent);
+                        }
+                    }
+                    Ok(response) => {
+                        if counted {
+                            errors += 1;
+                        }
+                        if samples.len() < 3 {
+                            samples.push(format!(
+                                "HTTP {}: {}",
+                                response.status,
+                                body_start(&response.body)
+                            ));
+                        }
+                    }
+                    Err(error) => {
+                        if counted {
+                            errors += 1;
+                        }
+                        if samples.len() < 3 {
+                            samples.push(error.to_string());
+                        }
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+                next = (next + step) % requests.len();
+            }
+            (ok, errors, latency, samples)
+        }));
+    }
+    let mut report = HammerReport {
+        requests: 0,
+        errors: 0,
+        elapsed: duration,
+        latency: Histogram::default(),
+        error_samples: vec![],
+    };
+    for task in tasks {
+        if let Ok((ok, errors, latency, samples)) = task.await {
+            report.requests += ok;
+            report.errors += errors;
+            report.latency.merge(&latency);
+            if report.error_samples.len() < 10 {
+                report.error_samples.extend(samples);
+            }
+        }
+    }
+    report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_are_deterministic_and_distinct() {
+        let a = credentials(1, 0);
+        assert_eq!(a, credentials(1, 0));
+        assert_ne!(a.token, credentials(1, 1).token);
+        assert_ne!(a.token, credentials(2, 0).token);
+        assert_eq!(a.token.len(), 64);
+        assert!(tc_api::validate::is_dns_label(&a.name), "{}", a.name);
+    }
+}
