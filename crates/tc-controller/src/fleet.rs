@@ -351,8 +351,12 @@ pub struct Persister {
 }
 
 impl Persister {
-    /// Starts the writer task. It ends when every `Persister` handle is dropped.
-    pub fn start(store: Arc<dyn Store>) -> Persister {
+    /// Starts the writer task. It ends when every `Persister` handle is dropped. `batches` counts
+    /// the group commits it makes.
+    pub fn start(
+        store: Arc<dyn Store>,
+        batches: prometheus_client::metrics::counter::Counter,
+    ) -> Persister {
         let (sender, mut receiver) = mpsc::unbounded_channel::<PersistRequest>();
         tokio::spawn(async move {
             while let Some(first) = receiver.recv().await {
@@ -379,6 +383,7 @@ impl Persister {
                 let store = store.clone();
                 let clients: Vec<Client> = clients.into_values().collect();
                 let count = clients.len() + liveness.len();
+                batches.inc();
                 let result = tokio::task::spawn_blocking(move || -> tc_store::Result<()> {
                     store.put_clients(clients)?;
                     store.put_liveness(liveness)?;

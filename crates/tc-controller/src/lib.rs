@@ -287,7 +287,8 @@ pub async fn open(
             Some(&serde_json::to_string(&hashes).expect("hashes serialize")),
         )?;
     }
-    let persister = Persister::start(store.clone());
+    let metrics = Metrics::default();
+    let persister = Persister::start(store.clone(), metrics.client_write_batches.clone());
     install_crypto_provider();
     let http = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
@@ -302,7 +303,7 @@ pub async fn open(
         blobs,
         fleet: Arc::new(fleet),
         persister,
-        metrics: Metrics::default(),
+        metrics,
         reconcile_wake: Notify::new(),
         apply_lock: tokio::sync::Mutex::new(()),
         enroll_lock: tokio::sync::Mutex::new(()),

@@ -26,6 +26,8 @@ pub struct Metrics {
     pub blob_bytes_served: Counter,
     /// Enrolments.
     pub enrolments: Counter,
+    /// Group commits of client state (heartbeat reports and liveness flushes share them).
+    pub client_write_batches: Counter,
 }
 
 impl Default for Metrics {
@@ -59,6 +61,12 @@ impl Default for Metrics {
         );
         let enrolments = Counter::default();
         registry.register("enrolments", "Agent enrolments", enrolments.clone());
+        let client_write_batches = Counter::default();
+        registry.register(
+            "client_write_batches",
+            "Group commits of client state to the store",
+            client_write_batches.clone(),
+        );
         Metrics {
             registry,
             clients,
@@ -69,6 +77,7 @@ impl Default for Metrics {
             reconcile_seconds,
             blob_bytes_served,
             enrolments,
+            client_write_batches,
         }
     }
 }

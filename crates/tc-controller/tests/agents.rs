@@ -456,3 +456,59 @@ async fn pruning_a_release_still_in_use_is_deferred_not_refused() {
         "{result}"
     );
 }
+
+/// The value of a counter in the Prometheus text of `/metrics`.
+async fn counter(api: &Api, name: &str) -> f64 {
+    let (_, text) = api.get("/metrics").await;
+    let text = text.as_str().unwrap().to_string();
+    text.lines()
+        .find_map(|line| {
+            line.strip_prefix(&format!("{name} "))
+                .map(|v| v.trim().parse::<f64>().unwrap())
+        })
+        .unwrap_or_else(|| panic!("{name} not in /metrics:\n{text}"))
+}
+
+#[tokio::test]
+async fn liveness_heartbeats_share_batched_writes_and_survive_a_restart() {
+    let controller = TestController::start().await;
+    let admin = Api::admin(&controller);
+    let mut agents = vec![];
+    for i in 0..4 {
+        let mut agent = SimAgent::enroll(&controller, &format!("m{i}"), json!({})).await;
+        agent.heartbeat().await;
+        agents.push(agent);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let batches_before = counter(&admin, "thinfleet_client_write_batches_total").await;
+    let heartbeats_before = counter(&admin, "thinfleet_heartbeats_total").await;
+    // Liveness only: same reports, same inventory hash.
+    for _ in 0..50 {
+        for agent in &mut agents {
+            agent.heartbeat().await;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let heartbeats = counter(&admin, "thinfleet_heartbeats_total").await - heartbeats_before;
+    let batches = counter(&admin, "thinfleet_client_write_batches_total").await - batches_before;
+    assert_eq!(heartbeats, 200.0);
+    assert!(
+        batches * 10.0 < heartbeats,
+        "{batches} write batches for {heartbeats} liveness heartbeats"
+    );
+    let (_, before) = admin
+        .get(&format!("/apis/thinfleet.io/v1/clients/{}", agents[0].name))
+        .await;
+
+    // The last heartbeat time is durable across a clean restart.
+    let (data, _keep) = controller.stop_keep_data().await;
+    let restarted = TestController::start_in(&data, |_| {}).await;
+    let admin = Api::admin(&restarted);
+    let (_, after) = admin
+        .get(&format!("/apis/thinfleet.io/v1/clients/{}", agents[0].name))
+        .await;
+    assert_eq!(
+        after["status"]["lastHeartbeat"],
+        before["status"]["lastHeartbeat"]
+    );
+}
