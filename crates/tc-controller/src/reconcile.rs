@@ -39,6 +39,30 @@ pub async fn run(controller: Arc<Controller>, mut shutdown: tokio::sync::watch::
     }
 }
 
+/// Every client group.
+fn list_groups(store: &dyn Store) -> tc_store::Result<Vec<ClientGroup>> {
+    let objects = store.list(Kind::ClientGroup)?;
+    Ok(objects
+        .into_iter()
+        .filter_map(|object| match object {
+            Object::ClientGroup(group) => Some(group),
+            Object::PackageRelease(_) => None,
+        })
+        .collect())
+}
+
+/// Every package release.
+fn list_releases(store: &dyn Store) -> tc_store::Result<Vec<PackageRelease>> {
+    let objects = store.list(Kind::PackageRelease)?;
+    Ok(objects
+        .into_iter()
+        .filter_map(|object| match object {
+            Object::PackageRelease(release) => Some(release),
+            Object::ClientGroup(_) => None,
+        })
+        .collect())
+}
+
 /// What a pass decided for one client.
 struct ClientChange {
     slot: Arc<ClientSlot>,
@@ -53,23 +77,7 @@ pub async fn pass(controller: &Arc<Controller>) -> Result<(), String> {
     let now = Timestamp::now();
     let store = controller.store.clone();
     let (groups, releases) = tokio::task::spawn_blocking(move || -> tc_store::Result<_> {
-        let groups: Vec<ClientGroup> = store
-            .list(Kind::ClientGroup)?
-            .into_iter()
-            .filter_map(|o| match o {
-                Object::ClientGroup(g) => Some(g),
-                _ => None,
-            })
-            .collect();
-        let releases: Vec<PackageRelease> = store
-            .list(Kind::PackageRelease)?
-            .into_iter()
-            .filter_map(|o| match o {
-                Object::PackageRelease(r) => Some(r),
-                _ => None,
-            })
-            .collect();
-        Ok((groups, releases))
+        Ok((list_groups(&*store)?, list_releases(&*store)?))
     })
     .await
     .map_err(|e| e.to_string())?
@@ -428,15 +436,7 @@ pub fn build_desired(
 
 /// Builds every client's served desired state at start-up.
 pub fn initial_desired(controller: &Controller, store: &dyn Store) -> tc_store::Result<()> {
-    let releases: Vec<PackageRelease> = store
-        .list(Kind::PackageRelease)?
-        .into_iter()
-        .filter_map(|o| match o {
-            Object::PackageRelease(r) => Some(r),
-            _ => None,
-        })
-        .collect();
-    let catalog = ReleaseCatalog::new(&releases);
+    let catalog = ReleaseCatalog::new(&list_releases(store)?);
     for (_, slot) in controller.fleet.slots() {
         let mut state = slot.state.lock().expect("client lock");
         let desired = build_desired(&state.client, &catalog, &state.desired);
