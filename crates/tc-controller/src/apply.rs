@@ -209,7 +209,9 @@ impl Controller {
                 Action::Prune => writes.push(Write::Delete {
                     kind: item.object.kind(),
                     name: item.object.name().to_string(),
-                    precondition: item.object.meta().resource_version.clone(),
+                    // Applies hold the apply lock; only status writes of the reconcile loop can
+                    // have touched the object since it was planned, and they must not fail a prune.
+                    precondition: None,
                 }),
                 Action::Create | Action::Configure | Action::Unchanged => {
                     writes.push(Write::Apply {
