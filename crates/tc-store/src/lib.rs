@@ -5,6 +5,12 @@
 //! Object writes go through one place (see [`Write`]): it assigns `uid` and `creationTimestamp` on
 //! creation, bumps `generation` only when `spec` changes, and gives every write a new
 //! `resourceVersion` from one store-wide counter, so versions also order writes across objects.
+//!
+//! A client is stored in parts, as Kubernetes keeps a node's spec, status and heartbeat apart: its
+//! object (metadata and spec), its status, its inventory and its liveness. Its `resourceVersion`
+//! moves only when its object is written ([`Store::create_client`], [`Store::put_clients`],
+//! [`Store::delete_client`]); the frequent status and liveness writes
+//! ([`Store::put_client_status`], [`Store::put_liveness`]) take none.
 
 mod redb_store;
 
@@ -123,6 +129,16 @@ pub struct Liveness {
     pub load: Load,
 }
 
+/// A client's status to record apart from its object (see [`Store::put_client_status`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClientStatusEntry {
+    /// The client's name.
+    pub name: String,
+    /// Its status. `inventory: None` leaves the recorded inventory as it is; `last_heartbeat:
+    /// None` leaves liveness as it is.
+    pub status: tc_api::ClientStatus,
+}
+
 /// Which events to list.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct EventFilter {
@@ -137,6 +153,11 @@ pub struct EventFilter {
 }
 
 /// Persistence of objects, clients, events and settings.
+///
+/// A client's `resourceVersion` changes only when its object is written
+/// ([`Store::create_client`], [`Store::create_clients`], [`Store::put_clients`],
+/// [`Store::delete_client`]); [`Store::put_client_status`] and [`Store::put_liveness`] never
+/// change it (nor the store-wide counter).
 ///
 /// Every method is synchronous and may block on disk; async callers use `spawn_blocking`.
 pub trait Store: Send + Sync + 'static {
@@ -154,19 +175,35 @@ pub trait Store: Send + Sync + 'static {
     /// The current value of the store-wide resourceVersion counter.
     fn revision(&self) -> Result<u64>;
 
-    /// One client.
+    /// One client: its object with its recorded status, inventory and liveness (the newer of the
+    /// recorded liveness and any the object itself carries).
     fn get_client(&self, name: &str) -> Result<Option<Client>>;
 
-    /// Every client, sorted by name.
+    /// Every client, sorted by name, as [`Store::get_client`] returns them.
     fn list_clients(&self) -> Result<Vec<Client>>;
 
-    /// The client that enrolled with this machine id.
+    /// Visits every client in name order, as `list_clients` returns them but WITHOUT the
+    /// inventory (`status.inventory` is `None`; `status.inventoryHash` is kept), without
+    /// materialising the whole fleet: for loading a large fleet into memory. No inventory is
+    /// decoded (nor read). Every client is visited from one read transaction (one consistent
+    /// snapshot), which lasts until the scan returns.
+    fn scan_clients(&self, visit: &mut dyn FnMut(Client)) -> Result<()>;
+
+    /// A client's recorded inventory, `None` for an unknown client or one without inventory.
+    fn client_inventory(&self, name: &str) -> Result<Option<tc_api::Inventory>>;
+
+    /// The client that enrolled with this machine id, as [`Store::get_client`] returns it.
     fn client_by_machine_id(&self, machine_id: &str) -> Result<Option<Client>>;
 
     /// Stores a newly enrolled client with the hash of its token. Fails with `AlreadyExists` if the
     /// name (kind `Client`), the machine id (kind [`MACHINE_ID_KIND`], name = the machine id) or
     /// the token hash (kind [`CLIENT_TOKEN_KIND`]) is taken. Assigns uid, creationTimestamp and
     /// resourceVersion.
+    ///
+    /// The client's status is recorded as given: its inventory (if any), and its `lastHeartbeat`
+    /// with `load` as its liveness (a `load` without `lastHeartbeat` is not kept). Records left
+    /// under the name by an earlier client of that name are dropped. Returns the client as
+    /// [`Store::get_client`] then reads it.
     fn create_client(&self, client: Client, token_hash: &str, now: Timestamp) -> Result<Client>;
 
     /// Stores many newly enrolled clients, each with the hash of its token, in one transaction
@@ -192,22 +229,40 @@ pub trait Store: Send + Sync + 'static {
     /// objects): liveness changes with every heartbeat of every client, everything else rarely.
     /// Reading a client ([`Store::get_client`], [`Store::list_clients`], ...) returns the newer
     /// of its own `lastHeartbeat`/`load` and the recorded ones. A record is written for any name
-    /// without looking the client up: a record without a client is never read, and is dropped
-    /// when a client of that name is created or deleted. Returns how many were written.
+    /// without looking the client up (and replaces the recorded one even if older): a record
+    /// without a client is never read, and is dropped when a client of that name is created or
+    /// deleted. Returns how many were written.
     fn put_liveness(&self, entries: Vec<Liveness>) -> Result<usize>;
 
+    /// Records client statuses in one transaction without rewriting the client objects and
+    /// without taking resourceVersions. Entries are written in name order; for a name given twice
+    /// the later entry wins. An entry whose client is not stored (deleted meanwhile, or never
+    /// enrolled) is skipped, so that a late status write cannot bring a deleted client back.
+    /// `Some` inventory replaces the recorded inventory; a `last_heartbeat` newer than the
+    /// recorded liveness replaces it (with `load`). Returns how many entries were written.
+    fn put_client_status(&self, entries: Vec<ClientStatusEntry>) -> Result<usize>;
+
     /// Upserts clients (labels and status) in one transaction, each with a new resourceVersion,
-    /// in name order (also the order of the returned clients).
+    /// in name order (also the order of the returned clients, which are as
+    /// [`Store::get_client`] then reads them).
     /// A client's `spec.machineId` must not change. Stored uid and creationTimestamp are kept; a
     /// client not stored yet gets them (the current time, unless it carries one). A machine id
     /// held by another client fails the batch with `AlreadyExists` (kind [`MACHINE_ID_KIND`]).
+    /// Each client's status is recorded as [`Store::put_client_status`] records it: an
+    /// `inventory` of `None` keeps the recorded inventory, and liveness only moves forward.
     fn put_clients(&self, clients: Vec<Client>) -> Result<Vec<Client>>;
 
-    /// Deletes a client with its token and machine-id index; returns it if it existed. Takes a
+    /// Deletes a client with its token and machine-id index, its status, inventory and liveness;
+    /// returns it as it was (as [`Store::get_client`] read it) if it existed. Takes a
     /// resourceVersion, as deleting an object does.
     fn delete_client(&self, name: &str) -> Result<Option<Client>>;
 
     /// Appends events (assigning increasing `seq`), dropping the oldest beyond the capacity.
+    ///
+    /// Returns every given event, in order, carrying its `seq`. When the batch alone is larger
+    /// than the capacity, its oldest events (all but the newest `capacity`) are returned too but
+    /// were never stored: they were dropped by this very append. Their sequence numbers are
+    /// consumed all the same.
     fn append_events(&self, events: Vec<Event>) -> Result<Vec<Event>>;
 
     /// Events matching the filter, oldest first.

@@ -5,28 +5,52 @@
 //! | table                | key                     | value                                        |
 //! |----------------------|-------------------------|----------------------------------------------|
 //! | `objects`            | `"{Kind}/{name}"`       | JSON of the [`Object`]                       |
-//! | `clients`            | client name             | JSON of the [`Client`]                       |
+//! | `clients`            | client name             | JSON of the [`Client`] object without `status` (metadata and spec); a legacy record embeds a status |
+//! | `client_status`      | client name             | JSON of its [`ClientStatus`] without `inventory`, `lastHeartbeat` and `load` |
+//! | `client_inventory`   | client name             | JSON of its [`Inventory`]                    |
+//! | `client_liveness`    | client name             | last heartbeat and load, 28 bytes (see [`Liveness`]) |
 //! | `client_machine_ids` | machine id              | client name                                  |
 //! | `client_tokens`      | token hash              | client name                                  |
 //! | `client_token_of`    | client name             | token hash (so re-tokening and deletion find the old hash without a scan) |
-//! | `client_liveness`    | client name             | last heartbeat and load, 28 bytes (see [`Liveness`]) |
 //! | `events`             | sequence number (`u64`) | JSON of the [`Event`], at most `capacity` of them |
 //! | `settings`           | key                     | value                                        |
 //! | `meta`               | `revision`, `nextEventSeq`, `schemaVersion` | `u64`                    |
 //!
 //! Object keys sort by kind and then by name, so listing a kind is one range scan that already
 //! returns names in order. The store-wide `revision` counter is the last `resourceVersion` handed
-//! out; every write that changes an object or a client (including deletions) takes the next one.
+//! out; every write that changes an object or a client object (including deletions) takes the
+//! next one.
 //!
-//! Liveness (`lastHeartbeat` and `load`) changes with every heartbeat of every client, so it has
-//! its own table of small fixed-size records instead of rewriting the client's JSON: flushing the
-//! heartbeats of a large fleet writes a few dozen bytes per client. Reading a client overlays its
-//! liveness record when that is newer than what the client's JSON holds.
+//! # Clients in parts
+//!
+//! A client is kept as Kubernetes keeps a node: its object (`clients`), which changes rarely and
+//! carries the `resourceVersion`, apart from what changes often. Its status (`client_status`)
+//! changes with package reports and assignments, and is a few hundred bytes without the inventory
+//! of about a kilobyte (`client_inventory`), which changes almost never and is not needed to
+//! load the fleet ([`Store::scan_clients`] does not even read it). Liveness (`lastHeartbeat` and
+//! `load`) changes with every heartbeat of every client, so it has its own table of small
+//! fixed-size records: flushing the heartbeats of a large fleet writes a few dozen bytes per
+//! client. Status and liveness writes take no `resourceVersion`.
+//!
+//! Reading a client puts it together: the object from `clients`; its status replaced by its
+//! `client_status` record if there is one; `status.inventory` from its `client_inventory` record
+//! if there is one; then its liveness record, when that is newer than the heartbeat the status
+//! holds. All these tables are keyed by client name, so listing walks them side by side.
+//!
+//! Layout 1 (before this split) kept a client's whole status, inventory and heartbeat included,
+//! in its `clients` record. Such legacy records are read as they are: their embedded status
+//! stands when there is no `client_status` record, their embedded inventory when there is no
+//! `client_inventory` record, and their embedded heartbeat and load compete with the liveness
+//! record as above (also when a `client_status` record exists). Opening a file of layout 1 only
+//! records layout 2; [`Store::put_clients`] rewrites a legacy record without its status, moving
+//! its inventory to `client_inventory` (unless the write carries one or one is recorded) and its
+//! heartbeat to `client_liveness` (unless a newer one is recorded).
 //!
 //! Every public method is one redb transaction. Write transactions use redb's default immediate
 //! durability, so a call that returned `Ok` is on disk; a failed call aborts its transaction and
 //! leaves nothing behind.
 
+use std::cmp::Ordering;
 use std::collections::hash_map::DefaultHasher;
 use std::fmt::Display;
 use std::hash::{Hash, Hasher};
@@ -34,21 +58,28 @@ use std::ops::Bound;
 use std::path::Path;
 
 use redb::{
-    Database, ReadTransaction, ReadableDatabase, ReadableTable, Table, TableDefinition,
-    WriteTransaction,
+    AccessGuard, Database, ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable, Table,
+    TableDefinition, WriteTransaction,
 };
-use serde::Serialize;
-use serde::de::DeserializeOwned;
-use tc_api::{Client, ClientGroup, Event, Kind, Object, ObjectMeta, PackageRelease, Timestamp};
+use serde::de::{DeserializeOwned, IgnoredAny};
+use serde::{Deserialize, Serialize};
+use tc_api::{
+    AssignedPackage, Client, ClientGroup, ClientPhase, ClientSpec, ClientStatus, Condition, Event,
+    Inventory, Kind, Object, ObjectMeta, PackageRelease, PackageReport, Timestamp,
+};
 use tc_proto::Load;
 
-use crate::{EventFilter, Liveness, Result, Store, StoreError, Write, WriteOutcome};
+use crate::{
+    ClientStatusEntry, EventFilter, Liveness, Result, Store, StoreError, Write, WriteOutcome,
+};
 
 const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
 const CLIENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("clients");
 const MACHINE_IDS: TableDefinition<&str, &str> = TableDefinition::new("client_machine_ids");
 const TOKENS: TableDefinition<&str, &str> = TableDefinition::new("client_tokens");
 const TOKEN_OF: TableDefinition<&str, &str> = TableDefinition::new("client_token_of");
+const CLIENT_STATUS: TableDefinition<&str, &[u8]> = TableDefinition::new("client_status");
+const CLIENT_INVENTORY: TableDefinition<&str, &[u8]> = TableDefinition::new("client_inventory");
 const LIVENESS: TableDefinition<&str, &[u8]> = TableDefinition::new("client_liveness");
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 const SETTINGS: TableDefinition<&str, &str> = TableDefinition::new("settings");
@@ -61,8 +92,11 @@ const META_NEXT_EVENT_SEQ: &str = "nextEventSeq";
 /// `meta` key of the layout version of the tables, so that an older build refuses a file written
 /// by a newer one instead of misreading it.
 const META_SCHEMA_VERSION: &str = "schemaVersion";
-/// The table layout this build reads and writes.
-const SCHEMA_VERSION: u64 = 1;
+/// The table layout this build writes. It also reads layout 1 (see the module documentation).
+const SCHEMA_VERSION: u64 = 2;
+/// The layout before clients were split into parts: a client's whole status in its `clients`
+/// record.
+const LEGACY_SCHEMA_VERSION: u64 = 1;
 
 /// How many events are kept unless the store is opened with another capacity.
 pub const DEFAULT_EVENT_CAPACITY: usize = 10_000;
@@ -130,19 +164,24 @@ impl RedbStore {
             open(txn, MACHINE_IDS)?;
             open(txn, TOKENS)?;
             open(txn, TOKEN_OF)?;
+            open(txn, CLIENT_STATUS)?;
+            open(txn, CLIENT_INVENTORY)?;
             open(txn, LIVENESS)?;
             open(txn, EVENTS)?;
             open(txn, SETTINGS)?;
             let mut meta = open(txn, META)?;
             match meta_value(&meta, META_SCHEMA_VERSION)? {
-                None => {
+                // A new file, or one of layout 1, whose client records are read as they are
+                // (their embedded status is what a client without records beside it has); the
+                // new version keeps older builds, which would not see those records, away.
+                None | Some(LEGACY_SCHEMA_VERSION) => {
                     meta.insert(META_SCHEMA_VERSION, SCHEMA_VERSION)
                         .map_err(db_error("write schema version"))?;
                 }
                 Some(SCHEMA_VERSION) => {}
                 Some(other) => {
                     return Err(StoreError::Database(format!(
-                        "{shown} has table layout {other}, this build understands only \
+                        "{shown} has table layout {other}, this build understands layouts up to \
                          {SCHEMA_VERSION}; use a newer thinfleet"
                     )));
                 }
@@ -375,12 +414,13 @@ fn meta_value(table: &impl ReadableTable<&'static str, u64>, key: &str) -> Resul
         .map(|value| value.value()))
 }
 
-fn encode<T: Serialize>(key: &str, value: &T) -> Result<Vec<u8>> {
+fn encode<T: Serialize + ?Sized>(key: impl Display, value: &T) -> Result<Vec<u8>> {
     serde_json::to_vec(value)
         .map_err(|error| StoreError::Database(format!("cannot encode {key}: {error}")))
 }
 
-fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T> {
+/// Decodes a record; `key` names it in the error (formatted only then).
+fn decode<T: DeserializeOwned>(key: impl Display, bytes: &[u8]) -> Result<T> {
     serde_json::from_slice(bytes).map_err(|error| StoreError::Corrupt {
         key: key.to_string(),
         message: error.to_string(),
@@ -398,19 +438,6 @@ fn decode_object(kind: Kind, key: &str, bytes: &[u8]) -> Result<Object> {
             message: "clients are not stored as objects".into(),
         }),
     }
-}
-
-/// The part of a stored client that `put_clients` needs, decoded without the (large) status.
-#[derive(serde::Deserialize)]
-struct ClientHead {
-    metadata: ObjectMeta,
-    spec: ClientHeadSpec,
-}
-
-#[derive(serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct ClientHeadSpec {
-    machine_id: String,
 }
 
 fn already_exists(kind: &str, name: &str) -> StoreError {
@@ -457,13 +484,453 @@ impl Revision {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Clients in parts
+
+/// A client's object as the `clients` table holds it: everything but its status.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ClientObject<'a> {
+    api_version: &'a str,
+    kind: &'a str,
+    metadata: &'a ObjectMeta,
+    spec: &'a ClientSpec,
+}
+
+impl<'a> ClientObject<'a> {
+    fn of(client: &'a Client) -> Self {
+        // Every field named, so that a field added to `Client` fails to compile here instead of
+        // being silently left out of the record.
+        let Client {
+            api_version,
+            kind,
+            metadata,
+            spec,
+            status: _,
+        } = client;
+        ClientObject {
+            api_version,
+            kind,
+            metadata,
+            spec,
+        }
+    }
+}
+
+/// A client's status as the `client_status` table holds it: everything but `inventory`,
+/// `lastHeartbeat` and `load`, which have tables of their own. Read back as a [`ClientStatus`],
+/// whose missing fields take their defaults.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct StatusRecord<'a> {
+    phase: ClientPhase,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    inventory_hash: &'a str,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    packages: &'a [PackageReport],
+    observed_revision: u64,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    desired: &'a [AssignedPackage],
+    desired_revision: u64,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    conditions: &'a [Condition],
+}
+
+impl<'a> StatusRecord<'a> {
+    fn of(status: &'a ClientStatus) -> Self {
+        // Every field named, so that a field added to `ClientStatus` fails to compile here.
+        let ClientStatus {
+            phase,
+            last_heartbeat: _,
+            inventory: _,
+            inventory_hash,
+            load: _,
+            packages,
+            observed_revision,
+            desired,
+            desired_revision,
+            conditions,
+        } = status;
+        StatusRecord {
+            phase: *phase,
+            inventory_hash,
+            packages,
+            observed_revision: *observed_revision,
+            desired,
+            desired_revision: *desired_revision,
+            conditions,
+        }
+    }
+}
+
+/// Whether a `clients` record may embed an inventory: only legacy records (schema version 1)
+/// embed a status, and only those with an inventory contain this key. A false positive (a label
+/// value `inventory`) costs only speed.
+fn may_embed_inventory(record: &[u8]) -> bool {
+    const KEY: &[u8] = b"\"inventory\"";
+    record.windows(KEY.len()).any(|window| window == KEY)
+}
+
+/// A `clients` record decoded without the inventory a legacy record embeds in its status.
+#[derive(Deserialize)]
+struct ClientWithoutInventory {
+    #[serde(default)]
+    status: Option<StatusWithoutInventory>,
+    #[serde(flatten)]
+    client: Client,
+}
+
+/// An embedded legacy status whose inventory is skipped, not decoded.
+#[derive(Deserialize)]
+struct StatusWithoutInventory {
+    #[serde(default, rename = "inventory")]
+    _inventory: Option<IgnoredAny>,
+    #[serde(flatten)]
+    status: ClientStatus,
+}
+
+/// Only the inventory a legacy `clients` record embeds (everything else is skipped).
+#[derive(Deserialize)]
+struct LegacyInventory {
+    #[serde(default)]
+    status: Option<LegacyInventoryStatus>,
+}
+
+#[derive(Deserialize)]
+struct LegacyInventoryStatus {
+    #[serde(default)]
+    inventory: Option<Inventory>,
+}
+
+/// The part of a stored client that `put_clients` needs: its metadata, its machine id and the
+/// status a legacy record embeds (absent from records of the current layout, so nothing large is
+/// decoded for them).
+#[derive(Deserialize)]
+struct ClientHead {
+    metadata: ObjectMeta,
+    spec: ClientHeadSpec,
+    #[serde(default)]
+    status: Option<ClientStatus>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ClientHeadSpec {
+    machine_id: String,
+}
+
+/// A `clients` record: the object, with the status a legacy record embeds (else the default).
+fn decode_client(name: &str, bytes: &[u8]) -> Result<Client> {
+    decode(format_args!("clients/{name}"), bytes)
+}
+
+/// A `clients` record as [`decode_client`] returns it, but without decoding (and without) any
+/// embedded inventory.
+fn decode_client_without_inventory(name: &str, bytes: &[u8]) -> Result<Client> {
+    if !may_embed_inventory(bytes) {
+        return decode_client(name, bytes);
+    }
+    let ClientWithoutInventory { status, mut client } =
+        decode(format_args!("clients/{name}"), bytes)?;
+    client.status = status.map(|status| status.status).unwrap_or_default();
+    Ok(client)
+}
+
+/// The inventory a legacy `clients` record embeds.
+fn decode_legacy_inventory(name: &str, bytes: &[u8]) -> Result<Option<Inventory>> {
+    if !may_embed_inventory(bytes) {
+        return Ok(None);
+    }
+    let legacy: LegacyInventory = decode(format_args!("clients/{name}"), bytes)?;
+    Ok(legacy.status.and_then(|status| status.inventory))
+}
+
+fn decode_status(name: &str, bytes: &[u8]) -> Result<ClientStatus> {
+    decode(format_args!("client_status/{name}"), bytes)
+}
+
+fn decode_inventory(name: &str, bytes: &[u8]) -> Result<Inventory> {
+    decode(format_args!("client_inventory/{name}"), bytes)
+}
+
+/// A client's liveness: its last heartbeat and the load it reported with it.
+type Live = (Timestamp, Load);
+
+/// Puts a client together from its `clients` record (whose status is the default, or what a
+/// legacy record embeds) and its other records: the status record replaces the status, except
+/// for the inventory, last heartbeat and load a legacy record embeds; the inventory record
+/// replaces the inventory; the liveness record is taken when it is newer.
+fn assemble(
+    mut client: Client,
+    status: Option<ClientStatus>,
+    inventory: Option<Inventory>,
+    liveness: Option<Live>,
+) -> Client {
+    if let Some(mut status) = status {
+        let embedded = std::mem::take(&mut client.status);
+        status.inventory = embedded.inventory;
+        status.last_heartbeat = embedded.last_heartbeat;
+        status.load = embedded.load;
+        client.status = status;
+    }
+    if inventory.is_some() {
+        client.status.inventory = inventory;
+    }
+    overlay_liveness(&mut client, liveness);
+    client
+}
+
+/// Sets a status's liveness to the recorded one (none: no heartbeat, no load).
+fn set_liveness(status: &mut ClientStatus, liveness: Option<Live>) {
+    let (last_heartbeat, load) = liveness.unzip();
+    status.last_heartbeat = last_heartbeat;
+    status.load = load.unwrap_or_default();
+}
+
+/// One record of a table keyed by client name.
+fn get_record<'a>(
+    table: &'a impl ReadableTable<&'static str, &'static [u8]>,
+    table_name: &str,
+    name: &str,
+) -> Result<Option<AccessGuard<'a, &'static [u8]>>> {
+    table
+        .get(name)
+        .map_err(db_error(format_args!("read {table_name}/{name}")))
+}
+
+/// One client, put together from its records, in a read or a write transaction.
+fn read_client<T: ReadableTable<&'static str, &'static [u8]>>(
+    clients: &T,
+    status: &T,
+    inventory: &T,
+    liveness: &T,
+    name: &str,
+) -> Result<Option<Client>> {
+    let Some(record) = get_record(clients, "clients", name)? else {
+        return Ok(None);
+    };
+    let client = decode_client(name, record.value())?;
+    let status = get_record(status, "client_status", name)?
+        .map(|bytes| decode_status(name, bytes.value()))
+        .transpose()?;
+    let inventory = get_record(inventory, "client_inventory", name)?
+        .map(|bytes| decode_inventory(name, bytes.value()))
+        .transpose()?;
+    let liveness = read_liveness(liveness, name)?;
+    Ok(Some(assemble(client, status, inventory, liveness)))
+}
+
+/// The client tables, open in one read transaction.
+struct ClientReadTables {
+    clients: ReadOnlyTable<&'static str, &'static [u8]>,
+    status: ReadOnlyTable<&'static str, &'static [u8]>,
+    inventory: ReadOnlyTable<&'static str, &'static [u8]>,
+    liveness: ReadOnlyTable<&'static str, &'static [u8]>,
+}
+
+impl ClientReadTables {
+    fn open(txn: &ReadTransaction) -> Result<Self> {
+        Ok(ClientReadTables {
+            clients: open_read(txn, CLIENTS)?,
+            status: open_read(txn, CLIENT_STATUS)?,
+            inventory: open_read(txn, CLIENT_INVENTORY)?,
+            liveness: open_read(txn, LIVENESS)?,
+        })
+    }
+
+    fn get(&self, name: &str) -> Result<Option<Client>> {
+        read_client(
+            &self.clients,
+            &self.status,
+            &self.inventory,
+            &self.liveness,
+            name,
+        )
+    }
+
+    /// Visits every client in name order, walking `clients` and the tables beside it (all keyed
+    /// by client name) side by side. Without `with_inventory`, clients come without inventory
+    /// and no inventory is even decoded.
+    fn walk(&self, with_inventory: bool, visit: &mut dyn FnMut(Client)) -> Result<()> {
+        let mut status = Beside::new(&self.status, "client_status")?;
+        let mut liveness = Beside::new(&self.liveness, "client_liveness")?;
+        let mut inventory = if with_inventory {
+            Some(Beside::new(&self.inventory, "client_inventory")?)
+        } else {
+            None
+        };
+        for entry in self.clients.iter().map_err(db_error("list clients"))? {
+            let (key, value) = entry.map_err(db_error("list clients"))?;
+            let name = key.value();
+            let client = if with_inventory {
+                decode_client(name, value.value())?
+            } else {
+                decode_client_without_inventory(name, value.value())?
+            };
+            let status = status
+                .take(name)?
+                .map(|bytes| decode_status(name, bytes.value()))
+                .transpose()?;
+            let inventory = match &mut inventory {
+                Some(records) => records
+                    .take(name)?
+                    .map(|bytes| decode_inventory(name, bytes.value()))
+                    .transpose()?,
+                None => None,
+            };
+            let liveness = liveness
+                .take(name)?
+                .map(|bytes| decode_liveness(name, bytes.value()))
+                .transpose()?;
+            visit(assemble(client, status, inventory, liveness));
+        }
+        Ok(())
+    }
+}
+
+/// Walks a table keyed by client name beside `clients`, whose names are asked for in order.
+struct Beside<'a> {
+    entries: redb::Range<'a, &'static str, &'static [u8]>,
+    pending: Option<(
+        AccessGuard<'a, &'static str>,
+        AccessGuard<'a, &'static [u8]>,
+    )>,
+    table: &'static str,
+}
+
+impl<'a> Beside<'a> {
+    fn new(
+        table: &'a impl ReadableTable<&'static str, &'static [u8]>,
+        table_name: &'static str,
+    ) -> Result<Self> {
+        let entries = table
+            .iter()
+            .map_err(db_error(format_args!("list {table_name}")))?;
+        let mut beside = Beside {
+            entries,
+            pending: None,
+            table: table_name,
+        };
+        beside.advance()?;
+        Ok(beside)
+    }
+
+    fn advance(&mut self) -> Result<()> {
+        self.pending = self
+            .entries
+            .next()
+            .transpose()
+            .map_err(db_error(format_args!("list {}", self.table)))?;
+        Ok(())
+    }
+
+    /// The record of `name`, if any. Names must be asked for in increasing order.
+    fn take(&mut self, name: &str) -> Result<Option<AccessGuard<'a, &'static [u8]>>> {
+        loop {
+            let order = match &self.pending {
+                None => return Ok(None),
+                Some((key, _)) => key.value().cmp(name),
+            };
+            match order {
+                Ordering::Less => self.advance()?,
+                Ordering::Equal => {
+                    let (_, value) = self.pending.take().expect("a pending record");
+                    self.advance()?;
+                    return Ok(Some(value));
+                }
+                Ordering::Greater => return Ok(None),
+            }
+        }
+    }
+}
+
+/// The records kept beside client objects (status, inventory, liveness), open in one write
+/// transaction.
+struct ClientParts<'t> {
+    status: Table<'t, &'static str, &'static [u8]>,
+    inventory: Table<'t, &'static str, &'static [u8]>,
+    liveness: Table<'t, &'static str, &'static [u8]>,
+}
+
+impl<'t> ClientParts<'t> {
+    fn open(txn: &'t WriteTransaction) -> Result<Self> {
+        Ok(ClientParts {
+            status: open(txn, CLIENT_STATUS)?,
+            inventory: open(txn, CLIENT_INVENTORY)?,
+            liveness: open(txn, LIVENESS)?,
+        })
+    }
+
+    /// Drops every record under `name`: those of a deleted client, or liveness written for a
+    /// name without a client.
+    fn clear(&mut self, name: &str) -> Result<()> {
+        self.status
+            .remove(name)
+            .map_err(db_error(format_args!("remove client_status/{name}")))?;
+        self.inventory
+            .remove(name)
+            .map_err(db_error(format_args!("remove client_inventory/{name}")))?;
+        self.liveness
+            .remove(name)
+            .map_err(db_error(format_args!("remove client_liveness/{name}")))?;
+        Ok(())
+    }
+
+    /// Records a stored client's status: the status record, the inventory when `Some`, and the
+    /// heartbeat (with the load) when it is newer than the recorded one. Returns the liveness
+    /// recorded afterwards.
+    fn record(&mut self, name: &str, status: &ClientStatus) -> Result<Option<Live>> {
+        let bytes = encode(
+            format_args!("client_status/{name}"),
+            &StatusRecord::of(status),
+        )?;
+        self.status
+            .insert(name, bytes.as_slice())
+            .map_err(db_error(format_args!("write client_status/{name}")))?;
+        if let Some(inventory) = &status.inventory {
+            self.put_inventory(name, inventory)?;
+        }
+        self.advance_liveness(name, status.last_heartbeat.map(|at| (at, status.load)))
+    }
+
+    fn put_inventory(&mut self, name: &str, inventory: &Inventory) -> Result<()> {
+        let bytes = encode(format_args!("client_inventory/{name}"), inventory)?;
+        self.inventory
+            .insert(name, bytes.as_slice())
+            .map_err(db_error(format_args!("write client_inventory/{name}")))?;
+        Ok(())
+    }
+
+    /// The recorded inventory (not one a legacy `clients` record embeds).
+    fn inventory(&self, name: &str) -> Result<Option<Inventory>> {
+        get_record(&self.inventory, "client_inventory", name)?
+            .map(|bytes| decode_inventory(name, bytes.value()))
+            .transpose()
+    }
+
+    /// Records `heartbeat` when it is newer than the recorded one; returns the liveness recorded
+    /// afterwards.
+    fn advance_liveness(&mut self, name: &str, heartbeat: Option<Live>) -> Result<Option<Live>> {
+        let recorded = read_liveness(&self.liveness, name)?;
+        match heartbeat {
+            Some((at, load)) if recorded.is_none_or(|(recorded_at, _)| at > recorded_at) => {
+                self.liveness
+                    .insert(name, encode_liveness(at, &load).as_slice())
+                    .map_err(db_error(format_args!("write client_liveness/{name}")))?;
+                Ok(Some((at, load)))
+            }
+            _ => Ok(recorded),
+        }
+    }
+}
+
 /// The tables an enrolment writes, open in one write transaction.
 struct NewClientTables<'t> {
     clients: Table<'t, &'static str, &'static [u8]>,
     machine_ids: Table<'t, &'static str, &'static str>,
     tokens: Table<'t, &'static str, &'static str>,
     token_of: Table<'t, &'static str, &'static str>,
-    liveness: Table<'t, &'static str, &'static [u8]>,
+    parts: ClientParts<'t>,
     meta: Table<'t, &'static str, u64>,
     revision: Revision,
 }
@@ -477,14 +944,15 @@ impl<'t> NewClientTables<'t> {
             machine_ids: open(txn, MACHINE_IDS)?,
             tokens: open(txn, TOKENS)?,
             token_of: open(txn, TOKEN_OF)?,
-            liveness: open(txn, LIVENESS)?,
+            parts: ClientParts::open(txn)?,
             meta,
             revision,
         })
     }
 
-    /// Stores one new client with its indexes; refuses a taken name, machine id or token hash
-    /// (including one taken earlier in the same transaction).
+    /// Stores one new client with its indexes and its status; refuses a taken name, machine id
+    /// or token hash (including one taken earlier in the same transaction). Returns the client as
+    /// it now reads.
     fn insert(&mut self, mut client: Client, token_hash: &str, now: Timestamp) -> Result<Client> {
         let name = client.metadata.name.clone();
         let machine_id = client.spec.machine_id.clone();
@@ -516,7 +984,7 @@ impl<'t> NewClientTables<'t> {
         metadata.uid = Some(new_uid("Client", &name, now, version));
         metadata.creation_timestamp = Some(now);
         metadata.resource_version = Some(version.to_string());
-        let bytes = encode(&format!("clients/{name}"), &client)?;
+        let bytes = encode(format_args!("clients/{name}"), &ClientObject::of(&client))?;
         self.clients
             .insert(name.as_str(), bytes.as_slice())
             .map_err(db_error("write client"))?;
@@ -529,10 +997,11 @@ impl<'t> NewClientTables<'t> {
         self.token_of
             .insert(name.as_str(), token_hash)
             .map_err(db_error("write token index"))?;
-        // A liveness record written for a client of this name after it was deleted.
-        self.liveness
-            .remove(name.as_str())
-            .map_err(db_error("write client liveness"))?;
+        // Records left under this name (liveness written for it after a client of this name was
+        // deleted); the new client starts from its own status only.
+        self.parts.clear(&name)?;
+        let liveness = self.parts.record(&name, &client.status)?;
+        set_liveness(&mut client.status, liveness);
         Ok(client)
     }
 }
@@ -540,16 +1009,16 @@ impl<'t> NewClientTables<'t> {
 /// Size of an encoded liveness record: last heartbeat (ms), CPU %, memory used, uptime.
 const LIVENESS_BYTES: usize = 28;
 
-fn encode_liveness(entry: &Liveness) -> [u8; LIVENESS_BYTES] {
+fn encode_liveness(last_heartbeat: Timestamp, load: &Load) -> [u8; LIVENESS_BYTES] {
     let mut bytes = [0u8; LIVENESS_BYTES];
-    bytes[0..8].copy_from_slice(&entry.last_heartbeat.unix_millis().to_le_bytes());
-    bytes[8..12].copy_from_slice(&entry.load.cpu_percent.to_le_bytes());
-    bytes[12..20].copy_from_slice(&entry.load.memory_used_bytes.to_le_bytes());
-    bytes[20..28].copy_from_slice(&entry.load.uptime_seconds.to_le_bytes());
+    bytes[0..8].copy_from_slice(&last_heartbeat.unix_millis().to_le_bytes());
+    bytes[8..12].copy_from_slice(&load.cpu_percent.to_le_bytes());
+    bytes[12..20].copy_from_slice(&load.memory_used_bytes.to_le_bytes());
+    bytes[20..28].copy_from_slice(&load.uptime_seconds.to_le_bytes());
     bytes
 }
 
-fn decode_liveness(name: &str, bytes: &[u8]) -> Result<(Timestamp, Load)> {
+fn decode_liveness(name: &str, bytes: &[u8]) -> Result<Live> {
     let corrupt = || StoreError::Corrupt {
         key: format!("client_liveness/{name}"),
         message: format!("{} bytes, expected {LIVENESS_BYTES}", bytes.len()),
@@ -569,8 +1038,9 @@ fn decode_liveness(name: &str, bytes: &[u8]) -> Result<(Timestamp, Load)> {
     ))
 }
 
-/// Takes a liveness record into a client read from its JSON, when the record is newer.
-fn overlay_liveness(client: &mut Client, record: Option<(Timestamp, Load)>) {
+/// Takes a liveness record into a client, when the record is newer than what its status holds
+/// (nothing, or what a legacy record embeds).
+fn overlay_liveness(client: &mut Client, record: Option<Live>) {
     if let Some((last_heartbeat, load)) = record
         && client
             .status
@@ -586,7 +1056,7 @@ fn overlay_liveness(client: &mut Client, record: Option<(Timestamp, Load)>) {
 fn read_liveness(
     table: &impl ReadableTable<&'static str, &'static [u8]>,
     name: &str,
-) -> Result<Option<(Timestamp, Load)>> {
+) -> Result<Option<Live>> {
     match table
         .get(name)
         .map_err(db_error(format_args!("read liveness of {name}")))?
@@ -594,31 +1064,6 @@ fn read_liveness(
         Some(bytes) => decode_liveness(name, bytes.value()).map(Some),
         None => Ok(None),
     }
-}
-
-/// A client with its liveness overlaid, from a read transaction.
-fn read_client_live(txn: &ReadTransaction, name: &str) -> Result<Option<Client>> {
-    let Some(mut client) = read_client(&open_read(txn, CLIENTS)?, name)? else {
-        return Ok(None);
-    };
-    overlay_liveness(
-        &mut client,
-        read_liveness(&open_read(txn, LIVENESS)?, name)?,
-    );
-    Ok(Some(client))
-}
-
-fn read_client(
-    table: &impl ReadableTable<&'static str, &'static [u8]>,
-    name: &str,
-) -> Result<Option<Client>> {
-    let Some(bytes) = table
-        .get(name)
-        .map_err(db_error(format_args!("read client {name}")))?
-    else {
-        return Ok(None);
-    };
-    decode(&format!("clients/{name}"), bytes.value()).map(Some)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -732,43 +1177,34 @@ impl Store for RedbStore {
     }
 
     fn get_client(&self, name: &str) -> Result<Option<Client>> {
-        self.read_txn("get client", |txn| read_client_live(txn, name))
+        self.read_txn("get client", |txn| ClientReadTables::open(txn)?.get(name))
     }
 
     fn list_clients(&self) -> Result<Vec<Client>> {
         self.read_txn("list clients", |txn| {
-            let clients = open_read(txn, CLIENTS)?;
-            let liveness = open_read(txn, LIVENESS)?;
-            // Both tables are keyed by client name: walk them side by side.
-            let mut records = liveness.iter().map_err(db_error("list client liveness"))?;
-            let mut next_record = || -> Result<Option<(String, (Timestamp, Load))>> {
-                let Some(entry) = records.next() else {
-                    return Ok(None);
-                };
-                let (key, value) = entry.map_err(db_error("list client liveness"))?;
-                let name = key.value();
-                Ok(Some((
-                    name.to_string(),
-                    decode_liveness(name, value.value())?,
-                )))
-            };
-            let mut pending = next_record()?;
             let mut result = Vec::new();
-            for entry in clients.iter().map_err(db_error("list clients"))? {
-                let (key, value) = entry.map_err(db_error("list clients"))?;
-                let name = key.value();
-                let mut client: Client = decode(&format!("clients/{name}"), value.value())?;
-                while pending.as_ref().is_some_and(|(n, _)| n.as_str() < name) {
-                    pending = next_record()?;
-                }
-                let record = match &pending {
-                    Some((n, record)) if n == name => Some(*record),
-                    _ => None,
-                };
-                overlay_liveness(&mut client, record);
-                result.push(client);
-            }
+            ClientReadTables::open(txn)?.walk(true, &mut |client| result.push(client))?;
             Ok(result)
+        })
+    }
+
+    fn scan_clients(&self, visit: &mut dyn FnMut(Client)) -> Result<()> {
+        self.read_txn("scan clients", |txn| {
+            ClientReadTables::open(txn)?.walk(false, visit)
+        })
+    }
+
+    fn client_inventory(&self, name: &str) -> Result<Option<Inventory>> {
+        self.read_txn("read client inventory", |txn| {
+            let clients = open_read(txn, CLIENTS)?;
+            let Some(record) = get_record(&clients, "clients", name)? else {
+                return Ok(None);
+            };
+            let inventory = open_read(txn, CLIENT_INVENTORY)?;
+            match get_record(&inventory, "client_inventory", name)? {
+                Some(bytes) => decode_inventory(name, bytes.value()).map(Some),
+                None => decode_legacy_inventory(name, record.value()),
+            }
         })
     }
 
@@ -781,7 +1217,7 @@ impl Store for RedbStore {
             else {
                 return Ok(None);
             };
-            read_client_live(txn, name.value())
+            ClientReadTables::open(txn)?.get(name.value())
         })
     }
 
@@ -886,10 +1322,41 @@ impl Store for RedbStore {
             for entry in &entries {
                 let name = entry.name.as_str();
                 table
-                    .insert(name, encode_liveness(entry).as_slice())
+                    .insert(
+                        name,
+                        encode_liveness(entry.last_heartbeat, &entry.load).as_slice(),
+                    )
                     .map_err(db_error(format_args!("write liveness of {name}")))?;
             }
             Ok(entries.len())
+        })
+    }
+
+    fn put_client_status(&self, mut entries: Vec<ClientStatusEntry>) -> Result<usize> {
+        if entries.is_empty() {
+            return Ok(0);
+        }
+        // In key order (a stable sort: entries of one name stay in the order given).
+        entries.sort_by(|a, b| a.name.cmp(&b.name));
+        self.write_txn("put client status", |txn| {
+            let clients = open(txn, CLIENTS)?;
+            let mut parts = ClientParts::open(txn)?;
+            let mut written = 0;
+            let mut entries = entries.iter().peekable();
+            while let Some(entry) = entries.next() {
+                let name = entry.name.as_str();
+                if entries.peek().is_some_and(|next| next.name == entry.name) {
+                    // A later entry of this name wins.
+                    continue;
+                }
+                if get_record(&clients, "clients", name)?.is_none() {
+                    // Deleted meanwhile, or never enrolled: not brought back.
+                    continue;
+                }
+                parts.record(name, &entry.status)?;
+                written += 1;
+            }
+            Ok(written)
         })
     }
 
@@ -902,21 +1369,16 @@ impl Store for RedbStore {
         clients.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
         self.write_txn("put clients", |txn| {
             let mut table = open(txn, CLIENTS)?;
-            let mut liveness = open(txn, LIVENESS)?;
+            let mut parts = ClientParts::open(txn)?;
             let mut machine_ids = open(txn, MACHINE_IDS)?;
             let mut meta = open(txn, META)?;
             let mut revision = Revision::load(&meta)?;
             let mut result = Vec::with_capacity(clients.len());
             for mut client in clients {
                 let name = client.metadata.name.clone();
-                let key = format!("clients/{name}");
-                let stored: Option<ClientHead> = match table
-                    .get(name.as_str())
-                    .map_err(db_error(format_args!("read {key}")))?
-                {
-                    Some(bytes) => Some(decode(&key, bytes.value())?),
-                    None => None,
-                };
+                let stored: Option<ClientHead> = get_record(&table, "clients", &name)?
+                    .map(|bytes| decode(format_args!("clients/{name}"), bytes.value()))
+                    .transpose()?;
                 let machine_id = client.spec.machine_id.as_str();
                 let old_machine_id = stored.as_ref().map(|head| head.spec.machine_id.as_str());
                 if old_machine_id != Some(machine_id) {
@@ -940,15 +1402,17 @@ impl Store for RedbStore {
                 }
                 let version = revision.take();
                 let metadata = &mut client.metadata;
+                // The status a legacy record embeds; rewriting the record drops it, so what is
+                // not replaced moves to the records beside it.
+                let mut embedded = None;
                 match stored {
                     Some(head) => {
                         metadata.uid = head.metadata.uid;
                         metadata.creation_timestamp = head.metadata.creation_timestamp;
+                        embedded = head.status;
                     }
                     None => {
-                        liveness
-                            .remove(name.as_str())
-                            .map_err(db_error("write client liveness"))?;
+                        parts.clear(&name)?;
                         let created = *metadata
                             .creation_timestamp
                             .get_or_insert_with(Timestamp::now);
@@ -958,10 +1422,31 @@ impl Store for RedbStore {
                     }
                 }
                 metadata.resource_version = Some(version.to_string());
-                let bytes = encode(&key, &client)?;
+                let bytes = encode(format_args!("clients/{name}"), &ClientObject::of(&client))?;
                 table
                     .insert(name.as_str(), bytes.as_slice())
-                    .map_err(db_error(format_args!("write {key}")))?;
+                    .map_err(db_error(format_args!("write clients/{name}")))?;
+                let mut embedded_inventory = None;
+                if let Some(embedded) = embedded {
+                    if let Some(at) = embedded.last_heartbeat {
+                        parts.advance_liveness(&name, Some((at, embedded.load)))?;
+                    }
+                    embedded_inventory = embedded.inventory;
+                }
+                let liveness = parts.record(&name, &client.status)?;
+                if client.status.inventory.is_none() {
+                    client.status.inventory = match parts.inventory(&name)? {
+                        Some(recorded) => Some(recorded),
+                        None => match embedded_inventory {
+                            Some(inventory) => {
+                                parts.put_inventory(&name, &inventory)?;
+                                Some(inventory)
+                            }
+                            None => None,
+                        },
+                    };
+                }
+                set_liveness(&mut client.status, liveness);
                 result.push(client);
             }
             revision.save(&mut meta)?;
@@ -972,21 +1457,23 @@ impl Store for RedbStore {
     fn delete_client(&self, name: &str) -> Result<Option<Client>> {
         self.write_txn("delete client", |txn| {
             let mut clients = open(txn, CLIENTS)?;
+            let mut parts = ClientParts::open(txn)?;
             let mut machine_ids = open(txn, MACHINE_IDS)?;
             let mut tokens = open(txn, TOKENS)?;
             let mut token_of = open(txn, TOKEN_OF)?;
             let mut meta = open(txn, META)?;
-            let mut liveness = open(txn, LIVENESS)?;
-            let Some(mut client) = read_client(&clients, name)? else {
+            let Some(client) = read_client(
+                &clients,
+                &parts.status,
+                &parts.inventory,
+                &parts.liveness,
+                name,
+            )?
+            else {
                 return Ok(None);
             };
-            let record = liveness
-                .remove(name)
-                .map_err(db_error("delete client liveness"))?
-                .map(|bytes| decode_liveness(name, bytes.value()))
-                .transpose()?;
-            overlay_liveness(&mut client, record);
             clients.remove(name).map_err(db_error("delete client"))?;
+            parts.clear(name)?;
             let machine_id = client.spec.machine_id.as_str();
             let indexed = machine_ids
                 .get(machine_id)
@@ -1021,32 +1508,32 @@ impl Store for RedbStore {
         self.write_txn("append events", |txn| {
             let mut table = open(txn, EVENTS)?;
             let mut meta = open(txn, META)?;
-            let mut next = meta_value(&meta, META_NEXT_EVENT_SEQ)?.unwrap_or(1);
-            let mut result = Vec::with_capacity(events.len());
-            for mut event in events {
-                event.seq = next;
-                next = next.saturating_add(1);
-                let bytes = encode(&format!("events/{}", event.seq), &event)?;
-                table
-                    .insert(event.seq, bytes.as_slice())
-                    .map_err(db_error("write event"))?;
-                result.push(event);
-            }
+            let first = meta_value(&meta, META_NEXT_EVENT_SEQ)?.unwrap_or(1);
+            let count = u64::try_from(events.len()).unwrap_or(u64::MAX);
+            let next = first.saturating_add(count);
             meta.insert(META_NEXT_EVENT_SEQ, next)
                 .map_err(db_error("write event sequence"))?;
-            // Keep the `capacity` newest: sequence numbers above `next - 1 - capacity`.
+            // Keep the `capacity` newest: sequence numbers above `next - 1 - capacity`. The older
+            // ones go in one range removal, before the new ones are inserted.
             let keep_above = next.saturating_sub(1).saturating_sub(capacity);
-            loop {
-                let oldest = table
-                    .first()
-                    .map_err(db_error("trim events"))?
-                    .map(|(seq, _)| seq.value());
-                match oldest {
-                    Some(seq) if seq <= keep_above => {
-                        table.remove(seq).map_err(db_error("trim events"))?;
-                    }
-                    _ => break,
+            if keep_above > 0 {
+                table
+                    .retain_in(..=keep_above, |_, _| false)
+                    .map_err(db_error("trim events"))?;
+            }
+            let mut result = Vec::with_capacity(events.len());
+            let mut seq = first;
+            for mut event in events {
+                event.seq = seq;
+                seq = seq.saturating_add(1);
+                // Events of this batch that the trim above would drop are not stored at all.
+                if event.seq > keep_above {
+                    let bytes = encode(format_args!("events/{}", event.seq), &event)?;
+                    table
+                        .insert(event.seq, bytes.as_slice())
+                        .map_err(db_error("write event"))?;
                 }
+                result.push(event);
             }
             Ok(result)
         })
@@ -1071,7 +1558,7 @@ impl Store for RedbStore {
                 .rev()
             {
                 let (seq, value) = entry.map_err(db_error("list events"))?;
-                let event: Event = decode(&format!("events/{}", seq.value()), value.value())?;
+                let event: Event = decode(format_args!("events/{}", seq.value()), value.value())?;
                 if filter
                     .kind
                     .as_ref()
@@ -1298,7 +1785,8 @@ mod tests {
         }
         match RedbStore::open(&path) {
             Err(StoreError::Database(message)) => {
-                assert!(message.contains("table layout 2"), "{message}")
+                let newer = format!("table layout {}", SCHEMA_VERSION + 1);
+                assert!(message.contains(&newer), "{message}")
             }
             other => panic!("expected a refusal, got {other:?}"),
         }

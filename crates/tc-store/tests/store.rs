@@ -1,16 +1,19 @@
 //! Behaviour of the redb store through the `Store` trait.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use redb::{Database, ReadableDatabase, TableDefinition};
 use tc_api::{
-    API_VERSION, Artifact, Client, ClientGroup, ClientGroupSpec, ClientGroupStatus, ClientPhase,
-    ClientSpec, Event, EventType, Kind, Object, ObjectMeta, ObjectRef, PackageRelease,
-    PackageReleaseSpec, Timestamp,
+    API_VERSION, Artifact, AssignedPackage, Client, ClientGroup, ClientGroupSpec,
+    ClientGroupStatus, ClientPhase, ClientSpec, ClientStatus, Condition, ConditionStatus, Event,
+    EventType, Inventory, Kind, Object, ObjectMeta, ObjectRef, PackageRelease, PackageReleaseSpec,
+    PackageReport, PackageState, Timestamp,
 };
 use tc_store::{
-    EventFilter, Liveness, MACHINE_ID_KIND, RedbStore, Store, StoreError, Write, WriteOutcome,
+    ClientStatusEntry, EventFilter, Liveness, MACHINE_ID_KIND, RedbStore, Store, StoreError, Write,
+    WriteOutcome,
 };
 use tempfile::TempDir;
 
@@ -1435,4 +1438,864 @@ fn settings_are_set_replaced_and_removed() {
         0,
         "settings are not versioned objects"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Clients in parts: object, status, inventory, liveness
+
+fn inventory(host: &str) -> Inventory {
+    Inventory {
+        hostname: host.into(),
+        os_name: "Debian GNU/Linux".into(),
+        os_version: "12".into(),
+        kernel_version: "6.1.0-18-amd64".into(),
+        arch: "x86_64".into(),
+        cpu_model: "Intel(R) Atom(TM) x5-E3940".into(),
+        cpu_cores: 4,
+        memory_total_bytes: 2 << 30,
+        disks: vec![tc_proto::Disk {
+            name: "/dev/mmcblk0p2".into(),
+            mount_point: "/".into(),
+            file_system: "ext4".into(),
+            total_bytes: 32 << 30,
+            available_bytes: 20 << 30,
+        }],
+        boot_time: Some(at(1)),
+        agent_version: "0.1.0".into(),
+        ..Default::default()
+    }
+}
+
+/// A reported status (no inventory, no heartbeat) with one package at `version`.
+fn reported(version: &str, desired_revision: u64) -> ClientStatus {
+    ClientStatus {
+        phase: ClientPhase::Online,
+        inventory_hash: format!("inventory-{version}"),
+        packages: vec![PackageReport {
+            name: "kiosk".into(),
+            version: version.into(),
+            state: PackageState::Installed,
+            active_version: Some(version.into()),
+            message: None,
+            since: at(100),
+        }],
+        observed_revision: desired_revision,
+        desired: vec![AssignedPackage {
+            name: "kiosk".into(),
+            version: version.into(),
+        }],
+        desired_revision,
+        conditions: vec![Condition {
+            type_: "Ready".into(),
+            status: ConditionStatus::True,
+            reason: "Heartbeating".into(),
+            message: String::new(),
+            last_transition_time: at(100),
+            observed_generation: None,
+        }],
+        ..Default::default()
+    }
+}
+
+fn heard(mut status: ClientStatus, millis: u64, cpu: f32) -> ClientStatus {
+    let recorded = liveness("", millis, cpu);
+    status.last_heartbeat = Some(recorded.last_heartbeat);
+    status.load = recorded.load;
+    status
+}
+
+fn with_inventory(mut status: ClientStatus, host: &str) -> ClientStatus {
+    status.inventory = Some(inventory(host));
+    status
+}
+
+fn client_with(name: &str, machine_id: &str, status: ClientStatus) -> Client {
+    let mut client = client(name, machine_id);
+    client.status = status;
+    client.refresh_labels();
+    client
+}
+
+fn entry(name: &str, status: ClientStatus) -> ClientStatusEntry {
+    ClientStatusEntry {
+        name: name.into(),
+        status,
+    }
+}
+
+fn get(store: &RedbStore, name: &str) -> Client {
+    store
+        .get_client(name)
+        .unwrap()
+        .unwrap_or_else(|| panic!("client {name} stored"))
+}
+
+fn scan(store: &RedbStore) -> Vec<Client> {
+    let mut visited = Vec::new();
+    store
+        .scan_clients(&mut |client| visited.push(client))
+        .unwrap();
+    visited
+}
+
+fn without_inventory(mut client: Client) -> Client {
+    client.status.inventory = None;
+    client
+}
+
+#[test]
+fn status_is_recorded_apart_from_the_object_without_resource_versions() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&dir);
+    // A running fleet seeded through bulk enrolment: heartbeat, load and inventory read back.
+    let created = store
+        .create_clients(
+            vec![
+                (client("a", "ma"), "ta".into()),
+                (
+                    client_with(
+                        "b",
+                        "mb",
+                        with_inventory(heard(reported("1.0.0", 1), 1_000, 5.0), "b"),
+                    ),
+                    "tb".into(),
+                ),
+            ],
+            at(1),
+        )
+        .unwrap();
+    assert_eq!(get(&store, "a"), created[0]);
+    assert_eq!(get(&store, "b"), created[1]);
+    assert_eq!(
+        created[1].status,
+        with_inventory(heard(reported("1.0.0", 1), 1_000, 5.0), "b")
+    );
+    assert_eq!(created[1].metadata.labels["thinfleet.io/hostname"], "b");
+    let revision = store.revision().unwrap();
+
+    let a_status = with_inventory(heard(reported("1.1.0", 2), 2_000, 10.0), "a");
+    let written = store
+        .put_client_status(vec![
+            entry("b", reported("1.2.0", 3)),
+            entry("a", a_status.clone()),
+        ])
+        .unwrap();
+    assert_eq!(written, 2);
+    assert_eq!(
+        store.revision().unwrap(),
+        revision,
+        "status takes no version"
+    );
+    let a = get(&store, "a");
+    assert_eq!(a.status, a_status);
+    assert_eq!(
+        a.metadata, created[0].metadata,
+        "the object is not rewritten"
+    );
+    let b = get(&store, "b");
+    assert_eq!(
+        b.status,
+        with_inventory(heard(reported("1.2.0", 3), 1_000, 5.0), "b"),
+        "the new status with the recorded inventory and liveness"
+    );
+    assert_eq!(b.metadata, created[1].metadata);
+
+    store
+        .put_liveness(vec![liveness("a", 3_000, 30.0)])
+        .unwrap();
+    let a = get(&store, "a");
+    assert_eq!(seen(&a), (Some(at(3_000)), 30.0));
+    assert_eq!(
+        a.metadata.resource_version,
+        created[0].metadata.resource_version
+    );
+    assert_eq!(
+        store.revision().unwrap(),
+        revision,
+        "liveness takes no version"
+    );
+
+    // Every way of reading a client puts it together the same way.
+    assert_eq!(store.list_clients().unwrap(), vec![a.clone(), b.clone()]);
+    assert_eq!(store.client_by_machine_id("ma").unwrap(), Some(a.clone()));
+    assert_eq!(store.client_by_machine_id("mb").unwrap(), Some(b.clone()));
+    assert_eq!(
+        scan(&store),
+        vec![without_inventory(a), without_inventory(b)]
+    );
+
+    // Writing the object takes a version; status writes after it do not.
+    let mut relabelled = get(&store, "b");
+    relabelled
+        .spec
+        .admin_labels
+        .insert("room".into(), "12".into());
+    relabelled.refresh_labels();
+    let stored = store.put_clients(vec![relabelled]).unwrap();
+    assert_eq!(store.revision().unwrap(), revision + 1);
+    let version = stored[0].metadata.resource_version.clone();
+    assert_eq!(version, Some((revision + 1).to_string()));
+    store
+        .put_client_status(vec![entry("b", reported("1.3.0", 4))])
+        .unwrap();
+    assert_eq!(get(&store, "b").metadata.resource_version, version);
+    assert_eq!(store.revision().unwrap(), revision + 1);
+}
+
+#[test]
+fn create_keeps_load_only_with_a_heartbeat_and_returns_what_reads_return() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&dir);
+    let mut status = reported("1.0.0", 1);
+    status.load.cpu_percent = 42.0;
+    let created = store
+        .create_client(client_with("a", "ma", status.clone()), "ta", at(1))
+        .unwrap();
+    status.load = Default::default();
+    assert_eq!(created.status, status);
+    assert_eq!(get(&store, "a"), created);
+}
+
+#[test]
+fn status_writes_skip_clients_that_are_not_stored_and_the_later_entry_of_a_name_wins() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&dir);
+    store.create_client(client("a", "ma"), "ta", at(1)).unwrap();
+    store.create_client(client("b", "mb"), "tb", at(1)).unwrap();
+    store.delete_client("b").unwrap();
+    let revision = store.revision().unwrap();
+
+    let written = store
+        .put_client_status(vec![
+            entry(
+                "a",
+                heard(with_inventory(reported("1.0.0", 1), "a1"), 2_000, 20.0),
+            ),
+            entry(
+                "ghost",
+                with_inventory(heard(reported("1.0.0", 1), 1_000, 1.0), "g"),
+            ),
+            entry(
+                "b",
+                with_inventory(heard(reported("1.0.0", 1), 1_000, 1.0), "b"),
+            ),
+            entry("a", reported("2.0.0", 2)),
+        ])
+        .unwrap();
+    assert_eq!(written, 1, "only a, once");
+    let a = get(&store, "a");
+    assert_eq!(a.status.desired_revision, 2, "the later entry of a wins");
+    assert_eq!(
+        a.status.inventory, None,
+        "the earlier entry of a was not written"
+    );
+    assert_eq!(a.status.last_heartbeat, None);
+    assert_eq!(store.get_client("ghost").unwrap(), None);
+    assert_eq!(store.get_client("b").unwrap(), None);
+    assert_eq!(store.client_inventory("ghost").unwrap(), None);
+    assert_eq!(store.list_clients().unwrap(), vec![a]);
+    assert_eq!(store.revision().unwrap(), revision);
+    assert_eq!(store.put_client_status(Vec::new()).unwrap(), 0);
+
+    // Nothing was recorded for them: clients enrolled later under these names start clean, also
+    // from liveness recorded for a name without a client.
+    store
+        .put_liveness(vec![liveness("ghost", 8_000, 8.0)])
+        .unwrap();
+    for (name, machine) in [("ghost", "mg"), ("b", "mb")] {
+        let created = store
+            .create_client(client(name, machine), &format!("t{name}"), at(2))
+            .unwrap();
+        assert_eq!(created.status, ClientStatus::default(), "{name}");
+        assert_eq!(get(&store, name), created, "{name}");
+        assert_eq!(store.client_inventory(name).unwrap(), None, "{name}");
+    }
+}
+
+#[test]
+fn inventory_is_kept_by_none_and_replaced_by_some() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&dir);
+    store
+        .create_client(
+            client_with("a", "ma", with_inventory(reported("1.0.0", 1), "first")),
+            "ta",
+            at(1),
+        )
+        .unwrap();
+    store.create_client(client("c", "mc"), "tc", at(1)).unwrap();
+    assert_eq!(
+        store.client_inventory("a").unwrap(),
+        Some(inventory("first"))
+    );
+    assert_eq!(store.client_inventory("c").unwrap(), None);
+    assert_eq!(store.client_inventory("nobody").unwrap(), None);
+
+    // put_client_status
+    store
+        .put_client_status(vec![entry("a", reported("1.1.0", 2))])
+        .unwrap();
+    assert_eq!(get(&store, "a").status.inventory, Some(inventory("first")));
+    assert_eq!(get(&store, "a").status.desired_revision, 2);
+    store
+        .put_client_status(vec![entry(
+            "a",
+            with_inventory(reported("1.1.0", 2), "second"),
+        )])
+        .unwrap();
+    assert_eq!(get(&store, "a").status.inventory, Some(inventory("second")));
+    assert_eq!(
+        store.client_inventory("a").unwrap(),
+        Some(inventory("second"))
+    );
+
+    // put_clients, with a copy of the client that lacks the inventory (as scan_clients gives)
+    let scanned = scan(&store).remove(0);
+    assert_eq!(scanned.status.inventory, None);
+    let stored = store.put_clients(vec![scanned]).unwrap();
+    assert_eq!(stored[0].status.inventory, Some(inventory("second")));
+    assert_eq!(
+        get(&store, "a"),
+        stored[0],
+        "put_clients returns what reads return"
+    );
+    let mut replaced = get(&store, "a");
+    replaced.status.inventory = Some(inventory("third"));
+    store.put_clients(vec![replaced]).unwrap();
+    assert_eq!(get(&store, "a").status.inventory, Some(inventory("third")));
+    assert_eq!(
+        store.client_inventory("a").unwrap(),
+        Some(inventory("third"))
+    );
+
+    // A client new to put_clients has only what it carries.
+    let stored = store.put_clients(vec![client("d", "md")]).unwrap();
+    assert_eq!(stored[0].status.inventory, None);
+    assert_eq!(store.client_inventory("d").unwrap(), None);
+    assert_eq!(get(&store, "d"), stored[0]);
+}
+
+#[test]
+fn liveness_only_moves_forward_through_status_and_object_writes() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&dir);
+    store
+        .create_client(
+            client_with("a", "ma", heard(reported("1.0.0", 1), 5_000, 50.0)),
+            "ta",
+            at(1),
+        )
+        .unwrap();
+    assert_eq!(seen(&get(&store, "a")), (Some(at(5_000)), 50.0));
+    // (what, heartbeat and cpu written, expected heartbeat and cpu read)
+    let cases = [
+        ("older", Some((4_000, 40.0)), (5_000, 50.0)),
+        ("equal", Some((5_000, 45.0)), (5_000, 50.0)),
+        ("none", None, (5_000, 50.0)),
+        ("newer", Some((6_000, 60.0)), (6_000, 60.0)),
+    ];
+    for (what, written, (millis, cpu)) in cases {
+        let mut status = reported("1.0.0", 1);
+        if let Some((written_millis, written_cpu)) = written {
+            status = heard(status, written_millis, written_cpu);
+        }
+        store.put_client_status(vec![entry("a", status)]).unwrap();
+        let a = get(&store, "a");
+        assert_eq!(seen(&a), (Some(at(millis)), cpu), "{what}");
+        assert_eq!(a.status.load.memory_used_bytes, millis * 10, "{what}");
+    }
+
+    let mut older = get(&store, "a");
+    older.status = heard(older.status, 5_500, 55.0);
+    let stored = store.put_clients(vec![older]).unwrap();
+    assert_eq!(seen(&stored[0]), (Some(at(6_000)), 60.0));
+    assert_eq!(seen(&get(&store, "a")), (Some(at(6_000)), 60.0));
+    let mut newer = get(&store, "a");
+    newer.status = heard(newer.status, 7_000, 70.0);
+    let stored = store.put_clients(vec![newer]).unwrap();
+    assert_eq!(seen(&stored[0]), (Some(at(7_000)), 70.0));
+    assert_eq!(seen(&scan(&store)[0]), (Some(at(7_000)), 70.0));
+}
+
+#[test]
+fn scan_clients_visits_every_client_in_name_order_without_inventory() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&dir);
+    let mut visited = 0;
+    store.scan_clients(&mut |_| visited += 1).unwrap();
+    assert_eq!(visited, 0);
+
+    // Enrolled in reverse order; some with inventory and heartbeat, some without.
+    let batch: Vec<(Client, String)> = (0..300u64)
+        .rev()
+        .map(|i| {
+            let name = format!("kiosk-{i:03}");
+            let mut status = reported("1.0.0", 1);
+            if i % 2 == 0 {
+                status = with_inventory(heard(status, 1_000 + i, 1.0), &name);
+            }
+            (
+                client_with(&name, &format!("machine-{i}"), status),
+                format!("token-{i}"),
+            )
+        })
+        .collect();
+    store.create_clients(batch, at(1)).unwrap();
+    store
+        .put_client_status(
+            (0..300u64)
+                .filter(|i| i % 3 == 0)
+                .map(|i| entry(&format!("kiosk-{i:03}"), reported("2.0.0", 2)))
+                .collect(),
+        )
+        .unwrap();
+    store
+        .put_liveness(
+            (0..300u64)
+                .filter(|i| i % 5 == 0)
+                .map(|i| liveness(&format!("kiosk-{i:03}"), 9_000 + i, 9.0))
+                .collect(),
+        )
+        .unwrap();
+
+    let listed = store.list_clients().unwrap();
+    let scanned = scan(&store);
+    let names: Vec<String> = scanned.iter().map(|c| c.metadata.name.clone()).collect();
+    let expected: Vec<String> = (0..300).map(|i| format!("kiosk-{i:03}")).collect();
+    assert_eq!(names, expected);
+    assert_eq!(
+        listed
+            .iter()
+            .filter(|c| c.status.inventory.is_some())
+            .count(),
+        150
+    );
+    assert!(scanned.iter().all(|c| c.status.inventory.is_none()));
+    assert_eq!(
+        scanned,
+        listed
+            .into_iter()
+            .map(without_inventory)
+            .collect::<Vec<_>>()
+    );
+    // Status, inventory hash and liveness come through.
+    let k0 = &scanned[0];
+    assert_eq!(k0.status.desired_revision, 2);
+    assert_eq!(k0.status.inventory_hash, "inventory-2.0.0");
+    assert_eq!(seen(k0), (Some(at(9_000)), 9.0));
+    let k2 = &scanned[2];
+    assert_eq!(k2.status.desired_revision, 1);
+    assert_eq!(k2.status.inventory_hash, "inventory-1.0.0");
+    assert_eq!(seen(k2), (Some(at(1_002)), 1.0));
+    assert_eq!(scanned[1].status.last_heartbeat, None);
+}
+
+#[test]
+fn delete_client_removes_its_status_inventory_and_liveness() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&dir);
+    store
+        .create_client(
+            client_with(
+                "a",
+                "ma",
+                with_inventory(heard(reported("1.0.0", 1), 1_000, 10.0), "a"),
+            ),
+            "ta",
+            at(1),
+        )
+        .unwrap();
+    store
+        .put_client_status(vec![entry("a", reported("1.1.0", 2))])
+        .unwrap();
+    store
+        .put_liveness(vec![liveness("a", 2_000, 20.0)])
+        .unwrap();
+    let before = get(&store, "a");
+    assert_eq!(
+        before.status,
+        with_inventory(heard(reported("1.1.0", 2), 2_000, 20.0), "a")
+    );
+
+    assert_eq!(store.delete_client("a").unwrap(), Some(before));
+    assert_eq!(store.client_inventory("a").unwrap(), None);
+    assert_eq!(
+        store
+            .put_client_status(vec![entry("a", reported("1.2.0", 3))])
+            .unwrap(),
+        0
+    );
+    assert!(scan(&store).is_empty());
+
+    let again = store.create_client(client("a", "ma"), "ta", at(3)).unwrap();
+    assert_eq!(again.status, ClientStatus::default());
+    assert_eq!(get(&store, "a"), again);
+    assert_eq!(store.client_inventory("a").unwrap(), None);
+    assert_eq!(scan(&store), vec![again]);
+}
+
+#[test]
+fn client_parts_survive_reopen() {
+    let dir = TempDir::new().unwrap();
+    let (listed, revision) = {
+        let store = open(&dir);
+        store
+            .create_clients(
+                vec![
+                    (
+                        client_with(
+                            "a",
+                            "ma",
+                            with_inventory(heard(reported("1.0.0", 1), 1_000, 1.0), "a"),
+                        ),
+                        "ta".into(),
+                    ),
+                    (client("b", "mb"), "tb".into()),
+                    (client("c", "mc"), "tc".into()),
+                ],
+                at(1),
+            )
+            .unwrap();
+        store
+            .put_client_status(vec![
+                entry("a", reported("1.1.0", 2)),
+                entry(
+                    "b",
+                    with_inventory(heard(reported("1.1.0", 2), 2_000, 2.0), "b"),
+                ),
+            ])
+            .unwrap();
+        store.put_liveness(vec![liveness("c", 3_000, 3.0)]).unwrap();
+        let mut c = get(&store, "c");
+        c.spec.admin_labels.insert("room".into(), "12".into());
+        c.refresh_labels();
+        store.put_clients(vec![c]).unwrap();
+        (store.list_clients().unwrap(), store.revision().unwrap())
+    };
+    assert_eq!(
+        listed
+            .iter()
+            .map(|c| (c.status.desired_revision, seen(c)))
+            .collect::<Vec<_>>(),
+        vec![
+            (2, (Some(at(1_000)), 1.0)),
+            (2, (Some(at(2_000)), 2.0)),
+            (0, (Some(at(3_000)), 3.0)),
+        ]
+    );
+    let store = open(&dir);
+    assert_eq!(store.list_clients().unwrap(), listed);
+    assert_eq!(store.revision().unwrap(), revision);
+    assert_eq!(
+        scan(&store),
+        listed
+            .iter()
+            .cloned()
+            .map(without_inventory)
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(store.client_inventory("a").unwrap(), Some(inventory("a")));
+    assert_eq!(store.client_inventory("b").unwrap(), Some(inventory("b")));
+}
+
+// A file of layout 1, as a build before the split wrote it: each client's whole status (inventory
+// and heartbeat included) in its `clients` record.
+
+const V1_CLIENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("clients");
+const V1_MACHINE_IDS: TableDefinition<&str, &str> = TableDefinition::new("client_machine_ids");
+const V1_TOKENS: TableDefinition<&str, &str> = TableDefinition::new("client_tokens");
+const V1_TOKEN_OF: TableDefinition<&str, &str> = TableDefinition::new("client_token_of");
+const V1_LIVENESS: TableDefinition<&str, &[u8]> = TableDefinition::new("client_liveness");
+const V1_META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+fn write_layout_1_file(path: &Path, clients: &[(&Client, &str)], records: &[Liveness]) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let db = Database::create(path).unwrap();
+    let txn = db.begin_write().unwrap();
+    {
+        let mut table = txn.open_table(V1_CLIENTS).unwrap();
+        let mut machine_ids = txn.open_table(V1_MACHINE_IDS).unwrap();
+        let mut tokens = txn.open_table(V1_TOKENS).unwrap();
+        let mut token_of = txn.open_table(V1_TOKEN_OF).unwrap();
+        for (client, token) in clients {
+            let name = client.metadata.name.as_str();
+            let json = serde_json::to_vec(client).unwrap();
+            table.insert(name, json.as_slice()).unwrap();
+            machine_ids
+                .insert(client.spec.machine_id.as_str(), name)
+                .unwrap();
+            tokens.insert(*token, name).unwrap();
+            token_of.insert(name, *token).unwrap();
+        }
+        let mut liveness = txn.open_table(V1_LIVENESS).unwrap();
+        for record in records {
+            // Last heartbeat (ms), CPU %, memory used, uptime; little-endian.
+            let mut bytes = Vec::new();
+            bytes.extend(record.last_heartbeat.unix_millis().to_le_bytes());
+            bytes.extend(record.load.cpu_percent.to_le_bytes());
+            bytes.extend(record.load.memory_used_bytes.to_le_bytes());
+            bytes.extend(record.load.uptime_seconds.to_le_bytes());
+            liveness
+                .insert(record.name.as_str(), bytes.as_slice())
+                .unwrap();
+        }
+        let mut meta = txn.open_table(V1_META).unwrap();
+        meta.insert("schemaVersion", 1).unwrap();
+        meta.insert("revision", clients.len() as u64).unwrap();
+    }
+    txn.commit().unwrap();
+}
+
+fn schema_version(path: &Path) -> Option<u64> {
+    let db = Database::create(path).unwrap();
+    let txn = db.begin_read().unwrap();
+    let meta = txn.open_table(V1_META).unwrap();
+    meta.get("schemaVersion").unwrap().map(|v| v.value())
+}
+
+fn legacy(name: &str, machine_id: &str, version: u64, status: ClientStatus) -> Client {
+    let mut client = client_with(name, machine_id, status);
+    client.metadata.uid = Some(format!("uid-{name}"));
+    client.metadata.creation_timestamp = Some(at(10));
+    client.metadata.resource_version = Some(version.to_string());
+    client
+}
+
+#[test]
+fn a_layout_1_file_is_read_upgraded_and_written() {
+    let dir = TempDir::new().unwrap();
+    let path = db_path(&dir);
+    // a: everything embedded. b: a liveness record newer than its embedded heartbeat. c: an
+    // embedded heartbeat newer than its liveness record.
+    let a = legacy(
+        "a",
+        "ma",
+        1,
+        with_inventory(heard(reported("1.0.0", 1), 5_000, 20.0), "a"),
+    );
+    let b = legacy("b", "mb", 2, heard(reported("1.0.0", 1), 4_000, 40.0));
+    let c = legacy(
+        "c",
+        "mc",
+        3,
+        with_inventory(heard(reported("1.0.0", 1), 7_000, 70.0), "c"),
+    );
+    write_layout_1_file(
+        &path,
+        &[(&a, "ta"), (&b, "tb"), (&c, "tc")],
+        &[liveness("b", 9_000, 90.0), liveness("c", 3_000, 30.0)],
+    );
+
+    let store = open(&dir);
+    let mut b_read = b.clone();
+    b_read.status = heard(b.status.clone(), 9_000, 90.0);
+    assert_eq!(get(&store, "a"), a);
+    assert_eq!(get(&store, "b"), b_read);
+    assert_eq!(get(&store, "c"), c);
+    assert_eq!(
+        store.list_clients().unwrap(),
+        vec![a.clone(), b_read.clone(), c.clone()]
+    );
+    assert_eq!(
+        scan(&store),
+        vec![
+            without_inventory(a.clone()),
+            b_read.clone(),
+            without_inventory(c.clone())
+        ]
+    );
+    assert_eq!(store.client_inventory("a").unwrap(), Some(inventory("a")));
+    assert_eq!(store.client_inventory("b").unwrap(), None);
+    assert_eq!(store.client_by_machine_id("ma").unwrap(), Some(a.clone()));
+    assert_eq!(
+        store.client_by_token_hash("tb").unwrap().as_deref(),
+        Some("b")
+    );
+    assert_eq!(store.revision().unwrap(), 3);
+
+    // A status record shadows the embedded status, but not its inventory or heartbeat.
+    assert_eq!(
+        store
+            .put_client_status(vec![entry("a", reported("1.1.0", 2))])
+            .unwrap(),
+        1
+    );
+    let mut a_read = a.clone();
+    a_read.status = with_inventory(heard(reported("1.1.0", 2), 5_000, 20.0), "a");
+    assert_eq!(get(&store, "a"), a_read);
+    assert_eq!(scan(&store)[0], without_inventory(a_read.clone()));
+    store
+        .put_client_status(vec![entry("a", heard(reported("1.1.0", 2), 6_000, 30.0))])
+        .unwrap();
+    a_read.status = heard(a_read.status, 6_000, 30.0);
+    assert_eq!(get(&store, "a"), a_read);
+    assert_eq!(store.revision().unwrap(), 3);
+    store
+        .put_client_status(vec![entry("a", with_inventory(reported("1.1.0", 2), "a2"))])
+        .unwrap();
+    assert_eq!(store.client_inventory("a").unwrap(), Some(inventory("a2")));
+    store
+        .put_client_status(vec![entry("a", with_inventory(reported("1.1.0", 2), "a"))])
+        .unwrap();
+    assert_eq!(get(&store, "a"), a_read);
+
+    // Rewriting legacy objects (copies without inventory and heartbeat) keeps what they embedded.
+    let rewrite: Vec<Client> = [&a_read, &b_read, &c]
+        .into_iter()
+        .map(|client| {
+            let mut client = client.clone();
+            client.spec.admin_labels.insert("room".into(), "12".into());
+            client.status.inventory = None;
+            client.status.last_heartbeat = None;
+            client.status.load = Default::default();
+            client
+        })
+        .collect();
+    let stored = store.put_clients(rewrite).unwrap();
+    assert_eq!(store.revision().unwrap(), 6);
+    assert_eq!(
+        stored
+            .iter()
+            .map(|c| (c.status.inventory.clone(), seen(c)))
+            .collect::<Vec<_>>(),
+        vec![
+            (Some(inventory("a")), (Some(at(6_000)), 30.0)),
+            (None, (Some(at(9_000)), 90.0)),
+            (Some(inventory("c")), (Some(at(7_000)), 70.0)),
+        ]
+    );
+    assert_eq!(store.list_clients().unwrap(), stored);
+    assert_eq!(stored[0].metadata.uid.as_deref(), Some("uid-a"));
+    assert_eq!(stored[0].spec.admin_labels["room"], "12");
+
+    // Reopened: still the same, and recorded as layout 2.
+    drop(store);
+    assert_eq!(schema_version(&path), Some(2));
+    let store = open(&dir);
+    assert_eq!(store.list_clients().unwrap(), stored);
+    assert_eq!(store.delete_client("c").unwrap(), Some(stored[2].clone()));
+    assert_eq!(store.client_inventory("c").unwrap(), None);
+}
+
+#[test]
+fn a_layout_1_file_without_clients_is_upgraded() {
+    let dir = TempDir::new().unwrap();
+    let path = db_path(&dir);
+    write_layout_1_file(&path, &[], &[]);
+    drop(open(&dir));
+    assert_eq!(schema_version(&path), Some(2));
+    let store = open(&dir);
+    assert!(store.list_clients().unwrap().is_empty());
+}
+
+#[test]
+fn a_large_append_keeps_exactly_the_newest_capacity_events() {
+    let dir = TempDir::new().unwrap();
+    let batch = |from: usize, to: usize| -> Vec<Event> {
+        (from..to)
+            .map(|i| event(Kind::Client, &format!("k{i}"), &format!("E{i}")))
+            .collect()
+    };
+    let reasons =
+        |events: &[Event]| -> Vec<String> { events.iter().map(|e| e.reason.clone()).collect() };
+    let names =
+        |from: usize, to: usize| -> Vec<String> { (from..to).map(|i| format!("E{i}")).collect() };
+    {
+        let store = RedbStore::open_with_event_capacity(&db_path(&dir), 100).unwrap();
+        store.append_events(batch(0, 30)).unwrap();
+        // Far more than the capacity at once: every event comes back with its seq, only the
+        // newest 100 are kept.
+        let appended = store.append_events(batch(30, 1_030)).unwrap();
+        assert_eq!(seqs(&appended), (31..=1_030).collect::<Vec<_>>());
+        assert_eq!(reasons(&appended), names(30, 1_030));
+        let kept = store.list_events(&EventFilter::default()).unwrap();
+        assert_eq!(seqs(&kept), (931..=1_030).collect::<Vec<_>>());
+        assert_eq!(reasons(&kept), names(930, 1_030));
+        assert_eq!(kept[0].object.name, "k930");
+
+        // Exactly the capacity replaces everything; one more drops its own first event.
+        let appended = store.append_events(batch(1_030, 1_130)).unwrap();
+        assert_eq!(seqs(&appended), (1_031..=1_130).collect::<Vec<_>>());
+        let kept = store.list_events(&EventFilter::default()).unwrap();
+        assert_eq!(seqs(&kept), (1_031..=1_130).collect::<Vec<_>>());
+        let appended = store.append_events(batch(1_130, 1_231)).unwrap();
+        assert_eq!(seqs(&appended), (1_131..=1_231).collect::<Vec<_>>());
+        let kept = store.list_events(&EventFilter::default()).unwrap();
+        assert_eq!(seqs(&kept), (1_132..=1_231).collect::<Vec<_>>());
+        assert_eq!(reasons(&kept), names(1_131, 1_231));
+    }
+    let store = RedbStore::open_with_event_capacity(&db_path(&dir), 100).unwrap();
+    let appended = store.append_events(batch(1_231, 1_232)).unwrap();
+    assert_eq!(seqs(&appended), vec![1_232]);
+    let kept = store.list_events(&EventFilter::default()).unwrap();
+    assert_eq!(seqs(&kept), (1_133..=1_232).collect::<Vec<_>>());
+}
+
+#[test]
+fn scan_clients_does_not_decode_inventories() {
+    const INVENTORY: TableDefinition<&str, &[u8]> = TableDefinition::new("client_inventory");
+    let dir = TempDir::new().unwrap();
+    let path = db_path(&dir);
+    // b embeds an inventory the way layout 1 did, but one that no longer decodes.
+    let b = legacy("b", "mb", 2, reported("1.0.0", 1));
+    write_layout_1_file(&path, &[(&b, "tb")], &[]);
+    {
+        let db = Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut table = txn.open_table(V1_CLIENTS).unwrap();
+            let mut json: serde_json::Value = serde_json::to_value(&b).unwrap();
+            json["status"]["inventory"] = serde_json::json!({"cpuCores": "many"});
+            let bytes = serde_json::to_vec(&json).unwrap();
+            table.insert("b", bytes.as_slice()).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let store = open(&dir);
+    store
+        .create_client(
+            client_with("a", "ma", with_inventory(reported("1.0.0", 1), "a")),
+            "ta",
+            at(1),
+        )
+        .unwrap();
+    drop(store);
+    // a's inventory record no longer decodes either.
+    {
+        let db = Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(INVENTORY)
+            .unwrap()
+            .insert("a", b"{not json".as_slice())
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    let store = open(&dir);
+    for name in ["a", "b"] {
+        assert!(
+            matches!(store.get_client(name), Err(StoreError::Corrupt { .. })),
+            "{name}"
+        );
+        assert!(
+            matches!(
+                store.client_inventory(name),
+                Err(StoreError::Corrupt { .. })
+            ),
+            "{name}"
+        );
+    }
+    assert!(matches!(
+        store.list_clients(),
+        Err(StoreError::Corrupt { .. })
+    ));
+    let scanned = scan(&store);
+    assert_eq!(
+        scanned
+            .iter()
+            .map(|c| (c.metadata.name.as_str(), c.status.desired_revision))
+            .collect::<Vec<_>>(),
+        vec![("a", 1), ("b", 1)]
+    );
+    assert!(scanned.iter().all(|c| c.status.inventory.is_none()));
+    assert_eq!(scanned[1], without_inventory(b));
 }
