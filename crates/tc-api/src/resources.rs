@@ -473,20 +473,12 @@ impl Client {
 
     /// Recomputes `metadata.labels` from automatic, agent and admin labels (later ones win).
     pub fn refresh_labels(&mut self) {
-        let mut labels = BTreeMap::new();
-        if let Some(inventory) = &self.status.inventory {
-            let automatic = [
-                ("thinfleet.io/hostname", &inventory.hostname),
-                ("thinfleet.io/os", &inventory.os_name),
-                ("thinfleet.io/arch", &inventory.arch),
-            ];
-            for (key, value) in automatic {
-                let value = sanitize_label_value(value);
-                if !value.is_empty() {
-                    labels.insert(key.to_string(), value);
-                }
-            }
-        }
+        let mut labels = self
+            .status
+            .inventory
+            .as_ref()
+            .map(automatic_labels)
+            .unwrap_or_default();
         labels.extend(
             self.spec
                 .agent_labels
@@ -501,6 +493,27 @@ impl Client {
         );
         self.metadata.labels = labels;
     }
+}
+
+/// Keys of the labels derived from a client's inventory.
+pub const AUTOMATIC_LABEL_KEYS: [&str; 3] = [
+    "thinfleet.io/hostname",
+    "thinfleet.io/os",
+    "thinfleet.io/arch",
+];
+
+/// The labels derived from an inventory: host name, OS and architecture, as valid label values
+/// (empty ones left out).
+pub fn automatic_labels(inventory: &Inventory) -> BTreeMap<String, String> {
+    let values = [&inventory.hostname, &inventory.os_name, &inventory.arch];
+    AUTOMATIC_LABEL_KEYS
+        .iter()
+        .zip(values)
+        .filter_map(|(key, value)| {
+            let value = sanitize_label_value(value);
+            (!value.is_empty()).then(|| (key.to_string(), value))
+        })
+        .collect()
 }
 
 /// Turns free text (an OS name such as `Debian GNU/Linux`) into a valid label value.

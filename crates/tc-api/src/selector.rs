@@ -54,13 +54,19 @@ impl LabelSelector {
 
     /// True when the selector matches `labels`.
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.matches_with(|key| labels.get(key).map(String::as_str))
+    }
+
+    /// True when the selector matches the labels that `label` looks up (for labels kept in
+    /// another shape than a map, such as the controller's compact clients).
+    pub fn matches_with<'a>(&self, label: impl Fn(&str) -> Option<&'a str>) -> bool {
         self.match_labels
             .iter()
-            .all(|(key, value)| labels.get(key) == Some(value))
+            .all(|(key, value)| label(key) == Some(value.as_str()))
             && self
                 .match_expressions
                 .iter()
-                .all(|requirement| requirement.matches(labels))
+                .all(|requirement| requirement.matches_with(&label))
     }
 
     /// True when the selector selects everything.
@@ -109,10 +115,15 @@ impl LabelSelector {
 impl LabelSelectorRequirement {
     /// True when this expression holds for `labels`.
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
-        let value = labels.get(&self.key);
+        self.matches_with(|key| labels.get(key).map(String::as_str))
+    }
+
+    /// True when this expression holds for the labels that `label` looks up.
+    pub fn matches_with<'a>(&self, label: impl Fn(&str) -> Option<&'a str>) -> bool {
+        let value = label(&self.key);
         match self.operator {
-            SelectorOperator::In => value.is_some_and(|v| self.values.contains(v)),
-            SelectorOperator::NotIn => value.is_none_or(|v| !self.values.contains(v)),
+            SelectorOperator::In => value.is_some_and(|v| self.values.iter().any(|x| x == v)),
+            SelectorOperator::NotIn => value.is_none_or(|v| !self.values.iter().any(|x| x == v)),
             SelectorOperator::Exists => value.is_some(),
             SelectorOperator::DoesNotExist => value.is_none(),
         }

@@ -1,6 +1,6 @@
 //! Whether a client finished what it was assigned, judged only from fresh reports.
 
-use tc_api::{ClientStatus, PackageState};
+use tc_api::{AssignedPackage, ClientStatus, PackageReport, PackageState};
 
 /// Where a client stands with respect to its current assignment.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -29,11 +29,27 @@ impl Convergence {
 /// Judges a client's convergence. Reports made for an older desired revision prove nothing about
 /// the current assignment, so they count as `Progressing` (never as done).
 pub fn convergence(status: &ClientStatus) -> Convergence {
-    if status.observed_revision < status.desired_revision {
+    convergence_of(
+        status.observed_revision,
+        status.desired_revision,
+        &status.desired,
+        &status.packages,
+    )
+}
+
+/// [`convergence`] from the parts of a status it reads, for callers that keep a status of their
+/// own shape (the controller's compact in-memory clients).
+pub fn convergence_of(
+    observed_revision: u64,
+    desired_revision: u64,
+    desired: &[AssignedPackage],
+    packages: &[PackageReport],
+) -> Convergence {
+    if observed_revision < desired_revision {
         return Convergence::Progressing;
     }
-    for assigned in &status.desired {
-        let report = status.packages.iter().find(|p| p.name == assigned.name);
+    for assigned in desired {
+        let report = packages.iter().find(|p| p.name == assigned.name);
         match report {
             Some(report)
                 if report.state == PackageState::Failed && report.version == assigned.version =>
@@ -49,10 +65,9 @@ pub fn convergence(status: &ClientStatus) -> Convergence {
             _ => return Convergence::Progressing,
         }
     }
-    let leftover = status
-        .packages
+    let leftover = packages
         .iter()
-        .any(|p| !status.desired.iter().any(|d| d.name == p.name));
+        .any(|p| !desired.iter().any(|d| d.name == p.name));
     if leftover {
         Convergence::Progressing
     } else {

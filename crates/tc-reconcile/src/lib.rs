@@ -14,10 +14,10 @@ pub mod plan;
 pub mod rollout;
 pub mod status;
 
-pub use status::{MemberState, group_status};
+pub use status::{GroupTally, MemberState, group_status};
 
 pub use catalog::{ReleaseCatalog, ReleaseInfo};
-pub use convergence::{Convergence, convergence};
+pub use convergence::{Convergence, convergence, convergence_of};
 pub use desired::{ClientDesire, Conflict, Unresolved, Want, desired_for_client};
 pub use plan::{Action, Plan, PlanError, PlanItem, PlanOptions, plan};
-pub use rollout::{ClientRollout, GroupBudget, plan_rollout};
+pub use rollout::{ClientRollout, GroupBudget, plan_rollout, plan_rollout_from};

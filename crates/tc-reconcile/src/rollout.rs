@@ -49,6 +49,18 @@ pub fn plan_rollout(
             unavailable[group] += 1;
         }
     }
+    plan_rollout_from(groups, unavailable, clients)
+}
+
+/// [`plan_rollout`] for a part of the fleet: `unavailable` holds, per group, how many of its
+/// members are unavailable across the whole fleet (including members not in `clients`), and
+/// `clients` are the members that may need a new assignment, in name order. Clients left out
+/// keep their assignment; the budget they use is in `unavailable`.
+pub fn plan_rollout_from(
+    groups: &[GroupBudget],
+    mut unavailable: Vec<usize>,
+    clients: &[ClientRollout],
+) -> Vec<BTreeMap<String, String>> {
     let group_index: BTreeMap<&str, usize> = groups
         .iter()
         .enumerate()

@@ -26,41 +26,68 @@ pub fn group_status(
     conflicts: usize,
     now: Timestamp,
 ) -> ClientGroupStatus {
-    let previous = group.status.clone().unwrap_or_default();
-    let generation = group.metadata.generation.unwrap_or(0);
-    let packages: Vec<ResolvedPackage> = group
-        .spec
-        .packages
-        .iter()
-        .map(|requirement| ResolvedPackage {
-            name: requirement.name.clone(),
-            version: requirement.version.clone(),
-            resolved_version: requirement
-                .version_req()
-                .ok()
-                .and_then(|req| catalog.resolve(&requirement.name, &req))
-                .map(|info| info.version.to_string()),
-        })
-        .collect();
-    let mut status = ClientGroupStatus {
-        observed_generation: generation,
-        desired: members.len() as u32,
-        packages,
-        conditions: previous.conditions,
-        ..Default::default()
-    };
+    let mut tally = GroupTally::new(group, catalog);
     for member in members {
+        tally.add(
+            |package| member.assigned.get(package).map(String::as_str),
+            member.convergence,
+        );
+    }
+    tally.finish(group, conflicts, now)
+}
+
+/// A group's status counted one member at a time ([`group_status`] without a list of members):
+/// a pass over a large fleet adds each client to the tallies of its groups as it goes.
+#[derive(Clone, Debug)]
+pub struct GroupTally {
+    status: ClientGroupStatus,
+}
+
+impl GroupTally {
+    /// An empty tally for `group`, with its requirements resolved in `catalog`.
+    pub fn new(group: &ClientGroup, catalog: &ReleaseCatalog) -> GroupTally {
+        let packages: Vec<ResolvedPackage> = group
+            .spec
+            .packages
+            .iter()
+            .map(|requirement| ResolvedPackage {
+                name: requirement.name.clone(),
+                version: requirement.version.clone(),
+                resolved_version: requirement
+                    .version_req()
+                    .ok()
+                    .and_then(|req| catalog.resolve(&requirement.name, &req))
+                    .map(|info| info.version.to_string()),
+            })
+            .collect();
+        GroupTally {
+            status: ClientGroupStatus {
+                packages,
+                ..Default::default()
+            },
+        }
+    }
+
+    /// Counts one member: `assigned` gives the version it is assigned of a package, and
+    /// `convergence` whether it converged on its assignment.
+    pub fn add<'a>(
+        &mut self,
+        assigned: impl Fn(&str) -> Option<&'a str>,
+        convergence: &Convergence,
+    ) {
+        let status = &mut self.status;
+        status.desired += 1;
         let updated = status
             .packages
             .iter()
             .all(|package| match &package.resolved_version {
-                Some(version) => member.assigned.get(&package.name) == Some(version),
+                Some(version) => assigned(&package.name) == Some(version.as_str()),
                 None => true,
             });
         if updated {
             status.updated += 1;
         }
-        match member.convergence {
+        match convergence {
             Convergence::Converged if updated => status.ready += 1,
             Convergence::Converged => {}
             Convergence::Failed { .. } => {
@@ -70,6 +97,31 @@ pub fn group_status(
             Convergence::Progressing => status.unavailable += 1,
         }
     }
+
+    /// The status with its conditions; `conflicts` counts members with a priority tie on one of
+    /// the group's packages. Conditions keep their transition time while their status holds.
+    pub fn finish(
+        self,
+        group: &ClientGroup,
+        conflicts: usize,
+        now: Timestamp,
+    ) -> ClientGroupStatus {
+        let previous = group.status.clone().unwrap_or_default();
+        let generation = group.metadata.generation.unwrap_or(0);
+        let mut status = self.status;
+        status.observed_generation = generation;
+        status.conditions = previous.conditions;
+        finish_conditions(group, status, conflicts, generation, now)
+    }
+}
+
+fn finish_conditions(
+    group: &ClientGroup,
+    mut status: ClientGroupStatus,
+    conflicts: usize,
+    generation: u64,
+    now: Timestamp,
+) -> ClientGroupStatus {
     let unresolved: Vec<&str> = status
         .packages
         .iter()

@@ -9,6 +9,7 @@ use proptest::prelude::*;
 use tc_api::{AssignedPackage, ClientStatus, PackageReport, PackageState, Timestamp};
 use tc_reconcile::{
     ClientDesire, ClientRollout, Convergence, GroupBudget, Want, convergence, plan_rollout,
+    plan_rollout_from,
 };
 
 fn desire(pairs: &[(&str, &str, &str)]) -> ClientDesire {
@@ -312,6 +313,50 @@ proptest! {
                 prop_assert_eq!(assignment, &input.assigned);
             }
             let _: &BTreeMap<String, String> = assignment;
+        }
+    }
+
+    /// Planning only the clients that want something else, with the whole fleet's unavailable
+    /// counts, decides exactly what planning every client decides (the controller plans only
+    /// those, so that a pass over a large converged fleet costs no per-client plan).
+    #[test]
+    fn planning_a_part_with_fleet_counts_matches_planning_all(
+        budgets in prop::collection::vec((1usize..4, any::<bool>()), 1..4),
+        clients in prop::collection::vec((prop::collection::btree_set(0usize..4, 1..3), 0usize..3, any::<bool>(), 0usize..4), 0..40),
+    ) {
+        let groups: Vec<GroupBudget> =
+            budgets.iter().enumerate().map(|(i, (max, paused))| budget(&format!("g{i}"), *max, *paused)).collect();
+        let inputs: Vec<ClientRollout> = clients
+            .iter()
+            .enumerate()
+            .map(|(i, (member_of, has, unavailable, owner))| {
+                let member_of: Vec<usize> = member_of.iter().map(|g| g % groups.len()).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+                let owner = member_of[owner % member_of.len()];
+                let owner_name = format!("g{owner}");
+                let has = match has { 0 => vec![], 1 => vec![("kiosk", "1.0.0")], _ => vec![("kiosk", "2.0.0")] };
+                client(&format!("c{i:02}"), member_of, &[("kiosk", "2.0.0", &owner_name)], &has, *unavailable)
+            })
+            .collect();
+        let all = plan_rollout(&groups, &inputs);
+        let mut counts = vec![0usize; groups.len()];
+        for input in inputs.iter().filter(|c| c.unavailable) {
+            for &g in &input.groups {
+                counts[g] += 1;
+            }
+        }
+        let wanting: Vec<usize> = (0..inputs.len())
+            .filter(|&i| {
+                let want: BTreeMap<String, String> = inputs[i].desire.packages.iter().map(|(p, w)| (p.clone(), w.version.clone())).collect();
+                want != inputs[i].assigned
+            })
+            .collect();
+        let part: Vec<ClientRollout> = wanting.iter().map(|&i| inputs[i].clone()).collect();
+        let planned = plan_rollout_from(&groups, counts, &part);
+        for (i, input) in inputs.iter().enumerate() {
+            match wanting.iter().position(|&w| w == i) {
+                Some(at) => prop_assert_eq!(&planned[at], &all[i]),
+                None => prop_assert_eq!(&input.assigned, &all[i]),
+            }
         }
     }
 }
