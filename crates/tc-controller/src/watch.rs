@@ -174,16 +174,16 @@ async fn sync(
         }
     };
     let now = Timestamp::now();
-    let event = {
-        let mut sources = controller.sources.lock().expect("sources lock");
-        let status = sources
-            .entry(dir.display().to_string())
-            .or_insert_with(|| SourceStatus {
-                path: dir.display().to_string(),
-                manager: manager.clone(),
-                ..Default::default()
-            });
-        match &outcome {
+    let key = dir.display().to_string();
+    // The new status is shown only once its event is recorded, so whoever sees it finds the event.
+    let (event, status) = {
+        let sources = controller.sources.lock().expect("sources lock");
+        let mut status = sources.get(&key).cloned().unwrap_or_else(|| SourceStatus {
+            path: key.clone(),
+            manager: manager.clone(),
+            ..Default::default()
+        });
+        let event = match &outcome {
             Ok(result) => {
                 let changed = result
                     .items
@@ -226,11 +226,17 @@ async fn sync(
                     )
                 })
             }
-        }
+        };
+        (event, status)
     };
     if let Some(event) = event {
         controller.record(vec![event]).await;
     }
+    controller
+        .sources
+        .lock()
+        .expect("sources lock")
+        .insert(key, status);
     matches!(&outcome, Ok(result) if result.deferred.is_empty())
 }
 
