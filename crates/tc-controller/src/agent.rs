@@ -12,10 +12,11 @@ use serde::{Deserialize, Serialize};
 use tc_api::{
     Client, ClientPhase, ClientSpec, Event, EventType, Kind, ObjectRef, PackageState, Timestamp,
 };
-use tc_proto::{DesiredState, EnrollRequest, EnrollResponse, HeartbeatRequest, PackageReport};
+use tc_proto::{EnrollRequest, EnrollResponse, HeartbeatRequest, PackageReport};
+use tc_store::ClientStatusEntry;
 
 use crate::error::ApiError;
-use crate::fleet::{ClientSlot, token_digest};
+use crate::fleet::{ClientSlot, DesiredView, Labels, token_digest};
 use crate::{Controller, tokens};
 
 /// Longest accepted machine id, name or label map, so that a hostile agent cannot grow the store.
@@ -75,26 +76,18 @@ pub async fn enroll(
             let store = controller.store.clone();
             let (name, hash) = (client.metadata.name.clone(), token_hash.clone());
             tokio::task::spawn_blocking(move || store.set_client_token(&name, &hash)).await??;
-            // Keep the in-memory client (it may be newer than the stored one).
+            // The live labels and status (newer than the stored ones), the stored inventory.
             if let Some(slot) = controller.fleet.get(&client.metadata.name) {
-                client = slot.state.lock().expect("client lock").client.clone();
+                client = slot.state.lock().expect("client lock").overlay(client);
             }
             client.spec.agent_labels = request.labels.clone();
             client.refresh_labels();
             controller
                 .persister
-                .write(vec![client.clone()])
+                .write_objects(vec![client.clone()])
                 .await
                 .map_err(ApiError::internal)?;
-            let desired = controller
-                .fleet
-                .get(&client.metadata.name)
-                .map(|s| s.state.lock().expect("client lock").desired.clone());
-            controller.fleet.insert(
-                client.clone(),
-                desired.unwrap_or_default(),
-                Some(token_hash),
-            );
+            controller.fleet.insert(&client, Some(token_hash));
             client
         }
         None => {
@@ -122,9 +115,7 @@ pub async fn enroll(
             let client =
                 tokio::task::spawn_blocking(move || store.create_client(client, &hash, now))
                     .await??;
-            controller
-                .fleet
-                .insert(client.clone(), Default::default(), Some(token_hash));
+            controller.fleet.insert(&client, Some(token_hash));
             client
         }
     };
@@ -139,7 +130,7 @@ pub async fn enroll(
     // Concurrent enrolments record their events in one transaction.
     if let Err(error) = controller
         .persister
-        .write_with_events(vec![], vec![enrolled])
+        .write_statuses(vec![], vec![enrolled])
         .await
     {
         tracing::error!(%error, "recording an enrolment event failed");
@@ -192,7 +183,7 @@ fn client_name(requested: &str, hostname: &str) -> String {
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct HeartbeatAnswer<'a> {
-    desired: &'a DesiredState,
+    desired: DesiredView<'a>,
     next_heartbeat_millis: u64,
     send_inventory: bool,
 }
@@ -201,7 +192,7 @@ struct HeartbeatAnswer<'a> {
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct DesiredAnswer<'a> {
-    desired: &'a DesiredState,
+    desired: DesiredView<'a>,
     changed: bool,
 }
 
@@ -235,12 +226,11 @@ pub async fn heartbeat(
     }
     let now = Timestamp::now();
     let mut events = vec![];
-    let (persist, wake, desired, next_heartbeat_millis, send_inventory) = {
+    let (persist, wake, served, next_heartbeat_millis, send_inventory) = {
         let mut guard = slot.state.lock().expect("client lock");
         let state = &mut *guard;
-        let client = &mut state.client;
-        let name = &client.metadata.name;
-        let status = &mut client.status;
+        let name = &*slot.name;
+        let status = &mut state.status;
         let mut changed = false;
         let mut wake = false;
         if status.phase != ClientPhase::Online {
@@ -269,41 +259,56 @@ pub async fn heartbeat(
             wake = true;
         }
         let mut send_inventory = false;
+        let mut new_inventory = None;
         if let Some(inventory) = request.inventory {
-            if status.inventory.as_ref() != Some(&inventory) {
-                status.inventory = Some(inventory);
+            let hash = if request.inventory_hash.is_empty() {
+                tc_proto::inventory_hash(&inventory)
+            } else {
+                request.inventory_hash
+            };
+            // Inventories are recorded with their hash: the same hash is the same inventory.
+            if hash != status.inventory_hash {
+                let automatic = Labels::new(
+                    &tc_api::resources::automatic_labels(&inventory),
+                    &controller.fleet.interner,
+                );
+                if automatic != state.labels.automatic {
+                    state.labels.automatic = automatic;
+                    wake = true;
+                }
+                status.inventory_hash = hash;
+                new_inventory = Some(inventory);
                 changed = true;
             }
-            status.inventory_hash = request.inventory_hash;
-        } else if request.inventory_hash != status.inventory_hash || status.inventory.is_none() {
+        } else if request.inventory_hash != status.inventory_hash
+            || status.inventory_hash.is_empty()
+        {
             send_inventory = true;
         }
-        if changed {
-            let before = std::mem::take(&mut client.metadata.labels);
-            client.refresh_labels();
-            wake |= before != client.metadata.labels;
-        }
-        let jitter = 0.9 + 0.2 * jitter_fraction(&client.metadata.name, now);
+        let jitter = 0.9 + 0.2 * jitter_fraction(name, now);
         let next = Duration::from_secs_f64(f64::from(state.heartbeat_seconds) * jitter);
         (
-            changed.then(|| client.clone()),
+            changed.then(|| ClientStatusEntry {
+                name: name.to_string(),
+                status: status.to_status(new_inventory),
+            }),
             wake,
-            state.desired.clone(),
+            state.served.clone(),
             next.as_millis() as u64,
             send_inventory,
         )
     };
     match persist {
-        // The client and the events about it share the transactions of concurrent heartbeats.
-        Some(client) => controller
+        // The status and the events about it share the transactions of concurrent heartbeats.
+        Some(entry) => controller
             .persister
-            .write_with_events(vec![client], events)
+            .write_statuses(vec![entry], events)
             .await
             .map_err(ApiError::internal)?,
         None => {
             controller.fleet.mark_dirty(&slot);
             if !events.is_empty() {
-                let _ = controller.persister.write_with_events(vec![], events).await;
+                let _ = controller.persister.write_statuses(vec![], events).await;
             }
         }
     }
@@ -312,7 +317,7 @@ pub async fn heartbeat(
     }
     controller.metrics.heartbeats.inc();
     Ok(json_response(&HeartbeatAnswer {
-        desired: &desired,
+        desired: served.view(),
         next_heartbeat_millis,
         send_inventory,
     }))
@@ -410,10 +415,10 @@ pub async fn desired(
             _ = shutdown.wait_for(|stopping| *stopping) => {}
         }
     }
-    let desired = slot.state.lock().expect("client lock").desired.clone();
+    let served = slot.state.lock().expect("client lock").served.clone();
     Ok(json_response(&DesiredAnswer {
-        changed: desired.revision > after,
-        desired: &desired,
+        changed: served.revision > after,
+        desired: served.view(),
     }))
 }
 
@@ -434,7 +439,7 @@ mod tests {
 
     #[test]
     fn borrowed_answers_serialize_like_the_protocol_types() {
-        let desired = DesiredState {
+        let desired = tc_proto::DesiredState {
             revision: 7,
             packages: vec![tc_proto::DesiredPackage {
                 name: "kiosk".into(),
@@ -445,8 +450,12 @@ mod tests {
                 hooks: Default::default(),
             }],
         };
+        let served = crate::fleet::Served {
+            revision: desired.revision,
+            packages: Arc::from(desired.packages.clone()),
+        };
         let heartbeat = serde_json::to_value(HeartbeatAnswer {
-            desired: &desired,
+            desired: served.view(),
             next_heartbeat_millis: 1234,
             send_inventory: true,
         })
@@ -459,7 +468,7 @@ mod tests {
         .unwrap();
         assert_eq!(heartbeat, expected);
         let long_poll = serde_json::to_value(DesiredAnswer {
-            desired: &desired,
+            desired: served.view(),
             changed: true,
         })
         .unwrap();

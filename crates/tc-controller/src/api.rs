@@ -17,6 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use crate::apply::{ApplyRequest, ArtifactPaths, ManifestFile};
 use crate::error::ApiError;
+use crate::fleet::{ClientSlot, Labels};
 use crate::{Controller, tokens};
 
 /// Middleware: the admin bearer token is required.
@@ -83,12 +84,53 @@ pub async fn list(
         None => LabelSelector::everything(),
     };
     let items: Vec<Value> = if kind == Kind::Client {
-        controller
+        // Selected on the live labels; read from the store (metadata, spec, inventory) with
+        // the live labels and status.
+        let selected: Vec<Arc<ClientSlot>> = controller
             .fleet
-            .clients()
+            .slots()
             .into_iter()
-            .filter(|c| selector.matches(&c.metadata.labels))
-            .map(|c| serde_json::to_value(c).expect("clients serialize"))
+            .filter(|slot| {
+                slot.state
+                    .lock()
+                    .expect("client lock")
+                    .labels
+                    .matches(&selector)
+            })
+            .collect();
+        let store = controller.store.clone();
+        let stored = tokio::task::spawn_blocking(move || -> tc_store::Result<Vec<Client>> {
+            if selected.len() > 64 {
+                let mut wanted = selected.iter().map(|slot| &*slot.name).peekable();
+                let mut clients = Vec::with_capacity(selected.len());
+                for client in store.list_clients()? {
+                    while wanted
+                        .next_if(|name| **name < *client.metadata.name)
+                        .is_some()
+                    {}
+                    if wanted
+                        .peek()
+                        .is_some_and(|name| **name == *client.metadata.name)
+                    {
+                        clients.push(client);
+                    }
+                }
+                return Ok(clients);
+            }
+            let mut clients = Vec::with_capacity(selected.len());
+            for slot in &selected {
+                clients.extend(store.get_client(&slot.name)?);
+            }
+            Ok(clients)
+        })
+        .await??;
+        stored
+            .into_iter()
+            .filter_map(|client| {
+                let slot = controller.fleet.get(&client.metadata.name)?;
+                let client = slot.state.lock().expect("client lock").overlay(client);
+                Some(serde_json::to_value(client).expect("clients serialize"))
+            })
             .collect()
     } else {
         let store = controller.store.clone();
@@ -118,7 +160,12 @@ pub async fn get(
     };
     if kind == Kind::Client {
         let slot = controller.fleet.get(&name).ok_or_else(missing)?;
-        let client = slot.state.lock().expect("client lock").client.clone();
+        let store = controller.store.clone();
+        let lookup = name.clone();
+        let stored = tokio::task::spawn_blocking(move || store.get_client(&lookup))
+            .await??
+            .ok_or_else(missing)?;
+        let client = slot.state.lock().expect("client lock").overlay(stored);
         return Ok(Json(
             serde_json::to_value(client).expect("clients serialize"),
         ));
@@ -257,23 +304,30 @@ pub async fn patch_client(
             errors.to_string(),
         ));
     }
-    let slot = controller
-        .fleet
-        .get(&name)
-        .ok_or_else(|| ApiError::not_found(format!("client/{name} not found")))?;
+    let not_found = || ApiError::not_found(format!("client/{name} not found"));
+    let slot = controller.fleet.get(&name).ok_or_else(not_found)?;
+    // One label change at a time, so that concurrent patches do not undo each other.
+    let _guard = controller.enroll_lock.lock().await;
+    let store = controller.store.clone();
+    let lookup = name.clone();
+    let stored = tokio::task::spawn_blocking(move || store.get_client(&lookup))
+        .await??
+        .ok_or_else(not_found)?;
     let client = {
         let mut state = slot.state.lock().expect("client lock");
-        let spec = &mut state.client.spec;
+        let mut client = state.overlay(stored);
+        let spec = &mut client.spec;
         for key in &remove {
             spec.admin_labels.remove(key);
         }
         spec.admin_labels.extend(set);
-        state.client.refresh_labels();
-        state.client.clone()
+        client.refresh_labels();
+        state.labels.admin = Labels::new(&client.spec.admin_labels, &controller.fleet.interner);
+        client
     };
     controller
         .persister
-        .write(vec![client.clone()])
+        .write_objects(vec![client.clone()])
         .await
         .map_err(ApiError::internal)?;
     controller
@@ -478,6 +532,9 @@ impl Controller {
     }
 }
 
+/// Bytes read from a blob file per chunk of a response.
+const BLOB_CHUNK_BYTES: usize = 256 * 1024;
+
 /// `GET|HEAD /blobs/sha256/{hex}`: Range, ETag, immutable caching.
 pub async fn get_blob(
     State(controller): State<Arc<Controller>>,
@@ -541,7 +598,9 @@ pub async fn get_blob(
         .await
         .map_err(ApiError::internal)?;
     controller.metrics.blob_bytes_served.inc_by(length);
-    let stream = tokio_util::io::ReaderStream::new(file.take(length));
+    // Large chunks: every chunk read from a `tokio::fs::File` is a hop to the blocking pool, so
+    // the default 4 KiB chunks cost a hop per 4 KiB served.
+    let stream = tokio_util::io::ReaderStream::with_capacity(file.take(length), BLOB_CHUNK_BYTES);
     Ok(response
         .body(Body::from_stream(stream))
         .expect("valid response"))

@@ -424,10 +424,9 @@ impl Controller {
             .fleet
             .slots()
             .into_iter()
-            .filter(|(_, slot)| {
+            .filter(|slot| {
                 let state = slot.state.lock().expect("client lock");
                 state
-                    .client
                     .status
                     .desired
                     .iter()

@@ -17,9 +17,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use tc_api::{Client, Event};
-use tc_proto::DesiredState;
-use tc_store::{Liveness, Store};
+use tc_api::{AssignedPackage, Client, ClientPhase, ClientStatus, Condition, Event, Timestamp};
+use tc_proto::{DesiredPackage, Inventory, Load, PackageReport};
+use tc_store::{ClientStatusEntry, Liveness, Store};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 
 /// A client's desired revision, for long-polls: the current value, and a wake-up for the
@@ -68,10 +68,219 @@ impl RevisionCell {
     }
 }
 
+/// Strings that many clients share (label keys, and values such as a site or an OS name), held
+/// once. Strings stay as long as the fleet: label vocabularies are small, and a value that only
+/// one client uses (its host name) costs what it would cost unshared.
+#[derive(Debug, Default)]
+pub struct Interner(Mutex<std::collections::HashSet<Arc<str>>>);
+
+impl Interner {
+    /// The shared copy of `text`.
+    pub fn intern(&self, text: &str) -> Arc<str> {
+        let mut set = self.0.lock().expect("interner lock");
+        if let Some(shared) = set.get(text) {
+            return shared.clone();
+        }
+        let shared: Arc<str> = Arc::from(text);
+        set.insert(shared.clone());
+        shared
+    }
+}
+
+/// A set of labels, compact: (key, value) pairs of shared strings, sorted by key.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Labels(Box<[(Arc<str>, Arc<str>)]>);
+
+impl Labels {
+    /// The labels of a map, with their strings interned.
+    pub fn new(map: &BTreeMap<String, String>, interner: &Interner) -> Labels {
+        Labels(
+            map.iter()
+                .map(|(key, value)| (interner.intern(key), interner.intern(value)))
+                .collect(),
+        )
+    }
+
+    /// The value of a label.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .binary_search_by(|(k, _)| (**k).cmp(key))
+            .ok()
+            .map(|at| &*self.0[at].1)
+    }
+
+    /// The labels as a map.
+    pub fn to_map(&self) -> BTreeMap<String, String> {
+        self.0
+            .iter()
+            .map(|(key, value)| (key.to_string(), value.to_string()))
+            .collect()
+    }
+}
+
+/// A client's labels by source; selectors see them merged (admin over agent over automatic),
+/// as [`Client::refresh_labels`] merges them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClientLabels {
+    /// Derived from the inventory (host name, OS, architecture).
+    pub automatic: Labels,
+    /// From the agent's configuration.
+    pub agent: Labels,
+    /// Set by admins.
+    pub admin: Labels,
+}
+
+impl ClientLabels {
+    /// The labels of a client object: automatic ones from its inventory when it carries one,
+    /// else from its stored merged labels.
+    pub fn of(client: &Client, interner: &Interner) -> ClientLabels {
+        let automatic = match &client.status.inventory {
+            Some(inventory) => tc_api::resources::automatic_labels(inventory),
+            None => client
+                .metadata
+                .labels
+                .iter()
+                .filter(|(key, _)| {
+                    tc_api::resources::AUTOMATIC_LABEL_KEYS.contains(&key.as_str())
+                        && !client.spec.agent_labels.contains_key(*key)
+                        && !client.spec.admin_labels.contains_key(*key)
+                })
+                .map(|(key, value)| (key.clone(), value.clone()))
+                .collect(),
+        };
+        ClientLabels {
+            automatic: Labels::new(&automatic, interner),
+            agent: Labels::new(&client.spec.agent_labels, interner),
+            admin: Labels::new(&client.spec.admin_labels, interner),
+        }
+    }
+
+    /// The merged value of a label.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.admin
+            .get(key)
+            .or_else(|| self.agent.get(key))
+            .or_else(|| self.automatic.get(key))
+    }
+
+    /// True when `selector` selects these labels.
+    pub fn matches(&self, selector: &tc_api::LabelSelector) -> bool {
+        selector.matches_with(|key| self.get(key))
+    }
+
+    /// The merged labels, as `metadata.labels` shows them.
+    pub fn merged(&self) -> BTreeMap<String, String> {
+        let mut labels = self.automatic.to_map();
+        labels.extend(self.agent.to_map());
+        labels.extend(self.admin.to_map());
+        labels
+    }
+}
+
+/// A client's status as the controller holds it: [`ClientStatus`] without the inventory, which
+/// only the store keeps (it is read on API reads), since a million inventories would take a
+/// gigabyte of memory for nothing the controller decides on.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LiveStatus {
+    /// Online, Offline or Pending.
+    pub phase: ClientPhase,
+    /// Last heartbeat received.
+    pub last_heartbeat: Option<Timestamp>,
+    /// Latest load figures.
+    pub load: Load,
+    /// Hash of the recorded inventory (empty when none is recorded).
+    pub inventory_hash: String,
+    /// Packages as the agent reports them.
+    pub packages: Vec<PackageReport>,
+    /// The desired revision those reports were made for.
+    pub observed_revision: u64,
+    /// What the client is assigned to run now.
+    pub desired: Vec<AssignedPackage>,
+    /// Increases whenever `desired` changes.
+    pub desired_revision: u64,
+    /// Conditions.
+    pub conditions: Vec<Condition>,
+}
+
+impl LiveStatus {
+    /// The live part of a stored status (its inventory is dropped).
+    pub fn of(status: ClientStatus) -> LiveStatus {
+        LiveStatus {
+            phase: status.phase,
+            last_heartbeat: status.last_heartbeat,
+            load: status.load,
+            inventory_hash: status.inventory_hash,
+            packages: status.packages,
+            observed_revision: status.observed_revision,
+            desired: status.desired,
+            desired_revision: status.desired_revision,
+            conditions: status.conditions,
+        }
+    }
+
+    /// The status to store or show, with `inventory`.
+    pub fn to_status(&self, inventory: Option<Inventory>) -> ClientStatus {
+        ClientStatus {
+            phase: self.phase,
+            last_heartbeat: self.last_heartbeat,
+            inventory,
+            inventory_hash: self.inventory_hash.clone(),
+            load: self.load,
+            packages: self.packages.clone(),
+            observed_revision: self.observed_revision,
+            desired: self.desired.clone(),
+            desired_revision: self.desired_revision,
+            conditions: self.conditions.clone(),
+        }
+    }
+
+    /// Whether the client finished its assignment.
+    pub fn convergence(&self) -> tc_reconcile::Convergence {
+        tc_reconcile::convergence_of(
+            self.observed_revision,
+            self.desired_revision,
+            &self.desired,
+            &self.packages,
+        )
+    }
+}
+
+/// What an agent is served: a revision and its packages. Clients assigned the same packages
+/// share one list.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Served {
+    /// The desired revision.
+    pub revision: u64,
+    /// The packages with their download details, sorted by name.
+    pub packages: Arc<[DesiredPackage]>,
+}
+
+impl Served {
+    /// The served state as the protocol's [`tc_proto::DesiredState`] serializes it, without copying.
+    pub fn view(&self) -> DesiredView<'_> {
+        DesiredView {
+            revision: self.revision,
+            packages: &self.packages,
+        }
+    }
+}
+
+/// [`tc_proto::DesiredState`] borrowed from a [`Served`]: serializes exactly as `DesiredState` does.
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DesiredView<'a> {
+    /// See [`tc_proto::DesiredState::revision`].
+    pub revision: u64,
+    /// See [`tc_proto::DesiredState::packages`].
+    pub packages: &'a [DesiredPackage],
+}
+
 /// One client, as the controller holds it.
 #[derive(Debug)]
 pub struct ClientSlot {
-    /// The client and its served desired state.
+    /// The client's name.
+    pub name: Arc<str>,
+    /// Labels, status and what the agent is served.
     pub state: Mutex<ClientRuntime>,
     /// The client's current desired revision, for long-polls.
     pub revision: RevisionCell,
@@ -86,18 +295,31 @@ pub struct ClientSlot {
 /// The mutable part of a [`ClientSlot`].
 #[derive(Debug)]
 pub struct ClientRuntime {
-    /// The client object (labels, status) as last persisted or about to be.
-    pub client: Client,
-    /// What the agent is served: built from `client.status.desired` and the ready releases.
-    pub desired: Arc<DesiredState>,
+    /// Labels, by source.
+    pub labels: ClientLabels,
+    /// Status as last persisted or about to be.
+    pub status: LiveStatus,
+    /// What the agent is served: built from `status.desired` and the ready releases.
+    pub served: Served,
     /// Heartbeat interval for this client (the smallest of its groups').
     pub heartbeat_seconds: u32,
+}
+
+impl ClientRuntime {
+    /// The client object: the stored one (`stored`, for its metadata, spec and inventory) with
+    /// the live labels and status.
+    pub fn overlay(&self, mut stored: Client) -> Client {
+        let inventory = stored.status.inventory.take();
+        stored.status = self.status.to_status(inventory);
+        stored.metadata.labels = self.labels.merged();
+        stored
+    }
 }
 
 #[derive(Default)]
 struct Index {
     /// Sorted, so that listing every client in name order needs no sort.
-    by_name: BTreeMap<String, Arc<ClientSlot>>,
+    by_name: BTreeMap<Arc<str>, Arc<ClientSlot>>,
     /// SHA-256 of a client token -> its client.
     by_token: HashMap<[u8; 32], Arc<ClientSlot>, DigestHash>,
 }
@@ -143,6 +365,8 @@ pub struct Fleet {
     index: RwLock<Index>,
     /// Clients whose only change is `lastHeartbeat`/`load`; flushed in batches.
     dirty: Mutex<Vec<Arc<ClientSlot>>>,
+    /// Label strings, shared between clients.
+    pub interner: Interner,
 }
 
 /// The SHA-256 digest of a token, as the fleet indexes it.
@@ -171,41 +395,51 @@ fn parse_hex_digest(hex: &str) -> Option<[u8; 32]> {
 }
 
 impl Fleet {
-    /// Loads every client and token from the store.
+    /// Loads every client and token from the store, one client at a time (the store never
+    /// holds the whole fleet in memory for this, nor decodes inventories).
     pub fn load(
         store: &dyn Store,
         token_of: impl Fn(&str) -> Option<String>,
     ) -> tc_store::Result<Fleet> {
         let fleet = Fleet::default();
-        let empty = Arc::new(DesiredState::default());
-        for client in store.list_clients()? {
+        store.scan_clients(&mut |client| {
             let token = token_of(&client.metadata.name);
-            fleet.insert(client, empty.clone(), token);
-        }
+            fleet.insert(&client, token);
+        })?;
         Ok(fleet)
     }
 
-    /// Adds or replaces a client; `token_hash` (hex SHA-256) replaces its token when given.
-    pub fn insert(
-        &self,
-        client: Client,
-        desired: Arc<DesiredState>,
-        token_hash: Option<String>,
-    ) -> Arc<ClientSlot> {
+    /// Adds a client, or replaces the labels and status of one already here (keeping what it is
+    /// served); `token_hash` (hex SHA-256) replaces its token when given.
+    pub fn insert(&self, client: &Client, token_hash: Option<String>) -> Arc<ClientSlot> {
         let digest = token_hash.as_deref().and_then(parse_hex_digest);
-        let name = client.metadata.name.clone();
+        let labels = ClientLabels::of(client, &self.interner);
+        let status = LiveStatus::of(ClientStatus {
+            inventory: None,
+            ..client.status.clone()
+        });
+        let name = client.metadata.name.as_str();
         let mut index = self.index.write().expect("fleet lock");
-        let slot = match index.by_name.get(&name) {
+        let slot = match index.by_name.get(name) {
             Some(slot) => {
-                slot.state.lock().expect("client lock").client = client;
+                let mut state = slot.state.lock().expect("client lock");
+                state.labels = labels;
+                state.status = status;
+                drop(state);
                 slot.clone()
             }
             None => {
-                let revision = client.status.desired_revision;
+                let revision = status.desired_revision;
+                let name: Arc<str> = Arc::from(name);
                 let slot = Arc::new(ClientSlot {
+                    name: name.clone(),
                     state: Mutex::new(ClientRuntime {
-                        client,
-                        desired,
+                        labels,
+                        status,
+                        served: Served {
+                            revision,
+                            packages: Arc::from([]),
+                        },
                         heartbeat_seconds: tc_api::resources::DEFAULT_HEARTBEAT_SECONDS,
                     }),
                     revision: RevisionCell::new(revision),
@@ -264,29 +498,9 @@ impl Fleet {
     }
 
     /// Every client slot, sorted by name.
-    pub fn slots(&self) -> Vec<(String, Arc<ClientSlot>)> {
+    pub fn slots(&self) -> Vec<Arc<ClientSlot>> {
         let index = self.index.read().expect("fleet lock");
-        index
-            .by_name
-            .iter()
-            .map(|(n, s)| (n.clone(), s.clone()))
-            .collect()
-    }
-
-    /// Snapshots of every client, sorted by name.
-    pub fn clients(&self) -> Vec<Client> {
-        let slots: Vec<Arc<ClientSlot>> = self
-            .index
-            .read()
-            .expect("fleet lock")
-            .by_name
-            .values()
-            .cloned()
-            .collect();
-        slots
-            .iter()
-            .map(|slot| slot.state.lock().expect("client lock").client.clone())
-            .collect()
+        index.by_name.values().cloned().collect()
     }
 
     /// Number of clients.
@@ -315,9 +529,9 @@ impl Fleet {
             slot.dirty.store(false, Ordering::Release);
             let entry = {
                 let state = slot.state.lock().expect("client lock");
-                let status = &state.client.status;
+                let status = &state.status;
                 status.last_heartbeat.map(|last_heartbeat| Liveness {
-                    name: state.client.metadata.name.clone(),
+                    name: slot.name.to_string(),
                     last_heartbeat,
                     load: status.load,
                 })
@@ -334,7 +548,10 @@ impl Fleet {
 }
 
 struct PersistRequest {
-    clients: Vec<Client>,
+    /// Client objects (labels, spec) with their status.
+    objects: Vec<Client>,
+    /// Client statuses.
+    statuses: Vec<ClientStatusEntry>,
     liveness: Vec<Liveness>,
     /// Events about these writes, recorded after them (a failure is logged, never returned:
     /// events never fail a request).
@@ -342,9 +559,64 @@ struct PersistRequest {
     done: Option<oneshot::Sender<Result<(), String>>>,
 }
 
+/// The writes of one group commit, merged in the order they were requested: the last status of
+/// a client wins, and a status without inventory keeps the inventory an earlier one carried.
+#[derive(Default)]
+struct Batch {
+    objects: HashMap<String, Client>,
+    statuses: HashMap<String, ClientStatus>,
+    liveness: Vec<Liveness>,
+    events: Vec<Event>,
+}
+
+impl Batch {
+    fn status(&mut self, name: String, mut status: ClientStatus) {
+        if status.inventory.is_none()
+            && let Some(earlier) = self.statuses.remove(&name)
+        {
+            status.inventory = earlier.inventory;
+        }
+        self.statuses.insert(name, status);
+    }
+
+    fn add(&mut self, request: PersistRequest) {
+        for mut object in request.objects {
+            let status = std::mem::take(&mut object.status);
+            self.status(object.metadata.name.clone(), status);
+            self.objects.insert(object.metadata.name.clone(), object);
+        }
+        for entry in request.statuses {
+            self.status(entry.name, entry.status);
+        }
+        self.liveness.extend(request.liveness);
+        self.events.extend(request.events);
+    }
+
+    /// Objects (each with its latest status) and the statuses of clients without an object write.
+    fn split(mut self) -> (Vec<Client>, Vec<ClientStatusEntry>) {
+        let objects: Vec<Client> = self
+            .objects
+            .into_values()
+            .map(|mut object| {
+                if let Some(status) = self.statuses.remove(&object.metadata.name) {
+                    object.status = status;
+                }
+                object
+            })
+            .collect();
+        let statuses = self
+            .statuses
+            .into_iter()
+            .map(|(name, status)| ClientStatusEntry { name, status })
+            .collect();
+        (objects, statuses)
+    }
+}
+
 /// Writes clients (and the events about them) to the store, sharing one transaction among
-/// concurrent requests: a thousand heartbeats that change state at once cost one client
-/// transaction and one event transaction, not a thousand of each.
+/// concurrent requests: a thousand heartbeats that change state at once cost one status
+/// transaction and one event transaction, not a thousand of each. Requests are written in the
+/// order they were made.
 #[derive(Clone)]
 pub struct Persister {
     sender: mpsc::UnboundedSender<PersistRequest>,
@@ -360,32 +632,27 @@ impl Persister {
         let (sender, mut receiver) = mpsc::unbounded_channel::<PersistRequest>();
         tokio::spawn(async move {
             while let Some(first) = receiver.recv().await {
-                let mut batch = vec![first];
-                while batch.len() < 4096 {
-                    match receiver.try_recv() {
-                        Ok(request) => batch.push(request),
-                        Err(_) => break,
-                    }
-                }
-                // Last write of a client wins within a batch.
-                let mut clients: HashMap<String, Client> = HashMap::new();
-                let mut liveness = vec![];
-                let mut events = vec![];
                 let mut waiters = vec![];
-                for request in batch {
-                    for client in request.clients {
-                        clients.insert(client.metadata.name.clone(), client);
+                let mut batch = Batch::default();
+                let mut requests = 0;
+                let mut next = Some(first);
+                while let Some(mut request) = next.take() {
+                    waiters.extend(request.done.take());
+                    batch.add(request);
+                    requests += 1;
+                    if requests < 4096 {
+                        next = receiver.try_recv().ok();
                     }
-                    liveness.extend(request.liveness);
-                    events.extend(request.events);
-                    waiters.extend(request.done);
                 }
+                let liveness = std::mem::take(&mut batch.liveness);
+                let events = std::mem::take(&mut batch.events);
+                let (objects, statuses) = batch.split();
+                let count = objects.len() + statuses.len() + liveness.len();
                 let store = store.clone();
-                let clients: Vec<Client> = clients.into_values().collect();
-                let count = clients.len() + liveness.len();
                 batches.inc();
                 let result = tokio::task::spawn_blocking(move || -> tc_store::Result<()> {
-                    store.put_clients(clients)?;
+                    store.put_clients(objects)?;
+                    store.put_client_status(statuses)?;
                     store.put_liveness(liveness)?;
                     if let Err(error) = store.append_events(events) {
                         tracing::error!(%error, "recording events failed");
@@ -406,53 +673,64 @@ impl Persister {
         Persister { sender }
     }
 
-    async fn send_and_wait(
-        &self,
-        clients: Vec<Client>,
-        liveness: Vec<Liveness>,
-        events: Vec<Event>,
-    ) -> Result<(), String> {
-        let (done, wait) = oneshot::channel();
+    fn send(&self, request: PersistRequest) -> Result<(), String> {
         self.sender
-            .send(PersistRequest {
-                clients,
-                liveness,
-                events,
-                done: Some(done),
-            })
-            .map_err(|_| "the controller is shutting down".to_string())?;
+            .send(request)
+            .map_err(|_| "the controller is shutting down".to_string())
+    }
+
+    async fn send_and_wait(&self, mut request: PersistRequest) -> Result<(), String> {
+        let (done, wait) = oneshot::channel();
+        request.done = Some(done);
+        self.send(request)?;
         wait.await
             .map_err(|_| "the controller is shutting down".to_string())?
     }
 
-    /// Writes clients and waits until they are committed.
-    pub async fn write(&self, clients: Vec<Client>) -> Result<(), String> {
-        if clients.is_empty() {
+    /// Writes client objects (labels, spec, and the status they carry; a status without
+    /// inventory keeps the recorded one) and waits until they are committed.
+    pub async fn write_objects(&self, objects: Vec<Client>) -> Result<(), String> {
+        if objects.is_empty() {
             return Ok(());
         }
-        self.send_and_wait(clients, vec![], vec![]).await
+        self.send_and_wait(PersistRequest {
+            objects,
+            statuses: vec![],
+            liveness: vec![],
+            events: vec![],
+            done: None,
+        })
+        .await
     }
 
-    /// Writes clients, then records events about them, and waits until both are committed
-    /// (an event that cannot be recorded is logged, not returned).
-    pub async fn write_with_events(
+    /// Writes client statuses, then records events about them, and waits until both are
+    /// committed (an event that cannot be recorded is logged, not returned).
+    pub async fn write_statuses(
         &self,
-        clients: Vec<Client>,
+        statuses: Vec<ClientStatusEntry>,
         events: Vec<Event>,
     ) -> Result<(), String> {
-        if clients.is_empty() && events.is_empty() {
+        if statuses.is_empty() && events.is_empty() {
             return Ok(());
         }
-        self.send_and_wait(clients, vec![], events).await
+        self.send_and_wait(PersistRequest {
+            objects: vec![],
+            statuses,
+            liveness: vec![],
+            events,
+            done: None,
+        })
+        .await
     }
 
-    /// Queues clients without waiting.
-    pub fn write_later(&self, clients: Vec<Client>) {
-        if !clients.is_empty() {
-            let _ = self.sender.send(PersistRequest {
-                clients,
+    /// Records events (after every write requested before them) without waiting.
+    pub fn record_later(&self, events: Vec<Event>) {
+        if !events.is_empty() {
+            let _ = self.send(PersistRequest {
+                objects: vec![],
+                statuses: vec![],
                 liveness: vec![],
-                events: vec![],
+                events,
                 done: None,
             });
         }
@@ -463,14 +741,22 @@ impl Persister {
         if liveness.is_empty() {
             return Ok(());
         }
-        self.send_and_wait(vec![], liveness, vec![]).await
+        self.send_and_wait(PersistRequest {
+            objects: vec![],
+            statuses: vec![],
+            liveness,
+            events: vec![],
+            done: None,
+        })
+        .await
     }
 
     /// Queues liveness records without waiting (the periodic flush).
     pub fn write_liveness_later(&self, liveness: Vec<Liveness>) {
         if !liveness.is_empty() {
-            let _ = self.sender.send(PersistRequest {
-                clients: vec![],
+            let _ = self.send(PersistRequest {
+                objects: vec![],
+                statuses: vec![],
                 liveness,
                 events: vec![],
                 done: None,
@@ -518,15 +804,11 @@ mod tests {
         let fleet = Fleet::default();
         let first = crate::tokens::hash("first");
         let second = crate::tokens::hash("second");
-        fleet.insert(client("a"), Default::default(), Some(first.clone()));
-        fleet.insert(
-            client("b"),
-            Default::default(),
-            Some(crate::tokens::hash("other")),
-        );
+        fleet.insert(&client("a"), Some(first.clone()));
+        fleet.insert(&client("b"), Some(crate::tokens::hash("other")));
         assert!(fleet.by_token(&first).is_some());
         assert!(fleet.by_token_digest(&token_digest("first")).is_some());
-        fleet.insert(client("a"), Default::default(), Some(second.clone()));
+        fleet.insert(&client("a"), Some(second.clone()));
         assert!(
             fleet.by_token(&first).is_none(),
             "the old token stops working"
@@ -551,17 +833,17 @@ mod tests {
     #[test]
     fn liveness_is_queued_once_and_skips_removed_clients() {
         let fleet = Fleet::default();
-        let a = fleet.insert(client("a"), Default::default(), None);
-        let b = fleet.insert(client("b"), Default::default(), None);
+        let a = fleet.insert(&client("a"), None);
+        let b = fleet.insert(&client("b"), None);
         for slot in [&a, &b] {
-            slot.state.lock().unwrap().client.status.last_heartbeat =
+            slot.state.lock().unwrap().status.last_heartbeat =
                 Some(tc_api::Timestamp::from_unix_millis(5));
         }
         fleet.mark_dirty(&a);
         fleet.mark_dirty(&a);
         fleet.mark_dirty(&b);
         fleet.remove("b");
-        fleet.insert(client("b"), Default::default(), None);
+        fleet.insert(&client("b"), None);
         let names: Vec<String> = fleet.take_dirty().into_iter().map(|l| l.name).collect();
         assert_eq!(names, vec!["a".to_string()]);
         assert!(fleet.take_dirty().is_empty());
@@ -586,5 +868,134 @@ mod tests {
             .await
             .expect("woken")
             .unwrap();
+    }
+
+    #[test]
+    fn labels_merge_admin_over_agent_over_automatic_and_share_strings() {
+        let fleet = Fleet::default();
+        let mut a = client("a");
+        a.status.inventory = Some(tc_proto::Inventory {
+            hostname: "Kiosk 1".into(),
+            os_name: "Debian GNU/Linux".into(),
+            arch: "x86_64".into(),
+            ..Default::default()
+        });
+        a.spec.agent_labels = BTreeMap::from([
+            ("site".to_string(), "lyon".to_string()),
+            ("thinfleet.io/arch".to_string(), "amd64".to_string()),
+        ]);
+        a.spec.admin_labels = BTreeMap::from([("site".to_string(), "paris".to_string())]);
+        a.refresh_labels();
+        let slot = fleet.insert(&a, None);
+        let state = slot.state.lock().unwrap();
+        assert_eq!(
+            state.labels.merged(),
+            a.metadata.labels,
+            "merged as the object merges them"
+        );
+        assert_eq!(state.labels.get("site"), Some("paris"));
+        assert_eq!(state.labels.get("thinfleet.io/arch"), Some("amd64"));
+        assert_eq!(state.labels.get("thinfleet.io/hostname"), Some("Kiosk_1"));
+        assert_eq!(state.labels.get("missing"), None);
+        let selector = tc_api::LabelSelector::parse("site in (paris),thinfleet.io/os").unwrap();
+        assert!(state.labels.matches(&selector));
+        assert!(
+            !state
+                .labels
+                .matches(&tc_api::LabelSelector::parse("site=lyon").unwrap())
+        );
+        drop(state);
+
+        // Without an inventory (as the fleet loads clients) the stored merged labels give the
+        // automatic ones back, and label strings are held once across clients.
+        let mut b = a.clone();
+        b.metadata.name = "b".into();
+        b.status.inventory = None;
+        let other = fleet.insert(&b, None);
+        assert_eq!(
+            other.state.lock().unwrap().labels.merged(),
+            a.metadata.labels
+        );
+        let first = slot.state.lock().unwrap().labels.agent.0[0].0.clone();
+        let second = other.state.lock().unwrap().labels.agent.0[0].0.clone();
+        assert!(Arc::ptr_eq(&first, &second));
+    }
+
+    #[test]
+    fn a_batch_keeps_the_last_status_and_an_earlier_inventory() {
+        let inventory = tc_proto::Inventory {
+            hostname: "h".into(),
+            ..Default::default()
+        };
+        let status = |revision: u64, inventory: Option<tc_proto::Inventory>| ClientStatus {
+            desired_revision: revision,
+            inventory,
+            ..Default::default()
+        };
+        let request = |objects: Vec<Client>, statuses: Vec<ClientStatusEntry>| PersistRequest {
+            objects,
+            statuses,
+            liveness: vec![],
+            events: vec![],
+            done: None,
+        };
+        let mut batch = Batch::default();
+        batch.add(request(
+            vec![],
+            vec![ClientStatusEntry {
+                name: "a".into(),
+                status: status(1, Some(inventory.clone())),
+            }],
+        ));
+        let mut object = client("a");
+        object.status = status(2, None);
+        batch.add(request(vec![object], vec![]));
+        batch.add(request(
+            vec![],
+            vec![
+                ClientStatusEntry {
+                    name: "a".into(),
+                    status: status(3, None),
+                },
+                ClientStatusEntry {
+                    name: "b".into(),
+                    status: status(7, None),
+                },
+            ],
+        ));
+        let (objects, statuses) = batch.split();
+        assert_eq!(objects.len(), 1);
+        assert_eq!(
+            objects[0].status.desired_revision, 3,
+            "the last status wins"
+        );
+        assert_eq!(objects[0].status.inventory, Some(inventory));
+        assert_eq!(statuses.len(), 1);
+        assert_eq!(statuses[0].name, "b");
+        assert_eq!(statuses[0].status.desired_revision, 7);
+    }
+
+    #[test]
+    fn served_state_serializes_as_the_protocol_type() {
+        let packages = vec![tc_proto::DesiredPackage {
+            name: "kiosk".into(),
+            version: "1.0.0".into(),
+            sha256: "ab".into(),
+            size: 3,
+            url: "/blobs/sha256/ab".into(),
+            hooks: Default::default(),
+        }];
+        let served = Served {
+            revision: 4,
+            packages: Arc::from(packages.clone()),
+        };
+        assert_eq!(
+            serde_json::to_value(served.view()).unwrap(),
+            serde_json::to_value(tc_proto::DesiredState {
+                revision: 4,
+                packages
+            })
+            .unwrap()
+        );
     }
 }

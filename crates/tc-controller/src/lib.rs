@@ -26,7 +26,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, patch, post, put};
-use tc_api::Event;
+use tc_api::{Event, Timestamp};
 use tc_store::{RedbStore, Store};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
@@ -136,6 +136,9 @@ pub struct Controller {
     pub http: reqwest::Client,
     /// Flips to true at shutdown (ends long-polls).
     pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// When this controller started: no client is marked Offline for heartbeats it could not
+    /// send while the controller was down or starting (a grace period of the offline timeout).
+    pub started_at: Timestamp,
     bootstrap_hashes: Mutex<BTreeSet<String>>,
 }
 
@@ -310,6 +313,7 @@ pub async fn open(
         sources: Mutex::new(BTreeMap::new()),
         http,
         shutdown,
+        started_at: Timestamp::now(),
         bootstrap_hashes: Mutex::new(hashes),
     });
     reconcile::initial_desired(&controller, &*store)?;

@@ -2,25 +2,32 @@
 //! labels or package states, the periodic resync), a pass recomputes what every client should run
 //! from the current objects and reports, assigns what the rollout budget allows, and updates group
 //! status. It never needs to know why it ran.
+//!
+//! A pass is sized for a million clients. It walks the fleet once on a blocking thread, taking
+//! each client's lock briefly and copying nothing of clients that need no change: group
+//! membership is matched on the compact labels in place, what a client should run is computed
+//! once per distinct (groups, assignment) and shared, group status is tallied as it goes, and
+//! only clients that want another assignment go through the rollout plan. New assignments are
+//! persisted as status records (no client object is rewritten) before agents are served them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tc_api::{
-    AssignedPackage, Client, ClientGroup, ClientPhase, Event, EventType, Kind, Object, ObjectRef,
+    AssignedPackage, ClientGroup, ClientPhase, Event, EventType, Kind, Object, ObjectRef,
     PackageRelease, Timestamp,
 };
-use tc_proto::{DesiredPackage, DesiredState};
-use tc_reconcile::status::{MemberState, group_status};
+use tc_proto::DesiredPackage;
 use tc_reconcile::{
-    ClientRollout, Convergence, GroupBudget, ReleaseCatalog, convergence, desired_for_client,
-    plan_rollout,
+    ClientDesire, ClientRollout, Convergence, GroupBudget, GroupTally, ReleaseCatalog,
+    desired_for_client, plan_rollout_from,
 };
-use tc_store::{Store, Write};
+use tc_store::{ClientStatusEntry, Store, Write};
 
 use crate::Controller;
-use crate::fleet::ClientSlot;
+use crate::fleet::{ClientSlot, Served};
 
 /// Runs passes when woken, and at least every `resync` interval, until shutdown.
 pub async fn run(controller: Arc<Controller>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
@@ -63,12 +70,57 @@ fn list_releases(store: &dyn Store) -> tc_store::Result<Vec<PackageRelease>> {
         .collect())
 }
 
-/// What a pass decided for one client.
-struct ClientChange {
-    slot: Arc<ClientSlot>,
-    assigned: Option<BTreeMap<String, String>>,
-    went_offline: bool,
-    heartbeat_seconds: u32,
+/// Served package lists, shared by every client assigned the same packages.
+#[derive(Default)]
+pub struct ServedCache(HashMap<Vec<AssignedPackage>, Arc<[DesiredPackage]>>);
+
+impl ServedCache {
+    /// What a client assigned `assigned` at `revision` is served. A package whose release is
+    /// gone from the catalog keeps the details `previous` served it with, so that deleting a
+    /// release never makes agents remove a package (such a list is the client's own).
+    pub fn served(
+        &mut self,
+        assigned: &[AssignedPackage],
+        revision: u64,
+        catalog: &ReleaseCatalog,
+        previous: &Served,
+    ) -> Served {
+        if let Some(packages) = self.0.get(assigned) {
+            return Served {
+                revision,
+                packages: packages.clone(),
+            };
+        }
+        let mut complete = true;
+        let mut packages = Vec::with_capacity(assigned.len());
+        for package in assigned {
+            match catalog.exact(&package.name, &package.version) {
+                Some(info) => packages.push(DesiredPackage {
+                    name: info.package.clone(),
+                    version: info.version.to_string(),
+                    sha256: info.sha256.clone(),
+                    size: info.size,
+                    url: format!("/blobs/sha256/{}", info.sha256),
+                    hooks: info.hooks.clone(),
+                }),
+                None => {
+                    complete = false;
+                    packages.extend(
+                        previous
+                            .packages
+                            .iter()
+                            .find(|p| p.name == package.name && p.version == package.version)
+                            .cloned(),
+                    );
+                }
+            }
+        }
+        let packages: Arc<[DesiredPackage]> = Arc::from(packages);
+        if complete {
+            self.0.insert(assigned.to_vec(), packages.clone());
+        }
+        Served { revision, packages }
+    }
 }
 
 /// One reconcile pass.
@@ -82,77 +134,53 @@ pub async fn pass(controller: &Arc<Controller>) -> Result<(), String> {
     .await
     .map_err(|e| e.to_string())?
     .map_err(|e| e.to_string())?;
-    let catalog = Arc::new(ReleaseCatalog::new(&releases));
+    let catalog = ReleaseCatalog::new(&releases);
+    let loaded = started.elapsed();
 
     let slots = controller.fleet.slots();
-    let config = controller.config.clone();
-    let compute_groups = groups.clone();
-    let compute_catalog = catalog.clone();
-    let (changes, group_statuses, events) = tokio::task::spawn_blocking(move || {
-        compute(&compute_groups, &compute_catalog, &slots, now, &config)
+    let context = Context {
+        offline_after_missed: controller.config.offline_after_missed,
+        started_at: controller.started_at,
+        now,
+    };
+    let (outcome, groups) = tokio::task::spawn_blocking(move || {
+        let outcome = compute(&groups, &catalog, &slots, &context);
+        (outcome, groups)
     })
     .await
     .map_err(|e| e.to_string())?;
+    let computed = started.elapsed();
 
-    // Apply the decisions to the live clients, persist them, and only then serve them to agents.
-    let mut to_persist: Vec<Client> = vec![];
-    let mut to_publish: Vec<(Arc<ClientSlot>, Arc<DesiredState>)> = vec![];
-    let mut events = events;
-    for change in &changes {
-        let mut state = change.slot.state.lock().expect("client lock");
-        state.heartbeat_seconds = change.heartbeat_seconds;
-        let mut dirty = false;
-        if change.went_offline && state.client.status.phase == ClientPhase::Online {
-            state.client.status.phase = ClientPhase::Offline;
-            events.push(Event::new(
-                now,
-                ObjectRef::new(Kind::Client, &state.client.metadata.name),
-                EventType::Warning,
-                "Offline",
-                "missed three heartbeats",
-            ));
-            dirty = true;
-        }
-        if let Some(assigned) = &change.assigned {
-            let status = &mut state.client.status;
-            let before: BTreeMap<String, String> = status
-                .desired
-                .iter()
-                .map(|p| (p.name.clone(), p.version.clone()))
-                .collect();
-            if &before != assigned {
-                status.desired = assigned
-                    .iter()
-                    .map(|(name, version)| AssignedPackage {
-                        name: name.clone(),
-                        version: version.clone(),
-                    })
-                    .collect();
-                status.desired_revision += 1;
-                events.push(Event::new(
-                    now,
-                    ObjectRef::new(Kind::Client, &state.client.metadata.name),
-                    EventType::Normal,
-                    "Assigned",
-                    describe_assignment(&before, assigned),
-                ));
-                dirty = true;
-            }
-        }
-        let desired = build_desired(&state.client, &catalog, &state.desired);
-        if *desired != *state.desired {
-            to_publish.push((change.slot.clone(), desired));
-        }
-        if dirty {
-            to_persist.push(state.client.clone());
+    // Persist the new assignments, and only then serve them to agents.
+    let Outcome {
+        statuses,
+        publish,
+        mut events,
+        group_statuses,
+        phases,
+        clients,
+    } = outcome;
+    let persisted_count = statuses.len();
+    controller
+        .persister
+        .write_statuses(statuses, vec![])
+        .await?;
+    let persisted = started.elapsed();
+    let published_count = publish.len();
+    for (slot, served) in publish {
+        let mut state = slot.state.lock().expect("client lock");
+        // A client given yet another assignment meanwhile is served by the pass that gave it.
+        if state.status.desired_revision == served.revision {
+            let revision = served.revision;
+            state.served = served;
+            drop(state);
+            slot.revision.send_replace(revision);
         }
     }
-    controller.persister.write(to_persist).await?;
-    for (slot, desired) in to_publish {
-        let revision = desired.revision;
-        slot.state.lock().expect("client lock").desired = desired;
-        slot.revision.send_replace(revision);
-    }
+    let published = started.elapsed();
+    controller
+        .persister
+        .record_later(std::mem::take(&mut events));
 
     // Group status, conditions and the events of their transitions.
     let mut writes = vec![];
@@ -211,20 +239,24 @@ pub async fn pass(controller: &Arc<Controller>) -> Result<(), String> {
     .map_err(|e| e.to_string())?
     .map_err(|e| e.to_string())?;
 
-    let mut phases = BTreeMap::from([("Online", 0usize), ("Offline", 0), ("Pending", 0)]);
-    for (_, slot) in controller.fleet.slots() {
-        let phase = slot.state.lock().expect("client lock").client.status.phase;
-        *phases
-            .entry(match phase {
-                ClientPhase::Online => "Online",
-                ClientPhase::Offline => "Offline",
-                ClientPhase::Pending => "Pending",
-            })
-            .or_default() += 1;
-    }
-    for (phase, count) in phases {
+    for (phase, count) in [
+        ("Pending", phases[0]),
+        ("Online", phases[1]),
+        ("Offline", phases[2]),
+    ] {
         controller.metrics.set_clients(phase, count);
     }
+    tracing::debug!(
+        clients,
+        persisted = persisted_count,
+        published = published_count,
+        load_ms = loaded.as_millis() as u64,
+        compute_ms = (computed - loaded).as_millis() as u64,
+        persist_ms = (persisted - computed).as_millis() as u64,
+        publish_ms = (published - persisted).as_millis() as u64,
+        total_ms = started.elapsed().as_millis() as u64,
+        "reconcile pass"
+    );
     controller.metrics.reconciles.inc();
     controller
         .metrics
@@ -253,195 +285,496 @@ fn describe_assignment(
     parts.join(", ")
 }
 
-type GroupStatuses = Vec<tc_api::ClientGroupStatus>;
+/// What a pass works with besides the objects.
+struct Context {
+    offline_after_missed: u32,
+    /// Heartbeats missed before this are not held against a client.
+    started_at: Timestamp,
+    now: Timestamp,
+}
 
-/// The pure part of a pass, on snapshots.
+/// What a pass decided.
+struct Outcome {
+    /// Statuses to persist: new assignments and phase changes.
+    statuses: Vec<ClientStatusEntry>,
+    /// New served states, to publish once `statuses` are persisted.
+    publish: Vec<(Arc<ClientSlot>, Served)>,
+    /// Events about clients.
+    events: Vec<Event>,
+    /// One per group, in the order of the groups.
+    group_statuses: Vec<tc_api::ClientGroupStatus>,
+    /// Clients Pending, Online and Offline.
+    phases: [usize; 3],
+    /// Clients looked at.
+    clients: usize,
+}
+
+/// What a client with given groups and assignment should run; computed once per distinct pair.
+struct Desire {
+    membership: usize,
+    assigned: Vec<AssignedPackage>,
+    desire: ClientDesire,
+    /// Whether that differs from the assignment.
+    wants_change: bool,
+    /// Groups to count a conflict against (once per conflict naming them).
+    conflict_groups: Vec<usize>,
+}
+
+/// A client that wants another assignment, for the rollout plan.
+struct Wanting {
+    slot: Arc<ClientSlot>,
+    membership: usize,
+    convergence: Convergence,
+    /// Its phase changed in this pass (to be persisted whatever the plan decides).
+    phase_changed: bool,
+}
+
+fn assigned_map(assigned: &[AssignedPackage]) -> BTreeMap<String, String> {
+    assigned
+        .iter()
+        .map(|p| (p.name.clone(), p.version.clone()))
+        .collect()
+}
+
+fn assigned_version<'a>(assigned: &'a [AssignedPackage], package: &str) -> Option<&'a str> {
+    assigned
+        .iter()
+        .find(|p| p.name == package)
+        .map(|p| p.version.as_str())
+}
+
+/// The pure part of a pass: decides, applies the decisions to the in-memory clients (their
+/// served state only where nothing needs persisting first), and returns what to persist and
+/// publish.
 fn compute(
     groups: &[ClientGroup],
     catalog: &ReleaseCatalog,
-    slots: &[(String, Arc<ClientSlot>)],
-    now: Timestamp,
-    config: &crate::Config,
-) -> (Vec<ClientChange>, GroupStatuses, Vec<Event>) {
-    struct Snapshot {
-        labels: BTreeMap<String, String>,
-        assigned: BTreeMap<String, String>,
-        convergence: Convergence,
-        phase: ClientPhase,
-        last_heartbeat: Option<Timestamp>,
-        heartbeat_seconds: u32,
-    }
-    let snapshots: Vec<Snapshot> = slots
+    slots: &[Arc<ClientSlot>],
+    context: &Context,
+) -> Outcome {
+    let now = context.now;
+    let mut outcome = Outcome {
+        statuses: vec![],
+        publish: vec![],
+        events: vec![],
+        group_statuses: vec![],
+        phases: [0; 3],
+        clients: slots.len(),
+    };
+    let mut memberships: Vec<Vec<usize>> = vec![];
+    let mut membership_ids: HashMap<Vec<usize>, usize> = HashMap::new();
+    let mut desires: Vec<Desire> = vec![];
+    let mut desire_ids: HashMap<u64, Vec<usize>> = HashMap::new();
+    let hasher = std::collections::hash_map::RandomState::new();
+    let mut tallies: Vec<GroupTally> = groups
         .iter()
-        .map(|(_, slot)| {
-            let state = slot.state.lock().expect("client lock");
-            let status = &state.client.status;
-            Snapshot {
-                labels: state.client.metadata.labels.clone(),
-                assigned: status
-                    .desired
-                    .iter()
-                    .map(|p| (p.name.clone(), p.version.clone()))
-                    .collect(),
-                convergence: convergence(status),
-                phase: status.phase,
-                last_heartbeat: status.last_heartbeat,
-                heartbeat_seconds: state.heartbeat_seconds,
-            }
-        })
-        .collect();
-    let membership: Vec<Vec<usize>> = snapshots
-        .iter()
-        .map(|s| {
-            groups
-                .iter()
-                .enumerate()
-                .filter(|(_, g)| g.spec.selector.matches(&s.labels))
-                .map(|(i, _)| i)
-                .collect()
-        })
+        .map(|group| GroupTally::new(group, catalog))
         .collect();
     let mut member_counts = vec![0usize; groups.len()];
-    for groups_of_client in &membership {
-        for &g in groups_of_client {
-            member_counts[g] += 1;
-        }
-    }
-    let budgets: Vec<GroupBudget> = groups
-        .iter()
-        .zip(&member_counts)
-        .map(|(g, &count)| GroupBudget {
-            name: g.metadata.name.clone(),
-            max_unavailable: g.spec.rollout.max_unavailable.resolve(count),
-            paused: g.spec.paused,
-        })
-        .collect();
-    let mut conflicts_per_group = vec![0usize; groups.len()];
-    let inputs: Vec<ClientRollout> = slots
-        .iter()
-        .zip(&snapshots)
-        .zip(&membership)
-        .map(|(((name, _), snapshot), member_of)| {
-            let member_groups: Vec<&ClientGroup> = member_of.iter().map(|&i| &groups[i]).collect();
-            let desire = desired_for_client(&member_groups, catalog, &snapshot.assigned);
-            for conflict in &desire.conflicts {
-                for (index, group) in groups.iter().enumerate() {
-                    if conflict.groups.contains(&group.metadata.name) {
-                        conflicts_per_group[index] += 1;
-                    }
-                }
-            }
-            ClientRollout {
-                name: name.clone(),
-                groups: member_of.clone(),
-                desire,
-                assigned: snapshot.assigned.clone(),
-                unavailable: snapshot.convergence.is_unavailable(),
-            }
-        })
-        .collect();
-    let next = plan_rollout(&budgets, &inputs);
+    let mut unavailable = vec![0usize; groups.len()];
+    let mut conflicts = vec![0usize; groups.len()];
+    let mut wanting: Vec<Wanting> = vec![];
+    let mut rollouts: Vec<ClientRollout> = vec![];
+    let mut cache = ServedCache::default();
 
-    let mut changes = vec![];
-    for (index, ((_, slot), snapshot)) in slots.iter().zip(&snapshots).enumerate() {
-        let heartbeat_seconds = membership[index]
+    for slot in slots {
+        let mut guard = slot.state.lock().expect("client lock");
+        let state = &mut *guard;
+        let member_of: Vec<usize> = groups
+            .iter()
+            .enumerate()
+            .filter(|(_, group)| state.labels.matches(&group.spec.selector))
+            .map(|(index, _)| index)
+            .collect();
+        let membership = match membership_ids.get(&member_of) {
+            Some(&id) => id,
+            None => {
+                memberships.push(member_of.clone());
+                membership_ids.insert(member_of, memberships.len() - 1);
+                memberships.len() - 1
+            }
+        };
+        let member_of = &memberships[membership];
+
+        let heartbeat_seconds = member_of
             .iter()
             .map(|&g| groups[g].spec.agent.heartbeat_seconds)
             .min()
             .unwrap_or(tc_api::resources::DEFAULT_HEARTBEAT_SECONDS);
         let offline_after = Duration::from_secs(
-            u64::from(snapshot.heartbeat_seconds.max(heartbeat_seconds))
-                * u64::from(config.offline_after_missed),
+            u64::from(state.heartbeat_seconds.max(heartbeat_seconds))
+                * u64::from(context.offline_after_missed),
         );
-        let went_offline = snapshot.phase == ClientPhase::Online
-            && snapshot
+        state.heartbeat_seconds = heartbeat_seconds;
+        let mut phase_changed = false;
+        if state.status.phase == ClientPhase::Online
+            && state
+                .status
                 .last_heartbeat
-                .is_some_and(|seen| now.since(seen) > offline_after);
-        let assigned = (next[index] != snapshot.assigned).then(|| next[index].clone());
-        changes.push(ClientChange {
-            slot: slot.clone(),
-            assigned,
-            went_offline,
-            heartbeat_seconds,
-        });
-    }
+                .is_some_and(|seen| now.since(seen.max(context.started_at)) > offline_after)
+        {
+            state.status.phase = ClientPhase::Offline;
+            outcome.events.push(Event::new(
+                now,
+                ObjectRef::new(Kind::Client, &*slot.name),
+                EventType::Warning,
+                "Offline",
+                "missed three heartbeats",
+            ));
+            phase_changed = true;
+        }
+        outcome.phases[match state.status.phase {
+            ClientPhase::Pending => 0,
+            ClientPhase::Online => 1,
+            ClientPhase::Offline => 2,
+        }] += 1;
 
-    // Group status from the assignments just decided: a client given a new assignment in this pass
-    // has not converged on it yet, whatever it reported for the previous one.
-    let progressing = Convergence::Progressing;
-    let mut statuses = vec![];
-    for (g, group) in groups.iter().enumerate() {
-        let members: Vec<MemberState<'_>> = membership
-            .iter()
-            .enumerate()
-            .filter(|(_, groups_of_client)| groups_of_client.contains(&g))
-            .map(|(c, _)| {
-                let fresh = next[c] == snapshots[c].assigned;
-                MemberState {
-                    assigned: &next[c],
-                    convergence: if fresh {
-                        &snapshots[c].convergence
-                    } else {
-                        &progressing
-                    },
-                }
+        let key = {
+            let mut hasher = hasher.build_hasher();
+            membership.hash(&mut hasher);
+            state.status.desired.hash(&mut hasher);
+            hasher.finish()
+        };
+        let known = desire_ids.get(&key).and_then(|ids| {
+            ids.iter().copied().find(|&id| {
+                desires[id].membership == membership && desires[id].assigned == state.status.desired
             })
-            .collect();
-        statuses.push(group_status(
-            group,
+        });
+        let id = match known {
+            Some(id) => id,
+            None => {
+                let assigned = assigned_map(&state.status.desired);
+                let member_groups: Vec<&ClientGroup> =
+                    member_of.iter().map(|&g| &groups[g]).collect();
+                let desire = desired_for_client(&member_groups, catalog, &assigned);
+                let wants_change = desire.packages.len() != assigned.len()
+                    || desire
+                        .packages
+                        .iter()
+                        .any(|(package, want)| assigned.get(package) != Some(&want.version));
+                let mut conflict_groups = vec![];
+                for conflict in &desire.conflicts {
+                    for (index, group) in groups.iter().enumerate() {
+                        if conflict.groups.contains(&group.metadata.name) {
+                            conflict_groups.push(index);
+                        }
+                    }
+                }
+                desires.push(Desire {
+                    membership,
+                    assigned: state.status.desired.clone(),
+                    desire,
+                    wants_change,
+                    conflict_groups,
+                });
+                desire_ids.entry(key).or_default().push(desires.len() - 1);
+                desires.len() - 1
+            }
+        };
+        let desire = &desires[id];
+        for &g in member_of {
+            member_counts[g] += 1;
+        }
+        for &g in &desire.conflict_groups {
+            conflicts[g] += 1;
+        }
+        let convergence = state.status.convergence();
+        if convergence.is_unavailable() {
+            for &g in member_of {
+                unavailable[g] += 1;
+            }
+        }
+        if desire.wants_change {
+            rollouts.push(ClientRollout {
+                name: slot.name.to_string(),
+                groups: member_of.clone(),
+                desire: desire.desire.clone(),
+                assigned: assigned_map(&state.status.desired),
+                unavailable: convergence.is_unavailable(),
+            });
+            wanting.push(Wanting {
+                slot: slot.clone(),
+                membership,
+                convergence,
+                phase_changed,
+            });
+            continue;
+        }
+        for &g in member_of {
+            tallies[g].add(
+                |package| assigned_version(&state.status.desired, package),
+                &convergence,
+            );
+        }
+        if phase_changed {
+            outcome.statuses.push(ClientStatusEntry {
+                name: slot.name.to_string(),
+                status: state.status.to_status(None),
+            });
+        }
+        // Keep the served state in line with the catalog (at start-up, after a release changed),
+        // sharing one package list among clients with the same assignment.
+        let served = cache.served(
+            &state.status.desired,
+            state.status.desired_revision,
             catalog,
-            &members,
-            conflicts_per_group[g],
-            now,
-        ));
+            &state.served,
+        );
+        if !Arc::ptr_eq(&served.packages, &state.served.packages) {
+            let moved = served.revision != state.served.revision;
+            state.served = served;
+            if moved {
+                slot.revision.send_replace(state.served.revision);
+            }
+        }
     }
-    (changes, statuses, vec![])
-}
 
-/// The desired state served to a client: its assignment with download details. A package whose
-/// release is gone from the catalog keeps the details it was last served with, so that deleting a
-/// release never makes agents remove a package.
-pub fn build_desired(
-    client: &Client,
-    catalog: &ReleaseCatalog,
-    previous: &DesiredState,
-) -> Arc<DesiredState> {
-    let packages = client
-        .status
-        .desired
+    let budgets: Vec<GroupBudget> = groups
         .iter()
-        .filter_map(
-            |assigned| match catalog.exact(&assigned.name, &assigned.version) {
-                Some(info) => Some(DesiredPackage {
-                    name: info.package.clone(),
-                    version: info.version.to_string(),
-                    sha256: info.sha256.clone(),
-                    size: info.size,
-                    url: format!("/blobs/sha256/{}", info.sha256),
-                    hooks: info.hooks.clone(),
-                }),
-                None => previous
-                    .packages
-                    .iter()
-                    .find(|p| p.name == assigned.name && p.version == assigned.version)
-                    .cloned(),
-            },
-        )
+        .zip(&member_counts)
+        .map(|(group, &count)| GroupBudget {
+            name: group.metadata.name.clone(),
+            max_unavailable: group.spec.rollout.max_unavailable.resolve(count),
+            paused: group.spec.paused,
+        })
         .collect();
-    Arc::new(DesiredState {
-        revision: client.status.desired_revision,
-        packages,
-    })
+    let next = plan_rollout_from(&budgets, unavailable, &rollouts);
+    let progressing = Convergence::Progressing;
+    for ((client, rollout), next) in wanting.into_iter().zip(&rollouts).zip(next) {
+        let mut state = client.slot.state.lock().expect("client lock");
+        let member_of = &memberships[client.membership];
+        // Decided on what the client was assigned when the pass looked at it.
+        let unchanged = state.status.desired.len() == rollout.assigned.len()
+            && state
+                .status
+                .desired
+                .iter()
+                .all(|p| rollout.assigned.get(&p.name) == Some(&p.version));
+        if next != rollout.assigned && unchanged {
+            state.status.desired = next
+                .iter()
+                .map(|(name, version)| AssignedPackage {
+                    name: name.clone(),
+                    version: version.clone(),
+                })
+                .collect();
+            state.status.desired_revision += 1;
+            outcome.events.push(Event::new(
+                now,
+                ObjectRef::new(Kind::Client, &*client.slot.name),
+                EventType::Normal,
+                "Assigned",
+                describe_assignment(&rollout.assigned, &next),
+            ));
+            // A client given a new assignment has not converged on it yet, whatever it reported
+            // for the previous one.
+            for &g in member_of {
+                tallies[g].add(
+                    |package| next.get(package).map(String::as_str),
+                    &progressing,
+                );
+            }
+            let served = cache.served(
+                &state.status.desired,
+                state.status.desired_revision,
+                catalog,
+                &state.served,
+            );
+            outcome.statuses.push(ClientStatusEntry {
+                name: client.slot.name.to_string(),
+                status: state.status.to_status(None),
+            });
+            drop(state);
+            outcome.publish.push((client.slot, served));
+            continue;
+        }
+        for &g in member_of {
+            tallies[g].add(
+                |package| assigned_version(&state.status.desired, package),
+                &client.convergence,
+            );
+        }
+        if client.phase_changed {
+            outcome.statuses.push(ClientStatusEntry {
+                name: client.slot.name.to_string(),
+                status: state.status.to_status(None),
+            });
+        }
+    }
+    outcome.group_statuses = groups
+        .iter()
+        .zip(tallies)
+        .zip(&conflicts)
+        .map(|((group, tally), &conflicts)| tally.finish(group, conflicts, now))
+        .collect();
+    outcome
 }
 
-/// Builds every client's served desired state at start-up.
+/// Builds every client's served state at start-up.
 pub fn initial_desired(controller: &Controller, store: &dyn Store) -> tc_store::Result<()> {
     let catalog = ReleaseCatalog::new(&list_releases(store)?);
-    for (_, slot) in controller.fleet.slots() {
+    let mut cache = ServedCache::default();
+    for slot in controller.fleet.slots() {
         let mut state = slot.state.lock().expect("client lock");
-        let desired = build_desired(&state.client, &catalog, &state.desired);
-        slot.revision.send_replace(desired.revision);
-        state.desired = desired;
+        let served = cache.served(
+            &state.status.desired,
+            state.status.desired_revision,
+            &catalog,
+            &state.served,
+        );
+        slot.revision.send_replace(served.revision);
+        state.served = served;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fleet::Fleet;
+    use tc_api::{Client, ClientGroupSpec, ClientSpec, LabelSelector, PackageRequirement};
+
+    fn group(name: &str, selector: &str, packages: &[(&str, &str)]) -> ClientGroup {
+        ClientGroup {
+            api_version: tc_api::API_VERSION.into(),
+            kind: "ClientGroup".into(),
+            metadata: tc_api::ObjectMeta::named(name),
+            spec: ClientGroupSpec {
+                selector: LabelSelector::parse(selector).unwrap(),
+                packages: packages
+                    .iter()
+                    .map(|(name, version)| PackageRequirement {
+                        name: name.to_string(),
+                        version: version.to_string(),
+                    })
+                    .collect(),
+                ..Default::default()
+            },
+            status: None,
+        }
+    }
+
+    fn release(package: &str, version: &str) -> PackageRelease {
+        PackageRelease {
+            api_version: tc_api::API_VERSION.into(),
+            kind: "PackageRelease".into(),
+            metadata: tc_api::ObjectMeta::named(format!("{package}-{version}")),
+            spec: tc_api::PackageReleaseSpec {
+                package: package.into(),
+                version: version.into(),
+                artifact: tc_api::Artifact {
+                    sha256: Some("ab".repeat(32)),
+                    ..Default::default()
+                },
+                hooks: Default::default(),
+            },
+            status: Some(tc_api::PackageReleaseStatus {
+                artifact: Some(tc_api::ArtifactStatus {
+                    sha256: "ab".repeat(32),
+                    size: 10,
+                }),
+                conditions: vec![],
+            }),
+        }
+    }
+
+    fn client(name: &str, site: &str, last_heartbeat: Option<Timestamp>) -> Client {
+        let mut client = Client::new(
+            name,
+            ClientSpec {
+                machine_id: format!("machine-{name}"),
+                agent_labels: BTreeMap::from([("site".to_string(), site.to_string())]),
+                ..Default::default()
+            },
+        );
+        client.status.phase = ClientPhase::Online;
+        client.status.last_heartbeat = last_heartbeat;
+        client
+    }
+
+    fn context(now: Timestamp, started_at: Timestamp) -> Context {
+        Context {
+            offline_after_missed: 3,
+            started_at,
+            now,
+        }
+    }
+
+    #[test]
+    fn no_client_goes_offline_for_heartbeats_missed_while_the_controller_was_down() {
+        let fleet = Fleet::default();
+        let now = Timestamp::from_unix_millis(1_000_000_000);
+        let long_ago = Timestamp::from_unix_millis(1_000_000_000 - 3_600_000);
+        fleet.insert(&client("a", "x", Some(long_ago)), None);
+        let groups = [group("all", "", &[])];
+        let catalog = ReleaseCatalog::new(&[]);
+        let slots = fleet.slots();
+
+        // Started 10 s ago: 3 × 30 s have not passed since, whatever the last heartbeat was.
+        let just_started = Timestamp::from_unix_millis(now.unix_millis() - 10_000);
+        let outcome = compute(&groups, &catalog, &slots, &context(now, just_started));
+        assert!(outcome.statuses.is_empty());
+        assert_eq!(outcome.phases, [0, 1, 0]);
+
+        // Up for 100 s (> 90 s) without a heartbeat from it: Offline, persisted, with an event.
+        let running = Timestamp::from_unix_millis(now.unix_millis() - 100_000);
+        let outcome = compute(&groups, &catalog, &slots, &context(now, running));
+        assert_eq!(outcome.phases, [0, 0, 1]);
+        assert_eq!(outcome.statuses.len(), 1);
+        assert_eq!(outcome.statuses[0].status.phase, ClientPhase::Offline);
+        assert_eq!(outcome.events[0].reason, "Offline");
+    }
+
+    #[test]
+    fn a_pass_assigns_within_the_budget_and_shares_served_lists() {
+        let fleet = Fleet::default();
+        let now = Timestamp::from_unix_millis(1_000_000_000);
+        for name in ["a", "b", "c", "d"] {
+            fleet.insert(&client(name, "berlin", Some(now)), None);
+        }
+        fleet.insert(&client("e", "paris", Some(now)), None);
+        let groups = [group("berlin", "site=berlin", &[("kiosk", "^1")])];
+        let catalog = ReleaseCatalog::new(&[release("kiosk", "1.0.0")]);
+        let slots = fleet.slots();
+        let outcome = compute(&groups, &catalog, &slots, &context(now, now));
+        // New installs take no budget: every member is assigned, the other client nothing.
+        let mut assigned: Vec<&str> = outcome.statuses.iter().map(|s| s.name.as_str()).collect();
+        assigned.sort();
+        assert_eq!(assigned, ["a", "b", "c", "d"]);
+        assert!(
+            outcome
+                .statuses
+                .iter()
+                .all(|s| s.status.desired_revision == 1
+                    && s.status.desired
+                        == [AssignedPackage {
+                            name: "kiosk".into(),
+                            version: "1.0.0".into()
+                        }])
+        );
+        assert_eq!(outcome.publish.len(), 4);
+        let first = &outcome.publish[0].1.packages;
+        assert_eq!(first[0].url, format!("/blobs/sha256/{}", "ab".repeat(32)));
+        assert!(
+            outcome
+                .publish
+                .iter()
+                .all(|(_, served)| Arc::ptr_eq(&served.packages, first))
+        );
+        let status = &outcome.group_statuses[0];
+        assert_eq!((status.desired, status.updated, status.ready), (4, 4, 0));
+        assert_eq!(
+            outcome
+                .events
+                .iter()
+                .filter(|e| e.reason == "Assigned")
+                .count(),
+            4
+        );
+
+        // Nothing is served before it is published; a second pass decides nothing new.
+        assert_eq!(slots[0].state.lock().unwrap().served.revision, 0);
+        let again = compute(&groups, &catalog, &slots, &context(now, now));
+        assert!(again.statuses.is_empty() && again.publish.is_empty());
+    }
 }

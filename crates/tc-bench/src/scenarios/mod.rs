@@ -20,7 +20,8 @@ use crate::process::{self, Server};
 /// HTTP/2 long-polls per connection: under the server's limit of 200 concurrent streams.
 pub const H2_STREAMS_PER_CONNECTION: usize = 190;
 
-/// A throwaway directory for one run: the controller's data directory and the logs.
+/// A throwaway directory for one run: the controller's data directory and the logs. With
+/// `TC_BENCH_KEEP` set it is kept (and its path printed) for a look at the controller's log.
 pub struct Workspace {
     dir: tempfile::TempDir,
 }
@@ -28,10 +29,15 @@ pub struct Workspace {
 impl Workspace {
     /// A new directory under the system's temporary directory.
     pub fn new() -> Result<Workspace, String> {
+        let keep = std::env::var_os("TC_BENCH_KEEP").is_some();
         let dir = tempfile::Builder::new()
             .prefix("tc-bench-")
+            .disable_cleanup(keep)
             .tempdir()
             .map_err(|e| format!("temporary directory: {e}"))?;
+        if keep {
+            eprintln!("keeping {}", dir.path().display());
+        }
         Ok(Workspace { dir })
     }
 
