@@ -559,6 +559,19 @@ struct PersistRequest {
     done: Option<oneshot::Sender<Result<(), String>>>,
 }
 
+/// Most requests one group commit takes.
+const MAX_BATCH_REQUESTS: usize = 4096;
+
+/// Most records (objects, statuses, liveness) one group commit takes, unless one request alone
+/// has more.
+const MAX_BATCH_RECORDS: usize = 8192;
+
+impl PersistRequest {
+    fn records(&self) -> usize {
+        self.objects.len() + self.statuses.len() + self.liveness.len()
+    }
+}
+
 /// The writes of one group commit, merged in the order they were requested: the last status of
 /// a client wins, and a status without inventory keeps the inventory an earlier one carried.
 #[derive(Default)]
@@ -635,12 +648,16 @@ impl Persister {
                 let mut waiters = vec![];
                 let mut batch = Batch::default();
                 let mut requests = 0;
+                let mut records = 0;
                 let mut next = Some(first);
                 while let Some(mut request) = next.take() {
                     waiters.extend(request.done.take());
+                    records += request.records();
                     batch.add(request);
                     requests += 1;
-                    if requests < 4096 {
+                    // Bounded, so that a large write queued in parts (a reconcile pass) is
+                    // committed, and its waiters answered, part by part.
+                    if requests < MAX_BATCH_REQUESTS && records < MAX_BATCH_RECORDS {
                         next = receiver.try_recv().ok();
                     }
                 }
@@ -679,12 +696,39 @@ impl Persister {
             .map_err(|_| "the controller is shutting down".to_string())
     }
 
-    async fn send_and_wait(&self, mut request: PersistRequest) -> Result<(), String> {
+    async fn send_and_wait(&self, request: PersistRequest) -> Result<(), String> {
+        self.queue(request).await
+    }
+
+    /// Queues a request now; the future completes when it is committed.
+    fn queue(
+        &self,
+        mut request: PersistRequest,
+    ) -> impl std::future::Future<Output = Result<(), String>> + use<> {
         let (done, wait) = oneshot::channel();
         request.done = Some(done);
-        self.send(request)?;
-        wait.await
-            .map_err(|_| "the controller is shutting down".to_string())?
+        let sent = self.send(request);
+        async move {
+            sent?;
+            wait.await
+                .map_err(|_| "the controller is shutting down".to_string())?
+        }
+    }
+
+    /// Queues client statuses at once (in order with every other write) and returns a future
+    /// that completes when they are committed: for writing a large set in parts that commit one
+    /// after the other while the caller waits for each in turn.
+    pub fn queue_statuses(
+        &self,
+        statuses: Vec<ClientStatusEntry>,
+    ) -> impl std::future::Future<Output = Result<(), String>> + use<> {
+        self.queue(PersistRequest {
+            objects: vec![],
+            statuses,
+            liveness: vec![],
+            events: vec![],
+            done: None,
+        })
     }
 
     /// Writes client objects (labels, spec, and the status they carry; a status without

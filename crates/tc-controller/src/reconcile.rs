@@ -153,31 +153,47 @@ pub async fn pass(controller: &Arc<Controller>) -> Result<(), String> {
 
     // Persist the new assignments, and only then serve them to agents.
     let Outcome {
-        statuses,
-        publish,
+        changes,
         mut events,
         group_statuses,
         phases,
         clients,
     } = outcome;
-    let persisted_count = statuses.len();
-    controller
-        .persister
-        .write_statuses(statuses, vec![])
-        .await?;
-    let persisted = started.elapsed();
-    let published_count = publish.len();
-    for (slot, served) in publish {
-        let mut state = slot.state.lock().expect("client lock");
-        // A client given yet another assignment meanwhile is served by the pass that gave it.
-        if state.status.desired_revision == served.revision {
-            let revision = served.revision;
-            state.served = served;
-            drop(state);
-            slot.revision.send_replace(revision);
+    // In parts: agents of the first part are answered while the next parts are written.
+    let persisted_count = changes.len();
+    let published_count = changes.iter().filter(|c| c.publish.is_some()).count();
+    let mut changes = changes.into_iter();
+    let mut parts = vec![];
+    loop {
+        let part: Vec<Change> = changes.by_ref().take(PERSIST_PART).collect();
+        if part.is_empty() {
+            break;
+        }
+        let mut statuses = Vec::with_capacity(part.len());
+        let mut publish = vec![];
+        for change in part {
+            statuses.push(change.status);
+            if let Some(served) = change.publish {
+                publish.push((change.slot, served));
+            }
+        }
+        parts.push((controller.persister.queue_statuses(statuses), publish));
+    }
+    for (committed, publish) in parts {
+        committed.await?;
+        for (slot, served) in publish {
+            let mut state = slot.state.lock().expect("client lock");
+            // A client given yet another assignment meanwhile is served by the pass that gave it.
+            if state.status.desired_revision == served.revision {
+                let revision = served.revision;
+                state.served = served;
+                drop(state);
+                slot.revision.send_replace(revision);
+            }
         }
     }
-    let published = started.elapsed();
+    let persisted = started.elapsed();
+    let published = persisted;
     controller
         .persister
         .record_later(std::mem::take(&mut events));
@@ -285,6 +301,9 @@ fn describe_assignment(
     parts.join(", ")
 }
 
+/// Statuses committed (and their clients served) at a time.
+const PERSIST_PART: usize = 4096;
+
 /// What a pass works with besides the objects.
 struct Context {
     offline_after_missed: u32,
@@ -293,12 +312,18 @@ struct Context {
     now: Timestamp,
 }
 
+/// A client's status to persist (a new assignment, a phase change), and what to serve it once
+/// that is persisted.
+struct Change {
+    slot: Arc<ClientSlot>,
+    status: ClientStatusEntry,
+    publish: Option<Served>,
+}
+
 /// What a pass decided.
 struct Outcome {
-    /// Statuses to persist: new assignments and phase changes.
-    statuses: Vec<ClientStatusEntry>,
-    /// New served states, to publish once `statuses` are persisted.
-    publish: Vec<(Arc<ClientSlot>, Served)>,
+    /// Statuses to persist, with what to publish after.
+    changes: Vec<Change>,
     /// Events about clients.
     events: Vec<Event>,
     /// One per group, in the order of the groups.
@@ -354,8 +379,7 @@ fn compute(
 ) -> Outcome {
     let now = context.now;
     let mut outcome = Outcome {
-        statuses: vec![],
-        publish: vec![],
+        changes: vec![],
         events: vec![],
         group_statuses: vec![],
         phases: [0; 3],
@@ -507,9 +531,13 @@ fn compute(
             );
         }
         if phase_changed {
-            outcome.statuses.push(ClientStatusEntry {
-                name: slot.name.to_string(),
-                status: state.status.to_status(None),
+            outcome.changes.push(Change {
+                slot: slot.clone(),
+                status: ClientStatusEntry {
+                    name: slot.name.to_string(),
+                    status: state.status.to_status(None),
+                },
+                publish: None,
             });
         }
         // Keep the served state in line with the catalog (at start-up, after a release changed),
@@ -580,12 +608,16 @@ fn compute(
                 catalog,
                 &state.served,
             );
-            outcome.statuses.push(ClientStatusEntry {
+            let status = ClientStatusEntry {
                 name: client.slot.name.to_string(),
                 status: state.status.to_status(None),
-            });
+            };
             drop(state);
-            outcome.publish.push((client.slot, served));
+            outcome.changes.push(Change {
+                slot: client.slot,
+                status,
+                publish: Some(served),
+            });
             continue;
         }
         for &g in member_of {
@@ -595,9 +627,15 @@ fn compute(
             );
         }
         if client.phase_changed {
-            outcome.statuses.push(ClientStatusEntry {
+            let status = ClientStatusEntry {
                 name: client.slot.name.to_string(),
                 status: state.status.to_status(None),
+            };
+            drop(state);
+            outcome.changes.push(Change {
+                slot: client.slot,
+                status,
+                publish: None,
             });
         }
     }
@@ -713,15 +751,16 @@ mod tests {
         // Started 10 s ago: 3 × 30 s have not passed since, whatever the last heartbeat was.
         let just_started = Timestamp::from_unix_millis(now.unix_millis() - 10_000);
         let outcome = compute(&groups, &catalog, &slots, &context(now, just_started));
-        assert!(outcome.statuses.is_empty());
+        assert!(outcome.changes.is_empty());
         assert_eq!(outcome.phases, [0, 1, 0]);
 
         // Up for 100 s (> 90 s) without a heartbeat from it: Offline, persisted, with an event.
         let running = Timestamp::from_unix_millis(now.unix_millis() - 100_000);
         let outcome = compute(&groups, &catalog, &slots, &context(now, running));
         assert_eq!(outcome.phases, [0, 0, 1]);
-        assert_eq!(outcome.statuses.len(), 1);
-        assert_eq!(outcome.statuses[0].status.phase, ClientPhase::Offline);
+        assert_eq!(outcome.changes.len(), 1);
+        assert_eq!(outcome.changes[0].status.status.phase, ClientPhase::Offline);
+        assert!(outcome.changes[0].publish.is_none());
         assert_eq!(outcome.events[0].reason, "Offline");
     }
 
@@ -738,13 +777,18 @@ mod tests {
         let slots = fleet.slots();
         let outcome = compute(&groups, &catalog, &slots, &context(now, now));
         // New installs take no budget: every member is assigned, the other client nothing.
-        let mut assigned: Vec<&str> = outcome.statuses.iter().map(|s| s.name.as_str()).collect();
+        let mut assigned: Vec<&str> = outcome
+            .changes
+            .iter()
+            .map(|c| c.status.name.as_str())
+            .collect();
         assigned.sort();
         assert_eq!(assigned, ["a", "b", "c", "d"]);
         assert!(
             outcome
-                .statuses
+                .changes
                 .iter()
+                .map(|c| &c.status)
                 .all(|s| s.status.desired_revision == 1
                     && s.status.desired
                         == [AssignedPackage {
@@ -752,14 +796,18 @@ mod tests {
                             version: "1.0.0".into()
                         }])
         );
-        assert_eq!(outcome.publish.len(), 4);
-        let first = &outcome.publish[0].1.packages;
+        let served: Vec<&Served> = outcome
+            .changes
+            .iter()
+            .filter_map(|c| c.publish.as_ref())
+            .collect();
+        assert_eq!(served.len(), 4);
+        let first = &served[0].packages;
         assert_eq!(first[0].url, format!("/blobs/sha256/{}", "ab".repeat(32)));
         assert!(
-            outcome
-                .publish
+            served
                 .iter()
-                .all(|(_, served)| Arc::ptr_eq(&served.packages, first))
+                .all(|served| Arc::ptr_eq(&served.packages, first))
         );
         let status = &outcome.group_statuses[0];
         assert_eq!((status.desired, status.updated, status.ready), (4, 4, 0));
@@ -775,6 +823,6 @@ mod tests {
         // Nothing is served before it is published; a second pass decides nothing new.
         assert_eq!(slots[0].state.lock().unwrap().served.revision, 0);
         let again = compute(&groups, &catalog, &slots, &context(now, now));
-        assert!(again.statuses.is_empty() && again.publish.is_empty());
+        assert!(again.changes.is_empty());
     }
 }

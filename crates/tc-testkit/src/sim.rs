@@ -335,6 +335,26 @@ pub struct AgentView {
     pub installed: Vec<String>,
 }
 
+/// What [`RunningSim::wait_for`] sees of an agent, borrowed from its state.
+#[derive(Debug)]
+pub struct Progress<'a> {
+    /// The newest desired revision learned.
+    pub desired_revision: u64,
+    /// The newest revision whose `Installed` report the controller acknowledged.
+    pub converged_revision: u64,
+    /// The agent's package reports.
+    pub packages: &'a [PackageReport],
+}
+
+impl Progress<'_> {
+    /// Whether the agent reports `name` `version` installed.
+    pub fn has_installed(&self, name: &str, version: &str) -> bool {
+        self.packages
+            .iter()
+            .any(|p| p.state == PackageState::Installed && p.name == name && p.version == version)
+    }
+}
+
 /// Figures of an HTTP enrolment run.
 #[derive(Clone, Debug)]
 pub struct EnrolReport {
@@ -797,17 +817,32 @@ impl RunningSim {
         }
     }
 
-    /// Waits until `done` holds for the views of every agent, checking every `every`, at most
-    /// `timeout`; returns whether it did.
+    /// Waits until `done` holds for every agent, checking every `every`, at most `timeout`;
+    /// false on timeout. `done` must stay true for an agent once it is (as "has revision 2" does).
     pub async fn wait_for(
         &self,
         timeout: Duration,
         every: Duration,
-        done: impl Fn(&AgentView) -> bool,
+        done: impl Fn(&Progress<'_>) -> bool,
     ) -> bool {
         let deadline = Instant::now() + timeout;
+        let agents = &self.fleet.agents;
+        // Agents before `from` were done at an earlier look and stay done, so every agent is
+        // looked at about once however long the wait: watching must not load the machine whose
+        // latency it measures.
+        let mut from = 0;
         loop {
-            if self.fleet.views().iter().all(&done) {
+            while from < agents.len() && {
+                let state = agents[from].state.lock().expect("agent lock");
+                done(&Progress {
+                    desired_revision: state.desired.as_ref().map_or(0, |d| d.revision),
+                    converged_revision: state.converged_revision,
+                    packages: &state.packages,
+                })
+            } {
+                from += 1;
+            }
+            if from == agents.len() {
                 return true;
             }
             if Instant::now() >= deadline {

@@ -118,8 +118,7 @@ pub async fn run(args: ConvergeArgs) -> Result<Report, String> {
         .await?;
     let done = sim
         .wait_for(timeout, Duration::from_millis(20), |v| {
-            v.installed.iter().any(|p| p == "bench-app@2.0.0")
-                && v.converged_revision == v.desired_revision
+            v.has_installed("bench-app", "2.0.0") && v.converged_revision == v.desired_revision
         })
         .await;
     let converged = applied.elapsed();

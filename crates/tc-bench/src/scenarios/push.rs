@@ -57,6 +57,8 @@ pub async fn run(args: PushArgs) -> Result<Report, String> {
 
     let before = sim.snapshot();
     let passes_before = super::reconcile_figures(admin).await?;
+    let controller_cpu_before = controller.server.figures().cpu_seconds;
+    let own_cpu_before = crate::process::figures(std::process::id()).unwrap_or_default();
     let applied = Instant::now();
     admin
         .apply(&group_yaml(
@@ -71,6 +73,12 @@ pub async fn run(args: PushArgs) -> Result<Report, String> {
             view.desired_revision >= 1
         })
         .await;
+    let last_learned = applied.elapsed();
+    let controller_cpu = controller.server.figures().cpu_seconds - controller_cpu_before;
+    let own_cpu = crate::process::figures(std::process::id())
+        .unwrap_or_default()
+        .cpu_seconds
+        - own_cpu_before.cpu_seconds;
     let views = sim.fleet().views();
     let after = sim.snapshot();
     let passes_after = super::reconcile_figures(admin).await?;
@@ -145,6 +153,27 @@ pub async fn run(args: PushArgs) -> Result<Report, String> {
         "reconcile_s",
         "time in them",
         passes_after.1 - passes_before.1,
+        2,
+        "s",
+    );
+    report.number(
+        "controller_cpu_s",
+        "controller CPU until every agent had it",
+        controller_cpu,
+        2,
+        "s",
+    );
+    report.number(
+        "simulator_cpu_s",
+        "simulator CPU meanwhile",
+        own_cpu,
+        2,
+        "s",
+    );
+    report.number(
+        "window_s",
+        "wall time of that window",
+        last_learned.as_secs_f64(),
         2,
         "s",
     );
