@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{Query, State};
+use axum::extract::{FromRequestParts, Query, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
@@ -40,6 +41,21 @@ pub fn authenticate_client(
     Err(ApiError::unauthorized(
         "unknown client token: the client was deleted or re-enrolled; enrol again",
     ))
+}
+
+/// The client an agent request authenticates as: an extractor that reads the bearer token in
+/// place (the `HeaderMap` extractor would copy every header of every agent request).
+pub struct AuthenticatedClient(pub Arc<ClientSlot>);
+
+impl FromRequestParts<Arc<Controller>> for AuthenticatedClient {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        controller: &Arc<Controller>,
+    ) -> Result<Self, Self::Rejection> {
+        authenticate_client(controller, &parts.headers).map(AuthenticatedClient)
+    }
 }
 
 /// `POST /agent/v1/enroll`.
@@ -136,7 +152,7 @@ pub async fn enroll(
         tracing::error!(%error, "recording an enrolment event failed");
     }
     controller.metrics.enrolments.inc();
-    controller.reconcile_wake.notify_one();
+    controller.clients_changed.notify_one();
     let heartbeat_seconds = controller
         .fleet
         .get(&client.metadata.name)
@@ -217,10 +233,9 @@ fn json_response(value: &impl Serialize) -> Response {
 /// client's lock once, copies nothing of the client, and queues it for the next liveness flush.
 pub async fn heartbeat(
     State(controller): State<Arc<Controller>>,
-    headers: HeaderMap,
+    AuthenticatedClient(slot): AuthenticatedClient,
     Json(request): Json<HeartbeatRequest>,
 ) -> Result<Response, ApiError> {
-    let slot = authenticate_client(&controller, &headers)?;
     if request.packages.len() > 1024 {
         return Err(ApiError::bad_request("too many packages in one report"));
     }
@@ -288,9 +303,15 @@ pub async fn heartbeat(
         let jitter = 0.9 + 0.2 * jitter_fraction(name, now);
         let next = Duration::from_secs_f64(f64::from(state.heartbeat_seconds) * jitter);
         (
-            changed.then(|| ClientStatusEntry {
-                name: name.to_string(),
-                status: status.to_status(new_inventory),
+            changed.then(|| {
+                let mut status = status.to_status(new_inventory);
+                // Liveness goes with the next liveness flush, as for any heartbeat: a status
+                // record written now need not touch the liveness table too.
+                status.last_heartbeat = None;
+                ClientStatusEntry {
+                    name: name.to_string(),
+                    status,
+                }
             }),
             wake,
             state.served.clone(),
@@ -298,6 +319,7 @@ pub async fn heartbeat(
             send_inventory,
         )
     };
+    controller.fleet.mark_dirty(&slot);
     match persist {
         // The status and the events about it share the transactions of concurrent heartbeats.
         Some(entry) => controller
@@ -306,14 +328,13 @@ pub async fn heartbeat(
             .await
             .map_err(ApiError::internal)?,
         None => {
-            controller.fleet.mark_dirty(&slot);
             if !events.is_empty() {
                 let _ = controller.persister.write_statuses(vec![], events).await;
             }
         }
     }
     if wake {
-        controller.reconcile_wake.notify_one();
+        controller.clients_changed.notify_one();
     }
     controller.metrics.heartbeats.inc();
     Ok(json_response(&HeartbeatAnswer {
@@ -399,10 +420,9 @@ pub struct DesiredQuery {
 /// `GET /agent/v1/desired?afterRevision=N`.
 pub async fn desired(
     State(controller): State<Arc<Controller>>,
-    headers: HeaderMap,
+    AuthenticatedClient(slot): AuthenticatedClient,
     Query(query): Query<DesiredQuery>,
 ) -> Result<Response, ApiError> {
-    let slot = authenticate_client(&controller, &headers)?;
     let limit = controller.config.long_poll_max;
     let wait = query
         .timeout_seconds

@@ -124,6 +124,11 @@ pub struct Controller {
     pub metrics: Metrics,
     /// Wakes the reconcile loop.
     pub reconcile_wake: Notify,
+    /// Wakes the reconcile loop for what agents reported (new package states, a new inventory,
+    /// an enrolment): such passes are spaced by at least the duration of the last pass, so that
+    /// a large fleet reporting at once (first contact, a restart) cannot keep a core busy with
+    /// back-to-back passes.
+    pub clients_changed: Notify,
     /// Serializes applies and deletes of objects, so that a plan is written against what it read.
     pub apply_lock: tokio::sync::Mutex<()>,
     /// Serializes enrolments, so that one machine id never becomes two clients.
@@ -308,6 +313,7 @@ pub async fn open(
         persister,
         metrics,
         reconcile_wake: Notify::new(),
+        clients_changed: Notify::new(),
         apply_lock: tokio::sync::Mutex::new(()),
         enroll_lock: tokio::sync::Mutex::new(()),
         sources: Mutex::new(BTreeMap::new()),

@@ -32,19 +32,35 @@ use crate::fleet::{ClientSlot, Served};
 /// Runs passes when woken, and at least every `resync` interval, until shutdown.
 pub async fn run(controller: Arc<Controller>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
     loop {
+        let started = Instant::now();
         if let Err(error) = pass(&controller).await {
             tracing::error!(%error, "reconcile pass failed");
         }
+        let took = started.elapsed();
+        let debounce = controller.config.reconcile_debounce;
         tokio::select! {
             _ = controller.reconcile_wake.notified() => {
-                // Let a burst of triggers (many heartbeats reporting at once) coalesce.
-                tokio::time::sleep(controller.config.reconcile_debounce).await;
+                // Let a burst of triggers coalesce.
+                tokio::time::sleep(debounce).await;
+            }
+            _ = controller.clients_changed.notified() => {
+                // Reports of many agents coalesce for as long as a pass takes; a change by an
+                // admin meanwhile is not held back by that.
+                tokio::select! {
+                    _ = tokio::time::sleep(debounce.max(took.min(MAX_REPORT_SPACING))) => {}
+                    _ = controller.reconcile_wake.notified() => {
+                        tokio::time::sleep(debounce).await;
+                    }
+                }
             }
             _ = tokio::time::sleep(controller.config.resync_interval) => {}
             _ = shutdown.changed() => return,
         }
     }
 }
+
+/// Longest spacing of passes woken by agents' reports.
+const MAX_REPORT_SPACING: Duration = Duration::from_secs(5);
 
 /// Every client group.
 fn list_groups(store: &dyn Store) -> tc_store::Result<Vec<ClientGroup>> {
