@@ -129,6 +129,8 @@ pub struct Controller {
     /// a large fleet reporting at once (first contact, a restart) cannot keep a core busy with
     /// back-to-back passes.
     pub clients_changed: Notify,
+    /// Served package lists of the reconcile loop, kept between passes.
+    pub served_cache: Mutex<reconcile::ServedCache>,
     /// Serializes applies and deletes of objects, so that a plan is written against what it read.
     pub apply_lock: tokio::sync::Mutex<()>,
     /// Serializes enrolments, so that one machine id never becomes two clients.
@@ -314,6 +316,7 @@ pub async fn open(
         metrics,
         reconcile_wake: Notify::new(),
         clients_changed: Notify::new(),
+        served_cache: Mutex::new(Default::default()),
         apply_lock: tokio::sync::Mutex::new(()),
         enroll_lock: tokio::sync::Mutex::new(()),
         sources: Mutex::new(BTreeMap::new()),

@@ -86,11 +86,27 @@ fn list_releases(store: &dyn Store) -> tc_store::Result<Vec<PackageRelease>> {
         .collect())
 }
 
-/// Served package lists, shared by every client assigned the same packages.
+/// Served package lists, shared by every client assigned the same packages. Kept from pass to
+/// pass while the releases stay the same, so that clients keep the lists they share.
 #[derive(Default)]
-pub struct ServedCache(HashMap<Vec<AssignedPackage>, Arc<[DesiredPackage]>>);
+pub struct ServedCache {
+    releases: Vec<PackageRelease>,
+    lists: HashMap<Vec<AssignedPackage>, Arc<[DesiredPackage]>>,
+}
 
 impl ServedCache {
+    /// The cache for `releases`: this one if it was built for them, else an empty one.
+    fn for_releases(self, releases: &[PackageRelease]) -> ServedCache {
+        if self.releases == releases {
+            self
+        } else {
+            ServedCache {
+                releases: releases.to_vec(),
+                lists: HashMap::new(),
+            }
+        }
+    }
+
     /// What a client assigned `assigned` at `revision` is served. A package whose release is
     /// gone from the catalog keeps the details `previous` served it with, so that deleting a
     /// release never makes agents remove a package (such a list is the client's own).
@@ -101,7 +117,7 @@ impl ServedCache {
         catalog: &ReleaseCatalog,
         previous: &Served,
     ) -> Served {
-        if let Some(packages) = self.0.get(assigned) {
+        if let Some(packages) = self.lists.get(assigned) {
             return Served {
                 revision,
                 packages: packages.clone(),
@@ -133,7 +149,7 @@ impl ServedCache {
         }
         let packages: Arc<[DesiredPackage]> = Arc::from(packages);
         if complete {
-            self.0.insert(assigned.to_vec(), packages.clone());
+            self.lists.insert(assigned.to_vec(), packages.clone());
         }
         Served { revision, packages }
     }
@@ -154,13 +170,18 @@ pub async fn pass(controller: &Arc<Controller>) -> Result<(), String> {
     let loaded = started.elapsed();
 
     let slots = controller.fleet.slots();
+    let cache = std::mem::take(&mut *controller.served_cache.lock().expect("cache lock"))
+        .for_releases(&releases);
+    let controller_cache = controller.clone();
     let context = Context {
         offline_after_missed: controller.config.offline_after_missed,
         started_at: controller.started_at,
         now,
     };
     let (outcome, groups) = tokio::task::spawn_blocking(move || {
-        let outcome = compute(&groups, &catalog, &slots, &context);
+        let mut cache = cache;
+        let outcome = compute(&groups, &catalog, &slots, &context, &mut cache);
+        *controller_cache.served_cache.lock().expect("cache lock") = cache;
         (outcome, groups)
     })
     .await
@@ -392,6 +413,7 @@ fn compute(
     catalog: &ReleaseCatalog,
     slots: &[Arc<ClientSlot>],
     context: &Context,
+    cache: &mut ServedCache,
 ) -> Outcome {
     let now = context.now;
     let mut outcome = Outcome {
@@ -415,22 +437,25 @@ fn compute(
     let mut conflicts = vec![0usize; groups.len()];
     let mut wanting: Vec<Wanting> = vec![];
     let mut rollouts: Vec<ClientRollout> = vec![];
-    let mut cache = ServedCache::default();
+    let mut member_of: Vec<usize> = vec![];
 
     for slot in slots {
         let mut guard = slot.state.lock().expect("client lock");
         let state = &mut *guard;
-        let member_of: Vec<usize> = groups
-            .iter()
-            .enumerate()
-            .filter(|(_, group)| state.labels.matches(&group.spec.selector))
-            .map(|(index, _)| index)
-            .collect();
-        let membership = match membership_ids.get(&member_of) {
+        // Into a buffer reused for every client (no allocation per client).
+        member_of.clear();
+        member_of.extend(
+            groups
+                .iter()
+                .enumerate()
+                .filter(|(_, group)| state.labels.matches(&group.spec.selector))
+                .map(|(index, _)| index),
+        );
+        let membership = match membership_ids.get(member_of.as_slice()) {
             Some(&id) => id,
             None => {
                 memberships.push(member_of.clone());
-                membership_ids.insert(member_of, memberships.len() - 1);
+                membership_ids.insert(member_of.clone(), memberships.len() - 1);
                 memberships.len() - 1
             }
         };
@@ -666,8 +691,9 @@ fn compute(
 
 /// Builds every client's served state at start-up.
 pub fn initial_desired(controller: &Controller, store: &dyn Store) -> tc_store::Result<()> {
-    let catalog = ReleaseCatalog::new(&list_releases(store)?);
-    let mut cache = ServedCache::default();
+    let releases = list_releases(store)?;
+    let catalog = ReleaseCatalog::new(&releases);
+    let mut cache = ServedCache::default().for_releases(&releases);
     for slot in controller.fleet.slots() {
         let mut state = slot.state.lock().expect("client lock");
         let served = cache.served(
@@ -679,6 +705,7 @@ pub fn initial_desired(controller: &Controller, store: &dyn Store) -> tc_store::
         slot.revision.send_replace(served.revision);
         state.served = served;
     }
+    *controller.served_cache.lock().expect("cache lock") = cache;
     Ok(())
 }
 
@@ -766,13 +793,25 @@ mod tests {
 
         // Started 10 s ago: 3 × 30 s have not passed since, whatever the last heartbeat was.
         let just_started = Timestamp::from_unix_millis(now.unix_millis() - 10_000);
-        let outcome = compute(&groups, &catalog, &slots, &context(now, just_started));
+        let outcome = compute(
+            &groups,
+            &catalog,
+            &slots,
+            &context(now, just_started),
+            &mut Default::default(),
+        );
         assert!(outcome.changes.is_empty());
         assert_eq!(outcome.phases, [0, 1, 0]);
 
         // Up for 100 s (> 90 s) without a heartbeat from it: Offline, persisted, with an event.
         let running = Timestamp::from_unix_millis(now.unix_millis() - 100_000);
-        let outcome = compute(&groups, &catalog, &slots, &context(now, running));
+        let outcome = compute(
+            &groups,
+            &catalog,
+            &slots,
+            &context(now, running),
+            &mut Default::default(),
+        );
         assert_eq!(outcome.phases, [0, 0, 1]);
         assert_eq!(outcome.changes.len(), 1);
         assert_eq!(outcome.changes[0].status.status.phase, ClientPhase::Offline);
@@ -791,7 +830,8 @@ mod tests {
         let groups = [group("berlin", "site=berlin", &[("kiosk", "^1")])];
         let catalog = ReleaseCatalog::new(&[release("kiosk", "1.0.0")]);
         let slots = fleet.slots();
-        let outcome = compute(&groups, &catalog, &slots, &context(now, now));
+        let mut cache = ServedCache::default();
+        let outcome = compute(&groups, &catalog, &slots, &context(now, now), &mut cache);
         // New installs take no budget: every member is assigned, the other client nothing.
         let mut assigned: Vec<&str> = outcome
             .changes
@@ -838,7 +878,7 @@ mod tests {
 
         // Nothing is served before it is published; a second pass decides nothing new.
         assert_eq!(slots[0].state.lock().unwrap().served.revision, 0);
-        let again = compute(&groups, &catalog, &slots, &context(now, now));
+        let again = compute(&groups, &catalog, &slots, &context(now, now), &mut cache);
         assert!(again.changes.is_empty());
     }
 }
