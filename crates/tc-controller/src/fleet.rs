@@ -406,6 +406,17 @@ impl Fleet {
             let token = token_of(&client.metadata.name);
             fleet.insert(&client, token);
         })?;
+        // Automatic labels from the recorded inventories: a client's stored object keeps the
+        // labels of its last object write, and its inventory may have changed since.
+        store.scan_inventories(&mut |name, inventory| {
+            if let Some(slot) = fleet.get(name) {
+                let automatic = Labels::new(
+                    &tc_api::resources::automatic_labels(&inventory),
+                    &fleet.interner,
+                );
+                slot.state.lock().expect("client lock").labels.automatic = automatic;
+            }
+        })?;
         Ok(fleet)
     }
 

@@ -27,7 +27,7 @@ use tc_reconcile::{
 use tc_store::{ClientStatusEntry, Store, Write};
 
 use crate::Controller;
-use crate::fleet::{ClientSlot, Served};
+use crate::fleet::{ClientSlot, LiveStatus, Served};
 
 /// Runs passes when woken, and at least every `resync` interval, until shutdown.
 pub async fn run(controller: Arc<Controller>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
@@ -357,6 +357,19 @@ struct Change {
     publish: Option<Served>,
 }
 
+impl Change {
+    fn new(slot: &Arc<ClientSlot>, status: &LiveStatus, publish: Option<Served>) -> Change {
+        Change {
+            slot: slot.clone(),
+            status: ClientStatusEntry {
+                name: slot.name.to_string(),
+                status: status.to_status(None),
+            },
+            publish,
+        }
+    }
+}
+
 /// What a pass decided.
 struct Outcome {
     /// Statuses to persist, with what to publish after.
@@ -572,14 +585,7 @@ fn compute(
             );
         }
         if phase_changed {
-            outcome.changes.push(Change {
-                slot: slot.clone(),
-                status: ClientStatusEntry {
-                    name: slot.name.to_string(),
-                    status: state.status.to_status(None),
-                },
-                publish: None,
-            });
+            outcome.changes.push(Change::new(slot, &state.status, None));
         }
         // Keep the served state in line with the catalog (at start-up, after a release changed),
         // sharing one package list among clients with the same assignment.
@@ -649,16 +655,9 @@ fn compute(
                 catalog,
                 &state.served,
             );
-            let status = ClientStatusEntry {
-                name: client.slot.name.to_string(),
-                status: state.status.to_status(None),
-            };
-            drop(state);
-            outcome.changes.push(Change {
-                slot: client.slot,
-                status,
-                publish: Some(served),
-            });
+            outcome
+                .changes
+                .push(Change::new(&client.slot, &state.status, Some(served)));
             continue;
         }
         for &g in member_of {
@@ -668,16 +667,9 @@ fn compute(
             );
         }
         if client.phase_changed {
-            let status = ClientStatusEntry {
-                name: client.slot.name.to_string(),
-                status: state.status.to_status(None),
-            };
-            drop(state);
-            outcome.changes.push(Change {
-                slot: client.slot,
-                status,
-                publish: None,
-            });
+            outcome
+                .changes
+                .push(Change::new(&client.slot, &state.status, None));
         }
     }
     outcome.group_statuses = groups

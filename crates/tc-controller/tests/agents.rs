@@ -512,3 +512,61 @@ async fn liveness_heartbeats_share_batched_writes_and_survive_a_restart() {
         before["status"]["lastHeartbeat"]
     );
 }
+
+#[tokio::test]
+async fn a_new_inventory_moves_automatic_labels_and_a_restart_keeps_them() {
+    let controller = TestController::start().await;
+    let admin = Api::admin(&controller);
+    let mut agent = SimAgent::enroll(&controller, "m-inv", json!({"site": "berlin"})).await;
+    agent.heartbeat().await;
+    let path = format!("/apis/thinfleet.io/v1/clients/{}", agent.name);
+
+    // The machine was reinstalled with another OS and renamed: a new inventory and hash.
+    let (status, response) = agent
+        .api
+        .heartbeat(json!({
+            "protocolVersion": 1, "observedRevision": 0, "inventoryHash": "h2",
+            "inventory": { "hostname": "kiosk-renamed", "arch": "aarch64", "osName": "Alpine Linux", "cpuCores": 4 },
+        }))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{response}");
+    let (_, client) = admin.get(&path).await;
+    assert_eq!(
+        client["metadata"]["labels"]["thinfleet.io/hostname"],
+        "kiosk-renamed"
+    );
+    assert_eq!(client["metadata"]["labels"]["thinfleet.io/arch"], "aarch64");
+    assert_eq!(client["metadata"]["labels"]["site"], "berlin");
+    assert_eq!(client["status"]["inventory"]["cpuCores"], 4);
+    let selected = |list: &Value| -> Vec<String> {
+        list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["metadata"]["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let (_, list) = admin
+        .get("/apis/thinfleet.io/v1/clients?labelSelector=thinfleet.io%2Farch%3Daarch64")
+        .await;
+    assert_eq!(selected(&list), vec![agent.name.clone()]);
+
+    // Loaded again from the store, the client keeps the labels of its newest inventory.
+    let (data, _keep) = controller.stop_keep_data().await;
+    let restarted = TestController::start_in(&data, |_| {}).await;
+    let admin = Api::admin(&restarted);
+    let (_, client) = admin.get(&path).await;
+    assert_eq!(
+        client["metadata"]["labels"]["thinfleet.io/hostname"],
+        "kiosk-renamed"
+    );
+    assert_eq!(client["status"]["inventory"]["osName"], "Alpine Linux");
+    let (_, list) = admin
+        .get("/apis/thinfleet.io/v1/clients?labelSelector=thinfleet.io%2Farch%3Dx86_64")
+        .await;
+    assert!(selected(&list).is_empty(), "{list}");
+    let (_, list) = admin
+        .get("/apis/thinfleet.io/v1/clients?labelSelector=thinfleet.io%2Farch%3Daarch64")
+        .await;
+    assert_eq!(selected(&list), vec![agent.name.clone()]);
+}

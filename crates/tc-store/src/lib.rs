@@ -189,6 +189,11 @@ pub trait Store: Send + Sync + 'static {
     /// snapshot), which lasts until the scan returns.
     fn scan_clients(&self, visit: &mut dyn FnMut(Client)) -> Result<()>;
 
+    /// Visits every recorded inventory (of the `client_inventory` table; not those a
+    /// version-1 client record embeds) with its client's name, in name order: for deriving the
+    /// automatic labels of a fleet loaded with [`Store::scan_clients`].
+    fn scan_inventories(&self, visit: &mut dyn FnMut(&str, tc_api::Inventory)) -> Result<()>;
+
     /// A client's recorded inventory, `None` for an unknown client or one without inventory.
     fn client_inventory(&self, name: &str) -> Result<Option<tc_api::Inventory>>;
 

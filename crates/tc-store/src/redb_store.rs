@@ -1195,6 +1195,18 @@ impl Store for RedbStore {
         })
     }
 
+    fn scan_inventories(&self, visit: &mut dyn FnMut(&str, Inventory)) -> Result<()> {
+        self.read_txn("scan client inventories", |txn| {
+            let table = open_read(txn, CLIENT_INVENTORY)?;
+            for entry in table.iter().map_err(db_error("list client inventories"))? {
+                let (key, value) = entry.map_err(db_error("list client inventories"))?;
+                let name = key.value();
+                visit(name, decode_inventory(name, value.value())?);
+            }
+            Ok(())
+        })
+    }
+
     fn client_inventory(&self, name: &str) -> Result<Option<Inventory>> {
         self.read_txn("read client inventory", |txn| {
             let clients = open_read(txn, CLIENTS)?;
