@@ -341,6 +341,59 @@ fn describe_assignment(
 /// Statuses committed (and their clients served) at a time.
 const PERSIST_PART: usize = 4096;
 
+/// Clients of one pass that get an `Assigned` event of their own; the others are counted in one
+/// event per change and group, so that a rollout to a large fleet neither floods the event ring
+/// (which would drop every other recent event) nor spends its time recording them.
+const ASSIGNED_EVENTS_PER_PASS: usize = 100;
+
+/// A new assignment of one client, for its event.
+struct Assignment {
+    client: Arc<str>,
+    /// What changed (`install kiosk 1.0.0, update vpn 1.0.0 -> 2.0.0`).
+    change: String,
+    /// The group that wants the change, if any (removals have none).
+    owner: Option<String>,
+}
+
+/// The `Assigned` events of a pass: one per client for the first
+/// [`ASSIGNED_EVENTS_PER_PASS`] clients (in name order), then one per change and group counting
+/// the other clients.
+fn assignment_events(assignments: Vec<Assignment>, now: Timestamp) -> Vec<Event> {
+    let mut events = vec![];
+    let mut rest: BTreeMap<(Option<String>, String), (Arc<str>, usize)> = BTreeMap::new();
+    for (index, assignment) in assignments.into_iter().enumerate() {
+        if index < ASSIGNED_EVENTS_PER_PASS {
+            events.push(Event::new(
+                now,
+                ObjectRef::new(Kind::Client, &*assignment.client),
+                EventType::Normal,
+                "Assigned",
+                assignment.change,
+            ));
+        } else {
+            rest.entry((assignment.owner, assignment.change))
+                .or_insert((assignment.client, 0))
+                .1 += 1;
+        }
+    }
+    for ((owner, change), (first, count)) in rest {
+        let object = match &owner {
+            Some(group) => ObjectRef::new(Kind::ClientGroup, group.as_str()),
+            None => ObjectRef::new(Kind::Client, &*first),
+        };
+        events.push(Event::new(
+            now,
+            object,
+            EventType::Normal,
+            "Assigned",
+            format!(
+                "{change} on {count} more client(s) (per-client events are kept for the first {ASSIGNED_EVENTS_PER_PASS} of a pass)"
+            ),
+        ));
+    }
+    events
+}
+
 /// What a pass works with besides the objects.
 struct Context {
     offline_after_missed: u32,
@@ -615,6 +668,7 @@ fn compute(
         .collect();
     let next = plan_rollout_from(&budgets, unavailable, &rollouts);
     let progressing = Convergence::Progressing;
+    let mut assignments = vec![];
     for ((client, rollout), next) in wanting.into_iter().zip(&rollouts).zip(next) {
         let mut state = client.slot.state.lock().expect("client lock");
         let member_of = &memberships[client.membership];
@@ -634,13 +688,15 @@ fn compute(
                 })
                 .collect();
             state.status.desired_revision += 1;
-            outcome.events.push(Event::new(
-                now,
-                ObjectRef::new(Kind::Client, &*client.slot.name),
-                EventType::Normal,
-                "Assigned",
-                describe_assignment(&rollout.assigned, &next),
-            ));
+            let owner = next
+                .iter()
+                .filter(|(package, version)| rollout.assigned.get(*package) != Some(*version))
+                .find_map(|(package, _)| rollout.desire.packages.get(package)?.group.clone());
+            assignments.push(Assignment {
+                client: client.slot.name.clone(),
+                change: describe_assignment(&rollout.assigned, &next),
+                owner,
+            });
             // A client given a new assignment has not converged on it yet, whatever it reported
             // for the previous one.
             for &g in member_of {
@@ -672,6 +728,7 @@ fn compute(
                 .push(Change::new(&client.slot, &state.status, None));
         }
     }
+    outcome.events.extend(assignment_events(assignments, now));
     outcome.group_statuses = groups
         .iter()
         .zip(tallies)
@@ -872,5 +929,60 @@ mod tests {
         assert_eq!(slots[0].state.lock().unwrap().served.revision, 0);
         let again = compute(&groups, &catalog, &slots, &context(now, now), &mut cache);
         assert!(again.changes.is_empty());
+    }
+
+    #[test]
+    fn a_large_pass_records_a_hundred_client_events_and_counts_the_rest() {
+        let now = Timestamp::from_unix_millis(1);
+        let assignment = |i: usize, owner: Option<&str>, change: &str| Assignment {
+            client: Arc::from(format!("c{i:04}")),
+            change: change.to_string(),
+            owner: owner.map(str::to_string),
+        };
+        let mut assignments: Vec<Assignment> = (0..240)
+            .map(|i| assignment(i, Some("kiosks"), "install kiosk 1.0.0"))
+            .collect();
+        assignments.extend((240..250).map(|i| assignment(i, None, "remove old 0.9.0")));
+        let events = assignment_events(assignments, now);
+        assert_eq!(events.len(), 102);
+        assert!(events[..100].iter().all(|e| e.object.kind == "Client"
+            && e.reason == "Assigned"
+            && e.message == "install kiosk 1.0.0"));
+        assert_eq!(events[99].object.name, "c0099");
+        let grouped: Vec<(&str, &str, &str)> = events[100..]
+            .iter()
+            .map(|e| {
+                (
+                    e.object.kind.as_str(),
+                    e.object.name.as_str(),
+                    e.message.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(grouped[0].0, "Client");
+        assert_eq!(grouped[0].1, "c0240");
+        assert!(
+            grouped[0]
+                .2
+                .starts_with("remove old 0.9.0 on 10 more client(s)"),
+            "{}",
+            grouped[0].2
+        );
+        assert_eq!((grouped[1].0, grouped[1].1), ("ClientGroup", "kiosks"));
+        assert!(
+            grouped[1]
+                .2
+                .starts_with("install kiosk 1.0.0 on 140 more client(s)"),
+            "{}",
+            grouped[1].2
+        );
+
+        // Small passes keep one event per client.
+        let few = assignment_events(
+            vec![assignment(1, Some("kiosks"), "install kiosk 1.0.0")],
+            now,
+        );
+        assert_eq!(few.len(), 1);
+        assert_eq!(few[0].object.name, "c0001");
     }
 }
