@@ -69,21 +69,55 @@ impl RevisionCell {
 }
 
 /// Strings that many clients share (label keys, and values such as a site or an OS name), held
-/// once. Strings stay as long as the fleet: label vocabularies are small, and a value that only
-/// one client uses (its host name) costs what it would cost unshared.
-#[derive(Debug, Default)]
-pub struct Interner(Mutex<std::collections::HashSet<Arc<str>>>);
+/// once. A string no client uses any more (the old host name of a renamed client) is dropped by
+/// the next purge, which runs whenever the set has doubled since the last one, so the set stays
+/// within twice the strings in use at an amortised constant cost per string.
+#[derive(Debug)]
+pub struct Interner(Mutex<InternerSet>);
+
+#[derive(Debug)]
+struct InternerSet {
+    strings: std::collections::HashSet<Arc<str>>,
+    /// Size at which the next purge runs.
+    purge_at: usize,
+}
+
+/// The smallest size at which an interner purges.
+const MIN_PURGE_AT: usize = 1024;
+
+impl Default for Interner {
+    fn default() -> Self {
+        Interner(Mutex::new(InternerSet {
+            strings: Default::default(),
+            purge_at: MIN_PURGE_AT,
+        }))
+    }
+}
 
 impl Interner {
     /// The shared copy of `text`.
     pub fn intern(&self, text: &str) -> Arc<str> {
         let mut set = self.0.lock().expect("interner lock");
-        if let Some(shared) = set.get(text) {
+        if let Some(shared) = set.strings.get(text) {
             return shared.clone();
         }
+        if set.strings.len() >= set.purge_at {
+            set.strings.retain(|shared| Arc::strong_count(shared) > 1);
+            set.purge_at = (2 * set.strings.len()).max(MIN_PURGE_AT);
+        }
         let shared: Arc<str> = Arc::from(text);
-        set.insert(shared.clone());
+        set.strings.insert(shared.clone());
         shared
+    }
+
+    /// How many strings are held.
+    pub fn len(&self) -> usize {
+        self.0.lock().expect("interner lock").strings.len()
+    }
+
+    /// True when no string is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -1051,6 +1085,25 @@ mod tests {
                 packages
             })
             .unwrap()
+        );
+    }
+
+    #[test]
+    fn the_interner_drops_strings_no_client_uses_any_more() {
+        let interner = Interner::default();
+        let kept = interner.intern("site");
+        for i in 0..10 * MIN_PURGE_AT {
+            // A host name used once, then dropped (a renamed or deleted client).
+            drop(interner.intern(&format!("host-{i}")));
+        }
+        assert!(
+            interner.len() <= MIN_PURGE_AT + 1,
+            "{} strings held",
+            interner.len()
+        );
+        assert!(
+            Arc::ptr_eq(&kept, &interner.intern("site")),
+            "strings in use stay shared"
         );
     }
 }
