@@ -595,3 +595,70 @@ async fn url_artifacts_are_fetched_once_and_verified() {
         .unwrap();
     assert_eq!(missing.status(), StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn listing_many_clients_selects_on_live_labels_and_shows_stored_objects() {
+    let controller = TestController::start().await;
+    let api = Api::admin(&controller);
+    // More than a page of individual reads: the list is read from the store in one scan.
+    for i in 0..90 {
+        let site = if i % 10 == 0 { "paris" } else { "berlin" };
+        let (status, enrolled) = api
+            .enroll(
+                controller.bootstrap_token(),
+                &format!("m-{i:03}"),
+                &format!("kiosk-{i:03}"),
+                json!({ "site": site }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{enrolled}");
+    }
+    // An admin label moves one Paris client to Berlin: selection follows the live labels.
+    let (status, _) = api
+        .request(
+            Method::PATCH,
+            "/apis/thinfleet.io/v1/clients/kiosk-010",
+            Some(json!({"metadata": {"labels": {"site": "berlin"}}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let names = |list: &serde_json::Value| -> Vec<String> {
+        list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["metadata"]["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let (_, all) = api.get("/apis/thinfleet.io/v1/clients").await;
+    assert_eq!(names(&all).len(), 90);
+    assert!(
+        all["items"][0]["metadata"]["uid"].is_string(),
+        "{}",
+        all["items"][0]
+    );
+    assert_eq!(all["items"][0]["spec"]["machineId"], "m-000");
+
+    let (_, berlin) = api
+        .get("/apis/thinfleet.io/v1/clients?labelSelector=site%3Dberlin")
+        .await;
+    let berlin = names(&berlin);
+    assert_eq!(berlin.len(), 82);
+    assert!(berlin.contains(&"kiosk-010".to_string()));
+    assert!(!berlin.contains(&"kiosk-020".to_string()));
+    let mut sorted = berlin.clone();
+    sorted.sort();
+    assert_eq!(berlin, sorted, "listed in name order");
+
+    let (_, paris) = api
+        .get("/apis/thinfleet.io/v1/clients?labelSelector=site%3Dparis")
+        .await;
+    let expected: Vec<String> = (20..90)
+        .step_by(10)
+        .chain([0])
+        .map(|i| format!("kiosk-{i:03}"))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    assert_eq!(names(&paris), expected);
+}
