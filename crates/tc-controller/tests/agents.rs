@@ -570,3 +570,47 @@ async fn a_new_inventory_moves_automatic_labels_and_a_restart_keeps_them() {
         .await;
     assert_eq!(selected(&list), vec![agent.name.clone()]);
 }
+
+#[tokio::test]
+async fn a_deleted_client_stays_deleted_until_its_agent_enrols_again() {
+    let controller = TestController::start().await;
+    let admin = Api::admin(&controller);
+    publish(&admin, "kiosk", "1.0.0").await;
+    admin
+        .apply(&group_yaml("g", "{}", &[("kiosk", "^1")], "1"), "")
+        .await;
+    let mut agent = SimAgent::enroll(&controller, "m-del", json!({"site": "berlin"})).await;
+    let desired = agent.wait_for(|d| versions(d).len() == 1).await;
+    agent.converge(&desired, None);
+    agent.heartbeat().await;
+    let path = format!("/apis/thinfleet.io/v1/clients/{}", agent.name);
+
+    let (status, deleted) = admin.request(Method::DELETE, &path, None).await;
+    assert_eq!(status, StatusCode::OK, "{deleted}");
+    assert_eq!(deleted["status"]["packages"][0]["state"], "Installed");
+    assert_eq!(deleted["status"]["inventory"]["cpuCores"], 2);
+    // Its token is gone, and nothing the agent sends brings the client back.
+    let body = json!({"protocolVersion": 1, "observedRevision": 1, "inventoryHash": "h1"});
+    let (status, _) = agent.api.heartbeat(body).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _) = admin.get(&path).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // Enrolling again makes a new client that starts clean, and it survives a restart.
+    let mut again = SimAgent::enroll(&controller, "m-del", json!({"site": "paris"})).await;
+    assert_eq!(again.name, agent.name);
+    let (_, client) = admin.get(&path).await;
+    assert_ne!(client["metadata"]["uid"], deleted["metadata"]["uid"]);
+    assert!(client["status"]["packages"].is_null(), "{client}");
+    assert_eq!(client["status"]["phase"], "Pending");
+    assert_eq!(client["metadata"]["labels"]["site"], "paris");
+    let desired = again.wait_for(|d| versions(d).len() == 1).await;
+    assert_eq!(desired["revision"], 1, "a new client's first assignment");
+    let (data, _keep) = controller.stop_keep_data().await;
+    let restarted = TestController::start_in(&data, |_| {}).await;
+    let admin = Api::admin(&restarted);
+    let (_, client) = admin.get(&path).await;
+    assert_eq!(client["metadata"]["labels"]["site"], "paris");
+    assert_eq!(client["status"]["desiredRevision"], 1);
+    assert_eq!(client["status"]["phase"], "Online");
+}
