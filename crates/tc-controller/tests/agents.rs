@@ -614,3 +614,60 @@ async fn a_deleted_client_stays_deleted_until_its_agent_enrols_again() {
     assert_eq!(client["status"]["desiredRevision"], 1);
     assert_eq!(client["status"]["phase"], "Online");
 }
+
+#[tokio::test]
+async fn long_polls_multiplexed_over_h2c_learn_a_change() {
+    use tc_testkit::sim::{SimConfig, SimFleet, Transport, Via};
+    let controller = TestController::start().await;
+    let admin = Api::admin(&controller);
+    publish(&admin, "kiosk", "1.0.0").await;
+    admin
+        .apply(
+            "apiVersion: thinfleet.io/v1\nkind: ClientGroup\nmetadata: { name: g }\nspec:\n  selector: {}\n  agent: { heartbeatSeconds: 3600 }\n",
+            "",
+        )
+        .await;
+    let (fleet, report) = SimFleet::enroll(
+        &[controller.addr()],
+        controller.bootstrap_token(),
+        7,
+        40,
+        4,
+        Duration::from_secs(10),
+    )
+    .await
+    .expect("enrolled");
+    assert_eq!(report.errors, 0);
+    // Heartbeats an hour apart: only the long-poll can deliver the change in time.
+    let mut config = SimConfig::new(controller.addr(), Duration::from_secs(3600));
+    config.long_poll_share = 1.0;
+    config.long_poll_transport = Transport::Http2 {
+        streams_per_connection: 16,
+    };
+    let sim = fleet.start(config);
+    let waiting = Instant::now();
+    while sim.snapshot().long_polls_waiting < 40 {
+        assert!(
+            waiting.elapsed() < Duration::from_secs(10),
+            "long-polls over h2c were not accepted: {:?}",
+            sim.error_samples()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    admin
+        .apply(&group_yaml("g", "{}", &[("kiosk", "^1")], "1"), "")
+        .await;
+    let learned = sim
+        .wait_for(
+            Duration::from_secs(10),
+            Duration::from_millis(20),
+            |agent| agent.desired_revision >= 1,
+        )
+        .await;
+    let errors = sim.snapshot().long_poll_errors;
+    let views = sim.fleet().views();
+    sim.stop().await;
+    assert!(learned, "not every agent learned the change");
+    assert_eq!(errors, 0);
+    assert!(views.iter().all(|v| v.learned_by == Via::LongPoll));
+}

@@ -163,7 +163,7 @@ pub enum Transport {
     /// One HTTP/1.1 connection per waiting agent, as real agents do.
     Http1,
     /// HTTP/2 without TLS (prior knowledge), this many waiting agents per connection, as behind
-    /// an HTTP/2 reverse proxy. The controller must be built with axum's `http2` feature.
+    /// an HTTP/2 reverse proxy (the controller accepts h2c on its port).
     Http2 {
         /// Concurrent long-polls per connection (the server allows 200 streams).
         streams_per_connection: usize,
