@@ -274,6 +274,7 @@ pub async fn heartbeat(
             wake = true;
         }
         let mut send_inventory = false;
+        let mut new_inventory = None;
         if let Some(inventory) = request.inventory {
             let hash = if request.inventory_hash.is_empty() {
                 tc_proto::inventory_hash(&inventory)
@@ -291,8 +292,8 @@ pub async fn heartbeat(
                     wake = true;
                 }
                 status.inventory_hash = hash;
-                // Written by the next liveness flush, not on this request's path.
-                state.pending_inventory = Some(Box::new(inventory));
+                new_inventory = Some(inventory);
+                changed = true;
             }
         } else if request.inventory_hash != status.inventory_hash
             || status.inventory_hash.is_empty()
@@ -303,7 +304,7 @@ pub async fn heartbeat(
         let next = Duration::from_secs_f64(f64::from(state.heartbeat_seconds) * jitter);
         (
             changed.then(|| {
-                let mut status = status.to_status(None);
+                let mut status = status.to_status(new_inventory);
                 // Liveness goes with the next liveness flush, as for any heartbeat: a status
                 // record written now need not touch the liveness table too.
                 status.last_heartbeat = None;

@@ -222,12 +222,8 @@ pub struct LiveStatus {
     pub last_heartbeat: Option<Timestamp>,
     /// Latest load figures.
     pub load: Load,
-    /// Hash of the newest inventory the agent sent (empty when none is known).
+    /// Hash of the recorded inventory (empty when none is recorded).
     pub inventory_hash: String,
-    /// Hash of the inventory the store holds: what status records carry, so that a recorded hash
-    /// always comes with its inventory (an inventory still waiting for the background flush is
-    /// sent again by its agent if the controller stops before writing it).
-    pub recorded_inventory_hash: String,
     /// Packages as the agent reports them.
     pub packages: Vec<PackageReport>,
     /// The desired revision those reports were made for.
@@ -247,7 +243,6 @@ impl LiveStatus {
             phase: status.phase,
             last_heartbeat: status.last_heartbeat,
             load: status.load,
-            recorded_inventory_hash: status.inventory_hash.clone(),
             inventory_hash: status.inventory_hash,
             packages: status.packages,
             observed_revision: status.observed_revision,
@@ -257,18 +252,13 @@ impl LiveStatus {
         }
     }
 
-    /// The status to store or show: with `None`, the recorded inventory's hash; with the newest
-    /// inventory, its hash.
+    /// The status to store or show, with `inventory`.
     pub fn to_status(&self, inventory: Option<Inventory>) -> ClientStatus {
         ClientStatus {
             phase: self.phase,
             last_heartbeat: self.last_heartbeat,
-            inventory_hash: if inventory.is_some() {
-                self.inventory_hash.clone()
-            } else {
-                self.recorded_inventory_hash.clone()
-            },
             inventory,
+            inventory_hash: self.inventory_hash.clone(),
             load: self.load,
             packages: self.packages.clone(),
             observed_revision: self.observed_revision,
@@ -347,24 +337,14 @@ pub struct ClientRuntime {
     pub served: Served,
     /// Heartbeat interval for this client (the smallest of its groups').
     pub heartbeat_seconds: u32,
-    /// A new inventory not written yet: it goes with the next liveness flush, off the path of
-    /// the heartbeat that brought it.
-    pub pending_inventory: Option<Box<Inventory>>,
 }
 
 impl ClientRuntime {
     /// The client object: the stored one (`stored`, for its metadata, spec and inventory) with
-    /// the live labels, status and newest inventory.
+    /// the live labels and status.
     pub fn overlay(&self, mut stored: Client) -> Client {
-        let recorded = stored.status.inventory.take();
-        stored.status = match &self.pending_inventory {
-            Some(newest) => self.status.to_status(Some((**newest).clone())),
-            None => {
-                let mut status = self.status.to_status(None);
-                status.inventory = recorded;
-                status
-            }
-        };
+        let inventory = stored.status.inventory.take();
+        stored.status = self.status.to_status(inventory);
         stored.metadata.labels = self.labels.merged();
         stored
     }
@@ -506,7 +486,6 @@ impl Fleet {
                             packages: Arc::from([]),
                         },
                         heartbeat_seconds: tc_api::resources::DEFAULT_HEARTBEAT_SECONDS,
-                        pending_inventory: None,
                     }),
                     revision: RevisionCell::new(revision),
                     dirty: AtomicBool::new(false),
@@ -586,36 +565,30 @@ impl Fleet {
         }
     }
 
-    /// Takes what the queued clients that are still in the fleet have to write: their liveness,
-    /// or, for those with a new inventory, their status with it.
-    pub fn take_dirty(&self) -> (Vec<Liveness>, Vec<ClientStatusEntry>) {
+    /// Takes the liveness of the queued clients that are still in the fleet.
+    pub fn take_dirty(&self) -> Vec<Liveness> {
         let slots = std::mem::take(&mut *self.dirty.lock().expect("dirty lock"));
-        let mut liveness = Vec::with_capacity(slots.len());
-        let mut statuses = vec![];
+        let mut entries = Vec::with_capacity(slots.len());
         for slot in slots {
             // Cleared before reading, so a heartbeat after the read queues the client again.
             slot.dirty.store(false, Ordering::Release);
-            // A client deleted since (and perhaps enrolled again under its name) is skipped.
-            if slot.removed.load(Ordering::Acquire) {
-                continue;
-            }
-            let mut state = slot.state.lock().expect("client lock");
-            if let Some(inventory) = state.pending_inventory.take() {
-                statuses.push(ClientStatusEntry {
-                    name: slot.name.to_string(),
-                    status: state.status.to_status(Some(*inventory)),
-                });
-                // Written in order before any status record queued from now on.
-                state.status.recorded_inventory_hash = state.status.inventory_hash.clone();
-            } else if let Some(last_heartbeat) = state.status.last_heartbeat {
-                liveness.push(Liveness {
+            let entry = {
+                let state = slot.state.lock().expect("client lock");
+                let status = &state.status;
+                status.last_heartbeat.map(|last_heartbeat| Liveness {
                     name: slot.name.to_string(),
                     last_heartbeat,
-                    load: state.status.load,
-                });
+                    load: status.load,
+                })
+            };
+            // A client deleted since (and perhaps enrolled again under its name) is skipped.
+            if let Some(entry) = entry
+                && !slot.removed.load(Ordering::Acquire)
+            {
+                entries.push(entry);
             }
         }
-        (liveness, statuses)
+        entries
     }
 }
 
@@ -852,33 +825,36 @@ impl Persister {
         }
     }
 
-    /// Queues liveness records and statuses with new inventories at once; the future completes
-    /// when they are committed (dropping it does not cancel the write).
-    pub fn write_flush(
-        &self,
-        liveness: Vec<Liveness>,
-        statuses: Vec<ClientStatusEntry>,
-    ) -> impl std::future::Future<Output = Result<(), String>> + use<> {
-        let empty = liveness.is_empty() && statuses.is_empty();
-        let queued = (!empty).then(|| {
-            self.queue(PersistRequest {
+    /// Writes liveness records and waits until they are committed.
+    pub async fn write_liveness(&self, liveness: Vec<Liveness>) -> Result<(), String> {
+        if liveness.is_empty() {
+            return Ok(());
+        }
+        self.send_and_wait(PersistRequest {
+            objects: vec![],
+            statuses: vec![],
+            liveness,
+            events: vec![],
+            done: None,
+        })
+        .await
+    }
+
+    /// Queues liveness records without waiting (the periodic flush).
+    pub fn write_liveness_later(&self, liveness: Vec<Liveness>) {
+        if !liveness.is_empty() {
+            let _ = self.send(PersistRequest {
                 objects: vec![],
-                statuses,
+                statuses: vec![],
                 liveness,
                 events: vec![],
                 done: None,
-            })
-        });
-        async move {
-            match queued {
-                Some(queued) => queued.await,
-                None => Ok(()),
-            }
+            });
         }
     }
 }
 
-/// Flushes liveness and new inventories every `interval` until `shutdown` fires, then once more.
+/// Flushes liveness-only changes every `interval` until `shutdown` fires, then once more.
 pub async fn flush_liveness(
     fleet: Arc<Fleet>,
     persister: Persister,
@@ -889,14 +865,11 @@ pub async fn flush_liveness(
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
             _ = shutdown.changed() => {
-                let (liveness, statuses) = fleet.take_dirty();
-                let _ = persister.write_flush(liveness, statuses).await;
+                let _ = persister.write_liveness(fleet.take_dirty()).await;
                 return;
             }
         }
-        let (liveness, statuses) = fleet.take_dirty();
-        // Not awaited: the next flush does not wait for this one.
-        drop(persister.write_flush(liveness, statuses));
+        persister.write_liveness_later(fleet.take_dirty());
     }
 }
 
@@ -960,35 +933,11 @@ mod tests {
         fleet.mark_dirty(&b);
         fleet.remove("b");
         fleet.insert(&client("b"), None);
-        let names: Vec<String> = fleet.take_dirty().0.into_iter().map(|l| l.name).collect();
+        let names: Vec<String> = fleet.take_dirty().into_iter().map(|l| l.name).collect();
         assert_eq!(names, vec!["a".to_string()]);
-        assert!(fleet.take_dirty().0.is_empty());
+        assert!(fleet.take_dirty().is_empty());
         fleet.mark_dirty(&a);
-        assert_eq!(fleet.take_dirty().0.len(), 1, "queued again after a flush");
-
-        // A new inventory goes with the flush as a status with it and its hash; status records
-        // written before that carry the hash of the inventory the store holds.
-        {
-            let mut state = a.state.lock().unwrap();
-            state.status.inventory_hash = "new".into();
-            state.pending_inventory = Some(Box::new(tc_proto::Inventory {
-                hostname: "renamed".into(),
-                ..Default::default()
-            }));
-            assert_eq!(state.status.to_status(None).inventory_hash, "");
-        }
-        fleet.mark_dirty(&a);
-        let (liveness, statuses) = fleet.take_dirty();
-        assert!(liveness.is_empty());
-        assert_eq!(statuses.len(), 1);
-        assert_eq!(statuses[0].status.inventory_hash, "new");
-        assert_eq!(
-            statuses[0].status.inventory.as_ref().unwrap().hostname,
-            "renamed"
-        );
-        let state = a.state.lock().unwrap();
-        assert!(state.pending_inventory.is_none());
-        assert_eq!(state.status.to_status(None).inventory_hash, "new");
+        assert_eq!(fleet.take_dirty().len(), 1, "queued again after a flush");
     }
 
     #[tokio::test]
