@@ -194,6 +194,11 @@ pub async fn delete(
         let client = tokio::task::spawn_blocking(move || store.delete_client(&lookup))
             .await??
             .ok_or_else(|| ApiError::not_found(format!("{reference} not found")))?;
+        // Answered as it was last: its live labels and status, and its newest inventory.
+        let client = match controller.fleet.get(&name) {
+            Some(slot) => slot.state.lock().expect("client lock").overlay(client),
+            None => client,
+        };
         controller.fleet.remove(&name);
         serde_json::to_value(client).expect("clients serialize")
     } else {

@@ -150,6 +150,19 @@ async fn everything_acknowledged_survives_kill_9() {
         .await;
     assert_eq!(status, StatusCode::OK);
 
+    // A new inventory is acknowledged.
+    let inventory = json!({"protocolVersion": 1, "observedRevision": desired["revision"], "inventoryHash": "inv-1",
+        "packages": [{"name": "kiosk", "version": "1.0.0", "state": "Installed", "since": "2026-11-22T00:00:00Z"}],
+        "inventory": {"hostname": "kiosk-1-host", "arch": "x86_64", "osName": "Debian GNU/Linux", "cpuCores": 2}});
+    let (status, response) = client.heartbeat(inventory).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(response["sendInventory"], false);
+    // Then a status change.
+    let changed = json!({"protocolVersion": 1, "observedRevision": desired["revision"], "inventoryHash": "inv-1",
+        "packages": [{"name": "kiosk", "version": "1.0.0", "state": "Installed", "since": "2026-11-22T00:00:01Z"}]});
+    let (status, _) = client.heartbeat(changed).await;
+    assert_eq!(status, StatusCode::OK);
+
     // SIGKILL: no chance to flush anything.
     process.child.kill().unwrap();
     process.child.wait().unwrap();
@@ -167,6 +180,13 @@ async fn everything_acknowledged_survives_kill_9() {
     assert_eq!(stored["metadata"]["labels"]["rack"], "7");
     assert_eq!(stored["status"]["packages"][0]["state"], "Installed");
     assert_eq!(stored["status"]["desired"][0]["version"], "1.0.0");
+    // The acknowledged inventory and its hash are durable: the agent is not asked again.
+    assert_eq!(stored["status"]["inventoryHash"], "inv-1", "{stored}");
+    assert_eq!(stored["status"]["inventory"]["hostname"], "kiosk-1-host");
+    let (status, response) = client.heartbeat(json!({"protocolVersion": 1, "observedRevision": desired["revision"], "inventoryHash": "inv-1",
+        "packages": [{"name": "kiosk", "version": "1.0.0", "state": "Installed", "since": "2026-11-22T00:00:01Z"}]})).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(response["sendInventory"], false, "{response}");
     // The client token still works and the desired state is served again.
     let (status, response) = client.heartbeat(json!({"protocolVersion": 1, "observedRevision": desired["revision"], "inventoryHash": ""})).await;
     assert_eq!(status, StatusCode::OK);
