@@ -230,7 +230,6 @@ pub async fn pass(controller: &Arc<Controller>) -> Result<(), String> {
         }
     }
     let persisted = started.elapsed();
-    let published = persisted;
     controller
         .persister
         .record_later(std::mem::take(&mut events));
@@ -305,8 +304,7 @@ pub async fn pass(controller: &Arc<Controller>) -> Result<(), String> {
         published = published_count,
         load_ms = loaded.as_millis() as u64,
         compute_ms = (computed - loaded).as_millis() as u64,
-        persist_ms = (persisted - computed).as_millis() as u64,
-        publish_ms = (published - persisted).as_millis() as u64,
+        persist_and_publish_ms = (persisted - computed).as_millis() as u64,
         total_ms = started.elapsed().as_millis() as u64,
         "reconcile pass"
     );

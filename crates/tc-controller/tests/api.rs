@@ -622,16 +622,8 @@ async fn listing_many_clients_selects_on_live_labels_and_shows_stored_objects() 
         )
         .await;
     assert_eq!(status, StatusCode::OK);
-    let names = |list: &serde_json::Value| -> Vec<String> {
-        list["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|c| c["metadata"]["name"].as_str().unwrap().to_string())
-            .collect()
-    };
     let (_, all) = api.get("/apis/thinfleet.io/v1/clients").await;
-    assert_eq!(names(&all).len(), 90);
+    assert_eq!(item_names(&all).len(), 90);
     assert!(
         all["items"][0]["metadata"]["uid"].is_string(),
         "{}",
@@ -642,7 +634,7 @@ async fn listing_many_clients_selects_on_live_labels_and_shows_stored_objects() 
     let (_, berlin) = api
         .get("/apis/thinfleet.io/v1/clients?labelSelector=site%3Dberlin")
         .await;
-    let berlin = names(&berlin);
+    let berlin = item_names(&berlin);
     assert_eq!(berlin.len(), 82);
     assert!(berlin.contains(&"kiosk-010".to_string()));
     assert!(!berlin.contains(&"kiosk-020".to_string()));
@@ -660,5 +652,5 @@ async fn listing_many_clients_selects_on_live_labels_and_shows_stored_objects() 
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
         .collect();
-    assert_eq!(names(&paris), expected);
+    assert_eq!(item_names(&paris), expected);
 }

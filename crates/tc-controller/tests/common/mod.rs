@@ -128,6 +128,16 @@ impl Api {
     }
 }
 
+/// Names of the items of a list answer, in order.
+pub fn item_names(list: &Value) -> Vec<String> {
+    list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|item| item["metadata"]["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
 /// `[(action, "kind/name")]` of an apply result.
 pub fn actions(result: &Value) -> Vec<(String, String)> {
     result["items"]

@@ -135,6 +135,19 @@ impl Connection {
     }
 
     /// Reads more bytes after `end`; returns how many (0 at end of stream).
+    /// [`Self::fill`], where the end of the stream is an error saying what ended early (the
+    /// connection is then closed).
+    async fn fill_or_eof(&mut self, what: &str) -> io::Result<()> {
+        if self.fill().await? == 0 {
+            self.closed = true;
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                what.to_string(),
+            ));
+        }
+        Ok(())
+    }
+
     async fn fill(&mut self) -> io::Result<usize> {
         if self.start == self.end {
             self.start = 0;
@@ -202,13 +215,7 @@ impl Connection {
                     if available.len() >= MAX_HEAD {
                         return Err(io::Error::other("response head too large"));
                     }
-                    if self.fill().await? == 0 {
-                        self.closed = true;
-                        return Err(io::Error::new(
-                            io::ErrorKind::UnexpectedEof,
-                            "the server closed the connection",
-                        ));
-                    }
+                    self.fill_or_eof("the server closed the connection").await?;
                 }
                 Err(error) => {
                     return Err(io::Error::new(
@@ -227,12 +234,8 @@ impl Connection {
     ) -> io::Result<()> {
         let mut remaining = length;
         while remaining > 0 {
-            if self.start == self.end && self.fill().await? == 0 {
-                self.closed = true;
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "the body ended early",
-                ));
+            if self.start == self.end {
+                self.fill_or_eof("the body ended early").await?;
             }
             let take =
                 (self.end - self.start).min(usize::try_from(remaining).unwrap_or(usize::MAX));
@@ -257,13 +260,7 @@ impl Connection {
             if self.end - self.start > MAX_HEAD {
                 return Err(io::Error::other("chunk header too long"));
             }
-            if self.fill().await? == 0 {
-                self.closed = true;
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "the chunked body ended early",
-                ));
-            }
+            self.fill_or_eof("the chunked body ended early").await?;
         }
     }
 
