@@ -121,9 +121,12 @@ pub struct PushArgs {
     /// Heartbeat interval in seconds (long, so that the long-poll delivers the change).
     #[arg(long, default_value_t = 300.0)]
     pub interval: f64,
-    /// Seconds to let the controller take in every long-poll before the apply.
+    /// Seconds to let the controller take in every long-poll before each apply.
     #[arg(long, default_value_t = 2.0)]
     pub settle: f64,
+    /// Applies to time, one after another, each assigning a newer release.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: u32,
     /// Longest wait for every agent to be notified, in seconds.
     #[arg(long, default_value_t = 60.0)]
     pub timeout: f64,

@@ -137,8 +137,19 @@ fn push_reaches_every_waiting_agent_over_http1_and_h2() {
             "0.3",
             "--timeout",
             "30",
+            "--rounds",
+            "2",
         ]);
         assert_eq!(figures["scenario"], "push");
+        assert_eq!(number(&figures, "rounds"), 2.0, "{figures}");
+        for round in ["round1", "round2"] {
+            assert_eq!(
+                number(&figures, &format!("{round}_notified")),
+                80.0,
+                "{transport} {round}: {figures}"
+            );
+            assert!(number(&figures, &format!("{round}_max_ms")) <= number(&figures, "max_ms"));
+        }
         assert_eq!(number(&figures, "notified"), 80.0, "{transport}: {figures}");
         assert_eq!(number(&figures, "errors"), 0.0, "{transport}: {figures}");
         assert!(
