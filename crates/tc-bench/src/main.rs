@@ -4,6 +4,11 @@
 //! with the same figures. The controller under test always runs in a separate process (this
 //! binary, `tc-bench serve-controller`), so that its memory and CPU are its own.
 
+/// The controller binary's allocator, so that `serve-controller` measures what ships (the
+/// simulator and the bare endpoint use it too).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod admin;
 mod process;
 mod report;

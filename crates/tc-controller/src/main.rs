@@ -7,6 +7,12 @@ use std::process::ExitCode;
 use clap::Parser;
 use tc_controller::{Config, serve_with};
 
+/// mimalloc rather than the system allocator: the controller allocates and frees a task, a request
+/// and a response per long-poll on one thread and often frees them on another, which glibc's
+/// allocator serves at about 1.5 times the CPU (see BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The thinfleet controller: desired state, observed state, the API, the blobs and the agents'
 /// endpoint.
 #[derive(Debug, Parser)]
