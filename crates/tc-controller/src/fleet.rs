@@ -228,8 +228,8 @@ pub struct LiveStatus {
     pub packages: Vec<PackageReport>,
     /// The desired revision those reports were made for.
     pub observed_revision: u64,
-    /// What the client is assigned to run now.
-    pub desired: Vec<AssignedPackage>,
+    /// What the client is assigned to run now (shared by the clients a pass assigned alike).
+    pub desired: Arc<[AssignedPackage]>,
     /// Increases whenever `desired` changes.
     pub desired_revision: u64,
     /// Conditions.
@@ -246,7 +246,7 @@ impl LiveStatus {
             inventory_hash: status.inventory_hash,
             packages: status.packages,
             observed_revision: status.observed_revision,
-            desired: status.desired,
+            desired: status.desired.into(),
             desired_revision: status.desired_revision,
             conditions: status.conditions,
         }
@@ -262,7 +262,7 @@ impl LiveStatus {
             load: self.load,
             packages: self.packages.clone(),
             observed_revision: self.observed_revision,
-            desired: self.desired.clone(),
+            desired: self.desired.to_vec(),
             desired_revision: self.desired_revision,
             conditions: self.conditions.clone(),
         }

@@ -21,8 +21,8 @@ use tc_api::{
 };
 use tc_proto::DesiredPackage;
 use tc_reconcile::{
-    ClientDesire, ClientRollout, Convergence, GroupBudget, GroupTally, ReleaseCatalog,
-    desired_for_client, plan_rollout_from,
+    Assignment as PlannedAssignment, ClientDesire, ClientRollout, Convergence, GroupBudget,
+    GroupTally, ReleaseCatalog, desired_for_client, plan_rollout_from,
 };
 use tc_store::{ClientStatusEntry, Store, Write};
 
@@ -347,10 +347,8 @@ const ASSIGNED_EVENTS_PER_PASS: usize = 100;
 /// A new assignment of one client, for its event.
 struct Assignment {
     client: Arc<str>,
-    /// What changed (`install kiosk 1.0.0, update vpn 1.0.0 -> 2.0.0`).
-    change: String,
-    /// The group that wants the change, if any (removals have none).
-    owner: Option<String>,
+    /// What changed, and for which group.
+    transition: Arc<Transition>,
 }
 
 /// The `Assigned` events of a pass: one per client for the first
@@ -358,7 +356,8 @@ struct Assignment {
 /// the other clients.
 fn assignment_events(assignments: Vec<Assignment>, now: Timestamp) -> Vec<Event> {
     let mut events = vec![];
-    let mut rest: BTreeMap<(Option<String>, String), (Arc<str>, usize)> = BTreeMap::new();
+    // Ordered by owner and change (transitions alike but not shared count together).
+    let mut rest: BTreeMap<Arc<Transition>, (Arc<str>, usize)> = BTreeMap::new();
     for (index, assignment) in assignments.into_iter().enumerate() {
         if index < ASSIGNED_EVENTS_PER_PASS {
             events.push(Event::new(
@@ -366,16 +365,17 @@ fn assignment_events(assignments: Vec<Assignment>, now: Timestamp) -> Vec<Event>
                 ObjectRef::new(Kind::Client, &*assignment.client),
                 EventType::Normal,
                 "Assigned",
-                assignment.change,
+                assignment.transition.change.clone(),
             ));
         } else {
-            rest.entry((assignment.owner, assignment.change))
+            rest.entry(assignment.transition)
                 .or_insert((assignment.client, 0))
                 .1 += 1;
         }
     }
-    for ((owner, change), (first, count)) in rest {
-        let object = match &owner {
+    for (transition, (first, count)) in rest {
+        let Transition { owner, change } = &*transition;
+        let object = match owner {
             Some(group) => ObjectRef::new(Kind::ClientGroup, group.as_str()),
             None => ObjectRef::new(Kind::Client, &*first),
         };
@@ -438,8 +438,10 @@ struct Outcome {
 /// What a client with given groups and assignment should run; computed once per distinct pair.
 struct Desire {
     membership: usize,
-    assigned: Vec<AssignedPackage>,
-    desire: ClientDesire,
+    assigned: Arc<[AssignedPackage]>,
+    /// `assigned` as the rollout plan takes it.
+    assigned_map: Arc<PlannedAssignment>,
+    desire: Arc<ClientDesire>,
     /// Whether that differs from the assignment.
     wants_change: bool,
     /// Groups to count a conflict against (once per conflict naming them).
@@ -453,6 +455,15 @@ struct Wanting {
     convergence: Convergence,
     /// Its phase changed in this pass (to be persisted whatever the plan decides).
     phase_changed: bool,
+}
+
+/// How a pass changed the assignment of clients, shared by the clients it changed alike.
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Transition {
+    /// The group that wants the change, if any (removals have none).
+    owner: Option<String>,
+    /// What changed (`install kiosk 1.0.0, update vpn 1.0.0 -> 2.0.0`).
+    change: String,
 }
 
 fn assigned_map(assigned: &[AssignedPackage]) -> BTreeMap<String, String> {
@@ -487,7 +498,7 @@ fn compute(
         phases: [0; 3],
         clients: slots.len(),
     };
-    let mut memberships: Vec<Vec<usize>> = vec![];
+    let mut memberships: Vec<Arc<[usize]>> = vec![];
     let mut membership_ids: HashMap<Vec<usize>, usize> = HashMap::new();
     let mut desires: Vec<Desire> = vec![];
     let mut desire_ids: HashMap<u64, Vec<usize>> = HashMap::new();
@@ -518,12 +529,12 @@ fn compute(
         let membership = match membership_ids.get(member_of.as_slice()) {
             Some(&id) => id,
             None => {
-                memberships.push(member_of.clone());
+                memberships.push(member_of.as_slice().into());
                 membership_ids.insert(member_of.clone(), memberships.len() - 1);
                 memberships.len() - 1
             }
         };
-        let member_of = &memberships[membership];
+        let member_of: &[usize] = &memberships[membership];
 
         let heartbeat_seconds = member_of
             .iter()
@@ -592,7 +603,8 @@ fn compute(
                 desires.push(Desire {
                     membership,
                     assigned: state.status.desired.clone(),
-                    desire,
+                    assigned_map: Arc::new(assigned),
+                    desire: Arc::new(desire),
                     wants_change,
                     conflict_groups,
                 });
@@ -615,10 +627,10 @@ fn compute(
         }
         if desire.wants_change {
             rollouts.push(ClientRollout {
-                name: slot.name.to_string(),
-                groups: member_of.clone(),
+                name: slot.name.clone(),
+                groups: memberships[membership].clone(),
                 desire: desire.desire.clone(),
-                assigned: assigned_map(&state.status.desired),
+                assigned: desire.assigned_map.clone(),
                 unavailable: convergence.is_unavailable(),
             });
             wanting.push(Wanting {
@@ -667,9 +679,13 @@ fn compute(
     let next = plan_rollout_from(&budgets, unavailable, &rollouts);
     let progressing = Convergence::Progressing;
     let mut assignments = vec![];
+    // Clients planned alike share their new assignment (keyed by its address), and clients that
+    // moved alike share the description of the move.
+    let mut assigned_lists: HashMap<usize, Arc<[AssignedPackage]>> = HashMap::new();
+    let mut transitions: HashMap<(usize, usize, usize), Arc<Transition>> = HashMap::new();
     for ((client, rollout), next) in wanting.into_iter().zip(&rollouts).zip(next) {
         let mut state = client.slot.state.lock().expect("client lock");
-        let member_of = &memberships[client.membership];
+        let member_of: &[usize] = &memberships[client.membership];
         // Decided on what the client was assigned when the pass looked at it.
         let unchanged = state.status.desired.len() == rollout.assigned.len()
             && state
@@ -678,22 +694,42 @@ fn compute(
                 .iter()
                 .all(|p| rollout.assigned.get(&p.name) == Some(&p.version));
         if next != rollout.assigned && unchanged {
-            state.status.desired = next
-                .iter()
-                .map(|(name, version)| AssignedPackage {
-                    name: name.clone(),
-                    version: version.clone(),
+            state.status.desired = assigned_lists
+                .entry(Arc::as_ptr(&next) as usize)
+                .or_insert_with(|| {
+                    next.iter()
+                        .map(|(name, version)| AssignedPackage {
+                            name: name.clone(),
+                            version: version.clone(),
+                        })
+                        .collect()
                 })
-                .collect();
+                .clone();
             state.status.desired_revision += 1;
-            let owner = next
-                .iter()
-                .filter(|(package, version)| rollout.assigned.get(*package) != Some(*version))
-                .find_map(|(package, _)| rollout.desire.packages.get(package)?.group.clone());
+            let transition = transitions
+                .entry((
+                    Arc::as_ptr(&rollout.assigned) as usize,
+                    Arc::as_ptr(&next) as usize,
+                    Arc::as_ptr(&rollout.desire) as usize,
+                ))
+                .or_insert_with(|| {
+                    let owner = next
+                        .iter()
+                        .filter(|(package, version)| {
+                            rollout.assigned.get(*package) != Some(*version)
+                        })
+                        .find_map(|(package, _)| {
+                            rollout.desire.packages.get(package)?.group.clone()
+                        });
+                    Arc::new(Transition {
+                        owner,
+                        change: describe_assignment(&rollout.assigned, &next),
+                    })
+                })
+                .clone();
             assignments.push(Assignment {
                 client: client.slot.name.clone(),
-                change: describe_assignment(&rollout.assigned, &next),
-                owner,
+                transition,
             });
             // A client given a new assignment has not converged on it yet, whatever it reported
             // for the previous one.
@@ -912,6 +948,14 @@ mod tests {
                 .iter()
                 .all(|served| Arc::ptr_eq(&served.packages, first))
         );
+        // Clients assigned alike hold one assignment list.
+        let lists: Vec<Arc<[AssignedPackage]>> = slots
+            .iter()
+            .filter(|slot| !slot.state.lock().unwrap().status.desired.is_empty())
+            .map(|slot| slot.state.lock().unwrap().status.desired.clone())
+            .collect();
+        assert_eq!(lists.len(), 4);
+        assert!(lists.iter().all(|list| Arc::ptr_eq(list, &lists[0])));
         let status = &outcome.group_statuses[0];
         assert_eq!((status.desired, status.updated, status.ready), (4, 4, 0));
         assert_eq!(
@@ -932,10 +976,13 @@ mod tests {
     #[test]
     fn a_large_pass_records_a_hundred_client_events_and_counts_the_rest() {
         let now = Timestamp::from_unix_millis(1);
+        // Each with a transition of its own: alike ones are counted together all the same.
         let assignment = |i: usize, owner: Option<&str>, change: &str| Assignment {
             client: Arc::from(format!("c{i:04}")),
-            change: change.to_string(),
-            owner: owner.map(str::to_string),
+            transition: Arc::new(Transition {
+                owner: owner.map(str::to_string),
+                change: change.to_string(),
+            }),
         };
         let mut assignments: Vec<Assignment> = (0..240)
             .map(|i| assignment(i, Some("kiosks"), "install kiosk 1.0.0"))

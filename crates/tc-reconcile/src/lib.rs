@@ -20,4 +20,4 @@ pub use catalog::{ReleaseCatalog, ReleaseInfo};
 pub use convergence::{Convergence, convergence, convergence_of};
 pub use desired::{ClientDesire, Conflict, Unresolved, Want, desired_for_client};
 pub use plan::{Action, Plan, PlanError, PlanItem, PlanOptions, plan};
-pub use rollout::{ClientRollout, GroupBudget, plan_rollout, plan_rollout_from};
+pub use rollout::{Assignment, ClientRollout, GroupBudget, plan_rollout, plan_rollout_from};

@@ -2,7 +2,8 @@
 
 mod common;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use common::map;
 use proptest::prelude::*;
@@ -39,11 +40,70 @@ fn client(
 ) -> ClientRollout {
     ClientRollout {
         name: name.into(),
-        groups,
-        desire: desire(wants),
-        assigned: map(has),
+        groups: groups.into(),
+        desire: Arc::new(desire(wants)),
+        assigned: Arc::new(map(has)),
         unavailable,
     }
+}
+
+/// The rollout rule client by client, written plainly: the planner must decide what this decides.
+fn reference_plan(
+    groups: &[GroupBudget],
+    clients: &[ClientRollout],
+) -> Vec<BTreeMap<String, String>> {
+    let mut unavailable = vec![0usize; groups.len()];
+    for client in clients.iter().filter(|c| c.unavailable) {
+        for &g in client.groups.iter() {
+            unavailable[g] += 1;
+        }
+    }
+    let paused = |owner: &Option<String>| {
+        groups
+            .iter()
+            .any(|g| Some(&g.name) == owner.as_ref() && g.paused)
+    };
+    let mut next = vec![];
+    for client in clients {
+        let mut assignment = (*client.assigned).clone();
+        let mut counted = client.unavailable;
+        let packages: BTreeSet<&String> = client
+            .desire
+            .packages
+            .keys()
+            .chain(client.assigned.keys())
+            .collect();
+        for package in packages {
+            let want = client.desire.packages.get(package);
+            let have = client.assigned.get(package);
+            if want.map(|w| &w.version) == have {
+                continue;
+            }
+            let Some(want) = want else {
+                assignment.remove(package);
+                continue;
+            };
+            if paused(&want.group) {
+                continue;
+            }
+            if have.is_some() && !counted {
+                if !client
+                    .groups
+                    .iter()
+                    .all(|&g| unavailable[g] < groups[g].max_unavailable)
+                {
+                    continue;
+                }
+                for &g in client.groups.iter() {
+                    unavailable[g] += 1;
+                }
+                counted = true;
+            }
+            assignment.insert(package.clone(), want.version.clone());
+        }
+        next.push(assignment);
+    }
+    next
 }
 
 fn budget(name: &str, max: usize, paused: bool) -> GroupBudget {
@@ -124,7 +184,7 @@ fn new_packages_and_removals_are_not_limited() {
         .collect();
     let next = plan_rollout(&groups, &clients);
     for assignment in next {
-        assert_eq!(assignment, map(&[("kiosk", "1.0.0")]));
+        assert_eq!(*assignment, map(&[("kiosk", "1.0.0")]));
     }
 }
 
@@ -142,8 +202,8 @@ fn paused_groups_assign_nothing_new() {
         client("b", vec![0], &[("kiosk", "2.0.0", "g")], &[], false),
     ];
     let next = plan_rollout(&groups, &clients);
-    assert_eq!(next[0], map(&[("kiosk", "1.0.0")]));
-    assert_eq!(next[1], map(&[]));
+    assert_eq!(*next[0], map(&[("kiosk", "1.0.0")]));
+    assert_eq!(*next[1], map(&[]));
 }
 
 #[test]
@@ -312,7 +372,6 @@ proptest! {
             if paused {
                 prop_assert_eq!(assignment, &input.assigned);
             }
-            let _: &BTreeMap<String, String> = assignment;
         }
     }
 
@@ -340,14 +399,14 @@ proptest! {
         let all = plan_rollout(&groups, &inputs);
         let mut counts = vec![0usize; groups.len()];
         for input in inputs.iter().filter(|c| c.unavailable) {
-            for &g in &input.groups {
+            for &g in input.groups.iter() {
                 counts[g] += 1;
             }
         }
         let wanting: Vec<usize> = (0..inputs.len())
             .filter(|&i| {
                 let want: BTreeMap<String, String> = inputs[i].desire.packages.iter().map(|(p, w)| (p.clone(), w.version.clone())).collect();
-                want != inputs[i].assigned
+                want != *inputs[i].assigned
             })
             .collect();
         let part: Vec<ClientRollout> = wanting.iter().map(|&i| inputs[i].clone()).collect();
@@ -357,6 +416,70 @@ proptest! {
                 Some(at) => prop_assert_eq!(&planned[at], &all[i]),
                 None => prop_assert_eq!(&input.assigned, &all[i]),
             }
+        }
+    }
+
+    /// Clients that share their group list, desire and assignment (the same `Arc`s, as the
+    /// controller passes them) are planned exactly as when each has its own copy, and both as the
+    /// plain rule decides: sharing results never leaks one client's budget decision to another.
+    #[test]
+    fn shared_inputs_plan_like_the_plain_rule(
+        budgets in prop::collection::vec((1usize..4, any::<bool>()), 1..4),
+        kinds in prop::collection::vec((prop::collection::btree_set(0usize..4, 1..3), 0usize..4, 0usize..4, 0usize..3), 1..5),
+        clients in prop::collection::vec((0usize..5, any::<bool>()), 0..40),
+    ) {
+        let groups: Vec<GroupBudget> =
+            budgets.iter().enumerate().map(|(i, (max, paused))| budget(&format!("g{i}"), *max, *paused)).collect();
+        // A few kinds of client (groups, desire, assignment), each shared by many clients.
+        let kinds: Vec<(Arc<[usize]>, Arc<ClientDesire>, Arc<BTreeMap<String, String>>)> = kinds
+            .iter()
+            .map(|(member_of, owner, want, has)| {
+                let member_of: Vec<usize> = member_of.iter().map(|g| g % groups.len()).collect::<BTreeSet<_>>().into_iter().collect();
+                let owner = format!("g{}", member_of[owner % member_of.len()]);
+                let wants: Vec<(&str, &str, &str)> = match want {
+                    0 => vec![("kiosk", "2.0.0", &owner)],
+                    1 => vec![("kiosk", "2.0.0", &owner), ("viewer", "1.1.0", &owner)],
+                    2 => vec![("viewer", "1.1.0", &owner)],
+                    _ => vec![],
+                };
+                let has: Vec<(&str, &str)> = match has {
+                    0 => vec![],
+                    1 => vec![("kiosk", "1.0.0"), ("viewer", "1.0.0")],
+                    _ => vec![("kiosk", "1.0.0")],
+                };
+                (member_of.into(), Arc::new(desire(&wants)), Arc::new(map(&has)))
+            })
+            .collect();
+        let shared: Vec<ClientRollout> = clients
+            .iter()
+            .enumerate()
+            .map(|(i, (kind, unavailable))| {
+                let (groups, desire, assigned) = &kinds[kind % kinds.len()];
+                ClientRollout {
+                    name: format!("c{i:02}").into(),
+                    groups: groups.clone(),
+                    desire: desire.clone(),
+                    assigned: assigned.clone(),
+                    unavailable: *unavailable,
+                }
+            })
+            .collect();
+        let copies: Vec<ClientRollout> = shared
+            .iter()
+            .map(|c| ClientRollout {
+                name: c.name.clone(),
+                groups: c.groups.to_vec().into(),
+                desire: Arc::new((*c.desire).clone()),
+                assigned: Arc::new((*c.assigned).clone()),
+                unavailable: c.unavailable,
+            })
+            .collect();
+        let expected = reference_plan(&groups, &copies);
+        let from_shared = plan_rollout(&groups, &shared);
+        let from_copies = plan_rollout(&groups, &copies);
+        for i in 0..shared.len() {
+            prop_assert_eq!(&*from_shared[i], &expected[i], "client {} (shared)", i);
+            prop_assert_eq!(&*from_copies[i], &expected[i], "client {} (copies)", i);
         }
     }
 }
