@@ -9,8 +9,8 @@ use common::map;
 use proptest::prelude::*;
 use tc_api::{AssignedPackage, ClientStatus, PackageReport, PackageState, Timestamp};
 use tc_reconcile::{
-    ClientDesire, ClientRollout, Convergence, GroupBudget, Want, convergence, plan_rollout,
-    plan_rollout_from,
+    Assignment, ClientDesire, ClientRollout, Convergence, GroupBudget, Want, convergence,
+    plan_rollout, plan_rollout_from,
 };
 
 fn desire(pairs: &[(&str, &str, &str)]) -> ClientDesire {
@@ -46,6 +46,9 @@ fn client(
         unavailable,
     }
 }
+
+/// A client's groups, desire and assignment, as clients share them.
+type SharedInputs = (Arc<[usize]>, Arc<ClientDesire>, Arc<Assignment>);
 
 /// The rollout rule client by client, written plainly: the planner must decide what this decides.
 fn reference_plan(
@@ -431,7 +434,7 @@ proptest! {
         let groups: Vec<GroupBudget> =
             budgets.iter().enumerate().map(|(i, (max, paused))| budget(&format!("g{i}"), *max, *paused)).collect();
         // A few kinds of client (groups, desire, assignment), each shared by many clients.
-        let kinds: Vec<(Arc<[usize]>, Arc<ClientDesire>, Arc<BTreeMap<String, String>>)> = kinds
+        let kinds: Vec<SharedInputs> = kinds
             .iter()
             .map(|(member_of, owner, want, has)| {
                 let member_of: Vec<usize> = member_of.iter().map(|g| g % groups.len()).collect::<BTreeSet<_>>().into_iter().collect();
