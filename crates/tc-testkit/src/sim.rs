@@ -13,19 +13,19 @@
 //! ([`seed_store`], through the batch enrolment [`tc_store::Store::create_clients`]) and then
 //! driven by a [`SimFleet::seeded`] with the same seed, which knows every token.
 
+pub mod h2;
 pub mod http;
 pub mod inventory;
 pub mod stats;
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
+use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
 use tc_api::{Client, ClientPhase, ClientSpec, Timestamp};
 use tc_proto::{
     DesiredResponse, DesiredState, EnrollRequest, EnrollResponse, HeartbeatRequest,
@@ -612,17 +612,12 @@ impl SimFleet {
                 streams_per_connection,
             } => {
                 let per = streams_per_connection.max(1);
-                let pool = Arc::new(H2Pool {
-                    slots: (0..waiting.div_ceil(per))
-                        .map(|_| tokio::sync::Mutex::new(None))
-                        .collect(),
-                });
-                for index in 0..waiting {
+                let servers = &shared.config.servers;
+                for (connection, first) in (0..waiting).step_by(per).enumerate() {
                     tasks.push(tokio::spawn(long_poll_http2(
                         shared.clone(),
-                        pool.clone(),
-                        index,
-                        index / per,
+                        (first..(first + per).min(waiting)).collect(),
+                        servers[connection % servers.len()],
                         stopping.clone(),
                     )));
                 }
@@ -1168,117 +1163,153 @@ fn long_poll_answer(shared: &Shared, agent: usize, body: &[u8]) {
     }
 }
 
-type H2Sender = hyper::client::conn::http2::SendRequest<Empty<Bytes>>;
-
-/// Shared HTTP/2 connections for long-polls; each is opened on first use and again after it
-/// broke.
-struct H2Pool {
-    slots: Vec<tokio::sync::Mutex<Option<H2Sender>>>,
-}
-
-impl H2Pool {
-    async fn sender(&self, slot: usize, server: SocketAddr) -> std::io::Result<H2Sender> {
-        let mut guard = self.slots[slot].lock().await;
-        if let Some(sender) = guard.as_ref()
-            && !sender.is_closed()
-        {
-            return Ok(sender.clone());
-        }
-        let stream = tokio::net::TcpStream::connect(server).await?;
-        stream.set_nodelay(true)?;
-        let (sender, connection) =
-            hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-                .handshake(hyper_util::rt::TokioIo::new(stream))
-                .await
-                .map_err(std::io::Error::other)?;
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
-        *guard = Some(sender.clone());
-        Ok(sender)
-    }
-}
-
-/// Waits on the long-poll for agent `agent` as one stream of a shared HTTP/2 connection.
+/// The long-polls of `agents`, as streams of one HTTP/2 connection (opened again when it
+/// breaks), driven by one task: the answers that arrive together are read together, and the
+/// agents' next long-polls leave together in one write, as from a reverse proxy.
 async fn long_poll_http2(
     shared: Arc<Shared>,
-    pool: Arc<H2Pool>,
-    agent: usize,
-    slot: usize,
+    agents: Vec<usize>,
+    server: SocketAddr,
     mut stop: watch::Receiver<bool>,
 ) {
-    let servers = &shared.config.servers;
-    let server = servers[slot % servers.len()];
-    let sim_agent = &shared.agents[agent];
     let timeout_seconds = shared.config.long_poll_timeout.as_secs().max(1);
+    // An answer is due within the long-poll timeout; a connection that keeps one waiting much
+    // longer is taken for dead.
+    let limit = Duration::from_secs(timeout_seconds + 30);
     let counters = &shared.counters;
-    let authorization = format!("Bearer {}", sim_agent.token);
+    let mut connection: Option<h2::Connection> = None;
+    // Agents (by their index in `agents`) to send a long-poll for, and those to retry later.
+    let mut due: Vec<usize> = (0..agents.len()).collect();
+    let mut retry: Vec<usize> = vec![];
+    let mut retry_at = Instant::now();
+    let mut answers: Vec<h2::Answer> = vec![];
+    // The oldest long-poll still waiting was sent at or after this.
+    let mut oldest = Instant::now();
+    let mut watchdog = tokio::time::interval(Duration::from_secs(1));
+    watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let stopping = stop.wait_for(|s| *s);
+    tokio::pin!(stopping);
+    let mut path = String::new();
     loop {
-        if *stop.borrow() {
-            return;
+        if connection.is_none() && !due.is_empty() {
+            match h2::Connection::connect(server).await {
+                Ok(opened) => {
+                    connection = Some(opened);
+                    oldest = Instant::now();
+                }
+                Err(error) => {
+                    for &slot in &due {
+                        shared.error(&counters.long_poll_errors, || {
+                            format!(
+                                "long-poll of {} (h2 connect): {error}",
+                                shared.agents[agents[slot]].name
+                            )
+                        });
+                    }
+                    retry.append(&mut due);
+                    retry_at = Instant::now() + Duration::from_secs(1);
+                }
+            }
         }
-        let after = current_revision(sim_agent);
-        let uri = format!(
-            "http://{server}/agent/v1/desired?afterRevision={after}&timeoutSeconds={timeout_seconds}"
-        );
-        counters.long_polls_waiting.fetch_add(1, Ordering::Relaxed);
-        let limit = Duration::from_secs(timeout_seconds + 30);
-        let attempt = async {
-            let mut sender = pool.sender(slot, server).await?;
-            let request = hyper::Request::get(uri)
-                .header(hyper::header::AUTHORIZATION, authorization.as_str())
-                .body(Empty::<Bytes>::new())
-                .map_err(std::io::Error::other)?;
-            sender.ready().await.map_err(std::io::Error::other)?;
-            let response = sender
-                .send_request(request)
-                .await
-                .map_err(std::io::Error::other)?;
-            let status = response.status().as_u16();
-            let body = response
-                .into_body()
-                .collect()
-                .await
-                .map_err(std::io::Error::other)?
-                .to_bytes();
-            Ok::<_, std::io::Error>((status, body))
-        };
-        let result = tokio::select! {
-            result = tokio::time::timeout(limit, attempt) => result.unwrap_or_else(|_| Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer in time"))),
-            _ = stop.wait_for(|s| *s) => {
-                counters.long_polls_waiting.fetch_sub(1, Ordering::Relaxed);
-                return;
+        if let Some(open) = connection.as_mut() {
+            let mut sent = 0;
+            while open.can_send() && sent < due.len() {
+                let agent = &shared.agents[agents[due[sent]]];
+                path.clear();
+                let _ = write!(
+                    path,
+                    "/agent/v1/desired?afterRevision={}&timeoutSeconds={timeout_seconds}",
+                    current_revision(agent)
+                );
+                open.get(&path, &agent.token, due[sent]);
+                sent += 1;
             }
-        };
-        counters.long_polls_waiting.fetch_sub(1, Ordering::Relaxed);
-        let failed = match result {
-            Ok((200, body)) => {
-                long_poll_answer(&shared, agent, &body);
-                false
+            if sent > 0 {
+                if open.in_flight() == sent {
+                    oldest = Instant::now();
+                }
+                counters
+                    .long_polls_waiting
+                    .fetch_add(sent as u64, Ordering::Relaxed);
+                due.drain(..sent);
             }
-            Ok((status, body)) => {
-                shared.error(&counters.long_poll_errors, || {
-                    format!(
-                        "long-poll of {}: HTTP {status}: {}",
-                        sim_agent.name,
-                        body_start(&body)
-                    )
-                });
-                true
+            if let Err(error) = open.flush().await {
+                open.fail(&error, &mut answers);
             }
-            Err(error) => {
-                shared.error(&counters.long_poll_errors, || {
-                    format!("long-poll of {} (h2): {error}", sim_agent.name)
-                });
-                true
-            }
-        };
-        if failed {
+        }
+        if answers.is_empty() {
+            let pause = tokio::time::sleep_until(retry_at.into());
+            let reading = async {
+                match connection.as_mut() {
+                    Some(open) => open.read().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                _ = stop.wait_for(|s| *s) => return,
+                result = reading => {
+                    let open = connection.as_mut().expect("a connection was read");
+                    if let Err(error) = result.and_then(|()| open.answers(&mut answers)) {
+                        open.fail(&error, &mut answers);
+                    }
+                }
+                _ = pause, if !retry.is_empty() => due.append(&mut retry),
+                _ = watchdog.tick() => {
+                    if let Some(open) = connection.as_mut()
+                        && open.in_flight() > 0
+                        && oldest.elapsed() > limit
+                    {
+                        let error = std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            format!("no answer in {limit:?}"),
+                        );
+                        open.fail(&error, &mut answers);
+                    }
+                }
+                _ = &mut stopping => break,
             }
         }
+        if connection
+            .as_ref()
+            .is_some_and(|open| !open.can_send() && open.in_flight() == 0)
+        {
+            connection = None;
+        }
+        counters
+            .long_polls_waiting
+            .fetch_sub(answers.len() as u64, Ordering::Relaxed);
+        for answer in answers.drain(..) {
+            let agent = agents[answer.tag];
+            let failure = match answer.result {
+                Ok((200, body)) => {
+                    long_poll_answer(&shared, agent, &body);
+                    None
+                }
+                Ok((status, body)) => Some(format!(
+                    "long-poll of {}: HTTP {status}: {}",
+                    shared.agents[agent].name,
+                    body_start(&body)
+                )),
+                Err(error) => Some(format!(
+                    "long-poll of {} (h2): {error}",
+                    shared.agents[agent].name
+                )),
+            };
+            match failure {
+                None => due.push(answer.tag),
+                Some(message) => {
+                    shared.error(&counters.long_poll_errors, || message);
+                    if retry.is_empty() {
+                        retry_at = Instant::now() + Duration::from_secs(1);
+                    }
+                    retry.push(answer.tag);
+                }
+            }
+        }
+    }
+    if let Some(open) = connection {
+        counters
+            .long_polls_waiting
+            .fetch_sub(open.in_flight() as u64, Ordering::Relaxed);
     }
 }
 
