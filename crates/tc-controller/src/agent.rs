@@ -214,8 +214,10 @@ struct DesiredAnswer<'a> {
 
 /// A JSON response from a value that borrows (axum's `Json` needs an owned one).
 fn json_response(value: &impl Serialize) -> Response {
-    match serde_json::to_vec(value) {
-        Ok(body) => (
+    // Room for a typical answer, so that writing it does not grow the buffer step by step.
+    let mut body = Vec::with_capacity(1024);
+    match serde_json::to_writer(&mut body, value) {
+        Ok(()) => (
             [(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/json"),
@@ -429,11 +431,8 @@ pub async fn desired(
         .map_or(limit, |s| Duration::from_secs(s).min(limit));
     let after = query.after_revision;
     if slot.revision.get() <= after {
-        let mut shutdown = controller.shutdown.clone();
-        tokio::select! {
-            _ = tokio::time::timeout(wait, slot.revision.wait_newer(after)) => {}
-            _ = shutdown.wait_for(|stopping| *stopping) => {}
-        }
+        let closing = controller.fleet.closing();
+        let _ = tokio::time::timeout(wait, slot.revision.wait_newer(after, closing)).await;
     }
     let served = slot.state.lock().expect("client lock").served.clone();
     Ok(json_response(&DesiredAnswer {

@@ -53,18 +53,24 @@ impl RevisionCell {
         previous
     }
 
-    /// Completes once the revision is greater than `after`.
-    pub async fn wait_newer(&self, after: u64) {
+    /// Completes once the revision is greater than `after`, or `closing` is set (and the cell
+    /// woken with [`RevisionCell::wake`]).
+    pub async fn wait_newer(&self, after: u64, closing: &AtomicBool) {
         loop {
             let notified = self.changed.notified();
             tokio::pin!(notified);
-            // Registered before the check, so a change between the check and the wait wakes us.
+            // Registered before the checks, so a change between them and the wait wakes us.
             notified.as_mut().enable();
-            if self.get() > after {
+            if self.get() > after || closing.load(Ordering::SeqCst) {
                 return;
             }
             notified.await;
         }
+    }
+
+    /// Wakes every waiter, so that it looks again.
+    pub fn wake(&self) {
+        self.changed.notify_waiters();
     }
 }
 
@@ -401,6 +407,8 @@ pub struct Fleet {
     dirty: Mutex<Vec<Arc<ClientSlot>>>,
     /// Label strings, shared between clients.
     pub interner: Interner,
+    /// Set at shutdown: long-polls end (see [`Fleet::close`]).
+    closing: AtomicBool,
 }
 
 /// The SHA-256 digest of a token, as the fleet indexes it.
@@ -504,6 +512,21 @@ impl Fleet {
             index.by_token.insert(digest, slot.clone());
         }
         slot
+    }
+
+    /// Ends every long-poll, now and later: set at shutdown, so that the server can stop
+    /// without waiting for long-polls to time out. (A flag checked by each waiter costs a
+    /// long-poll less than also waiting on a shutdown channel.)
+    pub fn close(&self) {
+        self.closing.store(true, Ordering::SeqCst);
+        for slot in self.slots() {
+            slot.revision.wake();
+        }
+    }
+
+    /// Whether [`Fleet::close`] was called.
+    pub fn closing(&self) -> &AtomicBool {
+        &self.closing
     }
 
     /// Removes a client and its token.
@@ -943,10 +966,11 @@ mod tests {
     #[tokio::test]
     async fn revision_waiters_wake_on_a_newer_revision_only() {
         let cell = Arc::new(RevisionCell::new(3));
-        cell.wait_newer(2).await;
+        let open = AtomicBool::new(false);
+        cell.wait_newer(2, &open).await;
         let waiter = tokio::spawn({
             let cell = cell.clone();
-            async move { cell.wait_newer(3).await }
+            async move { cell.wait_newer(3, &AtomicBool::new(false)).await }
         });
         tokio::task::yield_now().await;
         assert_eq!(cell.send_replace(3), 3);
@@ -957,6 +981,30 @@ mod tests {
             .await
             .expect("woken")
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn closing_the_fleet_ends_waits_now_and_later() {
+        let fleet = Arc::new(Fleet::default());
+        let slot = fleet.insert(&client("a"), None);
+        let waiter = tokio::spawn({
+            let (fleet, slot) = (fleet.clone(), slot.clone());
+            async move { slot.revision.wait_newer(0, fleet.closing()).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        fleet.close();
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("woken by close")
+            .unwrap();
+        // A wait that starts after the close ends at once.
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            slot.revision.wait_newer(0, fleet.closing()),
+        )
+        .await
+        .expect("ends at once");
     }
 
     #[test]

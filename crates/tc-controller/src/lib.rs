@@ -141,7 +141,8 @@ pub struct Controller {
     pub ready: AtomicBool,
     /// Fetches `artifact.url`s.
     pub http: reqwest::Client,
-    /// Flips to true at shutdown (ends long-polls).
+    /// Flips to true at shutdown (background tasks stop; long-polls end through
+    /// [`fleet::Fleet::close`]).
     pub shutdown: tokio::sync::watch::Receiver<bool>,
     /// When this controller started: no client is marked Offline for heartbeats it could not
     /// send while the controller was down or starting (a grace period of the offline timeout).
@@ -419,9 +420,11 @@ pub async fn serve_with(
         )));
     }
     let app = router(controller.clone());
+    let closing = controller.clone();
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         shutdown.await;
         let _ = stop.send(true);
+        closing.fleet.close();
     });
     let result = server.await.map_err(ServeError::Server);
     if let Some(agents) = demo_agents {
