@@ -644,53 +644,86 @@ impl PersistRequest {
 /// a client wins, and a status without inventory keeps the inventory an earlier one carried.
 #[derive(Default)]
 struct Batch {
-    objects: HashMap<String, Client>,
-    statuses: HashMap<String, ClientStatus>,
+    /// Object writes, in request order (their statuses are in `statuses`).
+    objects: Vec<Client>,
+    /// Status writes, in request order.
+    statuses: Vec<ClientStatusEntry>,
     liveness: Vec<Liveness>,
     events: Vec<Event>,
 }
 
 impl Batch {
-    fn status(&mut self, name: String, mut status: ClientStatus) {
-        if status.inventory.is_none()
-            && let Some(earlier) = self.statuses.remove(&name)
-        {
-            status.inventory = earlier.inventory;
-        }
-        self.statuses.insert(name, status);
-    }
-
     fn add(&mut self, request: PersistRequest) {
         for mut object in request.objects {
             let status = std::mem::take(&mut object.status);
-            self.status(object.metadata.name.clone(), status);
-            self.objects.insert(object.metadata.name.clone(), object);
+            self.statuses.push(ClientStatusEntry {
+                name: object.metadata.name.clone(),
+                status,
+            });
+            self.objects.push(object);
         }
-        for entry in request.statuses {
-            self.status(entry.name, entry.status);
+        if self.statuses.is_empty() {
+            self.statuses = request.statuses;
+        } else {
+            self.statuses.extend(request.statuses);
         }
         self.liveness.extend(request.liveness);
         self.events.extend(request.events);
     }
 
-    /// Objects (each with its latest status) and the statuses of clients without an object write.
-    fn split(mut self) -> (Vec<Client>, Vec<ClientStatusEntry>) {
-        let objects: Vec<Client> = self
-            .objects
-            .into_values()
-            .map(|mut object| {
-                if let Some(status) = self.statuses.remove(&object.metadata.name) {
-                    object.status = status;
+    /// Objects (each with its latest status) and the statuses of clients without an object
+    /// write, merged, in name order.
+    fn split(self) -> (Vec<Client>, Vec<ClientStatusEntry>) {
+        let Batch {
+            objects,
+            mut statuses,
+            ..
+        } = self;
+        // A reconcile pass writes each client once, in name order: nothing to merge.
+        let merged = if statuses.windows(2).all(|w| w[0].name < w[1].name) {
+            statuses
+        } else {
+            // In name order, and in request order within a name (a stable sort of positions,
+            // so that the large entries move once).
+            let mut order: Vec<usize> = (0..statuses.len()).collect();
+            order.sort_by(|&a, &b| statuses[a].name.cmp(&statuses[b].name));
+            let mut slots: Vec<Option<ClientStatusEntry>> = statuses.drain(..).map(Some).collect();
+            let mut merged: Vec<ClientStatusEntry> = Vec::with_capacity(order.len());
+            for index in order {
+                let mut entry = slots[index].take().expect("each entry once");
+                if let Some(earlier) = merged.last_mut()
+                    && earlier.name == entry.name
+                {
+                    if entry.status.inventory.is_none() {
+                        entry.status.inventory = earlier.status.inventory.take();
+                    }
+                    *earlier = entry;
+                } else {
+                    merged.push(entry);
                 }
-                object
-            })
-            .collect();
-        let statuses = self
-            .statuses
-            .into_iter()
-            .map(|(name, status)| ClientStatusEntry { name, status })
-            .collect();
-        (objects, statuses)
+            }
+            merged
+        };
+        if objects.is_empty() {
+            return (objects, merged);
+        }
+        // The last object write of each name, with the client's merged status.
+        let mut latest: HashMap<String, Client> = HashMap::new();
+        for object in objects {
+            latest.insert(object.metadata.name.clone(), object);
+        }
+        let mut statuses = Vec::with_capacity(merged.len());
+        let mut written = Vec::with_capacity(latest.len());
+        for entry in merged {
+            match latest.remove(&entry.name) {
+                Some(mut object) => {
+                    object.status = entry.status;
+                    written.push(object);
+                }
+                None => statuses.push(entry),
+            }
+        }
+        (written, statuses)
     }
 }
 
@@ -1110,6 +1143,22 @@ mod tests {
         assert_eq!(statuses.len(), 1);
         assert_eq!(statuses[0].name, "b");
         assert_eq!(statuses[0].status.desired_revision, 7);
+
+        // Statuses out of name order come out in name order, one per client, the last winning.
+        let entry = |name: &str, revision: u64| ClientStatusEntry {
+            name: name.into(),
+            status: status(revision, None),
+        };
+        let mut batch = Batch::default();
+        batch.add(request(vec![], vec![entry("c", 1), entry("a", 2)]));
+        batch.add(request(vec![], vec![entry("b", 3), entry("a", 4)]));
+        let (objects, statuses) = batch.split();
+        assert!(objects.is_empty());
+        let merged: Vec<(&str, u64)> = statuses
+            .iter()
+            .map(|e| (e.name.as_str(), e.status.desired_revision))
+            .collect();
+        assert_eq!(merged, [("a", 4), ("b", 3), ("c", 1)]);
     }
 
     #[test]
