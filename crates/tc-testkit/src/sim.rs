@@ -1183,8 +1183,6 @@ async fn long_poll_http2(
     let mut retry: Vec<usize> = vec![];
     let mut retry_at = Instant::now();
     let mut answers: Vec<h2::Answer> = vec![];
-    // The oldest long-poll still waiting was sent at or after this.
-    let mut oldest = Instant::now();
     let mut watchdog = tokio::time::interval(Duration::from_secs(1));
     watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let stopping = stop.wait_for(|s| *s);
@@ -1193,10 +1191,7 @@ async fn long_poll_http2(
     loop {
         if connection.is_none() && !due.is_empty() {
             match h2::Connection::connect(server).await {
-                Ok(opened) => {
-                    connection = Some(opened);
-                    oldest = Instant::now();
-                }
+                Ok(opened) => connection = Some(opened),
                 Err(error) => {
                     for &slot in &due {
                         shared.error(&counters.long_poll_errors, || {
@@ -1225,9 +1220,6 @@ async fn long_poll_http2(
                 sent += 1;
             }
             if sent > 0 {
-                if open.in_flight() == sent {
-                    oldest = Instant::now();
-                }
                 counters
                     .long_polls_waiting
                     .fetch_add(sent as u64, Ordering::Relaxed);
@@ -1255,8 +1247,7 @@ async fn long_poll_http2(
                 _ = pause, if !retry.is_empty() => due.append(&mut retry),
                 _ = watchdog.tick() => {
                     if let Some(open) = connection.as_mut()
-                        && open.in_flight() > 0
-                        && oldest.elapsed() > limit
+                        && open.oldest().is_some_and(|sent| sent.elapsed() > limit)
                     {
                         let error = std::io::Error::new(
                             std::io::ErrorKind::TimedOut,

@@ -17,6 +17,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
+use std::time::Instant;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -68,6 +69,8 @@ pub struct Answer {
 /// A stream waiting for its answer.
 struct Pending {
     tag: usize,
+    /// When the request was queued.
+    sent: Instant,
     /// `:status`, once the response headers arrived (0 when it could not be decoded).
     status: Option<u16>,
     body: Vec<u8>,
@@ -133,6 +136,11 @@ impl Connection {
         self.pending.len()
     }
 
+    /// When the longest-waiting stream was sent, if any is waiting.
+    pub fn oldest(&self) -> Option<Instant> {
+        self.pending.values().map(|pending| pending.sent).min()
+    }
+
     /// Whether another stream may be opened now.
     pub fn can_send(&self) -> bool {
         !self.closed
@@ -163,6 +171,7 @@ impl Connection {
             id,
             Pending {
                 tag,
+                sent: Instant::now(),
                 status: None,
                 body: vec![],
             },
@@ -639,8 +648,10 @@ mod tests {
             let mut connection = Connection::connect(addr).await.unwrap();
             let _server_side = server.await.unwrap();
             connection.output.clear();
+            let before = Instant::now();
             connection.get("/x", "t", 7);
             assert_eq!(connection.in_flight(), 1);
+            assert!(connection.oldest().is_some_and(|sent| sent >= before));
             connection.output.clear();
             let mut answers = vec![];
             // Fed a byte at a time, the exchange finishes exactly when its last frame is whole.
@@ -654,6 +665,7 @@ mod tests {
             assert_eq!(answer.tag, 7);
             assert_eq!(answer.result.unwrap(), (200, b"hello".to_vec()));
             assert_eq!(connection.in_flight(), 0);
+            assert_eq!(connection.oldest(), None);
             // The PING was acknowledged.
             assert_eq!(&connection.output[3..5], &[PING, ACK]);
             assert_eq!(&connection.output[9..], b"12345678");
