@@ -680,10 +680,11 @@ fn compute(
     let progressing = Convergence::Progressing;
     let mut assignments = vec![];
     // Clients planned alike share their new assignment (keyed by its address), and clients that
-    // moved alike share the description of the move.
+    // moved alike share the description of the move. Every address stays a key of one list only:
+    // `next` and `rollouts` hold their `Arc`s until the loop is over.
     let mut assigned_lists: HashMap<usize, Arc<[AssignedPackage]>> = HashMap::new();
     let mut transitions: HashMap<(usize, usize, usize), Arc<Transition>> = HashMap::new();
-    for ((client, rollout), next) in wanting.into_iter().zip(&rollouts).zip(next) {
+    for ((client, rollout), next) in wanting.into_iter().zip(&rollouts).zip(&next) {
         let mut state = client.slot.state.lock().expect("client lock");
         let member_of: &[usize] = &memberships[client.membership];
         // Decided on what the client was assigned when the pass looked at it.
@@ -693,9 +694,9 @@ fn compute(
                 .desired
                 .iter()
                 .all(|p| rollout.assigned.get(&p.name) == Some(&p.version));
-        if next != rollout.assigned && unchanged {
+        if *next != rollout.assigned && unchanged {
             state.status.desired = assigned_lists
-                .entry(Arc::as_ptr(&next) as usize)
+                .entry(Arc::as_ptr(next) as usize)
                 .or_insert_with(|| {
                     next.iter()
                         .map(|(name, version)| AssignedPackage {
@@ -709,7 +710,7 @@ fn compute(
             let transition = transitions
                 .entry((
                     Arc::as_ptr(&rollout.assigned) as usize,
-                    Arc::as_ptr(&next) as usize,
+                    Arc::as_ptr(next) as usize,
                     Arc::as_ptr(&rollout.desire) as usize,
                 ))
                 .or_insert_with(|| {
@@ -723,7 +724,7 @@ fn compute(
                         });
                     Arc::new(Transition {
                         owner,
-                        change: describe_assignment(&rollout.assigned, &next),
+                        change: describe_assignment(&rollout.assigned, next),
                     })
                 })
                 .clone();
