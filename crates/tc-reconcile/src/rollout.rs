@@ -84,29 +84,24 @@ pub fn plan_rollout_from(
         let wants_update = *updates
             .entry(shared)
             .or_insert_with(|| wants_update(groups, &group_index, client));
-        // An update makes the client unavailable in every group it belongs to: it takes room in
-        // each, unless it is unavailable already.
-        let may_update = client.unavailable
-            || (wants_update
-                && client
+        // An update makes the client unavailable in every group it belongs to: it needs room in
+        // each and takes it, unless it is unavailable already.
+        let update = wants_update
+            && (client.unavailable || {
+                let room = client
                     .groups
                     .iter()
-                    .all(|&g| unavailable[g] < groups[g].max_unavailable));
-        if wants_update && may_update && !client.unavailable {
-            for &group in client.groups.iter() {
-                unavailable[group] += 1;
-            }
-        }
-        let assignment = planned
-            .entry((shared.0, shared.1, wants_update && may_update))
-            .or_insert_with(|| {
-                Arc::new(plan_client(
-                    groups,
-                    &group_index,
-                    client,
-                    wants_update && may_update,
-                ))
+                    .all(|&g| unavailable[g] < groups[g].max_unavailable);
+                if room {
+                    for &group in client.groups.iter() {
+                        unavailable[group] += 1;
+                    }
+                }
+                room
             });
+        let assignment = planned
+            .entry((shared.0, shared.1, update))
+            .or_insert_with(|| Arc::new(plan_client(groups, &group_index, client, update)));
         next.push(assignment.clone());
     }
     next

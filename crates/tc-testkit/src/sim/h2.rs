@@ -495,7 +495,7 @@ fn decode_string<'a>(block: &'a [u8], at: &mut usize) -> io::Result<(bool, &'a [
 
 /// `:status` of a response header block encoded without a dynamic table: `Some(0)` when the
 /// status is there but not a 3-digit number this decoder reads, `None` when there is none.
-pub fn decode_status(block: &[u8]) -> io::Result<Option<u16>> {
+fn decode_status(block: &[u8]) -> io::Result<Option<u16>> {
     // Static entries 8 to 14 are `:status` 200, 204, 206, 304, 400, 404 and 500.
     const STATIC_STATUS: [u16; 7] = [200, 204, 206, 304, 400, 404, 500];
     let mut status = None;
