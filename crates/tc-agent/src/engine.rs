@@ -968,6 +968,7 @@ mod tests {
             size: 1,
             url: "/blobs/sha256/x".into(),
             hooks: Default::default(),
+            attempt: 0,
         }
     }
 

@@ -180,6 +180,7 @@ mod tests {
             size: 10,
             url: "/blobs/sha256/b".into(),
             hooks: Default::default(),
+            attempt: 0,
         }
     }
 

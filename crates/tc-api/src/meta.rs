@@ -157,3 +157,8 @@ mod tests {
         assert_eq!(conditions.len(), 1);
     }
 }
+
+/// For `skip_serializing_if`: a counter that is still zero is left out.
+pub fn is_zero(value: &u32) -> bool {
+    *value == 0
+}

@@ -411,7 +411,7 @@ impl fmt::Display for ClientPhase {
 
 /// One package a client was assigned.
 #[derive(
-    Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+    Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
 )]
 #[serde(rename_all = "camelCase")]
 pub struct AssignedPackage {
@@ -419,6 +419,11 @@ pub struct AssignedPackage {
     pub name: String,
     /// Exact version.
     pub version: String,
+    /// Which attempt at this version: raised when an admin retries a failed release
+    /// (`tcadm rollout retry`). An agent does not install a release again after it failed unless
+    /// this (or the release) changes.
+    #[serde(default, skip_serializing_if = "crate::meta::is_zero")]
+    pub attempt: u32,
 }
 
 /// Observed state of a client.

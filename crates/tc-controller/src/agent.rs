@@ -467,6 +467,7 @@ mod tests {
                 size: 3,
                 url: "/blobs/sha256/ab".into(),
                 hooks: Default::default(),
+                attempt: 0,
             }],
         };
         let served = crate::fleet::Served {

@@ -1170,6 +1170,7 @@ mod tests {
             size: 3,
             url: "/blobs/sha256/ab".into(),
             hooks: Default::default(),
+            attempt: 0,
         }];
         let served = Served {
             revision: 4,

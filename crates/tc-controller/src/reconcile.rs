@@ -134,6 +134,7 @@ impl ServedCache {
                     size: info.size,
                     url: format!("/blobs/sha256/{}", info.sha256),
                     hooks: info.hooks.clone(),
+                    attempt: package.attempt,
                 }),
                 None => {
                     complete = false;
@@ -142,7 +143,11 @@ impl ServedCache {
                             .packages
                             .iter()
                             .find(|p| p.name == package.name && p.version == package.version)
-                            .cloned(),
+                            .cloned()
+                            .map(|p| DesiredPackage {
+                                attempt: package.attempt,
+                                ..p
+                            }),
                     );
                 }
             }
@@ -702,6 +707,7 @@ fn compute(
                         .map(|(name, version)| AssignedPackage {
                             name: name.clone(),
                             version: version.clone(),
+                            attempt: 0,
                         })
                         .collect()
                 })
@@ -933,7 +939,8 @@ mod tests {
                     && s.status.desired
                         == [AssignedPackage {
                             name: "kiosk".into(),
-                            version: "1.0.0".into()
+                            version: "1.0.0".into(),
+                            attempt: 0,
                         }])
         );
         let served: Vec<&Served> = outcome

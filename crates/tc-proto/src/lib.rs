@@ -329,7 +329,7 @@ pub struct HeartbeatRequest {
 }
 
 /// One package a client should run.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DesiredPackage {
     /// Package name.
@@ -345,6 +345,15 @@ pub struct DesiredPackage {
     /// Lifecycle hooks.
     #[serde(default, skip_serializing_if = "Hooks::is_empty")]
     pub hooks: Hooks,
+    /// Which attempt at this release: the controller raises it when an admin retries a failed
+    /// release. After an install of a release failed, the agent does not install the same release
+    /// (sha256) again until this changes. Absent (0) from controllers that predate it.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub attempt: u32,
+}
+
+fn is_zero(value: &u32) -> bool {
+    *value == 0
 }
 
 /// Everything a client should run, at a revision.

@@ -261,6 +261,7 @@ fn status(
             .map(|(n, v)| AssignedPackage {
                 name: n.to_string(),
                 version: v.to_string(),
+                attempt: 0,
             })
             .collect(),
         packages: reports,

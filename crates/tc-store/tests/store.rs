@@ -1483,6 +1483,7 @@ fn reported(version: &str, desired_revision: u64) -> ClientStatus {
         desired: vec![AssignedPackage {
             name: "kiosk".into(),
             version: version.into(),
+            attempt: 0,
         }],
         desired_revision,
         conditions: vec![Condition {

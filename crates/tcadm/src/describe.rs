@@ -472,10 +472,12 @@ mod tests {
             AssignedPackage {
                 name: "kiosk".into(),
                 version: "1.4.3".into(),
+                attempt: 0,
             },
             AssignedPackage {
                 name: "vpn".into(),
                 version: "2.0.1".into(),
+                attempt: 0,
             },
         ];
         client.status.packages = vec![

@@ -142,6 +142,7 @@ impl FakeController {
             sha256,
             size,
             hooks,
+            attempt: 0,
         }
     }
 
