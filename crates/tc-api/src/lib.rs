@@ -17,8 +17,8 @@ pub use meta::{API_VERSION, Condition, ConditionStatus, ObjectMeta, Timestamp};
 pub use resources::{
     AgentSpec, Artifact, ArtifactStatus, AssignedPackage, Client, ClientGroup, ClientGroupSpec,
     ClientGroupStatus, ClientPhase, ClientSpec, ClientStatus, IntOrPercent, Kind, Object,
-    PackageRelease, PackageReleaseSpec, PackageReleaseStatus, PackageRequirement, ResolvedPackage,
-    RolloutSpec,
+    PackageDecision, PackageRelease, PackageReleaseSpec, PackageReleaseStatus, PackageRequirement,
+    ResolvedPackage, RolloutSpec, WaitingMember,
 };
 pub use selector::{LabelSelector, LabelSelectorRequirement, SelectorOperator};
 pub use tc_proto::{Hook, Hooks, Inventory, PackageReport, PackageState};

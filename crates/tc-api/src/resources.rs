@@ -93,14 +93,26 @@ pub struct RolloutSpec {
     /// (`25%`, rounded up). At least one member always may change.
     #[serde(default = "default_max_unavailable")]
     pub max_unavailable: IntOrPercent,
+    /// Seconds a rollout may go without progress before the group reports
+    /// `Progressing=False` with reason `ProgressDeadlineExceeded` (1 to 2592000, default 600).
+    #[serde(default = "default_progress_deadline_seconds")]
+    pub progress_deadline_seconds: u32,
 }
 
 impl Default for RolloutSpec {
     fn default() -> Self {
         RolloutSpec {
             max_unavailable: default_max_unavailable(),
+            progress_deadline_seconds: default_progress_deadline_seconds(),
         }
     }
+}
+
+/// Default of `rollout.progressDeadlineSeconds`.
+pub const DEFAULT_PROGRESS_DEADLINE_SECONDS: u32 = 600;
+
+fn default_progress_deadline_seconds() -> u32 {
+    DEFAULT_PROGRESS_DEADLINE_SECONDS
 }
 
 fn default_max_unavailable() -> IntOrPercent {
@@ -240,19 +252,42 @@ pub struct ClientGroupStatus {
     /// Members that report a failure for one of the group's packages.
     #[serde(default)]
     pub failed: u32,
-    /// Members changing right now (counted against `maxUnavailable`).
+    /// Members changing one of the group's packages right now, or failed on one (each package's
+    /// rollout counts them against `maxUnavailable`).
     #[serde(default)]
     pub unavailable: u32,
-    /// The version each requirement resolves to.
+    /// Members whose agent missed three heartbeats.
+    #[serde(default)]
+    pub offline: u32,
+    /// The version each requirement resolves to, and how its rollout stands.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub packages: Vec<ResolvedPackage>,
+    /// Members that are not ready yet, with what each is waiting for (the first few by name;
+    /// `desired - ready` says how many there are).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub waiting: Vec<WaitingMember>,
+    /// When the rollout last made progress (a new generation or resolved version, members
+    /// assigned, updated or ready).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_progress_time: Option<Timestamp>,
     /// `Ready`, `Progressing`, `Degraded`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
 }
 
-/// What one requirement of a group resolves to.
+/// A member a rollout waits for.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WaitingMember {
+    /// The client.
+    pub name: String,
+    /// What it waits for: `offline`, `installing kiosk 1.5.0`, `kiosk 1.5.0 failed: ...`,
+    /// `queued for kiosk 1.5.0` (waiting for room under `maxUnavailable`, or held back).
+    pub reason: String,
+}
+
+/// What one requirement of a group resolves to.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ResolvedPackage {
     /// Package name.
@@ -262,6 +297,29 @@ pub struct ResolvedPackage {
     /// The highest ready release that satisfies it, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resolved_version: Option<String>,
+    /// Members assigned the resolved version (by this group).
+    #[serde(default)]
+    pub updated: u32,
+    /// Members changing this package or failed on it.
+    #[serde(default)]
+    pub unavailable: u32,
+    /// Members whose install of this package failed.
+    #[serde(default)]
+    pub failed: u32,
+    /// Releases of this package that failed on members: not handed to further members until the
+    /// requirement changes or an admin retries.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed_versions: Vec<String>,
+    /// Other groups that decide this package for some members: higher priority ones
+    /// (`overriddenBy`) and ones of the same priority that pin another version (`conflictsWith`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub overridden_by: Vec<String>,
+    /// See `overriddenBy`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conflicts_with: Vec<String>,
+    /// Members for which another group decides this package.
+    #[serde(default)]
+    pub overridden: u32,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -460,6 +518,36 @@ pub struct ClientStatus {
     /// `Ready`, `Converged`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// The groups that select the client (computed when one client is read, not stored).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
+    /// Per package, which group and requirement decide its version and why it is or is not
+    /// assigned yet (computed when one client is read, not stored).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub decisions: Vec<PackageDecision>,
+}
+
+/// Why a client runs, or is to run, a version of a package.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PackageDecision {
+    /// The package.
+    pub package: String,
+    /// The version the client should run, if any (none: to be removed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired: Option<String>,
+    /// The version it is assigned now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assigned: Option<String>,
+    /// The group whose requirement decides the version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// That requirement (`^1.4`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requirement: Option<String>,
+    /// Why, in a sentence: the deciding group and the ones it overrides, a conflict, or what an
+    /// assignment still waits for.
+    pub reason: String,
 }
 
 impl Client {
@@ -730,6 +818,13 @@ fn validate_group_spec(spec: &ClientGroupSpec, errors: &mut Errors) {
             "must allow at least one member to change (use `paused: true` to stop a rollout)",
         ),
         _ => {}
+    }
+    let deadline = spec.rollout.progress_deadline_seconds;
+    if !(1..=2_592_000).contains(&deadline) {
+        errors.push(
+            "spec.rollout.progressDeadlineSeconds",
+            format!("{deadline} is outside 1..=2592000 seconds"),
+        );
     }
     let heartbeat = spec.agent.heartbeat_seconds;
     if !(5..=86_400).contains(&heartbeat) {

@@ -166,6 +166,7 @@ pub async fn get(
             .await??
             .ok_or_else(missing)?;
         let client = slot.state.lock().expect("client lock").overlay(stored);
+        let client = controller.explained(client).await?;
         return Ok(Json(
             serde_json::to_value(client).expect("clients serialize"),
         ));

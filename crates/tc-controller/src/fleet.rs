@@ -271,17 +271,9 @@ impl LiveStatus {
             desired: self.desired.to_vec(),
             desired_revision: self.desired_revision,
             conditions: self.conditions.clone(),
+            groups: vec![],
+            decisions: vec![],
         }
-    }
-
-    /// Whether the client finished its assignment.
-    pub fn convergence(&self) -> tc_reconcile::Convergence {
-        tc_reconcile::convergence_of(
-            self.observed_revision,
-            self.desired_revision,
-            &self.desired,
-            &self.packages,
-        )
     }
 }
 

@@ -13,6 +13,7 @@ pub mod fleet;
 pub mod metrics;
 pub mod openapi;
 pub mod reconcile;
+pub mod rollout;
 pub mod tokens;
 pub mod watch;
 
@@ -131,6 +132,8 @@ pub struct Controller {
     pub clients_changed: Notify,
     /// Served package lists of the reconcile loop, kept between passes.
     pub served_cache: Mutex<reconcile::ServedCache>,
+    /// Retries of failed releases asked for by admins, carried out by the next reconcile pass.
+    pub retries: Mutex<Vec<reconcile::RetryRequest>>,
     /// Serializes applies and deletes of objects, so that a plan is written against what it read.
     pub apply_lock: tokio::sync::Mutex<()>,
     /// Serializes enrolments, so that one machine id never becomes two clients.
@@ -221,6 +224,10 @@ pub fn router(controller: Arc<Controller>) -> Router {
         .route(
             "/apis/thinfleet.io/v1/{plural}/{name}",
             get(api::get).delete(api::delete),
+        )
+        .route(
+            "/apis/thinfleet.io/v1/clientgroups/{name}/retry",
+            post(rollout::retry),
         )
         .route(
             "/blobs",
@@ -318,6 +325,7 @@ pub async fn open(
         reconcile_wake: Notify::new(),
         clients_changed: Notify::new(),
         served_cache: Mutex::new(Default::default()),
+        retries: Mutex::new(vec![]),
         apply_lock: tokio::sync::Mutex::new(()),
         enroll_lock: tokio::sync::Mutex::new(()),
         sources: Mutex::new(BTreeMap::new()),

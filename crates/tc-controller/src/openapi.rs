@@ -91,6 +91,12 @@ pub fn document() -> Value {
         "parameters": [ { "name": "kind", "in": "query", "schema": { "type": "string" } }, { "name": "name", "in": "query", "schema": { "type": "string" } },
                         { "name": "afterSeq", "in": "query", "schema": { "type": "integer", "minimum": 0 } }, { "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 0 } } ],
         "responses": ok(list(&event), auth) } }));
+    paths.insert("/apis/thinfleet.io/v1/clientgroups/{name}/retry".into(), json!({ "post": {
+        "summary": "Retry the releases that failed on the group's members (each failed package once more)",
+        "parameters": [name_param],
+        "responses": ok(json!({ "type": "object", "properties": { "kind": { "type": "string" }, "group": { "type": "string" }, "message": { "type": "string" },
+            "retried": { "type": "array", "items": { "type": "object", "properties": { "client": { "type": "string" }, "package": { "type": "string" }, "version": { "type": "string" }, "attempt": { "type": "integer" } } } } } }),
+            &[400, 401, 403, 404, 503]) } }));
     paths.insert("/apis/thinfleet.io/v1/sources".into(), json!({ "get": { "summary": "Watched manifest directories", "responses": ok(json!({ "type": "object" }), auth) } }));
     paths.insert("/apis/thinfleet.io/v1/bootstraptokens".into(), json!({ "post": { "summary": "Create a bootstrap token", "responses": ok(json!({ "type": "object", "properties": { "token": { "type": "string" } } }), auth) } }));
     paths.insert("/blobs".into(), json!({ "put": { "summary": "Upload a blob", "parameters": [ { "name": "sha256", "in": "query", "schema": { "type": "string", "pattern": "^[0-9a-f]{64}$" } } ],

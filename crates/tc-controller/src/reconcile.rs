@@ -17,12 +17,13 @@ use std::time::{Duration, Instant};
 
 use tc_api::{
     AssignedPackage, ClientGroup, ClientPhase, Event, EventType, Kind, Object, ObjectRef,
-    PackageRelease, Timestamp,
+    PackageRelease, PackageReport, PackageState, Timestamp,
 };
 use tc_proto::DesiredPackage;
 use tc_reconcile::{
-    Assignment as PlannedAssignment, ClientDesire, ClientRollout, Convergence, GroupBudget,
-    GroupTally, ReleaseCatalog, desired_for_client, plan_rollout_from,
+    Assignment as PlannedAssignment, ClientDesire, ClientRollout, GroupBudget, GroupStanding,
+    GroupTally, MemberView, PackageHealth, ReleaseCatalog, desired_for_client, package_health,
+    plan_rollout_from,
 };
 use tc_store::{ClientStatusEntry, Store, Write};
 
@@ -160,10 +161,37 @@ impl ServedCache {
     }
 }
 
+/// An admin's request to retry the releases that failed on members of a group: the next pass
+/// raises the `attempt` of each failed package of the group on each member that reports it
+/// failed, so that agents try it once more, and answers with what it retried once that is
+/// committed.
+pub struct RetryRequest {
+    /// The group.
+    pub group: String,
+    /// Where the answer goes.
+    pub done: tokio::sync::oneshot::Sender<Vec<Retried>>,
+}
+
+/// One package retried on one client.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Retried {
+    /// The client.
+    pub client: String,
+    /// The package.
+    pub package: String,
+    /// Its version.
+    pub version: String,
+    /// The new attempt number.
+    pub attempt: u32,
+}
+
 /// One reconcile pass.
 pub async fn pass(controller: &Arc<Controller>) -> Result<(), String> {
     let started = Instant::now();
     let now = Timestamp::now();
+    let retry_requests = std::mem::take(&mut *controller.retries.lock().expect("retries lock"));
+    let retry_groups: Vec<String> = retry_requests.iter().map(|r| r.group.clone()).collect();
     let store = controller.store.clone();
     let (groups, releases) = tokio::task::spawn_blocking(move || -> tc_store::Result<_> {
         Ok((list_groups(&*store)?, list_releases(&*store)?))
@@ -185,7 +213,14 @@ pub async fn pass(controller: &Arc<Controller>) -> Result<(), String> {
     };
     let (outcome, groups) = tokio::task::spawn_blocking(move || {
         let mut cache = cache;
-        let outcome = compute(&groups, &catalog, &slots, &context, &mut cache);
+        let outcome = compute(
+            &groups,
+            &catalog,
+            &slots,
+            &context,
+            &retry_groups,
+            &mut cache,
+        );
         *controller_cache.served_cache.lock().expect("cache lock") = cache;
         (outcome, groups)
     })
@@ -200,6 +235,7 @@ pub async fn pass(controller: &Arc<Controller>) -> Result<(), String> {
         group_statuses,
         phases,
         clients,
+        retried,
     } = outcome;
     // In parts: agents of the first part are answered while the next parts are written.
     let persisted_count = changes.len();
@@ -235,6 +271,15 @@ pub async fn pass(controller: &Arc<Controller>) -> Result<(), String> {
         }
     }
     let persisted = started.elapsed();
+    // Retries are committed: answer who asked.
+    for request in retry_requests {
+        let answer = retried
+            .iter()
+            .filter(|(group, _)| *group == request.group)
+            .map(|(_, retried)| retried.clone())
+            .collect();
+        let _ = request.done.send(answer);
+    }
     controller
         .persister
         .record_later(std::mem::take(&mut events));
@@ -321,15 +366,38 @@ pub async fn pass(controller: &Arc<Controller>) -> Result<(), String> {
     Ok(())
 }
 
+/// What changes between two assignments, for events: `install kiosk 1.0.0, update vpn to 2.0.0,
+/// remove old 0.9.0`. With `reports`, an update names the version the client really runs (which
+/// is not the one it was assigned when that install failed and rolled back):
+/// `update vpn 1.0.0 -> 2.0.0`.
 fn describe_assignment(
     before: &BTreeMap<String, String>,
     after: &BTreeMap<String, String>,
+    reports: Option<&[PackageReport]>,
 ) -> String {
     let mut parts = vec![];
     for (name, version) in after {
         match before.get(name) {
             None => parts.push(format!("install {name} {version}")),
-            Some(old) if old != version => parts.push(format!("update {name} {old} -> {version}")),
+            Some(old) if old != version => {
+                let running = reports.map(|reports| {
+                    reports
+                        .iter()
+                        .find(|r| r.name == *name)
+                        .and_then(|r| match r.state {
+                            PackageState::Installed => Some(r.version.as_str()),
+                            _ => r.active_version.as_deref(),
+                        })
+                });
+                match running {
+                    None => parts.push(format!("update {name} to {version}")),
+                    Some(Some(running)) => {
+                        parts.push(format!("update {name} {running} -> {version}"))
+                    }
+                    // It runs no version of it (a first install that failed).
+                    Some(None) => parts.push(format!("install {name} {version}")),
+                }
+            }
             Some(_) => {}
         }
     }
@@ -354,6 +422,9 @@ struct Assignment {
     client: Arc<str>,
     /// What changed, and for which group.
     transition: Arc<Transition>,
+    /// The client's own description of the change (with the versions it runs), for the clients
+    /// that get an event of their own.
+    detail: Option<String>,
 }
 
 /// The `Assigned` events of a pass: one per client for the first
@@ -370,7 +441,9 @@ fn assignment_events(assignments: Vec<Assignment>, now: Timestamp) -> Vec<Event>
                 ObjectRef::new(Kind::Client, &*assignment.client),
                 EventType::Normal,
                 "Assigned",
-                assignment.transition.change.clone(),
+                assignment
+                    .detail
+                    .unwrap_or_else(|| assignment.transition.change.clone()),
             ));
         } else {
             rest.entry(assignment.transition)
@@ -438,6 +511,8 @@ struct Outcome {
     phases: [usize; 3],
     /// Clients looked at.
     clients: usize,
+    /// Packages retried, with the group whose retry asked for each.
+    retried: Vec<(String, Retried)>,
 }
 
 /// What a client with given groups and assignment should run; computed once per distinct pair.
@@ -449,15 +524,14 @@ struct Desire {
     desire: Arc<ClientDesire>,
     /// Whether that differs from the assignment.
     wants_change: bool,
-    /// Groups to count a conflict against (once per conflict naming them).
-    conflict_groups: Vec<usize>,
 }
 
 /// A client that wants another assignment, for the rollout plan.
 struct Wanting {
     slot: Arc<ClientSlot>,
     membership: usize,
-    convergence: Convergence,
+    /// Index into the pass's desires.
+    desire: usize,
     /// Its phase changed in this pass (to be persisted whatever the plan decides).
     phase_changed: bool,
 }
@@ -467,7 +541,7 @@ struct Wanting {
 struct Transition {
     /// The group that wants the change, if any (removals have none).
     owner: Option<String>,
-    /// What changed (`install kiosk 1.0.0, update vpn 1.0.0 -> 2.0.0`).
+    /// What changed (`install kiosk 1.0.0, update vpn to 2.0.0`).
     change: String,
 }
 
@@ -478,11 +552,119 @@ fn assigned_map(assigned: &[AssignedPackage]) -> BTreeMap<String, String> {
         .collect()
 }
 
-fn assigned_version<'a>(assigned: &'a [AssignedPackage], package: &str) -> Option<&'a str> {
+/// The health of each package of `assigned` (reused buffer), from the client's reports.
+fn fill_health(health: &mut Vec<PackageHealth>, status: &LiveStatus) {
+    health.clear();
+    health.extend(status.desired.iter().map(|assigned| {
+        package_health(
+            status.observed_revision,
+            status.desired_revision,
+            assigned,
+            &status.packages,
+        )
+    }));
+}
+
+/// The names of the packages of `assigned` whose health matches, shared when there are none.
+fn packages_where(
+    assigned: &[AssignedPackage],
+    health: &[PackageHealth],
+    matches: impl Fn(PackageHealth) -> bool,
+    none: &Arc<[String]>,
+) -> Arc<[String]> {
+    if !health.iter().any(|&h| matches(h)) {
+        return none.clone();
+    }
     assigned
         .iter()
-        .find(|p| p.name == package)
-        .map(|p| p.version.as_str())
+        .zip(health)
+        .filter(|(_, h)| matches(**h))
+        .map(|(p, _)| p.name.clone())
+        .collect()
+}
+
+/// The budget of every group (`maxUnavailable` resolved once the members are counted).
+fn budgets(groups: &[ClientGroup]) -> Vec<GroupBudget> {
+    groups
+        .iter()
+        .map(|group| {
+            let mut packages: Vec<String> =
+                group.spec.packages.iter().map(|p| p.name.clone()).collect();
+            packages.sort();
+            packages.dedup();
+            GroupBudget {
+                name: group.metadata.name.clone(),
+                max_unavailable: 1,
+                paused: group.spec.paused,
+                packages,
+            }
+        })
+        .collect()
+}
+
+/// Raises the attempt of every package of `status` that failed and that one of the `retrying`
+/// groups the client belongs to asks for, with a new desired revision; returns whether it did.
+#[allow(clippy::too_many_arguments)]
+fn retry_failed(
+    retrying: &[usize],
+    budgets: &[GroupBudget],
+    groups: &[ClientGroup],
+    member_of: &[usize],
+    slot: &ClientSlot,
+    status: &mut LiveStatus,
+    outcome: &mut Outcome,
+    now: Timestamp,
+) -> bool {
+    let mut bumped: Option<Vec<AssignedPackage>> = None;
+    for (index, package) in status.desired.iter().enumerate() {
+        let health = package_health(
+            status.observed_revision,
+            status.desired_revision,
+            package,
+            &status.packages,
+        );
+        if health != PackageHealth::Failed {
+            continue;
+        }
+        let Some(&group) = member_of
+            .iter()
+            .find(|g| retrying.contains(g) && budgets[**g].package_index(&package.name).is_some())
+        else {
+            continue;
+        };
+        let list = bumped.get_or_insert_with(|| status.desired.to_vec());
+        list[index].attempt += 1;
+        outcome.retried.push((
+            groups[group].metadata.name.clone(),
+            Retried {
+                client: slot.name.to_string(),
+                package: package.name.clone(),
+                version: package.version.clone(),
+                attempt: list[index].attempt,
+            },
+        ));
+        outcome.events.push(Event::new(
+            now,
+            ObjectRef::new(Kind::Client, &*slot.name),
+            EventType::Normal,
+            "Retried",
+            format!(
+                "retry {} {} (attempt {}) asked for through group {}",
+                package.name,
+                package.version,
+                list[index].attempt + 1,
+                groups[group].metadata.name
+            ),
+        ));
+    }
+    match bumped {
+        Some(list) => {
+            status.desired = list.into();
+            status.desired_revision += 1;
+            true
+        }
+        None => false,
+    }
 }
 
 /// The pure part of a pass: decides, applies the decisions to the in-memory clients (their
@@ -493,6 +675,7 @@ fn compute(
     catalog: &ReleaseCatalog,
     slots: &[Arc<ClientSlot>],
     context: &Context,
+    retry_groups: &[String],
     cache: &mut ServedCache,
 ) -> Outcome {
     let now = context.now;
@@ -502,7 +685,15 @@ fn compute(
         group_statuses: vec![],
         phases: [0; 3],
         clients: slots.len(),
+        retried: vec![],
     };
+    // Groups whose failed releases are to be retried.
+    let retrying: Vec<usize> = groups
+        .iter()
+        .enumerate()
+        .filter(|(_, group)| retry_groups.contains(&group.metadata.name))
+        .map(|(index, _)| index)
+        .collect();
     let mut memberships: Vec<Arc<[usize]>> = vec![];
     let mut membership_ids: HashMap<Vec<usize>, usize> = HashMap::new();
     let mut desires: Vec<Desire> = vec![];
@@ -512,12 +703,14 @@ fn compute(
         .iter()
         .map(|group| GroupTally::new(group, catalog))
         .collect();
+    let mut budgets = budgets(groups);
+    let mut standings: Vec<GroupStanding> = budgets.iter().map(GroupStanding::new).collect();
     let mut member_counts = vec![0usize; groups.len()];
-    let mut unavailable = vec![0usize; groups.len()];
-    let mut conflicts = vec![0usize; groups.len()];
     let mut wanting: Vec<Wanting> = vec![];
     let mut rollouts: Vec<ClientRollout> = vec![];
     let mut member_of: Vec<usize> = vec![];
+    let mut health: Vec<PackageHealth> = vec![];
+    let no_packages: Arc<[String]> = Arc::from(Vec::new());
 
     for slot in slots {
         let mut guard = slot.state.lock().expect("client lock");
@@ -573,6 +766,28 @@ fn compute(
             ClientPhase::Online => 1,
             ClientPhase::Offline => 2,
         }] += 1;
+        let retried = !retrying.is_empty()
+            && retry_failed(
+                &retrying,
+                &budgets,
+                groups,
+                member_of,
+                slot,
+                &mut state.status,
+                &mut outcome,
+                now,
+            );
+        if retried {
+            let served = cache.served(
+                &state.status.desired,
+                state.status.desired_revision,
+                catalog,
+                &state.served,
+            );
+            outcome
+                .changes
+                .push(Change::new(slot, &state.status, Some(served)));
+        }
 
         let key = {
             let mut hasher = hasher.build_hasher();
@@ -597,21 +812,12 @@ fn compute(
                         .packages
                         .iter()
                         .any(|(package, want)| assigned.get(package) != Some(&want.version));
-                let mut conflict_groups = vec![];
-                for conflict in &desire.conflicts {
-                    for (index, group) in groups.iter().enumerate() {
-                        if conflict.groups.contains(&group.metadata.name) {
-                            conflict_groups.push(index);
-                        }
-                    }
-                }
                 desires.push(Desire {
                     membership,
                     assigned: state.status.desired.clone(),
                     assigned_map: Arc::new(assigned),
                     desire: Arc::new(desire),
                     wants_change,
-                    conflict_groups,
                 });
                 desire_ids.entry(key).or_default().push(desires.len() - 1);
                 desires.len() - 1
@@ -621,14 +827,21 @@ fn compute(
         for &g in member_of {
             member_counts[g] += 1;
         }
-        for &g in &desire.conflict_groups {
-            conflicts[g] += 1;
-        }
-        let convergence = state.status.convergence();
-        if convergence.is_unavailable() {
-            for &g in member_of {
-                unavailable[g] += 1;
-            }
+        fill_health(&mut health, &state.status);
+        let unavailable = packages_where(
+            &state.status.desired,
+            &health,
+            PackageHealth::is_unavailable,
+            &no_packages,
+        );
+        let failed = packages_where(
+            &state.status.desired,
+            &health,
+            |h| h == PackageHealth::Failed,
+            &no_packages,
+        );
+        for &g in member_of {
+            standings[g].count_member(&budgets[g], &unavailable, &failed, &desire.assigned_map);
         }
         if desire.wants_change {
             rollouts.push(ClientRollout {
@@ -636,21 +849,32 @@ fn compute(
                 groups: memberships[membership].clone(),
                 desire: desire.desire.clone(),
                 assigned: desire.assigned_map.clone(),
-                unavailable: convergence.is_unavailable(),
+                unavailable,
+                failed,
             });
             wanting.push(Wanting {
                 slot: slot.clone(),
                 membership,
-                convergence,
-                phase_changed,
+                desire: id,
+                // A retry persists the phase with the rest of the status.
+                phase_changed: phase_changed && !retried,
             });
             continue;
         }
+        let member = MemberView {
+            name: &slot.name,
+            offline: state.status.phase == ClientPhase::Offline,
+            desire: &desire.desire,
+            assigned: &state.status.desired,
+            health: &health,
+            reports: &state.status.packages,
+        };
         for &g in member_of {
-            tallies[g].add(
-                |package| assigned_version(&state.status.desired, package),
-                &convergence,
-            );
+            tallies[g].add(&groups[g], &member);
+        }
+        if retried {
+            // Served once the retry is committed.
+            continue;
         }
         if phase_changed {
             outcome.changes.push(Change::new(slot, &state.status, None));
@@ -672,46 +896,54 @@ fn compute(
         }
     }
 
-    let budgets: Vec<GroupBudget> = groups
-        .iter()
-        .zip(&member_counts)
-        .map(|(group, &count)| GroupBudget {
-            name: group.metadata.name.clone(),
-            max_unavailable: group.spec.rollout.max_unavailable.resolve(count),
-            paused: group.spec.paused,
-        })
-        .collect();
-    let next = plan_rollout_from(&budgets, unavailable, &rollouts);
-    let progressing = Convergence::Progressing;
+    for (budget, (group, &count)) in budgets.iter_mut().zip(groups.iter().zip(&member_counts)) {
+        budget.max_unavailable = group.spec.rollout.max_unavailable.resolve(count);
+    }
+    let next = plan_rollout_from(&budgets, standings, &rollouts);
     let mut assignments = vec![];
-    // Clients planned alike share their new assignment (keyed by its address), and clients that
-    // moved alike share the description of the move. Every address stays a key of one list only:
-    // `next` and `rollouts` hold their `Arc`s until the loop is over.
-    let mut assigned_lists: HashMap<usize, Arc<[AssignedPackage]>> = HashMap::new();
+    // Clients planned alike share their new assignment (keyed by the addresses of the planned
+    // map and of the old list), and clients that moved alike share the description of the move.
+    // Every address stays a key of one list only: `next`, `rollouts` and `desires` hold their
+    // `Arc`s until the loop is over.
+    let mut assigned_lists: HashMap<(usize, usize), Arc<[AssignedPackage]>> = HashMap::new();
     let mut transitions: HashMap<(usize, usize, usize), Arc<Transition>> = HashMap::new();
+    let mut new_health: Vec<PackageHealth> = vec![];
     for ((client, rollout), next) in wanting.into_iter().zip(&rollouts).zip(&next) {
         let mut state = client.slot.state.lock().expect("client lock");
         let member_of: &[usize] = &memberships[client.membership];
+        let desire = &desires[client.desire];
+        fill_health(&mut health, &state.status);
         // Decided on what the client was assigned when the pass looked at it.
-        let unchanged = state.status.desired.len() == rollout.assigned.len()
-            && state
-                .status
-                .desired
-                .iter()
-                .all(|p| rollout.assigned.get(&p.name) == Some(&p.version));
+        let unchanged = state.status.desired == desire.assigned;
         if *next != rollout.assigned && unchanged {
-            state.status.desired = assigned_lists
-                .entry(Arc::as_ptr(next) as usize)
+            let old = desire.assigned.clone();
+            let list = assigned_lists
+                .entry((
+                    Arc::as_ptr(next) as usize,
+                    Arc::as_ptr(&old) as *const u8 as usize,
+                ))
                 .or_insert_with(|| {
                     next.iter()
                         .map(|(name, version)| AssignedPackage {
                             name: name.clone(),
                             version: version.clone(),
-                            attempt: 0,
+                            // A retry's attempt holds while the version does.
+                            attempt: old
+                                .iter()
+                                .find(|p| p.name == *name && p.version == *version)
+                                .map_or(0, |p| p.attempt),
                         })
                         .collect()
                 })
                 .clone();
+            // Packages it keeps keep their health; changed ones have not converged yet.
+            new_health.clear();
+            new_health.extend(list.iter().map(|package| {
+                old.iter()
+                    .position(|p| p == package)
+                    .map_or(PackageHealth::Progressing, |i| health[i])
+            }));
+            state.status.desired = list;
             state.status.desired_revision += 1;
             let transition = transitions
                 .entry((
@@ -730,21 +962,28 @@ fn compute(
                         });
                     Arc::new(Transition {
                         owner,
-                        change: describe_assignment(&rollout.assigned, next),
+                        change: describe_assignment(&rollout.assigned, next, None),
                     })
                 })
                 .clone();
+            let detail = (assignments.len() < ASSIGNED_EVENTS_PER_PASS).then(|| {
+                describe_assignment(&rollout.assigned, next, Some(&state.status.packages))
+            });
             assignments.push(Assignment {
                 client: client.slot.name.clone(),
                 transition,
+                detail,
             });
-            // A client given a new assignment has not converged on it yet, whatever it reported
-            // for the previous one.
+            let member = MemberView {
+                name: &client.slot.name,
+                offline: state.status.phase == ClientPhase::Offline,
+                desire: &desire.desire,
+                assigned: &state.status.desired,
+                health: &new_health,
+                reports: &state.status.packages,
+            };
             for &g in member_of {
-                tallies[g].add(
-                    |package| next.get(package).map(String::as_str),
-                    &progressing,
-                );
+                tallies[g].add(&groups[g], &member);
             }
             let served = cache.served(
                 &state.status.desired,
@@ -757,11 +996,16 @@ fn compute(
                 .push(Change::new(&client.slot, &state.status, Some(served)));
             continue;
         }
+        let member = MemberView {
+            name: &client.slot.name,
+            offline: state.status.phase == ClientPhase::Offline,
+            desire: &desire.desire,
+            assigned: &state.status.desired,
+            health: &health,
+            reports: &state.status.packages,
+        };
         for &g in member_of {
-            tallies[g].add(
-                |package| assigned_version(&state.status.desired, package),
-                &client.convergence,
-            );
+            tallies[g].add(&groups[g], &member);
         }
         if client.phase_changed {
             outcome
@@ -773,8 +1017,7 @@ fn compute(
     outcome.group_statuses = groups
         .iter()
         .zip(tallies)
-        .zip(&conflicts)
-        .map(|((group, tally), &conflicts)| tally.finish(group, conflicts, now))
+        .map(|(group, tally)| tally.finish(group, now))
         .collect();
     outcome
 }
@@ -888,6 +1131,7 @@ mod tests {
             &catalog,
             &slots,
             &context(now, just_started),
+            &[],
             &mut Default::default(),
         );
         assert!(outcome.changes.is_empty());
@@ -900,6 +1144,7 @@ mod tests {
             &catalog,
             &slots,
             &context(now, running),
+            &[],
             &mut Default::default(),
         );
         assert_eq!(outcome.phases, [0, 0, 1]);
@@ -917,19 +1162,29 @@ mod tests {
             fleet.insert(&client(name, "berlin", Some(now)), None);
         }
         fleet.insert(&client("e", "paris", Some(now)), None);
-        let groups = [group("berlin", "site=berlin", &[("kiosk", "^1")])];
+        let mut berlin = group("berlin", "site=berlin", &[("kiosk", "^1")]);
+        berlin.spec.rollout.max_unavailable = tc_api::IntOrPercent::Int(3);
+        let groups = [berlin];
         let catalog = ReleaseCatalog::new(&[release("kiosk", "1.0.0")]);
         let slots = fleet.slots();
         let mut cache = ServedCache::default();
-        let outcome = compute(&groups, &catalog, &slots, &context(now, now), &mut cache);
-        // New installs take no budget: every member is assigned, the other client nothing.
+        let outcome = compute(
+            &groups,
+            &catalog,
+            &slots,
+            &context(now, now),
+            &[],
+            &mut cache,
+        );
+        // First installs take room in the budget too: three members are assigned, the fourth
+        // waits, the other client gets nothing.
         let mut assigned: Vec<&str> = outcome
             .changes
             .iter()
             .map(|c| c.status.name.as_str())
             .collect();
         assigned.sort();
-        assert_eq!(assigned, ["a", "b", "c", "d"]);
+        assert_eq!(assigned, ["a", "b", "c"]);
         assert!(
             outcome
                 .changes
@@ -948,7 +1203,7 @@ mod tests {
             .iter()
             .filter_map(|c| c.publish.as_ref())
             .collect();
-        assert_eq!(served.len(), 4);
+        assert_eq!(served.len(), 3);
         let first = &served[0].packages;
         assert_eq!(first[0].url, format!("/blobs/sha256/{}", "ab".repeat(32)));
         assert!(
@@ -962,22 +1217,30 @@ mod tests {
             .filter(|slot| !slot.state.lock().unwrap().status.desired.is_empty())
             .map(|slot| slot.state.lock().unwrap().status.desired.clone())
             .collect();
-        assert_eq!(lists.len(), 4);
+        assert_eq!(lists.len(), 3);
         assert!(lists.iter().all(|list| Arc::ptr_eq(list, &lists[0])));
         let status = &outcome.group_statuses[0];
-        assert_eq!((status.desired, status.updated, status.ready), (4, 4, 0));
+        assert_eq!((status.desired, status.updated, status.ready), (4, 3, 0));
+        assert_eq!(status.packages[0].unavailable, 3);
         assert_eq!(
             outcome
                 .events
                 .iter()
                 .filter(|e| e.reason == "Assigned")
                 .count(),
-            4
+            3
         );
 
         // Nothing is served before it is published; a second pass decides nothing new.
         assert_eq!(slots[0].state.lock().unwrap().served.revision, 0);
-        let again = compute(&groups, &catalog, &slots, &context(now, now), &mut cache);
+        let again = compute(
+            &groups,
+            &catalog,
+            &slots,
+            &context(now, now),
+            &[],
+            &mut cache,
+        );
         assert!(again.changes.is_empty());
     }
 
@@ -991,6 +1254,7 @@ mod tests {
                 owner: owner.map(str::to_string),
                 change: change.to_string(),
             }),
+            detail: None,
         };
         let mut assignments: Vec<Assignment> = (0..240)
             .map(|i| assignment(i, Some("kiosks"), "install kiosk 1.0.0"))

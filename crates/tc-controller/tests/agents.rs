@@ -233,7 +233,7 @@ async fn a_rollout_respects_max_unavailable_and_stops_on_failures() {
     for i in 0..6 {
         agents.push(SimAgent::enroll(&controller, &format!("m{i}"), json!({})).await);
     }
-    // Initial installs are not limited: everyone gets 1.0.0 and converges.
+    // First installs take room in the budget too: each member gets 1.0.0 as others finish.
     for agent in &mut agents {
         let desired = agent
             .wait_for(|d| !d["packages"].as_array().unwrap().is_empty())
@@ -646,8 +646,9 @@ async fn long_polls_multiplexed_over_h2c_learn_a_change() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // 100%: first installs take room in the budget too, and every agent is to learn at once.
     admin
-        .apply(&group_yaml("g", "{}", &[("kiosk", "^1")], "1"), "")
+        .apply(&group_yaml("g", "{}", &[("kiosk", "^1")], "100%"), "")
         .await;
     let learned = sim
         .wait_for(

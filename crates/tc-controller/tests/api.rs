@@ -500,6 +500,7 @@ async fn openapi_describes_the_routes() {
     assert_eq!(document["openapi"], "3.1.0");
     for path in [
         "/apis/thinfleet.io/v1/clientgroups/{name}",
+        "/apis/thinfleet.io/v1/clientgroups/{name}/retry",
         "/apis/thinfleet.io/v1/apply",
         "/agent/v1/heartbeat",
         "/blobs/sha256/{hex}",

@@ -2,22 +2,29 @@
 //!
 //! * [`catalog`]: which release a requirement resolves to.
 //! * [`desired`]: what one client should run, given the groups that select it.
-//! * [`rollout`]: how much of that each client is assigned now, within `maxUnavailable`.
-//! * [`convergence`]: whether a client finished what it was assigned, from fresh reports only.
+//! * [`rollout`]: how much of that each client is assigned now, package by package, within
+//!   `maxUnavailable`, never handing a release that failed in a group to further members.
+//! * [`convergence`]: whether a client finished what it was assigned, package by package.
 //! * [`status`]: group status and conditions.
+//! * [`explain`]: why a client runs what it runs (the `describe client` view).
 //! * [`plan`]: what an apply would create, configure, leave unchanged or prune.
 
 pub mod catalog;
 pub mod convergence;
 pub mod desired;
+pub mod explain;
 pub mod plan;
 pub mod rollout;
 pub mod status;
 
-pub use status::{GroupTally, MemberState, group_status};
+pub use status::{GroupTally, MemberView, group_status};
 
 pub use catalog::{ReleaseCatalog, ReleaseInfo};
-pub use convergence::{Convergence, convergence, convergence_of};
+pub use convergence::{Convergence, PackageHealth, convergence, convergence_of, package_health};
 pub use desired::{ClientDesire, Conflict, Unresolved, Want, desired_for_client};
+pub use explain::explain;
 pub use plan::{Action, Plan, PlanError, PlanItem, PlanOptions, plan};
-pub use rollout::{Assignment, ClientRollout, GroupBudget, plan_rollout, plan_rollout_from};
+pub use rollout::{
+    Assignment, ClientRollout, GroupBudget, GroupStanding, plan_rollout, plan_rollout_from,
+    standings,
+};

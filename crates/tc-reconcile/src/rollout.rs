@@ -1,12 +1,18 @@
 //! The rollout budget: how much of what each client should run it is assigned now.
 //!
-//! A member counts as unavailable from the moment it is assigned an update until it freshly
-//! reports the new version installed and healthy (see [`crate::convergence`]); a failed member stays
-//! unavailable, so failures cannot spread past `maxUnavailable` members of a group. An update is
-//! assigned to a client only while every group the client belongs to has room under its budget;
-//! a client that is already unavailable takes no further room. Packages a client does not have
-//! yet are assigned at once (installing them takes nothing down that was running), and so are
-//! removals. A paused group assigns nothing new: its packages keep their current versions.
+//! Rollouts are per package. A member of a group counts as unavailable *for a package* of that
+//! group from the moment it is assigned a new version of it (an update, or a first install) until
+//! it reports that version installed and healthy (see [`crate::convergence`]); a member whose
+//! install failed stays unavailable for that package. Every other package of the member is
+//! unaffected: a failure of package X is counted only by the groups that ask for X, and only
+//! against their rollouts of X.
+//!
+//! A change of package X is assigned to a client only while every group of the client that asks
+//! for X has room under its `maxUnavailable` for X; a client already unavailable for X takes no
+//! further room. A release that failed on a member of a group is not handed to any further member
+//! of that group (new members included) until the admin fixes the requirement or retries: the
+//! members that failed keep it, and everyone else keeps what they run. Removals are assigned at
+//! once. A paused group assigns nothing new: the packages it decides keep their current versions.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -21,14 +27,78 @@ pub type Assignment = BTreeMap<String, String>;
 pub struct GroupBudget {
     /// Group name.
     pub name: String,
-    /// How many members may be unavailable at once (`maxUnavailable` resolved, at least 1).
+    /// How many members may be unavailable at once for each of its packages (`maxUnavailable`
+    /// resolved, at least 1).
     pub max_unavailable: usize,
     /// Paused groups assign nothing new.
     pub paused: bool,
+    /// The packages the group asks for, sorted and without duplicates.
+    pub packages: Vec<String>,
 }
 
-/// One client's input to the rollout. The group list, the desire and the assignment are shared:
-/// a fleet has few distinct ones, and clients that share them share their planned assignment.
+impl GroupBudget {
+    /// The position of `package` in [`GroupBudget::packages`], if the group asks for it.
+    pub fn package_index(&self, package: &str) -> Option<usize> {
+        self.packages
+            .binary_search_by(|p| p.as_str().cmp(package))
+            .ok()
+    }
+}
+
+/// Where one group's rollouts stand across the whole fleet.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GroupStanding {
+    /// Per package of the group (in the order of [`GroupBudget::packages`]): how many members
+    /// are unavailable for it.
+    pub unavailable: Vec<usize>,
+    /// Releases (package, version) that failed on a member: not handed to further members.
+    pub failed: BTreeSet<(String, String)>,
+}
+
+impl GroupStanding {
+    /// An empty standing for `group`.
+    pub fn new(group: &GroupBudget) -> GroupStanding {
+        GroupStanding {
+            unavailable: vec![0; group.packages.len()],
+            failed: BTreeSet::new(),
+        }
+    }
+
+    /// Counts a member of `group`: `unavailable` and `failed` name its assigned packages that are
+    /// not converged, and those of them that failed (at the version `assigned` gives).
+    pub fn count_member(
+        &mut self,
+        group: &GroupBudget,
+        unavailable: &[String],
+        failed: &[String],
+        assigned: &Assignment,
+    ) {
+        for package in unavailable {
+            if let Some(index) = group.package_index(package) {
+                self.unavailable[index] += 1;
+            }
+        }
+        for package in failed {
+            if group.package_index(package).is_some()
+                && let Some(version) = assigned.get(package)
+            {
+                self.failed.insert((package.clone(), version.clone()));
+            }
+        }
+    }
+
+    /// Whether the release `package` `version` failed on a member of this group.
+    pub fn has_failed(&self, package: &str, version: &str) -> bool {
+        // Few failures at a time: a scan avoids building a key.
+        self.failed
+            .iter()
+            .any(|(p, v)| p == package && v == version)
+    }
+}
+
+/// One client's input to the rollout. The group list, the desire, the assignment and the
+/// package lists are shared: a fleet has few distinct ones, and clients that share them and are
+/// planned alike share their planned assignment.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClientRollout {
     /// Client name (clients are processed in the order given; pass them sorted for stable results).
@@ -39,32 +109,57 @@ pub struct ClientRollout {
     pub desire: Arc<ClientDesire>,
     /// What it is assigned now.
     pub assigned: Arc<Assignment>,
-    /// Whether it is unavailable now (not converged on its current assignment).
-    pub unavailable: bool,
+    /// Its assigned packages that are not converged (being changed, or failed), sorted.
+    pub unavailable: Arc<[String]>,
+    /// Its assigned packages that failed at their assigned version, sorted.
+    pub failed: Arc<[String]>,
+}
+
+/// The standings of every group, counted from `clients` (the whole fleet).
+pub fn standings(groups: &[GroupBudget], clients: &[ClientRollout]) -> Vec<GroupStanding> {
+    let mut standings: Vec<GroupStanding> = groups.iter().map(GroupStanding::new).collect();
+    for client in clients {
+        for &g in client.groups.iter() {
+            standings[g].count_member(
+                &groups[g],
+                &client.unavailable,
+                &client.failed,
+                &client.assigned,
+            );
+        }
+    }
+    standings
 }
 
 /// Computes the next assignment of every client (in input order), within the groups' budgets.
 pub fn plan_rollout(groups: &[GroupBudget], clients: &[ClientRollout]) -> Vec<Arc<Assignment>> {
-    let mut unavailable = vec![0usize; groups.len()];
-    for client in clients.iter().filter(|c| c.unavailable) {
-        for &group in client.groups.iter() {
-            unavailable[group] += 1;
-        }
-    }
-    plan_rollout_from(groups, unavailable, clients)
+    plan_rollout_from(groups, standings(groups, clients), clients)
 }
 
-/// [`plan_rollout`] for a part of the fleet: `unavailable` holds, per group, how many of its
-/// members are unavailable across the whole fleet (including members not in `clients`), and
-/// `clients` are the members that may need a new assignment, in name order. Clients left out
-/// keep their assignment; the budget they use is in `unavailable`.
+/// One change a client wants: a package to install or update, and the version.
+#[derive(Clone, Debug)]
+struct WantedChange {
+    package: String,
+    version: String,
+}
+
+/// What clients with one desire and one assignment want, computed once for all of them.
+struct Wanted {
+    /// Installs and updates, in package order, from groups that are not paused.
+    changes: Vec<WantedChange>,
+}
+
+/// [`plan_rollout`] for a part of the fleet: `standings` hold, per group, the unavailable counts
+/// and failed releases across the whole fleet (including members not in `clients`), and `clients`
+/// are the members that may need a new assignment, in name order. Clients left out keep their
+/// assignment; the budget they use is in `standings`.
 ///
-/// A client's next assignment depends only on its desire, its assignment and whether it may take
-/// an update (it is unavailable already, or every group of its has room); clients that share the
-/// first two (the same `Arc`s) and the third share one result.
+/// A client's next assignment depends only on its desire, its assignment and which of its wanted
+/// changes may go ahead now; clients that share the first two (the same `Arc`s) and the third
+/// share one result.
 pub fn plan_rollout_from(
     groups: &[GroupBudget],
-    mut unavailable: Vec<usize>,
+    mut standings: Vec<GroupStanding>,
     clients: &[ClientRollout],
 ) -> Vec<Arc<Assignment>> {
     let group_index: BTreeMap<&str, usize> = groups
@@ -73,101 +168,108 @@ pub fn plan_rollout_from(
         .map(|(index, group)| (group.name.as_str(), index))
         .collect();
     // Keyed by the addresses of the shared desire and assignment, which `clients` keeps alive.
-    let mut updates: HashMap<(usize, usize), bool> = HashMap::new();
-    let mut planned: HashMap<(usize, usize, bool), Arc<Assignment>> = HashMap::new();
+    let mut wanted: HashMap<(usize, usize), Arc<Wanted>> = HashMap::new();
+    let mut planned: HashMap<(usize, usize, u64), Arc<Assignment>> = HashMap::new();
     let mut next = Vec::with_capacity(clients.len());
+    let mut allowed: Vec<bool> = vec![];
     for client in clients {
         let shared = (
             Arc::as_ptr(&client.desire) as usize,
             Arc::as_ptr(&client.assigned) as usize,
         );
-        let wants_update = *updates
+        let wants = wanted
             .entry(shared)
-            .or_insert_with(|| wants_update(groups, &group_index, client));
-        // An update makes the client unavailable in every group it belongs to: it needs room in
-        // each and takes it, unless it is unavailable already.
-        let update = wants_update
-            && (client.unavailable || {
-                let room = client
-                    .groups
-                    .iter()
-                    .all(|&g| unavailable[g] < groups[g].max_unavailable);
-                if room {
-                    for &group in client.groups.iter() {
-                        unavailable[group] += 1;
-                    }
-                }
-                room
-            });
-        let assignment = planned
-            .entry((shared.0, shared.1, update))
-            .or_insert_with(|| Arc::new(plan_client(groups, &group_index, client, update)));
-        next.push(assignment.clone());
+            .or_insert_with(|| Arc::new(wanted_changes(groups, &group_index, client)))
+            .clone();
+        allowed.clear();
+        for change in &wants.changes {
+            allowed.push(may_change(groups, &mut standings, client, change));
+        }
+        let mask = (allowed.len() <= 64).then(|| {
+            allowed
+                .iter()
+                .enumerate()
+                .fold(0u64, |mask, (i, &ok)| mask | (u64::from(ok) << i))
+        });
+        let assignment = match mask {
+            Some(mask) => planned
+                .entry((shared.0, shared.1, mask))
+                .or_insert_with(|| Arc::new(plan_client(client, &wants, &allowed)))
+                .clone(),
+            None => Arc::new(plan_client(client, &wants, &allowed)),
+        };
+        next.push(assignment);
     }
     next
 }
 
-/// The packages that `client` should run and is assigned, in name order.
-fn packages_of(client: &ClientRollout) -> BTreeSet<&String> {
-    client
+/// Whether `client` may take `change` now; takes the room it needs in its groups' budgets.
+fn may_change(
+    groups: &[GroupBudget],
+    standings: &mut [GroupStanding],
+    client: &ClientRollout,
+    change: &WantedChange,
+) -> bool {
+    // The groups of the client that ask for the package: they count its rollout.
+    let asking = || {
+        client
+            .groups
+            .iter()
+            .filter_map(|&g| groups[g].package_index(&change.package).map(|k| (g, k)))
+    };
+    if asking().any(|(g, _)| standings[g].has_failed(&change.package, &change.version)) {
+        return false;
+    }
+    if client.unavailable.contains(&change.package) {
+        // Unavailable for it already: the room it takes is counted.
+        return true;
+    }
+    if !asking().all(|(g, k)| standings[g].unavailable[k] < groups[g].max_unavailable) {
+        return false;
+    }
+    for (g, k) in asking() {
+        standings[g].unavailable[k] += 1;
+    }
+    true
+}
+
+/// The installs and updates `client` wants from groups that are not paused.
+fn wanted_changes(
+    groups: &[GroupBudget],
+    group_index: &BTreeMap<&str, usize>,
+    client: &ClientRollout,
+) -> Wanted {
+    let changes = client
         .desire
         .packages
-        .keys()
-        .chain(client.assigned.keys())
-        .collect()
+        .iter()
+        .filter(|(package, want)| client.assigned.get(*package) != Some(&want.version))
+        .filter(|(_, want)| {
+            !want
+                .group
+                .as_deref()
+                .and_then(|name| group_index.get(name))
+                .is_some_and(|&g| groups[g].paused)
+        })
+        .map(|(package, want)| WantedChange {
+            package: package.clone(),
+            version: want.version.clone(),
+        })
+        .collect();
+    Wanted { changes }
 }
 
-/// Whether the owner of the requirement for `package` is paused.
-fn paused(
-    groups: &[GroupBudget],
-    group_index: &BTreeMap<&str, usize>,
-    owner: Option<&str>,
-) -> bool {
-    owner
-        .and_then(|name| group_index.get(name).copied())
-        .is_some_and(|index| groups[index].paused)
-}
-
-/// Whether `client` wants an update: another version of a package it is assigned, from a group
-/// that is not paused.
-fn wants_update(
-    groups: &[GroupBudget],
-    group_index: &BTreeMap<&str, usize>,
-    client: &ClientRollout,
-) -> bool {
-    client.desire.packages.iter().any(|(package, want)| {
-        client
-            .assigned
-            .get(package)
-            .is_some_and(|have| *have != want.version)
-            && !paused(groups, group_index, want.group.as_deref())
-    })
-}
-
-/// The next assignment of `client`: removals and new packages at once, updates when `update`.
-fn plan_client(
-    groups: &[GroupBudget],
-    group_index: &BTreeMap<&str, usize>,
-    client: &ClientRollout,
-    update: bool,
-) -> Assignment {
-    let mut assignment = (*client.assigned).clone();
-    for package in packages_of(client) {
-        let want = client.desire.packages.get(package);
-        let have = client.assigned.get(package);
-        if want.map(|w| &w.version) == have {
-            continue;
-        }
-        let Some(want) = want else {
-            // No group asks for it any more: remove.
-            assignment.remove(package);
-            continue;
-        };
-        if paused(groups, group_index, want.group.as_deref()) {
-            continue;
-        }
-        if have.is_none() || update {
-            assignment.insert(package.clone(), want.version.clone());
+/// The next assignment of `client`: removals at once, and the wanted changes that are `allowed`.
+fn plan_client(client: &ClientRollout, wanted: &Wanted, allowed: &[bool]) -> Assignment {
+    let mut assignment: Assignment = client
+        .assigned
+        .iter()
+        .filter(|(package, _)| client.desire.packages.contains_key(*package))
+        .map(|(package, version)| (package.clone(), version.clone()))
+        .collect();
+    for (change, &ok) in wanted.changes.iter().zip(allowed) {
+        if ok {
+            assignment.insert(change.package.clone(), change.version.clone());
         }
     }
     assignment

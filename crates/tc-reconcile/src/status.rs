@@ -1,46 +1,100 @@
-//! Status of a group: member counts and conditions.
+//! Status of a group: member counts, per-package rollouts and conditions.
+//!
+//! A group judges its members only on its own packages, and only on the packages it decides for
+//! each member: a package decided by a group of higher priority (or tied with one that pins
+//! another version) is that group's business, named in `overriddenBy` / `conflictsWith`, and does
+//! not keep this group's rollout from completing.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
 
 use tc_api::meta::set_condition;
 use tc_api::{
-    ClientGroup, ClientGroupStatus, Condition, ConditionStatus, ResolvedPackage, Timestamp,
+    AssignedPackage, ClientGroup, ClientGroupStatus, Condition, ConditionStatus, PackageReport,
+    ResolvedPackage, Timestamp, WaitingMember,
 };
 
 use crate::catalog::ReleaseCatalog;
-use crate::convergence::Convergence;
+use crate::convergence::PackageHealth;
+use crate::desired::ClientDesire;
 
-/// One member of a group, as the status needs it.
-#[derive(Clone, Debug)]
-pub struct MemberState<'a> {
-    /// What the member is assigned (package -> version).
-    pub assigned: &'a std::collections::BTreeMap<String, String>,
-    /// Whether it converged on that.
-    pub convergence: &'a Convergence,
+/// Members listed in `status.waiting`.
+pub const WAITING_LISTED: usize = 10;
+
+/// One member of a group, as its status needs it.
+#[derive(Clone, Copy, Debug)]
+pub struct MemberView<'a> {
+    /// Client name.
+    pub name: &'a str,
+    /// Whether its agent missed three heartbeats.
+    pub offline: bool,
+    /// What it should run, and which group decides each package.
+    pub desire: &'a ClientDesire,
+    /// What it is assigned, sorted by package name.
+    pub assigned: &'a [AssignedPackage],
+    /// The health of each assigned package, in the order of `assigned`.
+    pub health: &'a [PackageHealth],
+    /// Its package reports (for what it is waiting for).
+    pub reports: &'a [PackageReport],
 }
 
-/// Computes a group's status from its members. `conflicts` counts members with a priority tie on
-/// one of the group's packages. Conditions keep their transition time while their status holds.
+/// Who decides one package of a group for one member.
+enum Decider<'a> {
+    /// This group.
+    Own,
+    /// A group of higher priority (or one of them that cannot resolve it).
+    Overridden(&'a str),
+    /// Groups of the same priority that pin other versions.
+    Conflict,
+}
+
+fn decider<'a>(desire: &'a ClientDesire, group: &str, package: &str) -> Decider<'a> {
+    if let Some(conflict) = desire.conflicts.iter().find(|c| c.package == package)
+        && conflict.groups.iter().any(|g| g == group)
+    {
+        return Decider::Conflict;
+    }
+    match desire
+        .packages
+        .get(package)
+        .and_then(|w| w.group.as_deref())
+    {
+        Some(owner) if owner != group => Decider::Overridden(owner),
+        Some(_) => Decider::Own,
+        None => match desire
+            .unresolved
+            .iter()
+            .find(|u| u.package == package && u.group != group)
+        {
+            Some(unresolved) => Decider::Overridden(&unresolved.group),
+            None => Decider::Own,
+        },
+    }
+}
+
+/// Computes a group's status from its members (every member at once; see [`GroupTally`]).
 pub fn group_status(
     group: &ClientGroup,
     catalog: &ReleaseCatalog,
-    members: &[MemberState<'_>],
-    conflicts: usize,
+    members: &[MemberView<'_>],
     now: Timestamp,
 ) -> ClientGroupStatus {
     let mut tally = GroupTally::new(group, catalog);
     for member in members {
-        tally.add(
-            |package| member.assigned.get(package).map(String::as_str),
-            member.convergence,
-        );
+        tally.add(group, member);
     }
-    tally.finish(group, conflicts, now)
+    tally.finish(group, now)
 }
 
-/// A group's status counted one member at a time ([`group_status`] without a list of members):
-/// a pass over a large fleet adds each client to the tallies of its groups as it goes.
+/// A group's status counted one member at a time: a pass over a large fleet adds each client to
+/// the tallies of its groups as it goes.
 #[derive(Clone, Debug)]
 pub struct GroupTally {
     status: ClientGroupStatus,
+    overridden_by: Vec<BTreeSet<String>>,
+    conflicts_with: Vec<BTreeSet<String>>,
+    failed_versions: Vec<BTreeSet<String>>,
+    conflicted_members: u32,
 }
 
 impl GroupTally {
@@ -58,67 +112,250 @@ impl GroupTally {
                     .ok()
                     .and_then(|req| catalog.resolve(&requirement.name, &req))
                     .map(|info| info.version.to_string()),
+                ..Default::default()
             })
             .collect();
+        let count = packages.len();
         GroupTally {
             status: ClientGroupStatus {
                 packages,
                 ..Default::default()
             },
+            overridden_by: vec![BTreeSet::new(); count],
+            conflicts_with: vec![BTreeSet::new(); count],
+            failed_versions: vec![BTreeSet::new(); count],
+            conflicted_members: 0,
         }
     }
 
-    /// Counts one member: `assigned` gives the version it is assigned of a package, and
-    /// `convergence` whether it converged on its assignment.
-    pub fn add<'a>(
-        &mut self,
-        assigned: impl Fn(&str) -> Option<&'a str>,
-        convergence: &Convergence,
-    ) {
+    /// Counts one member of `group` (the group this tally was made for).
+    pub fn add(&mut self, group: &ClientGroup, member: &MemberView<'_>) {
         let status = &mut self.status;
         status.desired += 1;
-        let updated = status
-            .packages
-            .iter()
-            .all(|package| match &package.resolved_version {
-                Some(version) => assigned(&package.name) == Some(version.as_str()),
-                None => true,
-            });
+        if member.offline {
+            status.offline += 1;
+        }
+        let (mut updated, mut unavailable, mut failed, mut conflicted) =
+            (true, false, false, false);
+        // What the member waits for, first reason found.
+        let mut waiting_for: Option<String> = None;
+        for (k, package) in status.packages.iter_mut().enumerate() {
+            let Some(resolved) = package.resolved_version.as_deref() else {
+                continue;
+            };
+            match decider(member.desire, &group.metadata.name, &package.name) {
+                Decider::Overridden(by) => {
+                    package.overridden += 1;
+                    if !self.overridden_by[k].contains(by) {
+                        self.overridden_by[k].insert(by.to_string());
+                    }
+                    continue;
+                }
+                Decider::Conflict => {
+                    conflicted = true;
+                    package.overridden += 1;
+                    if let Some(conflict) = member
+                        .desire
+                        .conflicts
+                        .iter()
+                        .find(|c| c.package == package.name)
+                    {
+                        for other in &conflict.groups {
+                            if *other != group.metadata.name {
+                                self.conflicts_with[k].insert(other.clone());
+                            }
+                        }
+                    }
+                    continue;
+                }
+                Decider::Own => {}
+            }
+            let index = member
+                .assigned
+                .binary_search_by(|p| p.name.as_str().cmp(&package.name))
+                .ok();
+            let assigned = index.map(|i| &member.assigned[i]);
+            let is_updated = assigned.is_some_and(|a| a.version == resolved);
+            if is_updated {
+                package.updated += 1;
+            } else {
+                updated = false;
+            }
+            let health = index.map(|i| member.health[i]);
+            match health {
+                Some(PackageHealth::Failed) => {
+                    package.failed += 1;
+                    package.unavailable += 1;
+                    failed = true;
+                    unavailable = true;
+                    let version = assigned.map(|a| a.version.as_str()).unwrap_or_default();
+                    if !self.failed_versions[k].contains(version) {
+                        self.failed_versions[k].insert(version.to_string());
+                    }
+                    if waiting_for.is_none() {
+                        let message = member
+                            .reports
+                            .iter()
+                            .find(|r| r.name == package.name)
+                            .and_then(|r| r.message.as_deref())
+                            .unwrap_or("no reason given");
+                        waiting_for = Some(format!(
+                            "{} {version} failed: {}",
+                            package.name,
+                            first_line(message)
+                        ));
+                    }
+                }
+                Some(PackageHealth::Progressing) => {
+                    package.unavailable += 1;
+                    unavailable = true;
+                    if waiting_for.is_none() {
+                        let version = assigned.map(|a| a.version.as_str()).unwrap_or_default();
+                        waiting_for = Some(format!("installing {} {version}", package.name));
+                    }
+                }
+                Some(PackageHealth::Converged) | None => {
+                    if !is_updated && waiting_for.is_none() {
+                        waiting_for = Some(format!("queued for {} {resolved}", package.name));
+                    }
+                }
+            }
+        }
+        if conflicted {
+            self.conflicted_members += 1;
+        }
         if updated {
             status.updated += 1;
         }
-        match convergence {
-            Convergence::Converged if updated => status.ready += 1,
-            Convergence::Converged => {}
-            Convergence::Failed { .. } => {
-                status.failed += 1;
-                status.unavailable += 1;
-            }
-            Convergence::Progressing => status.unavailable += 1,
+        if failed {
+            status.failed += 1;
+        }
+        if unavailable {
+            status.unavailable += 1;
+        }
+        if updated && !unavailable {
+            status.ready += 1;
+        } else if status.waiting.len() < WAITING_LISTED {
+            let reason = waiting_for.unwrap_or_else(|| "waiting".into());
+            status.waiting.push(WaitingMember {
+                name: member.name.to_string(),
+                reason: if member.offline {
+                    format!("offline; {reason}")
+                } else {
+                    reason
+                },
+            });
         }
     }
 
-    /// The status with its conditions; `conflicts` counts members with a priority tie on one of
-    /// the group's packages. Conditions keep their transition time while their status holds.
-    pub fn finish(
-        self,
-        group: &ClientGroup,
-        conflicts: usize,
-        now: Timestamp,
-    ) -> ClientGroupStatus {
+    /// The status with its conditions. Conditions keep their transition time while their status
+    /// and reason hold.
+    pub fn finish(mut self, group: &ClientGroup, now: Timestamp) -> ClientGroupStatus {
+        for (k, package) in self.status.packages.iter_mut().enumerate() {
+            package.overridden_by = std::mem::take(&mut self.overridden_by[k])
+                .into_iter()
+                .collect();
+            package.conflicts_with = std::mem::take(&mut self.conflicts_with[k])
+                .into_iter()
+                .collect();
+            package.failed_versions = std::mem::take(&mut self.failed_versions[k])
+                .into_iter()
+                .collect();
+        }
+        // A member queued for a release that failed on others is held back, not queued.
+        for waiting in &mut self.status.waiting {
+            for package in &self.status.packages {
+                for version in &package.failed_versions {
+                    if waiting
+                        .reason
+                        .ends_with(&format!("queued for {} {version}", package.name))
+                    {
+                        waiting.reason = waiting.reason.replace(
+                            &format!("queued for {} {version}", package.name),
+                            &format!(
+                                "held back: {} {version} failed on other members",
+                                package.name
+                            ),
+                        );
+                    }
+                }
+            }
+        }
         let previous = group.status.clone().unwrap_or_default();
         let generation = group.metadata.generation.unwrap_or(0);
         let mut status = self.status;
         status.observed_generation = generation;
-        status.conditions = previous.conditions;
-        finish_conditions(group, status, conflicts, generation, now)
+        status.conditions = previous.conditions.clone();
+        status.last_progress_time = if made_progress(&previous, &status) {
+            Some(now)
+        } else {
+            previous.last_progress_time.or(Some(now))
+        };
+        finish_conditions(group, status, self.conflicted_members, generation, now)
     }
+}
+
+/// Whether `status` shows progress over `previous`: another generation or resolved version, or
+/// other member counts.
+fn made_progress(previous: &ClientGroupStatus, status: &ClientGroupStatus) -> bool {
+    let resolved = |s: &ClientGroupStatus| -> Vec<Option<String>> {
+        s.packages
+            .iter()
+            .map(|p| p.resolved_version.clone())
+            .collect()
+    };
+    previous.observed_generation != status.observed_generation
+        || resolved(previous) != resolved(status)
+        || (previous.desired, previous.updated, previous.ready)
+            != (status.desired, status.updated, status.ready)
+        || previous
+            .packages
+            .iter()
+            .map(|p| p.updated)
+            .ne(status.packages.iter().map(|p| p.updated))
+}
+
+fn first_line(text: &str) -> &str {
+    let line = text.lines().next().unwrap_or_default();
+    match line.char_indices().nth(200) {
+        Some((cut, _)) => &line[..cut],
+        None => line,
+    }
+}
+
+/// "a (offline; installing kiosk 1.5.0), b (queued for kiosk 1.5.0) and 3 more".
+fn waiting_text(status: &ClientGroupStatus) -> String {
+    let total = status.desired.saturating_sub(status.ready) as usize;
+    let mut text = status
+        .waiting
+        .iter()
+        .map(|w| format!("{} ({})", w.name, w.reason))
+        .collect::<Vec<_>>()
+        .join(", ");
+    if total > status.waiting.len() {
+        text.push_str(&format!(" and {} more", total - status.waiting.len()));
+    }
+    text
+}
+
+/// `kiosk by front-desk; vpn by berlin, paris`.
+fn other_groups_text(
+    status: &ClientGroupStatus,
+    pick: fn(&ResolvedPackage) -> &[String],
+) -> String {
+    status
+        .packages
+        .iter()
+        .filter(|p| !pick(p).is_empty())
+        .map(|p| format!("{} by {}", p.name, pick(p).join(", ")))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 fn finish_conditions(
     group: &ClientGroup,
     mut status: ClientGroupStatus,
-    conflicts: usize,
+    conflicted_members: u32,
     generation: u64,
     now: Timestamp,
 ) -> ClientGroupStatus {
@@ -141,6 +378,11 @@ fn finish_conditions(
         observed_generation: Some(generation),
     };
     let all_ready = status.ready == status.desired && unresolved.is_empty();
+    let offline_note = if status.offline > 0 {
+        format!(" ({} offline)", status.offline)
+    } else {
+        String::new()
+    };
     set_condition(
         &mut status.conditions,
         condition(
@@ -151,26 +393,81 @@ fn finish_conditions(
             } else {
                 "MembersNotReady"
             },
-            format!("{} of {} members ready", status.ready, status.desired),
+            format!(
+                "{} of {} members ready{offline_note}",
+                status.ready, status.desired
+            ),
         ),
     );
-    let progressing = !all_ready && !group.spec.paused && status.failed == 0;
-    let (reason, message) = if group.spec.paused {
+    let deadline = Duration::from_secs(u64::from(group.spec.rollout.progress_deadline_seconds));
+    let stuck_for = status
+        .last_progress_time
+        .map(|since| now.since(since))
+        .unwrap_or_default();
+    let failed_releases: Vec<String> = status
+        .packages
+        .iter()
+        .flat_map(|p| {
+            p.failed_versions
+                .iter()
+                .map(move |v| format!("{} {v}", p.name))
+        })
+        .collect();
+    let (progressing, reason, message) = if group.spec.paused {
         (
+            false,
             "Paused",
             "the group is paused; no new assignments".to_string(),
         )
-    } else if progressing {
+    } else if all_ready {
+        let overridden = other_groups_text(&status, |p| &p.overridden_by);
         (
-            "RollingOut",
-            format!("{} of {} members updated", status.updated, status.desired),
+            false,
+            "Complete",
+            if overridden.is_empty() {
+                "every member runs the group's packages".to_string()
+            } else {
+                format!(
+                    "every member runs the group's packages where this group decides them \
+                     (decided by higher-priority groups: {overridden})"
+                )
+            },
         )
     } else if status.failed > 0 {
-        ("Stalled", format!("{} members failed", status.failed))
+        (
+            false,
+            "ReleaseFailed",
+            format!(
+                "{} of {} members failed to install {}; it is not handed to further members \
+                 until the requirement changes or `tcadm rollout retry clientgroup {}`",
+                status.failed,
+                status.desired,
+                failed_releases.join(", "),
+                group.metadata.name
+            ),
+        )
+    } else if stuck_for > deadline {
+        (
+            false,
+            "ProgressDeadlineExceeded",
+            format!(
+                "no progress since {} (progressDeadlineSeconds {}); {} of {} members ready{offline_note}; \
+                 waiting for {}",
+                status.last_progress_time.unwrap_or(now),
+                deadline.as_secs(),
+                status.ready,
+                status.desired,
+                waiting_text(&status)
+            ),
+        )
     } else {
         (
-            "Complete",
-            "every member runs the group's packages".to_string(),
+            true,
+            "RollingOut",
+            format!(
+                "{} of {} members updated, {} ready{offline_note}",
+                status.updated, status.desired, status.ready
+            ),
         )
     };
     set_condition(
@@ -182,16 +479,20 @@ fn finish_conditions(
             true,
             "MembersFailed",
             format!(
-                "{} of {} members failed to update",
-                status.failed, status.desired
+                "{} of {} members failed to install {}",
+                status.failed,
+                status.desired,
+                failed_releases.join(", ")
             ),
         )
-    } else if conflicts > 0 {
+    } else if conflicted_members > 0 {
         (
             true,
             "Conflict",
             format!(
-                "{conflicts} members are selected by another group of the same priority that pins a different version"
+                "{conflicted_members} members are also selected by groups of the same priority \
+                 that pin other versions: {}",
+                other_groups_text(&status, |p| &p.conflicts_with)
             ),
         )
     } else if !unresolved.is_empty() {

@@ -551,6 +551,9 @@ impl<'a> StatusRecord<'a> {
             desired,
             desired_revision,
             conditions,
+            // Computed when a client is read, never stored.
+            groups: _,
+            decisions: _,
         } = status;
         StatusRecord {
             phase: *phase,

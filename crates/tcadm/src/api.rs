@@ -589,6 +589,13 @@ impl ApiClient {
         )
     }
 
+    /// `POST /apis/thinfleet.io/v1/clientgroups/NAME/retry`: retries the releases that failed on
+    /// the group's members; answers what was retried.
+    pub fn retry_group(&self, name: &str) -> Result<Value, ApiError> {
+        let url = self.url(&format!("{API_PREFIX}/clientgroups/{name}/retry"), &[])?;
+        Self::decode(self.execute(self.request(Method::POST, url))?)
+    }
+
     /// `POST /apis/thinfleet.io/v1/bootstraptokens`: a new bootstrap token.
     pub fn create_bootstrap_token(&self) -> Result<String, ApiError> {
         #[derive(Deserialize)]

@@ -280,8 +280,22 @@ pub struct PushArgs {
 /// `rollout` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum RolloutCommand {
-    /// Show a group's rollout; with --watch, follow it until it completes or fails.
+    /// Show a group's rollout; with --watch, follow it until it completes, fails or stalls.
     Status(RolloutStatusArgs),
+    /// Try the releases that failed on a group's members once more (agents do not retry a
+    /// failed release on their own).
+    Retry(RolloutTargetArgs),
+}
+
+/// A rollout's group, for `rollout retry`.
+#[derive(Debug, Args)]
+pub struct RolloutTargetArgs {
+    /// Always `clientgroup` (`cg`).
+    #[arg(value_name = "KIND", value_parser = parse_kind)]
+    pub kind: Kind,
+    /// The group's name.
+    #[arg(value_name = "NAME")]
+    pub name: String,
 }
 
 /// Arguments of `rollout status`.
@@ -293,7 +307,8 @@ pub struct RolloutStatusArgs {
     /// The group's name.
     #[arg(value_name = "NAME")]
     pub name: String,
-    /// Follow the rollout until it completes (exit 0), fails or times out (exit 1).
+    /// Follow the rollout until it completes (exit 0), fails, stalls past its progress deadline
+    /// or times out (exit 1).
     #[arg(short = 'w', long)]
     pub watch: bool,
     /// How long --watch follows (`30s`, `5m`, `1h`).
@@ -442,6 +457,7 @@ mod tests {
         assert!(parse("tcadm label client kiosk-1").is_err());
         assert!(parse("tcadm push kiosk-1.0.0.zip --package kiosk --version 1.0.0").is_ok());
         assert!(parse("tcadm rollout status cg front-desk --watch --timeout 10m").is_ok());
+        assert!(parse("tcadm rollout retry clientgroup front-desk").is_ok());
         assert!(parse("tcadm token create").is_ok());
         assert!(parse("tcadm completion zsh").is_ok());
         assert!(parse("tcadm completion tcsh").is_err());

@@ -18,7 +18,8 @@ use tc_api::{
 use crate::api::{ApiClient, ApiError, ApplyOptions, ApplyResult, Connection};
 use crate::cli::{
     ApplyArgs, Cli, Command, DeleteArgs, DescribeArgs, DiffArgs, FileArgs, GetArgs, LabelArgs,
-    OutputFormat, PushArgs, Resource, RolloutCommand, RolloutStatusArgs, TokenCommand,
+    OutputFormat, PushArgs, Resource, RolloutCommand, RolloutStatusArgs, RolloutTargetArgs,
+    TokenCommand,
 };
 use crate::describe::{MAX_EVENTS, describe_client, describe_group, describe_release};
 use crate::diff::item_diff;
@@ -82,6 +83,7 @@ pub fn run(cli: Cli, context: &mut Context<'_>) -> Result<u8, CliError> {
         Command::Label(args) => label(context, &args),
         Command::Push(args) => push(context, &args),
         Command::Rollout(RolloutCommand::Status(args)) => rollout_status(context, &args),
+        Command::Rollout(RolloutCommand::Retry(args)) => rollout_retry(context, &args),
         Command::Token(TokenCommand::Create) => {
             let token = context.client()?.create_bootstrap_token()?;
             writeln!(context.out, "{token}")?;
@@ -408,6 +410,12 @@ fn follow_rollouts(
                     )));
                     break;
                 }
+                RolloutState::Stalled(message) => {
+                    failure = Some(CliError::Failed(format!(
+                        "clientgroup/{name} rollout stalled: {message}"
+                    )));
+                    break;
+                }
             }
         }
         if let Some(error) = failure {
@@ -476,7 +484,37 @@ fn rollout_status(context: &mut Context<'_>, args: &RolloutStatusArgs) -> Result
         RolloutState::Failed(message) => Err(CliError::Failed(format!(
             "clientgroup/{name} rollout failed: {message}"
         ))),
+        RolloutState::Stalled(message) => Err(CliError::Failed(format!(
+            "clientgroup/{name} rollout stalled: {message}"
+        ))),
     }
+}
+
+fn rollout_retry(context: &mut Context<'_>, args: &RolloutTargetArgs) -> Result<u8, CliError> {
+    if args.kind != Kind::ClientGroup {
+        return Err(CliError::Usage(format!(
+            "rollouts belong to client groups: use `tcadm rollout retry clientgroup NAME`, not {}",
+            args.kind.as_str().to_ascii_lowercase()
+        )));
+    }
+    let client = context.client()?;
+    let answer = client.retry_group(&args.name)?;
+    writeln!(
+        context.out,
+        "clientgroup/{}: {}",
+        args.name,
+        answer["message"].as_str().unwrap_or_default()
+    )?;
+    for retried in answer["retried"].as_array().into_iter().flatten() {
+        writeln!(
+            context.out,
+            "  client/{} {} {}",
+            retried["client"].as_str().unwrap_or_default(),
+            retried["package"].as_str().unwrap_or_default(),
+            retried["version"].as_str().unwrap_or_default()
+        )?;
+    }
+    Ok(EXIT_OK)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -200,6 +200,30 @@ pub fn describe_client(client: &Client, events: &[Event], now: Timestamp) -> Str
         );
     }
     out.section("Packages", &packages_table(client, now));
+    out.field(
+        0,
+        "Groups",
+        if status.groups.is_empty() {
+            "<none>".to_string()
+        } else {
+            status.groups.join(", ")
+        },
+    );
+    let mut why = Table::new(&["PACKAGE", "DESIRED", "ASSIGNED", "DECIDED BY", "WHY"]);
+    for decision in &status.decisions {
+        why.push(vec![
+            decision.package.clone(),
+            decision.desired.clone().unwrap_or_else(|| "-".into()),
+            decision.assigned.clone().unwrap_or_else(|| "-".into()),
+            match (&decision.group, &decision.requirement) {
+                (Some(group), Some(requirement)) => format!("{group} ({requirement})"),
+                (Some(group), None) => group.clone(),
+                _ => "-".into(),
+            },
+            one_line(&decision.reason),
+        ]);
+    }
+    out.section("Why", &why);
     out.section("Conditions", &conditions_table(&status.conditions, now));
     out.section("Events", &events_table(events, now));
     out.text
@@ -276,31 +300,89 @@ pub fn describe_group(
         ("Priority", spec.priority.to_string()),
         ("Paused", spec.paused.to_string()),
         ("Max Unavailable", spec.rollout.max_unavailable.to_string()),
+        (
+            "Progress Deadline",
+            format!("{}s", spec.rollout.progress_deadline_seconds),
+        ),
         ("Heartbeat", format!("{}s", spec.agent.heartbeat_seconds)),
         (
             "Members",
             format!(
-                "{} desired, {} updated, {} ready, {} failed, {} unavailable",
-                status.desired, status.updated, status.ready, status.failed, status.unavailable
+                "{} desired, {} updated, {} ready, {} failed, {} unavailable, {} offline",
+                status.desired,
+                status.updated,
+                status.ready,
+                status.failed,
+                status.unavailable,
+                status.offline
             ),
         ),
+        ("Last Progress", time_text(status.last_progress_time, now)),
     ]);
     out.fields(0, &fields);
-    let mut packages = Table::new(&["NAME", "REQUIREMENT", "RESOLVED"]);
+    let mut packages = Table::new(&[
+        "NAME",
+        "REQUIREMENT",
+        "RESOLVED",
+        "UPDATED",
+        "UNAVAILABLE",
+        "FAILED",
+        "DECIDED ELSEWHERE",
+    ]);
     for requirement in &spec.packages {
-        let resolved = status
-            .packages
-            .iter()
-            .find(|p| p.name == requirement.name)
-            .and_then(|p| p.resolved_version.clone())
-            .unwrap_or_else(|| "<unresolved>".into());
+        let resolved = status.packages.iter().find(|p| p.name == requirement.name);
+        let mut elsewhere: Vec<String> = vec![];
+        if let Some(resolved) = resolved {
+            if !resolved.overridden_by.is_empty() {
+                elsewhere.push(format!(
+                    "{} member(s) by {}",
+                    resolved.overridden,
+                    resolved.overridden_by.join(", ")
+                ));
+            }
+            if !resolved.conflicts_with.is_empty() {
+                elsewhere.push(format!(
+                    "conflict with {}",
+                    resolved.conflicts_with.join(", ")
+                ));
+            }
+        }
+        let failed = match resolved {
+            Some(p) if !p.failed_versions.is_empty() => {
+                format!("{} ({})", p.failed, p.failed_versions.join(", "))
+            }
+            Some(p) => p.failed.to_string(),
+            None => "0".into(),
+        };
         packages.push(vec![
             requirement.name.clone(),
             requirement.version.clone(),
-            resolved,
+            resolved
+                .and_then(|p| p.resolved_version.clone())
+                .unwrap_or_else(|| "<unresolved>".into()),
+            resolved.map_or(0, |p| p.updated).to_string(),
+            resolved.map_or(0, |p| p.unavailable).to_string(),
+            failed,
+            if elsewhere.is_empty() {
+                "-".into()
+            } else {
+                elsewhere.join("; ")
+            },
         ]);
     }
     out.section("Packages", &packages);
+    if !status.waiting.is_empty() {
+        let mut waiting = Table::new(&["CLIENT", "WAITING FOR"]);
+        for member in &status.waiting {
+            waiting.push(vec![member.name.clone(), one_line(&member.reason)]);
+        }
+        out.section("Waiting For", &waiting);
+        let more = (status.desired.saturating_sub(status.ready) as usize)
+            .saturating_sub(status.waiting.len());
+        if more > 0 {
+            out.line(2, &format!("... and {more} more"));
+        }
+    }
     let mut clients = Table::new(&["NAME", "PHASE", "LAST SEEN", "PACKAGES"]);
     for client in members.iter().take(MAX_MEMBERS) {
         let wanted: Vec<String> = spec

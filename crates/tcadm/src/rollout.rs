@@ -15,7 +15,13 @@ pub enum RolloutState {
     Progressing(String),
     /// Members failed; the text is the `Degraded` message.
     Failed(String),
+    /// No progress within `progressDeadlineSeconds`; the text is the `Progressing` message
+    /// (whom the rollout waits for).
+    Stalled(String),
 }
+
+/// The `Progressing` reason of a rollout past its deadline.
+pub const PROGRESS_DEADLINE_EXCEEDED: &str = "ProgressDeadlineExceeded";
 
 /// A release that was just published: a group that requires its package with a matching version
 /// is not rolled out until it resolves to this version or a later one.
@@ -27,13 +33,32 @@ pub struct ExpectedRelease {
     pub version: semver::Version,
 }
 
-/// The member counts of a group, as `2 of 5 updated, 1 ready, 0 failed`.
+/// The member counts of a group, as `2 of 5 updated, 1 ready, 0 failed`, with the offline
+/// members and whom the rollout waits for when there are any:
+/// `..., 1 offline; waiting for kiosk-3 (offline; installing kiosk 1.5.0)`.
 pub fn progress_text(group: &ClientGroup) -> String {
     let status = group.status.clone().unwrap_or_default();
-    format!(
+    let mut text = format!(
         "{} of {} updated, {} ready, {} failed",
         status.updated, status.desired, status.ready, status.failed
-    )
+    );
+    if status.offline > 0 {
+        text.push_str(&format!(", {} offline", status.offline));
+    }
+    if !status.waiting.is_empty() {
+        let names: Vec<String> = status
+            .waiting
+            .iter()
+            .take(3)
+            .map(|w| format!("{} ({})", w.name, w.reason))
+            .collect();
+        let total = status.desired.saturating_sub(status.ready) as usize;
+        text.push_str(&format!("; waiting for {}", names.join(", ")));
+        if total > names.len() {
+            text.push_str(&format!(" and {} more", total - names.len()));
+        }
+    }
+    text
 }
 
 /// Judges a group: failed when `Degraded` is true with reason `MembersFailed`; complete when the
@@ -55,6 +80,12 @@ pub fn rollout_state(group: &ClientGroup, expected: &[ExpectedRelease]) -> Rollo
         return RolloutState::Failed(message);
     }
     let generation = group.metadata.generation.unwrap_or(0);
+    if status.observed_generation >= generation
+        && let Some(progressing) = find_condition(&status.conditions, "Progressing")
+        && progressing.reason == PROGRESS_DEADLINE_EXCEEDED
+    {
+        return RolloutState::Stalled(progressing.message.clone());
+    }
     if status.observed_generation < generation {
         return RolloutState::Progressing(format!(
             "waiting for the controller to observe generation {generation}"
@@ -132,6 +163,7 @@ mod tests {
                 name: "kiosk".into(),
                 version: "^1.4".into(),
                 resolved_version: Some("1.4.2".into()),
+                ..Default::default()
             }],
             ..Default::default()
         }
@@ -185,6 +217,49 @@ mod tests {
         assert_eq!(
             rollout_state(&group(2, Some(conflict)), &[]),
             RolloutState::Complete
+        );
+    }
+
+    #[test]
+    fn a_rollout_past_its_progress_deadline_is_stalled_with_the_reason() {
+        let mut stalled = status(2, 5, 5, 4);
+        stalled.conditions.push(Condition {
+            type_: "Progressing".into(),
+            status: ConditionStatus::False,
+            reason: PROGRESS_DEADLINE_EXCEEDED.into(),
+            message: "no progress since ...; waiting for kiosk-3 (offline)".into(),
+            last_transition_time: Timestamp::EPOCH,
+            observed_generation: Some(2),
+        });
+        assert_eq!(
+            rollout_state(&group(2, Some(stalled.clone())), &[]),
+            RolloutState::Stalled("no progress since ...; waiting for kiosk-3 (offline)".into())
+        );
+        // A new generation is a new rollout: the old deadline does not count.
+        assert!(matches!(
+            rollout_state(&group(3, Some(stalled)), &[]),
+            RolloutState::Progressing(_)
+        ));
+    }
+
+    #[test]
+    fn progress_names_offline_members_and_whom_it_waits_for() {
+        let mut waiting = status(2, 5, 4, 3);
+        waiting.offline = 1;
+        waiting.waiting = vec![
+            tc_api::WaitingMember {
+                name: "kiosk-3".into(),
+                reason: "offline; installing kiosk 1.4.2".into(),
+            },
+            tc_api::WaitingMember {
+                name: "kiosk-4".into(),
+                reason: "queued for kiosk 1.4.2".into(),
+            },
+        ];
+        assert_eq!(
+            progress_text(&group(2, Some(waiting))),
+            "4 of 5 updated, 3 ready, 0 failed, 1 offline; waiting for kiosk-3 (offline; \
+             installing kiosk 1.4.2), kiosk-4 (queued for kiosk 1.4.2)"
         );
     }
 

@@ -128,8 +128,8 @@ pub fn selector_text(group: &ClientGroup) -> String {
     }
 }
 
-/// The groups table: NAME, MEMBERS, UP-TO-DATE, READY, FAILED, PACKAGES, AGE; wide adds
-/// SELECTOR and PRIORITY.
+/// The groups table: NAME, MEMBERS, UP-TO-DATE, READY, FAILED, OFFLINE, PACKAGES, AGE; wide
+/// adds SELECTOR and PRIORITY.
 pub fn groups_table(groups: &[ClientGroup], wide: bool, now: Timestamp) -> Table {
     let mut headers = vec![
         "NAME",
@@ -137,6 +137,7 @@ pub fn groups_table(groups: &[ClientGroup], wide: bool, now: Timestamp) -> Table
         "UP-TO-DATE",
         "READY",
         "FAILED",
+        "OFFLINE",
         "PACKAGES",
         "AGE",
     ];
@@ -152,6 +153,7 @@ pub fn groups_table(groups: &[ClientGroup], wide: bool, now: Timestamp) -> Table
             status.updated.to_string(),
             status.ready.to_string(),
             status.failed.to_string(),
+            status.offline.to_string(),
             group_packages(group),
             age(group.metadata.creation_timestamp, now, "<unknown>"),
         ];
@@ -371,12 +373,14 @@ kiosk-2   Pending   <never>     <none>       <none>                <none>   <non
                 ready: 3,
                 failed: 1,
                 unavailable: 1,
+                offline: 2,
                 packages: vec![ResolvedPackage {
                     name: "kiosk-browser".into(),
                     version: "^1.4".into(),
                     resolved_version: Some("1.4.2".into()),
+                    ..Default::default()
                 }],
-                conditions: vec![],
+                ..Default::default()
             }),
         }
     }
@@ -387,8 +391,8 @@ kiosk-2   Pending   <never>     <none>       <none>                <none>   <non
         assert_eq!(
             table.render(),
             "\
-NAME         MEMBERS   UP-TO-DATE   READY   FAILED   PACKAGES                                     AGE
-front-desk   5         4            3       1        kiosk-browser@1.4.2,vpn@=2.0.1(unresolved)   3d
+NAME         MEMBERS   UP-TO-DATE   READY   FAILED   OFFLINE   PACKAGES                                     AGE
+front-desk   5         4            3       1        2         kiosk-browser@1.4.2,vpn@=2.0.1(unresolved)   3d
 "
         );
         let wide = groups_table(&[group()], true, now()).render();

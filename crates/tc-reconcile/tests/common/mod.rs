@@ -51,6 +51,7 @@ pub fn group(name: &str, priority: i32, packages: &[(&str, &str)]) -> ClientGrou
                 .collect(),
             rollout: RolloutSpec {
                 max_unavailable: IntOrPercent::Int(1),
+                ..Default::default()
             },
             ..Default::default()
         },
