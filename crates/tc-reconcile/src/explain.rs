@@ -28,7 +28,14 @@ pub fn explain(
             .find(|p| p.name == package)
             .map(|p| p.version.clone())
     };
-    let packages: BTreeSet<&String> = desire.packages.keys().chain(assigned.keys()).collect();
+    // Every package a selecting group asks for (decided, tied or unresolvable) or the client has.
+    let packages: BTreeSet<&String> = desire
+        .packages
+        .keys()
+        .chain(assigned.keys())
+        .chain(desire.conflicts.iter().map(|c| &c.package))
+        .chain(desire.unresolved.iter().map(|u| &u.package))
+        .collect();
     let mut decisions = vec![];
     for package in packages {
         let want = desire.packages.get(package);

@@ -2,7 +2,7 @@
 
 #![allow(dead_code, unused_imports)]
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -204,4 +204,108 @@ where
         );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
+}
+
+/// A simulated agent: enrols, heartbeats, and reports what it was told to install.
+pub struct SimAgent {
+    pub api: Api,
+    pub name: String,
+    pub revision: u64,
+    pub packages: Vec<Value>,
+}
+
+impl SimAgent {
+    pub async fn enroll(controller: &TestController, machine: &str, labels: Value) -> SimAgent {
+        let anonymous = Api::with_token(controller, "");
+        let (status, enrolled) = anonymous
+            .enroll(controller.bootstrap_token(), machine, machine, labels)
+            .await;
+        assert_eq!(status, StatusCode::OK, "{enrolled}");
+        SimAgent {
+            api: Api::with_token(controller, enrolled["clientToken"].as_str().unwrap()),
+            name: enrolled["clientName"].as_str().unwrap().to_string(),
+            revision: 0,
+            packages: vec![],
+        }
+    }
+
+    /// Heartbeats with the current reports; returns the desired state.
+    pub async fn heartbeat(&mut self) -> Value {
+        let body = json!({
+            "protocolVersion": 1, "observedRevision": self.revision, "packages": self.packages,
+            "inventoryHash": "h1", "inventory": { "hostname": self.name, "arch": "x86_64", "osName": "Debian GNU/Linux", "cpuCores": 2 },
+        });
+        let (status, response) = self.api.heartbeat(body).await;
+        assert_eq!(status, StatusCode::OK, "{response}");
+        response["desired"].clone()
+    }
+
+    /// Heartbeats until the desired state satisfies `check` (at most 5 s).
+    pub async fn wait_for(&mut self, check: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let desired = self.heartbeat().await;
+            if check(&desired) {
+                return desired;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} never got the expected desired state: {desired}",
+                self.name
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Acts on a desired state: reports each package installed (or failed, when `fail` names its
+    /// version: then, as a real agent, it still runs the version it had, if any).
+    pub fn converge(&mut self, desired: &Value, fail: Option<&str>) {
+        self.revision = desired["revision"].as_u64().unwrap();
+        let before = std::mem::take(&mut self.packages);
+        self.packages = desired["packages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                let failed = fail == Some(p["version"].as_str().unwrap());
+                let mut report = json!({ "name": p["name"], "version": p["version"], "state": if failed { "Failed" } else { "Installed" },
+                        "message": if failed { "healthCheck exited 1" } else { "" }, "since": "2026-11-22T00:00:00Z" });
+                let running = before
+                    .iter()
+                    .find(|b| b["name"] == p["name"])
+                    .and_then(|b| match b["state"].as_str() {
+                        Some("Installed") => Some(b["version"].clone()),
+                        _ => b.get("activeVersion").cloned(),
+                    });
+                if failed && let Some(running) = running {
+                    report["activeVersion"] = running;
+                }
+                report
+            })
+            .collect();
+    }
+}
+
+pub async fn publish(api: &Api, package: &str, version: &str) -> String {
+    let zip = package_zip(&format!("{package}-{version}"));
+    let sha = sha256_hex(&zip);
+    api.put_blob(zip).await;
+    let (status, result) = api.apply(&release_yaml(package, version, &sha), "").await;
+    assert_eq!(status, StatusCode::OK, "{result}");
+    sha
+}
+
+pub fn versions(desired: &Value) -> Vec<String> {
+    desired["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            format!(
+                "{}@{}",
+                p["name"].as_str().unwrap(),
+                p["version"].as_str().unwrap()
+            )
+        })
+        .collect()
 }
