@@ -64,9 +64,16 @@ fn run(cli: &Cli) -> ExitCode {
         Ok(faults) => faults,
         Err(error) => return fail(2, &error),
     };
+    let retry = match tc_agent::fault::retry_from_env() {
+        Ok(retry) => retry,
+        Err(error) => return fail(2, &error),
+    };
     tc_agent::install_crypto_provider();
     let mut options = RunOptions::new(config);
     options.engine.faults = faults;
+    if let Some(retry) = retry {
+        options.engine.retry = retry;
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -5,9 +5,7 @@ use std::fmt::Write;
 
 use tc_proto::{PackageState, Timestamp};
 
-use crate::state::{
-    ConnectionStatus, Credentials, FailedAction, Journal, StateDir, StateError, read_json,
-};
+use crate::state::{ConnectionStatus, Credentials, Journal, StateDir, StateError, read_json};
 
 /// Renders the status of the agent whose state lives in `dir`.
 pub fn render(dir: &StateDir, now: Timestamp) -> Result<String, StateError> {
@@ -99,8 +97,22 @@ pub fn render(dir: &StateDir, now: Timestamp) -> Result<String, StateError> {
                     let _ = write!(text, ": failed");
                     if let Some(failure) = &record.failure {
                         let _ = write!(text, " {} time(s)", failure.attempts);
-                        if failure.action == FailedAction::Install && failure.retry_at > now {
-                            let _ = write!(text, ", next attempt at {}", failure.retry_at);
+                        let this_release = failure.is_install_of(
+                            &package.version,
+                            &package.sha256,
+                            package.attempt,
+                        );
+                        match failure.retry_after() {
+                            None if this_release => {
+                                let _ = write!(
+                                    text,
+                                    ", not tried again until its assignment changes or an admin retries it"
+                                );
+                            }
+                            Some(at) if this_release && at > now => {
+                                let _ = write!(text, ", next attempt at {at}");
+                            }
+                            _ => {}
                         }
                     }
                     if let Some(message) = &record.message {
@@ -161,7 +173,9 @@ fn write_connection(out: &mut String, connection: Option<&ConnectionStatus>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::{ErrorRecord, Failure, PackageRecord, VersionRecord};
+    use crate::state::{
+        ErrorRecord, FailedAction, Failure, FailureCause, PackageRecord, VersionRecord,
+    };
     use tc_proto::{DesiredPackage, DesiredState};
 
     fn version(version: &str) -> VersionRecord {
@@ -200,10 +214,25 @@ mod tests {
             action: FailedAction::Install,
             version: "2.0.0".into(),
             sha256: "b".repeat(64),
+            attempt: 0,
+            cause: FailureCause::Download,
             attempts: 2,
             retry_at: now.plus(std::time::Duration::from_secs(60)),
         });
         journal.packages.insert("browser".into(), browser);
+        let mut kiosk = PackageRecord::new("5.0.0", now);
+        kiosk.state = PackageState::Failed;
+        kiosk.message = Some("postInstall failed; no version is active".into());
+        kiosk.failure = Some(Failure {
+            action: FailedAction::Install,
+            version: "5.0.0".into(),
+            sha256: "b".repeat(64),
+            attempt: 0,
+            cause: FailureCause::Package,
+            attempts: 1,
+            retry_at: now.plus(std::time::Duration::from_secs(60)),
+        });
+        journal.packages.insert("kiosk".into(), kiosk);
         let mut old = PackageRecord::new("3.0.0", now);
         old.active = Some(version("3.0.0"));
         old.state = PackageState::Installed;
@@ -212,6 +241,7 @@ mod tests {
             revision: 4,
             packages: vec![
                 desired_package("browser", "2.0.0"),
+                desired_package("kiosk", "5.0.0"),
                 desired_package("vpn", "1.0.0"),
             ],
         });
@@ -235,7 +265,7 @@ mod tests {
 
         let text = render(&dir, now).unwrap();
         assert!(text.contains("not enrolled"), "{text}");
-        assert!(text.contains("revision 4 (2 packages)"), "{text}");
+        assert!(text.contains("revision 4 (3 packages)"), "{text}");
         assert!(
             text.lines().any(|line| line.contains("browser")
                 && line.contains("1.0.0")
@@ -246,6 +276,12 @@ mod tests {
         assert!(
             text.contains(
                 "install browser 2.0.0 (replacing 1.0.0): failed 2 time(s), next attempt at"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "install kiosk 5.0.0: failed 1 time(s), not tried again until its assignment changes or an admin retries it: postInstall failed"
             ),
             "{text}"
         );

@@ -68,7 +68,7 @@ async fn status_shows_installed_pending_and_the_last_error_without_a_controller(
         "{text}"
     );
     assert!(
-        text.contains("install kiosk 2.0.0 (replacing 1.0.0): failed 1 time(s)"),
+        text.contains("install kiosk 2.0.0 (replacing 1.0.0): failed 1 time(s), not tried again until its assignment changes or an admin retries it"),
         "{text}"
     );
     assert!(text.contains("healthCheck failed"), "{text}");
