@@ -2,13 +2,51 @@
 //! directory alone (the controller is not needed).
 
 use std::fmt::Write;
+use std::path::PathBuf;
 
 use tc_proto::{PackageState, Timestamp};
 
 use crate::state::{ConnectionStatus, Credentials, Journal, StateDir, StateError, read_json};
 
+/// Why the status cannot be shown.
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    /// The state directory does not exist: a wrong `--state-dir`, or an agent that never ran.
+    #[error(
+        "state directory {path} does not exist; pass the --state-dir or --config the agent runs with"
+    )]
+    MissingStateDir {
+        /// The directory looked for.
+        path: PathBuf,
+    },
+    /// Something other than a directory is where the state directory should be.
+    #[error("{path} is not a directory; pass the --state-dir or --config the agent runs with")]
+    NotADirectory {
+        /// The path given.
+        path: PathBuf,
+    },
+    /// A state file could not be read or decoded.
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
 /// Renders the status of the agent whose state lives in `dir`.
-pub fn render(dir: &StateDir, now: Timestamp) -> Result<String, StateError> {
+pub fn render(dir: &StateDir, now: Timestamp) -> Result<String, StatusError> {
+    let root = dir.root();
+    match std::fs::metadata(root) {
+        Ok(metadata) if metadata.is_dir() => {}
+        Ok(_) => {
+            return Err(StatusError::NotADirectory {
+                path: root.to_owned(),
+            });
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            return Err(StatusError::MissingStateDir {
+                path: root.to_owned(),
+            });
+        }
+        Err(error) => return Err(StateError::io(root)(error).into()),
+    }
     let journal = Journal::load(dir)?;
     let credentials = Credentials::load(dir)?;
     let connection: Option<ConnectionStatus> = read_json(&dir.connection())?;
@@ -294,6 +332,31 @@ mod tests {
                 "Controller:      failing since 2027-01-15T08:00:00.000Z: connection refused"
             ),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn status_of_a_missing_state_directory_says_so() {
+        let temp = tempfile::tempdir().unwrap();
+        let missing = temp.path().join("nowhere");
+        let error = render(&StateDir::new(&missing), Timestamp::now()).unwrap_err();
+        assert!(
+            matches!(error, StatusError::MissingStateDir { .. }),
+            "{error}"
+        );
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "state directory {} does not exist; pass the --state-dir or --config the agent runs with",
+                missing.display()
+            )
+        );
+        let file = temp.path().join("file");
+        std::fs::write(&file, "").unwrap();
+        let error = render(&StateDir::new(&file), Timestamp::now()).unwrap_err();
+        assert!(
+            matches!(error, StatusError::NotADirectory { .. }),
+            "{error}"
         );
     }
 
