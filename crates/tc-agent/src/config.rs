@@ -27,59 +27,81 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/tc-agent";
 
 /// The thinfleet agent: enrols with the controller, reports this machine and installs the
 /// packages assigned to it.
+///
+/// Without a subcommand it runs the agent with the settings given here (as `tc-agent run` does).
 #[derive(Debug, clap::Parser)]
-#[command(name = "tc-agent", version)]
+#[command(name = "tc-agent", version, args_conflicts_with_subcommands = true)]
 pub struct Cli {
     /// What to do; `run` when omitted.
     #[command(subcommand)]
     pub command: Option<Command>,
-    /// Settings, also accepted after the subcommand.
+    /// The settings of `run`, for the agent run without a subcommand.
     #[command(flatten)]
     pub settings: Settings,
 }
 
-/// The subcommands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Subcommand)]
-pub enum Command {
-    /// Run the agent (the default).
-    Run,
-    /// Print what is installed, what is pending and the last error, from the state directory.
-    Status,
+impl Cli {
+    /// What the command line asks for, with `run` when no subcommand was given.
+    pub fn into_command(self) -> Command {
+        self.command.unwrap_or(Command::Run(self.settings))
+    }
 }
 
-/// Settings as typed on the command line.
-#[derive(Clone, Debug, Default, Args)]
+/// The subcommands, each with only the settings it takes.
+#[derive(Clone, Debug, PartialEq, Eq, Subcommand)]
+pub enum Command {
+    /// Run the agent (the default).
+    Run(Settings),
+    /// Print what is installed, what is pending and the last error, from the state directory.
+    Status(StatusSettings),
+}
+
+/// The settings of `run`, as typed on the command line.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Args)]
 pub struct Settings {
     /// YAML configuration file; command-line settings override it.
-    #[arg(long, global = true, value_name = "FILE")]
+    #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Controller URL, e.g. `https://controller.example:7130`.
-    #[arg(long, global = true, value_name = "URL")]
+    #[arg(long, value_name = "URL")]
     pub server: Option<String>,
     /// Bootstrap token for the first enrolment (prefer --bootstrap-token-file: a command line is
     /// visible to every user of the machine).
-    #[arg(long, global = true, value_name = "TOKEN")]
+    #[arg(long, value_name = "TOKEN")]
     pub bootstrap_token: Option<String>,
     /// File holding the bootstrap token.
-    #[arg(
-        long,
-        global = true,
-        value_name = "FILE",
-        conflicts_with = "bootstrap_token"
-    )]
+    #[arg(long, value_name = "FILE", conflicts_with = "bootstrap_token")]
     pub bootstrap_token_file: Option<PathBuf>,
     /// State directory [default: /var/lib/tc-agent].
-    #[arg(long, global = true, value_name = "DIR")]
+    #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
     /// Label reported at enrolment (repeatable).
-    #[arg(long = "label", global = true, value_name = "KEY=VALUE")]
+    #[arg(long = "label", value_name = "KEY=VALUE")]
     pub labels: Vec<String>,
     /// Client name asked for at enrolment [default: the host name].
-    #[arg(long, global = true)]
+    #[arg(long)]
     pub name: Option<String>,
     /// Machine identity [default: /etc/machine-id, else one generated in the state directory].
-    #[arg(long, global = true, value_name = "ID")]
+    #[arg(long, value_name = "ID")]
     pub machine_id: Option<String>,
+}
+
+/// The settings of `status`: only where the state directory is.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Args)]
+pub struct StatusSettings {
+    /// The agent's YAML configuration file, for its `stateDir`.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// State directory [default: /var/lib/tc-agent]; overrides the configuration file.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+}
+
+impl StatusSettings {
+    /// The state directory, from the command line, the file or the default.
+    pub fn state_dir(&self) -> Result<PathBuf, ConfigError> {
+        state_dir(self.config.as_deref(), self.state_dir.as_deref())
+    }
 }
 
 /// The configuration file.
@@ -186,32 +208,42 @@ pub enum ConfigError {
     TwoTokens,
 }
 
+/// Reads the configuration file at `path`, if one is given.
+fn read_file_config(path: Option<&Path>) -> Result<Option<(PathBuf, FileConfig)>, ConfigError> {
+    let Some(path) = path else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let config = parse_file_config(&text).map_err(|message| ConfigError::File {
+        path: path.to_owned(),
+        message,
+    })?;
+    Ok(Some((path.to_owned(), config)))
+}
+
+/// The state directory: `state_dir` when given, else the file's `stateDir` (relative to the
+/// file), else the default.
+fn state_dir(config: Option<&Path>, state_dir: Option<&Path>) -> Result<PathBuf, ConfigError> {
+    if let Some(dir) = state_dir {
+        return Ok(dir.to_owned());
+    }
+    Ok(read_file_config(config)?
+        .and_then(|(path, file)| file.state_dir.map(|dir| relative_to(&path, dir)))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)))
+}
+
 impl Settings {
     /// Reads the configuration file, if any.
     pub fn file_config(&self) -> Result<Option<(PathBuf, FileConfig)>, ConfigError> {
-        let Some(path) = &self.config else {
-            return Ok(None);
-        };
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.clone(),
-            source,
-        })?;
-        let config = parse_file_config(&text).map_err(|message| ConfigError::File {
-            path: path.clone(),
-            message,
-        })?;
-        Ok(Some((path.clone(), config)))
+        read_file_config(self.config.as_deref())
     }
 
     /// The state directory, from the command line, the file or the default.
     pub fn state_dir(&self) -> Result<PathBuf, ConfigError> {
-        if let Some(dir) = &self.state_dir {
-            return Ok(dir.clone());
-        }
-        Ok(self
-            .file_config()?
-            .and_then(|(path, file)| file.state_dir.map(|dir| relative_to(&path, dir)))
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)))
+        state_dir(self.config.as_deref(), self.state_dir.as_deref())
     }
 
     /// Merges the command line with the configuration file into the agent's configuration.
@@ -529,14 +561,16 @@ mod tests {
         )
         .unwrap();
         let parsed = cli(&[
-            "status",
+            "run",
             "--config",
             config_path.to_str().unwrap(),
             "--label",
             "floor=2",
         ]);
-        assert_eq!(parsed.command, Some(Command::Status));
-        let config = parsed.settings.resolve("ignored").unwrap();
+        let Command::Run(settings) = parsed.into_command() else {
+            panic!("`run` parses as run");
+        };
+        let config = settings.resolve("ignored").unwrap();
         assert_eq!(config.server.as_str(), "https://controller.example/prefix/");
         let token = config.bootstrap_token.unwrap();
         assert_eq!(token, BootstrapToken::File(temp.path().join("token")));
@@ -545,9 +579,68 @@ mod tests {
         assert_eq!(config.name, "front-desk");
         assert_eq!(config.labels["site"], "berlin");
         assert_eq!(config.labels["floor"], "2");
+        assert_eq!(settings.state_dir().unwrap(), temp.path().join("state"));
+
+        let status = cli(&["status", "--config", config_path.to_str().unwrap()]);
+        let Command::Status(status) = status.into_command() else {
+            panic!("`status` parses as status");
+        };
+        assert_eq!(status.state_dir().unwrap(), temp.path().join("state"));
+        let status = cli(&[
+            "status",
+            "--config",
+            config_path.to_str().unwrap(),
+            "--state-dir",
+            "/elsewhere",
+        ]);
+        let Command::Status(status) = status.into_command() else {
+            panic!("`status` parses as status");
+        };
+        assert_eq!(status.state_dir().unwrap(), PathBuf::from("/elsewhere"));
+    }
+
+    #[test]
+    fn each_subcommand_takes_only_its_own_settings() {
+        let parse = |arguments: &[&str]| {
+            <Cli as clap::Parser>::try_parse_from(
+                std::iter::once("tc-agent").chain(arguments.iter().copied()),
+            )
+        };
+        let run_flags: [&[&str]; 6] = [
+            &["--server", "http://x"],
+            &["--bootstrap-token", "t"],
+            &["--bootstrap-token-file", "f"],
+            &["--label", "a=b"],
+            &["--name", "n"],
+            &["--machine-id", "m"],
+        ];
+        for flag in run_flags {
+            let mut arguments = vec!["status"];
+            arguments.extend_from_slice(flag);
+            let error = parse(&arguments).unwrap_err();
+            assert_eq!(
+                error.kind(),
+                clap::error::ErrorKind::UnknownArgument,
+                "{arguments:?}: {error}"
+            );
+            let mut arguments = vec!["run"];
+            arguments.extend_from_slice(flag);
+            assert!(parse(&arguments).is_ok(), "{arguments:?}");
+            assert!(parse(flag).is_ok(), "{flag:?}");
+            // Settings of the default `run` do not go with a subcommand either.
+            let mut arguments = flag.to_vec();
+            arguments.push("status");
+            assert!(parse(&arguments).is_err(), "{arguments:?}");
+        }
         assert_eq!(
-            parsed.settings.state_dir().unwrap(),
-            temp.path().join("state")
+            parse(&["--server", "http://x", "--name", "n"])
+                .unwrap()
+                .into_command(),
+            Command::Run(Settings {
+                server: Some("http://x".into()),
+                name: Some("n".into()),
+                ..Settings::default()
+            })
         );
     }
 

@@ -13,18 +13,35 @@
 //!
 //! A failure at any step leads to `roll-back`: `current` points to the previous version again
 //! (or is removed when there was none), the new version directory is deleted, and the package is
-//! reported `Failed` with the reason. The same attempt (version and sha256) is retried later with
-//! exponential backoff. On start, [`Engine::open`] looks at the step each package was in:
-//! before activation nothing active changed and the install simply resumes; from activation on,
-//! the install is rolled back like a failure (the hooks of an interrupted attempt cannot be
-//! trusted to have completed) and retried at once, up to [`IMMEDIATE_RETRIES_AFTER_CRASH`] times
-//! so that a hook that crashes the machine does not loop forever. Since `current` only ever
-//! changes by an atomic rename and only ever points to a complete directory, the active version is
-//! always the old or the new one.
+//! reported `Failed` with the reason. The journal records the failure with the release it was for
+//! (version, sha256 and the desired package's `attempt`) and its [`FailureCause`], which decides
+//! what happens next:
 //!
-//! A removal runs `preRemove` (if it fails the package stays installed and is reported `Failed`),
-//! then removes `current` and the package directory. Only packages recorded in the journal are
-//! ever touched.
+//! * a failed **download** (network or HTTP error, a download cut short, a size or sha256
+//!   mismatch) is retried with exponential backoff: nothing of the release ran;
+//! * any other failure (extraction refused, `preInstall`, the move, the activation,
+//!   `postInstall`, `healthCheck`) is a failure of the **release**: it is not installed again
+//!   while the desired package has the same sha256, version and `attempt`, across restarts. The
+//!   package stays reported `Failed` at that version with the message, and `activeVersion` says
+//!   what really runs. Retrying it would run its hooks again (a kiosk's `postInstall` restarts the
+//!   session) for the same result; another release, or a new `attempt` (the controller raises it
+//!   when an admin retries), is installed at once.
+//!
+//! On start, [`Engine::open`] looks at the step each package was in: before activation nothing
+//! active changed and the install simply resumes; from activation on, the install is rolled back
+//! like a failure (the hooks of an interrupted attempt cannot be trusted to have completed) and
+//! retried at once, up to [`IMMEDIATE_RETRIES_AFTER_CRASH`] times; one more interruption is a
+//! failure of the release, so a hook that crashes the machine does not loop it. Since `current`
+//! only ever changes by an atomic rename and only ever points to a complete directory, the active
+//! version is always the old or the new one.
+//!
+//! A failure recorded by an agent that did not record causes ([`FailureCause::Unrecorded`]) may
+//! have been a network error: that release is retried once when its backoff ends, and whatever
+//! that attempt does is recorded with its cause.
+//!
+//! A removal runs `preRemove` (if it fails the package stays installed, is reported `Failed` and
+//! the removal is retried with backoff), then removes `current` and the package directory. Only
+//! packages recorded in the journal are ever touched.
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -39,12 +56,12 @@ use crate::extract::{ExtractLimits, extract};
 use crate::fault::{FaultPoint, Faults};
 use crate::hooks::{self, HookContext, HookKind};
 use crate::state::{
-    ErrorRecord, FailedAction, Failure, InstallStep, Journal, Operation, PackageRecord, RemoveStep,
-    StateDir, StateError, VersionRecord, sync_dir,
+    ErrorRecord, FailedAction, Failure, FailureCause, InstallStep, Journal, Operation,
+    PackageRecord, RemoveStep, StateDir, StateError, VersionRecord, sync_dir,
 };
 
-/// How many times an install interrupted by a crash after a hook started is retried at once
-/// before the normal failure backoff applies.
+/// How many times an install interrupted by a crash after a hook started is retried at once;
+/// one more interruption is a failure of the release, which is not retried.
 pub const IMMEDIATE_RETRIES_AFTER_CRASH: u32 = 3;
 
 /// The name of the temporary link renamed over `current`.
@@ -57,7 +74,7 @@ pub struct EngineOptions {
     pub limits: ExtractLimits,
     /// How downloads are retried within one attempt.
     pub download: DownloadOptions,
-    /// Delay before a failed attempt is retried.
+    /// Delay before a failed download or removal is retried.
     pub retry: Backoff,
     /// Fault injection for crash tests.
     pub faults: Faults,
@@ -90,7 +107,9 @@ pub enum EngineError {
 
 /// Outcome of a step that did not complete.
 enum StepError {
-    /// The package failed; roll back and report.
+    /// The download failed; roll back, report, and retry with backoff.
+    Download(String),
+    /// The package failed; roll back, report, and do not install this release again.
     Failed(String),
     /// The engine cannot go on.
     Fatal(EngineError),
@@ -170,13 +189,13 @@ impl Engine {
     }
 
     /// The earliest time after `now` at which a failed attempt becomes due again, if any package
-    /// waits for one.
+    /// waits for one (a failed release that is not retried waits for nothing).
     pub fn next_retry_at(&self, now: Timestamp) -> Option<Timestamp> {
         self.journal
             .packages
             .values()
             .filter_map(|record| record.failure.as_ref())
-            .map(|failure| failure.retry_at)
+            .filter_map(Failure::retry_after)
             .filter(|at| *at > now)
             .min()
     }
@@ -279,16 +298,16 @@ impl Engine {
             record.set_state(PackageState::Installed, &package.version, None, now);
             return None;
         }
-        let same_attempt = record.failure.as_ref().is_some_and(|failure| {
-            failure.action == FailedAction::Install
-                && failure.version == package.version
-                && failure.sha256 == package.sha256
+        let failed_before = record.failure.as_ref().filter(|failure| {
+            failure.is_install_of(&package.version, &package.sha256, package.attempt)
         });
-        if same_attempt && waiting(record, FailedAction::Install, now) {
-            return None;
-        }
-        if !same_attempt {
-            record.failure = None;
+        match failed_before.map(Failure::retry_after) {
+            // The release failed and is not tried again: it stays reported `Failed` with the
+            // message of that failure until the desired package changes.
+            Some(None) => return None,
+            Some(Some(retry_at)) if now < retry_at => return None,
+            Some(Some(_)) => {}
+            None => record.failure = None,
         }
         record.set_state(PackageState::Installing, &package.version, None, now);
         Some(package)
@@ -309,19 +328,21 @@ impl Engine {
             target: version_record(package),
             step: InstallStep::Download,
             reason: None,
+            cause: None,
+            attempt: package.attempt,
         });
         self.save()?;
-        match self
+        let (reason, cause) = match self
             .install_steps(package, fetcher, previous.as_deref())
             .await
         {
-            Ok(()) => Ok(()),
-            Err(StepError::Fatal(error)) => Err(error),
-            Err(StepError::Failed(reason)) => {
-                self.set_install_step(&package.name, InstallStep::RollBack, Some(reason))?;
-                self.finish_rollback(&package.name, false)
-            }
-        }
+            Ok(()) => return Ok(()),
+            Err(StepError::Fatal(error)) => return Err(error),
+            Err(StepError::Download(reason)) => (reason, FailureCause::Download),
+            Err(StepError::Failed(reason)) => (reason, FailureCause::Package),
+        };
+        self.begin_rollback(&package.name, reason, cause)?;
+        self.finish_rollback(&package.name)
     }
 
     async fn install_steps(
@@ -335,10 +356,10 @@ impl Engine {
         let zip = fetcher
             .fetch(package, &self.dir.downloads())
             .await
-            .map_err(|error| StepError::Failed(format!("download failed: {error}")))?;
+            .map_err(|error| StepError::Download(format!("download failed: {error}")))?;
         self.fault(FaultPoint::AfterDownload)?;
 
-        self.set_install_step(name, InstallStep::Extract, None)?;
+        self.set_install_step(name, InstallStep::Extract)?;
         let staging = self.dir.staging_for(name);
         remove_all(&staging).map_err(|error| io_failure(&staging, error))?;
         let limits = self.options.limits.clone();
@@ -352,7 +373,7 @@ impl Engine {
         tracing::debug!(package = %name, version = %version, entries = extracted.entries, bytes = extracted.bytes, "extracted");
         self.fault(FaultPoint::AfterExtract)?;
 
-        self.set_install_step(name, InstallStep::Move, None)?;
+        self.set_install_step(name, InstallStep::Move)?;
         let package_dir = self.dir.package(name);
         let version_dir = self.dir.version(name, version);
         fs::create_dir_all(&package_dir).map_err(|error| io_failure(&package_dir, error))?;
@@ -371,24 +392,24 @@ impl Engine {
         self.fault(FaultPoint::AfterMove)?;
 
         if let Some(hook) = &package.hooks.pre_install {
-            self.set_install_step(name, InstallStep::PreInstall, None)?;
+            self.set_install_step(name, InstallStep::PreInstall)?;
             self.run_hook(HookKind::PreInstall, hook, name, version, previous)
                 .await?;
         }
 
-        self.set_install_step(name, InstallStep::Activate, None)?;
+        self.set_install_step(name, InstallStep::Activate)?;
         self.switch_current(name, version)
             .map_err(|error| io_failure(&self.dir.current(name), error))?;
         tracing::info!(package = %name, version = %version, "activated");
         self.fault(FaultPoint::AfterActivate)?;
 
         if let Some(hook) = &package.hooks.post_install {
-            self.set_install_step(name, InstallStep::PostInstall, None)?;
+            self.set_install_step(name, InstallStep::PostInstall)?;
             self.run_hook(HookKind::PostInstall, hook, name, version, previous)
                 .await?;
         }
         if let Some(hook) = &package.hooks.health_check {
-            self.set_install_step(name, InstallStep::HealthCheck, None)?;
+            self.set_install_step(name, InstallStep::HealthCheck)?;
             self.run_hook(HookKind::HealthCheck, hook, name, version, previous)
                 .await?;
         }
@@ -437,13 +458,43 @@ impl Engine {
         Ok(output)
     }
 
+    /// Records in the journal that the install of `name` is being rolled back, why, and what
+    /// kind of failure it was (which survives a crash during the rollback).
+    fn begin_rollback(
+        &mut self,
+        name: &str,
+        reason: String,
+        failure: FailureCause,
+    ) -> Result<(), StateError> {
+        if let Some(Operation::Install {
+            step,
+            reason: current_reason,
+            cause,
+            ..
+        }) = &mut self.record_mut(name).operation
+        {
+            *step = InstallStep::RollBack;
+            *current_reason = Some(reason);
+            *cause = Some(failure);
+        }
+        self.save()
+    }
+
     /// Puts the previous version back after a failed or interrupted install and records the
-    /// failure. `interrupted` means a crash rather than a failure of the package itself.
-    fn finish_rollback(&mut self, name: &str, interrupted: bool) -> Result<(), EngineError> {
+    /// failure with the cause [`Engine::begin_rollback`] recorded.
+    fn finish_rollback(&mut self, name: &str) -> Result<(), EngineError> {
         let record = self.record_mut(name);
-        let Some(Operation::Install { target, reason, .. }) = record.operation.clone() else {
+        let Some(Operation::Install {
+            target,
+            reason,
+            cause,
+            attempt,
+            ..
+        }) = record.operation.clone()
+        else {
             return Ok(());
         };
+        let cause = cause.unwrap_or(FailureCause::Unrecorded);
         let active = record.active.clone();
         let reason = reason.unwrap_or_else(|| "interrupted".to_owned());
         let restored = match &active {
@@ -485,8 +536,9 @@ impl Engine {
             record,
             FailedAction::Install,
             &target,
+            attempt,
+            cause,
             retry,
-            interrupted,
             now,
         );
         // An attempt cut short by a crash and retried at once is still being installed, not a
@@ -494,8 +546,8 @@ impl Engine {
         let retrying_now = record
             .failure
             .as_ref()
-            .is_some_and(|failure| failure.retry_at <= now);
-        let state = if interrupted && retrying_now {
+            .is_some_and(|failure| failure.cause == FailureCause::Interrupted);
+        let state = if retrying_now {
             PackageState::Installing
         } else {
             PackageState::Failed
@@ -506,10 +558,17 @@ impl Engine {
             at: now,
         });
         self.save()?;
-        if state == PackageState::Installing {
-            tracing::warn!(package = %name, version = %target.version, %message, "install interrupted; trying again");
-        } else {
-            tracing::warn!(package = %name, version = %target.version, %message, "install failed");
+        match self.record_mut(name).failure.as_ref().map(|f| f.cause) {
+            Some(FailureCause::Interrupted) => {
+                tracing::warn!(package = %name, version = %target.version, %message, "install interrupted; trying again");
+            }
+            Some(FailureCause::Package) => {
+                tracing::warn!(package = %name, version = %target.version, %message,
+                    "install failed; this release is not installed again until the assignment changes or an admin retries it");
+            }
+            _ => {
+                tracing::warn!(package = %name, version = %target.version, %message, "install failed; retrying with backoff");
+            }
         }
         Ok(())
     }
@@ -536,13 +595,21 @@ impl Engine {
             {
                 Ok(_) => {}
                 Err(StepError::Fatal(error)) => return Err(error),
-                Err(StepError::Failed(reason)) => {
+                Err(StepError::Failed(reason) | StepError::Download(reason)) => {
                     let now = Timestamp::now();
                     let retry = self.options.retry;
                     let message = format!("{reason}; the package stays installed");
                     let record = self.record_mut(name);
                     record.operation = None;
-                    record_failure(record, FailedAction::Remove, &active, retry, false, now);
+                    record_failure(
+                        record,
+                        FailedAction::Remove,
+                        &active,
+                        0,
+                        FailureCause::Package,
+                        retry,
+                        now,
+                    );
                     record.set_state(
                         PackageState::Failed,
                         &active.version,
@@ -599,19 +666,20 @@ impl Engine {
                     target,
                     step,
                     reason,
+                    ..
                 } => {
                     tracing::warn!(package = %name, version = %target.version, ?step, "recovering an interrupted install");
                     if step == InstallStep::RollBack {
                         // The attempt had failed; finish putting the previous version back.
-                        self.finish_rollback(&name, false)?;
+                        self.finish_rollback(&name)?;
                     } else if step.ran_hooks() {
                         // A hook may have run and `current` may point to the new version: the
                         // attempt cannot be trusted, so it is rolled back and tried again.
                         let reason = reason.unwrap_or_else(|| {
                             format!("interrupted during {} (agent restarted)", step_name(step))
                         });
-                        self.set_install_step(&name, InstallStep::RollBack, Some(reason))?;
-                        self.finish_rollback(&name, true)?;
+                        self.begin_rollback(&name, reason, FailureCause::Interrupted)?;
+                        self.finish_rollback(&name)?;
                     } else {
                         // Nothing active changed: clear the partial work, keep the download, and
                         // let the next pass resume.
@@ -677,7 +745,10 @@ impl Engine {
                 self.journal
                     .packages
                     .get(&package.name)
-                    .is_none_or(|record| record.active_version() != Some(&package.version))
+                    .is_none_or(|record| {
+                        record.active_version() != Some(&package.version)
+                            && !is_given_up(record, package)
+                    })
             })
             .map(|package| package.sha256.clone())
             .collect();
@@ -735,22 +806,10 @@ impl Engine {
         read_current(&self.dir, name)
     }
 
-    fn set_install_step(
-        &mut self,
-        name: &str,
-        step: InstallStep,
-        reason: Option<String>,
-    ) -> Result<(), StateError> {
-        if let Some(Operation::Install {
-            step: current,
-            reason: current_reason,
-            ..
-        }) = &mut self.record_mut(name).operation
+    fn set_install_step(&mut self, name: &str, step: InstallStep) -> Result<(), StateError> {
+        if let Some(Operation::Install { step: current, .. }) = &mut self.record_mut(name).operation
         {
             *current = step;
-            if reason.is_some() {
-                *current_reason = reason;
-            }
         }
         self.save()
     }
@@ -799,26 +858,45 @@ fn waiting(record: &PackageRecord, action: FailedAction, now: Timestamp) -> bool
         .is_some_and(|failure| failure.action == action && now < failure.retry_at)
 }
 
-/// Counts a failed attempt and schedules the next one.
+/// True when `record` holds a failure of exactly the release `package` names that is not tried
+/// again.
+fn is_given_up(record: &PackageRecord, package: &DesiredPackage) -> bool {
+    record.failure.as_ref().is_some_and(|failure| {
+        failure.is_install_of(&package.version, &package.sha256, package.attempt)
+            && failure.retry_after().is_none()
+    })
+}
+
+/// Counts a failed attempt of `target` (at the desired package's `attempt`) and schedules the
+/// next one: at once for the first interruptions, never for a failed release (its `retry_at`
+/// still gets the backoff, for older agents that read the journal), with backoff otherwise.
 fn record_failure(
     record: &mut PackageRecord,
     action: FailedAction,
     target: &VersionRecord,
+    attempt: u32,
+    cause: FailureCause,
     retry: Backoff,
-    interrupted: bool,
     now: Timestamp,
 ) {
     let attempts = match &record.failure {
         Some(failure)
             if failure.action == action
                 && failure.version == target.version
-                && failure.sha256 == target.sha256 =>
+                && failure.sha256 == target.sha256
+                && failure.attempt == attempt =>
         {
             failure.attempts.saturating_add(1)
         }
         _ => 1,
     };
-    let delay = if interrupted && attempts <= IMMEDIATE_RETRIES_AFTER_CRASH {
+    let cause = match cause {
+        FailureCause::Interrupted if attempts > IMMEDIATE_RETRIES_AFTER_CRASH => {
+            FailureCause::Package
+        }
+        cause => cause,
+    };
+    let delay = if cause == FailureCause::Interrupted {
         std::time::Duration::ZERO
     } else {
         retry.delay_with_jitter(attempts - 1)
@@ -827,6 +905,8 @@ fn record_failure(
         action,
         version: target.version.clone(),
         sha256: target.sha256.clone(),
+        attempt,
+        cause,
         attempts,
         retry_at: now.plus(delay),
     });
@@ -993,7 +1073,8 @@ mod tests {
     }
 
     #[test]
-    fn failures_back_off_and_crashes_retry_at_once_a_few_times() {
+    fn download_failures_back_off_release_failures_wait_for_a_new_attempt_and_crashes_retry_at_once_a_few_times()
+     {
         let now = Timestamp::from_unix_millis(1_000_000);
         let retry = Backoff::new(
             std::time::Duration::from_secs(30),
@@ -1004,43 +1085,68 @@ mod tests {
             sha256: "b".repeat(64),
             hooks: Default::default(),
         };
-        let mut record = PackageRecord::new("2.0.0", now);
-        record_failure(
-            &mut record,
-            FailedAction::Install,
-            &target,
-            retry,
-            false,
-            now,
-        );
-        let failure = record.failure.clone().unwrap();
+        let record_install = |record: &mut PackageRecord, attempt, cause| {
+            record_failure(
+                record,
+                FailedAction::Install,
+                &target,
+                attempt,
+                cause,
+                retry,
+                now,
+            );
+            record.failure.clone().unwrap()
+        };
+
+        let mut download = PackageRecord::new("2.0.0", now);
+        let failure = record_install(&mut download, 0, FailureCause::Download);
         assert_eq!(failure.attempts, 1);
         assert!(failure.retry_at >= now.plus(std::time::Duration::from_secs(15)));
-        assert!(waiting(&record, FailedAction::Install, now));
-        assert!(!waiting(&record, FailedAction::Remove, now));
+        assert_eq!(failure.retry_after(), Some(failure.retry_at));
+        assert!(waiting(&download, FailedAction::Install, now));
+        assert!(!waiting(&download, FailedAction::Remove, now));
+
+        let mut broken = PackageRecord::new("2.0.0", now);
+        let failure = record_install(&mut broken, 0, FailureCause::Package);
+        assert_eq!(
+            failure.retry_after(),
+            None,
+            "a failed release is not retried"
+        );
+        assert!(
+            failure.retry_at > now,
+            "older agents reading the journal still back off"
+        );
+        let failure = record_install(&mut broken, 0, FailureCause::Package);
+        assert_eq!(failure.attempts, 2);
+        let failure = record_install(&mut broken, 1, FailureCause::Package);
+        assert_eq!(failure.attempts, 1, "a new attempt counts from one");
+        assert_eq!(failure.attempt, 1);
 
         let mut crashed = PackageRecord::new("2.0.0", now);
         for attempt in 1..=IMMEDIATE_RETRIES_AFTER_CRASH {
-            record_failure(
-                &mut crashed,
-                FailedAction::Install,
-                &target,
-                retry,
-                true,
-                now,
-            );
-            let failure = crashed.failure.clone().unwrap();
+            let failure = record_install(&mut crashed, 0, FailureCause::Interrupted);
             assert_eq!(failure.attempts, attempt);
-            assert_eq!(failure.retry_at, now);
+            assert_eq!(failure.cause, FailureCause::Interrupted);
+            assert_eq!(failure.retry_after(), Some(now));
         }
+        let failure = record_install(&mut crashed, 0, FailureCause::Interrupted);
+        assert_eq!(failure.cause, FailureCause::Package);
+        assert_eq!(failure.retry_after(), None);
+
+        let mut removal = PackageRecord::new("2.0.0", now);
         record_failure(
-            &mut crashed,
-            FailedAction::Install,
+            &mut removal,
+            FailedAction::Remove,
             &target,
+            0,
+            FailureCause::Package,
             retry,
-            true,
             now,
         );
-        assert!(crashed.failure.unwrap().retry_at > now);
+        assert!(
+            removal.failure.unwrap().retry_after().is_some(),
+            "a failed removal is retried"
+        );
     }
 }

@@ -1,4 +1,5 @@
-//! Fault injection for crash tests. This is a test hook, not a feature.
+//! Fault injection for crash tests, and the other test hooks of the binary. These are test
+//! hooks, not features.
 //!
 //! Setting the environment variable `TC_AGENT_FAULT=<point>` makes the agent call
 //! `std::process::abort()` the first time it reaches that point of an install or removal, which
@@ -19,12 +20,36 @@
 //! In-process tests use [`FaultMode::Simulate`] instead: the engine then returns
 //! [`crate::engine::EngineError::SimulatedCrash`] at the point without any clean-up, and the test
 //! re-opens the engine on the same state directory.
+//!
+//! `TC_AGENT_RETRY_MILLIS=<n>` makes the delay before a failed download or removal is retried `n`
+//! milliseconds instead of 30 s doubling up to an hour, so that a test of the binary sees within a
+//! second whether the agent retries something or not.
 
 use std::fmt;
 use std::str::FromStr;
+use std::time::Duration;
+
+use crate::backoff::Backoff;
 
 /// The environment variable read by [`Faults::from_env`].
 pub const FAULT_ENV: &str = "TC_AGENT_FAULT";
+
+/// The environment variable read by [`retry_from_env`].
+pub const RETRY_ENV: &str = "TC_AGENT_RETRY_MILLIS";
+
+/// Reads [`RETRY_ENV`]: the engine's retry backoff it sets, or `None` when it is unset.
+pub fn retry_from_env() -> Result<Option<Backoff>, String> {
+    match std::env::var(RETRY_ENV) {
+        Ok(text) if !text.is_empty() => {
+            let millis: u64 = text.parse().map_err(|_| {
+                format!("{RETRY_ENV}=`{text}`: expected a whole number of milliseconds")
+            })?;
+            let delay = Duration::from_millis(millis);
+            Ok(Some(Backoff::new(delay, delay)))
+        }
+        _ => Ok(None),
+    }
+}
 
 /// A place in the install or removal sequence where a crash can be injected.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use tc_agent::client::{self, RunOptions};
-use tc_agent::config::{Cli, Command};
+use tc_agent::config::{Cli, Command, Settings, StatusSettings};
 use tc_agent::fault::Faults;
 use tc_agent::state::StateDir;
 use tc_proto::Timestamp;
@@ -12,11 +12,11 @@ use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::prelude::*;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let command = Cli::parse().into_command();
     init_logging();
-    match cli.command.unwrap_or(Command::Run) {
-        Command::Status => status(&cli),
-        Command::Run => run(&cli),
+    match command {
+        Command::Status(settings) => status(&settings),
+        Command::Run(settings) => run(&settings),
     }
 }
 
@@ -41,8 +41,8 @@ fn init_logging() {
         .init();
 }
 
-fn status(cli: &Cli) -> ExitCode {
-    let state_dir = match cli.settings.state_dir() {
+fn status(settings: &StatusSettings) -> ExitCode {
+    let state_dir = match settings.state_dir() {
         Ok(dir) => dir,
         Err(error) => return fail(2, &error),
     };
@@ -55,8 +55,8 @@ fn status(cli: &Cli) -> ExitCode {
     }
 }
 
-fn run(cli: &Cli) -> ExitCode {
-    let config = match cli.settings.resolve(&tc_agent::inventory::hostname()) {
+fn run(settings: &Settings) -> ExitCode {
+    let config = match settings.resolve(&tc_agent::inventory::hostname()) {
         Ok(config) => config,
         Err(error) => return fail(2, &error),
     };
@@ -64,9 +64,16 @@ fn run(cli: &Cli) -> ExitCode {
         Ok(faults) => faults,
         Err(error) => return fail(2, &error),
     };
+    let retry = match tc_agent::fault::retry_from_env() {
+        Ok(retry) => retry,
+        Err(error) => return fail(2, &error),
+    };
     tc_agent::install_crypto_provider();
     let mut options = RunOptions::new(config);
     options.engine.faults = faults;
+    if let Some(retry) = retry {
+        options.engine.retry = retry;
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -326,6 +326,12 @@ pub enum RemoveStep {
 }
 
 /// An operation in progress on one package.
+// A package record holds at most one operation, and records are few: boxing the install would
+// only add an indirection.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "at most one operation per package record"
+)]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", tag = "kind")]
 pub enum Operation {
@@ -338,6 +344,15 @@ pub enum Operation {
         /// Why the install is being rolled back (set with [`InstallStep::RollBack`]).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reason: Option<String>,
+        /// What kind of failure is being rolled back (set with [`InstallStep::RollBack`]); it
+        /// decides whether the same release is tried again. A rollback recorded by an agent
+        /// that did not write it counts as [`FailureCause::Unrecorded`].
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cause: Option<FailureCause>,
+        /// The `attempt` of the desired package being installed, recorded with a failure so
+        /// that an admin's retry (a new attempt) is told apart from the failed one.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        attempt: u32,
     },
     /// Removing the package.
     Remove {
@@ -356,7 +371,31 @@ pub enum FailedAction {
     Remove,
 }
 
-/// A failed attempt, so that the same attempt is retried later with backoff rather than at once.
+/// Why an install failed; it decides whether the same release is installed again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum FailureCause {
+    /// The download failed: a network or HTTP error, a download cut short, a size or sha256
+    /// mismatch. Nothing of the release ran, and the cause may be passing: retried with backoff.
+    Download,
+    /// The release itself failed: extraction refused it, `preInstall`, the move, the activation,
+    /// `postInstall` or `healthCheck` failed, or the agent kept crashing after its hooks started.
+    /// Trying it again would run its hooks again (a `postInstall` may restart the kiosk session)
+    /// with the same result, so it is not installed again until the desired package changes
+    /// (another sha256, version or `attempt`).
+    Package,
+    /// The agent stopped (a crash, a power cut) after a hook of the release may have started.
+    /// Retried at once up to [`crate::engine::IMMEDIATE_RETRIES_AFTER_CRASH`] times; one more
+    /// interruption counts as [`FailureCause::Package`].
+    Interrupted,
+    /// Recorded by an agent that did not tell download failures from package failures. It may
+    /// have been a network error, so the release is retried once when its backoff ends; that
+    /// attempt's failure, if any, has a cause.
+    Unrecorded,
+}
+
+/// A failed attempt, so that the same attempt is retried later with backoff (or not at all)
+/// rather than at once.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Failure {
@@ -366,10 +405,47 @@ pub struct Failure {
     pub version: String,
     /// The sha256 the attempt was for (a different artifact is a different attempt).
     pub sha256: String,
+    /// The desired package's `attempt` the failure was for: the controller raises it when an
+    /// admin retries, which makes the same release a new attempt. 0 in journals of agents that
+    /// predate it, as from controllers that predate it.
+    #[serde(default)]
+    pub attempt: u32,
+    /// Why it failed. Absent from journals of agents that predate it.
+    #[serde(default = "unrecorded")]
+    pub cause: FailureCause,
     /// Consecutive failed attempts.
     pub attempts: u32,
-    /// Not retried before this time.
+    /// Not retried before this time. Written for every failure, also for one that is not
+    /// retried at all, so that an older agent reading the journal backs off as it used to.
     pub retry_at: Timestamp,
+}
+
+fn unrecorded() -> FailureCause {
+    FailureCause::Unrecorded
+}
+
+fn is_zero(value: &u32) -> bool {
+    *value == 0
+}
+
+impl Failure {
+    /// When the same attempt may be tried again; `None` when it is not tried again until the
+    /// desired package changes. A removal is always retried: the package stays installed
+    /// meanwhile, and `preRemove` is all that runs again.
+    pub fn retry_after(&self) -> Option<Timestamp> {
+        match (self.action, self.cause) {
+            (FailedAction::Install, FailureCause::Package) => None,
+            _ => Some(self.retry_at),
+        }
+    }
+
+    /// True when this is a failed install of exactly `version`, `sha256` and `attempt`.
+    pub fn is_install_of(&self, version: &str, sha256: &str, attempt: u32) -> bool {
+        self.action == FailedAction::Install
+            && self.version == version
+            && self.sha256 == sha256
+            && self.attempt == attempt
+    }
 }
 
 /// Everything the agent knows about one package it manages.
@@ -567,10 +643,83 @@ mod tests {
             },
             step: InstallStep::Activate,
             reason: None,
+            cause: None,
+            attempt: 2,
         });
         journal.packages.insert("kiosk".into(), record);
         journal.save(&dir).unwrap();
         assert_eq!(Journal::load(&dir).unwrap(), Some(journal));
+    }
+
+    #[test]
+    fn journal_of_the_previous_agent_loads_with_its_failures_unrecorded() {
+        // As the agent before failure causes and attempts wrote it: a failed install waiting
+        // for its backoff, and another package in the middle of a rollback.
+        let temp = tempfile::tempdir().unwrap();
+        let dir = StateDir::new(temp.path());
+        let sha = "c".repeat(64);
+        fs::write(
+            dir.journal(),
+            format!(
+                r#"{{
+  "format": 1,
+  "observedRevision": 3,
+  "packages": {{
+    "kiosk": {{
+      "active": {{ "version": "1.0.0", "sha256": "{sha}" }},
+      "state": "Failed",
+      "version": "2.0.0",
+      "message": "healthCheck failed; rolled back to 1.0.0",
+      "since": "2026-11-02T10:00:00.000Z",
+      "failure": {{
+        "action": "install",
+        "version": "2.0.0",
+        "sha256": "{sha}",
+        "attempts": 2,
+        "retryAt": "2026-11-02T10:01:00.000Z"
+      }}
+    }},
+    "vpn": {{
+      "state": "Installing",
+      "version": "1.0.0",
+      "since": "2026-11-02T10:00:00.000Z",
+      "operation": {{
+        "kind": "install",
+        "target": {{ "version": "1.0.0", "sha256": "{sha}" }},
+        "step": "roll-back",
+        "reason": "postInstall failed"
+      }}
+    }}
+  }}
+}}"#
+            ),
+        )
+        .unwrap();
+        let journal = Journal::load(&dir).unwrap().unwrap();
+        let failure = journal.packages["kiosk"].failure.clone().unwrap();
+        assert_eq!(failure.cause, FailureCause::Unrecorded);
+        assert_eq!(failure.attempt, 0);
+        assert_eq!(failure.attempts, 2);
+        assert_eq!(
+            failure.retry_after(),
+            Some(failure.retry_at),
+            "retried when its backoff ends"
+        );
+        assert!(failure.is_install_of("2.0.0", &sha, 0));
+        assert!(!failure.is_install_of("2.0.0", &sha, 1));
+        match &journal.packages["vpn"].operation {
+            Some(Operation::Install {
+                step,
+                cause,
+                attempt,
+                ..
+            }) => {
+                assert_eq!(*step, InstallStep::RollBack);
+                assert_eq!(*cause, None);
+                assert_eq!(*attempt, 0);
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -2,15 +2,51 @@
 //! directory alone (the controller is not needed).
 
 use std::fmt::Write;
+use std::path::PathBuf;
 
 use tc_proto::{PackageState, Timestamp};
 
-use crate::state::{
-    ConnectionStatus, Credentials, FailedAction, Journal, StateDir, StateError, read_json,
-};
+use crate::state::{ConnectionStatus, Credentials, Journal, StateDir, StateError, read_json};
+
+/// Why the status cannot be shown.
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    /// The state directory does not exist: a wrong `--state-dir`, or an agent that never ran.
+    #[error(
+        "state directory {path} does not exist; pass the --state-dir or --config the agent runs with"
+    )]
+    MissingStateDir {
+        /// The directory looked for.
+        path: PathBuf,
+    },
+    /// Something other than a directory is where the state directory should be.
+    #[error("{path} is not a directory; pass the --state-dir or --config the agent runs with")]
+    NotADirectory {
+        /// The path given.
+        path: PathBuf,
+    },
+    /// A state file could not be read or decoded.
+    #[error(transparent)]
+    State(#[from] StateError),
+}
 
 /// Renders the status of the agent whose state lives in `dir`.
-pub fn render(dir: &StateDir, now: Timestamp) -> Result<String, StateError> {
+pub fn render(dir: &StateDir, now: Timestamp) -> Result<String, StatusError> {
+    let root = dir.root();
+    match std::fs::metadata(root) {
+        Ok(metadata) if metadata.is_dir() => {}
+        Ok(_) => {
+            return Err(StatusError::NotADirectory {
+                path: root.to_owned(),
+            });
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            return Err(StatusError::MissingStateDir {
+                path: root.to_owned(),
+            });
+        }
+        Err(error) => return Err(StateError::io(root)(error).into()),
+    }
     let journal = Journal::load(dir)?;
     let credentials = Credentials::load(dir)?;
     let connection: Option<ConnectionStatus> = read_json(&dir.connection())?;
@@ -99,8 +135,22 @@ pub fn render(dir: &StateDir, now: Timestamp) -> Result<String, StateError> {
                     let _ = write!(text, ": failed");
                     if let Some(failure) = &record.failure {
                         let _ = write!(text, " {} time(s)", failure.attempts);
-                        if failure.action == FailedAction::Install && failure.retry_at > now {
-                            let _ = write!(text, ", next attempt at {}", failure.retry_at);
+                        let this_release = failure.is_install_of(
+                            &package.version,
+                            &package.sha256,
+                            package.attempt,
+                        );
+                        match failure.retry_after() {
+                            None if this_release => {
+                                let _ = write!(
+                                    text,
+                                    ", not tried again until its assignment changes or an admin retries it"
+                                );
+                            }
+                            Some(at) if this_release && at > now => {
+                                let _ = write!(text, ", next attempt at {at}");
+                            }
+                            _ => {}
                         }
                     }
                     if let Some(message) = &record.message {
@@ -161,7 +211,9 @@ fn write_connection(out: &mut String, connection: Option<&ConnectionStatus>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::{ErrorRecord, Failure, PackageRecord, VersionRecord};
+    use crate::state::{
+        ErrorRecord, FailedAction, Failure, FailureCause, PackageRecord, VersionRecord,
+    };
     use tc_proto::{DesiredPackage, DesiredState};
 
     fn version(version: &str) -> VersionRecord {
@@ -200,10 +252,25 @@ mod tests {
             action: FailedAction::Install,
             version: "2.0.0".into(),
             sha256: "b".repeat(64),
+            attempt: 0,
+            cause: FailureCause::Download,
             attempts: 2,
             retry_at: now.plus(std::time::Duration::from_secs(60)),
         });
         journal.packages.insert("browser".into(), browser);
+        let mut kiosk = PackageRecord::new("5.0.0", now);
+        kiosk.state = PackageState::Failed;
+        kiosk.message = Some("postInstall failed; no version is active".into());
+        kiosk.failure = Some(Failure {
+            action: FailedAction::Install,
+            version: "5.0.0".into(),
+            sha256: "b".repeat(64),
+            attempt: 0,
+            cause: FailureCause::Package,
+            attempts: 1,
+            retry_at: now.plus(std::time::Duration::from_secs(60)),
+        });
+        journal.packages.insert("kiosk".into(), kiosk);
         let mut old = PackageRecord::new("3.0.0", now);
         old.active = Some(version("3.0.0"));
         old.state = PackageState::Installed;
@@ -212,6 +279,7 @@ mod tests {
             revision: 4,
             packages: vec![
                 desired_package("browser", "2.0.0"),
+                desired_package("kiosk", "5.0.0"),
                 desired_package("vpn", "1.0.0"),
             ],
         });
@@ -235,7 +303,7 @@ mod tests {
 
         let text = render(&dir, now).unwrap();
         assert!(text.contains("not enrolled"), "{text}");
-        assert!(text.contains("revision 4 (2 packages)"), "{text}");
+        assert!(text.contains("revision 4 (3 packages)"), "{text}");
         assert!(
             text.lines().any(|line| line.contains("browser")
                 && line.contains("1.0.0")
@@ -249,6 +317,12 @@ mod tests {
             ),
             "{text}"
         );
+        assert!(
+            text.contains(
+                "install kiosk 5.0.0: failed 1 time(s), not tried again until its assignment changes or an admin retries it: postInstall failed"
+            ),
+            "{text}"
+        );
         assert!(text.contains("install vpn 1.0.0"), "{text}");
         assert!(text.contains("remove old-tool"), "{text}");
         assert!(text.contains("Last error:      2027-"), "{text}");
@@ -258,6 +332,31 @@ mod tests {
                 "Controller:      failing since 2027-01-15T08:00:00.000Z: connection refused"
             ),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn status_of_a_missing_state_directory_says_so() {
+        let temp = tempfile::tempdir().unwrap();
+        let missing = temp.path().join("nowhere");
+        let error = render(&StateDir::new(&missing), Timestamp::now()).unwrap_err();
+        assert!(
+            matches!(error, StatusError::MissingStateDir { .. }),
+            "{error}"
+        );
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "state directory {} does not exist; pass the --state-dir or --config the agent runs with",
+                missing.display()
+            )
+        );
+        let file = temp.path().join("file");
+        std::fs::write(&file, "").unwrap();
+        let error = render(&StateDir::new(&file), Timestamp::now()).unwrap_err();
+        assert!(
+            matches!(error, StatusError::NotADirectory { .. }),
+            "{error}"
         );
     }
 

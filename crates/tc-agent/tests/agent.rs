@@ -380,3 +380,62 @@ async fn revision_zero_from_a_new_controller_removes_nothing() {
     assert!(!dir.package("kiosk").exists());
     agent.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_release_runs_post_install_once_over_many_rounds_until_an_admin_retries() {
+    let fake = FakeController::start();
+    // A heartbeat every 100 ms, and a failure backoff of 200-500 ms (see `options`): anything
+    // the agent would retry, it retries many times over the rounds below.
+    fake.state().heartbeat_millis = 100;
+    let temp = tempfile::tempdir().unwrap();
+    let log = temp.path().join("post-install.log");
+    let v1 = fake.package("kiosk", "1.0.0", package_zip("1.0.0"), Hooks::default());
+    let revision = fake.set_desired(vec![v1]);
+    let agent = Agent::start(options(&fake, &temp.path().join("state")));
+    wait_for(
+        WAIT,
+        || fake.reports_installed("kiosk", "1.0.0", revision),
+        || heartbeats_summary(&fake),
+    )
+    .await;
+
+    let broken = fake.package(
+        "kiosk",
+        "2.0.0",
+        package_zip("2.0.0"),
+        common::failing_release_hooks(&log),
+    );
+    let revision = fake.set_desired(vec![broken.clone()]);
+    common::wait_for_failed_rounds(&fake, 10, "2.0.0", revision).await;
+    // New revisions with the same release reach the agent through the long-poll.
+    for _ in 0..3 {
+        let revision = fake.set_desired(vec![broken.clone()]);
+        common::wait_for_failed_rounds(&fake, 3, "2.0.0", revision).await;
+    }
+    assert_eq!(common::read_log(&log), ["postInstall 2.0.0"]);
+    assert_active_complete(&StateDir::new(temp.path().join("state")), "kiosk", "1.0.0");
+
+    // An admin's retry: a new attempt, installed at once, failing once more.
+    let revision = fake.set_desired(vec![tc_proto::DesiredPackage {
+        attempt: 1,
+        ..broken
+    }]);
+    wait_for(
+        WAIT,
+        || common::read_log(&log).len() == 2,
+        || {
+            format!(
+                "{:?}\n{}",
+                common::read_log(&log),
+                heartbeats_summary(&fake)
+            )
+        },
+    )
+    .await;
+    common::wait_for_failed_rounds(&fake, 10, "2.0.0", revision).await;
+    assert_eq!(
+        common::read_log(&log),
+        ["postInstall 2.0.0", "postInstall 2.0.0"]
+    );
+    agent.stop().await;
+}

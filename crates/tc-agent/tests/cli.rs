@@ -68,7 +68,7 @@ async fn status_shows_installed_pending_and_the_last_error_without_a_controller(
         "{text}"
     );
     assert!(
-        text.contains("install kiosk 2.0.0 (replacing 1.0.0): failed 1 time(s)"),
+        text.contains("install kiosk 2.0.0 (replacing 1.0.0): failed 1 time(s), not tried again until its assignment changes or an admin retries it"),
         "{text}"
     );
     assert!(text.contains("healthCheck failed"), "{text}");
@@ -87,6 +87,87 @@ fn status_of_a_fresh_state_directory_works_too() {
     assert!(output.status.success(), "{output:?}");
     let text = String::from_utf8(output.stdout).unwrap();
     assert!(text.contains("No packages installed yet."), "{text}");
+}
+
+#[test]
+fn status_of_a_missing_state_directory_fails_and_says_so() {
+    let temp = tempfile::tempdir().unwrap();
+    let missing = temp.path().join("not-there");
+    let output = tc_agent()
+        .arg("status")
+        .arg("--state-dir")
+        .arg(&missing)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    assert!(output.stdout.is_empty(), "{output:?}");
+    let text = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(
+        text.trim_end(),
+        format!(
+            "tc-agent: state directory {} does not exist; pass the --state-dir or --config the agent runs with",
+            missing.display()
+        )
+    );
+    assert!(!missing.exists(), "status creates nothing");
+
+    // The same through the configuration file's `stateDir`.
+    let config = temp.path().join("agent.yaml");
+    std::fs::write(
+        &config,
+        "server: http://127.0.0.1:1
+stateDir: elsewhere
+",
+    )
+    .unwrap();
+    let output = tc_agent()
+        .arg("status")
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let text = String::from_utf8(output.stderr).unwrap();
+    assert!(
+        text.contains(&format!(
+            "state directory {} does not exist",
+            temp.path().join("elsewhere").display()
+        )),
+        "{text}"
+    );
+}
+
+#[test]
+fn status_help_lists_only_the_flags_status_takes() {
+    let output = tc_agent().args(["status", "--help"]).output().unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let help = String::from_utf8(output.stdout).unwrap();
+    let flags: Vec<&str> = help
+        .split_whitespace()
+        .filter(|word| word.starts_with("--"))
+        .collect();
+    assert_eq!(flags, ["--config", "--state-dir", "--help"], "{help}");
+
+    // Every flag of `run` is still in the agent's own help, and refused by `status`.
+    let output = tc_agent().arg("--help").output().unwrap();
+    let help = String::from_utf8(output.stdout).unwrap();
+    for flag in [
+        "--server",
+        "--bootstrap-token",
+        "--bootstrap-token-file",
+        "--label",
+        "--name",
+        "--machine-id",
+    ] {
+        assert!(help.contains(flag), "{flag} missing from --help:\n{help}");
+        let output = tc_agent().args(["status", flag, "x"]).output().unwrap();
+        assert_eq!(output.status.code(), Some(2), "status {flag}: {output:?}");
+        let text = String::from_utf8(output.stderr).unwrap();
+        assert!(
+            text.contains(&format!("unexpected argument '{flag}'")),
+            "status {flag}: {text}"
+        );
+    }
 }
 
 #[test]

@@ -1,6 +1,9 @@
-//! Crash tests with the real `tc-agent` binary: it is made to abort (`TC_AGENT_FAULT`) at each
-//! point of an update, then restarted without the fault, and must converge with `current`
-//! pointing at a complete version. These are the slow tests of the crate (a few seconds each).
+//! The real `tc-agent` binary against the fake controller, restarted along the way.
+//!
+//! Crash tests: the agent is made to abort (`TC_AGENT_FAULT`) at each point of an update, then
+//! restarted without the fault, and must converge with `current` pointing at a complete version.
+//! A failed release: its hooks run once, however many heartbeats, long-polls and restarts
+//! follow, until an admin's retry. These are the slow tests of the crate (a few seconds each).
 
 mod common;
 
@@ -11,7 +14,7 @@ use std::time::Duration;
 
 use common::{
     BOOTSTRAP_TOKEN, FakeController, assert_active_complete, assert_complete, current_version,
-    package_zip, shell_hook, wait_for,
+    failing_release_hooks, package_zip, read_log, shell_hook, wait_for, wait_for_failed_rounds,
 };
 use tc_agent::state::StateDir;
 use tc_proto::Hooks;
@@ -27,6 +30,16 @@ struct AgentProcess {
 
 impl AgentProcess {
     fn start(fake: &FakeController, work: &Path, fault: Option<&str>) -> Self {
+        Self::start_with(fake, work, fault, None)
+    }
+
+    /// Starts the agent; `retry_millis` sets `TC_AGENT_RETRY_MILLIS`.
+    fn start_with(
+        fake: &FakeController,
+        work: &Path,
+        fault: Option<&str>,
+        retry_millis: Option<u64>,
+    ) -> Self {
         let token_file = work.join("bootstrap.token");
         std::fs::write(&token_file, format!("{BOOTSTRAP_TOKEN}\n")).unwrap();
         let runs = std::fs::read_dir(work)
@@ -51,6 +64,7 @@ impl AgentProcess {
             // A core file, if the system writes one, lands in the temporary directory.
             .current_dir(work)
             .env_remove("TC_AGENT_FAULT")
+            .env_remove("TC_AGENT_RETRY_MILLIS")
             .env("TC_AGENT_LOG", "debug")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -58,6 +72,9 @@ impl AgentProcess {
             .kill_on_drop(true);
         if let Some(point) = fault {
             command.env("TC_AGENT_FAULT", point);
+        }
+        if let Some(millis) = retry_millis {
+            command.env("TC_AGENT_RETRY_MILLIS", millis.to_string());
         }
         AgentProcess {
             child: command.spawn().expect("the tc-agent binary starts"),
@@ -173,4 +190,58 @@ async fn unknown_fault_point_is_refused_at_start() {
         "{}",
         agent.log()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_release_runs_post_install_once_across_rounds_and_restarts() {
+    let fake = FakeController::start();
+    fake.state().blobs_need_token = true;
+    let work = tempfile::tempdir().unwrap();
+    let dir = StateDir::new(work.path().join("state"));
+    let log = work.path().join("post-install.log");
+    // Whatever the agent retries, it retries after 100 ms: several times between two heartbeats
+    // (the binary sends one a second at most).
+    let start = || AgentProcess::start_with(&fake, work.path(), None, Some(100));
+
+    let v1 = fake.package("kiosk", "1.0.0", package_zip("1.0.0"), Hooks::default());
+    let first = fake.set_desired(vec![v1]);
+    let agent = start();
+    wait_for(
+        WAIT,
+        || fake.reports_installed("kiosk", "1.0.0", first),
+        || agent.log(),
+    )
+    .await;
+
+    let broken = fake.package(
+        "kiosk",
+        "2.0.0",
+        package_zip("2.0.0"),
+        failing_release_hooks(&log),
+    );
+    let revision = fake.set_desired(vec![broken.clone()]);
+    wait_for_failed_rounds(&fake, 3, "2.0.0", revision).await;
+    let revision = fake.set_desired(vec![broken.clone()]);
+    wait_for_failed_rounds(&fake, 2, "2.0.0", revision).await;
+    agent.kill().await;
+    let agent = start();
+    wait_for_failed_rounds(&fake, 3, "2.0.0", revision).await;
+    assert_eq!(read_log(&log), ["postInstall 2.0.0"], "{}", agent.log());
+    assert_active_complete(&dir, "kiosk", "1.0.0");
+
+    // An admin's retry: the release is installed again at once (and fails once more).
+    let revision = fake.set_desired(vec![tc_proto::DesiredPackage {
+        attempt: 1,
+        ..broken
+    }]);
+    wait_for(WAIT, || read_log(&log).len() == 2, || agent.log()).await;
+    wait_for_failed_rounds(&fake, 3, "2.0.0", revision).await;
+    assert_eq!(
+        read_log(&log),
+        ["postInstall 2.0.0", "postInstall 2.0.0"],
+        "{}",
+        agent.log()
+    );
+    assert_active_complete(&dir, "kiosk", "1.0.0");
+    agent.kill().await;
 }

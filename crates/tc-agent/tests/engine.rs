@@ -1,5 +1,6 @@
 //! The install engine against a fake blob server: install, update, removal, rollback, hook
-//! timeouts, retry backoff and recovery from a crash at every step.
+//! timeouts, which failures are retried (downloads, removals) and which are not (a failed
+//! release, until its assignment changes), and recovery from a crash at every step.
 
 mod common;
 
@@ -216,60 +217,323 @@ async fn failing_pre_remove_keeps_the_package_and_reports_it() {
     assert_active_complete(&h.dir, "kiosk", "1.0.0");
 }
 
-#[tokio::test]
-async fn failing_health_check_rolls_back_and_is_retried_later_not_at_once() {
-    let mut h = Harness::new();
-    let desired = h.desired(vec![h.package("1.0.0", Hooks::default())]);
-    let mut engine = h.open_with(EngineOptions {
-        retry: Backoff::new(Duration::from_secs(2), Duration::from_secs(2)),
+/// Engine options that retry what is retried at once, so that a test sees any retry the engine
+/// would make without waiting for a backoff.
+fn retry_at_once(h: &Harness) -> EngineOptions {
+    EngineOptions {
+        retry: Backoff::new(Duration::ZERO, Duration::ZERO),
         ..h.options()
-    });
-    h.converge(&mut engine, &desired).await.unwrap();
+    }
+}
 
-    let log = h.log();
-    let hooks = Hooks {
-        health_check: Some(shell_hook(
-            &format!(
-                "echo check >> {}; echo database unreachable >&2; exit 1",
-                log.display()
-            ),
+/// Hooks that append `postInstall <version>` to `log`, then fail the health check with a message.
+fn failing_health_check(log: &std::path::Path) -> Hooks {
+    Hooks {
+        post_install: Some(shell_hook(
+            &format!("echo postInstall $TC_PACKAGE_VERSION >> {}", log.display()),
             10,
         )),
+        health_check: Some(shell_hook("echo database unreachable >&2; exit 1", 10)),
         ..Hooks::default()
-    };
-    let desired = h.desired(vec![h.package("2.0.0", hooks)]);
-    h.converge(&mut engine, &desired).await.unwrap();
+    }
+}
 
-    let report = report(&engine, "kiosk");
-    assert_eq!(report.state, PackageState::Failed);
-    assert_eq!(report.version, "2.0.0");
+/// Asserts the report of a release that failed its health check with 1.0.0 still active.
+fn assert_failed_and_rolled_back(engine: &Engine, h: &Harness, version: &str) {
+    let report = report(engine, "kiosk");
+    assert_eq!(report.state, PackageState::Failed, "{report:?}");
+    assert_eq!(report.version, version);
     assert_eq!(report.active_version.as_deref(), Some("1.0.0"));
     let message = report.message.as_deref().unwrap();
     assert!(message.contains("healthCheck failed"), "{message}");
     assert!(message.contains("database unreachable"), "{message}");
     assert!(message.contains("rolled back to 1.0.0"), "{message}");
     assert_active_complete(&h.dir, "kiosk", "1.0.0");
+}
+
+#[tokio::test]
+async fn failing_health_check_runs_post_install_once_and_is_not_retried_until_the_attempt_changes()
+{
+    let mut h = Harness::new();
+    let mut engine = h.open_with(retry_at_once(&h));
+    let v1 = h.desired(vec![h.package("1.0.0", Hooks::default())]);
+    h.converge(&mut engine, &v1).await.unwrap();
+
+    let log = h.log();
+    let broken = h.package("2.0.0", failing_health_check(&log));
+    let desired = h.desired(vec![broken.clone()]);
+    h.converge(&mut engine, &desired).await.unwrap();
+    assert_eq!(read_log(&log), ["postInstall 2.0.0"]);
+    assert_failed_and_rolled_back(&engine, &h, "2.0.0");
     assert_eq!(h.versions_on_disk(), ["1.0.0", "current"]);
-    assert_eq!(read_log(&log).len(), 1);
+    assert_eq!(
+        engine.next_retry_at(tc_proto::Timestamp::now()),
+        None,
+        "nothing to wake up for"
+    );
 
-    // Converging again right away does not retry the same attempt.
+    // Later passes over the same desired state, and new revisions of it (the controller
+    // recomputed, another package changed), leave the failed release alone.
+    for _ in 0..3 {
+        h.converge(&mut engine, &desired).await.unwrap();
+    }
+    let same = h.desired(vec![broken.clone()]);
+    h.converge(&mut engine, &same).await.unwrap();
+    assert_eq!(
+        read_log(&log),
+        ["postInstall 2.0.0"],
+        "postInstall ran once"
+    );
+    assert_failed_and_rolled_back(&engine, &h, "2.0.0");
+    assert_eq!(engine.snapshot().observed_revision, same.revision);
+    assert!(
+        list(&h.dir.downloads()).is_empty(),
+        "the zip of a release that is not retried is not kept"
+    );
+
+    // An admin's retry raises the attempt: the release is installed again at once.
+    let retried = DesiredPackage {
+        attempt: 1,
+        ..broken.clone()
+    };
+    let desired = h.desired(vec![retried]);
     h.converge(&mut engine, &desired).await.unwrap();
-    assert_eq!(read_log(&log).len(), 1, "no retry before the backoff");
-    assert!(engine.next_retry_at(tc_proto::Timestamp::now()).is_some());
-
-    // After the backoff it is tried again (and fails again).
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(read_log(&log), ["postInstall 2.0.0", "postInstall 2.0.0"]);
+    assert_failed_and_rolled_back(&engine, &h, "2.0.0");
     h.converge(&mut engine, &desired).await.unwrap();
-    assert_eq!(read_log(&log).len(), 2, "retried after the backoff");
-    let failure = engine.journal().packages["kiosk"].failure.clone().unwrap();
-    assert_eq!(failure.attempts, 2);
-    assert_active_complete(&h.dir, "kiosk", "1.0.0");
+    assert_eq!(read_log(&log).len(), 2, "the new attempt failed once, too");
 
-    // A new version is tried at once.
+    // So is another release.
     let desired = h.desired(vec![h.package("3.0.0", Hooks::default())]);
     h.converge(&mut engine, &desired).await.unwrap();
     assert_active_complete(&h.dir, "kiosk", "3.0.0");
+    assert_eq!(report(&engine, "kiosk").state, PackageState::Installed);
     assert!(engine.journal().packages["kiosk"].failure.is_none());
+}
+
+#[tokio::test]
+async fn a_failed_release_stays_failed_across_restarts_of_the_engine() {
+    let mut h = Harness::new();
+    let v1 = h.desired(vec![h.package("1.0.0", Hooks::default())]);
+    let mut engine = h.open_with(retry_at_once(&h));
+    h.converge(&mut engine, &v1).await.unwrap();
+    let log = h.log();
+    let broken = h.package("2.0.0", failing_health_check(&log));
+    let desired = h.desired(vec![broken.clone()]);
+    h.converge(&mut engine, &desired).await.unwrap();
+    assert_eq!(read_log(&log).len(), 1);
+    drop(engine);
+
+    for _ in 0..2 {
+        let mut engine = h.open_with(retry_at_once(&h));
+        assert_failed_and_rolled_back(&engine, &h, "2.0.0");
+        h.converge(&mut engine, &desired).await.unwrap();
+        assert_eq!(
+            read_log(&log),
+            ["postInstall 2.0.0"],
+            "not retried after a restart"
+        );
+        assert_failed_and_rolled_back(&engine, &h, "2.0.0");
+    }
+
+    let mut engine = h.open_with(retry_at_once(&h));
+    let retried = h.desired(vec![DesiredPackage {
+        attempt: 1,
+        ..broken
+    }]);
+    h.converge(&mut engine, &retried).await.unwrap();
+    assert_eq!(read_log(&log).len(), 2, "a new attempt is installed");
+}
+
+#[tokio::test]
+async fn failed_downloads_are_still_retried_with_backoff() {
+    let mut h = Harness::new();
+    let v1 = h.desired(vec![h.package("1.0.0", Hooks::default())]);
+    let mut engine = h.open();
+    h.converge(&mut engine, &v1).await.unwrap();
+    let log = h.log();
+    let package = h.package("2.0.0", failing_health_check(&log));
+    let zip = h.fake.state().blobs.remove(&package.sha256).unwrap();
+    let desired = h.desired(vec![package.clone()]);
+    let blob_requests = || h.fake.state().blob_ranges.len();
+
+    // The blob is missing (404): the package fails, and with a backoff of a minute it is not
+    // tried again at once.
+    h.converge(&mut engine, &desired).await.unwrap();
+    let report_now = report(&engine, "kiosk");
+    assert_eq!(report_now.state, PackageState::Failed);
+    assert_eq!(report_now.active_version.as_deref(), Some("1.0.0"));
+    let message = report_now.message.unwrap();
+    assert!(message.contains("download failed"), "{message}");
+    assert!(message.contains("404"), "{message}");
+    let now = tc_proto::Timestamp::now();
+    assert!(engine.next_retry_at(now).is_some_and(|at| at > now));
+    let requested = blob_requests();
+    h.converge(&mut engine, &desired).await.unwrap();
+    assert_eq!(blob_requests(), requested, "no retry before the backoff");
+    drop(engine);
+
+    // Once the backoff is over (moved into the past here, in the journal) it is downloaded
+    // again; still missing, still retried.
+    let mut journal: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(h.dir.journal()).unwrap()).unwrap();
+    journal["packages"]["kiosk"]["failure"]["retryAt"] = "2020-01-01T00:00:00.000Z".into();
+    std::fs::write(h.dir.journal(), serde_json::to_vec(&journal).unwrap()).unwrap();
+    let mut engine = h.open_with(retry_at_once(&h));
+    for _ in 0..2 {
+        let requested = blob_requests();
+        h.converge(&mut engine, &desired).await.unwrap();
+        assert!(blob_requests() > requested, "the download is retried");
+        assert_eq!(report(&engine, "kiosk").state, PackageState::Failed);
+    }
+
+    // A blob that does not match its digest is a download failure too.
+    let mut corrupted = zip.clone();
+    corrupted[0] ^= 0xff;
+    h.fake
+        .state()
+        .blobs
+        .insert(package.sha256.clone(), corrupted);
+    h.converge(&mut engine, &desired).await.unwrap();
+    let message = report(&engine, "kiosk").message.unwrap();
+    assert!(message.contains("sha256 mismatch"), "{message}");
+    assert!(read_log(&log).is_empty(), "nothing of the release ran");
+
+    // The right blob: downloaded, installed, its health check fails, and from then on the
+    // release is not tried again.
+    h.fake.state().blobs.insert(package.sha256.clone(), zip);
+    h.converge(&mut engine, &desired).await.unwrap();
+    assert_eq!(read_log(&log), ["postInstall 2.0.0"]);
+    assert_failed_and_rolled_back(&engine, &h, "2.0.0");
+    let requested = blob_requests();
+    for _ in 0..2 {
+        h.converge(&mut engine, &desired).await.unwrap();
+    }
+    assert_eq!(read_log(&log), ["postInstall 2.0.0"]);
+    assert_eq!(blob_requests(), requested);
+}
+
+#[tokio::test]
+async fn failing_pre_remove_is_still_retried() {
+    let mut h = Harness::new();
+    let mut engine = h.open_with(retry_at_once(&h));
+    let log = h.log();
+    let hooks = Hooks {
+        pre_remove: Some(shell_hook(
+            &format!("echo preRemove >> {}; exit 2", log.display()),
+            10,
+        )),
+        ..Hooks::default()
+    };
+    let desired = h.desired(vec![h.package("1.0.0", hooks)]);
+    h.converge(&mut engine, &desired).await.unwrap();
+    let empty = h.desired(vec![]);
+    for runs in 1..=3 {
+        h.converge(&mut engine, &empty).await.unwrap();
+        assert_eq!(read_log(&log).len(), runs);
+        assert_eq!(report(&engine, "kiosk").state, PackageState::Failed);
+        assert_active_complete(&h.dir, "kiosk", "1.0.0");
+    }
+}
+
+#[tokio::test]
+async fn a_failure_recorded_by_the_previous_agent_is_retried_once() {
+    let mut h = Harness::new();
+    let v1 = h.desired(vec![h.package("1.0.0", Hooks::default())]);
+    let mut engine = h.open_with(retry_at_once(&h));
+    h.converge(&mut engine, &v1).await.unwrap();
+    let log = h.log();
+    let desired = h.desired(vec![h.package("2.0.0", failing_health_check(&log))]);
+    h.converge(&mut engine, &desired).await.unwrap();
+    drop(engine);
+
+    // The journal as the agent before failure causes wrote it.
+    let mut journal: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(h.dir.journal()).unwrap()).unwrap();
+    let failure = journal["packages"]["kiosk"]["failure"]
+        .as_object_mut()
+        .unwrap();
+    failure.remove("cause");
+    failure.remove("attempt");
+    std::fs::write(h.dir.journal(), serde_json::to_vec(&journal).unwrap()).unwrap();
+
+    let mut engine = h.open_with(retry_at_once(&h));
+    assert_failed_and_rolled_back(&engine, &h, "2.0.0");
+    let failure = engine.journal().packages["kiosk"].failure.clone().unwrap();
+    assert_eq!(failure.cause, tc_agent::state::FailureCause::Unrecorded);
+    h.converge(&mut engine, &desired).await.unwrap();
+    assert_eq!(read_log(&log).len(), 2, "an unrecorded failure is retried");
+    assert_failed_and_rolled_back(&engine, &h, "2.0.0");
+    for _ in 0..2 {
+        h.converge(&mut engine, &desired).await.unwrap();
+    }
+    assert_eq!(read_log(&log).len(), 2, "once");
+}
+
+#[tokio::test]
+async fn an_install_that_keeps_crashing_after_its_hooks_started_is_given_up() {
+    let mut h = Harness::new();
+    let v1 = h.desired(vec![h.package("1.0.0", Hooks::default())]);
+    let mut engine = h.open();
+    h.converge(&mut engine, &v1).await.unwrap();
+    drop(engine);
+
+    let hooks = Hooks {
+        post_install: Some(shell_hook("sleep 0.2", 10)),
+        ..Hooks::default()
+    };
+    let package = h.package("2.0.0", hooks);
+    let desired = h.desired(vec![package.clone()]);
+    let crashing = || {
+        h.open_with(EngineOptions {
+            faults: Faults::at(FaultPoint::DuringHook, FaultMode::Simulate),
+            ..retry_at_once(&h)
+        })
+    };
+    // The first attempt and the immediate retries each crash while postInstall runs.
+    for crash in 0..=tc_agent::engine::IMMEDIATE_RETRIES_AFTER_CRASH {
+        let mut engine = crashing();
+        if crash > 0 {
+            assert_eq!(
+                report(&engine, "kiosk").state,
+                PackageState::Installing,
+                "crash {crash}: retried at once"
+            );
+        }
+        let error = h.converge(&mut engine, &desired).await.unwrap_err();
+        assert!(
+            matches!(error, EngineError::SimulatedCrash(FaultPoint::DuringHook)),
+            "{error}"
+        );
+    }
+    // One more interruption: the release is given up.
+    let mut engine = crashing();
+    h.converge(&mut engine, &desired).await.unwrap();
+    let report_now = report(&engine, "kiosk");
+    assert_eq!(report_now.state, PackageState::Failed, "{report_now:?}");
+    assert_eq!(report_now.version, "2.0.0");
+    assert_eq!(report_now.active_version.as_deref(), Some("1.0.0"));
+    assert!(
+        report_now
+            .message
+            .as_deref()
+            .unwrap()
+            .contains("interrupted during postInstall"),
+        "{report_now:?}"
+    );
+    assert_active_complete(&h.dir, "kiosk", "1.0.0");
+    assert_eq!(engine.next_retry_at(tc_proto::Timestamp::now()), None);
+    drop(engine);
+
+    // An admin's retry installs it again (and this time nothing crashes).
+    let mut engine = h.open_with(retry_at_once(&h));
+    let retried = h.desired(vec![DesiredPackage {
+        attempt: 1,
+        ..package
+    }]);
+    h.converge(&mut engine, &retried).await.unwrap();
+    assert_active_complete(&h.dir, "kiosk", "2.0.0");
+    assert_eq!(report(&engine, "kiosk").state, PackageState::Installed);
 }
 
 #[tokio::test]
@@ -577,6 +841,9 @@ async fn every_journal_step_of_an_interrupted_install_recovers_to_old_or_new() {
             },
             step,
             reason: (step == InstallStep::RollBack).then(|| "healthCheck failed".into()),
+            cause: (step == InstallStep::RollBack)
+                .then_some(tc_agent::state::FailureCause::Package),
+            attempt: 0,
         });
         journal.save(&h.dir).unwrap();
 

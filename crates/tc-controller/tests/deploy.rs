@@ -1,6 +1,10 @@
-//! The deployment files stay true to the binaries: systemd units pass `systemd-analyze verify`
-//! (where it is installed) and their command lines parse; the container and Kubernetes manifests
-//! use the controller's real flags, port and probe paths.
+//! The controller's deployment files stay true to the binary: the systemd unit passes
+//! `systemd-analyze verify` and its command line parses; the container and Kubernetes manifests
+//! use the controller's real flags, port and probe paths. (The agent's unit is checked by
+//! `crates/tc-agent/tests/deploy.rs`, where the agent binary is built.)
+//!
+//! `systemd-analyze` must be installed (Debian and Ubuntu: package `systemd`): without it the test
+//! fails rather than pass without checking anything.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -38,34 +42,34 @@ fn the_controller_unit_verifies_and_its_flags_parse() {
     let unit =
         std::fs::read_to_string(repo().join("deploy/systemd/tc-controller.service")).unwrap();
     assert_controller_accepts(&exec_start_args(&unit), "tc-controller.service");
-    if Command::new("systemd-analyze")
-        .arg("--version")
+    let dir = tempfile::tempdir().unwrap();
+    let local = unit.replace(
+        "/usr/local/bin/tc-controller",
+        env!("CARGO_BIN_EXE_tc-controller"),
+    );
+    let path = dir.path().join("tc-controller.service");
+    std::fs::write(&path, local).unwrap();
+    let output = match Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&path)
         .output()
-        .is_ok_and(|o| o.status.success())
     {
-        let dir = tempfile::tempdir().unwrap();
-        let local = unit.replace(
-            "/usr/local/bin/tc-controller",
-            env!("CARGO_BIN_EXE_tc-controller"),
-        );
-        let path = dir.path().join("tc-controller.service");
-        std::fs::write(&path, local).unwrap();
-        let output = Command::new("systemd-analyze")
-            .args(["verify", "--man=no"])
-            .arg(&path)
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "systemd-analyze verify: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        assert!(
-            output.stderr.is_empty(),
-            "systemd-analyze verify warned: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
+        Ok(output) => output,
+        Err(error) => panic!(
+            "cannot run systemd-analyze ({error}): it is needed to check tc-controller.service; \
+             install it (Debian and Ubuntu: `apt-get install systemd`)"
+        ),
+    };
+    assert!(
+        output.status.success(),
+        "systemd-analyze verify: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        output.stderr.is_empty(),
+        "systemd-analyze verify warned: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 #[test]

@@ -210,8 +210,8 @@ pub struct Disk {
     pub file_system: String,
     /// Size in bytes.
     pub total_bytes: u64,
-    /// Free space in bytes, rounded down to whole MiB so that it does not change the inventory hash
-    /// on every write.
+    /// Free space in bytes, rounded down to a multiple of 64 MiB so that it does not change the
+    /// inventory hash on every write.
     pub available_bytes: u64,
 }
 

@@ -538,6 +538,88 @@ pub fn list(dir: &Path) -> Vec<String> {
     names
 }
 
+/// Hooks of a release whose health check fails with `kiosk session dead`; `postInstall` appends
+/// `postInstall <version>` to `log` first.
+pub fn failing_release_hooks(log: &Path) -> Hooks {
+    Hooks {
+        post_install: Some(shell_hook(
+            &format!("echo postInstall $TC_PACKAGE_VERSION >> {}", log.display()),
+            10,
+        )),
+        health_check: Some(shell_hook("echo kiosk session dead >&2; exit 1", 10)),
+        ..Hooks::default()
+    }
+}
+
+/// True when the last heartbeat reports `kiosk` `Failed` at `version` for `revision` with the
+/// health check's message, and 1.0.0 still active.
+pub fn reports_failed(fake: &FakeController, version: &str, revision: u64) -> bool {
+    fake.last_report("kiosk").is_some_and(|(observed, report)| {
+        observed == revision
+            && report.state == PackageState::Failed
+            && report.version == version
+            && report.active_version.as_deref() == Some("1.0.0")
+            && report
+                .message
+                .as_deref()
+                .is_some_and(|message| message.contains("kiosk session dead"))
+    })
+}
+
+/// Waits until the failure of `kiosk` `version` is reported for `revision`, then until `rounds`
+/// more heartbeats and long-polls have reached the controller, and checks that each of those
+/// heartbeats still reports the failure.
+pub async fn wait_for_failed_rounds(
+    fake: &FakeController,
+    rounds: usize,
+    version: &str,
+    revision: u64,
+) {
+    let summary = || {
+        let state = fake.state();
+        format!(
+            "{} heartbeats, {} long-polls, last: {:?}",
+            state.heartbeats.len(),
+            state.long_polls,
+            state.heartbeats.last()
+        )
+    };
+    wait_for(
+        Duration::from_secs(60),
+        || reports_failed(fake, version, revision),
+        summary,
+    )
+    .await;
+    let (heartbeats, polls) = {
+        let state = fake.state();
+        (state.heartbeats.len(), state.long_polls)
+    };
+    wait_for(
+        Duration::from_secs(60),
+        || {
+            let state = fake.state();
+            state.heartbeats.len() >= heartbeats + rounds && state.long_polls >= polls + rounds
+        },
+        summary,
+    )
+    .await;
+    // Copied out so that a failed assertion does not poison the lock the server uses.
+    let seen = fake.state().heartbeats[heartbeats..].to_vec();
+    for heartbeat in &seen {
+        let report = heartbeat
+            .packages
+            .iter()
+            .find(|report| report.name == "kiosk");
+        assert!(
+            heartbeat.observed_revision == revision
+                && report.is_some_and(|report| {
+                    report.state == PackageState::Failed && report.version == version
+                }),
+            "every heartbeat reports the failure: {heartbeat:?}"
+        );
+    }
+}
+
 /// Polls `condition` every 50 ms until it holds, or panics after `timeout` with `context()`.
 pub async fn wait_for(
     timeout: Duration,
