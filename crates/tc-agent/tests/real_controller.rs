@@ -103,20 +103,34 @@ fn zip_bomb(mebibytes: usize) -> Vec<u8> {
     writer.finish().unwrap().into_inner()
 }
 
+/// How the health check of a test release behaves.
+#[derive(Clone, Copy)]
+enum Health {
+    /// Passes (and logs).
+    Healthy,
+    /// Fails with a message.
+    Failing,
+    /// Fails with a message until `markers/fixed` exists, then passes (and logs).
+    FailingUntilFixed,
+}
+
 /// The files of a regular release of `version`. The hooks append a line to logs in `markers`:
-/// `postInstall` also records where `current` points while it runs; `healthCheck` fails with a
-/// message when `healthy` is false.
-fn release_zip(version: &str, markers: &Path, healthy: bool, extra: &[Entry<'_>]) -> Vec<u8> {
+/// `postInstall` also records where `current` points while it runs; `healthCheck` behaves as
+/// `health` says.
+fn release_zip(version: &str, markers: &Path, health: Health, extra: &[Entry<'_>]) -> Vec<u8> {
     let markers = markers.display();
     let post_install = format!(
         "#!/bin/sh\necho \"postInstall $TC_PACKAGE_VERSION previous=${{TC_PREVIOUS_VERSION:-none}} current=$(readlink \"$TC_PACKAGE_DIR/../current\")\" >> '{markers}/post-install.log'\n"
     );
-    let health = if healthy {
-        format!(
-            "#!/bin/sh\necho \"healthCheck $TC_PACKAGE_VERSION\" >> '{markers}/health-check.log'\n"
-        )
-    } else {
-        "#!/bin/sh\necho 'kiosk: display :0 is not responding' >&2\nexit 1\n".to_owned()
+    let passes =
+        format!("echo \"healthCheck $TC_PACKAGE_VERSION\" >> '{markers}/health-check.log'\n");
+    let fails = "echo 'kiosk: display :0 is not responding' >&2\nexit 1\n";
+    let health = match health {
+        Health::Healthy => format!("#!/bin/sh\n{passes}"),
+        Health::Failing => format!("#!/bin/sh\n{fails}"),
+        Health::FailingUntilFixed => {
+            format!("#!/bin/sh\nif [ ! -e '{markers}/fixed' ]; then\n{fails}fi\n{passes}")
+        }
     };
     let pre_remove = format!(
         "#!/bin/sh\necho \"preRemove $TC_PACKAGE_VERSION\" >> '{markers}/pre-remove.log'\n"
@@ -292,6 +306,7 @@ impl Setup {
             .env_remove("TC_AGENT_FAULT")
             .env_remove("RUST_LOG")
             .env("TC_AGENT_LOG", "info")
+            .env("TC_AGENT_RETRY_MILLIS", "100")
             .env_remove("HTTP_PROXY")
             .env_remove("http_proxy")
             .env_remove("HTTPS_PROXY")
@@ -450,7 +465,7 @@ impl Setup {
 
     /// Publishes a regular release of `version` and installs it.
     async fn publish_and_install(&self, version: &str) {
-        let zip = release_zip(version, &self.markers, true, &[]);
+        let zip = release_zip(version, &self.markers, Health::Healthy, &[]);
         self.publish(version, &zip, true).await;
         self.install(version).await;
     }
@@ -551,7 +566,7 @@ async fn a_failing_health_check_is_reported_with_its_output_and_rolled_back() {
     setup.publish_and_install("1.0.0").await;
     setup.publish_and_install("1.1.0").await;
 
-    let broken = release_zip("1.2.0", &setup.markers, false, &[]);
+    let broken = release_zip("1.2.0", &setup.markers, Health::Failing, &[]);
     setup.publish("1.2.0", &broken, true).await;
     setup.assign(Some("1.2.0")).await;
     let report = setup.wait_for_state("1.2.0", "Failed").await;
@@ -569,6 +584,52 @@ async fn a_failing_health_check_is_reported_with_its_output_and_rolled_back() {
         ["healthCheck 1.0.0", "healthCheck 1.1.0"]
     );
     setup.assert_staging_empty();
+}
+
+/// The reproduction: the agent activated a release whose health check failed again and
+/// again, running its `postInstall` (which restarts a kiosk's session) each time, until an admin
+/// acted. Now it is tried once; `tcadm rollout retry` (the API behind it) tries it once more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_release_runs_once_until_an_admin_retries_it() {
+    let mut setup = Setup::start().await;
+    setup.start_agent(&setup.controller.url()).await;
+    setup.publish_and_install("1.0.0").await;
+
+    let zip = release_zip("1.1.0", &setup.markers, Health::FailingUntilFixed, &[]);
+    setup.publish("1.1.0", &zip, true).await;
+    setup.assign(Some("1.1.0")).await;
+    let report = setup.wait_for_state("1.1.0", "Failed").await;
+    assert_eq!(report["activeVersion"], "1.0.0", "{report}");
+    // The agent retries failed downloads every 100 ms here (`TC_AGENT_RETRY_MILLIS`): in two
+    // seconds a release it retried would have run its hooks many times.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let post_installs = || lines(&setup.markers.join("post-install.log"));
+    assert_eq!(post_installs().len(), 2, "{:?}", post_installs());
+    assert_eq!(
+        setup.wait_for_state("1.1.0", "Failed").await["activeVersion"],
+        "1.0.0"
+    );
+
+    std::fs::write(setup.markers.join("fixed"), "").unwrap();
+    let response = setup
+        .http
+        .post(format!(
+            "{}/apis/thinfleet.io/v1/clientgroups/e2e/retry",
+            setup.controller.url()
+        ))
+        .bearer_auth(setup.controller.admin_token())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let retried: Value = response.json().await.unwrap();
+    assert_eq!(retried["retried"][0]["client"], setup.client_name.as_str());
+    let report = setup.wait_for_state("1.1.0", "Installed").await;
+    assert_eq!(report["activeVersion"], "1.1.0", "{report}");
+    setup.assert_active_and_intact("1.1.0");
+    let runs = post_installs();
+    assert_eq!(runs.len(), 3, "{runs:?}");
+    assert!(runs[1].starts_with("postInstall 1.1.0") && runs[2].starts_with("postInstall 1.1.0"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -711,7 +772,7 @@ async fn a_blob_corrupted_on_the_controller_is_refused_by_its_digest() {
     let zip = release_zip(
         "1.7.0",
         &setup.markers,
-        true,
+        Health::Healthy,
         &[Entry::File(
             "only-in-1.7.0.txt",
             b"must never appear\n",
@@ -932,7 +993,7 @@ async fn a_download_cut_short_resumes_with_a_range_request() {
     let zip = release_zip(
         "2.0.0",
         &setup.markers,
-        true,
+        Health::Healthy,
         &[Entry::File("data/payload.bin", &payload, 0o644)],
     );
     assert!(zip.len() > 4 << 20, "the package is not compressible");
