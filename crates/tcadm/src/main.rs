@@ -1,5 +1,5 @@
-//! The `tcadm` binary: parses arguments, runs the command, prints one `error:` line on failure and
-//! exits with the documented code.
+//! The `tcadm` binary: parses arguments, runs the command, prints one `error:` line per error on
+//! failure and exits with the documented code.
 
 use std::io::{self, Write};
 use std::path::PathBuf;
@@ -35,8 +35,9 @@ fn main() -> ExitCode {
         Err(error) => {
             let _ = context.out.flush();
             if !error.is_reported() {
-                let line = error.to_string().replace('\n', " ");
-                eprintln!("{} {line}", err_style.error("error:"));
+                for line in error.lines() {
+                    eprintln!("{} {line}", err_style.error("error:"));
+                }
             }
             error.exit_code()
         }

@@ -586,6 +586,61 @@ fn yaml_output_applies_back_unchanged() {
 }
 
 #[test]
+fn every_manifest_error_is_printed_on_its_own_line() {
+    let fleet = Fleet::start();
+    let (front, back) = GROUPS.split_once("---\n").unwrap();
+    fleet.write(
+        "fleet/a.yaml",
+        front
+            .replace("name: front-desk", "name: Front-Desk")
+            .replace("  packages:", "  colour: red\n  packages:"),
+    );
+    fleet.write(
+        "fleet/b.yaml",
+        back.replace("spec:\n", "spec:\n  priority: high\n  paused: 3\n"),
+    );
+    let run = fleet.tcadm(&["apply", "-f", "fleet"]);
+    assert_eq!(run.code, 2, "{run:#?}");
+    let lines: Vec<&str> = run.stderr.lines().collect();
+    let expected = [
+        "error: fleet/a.yaml:4:3: metadata.name: `Front-Desk` is not a valid name",
+        "error: fleet/a.yaml:11:3: spec.colour: unknown field `colour`",
+        "error: fleet/b.yaml:6:3: spec.priority: invalid type",
+        "error: fleet/b.yaml:7:3: spec.paused: invalid type",
+    ];
+    assert_eq!(lines.len(), expected.len(), "{run:#?}");
+    for (line, start) in lines.iter().zip(expected) {
+        assert!(
+            line.starts_with(start),
+            "`{line}` does not start with `{start}`"
+        );
+    }
+    assert_eq!(fleet.tcadm(&["get", "cg", "-o", "name"]).ok(), "");
+}
+
+#[test]
+fn errors_in_a_list_document_name_the_line_of_the_item() {
+    let fleet = Fleet::start();
+    fleet.tcadm_stdin(&["apply", "-f", "-"], GROUPS).ok();
+    let list = fleet.tcadm(&["get", "cg", "-o", "yaml"]).ok().to_string();
+    // The second item (front-desk) gets a bad priority.
+    let at = list.rfind("priority: 0").expect("priorities are printed");
+    let bad = format!("{}priority: high{}", &list[..at], &list[at + 11..]);
+    let line = list[..at].matches('\n').count() + 1;
+    let column = at - list[..at].rfind('\n').map_or(0, |i| i + 1) + 1;
+    let error = fleet
+        .tcadm_stdin(&["apply", "-f", "-"], &bad)
+        .fails(2)
+        .to_string();
+    assert!(
+        error.starts_with(&format!(
+            "error: -:{line}:{column}: items[1].spec.priority: invalid type"
+        )),
+        "{error}"
+    );
+}
+
+#[test]
 fn selectors_filter_groups_and_tables_are_aligned() {
     let fleet = Fleet::start();
     fleet.tcadm_stdin(&["apply", "-f", "-"], GROUPS).ok();
