@@ -332,6 +332,12 @@ fn hex(bytes: &[u8]) -> String {
 /// Finds the releases whose `artifact.path` names a local zip, hashes each zip, and writes its
 /// `sha256` into the manifest text (keeping `path`) so the server can find the uploaded blob.
 /// A `sha256` already in the manifest must match the file.
+///
+/// A release as `tcadm get -o yaml|json` prints it carries its `status`: its artifact is on the
+/// controller already, and its `path` names a file on the disk of whoever applied it (the
+/// watched directory, or another admin's checkout), usually not here. When that path does not
+/// exist here, nothing is uploaded and the digest the controller recorded is sent, so the
+/// release applies back unchanged.
 pub fn prepare_artifacts(
     files: &mut [ManifestFile],
     decoded: &[DecodedObject],
@@ -351,6 +357,23 @@ pub fn prepare_artifacts(
         let file = &files[item.file];
         let path = normalize_path(&file.base_dir.join(relative));
         let declared = release.spec.artifact.sha256.as_ref();
+        let stored = release
+            .status
+            .as_ref()
+            .and_then(|status| status.artifact.as_ref())
+            .map(|artifact| &artifact.sha256);
+        if !path.exists()
+            && let Some(stored) = stored
+        {
+            if declared.is_none() {
+                digests.insert(item.object.reference(), stored.clone());
+                insertions
+                    .entry(item.file)
+                    .or_default()
+                    .push((item.position_of("spec.artifact.path"), stored.clone()));
+            }
+            continue;
+        }
         let (sha256, size, packed) = if path.is_dir() {
             // A package source directory, packed the same way the controller packs it.
             let bytes = tc_pack::pack_dir(&path).map_err(|error| {
@@ -767,6 +790,34 @@ items:
             error.starts_with("-:10:14: items[1].metadata.name: `B` is not a valid name"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn releases_printed_by_get_keep_the_digest_the_controller_recorded() {
+        let sha = "a".repeat(64);
+        let printed = format!(
+            "{RELEASE}status:\n  artifact:\n    sha256: {sha}\n    size: 3\n",
+            RELEASE = RELEASE.replace("path: kiosk.zip", "path: ../packages/kiosk.zip")
+        );
+        let dir = sandbox(&[("r.yaml", printed.as_bytes())]);
+        let mut files = collect(&[&dir.path().join("r.yaml")], false);
+        let decoded = decode_files(&files).unwrap();
+        let artifacts = prepare_artifacts(&mut files, &decoded).unwrap();
+        assert!(artifacts.is_empty(), "nothing to upload: {artifacts:?}");
+        assert!(
+            files[0].content.contains(&format!(
+                "  artifact:\n    sha256: \"{sha}\"\n    path: ../packages/kiosk.zip\n"
+            )),
+            "{}",
+            files[0].content
+        );
+        assert!(!files[0].rewritten);
+
+        // Without a recorded digest, a missing zip is still an error.
+        let dir = sandbox(&[("r.yaml", RELEASE.as_bytes())]);
+        let mut files = collect(&[&dir.path().join("r.yaml")], false);
+        let decoded = decode_files(&files).unwrap();
+        assert!(prepare_artifacts(&mut files, &decoded).is_err());
     }
 
     #[test]

@@ -113,6 +113,24 @@ impl Fleet {
         }
     }
 
+    /// A fleet whose controller also applies the manifests in `watched` (as `dir:<path>`).
+    fn start_watching(watched: &std::path::Path) -> Fleet {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let watched = watched.to_path_buf();
+        let controller = runtime.block_on(TestController::start_with(move |config| {
+            config.manifests_dir = Some(watched)
+        }));
+        Fleet {
+            controller,
+            _runtime: runtime,
+            dir: tempfile::tempdir().expect("scratch directory"),
+        }
+    }
+
     fn path(&self, name: &str) -> std::path::PathBuf {
         self.dir.path().join(name)
     }
@@ -616,6 +634,137 @@ fn every_manifest_error_is_printed_on_its_own_line() {
         );
     }
     assert_eq!(fleet.tcadm(&["get", "cg", "-o", "name"]).ok(), "");
+}
+
+#[test]
+fn releases_printed_by_get_apply_back_unchanged_wherever_their_zip_was() {
+    let fleet = Fleet::start();
+    let zip = test_zip("kiosk 1.0.0");
+    fleet.write("zips/kiosk-1.0.0.zip", &zip);
+    fleet.write(
+        "fleet/releases.yaml",
+        "\
+apiVersion: thinfleet.io/v1
+kind: PackageRelease
+metadata:
+  name: kiosk-1.0.0
+spec:
+  package: kiosk
+  version: 1.0.0
+  artifact:
+    path: ../zips/kiosk-1.0.0.zip
+",
+    );
+    fleet.write("fleet/groups.yaml", GROUPS);
+    fleet.tcadm(&["apply", "-f", "fleet"]).ok();
+    let before = fleet.get_json(&["pr", "kiosk-1.0.0"]);
+    // Applied back from a directory where `../zips/kiosk-1.0.0.zip` does not exist.
+    std::fs::create_dir_all(fleet.path("elsewhere")).unwrap();
+    let apply_elsewhere = |args: &[&str], stdin: &str| {
+        fleet.run(
+            fleet.command(args).current_dir(fleet.path("elsewhere")),
+            stdin,
+        )
+    };
+    for args in [
+        &["get", "pr", "kiosk-1.0.0", "-o", "yaml"][..],
+        &["get", "pr", "kiosk-1.0.0", "-o", "json"],
+        &["get", "pr", "-o", "yaml"],
+        &["get", "pr", "-o", "json"],
+    ] {
+        let printed = fleet.tcadm(args);
+        let applied = apply_elsewhere(&["apply", "-f", "-"], printed.ok());
+        assert_eq!(
+            applied.ok(),
+            "packagerelease/kiosk-1.0.0 unchanged\n",
+            "{args:?}"
+        );
+        assert_eq!(applied.stderr, "", "nothing uploaded: {applied:#?}");
+    }
+    for args in [
+        &["get", "cg", "front-desk", "-o", "json"][..],
+        &["get", "cg", "-o", "json"],
+    ] {
+        let printed = fleet.tcadm(args);
+        let applied = apply_elsewhere(&["apply", "-f", "-"], printed.ok());
+        assert!(
+            applied
+                .ok()
+                .lines()
+                .all(|line| line.ends_with(" unchanged")),
+            "{args:?}: {applied:#?}"
+        );
+    }
+    let after = fleet.get_json(&["pr", "kiosk-1.0.0"]);
+    assert_eq!(
+        after["metadata"]["resourceVersion"],
+        before["metadata"]["resourceVersion"]
+    );
+    assert_eq!(after["spec"], before["spec"]);
+}
+
+#[test]
+fn releases_of_the_watched_directory_print_and_apply_back_with_their_recorded_digest() {
+    let watched = tempfile::tempdir().unwrap();
+    let zip = test_zip("kiosk 2.0.0");
+    let sha = sha256_hex(&zip);
+    std::fs::create_dir_all(watched.path().join("packages")).unwrap();
+    std::fs::create_dir_all(watched.path().join("releases")).unwrap();
+    std::fs::write(watched.path().join("packages/kiosk-2.0.0.zip"), &zip).unwrap();
+    std::fs::write(
+        watched.path().join("releases/kiosk.yaml"),
+        "\
+apiVersion: thinfleet.io/v1
+kind: PackageRelease
+metadata:
+  name: kiosk-2.0.0
+spec:
+  package: kiosk
+  version: 2.0.0
+  artifact:
+    path: ../packages/kiosk-2.0.0.zip
+",
+    )
+    .unwrap();
+    let fleet = Fleet::start_watching(watched.path());
+    // Applied back from a directory where `../packages/kiosk-2.0.0.zip` does not exist.
+    std::fs::create_dir_all(fleet.path("elsewhere")).unwrap();
+    let apply_elsewhere = |args: &[&str], stdin: &str| {
+        fleet.run(
+            fleet.command(args).current_dir(fleet.path("elsewhere")),
+            stdin,
+        )
+    };
+    let printed = eventually("the watched release", || {
+        let run = fleet.tcadm(&["get", "pr", "kiosk-2.0.0", "-o", "yaml"]);
+        (run.code == 0 && run.stdout.contains(&sha)).then_some(run.stdout)
+    });
+    assert!(
+        !printed.contains(&format!("sha256: {sha}\n    path")),
+        "{printed}"
+    );
+    // The release belongs to the directory: applying it back is refused for that reason, not
+    // because its zip is not here.
+    let refused = apply_elsewhere(&["apply", "-f", "-"], &printed);
+    let error = refused.fails(3);
+    assert!(error.contains("is managed by `dir:"), "{error}");
+    // Taken over, it keeps its path and gains the digest the controller recorded.
+    assert_eq!(
+        apply_elsewhere(&["apply", "-f", "-", "--force"], &printed).ok(),
+        "packagerelease/kiosk-2.0.0 configured\n"
+    );
+    let release = fleet.get_json(&["pr", "kiosk-2.0.0"]);
+    assert_eq!(
+        release["spec"]["artifact"]["path"],
+        "../packages/kiosk-2.0.0.zip"
+    );
+    assert_eq!(release["spec"]["artifact"]["sha256"], sha.as_str());
+    assert_eq!(release["status"]["artifact"]["sha256"], sha.as_str());
+    let printed = fleet.tcadm(&["get", "pr", "kiosk-2.0.0", "-o", "yaml"]);
+    assert_eq!(
+        apply_elsewhere(&["apply", "-f", "-"], printed.ok()).ok(),
+        "packagerelease/kiosk-2.0.0 unchanged\n"
+    );
 }
 
 #[test]
