@@ -9,7 +9,7 @@ use clap::Parser;
 use tcadm::api::Connection;
 use tcadm::cli::Cli;
 use tcadm::commands::progress_bars_possible;
-use tcadm::output::Style;
+use tcadm::output::{ExitOnClosedPipe, Style};
 use tcadm::{Context, run};
 
 fn main() -> ExitCode {
@@ -17,8 +17,8 @@ fn main() -> ExitCode {
     let current_dir = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
     let connection = Connection::resolve(cli.server.as_deref(), cli.token.as_deref(), &current_dir);
     let err_style = Style::stderr();
-    let stdout = io::stdout();
-    let mut out = stdout.lock();
+    // A closed standard output ends any command quietly (see `ExitOnClosedPipe`).
+    let mut out = ExitOnClosedPipe::new(io::stdout().lock());
     let stdin = io::stdin();
     let mut input = stdin.lock();
     let mut context = Context {

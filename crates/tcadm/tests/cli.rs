@@ -790,6 +790,47 @@ fn errors_in_a_list_document_name_the_line_of_the_item() {
 }
 
 #[test]
+fn a_closed_standard_output_ends_every_command_quietly() {
+    let fleet = Fleet::start();
+    let groups: String = (0..300)
+        .map(|i| {
+            format!(
+                "---\napiVersion: thinfleet.io/v1\nkind: ClientGroup\nmetadata: {{ name: group-{i:03} }}\nspec: {{ selector: {{ matchLabels: {{ site: s{i} }} }} }}\n"
+            )
+        })
+        .collect();
+    fleet.write("groups.yaml", &groups);
+    fleet.tcadm(&["apply", "-f", "groups.yaml"]).ok();
+    for args in [
+        &["completion", "zsh"][..],
+        &["completion", "bash"],
+        &["completion", "fish"],
+        &["get", "cg"],
+        &["get", "cg", "-o", "yaml"],
+        &["version"],
+        &["describe", "cg", "group-001"],
+        &["apply", "-f", "groups.yaml"],
+    ] {
+        // A pipe whose reading end is closed before tcadm starts: its first write fails.
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let output = fleet
+            .command(args)
+            .stdin(Stdio::null())
+            .stdout(writer)
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(
+            (output.status.code(), stderr.as_ref()),
+            (Some(0), ""),
+            "tcadm {args:?}"
+        );
+    }
+}
+
+#[test]
 fn selectors_filter_groups_and_tables_are_aligned() {
     let fleet = Fleet::start();
     fleet.tcadm_stdin(&["apply", "-f", "-"], GROUPS).ok();
