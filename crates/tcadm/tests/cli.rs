@@ -831,6 +831,66 @@ fn a_closed_standard_output_ends_every_command_quietly() {
 }
 
 #[test]
+fn each_user_is_a_field_manager_of_their_own() {
+    let fleet = Fleet::start();
+    let (front, back) = GROUPS.split_once("---\n").unwrap();
+    fleet.write("alice.yaml", front);
+    fleet.write("bob.yaml", back);
+    let as_user = |user: &str, args: &[&str]| fleet.run(fleet.command(args).env("USER", user), "");
+    assert_eq!(
+        as_user("alice", &["apply", "-f", "alice.yaml", "--prune"]).ok(),
+        "clientgroup/front-desk created\n"
+    );
+    // Bob's apply with --prune leaves Alice's group alone.
+    assert_eq!(
+        as_user("bob", &["apply", "-f", "bob.yaml", "--prune"]).ok(),
+        "clientgroup/back-office created\n"
+    );
+    assert_eq!(
+        fleet.tcadm(&["get", "cg", "-o", "name"]).ok(),
+        "clientgroup/back-office\nclientgroup/front-desk\n"
+    );
+    let group = fleet.get_json(&["cg", "front-desk"]);
+    assert_eq!(group["metadata"]["managedBy"], "tcadm:alice");
+    assert_eq!(
+        fleet.get_json(&["cg", "back-office"])["metadata"]["managedBy"],
+        "tcadm:bob"
+    );
+    // Each may prune their own objects, and only those.
+    fleet.write(
+        "alice.yaml",
+        front.replace("name: front-desk", "name: reception"),
+    );
+    assert_eq!(
+        as_user("alice", &["apply", "-f", "alice.yaml", "--prune"]).ok(),
+        "clientgroup/reception created\nclientgroup/front-desk pruned\n"
+    );
+    assert_eq!(
+        fleet.tcadm(&["get", "cg", "-o", "name"]).ok(),
+        "clientgroup/back-office\nclientgroup/reception\n"
+    );
+    // Bob cannot change Alice's group without taking it over.
+    let error = as_user("bob", &["apply", "-f", "alice.yaml"])
+        .fails(3)
+        .to_string();
+    assert!(error.contains("is managed by `tcadm:alice`"), "{error}");
+    // With neither USER nor LOGNAME, the manager is named after the user id.
+    fleet.write(
+        "carol.yaml",
+        front.replace("name: front-desk", "name: carol"),
+    );
+    fleet.tcadm(&["apply", "-f", "carol.yaml"]).ok();
+    let uid = {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(fleet.path("carol.yaml")).unwrap().uid()
+    };
+    assert_eq!(
+        fleet.get_json(&["cg", "carol"])["metadata"]["managedBy"],
+        format!("tcadm:uid-{uid}")
+    );
+}
+
+#[test]
 fn selectors_filter_groups_and_tables_are_aligned() {
     let fleet = Fleet::start();
     fleet.tcadm_stdin(&["apply", "-f", "-"], GROUPS).ok();
