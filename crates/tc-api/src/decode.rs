@@ -756,15 +756,12 @@ fn neutralise(
 fn kind_schema(kind: Kind) -> &'static Value {
     static GROUP: OnceLock<Value> = OnceLock::new();
     static RELEASE: OnceLock<Value> = OnceLock::new();
-    let cell = match kind {
-        Kind::PackageRelease => &RELEASE,
-        _ => &GROUP,
+    // Only the kinds manifests carry get here; `Client` has no schema.
+    let (cell, kind) = match kind {
+        Kind::PackageRelease => (&RELEASE, Kind::PackageRelease),
+        Kind::ClientGroup | Kind::Client => (&GROUP, Kind::ClientGroup),
     };
-    cell.get_or_init(|| {
-        crate::schema::schema(kind).unwrap_or_else(|| {
-            crate::schema::schema(Kind::ClientGroup).expect("groups have a schema")
-        })
-    })
+    cell.get_or_init(|| crate::schema::schema(kind).expect("manifest kinds have a schema"))
 }
 
 /// Follows `$ref`s within `root`.

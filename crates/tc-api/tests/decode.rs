@@ -689,6 +689,53 @@ spec:
 }
 
 #[test]
+fn wrong_values_are_replaced_by_placeholders_that_cause_no_further_errors() {
+    // A wrong mapping, an unknown enum value and a bad timestamp deep in the status: each is
+    // reported once, and what the decoder put in their place (an empty selector, the first
+    // condition status, the epoch) is not reported again.
+    let text = r#"apiVersion: thinfleet.io/v1
+kind: ClientGroup
+metadata: { name: a }
+spec:
+  selector: 5
+  packages: [ { name: k, version: "^1" }, 7 ]
+status:
+  conditions:
+    - { type: Ready, status: Maybe, reason: X, lastTransitionTime: yesterday }
+"#;
+    let errors = decode_objects("s.yaml", text).unwrap_err();
+    assert_errors(
+        &errors,
+        &[
+            (
+                "s.yaml",
+                at(text, "selector"),
+                Some("spec.selector"),
+                "invalid type",
+            ),
+            (
+                "s.yaml",
+                at(text, "7 ]"),
+                Some("spec.packages[1]"),
+                "invalid type",
+            ),
+            (
+                "s.yaml",
+                at(text, "status: Maybe"),
+                Some("status.conditions[0].status"),
+                "unknown variant `Maybe`",
+            ),
+            (
+                "s.yaml",
+                at(text, "lastTransitionTime"),
+                Some("status.conditions[0].lastTransitionTime"),
+                "not an RFC 3339 timestamp",
+            ),
+        ],
+    );
+}
+
+#[test]
 fn errors_of_several_documents_and_files_come_in_file_order() {
     let first = format!(
         "{}{}",
