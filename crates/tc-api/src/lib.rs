@@ -11,7 +11,9 @@ pub mod schema;
 pub mod selector;
 pub mod validate;
 
-pub use decode::{DecodeError, Limits, Position, SourcedObject, decode_objects};
+pub use decode::{
+    DecodeError, DecodeErrors, Limits, MAX_ERRORS, Position, SourcedObject, decode_objects,
+};
 pub use event::{Event, EventType, ObjectRef};
 pub use meta::{API_VERSION, Condition, ConditionStatus, ObjectMeta, Timestamp};
 pub use resources::{

@@ -111,7 +111,9 @@ fn null_values_mean_unset() {
     )
     .unwrap_err();
     assert!(
-        missing.message.contains("missing field `metadata`"),
+        missing.errors()[0]
+            .message
+            .contains("missing field `metadata`"),
         "{missing}"
     );
 }
@@ -365,7 +367,11 @@ fn bad_documents_report_file_line_column_and_field() {
     for case in &cases {
         match decode_objects("m.yaml", &case.text) {
             Ok(_) => failures.push(format!("{}: decoded, expected an error", case.name)),
-            Err(error) => {
+            Err(errors) if errors.errors().len() != 1 => {
+                failures.push(format!("{}: expected one error, got:\n{errors}", case.name))
+            }
+            Err(errors) => {
+                let error = &errors.errors()[0];
                 let got = (
                     error.file.as_str(),
                     error.line,
@@ -393,7 +399,8 @@ fn bad_documents_report_file_line_column_and_field() {
 #[test]
 fn one_bad_document_fails_the_whole_file() {
     let text = format!("{GROUP}{}", release_with("version: 1.4.2", "version: one"));
-    let error = decode_objects("two.yaml", &text).unwrap_err();
+    let errors = decode_objects("two.yaml", &text).unwrap_err();
+    let error = errors.first().unwrap();
     assert_eq!(
         (error.line, error.field.as_deref()),
         (27, Some("spec.version"))
@@ -406,8 +413,9 @@ fn assert_refused_quickly(name: &str, text: &str, message: &str) {
 
 fn assert_refused_quickly_with(name: &str, text: &str, messages: &[&str]) {
     let started = Instant::now();
-    let error = decode_objects_with("hostile.yaml", text, &Limits::default()).unwrap_err();
+    let errors = decode_objects_with("hostile.yaml", text, &Limits::default()).unwrap_err();
     let elapsed = started.elapsed();
+    let error = errors.first().unwrap();
     assert!(
         messages.iter().any(|m| error.message.contains(m)),
         "{name}: {error}"
@@ -455,4 +463,462 @@ fn huge_scalars_and_files_are_refused() {
     assert_refused_quickly("long string", &text, "longer than the limit");
     let big = "# padding\n".repeat(2 << 20);
     assert_refused_quickly("big file", &big, "more than the limit");
+}
+
+/// Where `needle` first starts in `text`, as (line, column) from 1.
+fn at(text: &str, needle: &str) -> (usize, usize) {
+    let offset = text
+        .find(needle)
+        .unwrap_or_else(|| panic!("`{needle}` not in the text"));
+    let line_start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+    (
+        text[..offset].matches('\n').count() + 1,
+        offset - line_start + 1,
+    )
+}
+
+/// One expected error: file, (line, column), field path, part of the message.
+type Expected<'a> = (&'a str, (usize, usize), Option<&'a str>, &'a str);
+
+/// Asserts that `errors` are exactly `expected`, in this order.
+#[track_caller]
+fn assert_errors(errors: &tc_api::DecodeErrors, expected: &[Expected<'_>]) {
+    let got: Vec<String> = errors.errors().iter().map(ToString::to_string).collect();
+    assert_eq!(
+        got.len(),
+        expected.len(),
+        "got:\n{}\nwant:\n{expected:#?}",
+        got.join("\n")
+    );
+    for (error, (file, (line, column), field, message)) in errors.errors().iter().zip(expected) {
+        assert_eq!(
+            (
+                error.file.as_str(),
+                error.line,
+                error.column,
+                error.field.as_deref()
+            ),
+            (*file, *line, *column, *field),
+            "got:\n{}",
+            got.join("\n")
+        );
+        assert!(
+            error.message.contains(message),
+            "`{error}` does not say `{message}`; got:\n{}",
+            got.join("\n")
+        );
+    }
+    assert_eq!(errors.summary(), None, "{errors}");
+}
+
+const MANY_MISTAKES: &str = r#"apiVersion: thinfleet.io/v1
+kind: ClientGroup
+metadata:
+  name: Front_Desk
+  labels: { "bad key": ops }
+  owner: me
+spec:
+  selector:
+    matchExpressions:
+      - { key: arch, operator: Near, values: [x86_64] }
+      - { key: site, operator: In }
+  priority: high
+  colour: blue
+  packages:
+    - { name: kiosk, version: "one point four" }
+  rollout:
+    maxUnavailable: 250%
+  agent:
+    heartbeatSeconds: 1
+"#;
+
+#[test]
+fn every_mistake_of_a_document_is_reported_in_file_order() {
+    let text = MANY_MISTAKES;
+    let errors = decode_objects("g.yaml", text).unwrap_err();
+    assert_errors(
+        &errors,
+        &[
+            (
+                "g.yaml",
+                at(text, "name: Front"),
+                Some("metadata.name"),
+                "not a valid name",
+            ),
+            (
+                "g.yaml",
+                at(text, "\"bad key\""),
+                Some("metadata.labels.bad key"),
+                "not a valid label key",
+            ),
+            (
+                "g.yaml",
+                at(text, "owner"),
+                Some("metadata.owner"),
+                "unknown field `owner`",
+            ),
+            (
+                "g.yaml",
+                at(text, "operator: Near"),
+                Some("spec.selector.matchExpressions[0].operator"),
+                "unknown variant `Near`",
+            ),
+            (
+                "g.yaml",
+                at(text, "{ key: site"),
+                Some("spec.selector.matchExpressions[1].values"),
+                "needs at least one value",
+            ),
+            (
+                "g.yaml",
+                at(text, "priority"),
+                Some("spec.priority"),
+                "invalid type",
+            ),
+            (
+                "g.yaml",
+                at(text, "colour"),
+                Some("spec.colour"),
+                "unknown field `colour`",
+            ),
+            (
+                "g.yaml",
+                at(text, "version: \"one"),
+                Some("spec.packages[0].version"),
+                "not a semver requirement",
+            ),
+            (
+                "g.yaml",
+                at(text, "maxUnavailable"),
+                Some("spec.rollout.maxUnavailable"),
+                "more than 100%",
+            ),
+            (
+                "g.yaml",
+                at(text, "heartbeatSeconds"),
+                Some("spec.agent.heartbeatSeconds"),
+                "outside 5..=86400",
+            ),
+        ],
+    );
+    // The display is one `file:line:column: field.path: message` line per error.
+    let display = errors.to_string();
+    assert_eq!(display.lines().count(), 10, "{display}");
+    assert!(
+        display
+            .lines()
+            .all(|line| line.starts_with("g.yaml:") && line.split(": ").count() >= 3),
+        "{display}"
+    );
+}
+
+#[test]
+fn missing_fields_wrong_types_and_hooks_are_all_reported() {
+    let text = r#"apiVersion: thinfleet.io/v2
+kind: PackageRelease
+metadata:
+  labels: { team: 7 }
+spec:
+  version: "1.0"
+  artifact:
+    sha256: XYZ
+  hooks:
+    healthCheck: { command: [], timeoutSeconds: 0 }
+    livenessProbe: { command: [./probe] }
+"#;
+    let errors = decode_objects("r.yaml", text).unwrap_err();
+    assert_errors(
+        &errors,
+        &[
+            (
+                "r.yaml",
+                (1, 1),
+                Some("apiVersion"),
+                "unsupported apiVersion `thinfleet.io/v2`",
+            ),
+            (
+                "r.yaml",
+                at(text, "metadata"),
+                Some("metadata"),
+                "missing field `name`",
+            ),
+            (
+                "r.yaml",
+                at(text, "team: 7"),
+                Some("metadata.labels.team"),
+                "invalid type",
+            ),
+            (
+                "r.yaml",
+                at(text, "spec"),
+                Some("spec"),
+                "missing field `package`",
+            ),
+            (
+                "r.yaml",
+                at(text, "version"),
+                Some("spec.version"),
+                "not a semantic version",
+            ),
+            (
+                "r.yaml",
+                at(text, "sha256"),
+                Some("spec.artifact.sha256"),
+                "64 lowercase hex",
+            ),
+            (
+                "r.yaml",
+                at(text, "command: []"),
+                Some("spec.hooks.healthCheck.command"),
+                "needs a program",
+            ),
+            (
+                "r.yaml",
+                at(text, "timeoutSeconds: 0"),
+                Some("spec.hooks.healthCheck.timeoutSeconds"),
+                "outside 1..=86400",
+            ),
+            (
+                "r.yaml",
+                at(text, "livenessProbe"),
+                Some("spec.hooks.livenessProbe"),
+                "unknown field `livenessProbe`",
+            ),
+        ],
+    );
+}
+
+#[test]
+fn wrong_values_are_replaced_by_placeholders_that_cause_no_further_errors() {
+    // A wrong mapping, an unknown enum value and a bad timestamp deep in the status: each is
+    // reported once, and what the decoder put in their place (an empty selector, the first
+    // condition status, the epoch) is not reported again.
+    let text = r#"apiVersion: thinfleet.io/v1
+kind: ClientGroup
+metadata: { name: a }
+spec:
+  selector: 5
+  packages: [ { name: k, version: "^1" }, 7 ]
+status:
+  conditions:
+    - { type: Ready, status: Maybe, reason: X, lastTransitionTime: yesterday }
+"#;
+    let errors = decode_objects("s.yaml", text).unwrap_err();
+    assert_errors(
+        &errors,
+        &[
+            (
+                "s.yaml",
+                at(text, "selector"),
+                Some("spec.selector"),
+                "invalid type",
+            ),
+            (
+                "s.yaml",
+                at(text, "7 ]"),
+                Some("spec.packages[1]"),
+                "invalid type",
+            ),
+            (
+                "s.yaml",
+                at(text, "status: Maybe"),
+                Some("status.conditions[0].status"),
+                "unknown variant `Maybe`",
+            ),
+            (
+                "s.yaml",
+                at(text, "lastTransitionTime"),
+                Some("status.conditions[0].lastTransitionTime"),
+                "not an RFC 3339 timestamp",
+            ),
+        ],
+    );
+}
+
+#[test]
+fn errors_of_several_documents_and_files_come_in_file_order() {
+    let first = format!(
+        "{}{}",
+        group_with("priority: 10", "priority: high"),
+        release_with("version: 1.4.2", "version: one")
+    );
+    let second = format!(
+        "{}---\napiVersion: thinfleet.io/v1\nkind: [\n",
+        group_with("name: front-desk", "name: Front")
+    );
+    let mut errors = tc_api::DecodeErrors::new();
+    let limits = Limits::default();
+    let good = tc_api::decode::decode_objects_into("a.yaml", &first, &limits, &mut errors);
+    assert!(good.is_empty());
+    let good = tc_api::decode::decode_objects_into("b.yaml", &second, &limits, &mut errors);
+    assert!(good.is_empty());
+    let release_version = at(&first, "version: one");
+    assert_errors(
+        &errors,
+        &[
+            ("a.yaml", (11, 3), Some("spec.priority"), "invalid type"),
+            (
+                "a.yaml",
+                release_version,
+                Some("spec.version"),
+                "not a semantic version",
+            ),
+            ("b.yaml", (4, 3), Some("metadata.name"), "not a valid name"),
+            ("b.yaml", (23, 1), None, "YAML syntax error"),
+        ],
+    );
+}
+
+#[test]
+fn errors_are_capped_per_request_and_the_rest_counted() {
+    // 120 documents with one mistake each: the first 50 are listed, the other 70 counted.
+    let bad = group_with("priority: 10", "priority: high");
+    let text: String = (0..120).map(|_| format!("---\n{bad}")).collect();
+    let errors = decode_objects("many.yaml", &text).unwrap_err();
+    assert_eq!(errors.errors().len(), tc_api::MAX_ERRORS);
+    assert_eq!(errors.not_listed(), 70);
+    let lines: Vec<usize> = errors.errors().iter().map(|e| e.line).collect();
+    assert!(lines.windows(2).all(|w| w[0] < w[1]), "{lines:?}");
+    assert_eq!(
+        errors.summary().as_deref(),
+        Some("and 70 more errors not listed (at most 50 are listed per request)")
+    );
+    assert!(
+        errors
+            .to_string()
+            .ends_with("\nand 70 more errors not listed (at most 50 are listed per request)")
+    );
+
+    // One document with 200 bad labels: validation finds them all, 50 are listed.
+    let labels: String = (0..200)
+        .map(|i| format!("    \"bad key {i}\": x\n"))
+        .collect();
+    let text = group_with("  labels: { team: ops }\n", &format!("  labels:\n{labels}"));
+    let errors = decode_objects("labels.yaml", &text).unwrap_err();
+    assert_eq!(errors.errors().len(), 50);
+    assert_eq!(errors.not_listed(), 150);
+    assert!(
+        errors
+            .errors()
+            .iter()
+            .all(|e| e.message.contains("not a valid label key"))
+    );
+}
+
+#[test]
+fn a_document_with_a_huge_number_of_mistakes_costs_a_bounded_number_of_passes() {
+    // Each unknown field costs one more deserialization pass over the object. A large object gets
+    // only as many passes as the work budget allows (fewer than the cap), so decoding stays
+    // linear in its size; what was found is listed, with a note that more may follow.
+    let unknown: String = (0..100_000).map(|i| format!("  unknown{i}: x\n")).collect();
+    let text = group_with("  priority: 10\n", &unknown);
+    let errors = decode_objects("hostile.yaml", &text).unwrap_err();
+    assert!(errors.errors().len() < tc_api::MAX_ERRORS, "{errors}");
+    assert!(
+        errors
+            .errors()
+            .iter()
+            .all(|e| e.message.starts_with("unknown field `unknown")),
+        "{errors}"
+    );
+    assert_eq!(
+        errors.summary().as_deref(),
+        Some("further errors may follow once these are fixed")
+    );
+    // A small object with the same kind of mistakes has every one of them listed.
+    let unknown: String = (0..20).map(|i| format!("  unknown{i}: x\n")).collect();
+    let text = group_with("  priority: 10\n", &unknown);
+    let errors = decode_objects("small.yaml", &text).unwrap_err();
+    assert_eq!(errors.errors().len(), 20, "{errors}");
+    assert_eq!(errors.summary(), None);
+
+    // Many small documents with several mistakes each: once the cap is reached, each further
+    // document is looked at no more than it takes to count it.
+    let text: String = (0..2_000)
+        .map(|_| format!("---\n{MANY_MISTAKES}"))
+        .collect();
+    let errors = decode_objects("many.yaml", &text).unwrap_err();
+    assert_eq!(errors.errors().len(), tc_api::MAX_ERRORS);
+    assert!(errors.not_listed() >= 2_000 - 5, "{}", errors.not_listed());
+    assert!(
+        errors.summary().unwrap().starts_with("and at least 1"),
+        "{errors}"
+    );
+}
+
+const LIST: &str = r#"apiVersion: thinfleet.io/v1
+kind: ClientGroupList
+items:
+- apiVersion: thinfleet.io/v1
+  kind: ClientGroup
+  metadata:
+    name: a
+  spec:
+    selector: {}
+- apiVersion: thinfleet.io/v1
+  kind: ClientGroup
+  metadata:
+    name: b
+  spec:
+    selector: {}
+    priority: 3
+"#;
+
+#[test]
+fn list_documents_give_their_items_with_their_own_positions() {
+    let objects = decode_objects("list.yaml", LIST).unwrap();
+    let names: Vec<(&str, usize)> = objects
+        .iter()
+        .map(|o| (o.object.name(), o.position.line))
+        .collect();
+    assert_eq!(names, [("a", 4), ("b", 10)]);
+
+    let bad = LIST.replace("priority: 3", "priority: high");
+    let errors = decode_objects("list.yaml", &bad).unwrap_err();
+    assert_errors(
+        &errors,
+        &[(
+            "list.yaml",
+            at(&bad, "priority"),
+            Some("items[1].spec.priority"),
+            "invalid type",
+        )],
+    );
+
+    let bad = LIST
+        .replace("kind: ClientGroupList\n", "kind: List\ncolour: red\n")
+        .replace("name: a", "name: A");
+    let errors = decode_objects("list.yaml", &bad).unwrap_err();
+    assert_errors(
+        &errors,
+        &[
+            (
+                "list.yaml",
+                (3, 1),
+                Some("colour"),
+                "unknown field `colour`",
+            ),
+            (
+                "list.yaml",
+                at(&bad, "name: A"),
+                Some("items[0].metadata.name"),
+                "not a valid name",
+            ),
+        ],
+    );
+
+    let errors = decode_objects(
+        "list.yaml",
+        "apiVersion: thinfleet.io/v1\nkind: List\nitems: 3\n",
+    )
+    .unwrap_err();
+    assert_errors(
+        &errors,
+        &[(
+            "list.yaml",
+            (3, 1),
+            Some("items"),
+            "must be a list of objects",
+        )],
+    );
 }

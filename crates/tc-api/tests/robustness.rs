@@ -1,8 +1,8 @@
 //! Untrusted manifests never panic the decoder: arbitrary text and mutations of a valid manifest
-//! either decode or fail with a position inside the input.
+//! either decode or fail with positions inside the input, and never more than the cap of errors.
 
 use proptest::prelude::*;
-use tc_api::decode_objects;
+use tc_api::{MAX_ERRORS, decode_objects};
 
 const VALID: &str = "apiVersion: thinfleet.io/v1
 kind: ClientGroup
@@ -29,15 +29,19 @@ spec:
 ";
 
 fn check(text: &str) {
-    if let Err(error) = decode_objects("fuzz.yaml", text) {
+    if let Err(errors) = decode_objects("fuzz.yaml", text) {
+        assert!(!errors.errors().is_empty(), "{errors}");
+        assert!(errors.errors().len() <= MAX_ERRORS, "{errors}");
         let lines = text.lines().count().max(1) + 1;
-        assert!(
-            error.line >= 1 && error.line <= lines,
-            "line {} of {lines}: {error}",
-            error.line
-        );
-        assert!(error.column >= 1, "{error}");
-        assert!(!error.message.is_empty());
+        for error in errors.errors() {
+            assert!(
+                error.line >= 1 && error.line <= lines,
+                "line {} of {lines}: {error}",
+                error.line
+            );
+            assert!(error.column >= 1, "{error}");
+            assert!(!error.message.is_empty());
+        }
     }
 }
 

@@ -104,33 +104,30 @@ impl Controller {
         self: &Arc<Self>,
         request: &ApplyRequest,
     ) -> Result<ApplyResult, ApiError> {
+        // Every error of every file, in file order, up to the decoder's cap for the request.
         let mut decoded: Vec<SourcedObject> = vec![];
-        let mut causes = vec![];
+        let mut errors = tc_api::DecodeErrors::new();
+        let limits = tc_api::Limits::default();
         for file in &request.files {
-            match tc_api::decode_objects(&file.name, &file.content) {
-                Ok(objects) => decoded.extend(objects),
-                Err(error) => causes.push(Cause::from(&error)),
-            }
+            decoded.extend(tc_api::decode::decode_objects_into(
+                &file.name,
+                &file.content,
+                &limits,
+                &mut errors,
+            ));
         }
-        if !causes.is_empty() {
-            let message = causes
-                .iter()
-                .map(|c| {
-                    format!(
-                        "{}:{}:{}: {}{}",
-                        c.file.as_deref().unwrap_or("-"),
-                        c.line.unwrap_or(0),
-                        c.column.unwrap_or(0),
-                        c.field
-                            .as_deref()
-                            .map(|f| format!("{f}: "))
-                            .unwrap_or_default(),
-                        c.message
-                    )
-                })
-                .collect::<Vec<_>>()
-                .join("\n");
-            return Err(ApiError::bad_request(message).with_causes(causes));
+        if !errors.is_empty() {
+            let mut causes: Vec<Cause> = errors.errors().iter().map(Cause::from).collect();
+            if let Some(summary) = errors.summary() {
+                causes.push(Cause {
+                    file: None,
+                    line: None,
+                    column: None,
+                    field: None,
+                    message: summary,
+                });
+            }
+            return Err(ApiError::bad_request(errors.to_string()).with_causes(causes));
         }
         for sourced in &mut decoded {
             sourced.object.clear_status();

@@ -140,6 +140,73 @@ async fn bad_manifests_change_nothing_and_say_where() {
 }
 
 #[tokio::test]
+async fn every_decode_error_of_a_request_is_a_cause_in_file_order() {
+    let controller = TestController::start().await;
+    let api = Api::admin(&controller);
+    let first = "apiVersion: thinfleet.io/v1\nkind: ClientGroup\nmetadata: { name: Bad }\nspec:\n  selector: {}\n  colour: blue\n  priority: high\n";
+    let good = GROUP.replace("front-desk", "good");
+    let second = "apiVersion: thinfleet.io/v1\nkind: PackageRelease\nmetadata: { name: r }\nspec:\n  package: r\n  version: one\n  artifact: { sha256: x }\n---\nkind: [\n";
+    let (status, error) = api
+        .apply_files(
+            &[("a.yaml", first), ("good.yaml", &good), ("b.yaml", second)],
+            "",
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let causes: Vec<String> = error["details"]["causes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            format!(
+                "{}:{}:{}: {}: {}",
+                c["file"].as_str().unwrap(),
+                c["line"],
+                c["column"],
+                c["field"].as_str().unwrap_or("-"),
+                c["message"]
+                    .as_str()
+                    .unwrap()
+                    .split([':', ','])
+                    .next()
+                    .unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        causes,
+        [
+            "a.yaml:3:13: metadata.name: `Bad` is not a valid name",
+            "a.yaml:6:3: spec.colour: unknown field `colour`",
+            "a.yaml:7:3: spec.priority: invalid type",
+            "b.yaml:6:3: spec.version: `one` is not a semantic version",
+            "b.yaml:7:15: spec.artifact.sha256: `x` is not 64 lowercase hex digits",
+            "b.yaml:10:1: -: YAML syntax error",
+        ]
+    );
+    let message = error["message"].as_str().unwrap();
+    assert_eq!(message.lines().count(), 6, "{message}");
+    assert!(
+        message.starts_with("a.yaml:3:13: metadata.name: "),
+        "{message}"
+    );
+
+    // Past the cap, the rest are counted in a last cause.
+    let bad = "---\napiVersion: thinfleet.io/v1\nkind: ClientGroup\nmetadata: { name: x }\nspec: { selector: {}, priority: high }\n";
+    let (status, error) = api.apply_files(&[("many.yaml", &bad.repeat(60))], "").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let causes = error["details"]["causes"].as_array().unwrap();
+    assert_eq!(causes.len(), tc_api::MAX_ERRORS + 1);
+    assert_eq!(causes[0]["line"], 5);
+    assert_eq!(
+        causes[tc_api::MAX_ERRORS]["message"],
+        "and 10 more errors not listed (at most 50 are listed per request)"
+    );
+    let (_, list) = api.get("/apis/thinfleet.io/v1/clientgroups").await;
+    assert!(list["items"].as_array().unwrap().is_empty());
+}
+
+#[tokio::test]
 async fn another_managers_object_needs_force() {
     let controller = TestController::start().await;
     let api = Api::admin(&controller);

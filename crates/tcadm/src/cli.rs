@@ -107,8 +107,9 @@ pub struct ApplyArgs {
     /// How long `--wait` waits (`30s`, `5m`, `1h`).
     #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration, requires = "wait")]
     pub timeout: Duration,
-    /// The manager recorded on the objects.
-    #[arg(long, value_name = "NAME", default_value = "tcadm")]
+    /// The manager recorded on the objects; `--prune` deletes only what this manager applied
+    /// [default: tcadm:<login name>].
+    #[arg(long, value_name = "NAME", default_value_t = default_field_manager(), hide_default_value = true)]
     pub field_manager: String,
 }
 
@@ -124,9 +125,36 @@ pub struct DiffArgs {
     /// Diff as if taking over objects managed by someone else.
     #[arg(long)]
     pub force: bool,
-    /// The manager the apply would record.
-    #[arg(long, value_name = "NAME", default_value = "tcadm")]
+    /// The manager the apply would record [default: tcadm:<login name>].
+    #[arg(long, value_name = "NAME", default_value_t = default_field_manager(), hide_default_value = true)]
     pub field_manager: String,
+}
+
+/// The field manager of an apply without `--field-manager`: `tcadm:<login name>` (from `$USER`,
+/// else `$LOGNAME`), or `tcadm:uid-<uid>` when neither is set. Each admin is a manager of their
+/// own, so `apply --prune` deletes only what that admin applied. Named credentials will replace
+/// this.
+pub fn default_field_manager() -> String {
+    let variable = |name: &str| std::env::var(name).ok();
+    #[cfg(unix)]
+    let uid = Some(rustix::process::getuid().as_raw());
+    #[cfg(not(unix))]
+    let uid = None;
+    field_manager_for(variable("USER"), variable("LOGNAME"), uid)
+}
+
+/// [`default_field_manager`] from what it reads: `$USER`, `$LOGNAME` and the user id.
+fn field_manager_for(user: Option<String>, logname: Option<String>, uid: Option<u32>) -> String {
+    let login = [user, logname]
+        .into_iter()
+        .flatten()
+        .map(|name| name.trim().to_string())
+        .find(|name| !name.is_empty());
+    match (login, uid) {
+        (Some(login), _) => format!("tcadm:{login}"),
+        (None, Some(uid)) => format!("tcadm:uid-{uid}"),
+        (None, None) => "tcadm".into(),
+    }
 }
 
 /// What `get` lists.
@@ -364,7 +392,7 @@ mod tests {
         assert!(args.files.recursive && args.prune && args.wait);
         assert!(!args.dry_run && !args.force);
         assert_eq!(args.timeout, Duration::from_secs(90));
-        assert_eq!(args.field_manager, "tcadm");
+        assert_eq!(args.field_manager, default_field_manager());
         let cli = parse("tcadm apply -f -").unwrap();
         let Command::Apply(args) = cli.command else {
             panic!("not apply")
@@ -464,6 +492,29 @@ mod tests {
         assert!(parse("tcadm version --client").is_ok());
         assert!(parse("tcadm describe pr kiosk-1.0.0").is_ok());
         assert!(parse("tcadm describe pods x").is_err());
+    }
+
+    #[test]
+    fn the_default_field_manager_is_the_login_name_or_the_uid() {
+        let some = |text: &str| Some(text.to_string());
+        assert_eq!(
+            field_manager_for(some("alice"), some("root"), Some(1000)),
+            "tcadm:alice"
+        );
+        assert_eq!(
+            field_manager_for(None, some("bob"), Some(1000)),
+            "tcadm:bob"
+        );
+        assert_eq!(
+            field_manager_for(some(" "), some(""), Some(1000)),
+            "tcadm:uid-1000"
+        );
+        assert_eq!(field_manager_for(None, None, None), "tcadm");
+        let cli = parse("tcadm diff -f a.yaml --field-manager ci").unwrap();
+        let Command::Diff(args) = cli.command else {
+            panic!("not diff")
+        };
+        assert_eq!(args.field_manager, "ci");
     }
 
     #[test]

@@ -62,6 +62,17 @@ impl CliError {
     pub fn is_reported(&self) -> bool {
         matches!(self, CliError::Reported { .. })
     }
+
+    /// What `main` prints, one `error:` line each: every error of invalid manifests (and the
+    /// count of those not listed), or the error on one line.
+    pub fn lines(&self) -> Vec<String> {
+        match self {
+            CliError::Manifest(ManifestError::Decode(errors)) => {
+                errors.to_string().lines().map(str::to_string).collect()
+            }
+            other => vec![other.to_string().replace('\n', " ")],
+        }
+    }
 }
 
 #[cfg(test)]
@@ -86,5 +97,33 @@ mod tests {
         assert_eq!(CliError::Failed("x".into()).exit_code(), 1);
         let pipe = CliError::Output(io::Error::from(io::ErrorKind::BrokenPipe));
         assert!(pipe.is_broken_pipe());
+    }
+
+    #[test]
+    fn every_manifest_error_is_a_line_of_its_own() {
+        let error = |line: usize| tc_api::DecodeError {
+            file: "a.yaml".into(),
+            line,
+            column: 3,
+            field: Some("spec.priority".into()),
+            message: "invalid type".into(),
+        };
+        let mut errors = tc_api::DecodeErrors::with_cap(2);
+        for line in [4, 9, 12] {
+            errors.push(error(line));
+        }
+        let lines = CliError::Manifest(ManifestError::Decode(errors)).lines();
+        assert_eq!(
+            lines,
+            [
+                "a.yaml:4:3: spec.priority: invalid type",
+                "a.yaml:9:3: spec.priority: invalid type",
+                "and 1 more error not listed (at most 2 are listed per request)",
+            ]
+        );
+        assert_eq!(
+            CliError::Failed("one\ntwo".into()).lines(),
+            ["one two".to_string()]
+        );
     }
 }

@@ -1,5 +1,5 @@
-//! The `tcadm` binary: parses arguments, runs the command, prints one `error:` line on failure and
-//! exits with the documented code.
+//! The `tcadm` binary: parses arguments, runs the command, prints one `error:` line per error on
+//! failure and exits with the documented code.
 
 use std::io::{self, Write};
 use std::path::PathBuf;
@@ -9,7 +9,7 @@ use clap::Parser;
 use tcadm::api::Connection;
 use tcadm::cli::Cli;
 use tcadm::commands::progress_bars_possible;
-use tcadm::output::Style;
+use tcadm::output::{ExitOnClosedPipe, Style};
 use tcadm::{Context, run};
 
 fn main() -> ExitCode {
@@ -17,8 +17,8 @@ fn main() -> ExitCode {
     let current_dir = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
     let connection = Connection::resolve(cli.server.as_deref(), cli.token.as_deref(), &current_dir);
     let err_style = Style::stderr();
-    let stdout = io::stdout();
-    let mut out = stdout.lock();
+    // A closed standard output ends any command quietly (see `ExitOnClosedPipe`).
+    let mut out = ExitOnClosedPipe::new(io::stdout().lock());
     let stdin = io::stdin();
     let mut input = stdin.lock();
     let mut context = Context {
@@ -35,8 +35,9 @@ fn main() -> ExitCode {
         Err(error) => {
             let _ = context.out.flush();
             if !error.is_reported() {
-                let line = error.to_string().replace('\n', " ");
-                eprintln!("{} {line}", err_style.error("error:"));
+                for line in error.lines() {
+                    eprintln!("{} {line}", err_style.error("error:"));
+                }
             }
             error.exit_code()
         }

@@ -5,10 +5,10 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use serde_json::Value;
-use tc_api::decode::{Document, Limits, decode_object, parse_documents};
-use tc_api::{DecodeError, Kind, Object, Position};
+use tc_api::decode::{Document, Limits, decode_document, join_path, parse_documents_until_error};
+use tc_api::{DecodeError, DecodeErrors, Kind, Object, Position, decode_objects};
 
 use crate::api::{ApiError, Cause, FileBody};
 
@@ -30,8 +30,8 @@ pub struct ManifestFile {
     /// Lines inserted into `content` (numbers in the new text, ascending), so that positions the
     /// server reports can be mapped back to the file on disk.
     pub inserted_lines: Vec<usize>,
-    /// True when `content` no longer follows the file's lines (lists expanded, or a release
-    /// rewritten); positions from the server are then left as they are.
+    /// True when `content` no longer follows the file's lines (a release rewritten as JSON);
+    /// positions from the server are then left as they are.
     pub rewritten: bool,
 }
 
@@ -74,15 +74,28 @@ pub enum ManifestError {
         #[source]
         source: io::Error,
     },
-    /// A document is invalid; the error names file, line, column and field.
+    /// Documents are invalid: every error found (up to the cap), each naming file, line, column
+    /// and field.
     #[error(transparent)]
-    Decode(#[from] DecodeError),
+    Decode(DecodeErrors),
     /// Standard input was named twice.
     #[error("`-` (standard input) can be given only once")]
     StdinTwice,
     /// Nothing to apply.
     #[error("no objects found in {0}")]
     NoObjects(String),
+}
+
+impl From<DecodeErrors> for ManifestError {
+    fn from(errors: DecodeErrors) -> Self {
+        ManifestError::Decode(errors)
+    }
+}
+
+impl From<DecodeError> for ManifestError {
+    fn from(error: DecodeError) -> Self {
+        ManifestError::Decode(error.into())
+    }
 }
 
 /// Reads every manifest named by `paths`: files as they are, directories for their `*.yaml`,
@@ -121,9 +134,6 @@ pub fn collect_files(
         } else {
             files.push(read_file(Path::new(path))?);
         }
-    }
-    for file in &mut files {
-        expand_lists(file);
     }
     Ok(files)
 }
@@ -182,36 +192,6 @@ fn read_file(path: &Path) -> Result<ManifestFile, ManifestError> {
     ))
 }
 
-/// Replaces `kind: ...List` documents (as `tcadm get -o yaml` prints them) by their items, so the
-/// output of `get` can be applied again. Files without lists are left alone.
-fn expand_lists(file: &mut ManifestFile) {
-    let Ok(documents) = parse_documents(&file.name, &file.content, &Limits::default()) else {
-        return;
-    };
-    let is_list = |value: &Value| {
-        value
-            .get("kind")
-            .and_then(Value::as_str)
-            .is_some_and(|kind| kind.ends_with("List"))
-            && value.get("items").is_some_and(Value::is_array)
-    };
-    if !documents.iter().any(|d| is_list(&d.value)) {
-        return;
-    }
-    let mut parts = vec![];
-    for document in &documents {
-        match document.value.get("items").and_then(Value::as_array) {
-            Some(items) if is_list(&document.value) => {
-                parts.extend(items.iter().map(Value::to_string));
-            }
-            _ => parts.push(document.value.to_string()),
-        }
-    }
-    file.content = parts.join("\n---\n");
-    file.content.push('\n');
-    file.rewritten = true;
-}
-
 /// An object decoded from a manifest, with its document for position lookups.
 #[derive(Clone, Debug)]
 pub struct DecodedObject {
@@ -219,56 +199,71 @@ pub struct DecodedObject {
     pub file: usize,
     /// The object.
     pub object: Object,
-    /// Its document.
-    pub document: Document,
+    /// Its document (shared by the items of a `List` document).
+    pub document: Arc<Document>,
+    /// Where the object is in its document: empty, or `items[3]` for an item of a list.
+    pub path: String,
+    /// Where the object starts.
+    pub position: Position,
 }
 
 impl DecodedObject {
+    /// The position of `field` of this object.
+    pub fn position_of(&self, field: &str) -> Position {
+        self.document.position_of(&join_path(&self.path, field))
+    }
+
     /// An error about `field` of this object, at the field's position.
     pub fn error(&self, field: &str, message: impl Into<String>) -> DecodeError {
-        let position = self.document.position_of(field);
-        DecodeError {
-            file: self.document.file.clone(),
-            line: position.line,
-            column: position.column,
-            field: Some(field.to_string()),
-            message: message.into(),
-        }
+        self.document.error(&join_path(&self.path, field), message)
     }
 }
 
-/// Decodes every file; the first bad document fails the whole set, as the server would. An object
-/// defined twice is an error at its second definition.
+/// Decodes every file, as the server would, reporting every error found (up to the cap, in file
+/// order); one error anywhere fails the whole set. `List` documents (as `get -o yaml` prints
+/// them) give their items, with their own positions. An object defined twice is an error at its
+/// second definition.
 pub fn decode_files(files: &[ManifestFile]) -> Result<Vec<DecodedObject>, ManifestError> {
     let mut decoded: Vec<DecodedObject> = vec![];
+    let mut errors = DecodeErrors::new();
     let mut seen: BTreeMap<(Kind, String), (String, Position)> = BTreeMap::new();
     for (index, file) in files.iter().enumerate() {
-        for document in parse_documents(&file.name, &file.content, &Limits::default())? {
-            let object = decode_object(&document)?;
-            let key = (object.kind(), object.name().to_string());
-            if let Some((other_file, other)) = seen.get(&key) {
-                return Err(ManifestError::Decode(DecodeError {
-                    file: file.name.clone(),
-                    line: document.start.line,
-                    column: document.start.column,
-                    field: None,
-                    message: format!(
-                        "{} is also defined at {other_file}:{}:{}",
-                        object.reference(),
-                        other.line,
-                        other.column
-                    ),
-                }));
+        let (documents, parse_error) =
+            parse_documents_until_error(&file.name, &file.content, &Limits::default());
+        for document in documents {
+            let document = Arc::new(document);
+            for item in decode_document(&document, &mut errors) {
+                let key = (item.object.kind(), item.object.name().to_string());
+                if let Some((other_file, other)) = seen.get(&key) {
+                    errors.push(DecodeError {
+                        file: file.name.clone(),
+                        line: item.position.line,
+                        column: item.position.column,
+                        field: None,
+                        message: format!(
+                            "{} is also defined at {other_file}:{}:{}",
+                            item.object.reference(),
+                            other.line,
+                            other.column
+                        ),
+                    });
+                    continue;
+                }
+                seen.insert(key, (file.name.clone(), item.position));
+                decoded.push(DecodedObject {
+                    file: index,
+                    object: item.object,
+                    document: document.clone(),
+                    path: item.path,
+                    position: item.position,
+                });
             }
-            seen.insert(key, (file.name.clone(), document.start));
-            decoded.push(DecodedObject {
-                file: index,
-                object,
-                document,
-            });
+        }
+        if let Some(error) = parse_error {
+            errors.push(error);
         }
     }
-    Ok(decoded)
+    Ok(errors.into_result(decoded)?)
 }
 
 /// A release's zip on the admin's disk, to be uploaded before the apply.
@@ -337,11 +332,19 @@ fn hex(bytes: &[u8]) -> String {
 /// Finds the releases whose `artifact.path` names a local zip, hashes each zip, and writes its
 /// `sha256` into the manifest text (keeping `path`) so the server can find the uploaded blob.
 /// A `sha256` already in the manifest must match the file.
+///
+/// A release as `tcadm get -o yaml|json` prints it carries its `status`: its artifact is on the
+/// controller already, and its `path` names a file on the disk of whoever applied it (the
+/// watched directory, or another admin's checkout), usually not here. When that path does not
+/// exist here, nothing is uploaded and the digest the controller recorded is sent, so the
+/// release applies back unchanged.
 pub fn prepare_artifacts(
     files: &mut [ManifestFile],
     decoded: &[DecodedObject],
 ) -> Result<Vec<LocalArtifact>, ManifestError> {
     let mut artifacts = vec![];
+    // The digest written into each release that has none: `kind/name` -> sha256.
+    let mut digests: BTreeMap<String, String> = BTreeMap::new();
     // Per file: (position of the `path` key, sha256) of each insertion.
     let mut insertions: BTreeMap<usize, Vec<(Position, String)>> = BTreeMap::new();
     for item in decoded {
@@ -353,6 +356,24 @@ pub fn prepare_artifacts(
         };
         let file = &files[item.file];
         let path = normalize_path(&file.base_dir.join(relative));
+        let declared = release.spec.artifact.sha256.as_ref();
+        let stored = release
+            .status
+            .as_ref()
+            .and_then(|status| status.artifact.as_ref())
+            .map(|artifact| &artifact.sha256);
+        if !path.exists()
+            && let Some(stored) = stored
+        {
+            if declared.is_none() {
+                digests.insert(item.object.reference(), stored.clone());
+                insertions
+                    .entry(item.file)
+                    .or_default()
+                    .push((item.position_of("spec.artifact.path"), stored.clone()));
+            }
+            continue;
+        }
         let (sha256, size, packed) = if path.is_dir() {
             // A package source directory, packed the same way the controller packs it.
             let bytes = tc_pack::pack_dir(&path).map_err(|error| {
@@ -380,7 +401,7 @@ pub fn prepare_artifacts(
                 )
                 .into());
         };
-        match &release.spec.artifact.sha256 {
+        match declared {
             Some(given) if *given != sha256 => {
                 return Err(item
                     .error(
@@ -390,10 +411,13 @@ pub fn prepare_artifacts(
                     .into());
             }
             Some(_) => {}
-            None => insertions.entry(item.file).or_default().push((
-                item.document.position_of("spec.artifact.path"),
-                sha256.clone(),
-            )),
+            None => {
+                digests.insert(item.object.reference(), sha256.clone());
+                insertions
+                    .entry(item.file)
+                    .or_default()
+                    .push((item.position_of("spec.artifact.path"), sha256.clone()));
+            }
         }
         artifacts.push(LocalArtifact {
             release: item.object.reference(),
@@ -409,18 +433,16 @@ pub fn prepare_artifacts(
         let expected: Vec<Object> = decoded
             .iter()
             .filter(|d| d.file == index)
-            .map(|d| with_sha256(&d.object, &artifacts))
+            .map(|d| with_sha256(&d.object, &digests))
             .collect();
         insert_sha256(file, &file_insertions);
-        let matches = parse_documents(&file.name, &file.content, &Limits::default())
-            .ok()
-            .and_then(|documents| {
-                documents
+        let matches = decode_objects(&file.name, &file.content).is_ok_and(|objects| {
+            objects.len() == expected.len()
+                && objects
                     .iter()
-                    .map(|d| decode_object(d).ok())
-                    .collect::<Option<Vec<Object>>>()
-            })
-            .is_some_and(|objects| objects == expected);
+                    .zip(&expected)
+                    .all(|(got, want)| got.object == *want)
+        });
         if !matches {
             // The text could not be edited in place (unusual formatting): send the objects as
             // JSON documents instead.
@@ -437,15 +459,15 @@ pub fn prepare_artifacts(
     Ok(artifacts)
 }
 
-/// The object with `artifact.sha256` set from the hashed local zip, if it has one.
-fn with_sha256(object: &Object, artifacts: &[LocalArtifact]) -> Object {
+/// The object with `artifact.sha256` set from `digests` (by `kind/name`), if it has an entry.
+fn with_sha256(object: &Object, digests: &BTreeMap<String, String>) -> Object {
     let mut object = object.clone();
     let reference = object.reference();
     if let Object::PackageRelease(release) = &mut object
         && release.spec.artifact.sha256.is_none()
-        && let Some(artifact) = artifacts.iter().find(|a| a.release == reference)
+        && let Some(sha256) = digests.get(&reference)
     {
-        release.spec.artifact.sha256 = Some(artifact.sha256.clone());
+        release.spec.artifact.sha256 = Some(sha256.clone());
     }
     object
 }
@@ -746,13 +768,84 @@ items:
 "#;
         let paths = vec!["-".to_string()];
         let files = collect_files(&paths, false, &mut list.as_bytes()).unwrap();
-        assert!(files[0].rewritten);
-        let names: Vec<String> = decode_files(&files)
-            .unwrap()
+        // Sent as it is, so the server's positions are the file's own.
+        assert_eq!(files[0].content, list);
+        assert!(!files[0].rewritten);
+        let decoded = decode_files(&files).unwrap();
+        let names: Vec<(String, usize)> = decoded
             .iter()
-            .map(|d| d.object.reference())
+            .map(|d| (d.object.reference(), d.position.line))
             .collect();
-        assert_eq!(names, ["clientgroup/a", "clientgroup/b"]);
+        assert_eq!(
+            names,
+            [("clientgroup/a".into(), 4), ("clientgroup/b".into(), 8)]
+        );
+        assert_eq!(decoded[1].position_of("spec.selector").line, 11);
+
+        // An error in an item names the item's own line.
+        let bad = list.replace("metadata: {name: b}", "metadata: {name: B}");
+        let files = collect_files(&paths, false, &mut bad.as_bytes()).unwrap();
+        let error = decode_files(&files).unwrap_err().to_string();
+        assert!(
+            error.starts_with("-:10:14: items[1].metadata.name: `B` is not a valid name"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn releases_printed_by_get_keep_the_digest_the_controller_recorded() {
+        let sha = "a".repeat(64);
+        let printed = format!(
+            "{RELEASE}status:\n  artifact:\n    sha256: {sha}\n    size: 3\n",
+            RELEASE = RELEASE.replace("path: kiosk.zip", "path: ../packages/kiosk.zip")
+        );
+        let dir = sandbox(&[("r.yaml", printed.as_bytes())]);
+        let mut files = collect(&[&dir.path().join("r.yaml")], false);
+        let decoded = decode_files(&files).unwrap();
+        let artifacts = prepare_artifacts(&mut files, &decoded).unwrap();
+        assert!(artifacts.is_empty(), "nothing to upload: {artifacts:?}");
+        assert!(
+            files[0].content.contains(&format!(
+                "  artifact:\n    sha256: \"{sha}\"\n    path: ../packages/kiosk.zip\n"
+            )),
+            "{}",
+            files[0].content
+        );
+        assert!(!files[0].rewritten);
+
+        // Without a recorded digest, a missing zip is still an error.
+        let dir = sandbox(&[("r.yaml", RELEASE.as_bytes())]);
+        let mut files = collect(&[&dir.path().join("r.yaml")], false);
+        let decoded = decode_files(&files).unwrap();
+        assert!(prepare_artifacts(&mut files, &decoded).is_err());
+    }
+
+    #[test]
+    fn every_bad_document_of_every_file_is_reported() {
+        let group = "apiVersion: thinfleet.io/v1\nkind: ClientGroup\nmetadata: {name: g}\nspec: {selector: {}}\n";
+        let files = vec![
+            ManifestFile::new(
+                "a.yaml",
+                ".",
+                group.replace("{name: g}", "{name: G}")
+                    + "---\n"
+                    + &group.replace("{}}", "{}, paused: 3}"),
+            ),
+            ManifestFile::new("b.yaml", ".", format!("{group}---\n{group}")),
+        ];
+        let Err(ManifestError::Decode(errors)) = decode_files(&files) else {
+            panic!("expected decode errors")
+        };
+        let lines: Vec<String> = errors.errors().iter().map(ToString::to_string).collect();
+        assert_eq!(
+            lines,
+            [
+                "a.yaml:3:12: metadata.name: `G` is not a valid name: use at most 63 lowercase \
+                 letters, digits, `-` and `.`, starting and ending with a letter or digit",
+                "a.yaml:9:22: spec.paused: invalid type: integer `3`, expected a boolean",
+                "b.yaml:5:1: clientgroup/g is also defined at b.yaml:1:1",
+            ]
+        );
     }
 
     #[test]

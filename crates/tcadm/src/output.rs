@@ -1,8 +1,46 @@
 //! Output encodings (YAML, JSON) and terminal styling.
 
-use std::io::IsTerminal;
+use std::io::{self, IsTerminal, Write};
 
 use serde::Serialize;
+
+/// Standard output as every command writes it: when the reader goes away (`tcadm get clients |
+/// head -1`), the process ends at once, quietly and with exit code 0, as Unix tools end on
+/// SIGPIPE. Handling it here, below every writer, covers the commands and the library code they
+/// call alike (clap_complete, for one, panics when a write fails).
+pub struct ExitOnClosedPipe<W> {
+    inner: W,
+}
+
+impl<W: Write> ExitOnClosedPipe<W> {
+    /// Wraps standard output (or any writer standing for it).
+    pub fn new(inner: W) -> Self {
+        ExitOnClosedPipe { inner }
+    }
+
+    fn check<T>(result: io::Result<T>) -> io::Result<T> {
+        if let Err(error) = &result
+            && error.kind() == io::ErrorKind::BrokenPipe
+        {
+            std::process::exit(0);
+        }
+        result
+    }
+}
+
+impl<W: Write> Write for ExitOnClosedPipe<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        Self::check(self.inner.write(buf))
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        Self::check(self.inner.write_all(buf))
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Self::check(self.inner.flush())
+    }
+}
 
 /// Serializes to YAML (block style, strings quoted where a plain scalar would read back as
 /// something else).

@@ -113,6 +113,24 @@ impl Fleet {
         }
     }
 
+    /// A fleet whose controller also applies the manifests in `watched` (as `dir:<path>`).
+    fn start_watching(watched: &std::path::Path) -> Fleet {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let watched = watched.to_path_buf();
+        let controller = runtime.block_on(TestController::start_with(move |config| {
+            config.manifests_dir = Some(watched)
+        }));
+        Fleet {
+            controller,
+            _runtime: runtime,
+            dir: tempfile::tempdir().expect("scratch directory"),
+        }
+    }
+
     fn path(&self, name: &str) -> std::path::PathBuf {
         self.dir.path().join(name)
     }
@@ -582,6 +600,293 @@ fn yaml_output_applies_back_unchanged() {
     assert_eq!(
         fleet.tcadm_stdin(&["apply", "-f", "-"], &all.stdout).ok(),
         "clientgroup/back-office unchanged\nclientgroup/front-desk unchanged\n"
+    );
+}
+
+#[test]
+fn every_manifest_error_is_printed_on_its_own_line() {
+    let fleet = Fleet::start();
+    let (front, back) = GROUPS.split_once("---\n").unwrap();
+    fleet.write(
+        "fleet/a.yaml",
+        front
+            .replace("name: front-desk", "name: Front-Desk")
+            .replace("  packages:", "  colour: red\n  packages:"),
+    );
+    fleet.write(
+        "fleet/b.yaml",
+        back.replace("spec:\n", "spec:\n  priority: high\n  paused: 3\n"),
+    );
+    let run = fleet.tcadm(&["apply", "-f", "fleet"]);
+    assert_eq!(run.code, 2, "{run:#?}");
+    let lines: Vec<&str> = run.stderr.lines().collect();
+    let expected = [
+        "error: fleet/a.yaml:4:3: metadata.name: `Front-Desk` is not a valid name",
+        "error: fleet/a.yaml:11:3: spec.colour: unknown field `colour`",
+        "error: fleet/b.yaml:6:3: spec.priority: invalid type",
+        "error: fleet/b.yaml:7:3: spec.paused: invalid type",
+    ];
+    assert_eq!(lines.len(), expected.len(), "{run:#?}");
+    for (line, start) in lines.iter().zip(expected) {
+        assert!(
+            line.starts_with(start),
+            "`{line}` does not start with `{start}`"
+        );
+    }
+    assert_eq!(fleet.tcadm(&["get", "cg", "-o", "name"]).ok(), "");
+}
+
+#[test]
+fn releases_printed_by_get_apply_back_unchanged_wherever_their_zip_was() {
+    let fleet = Fleet::start();
+    let zip = test_zip("kiosk 1.0.0");
+    fleet.write("zips/kiosk-1.0.0.zip", &zip);
+    fleet.write(
+        "fleet/releases.yaml",
+        "\
+apiVersion: thinfleet.io/v1
+kind: PackageRelease
+metadata:
+  name: kiosk-1.0.0
+spec:
+  package: kiosk
+  version: 1.0.0
+  artifact:
+    path: ../zips/kiosk-1.0.0.zip
+",
+    );
+    fleet.write("fleet/groups.yaml", GROUPS);
+    fleet.tcadm(&["apply", "-f", "fleet"]).ok();
+    let before = fleet.get_json(&["pr", "kiosk-1.0.0"]);
+    // Applied back from a directory where `../zips/kiosk-1.0.0.zip` does not exist.
+    std::fs::create_dir_all(fleet.path("elsewhere")).unwrap();
+    let apply_elsewhere = |args: &[&str], stdin: &str| {
+        fleet.run(
+            fleet.command(args).current_dir(fleet.path("elsewhere")),
+            stdin,
+        )
+    };
+    for args in [
+        &["get", "pr", "kiosk-1.0.0", "-o", "yaml"][..],
+        &["get", "pr", "kiosk-1.0.0", "-o", "json"],
+        &["get", "pr", "-o", "yaml"],
+        &["get", "pr", "-o", "json"],
+    ] {
+        let printed = fleet.tcadm(args);
+        let applied = apply_elsewhere(&["apply", "-f", "-"], printed.ok());
+        assert_eq!(
+            applied.ok(),
+            "packagerelease/kiosk-1.0.0 unchanged\n",
+            "{args:?}"
+        );
+        assert_eq!(applied.stderr, "", "nothing uploaded: {applied:#?}");
+    }
+    for args in [
+        &["get", "cg", "front-desk", "-o", "json"][..],
+        &["get", "cg", "-o", "json"],
+    ] {
+        let printed = fleet.tcadm(args);
+        let applied = apply_elsewhere(&["apply", "-f", "-"], printed.ok());
+        assert!(
+            applied
+                .ok()
+                .lines()
+                .all(|line| line.ends_with(" unchanged")),
+            "{args:?}: {applied:#?}"
+        );
+    }
+    let after = fleet.get_json(&["pr", "kiosk-1.0.0"]);
+    assert_eq!(
+        after["metadata"]["resourceVersion"],
+        before["metadata"]["resourceVersion"]
+    );
+    assert_eq!(after["spec"], before["spec"]);
+}
+
+#[test]
+fn releases_of_the_watched_directory_print_and_apply_back_with_their_recorded_digest() {
+    let watched = tempfile::tempdir().unwrap();
+    let zip = test_zip("kiosk 2.0.0");
+    let sha = sha256_hex(&zip);
+    std::fs::create_dir_all(watched.path().join("packages")).unwrap();
+    std::fs::create_dir_all(watched.path().join("releases")).unwrap();
+    std::fs::write(watched.path().join("packages/kiosk-2.0.0.zip"), &zip).unwrap();
+    std::fs::write(
+        watched.path().join("releases/kiosk.yaml"),
+        "\
+apiVersion: thinfleet.io/v1
+kind: PackageRelease
+metadata:
+  name: kiosk-2.0.0
+spec:
+  package: kiosk
+  version: 2.0.0
+  artifact:
+    path: ../packages/kiosk-2.0.0.zip
+",
+    )
+    .unwrap();
+    let fleet = Fleet::start_watching(watched.path());
+    // Applied back from a directory where `../packages/kiosk-2.0.0.zip` does not exist.
+    std::fs::create_dir_all(fleet.path("elsewhere")).unwrap();
+    let apply_elsewhere = |args: &[&str], stdin: &str| {
+        fleet.run(
+            fleet.command(args).current_dir(fleet.path("elsewhere")),
+            stdin,
+        )
+    };
+    let printed = eventually("the watched release", || {
+        let run = fleet.tcadm(&["get", "pr", "kiosk-2.0.0", "-o", "yaml"]);
+        (run.code == 0 && run.stdout.contains(&sha)).then_some(run.stdout)
+    });
+    assert!(
+        !printed.contains(&format!("sha256: {sha}\n    path")),
+        "{printed}"
+    );
+    // The release belongs to the directory: applying it back is refused for that reason, not
+    // because its zip is not here.
+    let refused = apply_elsewhere(&["apply", "-f", "-"], &printed);
+    let error = refused.fails(3);
+    assert!(error.contains("is managed by `dir:"), "{error}");
+    // Taken over, it keeps its path and gains the digest the controller recorded.
+    assert_eq!(
+        apply_elsewhere(&["apply", "-f", "-", "--force"], &printed).ok(),
+        "packagerelease/kiosk-2.0.0 configured\n"
+    );
+    let release = fleet.get_json(&["pr", "kiosk-2.0.0"]);
+    assert_eq!(
+        release["spec"]["artifact"]["path"],
+        "../packages/kiosk-2.0.0.zip"
+    );
+    assert_eq!(release["spec"]["artifact"]["sha256"], sha.as_str());
+    assert_eq!(release["status"]["artifact"]["sha256"], sha.as_str());
+    let printed = fleet.tcadm(&["get", "pr", "kiosk-2.0.0", "-o", "yaml"]);
+    assert_eq!(
+        apply_elsewhere(&["apply", "-f", "-"], printed.ok()).ok(),
+        "packagerelease/kiosk-2.0.0 unchanged\n"
+    );
+}
+
+#[test]
+fn errors_in_a_list_document_name_the_line_of_the_item() {
+    let fleet = Fleet::start();
+    fleet.tcadm_stdin(&["apply", "-f", "-"], GROUPS).ok();
+    let list = fleet.tcadm(&["get", "cg", "-o", "yaml"]).ok().to_string();
+    // The second item (front-desk) gets a bad priority.
+    let at = list.rfind("priority: 0").expect("priorities are printed");
+    let bad = format!("{}priority: high{}", &list[..at], &list[at + 11..]);
+    let line = list[..at].matches('\n').count() + 1;
+    let column = at - list[..at].rfind('\n').map_or(0, |i| i + 1) + 1;
+    let error = fleet
+        .tcadm_stdin(&["apply", "-f", "-"], &bad)
+        .fails(2)
+        .to_string();
+    assert!(
+        error.starts_with(&format!(
+            "error: -:{line}:{column}: items[1].spec.priority: invalid type"
+        )),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_closed_standard_output_ends_every_command_quietly() {
+    let fleet = Fleet::start();
+    let groups: String = (0..300)
+        .map(|i| {
+            format!(
+                "---\napiVersion: thinfleet.io/v1\nkind: ClientGroup\nmetadata: {{ name: group-{i:03} }}\nspec: {{ selector: {{ matchLabels: {{ site: s{i} }} }} }}\n"
+            )
+        })
+        .collect();
+    fleet.write("groups.yaml", &groups);
+    fleet.tcadm(&["apply", "-f", "groups.yaml"]).ok();
+    for args in [
+        &["completion", "zsh"][..],
+        &["completion", "bash"],
+        &["completion", "fish"],
+        &["get", "cg"],
+        &["get", "cg", "-o", "yaml"],
+        &["version"],
+        &["describe", "cg", "group-001"],
+        &["apply", "-f", "groups.yaml"],
+    ] {
+        // A pipe whose reading end is closed before tcadm starts: its first write fails.
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let output = fleet
+            .command(args)
+            .stdin(Stdio::null())
+            .stdout(writer)
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(
+            (output.status.code(), stderr.as_ref()),
+            (Some(0), ""),
+            "tcadm {args:?}"
+        );
+    }
+}
+
+#[test]
+fn each_user_is_a_field_manager_of_their_own() {
+    let fleet = Fleet::start();
+    let (front, back) = GROUPS.split_once("---\n").unwrap();
+    fleet.write("alice.yaml", front);
+    fleet.write("bob.yaml", back);
+    let as_user = |user: &str, args: &[&str]| fleet.run(fleet.command(args).env("USER", user), "");
+    assert_eq!(
+        as_user("alice", &["apply", "-f", "alice.yaml", "--prune"]).ok(),
+        "clientgroup/front-desk created\n"
+    );
+    // Bob's apply with --prune leaves Alice's group alone.
+    assert_eq!(
+        as_user("bob", &["apply", "-f", "bob.yaml", "--prune"]).ok(),
+        "clientgroup/back-office created\n"
+    );
+    assert_eq!(
+        fleet.tcadm(&["get", "cg", "-o", "name"]).ok(),
+        "clientgroup/back-office\nclientgroup/front-desk\n"
+    );
+    let group = fleet.get_json(&["cg", "front-desk"]);
+    assert_eq!(group["metadata"]["managedBy"], "tcadm:alice");
+    assert_eq!(
+        fleet.get_json(&["cg", "back-office"])["metadata"]["managedBy"],
+        "tcadm:bob"
+    );
+    // Each may prune their own objects, and only those.
+    fleet.write(
+        "alice.yaml",
+        front.replace("name: front-desk", "name: reception"),
+    );
+    assert_eq!(
+        as_user("alice", &["apply", "-f", "alice.yaml", "--prune"]).ok(),
+        "clientgroup/reception created\nclientgroup/front-desk pruned\n"
+    );
+    assert_eq!(
+        fleet.tcadm(&["get", "cg", "-o", "name"]).ok(),
+        "clientgroup/back-office\nclientgroup/reception\n"
+    );
+    // Bob cannot change Alice's group without taking it over.
+    let error = as_user("bob", &["apply", "-f", "alice.yaml"])
+        .fails(3)
+        .to_string();
+    assert!(error.contains("is managed by `tcadm:alice`"), "{error}");
+    // With neither USER nor LOGNAME, the manager is named after the user id.
+    fleet.write(
+        "carol.yaml",
+        front.replace("name: front-desk", "name: carol"),
+    );
+    fleet.tcadm(&["apply", "-f", "carol.yaml"]).ok();
+    let uid = {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(fleet.path("carol.yaml")).unwrap().uid()
+    };
+    assert_eq!(
+        fleet.get_json(&["cg", "carol"])["metadata"]["managedBy"],
+        format!("tcadm:uid-{uid}")
     );
 }
 
