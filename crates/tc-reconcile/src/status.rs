@@ -137,8 +137,9 @@ impl GroupTally {
         }
         let (mut updated, mut unavailable, mut failed, mut conflicted) =
             (true, false, false, false);
-        // What the member waits for, first reason found.
-        let mut waiting_for: Option<String> = None;
+        // What the member waits for: the first package found and how (formatted only when the
+        // member is listed, so that a rollout to many members formats ten reasons, not all).
+        let mut waiting_for: Option<(usize, Waiting)> = None;
         for (k, package) in status.packages.iter_mut().enumerate() {
             let Some(resolved) = package.resolved_version.as_deref() else {
                 continue;
@@ -192,31 +193,16 @@ impl GroupTally {
                     if !self.failed_versions[k].contains(version) {
                         self.failed_versions[k].insert(version.to_string());
                     }
-                    if waiting_for.is_none() {
-                        let message = member
-                            .reports
-                            .iter()
-                            .find(|r| r.name == package.name)
-                            .and_then(|r| r.message.as_deref())
-                            .unwrap_or("no reason given");
-                        waiting_for = Some(format!(
-                            "{} {version} failed: {}",
-                            package.name,
-                            first_line(message)
-                        ));
-                    }
+                    waiting_for.get_or_insert((k, Waiting::Failed));
                 }
                 Some(PackageHealth::Progressing) => {
                     package.unavailable += 1;
                     unavailable = true;
-                    if waiting_for.is_none() {
-                        let version = assigned.map(|a| a.version.as_str()).unwrap_or_default();
-                        waiting_for = Some(format!("installing {} {version}", package.name));
-                    }
+                    waiting_for.get_or_insert((k, Waiting::Installing));
                 }
                 Some(PackageHealth::Converged) | None => {
-                    if !is_updated && waiting_for.is_none() {
-                        waiting_for = Some(format!("queued for {} {resolved}", package.name));
+                    if !is_updated {
+                        waiting_for.get_or_insert((k, Waiting::Queued));
                     }
                 }
             }
@@ -236,7 +222,10 @@ impl GroupTally {
         if updated && !unavailable {
             status.ready += 1;
         } else if status.waiting.len() < WAITING_LISTED {
-            let reason = waiting_for.unwrap_or_else(|| "waiting".into());
+            let reason = match waiting_for {
+                Some((k, how)) => waiting_reason(&status.packages[k], how, member),
+                None => "waiting".into(),
+            };
             status.waiting.push(WaitingMember {
                 name: member.name.to_string(),
                 reason: if member.offline {
@@ -292,6 +281,49 @@ impl GroupTally {
             previous.last_progress_time.or(Some(now))
         };
         finish_conditions(group, status, self.conflicted_members, generation, now)
+    }
+}
+
+/// How a member waits for a package.
+#[derive(Clone, Copy, Debug)]
+enum Waiting {
+    /// Its install failed.
+    Failed,
+    /// It is being installed.
+    Installing,
+    /// It is not assigned yet.
+    Queued,
+}
+
+/// `kiosk 1.5.0 failed: <first line of the message>`, `installing kiosk 1.5.0`,
+/// `queued for kiosk 1.5.0`.
+fn waiting_reason(package: &ResolvedPackage, how: Waiting, member: &MemberView<'_>) -> String {
+    let assigned = member
+        .assigned
+        .iter()
+        .find(|p| p.name == package.name)
+        .map(|p| p.version.as_str())
+        .unwrap_or_default();
+    match how {
+        Waiting::Failed => {
+            let message = member
+                .reports
+                .iter()
+                .find(|r| r.name == package.name)
+                .and_then(|r| r.message.as_deref())
+                .unwrap_or("no reason given");
+            format!(
+                "{} {assigned} failed: {}",
+                package.name,
+                first_line(message)
+            )
+        }
+        Waiting::Installing => format!("installing {} {assigned}", package.name),
+        Waiting::Queued => format!(
+            "queued for {} {}",
+            package.name,
+            package.resolved_version.as_deref().unwrap_or_default()
+        ),
     }
 }
 

@@ -910,9 +910,9 @@ fn selectors_filter_groups_and_tables_are_aligned() {
     assert_eq!(
         cells(table.ok()),
         rows(&[
-            "NAME MEMBERS UP-TO-DATE READY FAILED PACKAGES AGE",
-            "back-office 0 0 0 0 <none> <age>",
-            "front-desk 0 0 0 0 kiosk@^1.0(unresolved) <age>",
+            "NAME MEMBERS UP-TO-DATE READY FAILED OFFLINE PACKAGES AGE",
+            "back-office 0 0 0 0 0 <none> <age>",
+            "front-desk 0 0 0 0 0 kiosk@^1.0(unresolved) <age>",
         ])
     );
     let header = table.stdout.lines().next().unwrap();
@@ -1245,7 +1245,7 @@ fn wait_and_rollout_status_follow_a_successful_rollout() {
     let table = fleet.tcadm(&["get", "cg", "front-desk"]);
     assert_eq!(
         cells(table.ok())[1],
-        rows(&["front-desk 1 1 1 0 kiosk@1.0.0 <age>"])[0]
+        rows(&["front-desk 1 1 1 0 0 kiosk@1.0.0 <age>"])[0]
     );
     let described = fleet.tcadm(&["describe", "cg", "front-desk"]);
     for expected in [
@@ -1306,6 +1306,98 @@ fn wait_times_out_with_exit_1() {
     assert!(
         error.starts_with("error: timed out after 1s waiting for clientgroup/front-desk"),
         "{error}"
+    );
+}
+
+/// The reproduction: a rollout that made no progress kept `rollout status --watch` and
+/// `apply --wait` waiting until they timed out, without saying for whom. Past
+/// `progressDeadlineSeconds` they end with exit 1 and the members the rollout waits for.
+#[test]
+fn a_rollout_past_its_progress_deadline_ends_watch_and_wait_with_the_reason() {
+    let (fleet, agent, _revision) = fleet_with_one_member();
+    // The member was assigned kiosk 1.0.0 and never reports it installed.
+    let slow = GROUPS.replacen(
+        "      version: \"^1.0\"\n",
+        "      version: \"^1.0\"\n  rollout:\n    progressDeadlineSeconds: 1\n",
+        1,
+    );
+    assert_ne!(slow, GROUPS);
+    let waited = fleet.tcadm_stdin(&["apply", "-f", "-", "--wait", "--timeout", "30s"], &slow);
+    let error = waited.fails_after_notes(1);
+    assert!(
+        error.starts_with("error: clientgroup/front-desk rollout stalled: no progress since"),
+        "{error}"
+    );
+    assert!(
+        error.contains(&format!(
+            "waiting for {} (installing kiosk 1.0.0)",
+            agent.name
+        )),
+        "{error}"
+    );
+    let watched = fleet.tcadm(&[
+        "rollout",
+        "status",
+        "cg",
+        "front-desk",
+        "--watch",
+        "--timeout",
+        "30s",
+    ]);
+    assert!(
+        watched
+            .fails_after_notes(1)
+            .contains("rollout stalled: no progress since"),
+        "{watched:#?}"
+    );
+}
+
+#[test]
+fn rollout_retry_tries_a_failed_release_again_and_describe_says_why() {
+    let (fleet, agent, revision) = fleet_with_one_member();
+    fleet.heartbeat(&agent, revision, report(PackageState::Failed));
+    let status = eventually("the failure to be counted", || {
+        let run = fleet.tcadm(&["rollout", "status", "cg", "front-desk"]);
+        (run.code == 1).then_some(run)
+    });
+    assert_eq!(
+        status.fails(1),
+        "error: clientgroup/front-desk rollout failed: 1 of 1 members failed to install kiosk 1.0.0"
+    );
+    let described = fleet.tcadm(&["describe", "client", &agent.name]);
+    for expected in [
+        "Groups:  front-desk",
+        "DECIDED BY",
+        "front-desk (^1.0)",
+        "group front-desk (`^1.0`, priority 0) resolves it to 1.0.0",
+    ] {
+        assert!(
+            described.ok().contains(expected),
+            "{expected}: {described:#?}"
+        );
+    }
+
+    let retried = fleet.tcadm(&["rollout", "retry", "clientgroup", "front-desk"]);
+    assert_eq!(
+        retried.ok(),
+        format!(
+            "clientgroup/front-desk: retry of kiosk 1.0.0 asked for on 1 member(s)\n  client/{} kiosk 1.0.0\n",
+            agent.name
+        )
+    );
+    let response = fleet.heartbeat(&agent, revision, report(PackageState::Failed));
+    assert!(response.desired.revision > revision);
+    assert_eq!(response.desired.packages[0].attempt, 1);
+    let again = fleet.tcadm(&["rollout", "retry", "cg", "front-desk"]);
+    assert_eq!(
+        again.ok(),
+        "clientgroup/front-desk: retry asked for: no member reports a failed package of this group\n"
+    );
+    assert!(
+        fleet
+            .tcadm(&["rollout", "retry", "cg", "nope"])
+            .fails(3)
+            .contains("clientgroup/nope not found")
     );
 }
 
