@@ -19,5 +19,8 @@ pub use status::{GroupTally, MemberState, group_status};
 pub use catalog::{ReleaseCatalog, ReleaseInfo};
 pub use convergence::{Convergence, convergence, convergence_of};
 pub use desired::{ClientDesire, Conflict, Unresolved, Want, desired_for_client};
-pub use plan::{Action, Plan, PlanError, PlanItem, PlanOptions, plan};
+pub use plan::{
+    Action, Plan, PlanError, PlanItem, PlanOptions, RECONCILE_ANNOTATION, RECONCILE_DISABLED,
+    SkipReason, Skipped, plan, reconcile_disabled,
+};
 pub use rollout::{Assignment, ClientRollout, GroupBudget, plan_rollout, plan_rollout_from};
