@@ -117,6 +117,11 @@ pub fn find_condition<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'
     conditions.iter().find(|c| c.type_ == type_)
 }
 
+/// For `skip_serializing_if`: a counter that is still zero is left out.
+pub fn is_zero(value: &u32) -> bool {
+    *value == 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -156,9 +161,4 @@ mod tests {
         assert_eq!(conditions[0].last_transition_time.unix_millis(), 4);
         assert_eq!(conditions.len(), 1);
     }
-}
-
-/// For `skip_serializing_if`: a counter that is still zero is left out.
-pub fn is_zero(value: &u32) -> bool {
-    *value == 0
 }

@@ -88,15 +88,11 @@ pub struct SourceStatus {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub causes: Vec<Cause>,
     /// Failed attempts in a row.
-    #[serde(skip_serializing_if = "is_zero")]
+    #[serde(skip_serializing_if = "tc_api::meta::is_zero")]
     pub failures: u32,
     /// When a failing directory is tried again (sooner if its files change).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next_retry_time: Option<Timestamp>,
-}
-
-fn is_zero(value: &u32) -> bool {
-    *value == 0
 }
 
 /// The watched directories (one per controller today).
