@@ -182,13 +182,19 @@ pub async fn get(
 }
 
 /// `DELETE /apis/thinfleet.io/v1/{plural}/{name}`.
+///
+/// An object the watched directory defines (and keeps in its hands) is written back from the
+/// directory in the same transaction, so its clients never lose their packages in between; the
+/// answer carries a `Warning` header saying so and how to delete it for good.
 pub async fn delete(
     State(controller): State<Arc<Controller>>,
     Path((plural, name)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<(HeaderMap, Json<Value>), ApiError> {
     let kind = parse_kind(&plural)?;
     let reference = format!("{}/{name}", kind.as_str().to_ascii_lowercase());
     let now = Timestamp::now();
+    let mut events = vec![];
+    let mut headers = HeaderMap::new();
     let deleted: Value = if kind == Kind::Client {
         let store = controller.store.clone();
         let lookup = name.clone();
@@ -217,32 +223,71 @@ pub async fn delete(
                 "{reference} is assigned to {users} client(s); change the groups that select it first"
             )));
         }
+        // Marked on the stored object: the mark goes with it, and the next sync brings the
+        // file's version back.
+        let defining = controller.sources.defining(kind, &name);
+        let restore = defining
+            .as_ref()
+            .filter(|_| !tc_reconcile::reconcile_disabled(&existing))
+            .and_then(|defining| {
+                let object = defining.restore.clone()?;
+                Some((defining.clone(), object))
+            });
         let store = controller.store.clone();
         let precondition = existing.meta().resource_version.clone();
-        let write = Write::Delete {
+        let mut writes = vec![Write::Delete {
             kind,
             name: name.clone(),
             precondition,
-        };
-        let outcome = tokio::task::spawn_blocking(move || store.write(vec![write], now)).await??;
-        match outcome.into_iter().next() {
+        }];
+        if let Some((defining, object)) = &restore {
+            writes.extend(defining.restore_writes(object));
+        }
+        let outcome = tokio::task::spawn_blocking(move || store.write(writes, now)).await??;
+        let deleted = match outcome.into_iter().next() {
             Some(WriteOutcome::Deleted(object)) => {
                 serde_json::to_value(object).expect("objects serialize")
             }
             _ => return Err(ApiError::not_found(format!("{reference} not found"))),
+        };
+        match (&restore, defining) {
+            (Some((defining, object)), _) => {
+                events.push(defining.restoration_event(object, "deleted through the API", now));
+                add_warning(&mut headers, &defining.restored_warning(&reference));
+            }
+            (None, Some(defining)) => {
+                add_warning(
+                    &mut headers,
+                    &defining.takeover_warning(&reference, controller.config.watch_debounce),
+                );
+                defining.source.request_sync();
+            }
+            (None, None) => {}
         }
+        deleted
     };
-    controller
-        .record(vec![Event::new(
+    events.insert(
+        0,
+        Event::new(
             now,
             ObjectRef::new(kind, &name),
             EventType::Normal,
             "Deleted",
             format!("{reference} deleted"),
-        )])
-        .await;
+        ),
+    );
+    controller.record(events).await;
     controller.reconcile_wake.notify_one();
-    Ok(Json(deleted))
+    Ok((headers, Json(deleted)))
+}
+
+/// Adds a `Warning: 299 - "text"` header (RFC 7234, as Kubernetes sends them). Text that cannot be
+/// a header value is left out.
+pub fn add_warning(headers: &mut HeaderMap, text: &str) {
+    let quoted = text.replace('\\', "\\\\").replace('"', "\\\"");
+    if let Ok(value) = HeaderValue::from_str(&format!("299 - \"{quoted}\"")) {
+        headers.append(header::WARNING, value);
+    }
 }
 
 /// `GET /apis/thinfleet.io/v1/clients/{name}` (this path also carries PATCH, so it has its own route).
@@ -257,7 +302,7 @@ pub async fn get_client(
 pub async fn delete_client(
     state: State<Arc<Controller>>,
     Path(name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<(HeaderMap, Json<Value>), ApiError> {
     delete(state, Path(("clients".to_string(), name))).await
 }
 
@@ -425,6 +470,8 @@ pub async fn apply(
             force: query.force,
             prune: query.prune,
             artifact_paths: ArtifactPaths::UploadedOnly,
+            authoritative: false,
+            artifact_cache: None,
         })
         .await?;
     Ok(Json(result))
@@ -462,16 +509,42 @@ pub async fn events(
     ))
 }
 
-/// `GET /apis/thinfleet.io/v1/sources`.
+/// `GET /apis/thinfleet.io/v1/sources`: the watched directories' status.
 pub async fn sources(State(controller): State<Arc<Controller>>) -> Json<Value> {
     let items: Vec<Value> = controller
         .sources
-        .lock()
-        .expect("sources lock")
-        .values()
-        .map(|s| json!(s))
+        .all()
+        .iter()
+        .map(|source| json!(source.status()))
         .collect();
     Json(json!({ "apiVersion": API_VERSION, "kind": "ManifestSourceList", "items": items }))
+}
+
+/// `GET /apis/thinfleet.io/v1/sources/{name}`: one watched directory's status.
+pub async fn source(
+    State(controller): State<Arc<Controller>>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let source = controller.sources.get(&name).ok_or_else(|| {
+        let known: Vec<String> = controller
+            .sources
+            .all()
+            .iter()
+            .map(|s| s.name.clone())
+            .collect();
+        ApiError::not_found(format!(
+            "source/{name} not found; the sources are: {}",
+            if known.is_empty() {
+                "none (the controller watches no directory)".to_string()
+            } else {
+                known.join(", ")
+            }
+        ))
+    })?;
+    let mut status = json!(source.status());
+    status["kind"] = json!("ManifestSource");
+    status["apiVersion"] = json!(API_VERSION);
+    Ok(Json(status))
 }
 
 /// `POST /apis/thinfleet.io/v1/bootstraptokens`.

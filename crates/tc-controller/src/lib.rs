@@ -17,7 +17,7 @@ pub mod rollout;
 pub mod tokens;
 pub mod watch;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
@@ -36,7 +36,7 @@ use crate::blobs::BlobStore;
 use crate::error::ApiError;
 use crate::fleet::{Fleet, Persister};
 use crate::metrics::Metrics;
-use crate::watch::SourceStatus;
+use crate::watch::Sources;
 
 /// Settings key of the bootstrap token hashes (a JSON array).
 const BOOTSTRAP_TOKENS: &str = "bootstrapTokenHashes";
@@ -139,7 +139,7 @@ pub struct Controller {
     /// Serializes enrolments, so that one machine id never becomes two clients.
     pub enroll_lock: tokio::sync::Mutex<()>,
     /// Watched directories.
-    pub sources: Mutex<BTreeMap<String, SourceStatus>>,
+    pub sources: Sources,
     /// Set once the watched directory was applied (or there is none).
     pub ready: AtomicBool,
     /// Fetches `artifact.url`s.
@@ -210,6 +210,7 @@ pub fn router(controller: Arc<Controller>) -> Router {
         .route("/apis/thinfleet.io/v1/apply", post(api::apply))
         .route("/apis/thinfleet.io/v1/events", get(api::events))
         .route("/apis/thinfleet.io/v1/sources", get(api::sources))
+        .route("/apis/thinfleet.io/v1/sources/{name}", get(api::source))
         .route(
             "/apis/thinfleet.io/v1/bootstraptokens",
             post(api::create_bootstrap_token),
@@ -328,7 +329,7 @@ pub async fn open(
         retries: Mutex::new(vec![]),
         apply_lock: tokio::sync::Mutex::new(()),
         enroll_lock: tokio::sync::Mutex::new(()),
-        sources: Mutex::new(BTreeMap::new()),
+        sources: Sources::default(),
         http,
         shutdown,
         started_at: Timestamp::now(),
@@ -408,6 +409,10 @@ pub async fn serve_with(
             controller.fleet.clone(),
             controller.persister.clone(),
             controller.config.liveness_flush_interval,
+            stopping.clone(),
+        )),
+        tokio::spawn(apply::run_pending_prunes(
+            controller.clone(),
             stopping.clone(),
         )),
     ];

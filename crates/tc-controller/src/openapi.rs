@@ -98,6 +98,9 @@ pub fn document() -> Value {
             "retried": { "type": "array", "items": { "type": "object", "properties": { "client": { "type": "string" }, "package": { "type": "string" }, "version": { "type": "string" }, "attempt": { "type": "integer" } } } } } }),
             &[400, 401, 403, 404, 503]) } }));
     paths.insert("/apis/thinfleet.io/v1/sources".into(), json!({ "get": { "summary": "Watched manifest directories", "responses": ok(json!({ "type": "object" }), auth) } }));
+    paths.insert("/apis/thinfleet.io/v1/sources/{name}".into(), json!({ "get": { "summary": "One watched manifest directory (named by its base name)",
+        "parameters": [ { "name": "name", "in": "path", "required": true, "schema": { "type": "string" } } ],
+        "responses": ok(json!({ "type": "object" }), &[401, 403, 404]) } }));
     paths.insert("/apis/thinfleet.io/v1/bootstraptokens".into(), json!({ "post": { "summary": "Create a bootstrap token", "responses": ok(json!({ "type": "object", "properties": { "token": { "type": "string" } } }), auth) } }));
     paths.insert("/blobs".into(), json!({ "put": { "summary": "Upload a blob", "parameters": [ { "name": "sha256", "in": "query", "schema": { "type": "string", "pattern": "^[0-9a-f]{64}$" } } ],
         "requestBody": { "required": true, "content": { "application/octet-stream": { "schema": { "type": "string", "format": "binary" } } } },

@@ -421,6 +421,7 @@ async fn every_protected_route_refuses_missing_wrong_and_misused_tokens() {
         (Method::POST, "/apis/thinfleet.io/v1/apply", true),
         (Method::GET, "/apis/thinfleet.io/v1/events", true),
         (Method::GET, "/apis/thinfleet.io/v1/sources", true),
+        (Method::GET, "/apis/thinfleet.io/v1/sources/manifests", true),
         (Method::POST, "/apis/thinfleet.io/v1/bootstraptokens", true),
         (Method::PUT, "/blobs", true),
         (Method::POST, "/agent/v1/heartbeat", false),

@@ -23,7 +23,10 @@ pub use catalog::{ReleaseCatalog, ReleaseInfo};
 pub use convergence::{Convergence, PackageHealth, convergence, convergence_of, package_health};
 pub use desired::{ClientDesire, Conflict, Unresolved, Want, desired_for_client};
 pub use explain::explain;
-pub use plan::{Action, Plan, PlanError, PlanItem, PlanOptions, plan};
+pub use plan::{
+    Action, Plan, PlanError, PlanItem, PlanOptions, RECONCILE_ANNOTATION, RECONCILE_DISABLED,
+    SkipReason, Skipped, plan, reconcile_disabled,
+};
 pub use rollout::{
     Assignment, ClientRollout, GroupBudget, GroupStanding, plan_rollout, plan_rollout_from,
     standings,

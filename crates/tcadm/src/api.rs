@@ -283,6 +283,36 @@ pub struct ApplyResult {
     /// Prunes the controller postponed because clients still run the release.
     #[serde(default)]
     pub deferred: Vec<String>,
+    /// The same prunes, with the releases (for `diff --prune`).
+    #[serde(default)]
+    pub pending_prunes: Vec<PendingPrune>,
+    /// What the controller wants the user to know (an object the watched directory takes back,
+    /// an artifact a dry run found not uploaded yet).
+    #[serde(default)]
+    pub warnings: Vec<String>,
+}
+
+/// A prune that waits until no client is assigned the release.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PendingPrune {
+    /// Always `PackageRelease`.
+    pub kind: String,
+    /// The release's name.
+    pub name: String,
+    /// Clients assigned it now.
+    #[serde(default)]
+    pub clients: u64,
+    /// The release as stored.
+    #[serde(default)]
+    pub object: Option<Value>,
+}
+
+impl PendingPrune {
+    /// `kind/name` with the kind in lower case.
+    pub fn reference(&self) -> String {
+        format!("{}/{}", self.kind.to_ascii_lowercase(), self.name)
+    }
 }
 
 /// What apply did (or would do) to one object.
@@ -500,16 +530,44 @@ impl ApiClient {
     /// `DELETE /apis/thinfleet.io/v1/KIND/NAME`; answers the deleted object. The request carries
     /// no precondition, so a `409` caused by a concurrent status write is retried a few times.
     pub fn delete(&self, kind: Kind, name: &str) -> Result<Value, ApiError> {
+        Ok(self.delete_with_warnings(kind, name)?.0)
+    }
+
+    /// [`ApiClient::delete`], with the texts of the answer's `Warning` headers (the watched
+    /// directory restored the object, for example).
+    pub fn delete_with_warnings(
+        &self,
+        kind: Kind,
+        name: &str,
+    ) -> Result<(Value, Vec<String>), ApiError> {
         const ATTEMPTS: usize = 3;
         let url = self.url(&format!("{API_PREFIX}/{}/{}", kind.plural(), name), &[])?;
         let mut attempt = 1;
         loop {
             match self.execute(self.request(Method::DELETE, url.clone())) {
-                Ok(response) => return Self::decode(response),
+                Ok(response) => {
+                    let warnings = warning_texts(response.headers());
+                    return Ok((Self::decode(response)?, warnings));
+                }
                 Err(error) if error.code() == Some(409) && attempt < ATTEMPTS => attempt += 1,
                 Err(error) => return Err(error),
             }
         }
+    }
+
+    /// `GET /apis/thinfleet.io/v1/sources`: the watched directories' status.
+    pub fn sources(&self) -> Result<Vec<Value>, ApiError> {
+        let list: Value = self.get_json(&format!("{API_PREFIX}/sources"), &[])?;
+        Ok(list
+            .get("items")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    /// `GET /apis/thinfleet.io/v1/sources/NAME`.
+    pub fn source(&self, name: &str) -> Result<Value, ApiError> {
+        self.get_json(&format!("{API_PREFIX}/sources/{name}"), &[])
     }
 
     /// `PATCH /apis/thinfleet.io/v1/clients/NAME` with a JSON merge patch.
@@ -559,13 +617,25 @@ impl ApiClient {
         after_seq: Option<u64>,
         limit: Option<usize>,
     ) -> Result<Vec<Event>, ApiError> {
+        self.events_of(object_kind.map(Kind::as_str), name, after_seq, limit)
+    }
+
+    /// [`ApiClient::events`] of any subject kind, as events name it (`ClientGroup`,
+    /// `ManifestSource`, ...).
+    pub fn events_of(
+        &self,
+        object_kind: Option<&str>,
+        name: Option<&str>,
+        after_seq: Option<u64>,
+        limit: Option<usize>,
+    ) -> Result<Vec<Event>, ApiError> {
         let path = format!("{API_PREFIX}/events");
         let after = after_seq.map(|seq| seq.to_string()).unwrap_or_default();
         let limit = limit.map(|limit| limit.to_string()).unwrap_or_default();
         let list: Value = self.get_json(
             &path,
             &[
-                ("kind", object_kind.map(Kind::as_str).unwrap_or("")),
+                ("kind", object_kind.unwrap_or("")),
                 ("name", name.unwrap_or("")),
                 ("afterSeq", &after),
                 ("limit", &limit),
@@ -580,10 +650,19 @@ impl ApiClient {
         object_kind: Option<Kind>,
         name: Option<&str>,
     ) -> Result<Value, ApiError> {
+        self.events_raw_of(object_kind.map(Kind::as_str), name)
+    }
+
+    /// [`ApiClient::events_raw`] of any subject kind.
+    pub fn events_raw_of(
+        &self,
+        object_kind: Option<&str>,
+        name: Option<&str>,
+    ) -> Result<Value, ApiError> {
         self.get_json(
             &format!("{API_PREFIX}/events"),
             &[
-                ("kind", object_kind.map(Kind::as_str).unwrap_or("")),
+                ("kind", object_kind.unwrap_or("")),
                 ("name", name.unwrap_or("")),
             ],
         )
@@ -654,6 +733,23 @@ impl ApiClient {
         let body: VersionBody = self.get_json("/version", &[])?;
         Ok(body.version)
     }
+}
+
+/// The texts of `Warning: 299 - "text"` headers.
+pub fn warning_texts(headers: &reqwest::header::HeaderMap) -> Vec<String> {
+    headers
+        .get_all(reqwest::header::WARNING)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .map(|value| {
+            let text = value.splitn(3, ' ').nth(2).unwrap_or(value).trim();
+            let text = text
+                .strip_prefix('"')
+                .and_then(|t| t.strip_suffix('"'))
+                .unwrap_or(text);
+            text.replace("\\\"", "\"").replace("\\\\", "\\")
+        })
+        .collect()
 }
 
 /// The `items` of a list answer, typed.

@@ -91,8 +91,7 @@ pub struct ApplyArgs {
     /// The manifests.
     #[command(flatten)]
     pub files: FileArgs,
-    /// Validate and report without writing (local zips are still uploaded, so the server can
-    /// check the releases).
+    /// Validate and report without writing anything (local zips are hashed, not uploaded).
     #[arg(long)]
     pub dry_run: bool,
     /// Delete objects applied earlier by the same manager that are absent from these manifests.
@@ -164,19 +163,85 @@ pub enum Resource {
     Kind(Kind),
     /// Events.
     Events,
+    /// Watched manifest directories.
+    Sources,
 }
 
-/// Parses a resource name: a kind name or short name (`cg`, `pr`, `client`), or `events`.
+/// True for the names of watched manifest directories as a resource: `sources`, `source`.
+fn is_source_word(text: &str) -> bool {
+    matches!(
+        text.to_ascii_lowercase().as_str(),
+        "sources" | "source" | "manifestsource" | "manifestsources"
+    )
+}
+
+/// Parses a resource name: a kind name or short name (`cg`, `pr`, `client`), `events` or
+/// `sources`.
 pub fn parse_resource(text: &str) -> Result<Resource, String> {
     if let Some(kind) = Kind::parse(text) {
         return Ok(Resource::Kind(kind));
     }
+    if is_source_word(text) {
+        return Ok(Resource::Sources);
+    }
     match text.to_ascii_lowercase().as_str() {
         "events" | "event" | "ev" => Ok(Resource::Events),
         _ => Err(format!(
-            "unknown resource `{text}`; use clients, clientgroups (cg), packagereleases (pr) or events"
+            "unknown resource `{text}`; use clients, clientgroups (cg), packagereleases (pr), events or sources"
         )),
     }
+}
+
+/// What `describe` shows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DescribeKind {
+    /// An object of a kind.
+    Object(Kind),
+    /// A watched manifest directory.
+    Source,
+}
+
+/// Parses what `describe` takes: a kind or short name, or `source`.
+pub fn parse_describe_kind(text: &str) -> Result<DescribeKind, String> {
+    if is_source_word(text) {
+        return Ok(DescribeKind::Source);
+    }
+    Kind::parse(text).map(DescribeKind::Object).ok_or_else(|| {
+        format!(
+            "unknown kind `{text}`; use client, clientgroup (cg), packagerelease (pr) or source"
+        )
+    })
+}
+
+/// What `get events --for` names: an object, or a watched directory (`source/NAME`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventSubject {
+    /// The subject kind as events name it (`Client`, `ClientGroup`, `PackageRelease`,
+    /// `ManifestSource`).
+    pub kind: String,
+    /// Its name.
+    pub name: String,
+}
+
+/// Parses `KIND/NAME` for events, where KIND may also be `source`.
+pub fn parse_event_subject(text: &str) -> Result<EventSubject, String> {
+    if let Some((kind, name)) = text.split_once('/')
+        && is_source_word(kind)
+    {
+        if name.is_empty() {
+            return Err(format!("`{text}` has no name after the `/`"));
+        }
+        return Ok(EventSubject {
+            kind: "ManifestSource".into(),
+            name: name.to_string(),
+        });
+    }
+    let (kind, name) = parse_object_ref(text)
+        .map_err(|error| format!("{error}; `source/NAME` names a watched directory"))?;
+    Ok(EventSubject {
+        kind: kind.as_str().to_string(),
+        name,
+    })
 }
 
 /// Parses a kind name or short name.
@@ -234,17 +299,18 @@ pub struct GetArgs {
     /// Keep polling every 2 seconds and print what changed, until interrupted.
     #[arg(short = 'w', long = "watch")]
     pub watch: bool,
-    /// For events: only those of this object (`client/kiosk-1`).
-    #[arg(long = "for", value_name = "KIND/NAME", value_parser = parse_object_ref)]
-    pub for_object: Option<(Kind, String)>,
+    /// For events: only those of this object (`client/kiosk-1`) or watched directory
+    /// (`source/manifests`).
+    #[arg(long = "for", value_name = "KIND/NAME", value_parser = parse_event_subject)]
+    pub for_object: Option<EventSubject>,
 }
 
 /// Arguments of `describe`.
 #[derive(Debug, Args)]
 pub struct DescribeArgs {
-    /// client, clientgroup (cg) or packagerelease (pr).
-    #[arg(value_name = "KIND", value_parser = parse_kind)]
-    pub kind: Kind,
+    /// client, clientgroup (cg), packagerelease (pr) or source.
+    #[arg(value_name = "KIND", value_parser = parse_describe_kind)]
+    pub kind: DescribeKind,
     /// The object's name.
     #[arg(value_name = "NAME")]
     pub name: String,
@@ -434,7 +500,13 @@ mod tests {
             panic!("not get")
         };
         assert_eq!(args.resource, Resource::Events);
-        assert_eq!(args.for_object, Some((Kind::Client, "kiosk-1".into())));
+        assert_eq!(
+            args.for_object,
+            Some(EventSubject {
+                kind: "Client".into(),
+                name: "kiosk-1".into()
+            })
+        );
         assert!(args.watch);
 
         for (text, resource) in [
@@ -522,6 +594,41 @@ mod tests {
         let help = Cli::command().render_long_help().to_string();
         assert!(help.contains("Exit codes:"), "{help}");
         assert!(help.contains("3  server, network or authentication error"));
+    }
+
+    #[test]
+    fn sources_are_a_resource_to_get_describe_and_follow_events_of() {
+        let cli = parse("tcadm get sources").unwrap();
+        let Command::Get(args) = cli.command else {
+            panic!("not get")
+        };
+        assert_eq!(args.resource, Resource::Sources);
+        let cli = parse("tcadm describe source manifests").unwrap();
+        let Command::Describe(args) = cli.command else {
+            panic!("not describe")
+        };
+        assert_eq!(args.kind, DescribeKind::Source);
+        assert_eq!(
+            parse_event_subject("source/manifests"),
+            Ok(EventSubject {
+                kind: "ManifestSource".into(),
+                name: "manifests".into()
+            })
+        );
+        assert_eq!(
+            parse_event_subject("cg/front-desk").map(|s| s.kind),
+            Ok("ClientGroup".into())
+        );
+        assert!(parse_event_subject("source/").is_err());
+        assert!(
+            parse_event_subject("pods/x")
+                .unwrap_err()
+                .contains("source/NAME")
+        );
+        assert_eq!(
+            parse_describe_kind("pr"),
+            Ok(DescribeKind::Object(Kind::PackageRelease))
+        );
     }
 
     #[test]

@@ -17,9 +17,9 @@ use tc_api::{
 
 use crate::api::{ApiClient, ApiError, ApplyOptions, ApplyResult, Connection};
 use crate::cli::{
-    ApplyArgs, Cli, Command, DeleteArgs, DescribeArgs, DiffArgs, FileArgs, GetArgs, LabelArgs,
-    OutputFormat, PushArgs, Resource, RolloutCommand, RolloutStatusArgs, RolloutTargetArgs,
-    TokenCommand,
+    ApplyArgs, Cli, Command, DeleteArgs, DescribeArgs, DescribeKind, DiffArgs, FileArgs, GetArgs,
+    LabelArgs, OutputFormat, PushArgs, Resource, RolloutCommand, RolloutStatusArgs,
+    RolloutTargetArgs, TokenCommand,
 };
 use crate::describe::{MAX_EVENTS, describe_client, describe_group, describe_release};
 use crate::diff::item_diff;
@@ -31,7 +31,10 @@ use crate::manifest::{
     map_server_error, prepare_artifacts, sha256_file,
 };
 use crate::output::{Style, to_json, to_yaml};
-use crate::rollout::{ExpectedRelease, RolloutState, progress_text, rollout_state};
+use crate::rollout::{
+    ExpectedRelease, RolloutState, awaiting_source_sync, progress_text, rollout_state,
+};
+use crate::sources::fetch_sources;
 use crate::views::{
     clients_table, events_table, groups_table, reference, releases_table, row_signature,
 };
@@ -100,20 +103,25 @@ pub fn run(cli: Cli, context: &mut Context<'_>) -> Result<u8, CliError> {
 // ---------------------------------------------------------------------------------------------
 // apply and diff
 
-/// Manifests read, decoded and prepared for the apply call, with local zips uploaded.
+/// Manifests read, decoded and prepared for the apply call: local zips hashed (their digests in
+/// the manifests) and, for a real apply, uploaded.
 struct Prepared {
     files: Vec<ManifestFile>,
     decoded: Vec<DecodedObject>,
 }
 
-fn read_manifests(context: &mut Context<'_>, args: &FileArgs) -> Result<Prepared, CliError> {
+fn read_manifests(
+    context: &mut Context<'_>,
+    args: &FileArgs,
+    upload: bool,
+) -> Result<Prepared, CliError> {
     let mut files = collect_files(&args.filenames, args.recursive, context.stdin)?;
     let decoded = decode_files(&files)?;
     if decoded.is_empty() {
         return Err(ManifestError::NoObjects(args.filenames.join(", ")).into());
     }
     let artifacts = prepare_artifacts(&mut files, &decoded)?;
-    if !artifacts.is_empty() {
+    if upload && !artifacts.is_empty() {
         upload_artifacts(context, &artifacts)?;
     }
     Ok(Prepared { files, decoded })
@@ -167,7 +175,8 @@ fn send_apply(
 }
 
 fn apply(context: &mut Context<'_>, args: &ApplyArgs) -> Result<u8, CliError> {
-    let prepared = read_manifests(context, &args.files)?;
+    // A dry run writes nothing, not even blobs: the controller checks the hashed digests.
+    let prepared = read_manifests(context, &args.files, !args.dry_run)?;
     let options = ApplyOptions {
         dry_run: args.dry_run,
         force: args.force,
@@ -188,8 +197,22 @@ fn apply(context: &mut Context<'_>, args: &ApplyArgs) -> Result<u8, CliError> {
             context.out_style.action(&item.action)
         )?;
     }
-    for note in &result.deferred {
-        eprintln!("note: {note}");
+    for prune in &result.pending_prunes {
+        writeln!(
+            context.out,
+            "{} prune deferred: still assigned to {} client(s), pruned once none runs it{suffix}",
+            prune.reference(),
+            prune.clients
+        )?;
+    }
+    if result.pending_prunes.is_empty() {
+        // A controller that lists deferred prunes only as sentences.
+        for note in &result.deferred {
+            eprintln!("note: {note}");
+        }
+    }
+    for warning in &result.warnings {
+        context.warn(warning);
     }
     if args.wait {
         return wait_for_rollouts(context, &result, &prepared.decoded, args.timeout);
@@ -198,7 +221,8 @@ fn apply(context: &mut Context<'_>, args: &ApplyArgs) -> Result<u8, CliError> {
 }
 
 fn diff(context: &mut Context<'_>, args: &DiffArgs) -> Result<u8, CliError> {
-    let prepared = read_manifests(context, &args.files)?;
+    // Nothing is uploaded: the dry run accepts the digests of local zips not uploaded yet.
+    let prepared = read_manifests(context, &args.files, false)?;
     let options = ApplyOptions {
         dry_run: true,
         force: args.force,
@@ -211,6 +235,25 @@ fn diff(context: &mut Context<'_>, args: &DiffArgs) -> Result<u8, CliError> {
         if let Some(text) = item_diff(item) {
             changed = true;
             write!(context.out, "{}", context.out_style.diff(&text))?;
+        }
+    }
+    // Prunes an apply would defer are deletions all the same, only later.
+    for prune in &result.pending_prunes {
+        let item = crate::api::ApplyItem {
+            kind: prune.kind.clone(),
+            name: prune.name.clone(),
+            action: "pruned".into(),
+            object: None,
+            existing: prune.object.clone(),
+        };
+        if let Some(text) = item_diff(&item) {
+            changed = true;
+            write!(context.out, "{}", context.out_style.diff(&text))?;
+            eprintln!(
+                "note: {} is still assigned to {} client(s); apply --prune deletes it once none runs it",
+                prune.reference(),
+                prune.clients
+            );
         }
     }
     Ok(if changed {
@@ -286,6 +329,19 @@ impl RolloutDisplay {
         };
         let paused = if group.spec.paused { " (paused)" } else { "" };
         let line = format!("Waiting for clientgroup \"{name}\" rollout to finish: {text}{paused}");
+        if self.last_line.get(name) != Some(&line) {
+            writeln!(out, "{line}")?;
+            self.last_line.insert(name.to_string(), line);
+        }
+        Ok(())
+    }
+
+    /// Shows a wait that is not yet about the group's members (line mode only).
+    fn note(&mut self, out: &mut dyn Write, name: &str, text: &str) -> io::Result<()> {
+        if self.bars.is_some() {
+            return Ok(());
+        }
+        let line = format!("Waiting for clientgroup \"{name}\" rollout to finish: {text}");
         if self.last_line.get(name) != Some(&line) {
             writeln!(out, "{line}")?;
             self.last_line.insert(name.to_string(), line);
@@ -389,7 +445,13 @@ fn follow_rollouts(
     let outcome = loop {
         let mut waiting = vec![];
         let mut failure = None;
+        let sources = fetch_sources(client);
         for name in names {
+            if let Some(text) = awaiting_source_sync(name, &sources) {
+                display.note(lines, name, &text)?;
+                waiting.push(format!("clientgroup/{name} ({text})"));
+                continue;
+            }
             let group: ClientGroup = match client.get_typed(Kind::ClientGroup, name) {
                 Ok(group) => group,
                 Err(error) => {
@@ -460,6 +522,13 @@ fn rollout_status(context: &mut Context<'_>, args: &RolloutStatusArgs) -> Result
         writeln!(
             context.out,
             "clientgroup \"{name}\" successfully rolled out"
+        )?;
+        return Ok(EXIT_OK);
+    }
+    if let Some(text) = awaiting_source_sync(name, &fetch_sources(&client)) {
+        writeln!(
+            context.out,
+            "Waiting for clientgroup \"{name}\" rollout to finish: {text}"
         )?;
         return Ok(EXIT_OK);
     }
@@ -579,6 +648,12 @@ fn get(context: &mut Context<'_>, args: &GetArgs) -> Result<u8, CliError> {
     }
     match args.resource {
         Resource::Events => get_events(context, args),
+        Resource::Sources => {
+            if args.for_object.is_some() {
+                return Err(CliError::Usage("--for applies to events only".into()));
+            }
+            crate::sources::get_sources(context, args)
+        }
         Resource::Kind(kind) => {
             if args.for_object.is_some() {
                 return Err(CliError::Usage("--for applies to events only".into()));
@@ -731,12 +806,12 @@ fn get_events(context: &mut Context<'_>, args: &GetArgs) -> Result<u8, CliError>
     }
     let client = context.client()?;
     let (kind, name) = match &args.for_object {
-        Some((kind, name)) => (Some(*kind), Some(name.as_str())),
+        Some(subject) => (Some(subject.kind.as_str()), Some(subject.name.as_str())),
         None => (None, None),
     };
     match args.output {
         Some(OutputFormat::Yaml) | Some(OutputFormat::Json) if !args.watch => {
-            let list = client.events_raw(kind, name)?;
+            let list = client.events_raw_of(kind, name)?;
             let items = list
                 .get("items")
                 .and_then(Value::as_array)
@@ -754,7 +829,7 @@ fn get_events(context: &mut Context<'_>, args: &GetArgs) -> Result<u8, CliError>
         _ => {}
     }
     let wide = args.output == Some(OutputFormat::Wide);
-    let events = client.events(kind, name, None, None)?;
+    let events = client.events_of(kind, name, None, None)?;
     let mut last_seq = events.iter().map(|e| e.seq).max();
     match args.output {
         Some(OutputFormat::Yaml) => {
@@ -783,7 +858,7 @@ fn get_events(context: &mut Context<'_>, args: &GetArgs) -> Result<u8, CliError>
     loop {
         context.out.flush()?;
         thread::sleep(WATCH_INTERVAL);
-        let events = client.events(kind, name, last_seq, None)?;
+        let events = client.events_of(kind, name, last_seq, None)?;
         if events.is_empty() {
             continue;
         }
@@ -819,7 +894,11 @@ fn describe(context: &mut Context<'_>, args: &DescribeArgs) -> Result<u8, CliErr
     let client = context.client()?;
     let now = Timestamp::now();
     let name = args.name.as_str();
-    let text = match args.kind {
+    let kind = match args.kind {
+        DescribeKind::Object(kind) => kind,
+        DescribeKind::Source => return crate::sources::describe(context, name),
+    };
+    let text = match kind {
         Kind::Client => {
             let object: Client = client.get_typed(Kind::Client, name)?;
             let events = client.events(Some(Kind::Client), Some(name), None, Some(MAX_EVENTS))?;
@@ -866,8 +945,13 @@ fn delete(context: &mut Context<'_>, args: &DeleteArgs) -> Result<u8, CliError> 
     let client = context.client()?;
     let mut failures = 0;
     for (kind, name) in targets {
-        match client.delete(kind, &name) {
-            Ok(_) => writeln!(context.out, "{} deleted", reference(kind.as_str(), &name))?,
+        match client.delete_with_warnings(kind, &name) {
+            Ok((_, warnings)) => {
+                writeln!(context.out, "{} deleted", reference(kind.as_str(), &name))?;
+                for warning in warnings {
+                    context.warn(&warning);
+                }
+            }
             Err(error) if error.is_not_found() && args.ignore_not_found => {}
             Err(error @ (ApiError::Unreachable { .. } | ApiError::Unauthorized { .. })) => {
                 return Err(error.into());

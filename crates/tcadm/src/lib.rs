@@ -16,6 +16,7 @@ pub mod labels;
 pub mod manifest;
 pub mod output;
 pub mod rollout;
+pub mod sources;
 pub mod views;
 
 pub use commands::{Context, run};

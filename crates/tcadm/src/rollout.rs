@@ -126,6 +126,30 @@ pub fn rollout_state(group: &ClientGroup, expected: &[ExpectedRelease]) -> Rollo
     }
 }
 
+/// Whether the group's rollout must wait for a watched directory first: a source that defines the
+/// group has changes it has not applied yet, so the group's status may still be for the
+/// directory's previous content (a file changed a moment ago). The text says what is awaited.
+pub fn awaiting_source_sync(
+    group: &str,
+    sources: &[crate::sources::SourceStatus],
+) -> Option<String> {
+    sources
+        .iter()
+        .find(|source| {
+            source.sync_pending
+                && source
+                    .objects
+                    .iter()
+                    .any(|o| o.kind == "ClientGroup" && o.name == group)
+        })
+        .map(|source| {
+            format!(
+                "waiting for the watched directory `{}` to apply its changes",
+                source.name
+            )
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -286,5 +310,32 @@ mod tests {
             rollout_state(&done, &[expected("2.0.0")]),
             RolloutState::Complete
         );
+    }
+
+    #[test]
+    fn a_pending_sync_of_the_groups_directory_is_awaited() {
+        let source = |pending: bool, group: &str| crate::sources::SourceStatus {
+            name: "manifests".into(),
+            sync_pending: pending,
+            objects: vec![crate::sources::SourceObject {
+                kind: "ClientGroup".into(),
+                name: group.into(),
+                file: "groups.yaml".into(),
+            }],
+            ..Default::default()
+        };
+        assert_eq!(
+            awaiting_source_sync("front-desk", &[source(true, "front-desk")]).as_deref(),
+            Some("waiting for the watched directory `manifests` to apply its changes")
+        );
+        assert_eq!(
+            awaiting_source_sync("front-desk", &[source(false, "front-desk")]),
+            None
+        );
+        assert_eq!(
+            awaiting_source_sync("front-desk", &[source(true, "lab")]),
+            None
+        );
+        assert_eq!(awaiting_source_sync("front-desk", &[]), None);
     }
 }

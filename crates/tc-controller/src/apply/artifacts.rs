@@ -1,0 +1,262 @@
+//! Artifacts of the releases in an apply: blobs already stored, files and package directories on
+//! the controller's disk (the watched directory), URLs fetched once, and digests a dry run accepts
+//! without their blob.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use axum::http::StatusCode;
+use tc_api::{ArtifactStatus, Object, SourcedObject};
+
+use super::{ApplyRequest, ArtifactPaths};
+use crate::Controller;
+use crate::blobs::BlobStore;
+use crate::error::{ApiError, Cause};
+
+/// Artifact digests by path, valid while the path's fingerprint (sizes, times, inodes and names
+/// of everything below it) stays the same.
+#[derive(Debug, Default)]
+pub struct ArtifactCache {
+    entries: Mutex<HashMap<PathBuf, (u64, ArtifactStatus)>>,
+}
+
+impl ArtifactCache {
+    fn get(&self, path: &Path, fingerprint: u64) -> Option<ArtifactStatus> {
+        let entries = self.entries.lock().expect("artifact cache lock");
+        entries
+            .get(path)
+            .filter(|(known, _)| *known == fingerprint)
+            .map(|(_, status)| status.clone())
+    }
+
+    fn insert(&self, path: PathBuf, fingerprint: u64, status: ArtifactStatus) {
+        self.entries
+            .lock()
+            .expect("artifact cache lock")
+            .insert(path, (fingerprint, status));
+    }
+}
+
+/// A fingerprint of a file or of a directory tree: names, types, sizes, modes, inodes and
+/// modification and change times. Any write changes the change time, so a digest cached under a
+/// fingerprint stays valid while the fingerprint does.
+fn fingerprint(path: &Path) -> std::io::Result<u64> {
+    use std::hash::{Hash, Hasher};
+    fn visit(path: &Path, hasher: &mut std::hash::DefaultHasher) -> std::io::Result<()> {
+        let metadata = std::fs::metadata(path)?;
+        metadata.len().hash(hasher);
+        metadata.is_dir().hash(hasher);
+        metadata
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .hash(hasher);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            (
+                metadata.ino(),
+                metadata.mode(),
+                metadata.ctime(),
+                metadata.ctime_nsec(),
+            )
+                .hash(hasher);
+        }
+        if metadata.is_dir() {
+            let mut entries: Vec<PathBuf> = std::fs::read_dir(path)?
+                .map(|entry| entry.map(|e| e.path()))
+                .collect::<Result<_, _>>()?;
+            entries.sort();
+            for entry in entries {
+                entry.file_name().hash(hasher);
+                visit(&entry, hasher)?;
+            }
+        }
+        Ok(())
+    }
+    let mut hasher = std::hash::DefaultHasher::new();
+    visit(path, &mut hasher)?;
+    Ok(hasher.finish())
+}
+
+/// Artifacts resolved for an apply.
+#[derive(Default)]
+pub(super) struct Resolved {
+    /// Release name -> artifact in the blob store.
+    pub(super) artifacts: BTreeMap<String, ArtifactStatus>,
+    /// Release name -> incoming sha256, also where the blob is not stored yet (dry run).
+    pub(super) digests: BTreeMap<String, String>,
+    /// Artifacts a dry run accepted without their blob.
+    pub(super) warnings: Vec<String>,
+}
+
+impl Resolved {
+    fn insert(&mut self, name: &str, sha256: String, size: u64) {
+        self.digests.insert(name.to_string(), sha256.clone());
+        self.artifacts
+            .insert(name.to_string(), ArtifactStatus { sha256, size });
+    }
+}
+
+impl Controller {
+    /// Imports (or, in a dry run, only checks) the artifact of every release.
+    pub(super) async fn resolve_artifacts(
+        &self,
+        decoded: &[SourcedObject],
+        request: &ApplyRequest,
+    ) -> Result<Resolved, ApiError> {
+        let mut resolved = Resolved::default();
+        for sourced in decoded {
+            let Object::PackageRelease(release) = &sourced.object else {
+                continue;
+            };
+            let artifact = &release.spec.artifact;
+            let name = &release.metadata.name;
+            let fail = |message: String| {
+                ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!("{}: packagerelease/{name}: {message}", sourced.file),
+                )
+                .with_causes(vec![Cause {
+                    file: Some(sourced.file.clone()),
+                    line: Some(sourced.position.line),
+                    column: Some(sourced.position.column),
+                    field: Some("spec.artifact".into()),
+                    message,
+                }])
+            };
+            let declared = artifact.sha256.as_deref();
+            // A blob already in the store satisfies any source.
+            if let Some(sha) = declared
+                && let Some(size) = self.blobs.stat(sha).await
+            {
+                resolved.insert(name, sha.to_string(), size);
+                continue;
+            }
+            let info = match (&artifact.path, &artifact.url, &request.artifact_paths) {
+                (Some(path), _, ArtifactPaths::RelativeToManifest) => {
+                    let full = resolve_relative(&sourced.file, path);
+                    let print = match &request.artifact_cache {
+                        Some(_) => {
+                            let path = full.clone();
+                            tokio::task::spawn_blocking(move || fingerprint(&path).ok()).await?
+                        }
+                        None => None,
+                    };
+                    if let Some(status) =
+                        self.cached_artifact(request, &full, print, declared).await
+                    {
+                        resolved.insert(name, status.sha256, status.size);
+                        continue;
+                    }
+                    let info = if full.is_dir() {
+                        // A package source directory: packed reproducibly, so its sha256 is stable.
+                        let dir = full.clone();
+                        let bytes = tokio::task::spawn_blocking(move || tc_pack::pack_dir(&dir))
+                            .await?
+                            .map_err(|e| fail(format!("packing {}: {e}", full.display())))?;
+                        self.blobs.put_bytes(bytes, declared, request.dry_run).await
+                    } else if request.dry_run {
+                        BlobStore::digest_file(&full).await
+                    } else {
+                        self.blobs.put_file(&full, declared).await
+                    }
+                    .map_err(|e| fail(format!("artifact {}: {e}", full.display())))?;
+                    if let (Some(cache), Some(print), false) =
+                        (&request.artifact_cache, print, request.dry_run)
+                    {
+                        cache.insert(
+                            full,
+                            print,
+                            ArtifactStatus {
+                                sha256: info.sha256.clone(),
+                                size: info.size,
+                            },
+                        );
+                    }
+                    info
+                }
+                (Some(_), _, ArtifactPaths::UploadedOnly)
+                    if request.dry_run && declared.is_some() =>
+                {
+                    // `tcadm diff` and `apply --dry-run` hash local zips without uploading them.
+                    let sha = declared.unwrap_or_default();
+                    resolved.digests.insert(name.clone(), sha.to_string());
+                    resolved.warnings.push(format!(
+                        "packagerelease/{name}: blob sha256:{sha} is not on the controller yet; \
+                         applying uploads it first"
+                    ));
+                    continue;
+                }
+                (Some(path), _, ArtifactPaths::UploadedOnly) => {
+                    return Err(fail(format!(
+                        "artifact.path `{path}` is not on the controller: upload the zip first (`tcadm apply` does this, \
+                         or `tcadm push FILE`) and give its sha256"
+                    )));
+                }
+                (None, Some(url), _) => {
+                    if request.dry_run {
+                        continue;
+                    }
+                    self.fetch_url(url, declared)
+                        .await
+                        .map_err(|e| fail(format!("fetching {url}: {e}")))?
+                }
+                (None, None, _) => {
+                    return Err(fail(format!(
+                        "blob sha256:{} is not in the blob store; upload it with `tcadm push` or PUT /blobs",
+                        declared.unwrap_or("?")
+                    )));
+                }
+            };
+            resolved.insert(name, info.sha256, info.size);
+        }
+        Ok(resolved)
+    }
+
+    /// The artifact imported before from `path`, if the path is unchanged since and its blob is
+    /// still stored.
+    async fn cached_artifact(
+        &self,
+        request: &ApplyRequest,
+        path: &Path,
+        print: Option<u64>,
+        declared: Option<&str>,
+    ) -> Option<ArtifactStatus> {
+        let status = request.artifact_cache.as_ref()?.get(path, print?)?;
+        if declared.is_some_and(|d| d != status.sha256) {
+            return None;
+        }
+        self.blobs.stat(&status.sha256).await?;
+        Some(status)
+    }
+
+    async fn fetch_url(
+        &self,
+        url: &str,
+        expected: Option<&str>,
+    ) -> Result<crate::blobs::BlobInfo, String> {
+        let response = self.http.get(url).send().await.map_err(|e| e.to_string())?;
+        if !response.status().is_success() {
+            return Err(format!("HTTP {}", response.status()));
+        }
+        let stream = response.bytes_stream();
+        self.blobs
+            .put_stream(stream, expected)
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// `path` relative to the directory of `manifest` (absolute paths stay as they are).
+fn resolve_relative(manifest: &str, path: &str) -> PathBuf {
+    let path = Path::new(path);
+    if path.is_absolute() {
+        return path.to_path_buf();
+    }
+    Path::new(manifest)
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join(path)
+}
