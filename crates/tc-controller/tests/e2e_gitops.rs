@@ -61,6 +61,8 @@ impl Fleet {
     fn run(&self, args: &[&str]) -> Output {
         Command::new(binary("tcadm"))
             .current_dir(&self.root)
+            // The field manager is the admin's login name.
+            .env("USER", "alice")
             .args(["--server", &self.server, "--token", &self.token])
             .args(args)
             .output()
@@ -291,7 +293,7 @@ fn the_directory_restores_deleted_forced_and_released_objects_and_no_package_is_
         },
     );
     let group = fleet.back_office();
-    assert_eq!(group["metadata"]["managedBy"], "tcadm", "{group}");
+    assert_eq!(group["metadata"]["managedBy"], "tcadm:alice", "{group}");
     assert_eq!(group["spec"]["rollout"]["maxUnavailable"], 3, "{group}");
 
     // 5. Reclaim: without the mark, the directory takes it back.
