@@ -234,11 +234,12 @@ pub async fn delete(
                 Some((defining.clone(), object))
             });
         let store = controller.store.clone();
-        let precondition = existing.meta().resource_version.clone();
         let mut writes = vec![Write::Delete {
             kind,
             name: name.clone(),
-            precondition,
+            // Deletes hold the apply lock: only the reconcile loop's status writes can have
+            // touched the object since it was read, and they must not make a delete fail (409).
+            precondition: None,
         }];
         if let Some((defining, object)) = &restore {
             writes.extend(defining.restore_writes(object));

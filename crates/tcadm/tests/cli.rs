@@ -748,23 +748,23 @@ spec:
     let refused = apply_elsewhere(&["apply", "-f", "-"], &printed);
     let error = refused.fails(3);
     assert!(error.contains("is managed by `dir:"), "{error}");
-    // Taken over, it keeps its path and gains the digest the controller recorded.
-    assert_eq!(
-        apply_elsewhere(&["apply", "-f", "-", "--force"], &printed).ok(),
-        "packagerelease/kiosk-2.0.0 configured\n"
-    );
-    let release = fleet.get_json(&["pr", "kiosk-2.0.0"]);
+    // Forced, it applies with the digest the controller recorded (the zip is not needed here);
+    // the directory, which defines it, takes it back, and says so.
+    let forced = apply_elsewhere(&["apply", "-f", "-", "--force"], &printed);
+    assert_eq!(forced.ok(), "packagerelease/kiosk-2.0.0 configured\n");
+    assert!(forced.stderr.contains("watched directory"), "{forced:#?}");
+    let release = eventually("the directory to take the release back", || {
+        let release = fleet.get_json(&["pr", "kiosk-2.0.0"]);
+        release["metadata"]["managedBy"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("dir:"))
+            .then_some(release)
+    });
     assert_eq!(
         release["spec"]["artifact"]["path"],
         "../packages/kiosk-2.0.0.zip"
     );
-    assert_eq!(release["spec"]["artifact"]["sha256"], sha.as_str());
     assert_eq!(release["status"]["artifact"]["sha256"], sha.as_str());
-    let printed = fleet.tcadm(&["get", "pr", "kiosk-2.0.0", "-o", "yaml"]);
-    assert_eq!(
-        apply_elsewhere(&["apply", "-f", "-"], printed.ok()).ok(),
-        "packagerelease/kiosk-2.0.0 unchanged\n"
-    );
 }
 
 #[test]
