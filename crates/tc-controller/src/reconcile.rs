@@ -583,6 +583,29 @@ fn packages_where(
         .collect()
 }
 
+/// Adds a client to the tallies of the groups it is a member of.
+fn tally_member(
+    tallies: &mut [GroupTally],
+    groups: &[ClientGroup],
+    member_of: &[usize],
+    name: &str,
+    status: &LiveStatus,
+    desire: &ClientDesire,
+    health: &[PackageHealth],
+) {
+    let member = MemberView {
+        name,
+        offline: status.phase == ClientPhase::Offline,
+        desire,
+        assigned: &status.desired,
+        health,
+        reports: &status.packages,
+    };
+    for &g in member_of {
+        tallies[g].add(&groups[g], &member);
+    }
+}
+
 /// The budget of every group (`maxUnavailable` resolved once the members are counted).
 fn budgets(groups: &[ClientGroup]) -> Vec<GroupBudget> {
     groups
@@ -861,17 +884,15 @@ fn compute(
             });
             continue;
         }
-        let member = MemberView {
-            name: &slot.name,
-            offline: state.status.phase == ClientPhase::Offline,
-            desire: &desire.desire,
-            assigned: &state.status.desired,
-            health: &health,
-            reports: &state.status.packages,
-        };
-        for &g in member_of {
-            tallies[g].add(&groups[g], &member);
-        }
+        tally_member(
+            &mut tallies,
+            groups,
+            member_of,
+            &slot.name,
+            &state.status,
+            &desire.desire,
+            &health,
+        );
         if retried {
             // Served once the retry is committed.
             continue;
@@ -974,17 +995,15 @@ fn compute(
                 transition,
                 detail,
             });
-            let member = MemberView {
-                name: &client.slot.name,
-                offline: state.status.phase == ClientPhase::Offline,
-                desire: &desire.desire,
-                assigned: &state.status.desired,
-                health: &new_health,
-                reports: &state.status.packages,
-            };
-            for &g in member_of {
-                tallies[g].add(&groups[g], &member);
-            }
+            tally_member(
+                &mut tallies,
+                groups,
+                member_of,
+                &client.slot.name,
+                &state.status,
+                &desire.desire,
+                &new_health,
+            );
             let served = cache.served(
                 &state.status.desired,
                 state.status.desired_revision,
@@ -996,17 +1015,15 @@ fn compute(
                 .push(Change::new(&client.slot, &state.status, Some(served)));
             continue;
         }
-        let member = MemberView {
-            name: &client.slot.name,
-            offline: state.status.phase == ClientPhase::Offline,
-            desire: &desire.desire,
-            assigned: &state.status.desired,
-            health: &health,
-            reports: &state.status.packages,
-        };
-        for &g in member_of {
-            tallies[g].add(&groups[g], &member);
-        }
+        tally_member(
+            &mut tallies,
+            groups,
+            member_of,
+            &client.slot.name,
+            &state.status,
+            &desire.desire,
+            &health,
+        );
         if client.phase_changed {
             outcome
                 .changes
