@@ -28,7 +28,7 @@ use tc_reconcile::{
 use tc_store::{ClientStatusEntry, Store, Write};
 
 use crate::Controller;
-use crate::fleet::{ClientSlot, LiveStatus, Served};
+use crate::fleet::{ClientRuntime, ClientSlot, LiveStatus, Served};
 
 /// Runs passes when woken, and at least every `resync` interval, until shutdown.
 pub async fn run(controller: Arc<Controller>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
@@ -108,16 +108,14 @@ impl ServedCache {
         }
     }
 
-    /// What a client assigned `assigned` at `revision` is served. A package whose release is
-    /// gone from the catalog keeps the details `previous` served it with, so that deleting a
-    /// release never makes agents remove a package (such a list is the client's own).
-    pub fn served(
-        &mut self,
-        assigned: &[AssignedPackage],
-        revision: u64,
-        catalog: &ReleaseCatalog,
-        previous: &Served,
-    ) -> Served {
+    /// What `client` is served for what it is assigned now (`status.desired` at
+    /// `status.desiredRevision`). A package whose release is gone from the catalog keeps the
+    /// details the client was served it with, so that deleting a release never makes agents
+    /// remove a package (such a list is the client's own).
+    pub fn served(&mut self, client: &ClientRuntime, catalog: &ReleaseCatalog) -> Served {
+        let assigned: &[AssignedPackage] = &client.status.desired;
+        let revision = client.status.desired_revision;
+        let previous = &client.served;
         if let Some(packages) = self.lists.get(assigned) {
             return Served {
                 revision,
@@ -778,12 +776,7 @@ fn compute(
                 now,
             );
         if retried {
-            let served = cache.served(
-                &state.status.desired,
-                state.status.desired_revision,
-                catalog,
-                &state.served,
-            );
+            let served = cache.served(state, catalog);
             outcome
                 .changes
                 .push(Change::new(slot, &state.status, Some(served)));
@@ -861,14 +854,7 @@ fn compute(
             });
             continue;
         }
-        let member = MemberView {
-            name: &slot.name,
-            offline: state.status.phase == ClientPhase::Offline,
-            desire: &desire.desire,
-            assigned: &state.status.desired,
-            health: &health,
-            reports: &state.status.packages,
-        };
+        let member = member_view(&slot.name, &state.status, &desire.desire, &health);
         for &g in member_of {
             tallies[g].add(&groups[g], &member);
         }
@@ -881,12 +867,7 @@ fn compute(
         }
         // Keep the served state in line with the catalog (at start-up, after a release changed),
         // sharing one package list among clients with the same assignment.
-        let served = cache.served(
-            &state.status.desired,
-            state.status.desired_revision,
-            catalog,
-            &state.served,
-        );
+        let served = cache.served(state, catalog);
         if !Arc::ptr_eq(&served.packages, &state.served.packages) {
             let moved = served.revision != state.served.revision;
             state.served = served;
@@ -974,36 +955,22 @@ fn compute(
                 transition,
                 detail,
             });
-            let member = MemberView {
-                name: &client.slot.name,
-                offline: state.status.phase == ClientPhase::Offline,
-                desire: &desire.desire,
-                assigned: &state.status.desired,
-                health: &new_health,
-                reports: &state.status.packages,
-            };
+            let member = member_view(
+                &client.slot.name,
+                &state.status,
+                &desire.desire,
+                &new_health,
+            );
             for &g in member_of {
                 tallies[g].add(&groups[g], &member);
             }
-            let served = cache.served(
-                &state.status.desired,
-                state.status.desired_revision,
-                catalog,
-                &state.served,
-            );
+            let served = cache.served(&state, catalog);
             outcome
                 .changes
                 .push(Change::new(&client.slot, &state.status, Some(served)));
             continue;
         }
-        let member = MemberView {
-            name: &client.slot.name,
-            offline: state.status.phase == ClientPhase::Offline,
-            desire: &desire.desire,
-            assigned: &state.status.desired,
-            health: &health,
-            reports: &state.status.packages,
-        };
+        let member = member_view(&client.slot.name, &state.status, &desire.desire, &health);
         for &g in member_of {
             tallies[g].add(&groups[g], &member);
         }
@@ -1022,6 +989,24 @@ fn compute(
     outcome
 }
 
+/// A client as the status of its groups counts it, with the health of each package it is
+/// assigned.
+fn member_view<'a>(
+    name: &'a str,
+    status: &'a LiveStatus,
+    desire: &'a ClientDesire,
+    health: &'a [PackageHealth],
+) -> MemberView<'a> {
+    MemberView {
+        name,
+        offline: status.phase == ClientPhase::Offline,
+        desire,
+        assigned: &status.desired,
+        health,
+        reports: &status.packages,
+    }
+}
+
 /// Builds every client's served state at start-up.
 pub fn initial_desired(controller: &Controller, store: &dyn Store) -> tc_store::Result<()> {
     let releases = list_releases(store)?;
@@ -1029,12 +1014,7 @@ pub fn initial_desired(controller: &Controller, store: &dyn Store) -> tc_store::
     let mut cache = ServedCache::default().for_releases(&releases);
     for slot in controller.fleet.slots() {
         let mut state = slot.state.lock().expect("client lock");
-        let served = cache.served(
-            &state.status.desired,
-            state.status.desired_revision,
-            &catalog,
-            &state.served,
-        );
+        let served = cache.served(&state, &catalog);
         slot.revision.send_replace(served.revision);
         state.served = served;
     }
