@@ -22,35 +22,6 @@ fn unit_setting<'a>(unit: &'a str, key: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no {key}= line in the unit"))
 }
 
-/// Runs `systemd-analyze verify` on `unit` (written to a temporary file named `name`) and asserts
-/// that it passes without a warning.
-fn assert_systemd_verifies(name: &str, unit: &str) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join(name);
-    std::fs::write(&path, unit).unwrap();
-    let output = match Command::new("systemd-analyze")
-        .args(["verify", "--man=no"])
-        .arg(&path)
-        .output()
-    {
-        Ok(output) => output,
-        Err(error) => panic!(
-            "cannot run systemd-analyze ({error}): it is needed to check {name}; install it \
-             (Debian and Ubuntu: `apt-get install systemd`)"
-        ),
-    };
-    assert!(
-        output.status.success(),
-        "systemd-analyze verify {name}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(
-        output.stderr.is_empty(),
-        "systemd-analyze verify {name} warned: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
 #[test]
 fn the_agent_unit_verifies_and_its_command_line_parses() {
     let unit = std::fs::read_to_string(repo().join("deploy/systemd/tc-agent.service")).unwrap();
@@ -100,5 +71,8 @@ fn the_agent_unit_verifies_and_its_command_line_parses() {
     );
 
     let local = unit.replace("/usr/local/bin/tc-agent", env!("CARGO_BIN_EXE_tc-agent"));
-    assert_systemd_verifies("tc-agent.service", &local);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tc-agent.service");
+    std::fs::write(&path, local).unwrap();
+    tc_testkit::deploy::verify_unit(&path);
 }

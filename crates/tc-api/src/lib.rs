@@ -9,13 +9,14 @@ pub mod meta;
 pub mod resources;
 pub mod schema;
 pub mod selector;
+pub mod source;
 pub mod validate;
 
 pub use decode::{
     DecodeError, DecodeErrors, Limits, MAX_ERRORS, Position, SourcedObject, decode_objects,
 };
 pub use event::{Event, EventType, ObjectRef};
-pub use meta::{API_VERSION, Condition, ConditionStatus, ObjectMeta, Timestamp};
+pub use meta::{API_VERSION, Cause, Condition, ConditionStatus, ObjectMeta, Timestamp};
 pub use resources::{
     AgentSpec, Artifact, ArtifactStatus, AssignedPackage, Client, ClientGroup, ClientGroupSpec,
     ClientGroupStatus, ClientPhase, ClientSpec, ClientStatus, IntOrPercent, Kind, Object,
@@ -23,4 +24,5 @@ pub use resources::{
     ResolvedPackage, RolloutSpec, WaitingMember,
 };
 pub use selector::{LabelSelector, LabelSelectorRequirement, SelectorOperator};
+pub use source::{SkippedObject, SourceObject, SourcePendingPrune, SourceStatus};
 pub use tc_proto::{Hook, Hooks, Inventory, PackageReport, PackageState};

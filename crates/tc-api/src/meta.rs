@@ -1,6 +1,7 @@
-//! Object metadata and conditions, shared by every kind.
+//! Object metadata and conditions, shared by every kind, and the causes of an error `Status`.
 
 use std::collections::BTreeMap;
+use std::fmt;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -115,6 +116,59 @@ pub fn set_condition(conditions: &mut Vec<Condition>, mut condition: Condition) 
 /// Finds a condition by type.
 pub fn find_condition<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
     conditions.iter().find(|c| c.type_ == type_)
+}
+
+/// One cause of an error `Status` (under `details.causes`), or of a watched directory's error:
+/// where in which manifest, and what. Fields the controller does not know are left out.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Cause {
+    /// The manifest file, as named in the request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    /// Line, from 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub line: Option<usize>,
+    /// Column, from 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub column: Option<usize>,
+    /// Field path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// What is wrong.
+    #[serde(default)]
+    pub message: String,
+}
+
+impl From<&crate::DecodeError> for Cause {
+    fn from(error: &crate::DecodeError) -> Self {
+        Cause {
+            file: Some(error.file.clone()),
+            line: Some(error.line),
+            column: Some(error.column),
+            field: error.field.clone(),
+            message: error.message.clone(),
+        }
+    }
+}
+
+/// `file:line:column: field: message`, leaving out what is unknown.
+impl fmt::Display for Cause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(file) = &self.file {
+            f.write_str(file)?;
+            if let Some(line) = self.line {
+                write!(f, ":{line}")?;
+                if let Some(column) = self.column {
+                    write!(f, ":{column}")?;
+                }
+            }
+            f.write_str(": ")?;
+        }
+        if let Some(field) = &self.field {
+            write!(f, "{field}: ")?;
+        }
+        f.write_str(&self.message)
+    }
 }
 
 /// For `skip_serializing_if`: a counter that is still zero is left out.

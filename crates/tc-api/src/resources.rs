@@ -631,7 +631,9 @@ pub fn sanitize_label_value(text: &str) -> String {
 // Kinds and the object enum
 
 /// The kinds of resource.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
 pub enum Kind {
     /// [`ClientGroup`].
     ClientGroup,

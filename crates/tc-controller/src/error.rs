@@ -5,38 +5,8 @@ use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+use tc_api::Cause;
 use tc_store::StoreError;
-
-/// Where in a manifest a problem is.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Cause {
-    /// File name as given.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub file: Option<String>,
-    /// Line, from 1.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub line: Option<usize>,
-    /// Column, from 1.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub column: Option<usize>,
-    /// Field path.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub field: Option<String>,
-    /// What is wrong.
-    pub message: String,
-}
-
-impl From<&tc_api::DecodeError> for Cause {
-    fn from(error: &tc_api::DecodeError) -> Self {
-        Cause {
-            file: Some(error.file.clone()),
-            line: Some(error.line),
-            column: Some(error.column),
-            field: error.field.clone(),
-            message: error.message.clone(),
-        }
-    }
-}
 
 /// An API error: status code, reason and message, with optional causes.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

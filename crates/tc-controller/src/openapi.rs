@@ -2,7 +2,7 @@
 //! uses (schemars), so the description cannot drift from what is served.
 
 use serde_json::{Value, json};
-use tc_api::{Client, ClientGroup, Event, PackageRelease};
+use tc_api::{Client, ClientGroup, Event, PackageRelease, SourceStatus};
 
 fn schema_of<T: schemars::JsonSchema>(components: &mut serde_json::Map<String, Value>) -> Value {
     let generator = schemars::SchemaGenerator::new(
@@ -46,6 +46,7 @@ pub fn document() -> Value {
     let release = schema_of::<PackageRelease>(&mut components);
     let client = schema_of::<Client>(&mut components);
     let event = schema_of::<Event>(&mut components);
+    let source = schema_of::<SourceStatus>(&mut components);
     components.insert(
         "Status".into(),
         json!({ "type": "object", "required": ["kind", "code", "reason", "message"], "properties": {
@@ -97,10 +98,12 @@ pub fn document() -> Value {
         "responses": ok(json!({ "type": "object", "properties": { "kind": { "type": "string" }, "group": { "type": "string" }, "message": { "type": "string" },
             "retried": { "type": "array", "items": { "type": "object", "properties": { "client": { "type": "string" }, "package": { "type": "string" }, "version": { "type": "string" }, "attempt": { "type": "integer" } } } } } }),
             &[400, 401, 403, 404, 503]) } }));
-    paths.insert("/apis/thinfleet.io/v1/sources".into(), json!({ "get": { "summary": "Watched manifest directories", "responses": ok(json!({ "type": "object" }), auth) } }));
+    paths.insert("/apis/thinfleet.io/v1/sources".into(), json!({ "get": { "summary": "Watched manifest directories", "responses": ok(list(&source), auth) } }));
+    // One source is its status with `kind` and `apiVersion` added.
+    let one_source = json!({ "allOf": [source, { "type": "object", "properties": { "kind": { "const": "ManifestSource" }, "apiVersion": { "type": "string" } } }] });
     paths.insert("/apis/thinfleet.io/v1/sources/{name}".into(), json!({ "get": { "summary": "One watched manifest directory (named by its base name)",
         "parameters": [ { "name": "name", "in": "path", "required": true, "schema": { "type": "string" } } ],
-        "responses": ok(json!({ "type": "object" }), &[401, 403, 404]) } }));
+        "responses": ok(one_source, &[401, 403, 404]) } }));
     paths.insert("/apis/thinfleet.io/v1/bootstraptokens".into(), json!({ "post": { "summary": "Create a bootstrap token", "responses": ok(json!({ "type": "object", "properties": { "token": { "type": "string" } } }), auth) } }));
     paths.insert("/blobs".into(), json!({ "put": { "summary": "Upload a blob", "parameters": [ { "name": "sha256", "in": "query", "schema": { "type": "string", "pattern": "^[0-9a-f]{64}$" } } ],
         "requestBody": { "required": true, "content": { "application/octet-stream": { "schema": { "type": "string", "format": "binary" } } } },

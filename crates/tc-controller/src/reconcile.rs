@@ -28,7 +28,7 @@ use tc_reconcile::{
 use tc_store::{ClientStatusEntry, Store, Write};
 
 use crate::Controller;
-use crate::fleet::{ClientSlot, LiveStatus, Served};
+use crate::fleet::{ClientRuntime, ClientSlot, LiveStatus, Served};
 
 /// Runs passes when woken, and at least every `resync` interval, until shutdown.
 pub async fn run(controller: Arc<Controller>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
@@ -108,16 +108,14 @@ impl ServedCache {
         }
     }
 
-    /// What a client assigned `assigned` at `revision` is served. A package whose release is
-    /// gone from the catalog keeps the details `previous` served it with, so that deleting a
-    /// release never makes agents remove a package (such a list is the client's own).
-    pub fn served(
-        &mut self,
-        assigned: &[AssignedPackage],
-        revision: u64,
-        catalog: &ReleaseCatalog,
-        previous: &Served,
-    ) -> Served {
+    /// What `client` is served for what it is assigned now (`status.desired` at
+    /// `status.desiredRevision`). A package whose release is gone from the catalog keeps the
+    /// details the client was served it with, so that deleting a release never makes agents
+    /// remove a package (such a list is the client's own).
+    pub fn served(&mut self, client: &ClientRuntime, catalog: &ReleaseCatalog) -> Served {
+        let assigned: &[AssignedPackage] = &client.status.desired;
+        let revision = client.status.desired_revision;
+        let previous = &client.served;
         if let Some(packages) = self.lists.get(assigned) {
             return Served {
                 revision,
@@ -801,12 +799,7 @@ fn compute(
                 now,
             );
         if retried {
-            let served = cache.served(
-                &state.status.desired,
-                state.status.desired_revision,
-                catalog,
-                &state.served,
-            );
+            let served = cache.served(state, catalog);
             outcome
                 .changes
                 .push(Change::new(slot, &state.status, Some(served)));
@@ -902,12 +895,7 @@ fn compute(
         }
         // Keep the served state in line with the catalog (at start-up, after a release changed),
         // sharing one package list among clients with the same assignment.
-        let served = cache.served(
-            &state.status.desired,
-            state.status.desired_revision,
-            catalog,
-            &state.served,
-        );
+        let served = cache.served(state, catalog);
         if !Arc::ptr_eq(&served.packages, &state.served.packages) {
             let moved = served.revision != state.served.revision;
             state.served = served;
@@ -1004,12 +992,7 @@ fn compute(
                 &desire.desire,
                 &new_health,
             );
-            let served = cache.served(
-                &state.status.desired,
-                state.status.desired_revision,
-                catalog,
-                &state.served,
-            );
+            let served = cache.served(&state, catalog);
             outcome
                 .changes
                 .push(Change::new(&client.slot, &state.status, Some(served)));
@@ -1046,12 +1029,7 @@ pub fn initial_desired(controller: &Controller, store: &dyn Store) -> tc_store::
     let mut cache = ServedCache::default().for_releases(&releases);
     for slot in controller.fleet.slots() {
         let mut state = slot.state.lock().expect("client lock");
-        let served = cache.served(
-            &state.status.desired,
-            state.status.desired_revision,
-            &catalog,
-            &state.served,
-        );
+        let served = cache.served(&state, &catalog);
         slot.revision.send_replace(served.revision);
         state.served = served;
     }

@@ -576,6 +576,14 @@ async fn openapi_describes_the_routes() {
         assert!(document["paths"][path].is_object(), "{path} missing");
     }
     assert!(document["components"]["schemas"]["ClientGroupSpec"].is_object());
+    let sources = &document["paths"]["/apis/thinfleet.io/v1/sources"]["get"]["responses"]["200"];
+    assert_eq!(
+        sources["content"]["application/json"]["schema"]["properties"]["items"]["items"]["$ref"],
+        "#/components/schemas/SourceStatus"
+    );
+    assert!(
+        document["components"]["schemas"]["SourceStatus"]["properties"]["syncPending"].is_object()
+    );
     let (_, metrics) = api.get("/metrics").await;
     assert!(
         metrics

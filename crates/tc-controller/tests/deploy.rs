@@ -49,27 +49,7 @@ fn the_controller_unit_verifies_and_its_flags_parse() {
     );
     let path = dir.path().join("tc-controller.service");
     std::fs::write(&path, local).unwrap();
-    let output = match Command::new("systemd-analyze")
-        .args(["verify", "--man=no"])
-        .arg(&path)
-        .output()
-    {
-        Ok(output) => output,
-        Err(error) => panic!(
-            "cannot run systemd-analyze ({error}): it is needed to check tc-controller.service; \
-             install it (Debian and Ubuntu: `apt-get install systemd`)"
-        ),
-    };
-    assert!(
-        output.status.success(),
-        "systemd-analyze verify: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(
-        output.stderr.is_empty(),
-        "systemd-analyze verify warned: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    tc_testkit::deploy::verify_unit(&path);
 }
 
 #[test]

@@ -7,179 +7,17 @@
 //! This is the slowest suite (about a minute). It needs the `tc-agent` and `tcadm` binaries, which
 //! `cargo test --workspace` builds before running any test.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-
-struct Controller {
-    child: Child,
-}
-
-impl Drop for Controller {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn binary(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_BIN_EXE_tc-controller"))
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    let path = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        path.is_file(),
-        "{} is missing: run the suite with `cargo test --workspace`, which builds it",
-        path.display()
-    );
-    path
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
-}
-
-struct Fleet {
-    root: PathBuf,
-    server: String,
-    token: String,
-}
-
-impl Fleet {
-    fn tcadm(&self, args: &[&str]) -> String {
-        let output = Command::new(binary("tcadm"))
-            .args(["--server", &self.server, "--token", &self.token])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "tcadm {args:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8(output.stdout).unwrap()
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let mut all = args.to_vec();
-        all.extend(["-o", "json"]);
-        serde_json::from_str(&self.tcadm(&all)).unwrap()
-    }
-
-    /// (client, package) -> (version, state, activeVersion) for every reported package.
-    fn reports(&self) -> Vec<(String, String, String, String, Option<String>)> {
-        let clients = self.json(&["get", "clients"]);
-        let mut rows = vec![];
-        for client in clients["items"].as_array().unwrap() {
-            for package in client["status"]["packages"]
-                .as_array()
-                .into_iter()
-                .flatten()
-            {
-                rows.push((
-                    client["metadata"]["name"].as_str().unwrap().to_string(),
-                    package["name"].as_str().unwrap().to_string(),
-                    package["version"].as_str().unwrap().to_string(),
-                    package["state"].as_str().unwrap().to_string(),
-                    package["activeVersion"].as_str().map(String::from),
-                ));
-            }
-        }
-        rows
-    }
-
-    fn edit(&self, file: &str, from: &str, to: &str) {
-        let path = self.root.join(file);
-        let text = std::fs::read_to_string(&path).unwrap();
-        assert!(text.contains(from), "{from} not in {file}");
-        std::fs::write(&path, text.replacen(from, to, 1)).unwrap();
-    }
-
-    fn wait_until(&self, what: &str, limit: Duration, check: impl Fn(&Fleet) -> bool) {
-        let deadline = Instant::now() + limit;
-        while !check(self) {
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting until {what}; clients: {:?}",
-                self.reports()
-            );
-            std::thread::sleep(Duration::from_millis(250));
-        }
-    }
-
-    fn installed(&self, client: &str, package: &str, version: &str) -> bool {
-        self.reports()
-            .iter()
-            .any(|(c, p, v, s, _)| c == client && p == package && v == version && s == "Installed")
-    }
-
-    fn events(&self, kind: &str) -> Vec<Value> {
-        self.json(&["get", "events"])["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|e| e["object"]["kind"] == kind)
-            .cloned()
-            .collect()
-    }
-}
+use common::demo::{Fleet, copy_dir};
 
 #[test]
 fn a_fleet_converges_rolls_out_rolls_back_and_prunes() {
-    let temp = tempfile::tempdir().unwrap();
-    let root = temp.path().to_path_buf();
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    copy_dir(&repo.join("manifests"), &root.join("manifests"));
-    copy_dir(&repo.join("examples"), &root.join("examples"));
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new(env!("CARGO_BIN_EXE_tc-controller"))
-        .current_dir(&root)
-        .args([
-            "--demo",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--resync-seconds",
-            "2",
-        ])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut controller = Controller { child };
-    let token_path = root.join("data/admin.token");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::fs::read_to_string(&token_path).map_or(true, |t| t.trim().is_empty()) {
-        assert!(
-            Instant::now() < deadline,
-            "the controller wrote no admin token"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let fleet = Fleet {
-        root: root.clone(),
-        server: format!("http://127.0.0.1:{port}"),
-        token: std::fs::read_to_string(&token_path)
-            .unwrap()
-            .trim()
-            .to_string(),
-    };
+    let mut fleet = Fleet::start();
+    let root = fleet.root.clone();
 
     // 1. Three agents enrol and converge on the example fleet.
     fleet.wait_until(
@@ -219,7 +57,7 @@ fn a_fleet_converges_rolls_out_rolls_back_and_prunes() {
     // From the history: never two front-desk members between "assigned 1.5.0" and "installed 1.5.0".
     let mut changing = std::collections::BTreeSet::new();
     let mut most = 0;
-    for event in fleet.events("Client") {
+    for event in fleet.events_of("Client") {
         let (client, message) = (
             event["object"]["name"].as_str().unwrap(),
             event["message"].as_str().unwrap(),
@@ -307,7 +145,7 @@ fn a_fleet_converges_rolls_out_rolls_back_and_prunes() {
         (Some("True"), Some("MembersFailed")),
         "{group}"
     );
-    let history = fleet.events("Client");
+    let history = fleet.events_of("Client");
     let failure = history
         .iter()
         .find(|e| e["reason"] == "InstallFailed")
@@ -370,13 +208,13 @@ fn a_fleet_converges_rolls_out_rolls_back_and_prunes() {
 
     // Ctrl-C stops the controller and its agents.
     let status = Command::new("kill")
-        .args(["-INT", &controller.child.id().to_string()])
+        .args(["-INT", &fleet.controller.child.id().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if let Some(status) = controller.child.try_wait().unwrap() {
+        if let Some(status) = fleet.controller.child.try_wait().unwrap() {
             assert!(status.success(), "{status}");
             break;
         }

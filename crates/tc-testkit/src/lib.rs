@@ -1,6 +1,8 @@
 //! Test support for thinfleet: a real controller in-process on `127.0.0.1:0` with a throwaway
-//! data directory, fixtures (zip packages built on the fly), and the fleet simulator ([`sim`]).
+//! data directory, fixtures (zip packages built on the fly), the fleet simulator ([`sim`]), and
+//! checks of the deployment files ([`deploy`]).
 
+pub mod deploy;
 pub mod sim;
 
 use std::io::Write;

@@ -1,6 +1,5 @@
 //! The controller's HTTP API (see `docs/api.md`), spoken with a blocking HTTP client.
 
-use std::fmt;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Once;
@@ -11,7 +10,7 @@ use reqwest::{Method, StatusCode, Url};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use tc_api::{Event, Kind};
+use tc_api::{Cause, Event, Kind};
 
 /// Path prefix of the resource API.
 pub const API_PREFIX: &str = "/apis/thinfleet.io/v1";
@@ -92,45 +91,6 @@ pub fn normalize_server(server: &str) -> String {
         server.to_string()
     } else {
         format!("http://{server}")
-    }
-}
-
-/// One cause of a refused request: where in which manifest, and what.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Cause {
-    /// The manifest file, as named in the request.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub file: Option<String>,
-    /// Line, from 1.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub line: Option<usize>,
-    /// Column, from 1.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub column: Option<usize>,
-    /// Field path.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub field: Option<String>,
-    /// What is wrong.
-    #[serde(default)]
-    pub message: String,
-}
-
-impl fmt::Display for Cause {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if let Some(file) = &self.file {
-            f.write_str(file)?;
-            if let Some(line) = self.line {
-                write!(f, ":{line}")?;
-                if let Some(column) = self.column {
-                    write!(f, ":{column}")?;
-                }
-            }
-            f.write_str(": ")?;
-        }
-        if let Some(field) = &self.field {
-            write!(f, "{field}: ")?;
-        }
-        f.write_str(&self.message)
     }
 }
 

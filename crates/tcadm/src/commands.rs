@@ -500,13 +500,19 @@ fn follow_rollouts(
     outcome
 }
 
-fn rollout_status(context: &mut Context<'_>, args: &RolloutStatusArgs) -> Result<u8, CliError> {
-    if args.kind != Kind::ClientGroup {
-        return Err(CliError::Usage(format!(
-            "rollouts belong to client groups: use `tcadm rollout status clientgroup NAME`, not {}",
-            args.kind.as_str().to_ascii_lowercase()
-        )));
+/// Refuses `tcadm rollout SUBCOMMAND` for anything but a client group.
+fn rollout_of_client_group(kind: Kind, subcommand: &str) -> Result<(), CliError> {
+    if kind == Kind::ClientGroup {
+        return Ok(());
     }
+    Err(CliError::Usage(format!(
+        "rollouts belong to client groups: use `tcadm rollout {subcommand} clientgroup NAME`, not {}",
+        kind.as_str().to_ascii_lowercase()
+    )))
+}
+
+fn rollout_status(context: &mut Context<'_>, args: &RolloutStatusArgs) -> Result<u8, CliError> {
+    rollout_of_client_group(args.kind, "status")?;
     let client = context.client()?;
     let name = &args.name;
     if args.watch {
@@ -560,12 +566,7 @@ fn rollout_status(context: &mut Context<'_>, args: &RolloutStatusArgs) -> Result
 }
 
 fn rollout_retry(context: &mut Context<'_>, args: &RolloutTargetArgs) -> Result<u8, CliError> {
-    if args.kind != Kind::ClientGroup {
-        return Err(CliError::Usage(format!(
-            "rollouts belong to client groups: use `tcadm rollout retry clientgroup NAME`, not {}",
-            args.kind.as_str().to_ascii_lowercase()
-        )));
-    }
+    rollout_of_client_group(args.kind, "retry")?;
     let client = context.client()?;
     let answer = client.retry_group(&args.name)?;
     writeln!(

@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tc_api::decode::{Document, Limits, decode_document, join_path, parse_documents_until_error};
-use tc_api::{DecodeError, DecodeErrors, Kind, Object, Position, decode_objects};
+use tc_api::{Cause, DecodeError, DecodeErrors, Kind, Object, Position, decode_objects};
 
-use crate::api::{ApiError, Cause, FileBody};
+use crate::api::{ApiError, FileBody};
 
 /// Extensions taken from a directory.
 pub const MANIFEST_EXTENSIONS: [&str; 3] = ["yaml", "yml", "json"];

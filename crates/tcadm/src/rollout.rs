@@ -1,7 +1,7 @@
 //! Whether a group's rollout is done, still going, or failed, judged from its status.
 
 use tc_api::meta::find_condition;
-use tc_api::{ClientGroup, ConditionStatus};
+use tc_api::{ClientGroup, ConditionStatus, Kind, SourceStatus};
 
 /// The `Degraded` reason that means members failed to install the group's packages.
 pub const MEMBERS_FAILED: &str = "MembersFailed";
@@ -129,10 +129,7 @@ pub fn rollout_state(group: &ClientGroup, expected: &[ExpectedRelease]) -> Rollo
 /// Whether the group's rollout must wait for a watched directory first: a source that defines the
 /// group has changes it has not applied yet, so the group's status may still be for the
 /// directory's previous content (a file changed a moment ago). The text says what is awaited.
-pub fn awaiting_source_sync(
-    group: &str,
-    sources: &[crate::sources::SourceStatus],
-) -> Option<String> {
+pub fn awaiting_source_sync(group: &str, sources: &[SourceStatus]) -> Option<String> {
     sources
         .iter()
         .find(|source| {
@@ -140,7 +137,7 @@ pub fn awaiting_source_sync(
                 && source
                     .objects
                     .iter()
-                    .any(|o| o.kind == "ClientGroup" && o.name == group)
+                    .any(|o| o.kind == Kind::ClientGroup && o.name == group)
         })
         .map(|source| {
             format!(
@@ -314,11 +311,11 @@ mod tests {
 
     #[test]
     fn a_pending_sync_of_the_groups_directory_is_awaited() {
-        let source = |pending: bool, group: &str| crate::sources::SourceStatus {
+        let source = |pending: bool, group: &str| SourceStatus {
             name: "manifests".into(),
             sync_pending: pending,
-            objects: vec![crate::sources::SourceObject {
-                kind: "ClientGroup".into(),
+            objects: vec![tc_api::SourceObject {
+                kind: Kind::ClientGroup,
                 name: group.into(),
                 file: "groups.yaml".into(),
             }],

@@ -1,147 +1,33 @@
 //! Watched manifest directories: `tcadm get sources`, `tcadm describe source NAME`, and whether a
 //! group must wait for its directory's pending sync before its rollout can be judged.
 
-use serde::Deserialize;
 use serde_json::{Value, json};
-use tc_api::{API_VERSION, Event, Timestamp};
+use tc_api::{API_VERSION, Event, SkippedObject, SourceStatus, Timestamp};
 
-use crate::api::{ApiClient, ApiError, Cause};
+use crate::api::{ApiClient, ApiError};
 use crate::cli::{GetArgs, OutputFormat};
 use crate::commands::Context;
 use crate::describe::MAX_EVENTS;
 use crate::error::{CliError, EXIT_OK};
 use crate::format::{Table, age};
 use crate::output::{to_json, to_yaml};
-use crate::views::{events_table, one_line};
+use crate::views::{events_table, one_line, reference};
 
 /// The kind events name a source by.
 pub const SOURCE_EVENT_KIND: &str = "ManifestSource";
 
-/// One watched directory's status, as `GET /apis/thinfleet.io/v1/sources` serves it.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct SourceStatus {
-    /// The source's name (the directory's base name).
-    pub name: String,
-    /// The directory on the controller.
-    #[serde(default)]
-    pub path: String,
-    /// The manager its objects are applied as (`dir:<path>`).
-    #[serde(default)]
-    pub manager: String,
-    /// The git commit (or `sha256:` content digest) last applied.
-    #[serde(default)]
-    pub revision: Option<String>,
-    /// The git ref checked out.
-    #[serde(default, rename = "ref")]
-    pub git_ref: Option<String>,
-    /// When it was last applied successfully.
-    #[serde(default)]
-    pub last_applied_time: Option<Timestamp>,
-    /// The revision of the last attempt.
-    #[serde(default)]
-    pub last_attempted_revision: Option<String>,
-    /// When it was last read and applied, successfully or not.
-    #[serde(default)]
-    pub last_attempt_time: Option<Timestamp>,
-    /// Changes wait for a sync.
-    #[serde(default)]
-    pub sync_pending: bool,
-    /// Objects applied by the last successful sync.
-    #[serde(default)]
-    pub objects: Vec<SourceObject>,
-    /// Objects left alone (`thinfleet.io/reconcile: disabled`).
-    #[serde(default)]
-    pub skipped: Vec<SourceItem>,
-    /// Objects not applied because of a conflict of their own.
-    #[serde(default)]
-    pub conflicts: Vec<SourceItem>,
-    /// Releases whose prune waits until no client is assigned them.
-    #[serde(default)]
-    pub pending_prunes: Vec<SourcePendingPrune>,
-    /// Objects put back since the controller started.
-    #[serde(default)]
-    pub drift_corrections: u64,
-    /// Why the directory is not applied, if it is not.
-    #[serde(default)]
-    pub error: Option<String>,
-    /// Where the error points.
-    #[serde(default)]
-    pub causes: Vec<Cause>,
-    /// Failed attempts in a row.
-    #[serde(default)]
-    pub failures: u32,
-    /// When a failing directory is tried again.
-    #[serde(default)]
-    pub next_retry_time: Option<Timestamp>,
-}
-
-/// An object a source applied.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
-pub struct SourceObject {
-    /// `ClientGroup` or `PackageRelease`.
-    pub kind: String,
-    /// Its name.
-    pub name: String,
-    /// The file that defines it.
-    #[serde(default)]
-    pub file: String,
-}
-
-/// An object a source left alone, and why.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
-pub struct SourceItem {
-    /// Kind.
-    pub kind: String,
-    /// Name.
-    pub name: String,
-    /// `ReconcileDisabled` or `Conflict`.
-    #[serde(default)]
-    pub reason: String,
-    /// A sentence.
-    #[serde(default)]
-    pub message: String,
-    /// Where the object is defined.
-    #[serde(default)]
-    pub file: Option<String>,
-    /// Line.
-    #[serde(default)]
-    pub line: Option<usize>,
-    /// Column.
-    #[serde(default)]
-    pub column: Option<usize>,
-}
-
-/// A release whose prune waits.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
-pub struct SourcePendingPrune {
-    /// Kind.
-    pub kind: String,
-    /// Name.
-    pub name: String,
-    /// Clients assigned it at the last sync.
-    #[serde(default)]
-    pub clients: u64,
-}
-
-/// `kind/name` with the kind in lower case.
-fn reference(kind: &str, name: &str) -> String {
-    format!("{}/{name}", kind.to_ascii_lowercase())
-}
-
-impl SourceStatus {
-    /// One word: `Failed` (nothing applied, the last good state stays), `Pending` (changes wait
-    /// for a sync), `Degraded` (objects in conflict, the others applied) or `Synced`.
-    pub fn state(&self) -> &'static str {
-        if self.error.is_some() {
-            "Failed"
-        } else if self.sync_pending {
-            "Pending"
-        } else if !self.conflicts.is_empty() {
-            "Degraded"
-        } else {
-            "Synced"
-        }
+/// One word for a source's state: `Failed` (nothing applied, the last good state stays),
+/// `Pending` (changes wait for a sync), `Degraded` (objects in conflict, the others applied) or
+/// `Synced`.
+pub fn source_state(source: &SourceStatus) -> &'static str {
+    if source.error.is_some() {
+        "Failed"
+    } else if source.sync_pending {
+        "Pending"
+    } else if !source.conflicts.is_empty() {
+        "Degraded"
+    } else {
+        "Synced"
     }
 }
 
@@ -177,7 +63,7 @@ pub fn sources_table(sources: &[SourceStatus], wide: bool, now: Timestamp) -> Ta
     for source in sources {
         let mut row = vec![
             source.name.clone(),
-            source.state().to_string(),
+            source_state(source).to_string(),
             short_revision(source.revision.as_deref()),
             source.objects.len().to_string(),
             source.skipped.len().to_string(),
@@ -201,7 +87,7 @@ fn time_text(time: Option<Timestamp>, now: Timestamp) -> String {
     }
 }
 
-fn place(item: &SourceItem) -> String {
+fn place(item: &SkippedObject) -> String {
     match (&item.file, item.line, item.column) {
         (Some(file), Some(line), Some(column)) => format!("{file}:{line}:{column}"),
         (Some(file), _, _) => file.clone(),
@@ -215,7 +101,7 @@ pub fn describe_source(source: &SourceStatus, events: &[Event], now: Timestamp) 
         ("Name", source.name.clone()),
         ("Path", source.path.clone()),
         ("Manager", source.manager.clone()),
-        ("Status", source.state().to_string()),
+        ("Status", source_state(source).to_string()),
         (
             "Revision",
             match (&source.revision, &source.git_ref) {
@@ -273,20 +159,20 @@ pub fn describe_source(source: &SourceStatus, events: &[Event], now: Timestamp) 
     let mut objects = Table::new(&["OBJECT", "FILE"]);
     for object in &source.objects {
         objects.push(vec![
-            reference(&object.kind, &object.name),
+            reference(object.kind.as_str(), &object.name),
             object.file.clone(),
         ]);
     }
     section("Objects", objects);
     let mut skipped = Table::new(&["OBJECT", "MARKED IN"]);
     for item in &source.skipped {
-        skipped.push(vec![reference(&item.kind, &item.name), place(item)]);
+        skipped.push(vec![reference(item.kind.as_str(), &item.name), place(item)]);
     }
     section("Skipped (thinfleet.io/reconcile: disabled)", skipped);
     let mut conflicts = Table::new(&["OBJECT", "AT", "MESSAGE"]);
     for item in &source.conflicts {
         conflicts.push(vec![
-            reference(&item.kind, &item.name),
+            reference(item.kind.as_str(), &item.name),
             place(item),
             one_line(&item.message),
         ]);
@@ -295,7 +181,7 @@ pub fn describe_source(source: &SourceStatus, events: &[Event], now: Timestamp) 
     let mut prunes = Table::new(&["OBJECT", "CLIENTS"]);
     for prune in &source.pending_prunes {
         prunes.push(vec![
-            reference(&prune.kind, &prune.name),
+            reference(prune.kind.as_str(), &prune.name),
             prune.clients.to_string(),
         ]);
     }
@@ -448,11 +334,11 @@ mod tests {
     fn the_state_word_puts_failures_first() {
         let mut status = source();
         status.conflicts.clear();
-        assert_eq!(status.state(), "Synced");
+        assert_eq!(source_state(&status), "Synced");
         status.sync_pending = true;
-        assert_eq!(status.state(), "Pending");
+        assert_eq!(source_state(&status), "Pending");
         status.error = Some("b.yaml:6:3: spec.paused: invalid".into());
-        assert_eq!(status.state(), "Failed");
+        assert_eq!(source_state(&status), "Failed");
     }
 
     #[test]

@@ -7,12 +7,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use axum::http::StatusCode;
-use tc_api::{ArtifactStatus, Object, SourcedObject};
+use tc_api::{ArtifactStatus, Cause, Object, SourcedObject};
 
 use super::{ApplyRequest, ArtifactPaths};
 use crate::Controller;
 use crate::blobs::BlobStore;
-use crate::error::{ApiError, Cause};
+use crate::error::ApiError;
 
 /// Artifact digests by path, valid while the path's fingerprint (sizes, times, inodes and names
 /// of everything below it) stays the same.

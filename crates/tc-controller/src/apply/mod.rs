@@ -17,7 +17,9 @@ use std::time::Instant;
 
 use axum::http::StatusCode;
 use serde::Serialize;
-use tc_api::{Event, EventType, Kind, Object, ObjectRef, SourcedObject, Timestamp};
+use tc_api::{
+    Cause, Event, EventType, Kind, Object, ObjectRef, SkippedObject, SourcedObject, Timestamp,
+};
 use tc_reconcile::plan::{
     Action, PlanError, PlanItem, PlanOptions, SkipReason, Skipped, plan, reconcile_disabled,
 };
@@ -27,7 +29,7 @@ pub use artifacts::ArtifactCache;
 pub use prune::{PRUNE_PENDING, PendingPrune, run_pending_prunes};
 
 use crate::Controller;
-use crate::error::{ApiError, Cause};
+use crate::error::ApiError;
 use crate::watch::Defining;
 use prune::{applied_release_status, pending_prune_status};
 
@@ -92,27 +94,13 @@ pub struct AppliedItem {
     pub file: Option<String>,
 }
 
-/// An object an authoritative apply left alone.
+/// An object an authoritative apply left alone: what is served (and shown in the watched
+/// directory's status), and what the directory's sync needs to know besides.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
 pub struct SkippedItem {
-    /// Kind.
-    pub kind: Kind,
-    /// Name.
-    pub name: String,
-    /// `ReconcileDisabled` or `Conflict`.
-    pub reason: &'static str,
-    /// A sentence for people.
-    pub message: String,
-    /// Where the object is defined (absent for a stored object no file defines any more).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub file: Option<String>,
-    /// Line of its document, from 1.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub line: Option<usize>,
-    /// Column of its document, from 1.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub column: Option<usize>,
+    /// The object, why it was left alone, and where it is defined.
+    #[serde(flatten)]
+    pub object: SkippedObject,
     /// For `ReconcileDisabled`: the annotation is in the file (not only on the stored object).
     #[serde(skip)]
     pub disabled_in_file: bool,
@@ -510,13 +498,15 @@ fn skipped_item(skipped: &Skipped, decoded: &[SourcedObject]) -> SkippedItem {
     };
     let source = source_of(decoded, skipped.kind, &skipped.name);
     SkippedItem {
-        kind: skipped.kind,
-        name: skipped.name.clone(),
-        reason,
-        message,
-        file: source.map(|s| s.file.clone()),
-        line: source.map(|s| s.position.line),
-        column: source.map(|s| s.position.column),
+        object: SkippedObject {
+            kind: skipped.kind,
+            name: skipped.name.clone(),
+            reason: reason.to_string(),
+            message,
+            file: source.map(|s| s.file.clone()),
+            line: source.map(|s| s.position.line),
+            column: source.map(|s| s.position.column),
+        },
         disabled_in_file,
     }
 }

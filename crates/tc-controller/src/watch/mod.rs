@@ -26,18 +26,17 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use notify::{RecursiveMode, Watcher};
-use tc_api::{Event, EventType, Kind, Object, ObjectRef, Timestamp};
+use tc_api::{
+    Cause, Event, EventType, Kind, Object, ObjectRef, SkippedObject, SourceObject,
+    SourcePendingPrune, Timestamp,
+};
 use tokio::sync::watch;
 
 pub use files::{collect_files, git_head, revision};
-pub use source::{
-    Defining, Source, SourceObject, SourcePendingPrune, SourceStatus, Sources, manager_for,
-    source_name,
-};
+pub use source::{Defining, Source, Sources, manager_for, source_name};
 
 use crate::Controller;
-use crate::apply::{ApplyRequest, ApplyResult, ArtifactPaths, ManifestFile, SkippedItem};
-use crate::error::Cause;
+use crate::apply::{ApplyRequest, ApplyResult, ArtifactPaths, ManifestFile};
 use source::{Defined, SourceState};
 
 /// The event subject kind of a source.
@@ -262,10 +261,10 @@ fn update_state(
         .drift_corrections
         .fetch_add(drift.len() as u64, Ordering::SeqCst);
     events.extend(drift);
-    let (conflicts, skipped): (Vec<SkippedItem>, Vec<SkippedItem>) = result
+    let (conflicts, skipped): (Vec<SkippedObject>, Vec<SkippedObject>) = result
         .skipped
         .iter()
-        .cloned()
+        .map(|s| s.object.clone())
         .partition(|s| s.reason == "Conflict");
     events.extend(conflict_events(
         source,
@@ -287,10 +286,10 @@ fn update_state(
         );
     }
     for skip in &result.skipped {
-        let Some(file) = skip.file.clone() else {
+        let Some(file) = skip.object.file.clone() else {
             continue;
         };
-        let key = (skip.kind, skip.name.clone());
+        let key = (skip.object.kind, skip.object.name.clone());
         let previous = state.defined.get(&key).and_then(|d| d.object.clone());
         defined.insert(
             key,
@@ -321,7 +320,7 @@ fn update_state(
         .map(|p| SourcePendingPrune {
             kind: p.kind,
             name: p.name.clone(),
-            clients: p.clients,
+            clients: p.clients as u64,
         })
         .collect();
 
@@ -400,8 +399,8 @@ fn drift_events(
 /// A Warning on each object in conflict, once: again only when its conflict changes.
 fn conflict_events(
     source: &Source,
-    before: &[SkippedItem],
-    conflicts: &[SkippedItem],
+    before: &[SkippedObject],
+    conflicts: &[SkippedObject],
     now: Timestamp,
 ) -> Vec<Event> {
     for old in before {

@@ -1,5 +1,6 @@
-//! A watched directory's shared state: its status as served, what its files define (for API writes
-//! that the directory takes back), and the counters that say whether a sync is pending.
+//! A watched directory's shared state: its status as served ([`tc_api::SourceStatus`]), what its
+//! files define (for API writes that the directory takes back), and the counters that say whether a
+//! sync is pending.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -7,93 +8,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::Serialize;
-use tc_api::{Event, EventType, Kind, Object, ObjectRef, Timestamp};
+use tc_api::{Event, EventType, Kind, Object, ObjectRef, SourceStatus, Timestamp};
 use tc_store::Write;
 use tokio::sync::Notify;
 
-use crate::apply::{ArtifactCache, SkippedItem};
-use crate::error::Cause;
-
-/// One object a source's files define.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct SourceObject {
-    /// Kind.
-    pub kind: Kind,
-    /// Name.
-    pub name: String,
-    /// The file that defines it.
-    pub file: String,
-}
-
-/// A prune of the source that waits until no client is assigned the release.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct SourcePendingPrune {
-    /// Kind.
-    pub kind: Kind,
-    /// Name.
-    pub name: String,
-    /// Clients assigned it at the last sync.
-    pub clients: usize,
-}
-
-/// The state of one watched directory, served on `/apis/thinfleet.io/v1/sources`.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct SourceStatus {
-    /// The source's name: the directory's base name.
-    pub name: String,
-    /// The directory.
-    pub path: String,
-    /// The manager its objects are applied as.
-    pub manager: String,
-    /// The revision last applied: the git commit checked out when the directory is in a git
-    /// checkout, otherwise `sha256:` over the files' names and contents.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub revision: Option<String>,
-    /// The git ref checked out (`refs/heads/main`), if any.
-    #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
-    pub git_ref: Option<String>,
-    /// When it was last applied successfully.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub last_applied_time: Option<Timestamp>,
-    /// The revision of the last attempt (differs from `revision` while the directory fails).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub last_attempted_revision: Option<String>,
-    /// When it was last read and applied, successfully or not.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub last_attempt_time: Option<Timestamp>,
-    /// True while changes (of its files, or API writes to its objects) wait for a sync.
-    pub sync_pending: bool,
-    /// Objects applied by the last successful sync.
-    pub objects: Vec<SourceObject>,
-    /// Objects left alone because they are marked `thinfleet.io/reconcile: disabled`.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub skipped: Vec<SkippedItem>,
-    /// Objects not applied because of a conflict of their own (a changed release, a second release
-    /// of one version); every other object applies.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub conflicts: Vec<SkippedItem>,
-    /// Releases whose prune waits until no client is assigned them.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub pending_prunes: Vec<SourcePendingPrune>,
-    /// Objects put back since the controller started (re-created, content or manager restored).
-    pub drift_corrections: u64,
-    /// The current error, if the directory's content is not applied.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    /// Where the error points.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub causes: Vec<Cause>,
-    /// Failed attempts in a row.
-    #[serde(skip_serializing_if = "tc_api::meta::is_zero")]
-    pub failures: u32,
-    /// When a failing directory is tried again (sooner if its files change).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub next_retry_time: Option<Timestamp>,
-}
+use crate::apply::ArtifactCache;
 
 /// The watched directories (one per controller today).
 #[derive(Default)]

@@ -2,6 +2,8 @@
 
 #![allow(dead_code, unused_imports)]
 
+pub mod demo;
+
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
