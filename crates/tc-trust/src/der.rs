@@ -103,6 +103,68 @@ pub fn not_after(certificate: &[u8]) -> Result<i64, DerError> {
     parse_time(not_after.tag, not_after.content)
 }
 
+/// The DNS names and IP addresses of the certificate's subjectAltName extension, as text
+/// (`localhost`, `127.0.0.1`, `::1`).
+pub fn subject_alt_names(certificate: &[u8]) -> Result<Vec<String>, DerError> {
+    const EXTENSIONS: u8 = 0xa3;
+    const SUBJECT_ALT_NAME: &[u8] = &[0x06, 0x03, 0x55, 0x1d, 0x11];
+    const OCTET_STRING: u8 = 0x04;
+    const DNS_NAME: u8 = 0x82;
+    const IP_ADDRESS: u8 = 0x87;
+    let (outer, _) = element(certificate)?;
+    let (tbs, _) = element(outer.content)?;
+    let spki = subject_public_key_info(certificate)?;
+    // What follows the SubjectPublicKeyInfo: optional unique ids, then the extensions.
+    let offset = spki.as_ptr() as usize - tbs.content.as_ptr() as usize + spki.len();
+    let mut rest = &tbs.content[offset..];
+    let mut names = vec![];
+    while !rest.is_empty() {
+        let (field, after) = element(rest)?;
+        rest = after;
+        if field.tag != EXTENSIONS {
+            continue;
+        }
+        let (list, _) = element(field.content)?;
+        let mut extensions = list.content;
+        while !extensions.is_empty() {
+            let (extension, after) = element(extensions)?;
+            extensions = after;
+            if !extension.content.starts_with(SUBJECT_ALT_NAME) {
+                continue;
+            }
+            let mut parts = &extension.content[SUBJECT_ALT_NAME.len()..];
+            let value = loop {
+                let (part, after) = element(parts)?;
+                parts = after;
+                if part.tag == OCTET_STRING {
+                    break part.content;
+                }
+            };
+            let (general_names, _) = element(value)?;
+            let mut entries = general_names.content;
+            while !entries.is_empty() {
+                let (entry, after) = element(entries)?;
+                entries = after;
+                match (entry.tag, entry.content.len()) {
+                    (DNS_NAME, _) => {
+                        names.push(String::from_utf8_lossy(entry.content).into_owned())
+                    }
+                    (IP_ADDRESS, 4) => {
+                        let octets: [u8; 4] = entry.content.try_into().expect("four bytes");
+                        names.push(std::net::Ipv4Addr::from(octets).to_string());
+                    }
+                    (IP_ADDRESS, 16) => {
+                        let octets: [u8; 16] = entry.content.try_into().expect("16 bytes");
+                        names.push(std::net::Ipv6Addr::from(octets).to_string());
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    Ok(names)
+}
+
 /// UTCTime (`YYMMDDHHMMSSZ`) or GeneralizedTime (`YYYYMMDDHHMMSSZ`), as RFC 5280 requires them.
 fn parse_time(tag: u8, text: &[u8]) -> Result<i64, DerError> {
     let bad = DerError("bad time");
@@ -155,15 +217,33 @@ mod tests {
     fn times_of_both_encodings() {
         assert_eq!(parse_time(UTC_TIME, b"700101000000Z"), Ok(0));
         assert_eq!(parse_time(UTC_TIME, b"000229120000Z"), Ok(951_825_600));
-        assert_eq!(parse_time(GENERALIZED_TIME, b"20500101000000Z"), Ok(2_524_608_000));
-        assert_eq!(parse_time(UTC_TIME, b"700101000000+"), Err(DerError("bad time")));
-        assert_eq!(parse_time(UTC_TIME, b"701301000000Z"), Err(DerError("bad time")));
-        assert_eq!(parse_time(GENERALIZED_TIME, b"700101000000Z"), Err(DerError("bad time")));
+        assert_eq!(
+            parse_time(GENERALIZED_TIME, b"20500101000000Z"),
+            Ok(2_524_608_000)
+        );
+        assert_eq!(
+            parse_time(UTC_TIME, b"700101000000+"),
+            Err(DerError("bad time"))
+        );
+        assert_eq!(
+            parse_time(UTC_TIME, b"701301000000Z"),
+            Err(DerError("bad time"))
+        );
+        assert_eq!(
+            parse_time(GENERALIZED_TIME, b"700101000000Z"),
+            Err(DerError("bad time"))
+        );
     }
 
     #[test]
     fn garbage_is_an_error_not_a_panic() {
-        for input in [&b""[..], b"\x30", b"\x30\x85\0\0\0\0\0", b"\x30\x02\x30\x00", b"\x04\x00"] {
+        for input in [
+            &b""[..],
+            b"\x30",
+            b"\x30\x85\0\0\0\0\0",
+            b"\x30\x02\x30\x00",
+            b"\x04\x00",
+        ] {
             assert!(subject_public_key_info(input).is_err(), "{input:?}");
             assert!(not_after(input).is_err(), "{input:?}");
         }

@@ -175,10 +175,9 @@ pub fn certificate_pem(der: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut encoded = String::with_capacity(der.len() * 4 / 3 + 4);
     for chunk in der.chunks(3) {
-        let value = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |value, (i, &byte)| value | u32::from(byte) << (16 - 8 * i));
+        let value = chunk.iter().enumerate().fold(0u32, |value, (i, &byte)| {
+            value | u32::from(byte) << (16 - 8 * i)
+        });
         for i in 0..4 {
             if i <= chunk.len() {
                 encoded.push(char::from(ALPHABET[(value >> (18 - 6 * i) & 63) as usize]));

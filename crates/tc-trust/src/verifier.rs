@@ -2,8 +2,8 @@
 
 use std::sync::{Arc, Mutex};
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, DigitallySignedStruct, Error, OtherError, SignatureScheme};
@@ -68,10 +68,7 @@ impl PinnedCaVerifier {
     }
 
     /// The verifier anchored on `anchor`, reusing the last one for the same certificate.
-    fn anchored_on(
-        &self,
-        anchor: &CertificateDer<'_>,
-    ) -> Result<Arc<WebPkiServerVerifier>, Error> {
+    fn anchored_on(&self, anchor: &CertificateDer<'_>) -> Result<Arc<WebPkiServerVerifier>, Error> {
         let mut anchored = self.anchored.lock().expect("verifier lock");
         if let Some((certificate, verifier)) = anchored.as_ref()
             && certificate.as_ref() == anchor.as_ref()
@@ -80,12 +77,10 @@ impl PinnedCaVerifier {
         }
         let mut roots = rustls::RootCertStore::empty();
         roots.add(anchor.clone().into_owned())?;
-        let verifier = WebPkiServerVerifier::builder_with_provider(
-            Arc::new(roots),
-            self.provider.clone(),
-        )
-        .build()
-        .map_err(|error| Error::General(error.to_string()))?;
+        let verifier =
+            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
+                .build()
+                .map_err(|error| Error::General(error.to_string()))?;
         *anchored = Some((anchor.clone().into_owned(), verifier.clone()));
         Ok(verifier)
     }

@@ -76,7 +76,10 @@ fn fingerprint_is_the_sha256_of_the_subject_public_key_info() {
     let hash = CaCertHash::of_certificate(&ca.certificate).unwrap();
     assert_eq!(hash, CaCertHash::of_spki(&ca.key_spki));
     let text = hash.to_string();
-    assert!(text.starts_with("sha256:") && text.len() == 7 + 64, "{text}");
+    assert!(
+        text.starts_with("sha256:") && text.len() == 7 + 64,
+        "{text}"
+    );
     assert_eq!(text.parse::<CaCertHash>().unwrap(), hash);
     let not_after = der::not_after(&ca.certificate).unwrap();
     assert!(not_after > 1_700_000_000, "{not_after}");
@@ -85,7 +88,12 @@ fn fingerprint_is_the_sha256_of_the_subject_public_key_info() {
 #[test]
 fn the_pinned_ca_in_the_chain_is_accepted() {
     let ca = ca("good");
-    let server = leaf(&ca, &["localhost", "127.0.0.1"], false);
+    let server = leaf(&ca, &["localhost", "127.0.0.1", "::1"], false);
+    assert_eq!(
+        der::subject_alt_names(&server).unwrap(),
+        ["localhost", "127.0.0.1", "::1"]
+    );
+    assert!(der::subject_alt_names(&ca.certificate).unwrap().is_empty());
     let pin = CaCertHash::of_certificate(&ca.certificate).unwrap();
     verify(pin, &server, &[ca.certificate.clone()], "localhost").unwrap();
     verify(pin, &server, &[ca.certificate.clone()], "127.0.0.1").unwrap();

@@ -92,6 +92,7 @@ pub async fn run(args: ConvergeArgs) -> Result<Report, String> {
     let rounds = ((256u64 << 20) / size.max(1)).clamp(args.downloads as u64 * 2, 20_000);
     let throughput = measure_downloads(
         controller.server.addr,
+        controller.tls.as_ref(),
         &token,
         &format!("/blobs/sha256/{sha_large}"),
         &sha_large,
