@@ -664,14 +664,53 @@ mod tests {
     }
 
     #[test]
+    fn the_controller_ca_comes_from_a_flag_or_the_file() {
+        let hash = format!("sha256:{}", "0f".repeat(32));
+        let pinned = cli(&["--server", "https://x", "--ca-cert-hash", &hash])
+            .settings
+            .resolve("h")
+            .unwrap();
+        assert_eq!(pinned.ca, Some(CaTrust::Pinned(hash.parse().unwrap())));
+        let temp = tempfile::tempdir().unwrap();
+        let config_path = temp.path().join("agent.yaml");
+        std::fs::write(&config_path, "server: https://x\ncaFile: ca.pem\n").unwrap();
+        let from_file = cli(&["--config", config_path.to_str().unwrap()])
+            .settings
+            .resolve("h")
+            .unwrap();
+        assert_eq!(
+            from_file.ca,
+            Some(CaTrust::File(temp.path().join("ca.pem")))
+        );
+        std::fs::write(
+            &config_path,
+            format!("server: https://x\ncaFile: ca.pem\ncaCertHash: {hash}\n"),
+        )
+        .unwrap();
+        let both = cli(&["--config", config_path.to_str().unwrap()])
+            .settings
+            .resolve("h")
+            .unwrap_err();
+        assert!(matches!(both, ConfigError::TwoCas), "{both}");
+        // A plain-HTTP controller needs no CA.
+        let plain = cli(&["--server", "http://x"])
+            .settings
+            .resolve("h")
+            .unwrap();
+        assert_eq!(plain.ca, None);
+    }
+
+    #[test]
     fn each_subcommand_takes_only_its_own_settings() {
         let parse = |arguments: &[&str]| {
             <Cli as clap::Parser>::try_parse_from(
                 std::iter::once("tc-agent").chain(arguments.iter().copied()),
             )
         };
-        let run_flags: [&[&str]; 6] = [
+        let run_flags: [&[&str]; 8] = [
             &["--server", "http://x"],
+            &["--ca-cert-hash", "sha256:00"],
+            &["--ca-file", "ca.pem"],
             &["--bootstrap-token", "t"],
             &["--bootstrap-token-file", "f"],
             &["--label", "a=b"],
@@ -765,6 +804,20 @@ mod tests {
             .resolve("h")
             .unwrap_err();
         assert!(scheme.to_string().contains("http or https"), "{scheme}");
+        let https = cli(&["--server", "https://x"])
+            .settings
+            .resolve("h")
+            .unwrap_err();
+        assert!(matches!(https, ConfigError::MissingCa { .. }), "{https}");
+        assert!(https.to_string().contains("--ca-cert-hash"), "{https}");
+        let hash = cli(&["--server", "https://x", "--ca-cert-hash", "sha256:12"])
+            .settings
+            .resolve("h")
+            .unwrap_err();
+        assert!(
+            hash.to_string().contains("sha256:<64 hex digits>"),
+            "{hash}"
+        );
         let label = cli(&["--server", "http://x", "--label", "nokey"])
             .settings
             .resolve("h")
