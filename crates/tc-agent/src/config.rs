@@ -618,6 +618,7 @@ mod tests {
         std::fs::write(
             &config_path,
             "server: https://controller.example/prefix\n\
+             caFile: ca.pem\n\
              bootstrapTokenFile: token\n\
              stateDir: state\n\
              name: front-desk\n\
@@ -636,6 +637,7 @@ mod tests {
         };
         let config = settings.resolve("ignored").unwrap();
         assert_eq!(config.server.as_str(), "https://controller.example/prefix/");
+        assert_eq!(config.ca, Some(CaTrust::File(temp.path().join("ca.pem"))));
         let token = config.bootstrap_token.unwrap();
         assert_eq!(token, BootstrapToken::File(temp.path().join("token")));
         assert_eq!(token.read().unwrap(), "from-file");
