@@ -397,3 +397,59 @@ fn metric(metrics: &str, name: &str) -> f64 {
         .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
         .unwrap_or(0.0)
 }
+
+#[tokio::test]
+async fn the_binary_serves_plain_http_only_with_insecure_http() {
+    let temp = tempfile::tempdir().unwrap();
+    let data = temp.path().join("data");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let binary = env!("CARGO_BIN_EXE_tc-controller");
+    // The flag does not go with certificates.
+    let conflicting = std::process::Command::new(binary)
+        .args([
+            "--insecure-http",
+            "--tls-cert",
+            "a.crt",
+            "--tls-key",
+            "a.key",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(conflicting.status.code(), Some(2));
+
+    let mut child = std::process::Command::new(binary)
+        .args(["--insecure-http", "--no-manifests", "--listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--data-dir")
+        .arg(&data)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(DEADLINE)
+        .build()
+        .unwrap();
+    let deadline = Instant::now() + DEADLINE * 3;
+    let version = loop {
+        if let Ok(response) = http
+            .get(format!("http://127.0.0.1:{port}/version"))
+            .send()
+            .await
+            && response.status() == StatusCode::OK
+        {
+            break response.json::<serde_json::Value>().await.unwrap();
+        }
+        assert!(Instant::now() < deadline, "no plain-HTTP answer");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(version.get("caCertHash").is_none(), "{version}");
+    assert!(!data.join("pki").exists(), "no PKI is made for plain HTTP");
+}

@@ -1485,19 +1485,29 @@ impl DownloadReport {
     }
 }
 
-/// Blob throughput as the simulated agents see it: `concurrency` connections download the blob at
-/// `url` (with `token`) and verify its size and sha256, the same way installs do, until `total`
+/// A blob to download: where, and what it must be.
+#[derive(Clone, Copy, Debug)]
+pub struct BlobSpec<'a> {
+    /// Its URL path (`/blobs/sha256/<hex>`).
+    pub url: &'a str,
+    /// Its lowercase hex sha256.
+    pub sha256: &'a str,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
+/// Blob throughput as the simulated agents see it: `concurrency` connections download `blob`
+/// (with `token`) and verify its size and sha256, the same way installs do, until `total`
 /// downloads are done.
 pub async fn measure_downloads(
     server: SocketAddr,
     tls: Option<&Tls>,
     token: &str,
-    url: &str,
-    sha256: &str,
-    size: u64,
+    blob: BlobSpec<'_>,
     concurrency: usize,
     total: u64,
 ) -> DownloadReport {
+    let BlobSpec { url, sha256, size } = blob;
     let started = Instant::now();
     let next = Arc::new(AtomicU64::new(0));
     let request = Arc::new(http::build_request(

@@ -95,8 +95,20 @@ fn the_pinned_ca_in_the_chain_is_accepted() {
     );
     assert!(der::subject_alt_names(&ca.certificate).unwrap().is_empty());
     let pin = CaCertHash::of_certificate(&ca.certificate).unwrap();
-    verify(pin, &server, &[ca.certificate.clone()], "localhost").unwrap();
-    verify(pin, &server, &[ca.certificate.clone()], "127.0.0.1").unwrap();
+    verify(
+        pin,
+        &server,
+        std::slice::from_ref(&ca.certificate),
+        "localhost",
+    )
+    .unwrap();
+    verify(
+        pin,
+        &server,
+        std::slice::from_ref(&ca.certificate),
+        "127.0.0.1",
+    )
+    .unwrap();
 }
 
 #[test]
@@ -104,7 +116,13 @@ fn a_wrong_fingerprint_is_refused_naming_both() {
     let ca = ca("presented");
     let other = ca_hash("other");
     let server = leaf(&ca, &["localhost"], false);
-    let error = verify(other, &server, &[ca.certificate.clone()], "localhost").unwrap_err();
+    let error = verify(
+        other,
+        &server,
+        std::slice::from_ref(&ca.certificate),
+        "localhost",
+    )
+    .unwrap_err();
     let presented = CaCertHash::of_certificate(&ca.certificate).unwrap();
     assert!(error.contains(&other.to_string()), "{error}");
     assert!(error.contains(&presented.to_string()), "{error}");
@@ -121,7 +139,13 @@ fn the_pinned_certificate_must_also_have_issued_the_server_certificate() {
     let attacker = ca("attacker");
     let forged = leaf(&attacker, &["localhost"], false);
     let pin = CaCertHash::of_certificate(&real.certificate).unwrap();
-    let error = verify(pin, &forged, &[real.certificate.clone()], "localhost").unwrap_err();
+    let error = verify(
+        pin,
+        &forged,
+        std::slice::from_ref(&real.certificate),
+        "localhost",
+    )
+    .unwrap_err();
     assert!(error.contains("invalid peer certificate"), "{error}");
 }
 
@@ -130,13 +154,25 @@ fn name_and_validity_are_checked_against_the_pinned_anchor() {
     let ca = ca("checks");
     let pin = CaCertHash::of_certificate(&ca.certificate).unwrap();
     let server = leaf(&ca, &["localhost"], false);
-    let wrong_name = verify(pin, &server, &[ca.certificate.clone()], "example.org").unwrap_err();
+    let wrong_name = verify(
+        pin,
+        &server,
+        std::slice::from_ref(&ca.certificate),
+        "example.org",
+    )
+    .unwrap_err();
     assert!(
         wrong_name.contains("certificate not valid for name"),
         "{wrong_name}"
     );
     let expired = leaf(&ca, &["localhost"], true);
-    let error = verify(pin, &expired, &[ca.certificate.clone()], "localhost").unwrap_err();
+    let error = verify(
+        pin,
+        &expired,
+        std::slice::from_ref(&ca.certificate),
+        "localhost",
+    )
+    .unwrap_err();
     assert!(error.contains("expired"), "{error}");
 }
 

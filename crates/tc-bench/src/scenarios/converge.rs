@@ -94,9 +94,11 @@ pub async fn run(args: ConvergeArgs) -> Result<Report, String> {
         controller.server.addr,
         controller.tls.as_ref(),
         &token,
-        &format!("/blobs/sha256/{sha_large}"),
-        &sha_large,
-        size,
+        tc_testkit::sim::BlobSpec {
+            url: &format!("/blobs/sha256/{sha_large}"),
+            sha256: &sha_large,
+            size,
+        },
         args.downloads,
         rounds,
     )
