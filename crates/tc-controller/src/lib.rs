@@ -520,7 +520,7 @@ pub async fn serve_with(
         )));
     }
     if let Some(tls) = controller.tls.clone() {
-        tasks.push(tokio::spawn(tls::watch_files(
+        tasks.push(tokio::spawn(tls::maintain(
             tls,
             controller.config.tls_reload_interval,
             stopping.clone(),

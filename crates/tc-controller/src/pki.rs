@@ -1,8 +1,8 @@
 //! The controller's own PKI, made at first start in `<data>/pki/`: a CA (`ca.crt`, `ca.key`,
 //! ECDSA P-256, 10 years) and a server certificate it signs (`server.crt`, `server.key`, 1 year).
 //!
-//! The server certificate is issued again at start when less than 30 days remain or when the
-//! names it should carry changed (`localhost`, `127.0.0.1`, `::1`, the machine's host name, the
+//! The server certificate is issued again when less than 30 days remain (at start, and while
+//! running by [`crate::tls::maintain`]) or, at start, when the names it should carry changed (`localhost`, `127.0.0.1`, `::1`, the machine's host name, the
 //! listen address when it is a specific IP, and every `--tls-san`). The CA is never replaced:
 //! agents pin its fingerprint. Keys are mode 0600, `pki/` 0700.
 
@@ -297,4 +297,56 @@ fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), PkiError> {
     file.write_all(bytes).map_err(io)?;
     file.sync_all().map_err(io)?;
     std::fs::rename(&temporary, path).map_err(io)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: i64 = 1_800_000_000;
+
+    #[test]
+    fn the_server_certificate_is_issued_again_near_its_end_or_for_new_names() {
+        let temp = tempfile::tempdir().unwrap();
+        let dir = temp.path().join("pki");
+        let names = server_names(&["fleet.example".into(), "10.0.0.7".into()], None);
+        let first = load_or_create(&dir, &names, NOW).unwrap();
+        assert!(first.issued);
+        let sans = tc_trust::der::subject_alt_names(&first.chain[0]).unwrap();
+        for name in ["localhost", "127.0.0.1", "::1", "fleet.example", "10.0.0.7"] {
+            assert!(sans.iter().any(|san| san == name), "{name}: {sans:?}");
+        }
+        let end = tc_trust::der::not_after(&first.chain[0]).unwrap();
+        assert_eq!(end, NOW + SERVER_DAYS * DAY);
+
+        // A start within the year keeps it.
+        let kept = load_or_create(&dir, &names, NOW + 300 * DAY).unwrap();
+        assert!(!kept.issued);
+        assert_eq!(kept.chain[0], first.chain[0]);
+        // Less than 30 days left: a new one, from the same CA.
+        let renewed = load_or_create(&dir, &names, end - 29 * DAY).unwrap();
+        assert!(renewed.issued);
+        assert_eq!(renewed.ca_hash, first.ca_hash);
+        assert_eq!(renewed.ca, first.ca);
+        // A name that was not there: a new one too.
+        let mut more = names.clone();
+        more.push("kiosk-gateway.example".into());
+        assert!(load_or_create(&dir, &more, end - 29 * DAY).unwrap().issued);
+    }
+
+    #[test]
+    fn half_a_ca_is_an_error_not_a_new_ca() {
+        let temp = tempfile::tempdir().unwrap();
+        let dir = temp.path().join("pki");
+        load_or_create(&dir, &server_names(&[], None), NOW).unwrap();
+        std::fs::remove_file(dir.join("ca.key")).unwrap();
+        let error = load_or_create(&dir, &server_names(&[], None), NOW)
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(
+            error.contains("ca.key") && error.contains("restore"),
+            "{error}"
+        );
+    }
 }

@@ -108,6 +108,9 @@ pub struct ServerTls {
     pub config: Arc<ServerConfig>,
     /// The admin's files, watched for changes; `None` for the generated PKI.
     pub files: Option<(PathBuf, PathBuf)>,
+    /// The generated PKI's directory and the names of its server certificate, to issue it again
+    /// before it expires; `None` for the admin's files.
+    pub generated: Option<(PathBuf, Vec<String>)>,
 }
 
 impl ServerTls {
@@ -118,22 +121,18 @@ impl ServerTls {
         data_dir: &Path,
         listen: Option<IpAddr>,
     ) -> Result<Option<ServerTls>, TlsError> {
-        let (served, files) = match mode {
+        let (served, files, generated) = match mode {
             TlsMode::Disabled => return Ok(None),
             TlsMode::Generated { extra_names } => {
                 let names = pki::server_names(extra_names, listen);
-                let identity = pki::load_or_create(&data_dir.join("pki"), &names, unix_now())?;
-                let certified = certified_key(identity.chain, identity.key)
-                    .map_err(|e| TlsError::Files(format!("the generated server key: {e}")))?;
-                let served = Served {
-                    certified,
-                    ca_hash: identity.ca_hash,
-                };
-                (served, None)
+                let dir = data_dir.join("pki");
+                let served = load_generated(&dir, &names, unix_now())?;
+                (served, None, Some((dir, names)))
             }
             TlsMode::Files { cert, key } => (
                 load_files(cert, key).map_err(TlsError::Files)?,
                 Some((cert.clone(), key.clone())),
+                None,
             ),
         };
         let resolver = Arc::new(CertResolver::new(served));
@@ -142,8 +141,20 @@ impl ServerTls {
             resolver,
             config,
             files,
+            generated,
         }))
     }
+}
+
+/// The generated PKI, made or loaded (a server certificate close to its end is issued again).
+fn load_generated(dir: &Path, names: &[String], now: i64) -> Result<Served, TlsError> {
+    let identity = pki::load_or_create(dir, names, now)?;
+    let certified = certified_key(identity.chain, identity.key)
+        .map_err(|e| TlsError::Files(format!("the generated server key: {e}")))?;
+    Ok(Served {
+        certified,
+        ca_hash: identity.ca_hash,
+    })
 }
 
 /// The rustls server configuration of the controller: ring, TLS 1.2 and 1.3, ALPN `h2` then
@@ -197,6 +208,59 @@ fn stamp(path: &Path) -> Stamp {
     #[cfg(not(unix))]
     let inode = 0;
     Some((metadata.len(), metadata.modified().ok(), inode))
+}
+
+/// How often a running controller checks whether its generated server certificate needs to be
+/// issued again (it is at start too).
+const RENEWAL_CHECK: Duration = Duration::from_secs(3600);
+
+/// Keeps the served certificate current until `shutdown`: the admin's files are reloaded when
+/// they change ([`watch_files`]); the generated server certificate is issued again, without a
+/// restart, when less than [`pki::RENEW_BEFORE_DAYS`] remain (checked hourly).
+pub async fn maintain(
+    tls: Arc<ServerTls>,
+    interval: Duration,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    if tls.files.is_some() {
+        watch_files(tls, interval, shutdown).await;
+    } else {
+        renew_generated(tls, RENEWAL_CHECK, shutdown).await;
+    }
+}
+
+async fn renew_generated(
+    tls: Arc<ServerTls>,
+    every: Duration,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let Some((dir, names)) = tls.generated.clone() else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.changed() => return,
+        }
+        let now = unix_now();
+        let ends = tls
+            .resolver
+            .chain()
+            .first()
+            .and_then(|certificate| tc_trust::der::not_after(certificate).ok());
+        if ends.is_some_and(|end| end - now >= pki::RENEW_BEFORE_DAYS * 86_400) {
+            continue;
+        }
+        let (dir, names) = (dir.clone(), names.clone());
+        match tokio::task::spawn_blocking(move || load_generated(&dir, &names, now)).await {
+            Ok(Ok(served)) => {
+                tls.resolver.swap(served);
+                tracing::info!("serving the newly issued server certificate");
+            }
+            Ok(Err(error)) => tracing::error!(%error, "cannot issue the server certificate again"),
+            Err(error) => tracing::error!(%error, "cannot issue the server certificate again"),
+        }
+    }
 }
 
 /// Reloads the admin's certificate and key when either file changes (checked every `interval`),
