@@ -12,6 +12,7 @@
 //!   is due for a retry.
 
 use std::future::Future;
+use std::path::Path;
 use std::time::Duration;
 
 use reqwest::{StatusCode, Url, header};
@@ -24,7 +25,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::backoff::{Backoff, Retry};
-use crate::config::AgentConfig;
+use crate::config::{AgentConfig, CaTrust};
 use crate::download::{Fetcher, error_chain};
 use crate::engine::{Engine, EngineError, EngineOptions, Snapshot};
 use crate::inventory::{AGENT_VERSION, Collector, hostname};
@@ -102,17 +103,91 @@ pub enum AgentError {
     /// The HTTP client could not be built.
     #[error("cannot set up HTTP: {0}")]
     Http(String),
+    /// The controller's CA could not be set up.
+    #[error("cannot set up trust in the controller: {0}")]
+    Trust(#[from] tc_trust::TrustError),
 }
+
+/// Where the agent keeps the CA certificate it pinned (in its state directory).
+pub const PINNED_CA_FILE: &str = "ca.crt";
 
 /// Builds the HTTP client shared by the protocol and the downloads (with rustls on the *ring*
 /// provider, installed here if nothing installed a provider before).
-pub fn http_client() -> Result<reqwest::Client, AgentError> {
+///
+/// An `https://` server is trusted through `ca`: a CA file, or a pinned fingerprint. With a pin,
+/// the CA certificate of the first handshake that verified is stored as
+/// `<state_dir>/ca.crt` (mode 0600), and from the next start on exactly that certificate is
+/// trusted — as long as it still has the configured fingerprint.
+pub fn http_client(
+    server: &Url,
+    ca: Option<&CaTrust>,
+    state_dir: &Path,
+) -> Result<reqwest::Client, AgentError> {
     crate::install_crypto_provider();
-    reqwest::Client::builder()
+    let mut builder = reqwest::Client::builder()
         .user_agent(format!("tc-agent/{AGENT_VERSION}"))
-        .connect_timeout(Duration::from_secs(10))
+        .connect_timeout(Duration::from_secs(10));
+    if server.scheme() == "https" {
+        let ca = ca.ok_or_else(|| {
+            AgentError::Http(format!(
+                "{server} is https and no CA is configured (--ca-cert-hash or --ca-file)"
+            ))
+        })?;
+        builder = builder.use_preconfigured_tls(tls_config(ca, state_dir)?);
+    }
+    builder
         .build()
         .map_err(|error| AgentError::Http(error_chain(&error)))
+}
+
+/// The rustls configuration for `ca` (HTTP/1.1 only: the agent's client speaks nothing else).
+fn tls_config(ca: &CaTrust, state_dir: &Path) -> Result<rustls::ClientConfig, AgentError> {
+    use tc_trust::{CaCertHash, Trust};
+    let alpn = [tc_trust::ALPN_HTTP1];
+    let pin = match ca {
+        CaTrust::File(path) => {
+            return Ok(tc_trust::client_config(
+                &Trust::from_pem_file(path)?,
+                &alpn,
+                None,
+            )?);
+        }
+        CaTrust::Pinned(pin) => *pin,
+    };
+    let stored = state_dir.join(PINNED_CA_FILE);
+    if stored.exists() {
+        match tc_trust::read_pem_certificates(&stored) {
+            Ok(certificates)
+                if certificates.len() == 1
+                    && CaCertHash::of_certificate(&certificates[0]).ok() == Some(pin) =>
+            {
+                let trust = Trust::CaCertificates(certificates);
+                return Ok(tc_trust::client_config(&trust, &alpn, None)?);
+            }
+            Ok(_) => tracing::warn!(
+                path = %stored.display(),
+                ca_cert_hash = %pin,
+                "the stored CA certificate does not have the configured fingerprint; pinning again"
+            ),
+            Err(error) => {
+                tracing::warn!(%error, "the stored CA certificate is unusable; pinning again")
+            }
+        }
+    }
+    let on_pinned: tc_trust::OnPinned = Box::new(move |certificate| {
+        let pem = tc_trust::certificate_pem(certificate);
+        match write_atomic(&stored, pem.as_bytes(), 0o600) {
+            Ok(()) => {
+                tracing::info!(path = %stored.display(), ca_cert_hash = %pin, "pinned the controller's CA")
+            }
+            Err(error) => tracing::warn!(%error, "cannot store the pinned CA certificate"),
+        }
+    });
+    Ok(tc_trust::client_config(
+        &Trust::Pinned(pin),
+        &alpn,
+        Some(on_pinned),
+    )?)
 }
 
 /// The controller's agent API.
@@ -266,7 +341,11 @@ pub async fn run(
 ) -> Result<(), AgentError> {
     let dir = StateDir::new(&options.config.state_dir);
     let engine = Engine::open(dir.clone(), options.engine.clone())?;
-    let http = http_client()?;
+    let http = http_client(
+        &options.config.server,
+        options.config.ca.as_ref(),
+        &options.config.state_dir,
+    )?;
     let fetcher = Fetcher::new(
         http.clone(),
         options.config.server.clone(),

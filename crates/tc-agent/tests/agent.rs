@@ -26,6 +26,7 @@ fn options(fake: &FakeController, state_dir: &std::path::Path) -> RunOptions {
         labels: BTreeMap::from([("site".to_owned(), "berlin".to_owned())]),
         name: "kiosk-1".into(),
         machine_id: Some("machine-test-1".into()),
+        ca: None,
     });
     options.retry = Backoff::new(Duration::from_millis(50), Duration::from_millis(300));
     options.heartbeat_bounds = (Duration::from_millis(50), Duration::from_secs(3600));

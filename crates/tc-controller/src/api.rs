@@ -711,8 +711,14 @@ pub async fn metrics(State(controller): State<Arc<Controller>>) -> Response {
 }
 
 /// `GET /version`.
-pub async fn version() -> Json<Value> {
-    Json(json!({ "version": env!("CARGO_PKG_VERSION") }))
+/// `GET /version`: the controller's version and, over HTTPS, the fingerprint of its CA
+/// (`caCertHash`, what agents and `tcadm` pin; it is public, like the certificate itself).
+pub async fn version(State(controller): State<Arc<Controller>>) -> Json<Value> {
+    let mut answer = json!({ "version": env!("CARGO_PKG_VERSION") });
+    if let Some(hash) = controller.ca_cert_hash() {
+        answer["caCertHash"] = Value::String(hash);
+    }
+    Json(answer)
 }
 
 /// Fallback for unknown routes: a JSON 404.

@@ -12,8 +12,11 @@ pub mod error;
 pub mod fleet;
 pub mod metrics;
 pub mod openapi;
+pub mod pki;
 pub mod reconcile;
 pub mod rollout;
+pub mod server;
+pub mod tls;
 pub mod tokens;
 pub mod watch;
 
@@ -36,7 +39,10 @@ use crate::blobs::BlobStore;
 use crate::error::ApiError;
 use crate::fleet::{Fleet, Persister};
 use crate::metrics::Metrics;
+use crate::server::ConnectionMetrics;
 use crate::watch::Sources;
+
+pub use crate::tls::TlsMode;
 
 /// Settings key of the bootstrap token hashes (a JSON array).
 const BOOTSTRAP_TOKENS: &str = "bootstrapTokenHashes";
@@ -66,6 +72,25 @@ pub struct Config {
     pub max_apply_bytes: usize,
     /// Missed heartbeats after which a client is Offline.
     pub offline_after_missed: u32,
+    /// HTTPS with the generated PKI (the default), with the admin's files, or plain HTTP.
+    pub tls: TlsMode,
+    /// How often the admin's certificate files are checked for changes.
+    pub tls_reload_interval: Duration,
+    /// Longest TLS handshake (10 s).
+    pub handshake_timeout: Duration,
+    /// Longest wait for a connection's first bytes and for each HTTP/1 request head; also ends
+    /// HTTP/1 keep-alive connections idle for that long (30 s, hyper's own default).
+    pub header_read_timeout: Duration,
+    /// A connection with no traffic either way for this long is closed (90 s: longer than the
+    /// longest long-poll, 60 s, so a waiting long-poll is never cut).
+    pub idle_timeout: Duration,
+    /// Largest request head: HTTP/1 read buffer and HTTP/2 header list (16 KiB, as Node.js;
+    /// an agent's requests have heads of a few hundred bytes).
+    pub max_header_bytes: usize,
+    /// Connections served at once; more are closed at once (50,000: one long-poll connection
+    /// per agent for a fleet of that size talking straight to the controller; bigger fleets
+    /// raise it or multiplex through an HTTP/2 proxy).
+    pub max_connections: usize,
 }
 
 impl Config {
@@ -83,6 +108,26 @@ impl Config {
             max_blob_bytes: 4 << 30,
             max_apply_bytes: 32 << 20,
             offline_after_missed: 3,
+            tls: TlsMode::Generated {
+                extra_names: vec![],
+            },
+            tls_reload_interval: Duration::from_secs(5),
+            handshake_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(90),
+            max_header_bytes: 16 * 1024,
+            max_connections: 50_000,
+        }
+    }
+
+    /// The connection limits of the accept loop.
+    pub fn limits(&self) -> server::Limits {
+        server::Limits {
+            handshake_timeout: self.handshake_timeout,
+            header_read_timeout: self.header_read_timeout,
+            idle_timeout: self.idle_timeout,
+            max_header_bytes: self.max_header_bytes,
+            max_connections: self.max_connections,
         }
     }
 }
@@ -105,6 +150,9 @@ pub enum ServeError {
     /// The HTTP server.
     #[error("server: {0}")]
     Server(std::io::Error),
+    /// TLS could not be set up.
+    #[error("TLS: {0}")]
+    Tls(#[from] tls::TlsError),
 }
 
 /// The shared state of a running controller.
@@ -123,6 +171,10 @@ pub struct Controller {
     pub admin_token_hash: String,
     /// Metrics.
     pub metrics: Metrics,
+    /// Counters of the accept loop (registered with `metrics`).
+    pub connections: Arc<ConnectionMetrics>,
+    /// The certificate served and its CA; `None` with plain HTTP.
+    pub tls: Option<Arc<tls::ServerTls>>,
     /// Wakes the reconcile loop.
     pub reconcile_wake: Notify,
     /// Wakes the reconcile loop for what agents reported (new package states, a new inventory,
@@ -167,6 +219,14 @@ pub struct TokenFiles {
 }
 
 impl Controller {
+    /// The fingerprint of the CA agents and `tcadm` pin (`sha256:<hex>`, kubeadm's format), for
+    /// the join material; `None` when serving plain HTTP.
+    pub fn ca_cert_hash(&self) -> Option<String> {
+        self.tls
+            .as_ref()
+            .map(|tls| tls.resolver.ca_hash().to_string())
+    }
+
     /// Stores events; failures are logged (events never fail a request).
     pub async fn record(&self, events: Vec<Event>) {
         if events.is_empty() {
@@ -306,7 +366,15 @@ pub async fn open(
             Some(&serde_json::to_string(&hashes).expect("hashes serialize")),
         )?;
     }
-    let metrics = Metrics::default();
+    let server_tls = {
+        let (mode, data_dir) = (config.tls.clone(), config.data_dir.clone());
+        tokio::task::spawn_blocking(move || tls::ServerTls::setup(&mode, &data_dir, None))
+            .await
+            .map_err(|e| ServeError::Server(std::io::Error::other(e)))??
+            .map(Arc::new)
+    };
+    let mut metrics = Metrics::default();
+    let connections = ConnectionMetrics::register(&mut metrics);
     let persister = Persister::start(store.clone(), metrics.client_write_batches.clone());
     install_crypto_provider();
     let http = reqwest::Client::builder()
@@ -323,6 +391,8 @@ pub async fn open(
         fleet: Arc::new(fleet),
         persister,
         metrics,
+        connections,
+        tls: server_tls,
         reconcile_wake: Notify::new(),
         clients_changed: Notify::new(),
         served_cache: Mutex::new(Default::default()),
@@ -371,12 +441,19 @@ pub async fn serve_with(
     demo_mode: bool,
 ) -> Result<(), ServeError> {
     install_crypto_provider();
+    let addr = listener.local_addr().map_err(ServeError::Server)?;
+    let mut config = config;
+    if let TlsMode::Generated { extra_names } = &mut config.tls
+        && !addr.ip().is_unspecified()
+    {
+        extra_names.push(addr.ip().to_string());
+    }
     let (stop, stopping) = tokio::sync::watch::channel(false);
     let (controller, token_files) = open(config, stopping.clone()).await?;
+    announce(&controller, addr);
     let demo_agents = if demo_mode {
         let server_error = |e: String| ServeError::Server(std::io::Error::other(e));
         let agent = demo::agent_binary().map_err(server_error)?;
-        let addr = listener.local_addr().map_err(ServeError::Server)?;
         let host = if addr.ip().is_unspecified() {
             "127.0.0.1".to_string()
         } else {
@@ -387,7 +464,12 @@ pub async fn serve_with(
         } else {
             host
         };
-        let server = format!("http://{host}:{}", addr.port());
+        let scheme = if controller.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let server = format!("{scheme}://{host}:{}", addr.port());
         println!(
             "thinfleet demo: controller on {server}; admin token in {}",
             token_files.admin_path.display()
@@ -397,8 +479,13 @@ pub async fn serve_with(
              `tcadm rollout status clientgroup front-desk --watch`"
         );
         Some(
-            demo::start_agents(&agent, &server, &token_files.bootstrap_path)
-                .map_err(server_error)?,
+            demo::start_agents(
+                &agent,
+                &server,
+                &token_files.bootstrap_path,
+                controller.ca_cert_hash().as_deref(),
+            )
+            .map_err(server_error)?,
         )
     } else {
         None
@@ -432,19 +519,62 @@ pub async fn serve_with(
             stopping.clone(),
         )));
     }
+    if let Some(tls) = controller.tls.clone() {
+        tasks.push(tokio::spawn(tls::maintain(
+            tls,
+            controller.config.tls_reload_interval,
+            stopping.clone(),
+        )));
+    }
     let app = router(controller.clone());
     let closing = controller.clone();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        shutdown.await;
-        let _ = stop.send(true);
-        closing.fleet.close();
-    });
-    let result = server.await.map_err(ServeError::Server);
+    server::run(
+        listener,
+        app,
+        controller.tls.as_ref().map(|tls| tls.config.clone()),
+        controller.config.limits(),
+        controller.connections.clone(),
+        async move {
+            shutdown.await;
+            let _ = stop.send(true);
+            closing.fleet.close();
+        },
+    )
+    .await;
     if let Some(agents) = demo_agents {
         agents.stop().await;
     }
     for task in tasks {
         let _ = task.await;
     }
-    result
+    Ok(())
+}
+
+/// Says how the controller serves: the CA fingerprint agents and `tcadm` pin, or a warning for
+/// plain HTTP on an address other hosts can reach.
+fn announce(controller: &Controller, addr: std::net::SocketAddr) {
+    match controller.ca_cert_hash() {
+        Some(hash) => {
+            let ca = match &controller.config.tls {
+                TlsMode::Files { cert, .. } => cert.display().to_string(),
+                _ => controller
+                    .config
+                    .data_dir
+                    .join("pki/ca.crt")
+                    .display()
+                    .to_string(),
+            };
+            tracing::info!(%addr, ca_cert_hash = %hash, ca = %ca, "serving HTTPS");
+            println!("thinfleet: serving HTTPS on {addr}; CA {ca}, fingerprint {hash}");
+            println!("thinfleet: agents join with --ca-cert-hash {hash}");
+        }
+        None if addr.ip().is_loopback() => {
+            tracing::info!(%addr, "serving plain HTTP on loopback (--insecure-http)");
+        }
+        None => tracing::warn!(
+            %addr,
+            "serving plain HTTP (--insecure-http) on an address other machines can reach: tokens and \
+             packages travel unencrypted; use it only behind a TLS-terminating proxy"
+        ),
+    }
 }

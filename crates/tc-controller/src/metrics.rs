@@ -30,6 +30,32 @@ pub struct Metrics {
     pub client_write_batches: Counter,
 }
 
+impl Metrics {
+    /// Registers the accept loop's counters.
+    pub fn register_connections(&mut self, connections: &crate::server::ConnectionMetrics) {
+        self.registry.register(
+            "connections_refused",
+            "Connections closed at once because --max-connections were open",
+            connections.refused.clone(),
+        );
+        self.registry.register(
+            "tls_handshake_failures",
+            "TLS handshakes that failed or timed out",
+            connections.handshake_failures.clone(),
+        );
+        self.registry.register(
+            "connections_timed_out",
+            "Connections closed for sending nothing in time or for being idle",
+            connections.timed_out.clone(),
+        );
+        self.registry.register(
+            "connections_open",
+            "Connections being served",
+            connections.open.clone(),
+        );
+    }
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("thinfleet");

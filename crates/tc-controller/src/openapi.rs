@@ -123,7 +123,10 @@ pub fn document() -> Value {
         ("/healthz", "Liveness"),
         ("/readyz", "Readiness"),
         ("/metrics", "Prometheus metrics"),
-        ("/version", "Controller version"),
+        (
+            "/version",
+            "Controller version and the fingerprint of its CA (`caCertHash`)",
+        ),
         ("/openapi.json", "This document"),
     ] {
         paths.insert(path.into(), json!({ "get": { "summary": summary, "security": [], "responses": { "200": { "description": "OK" } } } }));

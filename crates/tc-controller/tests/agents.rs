@@ -518,8 +518,16 @@ async fn a_deleted_client_stays_deleted_until_its_agent_enrols_again() {
 
 #[tokio::test]
 async fn long_polls_multiplexed_over_h2c_learn_a_change() {
+    long_polls_multiplexed_over_http2_learn_a_change(TestController::start_insecure().await).await;
+}
+
+#[tokio::test]
+async fn long_polls_multiplexed_over_h2_by_alpn_learn_a_change() {
+    long_polls_multiplexed_over_http2_learn_a_change(TestController::start().await).await;
+}
+
+async fn long_polls_multiplexed_over_http2_learn_a_change(controller: TestController) {
     use tc_testkit::sim::{SimConfig, SimFleet, Transport, Via};
-    let controller = TestController::start().await;
     let admin = Api::admin(&controller);
     publish(&admin, "kiosk", "1.0.0").await;
     admin
@@ -530,6 +538,7 @@ async fn long_polls_multiplexed_over_h2c_learn_a_change() {
         .await;
     let (fleet, report) = SimFleet::enroll(
         &[controller.addr()],
+        controller.sim_tls().as_ref(),
         controller.bootstrap_token(),
         7,
         40,
@@ -541,6 +550,7 @@ async fn long_polls_multiplexed_over_h2c_learn_a_change() {
     assert_eq!(report.errors, 0);
     // Heartbeats an hour apart: only the long-poll can deliver the change in time.
     let mut config = SimConfig::new(controller.addr(), Duration::from_secs(3600));
+    config.tls = controller.sim_tls();
     config.long_poll_share = 1.0;
     config.long_poll_transport = Transport::Http2 {
         streams_per_connection: 16,
@@ -550,7 +560,7 @@ async fn long_polls_multiplexed_over_h2c_learn_a_change() {
     while sim.snapshot().long_polls_waiting < 40 {
         assert!(
             waiting.elapsed() < Duration::from_secs(10),
-            "long-polls over h2c were not accepted: {:?}",
+            "long-polls over HTTP/2 were not accepted: {:?}",
             sim.error_samples()
         );
         tokio::time::sleep(Duration::from_millis(20)).await;

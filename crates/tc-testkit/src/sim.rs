@@ -17,6 +17,7 @@ pub mod h2;
 pub mod http;
 pub mod inventory;
 pub mod stats;
+pub mod tls;
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -37,6 +38,7 @@ use tokio::task::JoinHandle;
 
 use self::http::Connection;
 pub use self::stats::Histogram;
+pub use self::tls::Tls;
 
 /// What went wrong setting up a simulation.
 #[derive(Debug, thiserror::Error)]
@@ -196,6 +198,8 @@ pub struct SimConfig {
     pub request_timeout: Duration,
     /// Seed of the schedule.
     pub seed: u64,
+    /// TLS to the servers (`None`: cleartext HTTP/1.1 and h2c).
+    pub tls: Option<Tls>,
 }
 
 impl SimConfig {
@@ -214,6 +218,7 @@ impl SimConfig {
             downloads: 32,
             request_timeout: Duration::from_secs(30),
             seed: 1,
+            tls: None,
         }
     }
 }
@@ -399,6 +404,7 @@ impl SimFleet {
     /// `i` has identity `i` of fleet `seed` (a different seed gives different machines).
     pub async fn enroll(
         servers: &[SocketAddr],
+        tls: Option<&Tls>,
         bootstrap_token: &str,
         seed: u64,
         count: u64,
@@ -412,6 +418,7 @@ impl SimFleet {
             let server = servers[worker % servers.len()];
             let next = next.clone();
             let bootstrap_token = bootstrap_token.to_string();
+            let tls = tls.cloned();
             tasks.push(tokio::spawn(async move {
                 let mut enrolled = vec![];
                 let mut latency = Histogram::default();
@@ -441,7 +448,7 @@ impl SimFleet {
                         &body,
                     );
                     let sent = Instant::now();
-                    match exchange(&mut connection, server, &bytes, timeout).await {
+                    match exchange(&mut connection, server, tls.as_ref(), &bytes, timeout).await {
                         Ok(response) if response.status == 200 => {
                             match serde_json::from_slice::<EnrollResponse>(&response.body) {
                                 Ok(answer) => {
@@ -875,12 +882,13 @@ impl Drop for RunningSim {
 async fn exchange(
     connection: &mut Option<Connection>,
     server: SocketAddr,
+    tls: Option<&Tls>,
     request: &[u8],
     timeout: Duration,
 ) -> std::io::Result<http::Response> {
     let result = tokio::time::timeout(timeout, async {
         if connection.as_ref().is_none_or(Connection::is_closed) {
-            *connection = Some(Connection::connect(server).await?);
+            *connection = Some(Connection::connect_with(server, tls).await?);
         }
         connection
             .as_mut()
@@ -1010,7 +1018,7 @@ async fn pool_worker(
         );
         let counters = &shared.counters;
         let result = tokio::select! {
-            result = exchange(&mut connection, server, &request, shared.config.request_timeout) => result,
+            result = exchange(&mut connection, server, shared.config.tls.as_ref(), &request, shared.config.request_timeout) => result,
             _ = stop.wait_for(|s| *s) => return,
         };
         match result {
@@ -1098,7 +1106,7 @@ async fn long_poll_http1(shared: Arc<Shared>, agent: usize, mut stop: watch::Rec
         counters.long_polls_waiting.fetch_add(1, Ordering::Relaxed);
         let limit = Duration::from_secs(timeout_seconds + 30);
         let result = tokio::select! {
-            result = exchange(&mut connection, server, &request, limit) => result,
+            result = exchange(&mut connection, server, shared.config.tls.as_ref(), &request, limit) => result,
             _ = stop.wait_for(|s| *s) => {
                 counters.long_polls_waiting.fetch_sub(1, Ordering::Relaxed);
                 return;
@@ -1190,7 +1198,7 @@ async fn long_poll_http2(
     let mut path = String::new();
     loop {
         if connection.is_none() && !due.is_empty() {
-            match h2::Connection::connect(server).await {
+            match h2::Connection::connect_with(server, shared.config.tls.as_ref()).await {
                 Ok(opened) => connection = Some(opened),
                 Err(error) => {
                     for &slot in &due {
@@ -1353,7 +1361,7 @@ async fn install_worker(
                     b"",
                 );
                 let download = tokio::select! {
-                    result = download(&mut connection, server, &request, shared.config.request_timeout) => result,
+                    result = download(&mut connection, server, shared.config.tls.as_ref(), &request, shared.config.request_timeout) => result,
                     _ = stop.wait_for(|s| *s) => return,
                 };
                 match download {
@@ -1422,12 +1430,13 @@ async fn install_worker(
 async fn download(
     connection: &mut Option<Connection>,
     server: SocketAddr,
+    tls: Option<&Tls>,
     request: &[u8],
     timeout: Duration,
 ) -> std::io::Result<(u64, String)> {
     let result = tokio::time::timeout(timeout, async {
         if connection.as_ref().is_none_or(Connection::is_closed) {
-            *connection = Some(Connection::connect(server).await?);
+            *connection = Some(Connection::connect_with(server, tls).await?);
         }
         let mut context = ring::digest::Context::new(&ring::digest::SHA256);
         let mut size = 0u64;
@@ -1476,18 +1485,29 @@ impl DownloadReport {
     }
 }
 
-/// Blob throughput as the simulated agents see it: `concurrency` connections download the blob at
-/// `url` (with `token`) and verify its size and sha256, the same way installs do, until `total`
+/// A blob to download: where, and what it must be.
+#[derive(Clone, Copy, Debug)]
+pub struct BlobSpec<'a> {
+    /// Its URL path (`/blobs/sha256/<hex>`).
+    pub url: &'a str,
+    /// Its lowercase hex sha256.
+    pub sha256: &'a str,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
+/// Blob throughput as the simulated agents see it: `concurrency` connections download `blob`
+/// (with `token`) and verify its size and sha256, the same way installs do, until `total`
 /// downloads are done.
 pub async fn measure_downloads(
     server: SocketAddr,
+    tls: Option<&Tls>,
     token: &str,
-    url: &str,
-    sha256: &str,
-    size: u64,
+    blob: BlobSpec<'_>,
     concurrency: usize,
     total: u64,
 ) -> DownloadReport {
+    let BlobSpec { url, sha256, size } = blob;
     let started = Instant::now();
     let next = Arc::new(AtomicU64::new(0));
     let request = Arc::new(http::build_request(
@@ -1501,11 +1521,20 @@ pub async fn measure_downloads(
     let mut tasks = vec![];
     for _ in 0..concurrency.max(1) {
         let (next, request, sha256) = (next.clone(), request.clone(), sha256.to_string());
+        let tls = tls.cloned();
         tasks.push(tokio::spawn(async move {
             let mut connection = None;
             let (mut bytes, mut errors) = (0u64, 0u64);
             while next.fetch_add(1, Ordering::Relaxed) < total {
-                match download(&mut connection, server, &request, Duration::from_secs(120)).await {
+                match download(
+                    &mut connection,
+                    server,
+                    tls.as_ref(),
+                    &request,
+                    Duration::from_secs(120),
+                )
+                .await
+                {
                     Ok((got, digest)) if got == size && digest == sha256 => bytes += got,
                     _ => errors += 1,
                 }
@@ -1558,6 +1587,7 @@ impl HammerReport {
 /// `c + connections`, ... in turn. Nothing is counted during `warmup`; then for `duration`.
 pub async fn hammer(
     servers: &[SocketAddr],
+    tls: Option<&Tls>,
     requests: Arc<Vec<Vec<u8>>>,
     connections: usize,
     warmup: Duration,
@@ -1572,6 +1602,7 @@ pub async fn hammer(
         let server = servers[c % servers.len()];
         let requests = requests.clone();
         let step = connections.max(1);
+        let tls = tls.cloned();
         tasks.push(tokio::spawn(async move {
             let mut latency = Histogram::default();
             let mut ok = 0u64;
@@ -1587,6 +1618,7 @@ pub async fn hammer(
                 let result = exchange(
                     &mut connection,
                     server,
+                    tls.as_ref(),
                     &requests[next],
                     Duration::from_secs(10),
                 )

@@ -10,7 +10,10 @@ use tc_api::Kind;
 pub const EXIT_CODES_HELP: &str = "\
 Connection:
   --server/TCADM_SERVER and --token/TCADM_TOKEN. With neither, tcadm talks to
-  http://127.0.0.1:7130 with the token in ./data/admin.token (the local quickstart).
+  https://127.0.0.1:7130 with the token in ./data/admin.token (the local quickstart).
+  An https controller is verified with --certificate-authority/TCADM_CA_FILE or
+  --ca-cert-hash/TCADM_CA_CERT_HASH; with neither, a local controller (localhost or a
+  loopback address) is verified with ./data/pki/ca.crt.
 
 Exit codes:
   0  success
@@ -22,7 +25,7 @@ Exit codes:
 #[derive(Debug, Parser)]
 #[command(name = "tcadm", version, after_help = EXIT_CODES_HELP)]
 pub struct Cli {
-    /// Controller URL [default: http://127.0.0.1:7130].
+    /// Controller URL [default: https://127.0.0.1:7130].
     #[arg(long, global = true, env = "TCADM_SERVER", value_name = "URL")]
     pub server: Option<String>,
     /// Admin bearer token [default: the content of ./data/admin.token, with the default server].
@@ -34,9 +37,33 @@ pub struct Cli {
         hide_env_values = true
     )]
     pub token: Option<String>,
+    /// PEM file of the CA that signs the controller's certificate [default for a local
+    /// controller: ./data/pki/ca.crt].
+    #[arg(
+        long,
+        global = true,
+        env = "TCADM_CA_FILE",
+        value_name = "FILE",
+        conflicts_with = "ca_cert_hash"
+    )]
+    pub certificate_authority: Option<PathBuf>,
+    /// Fingerprint of the controller's CA, `sha256:<hex>` (printed by the controller at start).
+    #[arg(
+        long,
+        global = true,
+        env = "TCADM_CA_CERT_HASH",
+        value_name = "sha256:HEX",
+        value_parser = parse_ca_cert_hash
+    )]
+    pub ca_cert_hash: Option<tc_trust::CaCertHash>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+fn parse_ca_cert_hash(text: &str) -> Result<tc_trust::CaCertHash, String> {
+    text.parse()
+        .map_err(|error: tc_trust::TrustError| error.to_string())
 }
 
 /// The commands.

@@ -149,7 +149,11 @@ impl Fleet {
             .current_dir(self.dir.path())
             .env_clear()
             .env("TCADM_SERVER", self.controller.url())
-            .env("TCADM_TOKEN", self.controller.admin_token());
+            .env("TCADM_TOKEN", self.controller.admin_token())
+            .env(
+                "TCADM_CA_CERT_HASH",
+                self.controller.ca_cert_hash().expect("an HTTPS controller"),
+            );
         command
     }
 
@@ -182,9 +186,16 @@ impl Fleet {
         self.run(&mut self.command(args), stdin)
     }
 
-    fn http() -> reqwest::blocking::Client {
+    fn http(&self) -> reqwest::blocking::Client {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        reqwest::blocking::Client::new()
+        let tls = self
+            .controller
+            .tls_client_config(&[b"http/1.1"])
+            .expect("an HTTPS controller");
+        reqwest::blocking::Client::builder()
+            .use_preconfigured_tls((*tls).clone())
+            .build()
+            .unwrap()
     }
 
     fn post<T: serde::de::DeserializeOwned>(
@@ -193,7 +204,8 @@ impl Fleet {
         token: Option<&str>,
         body: &impl serde::Serialize,
     ) -> T {
-        let mut request = Self::http()
+        let mut request = self
+            .http()
             .post(format!("{}{path}", self.controller.url()))
             .header("content-type", "application/json")
             .body(serde_json::to_string(body).unwrap());
@@ -1515,7 +1527,7 @@ fn without_server_or_token_the_default_address_is_used() {
         "",
     );
     let error = run.fails(3).to_string();
-    assert!(error.contains("http://127.0.0.1:7130"), "{error}");
+    assert!(error.contains("https://127.0.0.1:7130"), "{error}");
 }
 
 #[test]

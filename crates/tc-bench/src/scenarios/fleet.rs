@@ -32,6 +32,7 @@ pub async fn run(args: FleetArgs) -> Result<Report, String> {
     let enrolment = if args.enroll_http > 0 {
         let (_, report) = SimFleet::enroll(
             &[controller.server.addr],
+            controller.tls.as_ref(),
             &controller.bootstrap_token,
             args.seed ^ 0x5eed,
             args.enroll_http,

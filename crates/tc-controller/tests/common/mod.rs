@@ -27,10 +27,7 @@ impl Api {
         Api {
             base: controller.url(),
             token: token.to_string(),
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(90))
-                .build()
-                .unwrap(),
+            http: controller.http_client(),
         }
     }
 
