@@ -73,6 +73,7 @@ impl Harness {
         DesiredState {
             revision: self.revision,
             packages,
+            decommission: false,
         }
     }
 

@@ -9,19 +9,38 @@ use reqwest::{Method, StatusCode};
 use serde_json::json;
 
 #[tokio::test]
-async fn enrolment_is_idempotent_per_machine_and_tokens_are_per_client() {
+async fn re_enrolment_with_the_same_key_is_the_same_client_and_a_session_needs_the_key() {
     let controller = TestController::start().await;
     let admin = Api::admin(&controller);
     let first = SimAgent::enroll(&controller, "machine-a", json!({"site": "berlin"})).await;
-    let again = SimAgent::enroll(&controller, "machine-a", json!({"site": "paris"})).await;
-    assert_eq!(first.name, again.name);
-    // The old token stopped working; the new one works.
+    // The same key enrols again (its credentials file was lost): the same client, its labels
+    // as the agent declares them now, and no session in the answer.
+    let (status, again) = admin
+        .enroll(
+            controller.bootstrap_token(),
+            "machine-a",
+            "machine-a",
+            json!({"site": "paris"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    assert_eq!(again["clientName"], first.name.as_str());
+    assert_eq!(again["state"], "Enrolled");
+    assert!(again["session"].is_null(), "{again}");
+    // A session comes from signing a challenge with the key; another key's signature fails.
+    let (status, refused) = admin
+        .open_session(&TestIdentity::new("someone else"), &first.name)
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{refused}");
+    assert_eq!(refused["reason"], "InvalidSignature");
+    let mut again = SimAgent::enroll(&controller, "machine-a", json!({"site": "paris"})).await;
+    assert_eq!(again.name, first.name);
+    // The first session stays valid: it is the same client with the same key.
     let (status, _) = first
         .api
-        .heartbeat(json!({"protocolVersion": 1, "observedRevision": 0, "inventoryHash": ""}))
+        .heartbeat(json!({"protocolVersion": 2, "observedRevision": 0, "inventoryHash": ""}))
         .await;
-    assert_eq!(status, StatusCode::UNAUTHORIZED);
-    let mut again = again;
+    assert_eq!(status, StatusCode::OK);
     again.heartbeat().await;
     let (_, client) = admin
         .get(&format!("/apis/thinfleet.io/v1/clients/{}", again.name))
@@ -30,6 +49,10 @@ async fn enrolment_is_idempotent_per_machine_and_tokens_are_per_client() {
     assert_eq!(client["status"]["phase"], "Online");
     assert_eq!(client["metadata"]["labels"]["thinfleet.io/arch"], "x86_64");
     assert_eq!(client["status"]["inventory"]["cpuCores"], 2);
+    assert_eq!(
+        client["spec"]["publicKey"],
+        TestIdentity::new("machine-a").public_key()
+    );
 
     // Another machine asking for the same name gets a distinct one.
     let other = SimAgent::enroll(&controller, "machine-b", json!({})).await;
@@ -472,8 +495,11 @@ async fn a_new_inventory_moves_automatic_labels_and_a_restart_keeps_them() {
     assert_eq!(item_names(&list), vec![agent.name.clone()]);
 }
 
+/// Reproduction: "a deleted client's agent is back 9 s later". Deleting a client revokes its
+/// credential: its session stops at once and its key is refused until an admin allows the
+/// machine again.
 #[tokio::test]
-async fn a_deleted_client_stays_deleted_until_its_agent_enrols_again() {
+async fn a_deleted_client_s_agent_is_refused_until_an_admin_allows_its_machine() {
     let controller = TestController::start().await;
     let admin = Api::admin(&controller);
     publish(&admin, "kiosk", "1.0.0").await;
@@ -490,20 +516,49 @@ async fn a_deleted_client_stays_deleted_until_its_agent_enrols_again() {
     assert_eq!(status, StatusCode::OK, "{deleted}");
     assert_eq!(deleted["status"]["packages"][0]["state"], "Installed");
     assert_eq!(deleted["status"]["inventory"]["cpuCores"], 2);
-    // Its token is gone, and nothing the agent sends brings the client back.
-    let body = json!({"protocolVersion": 1, "observedRevision": 1, "inventoryHash": "h1"});
-    let (status, _) = agent.api.heartbeat(body).await;
+    // Its session is revoked, and nothing the agent sends brings the client back.
+    let body = json!({"protocolVersion": 2, "observedRevision": 1, "inventoryHash": "h1"});
+    let (status, refused) = agent.api.heartbeat(body).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(refused["reason"], "SessionRevoked", "{refused}");
+    let (status, refused) = admin
+        .enroll(
+            controller.bootstrap_token(),
+            "m-del",
+            "m-del",
+            json!({"site": "berlin"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{refused}");
+    assert!(
+        refused["message"]
+            .as_str()
+            .unwrap()
+            .contains("tcadm allow machine m-del"),
+        "{refused}"
+    );
     let (status, _) = admin.get(&path).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+    let (_, blocked) = admin.get("/apis/thinfleet.io/v1/blockedmachines").await;
+    assert_eq!(blocked["items"][0]["machineId"], "m-del");
+    assert_eq!(blocked["items"][0]["reason"], "Deleted");
 
-    // Enrolling again makes a new client that starts clean, and it survives a restart.
+    // Allowed again, the agent enrols as a new client that starts clean, and it survives a
+    // restart.
+    let (status, allowed) = admin
+        .request(
+            Method::DELETE,
+            "/apis/thinfleet.io/v1/blockedmachines/m-del",
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{allowed}");
     let mut again = SimAgent::enroll(&controller, "m-del", json!({"site": "paris"})).await;
     assert_eq!(again.name, agent.name);
     let (_, client) = admin.get(&path).await;
     assert_ne!(client["metadata"]["uid"], deleted["metadata"]["uid"]);
     assert!(client["status"]["packages"].is_null(), "{client}");
-    assert_eq!(client["status"]["phase"], "Pending");
+    assert_eq!(client["status"]["phase"], "Enrolled");
     assert_eq!(client["metadata"]["labels"]["site"], "paris");
     let desired = again.wait_for(|d| versions(d).len() == 1).await;
     assert_eq!(desired["revision"], 1, "a new client's first assignment");
@@ -514,6 +569,15 @@ async fn a_deleted_client_stays_deleted_until_its_agent_enrols_again() {
     assert_eq!(client["metadata"]["labels"]["site"], "paris");
     assert_eq!(client["status"]["desiredRevision"], 1);
     assert_eq!(client["status"]["phase"], "Online");
+    // The old session stays refused after the restart (its uid is gone); the new one works.
+    let body = json!({"protocolVersion": 2, "observedRevision": 1, "inventoryHash": "h1"});
+    let old = Api::with_token(&restarted, &agent.api.token);
+    assert_eq!(
+        old.heartbeat(body.clone()).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    let new = Api::with_token(&restarted, &again.api.token);
+    assert_eq!(new.heartbeat(body).await.0, StatusCode::OK);
 }
 
 #[tokio::test]

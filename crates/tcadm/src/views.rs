@@ -285,6 +285,7 @@ mod tests {
                 machine_id: "m-1".into(),
                 agent_labels: BTreeMap::from([("site".into(), "berlin".into())]),
                 admin_labels: BTreeMap::from([("rack".into(), "7".into())]),
+                ..Default::default()
             },
         );
         client.status.phase = ClientPhase::Online;
