@@ -135,11 +135,14 @@ pub enum EventVerdict {
     },
 }
 
-/// How many events about one client are recorded: a token bucket, and the count of events
-/// dropped since the last recorded one. 24 bytes per client; the default budget is full.
+/// How many events about one client are recorded: a token bucket, and, once it ran dry, the count
+/// of events dropped. Dropping goes on until the bucket has refilled to half its burst, so that a
+/// client that keeps flapping stays quiet instead of getting one event (and two notes about it)
+/// per token. 24 bytes per client; the default budget is full.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct EventBudget {
     bucket: TokenBucket,
+    /// Events dropped in the current run; 0 when not dropping.
     dropped: u32,
 }
 
@@ -154,17 +157,20 @@ impl EventBudget {
 
     /// Decides about the next event.
     pub fn next(&mut self, limit: &RateLimit, now: Timestamp) -> EventVerdict {
-        match self.bucket.take(limit, now) {
-            Ok(()) if self.dropped > 0 => {
-                let dropped = std::mem::take(&mut self.dropped);
-                EventVerdict::RecordAfterDropped(dropped)
+        if self.dropped > 0 {
+            self.bucket.refill(limit, now);
+            if self.bucket.tokens < (limit.burst as f32 / 2.0).max(1.0) {
+                self.dropped = self.dropped.saturating_add(1);
+                return EventVerdict::Drop { first: false };
             }
+            self.bucket.tokens -= 1.0;
+            return EventVerdict::RecordAfterDropped(std::mem::take(&mut self.dropped));
+        }
+        match self.bucket.take(limit, now) {
             Ok(()) => EventVerdict::Record,
             Err(_) => {
-                self.dropped = self.dropped.saturating_add(1);
-                EventVerdict::Drop {
-                    first: self.dropped == 1,
-                }
+                self.dropped = 1;
+                EventVerdict::Drop { first: true }
             }
         }
     }
@@ -232,10 +238,11 @@ mod tests {
 
     #[test]
     fn an_event_budget_drops_the_excess_and_says_so() {
-        let limit = RateLimit::new(1.0, 2);
+        let limit = RateLimit::new(1.0, 4);
         let mut budget = EventBudget::new(&limit, at(0));
-        assert_eq!(budget.next(&limit, at(0)), EventVerdict::Record);
-        assert_eq!(budget.next(&limit, at(0)), EventVerdict::Record);
+        for _ in 0..4 {
+            assert_eq!(budget.next(&limit, at(0)), EventVerdict::Record);
+        }
         assert_eq!(
             budget.next(&limit, at(0)),
             EventVerdict::Drop { first: true }
@@ -244,12 +251,18 @@ mod tests {
             budget.next(&limit, at(0)),
             EventVerdict::Drop { first: false }
         );
+        // One token back is not enough: dropping goes on until half the burst is back.
         assert_eq!(
             budget.next(&limit, at(1_000)),
-            EventVerdict::RecordAfterDropped(2)
+            EventVerdict::Drop { first: false }
         );
         assert_eq!(
-            budget.next(&limit, at(1_000)),
+            budget.next(&limit, at(2_000)),
+            EventVerdict::RecordAfterDropped(3)
+        );
+        assert_eq!(budget.next(&limit, at(2_000)), EventVerdict::Record);
+        assert_eq!(
+            budget.next(&limit, at(2_000)),
             EventVerdict::Drop { first: true }
         );
     }
