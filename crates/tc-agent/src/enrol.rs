@@ -106,11 +106,11 @@ impl ProtocolLoop<'_> {
                         client_token: answer.client_token,
                         enrolled_at: Timestamp::now(),
                     };
-                    if credentials.bearer().is_none() {
-                        if let Err(error) = self.open_session(&mut credentials).await {
-                            self.wait_after(&error, "opening a session failed").await;
-                            continue;
-                        }
+                    if credentials.bearer().is_none()
+                        && let Err(error) = self.open_session(&mut credentials).await
+                    {
+                        self.wait_after(&error, "opening a session failed").await;
+                        continue;
                     }
                     credentials.save(&self.dir)?;
                     self.previous_client_token = None;

@@ -514,7 +514,7 @@ impl Fleet {
         let generation = client.spec.credential_generation;
         let name = client.metadata.name.as_str();
         let mut index = self.index.write().expect("fleet lock");
-        let slot = match index.by_name.get(name) {
+        match index.by_name.get(name) {
             Some(slot) if slot.uid == uid => {
                 let mut state = slot.state.lock().expect("client lock");
                 state.labels = labels;
@@ -559,8 +559,7 @@ impl Fleet {
                 }
                 slot
             }
-        };
-        slot
+        }
     }
 
     /// Ends every long-poll, now and later: set at shutdown, so that the server can stop

@@ -637,3 +637,65 @@ async fn long_polls_multiplexed_over_h2c_learn_a_change() {
     assert_eq!(errors, 0);
     assert!(views.iter().all(|v| v.learned_by == Via::LongPoll));
 }
+
+#[tokio::test]
+async fn a_simulated_fleet_enrols_with_keys_and_opens_sessions_over_the_protocol() {
+    use tc_testkit::sim::{SeedOptions, SimConfig, SimFleet, seed_store, session_key};
+    let controller = TestController::start().await;
+    let (fleet, report) = SimFleet::enroll(
+        &[controller.addr()],
+        controller.bootstrap_token(),
+        11,
+        20,
+        4,
+        Duration::from_secs(10),
+    )
+    .await
+    .expect("enrolled");
+    assert_eq!((report.enrolled, report.pending, report.errors), (20, 0, 0));
+    // New sessions from signed challenges replace the ones enrolment gave.
+    let renewed = fleet
+        .open_sessions(controller.addr(), Duration::from_secs(10))
+        .await
+        .expect("sessions");
+    assert_ne!(renewed.agents()[0].token(), fleet.agents()[0].token());
+    let sim = renewed.start(SimConfig::new(controller.addr(), Duration::from_secs(3600)));
+    sim.heartbeat_all().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sim.snapshot().heartbeats + sim.snapshot().heartbeat_errors < 20 {
+        assert!(Instant::now() < deadline, "{:?}", sim.snapshot());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let snapshot = sim.stop().await;
+    assert_eq!(snapshot.heartbeat_errors, 0, "{:?}", sim_errors(&snapshot));
+    // A seeded fleet (written into a store before its controller starts) heartbeats on sessions
+    // minted with the controller's session key.
+    let temp = tempfile::tempdir().unwrap();
+    let data = temp.path().join("data");
+    {
+        let store = tc_store::RedbStore::open(&data.join("thinfleet.redb")).unwrap();
+        let options = SeedOptions {
+            seed: 5,
+            count: 30,
+            batch: 7,
+            inventory_reported: true,
+            now: tc_api::Timestamp::now(),
+        };
+        assert_eq!(seed_store(&store, &options).unwrap(), 30);
+    }
+    let restarted = TestController::start_in(&data, |_| {}).await;
+    let seeded = SimFleet::seeded(5, 30, true, &session_key(&data).unwrap());
+    let sim = seeded.start(SimConfig::new(restarted.addr(), Duration::from_secs(3600)));
+    sim.heartbeat_all().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sim.snapshot().heartbeats + sim.snapshot().heartbeat_errors < 30 {
+        assert!(Instant::now() < deadline, "{:?}", sim.snapshot());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let snapshot = sim.stop().await;
+    assert_eq!(snapshot.heartbeat_errors, 0, "{snapshot:?}");
+}
+
+fn sim_errors(snapshot: &tc_testkit::sim::SimSnapshot) -> String {
+    format!("{snapshot:?}")
+}
