@@ -36,6 +36,9 @@ struct Args {
     /// Seconds between periodic reconcile passes and directory re-reads.
     #[arg(long, default_value_t = 30)]
     resync_seconds: u64,
+    /// Every new client waits as Pending until `tcadm approve` (whatever its bootstrap token).
+    #[arg(long, env = "TC_CONTROLLER_REQUIRE_APPROVAL")]
+    require_approval: bool,
     /// Also start three real tc-agent processes (throwaway state, different labels) and print the
     /// fleet's events: a fleet converging on one machine.
     #[arg(long)]
@@ -68,6 +71,7 @@ fn main() -> ExitCode {
         config.manifests_dir = (!args.no_manifests).then(|| args.manifests.clone());
         config.public_blobs = args.public_blobs;
         config.resync_interval = std::time::Duration::from_secs(args.resync_seconds.max(1));
+        config.require_approval = args.require_approval;
         tracing::info!(listen = %args.listen, data_dir = %args.data_dir.display(), "tc-controller starting");
         match serve_with(listener, config, shutdown_signal(), args.demo).await {
             Ok(()) => {
