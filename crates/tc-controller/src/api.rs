@@ -213,6 +213,14 @@ pub async fn delete(
         .await?
         .ok_or_else(|| ApiError::not_found(format!("{reference} not found")))?;
         if let Some(block) = block {
+            add_warning(
+                &mut headers,
+                &format!(
+                    "{reference}'s credential is revoked: its agent is refused until `tcadm allow \
+                     machine {}`",
+                    block.machine_id
+                ),
+            );
             events.push(Event::new(
                 now,
                 ObjectRef::new(kind, &name),

@@ -445,3 +445,34 @@ fn decommissioning_tells_the_agent_and_shows_the_phase() {
             .contains("leaving")
     );
 }
+
+/// Reproduction: "a deleted client's agent is back 9 s later". `tcadm delete` says that the
+/// client's credential is revoked; its agent is refused until the machine is allowed again.
+#[test]
+fn deleting_a_client_revokes_its_credential_until_allowed() {
+    let fleet = Fleet::start(|_| {});
+    let bootstrap = fleet.controller.bootstrap_token().to_string();
+    let identity = TestIdentity::new("gone");
+    let answer = fleet.enroll(&identity, &bootstrap, "m-gone", "gone", json!({}));
+    let session = answer.body["session"]["token"].as_str().unwrap().to_string();
+    let deleted = fleet.tcadm(&["delete", "client", "gone"]);
+    deleted.ok();
+    assert!(
+        deleted.stderr.contains("tcadm allow machine m-gone"),
+        "{deleted:#?}"
+    );
+    assert_eq!(fleet.heartbeat(&session).status, 401);
+    assert_eq!(
+        fleet
+            .enroll(&identity, &bootstrap, "m-gone", "gone", json!({}))
+            .status,
+        403
+    );
+    fleet.tcadm(&["allow", "machine", "m-gone"]).ok();
+    assert_eq!(
+        fleet
+            .enroll(&identity, &bootstrap, "m-gone", "gone", json!({}))
+            .status,
+        200
+    );
+}
