@@ -216,6 +216,12 @@ pub enum ConfigError {
         /// What is wrong with it.
         message: String,
     },
+    /// The labels break Kubernetes' rules or are too many.
+    #[error("invalid labels: {message}")]
+    InvalidLabels {
+        /// What is wrong, with the label.
+        message: String,
+    },
     /// A label is not `key=value`.
     #[error("invalid label `{label}`: expected KEY=VALUE with a non-empty key")]
     InvalidLabel {
@@ -341,6 +347,13 @@ impl Settings {
                 return Err(ConfigError::InvalidLabel { label: key.clone() });
             }
         }
+        // The controller refuses labels beyond these rules; better said at start than at every
+        // enrolment.
+        tc_proto::limits::check_labels(&labels, "labels").map_err(|error| {
+            ConfigError::InvalidLabels {
+                message: error.to_string(),
+            }
+        })?;
 
         Ok(AgentConfig {
             server,

@@ -48,6 +48,7 @@ async fn status_shows_installed_pending_and_the_last_error_without_a_controller(
         let desired = DesiredState {
             revision,
             packages: vec![package],
+            decommission: false,
         };
         engine
             .converge(&desired, &fetcher, &mut |_| true)

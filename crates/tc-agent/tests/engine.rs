@@ -78,6 +78,7 @@ impl Harness {
         DesiredState {
             revision: self.revision,
             packages,
+            decommission: false,
         }
     }
 

@@ -129,6 +129,11 @@ pub fn serve_controller(args: ControllerArgs) -> Result<(), String> {
         // The simulated fleets hold more connections than the default cap (one long-poll per
         // waiting agent, plus the heartbeat pool); the cap is not what is measured.
         config.max_connections = 10_000_000;
+        // The simulator enrols from one address as fast as the controller answers: the rate of
+        // enrolments is what `fleet --enroll-http` measures.
+        let unlimited = tc_controller::ratelimit::RateLimit::new(1e9, u32::MAX);
+        config.enroll_rate = unlimited;
+        config.enroll_rate_per_source = unlimited;
         println!("LISTENING {addr}");
         tc_controller::serve(listener, config, stdin_closed())
             .await
@@ -209,8 +214,8 @@ pub fn serve_bare(args: BareArgs) -> Result<(), String> {
     })
 }
 
-/// `tc-bench seed`: creates the token files and a simulated fleet in the data directory through
-/// the store's batch enrolment; prints `SEEDED <count> <seconds>`.
+/// `tc-bench seed`: creates the token files, the session key and a simulated fleet in the data
+/// directory through the store's batch enrolment; prints `SEEDED <count> <seconds>`.
 pub fn seed(args: SeedArgs) -> Result<(), String> {
     std::fs::create_dir_all(&args.data_dir)
         .map_err(|e| format!("{}: {e}", args.data_dir.display()))?;
@@ -218,6 +223,7 @@ pub fn seed(args: SeedArgs) -> Result<(), String> {
         tc_controller::tokens::load_or_create(&args.data_dir.join(file))
             .map_err(|e| format!("{file}: {e}"))?;
     }
+    tc_testkit::sim::session_key(&args.data_dir).map_err(|e| e.to_string())?;
     let store =
         RedbStore::open(&args.data_dir.join("thinfleet.redb")).map_err(|e| e.to_string())?;
     let started = Instant::now();

@@ -3,24 +3,29 @@
 //!
 //! Tests and embedders start it with [`serve`] on a listener of their own (`127.0.0.1:0`).
 
+pub mod admission;
 pub mod agent;
 pub mod api;
 pub mod apply;
 pub mod blobs;
+pub mod bootstrap;
 pub mod demo;
+pub mod enroll;
 pub mod error;
 pub mod fleet;
 pub mod metrics;
 pub mod openapi;
+pub mod persist;
 pub mod pki;
+pub mod ratelimit;
 pub mod reconcile;
 pub mod rollout;
 pub mod server;
+pub mod session;
 pub mod tls;
 pub mod tokens;
 pub mod watch;
 
-use std::collections::BTreeSet;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
@@ -29,23 +34,23 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, patch, post, put};
+use axum::routing::{delete, get, patch, post, put};
 use tc_api::{Event, Timestamp};
 use tc_store::{RedbStore, Store};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
+use crate::admission::Blocks;
 use crate::blobs::BlobStore;
-use crate::error::ApiError;
+use crate::bootstrap::BootstrapTokens;
 use crate::fleet::{Fleet, Persister};
 use crate::metrics::Metrics;
+use crate::ratelimit::{EnrollLimiter, RateLimit};
 use crate::server::ConnectionMetrics;
+use crate::session::SessionKey;
 use crate::watch::Sources;
 
 pub use crate::tls::TlsMode;
-
-/// Settings key of the bootstrap token hashes (a JSON array).
-const BOOTSTRAP_TOKENS: &str = "bootstrapTokenHashes";
 
 /// Controller settings.
 #[derive(Clone, Debug)]
@@ -91,6 +96,21 @@ pub struct Config {
     /// per agent for a fleet of that size talking straight to the controller; bigger fleets
     /// raise it or multiplex through an HTTP/2 proxy).
     pub max_connections: usize,
+    /// How long a session token is accepted.
+    pub session_lifetime: Duration,
+    /// How long a session challenge may be answered.
+    pub challenge_lifetime: Duration,
+    /// Every new client waits as `Pending` until an admin approves it.
+    pub require_approval: bool,
+    /// Enrolment requests accepted from all sources together.
+    pub enroll_rate: RateLimit,
+    /// Enrolment requests accepted from one source address.
+    pub enroll_rate_per_source: RateLimit,
+    /// When a pending agent is told to ask again.
+    pub pending_retry_after: Duration,
+    /// Events about one client recorded from what its agent reports (package changes, coming
+    /// back online); the excess is dropped and counted.
+    pub client_event_rate: RateLimit,
 }
 
 impl Config {
@@ -117,6 +137,13 @@ impl Config {
             idle_timeout: Duration::from_secs(90),
             max_header_bytes: 16 * 1024,
             max_connections: 50_000,
+            session_lifetime: Duration::from_secs(3600),
+            challenge_lifetime: Duration::from_secs(60),
+            require_approval: false,
+            enroll_rate: RateLimit::new(50.0, 500),
+            enroll_rate_per_source: RateLimit::new(5.0, 100),
+            pending_retry_after: Duration::from_secs(30),
+            client_event_rate: RateLimit::new(1.0 / 6.0, 100),
         }
     }
 
@@ -188,8 +215,17 @@ pub struct Controller {
     pub retries: Mutex<Vec<reconcile::RetryRequest>>,
     /// Serializes applies and deletes of objects, so that a plan is written against what it read.
     pub apply_lock: tokio::sync::Mutex<()>,
-    /// Serializes enrolments, so that one machine id never becomes two clients.
+    /// Serializes enrolments, approvals, denials, decommissions, client deletions and token
+    /// changes, so that one key never becomes two clients and a token's uses are counted right.
     pub enroll_lock: tokio::sync::Mutex<()>,
+    /// The key of session tokens and challenges.
+    pub session_key: SessionKey,
+    /// Bootstrap tokens.
+    pub bootstrap: BootstrapTokens,
+    /// Machine identities kept from enrolling.
+    pub blocks: Blocks,
+    /// Enrolment rate limits.
+    pub enroll_limiter: EnrollLimiter,
     /// Watched directories.
     pub sources: Sources,
     /// Set once the watched directory was applied (or there is none).
@@ -202,7 +238,6 @@ pub struct Controller {
     /// When this controller started: no client is marked Offline for heartbeats it could not
     /// send while the controller was down or starting (a grace period of the offline timeout).
     pub started_at: Timestamp,
-    bootstrap_hashes: Mutex<BTreeSet<String>>,
 }
 
 /// Token files written at first start.
@@ -210,8 +245,8 @@ pub struct Controller {
 pub struct TokenFiles {
     /// The admin token.
     pub admin_token: String,
-    /// The first bootstrap token.
-    pub bootstrap_token: String,
+    /// The token `data/bootstrap.token` holds (`default`), if it holds one.
+    pub bootstrap_token: Option<String>,
     /// `data/admin.token`.
     pub admin_path: PathBuf,
     /// `data/bootstrap.token`.
@@ -239,29 +274,6 @@ impl Controller {
             Err(error) => tracing::error!(%error, "recording events failed"),
         }
     }
-
-    /// True when `token` is a valid bootstrap token.
-    pub fn is_bootstrap_token(&self, token: &str) -> bool {
-        !token.is_empty()
-            && self
-                .bootstrap_hashes
-                .lock()
-                .expect("bootstrap lock")
-                .contains(&tokens::hash(token))
-    }
-
-    /// Adds a bootstrap token hash, durably.
-    pub async fn add_bootstrap_token(&self, hash: &str) -> Result<(), ApiError> {
-        let value = {
-            let mut hashes = self.bootstrap_hashes.lock().expect("bootstrap lock");
-            hashes.insert(hash.to_string());
-            serde_json::to_string(&*hashes).expect("hashes serialize")
-        };
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || store.put_setting(BOOTSTRAP_TOKENS, Some(&value)))
-            .await??;
-        Ok(())
-    }
 }
 
 /// The HTTP routes.
@@ -273,7 +285,31 @@ pub fn router(controller: Arc<Controller>) -> Router {
         .route("/apis/thinfleet.io/v1/sources/{name}", get(api::source))
         .route(
             "/apis/thinfleet.io/v1/bootstraptokens",
-            post(api::create_bootstrap_token),
+            post(bootstrap::create).get(bootstrap::list),
+        )
+        .route(
+            "/apis/thinfleet.io/v1/bootstraptokens/{name}",
+            delete(bootstrap::revoke),
+        )
+        .route(
+            "/apis/thinfleet.io/v1/blockedmachines",
+            get(admission::list_blocked),
+        )
+        .route(
+            "/apis/thinfleet.io/v1/blockedmachines/{machine_id}",
+            delete(admission::allow),
+        )
+        .route(
+            "/apis/thinfleet.io/v1/clients/{name}/approve",
+            post(admission::approve),
+        )
+        .route(
+            "/apis/thinfleet.io/v1/clients/{name}/deny",
+            post(admission::deny),
+        )
+        .route(
+            "/apis/thinfleet.io/v1/clients/{name}/decommission",
+            post(admission::decommission),
         )
         .route(
             "/apis/thinfleet.io/v1/clients/{name}",
@@ -299,15 +335,22 @@ pub fn router(controller: Arc<Controller>) -> Router {
             api::require_admin,
         ));
     let max_apply = controller.config.max_apply_bytes;
+    // Agent requests are small; a body beyond the limit is refused before it is read in full.
+    let agent_routes = Router::new()
+        .route("/agent/v1/enroll", post(enroll::enroll))
+        .route("/agent/v1/session", post(enroll::session))
+        .route("/agent/v1/heartbeat", post(agent::heartbeat))
+        .route("/agent/v1/desired", get(agent::desired))
+        .layer(DefaultBodyLimit::max(
+            tc_proto::limits::MAX_AGENT_BODY_BYTES,
+        ));
     Router::new()
         .merge(admin)
         .route(
             "/blobs/sha256/{hex}",
             get(api::get_blob).head(api::get_blob),
         )
-        .route("/agent/v1/enroll", post(agent::enroll))
-        .route("/agent/v1/heartbeat", post(agent::heartbeat))
-        .route("/agent/v1/desired", get(agent::desired))
+        .merge(agent_routes)
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
         .route("/metrics", get(api::metrics))
@@ -335,11 +378,11 @@ pub async fn open(
     let bootstrap_path = config.data_dir.join("bootstrap.token");
     let (admin_token, admin_created) =
         tokens::load_or_create(&admin_path).map_err(io(&admin_path))?;
-    let (bootstrap_token, bootstrap_created) =
-        tokens::load_or_create(&bootstrap_path).map_err(io(&bootstrap_path))?;
-    if admin_created || bootstrap_created {
-        tracing::info!(admin = %admin_path.display(), bootstrap = %bootstrap_path.display(), "created token files (mode 0600)");
+    if admin_created {
+        tracing::info!(admin = %admin_path.display(), "created the admin token file (mode 0600)");
     }
+    let session_key = SessionKey::load_or_create(&config.data_dir)
+        .map_err(io(&config.data_dir.join(session::SESSION_KEY_FILE)))?;
     let db_path = config.data_dir.join("thinfleet.redb");
     let store: Arc<dyn Store> = Arc::new(
         tokio::task::spawn_blocking(move || RedbStore::open(&db_path))
@@ -349,23 +392,23 @@ pub async fn open(
     let blobs =
         BlobStore::open(&config.data_dir, config.max_blob_bytes).map_err(io(&config.data_dir))?;
     let loader = store.clone();
-    let fleet = tokio::task::spawn_blocking(move || -> tc_store::Result<Fleet> {
-        let tokens: std::collections::HashMap<String, String> =
-            loader.client_token_hashes()?.into_iter().collect();
-        Fleet::load(&*loader, |name| tokens.get(name).cloned())
-    })
-    .await
-    .map_err(|e| ServeError::Server(std::io::Error::other(e)))??;
-    let mut hashes: BTreeSet<String> = store
-        .get_setting(BOOTSTRAP_TOKENS)?
-        .and_then(|text| serde_json::from_str(&text).ok())
-        .unwrap_or_default();
-    if hashes.insert(tokens::hash(&bootstrap_token)) {
-        store.put_setting(
-            BOOTSTRAP_TOKENS,
-            Some(&serde_json::to_string(&hashes).expect("hashes serialize")),
-        )?;
+    let fleet = tokio::task::spawn_blocking(move || Fleet::load(&*loader))
+        .await
+        .map_err(|e| ServeError::Server(std::io::Error::other(e)))??;
+    let now = Timestamp::now();
+    let (bootstrap, opened) = BootstrapTokens::open(&*store, &bootstrap_path, now)?;
+    if opened.created_file {
+        tracing::info!(bootstrap = %bootstrap_path.display(), "created the bootstrap token `default` (mode 0600)");
     }
+    for name in &opened.revoked {
+        tracing::warn!(bootstrap = %bootstrap_path.display(), token = %name,
+            "the bootstrap token file no longer holds this token: revoked");
+    }
+    let bootstrap_token = std::fs::read_to_string(&bootstrap_path)
+        .ok()
+        .map(|text| text.trim().to_string())
+        .filter(|text| !text.is_empty());
+    let blocks = Blocks::open(&*store)?;
     let server_tls = {
         let (mode, data_dir) = (config.tls.clone(), config.data_dir.clone());
         tokio::task::spawn_blocking(move || tls::ServerTls::setup(&mode, &data_dir, None))
@@ -382,6 +425,7 @@ pub async fn open(
         .timeout(Duration::from_secs(600))
         .build()
         .map_err(|e| ServeError::Server(std::io::Error::other(e)))?;
+    let config_limits = (config.enroll_rate, config.enroll_rate_per_source);
     let controller = Arc::new(Controller {
         admin_token_hash: tokens::hash(&admin_token),
         ready: AtomicBool::new(config.manifests_dir.is_none()),
@@ -399,11 +443,14 @@ pub async fn open(
         retries: Mutex::new(vec![]),
         apply_lock: tokio::sync::Mutex::new(()),
         enroll_lock: tokio::sync::Mutex::new(()),
+        session_key,
+        bootstrap,
+        blocks,
+        enroll_limiter: EnrollLimiter::new(config_limits.0, config_limits.1, Timestamp::now()),
         sources: Sources::default(),
         http,
         shutdown,
         started_at: Timestamp::now(),
-        bootstrap_hashes: Mutex::new(hashes),
     });
     reconcile::initial_desired(&controller, &*store)?;
     Ok((
@@ -528,6 +575,7 @@ pub async fn serve_with(
     }
     let app = router(controller.clone());
     let closing = controller.clone();
+    // The accept loop gives handlers the peer's address (the enrolment rate limit per source).
     server::run(
         listener,
         app,

@@ -63,6 +63,9 @@ struct Args {
     /// Connections served at once; further ones are closed at once.
     #[arg(long, default_value_t = Config::new(".").max_connections, value_name = "N")]
     max_connections: usize,
+    /// Every new client waits as Pending until `tcadm approve` (whatever its bootstrap token).
+    #[arg(long, env = "TC_CONTROLLER_REQUIRE_APPROVAL")]
+    require_approval: bool,
     /// Also start three real tc-agent processes (throwaway state, different labels) and print the
     /// fleet's events: a fleet converging on one machine.
     #[arg(long)]
@@ -103,6 +106,7 @@ fn main() -> ExitCode {
                 extra_names: args.tls_san.clone(),
             },
         };
+        config.require_approval = args.require_approval;
         tracing::info!(listen = %args.listen, data_dir = %args.data_dir.display(), "tc-controller starting");
         match serve_with(listener, config, shutdown_signal(), args.demo).await {
             Ok(()) => {

@@ -18,6 +18,7 @@
 
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,6 +27,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
+use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
@@ -69,9 +71,9 @@ pub async fn run(
     let (close_tx, close_rx) = tokio::sync::watch::channel(false);
     tokio::pin!(shutdown);
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => stream,
+                Ok(accepted) => accepted,
                 Err(error) => {
                     if !is_connection_error(&error) {
                         // Most likely out of file descriptors: wait for some to be closed.
@@ -95,6 +97,7 @@ pub async fn run(
         let connection = Connection {
             builder: builder.clone(),
             app: app.clone(),
+            peer,
             limits,
             metrics: metrics.clone(),
             close: close_rx.clone(),
@@ -160,6 +163,9 @@ impl ConnectionMetrics {
 struct Connection {
     builder: Arc<Builder<TokioExecutor>>,
     app: Router,
+    /// The peer's address, given to handlers as axum's `ConnectInfo` (the enrolment rate limit
+    /// per source reads it).
+    peer: SocketAddr,
     limits: Limits,
     metrics: Arc<ConnectionMetrics>,
     close: tokio::sync::watch::Receiver<bool>,
@@ -199,10 +205,14 @@ impl Connection {
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let service = self
-            .app
-            .clone()
-            .map_request(|request: axum::http::Request<Incoming>| request.map(Body::new));
+        let peer = ConnectInfo(self.peer);
+        let service =
+            self.app
+                .clone()
+                .map_request(move |mut request: axum::http::Request<Incoming>| {
+                    request.extensions_mut().insert(peer);
+                    request.map(Body::new)
+                });
         let connection = self
             .builder
             .serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(service));

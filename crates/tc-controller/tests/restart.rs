@@ -144,7 +144,7 @@ async fn everything_acknowledged_survives_kill_9() {
     assert_eq!(status, StatusCode::OK);
     let client = Api {
         base: base.clone(),
-        token: enrolled["clientToken"].as_str().unwrap().to_string(),
+        token: enrolled["session"]["token"].as_str().unwrap().to_string(),
         http: http.clone(),
     };
     // Wait until the client is assigned the package, then report it installed (acknowledged).
@@ -255,7 +255,7 @@ async fn sigterm_stops_cleanly_even_with_a_long_poll_waiting_and_ipv6_works() {
         http: http.clone(),
     };
     let (_, enrolled) = api.enroll(&bootstrap, "m", "kiosk", json!({})).await;
-    let token = enrolled["clientToken"].as_str().unwrap().to_string();
+    let token = enrolled["session"]["token"].as_str().unwrap().to_string();
     let poll = {
         let http = http.clone();
         let url = format!("{base}/agent/v1/desired?afterRevision=999");

@@ -3,6 +3,7 @@
 //! checks of the deployment files ([`deploy`]).
 
 pub mod deploy;
+pub mod protocol;
 pub mod sim;
 
 use std::io::Write;
@@ -32,7 +33,8 @@ pub struct TestController {
 }
 
 impl TestController {
-    /// Starts a controller with test-friendly settings (no watched directory, fast resync).
+    /// Starts a controller with test-friendly settings (no watched directory, fast resync,
+    /// enrolment rate limits a test's burst of enrolments from one address stays within).
     pub async fn start() -> TestController {
         Self::start_with(|_| {}).await
     }
@@ -57,6 +59,8 @@ impl TestController {
         config.resync_interval = Duration::from_secs(2);
         config.liveness_flush_interval = Duration::from_millis(200);
         config.watch_debounce = Duration::from_millis(100);
+        config.enroll_rate = tc_controller::ratelimit::RateLimit::new(10_000.0, 100_000);
+        config.enroll_rate_per_source = tc_controller::ratelimit::RateLimit::new(10_000.0, 100_000);
         adjust(&mut config);
         let tls_mode = config.tls.clone();
         std::fs::create_dir_all(data_dir).expect("data directory");

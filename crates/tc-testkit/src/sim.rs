@@ -1,20 +1,23 @@
 //! The fleet simulator: many virtual agents in one process, speaking the real agent protocol over
 //! real HTTP to a real controller.
 //!
-//! Every virtual agent has its own identity, enrolment and client token, and a realistic inventory
+//! Every virtual agent has its own identity (an Ed25519 key, [`identity`]), enrolment and session
+//! token, and a realistic inventory
 //! ([`inventory::inventory`]) that it sends once and afterwards only by hash. Heartbeats follow a
 //! jittered schedule (open loop: a slow controller makes requests late, not fewer) over a bounded
 //! pool of keep-alive connections. A share of the agents waits on the desired-state long-poll,
 //! each on its own HTTP/1.1 connection or multiplexed over HTTP/2 (h2c). Agents that are told to
-//! run new packages download the blobs with their own token, verify size and sha256, and report
+//! run new packages download the blobs with their own session, verify size and sha256, and report
 //! the packages `Installed` with the `observedRevision` they were produced for.
 //!
 //! A fleet is either enrolled over HTTP ([`SimFleet::enroll`]), or seeded straight into a store
 //! ([`seed_store`], through the batch enrolment [`tc_store::Store::create_clients`]) and then
-//! driven by a [`SimFleet::seeded`] with the same seed, which knows every token.
+//! driven by a [`SimFleet::seeded`] with the same seed, which knows every key and mints every
+//! session with the controller's session key.
 
 pub mod h2;
 pub mod http;
+pub mod identity;
 pub mod inventory;
 pub mod stats;
 pub mod tls;
@@ -27,16 +30,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tc_api::{Client, ClientPhase, ClientSpec, Timestamp};
+use tc_api::Timestamp;
 use tc_proto::{
-    DesiredResponse, DesiredState, EnrollRequest, EnrollResponse, HeartbeatRequest,
-    HeartbeatResponse, Load, PROTOCOL_VERSION, PackageReport, PackageState,
+    DesiredResponse, DesiredState, HeartbeatRequest, HeartbeatResponse, Load, PROTOCOL_VERSION,
+    PackageReport, PackageState,
 };
-use tc_store::Store;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use self::http::Connection;
+pub use self::identity::{
+    Credentials, EnrolReport, SeedOptions, credentials, seed_store, session_key,
+};
 pub use self::stats::Histogram;
 pub use self::tls::Tls;
 
@@ -65,98 +70,6 @@ pub enum SimError {
     /// The store refused the seeded clients.
     #[error("seeding the store: {0}")]
     Store(#[from] tc_store::StoreError),
-}
-
-/// The identity of one simulated agent.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Credentials {
-    /// Index of the agent in its fleet.
-    pub index: u64,
-    /// Client name on the controller (the host name).
-    pub name: String,
-    /// Machine identity.
-    pub machine_id: String,
-    /// Client token.
-    pub token: String,
-}
-
-/// The credentials a seeded fleet uses: derived from the seed, so that the process that seeds the
-/// store and the process that drives the agents agree without exchanging a million tokens.
-pub fn credentials(seed: u64, index: u64) -> Credentials {
-    let token = (40..44)
-        .map(|n| format!("{:016x}", inventory::draw(seed, index, n)))
-        .collect();
-    Credentials {
-        index,
-        name: inventory::hostname(seed, index),
-        machine_id: inventory::machine_id(seed, index),
-        token,
-    }
-}
-
-/// How [`seed_store`] creates clients.
-#[derive(Clone, Debug)]
-pub struct SeedOptions {
-    /// Fleet seed (the same one the driving [`SimFleet::seeded`] uses).
-    pub seed: u64,
-    /// How many clients.
-    pub count: u64,
-    /// Clients per transaction.
-    pub batch: usize,
-    /// Store the clients as a running fleet would have them: inventory reported, `Online`, last
-    /// heartbeat `now`. Otherwise they are freshly enrolled (`Pending`, no inventory).
-    pub inventory_reported: bool,
-    /// Creation time and last heartbeat.
-    pub now: Timestamp,
-}
-
-/// Creates the clients of a seeded fleet in the store, `batch` per transaction, and returns how
-/// many were created. With `inventory_reported`, every client's liveness is recorded again at the
-/// end (one transaction), so that a controller started right after sees a fleet that was
-/// heartbeating until then, however long seeding took.
-pub fn seed_store(store: &dyn Store, options: &SeedOptions) -> Result<u64, SimError> {
-    let mut created = 0;
-    let mut index = 0;
-    while index < options.count {
-        let end = (index + options.batch.max(1) as u64).min(options.count);
-        let batch: Vec<(Client, String)> = (index..end)
-            .map(|i| {
-                let credentials = credentials(options.seed, i);
-                let mut client = Client::new(
-                    &credentials.name,
-                    ClientSpec {
-                        machine_id: credentials.machine_id,
-                        agent_labels: inventory::labels(options.seed, i),
-                        admin_labels: Default::default(),
-                    },
-                );
-                if options.inventory_reported {
-                    let inventory = inventory::inventory(options.seed, i);
-                    let status = &mut client.status;
-                    status.inventory_hash = tc_proto::inventory_hash(&inventory);
-                    status.inventory = Some(inventory);
-                    status.phase = ClientPhase::Online;
-                    status.last_heartbeat = Some(options.now);
-                    client.refresh_labels();
-                }
-                (client, tc_controller::tokens::hash(&credentials.token))
-            })
-            .collect();
-        created += store.create_clients(batch, options.now)?.len() as u64;
-        index = end;
-    }
-    if options.inventory_reported {
-        let now = Timestamp::now();
-        let liveness = (0..options.count)
-            .map(|i| tc_store::Liveness {
-                name: inventory::hostname(options.seed, i),
-                last_heartbeat: now,
-                load: Load::default(),
-            })
-            .collect();
-        store.put_liveness(liveness)?;
-    }
-    Ok(created)
 }
 
 /// How the long-polls travel.
@@ -285,7 +198,7 @@ impl SimAgent {
         &self.name
     }
 
-    /// The client token.
+    /// The session token.
     pub fn token(&self) -> &str {
         &self.token
     }
@@ -308,6 +221,7 @@ impl SimAgent {
             packages: state.packages.clone(),
             inventory_hash: hash,
             inventory,
+            decommissioned: false,
             load: Load {
                 cpu_percent: (load_draw % 1000) as f32 / 10.0,
                 memory_used_bytes: memory / 4 + (load_draw >> 10) % (memory / 2),
@@ -360,19 +274,6 @@ impl Progress<'_> {
     }
 }
 
-/// Figures of an HTTP enrolment run.
-#[derive(Clone, Debug)]
-pub struct EnrolReport {
-    /// Agents enrolled.
-    pub enrolled: u64,
-    /// Failed enrolments.
-    pub errors: u64,
-    /// Wall time.
-    pub elapsed: Duration,
-    /// Latency of each enrolment.
-    pub latency: Histogram,
-}
-
 /// A fleet of virtual agents.
 #[derive(Clone, Debug)]
 pub struct SimFleet {
@@ -380,123 +281,6 @@ pub struct SimFleet {
 }
 
 impl SimFleet {
-    /// The agents of a fleet seeded with [`seed_store`]: the same seed and count. With
-    /// `inventory_known`, agents start by sending only their inventory hash.
-    pub fn seeded(seed: u64, count: u64, inventory_known: bool) -> SimFleet {
-        let agents = (0..count)
-            .map(|index| {
-                let credentials = credentials(seed, index);
-                SimAgent::new(
-                    seed,
-                    index,
-                    credentials.name,
-                    credentials.token,
-                    inventory_known,
-                )
-            })
-            .collect();
-        SimFleet {
-            agents: Arc::new(agents),
-        }
-    }
-
-    /// Enrols `count` agents over HTTP with the bootstrap token, `concurrency` at a time. Agent
-    /// `i` has identity `i` of fleet `seed` (a different seed gives different machines).
-    pub async fn enroll(
-        servers: &[SocketAddr],
-        tls: Option<&Tls>,
-        bootstrap_token: &str,
-        seed: u64,
-        count: u64,
-        concurrency: usize,
-        timeout: Duration,
-    ) -> Result<(SimFleet, EnrolReport), SimError> {
-        let started = Instant::now();
-        let next = Arc::new(AtomicU64::new(0));
-        let mut tasks = vec![];
-        for worker in 0..concurrency.max(1) {
-            let server = servers[worker % servers.len()];
-            let next = next.clone();
-            let bootstrap_token = bootstrap_token.to_string();
-            let tls = tls.cloned();
-            tasks.push(tokio::spawn(async move {
-                let mut enrolled = vec![];
-                let mut latency = Histogram::default();
-                let mut errors = 0u64;
-                let mut connection: Option<Connection> = None;
-                let host = server.to_string();
-                loop {
-                    let index = next.fetch_add(1, Ordering::Relaxed);
-                    if index >= count {
-                        break;
-                    }
-                    let request = EnrollRequest {
-                        protocol_version: PROTOCOL_VERSION,
-                        bootstrap_token: bootstrap_token.clone(),
-                        machine_id: inventory::machine_id(seed, index),
-                        name: inventory::hostname(seed, index),
-                        hostname: inventory::hostname(seed, index),
-                        labels: inventory::labels(seed, index),
-                    };
-                    let body = serde_json::to_vec(&request).expect("enrolments serialize");
-                    let bytes = http::build_request(
-                        "POST",
-                        "/agent/v1/enroll",
-                        &host,
-                        None,
-                        Some("application/json"),
-                        &body,
-                    );
-                    let sent = Instant::now();
-                    match exchange(&mut connection, server, tls.as_ref(), &bytes, timeout).await {
-                        Ok(response) if response.status == 200 => {
-                            match serde_json::from_slice::<EnrollResponse>(&response.body) {
-                                Ok(answer) => {
-                                    latency.record(sent.elapsed());
-                                    enrolled.push(SimAgent::new(
-                                        seed,
-                                        index,
-                                        answer.client_name,
-                                        answer.client_token,
-                                        false,
-                                    ));
-                                }
-                                Err(_) => errors += 1,
-                            }
-                        }
-                        _ => errors += 1,
-                    }
-                }
-                (enrolled, latency, errors)
-            }));
-        }
-        let mut agents = vec![];
-        let mut latency = Histogram::default();
-        let mut errors = 0;
-        for task in tasks {
-            let (enrolled, histogram, failed) = task.await.map_err(|e| SimError::Io {
-                what: "enrolment task".into(),
-                source: std::io::Error::other(e),
-            })?;
-            agents.extend(enrolled);
-            latency.merge(&histogram);
-            errors += failed;
-        }
-        agents.sort_by_key(|a| a.index);
-        let report = EnrolReport {
-            enrolled: agents.len() as u64,
-            errors,
-            elapsed: started.elapsed(),
-            latency,
-        };
-        Ok((
-            SimFleet {
-                agents: Arc::new(agents),
-            },
-            report,
-        ))
-    }
-
     /// Number of agents.
     pub fn len(&self) -> usize {
         self.agents.len()
@@ -1684,12 +1468,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn credentials_are_deterministic_and_distinct() {
+    fn seeded_names_are_client_names() {
         let a = credentials(1, 0);
         assert_eq!(a, credentials(1, 0));
-        assert_ne!(a.token, credentials(1, 1).token);
-        assert_ne!(a.token, credentials(2, 0).token);
-        assert_eq!(a.token.len(), 64);
         assert!(tc_api::validate::is_dns_label(&a.name), "{}", a.name);
     }
 }

@@ -10,7 +10,10 @@ use reqwest::{Method, StatusCode, Url};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use tc_api::{Cause, Event, Kind};
+use tc_api::{
+    BlockedMachine, BootstrapToken, BootstrapTokenCreated, BootstrapTokenRequest, Cause, Client,
+    Event, Kind,
+};
 
 /// Path prefix of the resource API.
 pub const API_PREFIX: &str = "/apis/thinfleet.io/v1";
@@ -711,15 +714,60 @@ impl ApiClient {
         Self::decode(self.execute(self.request(Method::POST, url))?)
     }
 
-    /// `POST /apis/thinfleet.io/v1/bootstraptokens`: a new bootstrap token.
-    pub fn create_bootstrap_token(&self) -> Result<String, ApiError> {
-        #[derive(Deserialize)]
-        struct TokenBody {
-            token: String,
-        }
+    /// `POST /apis/thinfleet.io/v1/bootstraptokens`: a new bootstrap token, with its secret.
+    pub fn create_bootstrap_token(
+        &self,
+        request: &BootstrapTokenRequest,
+    ) -> Result<BootstrapTokenCreated, ApiError> {
         let url = self.url(&format!("{API_PREFIX}/bootstraptokens"), &[])?;
-        let body: TokenBody = Self::decode(self.execute(self.request(Method::POST, url))?)?;
-        Ok(body.token)
+        let builder = self
+            .request(Method::POST, url)
+            .header("content-type", "application/json")
+            .body(serde_json::to_string(request).expect("token requests serialize"));
+        Self::decode(self.execute(builder)?)
+    }
+
+    /// `GET /apis/thinfleet.io/v1/bootstraptokens`.
+    pub fn bootstrap_tokens(&self) -> Result<Vec<BootstrapToken>, ApiError> {
+        let list: Value = self.get_json(&format!("{API_PREFIX}/bootstraptokens"), &[])?;
+        typed_items(&list, "bootstrap tokens")
+    }
+
+    /// `DELETE /apis/thinfleet.io/v1/bootstraptokens/NAME`.
+    pub fn revoke_bootstrap_token(&self, name: &str) -> Result<BootstrapToken, ApiError> {
+        let url = self.url(&format!("{API_PREFIX}/bootstraptokens/{name}"), &[])?;
+        Self::decode(self.execute(self.request(Method::DELETE, url))?)
+    }
+
+    /// `POST /apis/thinfleet.io/v1/clients/NAME/ACTION` (`approve`, `deny`, `decommission`)
+    /// with an optional JSON body; answers the client.
+    pub fn client_action(
+        &self,
+        name: &str,
+        action: &str,
+        body: Option<Value>,
+    ) -> Result<Client, ApiError> {
+        let url = self.url(&format!("{API_PREFIX}/clients/{name}/{action}"), &[])?;
+        let mut builder = self.request(Method::POST, url);
+        if let Some(body) = body {
+            builder = builder
+                .header("content-type", "application/json")
+                .body(body.to_string());
+        }
+        Self::decode(self.execute(builder)?)
+    }
+
+    /// `DELETE /apis/thinfleet.io/v1/blockedmachines/ID`: the blocks removed.
+    pub fn allow_machine(&self, machine_id: &str) -> Result<Vec<BlockedMachine>, ApiError> {
+        let mut url = self.url(&format!("{API_PREFIX}/blockedmachines"), &[])?;
+        url.path_segments_mut()
+            .map_err(|()| ApiError::Unreachable {
+                server: self.connection.server.clone(),
+                cause: "the server URL cannot take a path".into(),
+            })?
+            .push(machine_id);
+        let list: Value = Self::decode(self.execute(self.request(Method::DELETE, url))?)?;
+        typed_items(&list, "blocked machines")
     }
 
     /// `HEAD /blobs/sha256/HEX`: whether the controller has the blob.

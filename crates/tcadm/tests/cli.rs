@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tc_proto::{
-    EnrollRequest, EnrollResponse, HeartbeatRequest, HeartbeatResponse, Inventory,
-    NetworkInterface, PROTOCOL_VERSION, PackageReport, PackageState, Timestamp,
+    EnrollResponse, HeartbeatRequest, HeartbeatResponse, Inventory, NetworkInterface,
+    PROTOCOL_VERSION, PackageReport, PackageState, Timestamp,
 };
 use tc_testkit::{PackageFile, TestController, build_zip, sha256_hex};
 
@@ -221,24 +221,19 @@ impl Fleet {
 
     /// Enrols a simulated agent with `labels` and sends one heartbeat with an inventory.
     fn enroll(&self, machine: &str, labels: &[(&str, &str)], bootstrap: &str) -> Agent {
+        let labels: serde_json::Map<String, Value> = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), Value::String(v.to_string())))
+            .collect();
+        let identity = tc_testkit::protocol::TestIdentity::new(machine);
         let response: EnrollResponse = self.post(
             "/agent/v1/enroll",
             None,
-            &EnrollRequest {
-                protocol_version: PROTOCOL_VERSION,
-                bootstrap_token: bootstrap.to_string(),
-                machine_id: machine.to_string(),
-                name: machine.to_string(),
-                hostname: machine.to_string(),
-                labels: labels
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
-            },
+            &identity.enroll_body(bootstrap, machine, machine, Value::Object(labels)),
         );
         let agent = Agent {
             name: response.client_name,
-            token: response.client_token,
+            token: response.session.expect("a session for a new client").token,
         };
         self.heartbeat(&agent, 0, vec![]);
         agent
@@ -273,6 +268,7 @@ impl Fleet {
                 inventory_hash: tc_proto::inventory_hash(&inventory),
                 inventory: Some(inventory),
                 load: Default::default(),
+                decommissioned: false,
             },
         )
     }

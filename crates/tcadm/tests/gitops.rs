@@ -137,9 +137,14 @@ impl Setup {
             .http(reqwest::Method::POST, "/agent/v1/enroll")
             .header("content-type", "application/json")
             .body(
-                json!({ "protocolVersion": 1, "bootstrapToken": self.controller.bootstrap_token(),
-                        "machineId": machine, "name": machine, "hostname": machine, "labels": {} })
-                .to_string(),
+                tc_testkit::protocol::TestIdentity::new(machine)
+                    .enroll_body(
+                        self.controller.bootstrap_token(),
+                        machine,
+                        machine,
+                        json!({}),
+                    )
+                    .to_string(),
             )
             .send()
             .unwrap();

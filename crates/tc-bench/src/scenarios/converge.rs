@@ -58,7 +58,12 @@ pub async fn run(args: ConvergeArgs) -> Result<Report, String> {
         ))
         .await?;
 
-    let fleet = SimFleet::seeded(args.seed, args.clients, true);
+    let fleet = SimFleet::seeded(
+        args.seed,
+        args.clients,
+        true,
+        &super::session_key(&workspace)?,
+    );
     let token = fleet.agents()[0].token().to_string();
     let mut config = SimConfig::new(
         controller.server.addr,

@@ -19,7 +19,12 @@ pub async fn run(args: HeartbeatArgs) -> Result<Report, String> {
     super::seed(&workspace.data_dir(), args.clients, args.seed).await?;
     // Steady-state heartbeats: the controller already has every inventory, so only its hash is
     // sent; the clients were seeded Online.
-    let fleet = SimFleet::seeded(args.seed, args.clients, true);
+    let fleet = SimFleet::seeded(
+        args.seed,
+        args.clients,
+        true,
+        &super::session_key(&workspace)?,
+    );
     let requests: Arc<Vec<Vec<u8>>> = Arc::new(
         (0..fleet.len())
             .map(|i| fleet.heartbeat_request(i, "127.0.0.1"))

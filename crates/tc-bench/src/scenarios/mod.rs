@@ -85,6 +85,12 @@ pub async fn seed_as(
     Ok(started.elapsed())
 }
 
+/// The session key of the workspace's controller, to mint the sessions of a seeded fleet (as
+/// the seeding process writes the fleet into its store).
+pub fn session_key(workspace: &Workspace) -> Result<tc_controller::session::SessionKey, String> {
+    tc_testkit::sim::session_key(&workspace.data_dir()).map_err(|e| e.to_string())
+}
+
 /// A running controller process with its admin client.
 pub struct RunningController {
     /// The process.
