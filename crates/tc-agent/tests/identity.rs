@@ -68,12 +68,8 @@ impl Setup {
         let token_file = root.path().join("bootstrap.token");
         std::fs::write(&token_file, controller.bootstrap_token()).unwrap();
         let setup = Setup {
+            http: controller.http_client(),
             controller,
-            http: reqwest::Client::builder()
-                .no_proxy()
-                .timeout(Duration::from_secs(30))
-                .build()
-                .unwrap(),
             root,
             token_file,
         };
@@ -93,7 +89,11 @@ impl Setup {
             .append(true)
             .open(&log)
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_tc-agent"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_tc-agent"));
+        if let Some(hash) = self.controller.ca_cert_hash() {
+            command.args(["--ca-cert-hash", &hash]);
+        }
+        let child = command
             .arg("--server")
             .arg(self.controller.url())
             .arg("--bootstrap-token-file")
@@ -482,6 +482,7 @@ async fn decommissioning_removes_every_package_and_stops_the_agent_for_good() {
 
     // Started again it says so and exits 0, without enrolling.
     let output = Command::new(env!("CARGO_BIN_EXE_tc-agent"))
+        .args(["--ca-cert-hash", &setup.controller.ca_cert_hash().unwrap()])
         .arg("--server")
         .arg(setup.controller.url())
         .arg("--bootstrap-token-file")

@@ -58,6 +58,10 @@ impl Fleet {
             .env_clear()
             .env("TCADM_SERVER", self.controller.url())
             .env("TCADM_TOKEN", self.controller.admin_token())
+            .env(
+                "TCADM_CA_CERT_HASH",
+                self.controller.ca_cert_hash().expect("an HTTPS controller"),
+            )
             .output()
             .expect("tcadm runs");
         Run {
@@ -75,8 +79,15 @@ impl Fleet {
         body: Option<Value>,
     ) -> Answer {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let mut request = reqwest::blocking::Client::new()
-            .request(method, format!("{}{path}", self.controller.url()));
+        let tls = self
+            .controller
+            .tls_client_config(&[b"http/1.1"])
+            .expect("an HTTPS controller");
+        let client = reqwest::blocking::Client::builder()
+            .use_preconfigured_tls((*tls).clone())
+            .build()
+            .unwrap();
+        let mut request = client.request(method, format!("{}{path}", self.controller.url()));
         if let Some(token) = token {
             request = request.bearer_auth(token);
         }
