@@ -106,10 +106,14 @@ pub enum AgentError {
 
 /// Builds the HTTP client shared by the protocol and the downloads (with rustls on the *ring*
 /// provider, installed here if nothing installed a provider before).
+///
+/// It follows no redirect: a redirect would replay an enrolment (with its bootstrap token) or a
+/// heartbeat (with the inventory) to whatever host it names. A 3xx is an error the agent reports.
 pub fn http_client() -> Result<reqwest::Client, AgentError> {
     crate::install_crypto_provider();
     reqwest::Client::builder()
         .user_agent(format!("tc-agent/{AGENT_VERSION}"))
+        .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(Duration::from_secs(10))
         .build()
         .map_err(|error| AgentError::Http(error_chain(&error)))
@@ -192,6 +196,9 @@ async fn send<T: DeserializeOwned>(
             message: error_chain(&error),
         })?;
     let status = response.status();
+    if status.is_redirection() {
+        return Err(redirect_error(url, status, response.headers()));
+    }
     let body = response
         .bytes()
         .await
@@ -221,6 +228,22 @@ async fn send<T: DeserializeOwned>(
         url,
         message: error.to_string(),
     })
+}
+
+/// The error for a redirect, which the agent never follows (see [`http_client`]).
+fn redirect_error(url: Url, status: StatusCode, headers: &header::HeaderMap) -> ApiError {
+    let location = headers
+        .get(header::LOCATION)
+        .and_then(|value| value.to_str().ok())
+        .map_or_else(|| "nowhere".to_owned(), |to| to.chars().take(200).collect());
+    ApiError::Status {
+        url,
+        status,
+        message: format!(
+            "the controller redirects to {location}; the agent follows no redirect (set its server \
+             to the controller's own address)"
+        ),
+    }
 }
 
 /// Everything the main loop needs.
