@@ -29,8 +29,8 @@ use crate::download::{Fetcher, error_chain};
 use crate::engine::{Engine, EngineError, EngineOptions, Snapshot};
 use crate::inventory::{AGENT_VERSION, Collector, hostname};
 use crate::state::{
-    ConnectionStatus, Credentials, ErrorRecord, StateDir, StateError, read_json, write_atomic,
-    write_json,
+    ConnectionStatus, Credentials, ErrorRecord, StateDir, StateError, read_file, read_json,
+    write_atomic, write_json,
 };
 
 /// Where the system's machine identity is read from.
@@ -635,16 +635,17 @@ pub fn machine_id(config: &AgentConfig, dir: &StateDir) -> Result<String, StateE
     if let Some(id) = &config.machine_id {
         return Ok(id.clone());
     }
-    for path in [
-        std::path::PathBuf::from(SYSTEM_MACHINE_ID),
-        dir.machine_id(),
-    ] {
-        if let Ok(text) = std::fs::read_to_string(&path) {
-            let id = text.trim();
-            if !id.is_empty() {
-                return Ok(id.to_owned());
-            }
-        }
+    let id_in = |bytes: Option<Vec<u8>>| {
+        let text = String::from_utf8(bytes?).ok()?;
+        Some(text.trim().to_owned()).filter(|id| !id.is_empty())
+    };
+    if let Some(id) = id_in(std::fs::read(SYSTEM_MACHINE_ID).ok()) {
+        return Ok(id);
+    }
+    // The generated one is read without following a link: a link planted there would send the
+    // first line of any file to the controller.
+    if let Some(id) = id_in(read_file(&dir.machine_id())?) {
+        return Ok(id);
     }
     let id = format!(
         "{:016x}{:016x}",

@@ -16,7 +16,17 @@ use tc_proto::{DesiredPackage, ErrorStatus};
 use tokio::io::AsyncWriteExt;
 
 use crate::backoff::{Backoff, Retry};
-use crate::state::sync_dir;
+use crate::state::{NOFOLLOW, sync_dir};
+
+/// Opens a file for reading without following a symbolic link (a link planted in `downloads/`
+/// is refused, not read).
+fn open_nofollow(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(NOFOLLOW)
+        .open(path)
+}
 
 /// How downloads are retried.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -193,7 +203,7 @@ impl Fetcher {
             remove_file(&part)?;
             return Err(error);
         }
-        File::open(&part)
+        open_nofollow(&part)
             .and_then(|file| file.sync_all())
             .map_err(|source| DownloadError::Io {
                 path: part.clone(),
@@ -219,7 +229,7 @@ impl Fetcher {
                 source,
             })
         };
-        let mut offset = match fs::metadata(part) {
+        let mut offset = match fs::symlink_metadata(part) {
             Ok(metadata) => metadata.len(),
             Err(error) if error.kind() == io::ErrorKind::NotFound => 0,
             Err(error) => return Err(io_fatal(error)),
@@ -300,6 +310,7 @@ impl Fetcher {
             .write(true)
             .append(offset > 0)
             .truncate(offset == 0)
+            .custom_flags(NOFOLLOW)
             .open(part)
             .await
             .map_err(io_fatal)?;
@@ -376,7 +387,7 @@ pub async fn verify(path: &Path, size: u64, sha256: &str) -> Result<(), Download
 
 /// The size and lowercase hex sha256 of a file.
 pub fn sha256_file(path: &Path) -> io::Result<(u64, String)> {
-    let mut file = File::open(path)?;
+    let mut file = open_nofollow(path)?;
     let mut context = ring::digest::Context::new(&ring::digest::SHA256);
     let mut buffer = vec![0u8; 64 * 1024];
     let mut size = 0u64;

@@ -57,7 +57,8 @@ use crate::fault::{FaultPoint, Faults};
 use crate::hooks::{self, HookContext, HookKind};
 use crate::state::{
     ErrorRecord, FailedAction, Failure, FailureCause, InstallStep, Journal, Operation,
-    PackageRecord, RemoveStep, StateDir, StateError, VersionRecord, sync_dir,
+    PackageRecord, RemoveStep, StateDir, StateError, VersionRecord, check_dir, ensure_dir,
+    sync_dir,
 };
 
 /// How many times an install interrupted by a crash after a hook started is retried at once;
@@ -376,7 +377,8 @@ impl Engine {
         self.set_install_step(name, InstallStep::Move)?;
         let package_dir = self.dir.package(name);
         let version_dir = self.dir.version(name, version);
-        fs::create_dir_all(&package_dir).map_err(|error| io_failure(&package_dir, error))?;
+        // Never a link: the version would be moved to, and later deleted from, where it points.
+        ensure_dir(&package_dir).map_err(|error| StepError::Failed(error.to_string()))?;
         if version_dir.exists() {
             // A leftover of an earlier attempt, or the kept previous version being reinstalled.
             let record = self.record_mut(name);
@@ -780,6 +782,12 @@ impl Engine {
             keep.insert(&target.version);
         }
         let package_dir = self.dir.package(name);
+        if let Err(error) = check_dir(&package_dir) {
+            if fs::symlink_metadata(&package_dir).is_ok() {
+                tracing::error!(%error, "not cleaning up the package directory");
+            }
+            return;
+        }
         for entry in read_dir_names(&package_dir) {
             if !keep.contains(entry.as_str()) {
                 let path = package_dir.join(&entry);
@@ -834,11 +842,17 @@ impl Engine {
     }
 }
 
-/// The version `packages/<name>/current` points to, if it is a link to a directory.
+/// The version `packages/<name>/current` points to, if it is a link to a directory (a real one,
+/// not another link) of `packages/<name>/`.
 pub fn read_current(dir: &StateDir, name: &str) -> Option<String> {
     let target = fs::read_link(dir.current(name)).ok()?;
     let version = target.to_str()?.to_owned();
-    dir.version(name, &version).is_dir().then_some(version)
+    if version.contains('/') || version.starts_with('.') {
+        return None;
+    }
+    fs::symlink_metadata(dir.version(name, &version))
+        .is_ok_and(|metadata| metadata.is_dir())
+        .then_some(version)
 }
 
 /// What the journal keeps about the version `package` installs.
