@@ -122,7 +122,7 @@ async fn a_307_on_enroll_does_not_replay_the_bootstrap_token_to_another_host() {
         vec![],
         "the enrolment was replayed to the host the redirect named"
     );
-    let first = &asked.lock().unwrap()[0].1;
+    let first = asked.lock().unwrap()[0].1.clone();
     assert!(first.contains(common::BOOTSTRAP_TOKEN), "{first}");
     agent.kill().await.unwrap();
     let log = std::fs::read_to_string(&log).unwrap();
@@ -162,7 +162,7 @@ async fn a_307_on_heartbeat_does_not_send_the_inventory_to_another_host() {
         0,
         "the stored credentials are used"
     );
-    let first = &asked.lock().unwrap()[0].1;
+    let first = asked.lock().unwrap()[0].1.clone();
     assert!(first.contains("\"inventory\""), "{first}");
     assert_eq!(
         *replayed.lock().unwrap(),
