@@ -42,6 +42,10 @@
 //! A removal runs `preRemove` (if it fails the package stays installed, is reported `Failed` and
 //! the removal is retried with backoff), then removes `current` and the package directory. Only
 //! packages recorded in the journal are ever touched.
+//!
+//! What the agent reports is the journal on disk. A journal that cannot be written (a full disk)
+//! stops the pass as a crash at that point would: the journal in memory goes back to the one on
+//! disk, and the next pass, after a backoff, recovers from it and writes it again.
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -141,7 +145,12 @@ pub struct Snapshot {
 #[derive(Debug)]
 pub struct Engine {
     dir: StateDir,
+    /// The journal being worked on: ahead of [`Engine::persisted`] only between a change and the
+    /// save that follows it.
     journal: Journal,
+    /// The journal as last written to disk. It is what the agent reports (a state it could lose
+    /// is never reported), and what `journal` goes back to when a save fails.
+    persisted: Journal,
     options: EngineOptions,
 }
 
@@ -149,23 +158,31 @@ impl Engine {
     /// Opens the state directory, creating it if needed, and recovers from an interrupted run.
     pub fn open(dir: StateDir, options: EngineOptions) -> Result<Engine, EngineError> {
         dir.create()?;
-        let journal = match Journal::load(&dir) {
-            Ok(Some(journal)) => journal,
-            Ok(None) => rebuild_journal(&dir),
+        let (journal, rebuilt) = match Journal::load(&dir) {
+            Ok(Some(journal)) => (journal, false),
+            Ok(None) => (rebuild_journal(&dir), true),
             Err(StateError::Corrupt { path, source }) => {
                 let aside = path.with_extension("json.corrupt");
                 tracing::error!(path = %path.display(), error = %source, aside = %aside.display(),
                     "journal is corrupt; rebuilding it from the installed packages");
                 fs::rename(&path, &aside).map_err(StateError::io(&path))?;
-                rebuild_journal(&dir)
+                (rebuild_journal(&dir), true)
             }
             Err(error) => return Err(error.into()),
         };
         let mut engine = Engine {
             dir,
+            persisted: if rebuilt {
+                Journal::default()
+            } else {
+                journal.clone()
+            },
             journal,
             options,
         };
+        if rebuilt {
+            engine.save()?;
+        }
         engine.recover()?;
         engine.sweep();
         Ok(engine)
@@ -181,11 +198,12 @@ impl Engine {
         &self.dir
     }
 
-    /// The reports to send to the controller.
+    /// The reports to send to the controller: those of the journal on disk, never of a change
+    /// not written yet.
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
-            observed_revision: self.journal.observed_revision,
-            packages: self.journal.reports(),
+            observed_revision: self.persisted.observed_revision,
+            packages: self.persisted.reports(),
         }
     }
 
@@ -214,7 +232,6 @@ impl Engine {
         // half done: finish or undo it first, as after a crash.
         self.recover()?;
         let now = Timestamp::now();
-        let before = self.journal.clone();
         self.journal.desired = Some(desired.clone());
         self.journal.observed_revision = desired.revision;
 
@@ -246,7 +263,9 @@ impl Engine {
                 .to_owned();
             record.set_state(PackageState::Removing, &version, None, now);
         }
-        if self.journal != before {
+        // Compared with what is on disk, not with the journal before this pass: after a save
+        // failed, the next pass must write what that one could not.
+        if self.journal != self.persisted {
             self.save()?;
         }
         if !progress(&self.snapshot()) {
@@ -837,8 +856,21 @@ impl Engine {
             .expect("the package has a record")
     }
 
-    fn save(&self) -> Result<(), StateError> {
-        self.journal.save(&self.dir)
+    /// Writes the journal. When that fails (a full disk, say), the journal in memory goes back to
+    /// the one on disk, as if the agent had stopped just before this save: the step the journal
+    /// was to announce has not started, the error stops the pass, and the next pass (after a
+    /// backoff) recovers from the journal on disk exactly as after a crash, and saves again.
+    fn save(&mut self) -> Result<(), StateError> {
+        match self.journal.save(&self.dir) {
+            Ok(()) => {
+                self.persisted.clone_from(&self.journal);
+                Ok(())
+            }
+            Err(error) => {
+                self.journal.clone_from(&self.persisted);
+                Err(error)
+            }
+        }
     }
 }
 
