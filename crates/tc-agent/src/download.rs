@@ -12,7 +12,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use reqwest::{StatusCode, Url, header};
-use tc_proto::{DesiredPackage, ErrorStatus};
+use tc_proto::{DesiredPackage, ErrorStatus, ReleaseInfo};
 use tokio::io::AsyncWriteExt;
 
 use crate::backoff::{Backoff, Retry};
@@ -154,6 +154,42 @@ impl Fetcher {
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .clone()
+    }
+
+    /// Asks the controller for the release of `name` at `version` (its digest and hooks):
+    /// `Ok(None)` when the controller has none (or predates the question).
+    pub async fn release(&self, name: &str, version: &str) -> Result<Option<ReleaseInfo>, String> {
+        let url = self
+            .base
+            .join(&format!("agent/v1/releases/{name}/{version}"))
+            .map_err(|error| error.to_string())?;
+        let mut request = self
+            .client
+            .get(url.clone())
+            .header(header::ACCEPT, "application/json")
+            .timeout(self.options.idle_timeout);
+        if let Some(token) = self.token_for(&url) {
+            request = request.bearer_auth(token);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|error| format!("GET {url}: {}", error_chain(&error)))?;
+        let status = response.status();
+        if status == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if !status.is_success() {
+            return Err(format!(
+                "GET {url}: {status}: {}",
+                error_message(response).await
+            ));
+        }
+        response
+            .json()
+            .await
+            .map(Some)
+            .map_err(|error| format!("GET {url}: {}", error_chain(&error)))
     }
 
     /// Downloads and verifies `package` into `downloads`; returns the path of the verified zip.

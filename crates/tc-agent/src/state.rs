@@ -399,6 +399,11 @@ pub struct VersionRecord {
     /// Its hooks: `preRemove` must still be known once the package left the desired state.
     #[serde(default, skip_serializing_if = "Hooks::is_empty")]
     pub hooks: Hooks,
+    /// True when `hooks` are not known: a version adopted by a journal rebuilt from the disk.
+    /// They are learnt from the desired state (the same version desired) or, before a removal,
+    /// from the controller's release; until then the version is not removed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub hooks_unknown: bool,
 }
 
 /// The step of an install that was started and not yet finished. On restart the engine looks at
@@ -756,6 +761,7 @@ mod tests {
                 version: "1.0.0".into(),
                 sha256: "ab".into(),
                 hooks: Hooks::default(),
+                hooks_unknown: false,
             },
             step: InstallStep::Activate,
             reason: None,

@@ -221,6 +221,7 @@ mod tests {
             version: version.into(),
             sha256: "a".repeat(64),
             hooks: Default::default(),
+            hooks_unknown: false,
         }
     }
 

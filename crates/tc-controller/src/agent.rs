@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{FromRequestParts, Query, State};
+use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use tc_api::{
     Client, ClientPhase, ClientSpec, Event, EventType, Kind, ObjectRef, PackageState, Timestamp,
 };
-use tc_proto::{EnrollRequest, EnrollResponse, HeartbeatRequest, PackageReport};
+use tc_proto::{EnrollRequest, EnrollResponse, HeartbeatRequest, PackageReport, ReleaseInfo};
 use tc_store::ClientStatusEntry;
 
 use crate::error::ApiError;
@@ -56,6 +56,63 @@ impl FromRequestParts<Arc<Controller>> for AuthenticatedClient {
     ) -> Result<Self, Self::Rejection> {
         authenticate_client(controller, &parts.headers).map(AuthenticatedClient)
     }
+}
+
+/// `GET /agent/v1/releases/{package}/{version}`: the release of a package version this client
+/// reports running (its digest and hooks), for an agent that lost its journal and must run
+/// `preRemove` before it removes that version. 404 when the client reports no such package version
+/// or no release defines it.
+pub async fn release(
+    State(controller): State<Arc<Controller>>,
+    AuthenticatedClient(slot): AuthenticatedClient,
+    Path((package, version)): Path<(String, String)>,
+) -> Result<Json<ReleaseInfo>, ApiError> {
+    let reported = slot
+        .state
+        .lock()
+        .expect("client lock")
+        .status
+        .packages
+        .iter()
+        .any(|report| {
+            report.name == package
+                && (report.active_version.as_deref() == Some(version.as_str())
+                    || report.version == version)
+        });
+    if !reported {
+        return Err(ApiError::not_found(format!(
+            "client/{} reports no package {package} at version {version}",
+            slot.name
+        )));
+    }
+    let store = controller.store.clone();
+    let releases = tokio::task::spawn_blocking(move || store.list(Kind::PackageRelease)).await??;
+    releases
+        .into_iter()
+        .find_map(|object| match object {
+            tc_api::Object::PackageRelease(release)
+                if release.spec.package == package && release.spec.version == version =>
+            {
+                Some(ReleaseInfo {
+                    sha256: release
+                        .status
+                        .and_then(|status| status.artifact)
+                        .map(|artifact| artifact.sha256)
+                        .or(release.spec.artifact.sha256)
+                        .unwrap_or_default(),
+                    name: release.spec.package,
+                    version: release.spec.version,
+                    hooks: release.spec.hooks,
+                })
+            }
+            _ => None,
+        })
+        .map(Json)
+        .ok_or_else(|| {
+            ApiError::not_found(format!(
+                "no release of package {package} at version {version}"
+            ))
+        })
 }
 
 /// `POST /agent/v1/enroll`.

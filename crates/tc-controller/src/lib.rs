@@ -248,6 +248,10 @@ pub fn router(controller: Arc<Controller>) -> Router {
         .route("/agent/v1/enroll", post(agent::enroll))
         .route("/agent/v1/heartbeat", post(agent::heartbeat))
         .route("/agent/v1/desired", get(agent::desired))
+        .route(
+            "/agent/v1/releases/{package}/{version}",
+            get(agent::release),
+        )
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
         .route("/metrics", get(api::metrics))

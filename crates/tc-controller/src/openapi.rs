@@ -119,6 +119,10 @@ pub fn document() -> Value {
     paths.insert("/agent/v1/desired".into(), json!({ "get": { "summary": "Long-poll for a new desired state",
         "parameters": [ { "name": "afterRevision", "in": "query", "schema": { "type": "integer", "minimum": 0 } }, { "name": "timeoutSeconds", "in": "query", "schema": { "type": "integer", "minimum": 0 } } ],
         "responses": ok(json!({ "type": "object" }), &[400, 401, 403]) } }));
+    paths.insert("/agent/v1/releases/{package}/{version}".into(), json!({ "get": {
+        "summary": "The release (digest and hooks) of a package version this client reports running, for an agent that rebuilt its journal",
+        "parameters": [ { "name": "package", "in": "path", "required": true, "schema": { "type": "string" } }, { "name": "version", "in": "path", "required": true, "schema": { "type": "string" } } ],
+        "responses": ok(json!({ "type": "object", "required": ["name", "version", "sha256"], "properties": { "name": { "type": "string" }, "version": { "type": "string" }, "sha256": { "type": "string" }, "hooks": { "type": "object" } } }), &[400, 401, 403, 404]) } }));
     for (path, summary) in [
         ("/healthz", "Liveness"),
         ("/readyz", "Readiness"),

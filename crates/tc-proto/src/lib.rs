@@ -389,6 +389,24 @@ pub struct DesiredResponse {
     pub changed: bool,
 }
 
+/// Answer of `GET /agent/v1/releases/{package}/{version}`: the release of a package version the
+/// client runs. An agent whose journal was lost (and rebuilt from the installed packages) asks for
+/// it before removing that version, since `preRemove` must run first. Controllers that predate it
+/// answer 404, as for a release they do not have.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReleaseInfo {
+    /// Package name.
+    pub name: String,
+    /// Exact version.
+    pub version: String,
+    /// Lowercase hex sha256 of the zip.
+    pub sha256: String,
+    /// Lifecycle hooks.
+    #[serde(default, skip_serializing_if = "Hooks::is_empty")]
+    pub hooks: Hooks,
+}
+
 /// Error body of the agent API (the same shape as the admin API's `Status`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
