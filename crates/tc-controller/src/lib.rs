@@ -262,6 +262,7 @@ pub fn router(controller: Arc<Controller>) -> Router {
         )
         .fallback(api::not_found)
         .layer(DefaultBodyLimit::max(max_apply))
+        .layer(axum::middleware::from_fn(error::json_errors))
         .with_state(controller)
 }
 
