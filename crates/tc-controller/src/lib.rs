@@ -66,6 +66,10 @@ pub struct Config {
     pub max_apply_bytes: usize,
     /// Missed heartbeats after which a client is Offline.
     pub offline_after_missed: u32,
+    /// Longest wait for the connection when an `artifact.url` is fetched.
+    pub artifact_connect_timeout: Duration,
+    /// Longest fetch of an `artifact.url`, from the request to the last byte.
+    pub artifact_fetch_timeout: Duration,
 }
 
 impl Config {
@@ -83,6 +87,8 @@ impl Config {
             max_blob_bytes: 4 << 30,
             max_apply_bytes: 32 << 20,
             offline_after_missed: 3,
+            artifact_connect_timeout: Duration::from_secs(10),
+            artifact_fetch_timeout: Duration::from_secs(600),
         }
     }
 }
@@ -142,7 +148,7 @@ pub struct Controller {
     pub sources: Sources,
     /// Set once the watched directory was applied (or there is none).
     pub ready: AtomicBool,
-    /// Fetches `artifact.url`s.
+    /// Fetches `artifact.url`s (outside the apply lock, with the configured timeouts).
     pub http: reqwest::Client,
     /// Flips to true at shutdown (background tasks stop; long-polls end through
     /// [`fleet::Fleet::close`]).
@@ -315,8 +321,8 @@ pub async fn open(
     let persister = Persister::start(store.clone(), metrics.client_write_batches.clone());
     install_crypto_provider();
     let http = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(10))
-        .timeout(Duration::from_secs(600))
+        .connect_timeout(config.artifact_connect_timeout)
+        .timeout(config.artifact_fetch_timeout)
         .build()
         .map_err(|e| ServeError::Server(std::io::Error::other(e)))?;
     let controller = Arc::new(Controller {
