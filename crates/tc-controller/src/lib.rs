@@ -7,6 +7,7 @@ pub mod agent;
 pub mod api;
 pub mod apply;
 pub mod blobs;
+pub mod datadir;
 pub mod demo;
 pub mod error;
 pub mod fleet;
@@ -281,7 +282,7 @@ pub async fn open(
         let path = path.display().to_string();
         move |source| ServeError::Io { path, source }
     };
-    std::fs::create_dir_all(&config.data_dir).map_err(io(&config.data_dir))?;
+    datadir::create_dir(&config.data_dir).map_err(io(&config.data_dir))?;
     let admin_path = config.data_dir.join("admin.token");
     let bootstrap_path = config.data_dir.join("bootstrap.token");
     let (admin_token, admin_created) =
@@ -292,13 +293,21 @@ pub async fn open(
         tracing::info!(admin = %admin_path.display(), bootstrap = %bootstrap_path.display(), "created token files (mode 0600)");
     }
     let db_path = config.data_dir.join("thinfleet.redb");
+    // redb creates a database in an empty file: made here first, it never has the default mode.
+    datadir::create_private_file(&db_path).map_err(io(&db_path))?;
     let store: Arc<dyn Store> = Arc::new(
         tokio::task::spawn_blocking(move || RedbStore::open(&db_path))
             .await
             .map_err(|e| ServeError::Server(std::io::Error::other(e)))??,
     );
+    // The store is open (its lock held): no other controller uses this data directory, so the
+    // temporary files of uploads a crash interrupted can go.
     let blobs =
         BlobStore::open(&config.data_dir, config.max_blob_bytes).map_err(io(&config.data_dir))?;
+    if let Err(error) = datadir::tighten_and_log(&config.data_dir) {
+        tracing::warn!(dir = %config.data_dir.display(), %error,
+            "cannot take group and other permissions away from the data directory");
+    }
     let loader = store.clone();
     let fleet = tokio::task::spawn_blocking(move || -> tc_store::Result<Fleet> {
         let tokens: std::collections::HashMap<String, String> =
