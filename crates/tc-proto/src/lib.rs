@@ -276,6 +276,7 @@ pub struct Load {
 
 /// `POST /agent/v1/enroll`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct EnrollRequest {
     /// Protocol version spoken by the agent.
@@ -296,6 +297,7 @@ pub struct EnrollRequest {
 
 /// Answer to a successful enrolment.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct EnrollResponse {
     /// The client's name on the controller.
@@ -308,6 +310,7 @@ pub struct EnrollResponse {
 
 /// `POST /agent/v1/heartbeat`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct HeartbeatRequest {
     /// Protocol version spoken by the agent.
@@ -330,6 +333,7 @@ pub struct HeartbeatRequest {
 
 /// One package a client should run.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct DesiredPackage {
     /// Package name.
@@ -358,6 +362,7 @@ fn is_zero(value: &u32) -> bool {
 
 /// Everything a client should run, at a revision.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct DesiredState {
     /// Increases every time the client's desired packages change.
@@ -368,6 +373,7 @@ pub struct DesiredState {
 
 /// Answer to a heartbeat.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct HeartbeatResponse {
     /// What the client should run.
@@ -381,6 +387,7 @@ pub struct HeartbeatResponse {
 
 /// Answer of `GET /agent/v1/desired?afterRevision=N`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct DesiredResponse {
     /// The desired state; its revision equals `afterRevision` when the wait timed out unchanged.
@@ -394,6 +401,7 @@ pub struct DesiredResponse {
 /// it before removing that version, since `preRemove` must run first. Controllers that predate it
 /// answer 404, as for a release they do not have.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct ReleaseInfo {
     /// Package name.
