@@ -8,10 +8,13 @@
 //! against the running controller in CI (`.ci/run`).
 
 use serde_json::{Value, json};
-use tc_api::{Client, ClientGroup, Event, PackageRelease, SourceStatus};
+use tc_api::{
+    BlockedMachine, BootstrapToken, BootstrapTokenCreated, BootstrapTokenRequest, Client,
+    ClientGroup, Event, PackageRelease, SourceStatus,
+};
 use tc_proto::{
     DesiredResponse, EnrollRequest, EnrollResponse, HeartbeatRequest, HeartbeatResponse,
-    ReleaseInfo,
+    ReleaseInfo, SessionRequest, SessionResponse,
 };
 
 fn schema_of<T: schemars::JsonSchema>(components: &mut serde_json::Map<String, Value>) -> Value {
@@ -49,6 +52,13 @@ fn ok(schema: Value, extra: &[u16]) -> Value {
     Value::Object(responses)
 }
 
+/// `responses` with one more successful answer, `code`, of `schema` in JSON.
+fn with_response(mut responses: Value, code: &str, description: &str, schema: Value) -> Value {
+    responses[code] =
+        json!({ "description": description, "content": { "application/json": { "schema": schema } } });
+    responses
+}
+
 /// A request body of `schema` in JSON (`application/json`).
 fn json_body(schema: Value) -> Value {
     json!({ "required": true, "content": { "application/json": { "schema": schema } } })
@@ -77,6 +87,12 @@ pub fn document() -> Value {
     let heartbeat_response = schema_of::<HeartbeatResponse>(&mut components);
     let desired_response = schema_of::<DesiredResponse>(&mut components);
     let release_info = schema_of::<ReleaseInfo>(&mut components);
+    let session_request = schema_of::<SessionRequest>(&mut components);
+    let session_response = schema_of::<SessionResponse>(&mut components);
+    let token = schema_of::<BootstrapToken>(&mut components);
+    let token_request = schema_of::<BootstrapTokenRequest>(&mut components);
+    let token_created = schema_of::<BootstrapTokenCreated>(&mut components);
+    let blocked = schema_of::<BlockedMachine>(&mut components);
     components.insert(
         "Status".into(),
         json!({ "type": "object", "required": ["kind", "code", "reason", "message"], "properties": {
@@ -143,7 +159,48 @@ pub fn document() -> Value {
     paths.insert("/apis/thinfleet.io/v1/sources/{name}".into(), json!({ "get": { "summary": "One watched manifest directory (named by its base name)",
         "parameters": [ { "name": "name", "in": "path", "required": true, "schema": { "type": "string" } } ],
         "responses": ok(one_source, READ) } }));
-    paths.insert("/apis/thinfleet.io/v1/bootstraptokens".into(), json!({ "post": { "summary": "Create a bootstrap token", "responses": ok(json!({ "type": "object", "required": ["token"], "properties": { "token": { "type": "string" } } }), &[401, 403]) } }));
+    paths.insert("/apis/thinfleet.io/v1/bootstraptokens".into(), json!({
+        "post": { "summary": "Create a bootstrap token (its secret and the join material are answered once)",
+            "requestBody": { "required": false, "content": { "application/json": { "schema": token_request } } },
+            "responses": ok(token_created, &[400, 401, 403, 409, 422]) },
+        "get": { "summary": "List bootstrap tokens (no secrets)", "responses": ok(list(&token), auth) } }));
+    let token_name =
+        json!({ "name": "name", "in": "path", "required": true, "schema": { "type": "string" } });
+    paths.insert(
+        "/apis/thinfleet.io/v1/bootstraptokens/{name}".into(),
+        json!({ "delete": { "summary": "Revoke a bootstrap token",
+        "parameters": [token_name], "responses": ok(token, &[401, 403, 404]) } }),
+    );
+    for (action, summary, body) in [
+        (
+            "approve",
+            "Approve a pending client, as a new client or (replace) as the new key of another",
+            true,
+        ),
+        (
+            "deny",
+            "Deny a pending client: deleted, its key (and machine id) refused",
+            false,
+        ),
+        (
+            "decommission",
+            "Tell the client's agent to remove what thinfleet installed and stop; then delete it and refuse its machine id",
+            false,
+        ),
+    ] {
+        let mut operation = json!({ "summary": summary, "parameters": [name_param], "responses": ok(client.clone(), &[400, 401, 403, 404, 409]) });
+        if body {
+            operation["requestBody"] = json!({ "required": false, "content": { "application/json": { "schema": { "type": "object", "properties": { "replace": { "type": "string" } }, "additionalProperties": false } } } });
+        }
+        paths.insert(
+            format!("/apis/thinfleet.io/v1/clients/{{name}}/{action}"),
+            json!({ "post": operation }),
+        );
+    }
+    paths.insert("/apis/thinfleet.io/v1/blockedmachines".into(), json!({ "get": { "summary": "Machine identities refused at enrolment", "responses": ok(list(&blocked), auth) } }));
+    paths.insert("/apis/thinfleet.io/v1/blockedmachines/{machineId}".into(), json!({ "delete": { "summary": "Allow a machine id to enrol again",
+        "parameters": [ { "name": "machineId", "in": "path", "required": true, "schema": { "type": "string" } } ],
+        "responses": ok(list(&blocked), &[401, 403, 404]) } }));
     paths.insert("/blobs".into(), json!({ "put": { "summary": "Upload a blob", "parameters": [ { "name": "sha256", "in": "query", "schema": { "type": "string", "pattern": "^[0-9a-f]{64}$" } } ],
         "requestBody": { "required": true, "content": { "application/octet-stream": { "schema": { "type": "string", "format": "binary" } } } },
         "responses": ok(json!({ "type": "object", "required": ["sha256", "size"], "properties": { "sha256": { "type": "string" }, "size": { "type": "integer" } } }), &[400, 401, 403, 413, 422]) } }));
@@ -173,9 +230,13 @@ pub fn document() -> Value {
             "responses": responses })
     };
     paths.insert("/blobs/sha256/{hex}".into(), json!({ "get": blob("Download a blob (Range, ETag)", true), "head": blob("A blob's size and ETag", false) }));
-    paths.insert("/agent/v1/enroll".into(), json!({ "post": { "summary": "Enrol an agent (the bootstrap token is in the body)", "security": [],
-        "requestBody": json_body(enroll_request), "responses": ok(enroll_response, &[400, 401, 413, 415, 422]) } }));
-    paths.insert("/agent/v1/heartbeat".into(), json!({ "post": { "summary": "Agent heartbeat (a client token)",
+    // Enrolment and sessions are how an agent comes by a token: they need none.
+    paths.insert("/agent/v1/enroll".into(), json!({ "post": { "summary": "Enrol an agent (200 enrolled, 202 pending; the bootstrap token and a signature are in the body)", "security": [],
+        "requestBody": json_body(enroll_request.clone()),
+        "responses": with_response(ok(enroll_response.clone(), &[400, 401, 403, 413, 415, 422, 429]), "202", "Pending: an admin has to approve the client", enroll_response) } }));
+    paths.insert("/agent/v1/session".into(), json!({ "post": { "summary": "A session challenge, or a session for a signed challenge", "security": [],
+        "requestBody": json_body(session_request), "responses": ok(session_response, &[400, 401, 403, 413, 415, 422]) } }));
+    paths.insert("/agent/v1/heartbeat".into(), json!({ "post": { "summary": "Agent heartbeat (a session token)",
         "requestBody": json_body(heartbeat_request), "responses": ok(heartbeat_response, JSON_BODY) } }));
     paths.insert("/agent/v1/desired".into(), json!({ "get": { "summary": "Long-poll for a new desired state (a client token)",
         "parameters": [ { "name": "afterRevision", "in": "query", "schema": { "type": "integer", "minimum": 0, "maximum": U64_MAX } }, { "name": "timeoutSeconds", "in": "query", "schema": { "type": "integer", "minimum": 0, "maximum": U64_MAX } } ],
