@@ -33,7 +33,8 @@ use crate::engine::{Engine, EngineError, EngineOptions, Snapshot};
 use crate::identity::{Identity, KeyOrigin};
 use crate::inventory::{AGENT_VERSION, Collector};
 use crate::state::{
-    ConnectionStatus, Credentials, Decommissioned, ErrorRecord, StateDir, StateError, read_json,
+    ConnectionStatus, Credentials, Decommissioned, ErrorRecord, StateDir, StateError, read_file,
+    read_json,
     write_atomic, write_json,
 };
 
@@ -145,6 +146,9 @@ pub const PINNED_CA_FILE: &str = "ca.crt";
 /// Builds the HTTP client shared by the protocol and the downloads (with rustls on the *ring*
 /// provider, installed here if nothing installed a provider before).
 ///
+/// It follows no redirect: a redirect would replay an enrolment (with its bootstrap token) or a
+/// heartbeat (with the inventory) to whatever host it names. A 3xx is an error the agent reports.
+///
 /// An `https://` server is trusted through `ca`: a CA file, or a pinned fingerprint. With a pin,
 /// the CA certificate of the first handshake that verified is stored as
 /// `<state_dir>/ca.crt` (mode 0600), and from the next start on exactly that certificate is
@@ -157,6 +161,7 @@ pub fn http_client(
     crate::install_crypto_provider();
     let mut builder = reqwest::Client::builder()
         .user_agent(format!("tc-agent/{AGENT_VERSION}"))
+        .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(Duration::from_secs(10));
     if server.scheme() == "https" {
         let ca = ca.ok_or_else(|| {
@@ -186,8 +191,15 @@ fn tls_config(ca: &CaTrust, state_dir: &Path) -> Result<rustls::ClientConfig, Ag
         CaTrust::Pinned(pin) => *pin,
     };
     let stored = state_dir.join(PINNED_CA_FILE);
-    if stored.exists() {
-        match tc_trust::read_pem_certificates(&stored) {
+    // Read like every file of the state directory: a link planted there is refused, not followed.
+    let kept = read_file(&stored).and_then(|pem| match pem {
+        Some(pem) => tc_trust::parse_pem_certificates(&pem)
+            .map(Some)
+            .map_err(|error| StateError::io(&stored)(std::io::Error::other(error))),
+        None => Ok(None),
+    });
+    if let Some(kept) = kept.transpose() {
+        match kept {
             Ok(certificates)
                 if certificates.len() == 1
                     && CaCertHash::of_certificate(&certificates[0]).ok() == Some(pin) =>
@@ -317,6 +329,9 @@ async fn send<T: DeserializeOwned>(
             message: error_chain(&error),
         })?;
     let status = response.status();
+    if status.is_redirection() {
+        return Err(redirect_error(url, status, response.headers()));
+    }
     let retry_after = response
         .headers()
         .get(header::RETRY_AFTER)
@@ -355,6 +370,22 @@ async fn send<T: DeserializeOwned>(
         url,
         message: error.to_string(),
     })
+}
+
+/// The error for a redirect, which the agent never follows (see [`http_client`]).
+fn redirect_error(url: Url, status: StatusCode, headers: &header::HeaderMap) -> ApiError {
+    let location = headers
+        .get(header::LOCATION)
+        .and_then(|value| value.to_str().ok())
+        .map_or_else(|| "nowhere".to_owned(), |to| to.chars().take(200).collect());
+    ApiError::Status {
+        url,
+        status,
+        message: format!(
+            "the controller redirects to {location}; the agent follows no redirect (set its server \
+             to the controller's own address)"
+        ),
+    }
 }
 
 /// Everything the main loop needs.
@@ -745,16 +776,17 @@ pub fn machine_id(config: &AgentConfig, dir: &StateDir) -> Result<String, StateE
     if let Some(id) = &config.machine_id {
         return Ok(id.clone());
     }
-    for path in [
-        std::path::PathBuf::from(SYSTEM_MACHINE_ID),
-        dir.machine_id(),
-    ] {
-        if let Ok(text) = std::fs::read_to_string(&path) {
-            let id = text.trim();
-            if !id.is_empty() {
-                return Ok(id.to_owned());
-            }
-        }
+    let id_in = |bytes: Option<Vec<u8>>| {
+        let text = String::from_utf8(bytes?).ok()?;
+        Some(text.trim().to_owned()).filter(|id| !id.is_empty())
+    };
+    if let Some(id) = id_in(std::fs::read(SYSTEM_MACHINE_ID).ok()) {
+        return Ok(id);
+    }
+    // The generated one is read without following a link: a link planted there would send the
+    // first line of any file to the controller.
+    if let Some(id) = id_in(read_file(&dir.machine_id())?) {
+        return Ok(id);
     }
     let id = format!(
         "{:016x}{:016x}",

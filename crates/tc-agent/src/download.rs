@@ -12,11 +12,21 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use reqwest::{StatusCode, Url, header};
-use tc_proto::{DesiredPackage, ErrorStatus};
+use tc_proto::{DesiredPackage, ErrorStatus, ReleaseInfo};
 use tokio::io::AsyncWriteExt;
 
 use crate::backoff::{Backoff, Retry};
-use crate::state::sync_dir;
+use crate::state::{NOFOLLOW, sync_dir};
+
+/// Opens a file for reading without following a symbolic link (a link planted in `downloads/`
+/// is refused, not read).
+fn open_nofollow(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(NOFOLLOW)
+        .open(path)
+}
 
 /// How downloads are retried.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -146,6 +156,42 @@ impl Fetcher {
             .clone()
     }
 
+    /// Asks the controller for the release of `name` at `version` (its digest and hooks):
+    /// `Ok(None)` when the controller has none (or predates the question).
+    pub async fn release(&self, name: &str, version: &str) -> Result<Option<ReleaseInfo>, String> {
+        let url = self
+            .base
+            .join(&format!("agent/v1/releases/{name}/{version}"))
+            .map_err(|error| error.to_string())?;
+        let mut request = self
+            .client
+            .get(url.clone())
+            .header(header::ACCEPT, "application/json")
+            .timeout(self.options.idle_timeout);
+        if let Some(token) = self.token_for(&url) {
+            request = request.bearer_auth(token);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|error| format!("GET {url}: {}", error_chain(&error)))?;
+        let status = response.status();
+        if status == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if !status.is_success() {
+            return Err(format!(
+                "GET {url}: {status}: {}",
+                error_message(response).await
+            ));
+        }
+        response
+            .json()
+            .await
+            .map(Some)
+            .map_err(|error| format!("GET {url}: {}", error_chain(&error)))
+    }
+
     /// Downloads and verifies `package` into `downloads`; returns the path of the verified zip.
     pub async fn fetch(
         &self,
@@ -193,7 +239,7 @@ impl Fetcher {
             remove_file(&part)?;
             return Err(error);
         }
-        File::open(&part)
+        open_nofollow(&part)
             .and_then(|file| file.sync_all())
             .map_err(|source| DownloadError::Io {
                 path: part.clone(),
@@ -219,7 +265,7 @@ impl Fetcher {
                 source,
             })
         };
-        let mut offset = match fs::metadata(part) {
+        let mut offset = match fs::symlink_metadata(part) {
             Ok(metadata) => metadata.len(),
             Err(error) if error.kind() == io::ErrorKind::NotFound => 0,
             Err(error) => return Err(io_fatal(error)),
@@ -300,6 +346,7 @@ impl Fetcher {
             .write(true)
             .append(offset > 0)
             .truncate(offset == 0)
+            .custom_flags(NOFOLLOW)
             .open(part)
             .await
             .map_err(io_fatal)?;
@@ -376,7 +423,7 @@ pub async fn verify(path: &Path, size: u64, sha256: &str) -> Result<(), Download
 
 /// The size and lowercase hex sha256 of a file.
 pub fn sha256_file(path: &Path) -> io::Result<(u64, String)> {
-    let mut file = File::open(path)?;
+    let mut file = open_nofollow(path)?;
     let mut context = ring::digest::Context::new(&ring::digest::SHA256);
     let mut buffer = vec![0u8; 64 * 1024];
     let mut size = 0u64;

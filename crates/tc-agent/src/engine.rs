@@ -42,6 +42,10 @@
 //! A removal runs `preRemove` (if it fails the package stays installed, is reported `Failed` and
 //! the removal is retried with backoff), then removes `current` and the package directory. Only
 //! packages recorded in the journal are ever touched.
+//!
+//! What the agent reports is the journal on disk. A journal that cannot be written (a full disk)
+//! stops the pass as a crash at that point would: the journal in memory goes back to the one on
+//! disk, and the next pass, after a backoff, recovers from it and writes it again.
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -57,12 +61,19 @@ use crate::fault::{FaultPoint, Faults};
 use crate::hooks::{self, HookContext, HookKind};
 use crate::state::{
     ErrorRecord, FailedAction, Failure, FailureCause, InstallStep, Journal, Operation,
-    PackageRecord, RemoveStep, StateDir, StateError, VersionRecord, sync_dir,
+    PackageRecord, RemoveStep, StateDir, StateError, VersionRecord, check_dir, ensure_dir,
+    sync_dir,
 };
 
 /// How many times an install interrupted by a crash after a hook started is retried at once;
 /// one more interruption is a failure of the release, which is not retried.
 pub const IMMEDIATE_RETRIES_AFTER_CRASH: u32 = 3;
+
+mod files;
+mod rebuild;
+
+use files::{read_dir_names, remove_all, remove_file_if_exists};
+use rebuild::rebuild_journal;
 
 /// The name of the temporary link renamed over `current`.
 const CURRENT_TEMPORARY: &str = ".current.tmp";
@@ -140,7 +151,12 @@ pub struct Snapshot {
 #[derive(Debug)]
 pub struct Engine {
     dir: StateDir,
+    /// The journal being worked on: ahead of [`Engine::persisted`] only between a change and the
+    /// save that follows it.
     journal: Journal,
+    /// The journal as last written to disk. It is what the agent reports (a state it could lose
+    /// is never reported), and what `journal` goes back to when a save fails.
+    persisted: Journal,
     options: EngineOptions,
 }
 
@@ -148,23 +164,31 @@ impl Engine {
     /// Opens the state directory, creating it if needed, and recovers from an interrupted run.
     pub fn open(dir: StateDir, options: EngineOptions) -> Result<Engine, EngineError> {
         dir.create()?;
-        let journal = match Journal::load(&dir) {
-            Ok(Some(journal)) => journal,
-            Ok(None) => rebuild_journal(&dir),
+        let (journal, rebuilt) = match Journal::load(&dir) {
+            Ok(Some(journal)) => (journal, false),
+            Ok(None) => (rebuild_journal(&dir), true),
             Err(StateError::Corrupt { path, source }) => {
                 let aside = path.with_extension("json.corrupt");
                 tracing::error!(path = %path.display(), error = %source, aside = %aside.display(),
                     "journal is corrupt; rebuilding it from the installed packages");
                 fs::rename(&path, &aside).map_err(StateError::io(&path))?;
-                rebuild_journal(&dir)
+                (rebuild_journal(&dir), true)
             }
             Err(error) => return Err(error.into()),
         };
         let mut engine = Engine {
             dir,
+            persisted: if rebuilt {
+                Journal::default()
+            } else {
+                journal.clone()
+            },
             journal,
             options,
         };
+        if rebuilt {
+            engine.save()?;
+        }
         engine.recover()?;
         engine.sweep();
         Ok(engine)
@@ -180,11 +204,12 @@ impl Engine {
         &self.dir
     }
 
-    /// The reports to send to the controller.
+    /// The reports to send to the controller: those of the journal on disk, never of a change
+    /// not written yet.
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
-            observed_revision: self.journal.observed_revision,
-            packages: self.journal.reports(),
+            observed_revision: self.persisted.observed_revision,
+            packages: self.persisted.reports(),
         }
     }
 
@@ -213,7 +238,6 @@ impl Engine {
         // half done: finish or undo it first, as after a crash.
         self.recover()?;
         let now = Timestamp::now();
-        let before = self.journal.clone();
         self.journal.desired = Some(desired.clone());
         self.journal.observed_revision = desired.revision;
 
@@ -245,7 +269,9 @@ impl Engine {
                 .to_owned();
             record.set_state(PackageState::Removing, &version, None, now);
         }
-        if self.journal != before {
+        // Compared with what is on disk, not with the journal before this pass: after a save
+        // failed, the next pass must write what that one could not.
+        if self.journal != self.persisted {
             self.save()?;
         }
         if !progress(&self.snapshot()) {
@@ -259,7 +285,7 @@ impl Engine {
             }
         }
         for name in removals {
-            self.remove(&name).await?;
+            self.remove(&name, fetcher).await?;
             if !progress(&self.snapshot()) {
                 return Ok(());
             }
@@ -294,6 +320,7 @@ impl Engine {
             return None;
         }
         if record.active_version() == Some(package.version.as_str()) {
+            Self::restore_hooks(&package.name, record, package);
             record.failure = None;
             record.set_state(PackageState::Installed, &package.version, None, now);
             return None;
@@ -376,7 +403,8 @@ impl Engine {
         self.set_install_step(name, InstallStep::Move)?;
         let package_dir = self.dir.package(name);
         let version_dir = self.dir.version(name, version);
-        fs::create_dir_all(&package_dir).map_err(|error| io_failure(&package_dir, error))?;
+        // Never a link: the version would be moved to, and later deleted from, where it points.
+        ensure_dir(&package_dir).map_err(|error| StepError::Failed(error.to_string()))?;
         if version_dir.exists() {
             // A leftover of an earlier attempt, or the kept previous version being reinstalled.
             let record = self.record_mut(name);
@@ -574,8 +602,8 @@ impl Engine {
     }
 
     /// Removes a package that is no longer desired.
-    async fn remove(&mut self, name: &str) -> Result<(), EngineError> {
-        let Some(active) = self.journal.packages[name].active.clone() else {
+    async fn remove(&mut self, name: &str, fetcher: &Fetcher) -> Result<(), EngineError> {
+        let Some(mut active) = self.journal.packages[name].active.clone() else {
             // Nothing was ever activated: only leftovers to clear.
             let package_dir = self.dir.package(name);
             remove_all(&package_dir).map_err(StateError::io(&package_dir))?;
@@ -583,6 +611,12 @@ impl Engine {
             self.save()?;
             return Ok(());
         };
+        if active.hooks_unknown {
+            match self.learn_hooks(name, &active, fetcher).await? {
+                Some(known) => active = known,
+                None => return Ok(()),
+            }
+        }
         tracing::info!(package = %name, version = %active.version, "removing");
         self.record_mut(name).operation = Some(Operation::Remove {
             step: RemoveStep::PreRemove,
@@ -780,6 +814,12 @@ impl Engine {
             keep.insert(&target.version);
         }
         let package_dir = self.dir.package(name);
+        if let Err(error) = check_dir(&package_dir) {
+            if fs::symlink_metadata(&package_dir).is_ok() {
+                tracing::error!(%error, "not cleaning up the package directory");
+            }
+            return;
+        }
         for entry in read_dir_names(&package_dir) {
             if !keep.contains(entry.as_str()) {
                 let path = package_dir.join(&entry);
@@ -829,16 +869,35 @@ impl Engine {
             .expect("the package has a record")
     }
 
-    fn save(&self) -> Result<(), StateError> {
-        self.journal.save(&self.dir)
+    /// Writes the journal. When that fails (a full disk, say), the journal in memory goes back to
+    /// the one on disk, as if the agent had stopped just before this save: the step the journal
+    /// was to announce has not started, the error stops the pass, and the next pass (after a
+    /// backoff) recovers from the journal on disk exactly as after a crash, and saves again.
+    fn save(&mut self) -> Result<(), StateError> {
+        match self.journal.save(&self.dir) {
+            Ok(()) => {
+                self.persisted.clone_from(&self.journal);
+                Ok(())
+            }
+            Err(error) => {
+                self.journal.clone_from(&self.persisted);
+                Err(error)
+            }
+        }
     }
 }
 
-/// The version `packages/<name>/current` points to, if it is a link to a directory.
+/// The version `packages/<name>/current` points to, if it is a link to a directory (a real one,
+/// not another link) of `packages/<name>/`.
 pub fn read_current(dir: &StateDir, name: &str) -> Option<String> {
     let target = fs::read_link(dir.current(name)).ok()?;
     let version = target.to_str()?.to_owned();
-    dir.version(name, &version).is_dir().then_some(version)
+    if version.contains('/') || version.starts_with('.') {
+        return None;
+    }
+    fs::symlink_metadata(dir.version(name, &version))
+        .is_ok_and(|metadata| metadata.is_dir())
+        .then_some(version)
 }
 
 /// What the journal keeps about the version `package` installs.
@@ -847,6 +906,7 @@ fn version_record(package: &DesiredPackage) -> VersionRecord {
         version: package.version.clone(),
         sha256: package.sha256.clone(),
         hooks: package.hooks.clone(),
+        hooks_unknown: false,
     }
 }
 
@@ -942,27 +1002,6 @@ fn validate(package: &DesiredPackage) -> Result<(), String> {
     Ok(())
 }
 
-/// Builds a journal from `packages/*/current` when there is none (or it was corrupt), so that
-/// what is installed stays managed.
-fn rebuild_journal(dir: &StateDir) -> Journal {
-    let mut journal = Journal::default();
-    let now = Timestamp::now();
-    for name in read_dir_names(&dir.packages()) {
-        if let Some(version) = read_current(dir, &name) {
-            tracing::info!(package = %name, version = %version, "adopting installed package");
-            let mut record = PackageRecord::new(&version, now);
-            record.active = Some(VersionRecord {
-                version: version.clone(),
-                sha256: String::new(),
-                hooks: Default::default(),
-            });
-            record.state = PackageState::Installed;
-            journal.packages.insert(name, record);
-        }
-    }
-    journal
-}
-
 fn step_name(step: InstallStep) -> &'static str {
     match step {
         InstallStep::Download => "download",
@@ -980,173 +1019,5 @@ fn io_failure(path: &Path, error: io::Error) -> StepError {
     StepError::Failed(format!("{}: {error}", path.display()))
 }
 
-fn read_dir_names(dir: &Path) -> Vec<String> {
-    match fs::read_dir(dir) {
-        Ok(entries) => entries
-            .filter_map(Result::ok)
-            .filter_map(|entry| entry.file_name().into_string().ok())
-            .collect(),
-        Err(_) => Vec::new(),
-    }
-}
-
-/// Removes a file, link or directory tree; nothing to do when it does not exist.
-fn remove_all(path: &Path) -> io::Result<()> {
-    match fs::symlink_metadata(path) {
-        Ok(metadata) if metadata.is_dir() => make_writable_and_remove(path),
-        Ok(_) => fs::remove_file(path),
-        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(error) => Err(error),
-    }
-}
-
-/// `remove_dir_all`, after giving the owner write permission on directories a package made
-/// read-only.
-fn make_writable_and_remove(path: &Path) -> io::Result<()> {
-    match fs::remove_dir_all(path) {
-        Ok(()) => Ok(()),
-        Err(error) if error.kind() == io::ErrorKind::PermissionDenied => {
-            make_directories_writable(path);
-            fs::remove_dir_all(path)
-        }
-        Err(error) => Err(error),
-    }
-}
-
-fn make_directories_writable(path: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    let Ok(metadata) = fs::symlink_metadata(path) else {
-        return;
-    };
-    if metadata.is_dir() {
-        let mode = metadata.permissions().mode() | 0o700;
-        let _ = fs::set_permissions(path, fs::Permissions::from_mode(mode));
-        if let Ok(entries) = fs::read_dir(path) {
-            for entry in entries.flatten() {
-                make_directories_writable(&entry.path());
-            }
-        }
-    }
-}
-
-fn remove_file_if_exists(path: &Path) -> io::Result<()> {
-    match fs::remove_file(path) {
-        Err(error) if error.kind() != io::ErrorKind::NotFound => Err(error),
-        _ => Ok(()),
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn package(name: &str, version: &str, sha256: &str) -> DesiredPackage {
-        DesiredPackage {
-            name: name.into(),
-            version: version.into(),
-            sha256: sha256.into(),
-            size: 1,
-            url: "/blobs/sha256/x".into(),
-            hooks: Default::default(),
-            attempt: 0,
-        }
-    }
-
-    #[test]
-    fn validation_refuses_what_would_escape_the_state_directory() {
-        let sha = "a".repeat(64);
-        assert_eq!(validate(&package("kiosk", "1.4.2+build.7", &sha)), Ok(()));
-        for (name, version, sha256) in [
-            ("../etc", "1.0.0", sha.as_str()),
-            ("kiosk", "../../x", sha.as_str()),
-            ("kiosk", "current", sha.as_str()),
-            ("kiosk", ".hidden", sha.as_str()),
-            ("kiosk", "", sha.as_str()),
-            ("kiosk", "1.0.0", "../../../etc/passwd"),
-            ("a/b", "1.0.0", sha.as_str()),
-        ] {
-            assert!(
-                validate(&package(name, version, sha256)).is_err(),
-                "{name} {version} {sha256}"
-            );
-        }
-    }
-
-    #[test]
-    fn download_failures_back_off_release_failures_wait_for_a_new_attempt_and_crashes_retry_at_once_a_few_times()
-     {
-        let now = Timestamp::from_unix_millis(1_000_000);
-        let retry = Backoff::new(
-            std::time::Duration::from_secs(30),
-            std::time::Duration::from_secs(3600),
-        );
-        let target = VersionRecord {
-            version: "2.0.0".into(),
-            sha256: "b".repeat(64),
-            hooks: Default::default(),
-        };
-        let record_install = |record: &mut PackageRecord, attempt, cause| {
-            record_failure(
-                record,
-                FailedAction::Install,
-                &target,
-                attempt,
-                cause,
-                retry,
-                now,
-            );
-            record.failure.clone().unwrap()
-        };
-
-        let mut download = PackageRecord::new("2.0.0", now);
-        let failure = record_install(&mut download, 0, FailureCause::Download);
-        assert_eq!(failure.attempts, 1);
-        assert!(failure.retry_at >= now.plus(std::time::Duration::from_secs(15)));
-        assert_eq!(failure.retry_after(), Some(failure.retry_at));
-        assert!(waiting(&download, FailedAction::Install, now));
-        assert!(!waiting(&download, FailedAction::Remove, now));
-
-        let mut broken = PackageRecord::new("2.0.0", now);
-        let failure = record_install(&mut broken, 0, FailureCause::Package);
-        assert_eq!(
-            failure.retry_after(),
-            None,
-            "a failed release is not retried"
-        );
-        assert!(
-            failure.retry_at > now,
-            "older agents reading the journal still back off"
-        );
-        let failure = record_install(&mut broken, 0, FailureCause::Package);
-        assert_eq!(failure.attempts, 2);
-        let failure = record_install(&mut broken, 1, FailureCause::Package);
-        assert_eq!(failure.attempts, 1, "a new attempt counts from one");
-        assert_eq!(failure.attempt, 1);
-
-        let mut crashed = PackageRecord::new("2.0.0", now);
-        for attempt in 1..=IMMEDIATE_RETRIES_AFTER_CRASH {
-            let failure = record_install(&mut crashed, 0, FailureCause::Interrupted);
-            assert_eq!(failure.attempts, attempt);
-            assert_eq!(failure.cause, FailureCause::Interrupted);
-            assert_eq!(failure.retry_after(), Some(now));
-        }
-        let failure = record_install(&mut crashed, 0, FailureCause::Interrupted);
-        assert_eq!(failure.cause, FailureCause::Package);
-        assert_eq!(failure.retry_after(), None);
-
-        let mut removal = PackageRecord::new("2.0.0", now);
-        record_failure(
-            &mut removal,
-            FailedAction::Remove,
-            &target,
-            0,
-            FailureCause::Package,
-            retry,
-            now,
-        );
-        assert!(
-            removal.failure.unwrap().retry_after().is_some(),
-            "a failed removal is retried"
-        );
-    }
-}
+mod tests;

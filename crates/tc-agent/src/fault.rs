@@ -1,5 +1,7 @@
 //! Fault injection for crash tests, and the other test hooks of the binary. These are test
-//! hooks, not features.
+//! hooks, not features: the binary reads their environment variables only when it is built with
+//! the cargo feature `test-hooks`, which only the crate's own tests enable. Any other build
+//! ignores the variables (and says so in its log).
 //!
 //! Setting the environment variable `TC_AGENT_FAULT=<point>` makes the agent call
 //! `std::process::abort()` the first time it reaches that point of an install or removal, which
@@ -37,8 +39,23 @@ pub const FAULT_ENV: &str = "TC_AGENT_FAULT";
 /// The environment variable read by [`retry_from_env`].
 pub const RETRY_ENV: &str = "TC_AGENT_RETRY_MILLIS";
 
-/// Reads [`RETRY_ENV`]: the engine's retry backoff it sets, or `None` when it is unset.
+/// True when this build reads the test hooks' variables (the feature `test-hooks`).
+pub const TEST_HOOKS: bool = cfg!(feature = "test-hooks");
+
+/// Logs that `variable` is set and ignored, in a build without test hooks.
+fn ignored(variable: &str) {
+    if std::env::var_os(variable).is_some_and(|value| !value.is_empty()) {
+        tracing::warn!("{variable} is set but ignored: this build has no test hooks");
+    }
+}
+
+/// Reads [`RETRY_ENV`]: the engine's retry backoff it sets, or `None` when it is unset (always
+/// `None` in a build without test hooks).
 pub fn retry_from_env() -> Result<Option<Backoff>, String> {
+    if !TEST_HOOKS {
+        ignored(RETRY_ENV);
+        return Ok(None);
+    }
     match std::env::var(RETRY_ENV) {
         Ok(text) if !text.is_empty() => {
             let millis: u64 = text.parse().map_err(|_| {
@@ -147,8 +164,13 @@ impl Faults {
         }
     }
 
-    /// Reads [`FAULT_ENV`]; an abort at that point, or no fault when it is unset.
+    /// Reads [`FAULT_ENV`]; an abort at that point, or no fault when it is unset (always no
+    /// fault in a build without test hooks).
     pub fn from_env() -> Result<Self, String> {
+        if !TEST_HOOKS {
+            ignored(FAULT_ENV);
+            return Ok(Faults::none());
+        }
         match std::env::var(FAULT_ENV) {
             Ok(text) if !text.is_empty() => Ok(Faults::at(text.parse()?, FaultMode::Abort)),
             _ => Ok(Faults::none()),

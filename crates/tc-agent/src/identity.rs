@@ -14,7 +14,7 @@ use ring::rand::SystemRandom;
 use ring::signature::{Ed25519KeyPair, KeyPair};
 use tc_proto::identity::{base64url_encode, enrollment_message, session_message};
 
-use crate::state::{StateDir, StateError, write_atomic};
+use crate::state::{StateDir, StateError, read_file, write_atomic};
 
 /// An agent's key pair.
 pub struct Identity {
@@ -47,8 +47,8 @@ impl Identity {
     /// old file is kept as `identity.key.corrupt`).
     pub fn load_or_create(dir: &StateDir) -> Result<(Identity, KeyOrigin), StateError> {
         let path = dir.identity_key();
-        let origin = match fs::read(&path) {
-            Ok(bytes) => match Ed25519KeyPair::from_pkcs8(&bytes) {
+        let origin = match read_file(&path)? {
+            Some(bytes) => match Ed25519KeyPair::from_pkcs8(&bytes) {
                 Ok(key) => return Ok((Self::from_key(key), KeyOrigin::Loaded)),
                 Err(error) => {
                     let aside = path.with_extension("key.corrupt");
@@ -60,8 +60,7 @@ impl Identity {
                     ))
                 }
             },
-            Err(error) if error.kind() == io::ErrorKind::NotFound => KeyOrigin::Created,
-            Err(error) => return Err(StateError::io(&path)(error)),
+            None => KeyOrigin::Created,
         };
         let document = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).map_err(|_| {
             StateError::io(&path)(io::Error::other("the system random source failed"))

@@ -19,11 +19,18 @@
 //! Every file that matters after a crash is written with [`write_atomic`]: to a temporary file,
 //! fsync, rename over the old one, fsync of the directory. A reader therefore sees either the old
 //! or the new content, never a torn write.
+//!
+//! The agent runs as root and deletes what it finds under its state directory, so it trusts only
+//! a directory that nobody else can write to: [`StateDir::create`] refuses a state directory, or
+//! one of `downloads/`, `staging/`, `packages/` and `packages/<name>/`, that is not a real
+//! directory (a symbolic link included), is owned by another user, or is writable by group or
+//! others. Files in it are opened with `O_NOFOLLOW`, so a planted link is reported, never followed.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
+use std::io::Read;
 use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -52,6 +59,15 @@ pub enum StateError {
         /// Why it could not be decoded.
         #[source]
         source: serde_json::Error,
+    },
+    /// A path in the state directory is not safe to use: a symbolic link, not a directory, owned
+    /// by another user, or writable by group or others.
+    #[error("{path}: {problem}")]
+    Unsafe {
+        /// The path.
+        path: PathBuf,
+        /// What is wrong with it, and what to do.
+        problem: String,
     },
     /// The journal was written by a newer agent with a format this one does not know.
     #[error("{path} has format {found}, this agent understands up to {JOURNAL_FORMAT}")]
@@ -153,20 +169,124 @@ impl StateDir {
         self.package(name).join("current")
     }
 
-    /// Creates the state directory (mode 0700) and its subdirectories.
+    /// Creates the state directory (mode 0700) and its subdirectories, and checks that the agent
+    /// can trust them (see [`check_dir`]): the state directory, `downloads/`, `staging/`,
+    /// `packages/` and every directory `packages/<name>/`. A symbolic link among the packages is
+    /// refused too: the agent would otherwise install into, or delete from, where it points.
     pub fn create(&self) -> Result<(), StateError> {
-        if !self.root.exists() {
+        if fs::symlink_metadata(&self.root).is_err() {
             fs::DirBuilder::new()
                 .recursive(true)
                 .mode(0o700)
                 .create(&self.root)
                 .map_err(StateError::io(&self.root))?;
         }
+        check_dir(&self.root)?;
         for dir in [self.downloads(), self.staging(), self.packages()] {
-            fs::create_dir_all(&dir).map_err(StateError::io(&dir))?;
+            ensure_dir(&dir)?;
+        }
+        let packages = self.packages();
+        for entry in fs::read_dir(&packages).map_err(StateError::io(&packages))? {
+            let entry = entry.map_err(StateError::io(&packages))?;
+            let kind = entry.file_type().map_err(StateError::io(entry.path()))?;
+            if kind.is_dir() || kind.is_symlink() {
+                check_dir(&entry.path())?;
+            }
         }
         Ok(())
     }
+}
+
+/// Checks that `path` is a directory the agent can trust: a real directory (not a symbolic
+/// link), owned by the user the agent runs as, and not writable by group or others. Anyone else
+/// who can write there could make the agent (root) delete, overwrite or run what they choose.
+pub fn check_dir(path: &Path) -> Result<(), StateError> {
+    let unsafe_path = |problem: String| StateError::Unsafe {
+        path: path.to_owned(),
+        problem,
+    };
+    let metadata = fs::symlink_metadata(path).map_err(StateError::io(path))?;
+    if metadata.file_type().is_symlink() {
+        let target = fs::read_link(path)
+            .map(|target| target.display().to_string())
+            .unwrap_or_else(|_| "?".into());
+        return Err(unsafe_path(format!(
+            "is a symbolic link (to {target}); the agent follows no link in its state directory: \
+             remove the link"
+        )));
+    }
+    if !metadata.is_dir() {
+        return Err(unsafe_path("is not a directory".into()));
+    }
+    let me = rustix::process::geteuid().as_raw();
+    if metadata.uid() != me {
+        return Err(unsafe_path(format!(
+            "is owned by uid {}, not by the agent's user (uid {me}); refusing to use it: chown it \
+             or choose another state directory",
+            metadata.uid()
+        )));
+    }
+    let mode = metadata.mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        return Err(unsafe_path(format!(
+            "is writable by group or others (mode {mode:04o}); refusing to use it: run \
+             `chmod go-w {}`",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Creates the directory `path` (mode 0755, its parent must exist) unless it exists, and checks
+/// it with [`check_dir`]. An existing link is never followed.
+pub fn ensure_dir(path: &Path) -> Result<(), StateError> {
+    match fs::DirBuilder::new().mode(0o755).create(path) {
+        Ok(()) => {}
+        Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(error) => return Err(StateError::io(path)(error)),
+    }
+    check_dir(path)
+}
+
+/// Opens a file for reading without following a symbolic link.
+fn open_nofollow(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(NOFOLLOW)
+        .open(path)
+}
+
+/// `O_NOFOLLOW`: opening a symbolic link fails (with `ELOOP`) instead of opening its target.
+pub const NOFOLLOW: i32 = rustix::fs::OFlags::NOFOLLOW.bits() as i32;
+
+/// The error for opening `path` with [`NOFOLLOW`]: a link is reported as such.
+pub fn nofollow_error(path: &Path, source: io::Error) -> StateError {
+    if source.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) {
+        StateError::Unsafe {
+            path: path.to_owned(),
+            problem: "is a symbolic link; the agent follows no link in its state directory: \
+                      remove the link"
+                .into(),
+        }
+    } else {
+        StateError::Io {
+            path: path.to_owned(),
+            source,
+        }
+    }
+}
+
+/// Reads a file of the state directory without following a symbolic link; `None` when it does
+/// not exist.
+pub fn read_file(path: &Path) -> Result<Option<Vec<u8>>, StateError> {
+    let mut file = match open_nofollow(path) {
+        Ok(file) => file,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(nofollow_error(path, error)),
+    };
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes).map_err(StateError::io(path))?;
+    Ok(Some(bytes))
 }
 
 /// Writes `bytes` to `path` so that a crash leaves either the old or the new content: temporary
@@ -183,11 +303,13 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), StateErr
             Err(error) if error.kind() != io::ErrorKind::NotFound => return Err(error),
             _ => {}
         }
+        // `create_new` (O_EXCL) and O_NOFOLLOW: a link planted under the temporary name is
+        // refused, never written through.
         let mut file = OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .mode(mode)
+            .custom_flags(NOFOLLOW)
             .open(&temporary)?;
         file.write_all(bytes)?;
         file.sync_all()?;
@@ -203,7 +325,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), StateErr
 
 /// Flushes a directory's entries (new names, renames, removals) to disk.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
+    open_nofollow(dir)?.sync_all()
 }
 
 /// Serialises `value` as pretty JSON and writes it with [`write_atomic`].
@@ -216,23 +338,17 @@ pub fn write_json<T: Serialize>(path: &Path, value: &T, mode: u32) -> Result<(),
     write_atomic(path, &bytes, mode)
 }
 
-/// Reads a JSON file; `None` when it does not exist.
+/// Reads a JSON file (never through a symbolic link); `None` when it does not exist.
 pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>, StateError> {
-    match fs::read(path) {
-        Ok(bytes) => {
-            serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|source| StateError::Corrupt {
-                    path: path.to_owned(),
-                    source,
-                })
-        }
-        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(error) => Err(StateError::Io {
+    let Some(bytes) = read_file(path)? else {
+        return Ok(None);
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|source| StateError::Corrupt {
             path: path.to_owned(),
-            source: error,
-        }),
-    }
+            source,
+        })
 }
 
 /// What the agent keeps after enrolment (`credentials.json`, mode 0600). Losing it costs only a
@@ -385,6 +501,11 @@ pub struct VersionRecord {
     /// Its hooks: `preRemove` must still be known once the package left the desired state.
     #[serde(default, skip_serializing_if = "Hooks::is_empty")]
     pub hooks: Hooks,
+    /// True when `hooks` are not known: a version adopted by a journal rebuilt from the disk.
+    /// They are learnt from the desired state (the same version desired) or, before a removal,
+    /// from the controller's release; until then the version is not removed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub hooks_unknown: bool,
 }
 
 /// The step of an install that was started and not yet finished. On restart the engine looks at
@@ -776,6 +897,7 @@ mod tests {
                 version: "1.0.0".into(),
                 sha256: "ab".into(),
                 hooks: Hooks::default(),
+                hooks_unknown: false,
             },
             step: InstallStep::Activate,
             reason: None,

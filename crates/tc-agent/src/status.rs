@@ -244,6 +244,7 @@ mod tests {
             version: version.into(),
             sha256: "a".repeat(64),
             hooks: Default::default(),
+            hooks_unknown: false,
         }
     }
 

@@ -245,3 +245,23 @@ async fn sigterm_stops_the_agent_cleanly() {
         .unwrap();
     assert!(status.success(), "{status:?}");
 }
+
+#[test]
+fn test_builds_read_the_test_hooks_variables() {
+    // The crate's tests run the binary built with the feature `test-hooks` (through the
+    // dev-dependency on the crate itself); `.ci/run` checks that a release build ignores them.
+    let temp = tempfile::tempdir().unwrap();
+    let output = tc_agent()
+        .args(["--server", "http://127.0.0.1:9"])
+        .arg("--state-dir")
+        .arg(temp.path())
+        .env("TC_AGENT_FAULT", "no-such-point")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    let text = String::from_utf8(output.stderr).unwrap();
+    assert!(
+        text.contains("unknown fault point `no-such-point`"),
+        "{text}"
+    );
+}

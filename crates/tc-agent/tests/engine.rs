@@ -844,6 +844,7 @@ async fn every_journal_step_of_an_interrupted_install_recovers_to_old_or_new() {
                 version: "2.0.0".into(),
                 sha256: "2".repeat(64),
                 hooks: Hooks::default(),
+                hooks_unknown: false,
             },
             step,
             reason: (step == InstallStep::RollBack).then(|| "healthCheck failed".into()),

@@ -5,12 +5,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use tc_api::{ClientPhase, Event, EventType, Kind, ObjectRef, PackageState, Timestamp};
-use tc_proto::{HeartbeatRequest, PackageReport};
+use tc_proto::{HeartbeatRequest, PackageReport, ReleaseInfo};
 use tc_store::ClientStatusEntry;
 
 use crate::Controller;
@@ -18,6 +18,63 @@ pub use crate::enroll::{AuthenticatedClient, authenticate_client};
 use crate::error::ApiError;
 use crate::fleet::{Admission, DesiredView, Labels};
 use crate::ratelimit::EventVerdict;
+
+/// `GET /agent/v1/releases/{package}/{version}`: the release of a package version this client
+/// reports running (its digest and hooks), for an agent that lost its journal and must run
+/// `preRemove` before it removes that version. 404 when the client reports no such package version
+/// or no release defines it.
+pub async fn release(
+    State(controller): State<Arc<Controller>>,
+    AuthenticatedClient(slot): AuthenticatedClient,
+    Path((package, version)): Path<(String, String)>,
+) -> Result<Json<ReleaseInfo>, ApiError> {
+    let reported = slot
+        .state
+        .lock()
+        .expect("client lock")
+        .status
+        .packages
+        .iter()
+        .any(|report| {
+            report.name == package
+                && (report.active_version.as_deref() == Some(version.as_str())
+                    || report.version == version)
+        });
+    if !reported {
+        return Err(ApiError::not_found(format!(
+            "client/{} reports no package {package} at version {version}",
+            slot.name
+        )));
+    }
+    let store = controller.store.clone();
+    let releases = tokio::task::spawn_blocking(move || store.list(Kind::PackageRelease)).await??;
+    releases
+        .into_iter()
+        .find_map(|object| match object {
+            tc_api::Object::PackageRelease(release)
+                if release.spec.package == package && release.spec.version == version =>
+            {
+                Some(ReleaseInfo {
+                    sha256: release
+                        .status
+                        .and_then(|status| status.artifact)
+                        .map(|artifact| artifact.sha256)
+                        .or(release.spec.artifact.sha256)
+                        .unwrap_or_default(),
+                    name: release.spec.package,
+                    version: release.spec.version,
+                    hooks: release.spec.hooks,
+                })
+            }
+            _ => None,
+        })
+        .map(Json)
+        .ok_or_else(|| {
+            ApiError::not_found(format!(
+                "no release of package {package} at version {version}"
+            ))
+        })
+}
 
 /// The body of a heartbeat answer: [`tc_proto::HeartbeatResponse`] serialized from the client's
 /// shared desired state, without copying it.

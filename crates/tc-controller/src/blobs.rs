@@ -54,11 +54,27 @@ pub struct BlobStore {
 }
 
 impl BlobStore {
-    /// Opens (creating) the store under `data_dir`.
+    /// Opens (creating) the store under `data_dir`, and removes the temporary files of uploads
+    /// that a crash interrupted. Only one controller may use a data directory at a time (the
+    /// database's lock sees to it), so every file in `tmp/` is such a leftover.
     pub fn open(data_dir: &Path, max_size: u64) -> std::io::Result<Self> {
         let root = data_dir.join("blobs");
-        std::fs::create_dir_all(root.join("sha256"))?;
-        std::fs::create_dir_all(root.join("tmp"))?;
+        crate::datadir::create_dir(&root.join("sha256"))?;
+        let tmp = root.join("tmp");
+        crate::datadir::create_dir(&tmp)?;
+        let mut removed = 0;
+        for entry in std::fs::read_dir(&tmp)? {
+            let path = entry?.path();
+            match std::fs::remove_file(&path) {
+                Ok(()) => removed += 1,
+                Err(error) => tracing::warn!(path = %path.display(), %error,
+                    "cannot remove the leftover of an interrupted upload"),
+            }
+        }
+        if removed > 0 {
+            tracing::info!(count = removed, dir = %tmp.display(),
+                "removed the temporary files of uploads interrupted by a stop");
+        }
         Ok(BlobStore { root, max_size })
     }
 
@@ -92,7 +108,12 @@ impl BlobStore {
     {
         let temp = self.root.join("tmp").join(crate::tokens::generate());
         let result = async {
-            let mut file = tokio::fs::File::create(&temp).await?;
+            let mut file = tokio::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(crate::datadir::FILE_MODE)
+                .open(&temp)
+                .await?;
             let mut context = Context::new(&SHA256);
             let mut size = 0u64;
             while let Some(chunk) = stream.next().await {

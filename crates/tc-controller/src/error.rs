@@ -2,7 +2,9 @@
 //! internal faults are logged and become a 500 that leaks no internals.
 
 use axum::Json;
-use axum::http::StatusCode;
+use axum::extract::Request;
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use tc_api::Cause;
@@ -94,6 +96,55 @@ impl ApiError {
     }
 }
 
+/// Largest body of a non-JSON error response read to become the message of a JSON one (axum's
+/// rejection messages are a line or two).
+const MAX_PLAIN_ERROR_BYTES: usize = 16 * 1024;
+
+/// Middleware that makes every error a JSON `Status`: the errors the handlers return already are
+/// ([`ApiError`]); this turns the others into one, keeping their status and headers (`Allow`,
+/// `Content-Range`) — the rejections of axum's extractors (JSON syntax or data, missing or wrong
+/// content type, path and query parameters, a body over the size limit, all `text/plain`), a
+/// method a route does not have (405, empty), an unsatisfiable range (416, empty). Their text
+/// becomes the message.
+pub async fn json_errors(request: Request, next: Next) -> Response {
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let response = next.run(request).await;
+    let code = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.starts_with("application/json"));
+    if !(code.is_client_error() || code.is_server_error()) || is_json {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, MAX_PLAIN_ERROR_BYTES)
+        .await
+        .map(|bytes| String::from_utf8_lossy(&bytes).trim().to_owned())
+        .unwrap_or_default();
+    let message = if !text.is_empty() {
+        text
+    } else if code == StatusCode::METHOD_NOT_ALLOWED {
+        let allowed = parts
+            .headers
+            .get(header::ALLOW)
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or("none");
+        format!("{method} is not allowed on {path} (allowed: {allowed})")
+    } else {
+        format!(
+            "{} {}",
+            code.as_u16(),
+            code.canonical_reason().unwrap_or("error")
+        )
+    };
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.remove(header::CONTENT_TYPE);
+    (parts, Json(status_body(code, &message, &[]))).into_response()
+}
+
 /// The Kubernetes-style reason word of a status code.
 pub fn reason(code: StatusCode) -> &'static str {
     match code.as_u16() {
@@ -105,6 +156,7 @@ pub fn reason(code: StatusCode) -> &'static str {
         409 => "Conflict",
         413 => "PayloadTooLarge",
         415 => "UnsupportedMediaType",
+        416 => "RequestedRangeNotSatisfiable",
         422 => "Invalid",
         429 => "TooManyRequests",
         503 => "ServiceUnavailable",

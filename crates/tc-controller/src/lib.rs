@@ -9,6 +9,7 @@ pub mod api;
 pub mod apply;
 pub mod blobs;
 pub mod bootstrap;
+pub mod datadir;
 pub mod demo;
 pub mod enroll;
 pub mod error;
@@ -77,6 +78,10 @@ pub struct Config {
     pub max_apply_bytes: usize,
     /// Missed heartbeats after which a client is Offline.
     pub offline_after_missed: u32,
+    /// Longest wait for the connection when an `artifact.url` is fetched.
+    pub artifact_connect_timeout: Duration,
+    /// Longest fetch of an `artifact.url`, from the request to the last byte.
+    pub artifact_fetch_timeout: Duration,
     /// HTTPS with the generated PKI (the default), with the admin's files, or plain HTTP.
     pub tls: TlsMode,
     /// How often the admin's certificate files are checked for changes.
@@ -128,6 +133,8 @@ impl Config {
             max_blob_bytes: 4 << 30,
             max_apply_bytes: 32 << 20,
             offline_after_missed: 3,
+            artifact_connect_timeout: Duration::from_secs(10),
+            artifact_fetch_timeout: Duration::from_secs(600),
             tls: TlsMode::Generated {
                 extra_names: vec![],
             },
@@ -230,7 +237,7 @@ pub struct Controller {
     pub sources: Sources,
     /// Set once the watched directory was applied (or there is none).
     pub ready: AtomicBool,
-    /// Fetches `artifact.url`s.
+    /// Fetches `artifact.url`s (outside the apply lock, with the configured timeouts).
     pub http: reqwest::Client,
     /// Flips to true at shutdown (background tasks stop; long-polls end through
     /// [`fleet::Fleet::close`]).
@@ -341,6 +348,10 @@ pub fn router(controller: Arc<Controller>) -> Router {
         .route("/agent/v1/session", post(enroll::session))
         .route("/agent/v1/heartbeat", post(agent::heartbeat))
         .route("/agent/v1/desired", get(agent::desired))
+        .route(
+            "/agent/v1/releases/{package}/{version}",
+            get(agent::release),
+        )
         .layer(DefaultBodyLimit::max(
             tc_proto::limits::MAX_AGENT_BODY_BYTES,
         ));
@@ -361,6 +372,7 @@ pub fn router(controller: Arc<Controller>) -> Router {
         )
         .fallback(api::not_found)
         .layer(DefaultBodyLimit::max(max_apply))
+        .layer(axum::middleware::from_fn(error::json_errors))
         .with_state(controller)
 }
 
@@ -373,7 +385,7 @@ pub async fn open(
         let path = path.display().to_string();
         move |source| ServeError::Io { path, source }
     };
-    std::fs::create_dir_all(&config.data_dir).map_err(io(&config.data_dir))?;
+    datadir::create_dir(&config.data_dir).map_err(io(&config.data_dir))?;
     let admin_path = config.data_dir.join("admin.token");
     let bootstrap_path = config.data_dir.join("bootstrap.token");
     let (admin_token, admin_created) =
@@ -384,13 +396,21 @@ pub async fn open(
     let session_key = SessionKey::load_or_create(&config.data_dir)
         .map_err(io(&config.data_dir.join(session::SESSION_KEY_FILE)))?;
     let db_path = config.data_dir.join("thinfleet.redb");
+    // redb creates a database in an empty file: made here first, it never has the default mode.
+    datadir::create_private_file(&db_path).map_err(io(&db_path))?;
     let store: Arc<dyn Store> = Arc::new(
         tokio::task::spawn_blocking(move || RedbStore::open(&db_path))
             .await
             .map_err(|e| ServeError::Server(std::io::Error::other(e)))??,
     );
+    // The store is open (its lock held): no other controller uses this data directory, so the
+    // temporary files of uploads a crash interrupted can go.
     let blobs =
         BlobStore::open(&config.data_dir, config.max_blob_bytes).map_err(io(&config.data_dir))?;
+    if let Err(error) = datadir::tighten_and_log(&config.data_dir) {
+        tracing::warn!(dir = %config.data_dir.display(), %error,
+            "cannot take group and other permissions away from the data directory");
+    }
     let loader = store.clone();
     let fleet = tokio::task::spawn_blocking(move || Fleet::load(&*loader))
         .await
@@ -421,8 +441,8 @@ pub async fn open(
     let persister = Persister::start(store.clone(), metrics.client_write_batches.clone());
     install_crypto_provider();
     let http = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(10))
-        .timeout(Duration::from_secs(600))
+        .connect_timeout(config.artifact_connect_timeout)
+        .timeout(config.artifact_fetch_timeout)
         .build()
         .map_err(|e| ServeError::Server(std::io::Error::other(e)))?;
     let config_limits = (config.enroll_rate, config.enroll_rate_per_source);

@@ -1,10 +1,20 @@
 //! The OpenAPI 3.1 document of the API. Component schemas come from the same types the server
 //! uses (schemars), so the description cannot drift from what is served.
+//!
+//! Every operation lists every status it can answer with, each error a JSON `Status` (see
+//! [`crate::error::json_errors`]): 401 and 403 on authenticated routes; 400 for a path or query
+//! parameter that does not parse; 400, 415 and 422 for a JSON body that is not JSON, not sent as
+//! JSON, or not of the right shape; 413 for a body over the limit. `schemathesis` checks it
+//! against the running controller in CI (`.ci/run`).
 
 use serde_json::{Value, json};
 use tc_api::{
     BlockedMachine, BootstrapToken, BootstrapTokenCreated, BootstrapTokenRequest, Client,
     ClientGroup, Event, PackageRelease, SourceStatus,
+};
+use tc_proto::{
+    DesiredResponse, EnrollRequest, EnrollResponse, HeartbeatRequest, HeartbeatResponse,
+    ReleaseInfo, SessionRequest, SessionResponse,
 };
 
 fn schema_of<T: schemars::JsonSchema>(components: &mut serde_json::Map<String, Value>) -> Value {
@@ -42,6 +52,27 @@ fn ok(schema: Value, extra: &[u16]) -> Value {
     Value::Object(responses)
 }
 
+/// `responses` with one more successful answer, `code`, of `schema` in JSON.
+fn with_response(mut responses: Value, code: &str, description: &str, schema: Value) -> Value {
+    responses[code] =
+        json!({ "description": description, "content": { "application/json": { "schema": schema } } });
+    responses
+}
+
+/// A request body of `schema` in JSON (`application/json`).
+fn json_body(schema: Value) -> Value {
+    json!({ "required": true, "content": { "application/json": { "schema": schema } } })
+}
+
+/// Statuses of an authenticated route with a path parameter.
+const READ: &[u16] = &[400, 401, 403, 404];
+
+/// Statuses of an authenticated route whose JSON body is checked by the `Json` extractor.
+const JSON_BODY: &[u16] = &[400, 401, 403, 413, 415, 422];
+
+/// The largest value of a `u64` query parameter.
+const U64_MAX: u64 = u64::MAX;
+
 /// Builds the document.
 pub fn document() -> Value {
     let mut components = serde_json::Map::new();
@@ -50,6 +81,14 @@ pub fn document() -> Value {
     let client = schema_of::<Client>(&mut components);
     let event = schema_of::<Event>(&mut components);
     let source = schema_of::<SourceStatus>(&mut components);
+    let enroll_request = schema_of::<EnrollRequest>(&mut components);
+    let enroll_response = schema_of::<EnrollResponse>(&mut components);
+    let heartbeat_request = schema_of::<HeartbeatRequest>(&mut components);
+    let heartbeat_response = schema_of::<HeartbeatResponse>(&mut components);
+    let desired_response = schema_of::<DesiredResponse>(&mut components);
+    let release_info = schema_of::<ReleaseInfo>(&mut components);
+    let session_request = schema_of::<SessionRequest>(&mut components);
+    let session_response = schema_of::<SessionResponse>(&mut components);
     let token = schema_of::<BootstrapToken>(&mut components);
     let token_request = schema_of::<BootstrapTokenRequest>(&mut components);
     let token_created = schema_of::<BootstrapTokenCreated>(&mut components);
@@ -61,6 +100,8 @@ pub fn document() -> Value {
             "code": { "type": "integer" }, "reason": { "type": "string" }, "message": { "type": "string" },
             "details": { "type": "object" } } }),
     );
+    let status_content =
+        json!({ "application/json": { "schema": { "$ref": "#/components/schemas/Status" } } });
     let list = |item: &Value| json!({ "type": "object", "properties": { "apiVersion": { "type": "string" }, "kind": { "type": "string" }, "items": { "type": "array", "items": item } } });
     let name_param = json!({ "name": "name", "in": "path", "required": true, "schema": { "type": "string", "pattern": "^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", "maxLength": 63 } });
     let selector_param =
@@ -77,27 +118,34 @@ pub fn document() -> Value {
             json!({ "get": { "summary": format!("List {plural}"), "parameters": [selector_param], "responses": ok(list(schema), auth) } }),
         );
         let mut item = json!({
-            "get": { "summary": format!("Read one of {plural}"), "parameters": [name_param], "responses": ok(schema.clone(), &[400, 401, 403, 404]) },
+            "get": { "summary": format!("Read one of {plural}"), "parameters": [name_param], "responses": ok(schema.clone(), READ) },
             "delete": { "summary": format!("Delete one of {plural}"), "parameters": [name_param], "responses": ok(schema.clone(), &[400, 401, 403, 404, 409]) },
         });
         if plural == "clients" {
+            // `null` removes a label.
+            let labels =
+                json!({ "type": "object", "additionalProperties": { "type": ["string", "null"] } });
+            let patch = json!({ "type": "object", "additionalProperties": false, "properties": {
+                "metadata": { "type": "object", "additionalProperties": false, "properties": { "labels": labels } } } });
             item["patch"] = json!({ "summary": "Set or remove admin labels (JSON merge patch of metadata.labels)", "parameters": [name_param],
-                "requestBody": { "required": true, "content": { "application/merge-patch+json": { "schema": { "type": "object" } }, "application/json": { "schema": { "type": "object" } } } },
-                "responses": ok(client.clone(), &[400, 401, 403, 404, 415, 422]) });
+                "requestBody": { "required": true, "content": { "application/merge-patch+json": { "schema": patch }, "application/json": { "schema": patch } } },
+                "responses": ok(client.clone(), &[400, 401, 403, 404, 413, 415, 422]) });
         }
         paths.insert(format!("/apis/thinfleet.io/v1/{plural}/{{name}}"), item);
     }
     let flag = |name: &str| json!({ "name": name, "in": "query", "schema": { "type": "boolean" } });
+    // Any manager but the watched directory's (`dir:...`).
+    let manager = json!({ "name": "fieldManager", "in": "query", "schema": { "type": "string", "minLength": 1, "pattern": "^(?!dir:)" } });
     paths.insert("/apis/thinfleet.io/v1/apply".into(), json!({ "post": {
-        "summary": "Atomic multi-object apply", 
-        "parameters": [flag("dryRun"), flag("force"), flag("prune"), { "name": "fieldManager", "in": "query", "schema": { "type": "string" } }],
+        "summary": "Atomic multi-object apply",
+        "parameters": [flag("dryRun"), flag("force"), flag("prune"), manager],
         "requestBody": { "required": true, "content": {
             "application/yaml": { "schema": { "type": "string" } },
-            "application/json": { "schema": { "type": "object", "properties": { "files": { "type": "array", "items": { "type": "object", "required": ["name", "content"], "properties": { "name": { "type": "string" }, "content": { "type": "string" } } } } } } } } },
-        "responses": ok(json!({ "type": "object" }), &[400, 401, 403, 409, 413, 415, 422]) } }));
+            "application/json": { "schema": { "type": "object", "required": ["files"], "properties": { "files": { "type": "array", "items": { "type": "object", "required": ["name", "content"], "properties": { "name": { "type": "string" }, "content": { "type": "string" } } } } } } } } },
+        "responses": ok(json!({ "type": "object" }), &[400, 401, 403, 409, 413, 422]) } }));
     paths.insert("/apis/thinfleet.io/v1/events".into(), json!({ "get": { "summary": "Events, oldest first",
         "parameters": [ { "name": "kind", "in": "query", "schema": { "type": "string" } }, { "name": "name", "in": "query", "schema": { "type": "string" } },
-                        { "name": "afterSeq", "in": "query", "schema": { "type": "integer", "minimum": 0 } }, { "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 0 } } ],
+                        { "name": "afterSeq", "in": "query", "schema": { "type": "integer", "minimum": 0, "maximum": U64_MAX } }, { "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 0, "maximum": U64_MAX } } ],
         "responses": ok(list(&event), auth) } }));
     paths.insert("/apis/thinfleet.io/v1/clientgroups/{name}/retry".into(), json!({ "post": {
         "summary": "Retry the releases that failed on the group's members (each failed package once more)",
@@ -105,12 +153,12 @@ pub fn document() -> Value {
         "responses": ok(json!({ "type": "object", "properties": { "kind": { "type": "string" }, "group": { "type": "string" }, "message": { "type": "string" },
             "retried": { "type": "array", "items": { "type": "object", "properties": { "client": { "type": "string" }, "package": { "type": "string" }, "version": { "type": "string" }, "attempt": { "type": "integer" } } } } } }),
             &[400, 401, 403, 404, 503]) } }));
-    paths.insert("/apis/thinfleet.io/v1/sources".into(), json!({ "get": { "summary": "Watched manifest directories", "responses": ok(list(&source), auth) } }));
+    paths.insert("/apis/thinfleet.io/v1/sources".into(), json!({ "get": { "summary": "Watched manifest directories", "responses": ok(list(&source), &[401, 403]) } }));
     // One source is its status with `kind` and `apiVersion` added.
     let one_source = json!({ "allOf": [source, { "type": "object", "properties": { "kind": { "const": "ManifestSource" }, "apiVersion": { "type": "string" } } }] });
     paths.insert("/apis/thinfleet.io/v1/sources/{name}".into(), json!({ "get": { "summary": "One watched manifest directory (named by its base name)",
         "parameters": [ { "name": "name", "in": "path", "required": true, "schema": { "type": "string" } } ],
-        "responses": ok(one_source, &[401, 403, 404]) } }));
+        "responses": ok(one_source, READ) } }));
     paths.insert("/apis/thinfleet.io/v1/bootstraptokens".into(), json!({
         "post": { "summary": "Create a bootstrap token (its secret and the join material are answered once)",
             "requestBody": { "required": false, "content": { "application/json": { "schema": token_request } } },
@@ -155,48 +203,64 @@ pub fn document() -> Value {
         "responses": ok(list(&blocked), &[401, 403, 404]) } }));
     paths.insert("/blobs".into(), json!({ "put": { "summary": "Upload a blob", "parameters": [ { "name": "sha256", "in": "query", "schema": { "type": "string", "pattern": "^[0-9a-f]{64}$" } } ],
         "requestBody": { "required": true, "content": { "application/octet-stream": { "schema": { "type": "string", "format": "binary" } } } },
-        "responses": ok(json!({ "type": "object", "properties": { "sha256": { "type": "string" }, "size": { "type": "integer" } } }), &[400, 401, 403, 413, 422]) } }));
-    paths.insert("/blobs/sha256/{hex}".into(), json!({ "get": { "summary": "Download a blob (Range, ETag)", "parameters": [ { "name": "hex", "in": "path", "required": true, "schema": { "type": "string", "pattern": "^[0-9a-f]{64}$" } } ],
-        "responses": { "200": { "description": "The blob", "content": { "application/zip": {} } }, "206": { "description": "A range of the blob" }, "304": { "description": "Not modified" }, "401": { "description": "Unauthorized" }, "404": { "description": "No such blob" }, "416": { "description": "Range not satisfiable" } } } }));
-    for (path, summary, codes) in [
-        (
-            "/agent/v1/enroll",
-            "Enrol an agent (200 enrolled, 202 pending)",
-            &[400, 401, 403, 413, 415, 422, 429][..],
-        ),
-        (
-            "/agent/v1/session",
-            "A session challenge, or a session for a signed challenge",
-            &[400, 401, 413, 415, 422],
-        ),
-        (
-            "/agent/v1/heartbeat",
-            "Agent heartbeat",
-            &[400, 401, 403, 413, 415, 422],
-        ),
-    ] {
-        let mut operation = json!({ "summary": summary, "requestBody": { "required": true, "content": { "application/json": { "schema": { "type": "object" } } } }, "responses": ok(json!({ "type": "object" }), codes) });
-        // Enrolment and sessions are how an agent comes by a token: they need none.
-        if path != "/agent/v1/heartbeat" {
-            operation["security"] = json!([]);
-        }
-        paths.insert(path.into(), json!({ "post": operation }));
-    }
-    paths.insert("/agent/v1/desired".into(), json!({ "get": { "summary": "Long-poll for a new desired state",
-        "parameters": [ { "name": "afterRevision", "in": "query", "schema": { "type": "integer", "minimum": 0 } }, { "name": "timeoutSeconds", "in": "query", "schema": { "type": "integer", "minimum": 0 } } ],
-        "responses": ok(json!({ "type": "object" }), &[400, 401, 403]) } }));
-    for (path, summary) in [
-        ("/healthz", "Liveness"),
-        ("/readyz", "Readiness"),
-        ("/metrics", "Prometheus metrics"),
-        (
-            "/version",
-            "Controller version and the fingerprint of its CA (`caCertHash`)",
-        ),
-        ("/openapi.json", "This document"),
-    ] {
-        paths.insert(path.into(), json!({ "get": { "summary": summary, "security": [], "responses": { "200": { "description": "OK" } } } }));
-    }
+        "responses": ok(json!({ "type": "object", "required": ["sha256", "size"], "properties": { "sha256": { "type": "string" }, "size": { "type": "integer" } } }), &[400, 401, 403, 413, 422]) } }));
+    let blob = |summary: &str, content: bool| {
+        let mut responses = error_responses(&[400, 401, 404, 416]);
+        let body = if content {
+            json!({ "application/zip": { "schema": { "type": "string", "format": "binary" } } })
+        } else {
+            json!({})
+        };
+        responses.insert(
+            "200".into(),
+            json!({ "description": "The blob", "content": body }),
+        );
+        responses.insert(
+            "206".into(),
+            json!({ "description": "A range of the blob", "content": body }),
+        );
+        responses.insert(
+            "304".into(),
+            json!({ "description": "Not modified (If-None-Match)" }),
+        );
+        json!({ "summary": summary, "parameters": [
+            { "name": "hex", "in": "path", "required": true, "schema": { "type": "string", "pattern": "^[0-9a-f]{64}$" } },
+            { "name": "Range", "in": "header", "schema": { "type": "string" } },
+            { "name": "If-None-Match", "in": "header", "schema": { "type": "string" } } ],
+            "responses": responses })
+    };
+    paths.insert("/blobs/sha256/{hex}".into(), json!({ "get": blob("Download a blob (Range, ETag)", true), "head": blob("A blob's size and ETag", false) }));
+    // Enrolment and sessions are how an agent comes by a token: they need none.
+    paths.insert("/agent/v1/enroll".into(), json!({ "post": { "summary": "Enrol an agent (200 enrolled, 202 pending; the bootstrap token and a signature are in the body)", "security": [],
+        "requestBody": json_body(enroll_request.clone()),
+        "responses": with_response(ok(enroll_response.clone(), &[400, 401, 403, 413, 415, 422, 429]), "202", "Pending: an admin has to approve the client", enroll_response) } }));
+    paths.insert("/agent/v1/session".into(), json!({ "post": { "summary": "A session challenge, or a session for a signed challenge", "security": [],
+        "requestBody": json_body(session_request), "responses": ok(session_response, &[400, 401, 403, 413, 415, 422]) } }));
+    paths.insert("/agent/v1/heartbeat".into(), json!({ "post": { "summary": "Agent heartbeat (a session token)",
+        "requestBody": json_body(heartbeat_request), "responses": ok(heartbeat_response, JSON_BODY) } }));
+    paths.insert("/agent/v1/desired".into(), json!({ "get": { "summary": "Long-poll for a new desired state (a client token)",
+        "parameters": [ { "name": "afterRevision", "in": "query", "schema": { "type": "integer", "minimum": 0, "maximum": U64_MAX } }, { "name": "timeoutSeconds", "in": "query", "schema": { "type": "integer", "minimum": 0, "maximum": U64_MAX } } ],
+        "responses": ok(desired_response, auth) } }));
+    paths.insert("/agent/v1/releases/{package}/{version}".into(), json!({ "get": {
+        "summary": "The release (digest and hooks) of a package version this client reports running, for an agent that rebuilt its journal",
+        "parameters": [ { "name": "package", "in": "path", "required": true, "schema": { "type": "string" } }, { "name": "version", "in": "path", "required": true, "schema": { "type": "string" } } ],
+        "responses": ok(release_info, READ) } }));
+    let plain = |summary: &str, content_type: &str| {
+        json!({ "get": { "summary": summary, "security": [], "responses": {
+        "200": { "description": "OK", "content": { content_type: { "schema": { "type": "string" } } } } } } })
+    };
+    paths.insert("/healthz".into(), plain("Liveness", "text/plain"));
+    paths.insert(
+        "/metrics".into(),
+        plain("Prometheus metrics", "application/openmetrics-text"),
+    );
+    paths.insert("/readyz".into(), json!({ "get": { "summary": "Readiness: 503 until the watched directory was applied once", "security": [], "responses": {
+        "200": { "description": "OK", "content": { "text/plain": { "schema": { "type": "string" } } } },
+        "503": { "description": "Starting", "content": status_content } } } }));
+    paths.insert("/version".into(), json!({ "get": { "summary": "Controller version", "security": [], "responses": {
+        "200": { "description": "OK", "content": { "application/json": { "schema": { "type": "object", "required": ["version"], "properties": { "version": { "type": "string" } } } } } } } } }));
+    paths.insert("/openapi.json".into(), json!({ "get": { "summary": "This document", "security": [], "responses": {
+        "200": { "description": "OK", "content": { "application/json": { "schema": { "type": "object" } } } } } } }));
     json!({
         "openapi": "3.1.0",
         "info": { "title": "thinfleet controller", "version": env!("CARGO_PKG_VERSION") },

@@ -649,6 +649,43 @@ async fn long_polls_multiplexed_over_http2_learn_a_change(controller: TestContro
 }
 
 #[tokio::test]
+async fn a_client_learns_the_release_only_of_a_package_version_it_reports() {
+    let controller = TestController::start().await;
+    let admin = Api::admin(&controller);
+    let sha = publish(&admin, "kiosk", "1.0.0").await;
+    publish(&admin, "vpn", "2.0.0").await;
+    let mut agent = SimAgent::enroll(&controller, "m", json!({})).await;
+    let path = "/agent/v1/releases/kiosk/1.0.0";
+    // Not reported (yet): as unknown as a release that does not exist.
+    let (status, body) = agent.api.get(path).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert_eq!(body["kind"], "Status", "{body}");
+
+    agent.packages = vec![
+        json!({ "name": "kiosk", "version": "1.0.0", "state": "Removing",
+        "activeVersion": "1.0.0", "since": "2026-11-22T00:00:00Z" }),
+    ];
+    agent.heartbeat().await;
+    let (status, body) = agent.api.get(path).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body,
+        json!({ "name": "kiosk", "version": "1.0.0", "sha256": sha })
+    );
+    // Another package's release, and the same package at another version, stay unknown.
+    for other in [
+        "/agent/v1/releases/vpn/2.0.0",
+        "/agent/v1/releases/kiosk/0.9.0",
+    ] {
+        let (status, body) = agent.api.get(other).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{other}: {body}");
+    }
+    // The admin token is not a client's.
+    let (status, _) = admin.get(path).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
 async fn a_simulated_fleet_enrols_with_keys_and_opens_sessions_over_the_protocol() {
     use tc_testkit::sim::{SeedOptions, SimConfig, SimFleet, seed_store, session_key};
     let controller = TestController::start().await;

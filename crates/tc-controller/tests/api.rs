@@ -611,6 +611,54 @@ async fn openapi_describes_the_routes() {
     assert!(
         document["components"]["schemas"]["SourceStatus"]["properties"]["syncPending"].is_object()
     );
+    // Every operation: a body where it reads one, the statuses of its authentication, and every
+    // error as a JSON Status.
+    for (path, operations) in document["paths"].as_object().unwrap() {
+        for (method, operation) in operations.as_object().unwrap() {
+            let what = format!("{method} {path}");
+            let responses = operation["responses"].as_object().unwrap();
+            let public = operation["security"] == serde_json::json!([]);
+            if !public {
+                assert!(responses.contains_key("401"), "{what}: no 401");
+            }
+            if ["post", "put", "patch"].contains(&method.as_str())
+                && !path.ends_with("/retry")
+                && !path.ends_with("/bootstraptokens")
+            {
+                assert!(operation["requestBody"].is_object(), "{what}: no body");
+            }
+            for (code, response) in responses {
+                if code.starts_with('4') || code.starts_with('5') {
+                    assert_eq!(
+                        response["content"]["application/json"]["schema"]["$ref"],
+                        "#/components/schemas/Status",
+                        "{what} {code}"
+                    );
+                }
+            }
+        }
+    }
+    let enroll = &document["paths"]["/agent/v1/enroll"]["post"];
+    assert_eq!(
+        enroll["security"],
+        serde_json::json!([]),
+        "the bootstrap token is in the body"
+    );
+    assert_eq!(
+        enroll["requestBody"]["content"]["application/json"]["schema"]["$ref"],
+        "#/components/schemas/EnrollRequest"
+    );
+    for schema in [
+        "HeartbeatRequest",
+        "HeartbeatResponse",
+        "DesiredResponse",
+        "ReleaseInfo",
+    ] {
+        assert!(
+            document["components"]["schemas"][schema].is_object(),
+            "{schema} missing"
+        );
+    }
     let (_, metrics) = api.get("/metrics").await;
     assert!(
         metrics

@@ -116,3 +116,123 @@ async fn oversized_and_malformed_bodies_are_refused_with_status_bodies() {
     let (status, _) = call(&controller, request).await;
     assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
 }
+
+/// Sends `request` and checks that the answer is `code` with a JSON `Status` body of that code;
+/// returns the response's headers and body.
+async fn check_status(
+    controller: &std::sync::Arc<tc_controller::Controller>,
+    request: Request<Body>,
+    code: StatusCode,
+) -> (axum::http::HeaderMap, Value) {
+    let what = format!("{} {}", request.method(), request.uri());
+    let response = tc_controller::router(controller.clone())
+        .oneshot(request)
+        .await
+        .unwrap();
+    let (parts, body) = response.into_parts();
+    let bytes = axum::body::to_bytes(body, usize::MAX).await.unwrap();
+    let text = String::from_utf8_lossy(&bytes);
+    assert_eq!(parts.status, code, "{what}: {text}");
+    assert_eq!(
+        parts.headers["content-type"], "application/json",
+        "{what}: {text}"
+    );
+    let body: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(body["kind"], "Status", "{what}: {body}");
+    assert_eq!(body["code"], code.as_u16(), "{what}: {body}");
+    assert!(
+        !body["message"].as_str().unwrap().is_empty(),
+        "{what}: {body}"
+    );
+    (parts.headers, body)
+}
+
+#[tokio::test]
+async fn every_error_is_a_json_status_with_its_headers() {
+    let (_dir, controller, token) = controller().await;
+    let admin = |request: axum::http::request::Builder| {
+        request.header("authorization", format!("Bearer {token}"))
+    };
+    let json =
+        |request: axum::http::request::Builder| request.header("content-type", "application/json");
+    let enroll = || Request::post("/agent/v1/enroll");
+    for (request, code, message) in [
+        // JSON syntax, JSON data, content type: the `Json` extractor's rejections.
+        (
+            json(enroll()).body(Body::from("{")).unwrap(),
+            StatusCode::BAD_REQUEST,
+            "parse the request body as JSON",
+        ),
+        (
+            json(enroll())
+                .body(Body::from("{\"bootstrapToken\": 1}"))
+                .unwrap(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "bootstrapToken",
+        ),
+        (
+            enroll().body(Body::from("{}")).unwrap(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "Content-Type",
+        ),
+        // Query parameters of the wrong type.
+        (
+            admin(Request::get("/apis/thinfleet.io/v1/events?afterSeq=-1"))
+                .body(Body::empty())
+                .unwrap(),
+            StatusCode::BAD_REQUEST,
+            "afterSeq",
+        ),
+        // A body over the limit.
+        (
+            json(admin(Request::patch("/apis/thinfleet.io/v1/clients/x")))
+                .body(Body::from(vec![b' '; 128 * 1024]))
+                .unwrap(),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "length limit",
+        ),
+        // A method the route does not have.
+        (
+            Request::delete("/healthz").body(Body::empty()).unwrap(),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "DELETE is not allowed on /healthz",
+        ),
+        // No route at all.
+        (
+            Request::get("/apis/thinfleet.io/v2/clients")
+                .body(Body::empty())
+                .unwrap(),
+            StatusCode::NOT_FOUND,
+            "no route",
+        ),
+    ] {
+        let (_, body) = check_status(&controller, request, code).await;
+        assert!(
+            body["message"].as_str().unwrap().contains(message),
+            "{code}: {body}"
+        );
+    }
+
+    let (headers, _) = check_status(
+        &controller,
+        Request::put("/healthz").body(Body::empty()).unwrap(),
+        StatusCode::METHOD_NOT_ALLOWED,
+    )
+    .await;
+    assert_eq!(headers["allow"], "GET,HEAD", "the Allow header is kept");
+
+    // An unsatisfiable range keeps its Content-Range.
+    let blob = b"0123456789".to_vec();
+    let request = admin(Request::put("/blobs"))
+        .body(Body::from(blob))
+        .unwrap();
+    let (status, info) = call(&controller, request).await;
+    assert_eq!(status, StatusCode::OK, "{info}");
+    let sha = info["sha256"].as_str().unwrap();
+    let request = admin(Request::get(format!("/blobs/sha256/{sha}")))
+        .header("range", "bytes=50-60")
+        .body(Body::empty())
+        .unwrap();
+    let (headers, _) = check_status(&controller, request, StatusCode::RANGE_NOT_SATISFIABLE).await;
+    assert_eq!(headers["content-range"], "bytes */10");
+}

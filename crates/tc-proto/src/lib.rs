@@ -289,6 +289,7 @@ pub struct Load {
 
 /// `POST /agent/v1/enroll`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct EnrollRequest {
     /// Protocol version spoken by the agent.
@@ -359,6 +360,7 @@ impl fmt::Display for PendingReason {
 
 /// A session: the bearer token of agent requests until it expires.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Session {
     /// The token, sent as `Authorization: Bearer`.
@@ -383,6 +385,7 @@ fn default_heartbeat_seconds() -> u32 {
 /// Answer to an enrolment (HTTP 200 when enrolled, 202 when pending; a denial is a 403 with an
 /// error body).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct EnrollResponse {
     /// Where the enrolment stands.
@@ -416,6 +419,7 @@ pub struct EnrollResponse {
 /// `POST /agent/v1/session`: without `challenge`, asks for a challenge; with the challenge and
 /// a signature of [`identity::session_message`] over it, asks for a session.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct SessionRequest {
     /// Protocol version spoken by the agent.
@@ -432,6 +436,7 @@ pub struct SessionRequest {
 
 /// A challenge to sign.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Challenge {
     /// The opaque challenge.
@@ -442,6 +447,7 @@ pub struct Challenge {
 
 /// Answer to `POST /agent/v1/session`: a challenge, or a session.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct SessionResponse {
     /// The challenge to sign (first step).
@@ -454,6 +460,7 @@ pub struct SessionResponse {
 
 /// `POST /agent/v1/heartbeat`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct HeartbeatRequest {
     /// Protocol version spoken by the agent.
@@ -485,6 +492,7 @@ fn is_false(value: &bool) -> bool {
 
 /// One package a client should run.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct DesiredPackage {
     /// Package name.
@@ -513,6 +521,7 @@ fn is_zero(value: &u32) -> bool {
 
 /// Everything a client should run, at a revision.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct DesiredState {
     /// Increases every time the client's desired packages change.
@@ -527,6 +536,7 @@ pub struct DesiredState {
 
 /// Answer to a heartbeat.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct HeartbeatResponse {
     /// What the client should run.
@@ -540,12 +550,32 @@ pub struct HeartbeatResponse {
 
 /// Answer of `GET /agent/v1/desired?afterRevision=N`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct DesiredResponse {
     /// The desired state; its revision equals `afterRevision` when the wait timed out unchanged.
     pub desired: DesiredState,
     /// True when the revision is newer than the one asked after.
     pub changed: bool,
+}
+
+/// Answer of `GET /agent/v1/releases/{package}/{version}`: the release of a package version the
+/// client runs. An agent whose journal was lost (and rebuilt from the installed packages) asks for
+/// it before removing that version, since `preRemove` must run first. Controllers that predate it
+/// answer 404, as for a release they do not have.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct ReleaseInfo {
+    /// Package name.
+    pub name: String,
+    /// Exact version.
+    pub version: String,
+    /// Lowercase hex sha256 of the zip.
+    pub sha256: String,
+    /// Lifecycle hooks.
+    #[serde(default, skip_serializing_if = "Hooks::is_empty")]
+    pub hooks: Hooks,
 }
 
 /// Error body of the agent API (the same shape as the admin API's `Status`).

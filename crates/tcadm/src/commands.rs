@@ -31,7 +31,7 @@ use crate::manifest::{
     DecodedObject, LocalArtifact, ManifestError, ManifestFile, collect_files, decode_files,
     map_server_error, prepare_artifacts, sha256_file,
 };
-use crate::output::{Style, to_json, to_yaml};
+use crate::output::{Style, one_line, print_stderr, terminal_safe, to_json, to_yaml};
 use crate::rollout::{
     ExpectedRelease, RolloutState, awaiting_source_sync, progress_text, rollout_state,
 };
@@ -69,11 +69,20 @@ impl Context<'_> {
     }
 
     fn warn(&self, message: &str) {
-        eprintln!("{} {message}", self.err_style.yellow("warning:"));
+        print_stderr(self.err_style, &self.err_style.yellow("warning:"), message);
     }
 
     fn report(&self, error: &dyn std::fmt::Display) {
-        eprintln!("{} {error}", self.err_style.error("error:"));
+        print_stderr(
+            self.err_style,
+            &self.err_style.error("error:"),
+            &error.to_string(),
+        );
+    }
+
+    /// A line on standard error without a prefix (notes, progress of uploads).
+    fn note(&self, message: &str) {
+        print_stderr(self.err_style, "", message);
     }
 }
 
@@ -155,13 +164,13 @@ fn upload_artifacts(context: &Context<'_>, artifacts: &[LocalArtifact]) -> Resul
             }
             .into());
         }
-        eprintln!(
+        context.note(&format!(
             "{}: uploaded {} ({}, sha256 {})",
             artifact.release,
             artifact.path.display(),
             crate::format::human_size(artifact.size),
             artifact.sha256
-        );
+        ));
     }
     Ok(())
 }
@@ -212,7 +221,7 @@ fn apply(context: &mut Context<'_>, args: &ApplyArgs) -> Result<u8, CliError> {
     if result.pending_prunes.is_empty() {
         // A controller that lists deferred prunes only as sentences.
         for note in &result.deferred {
-            eprintln!("note: {note}");
+            context.note(&format!("note: {note}"));
         }
     }
     for warning in &result.warnings {
@@ -253,11 +262,11 @@ fn diff(context: &mut Context<'_>, args: &DiffArgs) -> Result<u8, CliError> {
         if let Some(text) = item_diff(&item) {
             changed = true;
             write!(context.out, "{}", context.out_style.diff(&text))?;
-            eprintln!(
+            context.note(&format!(
                 "note: {} is still assigned to {} client(s); apply --prune deletes it once none runs it",
                 prune.reference(),
                 prune.clients
-            );
+            ));
         }
     }
     Ok(if changed {
@@ -290,7 +299,7 @@ impl RolloutDisplay {
                 let make = |prefix: &str| {
                     let bar = multi.add(ProgressBar::new(1));
                     bar.set_style(style.clone());
-                    bar.set_prefix(prefix.to_string());
+                    bar.set_prefix(one_line(prefix).into_owned());
                     bar
                 };
                 groups.insert(name.clone(), [make(name), make(""), make("")]);
@@ -334,7 +343,8 @@ impl RolloutDisplay {
         let paused = if group.spec.paused { " (paused)" } else { "" };
         let line = format!("Waiting for clientgroup \"{name}\" rollout to finish: {text}{paused}");
         if self.last_line.get(name) != Some(&line) {
-            writeln!(out, "{line}")?;
+            // The text carries the group's conditions, with messages from clients.
+            writeln!(out, "{}", terminal_safe(&line))?;
             self.last_line.insert(name.to_string(), line);
         }
         Ok(())
@@ -347,7 +357,8 @@ impl RolloutDisplay {
         }
         let line = format!("Waiting for clientgroup \"{name}\" rollout to finish: {text}");
         if self.last_line.get(name) != Some(&line) {
-            writeln!(out, "{line}")?;
+            // The text carries the group's conditions, with messages from clients.
+            writeln!(out, "{}", terminal_safe(&line))?;
             self.last_line.insert(name.to_string(), line);
         }
         Ok(())
@@ -697,7 +708,7 @@ fn get_objects(context: &mut Context<'_>, args: &GetArgs, kind: Kind) -> Result<
         None | Some(OutputFormat::Wide) => {
             let table = objects_table(kind, &items, wide)?;
             if table.rows.is_empty() && !args.watch {
-                eprintln!("No resources found.");
+                context.note("No resources found.");
                 return Ok(EXIT_OK);
             }
             write!(context.out, "{}", table.render())?;
@@ -850,7 +861,7 @@ fn get_events(context: &mut Context<'_>, args: &GetArgs) -> Result<u8, CliError>
         _ => {
             let table = events_table(&events, wide, Timestamp::now());
             if table.rows.is_empty() && !args.watch {
-                eprintln!("No events found.");
+                context.note("No events found.");
                 return Ok(EXIT_OK);
             }
             write!(context.out, "{}", table.render())?;

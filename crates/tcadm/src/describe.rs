@@ -6,6 +6,7 @@ use std::fmt::Display;
 use tc_api::{Client, ClientGroup, Condition, Event, Hook, ObjectMeta, PackageRelease, Timestamp};
 
 use crate::format::{Table, age, human_duration, human_size, label_lines};
+use crate::output::terminal_safe;
 use crate::views::{one_line, reference, release_ready, selector_text};
 
 /// Most events shown.
@@ -42,9 +43,11 @@ impl Writer {
         self.line(indent, &format!("{title}:"));
     }
 
+    /// Every line of a description passes here: control characters in it (a value from a
+    /// client) are shown as escapes.
     fn line(&mut self, indent: usize, text: &str) {
         self.text.push_str(&" ".repeat(indent));
-        self.text.push_str(text);
+        self.text.push_str(&terminal_safe(text));
         self.text.push('\n');
     }
 

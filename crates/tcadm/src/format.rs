@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use tc_api::Timestamp;
 
+use crate::output::one_line;
+
 /// Separator between table columns, as kubectl prints it.
 const COLUMN_GAP: &str = "   ";
 
@@ -133,7 +135,8 @@ impl Table {
         self.rows.push(row);
     }
 
-    /// The width of every column, wide enough for the header and every cell.
+    /// The width of every column, wide enough for the header and every cell (as printed, with
+    /// control characters escaped).
     pub fn widths(&self) -> Vec<usize> {
         let mut widths: Vec<usize> = self.headers.iter().map(|h| text_width(h)).collect();
         for row in &self.rows {
@@ -157,17 +160,20 @@ impl Table {
     }
 }
 
-/// Renders one row with the given column widths; the last cell is not padded.
+/// Renders one row with the given column widths; the last cell is not padded. A cell's control
+/// characters, newlines and tabs included, are shown as escapes ([`one_line`]): a value from a
+/// client can neither drive the terminal nor start a row of its own.
 pub fn render_row(cells: &[String], widths: &[usize]) -> String {
     let mut line = String::new();
     for (index, cell) in cells.iter().enumerate() {
         if index > 0 {
             line.push_str(COLUMN_GAP);
         }
-        line.push_str(cell);
+        let cell = one_line(cell);
+        line.push_str(&cell);
         if index + 1 < cells.len() {
             let width = widths.get(index).copied().unwrap_or(0);
-            let pad = width.saturating_sub(text_width(cell));
+            let pad = width.saturating_sub(cell.chars().count());
             line.extend(std::iter::repeat_n(' ', pad));
         }
     }
@@ -177,9 +183,9 @@ pub fn render_row(cells: &[String], widths: &[usize]) -> String {
     line
 }
 
-/// Width of a cell in columns, counting characters.
+/// Width of a cell in columns as printed (control characters escaped), counting characters.
 fn text_width(text: &str) -> usize {
-    text.chars().count()
+    one_line(text).chars().count()
 }
 
 #[cfg(test)]

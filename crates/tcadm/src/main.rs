@@ -9,7 +9,7 @@ use clap::Parser;
 use tcadm::api::Connection;
 use tcadm::cli::Cli;
 use tcadm::commands::progress_bars_possible;
-use tcadm::output::{ExitOnClosedPipe, Style};
+use tcadm::output::{ExitOnClosedPipe, Style, Terminal, print_stderr};
 use tcadm::{Context, run};
 
 fn main() -> ExitCode {
@@ -18,15 +18,17 @@ fn main() -> ExitCode {
     let connection = Connection::resolve(cli.server.as_deref(), cli.token.as_deref(), &current_dir)
         .with_ca(cli.certificate_authority.as_deref(), cli.ca_cert_hash);
     let err_style = Style::stderr();
-    // A closed standard output ends any command quietly (see `ExitOnClosedPipe`).
-    let mut out = ExitOnClosedPipe::new(io::stdout().lock());
+    let out_style = Style::stdout();
+    // A closed standard output ends any command quietly (see `ExitOnClosedPipe`); control
+    // characters in what is printed are shown, not obeyed (see `Terminal`).
+    let mut out = ExitOnClosedPipe::new(Terminal::new(io::stdout().lock(), out_style.color));
     let stdin = io::stdin();
     let mut input = stdin.lock();
     let mut context = Context {
         connection,
         out: &mut out,
         stdin: &mut input,
-        out_style: Style::stdout(),
+        out_style,
         err_style,
         progress_bars: progress_bars_possible(),
     };
@@ -37,7 +39,7 @@ fn main() -> ExitCode {
             let _ = context.out.flush();
             if !error.is_reported() {
                 for line in error.lines() {
-                    eprintln!("{} {line}", err_style.error("error:"));
+                    print_stderr(err_style, &err_style.error("error:"), &line);
                 }
             }
             error.exit_code()

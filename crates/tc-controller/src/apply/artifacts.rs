@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use axum::http::StatusCode;
+use futures_util::StreamExt;
 use tc_api::{ArtifactStatus, Cause, Object, SourcedObject};
 
 use super::{ApplyRequest, ArtifactPaths};
@@ -99,12 +100,69 @@ impl Resolved {
     }
 }
 
+/// The error for the artifact of the release `name` defined by `sourced`.
+fn artifact_error(sourced: &SourcedObject, name: &str, message: String) -> ApiError {
+    ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        format!("{}: packagerelease/{name}: {message}", sourced.file),
+    )
+    .with_causes(vec![Cause {
+        file: Some(sourced.file.clone()),
+        line: Some(sourced.position.line),
+        column: Some(sourced.position.column),
+        field: Some("spec.artifact".into()),
+        message,
+    }])
+}
+
+/// Blobs fetched from `artifact.url`s, by release name.
+pub(super) type Fetched = BTreeMap<String, crate::blobs::BlobInfo>;
+
 impl Controller {
-    /// Imports (or, in a dry run, only checks) the artifact of every release.
+    /// Fetches the `artifact.url` of every release whose blob is not stored yet (not in a dry
+    /// run). Called before the apply lock is taken, so that a slow URL holds up no other apply;
+    /// each fetch is bounded by [`crate::Config::artifact_connect_timeout`] and
+    /// [`crate::Config::artifact_fetch_timeout`].
+    pub(super) async fn fetch_url_artifacts(
+        &self,
+        decoded: &[SourcedObject],
+        request: &ApplyRequest,
+    ) -> Result<Fetched, ApiError> {
+        let mut fetched = Fetched::new();
+        if request.dry_run {
+            return Ok(fetched);
+        }
+        for sourced in decoded {
+            let Object::PackageRelease(release) = &sourced.object else {
+                continue;
+            };
+            let artifact = &release.spec.artifact;
+            let (None, Some(url)) = (&artifact.path, &artifact.url) else {
+                continue;
+            };
+            let declared = artifact.sha256.as_deref();
+            if let Some(sha) = declared
+                && self.blobs.stat(sha).await.is_some()
+            {
+                continue;
+            }
+            let name = &release.metadata.name;
+            let info = self
+                .fetch_url(url, declared)
+                .await
+                .map_err(|e| artifact_error(sourced, name, format!("fetching {url}: {e}")))?;
+            fetched.insert(name.clone(), info);
+        }
+        Ok(fetched)
+    }
+
+    /// Imports (or, in a dry run, only checks) the artifact of every release; `fetched` holds the
+    /// blobs of `artifact.url`s fetched before.
     pub(super) async fn resolve_artifacts(
         &self,
         decoded: &[SourcedObject],
         request: &ApplyRequest,
+        mut fetched: Fetched,
     ) -> Result<Resolved, ApiError> {
         let mut resolved = Resolved::default();
         for sourced in decoded {
@@ -113,19 +171,7 @@ impl Controller {
             };
             let artifact = &release.spec.artifact;
             let name = &release.metadata.name;
-            let fail = |message: String| {
-                ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    format!("{}: packagerelease/{name}: {message}", sourced.file),
-                )
-                .with_causes(vec![Cause {
-                    file: Some(sourced.file.clone()),
-                    line: Some(sourced.position.line),
-                    column: Some(sourced.position.column),
-                    field: Some("spec.artifact".into()),
-                    message,
-                }])
-            };
+            let fail = |message: String| artifact_error(sourced, name, message);
             let declared = artifact.sha256.as_deref();
             // A blob already in the store satisfies any source.
             if let Some(sha) = declared
@@ -199,9 +245,13 @@ impl Controller {
                     if request.dry_run {
                         continue;
                     }
-                    self.fetch_url(url, declared)
-                        .await
-                        .map_err(|e| fail(format!("fetching {url}: {e}")))?
+                    // Never fetched here, under the apply lock: the blob was fetched before, or
+                    // was stored then and has gone since.
+                    fetched.remove(name.as_str()).ok_or_else(|| {
+                        fail(format!(
+                            "the blob of {url} is no longer in the blob store; apply again"
+                        ))
+                    })?
                 }
                 (None, None, _) => {
                     return Err(fail(format!(
@@ -237,16 +287,37 @@ impl Controller {
         url: &str,
         expected: Option<&str>,
     ) -> Result<crate::blobs::BlobInfo, String> {
-        let response = self.http.get(url).send().await.map_err(|e| e.to_string())?;
+        let response = self
+            .http
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| error_chain(&e))?;
         if !response.status().is_success() {
             return Err(format!("HTTP {}", response.status()));
         }
-        let stream = response.bytes_stream();
+        let stream = response
+            .bytes_stream()
+            .map(|chunk| chunk.map_err(|e| error_chain(&e)));
         self.blobs
             .put_stream(stream, expected)
             .await
             .map_err(|e| e.to_string())
     }
+}
+
+/// An error with its causes (reqwest keeps the cause, a timeout say, out of its message).
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let message = cause.to_string();
+        if !text.contains(&message) {
+            text = format!("{text}: {message}");
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// `path` relative to the directory of `manifest` (absolute paths stay as they are).

@@ -172,9 +172,12 @@ impl Controller {
         request: &ApplyRequest,
     ) -> Result<ApplyResult, ApiError> {
         let decoded = decode(&request.files)?;
+        // Fetched before the lock is taken: a slow `artifact.url` must not hold up every other
+        // apply and the directory's sync while it downloads.
+        let fetched = self.fetch_url_artifacts(&decoded, request).await?;
         let _guard = self.apply_lock.lock().await;
         let now = Timestamp::now();
-        let resolved = self.resolve_artifacts(&decoded, request).await?;
+        let resolved = self.resolve_artifacts(&decoded, request, fetched).await?;
         let incoming: Vec<Object> = decoded.iter().map(|s| s.object.clone()).collect();
         let store = self.store.clone();
         let existing = tokio::task::spawn_blocking(move || -> tc_store::Result<Vec<Object>> {
