@@ -922,3 +922,25 @@ fn list_documents_give_their_items_with_their_own_positions() {
         )],
     );
 }
+
+/// The fuzzer's first find: a syntax error at the very end of a file whose last line has no line
+/// break was reported on a line after the last one (`x.yaml:2:1` for a file of one line), which
+/// editors cannot jump to. It is reported just after the last character instead.
+#[test]
+fn syntax_error_at_the_end_of_a_file_without_a_final_newline_is_reported_inside_it() {
+    let cases = [
+        ("a: b\nc", (2, 2)),
+        ("- a\nb", (2, 2)),
+        ("a:\n  b\nc", (3, 2)),
+        ("a: |\n b\r\nc", (3, 2)),
+        ("[a", (1, 3)),
+        ("{a: b", (1, 6)),
+        // With a final line break the end of the file is the start of the empty last line.
+        ("a: b\nc\n", (3, 1)),
+    ];
+    for (text, expected) in cases {
+        let errors = decode_objects("x.yaml", text).unwrap_err();
+        let error = errors.first().unwrap();
+        assert_eq!((error.line, error.column), expected, "{text:?}: {error}");
+    }
+}

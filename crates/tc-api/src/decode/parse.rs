@@ -54,12 +54,17 @@ fn parse_into(
     limits: &Limits,
     documents: &mut Vec<Document>,
 ) -> Result<(), DecodeError> {
-    let fail = |position: Position, message: String| DecodeError {
-        file: file.to_string(),
-        line: position.line,
-        column: position.column,
-        field: None,
-        message,
+    let fail = |position: Position, message: String| {
+        // The parser reads as if a line break followed the last line, so an error it finds at
+        // the end of a file without one would name a line after the last: report it at the end.
+        let position = position.min(end_of(text));
+        DecodeError {
+            file: file.to_string(),
+            line: position.line,
+            column: position.column,
+            field: None,
+            message,
+        }
     };
     if text.len() > limits.max_bytes {
         return Err(fail(
@@ -275,6 +280,27 @@ fn parse_into(
         }
     }
     Ok(())
+}
+
+/// The position just after the last character of `text`, with lines broken as YAML breaks them
+/// (`\n`, `\r\n` or `\r`) and columns counted in characters, as the parser counts them.
+fn end_of(text: &str) -> Position {
+    let mut end = Position { line: 1, column: 1 };
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\n' || c == '\r' {
+            if c == '\r' && chars.peek() == Some(&'\n') {
+                chars.next();
+            }
+            end = Position {
+                line: end.line + 1,
+                column: 1,
+            };
+        } else {
+            end.column += 1;
+        }
+    }
+    end
 }
 
 /// The path of a collection that starts inside `parent`; records its position.
