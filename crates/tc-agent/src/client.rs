@@ -17,7 +17,7 @@ use std::time::Duration;
 use reqwest::{StatusCode, Url, header};
 use serde::de::DeserializeOwned;
 use tc_proto::{
-    DesiredResponse, DesiredState, EnrollRequest, EnrollResponse, ErrorStatus, HeartbeatRequest,
+    DesiredResponse, DesiredState, EnrollRequest, EnrollResponse, HeartbeatRequest,
     HeartbeatResponse, PROTOCOL_VERSION, Timestamp, inventory_hash,
 };
 use tokio::sync::watch;
@@ -25,7 +25,7 @@ use tokio::time::Instant;
 
 use crate::backoff::{Backoff, Retry};
 use crate::config::AgentConfig;
-use crate::download::{Fetcher, error_chain};
+use crate::download::{Fetcher, answer_error_message, error_chain};
 use crate::engine::{Engine, EngineError, EngineOptions, Snapshot};
 use crate::inventory::{AGENT_VERSION, Collector, hostname};
 use crate::state::{
@@ -199,25 +199,25 @@ async fn send<T: DeserializeOwned>(
             url: url.clone(),
             message: error_chain(&error),
         })?;
+    decode_answer(url, status, &body)
+}
+
+/// Decodes the controller's answer to a request to `url`: its JSON body when `status` is a
+/// success, else the error it carries (the `ErrorStatus` message, or the start of the text).
+pub fn decode_answer<T: DeserializeOwned>(
+    url: Url,
+    status: StatusCode,
+    body: &[u8],
+) -> Result<T, ApiError> {
     if !status.is_success() {
-        let message = match serde_json::from_slice::<ErrorStatus>(&body) {
-            Ok(error) => error.message,
-            Err(_) => {
-                let text = String::from_utf8_lossy(&body).trim().to_owned();
-                if text.is_empty() {
-                    status.canonical_reason().unwrap_or("error").to_owned()
-                } else {
-                    text.chars().take(500).collect()
-                }
-            }
-        };
+        let message = answer_error_message(status, body);
         return Err(ApiError::Status {
             url,
             status,
             message,
         });
     }
-    serde_json::from_slice(&body).map_err(|error| ApiError::Decode {
+    serde_json::from_slice(body).map_err(|error| ApiError::Decode {
         url,
         message: error.to_string(),
     })
@@ -553,6 +553,7 @@ impl ProtocolLoop<'_> {
                         .enroll(&request)
                         .await
                         .map_err(|error| error.to_string())
+                        .and_then(|response| check_enrollment(&response).map(|()| response))
                 }
                 Err(error) => Err(error.to_string()),
             };
@@ -582,12 +583,31 @@ impl ProtocolLoop<'_> {
     }
 }
 
+/// Checks an enrolment answer before its credentials are stored. The client token is sent back
+/// in the `Authorization` header of every later request: a token that cannot be (empty, or not
+/// printable ASCII without spaces, as the controller's hex tokens are) would make each of them fail
+/// before it leaves the agent, with no way back to enrolment.
+pub fn check_enrollment(response: &EnrollResponse) -> Result<(), String> {
+    let token = &response.client_token;
+    if token.is_empty() {
+        return Err("the controller's enrolment answer has an empty client token".to_owned());
+    }
+    if !token.bytes().all(|byte| byte.is_ascii_graphic()) {
+        return Err(
+            "the controller's enrolment answer has a client token that is not printable ASCII \
+             without spaces, which cannot be sent back"
+                .to_owned(),
+        );
+    }
+    Ok(())
+}
+
 /// Records the controller's desired revision (what the long-poll asks after) and hands the
 /// desired state to the engine when it differs from the one the engine has. Revision 0 means the
 /// controller has not computed an assignment for this client yet (a new or reset controller): it
 /// carries no information, and acting on its empty package list would remove everything the
 /// machine runs, so the engine does not get it.
-fn deliver(
+pub fn deliver(
     desired_tx: &watch::Sender<Option<DesiredState>>,
     desired: DesiredState,
     known_revision: &mut u64,
