@@ -944,3 +944,19 @@ fn syntax_error_at_the_end_of_a_file_without_a_final_newline_is_reported_inside_
         assert_eq!((error.line, error.column), expected, "{text:?}: {error}");
     }
 }
+
+/// Found by fuzzing too: the parser counts the columns of a directive in bytes, so a syntax error
+/// after non-ASCII text in one (`%é` followed by a control character) named a column past the end
+/// of its line. Its column is kept within the line (at worst just after its last character).
+#[test]
+fn syntax_error_in_a_directive_with_non_ascii_text_is_reported_inside_its_line() {
+    for (text, expected) in [
+        ("%\u{fffd}\0\n", (1, 4)),
+        ("%éééé\0\r\nx", (1, 7)),
+    ] {
+        let errors = decode_objects("x.yaml", text).unwrap_err();
+        let error = errors.first().unwrap();
+        assert!(error.message.contains("unprintable"), "{error}");
+        assert_eq!((error.line, error.column), expected, "{text:?}: {error}");
+    }
+}

@@ -55,9 +55,7 @@ fn parse_into(
     documents: &mut Vec<Document>,
 ) -> Result<(), DecodeError> {
     let fail = |position: Position, message: String| {
-        // The parser reads as if a line break followed the last line, so an error it finds at
-        // the end of a file without one would name a line after the last: report it at the end.
-        let position = position.min(end_of(text));
+        let position = within(text, position);
         DecodeError {
             file: file.to_string(),
             line: position.line,
@@ -282,25 +280,41 @@ fn parse_into(
     Ok(())
 }
 
-/// The position just after the last character of `text`, with lines broken as YAML breaks them
-/// (`\n`, `\r\n` or `\r`) and columns counted in characters, as the parser counts them.
-fn end_of(text: &str) -> Position {
-    let mut end = Position { line: 1, column: 1 };
+/// `position` moved inside `text` (lines broken as YAML breaks them, `\n`, `\r\n` or `\r`, and
+/// columns counted in characters): onto the end of the last line when it names a line after it,
+/// onto the end of its line when its column lies past that. The parser reads as if a line break
+/// followed the last line, so an error at the end of a file without one names the line after the
+/// last; and it counts the columns of a directive (`%TAG ...`) in bytes, not characters.
+fn within(text: &str, position: Position) -> Position {
+    let wanted = position.line.max(1);
+    let mut line = 1;
+    let mut width = 0;
     let mut chars = text.chars().peekable();
     while let Some(c) = chars.next() {
         if c == '\n' || c == '\r' {
+            if line == wanted {
+                break;
+            }
             if c == '\r' && chars.peek() == Some(&'\n') {
                 chars.next();
             }
-            end = Position {
-                line: end.line + 1,
-                column: 1,
-            };
+            line += 1;
+            width = 0;
         } else {
-            end.column += 1;
+            width += 1;
         }
     }
-    end
+    if wanted > line {
+        Position {
+            line,
+            column: width + 1,
+        }
+    } else {
+        Position {
+            line: wanted,
+            column: position.column.clamp(1, width + 1),
+        }
+    }
 }
 
 /// The path of a collection that starts inside `parent`; records its position.
