@@ -950,13 +950,27 @@ fn syntax_error_at_the_end_of_a_file_without_a_final_newline_is_reported_inside_
 /// of its line. Its column is kept within the line (at worst just after its last character).
 #[test]
 fn syntax_error_in_a_directive_with_non_ascii_text_is_reported_inside_its_line() {
-    for (text, expected) in [
-        ("%\u{fffd}\0\n", (1, 4)),
-        ("%éééé\0\r\nx", (1, 7)),
-    ] {
+    for (text, expected) in [("%\u{fffd}\0\n", (1, 4)), ("%éééé\0\r\nx", (1, 7))] {
         let errors = decode_objects("x.yaml", text).unwrap_err();
         let error = errors.first().unwrap();
         assert!(error.message.contains("unprintable"), "{error}");
+        assert_eq!((error.line, error.column), expected, "{text:?}: {error}");
+    }
+}
+
+/// Found by fuzzing as well: an error about a whole document that ends its file without a final
+/// line break (`? ` is a mapping with one empty key) was placed where the parser saw the mapping
+/// start, on the line after the last one. Every position the parser reports is kept inside the
+/// input, not only those of syntax errors.
+#[test]
+fn document_error_at_the_end_of_a_file_without_a_final_newline_is_reported_inside_it() {
+    for (text, expected) in [("? ", (1, 3)), ("\n\n? ", (3, 3))] {
+        let errors = decode_objects("x.yaml", text).unwrap_err();
+        let error = errors.first().unwrap();
+        assert!(
+            error.message.contains("missing field `apiVersion`"),
+            "{error}"
+        );
         assert_eq!((error.line, error.column), expected, "{text:?}: {error}");
     }
 }

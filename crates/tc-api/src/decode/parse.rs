@@ -54,6 +54,9 @@ fn parse_into(
     limits: &Limits,
     documents: &mut Vec<Document>,
 ) -> Result<(), DecodeError> {
+    // Every position the parser reports is moved inside the input before it is used: those of
+    // events onto its end when past it (O(1) each), that of an error inside its line too (once).
+    let end = end_of(text);
     let fail = |position: Position, message: String| {
         let position = within(text, position);
         DecodeError {
@@ -93,7 +96,7 @@ fn parse_into(
                 format!("YAML syntax error: {}", error.info()),
             )
         })?;
-        let position = Position::of(&span);
+        let position = Position::of(&span).min(end);
         // A completed node: (value, node count, anchor id).
         let completed: Option<(Value, usize, usize)> = match event {
             Event::StreamStart | Event::StreamEnd | Event::Nothing => None,
@@ -280,11 +283,34 @@ fn parse_into(
     Ok(())
 }
 
-/// `position` moved inside `text` (lines broken as YAML breaks them, `\n`, `\r\n` or `\r`, and
-/// columns counted in characters): onto the end of the last line when it names a line after it,
-/// onto the end of its line when its column lies past that. The parser reads as if a line break
-/// followed the last line, so an error at the end of a file without one names the line after the
-/// last; and it counts the columns of a directive (`%TAG ...`) in bytes, not characters.
+/// The parser reads as if a line break followed the last line, so what it finds at the end of a
+/// file without one (a syntax error, the start of a mapping there) names the line after the last;
+/// and it counts the columns of a directive (`%TAG ...`) in bytes, not characters. Positions are
+/// therefore moved inside the input, with lines broken as YAML breaks them (`\n`, `\r\n` or
+/// `\r`) and columns counted in characters.
+///
+/// The position just after the last character of `text`.
+fn end_of(text: &str) -> Position {
+    let mut end = Position { line: 1, column: 1 };
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\n' || c == '\r' {
+            if c == '\r' && chars.peek() == Some(&'\n') {
+                chars.next();
+            }
+            end = Position {
+                line: end.line + 1,
+                column: 1,
+            };
+        } else {
+            end.column += 1;
+        }
+    }
+    end
+}
+
+/// `position` moved onto the end of the last line of `text` when it names a line after it, and
+/// onto the end of its line when its column lies past that.
 fn within(text: &str, position: Position) -> Position {
     let wanted = position.line.max(1);
     let mut line = 1;
