@@ -9,8 +9,10 @@
 //! * nothing panics;
 //! * an error answer always gives a `Status` error with the answer's status and a clear,
 //!   bounded message; an undecodable success gives a `Decode` error with a message;
-//! * the client token of an accepted enrolment can be sent back as the agent sends it;
-//! * a desired state of revision 0 never reaches the engine; any other does, as sent;
+//! * the session or client token of an accepted enrolment can be sent back as the agent sends
+//!   it, and its client name in a session request;
+//! * a desired state of revision 0 never reaches the engine; any other does, as sent (without
+//!   packages when it says to decommission);
 //! * a desired package the agent accepts is safe to act on, as the agent's own code uses it:
 //!   its name and version are single, ordinary file names in the state directory's layout
 //!   (never `current` or a hidden name), its sha256 is lowercase hex as the download check
@@ -87,22 +89,33 @@ fn check_decode_error(error: &ApiError) {
     }
 }
 
-/// The client token of an accepted enrolment can be sent as the agent sends it.
+/// The tokens of an accepted enrolment can be sent as the agent sends them, and its client
+/// name in a session request.
 fn check_accepted_enrollment(answer: &EnrollResponse) {
+    assert!(!answer.client_name.trim().is_empty(), "{answer:?}");
     assert!(
-        !answer.client_token.is_empty(),
-        "an empty token: {answer:?}"
+        !answer.client_name.chars().any(char::is_control),
+        "{answer:?}"
     );
-    assert!(
-        reqwest::header::HeaderValue::from_str(&format!("Bearer {}", answer.client_token)).is_ok(),
-        "a token that is not a header value: {answer:?}"
-    );
+    let tokens = answer
+        .session
+        .iter()
+        .map(|session| session.token.as_str())
+        .chain(answer.client_token.as_deref());
+    for token in tokens {
+        assert!(!token.is_empty(), "an empty token: {answer:?}");
+        assert!(
+            reqwest::header::HeaderValue::from_str(&format!("Bearer {token}")).is_ok(),
+            "a token that is not a header value: {answer:?}"
+        );
+    }
 }
 
 fn check_desired(desired: DesiredState) {
     let previous = DesiredState {
         revision: 7,
         packages: vec![],
+        decommission: false,
     };
     let (sender, _receiver) = tokio::sync::watch::channel(Some(previous.clone()));
     let mut known_revision = previous.revision;
@@ -114,6 +127,12 @@ fn check_desired(desired: DesiredState) {
             Some(previous),
             "revision 0 reached the engine"
         );
+    } else if desired.decommission {
+        // Decommissioning removes everything, whatever the answer lists.
+        let delivered = sender.borrow().clone().expect("a desired state");
+        assert_eq!(delivered.revision, desired.revision);
+        assert!(delivered.decommission);
+        assert!(delivered.packages.is_empty(), "packages kept when decommissioning");
     } else {
         assert_eq!(*sender.borrow(), Some(desired.clone()));
     }

@@ -2,7 +2,8 @@
 //!
 //! Two loops run side by side in one task:
 //!
-//! * the protocol loop enrols once, then sends heartbeats (package reports, inventory hash, the
+//! * the protocol loop enrols once (see [`crate::enrol`] for enrolment and sessions), then sends
+//!   heartbeats (package reports, inventory hash, the
 //!   full inventory only when the hash changed or the controller asked, load) and, between
 //!   heartbeats, waits on the long-poll so that a new desired state arrives at once. A heartbeat
 //!   is also sent as soon as the package reports change. When the controller is unreachable it
@@ -12,25 +13,28 @@
 //!   is due for a retry.
 
 use std::future::Future;
+use std::path::Path;
 use std::time::Duration;
 
 use reqwest::{StatusCode, Url, header};
 use serde::de::DeserializeOwned;
 use tc_proto::{
-    DesiredResponse, DesiredState, EnrollRequest, EnrollResponse, HeartbeatRequest,
-    HeartbeatResponse, PROTOCOL_VERSION, Timestamp, inventory_hash,
+    DesiredResponse, DesiredState, EnrollRequest, EnrollResponse, ErrorStatus, HeartbeatRequest,
+    HeartbeatResponse, PROTOCOL_VERSION, SessionRequest, SessionResponse, Timestamp,
+    inventory_hash,
 };
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::backoff::{Backoff, Retry};
-use crate::config::AgentConfig;
+use crate::config::{AgentConfig, CaTrust};
 use crate::download::{Fetcher, answer_error_message, error_chain};
 use crate::engine::{Engine, EngineError, EngineOptions, Snapshot};
-use crate::inventory::{AGENT_VERSION, Collector, hostname};
+use crate::identity::{Identity, KeyOrigin};
+use crate::inventory::{AGENT_VERSION, Collector};
 use crate::state::{
-    ConnectionStatus, Credentials, ErrorRecord, StateDir, StateError, read_json, write_atomic,
-    write_json,
+    ConnectionStatus, Credentials, Decommissioned, ErrorRecord, StateDir, StateError, read_json,
+    write_atomic, write_json,
 };
 
 /// Where the system's machine identity is read from.
@@ -62,8 +66,12 @@ pub enum ApiError {
         url: Url,
         /// The status.
         status: StatusCode,
+        /// The controller's reason word (`SessionExpired`, `Denied`, ...), empty when it gave none.
+        reason: String,
         /// The controller's message.
         message: String,
+        /// How long the controller asked to wait (`Retry-After`).
+        retry_after: Option<Duration>,
     },
     /// The answer could not be decoded.
     #[error("{url}: unexpected answer: {message}")]
@@ -78,7 +86,31 @@ pub enum ApiError {
 impl ApiError {
     /// True when the controller refused the token.
     pub fn is_unauthorized(&self) -> bool {
-        matches!(self, ApiError::Status { status, .. } if *status == StatusCode::UNAUTHORIZED)
+        self.status() == Some(StatusCode::UNAUTHORIZED)
+    }
+
+    /// The status of an error answer.
+    pub fn status(&self) -> Option<StatusCode> {
+        match self {
+            ApiError::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// The reason word of an error answer, when the controller gave one.
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            ApiError::Status { reason, .. } if !reason.is_empty() => Some(reason),
+            _ => None,
+        }
+    }
+
+    /// How long the controller asked to wait before trying again.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ApiError::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        }
     }
 }
 
@@ -102,17 +134,91 @@ pub enum AgentError {
     /// The HTTP client could not be built.
     #[error("cannot set up HTTP: {0}")]
     Http(String),
+    /// The controller's CA could not be set up.
+    #[error("cannot set up trust in the controller: {0}")]
+    Trust(#[from] tc_trust::TrustError),
 }
+
+/// Where the agent keeps the CA certificate it pinned (in its state directory).
+pub const PINNED_CA_FILE: &str = "ca.crt";
 
 /// Builds the HTTP client shared by the protocol and the downloads (with rustls on the *ring*
 /// provider, installed here if nothing installed a provider before).
-pub fn http_client() -> Result<reqwest::Client, AgentError> {
+///
+/// An `https://` server is trusted through `ca`: a CA file, or a pinned fingerprint. With a pin,
+/// the CA certificate of the first handshake that verified is stored as
+/// `<state_dir>/ca.crt` (mode 0600), and from the next start on exactly that certificate is
+/// trusted — as long as it still has the configured fingerprint.
+pub fn http_client(
+    server: &Url,
+    ca: Option<&CaTrust>,
+    state_dir: &Path,
+) -> Result<reqwest::Client, AgentError> {
     crate::install_crypto_provider();
-    reqwest::Client::builder()
+    let mut builder = reqwest::Client::builder()
         .user_agent(format!("tc-agent/{AGENT_VERSION}"))
-        .connect_timeout(Duration::from_secs(10))
+        .connect_timeout(Duration::from_secs(10));
+    if server.scheme() == "https" {
+        let ca = ca.ok_or_else(|| {
+            AgentError::Http(format!(
+                "{server} is https and no CA is configured (--ca-cert-hash or --ca-file)"
+            ))
+        })?;
+        builder = builder.use_preconfigured_tls(tls_config(ca, state_dir)?);
+    }
+    builder
         .build()
         .map_err(|error| AgentError::Http(error_chain(&error)))
+}
+
+/// The rustls configuration for `ca` (HTTP/1.1 only: the agent's client speaks nothing else).
+fn tls_config(ca: &CaTrust, state_dir: &Path) -> Result<rustls::ClientConfig, AgentError> {
+    use tc_trust::{CaCertHash, Trust};
+    let alpn = [tc_trust::ALPN_HTTP1];
+    let pin = match ca {
+        CaTrust::File(path) => {
+            return Ok(tc_trust::client_config(
+                &Trust::from_pem_file(path)?,
+                &alpn,
+                None,
+            )?);
+        }
+        CaTrust::Pinned(pin) => *pin,
+    };
+    let stored = state_dir.join(PINNED_CA_FILE);
+    if stored.exists() {
+        match tc_trust::read_pem_certificates(&stored) {
+            Ok(certificates)
+                if certificates.len() == 1
+                    && CaCertHash::of_certificate(&certificates[0]).ok() == Some(pin) =>
+            {
+                let trust = Trust::CaCertificates(certificates);
+                return Ok(tc_trust::client_config(&trust, &alpn, None)?);
+            }
+            Ok(_) => tracing::warn!(
+                path = %stored.display(),
+                ca_cert_hash = %pin,
+                "the stored CA certificate does not have the configured fingerprint; pinning again"
+            ),
+            Err(error) => {
+                tracing::warn!(%error, "the stored CA certificate is unusable; pinning again")
+            }
+        }
+    }
+    let on_pinned: tc_trust::OnPinned = Box::new(move |certificate| {
+        let pem = tc_trust::certificate_pem(certificate);
+        match write_atomic(&stored, pem.as_bytes(), 0o600) {
+            Ok(()) => {
+                tracing::info!(path = %stored.display(), ca_cert_hash = %pin, "pinned the controller's CA")
+            }
+            Err(error) => tracing::warn!(%error, "cannot store the pinned CA certificate"),
+        }
+    });
+    Ok(tc_trust::client_config(
+        &Trust::Pinned(pin),
+        &alpn,
+        Some(on_pinned),
+    )?)
 }
 
 /// The controller's agent API.
@@ -137,6 +243,25 @@ impl ControllerClient {
             .timeout(REQUEST_TIMEOUT)
             .json(request);
         send(builder, url).await
+    }
+
+    /// `POST /agent/v1/session`.
+    pub async fn session(&self, request: &SessionRequest) -> Result<SessionResponse, ApiError> {
+        let url = self.url("agent/v1/session");
+        let builder = self
+            .http
+            .post(url.clone())
+            .timeout(REQUEST_TIMEOUT)
+            .json(request);
+        send(builder, url).await
+    }
+
+    /// An answer of `path` without the part the protocol promises.
+    pub fn protocol_error(&self, path: &str, problem: &str) -> ApiError {
+        ApiError::Decode {
+            url: self.url(&format!("agent/v1/{path}")),
+            message: problem.to_string(),
+        }
     }
 
     /// `POST /agent/v1/heartbeat`.
@@ -192,6 +317,12 @@ async fn send<T: DeserializeOwned>(
             message: error_chain(&error),
         })?;
     let status = response.status();
+    let retry_after = response
+        .headers()
+        .get(header::RETRY_AFTER)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
     let body = response
         .bytes()
         .await
@@ -199,7 +330,22 @@ async fn send<T: DeserializeOwned>(
             url: url.clone(),
             message: error_chain(&error),
         })?;
-    decode_answer(url, status, &body)
+    decode_answer(url, status, &body).map_err(|error| match error {
+        ApiError::Status {
+            url,
+            status,
+            reason,
+            message,
+            ..
+        } => ApiError::Status {
+            url,
+            status,
+            reason,
+            message,
+            retry_after,
+        },
+        other => other,
+    })
 }
 
 /// Decodes the controller's answer to a request to `url`: its JSON body when `status` is a
@@ -210,11 +356,16 @@ pub fn decode_answer<T: DeserializeOwned>(
     body: &[u8],
 ) -> Result<T, ApiError> {
     if !status.is_success() {
+        let reason = serde_json::from_slice::<ErrorStatus>(body)
+            .map(|error| error.reason)
+            .unwrap_or_default();
         let message = answer_error_message(status, body);
         return Err(ApiError::Status {
             url,
             status,
+            reason,
             message,
+            retry_after: None,
         });
     }
     serde_json::from_slice(body).map_err(|error| ApiError::Decode {
@@ -254,8 +405,19 @@ impl RunOptions {
     }
 }
 
-/// Runs the agent until `shutdown` completes. Returns an error only for problems a retry cannot
-/// fix (no credentials and no bootstrap token, an unusable state directory).
+/// How a run of the agent ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RunOutcome {
+    /// Stopped (shutdown asked, or the install engine ended).
+    Stopped,
+    /// The client was decommissioned, now or before this start: everything thinfleet installed
+    /// is removed, the identity is gone, and the agent does not run again.
+    Decommissioned(Decommissioned),
+}
+
+/// Runs the agent until `shutdown` completes or the client is decommissioned. Returns an error
+/// only for problems a retry cannot fix (no credentials and no bootstrap token, an unusable state
+/// directory).
 ///
 /// On shutdown the install engine is given [`RunOptions::shutdown_grace`] to finish the package
 /// it is working on; after that it is dropped mid-step, which the journal recovers from at the
@@ -263,10 +425,29 @@ impl RunOptions {
 pub async fn run(
     options: RunOptions,
     shutdown: impl Future<Output = ()>,
-) -> Result<(), AgentError> {
+) -> Result<RunOutcome, AgentError> {
     let dir = StateDir::new(&options.config.state_dir);
+    if let Some(mark) = Decommissioned::load(&dir)? {
+        return Ok(RunOutcome::Decommissioned(mark));
+    }
     let engine = Engine::open(dir.clone(), options.engine.clone())?;
-    let http = http_client()?;
+    let (identity, origin) = Identity::load_or_create(&dir)?;
+    match origin {
+        KeyOrigin::Loaded => {}
+        KeyOrigin::Created => {
+            tracing::info!(public_key = %identity.public_key(), "made this client's key pair")
+        }
+        KeyOrigin::Replaced(reason) => {
+            tracing::error!(%reason, public_key = %identity.public_key(),
+            "the identity key was unusable: made a new one; the controller shows this machine as \
+             a pending client (machine id enrolled under another key) until an admin approves it")
+        }
+    }
+    let http = http_client(
+        &options.config.server,
+        options.config.ca.as_ref(),
+        &options.config.state_dir,
+    )?;
     let fetcher = Fetcher::new(
         http.clone(),
         options.config.server.clone(),
@@ -283,16 +464,19 @@ pub async fn run(
         fetcher: fetcher.clone(),
         connection: ConnectionTracker::load(dir, options.config.server.as_str()),
         retry: Retry::new(options.retry),
+        identity,
+        previous_client_token: None,
+        decommission: None,
     };
     tracing::info!(server = %options.config.server, state_dir = %options.config.state_dir.display(), version = AGENT_VERSION, "agent starting");
     let engine = engine_loop(engine, fetcher, desired_rx, reports_tx, stop_rx);
     tokio::pin!(engine);
     let result = tokio::select! {
         result = protocol.run(desired_tx, reports_rx) => result,
-        () = &mut engine => return Ok(()),
+        () = &mut engine => return Ok(RunOutcome::Stopped),
         () = shutdown => {
             tracing::info!("shutting down");
-            Ok(())
+            Ok(RunOutcome::Stopped)
         }
     };
     stop_tx.send_replace(true);
@@ -366,14 +550,21 @@ async fn sleep_or_forever(duration: Option<Duration>) {
     }
 }
 
-struct ProtocolLoop<'a> {
-    options: &'a RunOptions,
-    dir: StateDir,
-    controller: ControllerClient,
-    /// Shares the client token with the downloads.
+pub(crate) struct ProtocolLoop<'a> {
+    pub(crate) options: &'a RunOptions,
+    pub(crate) dir: StateDir,
+    pub(crate) controller: ControllerClient,
+    /// Shares the session token with the downloads.
     fetcher: Fetcher,
-    connection: ConnectionTracker,
-    retry: Retry,
+    pub(crate) connection: ConnectionTracker,
+    pub(crate) retry: Retry,
+    /// The client's key.
+    pub(crate) identity: Identity,
+    /// The client token of credentials written before identities, sent once with the next
+    /// enrolment to keep the client it names.
+    pub(crate) previous_client_token: Option<String>,
+    /// The desired revision that told the agent to decommission.
+    decommission: Option<u64>,
 }
 
 impl ProtocolLoop<'_> {
@@ -381,10 +572,10 @@ impl ProtocolLoop<'_> {
         mut self,
         desired_tx: watch::Sender<Option<DesiredState>>,
         mut reports_rx: watch::Receiver<Snapshot>,
-    ) -> Result<(), AgentError> {
+    ) -> Result<RunOutcome, AgentError> {
         let mut credentials = self.enrolled(false).await?;
         self.fetcher
-            .set_token(Some(credentials.client_token.clone()));
+            .set_token(credentials.bearer().map(str::to_owned));
         let mut collector = Collector::new();
         let mut known_revision = desired_tx
             .borrow()
@@ -396,6 +587,13 @@ impl ProtocolLoop<'_> {
         let (min_interval, max_interval) = self.options.heartbeat_bounds;
         loop {
             let snapshot = reports_rx.borrow_and_update().clone();
+            // Told to decommission, and the engine removed everything for that revision.
+            let decommissioned = self.decommission.is_some_and(|revision| {
+                snapshot.observed_revision == revision && snapshot.packages.is_empty()
+            });
+            credentials = self.fresh(credentials).await?;
+            self.fetcher
+                .set_token(credentials.bearer().map(str::to_owned));
             let inventory = collector.inventory();
             let hash = inventory_hash(&inventory);
             let include = send_inventory || sent_hash.as_deref() != Some(hash.as_str());
@@ -406,12 +604,11 @@ impl ProtocolLoop<'_> {
                 inventory_hash: hash.clone(),
                 inventory: include.then_some(inventory),
                 load: collector.load(),
+                decommissioned,
             };
-            let interval = match self
-                .controller
-                .heartbeat(&credentials.client_token, &request)
-                .await
-            {
+            let bearer = credentials.bearer().unwrap_or_default().to_owned();
+            let interval = match self.controller.heartbeat(&bearer, &request).await {
+                Ok(_) if decommissioned => return self.finish_decommission(&credentials),
                 Ok(response) => {
                     self.connection.succeeded();
                     self.retry.reset();
@@ -419,24 +616,31 @@ impl ProtocolLoop<'_> {
                         sent_hash = Some(hash);
                     }
                     send_inventory = response.send_inventory;
+                    if response.desired.decommission && self.decommission.is_none() {
+                        tracing::warn!(
+                            revision = response.desired.revision,
+                            "told to decommission: removing every package thinfleet installed"
+                        );
+                    }
+                    self.decommission = response
+                        .desired
+                        .decommission
+                        .then_some(response.desired.revision);
                     deliver(&desired_tx, response.desired, &mut known_revision);
                     Duration::from_millis(response.next_heartbeat_millis)
                         .clamp(min_interval, max_interval)
                 }
+                // Refused after the final report: the controller has deleted the client.
+                Err(error) if error.is_unauthorized() && decommissioned => {
+                    return self.finish_decommission(&credentials);
+                }
                 Err(error) if error.is_unauthorized() => {
                     self.connection.failed(&error.to_string());
-                    if self.options.config.bootstrap_token.is_some() {
-                        tracing::warn!(%error, "the controller refused the client token; enrolling again");
-                        credentials = self.enrolled(true).await?;
-                        self.fetcher
-                            .set_token(Some(credentials.client_token.clone()));
-                        send_inventory = true;
-                    } else {
-                        let delay = self.retry.next_delay();
-                        tracing::error!(%error, retry_in = ?delay,
-                            "the controller refused the client token (revoked or deleted?) and no bootstrap token is configured to enrol again");
-                        tokio::time::sleep(delay).await;
-                    }
+                    tracing::warn!(%error, "the controller refused the session");
+                    credentials = self.recover(credentials, &error).await?;
+                    self.fetcher
+                        .set_token(credentials.bearer().map(str::to_owned));
+                    send_inventory = true;
                     continue;
                 }
                 Err(error) => {
@@ -472,7 +676,7 @@ impl ProtocolLoop<'_> {
             let started = Instant::now();
             let asked = *known_revision;
             let poll = self.controller.desired(
-                &credentials.client_token,
+                credentials.bearer().unwrap_or_default(),
                 asked,
                 self.options.long_poll_timeout,
             );
@@ -520,84 +724,43 @@ impl ProtocolLoop<'_> {
             _ = reports_rx.changed() => {}
         }
     }
-
-    /// The stored credentials, or new ones from an enrolment (retried until it succeeds).
-    async fn enrolled(&mut self, force: bool) -> Result<Credentials, AgentError> {
-        let config = &self.options.config;
-        if !force && let Some(credentials) = Credentials::load(&self.dir)? {
-            if credentials.server == config.server.as_str() {
-                return Ok(credentials);
-            }
-            tracing::warn!(enrolled_with = %credentials.server, server = %config.server,
-                "the stored credentials belong to another controller; enrolling again");
-        }
-        let Some(bootstrap_token) = &config.bootstrap_token else {
-            return Err(AgentError::NotEnrolled {
-                server: config.server.clone(),
-            });
-        };
-        let machine_id = machine_id(config, &self.dir)?;
-        let mut request = EnrollRequest {
-            protocol_version: PROTOCOL_VERSION,
-            bootstrap_token: String::new(),
-            machine_id: machine_id.clone(),
-            name: config.name.clone(),
-            hostname: hostname(),
-            labels: config.labels.clone(),
-        };
-        loop {
-            let attempt = match bootstrap_token.read() {
-                Ok(token) => {
-                    request.bootstrap_token = token;
-                    self.controller
-                        .enroll(&request)
-                        .await
-                        .map_err(|error| error.to_string())
-                        .and_then(|response| check_enrollment(&response).map(|()| response))
-                }
-                Err(error) => Err(error.to_string()),
-            };
-            match attempt {
-                Ok(response) => {
-                    let credentials = Credentials {
-                        server: config.server.to_string(),
-                        machine_id,
-                        client_name: response.client_name,
-                        client_token: response.client_token,
-                        enrolled_at: Timestamp::now(),
-                    };
-                    credentials.save(&self.dir)?;
-                    self.connection.succeeded();
-                    self.retry.reset();
-                    tracing::info!(client = %credentials.client_name, "enrolled");
-                    return Ok(credentials);
-                }
-                Err(error) => {
-                    self.connection.failed(&error);
-                    let delay = self.retry.next_delay();
-                    tracing::warn!(%error, retry_in = ?delay, "enrolment failed");
-                    tokio::time::sleep(delay).await;
-                }
-            }
-        }
-    }
 }
 
-/// Checks an enrolment answer before its credentials are stored. The client token is sent back
-/// in the `Authorization` header of every later request: a token that cannot be (empty, or not
-/// printable ASCII without spaces, as the controller's hex tokens are) would make each of them fail
-/// before it leaves the agent, with no way back to enrolment.
+/// Checks an enrolment answer before its credentials are stored. The session token (or a
+/// protocol-1 client token) is sent back in the `Authorization` header of every later request,
+/// and the client name in every session request: a token that cannot be sent (empty, or not
+/// printable ASCII without spaces, as the controller's tokens are) or a name that is empty,
+/// overlong or has control characters would make each of them fail, with no way back to
+/// enrolment.
 pub fn check_enrollment(response: &EnrollResponse) -> Result<(), String> {
-    let token = &response.client_token;
+    let name = &response.client_name;
+    if name.trim().is_empty()
+        || name.len() > tc_proto::limits::MAX_HOSTNAME_BYTES
+        || name.chars().any(char::is_control)
+    {
+        return Err(format!(
+            "the controller's enrolment answer has an unusable client name {name:?}"
+        ));
+    }
+    if let Some(session) = &response.session {
+        check_bearer(&session.token, "session token")?;
+    }
+    if let Some(token) = &response.client_token {
+        check_bearer(token, "client token")?;
+    }
+    Ok(())
+}
+
+/// Checks a bearer token the controller handed out: it must be sendable in a header.
+pub fn check_bearer(token: &str, what: &str) -> Result<(), String> {
     if token.is_empty() {
-        return Err("the controller's enrolment answer has an empty client token".to_owned());
+        return Err(format!("the controller's answer has an empty {what}"));
     }
     if !token.bytes().all(|byte| byte.is_ascii_graphic()) {
-        return Err(
-            "the controller's enrolment answer has a client token that is not printable ASCII \
-             without spaces, which cannot be sent back"
-                .to_owned(),
-        );
+        return Err(format!(
+            "the controller's answer has a {what} that is not printable ASCII without spaces, \
+             which cannot be sent back"
+        ));
     }
     Ok(())
 }
@@ -607,14 +770,20 @@ pub fn check_enrollment(response: &EnrollResponse) -> Result<(), String> {
 /// controller has not computed an assignment for this client yet (a new or reset controller): it
 /// carries no information, and acting on its empty package list would remove everything the
 /// machine runs, so the engine does not get it.
+///
+/// A desired state that says to decommission is handed over without packages, whatever it
+/// lists: everything thinfleet installed goes.
 pub fn deliver(
     desired_tx: &watch::Sender<Option<DesiredState>>,
-    desired: DesiredState,
+    mut desired: DesiredState,
     known_revision: &mut u64,
 ) {
     *known_revision = desired.revision;
     if desired.revision == 0 {
         return;
+    }
+    if desired.decommission {
+        desired.packages.clear();
     }
     if desired_tx.borrow().as_ref() != Some(&desired) {
         tracing::info!(
@@ -653,7 +822,7 @@ pub fn machine_id(config: &AgentConfig, dir: &StateDir) -> Result<String, StateE
 }
 
 /// Keeps `connection.json` in step with the last error, writing only when it changes.
-struct ConnectionTracker {
+pub(crate) struct ConnectionTracker {
     dir: StateDir,
     status: ConnectionStatus,
 }
@@ -671,14 +840,14 @@ impl ConnectionTracker {
         ConnectionTracker { dir, status }
     }
 
-    fn succeeded(&mut self) {
+    pub(crate) fn succeeded(&mut self) {
         if self.status.last_error.take().is_some() {
             tracing::info!("controller reachable");
             self.write();
         }
     }
 
-    fn failed(&mut self, message: &str) {
+    pub(crate) fn failed(&mut self, message: &str) {
         if self.status.last_error.as_ref().map(|e| e.message.as_str()) != Some(message) {
             self.status.last_error = Some(ErrorRecord {
                 message: message.to_owned(),

@@ -6,6 +6,7 @@
 //!
 //! ```yaml
 //! server: https://controller.example:7130
+//! caCertHash: sha256:4f0e...   # the controller CA's fingerprint, from the join material
 //! bootstrapTokenFile: /etc/tc-agent/bootstrap.token   # or bootstrapToken: ...
 //! stateDir: /var/lib/tc-agent
 //! name: front-desk-3
@@ -21,6 +22,7 @@ use std::collections::BTreeSet;
 use clap::{Args, Subcommand};
 use reqwest::Url;
 use saphyr_parser::{Event, Parser, ScalarStyle};
+use tc_trust::CaCertHash;
 
 /// The default state directory.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/tc-agent";
@@ -72,6 +74,13 @@ pub struct Settings {
     /// File holding the bootstrap token.
     #[arg(long, value_name = "FILE", conflicts_with = "bootstrap_token")]
     pub bootstrap_token_file: Option<PathBuf>,
+    /// Fingerprint of the controller's CA, `sha256:<hex>` (from the join material): an https
+    /// server is trusted only if its chain has this CA.
+    #[arg(long, value_name = "sha256:HEX")]
+    pub ca_cert_hash: Option<String>,
+    /// PEM file of the CA that signs the controller's certificate (instead of --ca-cert-hash).
+    #[arg(long, value_name = "FILE", conflicts_with = "ca_cert_hash")]
+    pub ca_file: Option<PathBuf>,
     /// State directory [default: /var/lib/tc-agent].
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
@@ -113,6 +122,10 @@ pub struct FileConfig {
     pub bootstrap_token: Option<String>,
     /// File holding the bootstrap token.
     pub bootstrap_token_file: Option<PathBuf>,
+    /// Fingerprint of the controller's CA.
+    pub ca_cert_hash: Option<String>,
+    /// PEM file of the controller's CA.
+    pub ca_file: Option<PathBuf>,
     /// State directory.
     pub state_dir: Option<PathBuf>,
     /// Labels reported at enrolment.
@@ -138,6 +151,18 @@ pub struct AgentConfig {
     pub name: String,
     /// Machine identity override.
     pub machine_id: Option<String>,
+    /// How an `https://` controller is trusted (required for one; unused for `http://`).
+    pub ca: Option<CaTrust>,
+}
+
+/// How the agent trusts an `https://` controller.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CaTrust {
+    /// The CA whose fingerprint this is (`caCertHash`); the CA certificate is stored in the
+    /// state directory at the first successful contact and trusted alone from then on.
+    Pinned(CaCertHash),
+    /// The CA certificates of this PEM file (`caFile`).
+    File(PathBuf),
 }
 
 /// Where the bootstrap token comes from.
@@ -191,6 +216,12 @@ pub enum ConfigError {
         /// What is wrong with it.
         message: String,
     },
+    /// The labels break Kubernetes' rules or are too many.
+    #[error("invalid labels: {message}")]
+    InvalidLabels {
+        /// What is wrong, with the label.
+        message: String,
+    },
     /// A label is not `key=value`.
     #[error("invalid label `{label}`: expected KEY=VALUE with a non-empty key")]
     InvalidLabel {
@@ -206,6 +237,20 @@ pub enum ConfigError {
     /// Both a token and a token file were configured.
     #[error("set either a bootstrap token or a bootstrap token file, not both")]
     TwoTokens,
+    /// An `https://` controller without a way to verify it.
+    #[error(
+        "{server} is https: give the controller CA's fingerprint with --ca-cert-hash sha256:<hex> (caCertHash in the configuration file; it is in the join material, and printed by the controller at start) or its certificate with --ca-file FILE (caFile)"
+    )]
+    MissingCa {
+        /// The controller URL.
+        server: String,
+    },
+    /// A fingerprint that is not `sha256:<hex>`.
+    #[error("{0}")]
+    InvalidCaCertHash(String),
+    /// Both a fingerprint and a CA file were configured.
+    #[error("set either caCertHash or caFile, not both")]
+    TwoCas,
 }
 
 /// Reads the configuration file at `path`, if one is given.
@@ -274,6 +319,24 @@ impl Settings {
             token.read()?;
         }
 
+        let ca = if let Some(hash) = &self.ca_cert_hash {
+            Some(CaTrust::Pinned(parse_ca_cert_hash(hash)?))
+        } else if let Some(path) = &self.ca_file {
+            Some(CaTrust::File(path.clone()))
+        } else {
+            match (&file.ca_cert_hash, &file.ca_file) {
+                (Some(_), Some(_)) => return Err(ConfigError::TwoCas),
+                (Some(hash), None) => Some(CaTrust::Pinned(parse_ca_cert_hash(hash)?)),
+                (None, Some(path)) => Some(CaTrust::File(relative_to(&file_path, path.clone()))),
+                (None, None) => None,
+            }
+        };
+        if server.scheme() == "https" && ca.is_none() {
+            return Err(ConfigError::MissingCa {
+                server: server_text,
+            });
+        }
+
         let mut labels = file.labels;
         for label in &self.labels {
             let (key, value) = parse_label(label)?;
@@ -284,6 +347,13 @@ impl Settings {
                 return Err(ConfigError::InvalidLabel { label: key.clone() });
             }
         }
+        // The controller refuses labels beyond these rules; better said at start than at every
+        // enrolment.
+        tc_proto::limits::check_labels(&labels, "labels").map_err(|error| {
+            ConfigError::InvalidLabels {
+                message: error.to_string(),
+            }
+        })?;
 
         Ok(AgentConfig {
             server,
@@ -301,13 +371,18 @@ impl Settings {
                 .filter(|name| !name.is_empty())
                 .unwrap_or_else(|| hostname.to_owned()),
             machine_id: self.machine_id.clone().or(file.machine_id),
+            ca,
         })
     }
 }
 
+fn parse_ca_cert_hash(text: &str) -> Result<CaCertHash, ConfigError> {
+    text.parse()
+        .map_err(|error: tc_trust::TrustError| ConfigError::InvalidCaCertHash(error.to_string()))
+}
+
 /// The settings a configuration file may hold, as written in YAML.
-const FILE_FIELDS: &str =
-    "server, bootstrapToken, bootstrapTokenFile, stateDir, labels, name, machineId";
+const FILE_FIELDS: &str = "server, caCertHash, caFile, bootstrapToken, bootstrapTokenFile, stateDir, labels, name, machineId";
 
 /// Parses the YAML configuration file. Errors name the line and column.
 pub fn parse_file_config(text: &str) -> Result<FileConfig, String> {
@@ -342,6 +417,8 @@ pub fn parse_file_config(text: &str) -> Result<FileConfig, String> {
         }
         match key.as_str() {
             "server" => config.server = events.string(&key)?,
+            "caCertHash" => config.ca_cert_hash = events.string(&key)?,
+            "caFile" => config.ca_file = events.string(&key)?.map(PathBuf::from),
             "bootstrapToken" => config.bootstrap_token = events.string(&key)?,
             "bootstrapTokenFile" => {
                 config.bootstrap_token_file = events.string(&key)?.map(PathBuf::from);
@@ -554,6 +631,7 @@ mod tests {
         std::fs::write(
             &config_path,
             "server: https://controller.example/prefix\n\
+             caFile: ca.pem\n\
              bootstrapTokenFile: token\n\
              stateDir: state\n\
              name: front-desk\n\
@@ -572,6 +650,7 @@ mod tests {
         };
         let config = settings.resolve("ignored").unwrap();
         assert_eq!(config.server.as_str(), "https://controller.example/prefix/");
+        assert_eq!(config.ca, Some(CaTrust::File(temp.path().join("ca.pem"))));
         let token = config.bootstrap_token.unwrap();
         assert_eq!(token, BootstrapToken::File(temp.path().join("token")));
         assert_eq!(token.read().unwrap(), "from-file");
@@ -600,14 +679,53 @@ mod tests {
     }
 
     #[test]
+    fn the_controller_ca_comes_from_a_flag_or_the_file() {
+        let hash = format!("sha256:{}", "0f".repeat(32));
+        let pinned = cli(&["--server", "https://x", "--ca-cert-hash", &hash])
+            .settings
+            .resolve("h")
+            .unwrap();
+        assert_eq!(pinned.ca, Some(CaTrust::Pinned(hash.parse().unwrap())));
+        let temp = tempfile::tempdir().unwrap();
+        let config_path = temp.path().join("agent.yaml");
+        std::fs::write(&config_path, "server: https://x\ncaFile: ca.pem\n").unwrap();
+        let from_file = cli(&["--config", config_path.to_str().unwrap()])
+            .settings
+            .resolve("h")
+            .unwrap();
+        assert_eq!(
+            from_file.ca,
+            Some(CaTrust::File(temp.path().join("ca.pem")))
+        );
+        std::fs::write(
+            &config_path,
+            format!("server: https://x\ncaFile: ca.pem\ncaCertHash: {hash}\n"),
+        )
+        .unwrap();
+        let both = cli(&["--config", config_path.to_str().unwrap()])
+            .settings
+            .resolve("h")
+            .unwrap_err();
+        assert!(matches!(both, ConfigError::TwoCas), "{both}");
+        // A plain-HTTP controller needs no CA.
+        let plain = cli(&["--server", "http://x"])
+            .settings
+            .resolve("h")
+            .unwrap();
+        assert_eq!(plain.ca, None);
+    }
+
+    #[test]
     fn each_subcommand_takes_only_its_own_settings() {
         let parse = |arguments: &[&str]| {
             <Cli as clap::Parser>::try_parse_from(
                 std::iter::once("tc-agent").chain(arguments.iter().copied()),
             )
         };
-        let run_flags: [&[&str]; 6] = [
+        let run_flags: [&[&str]; 8] = [
             &["--server", "http://x"],
+            &["--ca-cert-hash", "sha256:00"],
+            &["--ca-file", "ca.pem"],
             &["--bootstrap-token", "t"],
             &["--bootstrap-token-file", "f"],
             &["--label", "a=b"],
@@ -701,6 +819,20 @@ mod tests {
             .resolve("h")
             .unwrap_err();
         assert!(scheme.to_string().contains("http or https"), "{scheme}");
+        let https = cli(&["--server", "https://x"])
+            .settings
+            .resolve("h")
+            .unwrap_err();
+        assert!(matches!(https, ConfigError::MissingCa { .. }), "{https}");
+        assert!(https.to_string().contains("--ca-cert-hash"), "{https}");
+        let hash = cli(&["--server", "https://x", "--ca-cert-hash", "sha256:12"])
+            .settings
+            .resolve("h")
+            .unwrap_err();
+        assert!(
+            hash.to_string().contains("sha256:<64 hex digits>"),
+            "{hash}"
+        );
         let label = cli(&["--server", "http://x", "--label", "nokey"])
             .settings
             .resolve("h")

@@ -78,7 +78,7 @@ impl Collector {
             }
             None => (String::new(), 0, 0),
         };
-        Inventory {
+        let mut inventory = Inventory {
             hostname: hostname(),
             os_name: System::name().unwrap_or_default(),
             os_version: System::os_version().unwrap_or_default(),
@@ -93,7 +93,11 @@ impl Collector {
                 .ok()
                 .map(|seconds| Timestamp::from_unix_millis(seconds.saturating_mul(1000))),
             agent_version: AGENT_VERSION.to_owned(),
-        }
+        };
+        // Within what the controller accepts, so that an unusual machine (a hundred virtual
+        // network interfaces) still heartbeats.
+        tc_proto::limits::clamp_inventory(&mut inventory);
+        inventory
     }
 
     /// CPU use since the previous call, memory in use and uptime.

@@ -69,6 +69,7 @@ fn run(settings: &Settings) -> ExitCode {
         Err(error) => return fail(2, &error),
     };
     tc_agent::install_crypto_provider();
+    let mark_path = StateDir::new(&config.state_dir).decommissioned();
     let mut options = RunOptions::new(config);
     options.engine.faults = faults;
     if let Some(retry) = retry {
@@ -82,7 +83,24 @@ fn run(settings: &Settings) -> ExitCode {
         Err(error) => return fail(1, &error),
     };
     match runtime.block_on(client::run(options, shutdown_signal())) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(client::RunOutcome::Stopped) => ExitCode::SUCCESS,
+        Ok(client::RunOutcome::Decommissioned(mark)) => {
+            eprintln!(
+                "tc-agent: this machine was decommissioned as client {} by {} at {}: every \
+                 package thinfleet installed was removed and its identity deleted, so the agent \
+                 does not run. To enrol it again, an admin runs `tcadm allow machine ID` and \
+                 the file {} is removed.",
+                mark.client_name,
+                if mark.server.is_empty() {
+                    "the controller"
+                } else {
+                    &mark.server
+                },
+                mark.at,
+                mark_path.display()
+            );
+            ExitCode::SUCCESS
+        }
         Err(error) => fail(1, &error),
     }
 }

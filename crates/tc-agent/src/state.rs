@@ -3,7 +3,9 @@
 //!
 //! ```text
 //! <state-dir>/
-//!   credentials.json          client name and token (mode 0600)
+//!   identity.key              the client's Ed25519 key pair, PKCS#8 (mode 0600), never sent
+//!   credentials.json          client name and session (mode 0600)
+//!   decommissioned            the agent was decommissioned: it does not start again
 //!   machine-id                generated identity when /etc/machine-id is not readable
 //!   state.json                the journal: desired state, package records, step in progress
 //!   connection.json           the last error talking to the controller (for `tc-agent status`)
@@ -25,7 +27,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use tc_proto::{DesiredState, Hooks, PackageReport, PackageState, Timestamp};
+use tc_proto::{DesiredState, Hooks, PackageReport, PackageState, Session, Timestamp};
 
 /// Format version written into `state.json`; a journal from a newer agent is not trusted.
 pub const JOURNAL_FORMAT: u32 = 1;
@@ -89,6 +91,16 @@ impl StateDir {
     /// The path of `credentials.json`.
     pub fn credentials(&self) -> PathBuf {
         self.root.join("credentials.json")
+    }
+
+    /// The path of `identity.key`, the client's key pair.
+    pub fn identity_key(&self) -> PathBuf {
+        self.root.join("identity.key")
+    }
+
+    /// The path of `decommissioned`, the mark of a decommissioned agent.
+    pub fn decommissioned(&self) -> PathBuf {
+        self.root.join("decommissioned")
     }
 
     /// The path of `state.json`, the journal.
@@ -223,8 +235,9 @@ pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>,
     }
 }
 
-/// What the agent keeps after enrolment (`credentials.json`, mode 0600).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// What the agent keeps after enrolment (`credentials.json`, mode 0600). Losing it costs only a
+/// new enrolment: the client is the key in `identity.key`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Credentials {
     /// The controller these credentials belong to; enrolling with another controller replaces them.
@@ -233,10 +246,32 @@ pub struct Credentials {
     pub machine_id: String,
     /// The client's name on the controller.
     pub client_name: String,
-    /// The bearer token for every agent request.
-    pub client_token: String,
+    /// The public key enrolled (base64url); credentials of another key are stale.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub public_key: String,
+    /// The current session, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<Session>,
+    /// The bearer token a controller of protocol 1 handed out (agents written before identities
+    /// kept only this; it proves once which client an upgraded agent is).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_token: Option<String>,
     /// When the agent enrolled.
     pub enrolled_at: Timestamp,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("server", &self.server)
+            .field("machine_id", &self.machine_id)
+            .field("client_name", &self.client_name)
+            .field("public_key", &self.public_key)
+            .field("session", &self.session)
+            .field("client_token", &self.client_token.as_ref().map(|_| "..."))
+            .field("enrolled_at", &self.enrolled_at)
+            .finish()
+    }
 }
 
 impl Credentials {
@@ -245,9 +280,76 @@ impl Credentials {
         read_json(&dir.credentials())
     }
 
+    /// Reads `credentials.json`; a file that cannot be decoded is moved aside (to
+    /// `credentials.json.corrupt`) and counts as none, so that the agent enrols again instead of
+    /// stopping.
+    pub fn load_or_set_aside(dir: &StateDir) -> Result<Option<Credentials>, StateError> {
+        match Self::load(dir) {
+            Err(StateError::Corrupt { path, source }) => {
+                let aside = path.with_extension("json.corrupt");
+                tracing::error!(path = %path.display(), error = %source, aside = %aside.display(),
+                    "credentials are corrupt; enrolling again");
+                fs::rename(&path, &aside).map_err(StateError::io(&path))?;
+                Ok(None)
+            }
+            other => other,
+        }
+    }
+
     /// Writes `credentials.json` with mode 0600.
     pub fn save(&self, dir: &StateDir) -> Result<(), StateError> {
         write_json(&dir.credentials(), self, 0o600)
+    }
+
+    /// Deletes `credentials.json`.
+    pub fn delete(dir: &StateDir) -> Result<(), StateError> {
+        let path = dir.credentials();
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(error) => Err(StateError::io(&path)(error)),
+        }
+    }
+
+    /// The bearer token of agent requests: the session's, or a protocol-1 client token.
+    pub fn bearer(&self) -> Option<&str> {
+        self.session
+            .as_ref()
+            .map(|session| session.token.as_str())
+            .or(self.client_token.as_deref())
+    }
+}
+
+/// The mark of a decommissioned agent (`decommissioned`): it removed every package thinfleet
+/// installed and its identity, and does not start again.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Decommissioned {
+    /// When.
+    pub at: Timestamp,
+    /// The client it was.
+    pub client_name: String,
+    /// The controller that decommissioned it.
+    pub server: String,
+}
+
+impl Decommissioned {
+    /// Reads the mark, if present. A mark that cannot be decoded still counts (with what it
+    /// could tell): a decommissioned machine must not come back over a damaged file.
+    pub fn load(dir: &StateDir) -> Result<Option<Decommissioned>, StateError> {
+        match read_json(&dir.decommissioned()) {
+            Err(StateError::Corrupt { .. }) => Ok(Some(Decommissioned {
+                at: Timestamp::EPOCH,
+                client_name: "(unreadable mark)".into(),
+                server: String::new(),
+            })),
+            other => other,
+        }
+    }
+
+    /// Writes the mark.
+    pub fn save(&self, dir: &StateDir) -> Result<(), StateError> {
+        write_json(&dir.decommissioned(), self, 0o644)
     }
 }
 
@@ -601,9 +703,15 @@ mod tests {
             server: "http://127.0.0.1:7130".into(),
             machine_id: "abc".into(),
             client_name: "kiosk-1".into(),
-            client_token: "secret".into(),
+            public_key: "key".into(),
+            session: Some(Session {
+                token: "secret".into(),
+                expires_at: Timestamp::from_unix_millis(2),
+            }),
+            client_token: None,
             enrolled_at: Timestamp::from_unix_millis(1),
         };
+        assert!(!format!("{credentials:?}").contains("secret"));
         credentials.save(&dir).unwrap();
         let mode = fs::metadata(dir.credentials())
             .unwrap()
@@ -613,6 +721,34 @@ mod tests {
         assert_eq!(Credentials::load(&dir).unwrap(), Some(credentials));
         let root_mode = fs::metadata(dir.root()).unwrap().permissions().mode();
         assert_eq!(root_mode & 0o777, 0o700);
+    }
+
+    #[test]
+    fn credentials_of_agents_before_identities_are_read_with_their_client_token() {
+        let temp = tempfile::tempdir().unwrap();
+        let dir = StateDir::new(temp.path());
+        fs::write(
+            dir.credentials(),
+            r#"{"server":"http://c/","machineId":"m","clientName":"k","clientToken":"old","enrolledAt":"2026-11-22T00:00:00Z"}"#,
+        )
+        .unwrap();
+        let credentials = Credentials::load(&dir).unwrap().unwrap();
+        assert_eq!(credentials.bearer(), Some("old"));
+        assert!(credentials.public_key.is_empty());
+    }
+
+    #[test]
+    fn corrupt_credentials_are_set_aside_not_fatal() {
+        let temp = tempfile::tempdir().unwrap();
+        let dir = StateDir::new(temp.path());
+        fs::write(dir.credentials(), b"{ not json").unwrap();
+        assert!(Credentials::load(&dir).is_err());
+        assert_eq!(Credentials::load_or_set_aside(&dir).unwrap(), None);
+        assert!(!dir.credentials().exists());
+        assert_eq!(
+            fs::read(dir.credentials().with_extension("json.corrupt")).unwrap(),
+            b"{ not json"
+        );
     }
 
     #[test]

@@ -6,7 +6,9 @@ use std::path::PathBuf;
 
 use tc_proto::{PackageState, Timestamp};
 
-use crate::state::{ConnectionStatus, Credentials, Journal, StateDir, StateError, read_json};
+use crate::state::{
+    ConnectionStatus, Credentials, Decommissioned, Journal, StateDir, StateError, read_json,
+};
 
 /// Why the status cannot be shown.
 #[derive(Debug, thiserror::Error)]
@@ -48,20 +50,41 @@ pub fn render(dir: &StateDir, now: Timestamp) -> Result<String, StatusError> {
         Err(error) => return Err(StateError::io(root)(error).into()),
     }
     let journal = Journal::load(dir)?;
-    let credentials = Credentials::load(dir)?;
+    let credentials = Credentials::load(dir);
     let connection: Option<ConnectionStatus> = read_json(&dir.connection())?;
     let mut out = String::new();
     let _ = writeln!(out, "State directory: {}", dir.root().display());
+    if let Some(mark) = Decommissioned::load(dir)? {
+        let _ = writeln!(
+            out,
+            "Decommissioned:  as client {} at {}; the agent does not run",
+            mark.client_name, mark.at
+        );
+    }
     match &credentials {
-        Some(credentials) => {
+        Ok(Some(credentials)) => {
             let _ = writeln!(
                 out,
                 "Client:          {} (enrolled with {} at {})",
                 credentials.client_name, credentials.server, credentials.enrolled_at
             );
+            if let Some(session) = &credentials.session {
+                let state = if session.expires_at > now {
+                    "expires"
+                } else {
+                    "expired"
+                };
+                let _ = writeln!(out, "Session:         {state} {}", session.expires_at);
+            }
         }
-        None => {
+        Ok(None) => {
             let _ = writeln!(out, "Client:          not enrolled");
+        }
+        Err(error) => {
+            let _ = writeln!(
+                out,
+                "Client:          credentials unreadable ({error}); the agent enrols again"
+            );
         }
     }
     let Some(journal) = journal else {
@@ -282,6 +305,7 @@ mod tests {
                 desired_package("kiosk", "5.0.0"),
                 desired_package("vpn", "1.0.0"),
             ],
+            decommission: false,
         });
         journal.last_error = Some(ErrorRecord {
             message: "browser 2.0.0: healthCheck failed".into(),

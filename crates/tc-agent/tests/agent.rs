@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::{BOOTSTRAP_TOKEN, FakeController, assert_active_complete, package_zip, wait_for};
 use tc_agent::backoff::Backoff;
-use tc_agent::client::{AgentError, RunOptions, run};
+use tc_agent::client::{AgentError, RunOptions, RunOutcome, run};
 use tc_agent::config::{AgentConfig, BootstrapToken, parse_server};
 use tc_agent::state::{Credentials, StateDir};
 use tc_proto::Hooks;
@@ -26,6 +26,7 @@ fn options(fake: &FakeController, state_dir: &std::path::Path) -> RunOptions {
         labels: BTreeMap::from([("site".to_owned(), "berlin".to_owned())]),
         name: "kiosk-1".into(),
         machine_id: Some("machine-test-1".into()),
+        ca: None,
     });
     options.retry = Backoff::new(Duration::from_millis(50), Duration::from_millis(300));
     options.heartbeat_bounds = (Duration::from_millis(50), Duration::from_secs(3600));
@@ -38,7 +39,7 @@ fn options(fake: &FakeController, state_dir: &std::path::Path) -> RunOptions {
 /// A running in-process agent, stopped when dropped.
 struct Agent {
     stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<Result<(), AgentError>>,
+    task: tokio::task::JoinHandle<Result<RunOutcome, AgentError>>,
 }
 
 impl Agent {
@@ -116,7 +117,7 @@ async fn enrols_reports_inventory_and_installs_the_desired_packages() {
         assert!(first.load.uptime_seconds > 0);
     }
     let credentials = Credentials::load(&dir).unwrap().unwrap();
-    assert_eq!(credentials.client_token, "client-token-1");
+    assert_eq!(credentials.client_token.as_deref(), Some("client-token-1"));
     let mode = std::fs::metadata(dir.credentials())
         .unwrap()
         .permissions()
@@ -280,7 +281,7 @@ async fn revoked_token_leads_to_a_new_enrolment_with_the_bootstrap_token() {
     let credentials = Credentials::load(&StateDir::new(temp.path()))
         .unwrap()
         .unwrap();
-    assert_eq!(credentials.client_token, "client-token-2");
+    assert_eq!(credentials.client_token.as_deref(), Some("client-token-2"));
     agent.stop().await;
 }
 

@@ -24,7 +24,12 @@ async fn status_shows_installed_pending_and_the_last_error_without_a_controller(
     let temp = tempfile::tempdir().unwrap();
     let dir = StateDir::new(temp.path().join("state"));
     let fetcher = Fetcher::new(
-        tc_agent::client::http_client().unwrap(),
+        tc_agent::client::http_client(
+            &tc_agent::config::parse_server(&fake.url()).unwrap(),
+            None,
+            std::path::Path::new("unused: the fake controller is plain HTTP"),
+        )
+        .unwrap(),
         tc_agent::config::parse_server(&fake.url()).unwrap(),
         DownloadOptions {
             attempts: 1,
@@ -43,6 +48,7 @@ async fn status_shows_installed_pending_and_the_last_error_without_a_controller(
         let desired = DesiredState {
             revision,
             packages: vec![package],
+            decommission: false,
         };
         engine
             .converge(&desired, &fetcher, &mut |_| true)

@@ -63,6 +63,12 @@ fn the_agent_unit_verifies_and_its_command_line_parses() {
     let text = std::fs::read_to_string(repo().join("deploy/agent/config.yaml")).unwrap();
     let file = parse_file_config(&text).unwrap_or_else(|error| panic!("config.yaml: {error}"));
     parse_server(file.server.as_deref().expect("config.yaml sets server")).unwrap();
+    let hash = file
+        .ca_cert_hash
+        .as_deref()
+        .expect("config.yaml pins the controller's CA");
+    hash.parse::<tc_trust::CaCertHash>()
+        .unwrap_or_else(|error| panic!("config.yaml: {error}"));
     let state_directory = unit_setting(&unit, "StateDirectory");
     assert_eq!(
         file.state_dir,

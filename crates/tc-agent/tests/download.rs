@@ -11,7 +11,12 @@ use tc_proto::Hooks;
 
 fn fetcher(fake: &FakeController) -> Fetcher {
     Fetcher::new(
-        tc_agent::client::http_client().unwrap(),
+        tc_agent::client::http_client(
+            &tc_agent::config::parse_server(&fake.url()).unwrap(),
+            None,
+            std::path::Path::new("unused: the fake controller is plain HTTP"),
+        )
+        .unwrap(),
         tc_agent::config::parse_server(&fake.url()).unwrap(),
         DownloadOptions {
             attempts: 3,

@@ -31,7 +31,12 @@ impl Harness {
         let temp = tempfile::tempdir().unwrap();
         let dir = StateDir::new(temp.path().join("state"));
         let fetcher = Fetcher::new(
-            tc_agent::client::http_client().unwrap(),
+            tc_agent::client::http_client(
+                &tc_agent::config::parse_server(&fake.url()).unwrap(),
+                None,
+                std::path::Path::new("unused: the fake controller is plain HTTP"),
+            )
+            .unwrap(),
             tc_agent::config::parse_server(&fake.url()).unwrap(),
             DownloadOptions {
                 attempts: 2,
@@ -73,6 +78,7 @@ impl Harness {
         DesiredState {
             revision: self.revision,
             packages,
+            decommission: false,
         }
     }
 

@@ -259,10 +259,19 @@ struct Setup {
 }
 
 impl Setup {
-    /// Starts a controller and a group selecting the agent (with no packages yet).
+    /// Starts a controller (HTTPS) and a group selecting the agent (with no packages yet).
     async fn start() -> Setup {
+        Setup::start_on(TestController::start().await).await
+    }
+
+    /// [`Setup::start`] with a plain-HTTP controller (for a proxy that reads the requests).
+    async fn start_insecure() -> Setup {
+        Setup::start_on(TestController::start_insecure().await).await
+    }
+
+    async fn start_on(controller: TestController) -> Setup {
         tc_agent::install_crypto_provider();
-        let controller = TestController::start().await;
+        let http = controller.http_client();
         let root = tempfile::tempdir().unwrap();
         let markers = root.path().join("markers");
         let outside = root.path().join("outside");
@@ -271,11 +280,7 @@ impl Setup {
         let setup = Setup {
             agent: None,
             controller,
-            http: reqwest::Client::builder()
-                .no_proxy()
-                .timeout(Duration::from_secs(30))
-                .build()
-                .unwrap(),
+            http,
             client_name: String::new(),
             state: root.path().join("state"),
             markers,
@@ -293,7 +298,11 @@ impl Setup {
         std::fs::write(&token_file, self.controller.bootstrap_token()).unwrap();
         let log = self.root.path().join("agent.log");
         let stderr = std::fs::File::create(&log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_tc-agent"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_tc-agent"));
+        if let Some(hash) = self.controller.ca_cert_hash() {
+            command.args(["--ca-cert-hash", &hash]);
+        }
+        let child = command
             .arg("--server")
             .arg(server)
             .arg("--bootstrap-token-file")
@@ -988,7 +997,7 @@ fn close_after_this(head: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_download_cut_short_resumes_with_a_range_request() {
-    let mut setup = Setup::start().await;
+    let mut setup = Setup::start_insecure().await;
     let payload = incompressible(4 << 20);
     let zip = release_zip(
         "2.0.0",

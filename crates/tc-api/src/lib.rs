@@ -4,6 +4,7 @@
 //! functions.
 
 pub mod decode;
+pub mod enrollment;
 pub mod event;
 pub mod meta;
 pub mod resources;
@@ -15,14 +16,18 @@ pub mod validate;
 pub use decode::{
     DecodeError, DecodeErrors, Limits, MAX_ERRORS, Position, SourcedObject, decode_objects,
 };
+pub use enrollment::{
+    BlockReason, BlockedMachine, BootstrapToken, BootstrapTokenCreated, BootstrapTokenRequest,
+    JoinMaterial,
+};
 pub use event::{Event, EventType, ObjectRef};
 pub use meta::{API_VERSION, Cause, Condition, ConditionStatus, ObjectMeta, Timestamp};
 pub use resources::{
     AgentSpec, Artifact, ArtifactStatus, AssignedPackage, Client, ClientGroup, ClientGroupSpec,
     ClientGroupStatus, ClientPhase, ClientSpec, ClientStatus, IntOrPercent, Kind, Object,
     PackageDecision, PackageRelease, PackageReleaseSpec, PackageReleaseStatus, PackageRequirement,
-    ResolvedPackage, RolloutSpec, WaitingMember,
+    PendingEnrollment, ResolvedPackage, RolloutSpec, WaitingMember,
 };
 pub use selector::{LabelSelector, LabelSelectorRequirement, SelectorOperator};
 pub use source::{SkippedObject, SourceObject, SourcePendingPrune, SourceStatus};
-pub use tc_proto::{Hook, Hooks, Inventory, PackageReport, PackageState};
+pub use tc_proto::{Hook, Hooks, Inventory, PackageReport, PackageState, PendingReason};

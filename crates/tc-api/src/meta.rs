@@ -171,6 +171,11 @@ impl fmt::Display for Cause {
     }
 }
 
+/// For `skip_serializing_if`: a flag that is not set is left out.
+pub fn is_false(value: &bool) -> bool {
+    !*value
+}
+
 /// For `skip_serializing_if`: a counter that is still zero is left out.
 pub fn is_zero(value: &u32) -> bool {
     *value == 0

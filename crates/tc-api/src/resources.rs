@@ -5,7 +5,7 @@ use std::fmt;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use tc_proto::{Hook, Hooks, Inventory, Load, PackageReport, Timestamp};
+use tc_proto::{Hook, Hooks, Inventory, Load, PackageReport, PendingReason, Timestamp};
 
 use crate::meta::{API_VERSION, Condition, ObjectMeta};
 use crate::selector::LabelSelector;
@@ -435,34 +435,79 @@ pub struct Client {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ClientSpec {
-    /// The machine identity the agent enrolled with.
+    /// The machine identity the agent enrolled with. Not a credential: several clients may
+    /// share one (cloned images an admin approved as clients of their own).
     pub machine_id: String,
+    /// The client's Ed25519 public key (base64url): its identity. The agent proves it holds the
+    /// private key, which never leaves the client, at every session. Empty for a client enrolled
+    /// before identities existed whose agent has not claimed one yet.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub public_key: String,
+    /// Raised whenever the client's key is replaced (`tcadm approve --replace`): sessions of an
+    /// older generation stop working at once.
+    #[serde(default, skip_serializing_if = "crate::meta::is_zero")]
+    pub credential_generation: u32,
+    /// The bootstrap token the client enrolled with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootstrap_token: Option<String>,
+    /// Set while the client waits for an admin (phase `Pending`): no group selects it and it
+    /// gets no session until `tcadm approve`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<PendingEnrollment>,
+    /// An admin asked to decommission the client (`tcadm decommission`): its agent removes what
+    /// thinfleet installed and stops; the controller then deletes the client and blocks its
+    /// machine id and key.
+    #[serde(default, skip_serializing_if = "crate::meta::is_false")]
+    pub decommission: bool,
     /// Labels from the agent's own configuration.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub agent_labels: BTreeMap<String, String>,
-    /// Labels set by admins (`tcadm label client`); they override agent labels.
+    /// Labels set by admins (`tcadm label client`, and those a bootstrap token imposes at
+    /// enrolment); they override agent labels.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub admin_labels: BTreeMap<String, String>,
 }
 
-/// Whether a client is heartbeating.
+/// Why a client waits for an admin, and since when.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PendingEnrollment {
+    /// `ApprovalRequired` or `DuplicateMachineId`.
+    pub reason: PendingReason,
+    /// The reason for a person.
+    pub message: String,
+    /// The clients already enrolled with this machine id (`DuplicateMachineId`): candidates for
+    /// `tcadm approve client NAME --replace OLD`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub enrolled_as: Vec<String>,
+    /// When the enrolment was asked for.
+    pub since: Timestamp,
+}
+
+/// Where a client stands.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum ClientPhase {
+    /// Waiting for an admin's approval (`spec.pending`).
+    Pending,
     /// Enrolled, no heartbeat yet.
     #[default]
-    Pending,
+    Enrolled,
     /// Heartbeating.
     Online,
     /// Missed three heartbeats.
     Offline,
+    /// Told to decommission; its agent is removing what thinfleet installed.
+    Decommissioning,
 }
 
 impl fmt::Display for ClientPhase {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             ClientPhase::Pending => "Pending",
+            ClientPhase::Enrolled => "Enrolled",
             ClientPhase::Online => "Online",
             ClientPhase::Offline => "Offline",
+            ClientPhase::Decommissioning => "Decommissioning",
         })
     }
 }
@@ -488,7 +533,7 @@ pub struct AssignedPackage {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ClientStatus {
-    /// Online, Offline or Pending.
+    /// Pending, Enrolled, Online, Offline or Decommissioning.
     #[serde(default)]
     pub phase: ClientPhase,
     /// Last heartbeat received.
@@ -954,6 +999,7 @@ mod tests {
                 ]
                 .into(),
                 admin_labels: [("site".into(), "paris".into())].into(),
+                ..Default::default()
             },
         );
         client.status.inventory = Some(Inventory {

@@ -10,14 +10,16 @@ use tc_testkit::sim::http::{Connection, build_request};
 pub struct Admin {
     addr: SocketAddr,
     token: String,
+    tls: Option<tc_testkit::sim::Tls>,
 }
 
 impl Admin {
     /// A client with the admin token.
-    pub fn new(addr: SocketAddr, token: &str) -> Admin {
+    pub fn new(addr: SocketAddr, token: &str, tls: Option<tc_testkit::sim::Tls>) -> Admin {
         Admin {
             addr,
             token: token.to_string(),
+            tls,
         }
     }
 
@@ -37,7 +39,7 @@ impl Admin {
             body,
         );
         let response = tokio::time::timeout(Duration::from_secs(300), async {
-            let mut connection = Connection::connect(self.addr).await?;
+            let mut connection = Connection::connect_with(self.addr, self.tls.as_ref()).await?;
             connection.request(&request).await
         })
         .await
@@ -76,7 +78,7 @@ impl Admin {
     pub async fn metrics(&self) -> Result<Vec<(String, f64)>, String> {
         let request = build_request("GET", "/metrics", &self.addr.to_string(), None, None, b"");
         let response = tokio::time::timeout(Duration::from_secs(60), async {
-            let mut connection = Connection::connect(self.addr).await?;
+            let mut connection = Connection::connect_with(self.addr, self.tls.as_ref()).await?;
             connection.request(&request).await
         })
         .await

@@ -75,6 +75,10 @@ pub struct HeartbeatArgs {
     /// Fleet seed.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Both servers behind the controller's rustls configuration and certificate (HTTPS,
+    /// keep-alive); plain HTTP otherwise.
+    #[arg(long)]
+    pub tls: bool,
 }
 
 /// Options of `tc-bench fleet`.

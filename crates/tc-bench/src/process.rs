@@ -228,12 +228,16 @@ pub async fn run_to_end(args: &[String], within: Duration) -> Result<String, Str
 }
 
 /// Polls `GET /readyz` until it answers 200, at most `within`.
-pub async fn wait_ready(addr: SocketAddr, within: Duration) -> Result<Duration, String> {
+pub async fn wait_ready(
+    addr: SocketAddr,
+    tls: Option<&tc_testkit::sim::Tls>,
+    within: Duration,
+) -> Result<Duration, String> {
     let started = Instant::now();
     let request =
         tc_testkit::sim::http::build_request("GET", "/readyz", &addr.to_string(), None, None, b"");
     loop {
-        if let Ok(mut connection) = tc_testkit::sim::http::Connection::connect(addr).await
+        if let Ok(mut connection) = tc_testkit::sim::http::Connection::connect_with(addr, tls).await
             && let Ok(Ok(response)) =
                 tokio::time::timeout(Duration::from_secs(5), connection.request(&request)).await
             && response.status == 200

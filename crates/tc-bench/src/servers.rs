@@ -30,6 +30,10 @@ pub struct ControllerArgs {
     /// Seconds between periodic reconcile passes.
     #[arg(long, default_value_t = 30)]
     pub resync_seconds: u64,
+    /// Serve HTTPS with the PKI of the data directory (made at first start), as a real
+    /// controller does by default; plain HTTP otherwise, so the figures compare with earlier runs.
+    #[arg(long)]
+    pub tls: bool,
 }
 
 /// Options of `tc-bench serve-bare`.
@@ -41,6 +45,10 @@ pub struct BareArgs {
     /// Pin the process to this CPU.
     #[arg(long)]
     pub cpu: Option<usize>,
+    /// Serve HTTPS with the controller's PKI in this data directory: the same certificate and
+    /// the same rustls configuration as the controller, behind the controller's accept loop.
+    #[arg(long, value_name = "DIR")]
+    pub tls_data_dir: Option<PathBuf>,
 }
 
 /// Options of `tc-bench seed`.
@@ -115,6 +123,17 @@ pub fn serve_controller(args: ControllerArgs) -> Result<(), String> {
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         let mut config = tc_controller::Config::new(&args.data_dir);
         config.resync_interval = Duration::from_secs(args.resync_seconds.max(1));
+        if !args.tls {
+            config.tls = tc_controller::TlsMode::Disabled;
+        }
+        // The simulated fleets hold more connections than the default cap (one long-poll per
+        // waiting agent, plus the heartbeat pool); the cap is not what is measured.
+        config.max_connections = 10_000_000;
+        // The simulator enrols from one address as fast as the controller answers: the rate of
+        // enrolments is what `fleet --enroll-http` measures.
+        let unlimited = tc_controller::ratelimit::RateLimit::new(1e9, u32::MAX);
+        config.enroll_rate = unlimited;
+        config.enroll_rate_per_source = unlimited;
         println!("LISTENING {addr}");
         tc_controller::serve(listener, config, stdin_closed())
             .await
@@ -158,16 +177,45 @@ pub fn serve_bare(args: BareArgs) -> Result<(), String> {
         let app = axum::Router::new()
             .route("/agent/v1/heartbeat", post(bare_heartbeat))
             .with_state(seen);
+        let Some(data_dir) = args.tls_data_dir else {
+            println!("LISTENING {addr}");
+            return axum::serve(listener, app)
+                .with_graceful_shutdown(stdin_closed())
+                .await
+                .map_err(|e| format!("bare server: {e}"));
+        };
+        // Over TLS, axum::serve has no place for rustls: the bare endpoint is served by the
+        // controller's own accept loop with the controller's configuration and certificate.
+        tc_controller::install_crypto_provider();
+        let tls = tc_controller::tls::ServerTls::setup(
+            &tc_controller::TlsMode::Generated {
+                extra_names: vec![],
+            },
+            &data_dir,
+            None,
+        )
+        .map_err(|e| format!("TLS: {e}"))?
+        .expect("TLS is enabled");
+        let mut limits = tc_controller::Config::new(&data_dir).limits();
+        limits.max_connections = 10_000_000;
+        let mut registry = tc_controller::metrics::Metrics::default();
+        let counters = tc_controller::server::ConnectionMetrics::register(&mut registry);
         println!("LISTENING {addr}");
-        axum::serve(listener, app)
-            .with_graceful_shutdown(stdin_closed())
-            .await
-            .map_err(|e| format!("bare server: {e}"))
+        tc_controller::server::run(
+            listener,
+            app,
+            Some(tls.config.clone()),
+            limits,
+            counters,
+            stdin_closed(),
+        )
+        .await;
+        Ok(())
     })
 }
 
-/// `tc-bench seed`: creates the token files and a simulated fleet in the data directory through
-/// the store's batch enrolment; prints `SEEDED <count> <seconds>`.
+/// `tc-bench seed`: creates the token files, the session key and a simulated fleet in the data
+/// directory through the store's batch enrolment; prints `SEEDED <count> <seconds>`.
 pub fn seed(args: SeedArgs) -> Result<(), String> {
     std::fs::create_dir_all(&args.data_dir)
         .map_err(|e| format!("{}: {e}", args.data_dir.display()))?;
@@ -175,6 +223,7 @@ pub fn seed(args: SeedArgs) -> Result<(), String> {
         tc_controller::tokens::load_or_create(&args.data_dir.join(file))
             .map_err(|e| format!("{file}: {e}"))?;
     }
+    tc_testkit::sim::session_key(&args.data_dir).map_err(|e| e.to_string())?;
     let store =
         RedbStore::open(&args.data_dir.join("thinfleet.redb")).map_err(|e| e.to_string())?;
     let started = Instant::now();

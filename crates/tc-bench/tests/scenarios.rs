@@ -61,7 +61,16 @@ fn check_machine(figures: &Value) {
 
 #[test]
 fn heartbeat_measures_the_controller_and_the_bare_endpoint() {
-    let figures = run(&[
+    heartbeat_measures_both(false);
+}
+
+#[test]
+fn heartbeat_over_tls_measures_both_behind_the_same_rustls_configuration() {
+    heartbeat_measures_both(true);
+}
+
+fn heartbeat_measures_both(tls: bool) {
+    let mut args = vec![
         "heartbeat",
         "--clients",
         "50",
@@ -71,8 +80,17 @@ fn heartbeat_measures_the_controller_and_the_bare_endpoint() {
         "0.5",
         "--warmup",
         "0.2",
-    ]);
+    ];
+    if tls {
+        args.push("--tls");
+    }
+    let figures = run(&args);
     assert_eq!(figures["scenario"], "heartbeat");
+    let transport = figures["transport"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(transport.starts_with("HTTPS"), tls, "{figures}");
     for server in ["bare", "controller"] {
         assert!(
             number(&figures, &format!("{server}.rps")) > 0.0,

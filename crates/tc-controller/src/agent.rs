@@ -1,198 +1,23 @@
-//! The agent protocol (`/agent/v1`): enrolment, heartbeats and the desired-state long-poll.
+//! The agent protocol (`/agent/v1`): heartbeats and the desired-state long-poll (enrolment and
+//! sessions are in [`crate::enroll`]).
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{FromRequestParts, Query, State};
-use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderValue, header};
+use axum::extract::{Query, State};
+use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
-use tc_api::{
-    Client, ClientPhase, ClientSpec, Event, EventType, Kind, ObjectRef, PackageState, Timestamp,
-};
-use tc_proto::{EnrollRequest, EnrollResponse, HeartbeatRequest, PackageReport};
+use tc_api::{ClientPhase, Event, EventType, Kind, ObjectRef, PackageState, Timestamp};
+use tc_proto::{HeartbeatRequest, PackageReport};
 use tc_store::ClientStatusEntry;
 
+use crate::Controller;
+pub use crate::enroll::{AuthenticatedClient, authenticate_client};
 use crate::error::ApiError;
-use crate::fleet::{ClientSlot, DesiredView, Labels, token_digest};
-use crate::{Controller, tokens};
-
-/// Longest accepted machine id, name or label map, so that a hostile agent cannot grow the store.
-const MAX_FIELD: usize = 253;
-
-/// Authenticates an agent request; 401 without or with an unknown token, 403 for the admin token.
-pub fn authenticate_client(
-    controller: &Controller,
-    headers: &HeaderMap,
-) -> Result<Arc<ClientSlot>, ApiError> {
-    let token = tokens::bearer(headers)
-        .ok_or_else(|| ApiError::unauthorized("missing bearer token: enrol the agent first"))?;
-    if let Some(slot) = controller.fleet.by_token_digest(&token_digest(token)) {
-        return Ok(slot);
-    }
-    if tokens::hash(token) == controller.admin_token_hash {
-        return Err(ApiError::forbidden(
-            "the admin token cannot be used on agent routes",
-        ));
-    }
-    Err(ApiError::unauthorized(
-        "unknown client token: the client was deleted or re-enrolled; enrol again",
-    ))
-}
-
-/// The client an agent request authenticates as: an extractor that reads the bearer token in
-/// place (the `HeaderMap` extractor would copy every header of every agent request).
-pub struct AuthenticatedClient(pub Arc<ClientSlot>);
-
-impl FromRequestParts<Arc<Controller>> for AuthenticatedClient {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(
-        parts: &mut Parts,
-        controller: &Arc<Controller>,
-    ) -> Result<Self, Self::Rejection> {
-        authenticate_client(controller, &parts.headers).map(AuthenticatedClient)
-    }
-}
-
-/// `POST /agent/v1/enroll`.
-pub async fn enroll(
-    State(controller): State<Arc<Controller>>,
-    Json(request): Json<EnrollRequest>,
-) -> Result<Json<EnrollResponse>, ApiError> {
-    if !controller.is_bootstrap_token(&request.bootstrap_token) {
-        return Err(ApiError::unauthorized("invalid bootstrap token"));
-    }
-    let machine_id = request.machine_id.trim().to_string();
-    if machine_id.is_empty() || machine_id.len() > MAX_FIELD {
-        return Err(ApiError::bad_request(
-            "machineId must be 1 to 253 characters",
-        ));
-    }
-    let mut errors = tc_api::validate::Errors::default();
-    tc_api::validate::validate_labels(&request.labels, "labels", &mut errors);
-    if let Err(errors) = errors.into_result() {
-        return Err(ApiError::bad_request(format!(
-            "invalid agent labels: {errors}"
-        )));
-    }
-    let token = tokens::generate();
-    let token_hash = tokens::hash(&token);
-    let now = Timestamp::now();
-    let _guard = controller.enroll_lock.lock().await;
-    let store = controller.store.clone();
-    let lookup_id = machine_id.clone();
-    let existing =
-        tokio::task::spawn_blocking(move || store.client_by_machine_id(&lookup_id)).await??;
-    let client = match existing {
-        Some(mut client) => {
-            let store = controller.store.clone();
-            let (name, hash) = (client.metadata.name.clone(), token_hash.clone());
-            tokio::task::spawn_blocking(move || store.set_client_token(&name, &hash)).await??;
-            // The live labels and status (newer than the stored ones), the stored inventory.
-            if let Some(slot) = controller.fleet.get(&client.metadata.name) {
-                client = slot.state.lock().expect("client lock").overlay(client);
-            }
-            client.spec.agent_labels = request.labels.clone();
-            client.refresh_labels();
-            controller
-                .persister
-                .write_objects(vec![client.clone()])
-                .await
-                .map_err(ApiError::internal)?;
-            controller.fleet.insert(&client, Some(token_hash));
-            client
-        }
-        None => {
-            let base = client_name(&request.name, &request.hostname);
-            let mut name = base.clone();
-            let mut suffix = 2;
-            while controller.fleet.get(&name).is_some() {
-                let tail = format!("-{suffix}");
-                name = format!(
-                    "{}{tail}",
-                    &base[..base.len().min(63 - tail.len())].trim_end_matches('-')
-                );
-                suffix += 1;
-            }
-            let client = Client::new(
-                &name,
-                ClientSpec {
-                    machine_id,
-                    agent_labels: request.labels.clone(),
-                    admin_labels: BTreeMap::new(),
-                },
-            );
-            let store = controller.store.clone();
-            let hash = token_hash.clone();
-            let client =
-                tokio::task::spawn_blocking(move || store.create_client(client, &hash, now))
-                    .await??;
-            controller.fleet.insert(&client, Some(token_hash));
-            client
-        }
-    };
-    drop(_guard);
-    let enrolled = Event::new(
-        now,
-        ObjectRef::new(Kind::Client, &client.metadata.name),
-        EventType::Normal,
-        "Enrolled",
-        format!("agent on {} enrolled", request.hostname),
-    );
-    // Concurrent enrolments record their events in one transaction.
-    if let Err(error) = controller
-        .persister
-        .write_statuses(vec![], vec![enrolled])
-        .await
-    {
-        tracing::error!(%error, "recording an enrolment event failed");
-    }
-    controller.metrics.enrolments.inc();
-    controller.clients_changed.notify_one();
-    let heartbeat_seconds = controller
-        .fleet
-        .get(&client.metadata.name)
-        .map(|s| s.state.lock().expect("client lock").heartbeat_seconds)
-        .unwrap_or(tc_api::resources::DEFAULT_HEARTBEAT_SECONDS);
-    Ok(Json(EnrollResponse {
-        client_name: client.metadata.name,
-        client_token: token,
-        heartbeat_seconds,
-    }))
-}
-
-/// A valid client name from what the agent asked for.
-fn client_name(requested: &str, hostname: &str) -> String {
-    let source = if requested.trim().is_empty() {
-        hostname
-    } else {
-        requested
-    };
-    let mut name: String = source
-        .to_ascii_lowercase()
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
-                c
-            } else {
-                '-'
-            }
-        })
-        .take(63)
-        .collect();
-    name = name
-        .trim_matches(|c: char| !c.is_ascii_alphanumeric())
-        .to_string();
-    if name.is_empty() {
-        "client".to_string()
-    } else {
-        name
-    }
-}
+use crate::fleet::{Admission, DesiredView, Labels};
+use crate::ratelimit::EventVerdict;
 
 /// The body of a heartbeat answer: [`tc_proto::HeartbeatResponse`] serialized from the client's
 /// shared desired state, without copying it.
@@ -238,19 +63,19 @@ pub async fn heartbeat(
     AuthenticatedClient(slot): AuthenticatedClient,
     Json(request): Json<HeartbeatRequest>,
 ) -> Result<Response, ApiError> {
-    if request.packages.len() > 1024 {
-        return Err(ApiError::bad_request("too many packages in one report"));
-    }
+    tc_proto::limits::check_heartbeat(&request)?;
     let now = Timestamp::now();
+    let decommissioned = request.decommissioned;
     let mut events = vec![];
-    let (persist, wake, served, next_heartbeat_millis, send_inventory) = {
+    let (persist, wake, served, next_heartbeat_millis, send_inventory, finished) = {
         let mut guard = slot.state.lock().expect("client lock");
         let state = &mut *guard;
         let name = &*slot.name;
         let status = &mut state.status;
         let mut changed = false;
         let mut wake = false;
-        if status.phase != ClientPhase::Online {
+        // A decommissioning client keeps showing that phase.
+        if state.admission == Admission::Active && status.phase != ClientPhase::Online {
             if status.phase == ClientPhase::Offline {
                 events.push(Event::new(
                     now,
@@ -304,6 +129,10 @@ pub async fn heartbeat(
         }
         let jitter = 0.9 + 0.2 * jitter_fraction(name, now);
         let next = Duration::from_secs_f64(f64::from(state.heartbeat_seconds) * jitter);
+        if !events.is_empty() {
+            events = within_budget(&controller, name, &mut state.events, events, now);
+        }
+        let finished = decommissioned && state.admission == Admission::Decommissioning;
         (
             changed.then(|| {
                 let mut status = status.to_status(new_inventory);
@@ -319,6 +148,7 @@ pub async fn heartbeat(
             state.served.clone(),
             next.as_millis() as u64,
             send_inventory,
+            finished,
         )
     };
     controller.fleet.mark_dirty(&slot);
@@ -335,6 +165,9 @@ pub async fn heartbeat(
             }
         }
     }
+    if finished {
+        crate::admission::finish_decommission(&controller, &slot).await?;
+    }
     if wake {
         controller.clients_changed.notify_one();
     }
@@ -344,6 +177,52 @@ pub async fn heartbeat(
         next_heartbeat_millis,
         send_inventory,
     }))
+}
+
+/// The events about one client that its event budget lets through: the excess is dropped and
+/// counted, and one event says when dropping starts and how many were dropped when it ends, so
+/// that no client can push the rest of the fleet's history out of the event ring.
+fn within_budget(
+    controller: &Controller,
+    name: &str,
+    budget: &mut crate::ratelimit::EventBudget,
+    events: Vec<Event>,
+    now: Timestamp,
+) -> Vec<Event> {
+    let limit = controller.config.client_event_rate;
+    let mut kept = Vec::with_capacity(events.len());
+    for event in events {
+        match budget.next(&limit, now) {
+            EventVerdict::Record => kept.push(event),
+            EventVerdict::RecordAfterDropped(dropped) => {
+                kept.push(Event::new(
+                    now,
+                    ObjectRef::new(Kind::Client, name),
+                    EventType::Normal,
+                    "EventsResumed",
+                    format!("{dropped} event(s) about this client were dropped"),
+                ));
+                kept.push(event);
+            }
+            EventVerdict::Drop { first } => {
+                controller.metrics.client_events_dropped.inc();
+                if first {
+                    kept.push(Event::new(
+                        now,
+                        ObjectRef::new(Kind::Client, name),
+                        EventType::Warning,
+                        "EventsSuppressed",
+                        format!(
+                            "this client causes more than {} events at once or {:.1} per                              minute; further ones are dropped (and counted in                              thinfleet_client_events_dropped_total) until it calms down",
+                            limit.burst,
+                            limit.per_second * 60.0
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    kept
 }
 
 /// A fraction in [0, 1) that differs between clients and heartbeats, without a random source.
@@ -446,17 +325,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn client_names_are_sanitized() {
-        assert_eq!(
-            client_name("", "Kiosk_01.example.com"),
-            "kiosk-01.example.com"
-        );
-        assert_eq!(client_name("Front Desk", "h"), "front-desk");
-        assert_eq!(client_name("--", ""), "client");
-        assert_eq!(client_name(&"a".repeat(100), "").len(), 63);
-    }
-
-    #[test]
     fn borrowed_answers_serialize_like_the_protocol_types() {
         let desired = tc_proto::DesiredState {
             revision: 7,
@@ -469,10 +337,12 @@ mod tests {
                 hooks: Default::default(),
                 attempt: 0,
             }],
+            decommission: false,
         };
         let served = crate::fleet::Served {
             revision: desired.revision,
             packages: Arc::from(desired.packages.clone()),
+            decommission: false,
         };
         let heartbeat = serde_json::to_value(HeartbeatAnswer {
             desired: served.view(),

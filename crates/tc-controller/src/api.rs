@@ -33,18 +33,20 @@ pub async fn require_admin(
 }
 
 impl Controller {
-    /// 401 without or with an unknown token; 403 for a client token.
+    /// 401 without or with an unknown token; 403 for a client's session token.
     pub fn check_admin(&self, headers: &HeaderMap) -> Result<(), ApiError> {
         let token = tokens::bearer(headers).ok_or_else(|| {
             ApiError::unauthorized("missing bearer token: pass the admin token (data/admin.token)")
         })?;
-        let hash = tokens::hash(token);
-        if hash == self.admin_token_hash {
+        if tokens::hash(token) == self.admin_token_hash {
             return Ok(());
         }
-        if self.fleet.by_token(&hash).is_some() {
+        if !matches!(
+            self.session_key.verify(token, Timestamp::now()),
+            Err(crate::session::SessionError::Invalid)
+        ) {
             return Err(ApiError::forbidden(
-                "a client token cannot be used on admin routes",
+                "a client's session token cannot be used on admin routes",
             ));
         }
         Err(ApiError::unauthorized("invalid admin token"))
@@ -196,17 +198,44 @@ pub async fn delete(
     let mut events = vec![];
     let mut headers = HeaderMap::new();
     let deleted: Value = if kind == Kind::Client {
-        let store = controller.store.clone();
-        let lookup = name.clone();
-        let client = tokio::task::spawn_blocking(move || store.delete_client(&lookup))
-            .await??
-            .ok_or_else(|| ApiError::not_found(format!("{reference} not found")))?;
         // Answered as it was last: its live labels and status, and its newest inventory.
-        let client = match controller.fleet.get(&name) {
+        let slot = controller.fleet.get(&name);
+        let _guard = controller.enroll_lock.lock().await;
+        // Deleting a client revokes its credential: its sessions stop at once, and its key is
+        // refused until an admin allows the machine again.
+        let (client, block) = crate::admission::delete_and_block(
+            &controller,
+            &name,
+            tc_api::BlockReason::Deleted,
+            false,
+            now,
+        )
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("{reference} not found")))?;
+        if let Some(block) = block {
+            add_warning(
+                &mut headers,
+                &format!(
+                    "{reference}'s credential is revoked: its agent is refused until `tcadm allow \
+                     machine {}`",
+                    block.machine_id
+                ),
+            );
+            events.push(Event::new(
+                now,
+                ObjectRef::new(kind, &name),
+                EventType::Normal,
+                "CredentialRevoked",
+                format!(
+                    "its key is refused until `tcadm allow machine {}`",
+                    block.machine_id
+                ),
+            ));
+        }
+        let client = match slot {
             Some(slot) => slot.state.lock().expect("client lock").overlay(client),
             None => client,
         };
-        controller.fleet.remove(&name);
         serde_json::to_value(client).expect("clients serialize")
     } else {
         let _guard = controller.apply_lock.lock().await;
@@ -548,17 +577,6 @@ pub async fn source(
     Ok(Json(status))
 }
 
-/// `POST /apis/thinfleet.io/v1/bootstraptokens`.
-pub async fn create_bootstrap_token(
-    State(controller): State<Arc<Controller>>,
-) -> Result<Json<Value>, ApiError> {
-    let token = tokens::generate();
-    controller
-        .add_bootstrap_token(&tokens::hash(&token))
-        .await?;
-    Ok(Json(json!({ "token": token })))
-}
-
 /// Query of `PUT /blobs`.
 #[derive(Debug, Default, Deserialize)]
 pub struct PutBlobQuery {
@@ -603,12 +621,10 @@ impl Controller {
         }
         let token = tokens::bearer(headers)
             .ok_or_else(|| ApiError::unauthorized("missing bearer token"))?;
-        let hash = tokens::hash(token);
-        if hash == self.admin_token_hash || self.fleet.by_token(&hash).is_some() {
-            Ok(())
-        } else {
-            Err(ApiError::unauthorized("invalid token"))
+        if tokens::hash(token) == self.admin_token_hash {
+            return Ok(());
         }
+        crate::enroll::authenticate_client(self, headers).map(|_| ())
     }
 }
 
@@ -711,8 +727,14 @@ pub async fn metrics(State(controller): State<Arc<Controller>>) -> Response {
 }
 
 /// `GET /version`.
-pub async fn version() -> Json<Value> {
-    Json(json!({ "version": env!("CARGO_PKG_VERSION") }))
+/// `GET /version`: the controller's version and, over HTTPS, the fingerprint of its CA
+/// (`caCertHash`, what agents and `tcadm` pin; it is public, like the certificate itself).
+pub async fn version(State(controller): State<Arc<Controller>>) -> Json<Value> {
+    let mut answer = json!({ "version": env!("CARGO_PKG_VERSION") });
+    if let Some(hash) = controller.ca_cert_hash() {
+        answer["caCertHash"] = Value::String(hash);
+    }
+    Json(answer)
 }
 
 /// Fallback for unknown routes: a JSON 404.

@@ -55,11 +55,12 @@ pub fn agent_binary() -> Result<PathBuf, String> {
     }
 }
 
-/// Starts the three demo agents against `server`.
+/// Starts the three demo agents against `server`, pinning the CA `ca_cert_hash` (HTTPS).
 pub fn start_agents(
     agent: &Path,
     server: &str,
     bootstrap_token_file: &Path,
+    ca_cert_hash: Option<&str>,
 ) -> Result<DemoAgents, String> {
     let state = tempfile::Builder::new()
         .prefix("thinfleet-demo-")
@@ -84,6 +85,9 @@ pub fn start_agents(
             .stdout(Stdio::null())
             .stderr(log)
             .kill_on_drop(true);
+        if let Some(hash) = ca_cert_hash {
+            command.arg("--ca-cert-hash").arg(hash);
+        }
         for (key, value) in labels {
             command.arg("--label").arg(format!("{key}={value}"));
         }

@@ -18,6 +18,10 @@ pub struct ApiError {
     pub causes: Vec<Cause>,
     /// What went wrong, for a person.
     pub message: String,
+    /// A reason word more precise than the status code's (`SessionExpired`, `Denied`, ...).
+    pub reason: Option<&'static str>,
+    /// Seconds to wait before trying again (`Retry-After`).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -27,7 +31,26 @@ impl ApiError {
             code,
             causes: vec![],
             message: message.into(),
+            reason: None,
+            retry_after: None,
         }
+    }
+
+    /// Sets a reason word more precise than the status code's.
+    pub fn with_reason(mut self, reason: &'static str) -> Self {
+        self.reason = Some(reason);
+        self
+    }
+
+    /// Asks the client to wait before trying again (a `Retry-After` header).
+    pub fn with_retry_after(mut self, wait: std::time::Duration) -> Self {
+        self.retry_after = Some(wait.as_secs_f64().ceil().max(1.0) as u64);
+        self
+    }
+
+    /// 429, with `Retry-After`.
+    pub fn too_many_requests(message: impl Into<String>, wait: std::time::Duration) -> Self {
+        Self::new(StatusCode::TOO_MANY_REQUESTS, message).with_retry_after(wait)
     }
 
     /// 400.
@@ -83,6 +106,7 @@ pub fn reason(code: StatusCode) -> &'static str {
         413 => "PayloadTooLarge",
         415 => "UnsupportedMediaType",
         422 => "Invalid",
+        429 => "TooManyRequests",
         503 => "ServiceUnavailable",
         _ if code.is_server_error() => "InternalError",
         _ => "Unknown",
@@ -109,12 +133,21 @@ struct Details<'a> {
 
 /// The JSON body of an error.
 pub fn status_body(code: StatusCode, message: &str, causes: &[Cause]) -> serde_json::Value {
+    status_body_with_reason(code, reason(code), message, causes)
+}
+
+fn status_body_with_reason(
+    code: StatusCode,
+    reason: &'static str,
+    message: &str,
+    causes: &[Cause],
+) -> serde_json::Value {
     serde_json::to_value(StatusBody {
         kind: "Status",
         api_version: "v1",
         status: "Failure",
         code: code.as_u16(),
-        reason: reason(code),
+        reason,
         message,
         details: (!causes.is_empty()).then_some(Details { causes }),
     })
@@ -123,11 +156,24 @@ pub fn status_body(code: StatusCode, message: &str, causes: &[Cause]) -> serde_j
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
+        let reason = self.reason.unwrap_or_else(|| reason(self.code));
+        let mut response = (
             self.code,
-            Json(status_body(self.code, &self.message, &self.causes)),
+            Json(status_body_with_reason(
+                self.code,
+                reason,
+                &self.message,
+                &self.causes,
+            )),
         )
-            .into_response()
+            .into_response();
+        if let Some(seconds) = self.retry_after {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(seconds),
+            );
+        }
+        response
     }
 }
 
@@ -146,5 +192,24 @@ impl From<StoreError> for ApiError {
 impl From<tokio::task::JoinError> for ApiError {
     fn from(error: tokio::task::JoinError) -> Self {
         ApiError::internal(error)
+    }
+}
+
+impl From<tc_proto::limits::LimitError> for ApiError {
+    /// A field an agent sent beyond a limit: 413 when too long or too many, 400 when malformed;
+    /// the field is named in the message and in the cause.
+    fn from(error: tc_proto::limits::LimitError) -> Self {
+        let code = if error.too_large {
+            StatusCode::PAYLOAD_TOO_LARGE
+        } else {
+            StatusCode::BAD_REQUEST
+        };
+        ApiError::new(code, error.to_string()).with_causes(vec![Cause {
+            file: None,
+            line: None,
+            column: None,
+            field: Some(error.field),
+            message: error.message,
+        }])
     }
 }

@@ -8,19 +8,21 @@
 //! assignments is written through the [`Persister`] before the request is answered, and
 //! concurrent writes share one transaction (group commit).
 //!
-//! Everything kept per client is sized for fleets of a million: tokens are indexed by their
-//! 32-byte digest, a client's revision cell is a counter and one wake-up list (not a channel),
-//! and the liveness queue holds slots, not names.
+//! Everything kept per client is sized for fleets of a million: clients are indexed by their
+//! 128-bit uid (which session tokens name), a client's revision cell is a counter and one wake-up
+//! list (not a channel), and the liveness queue holds slots, not names.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
 
-use tc_api::{AssignedPackage, Client, ClientPhase, ClientStatus, Condition, Event, Timestamp};
+use tc_api::{AssignedPackage, Client, ClientPhase, ClientStatus, Condition, Timestamp};
 use tc_proto::{DesiredPackage, Inventory, Load, PackageReport};
-use tc_store::{ClientStatusEntry, Liveness, Store};
-use tokio::sync::{Notify, mpsc, oneshot, watch};
+use tc_store::{Liveness, Store};
+use tokio::sync::Notify;
+
+pub use crate::persist::{Persister, flush_liveness};
+use crate::ratelimit::EventBudget;
 
 /// A client's desired revision, for long-polls: the current value, and a wake-up for the
 /// requests waiting for it to move.
@@ -217,12 +219,52 @@ impl ClientLabels {
     }
 }
 
+/// Whether a client takes part in the fleet.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Admission {
+    /// Enrolled and approved: groups select it, it gets sessions.
+    #[default]
+    Active,
+    /// Waiting for an admin (`spec.pending`): no group selects it, no session.
+    Pending,
+    /// Told to decommission (`spec.decommission`): no group selects it; its agent removes
+    /// everything and reports back.
+    Decommissioning,
+}
+
+impl Admission {
+    /// The admission a client object says.
+    pub fn of(client: &Client) -> Admission {
+        if client.spec.pending.is_some() {
+            Admission::Pending
+        } else if client.spec.decommission {
+            Admission::Decommissioning
+        } else {
+            Admission::Active
+        }
+    }
+
+    /// The phase a client with this admission shows, given the phase its status records.
+    pub fn phase(self, recorded: ClientPhase) -> ClientPhase {
+        match (self, recorded) {
+            (Admission::Pending, _) => ClientPhase::Pending,
+            (Admission::Decommissioning, _) => ClientPhase::Decommissioning,
+            // A status recorded before identities used `Pending` for "no heartbeat yet", and a
+            // client approved or taken back from decommissioning keeps no stale phase.
+            (Admission::Active, ClientPhase::Pending | ClientPhase::Decommissioning) => {
+                ClientPhase::Enrolled
+            }
+            (Admission::Active, phase) => phase,
+        }
+    }
+}
+
 /// A client's status as the controller holds it: [`ClientStatus`] without the inventory, which
 /// only the store keeps (it is read on API reads), since a million inventories would take a
 /// gigabyte of memory for nothing the controller decides on.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct LiveStatus {
-    /// Online, Offline or Pending.
+    /// Pending, Enrolled, Online, Offline or Decommissioning.
     pub phase: ClientPhase,
     /// Last heartbeat received.
     pub last_heartbeat: Option<Timestamp>,
@@ -285,6 +327,8 @@ pub struct Served {
     pub revision: u64,
     /// The packages with their download details, sorted by name.
     pub packages: Arc<[DesiredPackage]>,
+    /// The client is to decommission.
+    pub decommission: bool,
 }
 
 impl Served {
@@ -293,6 +337,7 @@ impl Served {
         DesiredView {
             revision: self.revision,
             packages: &self.packages,
+            decommission: self.decommission,
         }
     }
 }
@@ -305,6 +350,9 @@ pub struct DesiredView<'a> {
     pub revision: u64,
     /// See [`tc_proto::DesiredState::packages`].
     pub packages: &'a [DesiredPackage],
+    /// See [`tc_proto::DesiredState::decommission`].
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub decommission: bool,
 }
 
 /// One client, as the controller holds it.
@@ -320,8 +368,23 @@ pub struct ClientSlot {
     dirty: AtomicBool,
     /// Removed from the fleet (a queued flush must not write it).
     removed: AtomicBool,
-    /// Digest of the client's token (changed only under the fleet's index lock).
-    token: Mutex<Option<[u8; 32]>>,
+    /// The client's uid (0 when it has none): session tokens name it.
+    pub uid: u128,
+    /// The generation of the client's credential (`spec.credentialGeneration`): sessions of
+    /// another generation are refused. Read on every agent request without the client's lock.
+    generation: AtomicU32,
+}
+
+impl ClientSlot {
+    /// The generation of the client's credential.
+    pub fn generation(&self) -> u32 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Whether the client was removed from the fleet.
+    pub fn is_removed(&self) -> bool {
+        self.removed.load(Ordering::Acquire)
+    }
 }
 
 /// The mutable part of a [`ClientSlot`].
@@ -335,6 +398,10 @@ pub struct ClientRuntime {
     pub served: Served,
     /// Heartbeat interval for this client (the smallest of its groups').
     pub heartbeat_seconds: u32,
+    /// Whether it takes part in the fleet (approved, pending, decommissioning).
+    pub admission: Admission,
+    /// How many more events about it are recorded now.
+    pub events: EventBudget,
 }
 
 impl ClientRuntime {
@@ -352,42 +419,45 @@ impl ClientRuntime {
 struct Index {
     /// Sorted, so that listing every client in name order needs no sort.
     by_name: BTreeMap<Arc<str>, Arc<ClientSlot>>,
-    /// SHA-256 of a client token -> its client.
-    by_token: HashMap<[u8; 32], Arc<ClientSlot>, DigestHash>,
+    /// Client uid -> its client, for the session tokens of agent requests.
+    by_uid: HashMap<u128, Arc<ClientSlot>, UidHash>,
 }
 
-/// Hashes a SHA-256 digest by taking its first eight bytes: digests are uniformly distributed
-/// and nobody can choose them (they are digests of random tokens), so hashing them again, as
-/// the default SipHash does, only costs time on every agent request.
+/// Hashes a uid by mixing its two halves: uids are made by the store (creation time, a
+/// store-wide revision and a hash of the name), nobody can choose them, and hashing them again as
+/// the default SipHash does only costs time on every agent request.
 #[derive(Clone, Copy, Default)]
-struct DigestHash;
+struct UidHash;
 
-impl std::hash::BuildHasher for DigestHash {
-    type Hasher = DigestHasher;
+impl std::hash::BuildHasher for UidHash {
+    type Hasher = UidHasher;
 
-    fn build_hasher(&self) -> DigestHasher {
-        DigestHasher(0)
+    fn build_hasher(&self) -> UidHasher {
+        UidHasher(0)
     }
 }
 
-/// See [`DigestHash`].
+/// See [`UidHash`].
 #[derive(Default)]
-struct DigestHasher(u64);
+struct UidHasher(u64);
 
-impl std::hash::Hasher for DigestHasher {
+impl std::hash::Hasher for UidHasher {
     fn finish(&self) -> u64 {
         self.0
     }
 
     fn write(&mut self, bytes: &[u8]) {
-        let mut word = [0u8; 8];
-        let length = bytes.len().min(8);
-        word[..length].copy_from_slice(&bytes[..length]);
-        self.0 = u64::from_le_bytes(word);
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 = (self.0 ^ u64::from_le_bytes(word)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
     }
 
-    fn write_usize(&mut self, _length: usize) {
-        // The length prefix `[u8; 32]` hashes before its bytes: the same for every digest.
+    fn write_u128(&mut self, value: u128) {
+        let (low, high) = (value as u64, (value >> 64) as u64);
+        self.0 =
+            (low ^ high.wrapping_mul(0xff51_afd7_ed55_8ccd)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     }
 }
 
@@ -403,42 +473,13 @@ pub struct Fleet {
     closing: AtomicBool,
 }
 
-/// The SHA-256 digest of a token, as the fleet indexes it.
-pub fn token_digest(token: &str) -> [u8; 32] {
-    let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
-    digest.as_ref().try_into().expect("SHA-256 has 32 bytes")
-}
-
-/// The digest of a lowercase or uppercase hex SHA-256 (as stored), if it is one.
-fn parse_hex_digest(hex: &str) -> Option<[u8; 32]> {
-    let bytes = hex.as_bytes();
-    if bytes.len() != 64 {
-        return None;
-    }
-    let nibble = |c: u8| match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        b'A'..=b'F' => Some(c - b'A' + 10),
-        _ => None,
-    };
-    let mut digest = [0u8; 32];
-    for (i, byte) in digest.iter_mut().enumerate() {
-        *byte = nibble(bytes[2 * i])? << 4 | nibble(bytes[2 * i + 1])?;
-    }
-    Some(digest)
-}
-
 impl Fleet {
-    /// Loads every client and token from the store, one client at a time (the store never
-    /// holds the whole fleet in memory for this, nor decodes inventories).
-    pub fn load(
-        store: &dyn Store,
-        token_of: impl Fn(&str) -> Option<String>,
-    ) -> tc_store::Result<Fleet> {
+    /// Loads every client from the store, one client at a time (the store never holds the whole
+    /// fleet in memory for this, nor decodes inventories).
+    pub fn load(store: &dyn Store) -> tc_store::Result<Fleet> {
         let fleet = Fleet::default();
         store.scan_clients(&mut |client| {
-            let token = token_of(&client.metadata.name);
-            fleet.insert(&client, token);
+            fleet.insert(&client);
         })?;
         // Automatic labels from the recorded inventories: a client's stored object keeps the
         // labels of its last object write, and its inventory may have changed since.
@@ -454,26 +495,42 @@ impl Fleet {
         Ok(fleet)
     }
 
-    /// Adds a client, or replaces the labels and status of one already here (keeping what it is
-    /// served); `token_hash` (hex SHA-256) replaces its token when given.
-    pub fn insert(&self, client: &Client, token_hash: Option<String>) -> Arc<ClientSlot> {
-        let digest = token_hash.as_deref().and_then(parse_hex_digest);
+    /// Adds a client, or replaces the labels, status, admission and credential generation of one
+    /// already here (keeping what it is served).
+    pub fn insert(&self, client: &Client) -> Arc<ClientSlot> {
         let labels = ClientLabels::of(client, &self.interner);
-        let status = LiveStatus::of(ClientStatus {
+        let admission = Admission::of(client);
+        let mut status = LiveStatus::of(ClientStatus {
             inventory: None,
             ..client.status.clone()
         });
+        status.phase = admission.phase(status.phase);
+        let uid = client
+            .metadata
+            .uid
+            .as_deref()
+            .and_then(crate::session::parse_uid)
+            .unwrap_or(0);
+        let generation = client.spec.credential_generation;
         let name = client.metadata.name.as_str();
         let mut index = self.index.write().expect("fleet lock");
-        let slot = match index.by_name.get(name) {
-            Some(slot) => {
+        match index.by_name.get(name) {
+            Some(slot) if slot.uid == uid => {
                 let mut state = slot.state.lock().expect("client lock");
                 state.labels = labels;
                 state.status = status;
+                state.admission = admission;
+                state.served.decommission = admission == Admission::Decommissioning;
                 drop(state);
+                slot.generation.store(generation, Ordering::Release);
                 slot.clone()
             }
-            None => {
+            // A new client, or a new client under the name of one that is gone.
+            existing => {
+                if let Some(old) = existing.cloned() {
+                    old.removed.store(true, Ordering::Release);
+                    index.by_uid.remove(&old.uid);
+                }
                 let revision = status.desired_revision;
                 let name: Arc<str> = Arc::from(name);
                 let slot = Arc::new(ClientSlot {
@@ -484,26 +541,25 @@ impl Fleet {
                         served: Served {
                             revision,
                             packages: Arc::from([]),
+                            decommission: admission == Admission::Decommissioning,
                         },
                         heartbeat_seconds: tc_api::resources::DEFAULT_HEARTBEAT_SECONDS,
+                        admission,
+                        events: EventBudget::default(),
                     }),
                     revision: RevisionCell::new(revision),
                     dirty: AtomicBool::new(false),
                     removed: AtomicBool::new(false),
-                    token: Mutex::new(None),
+                    uid,
+                    generation: AtomicU32::new(generation),
                 });
                 index.by_name.insert(name, slot.clone());
+                if uid != 0 {
+                    index.by_uid.insert(uid, slot.clone());
+                }
                 slot
             }
-        };
-        if let Some(digest) = digest {
-            let mut token = slot.token.lock().expect("token lock");
-            if let Some(old) = token.replace(digest) {
-                index.by_token.remove(&old);
-            }
-            index.by_token.insert(digest, slot.clone());
         }
-        slot
     }
 
     /// Ends every long-poll, now and later: set at shutdown, so that the server can stop
@@ -521,29 +577,22 @@ impl Fleet {
         &self.closing
     }
 
-    /// Removes a client and its token.
+    /// Removes a client: its sessions stop working at once (they name a uid that is gone).
     pub fn remove(&self, name: &str) {
         let mut index = self.index.write().expect("fleet lock");
         if let Some(slot) = index.by_name.remove(name) {
             slot.removed.store(true, Ordering::Release);
-            if let Some(token) = slot.token.lock().expect("token lock").take() {
-                index.by_token.remove(&token);
-            }
+            index.by_uid.remove(&slot.uid);
         }
     }
 
-    /// The client a token belongs to, by the hex SHA-256 of the token.
-    pub fn by_token(&self, token_hash: &str) -> Option<Arc<ClientSlot>> {
-        self.by_token_digest(&parse_hex_digest(token_hash)?)
-    }
-
-    /// The client a token belongs to, by the token's digest ([`token_digest`]).
-    pub fn by_token_digest(&self, digest: &[u8; 32]) -> Option<Arc<ClientSlot>> {
+    /// The client with this uid.
+    pub fn by_uid(&self, uid: u128) -> Option<Arc<ClientSlot>> {
         self.index
             .read()
             .expect("fleet lock")
-            .by_token
-            .get(digest)
+            .by_uid
+            .get(&uid)
             .cloned()
     }
 
@@ -607,323 +656,10 @@ impl Fleet {
     }
 }
 
-struct PersistRequest {
-    /// Client objects (labels, spec) with their status.
-    objects: Vec<Client>,
-    /// Client statuses.
-    statuses: Vec<ClientStatusEntry>,
-    liveness: Vec<Liveness>,
-    /// Events about these writes, recorded after them (a failure is logged, never returned:
-    /// events never fail a request).
-    events: Vec<Event>,
-    done: Option<oneshot::Sender<Result<(), String>>>,
-}
-
-/// Most requests one group commit takes.
-const MAX_BATCH_REQUESTS: usize = 4096;
-
-/// Most records (objects, statuses, liveness) one group commit takes, unless one request alone
-/// has more.
-const MAX_BATCH_RECORDS: usize = 8192;
-
-impl PersistRequest {
-    fn records(&self) -> usize {
-        self.objects.len() + self.statuses.len() + self.liveness.len()
-    }
-}
-
-/// The writes of one group commit, merged in the order they were requested: the last status of
-/// a client wins, and a status without inventory keeps the inventory an earlier one carried.
-#[derive(Default)]
-struct Batch {
-    /// Object writes, in request order (their statuses are in `statuses`).
-    objects: Vec<Client>,
-    /// Status writes, in request order.
-    statuses: Vec<ClientStatusEntry>,
-    liveness: Vec<Liveness>,
-    events: Vec<Event>,
-}
-
-impl Batch {
-    fn add(&mut self, request: PersistRequest) {
-        for mut object in request.objects {
-            let status = std::mem::take(&mut object.status);
-            self.statuses.push(ClientStatusEntry {
-                name: object.metadata.name.clone(),
-                status,
-            });
-            self.objects.push(object);
-        }
-        if self.statuses.is_empty() {
-            self.statuses = request.statuses;
-        } else {
-            self.statuses.extend(request.statuses);
-        }
-        self.liveness.extend(request.liveness);
-        self.events.extend(request.events);
-    }
-
-    /// Objects (each with its latest status) and the statuses of clients without an object
-    /// write, merged, in name order.
-    fn split(self) -> (Vec<Client>, Vec<ClientStatusEntry>) {
-        let Batch {
-            objects,
-            mut statuses,
-            ..
-        } = self;
-        // A reconcile pass writes each client once, in name order: nothing to merge.
-        let merged = if statuses.windows(2).all(|w| w[0].name < w[1].name) {
-            statuses
-        } else {
-            // In name order, and in request order within a name (a stable sort of positions,
-            // so that the large entries move once).
-            let mut order: Vec<usize> = (0..statuses.len()).collect();
-            order.sort_by(|&a, &b| statuses[a].name.cmp(&statuses[b].name));
-            let mut slots: Vec<Option<ClientStatusEntry>> = statuses.drain(..).map(Some).collect();
-            let mut merged: Vec<ClientStatusEntry> = Vec::with_capacity(order.len());
-            for index in order {
-                let mut entry = slots[index].take().expect("each entry once");
-                if let Some(earlier) = merged.last_mut()
-                    && earlier.name == entry.name
-                {
-                    if entry.status.inventory.is_none() {
-                        entry.status.inventory = earlier.status.inventory.take();
-                    }
-                    *earlier = entry;
-                } else {
-                    merged.push(entry);
-                }
-            }
-            merged
-        };
-        if objects.is_empty() {
-            return (objects, merged);
-        }
-        // The last object write of each name, with the client's merged status.
-        let mut latest: HashMap<String, Client> = HashMap::new();
-        for object in objects {
-            latest.insert(object.metadata.name.clone(), object);
-        }
-        let mut statuses = Vec::with_capacity(merged.len());
-        let mut written = Vec::with_capacity(latest.len());
-        for entry in merged {
-            match latest.remove(&entry.name) {
-                Some(mut object) => {
-                    object.status = entry.status;
-                    written.push(object);
-                }
-                None => statuses.push(entry),
-            }
-        }
-        (written, statuses)
-    }
-}
-
-/// Writes clients (and the events about them) to the store, sharing one transaction among
-/// concurrent requests: a thousand heartbeats that change state at once cost one status
-/// transaction and one event transaction, not a thousand of each. Requests are written in the
-/// order they were made.
-#[derive(Clone)]
-pub struct Persister {
-    sender: mpsc::UnboundedSender<PersistRequest>,
-}
-
-impl Persister {
-    /// Starts the writer task. It ends when every `Persister` handle is dropped. `batches` counts
-    /// the group commits it makes.
-    pub fn start(
-        store: Arc<dyn Store>,
-        batches: prometheus_client::metrics::counter::Counter,
-    ) -> Persister {
-        let (sender, mut receiver) = mpsc::unbounded_channel::<PersistRequest>();
-        tokio::spawn(async move {
-            while let Some(first) = receiver.recv().await {
-                let mut waiters = vec![];
-                let mut batch = Batch::default();
-                let mut requests = 0;
-                let mut records = 0;
-                let mut next = Some(first);
-                while let Some(mut request) = next.take() {
-                    waiters.extend(request.done.take());
-                    records += request.records();
-                    batch.add(request);
-                    requests += 1;
-                    // Bounded, so that a large write queued in parts (a reconcile pass) is
-                    // committed, and its waiters answered, part by part.
-                    if requests < MAX_BATCH_REQUESTS && records < MAX_BATCH_RECORDS {
-                        next = receiver.try_recv().ok();
-                    }
-                }
-                let liveness = std::mem::take(&mut batch.liveness);
-                let events = std::mem::take(&mut batch.events);
-                let (objects, statuses) = batch.split();
-                let count = objects.len() + statuses.len() + liveness.len();
-                let store = store.clone();
-                batches.inc();
-                let result = tokio::task::spawn_blocking(move || -> tc_store::Result<()> {
-                    store.put_clients(objects)?;
-                    store.put_client_status(statuses)?;
-                    store.put_liveness(liveness)?;
-                    if let Err(error) = store.append_events(events) {
-                        tracing::error!(%error, "recording events failed");
-                    }
-                    Ok(())
-                })
-                .await
-                .map_err(|e| e.to_string())
-                .and_then(|r| r.map_err(|e| e.to_string()));
-                if let Err(error) = &result {
-                    tracing::error!(%error, clients = count, "writing clients failed");
-                }
-                for waiter in waiters {
-                    let _ = waiter.send(result.clone());
-                }
-            }
-        });
-        Persister { sender }
-    }
-
-    fn send(&self, request: PersistRequest) -> Result<(), String> {
-        self.sender
-            .send(request)
-            .map_err(|_| "the controller is shutting down".to_string())
-    }
-
-    async fn send_and_wait(&self, request: PersistRequest) -> Result<(), String> {
-        self.queue(request).await
-    }
-
-    /// Queues a request now; the future completes when it is committed.
-    fn queue(
-        &self,
-        mut request: PersistRequest,
-    ) -> impl std::future::Future<Output = Result<(), String>> + use<> {
-        let (done, wait) = oneshot::channel();
-        request.done = Some(done);
-        let sent = self.send(request);
-        async move {
-            sent?;
-            wait.await
-                .map_err(|_| "the controller is shutting down".to_string())?
-        }
-    }
-
-    /// Queues client statuses at once (in order with every other write) and returns a future
-    /// that completes when they are committed: for writing a large set in parts that commit one
-    /// after the other while the caller waits for each in turn.
-    pub fn queue_statuses(
-        &self,
-        statuses: Vec<ClientStatusEntry>,
-    ) -> impl std::future::Future<Output = Result<(), String>> + use<> {
-        self.queue(PersistRequest {
-            objects: vec![],
-            statuses,
-            liveness: vec![],
-            events: vec![],
-            done: None,
-        })
-    }
-
-    /// Writes client objects (labels, spec, and the status they carry; a status without
-    /// inventory keeps the recorded one) and waits until they are committed.
-    pub async fn write_objects(&self, objects: Vec<Client>) -> Result<(), String> {
-        if objects.is_empty() {
-            return Ok(());
-        }
-        self.send_and_wait(PersistRequest {
-            objects,
-            statuses: vec![],
-            liveness: vec![],
-            events: vec![],
-            done: None,
-        })
-        .await
-    }
-
-    /// Writes client statuses, then records events about them, and waits until both are
-    /// committed (an event that cannot be recorded is logged, not returned).
-    pub async fn write_statuses(
-        &self,
-        statuses: Vec<ClientStatusEntry>,
-        events: Vec<Event>,
-    ) -> Result<(), String> {
-        if statuses.is_empty() && events.is_empty() {
-            return Ok(());
-        }
-        self.send_and_wait(PersistRequest {
-            objects: vec![],
-            statuses,
-            liveness: vec![],
-            events,
-            done: None,
-        })
-        .await
-    }
-
-    /// Records events (after every write requested before them) without waiting.
-    pub fn record_later(&self, events: Vec<Event>) {
-        if !events.is_empty() {
-            let _ = self.send(PersistRequest {
-                objects: vec![],
-                statuses: vec![],
-                liveness: vec![],
-                events,
-                done: None,
-            });
-        }
-    }
-
-    /// Writes liveness records and waits until they are committed.
-    pub async fn write_liveness(&self, liveness: Vec<Liveness>) -> Result<(), String> {
-        if liveness.is_empty() {
-            return Ok(());
-        }
-        self.send_and_wait(PersistRequest {
-            objects: vec![],
-            statuses: vec![],
-            liveness,
-            events: vec![],
-            done: None,
-        })
-        .await
-    }
-
-    /// Queues liveness records without waiting (the periodic flush).
-    pub fn write_liveness_later(&self, liveness: Vec<Liveness>) {
-        if !liveness.is_empty() {
-            let _ = self.send(PersistRequest {
-                objects: vec![],
-                statuses: vec![],
-                liveness,
-                events: vec![],
-                done: None,
-            });
-        }
-    }
-}
-
-/// Flushes liveness-only changes every `interval` until `shutdown` fires, then once more.
-pub async fn flush_liveness(
-    fleet: Arc<Fleet>,
-    persister: Persister,
-    interval: Duration,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
-            _ = shutdown.changed() => {
-                let _ = persister.write_liveness(fleet.take_dirty()).await;
-                return;
-            }
-        }
-        persister.write_liveness_later(fleet.take_dirty());
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
     use tc_api::ClientSpec;
 
     fn client(name: &str) -> Client {
@@ -936,42 +672,83 @@ mod tests {
         )
     }
 
+    fn with_uid(mut client: Client, uid: u128) -> Client {
+        client.metadata.uid = Some(crate::session::format_uid(uid));
+        client
+    }
+
     #[test]
-    fn tokens_move_with_re_enrolment_and_go_with_the_client() {
+    fn clients_are_found_by_uid_until_removed_and_keep_their_generation_current() {
         let fleet = Fleet::default();
-        let first = crate::tokens::hash("first");
-        let second = crate::tokens::hash("second");
-        fleet.insert(&client("a"), Some(first.clone()));
-        fleet.insert(&client("b"), Some(crate::tokens::hash("other")));
-        assert!(fleet.by_token(&first).is_some());
-        assert!(fleet.by_token_digest(&token_digest("first")).is_some());
-        fleet.insert(&client("a"), Some(second.clone()));
-        assert!(
-            fleet.by_token(&first).is_none(),
-            "the old token stops working"
-        );
-        assert!(fleet.by_token(&second).is_some());
-        assert!(fleet.by_token("not hex").is_none());
+        let a = fleet.insert(&with_uid(client("a"), 1));
+        fleet.insert(&with_uid(client("b"), 2));
+        assert!(Arc::ptr_eq(&fleet.by_uid(1).unwrap(), &a));
+        assert_eq!(a.generation(), 0);
+        // The key replaced: same client, same slot, new generation.
+        let mut replaced = with_uid(client("a"), 1);
+        replaced.spec.credential_generation = 1;
+        assert!(Arc::ptr_eq(&fleet.insert(&replaced), &a));
+        assert_eq!(a.generation(), 1);
+        // Deleted and enrolled again under the same name: a new uid, a new slot.
+        let again = fleet.insert(&with_uid(client("a"), 3));
+        assert!(!Arc::ptr_eq(&again, &a));
+        assert!(a.is_removed());
+        assert!(fleet.by_uid(1).is_none(), "the old uid is gone");
+        assert!(Arc::ptr_eq(&fleet.by_uid(3).unwrap(), &again));
         fleet.remove("a");
-        assert!(fleet.by_token(&second).is_none());
-        assert!(fleet.by_token_digest(&token_digest("other")).is_some());
+        assert!(fleet.by_uid(3).is_none());
+        assert!(fleet.by_uid(2).is_some());
         assert_eq!(fleet.len(), 1);
     }
 
     #[test]
-    fn digests_hash_to_their_first_eight_bytes() {
+    fn pending_and_decommissioning_clients_show_their_phase() {
+        let fleet = Fleet::default();
+        let mut pending = client("p");
+        pending.spec.pending = Some(tc_api::PendingEnrollment {
+            reason: tc_api::PendingReason::ApprovalRequired,
+            message: "waits".into(),
+            enrolled_as: vec![],
+            since: Timestamp::EPOCH,
+        });
+        let slot = fleet.insert(&pending);
+        let state = slot.state.lock().unwrap();
+        assert_eq!(state.admission, Admission::Pending);
+        assert_eq!(state.status.phase, ClientPhase::Pending);
+        drop(state);
+        // A status recorded before identities said `Pending` for "no heartbeat yet".
+        let mut old = client("o");
+        old.status.phase = ClientPhase::Pending;
+        let slot = fleet.insert(&old);
+        assert_eq!(
+            slot.state.lock().unwrap().status.phase,
+            ClientPhase::Enrolled
+        );
+        let mut leaving = client("d");
+        leaving.spec.decommission = true;
+        leaving.status.phase = ClientPhase::Online;
+        let slot = fleet.insert(&leaving);
+        let state = slot.state.lock().unwrap();
+        assert_eq!(state.status.phase, ClientPhase::Decommissioning);
+        assert!(state.served.decommission);
+        assert_eq!(
+            serde_json::to_value(state.served.view()).unwrap()["decommission"],
+            true
+        );
+    }
+
+    #[test]
+    fn uids_hash_by_mixing_their_halves() {
         use std::hash::BuildHasher;
-        let digest = token_digest("a token");
-        let expected = u64::from_le_bytes(digest[..8].try_into().unwrap());
-        assert_eq!(DigestHash.hash_one(digest), expected);
-        assert_ne!(DigestHash.hash_one(token_digest("another")), expected);
+        assert_ne!(UidHash.hash_one(1u128), UidHash.hash_one(2u128));
+        assert_ne!(UidHash.hash_one(1u128 << 64), UidHash.hash_one(1u128));
     }
 
     #[test]
     fn liveness_is_queued_once_and_skips_removed_clients() {
         let fleet = Fleet::default();
-        let a = fleet.insert(&client("a"), None);
-        let b = fleet.insert(&client("b"), None);
+        let a = fleet.insert(&client("a"));
+        let b = fleet.insert(&client("b"));
         for slot in [&a, &b] {
             slot.state.lock().unwrap().status.last_heartbeat =
                 Some(tc_api::Timestamp::from_unix_millis(5));
@@ -980,7 +757,7 @@ mod tests {
         fleet.mark_dirty(&a);
         fleet.mark_dirty(&b);
         fleet.remove("b");
-        fleet.insert(&client("b"), None);
+        fleet.insert(&client("b"));
         let names: Vec<String> = fleet.take_dirty().into_iter().map(|l| l.name).collect();
         assert_eq!(names, vec!["a".to_string()]);
         assert!(fleet.take_dirty().is_empty());
@@ -1011,7 +788,7 @@ mod tests {
     #[tokio::test]
     async fn closing_the_fleet_ends_waits_now_and_later() {
         let fleet = Arc::new(Fleet::default());
-        let slot = fleet.insert(&client("a"), None);
+        let slot = fleet.insert(&client("a"));
         let waiter = tokio::spawn({
             let (fleet, slot) = (fleet.clone(), slot.clone());
             async move { slot.revision.wait_newer(0, fleet.closing()).await }
@@ -1048,7 +825,7 @@ mod tests {
         ]);
         a.spec.admin_labels = BTreeMap::from([("site".to_string(), "paris".to_string())]);
         a.refresh_labels();
-        let slot = fleet.insert(&a, None);
+        let slot = fleet.insert(&a);
         let state = slot.state.lock().unwrap();
         assert_eq!(
             state.labels.merged(),
@@ -1073,7 +850,7 @@ mod tests {
         let mut b = a.clone();
         b.metadata.name = "b".into();
         b.status.inventory = None;
-        let other = fleet.insert(&b, None);
+        let other = fleet.insert(&b);
         assert_eq!(
             other.state.lock().unwrap().labels.merged(),
             a.metadata.labels
@@ -1081,76 +858,6 @@ mod tests {
         let first = slot.state.lock().unwrap().labels.agent.0[0].0.clone();
         let second = other.state.lock().unwrap().labels.agent.0[0].0.clone();
         assert!(Arc::ptr_eq(&first, &second));
-    }
-
-    #[test]
-    fn a_batch_keeps_the_last_status_and_an_earlier_inventory() {
-        let inventory = tc_proto::Inventory {
-            hostname: "h".into(),
-            ..Default::default()
-        };
-        let status = |revision: u64, inventory: Option<tc_proto::Inventory>| ClientStatus {
-            desired_revision: revision,
-            inventory,
-            ..Default::default()
-        };
-        let request = |objects: Vec<Client>, statuses: Vec<ClientStatusEntry>| PersistRequest {
-            objects,
-            statuses,
-            liveness: vec![],
-            events: vec![],
-            done: None,
-        };
-        let mut batch = Batch::default();
-        batch.add(request(
-            vec![],
-            vec![ClientStatusEntry {
-                name: "a".into(),
-                status: status(1, Some(inventory.clone())),
-            }],
-        ));
-        let mut object = client("a");
-        object.status = status(2, None);
-        batch.add(request(vec![object], vec![]));
-        batch.add(request(
-            vec![],
-            vec![
-                ClientStatusEntry {
-                    name: "a".into(),
-                    status: status(3, None),
-                },
-                ClientStatusEntry {
-                    name: "b".into(),
-                    status: status(7, None),
-                },
-            ],
-        ));
-        let (objects, statuses) = batch.split();
-        assert_eq!(objects.len(), 1);
-        assert_eq!(
-            objects[0].status.desired_revision, 3,
-            "the last status wins"
-        );
-        assert_eq!(objects[0].status.inventory, Some(inventory));
-        assert_eq!(statuses.len(), 1);
-        assert_eq!(statuses[0].name, "b");
-        assert_eq!(statuses[0].status.desired_revision, 7);
-
-        // Statuses out of name order come out in name order, one per client, the last winning.
-        let entry = |name: &str, revision: u64| ClientStatusEntry {
-            name: name.into(),
-            status: status(revision, None),
-        };
-        let mut batch = Batch::default();
-        batch.add(request(vec![], vec![entry("c", 1), entry("a", 2)]));
-        batch.add(request(vec![], vec![entry("b", 3), entry("a", 4)]));
-        let (objects, statuses) = batch.split();
-        assert!(objects.is_empty());
-        let merged: Vec<(&str, u64)> = statuses
-            .iter()
-            .map(|e| (e.name.as_str(), e.status.desired_revision))
-            .collect();
-        assert_eq!(merged, [("a", 4), ("b", 3), ("c", 1)]);
     }
 
     #[test]
@@ -1167,12 +874,14 @@ mod tests {
         let served = Served {
             revision: 4,
             packages: Arc::from(packages.clone()),
+            decommission: false,
         };
         assert_eq!(
             serde_json::to_value(served.view()).unwrap(),
             serde_json::to_value(tc_proto::DesiredState {
                 revision: 4,
-                packages
+                packages,
+                decommission: false,
             })
             .unwrap()
         );

@@ -3,21 +3,29 @@
 //!
 //! Tests and embedders start it with [`serve`] on a listener of their own (`127.0.0.1:0`).
 
+pub mod admission;
 pub mod agent;
 pub mod api;
 pub mod apply;
 pub mod blobs;
+pub mod bootstrap;
 pub mod demo;
+pub mod enroll;
 pub mod error;
 pub mod fleet;
 pub mod metrics;
 pub mod openapi;
+pub mod persist;
+pub mod pki;
+pub mod ratelimit;
 pub mod reconcile;
 pub mod rollout;
+pub mod server;
+pub mod session;
+pub mod tls;
 pub mod tokens;
 pub mod watch;
 
-use std::collections::BTreeSet;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
@@ -26,20 +34,23 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, patch, post, put};
+use axum::routing::{delete, get, patch, post, put};
 use tc_api::{Event, Timestamp};
 use tc_store::{RedbStore, Store};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
+use crate::admission::Blocks;
 use crate::blobs::BlobStore;
-use crate::error::ApiError;
+use crate::bootstrap::BootstrapTokens;
 use crate::fleet::{Fleet, Persister};
 use crate::metrics::Metrics;
+use crate::ratelimit::{EnrollLimiter, RateLimit};
+use crate::server::ConnectionMetrics;
+use crate::session::SessionKey;
 use crate::watch::Sources;
 
-/// Settings key of the bootstrap token hashes (a JSON array).
-const BOOTSTRAP_TOKENS: &str = "bootstrapTokenHashes";
+pub use crate::tls::TlsMode;
 
 /// Controller settings.
 #[derive(Clone, Debug)]
@@ -66,6 +77,40 @@ pub struct Config {
     pub max_apply_bytes: usize,
     /// Missed heartbeats after which a client is Offline.
     pub offline_after_missed: u32,
+    /// HTTPS with the generated PKI (the default), with the admin's files, or plain HTTP.
+    pub tls: TlsMode,
+    /// How often the admin's certificate files are checked for changes.
+    pub tls_reload_interval: Duration,
+    /// Longest TLS handshake (10 s).
+    pub handshake_timeout: Duration,
+    /// Longest wait for a connection's first bytes and for each HTTP/1 request head; also ends
+    /// HTTP/1 keep-alive connections idle for that long (30 s, hyper's own default).
+    pub header_read_timeout: Duration,
+    /// A connection with no traffic either way for this long is closed (90 s: longer than the
+    /// longest long-poll, 60 s, so a waiting long-poll is never cut).
+    pub idle_timeout: Duration,
+    /// Largest request head: HTTP/1 read buffer and HTTP/2 header list (16 KiB, as Node.js;
+    /// an agent's requests have heads of a few hundred bytes).
+    pub max_header_bytes: usize,
+    /// Connections served at once; more are closed at once (50,000: one long-poll connection
+    /// per agent for a fleet of that size talking straight to the controller; bigger fleets
+    /// raise it or multiplex through an HTTP/2 proxy).
+    pub max_connections: usize,
+    /// How long a session token is accepted.
+    pub session_lifetime: Duration,
+    /// How long a session challenge may be answered.
+    pub challenge_lifetime: Duration,
+    /// Every new client waits as `Pending` until an admin approves it.
+    pub require_approval: bool,
+    /// Enrolment requests accepted from all sources together.
+    pub enroll_rate: RateLimit,
+    /// Enrolment requests accepted from one source address.
+    pub enroll_rate_per_source: RateLimit,
+    /// When a pending agent is told to ask again.
+    pub pending_retry_after: Duration,
+    /// Events about one client recorded from what its agent reports (package changes, coming
+    /// back online); the excess is dropped and counted.
+    pub client_event_rate: RateLimit,
 }
 
 impl Config {
@@ -83,6 +128,33 @@ impl Config {
             max_blob_bytes: 4 << 30,
             max_apply_bytes: 32 << 20,
             offline_after_missed: 3,
+            tls: TlsMode::Generated {
+                extra_names: vec![],
+            },
+            tls_reload_interval: Duration::from_secs(5),
+            handshake_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(90),
+            max_header_bytes: 16 * 1024,
+            max_connections: 50_000,
+            session_lifetime: Duration::from_secs(3600),
+            challenge_lifetime: Duration::from_secs(60),
+            require_approval: false,
+            enroll_rate: RateLimit::new(50.0, 500),
+            enroll_rate_per_source: RateLimit::new(5.0, 100),
+            pending_retry_after: Duration::from_secs(30),
+            client_event_rate: RateLimit::new(1.0 / 6.0, 100),
+        }
+    }
+
+    /// The connection limits of the accept loop.
+    pub fn limits(&self) -> server::Limits {
+        server::Limits {
+            handshake_timeout: self.handshake_timeout,
+            header_read_timeout: self.header_read_timeout,
+            idle_timeout: self.idle_timeout,
+            max_header_bytes: self.max_header_bytes,
+            max_connections: self.max_connections,
         }
     }
 }
@@ -105,6 +177,9 @@ pub enum ServeError {
     /// The HTTP server.
     #[error("server: {0}")]
     Server(std::io::Error),
+    /// TLS could not be set up.
+    #[error("TLS: {0}")]
+    Tls(#[from] tls::TlsError),
 }
 
 /// The shared state of a running controller.
@@ -123,6 +198,10 @@ pub struct Controller {
     pub admin_token_hash: String,
     /// Metrics.
     pub metrics: Metrics,
+    /// Counters of the accept loop (registered with `metrics`).
+    pub connections: Arc<ConnectionMetrics>,
+    /// The certificate served and its CA; `None` with plain HTTP.
+    pub tls: Option<Arc<tls::ServerTls>>,
     /// Wakes the reconcile loop.
     pub reconcile_wake: Notify,
     /// Wakes the reconcile loop for what agents reported (new package states, a new inventory,
@@ -136,8 +215,17 @@ pub struct Controller {
     pub retries: Mutex<Vec<reconcile::RetryRequest>>,
     /// Serializes applies and deletes of objects, so that a plan is written against what it read.
     pub apply_lock: tokio::sync::Mutex<()>,
-    /// Serializes enrolments, so that one machine id never becomes two clients.
+    /// Serializes enrolments, approvals, denials, decommissions, client deletions and token
+    /// changes, so that one key never becomes two clients and a token's uses are counted right.
     pub enroll_lock: tokio::sync::Mutex<()>,
+    /// The key of session tokens and challenges.
+    pub session_key: SessionKey,
+    /// Bootstrap tokens.
+    pub bootstrap: BootstrapTokens,
+    /// Machine identities kept from enrolling.
+    pub blocks: Blocks,
+    /// Enrolment rate limits.
+    pub enroll_limiter: EnrollLimiter,
     /// Watched directories.
     pub sources: Sources,
     /// Set once the watched directory was applied (or there is none).
@@ -150,7 +238,6 @@ pub struct Controller {
     /// When this controller started: no client is marked Offline for heartbeats it could not
     /// send while the controller was down or starting (a grace period of the offline timeout).
     pub started_at: Timestamp,
-    bootstrap_hashes: Mutex<BTreeSet<String>>,
 }
 
 /// Token files written at first start.
@@ -158,8 +245,8 @@ pub struct Controller {
 pub struct TokenFiles {
     /// The admin token.
     pub admin_token: String,
-    /// The first bootstrap token.
-    pub bootstrap_token: String,
+    /// The token `data/bootstrap.token` holds (`default`), if it holds one.
+    pub bootstrap_token: Option<String>,
     /// `data/admin.token`.
     pub admin_path: PathBuf,
     /// `data/bootstrap.token`.
@@ -167,6 +254,14 @@ pub struct TokenFiles {
 }
 
 impl Controller {
+    /// The fingerprint of the CA agents and `tcadm` pin (`sha256:<hex>`, kubeadm's format), for
+    /// the join material; `None` when serving plain HTTP.
+    pub fn ca_cert_hash(&self) -> Option<String> {
+        self.tls
+            .as_ref()
+            .map(|tls| tls.resolver.ca_hash().to_string())
+    }
+
     /// Stores events; failures are logged (events never fail a request).
     pub async fn record(&self, events: Vec<Event>) {
         if events.is_empty() {
@@ -179,29 +274,6 @@ impl Controller {
             Err(error) => tracing::error!(%error, "recording events failed"),
         }
     }
-
-    /// True when `token` is a valid bootstrap token.
-    pub fn is_bootstrap_token(&self, token: &str) -> bool {
-        !token.is_empty()
-            && self
-                .bootstrap_hashes
-                .lock()
-                .expect("bootstrap lock")
-                .contains(&tokens::hash(token))
-    }
-
-    /// Adds a bootstrap token hash, durably.
-    pub async fn add_bootstrap_token(&self, hash: &str) -> Result<(), ApiError> {
-        let value = {
-            let mut hashes = self.bootstrap_hashes.lock().expect("bootstrap lock");
-            hashes.insert(hash.to_string());
-            serde_json::to_string(&*hashes).expect("hashes serialize")
-        };
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || store.put_setting(BOOTSTRAP_TOKENS, Some(&value)))
-            .await??;
-        Ok(())
-    }
 }
 
 /// The HTTP routes.
@@ -213,7 +285,31 @@ pub fn router(controller: Arc<Controller>) -> Router {
         .route("/apis/thinfleet.io/v1/sources/{name}", get(api::source))
         .route(
             "/apis/thinfleet.io/v1/bootstraptokens",
-            post(api::create_bootstrap_token),
+            post(bootstrap::create).get(bootstrap::list),
+        )
+        .route(
+            "/apis/thinfleet.io/v1/bootstraptokens/{name}",
+            delete(bootstrap::revoke),
+        )
+        .route(
+            "/apis/thinfleet.io/v1/blockedmachines",
+            get(admission::list_blocked),
+        )
+        .route(
+            "/apis/thinfleet.io/v1/blockedmachines/{machine_id}",
+            delete(admission::allow),
+        )
+        .route(
+            "/apis/thinfleet.io/v1/clients/{name}/approve",
+            post(admission::approve),
+        )
+        .route(
+            "/apis/thinfleet.io/v1/clients/{name}/deny",
+            post(admission::deny),
+        )
+        .route(
+            "/apis/thinfleet.io/v1/clients/{name}/decommission",
+            post(admission::decommission),
         )
         .route(
             "/apis/thinfleet.io/v1/clients/{name}",
@@ -239,15 +335,22 @@ pub fn router(controller: Arc<Controller>) -> Router {
             api::require_admin,
         ));
     let max_apply = controller.config.max_apply_bytes;
+    // Agent requests are small; a body beyond the limit is refused before it is read in full.
+    let agent_routes = Router::new()
+        .route("/agent/v1/enroll", post(enroll::enroll))
+        .route("/agent/v1/session", post(enroll::session))
+        .route("/agent/v1/heartbeat", post(agent::heartbeat))
+        .route("/agent/v1/desired", get(agent::desired))
+        .layer(DefaultBodyLimit::max(
+            tc_proto::limits::MAX_AGENT_BODY_BYTES,
+        ));
     Router::new()
         .merge(admin)
         .route(
             "/blobs/sha256/{hex}",
             get(api::get_blob).head(api::get_blob),
         )
-        .route("/agent/v1/enroll", post(agent::enroll))
-        .route("/agent/v1/heartbeat", post(agent::heartbeat))
-        .route("/agent/v1/desired", get(agent::desired))
+        .merge(agent_routes)
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
         .route("/metrics", get(api::metrics))
@@ -275,11 +378,11 @@ pub async fn open(
     let bootstrap_path = config.data_dir.join("bootstrap.token");
     let (admin_token, admin_created) =
         tokens::load_or_create(&admin_path).map_err(io(&admin_path))?;
-    let (bootstrap_token, bootstrap_created) =
-        tokens::load_or_create(&bootstrap_path).map_err(io(&bootstrap_path))?;
-    if admin_created || bootstrap_created {
-        tracing::info!(admin = %admin_path.display(), bootstrap = %bootstrap_path.display(), "created token files (mode 0600)");
+    if admin_created {
+        tracing::info!(admin = %admin_path.display(), "created the admin token file (mode 0600)");
     }
+    let session_key = SessionKey::load_or_create(&config.data_dir)
+        .map_err(io(&config.data_dir.join(session::SESSION_KEY_FILE)))?;
     let db_path = config.data_dir.join("thinfleet.redb");
     let store: Arc<dyn Store> = Arc::new(
         tokio::task::spawn_blocking(move || RedbStore::open(&db_path))
@@ -289,24 +392,32 @@ pub async fn open(
     let blobs =
         BlobStore::open(&config.data_dir, config.max_blob_bytes).map_err(io(&config.data_dir))?;
     let loader = store.clone();
-    let fleet = tokio::task::spawn_blocking(move || -> tc_store::Result<Fleet> {
-        let tokens: std::collections::HashMap<String, String> =
-            loader.client_token_hashes()?.into_iter().collect();
-        Fleet::load(&*loader, |name| tokens.get(name).cloned())
-    })
-    .await
-    .map_err(|e| ServeError::Server(std::io::Error::other(e)))??;
-    let mut hashes: BTreeSet<String> = store
-        .get_setting(BOOTSTRAP_TOKENS)?
-        .and_then(|text| serde_json::from_str(&text).ok())
-        .unwrap_or_default();
-    if hashes.insert(tokens::hash(&bootstrap_token)) {
-        store.put_setting(
-            BOOTSTRAP_TOKENS,
-            Some(&serde_json::to_string(&hashes).expect("hashes serialize")),
-        )?;
+    let fleet = tokio::task::spawn_blocking(move || Fleet::load(&*loader))
+        .await
+        .map_err(|e| ServeError::Server(std::io::Error::other(e)))??;
+    let now = Timestamp::now();
+    let (bootstrap, opened) = BootstrapTokens::open(&*store, &bootstrap_path, now)?;
+    if opened.created_file {
+        tracing::info!(bootstrap = %bootstrap_path.display(), "created the bootstrap token `default` (mode 0600)");
     }
-    let metrics = Metrics::default();
+    for name in &opened.revoked {
+        tracing::warn!(bootstrap = %bootstrap_path.display(), token = %name,
+            "the bootstrap token file no longer holds this token: revoked");
+    }
+    let bootstrap_token = std::fs::read_to_string(&bootstrap_path)
+        .ok()
+        .map(|text| text.trim().to_string())
+        .filter(|text| !text.is_empty());
+    let blocks = Blocks::open(&*store)?;
+    let server_tls = {
+        let (mode, data_dir) = (config.tls.clone(), config.data_dir.clone());
+        tokio::task::spawn_blocking(move || tls::ServerTls::setup(&mode, &data_dir, None))
+            .await
+            .map_err(|e| ServeError::Server(std::io::Error::other(e)))??
+            .map(Arc::new)
+    };
+    let mut metrics = Metrics::default();
+    let connections = ConnectionMetrics::register(&mut metrics);
     let persister = Persister::start(store.clone(), metrics.client_write_batches.clone());
     install_crypto_provider();
     let http = reqwest::Client::builder()
@@ -314,6 +425,7 @@ pub async fn open(
         .timeout(Duration::from_secs(600))
         .build()
         .map_err(|e| ServeError::Server(std::io::Error::other(e)))?;
+    let config_limits = (config.enroll_rate, config.enroll_rate_per_source);
     let controller = Arc::new(Controller {
         admin_token_hash: tokens::hash(&admin_token),
         ready: AtomicBool::new(config.manifests_dir.is_none()),
@@ -323,17 +435,22 @@ pub async fn open(
         fleet: Arc::new(fleet),
         persister,
         metrics,
+        connections,
+        tls: server_tls,
         reconcile_wake: Notify::new(),
         clients_changed: Notify::new(),
         served_cache: Mutex::new(Default::default()),
         retries: Mutex::new(vec![]),
         apply_lock: tokio::sync::Mutex::new(()),
         enroll_lock: tokio::sync::Mutex::new(()),
+        session_key,
+        bootstrap,
+        blocks,
+        enroll_limiter: EnrollLimiter::new(config_limits.0, config_limits.1, Timestamp::now()),
         sources: Sources::default(),
         http,
         shutdown,
         started_at: Timestamp::now(),
-        bootstrap_hashes: Mutex::new(hashes),
     });
     reconcile::initial_desired(&controller, &*store)?;
     Ok((
@@ -371,12 +488,19 @@ pub async fn serve_with(
     demo_mode: bool,
 ) -> Result<(), ServeError> {
     install_crypto_provider();
+    let addr = listener.local_addr().map_err(ServeError::Server)?;
+    let mut config = config;
+    if let TlsMode::Generated { extra_names } = &mut config.tls
+        && !addr.ip().is_unspecified()
+    {
+        extra_names.push(addr.ip().to_string());
+    }
     let (stop, stopping) = tokio::sync::watch::channel(false);
     let (controller, token_files) = open(config, stopping.clone()).await?;
+    announce(&controller, addr);
     let demo_agents = if demo_mode {
         let server_error = |e: String| ServeError::Server(std::io::Error::other(e));
         let agent = demo::agent_binary().map_err(server_error)?;
-        let addr = listener.local_addr().map_err(ServeError::Server)?;
         let host = if addr.ip().is_unspecified() {
             "127.0.0.1".to_string()
         } else {
@@ -387,7 +511,12 @@ pub async fn serve_with(
         } else {
             host
         };
-        let server = format!("http://{host}:{}", addr.port());
+        let scheme = if controller.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let server = format!("{scheme}://{host}:{}", addr.port());
         println!(
             "thinfleet demo: controller on {server}; admin token in {}",
             token_files.admin_path.display()
@@ -397,8 +526,13 @@ pub async fn serve_with(
              `tcadm rollout status clientgroup front-desk --watch`"
         );
         Some(
-            demo::start_agents(&agent, &server, &token_files.bootstrap_path)
-                .map_err(server_error)?,
+            demo::start_agents(
+                &agent,
+                &server,
+                &token_files.bootstrap_path,
+                controller.ca_cert_hash().as_deref(),
+            )
+            .map_err(server_error)?,
         )
     } else {
         None
@@ -432,19 +566,63 @@ pub async fn serve_with(
             stopping.clone(),
         )));
     }
+    if let Some(tls) = controller.tls.clone() {
+        tasks.push(tokio::spawn(tls::maintain(
+            tls,
+            controller.config.tls_reload_interval,
+            stopping.clone(),
+        )));
+    }
     let app = router(controller.clone());
     let closing = controller.clone();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        shutdown.await;
-        let _ = stop.send(true);
-        closing.fleet.close();
-    });
-    let result = server.await.map_err(ServeError::Server);
+    // The accept loop gives handlers the peer's address (the enrolment rate limit per source).
+    server::run(
+        listener,
+        app,
+        controller.tls.as_ref().map(|tls| tls.config.clone()),
+        controller.config.limits(),
+        controller.connections.clone(),
+        async move {
+            shutdown.await;
+            let _ = stop.send(true);
+            closing.fleet.close();
+        },
+    )
+    .await;
     if let Some(agents) = demo_agents {
         agents.stop().await;
     }
     for task in tasks {
         let _ = task.await;
     }
-    result
+    Ok(())
+}
+
+/// Says how the controller serves: the CA fingerprint agents and `tcadm` pin, or a warning for
+/// plain HTTP on an address other hosts can reach.
+fn announce(controller: &Controller, addr: std::net::SocketAddr) {
+    match controller.ca_cert_hash() {
+        Some(hash) => {
+            let ca = match &controller.config.tls {
+                TlsMode::Files { cert, .. } => cert.display().to_string(),
+                _ => controller
+                    .config
+                    .data_dir
+                    .join("pki/ca.crt")
+                    .display()
+                    .to_string(),
+            };
+            tracing::info!(%addr, ca_cert_hash = %hash, ca = %ca, "serving HTTPS");
+            println!("thinfleet: serving HTTPS on {addr}; CA {ca}, fingerprint {hash}");
+            println!("thinfleet: agents join with --ca-cert-hash {hash}");
+        }
+        None if addr.ip().is_loopback() => {
+            tracing::info!(%addr, "serving plain HTTP on loopback (--insecure-http)");
+        }
+        None => tracing::warn!(
+            %addr,
+            "serving plain HTTP (--insecure-http) on an address other machines can reach: tokens and \
+             packages travel unencrypted; use it only behind a TLS-terminating proxy"
+        ),
+    }
 }

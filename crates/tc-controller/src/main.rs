@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use tc_controller::{Config, serve_with};
+use tc_controller::{Config, TlsMode, serve_with};
 
 /// mimalloc rather than the system allocator: the controller allocates and frees a task, a request
 /// and a response per long-poll on one thread and often frees them on another, which glibc's
@@ -36,6 +36,36 @@ struct Args {
     /// Seconds between periodic reconcile passes and directory re-reads.
     #[arg(long, default_value_t = 30)]
     resync_seconds: u64,
+    /// Serve plain HTTP (HTTP/1.1 and h2c) instead of HTTPS: behind a TLS-terminating proxy, or
+    /// on loopback.
+    #[arg(long, env = "TC_CONTROLLER_INSECURE_HTTP", conflicts_with_all = ["tls_cert", "tls_key", "tls_san"])]
+    insecure_http: bool,
+    /// PEM certificate chain to serve (server certificate first, up to the CA agents pin)
+    /// instead of the generated one in <data-dir>/pki; reloaded when the file changes.
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "tls_key",
+        env = "TC_CONTROLLER_TLS_CERT"
+    )]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "tls_cert",
+        env = "TC_CONTROLLER_TLS_KEY"
+    )]
+    tls_key: Option<PathBuf>,
+    /// Another host name or IP address for the generated server certificate (repeatable).
+    #[arg(long = "tls-san", value_name = "NAME|IP", conflicts_with = "tls_cert")]
+    tls_san: Vec<String>,
+    /// Connections served at once; further ones are closed at once.
+    #[arg(long, default_value_t = Config::new(".").max_connections, value_name = "N")]
+    max_connections: usize,
+    /// Every new client waits as Pending until `tcadm approve` (whatever its bootstrap token).
+    #[arg(long, env = "TC_CONTROLLER_REQUIRE_APPROVAL")]
+    require_approval: bool,
     /// Also start three real tc-agent processes (throwaway state, different labels) and print the
     /// fleet's events: a fleet converging on one machine.
     #[arg(long)]
@@ -68,6 +98,15 @@ fn main() -> ExitCode {
         config.manifests_dir = (!args.no_manifests).then(|| args.manifests.clone());
         config.public_blobs = args.public_blobs;
         config.resync_interval = std::time::Duration::from_secs(args.resync_seconds.max(1));
+        config.max_connections = args.max_connections.max(1);
+        config.tls = match (args.insecure_http, args.tls_cert, args.tls_key) {
+            (true, _, _) => TlsMode::Disabled,
+            (false, Some(cert), Some(key)) => TlsMode::Files { cert, key },
+            _ => TlsMode::Generated {
+                extra_names: args.tls_san.clone(),
+            },
+        };
+        config.require_approval = args.require_approval;
         tracing::info!(listen = %args.listen, data_dir = %args.data_dir.display(), "tc-controller starting");
         match serve_with(listener, config, shutdown_signal(), args.demo).await {
             Ok(()) => {

@@ -26,8 +26,41 @@ pub struct Metrics {
     pub blob_bytes_served: Counter,
     /// Enrolments.
     pub enrolments: Counter,
+    /// Enrolments refused, by reason (`rateLimited`, `badToken`, `badSignature`, `blocked`,
+    /// `invalid`).
+    pub enrolments_refused: Family<Vec<(String, String)>, Counter>,
+    /// Sessions opened (a signed challenge answered with a session token).
+    pub sessions: Counter,
+    /// Events about clients dropped because a client sent more than its share.
+    pub client_events_dropped: Counter,
     /// Group commits of client state (heartbeat reports and liveness flushes share them).
     pub client_write_batches: Counter,
+}
+
+impl Metrics {
+    /// Registers the accept loop's counters.
+    pub fn register_connections(&mut self, connections: &crate::server::ConnectionMetrics) {
+        self.registry.register(
+            "connections_refused",
+            "Connections closed at once because --max-connections were open",
+            connections.refused.clone(),
+        );
+        self.registry.register(
+            "tls_handshake_failures",
+            "TLS handshakes that failed or timed out",
+            connections.handshake_failures.clone(),
+        );
+        self.registry.register(
+            "connections_timed_out",
+            "Connections closed for sending nothing in time or for being idle",
+            connections.timed_out.clone(),
+        );
+        self.registry.register(
+            "connections_open",
+            "Connections being served",
+            connections.open.clone(),
+        );
+    }
 }
 
 impl Default for Metrics {
@@ -61,6 +94,20 @@ impl Default for Metrics {
         );
         let enrolments = Counter::default();
         registry.register("enrolments", "Agent enrolments", enrolments.clone());
+        let enrolments_refused = Family::<Vec<(String, String)>, Counter>::default();
+        registry.register(
+            "enrolments_refused",
+            "Enrolments refused, by reason",
+            enrolments_refused.clone(),
+        );
+        let sessions = Counter::default();
+        registry.register("sessions", "Agent sessions opened", sessions.clone());
+        let client_events_dropped = Counter::default();
+        registry.register(
+            "client_events_dropped",
+            "Events about clients dropped by the per-client event rate limit",
+            client_events_dropped.clone(),
+        );
         let client_write_batches = Counter::default();
         registry.register(
             "client_write_batches",
@@ -77,6 +124,9 @@ impl Default for Metrics {
             reconcile_seconds,
             blob_bytes_served,
             enrolments,
+            enrolments_refused,
+            sessions,
+            client_events_dropped,
             client_write_batches,
         }
     }
@@ -89,6 +139,13 @@ impl Metrics {
             .get_or_create(&vec![("result".to_string(), result.to_string())])
             .inc();
         self.apply_seconds.observe(seconds);
+    }
+
+    /// Counts a refused enrolment.
+    pub fn enrolment_refused(&self, reason: &str) {
+        self.enrolments_refused
+            .get_or_create(&vec![("reason".to_string(), reason.to_string())])
+            .inc();
     }
 
     /// Sets the number of clients in a phase.

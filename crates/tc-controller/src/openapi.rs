@@ -2,7 +2,10 @@
 //! uses (schemars), so the description cannot drift from what is served.
 
 use serde_json::{Value, json};
-use tc_api::{Client, ClientGroup, Event, PackageRelease, SourceStatus};
+use tc_api::{
+    BlockedMachine, BootstrapToken, BootstrapTokenCreated, BootstrapTokenRequest, Client,
+    ClientGroup, Event, PackageRelease, SourceStatus,
+};
 
 fn schema_of<T: schemars::JsonSchema>(components: &mut serde_json::Map<String, Value>) -> Value {
     let generator = schemars::SchemaGenerator::new(
@@ -47,6 +50,10 @@ pub fn document() -> Value {
     let client = schema_of::<Client>(&mut components);
     let event = schema_of::<Event>(&mut components);
     let source = schema_of::<SourceStatus>(&mut components);
+    let token = schema_of::<BootstrapToken>(&mut components);
+    let token_request = schema_of::<BootstrapTokenRequest>(&mut components);
+    let token_created = schema_of::<BootstrapTokenCreated>(&mut components);
+    let blocked = schema_of::<BlockedMachine>(&mut components);
     components.insert(
         "Status".into(),
         json!({ "type": "object", "required": ["kind", "code", "reason", "message"], "properties": {
@@ -104,17 +111,76 @@ pub fn document() -> Value {
     paths.insert("/apis/thinfleet.io/v1/sources/{name}".into(), json!({ "get": { "summary": "One watched manifest directory (named by its base name)",
         "parameters": [ { "name": "name", "in": "path", "required": true, "schema": { "type": "string" } } ],
         "responses": ok(one_source, &[401, 403, 404]) } }));
-    paths.insert("/apis/thinfleet.io/v1/bootstraptokens".into(), json!({ "post": { "summary": "Create a bootstrap token", "responses": ok(json!({ "type": "object", "properties": { "token": { "type": "string" } } }), auth) } }));
+    paths.insert("/apis/thinfleet.io/v1/bootstraptokens".into(), json!({
+        "post": { "summary": "Create a bootstrap token (its secret and the join material are answered once)",
+            "requestBody": { "required": false, "content": { "application/json": { "schema": token_request } } },
+            "responses": ok(token_created, &[400, 401, 403, 409, 422]) },
+        "get": { "summary": "List bootstrap tokens (no secrets)", "responses": ok(list(&token), auth) } }));
+    let token_name =
+        json!({ "name": "name", "in": "path", "required": true, "schema": { "type": "string" } });
+    paths.insert(
+        "/apis/thinfleet.io/v1/bootstraptokens/{name}".into(),
+        json!({ "delete": { "summary": "Revoke a bootstrap token",
+        "parameters": [token_name], "responses": ok(token, &[401, 403, 404]) } }),
+    );
+    for (action, summary, body) in [
+        (
+            "approve",
+            "Approve a pending client, as a new client or (replace) as the new key of another",
+            true,
+        ),
+        (
+            "deny",
+            "Deny a pending client: deleted, its key (and machine id) refused",
+            false,
+        ),
+        (
+            "decommission",
+            "Tell the client's agent to remove what thinfleet installed and stop; then delete it and refuse its machine id",
+            false,
+        ),
+    ] {
+        let mut operation = json!({ "summary": summary, "parameters": [name_param], "responses": ok(client.clone(), &[400, 401, 403, 404, 409]) });
+        if body {
+            operation["requestBody"] = json!({ "required": false, "content": { "application/json": { "schema": { "type": "object", "properties": { "replace": { "type": "string" } }, "additionalProperties": false } } } });
+        }
+        paths.insert(
+            format!("/apis/thinfleet.io/v1/clients/{{name}}/{action}"),
+            json!({ "post": operation }),
+        );
+    }
+    paths.insert("/apis/thinfleet.io/v1/blockedmachines".into(), json!({ "get": { "summary": "Machine identities refused at enrolment", "responses": ok(list(&blocked), auth) } }));
+    paths.insert("/apis/thinfleet.io/v1/blockedmachines/{machineId}".into(), json!({ "delete": { "summary": "Allow a machine id to enrol again",
+        "parameters": [ { "name": "machineId", "in": "path", "required": true, "schema": { "type": "string" } } ],
+        "responses": ok(list(&blocked), &[401, 403, 404]) } }));
     paths.insert("/blobs".into(), json!({ "put": { "summary": "Upload a blob", "parameters": [ { "name": "sha256", "in": "query", "schema": { "type": "string", "pattern": "^[0-9a-f]{64}$" } } ],
         "requestBody": { "required": true, "content": { "application/octet-stream": { "schema": { "type": "string", "format": "binary" } } } },
         "responses": ok(json!({ "type": "object", "properties": { "sha256": { "type": "string" }, "size": { "type": "integer" } } }), &[400, 401, 403, 413, 422]) } }));
     paths.insert("/blobs/sha256/{hex}".into(), json!({ "get": { "summary": "Download a blob (Range, ETag)", "parameters": [ { "name": "hex", "in": "path", "required": true, "schema": { "type": "string", "pattern": "^[0-9a-f]{64}$" } } ],
         "responses": { "200": { "description": "The blob", "content": { "application/zip": {} } }, "206": { "description": "A range of the blob" }, "304": { "description": "Not modified" }, "401": { "description": "Unauthorized" }, "404": { "description": "No such blob" }, "416": { "description": "Range not satisfiable" } } } }));
-    for (path, summary) in [
-        ("/agent/v1/enroll", "Enrol an agent"),
-        ("/agent/v1/heartbeat", "Agent heartbeat"),
+    for (path, summary, codes) in [
+        (
+            "/agent/v1/enroll",
+            "Enrol an agent (200 enrolled, 202 pending)",
+            &[400, 401, 403, 413, 415, 422, 429][..],
+        ),
+        (
+            "/agent/v1/session",
+            "A session challenge, or a session for a signed challenge",
+            &[400, 401, 413, 415, 422],
+        ),
+        (
+            "/agent/v1/heartbeat",
+            "Agent heartbeat",
+            &[400, 401, 403, 413, 415, 422],
+        ),
     ] {
-        paths.insert(path.into(), json!({ "post": { "summary": summary, "requestBody": { "required": true, "content": { "application/json": { "schema": { "type": "object" } } } }, "responses": ok(json!({ "type": "object" }), &[400, 401, 403, 415, 422]) } }));
+        let mut operation = json!({ "summary": summary, "requestBody": { "required": true, "content": { "application/json": { "schema": { "type": "object" } } } }, "responses": ok(json!({ "type": "object" }), codes) });
+        // Enrolment and sessions are how an agent comes by a token: they need none.
+        if path != "/agent/v1/heartbeat" {
+            operation["security"] = json!([]);
+        }
+        paths.insert(path.into(), json!({ "post": operation }));
     }
     paths.insert("/agent/v1/desired".into(), json!({ "get": { "summary": "Long-poll for a new desired state",
         "parameters": [ { "name": "afterRevision", "in": "query", "schema": { "type": "integer", "minimum": 0 } }, { "name": "timeoutSeconds", "in": "query", "schema": { "type": "integer", "minimum": 0 } } ],
@@ -123,7 +189,10 @@ pub fn document() -> Value {
         ("/healthz", "Liveness"),
         ("/readyz", "Readiness"),
         ("/metrics", "Prometheus metrics"),
-        ("/version", "Controller version"),
+        (
+            "/version",
+            "Controller version and the fingerprint of its CA (`caCertHash`)",
+        ),
         ("/openapi.json", "This document"),
     ] {
         paths.insert(path.into(), json!({ "get": { "summary": summary, "security": [], "responses": { "200": { "description": "OK" } } } }));

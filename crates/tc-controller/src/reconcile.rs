@@ -28,7 +28,7 @@ use tc_reconcile::{
 use tc_store::{ClientStatusEntry, Store, Write};
 
 use crate::Controller;
-use crate::fleet::{ClientRuntime, ClientSlot, LiveStatus, Served};
+use crate::fleet::{Admission, ClientRuntime, ClientSlot, LiveStatus, Served};
 
 /// Runs passes when woken, and at least every `resync` interval, until shutdown.
 pub async fn run(controller: Arc<Controller>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
@@ -116,10 +116,12 @@ impl ServedCache {
         let assigned: &[AssignedPackage] = &client.status.desired;
         let revision = client.status.desired_revision;
         let previous = &client.served;
+        let decommission = client.admission == Admission::Decommissioning;
         if let Some(packages) = self.lists.get(assigned) {
             return Served {
                 revision,
                 packages: packages.clone(),
+                decommission,
             };
         }
         let mut complete = true;
@@ -155,7 +157,11 @@ impl ServedCache {
         if complete {
             self.lists.insert(assigned.to_vec(), packages.clone());
         }
-        Served { revision, packages }
+        Served {
+            revision,
+            packages,
+            decommission,
+        }
     }
 }
 
@@ -339,12 +345,8 @@ pub async fn pass(controller: &Arc<Controller>) -> Result<(), String> {
     .map_err(|e| e.to_string())?
     .map_err(|e| e.to_string())?;
 
-    for (phase, count) in [
-        ("Pending", phases[0]),
-        ("Online", phases[1]),
-        ("Offline", phases[2]),
-    ] {
-        controller.metrics.set_clients(phase, count);
+    for (phase, count) in PHASES.iter().zip(phases) {
+        controller.metrics.set_clients(&phase.to_string(), count);
     }
     tracing::debug!(
         clients,
@@ -505,8 +507,8 @@ struct Outcome {
     events: Vec<Event>,
     /// One per group, in the order of the groups.
     group_statuses: Vec<tc_api::ClientGroupStatus>,
-    /// Clients Pending, Online and Offline.
-    phases: [usize; 3],
+    /// Clients per phase, in the order of [`PHASES`].
+    phases: [usize; PHASES.len()],
     /// Clients looked at.
     clients: usize,
     /// Packages retried, with the group whose retry asked for each.
@@ -688,6 +690,26 @@ fn retry_failed(
     }
 }
 
+/// The phases counted by a pass (the `thinfleet_clients` gauge).
+const PHASES: [ClientPhase; 5] = [
+    ClientPhase::Pending,
+    ClientPhase::Enrolled,
+    ClientPhase::Online,
+    ClientPhase::Offline,
+    ClientPhase::Decommissioning,
+];
+
+/// The position of a phase in [`PHASES`].
+fn phase_index(phase: ClientPhase) -> usize {
+    match phase {
+        ClientPhase::Pending => 0,
+        ClientPhase::Enrolled => 1,
+        ClientPhase::Online => 2,
+        ClientPhase::Offline => 3,
+        ClientPhase::Decommissioning => 4,
+    }
+}
+
 /// The pure part of a pass: decides, applies the decisions to the in-memory clients (their
 /// served state only where nothing needs persisting first), and returns what to persist and
 /// publish.
@@ -704,7 +726,7 @@ fn compute(
         changes: vec![],
         events: vec![],
         group_statuses: vec![],
-        phases: [0; 3],
+        phases: [0; PHASES.len()],
         clients: slots.len(),
         retried: vec![],
     };
@@ -738,13 +760,16 @@ fn compute(
         let state = &mut *guard;
         // Into a buffer reused for every client (no allocation per client).
         member_of.clear();
-        member_of.extend(
-            groups
-                .iter()
-                .enumerate()
-                .filter(|(_, group)| state.labels.matches(&group.spec.selector))
-                .map(|(index, _)| index),
-        );
+        // Pending and decommissioning clients are members of no group.
+        if state.admission == Admission::Active {
+            member_of.extend(
+                groups
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, group)| state.labels.matches(&group.spec.selector))
+                    .map(|(index, _)| index),
+            );
+        }
         let membership = match membership_ids.get(member_of.as_slice()) {
             Some(&id) => id,
             None => {
@@ -782,11 +807,7 @@ fn compute(
             ));
             phase_changed = true;
         }
-        outcome.phases[match state.status.phase {
-            ClientPhase::Pending => 0,
-            ClientPhase::Online => 1,
-            ClientPhase::Offline => 2,
-        }] += 1;
+        outcome.phases[phase_index(state.status.phase)] += 1;
         let retried = !retrying.is_empty()
             && retry_failed(
                 &retrying,
@@ -1114,7 +1135,7 @@ mod tests {
         let fleet = Fleet::default();
         let now = Timestamp::from_unix_millis(1_000_000_000);
         let long_ago = Timestamp::from_unix_millis(1_000_000_000 - 3_600_000);
-        fleet.insert(&client("a", "x", Some(long_ago)), None);
+        fleet.insert(&client("a", "x", Some(long_ago)));
         let groups = [group("all", "", &[])];
         let catalog = ReleaseCatalog::new(&[]);
         let slots = fleet.slots();
@@ -1130,7 +1151,7 @@ mod tests {
             &mut Default::default(),
         );
         assert!(outcome.changes.is_empty());
-        assert_eq!(outcome.phases, [0, 1, 0]);
+        assert_eq!(outcome.phases, [0, 0, 1, 0, 0]);
 
         // Up for 100 s (> 90 s) without a heartbeat from it: Offline, persisted, with an event.
         let running = Timestamp::from_unix_millis(now.unix_millis() - 100_000);
@@ -1142,7 +1163,7 @@ mod tests {
             &[],
             &mut Default::default(),
         );
-        assert_eq!(outcome.phases, [0, 0, 1]);
+        assert_eq!(outcome.phases, [0, 0, 0, 1, 0]);
         assert_eq!(outcome.changes.len(), 1);
         assert_eq!(outcome.changes[0].status.status.phase, ClientPhase::Offline);
         assert!(outcome.changes[0].publish.is_none());
@@ -1154,9 +1175,9 @@ mod tests {
         let fleet = Fleet::default();
         let now = Timestamp::from_unix_millis(1_000_000_000);
         for name in ["a", "b", "c", "d"] {
-            fleet.insert(&client(name, "berlin", Some(now)), None);
+            fleet.insert(&client(name, "berlin", Some(now)));
         }
-        fleet.insert(&client("e", "paris", Some(now)), None);
+        fleet.insert(&client("e", "paris", Some(now)));
         let mut berlin = group("berlin", "site=berlin", &[("kiosk", "^1")]);
         berlin.spec.rollout.max_unavailable = tc_api::IntOrPercent::Int(3);
         let groups = [berlin];

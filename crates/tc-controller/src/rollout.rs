@@ -83,6 +83,10 @@ impl Controller {
     /// `client` with the groups that select it and, per package, why it runs (or is to run) its
     /// version, from the current groups and releases.
     pub async fn explained(&self, mut client: Client) -> Result<Client, ApiError> {
+        // Pending and decommissioning clients are members of no group: nothing to explain.
+        if client.spec.pending.is_some() || client.spec.decommission {
+            return Ok(client);
+        }
         let store = self.store.clone();
         let (groups, releases) = tokio::task::spawn_blocking(move || -> tc_store::Result<_> {
             Ok((

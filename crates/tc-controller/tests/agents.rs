@@ -9,19 +9,38 @@ use reqwest::{Method, StatusCode};
 use serde_json::json;
 
 #[tokio::test]
-async fn enrolment_is_idempotent_per_machine_and_tokens_are_per_client() {
+async fn re_enrolment_with_the_same_key_is_the_same_client_and_a_session_needs_the_key() {
     let controller = TestController::start().await;
     let admin = Api::admin(&controller);
     let first = SimAgent::enroll(&controller, "machine-a", json!({"site": "berlin"})).await;
-    let again = SimAgent::enroll(&controller, "machine-a", json!({"site": "paris"})).await;
-    assert_eq!(first.name, again.name);
-    // The old token stopped working; the new one works.
+    // The same key enrols again (its credentials file was lost): the same client, its labels
+    // as the agent declares them now, and no session in the answer.
+    let (status, again) = admin
+        .enroll(
+            controller.bootstrap_token(),
+            "machine-a",
+            "machine-a",
+            json!({"site": "paris"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    assert_eq!(again["clientName"], first.name.as_str());
+    assert_eq!(again["state"], "Enrolled");
+    assert!(again["session"].is_null(), "{again}");
+    // A session comes from signing a challenge with the key; another key's signature fails.
+    let (status, refused) = admin
+        .open_session(&TestIdentity::new("someone else"), &first.name)
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{refused}");
+    assert_eq!(refused["reason"], "InvalidSignature");
+    let mut again = SimAgent::enroll(&controller, "machine-a", json!({"site": "paris"})).await;
+    assert_eq!(again.name, first.name);
+    // The first session stays valid: it is the same client with the same key.
     let (status, _) = first
         .api
-        .heartbeat(json!({"protocolVersion": 1, "observedRevision": 0, "inventoryHash": ""}))
+        .heartbeat(json!({"protocolVersion": 2, "observedRevision": 0, "inventoryHash": ""}))
         .await;
-    assert_eq!(status, StatusCode::UNAUTHORIZED);
-    let mut again = again;
+    assert_eq!(status, StatusCode::OK);
     again.heartbeat().await;
     let (_, client) = admin
         .get(&format!("/apis/thinfleet.io/v1/clients/{}", again.name))
@@ -30,6 +49,10 @@ async fn enrolment_is_idempotent_per_machine_and_tokens_are_per_client() {
     assert_eq!(client["status"]["phase"], "Online");
     assert_eq!(client["metadata"]["labels"]["thinfleet.io/arch"], "x86_64");
     assert_eq!(client["status"]["inventory"]["cpuCores"], 2);
+    assert_eq!(
+        client["spec"]["publicKey"],
+        TestIdentity::new("machine-a").public_key()
+    );
 
     // Another machine asking for the same name gets a distinct one.
     let other = SimAgent::enroll(&controller, "machine-b", json!({})).await;
@@ -472,8 +495,11 @@ async fn a_new_inventory_moves_automatic_labels_and_a_restart_keeps_them() {
     assert_eq!(item_names(&list), vec![agent.name.clone()]);
 }
 
+/// Reproduction: "a deleted client's agent is back 9 s later". Deleting a client revokes its
+/// credential: its session stops at once and its key is refused until an admin allows the
+/// machine again.
 #[tokio::test]
-async fn a_deleted_client_stays_deleted_until_its_agent_enrols_again() {
+async fn a_deleted_client_s_agent_is_refused_until_an_admin_allows_its_machine() {
     let controller = TestController::start().await;
     let admin = Api::admin(&controller);
     publish(&admin, "kiosk", "1.0.0").await;
@@ -490,20 +516,49 @@ async fn a_deleted_client_stays_deleted_until_its_agent_enrols_again() {
     assert_eq!(status, StatusCode::OK, "{deleted}");
     assert_eq!(deleted["status"]["packages"][0]["state"], "Installed");
     assert_eq!(deleted["status"]["inventory"]["cpuCores"], 2);
-    // Its token is gone, and nothing the agent sends brings the client back.
-    let body = json!({"protocolVersion": 1, "observedRevision": 1, "inventoryHash": "h1"});
-    let (status, _) = agent.api.heartbeat(body).await;
+    // Its session is revoked, and nothing the agent sends brings the client back.
+    let body = json!({"protocolVersion": 2, "observedRevision": 1, "inventoryHash": "h1"});
+    let (status, refused) = agent.api.heartbeat(body).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(refused["reason"], "SessionRevoked", "{refused}");
+    let (status, refused) = admin
+        .enroll(
+            controller.bootstrap_token(),
+            "m-del",
+            "m-del",
+            json!({"site": "berlin"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{refused}");
+    assert!(
+        refused["message"]
+            .as_str()
+            .unwrap()
+            .contains("tcadm allow machine m-del"),
+        "{refused}"
+    );
     let (status, _) = admin.get(&path).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+    let (_, blocked) = admin.get("/apis/thinfleet.io/v1/blockedmachines").await;
+    assert_eq!(blocked["items"][0]["machineId"], "m-del");
+    assert_eq!(blocked["items"][0]["reason"], "Deleted");
 
-    // Enrolling again makes a new client that starts clean, and it survives a restart.
+    // Allowed again, the agent enrols as a new client that starts clean, and it survives a
+    // restart.
+    let (status, allowed) = admin
+        .request(
+            Method::DELETE,
+            "/apis/thinfleet.io/v1/blockedmachines/m-del",
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{allowed}");
     let mut again = SimAgent::enroll(&controller, "m-del", json!({"site": "paris"})).await;
     assert_eq!(again.name, agent.name);
     let (_, client) = admin.get(&path).await;
     assert_ne!(client["metadata"]["uid"], deleted["metadata"]["uid"]);
     assert!(client["status"]["packages"].is_null(), "{client}");
-    assert_eq!(client["status"]["phase"], "Pending");
+    assert_eq!(client["status"]["phase"], "Enrolled");
     assert_eq!(client["metadata"]["labels"]["site"], "paris");
     let desired = again.wait_for(|d| versions(d).len() == 1).await;
     assert_eq!(desired["revision"], 1, "a new client's first assignment");
@@ -514,12 +569,29 @@ async fn a_deleted_client_stays_deleted_until_its_agent_enrols_again() {
     assert_eq!(client["metadata"]["labels"]["site"], "paris");
     assert_eq!(client["status"]["desiredRevision"], 1);
     assert_eq!(client["status"]["phase"], "Online");
+    // The old session stays refused after the restart (its uid is gone); the new one works.
+    let body = json!({"protocolVersion": 2, "observedRevision": 1, "inventoryHash": "h1"});
+    let old = Api::with_token(&restarted, &agent.api.token);
+    assert_eq!(
+        old.heartbeat(body.clone()).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    let new = Api::with_token(&restarted, &again.api.token);
+    assert_eq!(new.heartbeat(body).await.0, StatusCode::OK);
 }
 
 #[tokio::test]
 async fn long_polls_multiplexed_over_h2c_learn_a_change() {
+    long_polls_multiplexed_over_http2_learn_a_change(TestController::start_insecure().await).await;
+}
+
+#[tokio::test]
+async fn long_polls_multiplexed_over_h2_by_alpn_learn_a_change() {
+    long_polls_multiplexed_over_http2_learn_a_change(TestController::start().await).await;
+}
+
+async fn long_polls_multiplexed_over_http2_learn_a_change(controller: TestController) {
     use tc_testkit::sim::{SimConfig, SimFleet, Transport, Via};
-    let controller = TestController::start().await;
     let admin = Api::admin(&controller);
     publish(&admin, "kiosk", "1.0.0").await;
     admin
@@ -530,6 +602,7 @@ async fn long_polls_multiplexed_over_h2c_learn_a_change() {
         .await;
     let (fleet, report) = SimFleet::enroll(
         &[controller.addr()],
+        controller.sim_tls().as_ref(),
         controller.bootstrap_token(),
         7,
         40,
@@ -541,6 +614,7 @@ async fn long_polls_multiplexed_over_h2c_learn_a_change() {
     assert_eq!(report.errors, 0);
     // Heartbeats an hour apart: only the long-poll can deliver the change in time.
     let mut config = SimConfig::new(controller.addr(), Duration::from_secs(3600));
+    config.tls = controller.sim_tls();
     config.long_poll_share = 1.0;
     config.long_poll_transport = Transport::Http2 {
         streams_per_connection: 16,
@@ -550,7 +624,7 @@ async fn long_polls_multiplexed_over_h2c_learn_a_change() {
     while sim.snapshot().long_polls_waiting < 40 {
         assert!(
             waiting.elapsed() < Duration::from_secs(10),
-            "long-polls over h2c were not accepted: {:?}",
+            "long-polls over HTTP/2 were not accepted: {:?}",
             sim.error_samples()
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -572,4 +646,72 @@ async fn long_polls_multiplexed_over_h2c_learn_a_change() {
     assert!(learned, "not every agent learned the change");
     assert_eq!(errors, 0);
     assert!(views.iter().all(|v| v.learned_by == Via::LongPoll));
+}
+
+#[tokio::test]
+async fn a_simulated_fleet_enrols_with_keys_and_opens_sessions_over_the_protocol() {
+    use tc_testkit::sim::{SeedOptions, SimConfig, SimFleet, seed_store, session_key};
+    let controller = TestController::start().await;
+    let tls = controller.sim_tls();
+    let (fleet, report) = SimFleet::enroll(
+        &[controller.addr()],
+        tls.as_ref(),
+        controller.bootstrap_token(),
+        11,
+        20,
+        4,
+        Duration::from_secs(10),
+    )
+    .await
+    .expect("enrolled");
+    assert_eq!((report.enrolled, report.pending, report.errors), (20, 0, 0));
+    // New sessions from signed challenges replace the ones enrolment gave.
+    let renewed = fleet
+        .open_sessions(controller.addr(), tls.as_ref(), Duration::from_secs(10))
+        .await
+        .expect("sessions");
+    assert_ne!(renewed.agents()[0].token(), fleet.agents()[0].token());
+    let mut config = SimConfig::new(controller.addr(), Duration::from_secs(3600));
+    config.tls = tls.clone();
+    let sim = renewed.start(config);
+    sim.heartbeat_all().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sim.snapshot().heartbeats + sim.snapshot().heartbeat_errors < 20 {
+        assert!(Instant::now() < deadline, "{:?}", sim.snapshot());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let snapshot = sim.stop().await;
+    assert_eq!(snapshot.heartbeat_errors, 0, "{:?}", sim_errors(&snapshot));
+    // A seeded fleet (written into a store before its controller starts) heartbeats on sessions
+    // minted with the controller's session key.
+    let temp = tempfile::tempdir().unwrap();
+    let data = temp.path().join("data");
+    {
+        let store = tc_store::RedbStore::open(&data.join("thinfleet.redb")).unwrap();
+        let options = SeedOptions {
+            seed: 5,
+            count: 30,
+            batch: 7,
+            inventory_reported: true,
+            now: tc_api::Timestamp::now(),
+        };
+        assert_eq!(seed_store(&store, &options).unwrap(), 30);
+    }
+    let restarted = TestController::start_in(&data, |_| {}).await;
+    let seeded = SimFleet::seeded(5, 30, true, &session_key(&data).unwrap());
+    let mut config = SimConfig::new(restarted.addr(), Duration::from_secs(3600));
+    config.tls = restarted.sim_tls();
+    let sim = seeded.start(config);
+    sim.heartbeat_all().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sim.snapshot().heartbeats + sim.snapshot().heartbeat_errors < 30 {
+        assert!(Instant::now() < deadline, "{:?}", sim.snapshot());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let snapshot = sim.stop().await;
+    assert_eq!(snapshot.heartbeat_errors, 0, "{snapshot:?}");
+}
+
+fn sim_errors(snapshot: &tc_testkit::sim::SimSnapshot) -> String {
+    format!("{snapshot:?}")
 }

@@ -404,7 +404,7 @@ async fn every_protected_route_refuses_missing_wrong_and_misused_tokens() {
     let (_, enrolled) = admin
         .enroll(controller.bootstrap_token(), "m-1", "kiosk-1", json!({}))
         .await;
-    let client_token = enrolled["clientToken"].as_str().unwrap().to_string();
+    let client_token = enrolled["session"]["token"].as_str().unwrap().to_string();
     let routes: Vec<(Method, &str, bool)> = vec![
         (Method::GET, "/apis/thinfleet.io/v1/clientgroups", true),
         (Method::GET, "/apis/thinfleet.io/v1/clientgroups/x", true),
@@ -423,6 +423,33 @@ async fn every_protected_route_refuses_missing_wrong_and_misused_tokens() {
         (Method::GET, "/apis/thinfleet.io/v1/sources", true),
         (Method::GET, "/apis/thinfleet.io/v1/sources/manifests", true),
         (Method::POST, "/apis/thinfleet.io/v1/bootstraptokens", true),
+        (Method::GET, "/apis/thinfleet.io/v1/bootstraptokens", true),
+        (
+            Method::DELETE,
+            "/apis/thinfleet.io/v1/bootstraptokens/default",
+            true,
+        ),
+        (
+            Method::POST,
+            "/apis/thinfleet.io/v1/clients/kiosk-1/approve",
+            true,
+        ),
+        (
+            Method::POST,
+            "/apis/thinfleet.io/v1/clients/kiosk-1/deny",
+            true,
+        ),
+        (
+            Method::POST,
+            "/apis/thinfleet.io/v1/clients/kiosk-1/decommission",
+            true,
+        ),
+        (Method::GET, "/apis/thinfleet.io/v1/blockedmachines", true),
+        (
+            Method::DELETE,
+            "/apis/thinfleet.io/v1/blockedmachines/m-1",
+            true,
+        ),
         (Method::PUT, "/blobs", true),
         (Method::POST, "/agent/v1/heartbeat", false),
         (

@@ -42,6 +42,31 @@ fn start(data_dir: &std::path::Path, port: u16) -> Process {
     Process { child }
 }
 
+/// Waits until the controller has made its CA (`data/pki/ca.crt`) and returns a client that
+/// trusts exactly that CA, with `timeout`.
+async fn client_trusting_its_ca(data: &std::path::Path, timeout: Duration) -> reqwest::Client {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let ca = loop {
+        if let Ok(certificates) = tc_trust::read_pem_certificates(&data.join("pki/ca.crt")) {
+            break certificates;
+        }
+        assert!(std::time::Instant::now() < deadline, "no CA was created");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let config = tc_trust::client_config(
+        &tc_trust::Trust::CaCertificates(ca),
+        &[tc_trust::ALPN_HTTP1],
+        None,
+    )
+    .unwrap();
+    reqwest::Client::builder()
+        .no_proxy()
+        .use_preconfigured_tls(config)
+        .timeout(timeout)
+        .build()
+        .unwrap()
+}
+
 async fn wait_ready(http: &reqwest::Client, base: &str) {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
@@ -64,12 +89,9 @@ async fn everything_acknowledged_survives_kill_9() {
     let temp = tempfile::tempdir().unwrap();
     let data = temp.path().join("data");
     let port = free_port();
-    let base = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap();
+    let base = format!("https://127.0.0.1:{port}");
     let mut process = start(&data, port);
+    let http = client_trusting_its_ca(&data, Duration::from_secs(30)).await;
     wait_ready(&http, &base).await;
 
     let admin_token = std::fs::read_to_string(data.join("admin.token"))
@@ -122,7 +144,7 @@ async fn everything_acknowledged_survives_kill_9() {
     assert_eq!(status, StatusCode::OK);
     let client = Api {
         base: base.clone(),
-        token: enrolled["clientToken"].as_str().unwrap().to_string(),
+        token: enrolled["session"]["token"].as_str().unwrap().to_string(),
         http: http.clone(),
     };
     // Wait until the client is assigned the package, then report it installed (acknowledged).
@@ -169,6 +191,7 @@ async fn everything_acknowledged_survives_kill_9() {
     drop(process);
 
     let _process = start(&data, port);
+    // The client made before the kill still trusts the controller: its CA is kept.
     wait_ready(&http, &base).await;
     let (_, group) = api.get("/apis/thinfleet.io/v1/clientgroups/all").await;
     assert_eq!(group["spec"]["packages"][0]["name"], "kiosk");
@@ -219,11 +242,8 @@ async fn sigterm_stops_cleanly_even_with_a_long_poll_waiting_and_ipv6_works() {
         .spawn()
         .unwrap();
     let mut process = Process { child };
-    let base = format!("http://[::1]:{port}");
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(90))
-        .build()
-        .unwrap();
+    let base = format!("https://[::1]:{port}");
+    let http = client_trusting_its_ca(&data, Duration::from_secs(90)).await;
     wait_ready(&http, &base).await;
     let bootstrap = std::fs::read_to_string(data.join("bootstrap.token"))
         .unwrap()
@@ -235,7 +255,7 @@ async fn sigterm_stops_cleanly_even_with_a_long_poll_waiting_and_ipv6_works() {
         http: http.clone(),
     };
     let (_, enrolled) = api.enroll(&bootstrap, "m", "kiosk", json!({})).await;
-    let token = enrolled["clientToken"].as_str().unwrap().to_string();
+    let token = enrolled["session"]["token"].as_str().unwrap().to_string();
     let poll = {
         let http = http.clone();
         let url = format!("{base}/agent/v1/desired?afterRevision=999");

@@ -3,6 +3,14 @@
 //! The protocol is versioned on its own ([`PROTOCOL_VERSION`]), independently of the resource API.
 //! Wire types accept unknown fields so that a newer agent can talk to an older controller and the
 //! other way round; fields added later must have a default.
+//!
+//! Version 2 binds a client's identity to a key pair made on the client ([`identity`]): enrolment
+//! carries the public key and a signature, agent requests carry short-lived session tokens
+//! obtained with `POST /agent/v1/session`, and everything an agent sends is bounded
+//! ([`limits`]).
+
+pub mod identity;
+pub mod limits;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -11,7 +19,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Version of the agent protocol spoken by this build.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
+
+/// The first protocol version with key-bound identities and sessions; controllers refuse
+/// enrolments of older agents (a client token or a machine id alone no longer identifies a
+/// client).
+pub const IDENTITY_PROTOCOL_VERSION: u32 = 2;
 
 /// Path prefix of the agent API on the controller.
 pub const AGENT_API_PREFIX: &str = "/agent/v1";
@@ -280,30 +293,163 @@ pub struct Load {
 pub struct EnrollRequest {
     /// Protocol version spoken by the agent.
     pub protocol_version: u32,
-    /// The fleet's bootstrap token.
+    /// A bootstrap token: it lets a new machine ask to join, nothing more.
     pub bootstrap_token: String,
-    /// A stable machine identity (`/etc/machine-id`); re-enrolment with the same id returns the
-    /// same client.
+    /// The machine identity (`/etc/machine-id`). Not a credential: a machine id enrolled under
+    /// another key makes a pending client an admin decides on.
     pub machine_id: String,
     /// Preferred client name (the host name by default); the controller may adjust it.
     pub name: String,
     /// Host name.
     pub hostname: String,
-    /// Labels from the agent's own configuration.
+    /// Labels from the agent's own configuration (labels the bootstrap token imposes win).
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// The agent's Ed25519 public key, base64url (32 bytes). Empty from agents of protocol 1.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub public_key: String,
+    /// Ed25519 signature (base64url) of [`identity::enrollment_message`] over the machine id,
+    /// the public key and the SHA-256 of the bootstrap token.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub signature: String,
+    /// The client token an agent of protocol 1 was given, when it still has it: proves that
+    /// this key belongs to the client enrolled before identities existed, which then keeps its
+    /// name, labels and status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_client_token: Option<String>,
 }
 
-/// Answer to a successful enrolment.
+/// Where an enrolment stands.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
+pub enum EnrollState {
+    /// The client is enrolled: a session comes with the answer, or from `POST session`.
+    /// (Answers of protocol-1 controllers carry no state and mean this.)
+    #[default]
+    Enrolled,
+    /// The client waits for an admin (`tcadm approve`); ask again after `retryAfterSeconds`.
+    Pending,
+    /// Refused: an admin denied it, or the machine was decommissioned. Answered with HTTP 403.
+    Denied,
+}
+
+/// Why a client waits for an admin.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
+pub enum PendingReason {
+    /// The bootstrap token, or the controller, requires an admin's approval of new clients.
+    ApprovalRequired,
+    /// The machine id is already enrolled under another key: a cloned image or a re-imaged
+    /// machine. An admin approves it as a new client or as the replacement of the old one.
+    DuplicateMachineId,
+    /// A reason this build does not know (from a newer controller).
+    #[serde(other)]
+    Other,
+}
+
+impl fmt::Display for PendingReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PendingReason::ApprovalRequired => "ApprovalRequired",
+            PendingReason::DuplicateMachineId => "DuplicateMachineId",
+            PendingReason::Other => "Other",
+        })
+    }
+}
+
+/// A session: the bearer token of agent requests until it expires.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Session {
+    /// The token, sent as `Authorization: Bearer`.
+    pub token: String,
+    /// When the controller stops accepting it.
+    pub expires_at: Timestamp,
+}
+
+impl fmt::Debug for Session {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Session")
+            .field("token", &"...")
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
+}
+
+fn default_heartbeat_seconds() -> u32 {
+    30
+}
+
+/// Answer to an enrolment (HTTP 200 when enrolled, 202 when pending; a denial is a 403 with an
+/// error body).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct EnrollResponse {
+    /// Where the enrolment stands.
+    #[serde(default)]
+    pub state: EnrollState,
     /// The client's name on the controller.
+    #[serde(default)]
     pub client_name: String,
-    /// Bearer token for every later agent request; shown only once.
-    pub client_token: String,
+    /// Why the client waits (`Pending`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<PendingReason>,
+    /// The reason for a person.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// When to ask again (`Pending`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_seconds: Option<u32>,
+    /// A first session, for a client enrolled by this very request. An agent whose key was
+    /// enrolled before gets none: it opens one with `POST session`, which proves it holds the key
+    /// now (an enrolment request could have been recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<Session>,
     /// Heartbeat interval to use until told otherwise.
+    #[serde(default = "default_heartbeat_seconds")]
     pub heartbeat_seconds: u32,
+    /// The bearer token handed out by controllers of protocol 1 (no state, no session).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_token: Option<String>,
+}
+
+/// `POST /agent/v1/session`: without `challenge`, asks for a challenge; with the challenge and
+/// a signature of [`identity::session_message`] over it, asks for a session.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionRequest {
+    /// Protocol version spoken by the agent.
+    pub protocol_version: u32,
+    /// The client's name, as enrolment answered it.
+    pub client_name: String,
+    /// The challenge the controller gave, unchanged.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub challenge: String,
+    /// Ed25519 signature (base64url) of the session message over the challenge.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub signature: String,
+}
+
+/// A challenge to sign.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Challenge {
+    /// The opaque challenge.
+    pub value: String,
+    /// When it stops being accepted.
+    pub expires_at: Timestamp,
+}
+
+/// Answer to `POST /agent/v1/session`: a challenge, or a session.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionResponse {
+    /// The challenge to sign (first step).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub challenge: Option<Challenge>,
+    /// The session (second step).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<Session>,
 }
 
 /// `POST /agent/v1/heartbeat`.
@@ -326,6 +472,15 @@ pub struct HeartbeatRequest {
     /// Load figures.
     #[serde(default)]
     pub load: Load,
+    /// The client was told to decommission, has removed every package thinfleet installed, and
+    /// is about to delete its identity and stop: the controller deletes it and keeps its machine
+    /// id and key from enrolling again.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub decommissioned: bool,
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
 }
 
 /// One package a client should run.
@@ -364,6 +519,10 @@ pub struct DesiredState {
     pub revision: u64,
     /// The packages, sorted by name.
     pub packages: Vec<DesiredPackage>,
+    /// The client is to be decommissioned: remove every package thinfleet installed (running
+    /// `preRemove`), report that with `decommissioned`, delete the identity and stop for good.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub decommission: bool,
 }
 
 /// Answer to a heartbeat.
@@ -395,11 +554,25 @@ pub struct DesiredResponse {
 pub struct ErrorStatus {
     /// HTTP status code.
     pub code: u16,
-    /// Machine-readable reason (`Unauthorized`, `BadRequest`, ...).
+    /// Machine-readable reason (`Unauthorized`, `BadRequest`, `SessionExpired`,
+    /// `SessionRevoked`, `Denied`, `Decommissioned`, `TooManyRequests`, ...).
     pub reason: String,
     /// What went wrong, for a person.
     pub message: String,
 }
+
+/// `reason` of a 401 for an expired session: open a new one with `POST session`.
+pub const REASON_SESSION_EXPIRED: &str = "SessionExpired";
+
+/// `reason` of a 401 for a session that was revoked (its client deleted, or its key replaced):
+/// a new session cannot be had with the same key; enrol again.
+pub const REASON_SESSION_REVOKED: &str = "SessionRevoked";
+
+/// `reason` of a 403 refusing an enrolment an admin denied.
+pub const REASON_DENIED: &str = "Denied";
+
+/// `reason` of a 403 refusing an enrolment of a decommissioned machine.
+pub const REASON_DECOMMISSIONED: &str = "Decommissioned";
 
 /// A stable hash of an inventory: FNV-1a over its canonical JSON-free field walk, in hex.
 ///
@@ -476,6 +649,51 @@ mod tests {
         .unwrap();
         assert_eq!(request.observed_revision, 3);
         assert!(request.packages.is_empty());
+    }
+
+    #[test]
+    fn enrolment_answers_of_protocol_1_controllers_mean_enrolled_with_a_client_token() {
+        let answer: EnrollResponse = serde_json::from_str(
+            r#"{"clientName":"kiosk-1","clientToken":"t","heartbeatSeconds":15}"#,
+        )
+        .unwrap();
+        assert_eq!(answer.state, EnrollState::Enrolled);
+        assert_eq!(answer.client_token.as_deref(), Some("t"));
+        assert_eq!(answer.heartbeat_seconds, 15);
+        assert!(answer.session.is_none());
+    }
+
+    #[test]
+    fn unknown_pending_reasons_and_fields_from_newer_controllers_are_accepted() {
+        let answer: EnrollResponse = serde_json::from_str(
+            r#"{"state":"Pending","clientName":"k","reason":"SomethingNew","retryAfterSeconds":5,"future":1}"#,
+        )
+        .unwrap();
+        assert_eq!(answer.state, EnrollState::Pending);
+        assert_eq!(answer.reason, Some(PendingReason::Other));
+        let desired: DesiredState =
+            serde_json::from_str(r#"{"revision":3,"packages":[],"decommission":true}"#).unwrap();
+        assert!(desired.decommission);
+        let plain = serde_json::to_string(&DesiredState::default()).unwrap();
+        assert!(!plain.contains("decommission"), "{plain}");
+    }
+
+    #[test]
+    fn enrolment_requests_of_protocol_1_agents_have_no_key() {
+        let request: EnrollRequest = serde_json::from_str(
+            r#"{"protocolVersion":1,"bootstrapToken":"b","machineId":"m","name":"n","hostname":"h"}"#,
+        )
+        .unwrap();
+        assert!(request.public_key.is_empty() && request.signature.is_empty());
+    }
+
+    #[test]
+    fn sessions_do_not_print_their_token() {
+        let session = Session {
+            token: "secret".into(),
+            expires_at: Timestamp::EPOCH,
+        };
+        assert!(!format!("{session:?}").contains("secret"));
     }
 
     #[test]

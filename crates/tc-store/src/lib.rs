@@ -17,7 +17,12 @@ mod redb_store;
 use tc_api::{Client, Event, Kind, Object, Timestamp};
 use tc_proto::Load;
 
-pub use redb_store::{CLIENT_TOKEN_KIND, DEFAULT_EVENT_CAPACITY, MACHINE_ID_KIND, RedbStore};
+pub use redb_store::{DEFAULT_EVENT_CAPACITY, PUBLIC_KEY_KIND, RedbStore};
+
+/// Settings key prefix of the token hash a client enrolled before key-bound identities had
+/// (`legacyClientToken/{name}`): kept when a store of layout 2 is opened, so that the client's
+/// upgraded agent can prove once that it is that client, and deleted then.
+pub const LEGACY_CLIENT_TOKEN_SETTING: &str = "legacyClientToken/";
 
 /// What can go wrong in the store.
 #[derive(Debug, thiserror::Error)]
@@ -197,37 +202,29 @@ pub trait Store: Send + Sync + 'static {
     /// A client's recorded inventory, `None` for an unknown client or one without inventory.
     fn client_inventory(&self, name: &str) -> Result<Option<tc_api::Inventory>>;
 
-    /// The client that enrolled with this machine id, as [`Store::get_client`] returns it.
-    fn client_by_machine_id(&self, machine_id: &str) -> Result<Option<Client>>;
+    /// The clients enrolled with this machine id (several when cloned machines were approved as
+    /// clients of their own), in name order, as [`Store::get_client`] returns them.
+    fn clients_by_machine_id(&self, machine_id: &str) -> Result<Vec<Client>>;
 
-    /// Stores a newly enrolled client with the hash of its token. Fails with `AlreadyExists` if the
-    /// name (kind `Client`), the machine id (kind [`MACHINE_ID_KIND`], name = the machine id) or
-    /// the token hash (kind [`CLIENT_TOKEN_KIND`]) is taken. Assigns uid, creationTimestamp and
-    /// resourceVersion.
+    /// The client whose `spec.publicKey` is this key (`None` for an empty key).
+    fn client_by_public_key(&self, public_key: &str) -> Result<Option<Client>>;
+
+    /// Stores a newly enrolled client. Fails with `AlreadyExists` if the name (kind `Client`) or
+    /// the public key (kind [`PUBLIC_KEY_KIND`], name = the client holding it) is taken; machine
+    /// ids need not be unique. Assigns creationTimestamp and resourceVersion, and a uid unless the
+    /// client carries one (a bulk import, a simulated fleet).
     ///
     /// The client's status is recorded as given: its inventory (if any), and its `lastHeartbeat`
     /// with `load` as its liveness (a `load` without `lastHeartbeat` is not kept). Records left
     /// under the name by an earlier client of that name are dropped. Returns the client as
     /// [`Store::get_client`] then reads it.
-    fn create_client(&self, client: Client, token_hash: &str, now: Timestamp) -> Result<Client>;
+    fn create_client(&self, client: Client, now: Timestamp) -> Result<Client>;
 
-    /// Stores many newly enrolled clients, each with the hash of its token, in one transaction
-    /// (bulk enrolment: a site rolled out at once, or a simulated fleet). The rules of
-    /// [`Store::create_client`] apply to every client, also against the others of the batch; the
-    /// first violation fails the whole batch and nothing is written.
-    fn create_clients(&self, clients: Vec<(Client, String)>, now: Timestamp)
-    -> Result<Vec<Client>>;
-
-    /// Replaces the token hash of an existing client (re-enrolment); the old token stops working.
-    /// Fails with `NotFound` for an unknown client.
-    fn set_client_token(&self, name: &str, token_hash: &str) -> Result<()>;
-
-    /// The name of the client whose token has this hash.
-    fn client_by_token_hash(&self, token_hash: &str) -> Result<Option<String>>;
-
-    /// Every client's token hash, as (client name, token hash), sorted by name; for loading the
-    /// token index into memory at start-up.
-    fn client_token_hashes(&self) -> Result<Vec<(String, String)>>;
+    /// Stores many newly enrolled clients in one transaction (bulk enrolment: a site rolled out
+    /// at once, or a simulated fleet). The rules of [`Store::create_client`] apply to every
+    /// client, also against the others of the batch; the first violation fails the whole batch
+    /// and nothing is written.
+    fn create_clients(&self, clients: Vec<Client>, now: Timestamp) -> Result<Vec<Client>>;
 
     /// Records when clients were last heard from, in one transaction, without rewriting the
     /// clients and without taking resourceVersions (as Kubernetes keeps node heartbeats in Lease
@@ -250,14 +247,15 @@ pub trait Store: Send + Sync + 'static {
     /// Upserts clients (labels and status) in one transaction, each with a new resourceVersion,
     /// in name order (also the order of the returned clients, which are as
     /// [`Store::get_client`] then reads them).
-    /// A client's `spec.machineId` must not change. Stored uid and creationTimestamp are kept; a
-    /// client not stored yet gets them (the current time, unless it carries one). A machine id
-    /// held by another client fails the batch with `AlreadyExists` (kind [`MACHINE_ID_KIND`]).
+    /// Stored uid and creationTimestamp are kept; a client not stored yet gets them (the current
+    /// time, unless it carries one). The machine id and public key indexes follow the spec (a key
+    /// replaced by an admin); a public key held by another client fails the batch with
+    /// `AlreadyExists` (kind [`PUBLIC_KEY_KIND`]).
     /// Each client's status is recorded as [`Store::put_client_status`] records it: an
     /// `inventory` of `None` keeps the recorded inventory, and liveness only moves forward.
     fn put_clients(&self, clients: Vec<Client>) -> Result<Vec<Client>>;
 
-    /// Deletes a client with its token and machine-id index, its status, inventory and liveness;
+    /// Deletes a client with its machine-id and key index entries, its status, inventory and liveness;
     /// returns it as it was (as [`Store::get_client`] read it) if it existed. Takes a
     /// resourceVersion, as deleting an object does.
     fn delete_client(&self, name: &str) -> Result<Option<Client>>;
@@ -275,6 +273,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// A small persisted setting (bootstrap token hashes, manifest source status, ...).
     fn get_setting(&self, key: &str) -> Result<Option<String>>;
+
+    /// Every setting whose key starts with `prefix`, as (key, value), in key order.
+    fn list_settings(&self, prefix: &str) -> Result<Vec<(String, String)>>;
 
     /// Sets (or with `None` removes) a setting.
     fn put_setting(&self, key: &str, value: Option<&str>) -> Result<()>;

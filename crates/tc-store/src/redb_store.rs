@@ -9,9 +9,8 @@
 //! | `client_status`      | client name             | JSON of its [`ClientStatus`] without `inventory`, `lastHeartbeat` and `load` |
 //! | `client_inventory`   | client name             | JSON of its [`Inventory`]                    |
 //! | `client_liveness`    | client name             | last heartbeat and load, 28 bytes (see [`Liveness`]) |
-//! | `client_machine_ids` | machine id              | client name                                  |
-//! | `client_tokens`      | token hash              | client name                                  |
-//! | `client_token_of`    | client name             | token hash (so re-tokening and deletion find the old hash without a scan) |
+//! | `client_machines`    | `"{machine id}\0{name}"` | client name (a machine id may have several clients) |
+//! | `client_keys`        | public key (base64url)  | client name (a key has one client)           |
 //! | `events`             | sequence number (`u64`) | JSON of the [`Event`], at most `capacity` of them |
 //! | `settings`           | key                     | value                                        |
 //! | `meta`               | `revision`, `nextEventSeq`, `schemaVersion` | `u64`                    |
@@ -46,6 +45,13 @@
 //! its inventory to `client_inventory` (unless the write carries one or one is recorded) and its
 //! heartbeat to `client_liveness` (unless a newer one is recorded).
 //!
+//! Layout 3 (client identities bound to keys) replaced the unique `client_machine_ids` index
+//! (machine id → name) by `client_machines`, added `client_keys`, and dropped the client token
+//! tables (`client_tokens`, `client_token_of`): opening a file of layout 1 or 2 moves the machine
+//! ids over, and keeps each client's token hash as the setting
+//! [`crate::LEGACY_CLIENT_TOKEN_SETTING`]`{name}` (the proof an upgraded agent gives once to
+//! claim its client with a key), in the same transaction.
+//!
 //! Every public method is one redb transaction. Write transactions use redb's default immediate
 //! durability, so a call that returned `Ok` is on disk; a failed call aborts its transaction and
 //! leaves nothing behind.
@@ -75,9 +81,14 @@ use crate::{
 
 const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
 const CLIENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("clients");
-const MACHINE_IDS: TableDefinition<&str, &str> = TableDefinition::new("client_machine_ids");
-const TOKENS: TableDefinition<&str, &str> = TableDefinition::new("client_tokens");
-const TOKEN_OF: TableDefinition<&str, &str> = TableDefinition::new("client_token_of");
+const CLIENT_MACHINES: TableDefinition<&str, &str> = TableDefinition::new("client_machines");
+const CLIENT_KEYS: TableDefinition<&str, &str> = TableDefinition::new("client_keys");
+/// The unique machine id index of layouts 1 and 2 (machine id → name), migrated at open.
+const LEGACY_MACHINE_IDS: TableDefinition<&str, &str> = TableDefinition::new("client_machine_ids");
+/// Client token hashes of layouts 1 and 2 (hash → name), dropped at open.
+const LEGACY_TOKENS: TableDefinition<&str, &str> = TableDefinition::new("client_tokens");
+/// Client token hashes of layouts 1 and 2 (name → hash), moved to settings at open.
+const LEGACY_TOKEN_OF: TableDefinition<&str, &str> = TableDefinition::new("client_token_of");
 const CLIENT_STATUS: TableDefinition<&str, &[u8]> = TableDefinition::new("client_status");
 const CLIENT_INVENTORY: TableDefinition<&str, &[u8]> = TableDefinition::new("client_inventory");
 const LIVENESS: TableDefinition<&str, &[u8]> = TableDefinition::new("client_liveness");
@@ -92,8 +103,11 @@ const META_NEXT_EVENT_SEQ: &str = "nextEventSeq";
 /// `meta` key of the layout version of the tables, so that an older build refuses a file written
 /// by a newer one instead of misreading it.
 const META_SCHEMA_VERSION: &str = "schemaVersion";
-/// The table layout this build writes. It also reads layout 1 (see the module documentation).
-const SCHEMA_VERSION: u64 = 2;
+/// The table layout this build writes. It also reads layout 1 and migrates layouts 1 and 2 (see
+/// the module documentation).
+const SCHEMA_VERSION: u64 = 3;
+/// The layout with client tokens and one client per machine id.
+const TOKEN_SCHEMA_VERSION: u64 = 2;
 /// The layout before clients were split into parts: a client's whole status in its `clients`
 /// record.
 const LEGACY_SCHEMA_VERSION: u64 = 1;
@@ -107,13 +121,9 @@ pub const DEFAULT_EVENT_CAPACITY: usize = 10_000;
 /// and inventory records at random keys; with 64 MiB that ran at about 4,300 per second).
 const CACHE_BYTES: usize = 256 * 1024 * 1024;
 
-/// The Kind name used in [`StoreError::AlreadyExists`] when a machine id is already enrolled
-/// (the `name` is then the machine id).
-pub const MACHINE_ID_KIND: &str = "MachineId";
-
-/// The Kind name used in [`StoreError::AlreadyExists`] when a token hash already belongs to
+/// The Kind name used in [`StoreError::AlreadyExists`] when a public key already belongs to
 /// another client (the `name` is then that client's name).
-pub const CLIENT_TOKEN_KIND: &str = "ClientToken";
+pub const PUBLIC_KEY_KIND: &str = "PublicKey";
 
 /// A [`Store`] in one redb file.
 pub struct RedbStore {
@@ -162,9 +172,8 @@ impl RedbStore {
         store.write_txn("initialise tables", |txn| {
             open(txn, OBJECTS)?;
             open(txn, CLIENTS)?;
-            open(txn, MACHINE_IDS)?;
-            open(txn, TOKENS)?;
-            open(txn, TOKEN_OF)?;
+            open(txn, CLIENT_MACHINES)?;
+            open(txn, CLIENT_KEYS)?;
             open(txn, CLIENT_STATUS)?;
             open(txn, CLIENT_INVENTORY)?;
             open(txn, LIVENESS)?;
@@ -175,7 +184,12 @@ impl RedbStore {
                 // A new file, or one of layout 1, whose client records are read as they are
                 // (their embedded status is what a client without records beside it has); the
                 // new version keeps older builds, which would not see those records, away.
-                None | Some(LEGACY_SCHEMA_VERSION) => {
+                None => {
+                    meta.insert(META_SCHEMA_VERSION, SCHEMA_VERSION)
+                        .map_err(db_error("write schema version"))?;
+                }
+                Some(LEGACY_SCHEMA_VERSION | TOKEN_SCHEMA_VERSION) => {
+                    migrate_client_indexes(txn)?;
                     meta.insert(META_SCHEMA_VERSION, SCHEMA_VERSION)
                         .map_err(db_error("write schema version"))?;
                 }
@@ -357,6 +371,52 @@ fn copy_status(target: &mut Object, source: &Object) {
         }
         (target, _) => target.clear_status(),
     }
+}
+
+/// Moves the client indexes of layouts 1 and 2 to layout 3: machine ids into `client_machines`,
+/// token hashes into settings (see the module documentation); drops the old tables.
+fn migrate_client_indexes(txn: &WriteTransaction) -> Result<()> {
+    {
+        let old = open(txn, LEGACY_MACHINE_IDS)?;
+        let mut machines = open(txn, CLIENT_MACHINES)?;
+        for entry in old.iter().map_err(db_error("read machine id index"))? {
+            let (machine_id, name) = entry.map_err(db_error("read machine id index"))?;
+            machines
+                .insert(
+                    machine_key(machine_id.value(), name.value()).as_str(),
+                    name.value(),
+                )
+                .map_err(db_error("write machine index"))?;
+        }
+        let token_of = open(txn, LEGACY_TOKEN_OF)?;
+        let mut settings = open(txn, SETTINGS)?;
+        for entry in token_of.iter().map_err(db_error("read token index"))? {
+            let (name, hash) = entry.map_err(db_error("read token index"))?;
+            settings
+                .insert(
+                    format!("{}{}", crate::LEGACY_CLIENT_TOKEN_SETTING, name.value()).as_str(),
+                    hash.value(),
+                )
+                .map_err(db_error("write legacy client token"))?;
+        }
+    }
+    for table in [LEGACY_MACHINE_IDS, LEGACY_TOKENS, LEGACY_TOKEN_OF] {
+        txn.delete_table(table)
+            .map_err(db_error("drop a table of layout 2"))?;
+    }
+    Ok(())
+}
+
+/// The `client_machines` key of a client: its machine id, a NUL, its name. Machine ids of
+/// enrolments never contain control characters, so every key of one machine id shares the
+/// prefix [`machine_prefix`].
+fn machine_key(machine_id: &str, name: &str) -> String {
+    format!("{machine_id}\0{name}")
+}
+
+/// The prefix of every `client_machines` key of a machine id.
+fn machine_prefix(machine_id: &str) -> String {
+    format!("{machine_id}\0")
 }
 
 /// A unique id shaped like a UUID: creation time, the revision of the creating write (unique in
@@ -621,6 +681,8 @@ struct ClientHead {
 #[serde(rename_all = "camelCase")]
 struct ClientHeadSpec {
     machine_id: String,
+    #[serde(default)]
+    public_key: String,
 }
 
 /// A `clients` record: the object, with the status a legacy record embeds (else the default).
@@ -931,9 +993,7 @@ impl<'t> ClientParts<'t> {
 /// The tables an enrolment writes, open in one write transaction.
 struct NewClientTables<'t> {
     clients: Table<'t, &'static str, &'static [u8]>,
-    machine_ids: Table<'t, &'static str, &'static str>,
-    tokens: Table<'t, &'static str, &'static str>,
-    token_of: Table<'t, &'static str, &'static str>,
+    index: IdentityIndex<'t>,
     parts: ClientParts<'t>,
     meta: Table<'t, &'static str, u64>,
     revision: Revision,
@@ -945,21 +1005,17 @@ impl<'t> NewClientTables<'t> {
         let revision = Revision::load(&meta)?;
         Ok(NewClientTables {
             clients: open(txn, CLIENTS)?,
-            machine_ids: open(txn, MACHINE_IDS)?,
-            tokens: open(txn, TOKENS)?,
-            token_of: open(txn, TOKEN_OF)?,
+            index: IdentityIndex::open(txn)?,
             parts: ClientParts::open(txn)?,
             meta,
             revision,
         })
     }
 
-    /// Stores one new client with its indexes and its status; refuses a taken name, machine id
-    /// or token hash (including one taken earlier in the same transaction). Returns the client as
-    /// it now reads.
-    fn insert(&mut self, mut client: Client, token_hash: &str, now: Timestamp) -> Result<Client> {
+    /// Stores one new client with its indexes and its status; refuses a taken name or public key
+    /// (including one taken earlier in the same transaction). Returns the client as it now reads.
+    fn insert(&mut self, mut client: Client, now: Timestamp) -> Result<Client> {
         let name = client.metadata.name.clone();
-        let machine_id = client.spec.machine_id.clone();
         if self
             .clients
             .get(name.as_str())
@@ -968,45 +1024,111 @@ impl<'t> NewClientTables<'t> {
         {
             return Err(already_exists("Client", &name));
         }
-        if self
-            .machine_ids
-            .get(machine_id.as_str())
-            .map_err(db_error("read machine id index"))?
-            .is_some()
-        {
-            return Err(already_exists(MACHINE_ID_KIND, &machine_id));
-        }
-        if let Some(holder) = self
-            .tokens
-            .get(token_hash)
-            .map_err(db_error("read token index"))?
-        {
-            return Err(already_exists(CLIENT_TOKEN_KIND, holder.value()));
-        }
+        self.index.add(&name, &client.spec)?;
         let version = self.revision.take();
         let metadata = &mut client.metadata;
-        metadata.uid = Some(new_uid("Client", &name, now, version));
+        if metadata.uid.is_none() {
+            metadata.uid = Some(new_uid("Client", &name, now, version));
+        }
         metadata.creation_timestamp = Some(now);
         metadata.resource_version = Some(version.to_string());
         let bytes = encode(format_args!("clients/{name}"), &ClientObject::of(&client))?;
         self.clients
             .insert(name.as_str(), bytes.as_slice())
             .map_err(db_error("write client"))?;
-        self.machine_ids
-            .insert(machine_id.as_str(), name.as_str())
-            .map_err(db_error("write machine id index"))?;
-        self.tokens
-            .insert(token_hash, name.as_str())
-            .map_err(db_error("write token index"))?;
-        self.token_of
-            .insert(name.as_str(), token_hash)
-            .map_err(db_error("write token index"))?;
         // Records left under this name (liveness written for it after a client of this name was
         // deleted); the new client starts from its own status only.
         self.parts.clear(&name)?;
         let liveness = self.parts.record(&name, &client.status)?;
         set_liveness(&mut client.status, liveness);
         Ok(client)
+    }
+}
+
+/// The identity indexes of clients: which clients have a machine id, which client has a key.
+struct IdentityIndex<'t> {
+    machines: Table<'t, &'static str, &'static str>,
+    keys: Table<'t, &'static str, &'static str>,
+}
+
+impl<'t> IdentityIndex<'t> {
+    fn open(txn: &'t WriteTransaction) -> Result<Self> {
+        Ok(IdentityIndex {
+            machines: open(txn, CLIENT_MACHINES)?,
+            keys: open(txn, CLIENT_KEYS)?,
+        })
+    }
+
+    /// Indexes a client's machine id and key; refuses a key another client holds.
+    fn add(&mut self, name: &str, spec: &ClientSpec) -> Result<()> {
+        self.add_key(name, &spec.public_key)?;
+        self.machines
+            .insert(machine_key(&spec.machine_id, name).as_str(), name)
+            .map_err(db_error("write machine index"))?;
+        Ok(())
+    }
+
+    fn add_key(&mut self, name: &str, key: &str) -> Result<()> {
+        if key.is_empty() {
+            return Ok(());
+        }
+        let holder = self
+            .keys
+            .get(key)
+            .map_err(db_error("read key index"))?
+            .map(|holder| holder.value().to_string());
+        match holder {
+            Some(holder) if holder == name => Ok(()),
+            Some(holder) => Err(already_exists(PUBLIC_KEY_KIND, &holder)),
+            None => {
+                self.keys
+                    .insert(key, name)
+                    .map_err(db_error("write key index"))?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Removes a client's machine id and key from the indexes.
+    fn remove(&mut self, name: &str, machine_id: &str, key: &str) -> Result<()> {
+        self.machines
+            .remove(machine_key(machine_id, name).as_str())
+            .map_err(db_error("update machine index"))?;
+        self.remove_key(name, key)
+    }
+
+    fn remove_key(&mut self, name: &str, key: &str) -> Result<()> {
+        if key.is_empty() {
+            return Ok(());
+        }
+        let held = self
+            .keys
+            .get(key)
+            .map_err(db_error("read key index"))?
+            .is_some_and(|holder| holder.value() == name);
+        if held {
+            self.keys
+                .remove(key)
+                .map_err(db_error("update key index"))?;
+        }
+        Ok(())
+    }
+
+    /// Moves a stored client's index entries from `old` to `new` identity.
+    fn update(&mut self, name: &str, old: &ClientHeadSpec, new: &ClientSpec) -> Result<()> {
+        if old.public_key != new.public_key {
+            self.add_key(name, &new.public_key)?;
+            self.remove_key(name, &old.public_key)?;
+        }
+        if old.machine_id != new.machine_id {
+            self.machines
+                .remove(machine_key(&old.machine_id, name).as_str())
+                .map_err(db_error("update machine index"))?;
+            self.machines
+                .insert(machine_key(&new.machine_id, name).as_str(), name)
+                .map_err(db_error("update machine index"))?;
+        }
+        Ok(())
     }
 }
 
@@ -1224,106 +1346,64 @@ impl Store for RedbStore {
         })
     }
 
-    fn client_by_machine_id(&self, machine_id: &str) -> Result<Option<Client>> {
-        self.read_txn("find client by machine id", |txn| {
-            let index = open_read(txn, MACHINE_IDS)?;
-            let Some(name) = index
-                .get(machine_id)
-                .map_err(db_error("read machine id index"))?
-            else {
+    fn clients_by_machine_id(&self, machine_id: &str) -> Result<Vec<Client>> {
+        self.read_txn("find clients by machine id", |txn| {
+            let index = open_read(txn, CLIENT_MACHINES)?;
+            let prefix = machine_prefix(machine_id);
+            let mut names = vec![];
+            let range = index
+                .range::<&str>(prefix.as_str()..)
+                .map_err(db_error("read machine index"))?;
+            for entry in range {
+                let (key, name) = entry.map_err(db_error("read machine index"))?;
+                if !key.value().starts_with(prefix.as_str()) {
+                    break;
+                }
+                names.push(name.value().to_string());
+            }
+            let tables = ClientReadTables::open(txn)?;
+            let mut clients = Vec::with_capacity(names.len());
+            for name in names {
+                clients.extend(tables.get(&name)?);
+            }
+            Ok(clients)
+        })
+    }
+
+    fn client_by_public_key(&self, public_key: &str) -> Result<Option<Client>> {
+        if public_key.is_empty() {
+            return Ok(None);
+        }
+        self.read_txn("find client by key", |txn| {
+            let index = open_read(txn, CLIENT_KEYS)?;
+            let Some(name) = index.get(public_key).map_err(db_error("read key index"))? else {
                 return Ok(None);
             };
             ClientReadTables::open(txn)?.get(name.value())
         })
     }
 
-    fn create_client(&self, client: Client, token_hash: &str, now: Timestamp) -> Result<Client> {
+    fn create_client(&self, client: Client, now: Timestamp) -> Result<Client> {
         self.write_txn("create client", |txn| {
             let mut tables = NewClientTables::open(txn)?;
-            let client = tables.insert(client, token_hash, now)?;
+            let client = tables.insert(client, now)?;
             tables.revision.save(&mut tables.meta)?;
             Ok(client)
         })
     }
 
-    fn create_clients(
-        &self,
-        clients: Vec<(Client, String)>,
-        now: Timestamp,
-    ) -> Result<Vec<Client>> {
+    fn create_clients(&self, clients: Vec<Client>, now: Timestamp) -> Result<Vec<Client>> {
         if clients.is_empty() {
             return Ok(Vec::new());
         }
         self.write_txn("create clients", |txn| {
             let mut tables = NewClientTables::open(txn)?;
             let mut created = Vec::with_capacity(clients.len());
-            for (client, token_hash) in clients {
-                created.push(tables.insert(client, &token_hash, now)?);
+            for client in clients {
+                created.push(tables.insert(client, now)?);
             }
             tables.revision.save(&mut tables.meta)?;
             Ok(created)
-        })
-    }
-
-    fn set_client_token(&self, name: &str, token_hash: &str) -> Result<()> {
-        self.write_txn("set client token", |txn| {
-            let clients = open(txn, CLIENTS)?;
-            let mut tokens = open(txn, TOKENS)?;
-            let mut token_of = open(txn, TOKEN_OF)?;
-            if clients
-                .get(name)
-                .map_err(db_error("read client"))?
-                .is_none()
-            {
-                return Err(StoreError::NotFound {
-                    kind: "Client".into(),
-                    name: name.to_string(),
-                });
-            }
-            let holder = tokens
-                .get(token_hash)
-                .map_err(db_error("read token index"))?
-                .map(|holder| holder.value().to_string());
-            match holder {
-                Some(holder) if holder == name => return Ok(()),
-                Some(holder) => return Err(already_exists(CLIENT_TOKEN_KIND, &holder)),
-                None => {}
-            }
-            let old = token_of
-                .insert(name, token_hash)
-                .map_err(db_error("write token index"))?
-                .map(|old| old.value().to_string());
-            if let Some(old) = old {
-                tokens
-                    .remove(old.as_str())
-                    .map_err(db_error("remove old token"))?;
-            }
-            tokens
-                .insert(token_hash, name)
-                .map_err(db_error("write token index"))?;
-            Ok(())
-        })
-    }
-
-    fn client_by_token_hash(&self, token_hash: &str) -> Result<Option<String>> {
-        self.read_txn("find client by token", |txn| {
-            let tokens = open_read(txn, TOKENS)?;
-            Ok(tokens
-                .get(token_hash)
-                .map_err(db_error("read token index"))?
-                .map(|name| name.value().to_string()))
-        })
-    }
-
-    fn client_token_hashes(&self) -> Result<Vec<(String, String)>> {
-        self.read_txn("list client tokens", |txn| {
-            let table = open_read(txn, TOKEN_OF)?;
-            let mut pairs = vec![];
-            for entry in table.iter().map_err(db_error("list client tokens"))? {
-                let (name, hash) = entry.map_err(db_error("list client tokens"))?;
-                pairs.push((name.value().to_string(), hash.value().to_string()));
-            }
-            Ok(pairs)
         })
     }
 
@@ -1390,7 +1470,7 @@ impl Store for RedbStore {
         self.write_txn("put clients", |txn| {
             let mut table = open(txn, CLIENTS)?;
             let mut parts = ClientParts::open(txn)?;
-            let mut machine_ids = open(txn, MACHINE_IDS)?;
+            let mut index = IdentityIndex::open(txn)?;
             let mut meta = open(txn, META)?;
             let mut revision = Revision::load(&meta)?;
             let mut result = Vec::with_capacity(clients.len());
@@ -1399,26 +1479,9 @@ impl Store for RedbStore {
                 let stored: Option<ClientHead> = get_record(&table, "clients", &name)?
                     .map(|bytes| decode(format_args!("clients/{name}"), bytes.value()))
                     .transpose()?;
-                let machine_id = client.spec.machine_id.as_str();
-                let old_machine_id = stored.as_ref().map(|head| head.spec.machine_id.as_str());
-                if old_machine_id != Some(machine_id) {
-                    // A new client, or (against the contract) a changed machine id: keep the
-                    // index pointing at exactly one client per machine id.
-                    let holder = machine_ids
-                        .get(machine_id)
-                        .map_err(db_error("read machine id index"))?
-                        .map(|holder| holder.value().to_string());
-                    if holder.is_some_and(|holder| holder != name) {
-                        return Err(already_exists(MACHINE_ID_KIND, machine_id));
-                    }
-                    if let Some(old) = old_machine_id {
-                        machine_ids
-                            .remove(old)
-                            .map_err(db_error("update machine id index"))?;
-                    }
-                    machine_ids
-                        .insert(machine_id, name.as_str())
-                        .map_err(db_error("update machine id index"))?;
+                match &stored {
+                    Some(head) => index.update(&name, &head.spec, &client.spec)?,
+                    None => index.add(&name, &client.spec)?,
                 }
                 let version = revision.take();
                 let metadata = &mut client.metadata;
@@ -1478,9 +1541,7 @@ impl Store for RedbStore {
         self.write_txn("delete client", |txn| {
             let mut clients = open(txn, CLIENTS)?;
             let mut parts = ClientParts::open(txn)?;
-            let mut machine_ids = open(txn, MACHINE_IDS)?;
-            let mut tokens = open(txn, TOKENS)?;
-            let mut token_of = open(txn, TOKEN_OF)?;
+            let mut index = IdentityIndex::open(txn)?;
             let mut meta = open(txn, META)?;
             let Some(client) = read_client(
                 &clients,
@@ -1494,25 +1555,7 @@ impl Store for RedbStore {
             };
             clients.remove(name).map_err(db_error("delete client"))?;
             parts.clear(name)?;
-            let machine_id = client.spec.machine_id.as_str();
-            let indexed = machine_ids
-                .get(machine_id)
-                .map_err(db_error("read machine id index"))?
-                .is_some_and(|holder| holder.value() == name);
-            if indexed {
-                machine_ids
-                    .remove(machine_id)
-                    .map_err(db_error("update machine id index"))?;
-            }
-            let token = token_of
-                .remove(name)
-                .map_err(db_error("update token index"))?
-                .map(|token| token.value().to_string());
-            if let Some(token) = token {
-                tokens
-                    .remove(token.as_str())
-                    .map_err(db_error("update token index"))?;
-            }
+            index.remove(name, &client.spec.machine_id, &client.spec.public_key)?;
             let mut revision = Revision::load(&meta)?;
             revision.take();
             revision.save(&mut meta)?;
@@ -1607,6 +1650,24 @@ impl Store for RedbStore {
                 .get(key)
                 .map_err(db_error(format_args!("read setting {key}")))?
                 .map(|value| value.value().to_string()))
+        })
+    }
+
+    fn list_settings(&self, prefix: &str) -> Result<Vec<(String, String)>> {
+        self.read_txn("list settings", |txn| {
+            let settings = open_read(txn, SETTINGS)?;
+            let mut found = vec![];
+            let range = settings
+                .range::<&str>(prefix..)
+                .map_err(db_error("list settings"))?;
+            for entry in range {
+                let (key, value) = entry.map_err(db_error("list settings"))?;
+                if !key.value().starts_with(prefix) {
+                    break;
+                }
+                found.push((key.value().to_string(), value.value().to_string()));
+            }
+            Ok(found)
         })
     }
 

@@ -12,7 +12,7 @@ use tc_api::{
     PackageReport, PackageState, Timestamp,
 };
 use tc_store::{
-    ClientStatusEntry, EventFilter, Liveness, MACHINE_ID_KIND, RedbStore, Store, StoreError, Write,
+    ClientStatusEntry, EventFilter, Liveness, PUBLIC_KEY_KIND, RedbStore, Store, StoreError, Write,
     WriteOutcome,
 };
 use tempfile::TempDir;
@@ -148,15 +148,39 @@ fn rv(object: &Object) -> String {
         .expect("stored objects have a resourceVersion")
 }
 
+/// A client whose public key is `key-NAME`.
 fn client(name: &str, machine_id: &str) -> Client {
+    keyed(name, machine_id, &format!("key-{name}"))
+}
+
+fn keyed(name: &str, machine_id: &str, public_key: &str) -> Client {
     Client::new(
         name,
         ClientSpec {
             machine_id: machine_id.into(),
+            public_key: public_key.into(),
             agent_labels: BTreeMap::from([("site".to_string(), "berlin".to_string())]),
-            admin_labels: BTreeMap::new(),
+            ..Default::default()
         },
     )
+}
+
+/// The names of the clients enrolled with a machine id.
+fn names_of_machine(store: &RedbStore, machine_id: &str) -> Vec<String> {
+    store
+        .clients_by_machine_id(machine_id)
+        .unwrap()
+        .into_iter()
+        .map(|c| c.metadata.name)
+        .collect()
+}
+
+/// The name of the client holding a key.
+fn holder_of_key(store: &RedbStore, key: &str) -> Option<String> {
+    store
+        .client_by_public_key(key)
+        .unwrap()
+        .map(|c| c.metadata.name)
 }
 
 fn event(kind: Kind, name: &str, reason: &str) -> Event {
@@ -177,7 +201,7 @@ fn seqs(events: &[Event]) -> Vec<u64> {
 // Durability
 
 #[test]
-fn reopen_keeps_objects_clients_tokens_events_settings_and_revision() {
+fn reopen_keeps_objects_clients_keys_events_settings_and_revision() {
     let dir = TempDir::new().unwrap();
     let (created, revision) = {
         let store = open(&dir);
@@ -191,7 +215,7 @@ fn reopen_keeps_objects_clients_tokens_events_settings_and_revision() {
             )
             .unwrap();
         store
-            .create_client(client("kiosk-1", "machine-1"), "hash-1", at(43))
+            .create_client(client("kiosk-1", "machine-1"), at(43))
             .unwrap();
         store
             .append_events(vec![event(Kind::ClientGroup, "front-desk", "Created")])
@@ -222,15 +246,9 @@ fn reopen_keeps_objects_clients_tokens_events_settings_and_revision() {
     );
     let stored = store.get_client("kiosk-1").unwrap().expect("client kept");
     assert_eq!(stored.metadata.creation_timestamp, Some(at(43)));
+    assert_eq!(names_of_machine(&store, "machine-1"), ["kiosk-1"]);
     assert_eq!(
-        store
-            .client_by_machine_id("machine-1")
-            .unwrap()
-            .map(|c| c.metadata.name),
-        Some("kiosk-1".to_string())
-    );
-    assert_eq!(
-        store.client_by_token_hash("hash-1").unwrap().as_deref(),
+        holder_of_key(&store, "key-kiosk-1").as_deref(),
         Some("kiosk-1")
     );
     let events = store.list_events(&EventFilter::default()).unwrap();
@@ -802,9 +820,7 @@ fn list_is_per_kind_and_sorted_by_name() {
 fn client_kind_is_refused_by_the_object_write_path() {
     let dir = TempDir::new().unwrap();
     let store = open(&dir);
-    store
-        .create_client(client("kiosk-1", "m1"), "h1", at(1))
-        .unwrap();
+    store.create_client(client("kiosk-1", "m1"), at(1)).unwrap();
     let result = store.write(vec![delete(Kind::Client, "kiosk-1", None)], at(2));
     assert!(matches!(result, Err(StoreError::Database(_))), "{result:?}");
     assert!(store.get_client("kiosk-1").unwrap().is_some());
@@ -848,7 +864,7 @@ fn create_client_assigns_server_fields_and_refuses_duplicates() {
     let store = open(&dir);
     write_one(&store, apply(group("g", 0), "tcadm")).unwrap();
     let created = store
-        .create_client(client("kiosk-1", "machine-1"), "hash-1", at(77))
+        .create_client(client("kiosk-1", "machine-1"), at(77))
         .unwrap();
     assert_eq!(created.metadata.resource_version.as_deref(), Some("2"));
     assert_eq!(created.metadata.creation_timestamp, Some(at(77)));
@@ -859,32 +875,21 @@ fn create_client_assigns_server_fields_and_refuses_duplicates() {
         Some(&created)
     );
 
-    // (what, name, machine id, token hash, expected AlreadyExists kind and name)
+    // (what, client, expected AlreadyExists kind and name)
     let cases = [
         (
             "name taken",
-            "kiosk-1",
-            "machine-2",
-            "hash-2",
+            keyed("kiosk-1", "machine-2", "key-2"),
             ("Client", "kiosk-1"),
         ),
         (
-            "machine id taken",
-            "kiosk-2",
-            "machine-1",
-            "hash-2",
-            (MACHINE_ID_KIND, "machine-1"),
-        ),
-        (
-            "token hash taken",
-            "kiosk-2",
-            "machine-2",
-            "hash-1",
-            (tc_store::CLIENT_TOKEN_KIND, "kiosk-1"),
+            "key taken",
+            keyed("kiosk-2", "machine-2", "key-kiosk-1"),
+            (PUBLIC_KEY_KIND, "kiosk-1"),
         ),
     ];
-    for (what, name, machine_id, token, (kind, holder)) in cases {
-        match store.create_client(client(name, machine_id), token, at(78)) {
+    for (what, new, (kind, holder)) in cases {
+        match store.create_client(new, at(78)) {
             Err(StoreError::AlreadyExists { kind: k, name: n }) => {
                 assert_eq!((k.as_str(), n.as_str()), (kind, holder), "{what}");
             }
@@ -896,16 +901,38 @@ fn create_client_assigns_server_fields_and_refuses_duplicates() {
             vec![created.clone()],
             "{what}"
         );
-        assert_eq!(
-            store.client_by_token_hash("hash-2").unwrap(),
-            None,
-            "{what}"
-        );
-        assert!(
-            store.client_by_machine_id("machine-2").unwrap().is_none(),
-            "{what}"
-        );
+        assert_eq!(holder_of_key(&store, "key-2"), None, "{what}");
+        assert!(names_of_machine(&store, "machine-2").is_empty(), "{what}");
     }
+
+    // A machine id is not unique: a cloned image approved as a client of its own shares it.
+    let clone = store
+        .create_client(keyed("kiosk-1-clone", "machine-1", "key-clone"), at(79))
+        .unwrap();
+    assert_eq!(
+        names_of_machine(&store, "machine-1"),
+        ["kiosk-1", "kiosk-1-clone"]
+    );
+    assert_eq!(store.clients_by_machine_id("machine-1").unwrap()[1], clone);
+    // A machine id that is a prefix of another finds only its own clients.
+    store
+        .create_client(keyed("kiosk-9", "machine-10", "key-9"), at(80))
+        .unwrap();
+    assert!(names_of_machine(&store, "machine-").is_empty());
+    assert_eq!(names_of_machine(&store, "machine-10"), ["kiosk-9"]);
+    // A client without a key (enrolled before identities) is found by none.
+    store
+        .create_client(keyed("old", "machine-old", ""), at(81))
+        .unwrap();
+    assert_eq!(holder_of_key(&store, ""), None);
+    // A uid the client carries (a bulk import) is kept.
+    let mut imported = client("imported", "machine-imported");
+    imported.metadata.uid = Some("00000000-0000-0000-0000-000000000042".into());
+    let imported = store.create_client(imported, at(82)).unwrap();
+    assert_eq!(
+        imported.metadata.uid.as_deref(),
+        Some("00000000-0000-0000-0000-000000000042")
+    );
 }
 
 #[test]
@@ -913,15 +940,10 @@ fn create_clients_enrols_a_batch_in_one_transaction_or_nothing() {
     let dir = TempDir::new().unwrap();
     let store = open(&dir);
     store
-        .create_client(client("kiosk-0", "machine-0"), "hash-0", at(1))
+        .create_client(client("kiosk-0", "machine-0"), at(1))
         .unwrap();
-    let batch: Vec<(Client, String)> = (1..=500)
-        .map(|i| {
-            (
-                client(&format!("kiosk-{i}"), &format!("machine-{i}")),
-                format!("hash-{i}"),
-            )
-        })
+    let batch: Vec<Client> = (1..=500)
+        .map(|i| client(&format!("kiosk-{i}"), &format!("machine-{i}")))
         .collect();
     let created = store.create_clients(batch, at(9)).unwrap();
     assert_eq!(created.len(), 500);
@@ -940,78 +962,38 @@ fn create_clients_enrols_a_batch_in_one_transaction_or_nothing() {
     assert_eq!(store.revision().unwrap(), 501);
     assert_eq!(store.list_clients().unwrap().len(), 501);
     assert_eq!(
-        store.client_by_token_hash("hash-250").unwrap().as_deref(),
+        holder_of_key(&store, "key-kiosk-250").as_deref(),
         Some("kiosk-250")
     );
-    assert_eq!(
-        store
-            .client_by_machine_id("machine-500")
-            .unwrap()
-            .map(|c| c.metadata.name),
-        Some("kiosk-500".to_string())
-    );
-    assert_eq!(store.client_token_hashes().unwrap().len(), 501);
+    assert_eq!(names_of_machine(&store, "machine-500"), ["kiosk-500"]);
     assert!(store.create_clients(vec![], at(10)).unwrap().is_empty());
     assert_eq!(store.revision().unwrap(), 501);
 
-    // (what, batch, expected AlreadyExists kind and name): a conflict with a stored client or
-    // with an earlier member of the same batch fails the whole batch.
-    let fresh = |i: usize| {
-        (
-            client(&format!("new-{i}"), &format!("new-machine-{i}")),
-            format!("new-hash-{i}"),
-        )
-    };
+    // A conflict with a stored client or with an earlier member of the same batch fails the
+    // whole batch.
+    let fresh = |i: usize| client(&format!("new-{i}"), &format!("new-machine-{i}"));
     // (what, batch, expected AlreadyExists kind and name)
-    type Case<'a> = (&'a str, Vec<(Client, String)>, (&'a str, &'a str));
+    type Case<'a> = (&'a str, Vec<Client>, (&'a str, &'a str));
     let cases: Vec<Case> = vec![
         (
             "stored name",
-            vec![
-                fresh(1),
-                (client("kiosk-7", "new-machine-2"), "new-hash-2".into()),
-            ],
+            vec![fresh(1), keyed("kiosk-7", "new-machine-2", "new-key-2")],
             ("Client", "kiosk-7"),
         ),
         (
-            "stored machine id",
-            vec![
-                fresh(1),
-                (client("new-2", "machine-7"), "new-hash-2".into()),
-            ],
-            (MACHINE_ID_KIND, "machine-7"),
-        ),
-        (
-            "stored token hash",
-            vec![
-                fresh(1),
-                (client("new-2", "new-machine-2"), "hash-7".into()),
-            ],
-            (tc_store::CLIENT_TOKEN_KIND, "kiosk-7"),
+            "stored key",
+            vec![fresh(1), keyed("new-2", "new-machine-2", "key-kiosk-7")],
+            (PUBLIC_KEY_KIND, "kiosk-7"),
         ),
         (
             "name twice in the batch",
-            vec![
-                fresh(1),
-                (client("new-1", "new-machine-2"), "new-hash-2".into()),
-            ],
+            vec![fresh(1), keyed("new-1", "new-machine-2", "new-key-2")],
             ("Client", "new-1"),
         ),
         (
-            "machine id twice in the batch",
-            vec![
-                fresh(1),
-                (client("new-2", "new-machine-1"), "new-hash-2".into()),
-            ],
-            (MACHINE_ID_KIND, "new-machine-1"),
-        ),
-        (
-            "token hash twice in the batch",
-            vec![
-                fresh(1),
-                (client("new-2", "new-machine-2"), "new-hash-1".into()),
-            ],
-            (tc_store::CLIENT_TOKEN_KIND, "new-1"),
+            "key twice in the batch",
+            vec![fresh(1), keyed("new-2", "new-machine-2", "key-new-1")],
+            (PUBLIC_KEY_KIND, "new-1"),
         ),
     ];
     for (what, batch, (kind, holder)) in cases {
@@ -1024,16 +1006,9 @@ fn create_clients_enrols_a_batch_in_one_transaction_or_nothing() {
         assert_eq!(store.revision().unwrap(), 501, "{what}");
         assert_eq!(store.list_clients().unwrap().len(), 501, "{what}");
         assert!(store.get_client("new-1").unwrap().is_none(), "{what}");
-        assert_eq!(
-            store.client_by_token_hash("new-hash-1").unwrap(),
-            None,
-            "{what}"
-        );
+        assert_eq!(holder_of_key(&store, "key-new-1"), None, "{what}");
         assert!(
-            store
-                .client_by_machine_id("new-machine-1")
-                .unwrap()
-                .is_none(),
+            names_of_machine(&store, "new-machine-1").is_empty(),
             "{what}"
         );
     }
@@ -1061,9 +1036,7 @@ fn liveness_is_recorded_apart_and_overlaid_on_reads() {
     {
         let store = open(&dir);
         for (name, machine) in [("a", "ma"), ("b", "mb"), ("c", "mc")] {
-            store
-                .create_client(client(name, machine), &format!("t{name}"), at(1))
-                .unwrap();
+            store.create_client(client(name, machine), at(1)).unwrap();
         }
         let revision = store.revision().unwrap();
         let written = store
@@ -1093,7 +1066,7 @@ fn liveness_is_recorded_apart_and_overlaid_on_reads() {
             ]
         );
         assert_eq!(
-            seen(&store.client_by_machine_id("mc").unwrap().unwrap()),
+            seen(&store.clients_by_machine_id("mc").unwrap()[0]),
             (Some(at(6_000)), 50.0)
         );
 
@@ -1122,60 +1095,50 @@ fn liveness_is_recorded_apart_and_overlaid_on_reads() {
     );
     let deleted = store.delete_client("a").unwrap().unwrap();
     assert_eq!(seen(&deleted), (Some(at(5_000)), 12.5));
-    store
-        .create_client(client("a", "ma"), "ta2", at(10))
-        .unwrap();
+    store.create_client(client("a", "ma"), at(10)).unwrap();
     assert_eq!(seen(&store.get_client("a").unwrap().unwrap()), (None, 0.0));
 }
 
 #[test]
-fn client_tokens_and_retokening() {
+fn a_replaced_key_moves_in_the_index_and_a_held_key_is_refused() {
     let dir = TempDir::new().unwrap();
     let store = open(&dir);
-    store
-        .create_client(client("kiosk-1", "machine-1"), "old", at(1))
+    let first = store
+        .create_client(client("kiosk-1", "machine-1"), at(1))
         .unwrap();
     store
-        .create_client(client("kiosk-2", "machine-2"), "other", at(1))
+        .create_client(client("kiosk-2", "machine-2"), at(1))
         .unwrap();
-    assert_eq!(
-        store.client_by_token_hash("old").unwrap().as_deref(),
-        Some("kiosk-1")
-    );
-    assert_eq!(store.client_by_token_hash("nope").unwrap(), None);
 
-    store.set_client_token("kiosk-1", "new").unwrap();
-    assert_eq!(store.client_by_token_hash("old").unwrap(), None);
-    assert_eq!(
-        store.client_by_token_hash("new").unwrap().as_deref(),
-        Some("kiosk-1")
-    );
-    // Setting the same token again is harmless.
-    store.set_client_token("kiosk-1", "new").unwrap();
-    assert_eq!(
-        store.client_by_token_hash("new").unwrap().as_deref(),
-        Some("kiosk-1")
-    );
+    // An admin approves a re-imaged machine as the replacement of kiosk-1: new key, new
+    // machine id, same client.
+    let mut replaced = first.clone();
+    replaced.spec.public_key = "key-new".into();
+    replaced.spec.machine_id = "machine-new".into();
+    replaced.spec.credential_generation = 1;
+    store.put_clients(vec![replaced]).unwrap();
+    assert_eq!(holder_of_key(&store, "key-kiosk-1"), None);
+    assert_eq!(holder_of_key(&store, "key-new").as_deref(), Some("kiosk-1"));
+    assert!(names_of_machine(&store, "machine-1").is_empty());
+    assert_eq!(names_of_machine(&store, "machine-new"), ["kiosk-1"]);
+    let stored = store.get_client("kiosk-1").unwrap().unwrap();
+    assert_eq!(stored.spec.credential_generation, 1);
+    assert_eq!(stored.metadata.uid, first.metadata.uid);
 
-    assert!(matches!(
-        store.set_client_token("kiosk-1", "other"),
-        Err(StoreError::AlreadyExists { .. })
-    ));
-    assert_eq!(
-        store.client_by_token_hash("new").unwrap().as_deref(),
-        Some("kiosk-1")
+    // A key another client holds fails the batch and changes nothing.
+    let mut stolen = stored.clone();
+    stolen.spec.public_key = "key-kiosk-2".into();
+    let result = store.put_clients(vec![client("kiosk-3", "machine-3"), stolen]);
+    assert!(
+        matches!(&result, Err(StoreError::AlreadyExists { kind, name }) if kind == PUBLIC_KEY_KIND && name == "kiosk-2"),
+        "{result:?}"
     );
+    assert_eq!(store.get_client("kiosk-3").unwrap(), None);
+    assert_eq!(holder_of_key(&store, "key-new").as_deref(), Some("kiosk-1"));
     assert_eq!(
-        store.client_by_token_hash("other").unwrap().as_deref(),
+        holder_of_key(&store, "key-kiosk-2").as_deref(),
         Some("kiosk-2")
     );
-    assert!(matches!(
-        store.set_client_token("ghost", "ghost-token"),
-        Err(StoreError::NotFound { .. })
-    ));
-    assert_eq!(store.client_by_token_hash("ghost-token").unwrap(), None);
-    // Tokens are not part of the client object: no resourceVersion moves.
-    assert_eq!(store.revision().unwrap(), 2);
 }
 
 #[test]
@@ -1183,28 +1146,29 @@ fn delete_client_removes_it_and_its_indexes() {
     let dir = TempDir::new().unwrap();
     let store = open(&dir);
     let created = store
-        .create_client(client("kiosk-1", "machine-1"), "first", at(1))
+        .create_client(client("kiosk-1", "machine-1"), at(1))
         .unwrap();
-    store.set_client_token("kiosk-1", "second").unwrap();
+    let other = store
+        .create_client(keyed("kiosk-2", "machine-1", "key-2"), at(1))
+        .unwrap();
 
     assert_eq!(store.delete_client("kiosk-1").unwrap(), Some(created));
     assert_eq!(store.get_client("kiosk-1").unwrap(), None);
-    assert!(store.client_by_machine_id("machine-1").unwrap().is_none());
-    assert_eq!(store.client_by_token_hash("first").unwrap(), None);
-    assert_eq!(store.client_by_token_hash("second").unwrap(), None);
+    assert_eq!(
+        store.clients_by_machine_id("machine-1").unwrap(),
+        vec![other],
+        "the other client of the machine id stays"
+    );
+    assert_eq!(holder_of_key(&store, "key-kiosk-1"), None);
     assert_eq!(store.delete_client("kiosk-1").unwrap(), None);
 
-    // The machine id, the name and the token are free again.
+    // The name and the key are free again.
     let again = store
-        .create_client(client("kiosk-1", "machine-1"), "second", at(2))
+        .create_client(client("kiosk-1", "machine-1"), at(2))
         .unwrap();
     assert_eq!(
-        store.client_by_machine_id("machine-1").unwrap().as_ref(),
+        store.client_by_public_key("key-kiosk-1").unwrap().as_ref(),
         Some(&again)
-    );
-    assert_eq!(
-        store.client_by_token_hash("second").unwrap().as_deref(),
-        Some("kiosk-1")
     );
 }
 
@@ -1213,7 +1177,7 @@ fn put_clients_upserts_a_large_batch_in_one_call() {
     let dir = TempDir::new().unwrap();
     let store = open(&dir);
     let created = store
-        .create_client(client("kiosk-0000", "machine-0000"), "t0", at(1))
+        .create_client(client("kiosk-0000", "machine-0000"), at(1))
         .unwrap();
 
     let mut batch: Vec<Client> = (0..2_000)
@@ -1240,15 +1204,9 @@ fn put_clients_upserts_a_large_batch_in_one_call() {
 
     let listed = store.list_clients().unwrap();
     assert_eq!(listed, stored, "sorted by name and stored as returned");
+    assert_eq!(names_of_machine(&store, "machine-1234"), ["kiosk-1234"]);
     assert_eq!(
-        store
-            .client_by_machine_id("machine-1234")
-            .unwrap()
-            .map(|c| c.metadata.name),
-        Some("kiosk-1234".to_string())
-    );
-    assert_eq!(
-        store.client_by_token_hash("t0").unwrap().as_deref(),
+        holder_of_key(&store, "key-kiosk-0000").as_deref(),
         Some("kiosk-0000")
     );
     assert_eq!(store.put_clients(Vec::new()).unwrap(), Vec::new());
@@ -1256,32 +1214,41 @@ fn put_clients_upserts_a_large_batch_in_one_call() {
 }
 
 #[test]
-fn put_clients_keeps_machine_ids_unique() {
+fn put_clients_moves_a_changed_machine_id_in_the_index() {
     let dir = TempDir::new().unwrap();
     let store = open(&dir);
-    store.create_client(client("a", "ma"), "ta", at(1)).unwrap();
-    store.create_client(client("b", "mb"), "tb", at(1)).unwrap();
+    store.create_client(client("a", "ma"), at(1)).unwrap();
+    store.create_client(client("b", "mb"), at(1)).unwrap();
 
-    // A new client with a taken machine id aborts the whole batch.
-    let result = store.put_clients(vec![client("c", "mc"), client("d", "ma")]);
-    assert!(
-        matches!(&result, Err(StoreError::AlreadyExists { kind, name }) if kind == MACHINE_ID_KIND && name == "ma"),
-        "{result:?}"
-    );
-    assert_eq!(store.get_client("c").unwrap(), None);
-    assert!(store.client_by_machine_id("mc").unwrap().is_none());
-    assert_eq!(store.revision().unwrap(), 2);
+    // A new client may share a machine id.
+    store
+        .put_clients(vec![client("c", "mc"), client("d", "ma")])
+        .unwrap();
+    assert_eq!(names_of_machine(&store, "ma"), ["a", "d"]);
 
     // A changed machine id moves the index entry (the old one no longer finds the client).
     store.put_clients(vec![client("b", "mb2")]).unwrap();
-    assert!(store.client_by_machine_id("mb").unwrap().is_none());
+    assert!(names_of_machine(&store, "mb").is_empty());
+    assert_eq!(names_of_machine(&store, "mb2"), ["b"]);
+}
+
+#[test]
+fn settings_are_listed_by_prefix() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&dir);
+    for key in ["token/a", "token/b", "tokens", "other/x", "token"] {
+        store.put_setting(key, Some(&format!("v-{key}"))).unwrap();
+    }
+    let listed = store.list_settings("token/").unwrap();
     assert_eq!(
-        store
-            .client_by_machine_id("mb2")
-            .unwrap()
-            .map(|c| c.metadata.name),
-        Some("b".to_string())
+        listed,
+        [
+            ("token/a".to_string(), "v-token/a".to_string()),
+            ("token/b".to_string(), "v-token/b".to_string())
+        ]
     );
+    assert!(store.list_settings("none/").unwrap().is_empty());
+    assert_eq!(store.list_settings("").unwrap().len(), 5);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1552,14 +1519,11 @@ fn status_is_recorded_apart_from_the_object_without_resource_versions() {
     let created = store
         .create_clients(
             vec![
-                (client("a", "ma"), "ta".into()),
-                (
-                    client_with(
-                        "b",
-                        "mb",
-                        with_inventory(heard(reported("1.0.0", 1), 1_000, 5.0), "b"),
-                    ),
-                    "tb".into(),
+                client("a", "ma"),
+                client_with(
+                    "b",
+                    "mb",
+                    with_inventory(heard(reported("1.0.0", 1), 1_000, 5.0), "b"),
                 ),
             ],
             at(1),
@@ -1618,8 +1582,8 @@ fn status_is_recorded_apart_from_the_object_without_resource_versions() {
 
     // Every way of reading a client puts it together the same way.
     assert_eq!(store.list_clients().unwrap(), vec![a.clone(), b.clone()]);
-    assert_eq!(store.client_by_machine_id("ma").unwrap(), Some(a.clone()));
-    assert_eq!(store.client_by_machine_id("mb").unwrap(), Some(b.clone()));
+    assert_eq!(store.clients_by_machine_id("ma").unwrap(), vec![a.clone()]);
+    assert_eq!(store.clients_by_machine_id("mb").unwrap(), vec![b.clone()]);
     assert_eq!(
         scan(&store),
         vec![without_inventory(a), without_inventory(b)]
@@ -1650,7 +1614,7 @@ fn create_keeps_load_only_with_a_heartbeat_and_returns_what_reads_return() {
     let mut status = reported("1.0.0", 1);
     status.load.cpu_percent = 42.0;
     let created = store
-        .create_client(client_with("a", "ma", status.clone()), "ta", at(1))
+        .create_client(client_with("a", "ma", status.clone()), at(1))
         .unwrap();
     status.load = Default::default();
     assert_eq!(created.status, status);
@@ -1661,8 +1625,8 @@ fn create_keeps_load_only_with_a_heartbeat_and_returns_what_reads_return() {
 fn status_writes_skip_clients_that_are_not_stored_and_the_later_entry_of_a_name_wins() {
     let dir = TempDir::new().unwrap();
     let store = open(&dir);
-    store.create_client(client("a", "ma"), "ta", at(1)).unwrap();
-    store.create_client(client("b", "mb"), "tb", at(1)).unwrap();
+    store.create_client(client("a", "ma"), at(1)).unwrap();
+    store.create_client(client("b", "mb"), at(1)).unwrap();
     store.delete_client("b").unwrap();
     let revision = store.revision().unwrap();
 
@@ -1704,9 +1668,7 @@ fn status_writes_skip_clients_that_are_not_stored_and_the_later_entry_of_a_name_
         .put_liveness(vec![liveness("ghost", 8_000, 8.0)])
         .unwrap();
     for (name, machine) in [("ghost", "mg"), ("b", "mb")] {
-        let created = store
-            .create_client(client(name, machine), &format!("t{name}"), at(2))
-            .unwrap();
+        let created = store.create_client(client(name, machine), at(2)).unwrap();
         assert_eq!(created.status, ClientStatus::default(), "{name}");
         assert_eq!(get(&store, name), created, "{name}");
         assert_eq!(store.client_inventory(name).unwrap(), None, "{name}");
@@ -1720,11 +1682,10 @@ fn inventory_is_kept_by_none_and_replaced_by_some() {
     store
         .create_client(
             client_with("a", "ma", with_inventory(reported("1.0.0", 1), "first")),
-            "ta",
             at(1),
         )
         .unwrap();
-    store.create_client(client("c", "mc"), "tc", at(1)).unwrap();
+    store.create_client(client("c", "mc"), at(1)).unwrap();
     assert_eq!(
         store.client_inventory("a").unwrap(),
         Some(inventory("first"))
@@ -1783,7 +1744,6 @@ fn liveness_only_moves_forward_through_status_and_object_writes() {
     store
         .create_client(
             client_with("a", "ma", heard(reported("1.0.0", 1), 5_000, 50.0)),
-            "ta",
             at(1),
         )
         .unwrap();
@@ -1827,7 +1787,7 @@ fn scan_clients_visits_every_client_in_name_order_without_inventory() {
     assert_eq!(visited, 0);
 
     // Enrolled in reverse order; some with inventory and heartbeat, some without.
-    let batch: Vec<(Client, String)> = (0..300u64)
+    let batch: Vec<Client> = (0..300u64)
         .rev()
         .map(|i| {
             let name = format!("kiosk-{i:03}");
@@ -1835,10 +1795,7 @@ fn scan_clients_visits_every_client_in_name_order_without_inventory() {
             if i % 2 == 0 {
                 status = with_inventory(heard(status, 1_000 + i, 1.0), &name);
             }
-            (
-                client_with(&name, &format!("machine-{i}"), status),
-                format!("token-{i}"),
-            )
+            client_with(&name, &format!("machine-{i}"), status)
         })
         .collect();
     store.create_clients(batch, at(1)).unwrap();
@@ -1902,7 +1859,6 @@ fn delete_client_removes_its_status_inventory_and_liveness() {
                 "ma",
                 with_inventory(heard(reported("1.0.0", 1), 1_000, 10.0), "a"),
             ),
-            "ta",
             at(1),
         )
         .unwrap();
@@ -1928,7 +1884,7 @@ fn delete_client_removes_its_status_inventory_and_liveness() {
     );
     assert!(scan(&store).is_empty());
 
-    let again = store.create_client(client("a", "ma"), "ta", at(3)).unwrap();
+    let again = store.create_client(client("a", "ma"), at(3)).unwrap();
     assert_eq!(again.status, ClientStatus::default());
     assert_eq!(get(&store, "a"), again);
     assert_eq!(store.client_inventory("a").unwrap(), None);
@@ -1943,16 +1899,13 @@ fn client_parts_survive_reopen() {
         store
             .create_clients(
                 vec![
-                    (
-                        client_with(
-                            "a",
-                            "ma",
-                            with_inventory(heard(reported("1.0.0", 1), 1_000, 1.0), "a"),
-                        ),
-                        "ta".into(),
+                    client_with(
+                        "a",
+                        "ma",
+                        with_inventory(heard(reported("1.0.0", 1), 1_000, 1.0), "a"),
                     ),
-                    (client("b", "mb"), "tb".into()),
-                    (client("c", "mc"), "tc".into()),
+                    client("b", "mb"),
+                    client("c", "mc"),
                 ],
                 at(1),
             )
@@ -2010,6 +1963,11 @@ const V1_LIVENESS: TableDefinition<&str, &[u8]> = TableDefinition::new("client_l
 const V1_META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
 fn write_layout_1_file(path: &Path, clients: &[(&Client, &str)], records: &[Liveness]) {
+    write_legacy_file(path, 1, clients, records);
+}
+
+/// A file of layout 1 or 2: both had the unique machine id index and the client token tables.
+fn write_legacy_file(path: &Path, layout: u64, clients: &[(&Client, &str)], records: &[Liveness]) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     let db = Database::create(path).unwrap();
     let txn = db.begin_write().unwrap();
@@ -2041,7 +1999,7 @@ fn write_layout_1_file(path: &Path, clients: &[(&Client, &str)], records: &[Live
                 .unwrap();
         }
         let mut meta = txn.open_table(V1_META).unwrap();
-        meta.insert("schemaVersion", 1).unwrap();
+        meta.insert("schemaVersion", layout).unwrap();
         meta.insert("revision", clients.len() as u64).unwrap();
     }
     txn.commit().unwrap();
@@ -2059,6 +2017,8 @@ fn legacy(name: &str, machine_id: &str, version: u64, status: ClientStatus) -> C
     client.metadata.uid = Some(format!("uid-{name}"));
     client.metadata.creation_timestamp = Some(at(10));
     client.metadata.resource_version = Some(version.to_string());
+    // Clients of those layouts had no key.
+    client.spec.public_key = String::new();
     client
 }
 
@@ -2107,10 +2067,10 @@ fn a_layout_1_file_is_read_upgraded_and_written() {
     );
     assert_eq!(store.client_inventory("a").unwrap(), Some(inventory("a")));
     assert_eq!(store.client_inventory("b").unwrap(), None);
-    assert_eq!(store.client_by_machine_id("ma").unwrap(), Some(a.clone()));
+    assert_eq!(store.clients_by_machine_id("ma").unwrap(), vec![a.clone()]);
     assert_eq!(
-        store.client_by_token_hash("tb").unwrap().as_deref(),
-        Some("b")
+        store.get_setting("legacyClientToken/b").unwrap().as_deref(),
+        Some("tb")
     );
     assert_eq!(store.revision().unwrap(), 3);
 
@@ -2169,9 +2129,9 @@ fn a_layout_1_file_is_read_upgraded_and_written() {
     assert_eq!(stored[0].metadata.uid.as_deref(), Some("uid-a"));
     assert_eq!(stored[0].spec.admin_labels["room"], "12");
 
-    // Reopened: still the same, and recorded as layout 2.
+    // Reopened: still the same, and recorded as layout 3.
     drop(store);
-    assert_eq!(schema_version(&path), Some(2));
+    assert_eq!(schema_version(&path), Some(3));
     let store = open(&dir);
     assert_eq!(store.list_clients().unwrap(), stored);
     assert_eq!(store.delete_client("c").unwrap(), Some(stored[2].clone()));
@@ -2184,9 +2144,40 @@ fn a_layout_1_file_without_clients_is_upgraded() {
     let path = db_path(&dir);
     write_layout_1_file(&path, &[], &[]);
     drop(open(&dir));
-    assert_eq!(schema_version(&path), Some(2));
+    assert_eq!(schema_version(&path), Some(3));
     let store = open(&dir);
     assert!(store.list_clients().unwrap().is_empty());
+}
+
+#[test]
+fn a_layout_2_file_keeps_its_machine_ids_and_token_hashes_for_the_upgrade() {
+    let dir = TempDir::new().unwrap();
+    let path = db_path(&dir);
+    let a = legacy("a", "ma", 1, reported("1.0.0", 1));
+    let b = legacy("b", "mb", 2, reported("1.0.0", 1));
+    write_legacy_file(&path, 2, &[(&a, "hash-a"), (&b, "hash-b")], &[]);
+
+    let store = open(&dir);
+    assert_eq!(store.clients_by_machine_id("ma").unwrap(), vec![a.clone()]);
+    assert_eq!(
+        store.list_settings("legacyClientToken/").unwrap(),
+        [
+            ("legacyClientToken/a".to_string(), "hash-a".to_string()),
+            ("legacyClientToken/b".to_string(), "hash-b".to_string())
+        ]
+    );
+    // Another key may now enrol with the same machine id, and a keyed client is indexed.
+    store
+        .create_client(keyed("a-clone", "ma", "key-clone"), at(3))
+        .unwrap();
+    assert_eq!(names_of_machine(&store, "ma"), ["a", "a-clone"]);
+    drop(store);
+    assert_eq!(schema_version(&path), Some(3));
+    // The old tables are gone.
+    let db = Database::create(&path).unwrap();
+    let txn = db.begin_read().unwrap();
+    assert!(txn.open_table(V1_TOKEN_OF).is_err());
+    assert!(txn.open_table(V1_MACHINE_IDS).is_err());
 }
 
 #[test]
@@ -2256,7 +2247,6 @@ fn scan_clients_does_not_decode_inventories() {
     store
         .create_client(
             client_with("a", "ma", with_inventory(reported("1.0.0", 1), "a")),
-            "ta",
             at(1),
         )
         .unwrap();

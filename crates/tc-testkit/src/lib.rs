@@ -1,21 +1,29 @@
 //! Test support for thinfleet: a real controller in-process on `127.0.0.1:0` with a throwaway
-//! data directory, fixtures (zip packages built on the fly), the fleet simulator ([`sim`]), and
+//! data directory (HTTPS with its own CA by default, as in production), fixtures (zip packages built on the fly), the fleet simulator ([`sim`]), and
 //! checks of the deployment files ([`deploy`]).
 
 pub mod deploy;
+pub mod protocol;
 pub mod sim;
 
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
-pub use tc_controller::Config;
+pub use tc_controller::{Config, TlsMode};
 
 /// A controller running in this process on a loopback port, with its own temporary data
 /// directory. Dropping it stops the server.
+///
+/// It serves HTTPS with the CA it creates in its data directory, unless the settings ask for
+/// plain HTTP ([`TestController::start_insecure`]); [`TestController::http_client`] and
+/// [`TestController::sim_tls`] trust that CA.
 pub struct TestController {
     addr: SocketAddr,
+    /// The CA the controller's certificate chains to; `None` for plain HTTP.
+    ca: Option<TestCa>,
     admin_token: String,
     bootstrap_token: String,
     data_dir: PathBuf,
@@ -25,9 +33,15 @@ pub struct TestController {
 }
 
 impl TestController {
-    /// Starts a controller with test-friendly settings (no watched directory, fast resync).
+    /// Starts a controller with test-friendly settings (no watched directory, fast resync,
+    /// enrolment rate limits a test's burst of enrolments from one address stays within).
     pub async fn start() -> TestController {
         Self::start_with(|_| {}).await
+    }
+
+    /// Starts a controller serving plain HTTP/1.1 and h2c (`--insecure-http`).
+    pub async fn start_insecure() -> TestController {
+        Self::start_with(|config| config.tls = TlsMode::Disabled).await
     }
 
     /// Starts a controller after letting `adjust` change the settings.
@@ -45,7 +59,10 @@ impl TestController {
         config.resync_interval = Duration::from_secs(2);
         config.liveness_flush_interval = Duration::from_millis(200);
         config.watch_debounce = Duration::from_millis(100);
+        config.enroll_rate = tc_controller::ratelimit::RateLimit::new(10_000.0, 100_000);
+        config.enroll_rate_per_source = tc_controller::ratelimit::RateLimit::new(10_000.0, 100_000);
         adjust(&mut config);
+        let tls_mode = config.tls.clone();
         std::fs::create_dir_all(data_dir).expect("data directory");
         let (admin_token, _) = tc_controller::tokens::load_or_create(&data_dir.join("admin.token"))
             .expect("admin token");
@@ -60,8 +77,9 @@ impl TestController {
         let task = tokio::spawn(tc_controller::serve(listener, config, async move {
             let _ = stopped.await;
         }));
-        let controller = TestController {
+        let mut controller = TestController {
             addr,
+            ca: None,
             admin_token,
             bootstrap_token,
             data_dir: data_dir.to_path_buf(),
@@ -69,25 +87,38 @@ impl TestController {
             stop: Some(stop),
             task: Some(task),
         };
-        controller.wait_ready().await;
+        controller.wait_ready(&tls_mode).await;
         controller
     }
 
-    async fn wait_ready(&self) {
+    /// Waits until the CA exists (over HTTPS) and `/readyz` answers 200.
+    async fn wait_ready(&mut self, mode: &TlsMode) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let ca_path = match mode {
+            TlsMode::Disabled => None,
+            TlsMode::Generated { .. } => Some(self.data_dir.join("pki/ca.crt")),
+            TlsMode::Files { cert, .. } => Some(cert.clone()),
+        };
         loop {
-            if let Ok(mut stream) = tokio::net::TcpStream::connect(self.addr).await {
-                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            if self.ca.is_none()
+                && let Some(path) = &ca_path
+                && let Ok(certificates) = tc_trust::read_pem_certificates(path)
+            {
+                let ca = certificates.last().expect("at least one").clone();
+                self.ca = Some(TestCa::new(ca, self.addr));
+            }
+            if ca_path.is_none() || self.ca.is_some() {
                 let request = format!(
                     "GET /readyz HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
                     self.addr
                 );
-                if stream.write_all(request.as_bytes()).await.is_ok() {
-                    let mut response = String::new();
-                    let _ = stream.read_to_string(&mut response).await;
-                    if response.starts_with("HTTP/1.1 200") {
-                        return;
-                    }
+                let tls = self.sim_tls();
+                if let Ok(mut connection) =
+                    sim::http::Connection::connect_with(self.addr, tls.as_ref()).await
+                    && let Ok(response) = connection.request(request.as_bytes()).await
+                    && response.status == 200
+                {
+                    return;
                 }
             }
             assert!(
@@ -98,9 +129,50 @@ impl TestController {
         }
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// `https://127.0.0.1:PORT` (`http://` with plain HTTP).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.ca.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    /// The CA's fingerprint, `sha256:<hex>` (what agents get as `--ca-cert-hash`); `None` with
+    /// plain HTTP.
+    pub fn ca_cert_hash(&self) -> Option<String> {
+        self.ca.as_ref().map(|ca| ca.hash.to_string())
+    }
+
+    /// The CA certificate as PEM; `None` with plain HTTP.
+    pub fn ca_pem(&self) -> Option<String> {
+        self.ca
+            .as_ref()
+            .map(|ca| tc_trust::certificate_pem(&ca.certificate))
+    }
+
+    /// A rustls client configuration that trusts the controller's CA and offers `alpn`.
+    pub fn tls_client_config(&self, alpn: &[&[u8]]) -> Option<Arc<rustls::ClientConfig>> {
+        let ca = self.ca.as_ref()?;
+        let trust = tc_trust::Trust::CaCertificates(vec![ca.certificate.clone()]);
+        Some(Arc::new(
+            tc_trust::client_config(&trust, alpn, None).expect("client configuration"),
+        ))
+    }
+
+    /// TLS for the simulator's clients (HTTP/1.1; [`sim::h2`] asks for h2 itself).
+    pub fn sim_tls(&self) -> Option<sim::Tls> {
+        self.ca.as_ref().map(|ca| ca.sim.clone())
+    }
+
+    /// A reqwest client that trusts the controller's CA (no proxy, 60 s timeout); also fine for
+    /// plain HTTP.
+    pub fn http_client(&self) -> reqwest::Client {
+        tc_controller::install_crypto_provider();
+        let mut builder = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(60));
+        if let Some(config) = self.tls_client_config(&[tc_trust::ALPN_HTTP1]) {
+            builder = builder.use_preconfigured_tls((*config).clone());
+        }
+        builder.build().expect("HTTP client")
     }
 
     /// The listening address.
@@ -189,4 +261,26 @@ pub fn build_zip(files: &[PackageFile<'_>]) -> Vec<u8> {
 pub fn sha256_hex(bytes: &[u8]) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
     digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The CA of a test controller, with the client settings that trust it.
+struct TestCa {
+    certificate: rustls::pki_types::CertificateDer<'static>,
+    hash: tc_trust::CaCertHash,
+    sim: sim::Tls,
+}
+
+impl TestCa {
+    fn new(certificate: rustls::pki_types::CertificateDer<'static>, addr: SocketAddr) -> TestCa {
+        tc_controller::install_crypto_provider();
+        let hash = tc_trust::CaCertHash::of_certificate(&certificate).expect("a CA certificate");
+        let trust = tc_trust::Trust::CaCertificates(vec![certificate.clone()]);
+        let config = tc_trust::client_config(&trust, &[tc_trust::ALPN_HTTP1], None)
+            .expect("client configuration");
+        TestCa {
+            certificate,
+            hash,
+            sim: sim::Tls::new(Arc::new(config), addr),
+        }
+    }
 }

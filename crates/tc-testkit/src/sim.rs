@@ -1,22 +1,26 @@
 //! The fleet simulator: many virtual agents in one process, speaking the real agent protocol over
 //! real HTTP to a real controller.
 //!
-//! Every virtual agent has its own identity, enrolment and client token, and a realistic inventory
+//! Every virtual agent has its own identity (an Ed25519 key, [`identity`]), enrolment and session
+//! token, and a realistic inventory
 //! ([`inventory::inventory`]) that it sends once and afterwards only by hash. Heartbeats follow a
 //! jittered schedule (open loop: a slow controller makes requests late, not fewer) over a bounded
 //! pool of keep-alive connections. A share of the agents waits on the desired-state long-poll,
 //! each on its own HTTP/1.1 connection or multiplexed over HTTP/2 (h2c). Agents that are told to
-//! run new packages download the blobs with their own token, verify size and sha256, and report
+//! run new packages download the blobs with their own session, verify size and sha256, and report
 //! the packages `Installed` with the `observedRevision` they were produced for.
 //!
 //! A fleet is either enrolled over HTTP ([`SimFleet::enroll`]), or seeded straight into a store
 //! ([`seed_store`], through the batch enrolment [`tc_store::Store::create_clients`]) and then
-//! driven by a [`SimFleet::seeded`] with the same seed, which knows every token.
+//! driven by a [`SimFleet::seeded`] with the same seed, which knows every key and mints every
+//! session with the controller's session key.
 
 pub mod h2;
 pub mod http;
+pub mod identity;
 pub mod inventory;
 pub mod stats;
+pub mod tls;
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -26,17 +30,20 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tc_api::{Client, ClientPhase, ClientSpec, Timestamp};
+use tc_api::Timestamp;
 use tc_proto::{
-    DesiredResponse, DesiredState, EnrollRequest, EnrollResponse, HeartbeatRequest,
-    HeartbeatResponse, Load, PROTOCOL_VERSION, PackageReport, PackageState,
+    DesiredResponse, DesiredState, HeartbeatRequest, HeartbeatResponse, Load, PROTOCOL_VERSION,
+    PackageReport, PackageState,
 };
-use tc_store::Store;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use self::http::Connection;
+pub use self::identity::{
+    Credentials, EnrolReport, SeedOptions, credentials, seed_store, session_key,
+};
 pub use self::stats::Histogram;
+pub use self::tls::Tls;
 
 /// What went wrong setting up a simulation.
 #[derive(Debug, thiserror::Error)]
@@ -63,98 +70,6 @@ pub enum SimError {
     /// The store refused the seeded clients.
     #[error("seeding the store: {0}")]
     Store(#[from] tc_store::StoreError),
-}
-
-/// The identity of one simulated agent.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Credentials {
-    /// Index of the agent in its fleet.
-    pub index: u64,
-    /// Client name on the controller (the host name).
-    pub name: String,
-    /// Machine identity.
-    pub machine_id: String,
-    /// Client token.
-    pub token: String,
-}
-
-/// The credentials a seeded fleet uses: derived from the seed, so that the process that seeds the
-/// store and the process that drives the agents agree without exchanging a million tokens.
-pub fn credentials(seed: u64, index: u64) -> Credentials {
-    let token = (40..44)
-        .map(|n| format!("{:016x}", inventory::draw(seed, index, n)))
-        .collect();
-    Credentials {
-        index,
-        name: inventory::hostname(seed, index),
-        machine_id: inventory::machine_id(seed, index),
-        token,
-    }
-}
-
-/// How [`seed_store`] creates clients.
-#[derive(Clone, Debug)]
-pub struct SeedOptions {
-    /// Fleet seed (the same one the driving [`SimFleet::seeded`] uses).
-    pub seed: u64,
-    /// How many clients.
-    pub count: u64,
-    /// Clients per transaction.
-    pub batch: usize,
-    /// Store the clients as a running fleet would have them: inventory reported, `Online`, last
-    /// heartbeat `now`. Otherwise they are freshly enrolled (`Pending`, no inventory).
-    pub inventory_reported: bool,
-    /// Creation time and last heartbeat.
-    pub now: Timestamp,
-}
-
-/// Creates the clients of a seeded fleet in the store, `batch` per transaction, and returns how
-/// many were created. With `inventory_reported`, every client's liveness is recorded again at the
-/// end (one transaction), so that a controller started right after sees a fleet that was
-/// heartbeating until then, however long seeding took.
-pub fn seed_store(store: &dyn Store, options: &SeedOptions) -> Result<u64, SimError> {
-    let mut created = 0;
-    let mut index = 0;
-    while index < options.count {
-        let end = (index + options.batch.max(1) as u64).min(options.count);
-        let batch: Vec<(Client, String)> = (index..end)
-            .map(|i| {
-                let credentials = credentials(options.seed, i);
-                let mut client = Client::new(
-                    &credentials.name,
-                    ClientSpec {
-                        machine_id: credentials.machine_id,
-                        agent_labels: inventory::labels(options.seed, i),
-                        admin_labels: Default::default(),
-                    },
-                );
-                if options.inventory_reported {
-                    let inventory = inventory::inventory(options.seed, i);
-                    let status = &mut client.status;
-                    status.inventory_hash = tc_proto::inventory_hash(&inventory);
-                    status.inventory = Some(inventory);
-                    status.phase = ClientPhase::Online;
-                    status.last_heartbeat = Some(options.now);
-                    client.refresh_labels();
-                }
-                (client, tc_controller::tokens::hash(&credentials.token))
-            })
-            .collect();
-        created += store.create_clients(batch, options.now)?.len() as u64;
-        index = end;
-    }
-    if options.inventory_reported {
-        let now = Timestamp::now();
-        let liveness = (0..options.count)
-            .map(|i| tc_store::Liveness {
-                name: inventory::hostname(options.seed, i),
-                last_heartbeat: now,
-                load: Load::default(),
-            })
-            .collect();
-        store.put_liveness(liveness)?;
-    }
-    Ok(created)
 }
 
 /// How the long-polls travel.
@@ -196,6 +111,8 @@ pub struct SimConfig {
     pub request_timeout: Duration,
     /// Seed of the schedule.
     pub seed: u64,
+    /// TLS to the servers (`None`: cleartext HTTP/1.1 and h2c).
+    pub tls: Option<Tls>,
 }
 
 impl SimConfig {
@@ -214,6 +131,7 @@ impl SimConfig {
             downloads: 32,
             request_timeout: Duration::from_secs(30),
             seed: 1,
+            tls: None,
         }
     }
 }
@@ -280,7 +198,7 @@ impl SimAgent {
         &self.name
     }
 
-    /// The client token.
+    /// The session token.
     pub fn token(&self) -> &str {
         &self.token
     }
@@ -303,6 +221,7 @@ impl SimAgent {
             packages: state.packages.clone(),
             inventory_hash: hash,
             inventory,
+            decommissioned: false,
             load: Load {
                 cpu_percent: (load_draw % 1000) as f32 / 10.0,
                 memory_used_bytes: memory / 4 + (load_draw >> 10) % (memory / 2),
@@ -355,19 +274,6 @@ impl Progress<'_> {
     }
 }
 
-/// Figures of an HTTP enrolment run.
-#[derive(Clone, Debug)]
-pub struct EnrolReport {
-    /// Agents enrolled.
-    pub enrolled: u64,
-    /// Failed enrolments.
-    pub errors: u64,
-    /// Wall time.
-    pub elapsed: Duration,
-    /// Latency of each enrolment.
-    pub latency: Histogram,
-}
-
 /// A fleet of virtual agents.
 #[derive(Clone, Debug)]
 pub struct SimFleet {
@@ -375,121 +281,6 @@ pub struct SimFleet {
 }
 
 impl SimFleet {
-    /// The agents of a fleet seeded with [`seed_store`]: the same seed and count. With
-    /// `inventory_known`, agents start by sending only their inventory hash.
-    pub fn seeded(seed: u64, count: u64, inventory_known: bool) -> SimFleet {
-        let agents = (0..count)
-            .map(|index| {
-                let credentials = credentials(seed, index);
-                SimAgent::new(
-                    seed,
-                    index,
-                    credentials.name,
-                    credentials.token,
-                    inventory_known,
-                )
-            })
-            .collect();
-        SimFleet {
-            agents: Arc::new(agents),
-        }
-    }
-
-    /// Enrols `count` agents over HTTP with the bootstrap token, `concurrency` at a time. Agent
-    /// `i` has identity `i` of fleet `seed` (a different seed gives different machines).
-    pub async fn enroll(
-        servers: &[SocketAddr],
-        bootstrap_token: &str,
-        seed: u64,
-        count: u64,
-        concurrency: usize,
-        timeout: Duration,
-    ) -> Result<(SimFleet, EnrolReport), SimError> {
-        let started = Instant::now();
-        let next = Arc::new(AtomicU64::new(0));
-        let mut tasks = vec![];
-        for worker in 0..concurrency.max(1) {
-            let server = servers[worker % servers.len()];
-            let next = next.clone();
-            let bootstrap_token = bootstrap_token.to_string();
-            tasks.push(tokio::spawn(async move {
-                let mut enrolled = vec![];
-                let mut latency = Histogram::default();
-                let mut errors = 0u64;
-                let mut connection: Option<Connection> = None;
-                let host = server.to_string();
-                loop {
-                    let index = next.fetch_add(1, Ordering::Relaxed);
-                    if index >= count {
-                        break;
-                    }
-                    let request = EnrollRequest {
-                        protocol_version: PROTOCOL_VERSION,
-                        bootstrap_token: bootstrap_token.clone(),
-                        machine_id: inventory::machine_id(seed, index),
-                        name: inventory::hostname(seed, index),
-                        hostname: inventory::hostname(seed, index),
-                        labels: inventory::labels(seed, index),
-                    };
-                    let body = serde_json::to_vec(&request).expect("enrolments serialize");
-                    let bytes = http::build_request(
-                        "POST",
-                        "/agent/v1/enroll",
-                        &host,
-                        None,
-                        Some("application/json"),
-                        &body,
-                    );
-                    let sent = Instant::now();
-                    match exchange(&mut connection, server, &bytes, timeout).await {
-                        Ok(response) if response.status == 200 => {
-                            match serde_json::from_slice::<EnrollResponse>(&response.body) {
-                                Ok(answer) => {
-                                    latency.record(sent.elapsed());
-                                    enrolled.push(SimAgent::new(
-                                        seed,
-                                        index,
-                                        answer.client_name,
-                                        answer.client_token,
-                                        false,
-                                    ));
-                                }
-                                Err(_) => errors += 1,
-                            }
-                        }
-                        _ => errors += 1,
-                    }
-                }
-                (enrolled, latency, errors)
-            }));
-        }
-        let mut agents = vec![];
-        let mut latency = Histogram::default();
-        let mut errors = 0;
-        for task in tasks {
-            let (enrolled, histogram, failed) = task.await.map_err(|e| SimError::Io {
-                what: "enrolment task".into(),
-                source: std::io::Error::other(e),
-            })?;
-            agents.extend(enrolled);
-            latency.merge(&histogram);
-            errors += failed;
-        }
-        agents.sort_by_key(|a| a.index);
-        let report = EnrolReport {
-            enrolled: agents.len() as u64,
-            errors,
-            elapsed: started.elapsed(),
-            latency,
-        };
-        Ok((
-            SimFleet {
-                agents: Arc::new(agents),
-            },
-            report,
-        ))
-    }
-
     /// Number of agents.
     pub fn len(&self) -> usize {
         self.agents.len()
@@ -875,12 +666,13 @@ impl Drop for RunningSim {
 async fn exchange(
     connection: &mut Option<Connection>,
     server: SocketAddr,
+    tls: Option<&Tls>,
     request: &[u8],
     timeout: Duration,
 ) -> std::io::Result<http::Response> {
     let result = tokio::time::timeout(timeout, async {
         if connection.as_ref().is_none_or(Connection::is_closed) {
-            *connection = Some(Connection::connect(server).await?);
+            *connection = Some(Connection::connect_with(server, tls).await?);
         }
         connection
             .as_mut()
@@ -1010,7 +802,7 @@ async fn pool_worker(
         );
         let counters = &shared.counters;
         let result = tokio::select! {
-            result = exchange(&mut connection, server, &request, shared.config.request_timeout) => result,
+            result = exchange(&mut connection, server, shared.config.tls.as_ref(), &request, shared.config.request_timeout) => result,
             _ = stop.wait_for(|s| *s) => return,
         };
         match result {
@@ -1098,7 +890,7 @@ async fn long_poll_http1(shared: Arc<Shared>, agent: usize, mut stop: watch::Rec
         counters.long_polls_waiting.fetch_add(1, Ordering::Relaxed);
         let limit = Duration::from_secs(timeout_seconds + 30);
         let result = tokio::select! {
-            result = exchange(&mut connection, server, &request, limit) => result,
+            result = exchange(&mut connection, server, shared.config.tls.as_ref(), &request, limit) => result,
             _ = stop.wait_for(|s| *s) => {
                 counters.long_polls_waiting.fetch_sub(1, Ordering::Relaxed);
                 return;
@@ -1190,7 +982,7 @@ async fn long_poll_http2(
     let mut path = String::new();
     loop {
         if connection.is_none() && !due.is_empty() {
-            match h2::Connection::connect(server).await {
+            match h2::Connection::connect_with(server, shared.config.tls.as_ref()).await {
                 Ok(opened) => connection = Some(opened),
                 Err(error) => {
                     for &slot in &due {
@@ -1353,7 +1145,7 @@ async fn install_worker(
                     b"",
                 );
                 let download = tokio::select! {
-                    result = download(&mut connection, server, &request, shared.config.request_timeout) => result,
+                    result = download(&mut connection, server, shared.config.tls.as_ref(), &request, shared.config.request_timeout) => result,
                     _ = stop.wait_for(|s| *s) => return,
                 };
                 match download {
@@ -1422,12 +1214,13 @@ async fn install_worker(
 async fn download(
     connection: &mut Option<Connection>,
     server: SocketAddr,
+    tls: Option<&Tls>,
     request: &[u8],
     timeout: Duration,
 ) -> std::io::Result<(u64, String)> {
     let result = tokio::time::timeout(timeout, async {
         if connection.as_ref().is_none_or(Connection::is_closed) {
-            *connection = Some(Connection::connect(server).await?);
+            *connection = Some(Connection::connect_with(server, tls).await?);
         }
         let mut context = ring::digest::Context::new(&ring::digest::SHA256);
         let mut size = 0u64;
@@ -1476,18 +1269,29 @@ impl DownloadReport {
     }
 }
 
-/// Blob throughput as the simulated agents see it: `concurrency` connections download the blob at
-/// `url` (with `token`) and verify its size and sha256, the same way installs do, until `total`
+/// A blob to download: where, and what it must be.
+#[derive(Clone, Copy, Debug)]
+pub struct BlobSpec<'a> {
+    /// Its URL path (`/blobs/sha256/<hex>`).
+    pub url: &'a str,
+    /// Its lowercase hex sha256.
+    pub sha256: &'a str,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
+/// Blob throughput as the simulated agents see it: `concurrency` connections download `blob`
+/// (with `token`) and verify its size and sha256, the same way installs do, until `total`
 /// downloads are done.
 pub async fn measure_downloads(
     server: SocketAddr,
+    tls: Option<&Tls>,
     token: &str,
-    url: &str,
-    sha256: &str,
-    size: u64,
+    blob: BlobSpec<'_>,
     concurrency: usize,
     total: u64,
 ) -> DownloadReport {
+    let BlobSpec { url, sha256, size } = blob;
     let started = Instant::now();
     let next = Arc::new(AtomicU64::new(0));
     let request = Arc::new(http::build_request(
@@ -1501,11 +1305,20 @@ pub async fn measure_downloads(
     let mut tasks = vec![];
     for _ in 0..concurrency.max(1) {
         let (next, request, sha256) = (next.clone(), request.clone(), sha256.to_string());
+        let tls = tls.cloned();
         tasks.push(tokio::spawn(async move {
             let mut connection = None;
             let (mut bytes, mut errors) = (0u64, 0u64);
             while next.fetch_add(1, Ordering::Relaxed) < total {
-                match download(&mut connection, server, &request, Duration::from_secs(120)).await {
+                match download(
+                    &mut connection,
+                    server,
+                    tls.as_ref(),
+                    &request,
+                    Duration::from_secs(120),
+                )
+                .await
+                {
                     Ok((got, digest)) if got == size && digest == sha256 => bytes += got,
                     _ => errors += 1,
                 }
@@ -1558,6 +1371,7 @@ impl HammerReport {
 /// `c + connections`, ... in turn. Nothing is counted during `warmup`; then for `duration`.
 pub async fn hammer(
     servers: &[SocketAddr],
+    tls: Option<&Tls>,
     requests: Arc<Vec<Vec<u8>>>,
     connections: usize,
     warmup: Duration,
@@ -1572,6 +1386,7 @@ pub async fn hammer(
         let server = servers[c % servers.len()];
         let requests = requests.clone();
         let step = connections.max(1);
+        let tls = tls.cloned();
         tasks.push(tokio::spawn(async move {
             let mut latency = Histogram::default();
             let mut ok = 0u64;
@@ -1587,6 +1402,7 @@ pub async fn hammer(
                 let result = exchange(
                     &mut connection,
                     server,
+                    tls.as_ref(),
                     &requests[next],
                     Duration::from_secs(10),
                 )
@@ -1652,12 +1468,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn credentials_are_deterministic_and_distinct() {
+    fn seeded_names_are_client_names() {
         let a = credentials(1, 0);
         assert_eq!(a, credentials(1, 0));
-        assert_ne!(a.token, credentials(1, 1).token);
-        assert_ne!(a.token, credentials(2, 0).token);
-        assert_eq!(a.token.len(), 64);
         assert!(tc_api::validate::is_dns_label(&a.name), "{}", a.name);
     }
 }

@@ -10,13 +10,20 @@ use reqwest::{Method, StatusCode, Url};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use tc_api::{Cause, Event, Kind};
+use tc_api::{
+    BlockedMachine, BootstrapToken, BootstrapTokenCreated, BootstrapTokenRequest, Cause, Client,
+    Event, Kind,
+};
 
 /// Path prefix of the resource API.
 pub const API_PREFIX: &str = "/apis/thinfleet.io/v1";
 
 /// Where the controller listens when nothing else is configured.
-pub const DEFAULT_SERVER: &str = "http://127.0.0.1:7130";
+pub const DEFAULT_SERVER: &str = "https://127.0.0.1:7130";
+
+/// The CA certificate the controller makes in its data directory, trusted relative to the
+/// current directory when no CA is given and the controller is local (the local quickstart).
+pub const DEFAULT_CA_FILE: &str = "data/pki/ca.crt";
 
 /// The admin token file the controller writes in its data directory, read relative to the current
 /// directory when no server and no token are given (the local quickstart).
@@ -44,6 +51,19 @@ pub enum TokenSource {
     None,
 }
 
+/// How an `https://` controller is trusted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CaSource {
+    /// `--certificate-authority FILE` (`TCADM_CA_FILE`): the CA certificates of a PEM file.
+    File(PathBuf),
+    /// `--ca-cert-hash sha256:...` (`TCADM_CA_CERT_HASH`): the CA with this fingerprint.
+    Hash(tc_trust::CaCertHash),
+    /// Neither given, and a local controller: `./data/pki/ca.crt`.
+    LocalFile(PathBuf),
+    /// Nothing to verify an https server with.
+    None,
+}
+
 /// The server to talk to and the token to talk with.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Connection {
@@ -53,6 +73,8 @@ pub struct Connection {
     pub token: Option<String>,
     /// Where `token` came from.
     pub token_source: TokenSource,
+    /// How the server's certificate is verified.
+    pub ca: CaSource,
 }
 
 impl Connection {
@@ -76,21 +98,55 @@ impl Connection {
                 }
             }
         };
+        let server = normalize_server(server.unwrap_or(DEFAULT_SERVER));
+        let local_ca = current_dir.join(DEFAULT_CA_FILE);
+        let ca = if is_local(&server) && local_ca.is_file() {
+            CaSource::LocalFile(local_ca)
+        } else {
+            CaSource::None
+        };
         Connection {
-            server: normalize_server(server.unwrap_or(DEFAULT_SERVER)),
+            server,
             token,
             token_source,
+            ca,
         }
+    }
+
+    /// Trusts the CA given on the command line (`--certificate-authority` or `--ca-cert-hash`)
+    /// instead of the local one.
+    pub fn with_ca(mut self, file: Option<&Path>, hash: Option<tc_trust::CaCertHash>) -> Self {
+        if let Some(file) = file {
+            self.ca = CaSource::File(file.to_owned());
+        } else if let Some(hash) = hash {
+            self.ca = CaSource::Hash(hash);
+        }
+        self
     }
 }
 
-/// Adds `http://` to a bare `host:port` and drops trailing slashes.
+/// True for a controller on this machine: `localhost` or a loopback address.
+fn is_local(server: &str) -> bool {
+    let Ok(url) = Url::parse(server) else {
+        return false;
+    };
+    let Some(host) = url.host_str() else {
+        return false;
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.is_loopback(),
+        Err(_) => host.eq_ignore_ascii_case("localhost"),
+    }
+}
+
+/// Adds `https://` to a bare `host:port` and drops trailing slashes.
 pub fn normalize_server(server: &str) -> String {
     let server = server.trim().trim_end_matches('/');
     if server.contains("://") {
         server.to_string()
     } else {
-        format!("http://{server}")
+        format!("https://{server}")
     }
 }
 
@@ -320,15 +376,38 @@ impl ApiClient {
     /// A client for `connection`.
     pub fn new(connection: Connection) -> Result<Self, ApiError> {
         install_crypto_provider();
-        let http = HttpClient::builder()
+        let unreachable = |cause: String| ApiError::Unreachable {
+            server: connection.server.clone(),
+            cause,
+        };
+        let mut builder = HttpClient::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(REQUEST_TIMEOUT)
-            .user_agent(concat!("tcadm/", env!("CARGO_PKG_VERSION")))
+            .user_agent(concat!("tcadm/", env!("CARGO_PKG_VERSION")));
+        if connection.server.starts_with("https://") {
+            let trust = match &connection.ca {
+                CaSource::File(path) | CaSource::LocalFile(path) => {
+                    tc_trust::Trust::from_pem_file(path).map_err(|e| unreachable(e.to_string()))?
+                }
+                CaSource::Hash(hash) => tc_trust::Trust::Pinned(*hash),
+                CaSource::None => {
+                    return Err(unreachable(format!(
+                        "no CA to verify it with: pass --certificate-authority FILE (TCADM_CA_FILE; the controller's data/pki/ca.crt) or --ca-cert-hash sha256:<hex> (TCADM_CA_CERT_HASH; the controller prints it at start){}",
+                        if is_local(&connection.server) {
+                            format!(", or run tcadm where {DEFAULT_CA_FILE} is")
+                        } else {
+                            String::new()
+                        }
+                    )));
+                }
+            };
+            let config = tc_trust::client_config(&trust, &[tc_trust::ALPN_HTTP1], None)
+                .map_err(|e| unreachable(e.to_string()))?;
+            builder = builder.use_preconfigured_tls(config);
+        }
+        let http = builder
             .build()
-            .map_err(|error| ApiError::Unreachable {
-                server: connection.server.clone(),
-                cause: root_cause(&error),
-            })?;
+            .map_err(|error| unreachable(root_cause(&error)))?;
         Ok(ApiClient { connection, http })
     }
 
@@ -635,15 +714,60 @@ impl ApiClient {
         Self::decode(self.execute(self.request(Method::POST, url))?)
     }
 
-    /// `POST /apis/thinfleet.io/v1/bootstraptokens`: a new bootstrap token.
-    pub fn create_bootstrap_token(&self) -> Result<String, ApiError> {
-        #[derive(Deserialize)]
-        struct TokenBody {
-            token: String,
-        }
+    /// `POST /apis/thinfleet.io/v1/bootstraptokens`: a new bootstrap token, with its secret.
+    pub fn create_bootstrap_token(
+        &self,
+        request: &BootstrapTokenRequest,
+    ) -> Result<BootstrapTokenCreated, ApiError> {
         let url = self.url(&format!("{API_PREFIX}/bootstraptokens"), &[])?;
-        let body: TokenBody = Self::decode(self.execute(self.request(Method::POST, url))?)?;
-        Ok(body.token)
+        let builder = self
+            .request(Method::POST, url)
+            .header("content-type", "application/json")
+            .body(serde_json::to_string(request).expect("token requests serialize"));
+        Self::decode(self.execute(builder)?)
+    }
+
+    /// `GET /apis/thinfleet.io/v1/bootstraptokens`.
+    pub fn bootstrap_tokens(&self) -> Result<Vec<BootstrapToken>, ApiError> {
+        let list: Value = self.get_json(&format!("{API_PREFIX}/bootstraptokens"), &[])?;
+        typed_items(&list, "bootstrap tokens")
+    }
+
+    /// `DELETE /apis/thinfleet.io/v1/bootstraptokens/NAME`.
+    pub fn revoke_bootstrap_token(&self, name: &str) -> Result<BootstrapToken, ApiError> {
+        let url = self.url(&format!("{API_PREFIX}/bootstraptokens/{name}"), &[])?;
+        Self::decode(self.execute(self.request(Method::DELETE, url))?)
+    }
+
+    /// `POST /apis/thinfleet.io/v1/clients/NAME/ACTION` (`approve`, `deny`, `decommission`)
+    /// with an optional JSON body; answers the client.
+    pub fn client_action(
+        &self,
+        name: &str,
+        action: &str,
+        body: Option<Value>,
+    ) -> Result<Client, ApiError> {
+        let url = self.url(&format!("{API_PREFIX}/clients/{name}/{action}"), &[])?;
+        let mut builder = self.request(Method::POST, url);
+        if let Some(body) = body {
+            builder = builder
+                .header("content-type", "application/json")
+                .body(body.to_string());
+        }
+        Self::decode(self.execute(builder)?)
+    }
+
+    /// `DELETE /apis/thinfleet.io/v1/blockedmachines/ID`: the blocks removed.
+    pub fn allow_machine(&self, machine_id: &str) -> Result<Vec<BlockedMachine>, ApiError> {
+        let mut url = self.url(&format!("{API_PREFIX}/blockedmachines"), &[])?;
+        url.path_segments_mut()
+            .map_err(|()| ApiError::Unreachable {
+                server: self.connection.server.clone(),
+                cause: "the server URL cannot take a path".into(),
+            })?
+            .push(machine_id);
+        let list: Value = Self::decode(self.execute(self.request(Method::DELETE, url))?)?;
+        typed_items(&list, "blocked machines")
     }
 
     /// `HEAD /blobs/sha256/HEX`: whether the controller has the blob.
@@ -737,7 +861,11 @@ mod tests {
 
     #[test]
     fn server_urls_get_a_scheme_and_lose_trailing_slashes() {
-        assert_eq!(normalize_server("127.0.0.1:7130"), "http://127.0.0.1:7130");
+        assert_eq!(normalize_server("127.0.0.1:7130"), "https://127.0.0.1:7130");
+        assert_eq!(
+            normalize_server("http://127.0.0.1:7130/"),
+            "http://127.0.0.1:7130"
+        );
         assert_eq!(
             normalize_server("https://fleet.example/"),
             "https://fleet.example"
@@ -760,13 +888,43 @@ mod tests {
         assert_eq!(remote.token_source, TokenSource::None);
 
         let given = Connection::resolve(Some("fleet:7130"), Some(" t0k "), dir.path());
-        assert_eq!(given.server, "http://fleet:7130");
+        assert_eq!(given.server, "https://fleet:7130");
         assert_eq!(given.token.as_deref(), Some("t0k"));
 
         let empty = tempfile::tempdir().unwrap();
         let missing = Connection::resolve(None, None, empty.path());
         assert_eq!(missing.token, None);
         assert!(matches!(missing.token_source, TokenSource::Missing(_)));
+    }
+
+    #[test]
+    fn the_local_ca_file_is_trusted_only_for_a_local_controller() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("data/pki")).unwrap();
+        let ca = dir.path().join(DEFAULT_CA_FILE);
+        std::fs::write(&ca, "pem").unwrap();
+        for server in [None, Some("https://localhost:7130"), Some("[::1]:7130")] {
+            let local = Connection::resolve(server, None, dir.path());
+            assert_eq!(local.ca, CaSource::LocalFile(ca.clone()), "{server:?}");
+        }
+        let remote = Connection::resolve(Some("https://fleet.example"), None, dir.path());
+        assert_eq!(remote.ca, CaSource::None);
+        let given = remote.with_ca(Some(Path::new("/etc/fleet-ca.pem")), None);
+        assert_eq!(given.ca, CaSource::File("/etc/fleet-ca.pem".into()));
+        let hash: tc_trust::CaCertHash = format!("sha256:{}", "0".repeat(64)).parse().unwrap();
+        let pinned = Connection::resolve(None, None, dir.path()).with_ca(None, Some(hash));
+        assert_eq!(pinned.ca, CaSource::Hash(hash));
+        let error = ApiClient::new(Connection::resolve(
+            Some("https://fleet.example"),
+            None,
+            dir.path(),
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.contains("--certificate-authority") && error.contains("--ca-cert-hash"),
+            "{error}"
+        );
     }
 
     #[test]

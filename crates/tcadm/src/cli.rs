@@ -10,7 +10,10 @@ use tc_api::Kind;
 pub const EXIT_CODES_HELP: &str = "\
 Connection:
   --server/TCADM_SERVER and --token/TCADM_TOKEN. With neither, tcadm talks to
-  http://127.0.0.1:7130 with the token in ./data/admin.token (the local quickstart).
+  https://127.0.0.1:7130 with the token in ./data/admin.token (the local quickstart).
+  An https controller is verified with --certificate-authority/TCADM_CA_FILE or
+  --ca-cert-hash/TCADM_CA_CERT_HASH; with neither, a local controller (localhost or a
+  loopback address) is verified with ./data/pki/ca.crt.
 
 Exit codes:
   0  success
@@ -22,7 +25,7 @@ Exit codes:
 #[derive(Debug, Parser)]
 #[command(name = "tcadm", version, after_help = EXIT_CODES_HELP)]
 pub struct Cli {
-    /// Controller URL [default: http://127.0.0.1:7130].
+    /// Controller URL [default: https://127.0.0.1:7130].
     #[arg(long, global = true, env = "TCADM_SERVER", value_name = "URL")]
     pub server: Option<String>,
     /// Admin bearer token [default: the content of ./data/admin.token, with the default server].
@@ -34,9 +37,33 @@ pub struct Cli {
         hide_env_values = true
     )]
     pub token: Option<String>,
+    /// PEM file of the CA that signs the controller's certificate [default for a local
+    /// controller: ./data/pki/ca.crt].
+    #[arg(
+        long,
+        global = true,
+        env = "TCADM_CA_FILE",
+        value_name = "FILE",
+        conflicts_with = "ca_cert_hash"
+    )]
+    pub certificate_authority: Option<PathBuf>,
+    /// Fingerprint of the controller's CA, `sha256:<hex>` (printed by the controller at start).
+    #[arg(
+        long,
+        global = true,
+        env = "TCADM_CA_CERT_HASH",
+        value_name = "sha256:HEX",
+        value_parser = parse_ca_cert_hash
+    )]
+    pub ca_cert_hash: Option<tc_trust::CaCertHash>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+fn parse_ca_cert_hash(text: &str) -> Result<tc_trust::CaCertHash, String> {
+    text.parse()
+        .map_err(|error: tc_trust::TrustError| error.to_string())
 }
 
 /// The commands.
@@ -62,6 +89,17 @@ pub enum Command {
     /// Manage bootstrap tokens for enrolling agents.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Approve a pending client: as a client of its own, or with --replace as the new key of an
+    /// existing client (a re-imaged or replaced machine).
+    Approve(ApproveArgs),
+    /// Deny a pending client: it is deleted and its key (and its machine id, unless another
+    /// client holds it) refused until `tcadm allow machine`.
+    Deny(ClientArgs),
+    /// Tell a client's agent to remove every package thinfleet installed and stop; the client is
+    /// then deleted and its machine id refused until `tcadm allow machine`.
+    Decommission(ClientArgs),
+    /// Let a refused machine id (decommissioned, denied, or a deleted client's) enrol again.
+    Allow(AllowArgs),
     /// Print a shell completion script.
     Completion(CompletionArgs),
     /// Print the client version, and the server version when reachable.
@@ -413,8 +451,102 @@ pub struct RolloutStatusArgs {
 /// `token` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum TokenCommand {
-    /// Create a bootstrap token for enrolling agents (printed once).
-    Create,
+    /// Create a bootstrap token for enrolling agents: its secret is printed once, on standard
+    /// output (the join material with -o yaml|json).
+    Create(TokenCreateArgs),
+    /// List bootstrap tokens (never their secrets).
+    List(TokenListArgs),
+    /// Revoke a bootstrap token: enrolments with it are refused (clients it enrolled stay).
+    Revoke(TokenRevokeArgs),
+}
+
+/// Output formats of commands that print one document.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DocumentFormat {
+    /// YAML.
+    Yaml,
+    /// JSON as the API returns it.
+    Json,
+}
+
+/// Arguments of `token create`.
+#[derive(Debug, Args)]
+pub struct TokenCreateArgs {
+    /// The token's name [default: `token-` and characters of its hash].
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// How long it can be used (`24h`, `7d`) [default: no expiry].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub ttl: Option<Duration>,
+    /// How many clients it may enrol [default: unlimited].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_uses: Option<u32>,
+    /// A label it imposes on every client it enrols (wins over the agent's own); repeatable.
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
+    /// Clients it enrols wait as Pending until `tcadm approve`.
+    #[arg(long)]
+    pub require_approval: bool,
+    /// Print the whole answer (token, its settings and the join material) instead of the secret.
+    #[arg(short = 'o', long = "output", value_name = "FORMAT")]
+    pub output: Option<DocumentFormat>,
+}
+
+/// Arguments of `token list`.
+#[derive(Debug, Args)]
+pub struct TokenListArgs {
+    /// Output format [default: a table].
+    #[arg(short = 'o', long = "output", value_name = "FORMAT")]
+    pub output: Option<DocumentFormat>,
+}
+
+/// Arguments of `token revoke`.
+#[derive(Debug, Args)]
+pub struct TokenRevokeArgs {
+    /// The token's name (`tcadm token list`).
+    #[arg(value_name = "NAME")]
+    pub name: String,
+}
+
+/// A client named on the command line (`client NAME`).
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    /// Always `client`.
+    #[arg(value_name = "KIND", value_parser = parse_kind)]
+    pub kind: Kind,
+    /// The client's name.
+    #[arg(value_name = "NAME")]
+    pub name: String,
+}
+
+/// Arguments of `approve`.
+#[derive(Debug, Args)]
+pub struct ApproveArgs {
+    /// The pending client.
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Approve it as the replacement of this client, which takes the new key and keeps its
+    /// name, labels and status (the pending client goes).
+    #[arg(long, value_name = "OLD")]
+    pub replace: Option<String>,
+}
+
+/// What `allow` lets in again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum AllowTarget {
+    /// A machine id.
+    Machine,
+}
+
+/// Arguments of `allow`.
+#[derive(Debug, Args)]
+pub struct AllowArgs {
+    /// Always `machine`.
+    #[arg(value_name = "WHAT")]
+    pub target: AllowTarget,
+    /// The machine id (as the refusal and `GET .../blockedmachines` name it).
+    #[arg(value_name = "ID")]
+    pub id: String,
 }
 
 /// Arguments of `completion`.
@@ -559,6 +691,33 @@ mod tests {
         assert!(parse("tcadm rollout status cg front-desk --watch --timeout 10m").is_ok());
         assert!(parse("tcadm rollout retry clientgroup front-desk").is_ok());
         assert!(parse("tcadm token create").is_ok());
+        let cli = parse(
+            "tcadm token create --name berlin --ttl 24h --max-uses 10 --label site=berlin \
+             --label tier=a --require-approval -o yaml",
+        )
+        .unwrap();
+        let Command::Token(TokenCommand::Create(args)) = cli.command else {
+            panic!("not token create")
+        };
+        assert_eq!(args.name.as_deref(), Some("berlin"));
+        assert_eq!(args.ttl, Some(Duration::from_secs(24 * 3600)));
+        assert_eq!(args.max_uses, Some(10));
+        assert_eq!(args.labels, ["site=berlin", "tier=a"]);
+        assert!(args.require_approval);
+        assert!(parse("tcadm token create --max-uses 0").is_err());
+        assert!(parse("tcadm token list").is_ok());
+        assert!(parse("tcadm token revoke berlin").is_ok());
+        assert!(parse("tcadm token revoke").is_err());
+        let cli = parse("tcadm approve client kiosk-2 --replace kiosk-1").unwrap();
+        let Command::Approve(args) = cli.command else {
+            panic!("not approve")
+        };
+        assert_eq!(args.client.name, "kiosk-2");
+        assert_eq!(args.replace.as_deref(), Some("kiosk-1"));
+        assert!(parse("tcadm deny client kiosk-2").is_ok());
+        assert!(parse("tcadm decommission client kiosk-1").is_ok());
+        assert!(parse("tcadm allow machine 0123abcd").is_ok());
+        assert!(parse("tcadm allow client 0123abcd").is_err());
         assert!(parse("tcadm completion zsh").is_ok());
         assert!(parse("tcadm completion tcsh").is_err());
         assert!(parse("tcadm version --client").is_ok());

@@ -23,6 +23,7 @@ use crate::cli::{
 };
 use crate::describe::{MAX_EVENTS, describe_client, describe_group, describe_release};
 use crate::diff::item_diff;
+use crate::enrollment;
 use crate::error::{CliError, EXIT_CHANGES_OR_FAILED, EXIT_OK, EXIT_SERVER};
 use crate::format::{Table, render_row};
 use crate::labels::{label_patch, parse_label_args};
@@ -62,7 +63,8 @@ pub struct Context<'a> {
 }
 
 impl Context<'_> {
-    fn client(&self) -> Result<ApiClient, CliError> {
+    /// A client of the controller's API.
+    pub(crate) fn client(&self) -> Result<ApiClient, CliError> {
         Ok(ApiClient::new(self.connection.clone())?)
     }
 
@@ -87,11 +89,13 @@ pub fn run(cli: Cli, context: &mut Context<'_>) -> Result<u8, CliError> {
         Command::Push(args) => push(context, &args),
         Command::Rollout(RolloutCommand::Status(args)) => rollout_status(context, &args),
         Command::Rollout(RolloutCommand::Retry(args)) => rollout_retry(context, &args),
-        Command::Token(TokenCommand::Create) => {
-            let token = context.client()?.create_bootstrap_token()?;
-            writeln!(context.out, "{token}")?;
-            Ok(EXIT_OK)
-        }
+        Command::Token(TokenCommand::Create(args)) => enrollment::token_create(context, &args),
+        Command::Token(TokenCommand::List(args)) => enrollment::token_list(context, &args),
+        Command::Token(TokenCommand::Revoke(args)) => enrollment::token_revoke(context, &args),
+        Command::Approve(args) => enrollment::approve(context, &args),
+        Command::Deny(args) => enrollment::deny(context, &args),
+        Command::Decommission(args) => enrollment::decommission(context, &args),
+        Command::Allow(args) => enrollment::allow(context, &args),
         Command::Completion(args) => {
             clap_complete::generate(args.shell, &mut Cli::command(), "tcadm", context.out);
             Ok(EXIT_OK)

@@ -128,11 +128,44 @@ pub fn describe_client(client: &Client, events: &[Event], now: Timestamp) -> Str
     let mut out = Writer::default();
     let status = &client.status;
     let mut fields = meta_fields(&client.metadata, now);
+    let spec = &client.spec;
     fields.extend([
-        ("Machine ID", client.spec.machine_id.clone()),
+        ("Machine ID", spec.machine_id.clone()),
+        (
+            "Public Key",
+            if spec.public_key.is_empty() {
+                "<none: enrolled before identities; its agent claims one at its next enrolment>"
+                    .to_string()
+            } else {
+                spec.public_key.clone()
+            },
+        ),
         ("Phase", status.phase.to_string()),
         ("Last Seen", time_text(status.last_heartbeat, now)),
     ]);
+    if let Some(token) = &spec.bootstrap_token {
+        fields.push(("Enrolled With", format!("bootstrap token `{token}`")));
+    }
+    if let Some(pending) = &spec.pending {
+        let mut text = format!("{}: {}", pending.reason, pending.message);
+        text.push_str(&format!(
+            " (`tcadm approve client {name}`{}, or `tcadm deny client {name}`)",
+            match pending.enrolled_as.first() {
+                Some(old) => format!(", `... --replace {old}`"),
+                None => String::new(),
+            },
+            name = client.metadata.name
+        ));
+        fields.push(("Pending", text));
+    }
+    if spec.decommission {
+        fields.push((
+            "Decommission",
+            "requested: the agent removes every package thinfleet installed, then the client is \
+             deleted"
+                .to_string(),
+        ));
+    }
     out.fields(0, &fields);
     match &status.inventory {
         None => out.field(0, "Inventory", "<not reported yet>"),

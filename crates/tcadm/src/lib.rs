@@ -10,6 +10,7 @@ pub mod cli;
 pub mod commands;
 pub mod describe;
 pub mod diff;
+pub mod enrollment;
 pub mod error;
 pub mod format;
 pub mod labels;

@@ -15,7 +15,8 @@ use tcadm::{Context, run};
 fn main() -> ExitCode {
     let cli = Cli::try_parse().unwrap_or_else(|error| error.exit());
     let current_dir = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
-    let connection = Connection::resolve(cli.server.as_deref(), cli.token.as_deref(), &current_dir);
+    let connection = Connection::resolve(cli.server.as_deref(), cli.token.as_deref(), &current_dir)
+        .with_ca(cli.certificate_authority.as_deref(), cli.ca_cert_hash);
     let err_style = Style::stderr();
     // A closed standard output ends any command quietly (see `ExitOnClosedPipe`).
     let mut out = ExitOnClosedPipe::new(io::stdout().lock());

@@ -285,6 +285,7 @@ mod tests {
                 machine_id: "m-1".into(),
                 agent_labels: BTreeMap::from([("site".into(), "berlin".into())]),
                 admin_labels: BTreeMap::from([("rack".into(), "7".into())]),
+                ..Default::default()
             },
         );
         client.status.phase = ClientPhase::Online;
@@ -322,24 +323,25 @@ mod tests {
 
     #[test]
     fn clients_table_golden() {
-        let mut pending = Client::new("kiosk-2", ClientSpec::default());
-        pending.metadata.creation_timestamp = Some(ago(5));
-        let table = clients_table(&[client(), pending.clone()], false, now());
+        // Enrolled, no heartbeat yet.
+        let mut enrolled = Client::new("kiosk-2", ClientSpec::default());
+        enrolled.metadata.creation_timestamp = Some(ago(5));
+        let table = clients_table(&[client(), enrolled.clone()], false, now());
         assert_eq!(
             table.render(),
             "\
-NAME      PHASE     LAST SEEN   IP           LABELS
-kiosk-1   Online    12s         192.0.2.10   rack=7,site=berlin
-kiosk-2   Pending   <never>     <none>       <none>
+NAME      PHASE      LAST SEEN   IP           LABELS
+kiosk-1   Online     12s         192.0.2.10   rack=7,site=berlin
+kiosk-2   Enrolled   <never>     <none>       <none>
 "
         );
-        let wide = clients_table(&[client(), pending], true, now());
+        let wide = clients_table(&[client(), enrolled], true, now());
         assert_eq!(
             wide.render(),
             "\
-NAME      PHASE     LAST SEEN   IP           OS                    ARCH     PACKAGES                         LABELS
-kiosk-1   Online    12s         192.0.2.10   Debian GNU/Linux 12   x86_64   kiosk-browser@1.4.2(Installed)   rack=7,site=berlin
-kiosk-2   Pending   <never>     <none>       <none>                <none>   <none>                           <none>
+NAME      PHASE      LAST SEEN   IP           OS                    ARCH     PACKAGES                         LABELS
+kiosk-1   Online     12s         192.0.2.10   Debian GNU/Linux 12   x86_64   kiosk-browser@1.4.2(Installed)   rack=7,site=berlin
+kiosk-2   Enrolled   <never>     <none>       <none>                <none>   <none>                           <none>
 "
         );
     }

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tc_proto::{
-    EnrollRequest, EnrollResponse, HeartbeatRequest, HeartbeatResponse, Inventory,
-    NetworkInterface, PROTOCOL_VERSION, PackageReport, PackageState, Timestamp,
+    EnrollResponse, HeartbeatRequest, HeartbeatResponse, Inventory, NetworkInterface,
+    PROTOCOL_VERSION, PackageReport, PackageState, Timestamp,
 };
 use tc_testkit::{PackageFile, TestController, build_zip, sha256_hex};
 
@@ -149,7 +149,11 @@ impl Fleet {
             .current_dir(self.dir.path())
             .env_clear()
             .env("TCADM_SERVER", self.controller.url())
-            .env("TCADM_TOKEN", self.controller.admin_token());
+            .env("TCADM_TOKEN", self.controller.admin_token())
+            .env(
+                "TCADM_CA_CERT_HASH",
+                self.controller.ca_cert_hash().expect("an HTTPS controller"),
+            );
         command
     }
 
@@ -182,9 +186,16 @@ impl Fleet {
         self.run(&mut self.command(args), stdin)
     }
 
-    fn http() -> reqwest::blocking::Client {
+    fn http(&self) -> reqwest::blocking::Client {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        reqwest::blocking::Client::new()
+        let tls = self
+            .controller
+            .tls_client_config(&[b"http/1.1"])
+            .expect("an HTTPS controller");
+        reqwest::blocking::Client::builder()
+            .use_preconfigured_tls((*tls).clone())
+            .build()
+            .unwrap()
     }
 
     fn post<T: serde::de::DeserializeOwned>(
@@ -193,7 +204,8 @@ impl Fleet {
         token: Option<&str>,
         body: &impl serde::Serialize,
     ) -> T {
-        let mut request = Self::http()
+        let mut request = self
+            .http()
             .post(format!("{}{path}", self.controller.url()))
             .header("content-type", "application/json")
             .body(serde_json::to_string(body).unwrap());
@@ -209,24 +221,19 @@ impl Fleet {
 
     /// Enrols a simulated agent with `labels` and sends one heartbeat with an inventory.
     fn enroll(&self, machine: &str, labels: &[(&str, &str)], bootstrap: &str) -> Agent {
+        let labels: serde_json::Map<String, Value> = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), Value::String(v.to_string())))
+            .collect();
+        let identity = tc_testkit::protocol::TestIdentity::new(machine);
         let response: EnrollResponse = self.post(
             "/agent/v1/enroll",
             None,
-            &EnrollRequest {
-                protocol_version: PROTOCOL_VERSION,
-                bootstrap_token: bootstrap.to_string(),
-                machine_id: machine.to_string(),
-                name: machine.to_string(),
-                hostname: machine.to_string(),
-                labels: labels
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
-            },
+            &identity.enroll_body(bootstrap, machine, machine, Value::Object(labels)),
         );
         let agent = Agent {
             name: response.client_name,
-            token: response.client_token,
+            token: response.session.expect("a session for a new client").token,
         };
         self.heartbeat(&agent, 0, vec![]);
         agent
@@ -261,6 +268,7 @@ impl Fleet {
                 inventory_hash: tc_proto::inventory_hash(&inventory),
                 inventory: Some(inventory),
                 load: Default::default(),
+                decommissioned: false,
             },
         )
     }
@@ -1515,7 +1523,7 @@ fn without_server_or_token_the_default_address_is_used() {
         "",
     );
     let error = run.fails(3).to_string();
-    assert!(error.contains("http://127.0.0.1:7130"), "{error}");
+    assert!(error.contains("https://127.0.0.1:7130"), "{error}");
 }
 
 #[test]

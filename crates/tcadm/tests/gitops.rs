@@ -81,6 +81,7 @@ impl Setup {
             .env_clear()
             .env("TCADM_SERVER", self.controller.url())
             .env("TCADM_TOKEN", self.controller.admin_token())
+            .env("TCADM_CA_FILE", self.ca_file())
             .output()
             .expect("tcadm runs");
         Run {
@@ -96,9 +97,29 @@ impl Setup {
         serde_json::from_str(self.tcadm(&all).ok()).expect("valid JSON")
     }
 
+    /// The controller's CA certificate, written as a PEM file for `--certificate-authority`.
+    fn ca_file(&self) -> PathBuf {
+        let path = self.root.path().join("ca.crt");
+        if !path.exists() {
+            std::fs::write(
+                &path,
+                self.controller.ca_pem().expect("an HTTPS controller"),
+            )
+            .unwrap();
+        }
+        path
+    }
+
     fn http(&self, method: reqwest::Method, path: &str) -> reqwest::blocking::RequestBuilder {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        reqwest::blocking::Client::new()
+        let tls = self
+            .controller
+            .tls_client_config(&[b"http/1.1"])
+            .expect("an HTTPS controller");
+        reqwest::blocking::Client::builder()
+            .use_preconfigured_tls((*tls).clone())
+            .build()
+            .unwrap()
             .request(method, format!("{}{path}", self.controller.url()))
             .bearer_auth(self.controller.admin_token())
     }
@@ -116,9 +137,14 @@ impl Setup {
             .http(reqwest::Method::POST, "/agent/v1/enroll")
             .header("content-type", "application/json")
             .body(
-                json!({ "protocolVersion": 1, "bootstrapToken": self.controller.bootstrap_token(),
-                        "machineId": machine, "name": machine, "hostname": machine, "labels": {} })
-                .to_string(),
+                tc_testkit::protocol::TestIdentity::new(machine)
+                    .enroll_body(
+                        self.controller.bootstrap_token(),
+                        machine,
+                        machine,
+                        json!({}),
+                    )
+                    .to_string(),
             )
             .send()
             .unwrap();

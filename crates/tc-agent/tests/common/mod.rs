@@ -1,5 +1,7 @@
-//! Test harness: a fake controller on 127.0.0.1 speaking the agent protocol and serving blobs
-//! (with Range support and a way to cut a download short), and builders for package zips.
+//! Test harness: a fake controller on 127.0.0.1 speaking the agent protocol as controllers of
+//! protocol 1 did (a client token handed out at enrolment, no sessions: agents still work with
+//! them) and serving blobs (with Range support and a way to cut a download short), and builders
+//! for package zips. The real controller's protocol is tested in `real_controller.rs`.
 
 #![allow(dead_code)]
 
@@ -21,8 +23,8 @@ use serde::Deserialize;
 use tc_agent::download::sha256_hex;
 use tc_agent::state::StateDir;
 use tc_proto::{
-    DesiredPackage, DesiredResponse, DesiredState, EnrollRequest, EnrollResponse, ErrorStatus,
-    HeartbeatRequest, HeartbeatResponse, Hook, Hooks, PackageReport, PackageState,
+    DesiredPackage, DesiredResponse, DesiredState, EnrollRequest, ErrorStatus, HeartbeatRequest,
+    HeartbeatResponse, Hook, Hooks, PackageReport, PackageState,
 };
 use tokio::sync::{oneshot, watch};
 
@@ -126,6 +128,7 @@ impl FakeController {
             state.desired = DesiredState {
                 revision: state.desired.revision + 1,
                 packages,
+                decommission: false,
             };
             state.desired.revision
         };
@@ -266,11 +269,12 @@ async fn enroll(State(shared): State<Arc<Shared>>, Json(request): Json<EnrollReq
     state.tokens.insert(token.clone());
     let name = request.name.clone();
     state.enrolments.push(request);
-    Json(EnrollResponse {
-        client_name: name,
-        client_token: token,
-        heartbeat_seconds: 1,
-    })
+    // A protocol-1 answer: no state, no session, a client token.
+    Json(serde_json::json!({
+        "clientName": name,
+        "clientToken": token,
+        "heartbeatSeconds": 1,
+    }))
     .into_response()
 }
 

@@ -58,7 +58,12 @@ pub async fn run(args: ConvergeArgs) -> Result<Report, String> {
         ))
         .await?;
 
-    let fleet = SimFleet::seeded(args.seed, args.clients, true);
+    let fleet = SimFleet::seeded(
+        args.seed,
+        args.clients,
+        true,
+        &super::session_key(&workspace)?,
+    );
     let token = fleet.agents()[0].token().to_string();
     let mut config = SimConfig::new(
         controller.server.addr,
@@ -92,10 +97,13 @@ pub async fn run(args: ConvergeArgs) -> Result<Report, String> {
     let rounds = ((256u64 << 20) / size.max(1)).clamp(args.downloads as u64 * 2, 20_000);
     let throughput = measure_downloads(
         controller.server.addr,
+        controller.tls.as_ref(),
         &token,
-        &format!("/blobs/sha256/{sha_large}"),
-        &sha_large,
-        size,
+        tc_testkit::sim::BlobSpec {
+            url: &format!("/blobs/sha256/{sha_large}"),
+            sha256: &sha_large,
+            size,
+        },
         args.downloads,
         rounds,
     )

@@ -32,6 +32,7 @@ pub async fn run(args: FleetArgs) -> Result<Report, String> {
     let enrolment = if args.enroll_http > 0 {
         let (_, report) = SimFleet::enroll(
             &[controller.server.addr],
+            controller.tls.as_ref(),
             &controller.bootstrap_token,
             args.seed ^ 0x5eed,
             args.enroll_http,
@@ -47,7 +48,12 @@ pub async fn run(args: FleetArgs) -> Result<Report, String> {
 
     let waiting = (args.clients as f64 * args.long_poll_share.clamp(0.0, 1.0)).round() as u64;
     let transport = super::choose_transport(args.transport, waiting, args.connections as u64)?;
-    let fleet = SimFleet::seeded(args.seed, args.clients, !args.first_contact);
+    let fleet = SimFleet::seeded(
+        args.seed,
+        args.clients,
+        !args.first_contact,
+        &super::session_key(&workspace)?,
+    );
     let mut config = SimConfig::new(controller.server.addr, interval);
     config.connections = args.connections;
     config.long_poll_share = args.long_poll_share;
@@ -243,8 +249,8 @@ pub async fn run(args: FleetArgs) -> Result<Report, String> {
     report.target("p99", "p99 < 10 ms", p99 < 10.0, &format!("{p99:.3} ms"));
     report.target(
         "rss",
-        "controller RSS <= 3 GiB",
-        rss <= 3 << 30,
+        "controller RSS <= 2 GiB",
+        rss <= 2 << 30,
         &format!("{:.0} MiB", mib(rss)),
     );
     report.target(

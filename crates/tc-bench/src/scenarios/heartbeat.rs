@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tc_testkit::sim::{HammerReport, SimFleet, hammer};
+use tc_testkit::sim::{HammerReport, SimFleet, Tls, hammer};
 
 use super::{RunningController, Workspace, mib, on_own_thread, seconds};
 use crate::HeartbeatArgs;
@@ -19,7 +19,12 @@ pub async fn run(args: HeartbeatArgs) -> Result<Report, String> {
     super::seed(&workspace.data_dir(), args.clients, args.seed).await?;
     // Steady-state heartbeats: the controller already has every inventory, so only its hash is
     // sent; the clients were seeded Online.
-    let fleet = SimFleet::seeded(args.seed, args.clients, true);
+    let fleet = SimFleet::seeded(
+        args.seed,
+        args.clients,
+        true,
+        &super::session_key(&workspace)?,
+    );
     let requests: Arc<Vec<Vec<u8>>> = Arc::new(
         (0..fleet.len())
             .map(|i| fleet.heartbeat_request(i, "127.0.0.1"))
@@ -31,19 +36,32 @@ pub async fn run(args: HeartbeatArgs) -> Result<Report, String> {
     if let Some(cpu) = pinning.server {
         bare_args.extend(["--cpu".into(), cpu.to_string()]);
     }
+    if args.tls {
+        // The bare endpoint makes the PKI the controller then loads: one certificate for both.
+        bare_args.extend([
+            "--tls-data-dir".into(),
+            workspace.data_dir().display().to_string(),
+        ]);
+    }
     let bare = Server::start(
         &bare_args,
         &workspace.path("bare.log"),
         Duration::from_secs(60),
     )
     .await?;
-    let (bare_report, bare_cpu) = generate(&args, pinning, &bare, requests.clone()).await?;
+    let bare_tls = if args.tls {
+        Some(super::client_tls(&workspace.data_dir(), bare.addr)?)
+    } else {
+        None
+    };
+    let (bare_report, bare_cpu) =
+        generate(&args, pinning, &bare, bare_tls, requests.clone()).await?;
     bare.stop().await?;
 
-    let RunningController { server, .. } =
-        super::start_controller(&workspace, pinning.server).await?;
+    let RunningController { server, tls, .. } =
+        super::start_controller_with(&workspace, pinning.server, args.tls).await?;
     let (controller_report, controller_cpu) =
-        generate(&args, pinning, &server, requests.clone()).await?;
+        generate(&args, pinning, &server, tls, requests.clone()).await?;
     let figures = server.figures();
     server.stop().await?;
 
@@ -64,9 +82,22 @@ pub async fn run(args: HeartbeatArgs) -> Result<Report, String> {
     report.count("request_bytes", "mean request size", request_bytes as u64);
     report.text("pinning", "CPU pinning", &pinning.describe());
     report.text(
+        "transport",
+        "transport",
+        if args.tls {
+            "HTTPS (rustls, ring; the controller's configuration and certificate for both servers)"
+        } else {
+            "plain HTTP"
+        },
+    );
+    report.text(
         "load_generator",
         "load generator",
-        "tc-testkit sim::hammer: HTTP/1.1 keep-alive over tokio TcpStream, prepared requests, one thread",
+        if args.tls {
+            "tc-testkit sim::hammer: HTTP/1.1 keep-alive over tokio-rustls, prepared requests, one thread"
+        } else {
+            "tc-testkit sim::hammer: HTTP/1.1 keep-alive over tokio TcpStream, prepared requests, one thread"
+        },
     );
     for (name, figures, cpu) in [
         ("bare", &bare_report, bare_cpu),
@@ -142,6 +173,7 @@ async fn generate(
     args: &HeartbeatArgs,
     pinning: Pinning,
     server: &Server,
+    tls: Option<Tls>,
     requests: Arc<Vec<Vec<u8>>>,
 ) -> Result<(HammerReport, f64), String> {
     let (connections, warmup, duration) = (
@@ -159,7 +191,15 @@ async fn generate(
         (cpu() - before) / started.elapsed().as_secs_f64()
     });
     let report = on_own_thread(pinning.generator, move || async move {
-        hammer(&[addr], requests, connections, warmup, duration).await
+        hammer(
+            &[addr],
+            tls.as_ref(),
+            requests,
+            connections,
+            warmup,
+            duration,
+        )
+        .await
     })
     .await?;
     let cpu = sampler.await.unwrap_or(0.0);

@@ -85,6 +85,12 @@ pub async fn seed_as(
     Ok(started.elapsed())
 }
 
+/// The session key of the workspace's controller, to mint the sessions of a seeded fleet (as
+/// the seeding process writes the fleet into its store).
+pub fn session_key(workspace: &Workspace) -> Result<tc_controller::session::SessionKey, String> {
+    tc_testkit::sim::session_key(&workspace.data_dir()).map_err(|e| e.to_string())
+}
+
 /// A running controller process with its admin client.
 pub struct RunningController {
     /// The process.
@@ -95,6 +101,8 @@ pub struct RunningController {
     pub startup: Duration,
     /// The bootstrap token.
     pub bootstrap_token: String,
+    /// TLS to it (when started with `tls`).
+    pub tls: Option<tc_testkit::sim::Tls>,
 }
 
 /// Starts `tc-bench serve-controller` on the data directory (optionally pinned to a CPU) and
@@ -103,12 +111,24 @@ pub async fn start_controller(
     workspace: &Workspace,
     cpu: Option<usize>,
 ) -> Result<RunningController, String> {
+    start_controller_with(workspace, cpu, false).await
+}
+
+/// [`start_controller`], serving HTTPS with the PKI of the data directory when `tls` is set.
+pub async fn start_controller_with(
+    workspace: &Workspace,
+    cpu: Option<usize>,
+    tls: bool,
+) -> Result<RunningController, String> {
     let data_dir = workspace.data_dir();
     let mut args = vec![
         "serve-controller".to_string(),
         "--data-dir".into(),
         data_dir.display().to_string(),
     ];
+    if tls {
+        args.push("--tls".into());
+    }
     if let Some(cpu) = cpu {
         args.extend(["--cpu".into(), cpu.to_string()]);
     }
@@ -123,20 +143,40 @@ pub async fn start_controller(
         Duration::from_secs(60),
     )
     .await?;
-    process::wait_ready(server.addr, Duration::from_secs(3600)).await?;
+    let tls = if tls {
+        Some(client_tls(&data_dir, server.addr)?)
+    } else {
+        None
+    };
+    process::wait_ready(server.addr, tls.as_ref(), Duration::from_secs(3600)).await?;
     let startup = started.elapsed();
     let read = |file: &str| {
         std::fs::read_to_string(data_dir.join(file))
             .map(|t| t.trim().to_string())
             .map_err(|e| format!("{file}: {e}"))
     };
-    let admin = Admin::new(server.addr, &read("admin.token")?);
+    let admin = Admin::new(server.addr, &read("admin.token")?, tls.clone());
     Ok(RunningController {
         server,
         admin,
         startup,
         bootstrap_token: read("bootstrap.token")?,
+        tls,
     })
+}
+
+/// TLS for the load generator: HTTP/1.1, trusting the CA in `<data_dir>/pki/ca.crt` (made by
+/// whichever server started first on that data directory), checked against `addr`'s IP.
+pub fn client_tls(
+    data_dir: &std::path::Path,
+    addr: std::net::SocketAddr,
+) -> Result<tc_testkit::sim::Tls, String> {
+    tc_controller::install_crypto_provider();
+    let ca =
+        tc_trust::Trust::from_pem_file(&data_dir.join("pki/ca.crt")).map_err(|e| e.to_string())?;
+    let config =
+        tc_trust::client_config(&ca, &[tc_trust::ALPN_HTTP1], None).map_err(|e| e.to_string())?;
+    Ok(tc_testkit::sim::Tls::new(std::sync::Arc::new(config), addr))
 }
 
 /// The long-poll transport for `waiting` agents: HTTP/1.1 when each agent's connection fits under

@@ -60,7 +60,12 @@ pub async fn run(args: PushArgs) -> Result<Report, String> {
     manifests.push_str(&group_yaml("sim-push", &[], heartbeat_seconds));
     admin.apply(&manifests).await?;
 
-    let fleet = SimFleet::seeded(args.seed, args.waiting, true);
+    let fleet = SimFleet::seeded(
+        args.seed,
+        args.waiting,
+        true,
+        &super::session_key(&workspace)?,
+    );
     let mut config = SimConfig::new(controller.server.addr, seconds(args.interval));
     config.connections = 16;
     config.long_poll_share = 1.0;

@@ -100,16 +100,20 @@ impl Fleet {
             .unwrap();
         let controller = Controller { child };
         let token_path = root.join("data/admin.token");
+        let ca_path = root.join("data/pki/ca.crt");
         let deadline = Instant::now() + Duration::from_secs(30);
-        while std::fs::read_to_string(&token_path).map_or(true, |t| t.trim().is_empty()) {
+        while std::fs::read_to_string(&token_path).map_or(true, |t| t.trim().is_empty())
+            || !ca_path.exists()
+        {
             assert!(
                 Instant::now() < deadline,
-                "the controller wrote no admin token"
+                "the controller wrote no admin token or no CA"
             );
             std::thread::sleep(Duration::from_millis(100));
         }
         Fleet {
-            server: format!("http://127.0.0.1:{port}"),
+            // HTTPS, as by default; tcadm, run in the fleet's directory, trusts data/pki/ca.crt.
+            server: format!("https://127.0.0.1:{port}"),
             token: std::fs::read_to_string(&token_path)
                 .unwrap()
                 .trim()

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+pub use tc_testkit::protocol::TestIdentity;
 pub use tc_testkit::{PackageFile, TestController, build_zip, sha256_hex};
 
 /// A small API client for tests.
@@ -27,10 +28,7 @@ impl Api {
         Api {
             base: controller.url(),
             token: token.to_string(),
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(90))
-                .build()
-                .unwrap(),
+            http: controller.http_client(),
         }
     }
 
@@ -104,6 +102,8 @@ impl Api {
         (status, response.json().await.unwrap())
     }
 
+    /// Enrols with the key of `machine_id` (the same machine id gives the same key, as a
+    /// machine that keeps its state directory keeps its key).
     pub async fn enroll(
         &self,
         bootstrap: &str,
@@ -111,17 +111,58 @@ impl Api {
         name: &str,
         labels: Value,
     ) -> (StatusCode, Value) {
-        let body = json!({ "protocolVersion": 1, "bootstrapToken": bootstrap, "machineId": machine_id,
-                            "name": name, "hostname": name, "labels": labels });
+        let identity = TestIdentity::new(machine_id);
+        self.enroll_with(&identity, bootstrap, machine_id, name, labels)
+            .await
+    }
+
+    /// Enrols with `identity`.
+    pub async fn enroll_with(
+        &self,
+        identity: &TestIdentity,
+        bootstrap: &str,
+        machine_id: &str,
+        name: &str,
+        labels: Value,
+    ) -> (StatusCode, Value) {
+        let body = identity.enroll_body(bootstrap, machine_id, name, labels);
+        self.post_json("/agent/v1/enroll", body).await
+    }
+
+    /// Opens a session for `client` with `identity`: asks for a challenge and signs it.
+    pub async fn open_session(&self, identity: &TestIdentity, client: &str) -> (StatusCode, Value) {
+        let (status, answer) = self
+            .post_json(
+                "/agent/v1/session",
+                json!({ "protocolVersion": 2, "clientName": client }),
+            )
+            .await;
+        if status != StatusCode::OK {
+            return (status, answer);
+        }
+        let challenge = answer["challenge"]["value"].as_str().unwrap();
+        self.post_json(
+            "/agent/v1/session",
+            identity.session_body(client, challenge),
+        )
+        .await
+    }
+
+    /// POSTs JSON without a token.
+    pub async fn post_json(&self, path: &str, body: Value) -> (StatusCode, Value) {
         let response = self
             .http
-            .post(format!("{}/agent/v1/enroll", self.base))
+            .post(format!("{}{path}", self.base))
             .json(&body)
             .send()
             .await
             .unwrap();
         let status = response.status();
-        (status, response.json().await.unwrap())
+        let text = response.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
 
     pub async fn heartbeat(&self, body: Value) -> (StatusCode, Value) {
@@ -223,8 +264,20 @@ impl SimAgent {
             .enroll(controller.bootstrap_token(), machine, machine, labels)
             .await;
         assert_eq!(status, StatusCode::OK, "{enrolled}");
+        let name = enrolled["clientName"].as_str().unwrap();
+        // A new client gets a session with the answer; a known key opens one.
+        let session = match enrolled["session"]["token"].as_str() {
+            Some(token) => token.to_string(),
+            None => {
+                let (status, opened) = anonymous
+                    .open_session(&TestIdentity::new(machine), name)
+                    .await;
+                assert_eq!(status, StatusCode::OK, "{opened}");
+                opened["session"]["token"].as_str().unwrap().to_string()
+            }
+        };
         SimAgent {
-            api: Api::with_token(controller, enrolled["clientToken"].as_str().unwrap()),
+            api: Api::with_token(controller, &session),
             name: enrolled["clientName"].as_str().unwrap().to_string(),
             revision: 0,
             packages: vec![],

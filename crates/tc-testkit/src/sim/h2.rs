@@ -1,4 +1,5 @@
-//! A minimal HTTP/2 client (cleartext, prior knowledge) for load generation: many body-less GET
+//! A minimal HTTP/2 client (cleartext with prior knowledge, or TLS with ALPN `h2`) for load
+//! generation: many body-less GET
 //! requests as streams of one connection, written and read in batches.
 //!
 //! The simulator's long-polls used hyper's HTTP/2 client, which spends about as much CPU per
@@ -20,7 +21,8 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+
+use super::tls::{Stream, Tls};
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -78,8 +80,10 @@ struct Pending {
 
 /// One HTTP/2 connection.
 pub struct Connection {
-    stream: TcpStream,
+    stream: Stream,
     authority: String,
+    /// `:scheme` is `https`.
+    https: bool,
     /// Frames read but not handled yet (`input[start..]`).
     input: Vec<u8>,
     start: usize,
@@ -100,11 +104,22 @@ pub struct Connection {
 impl Connection {
     /// Connects and sends the connection preface and this client's settings.
     pub async fn connect(server: SocketAddr) -> io::Result<Connection> {
-        let stream = TcpStream::connect(server).await?;
-        stream.set_nodelay(true)?;
+        Self::connect_with(server, None).await
+    }
+
+    /// [`Self::connect`], in TLS when `tls` is given (with ALPN `h2`, whatever `tls` offers).
+    pub async fn connect_with(server: SocketAddr, tls: Option<&Tls>) -> io::Result<Connection> {
+        let tls = tls.map(|tls| tls.with_alpn(&[b"h2"]));
+        let stream = super::tls::connect(server, tls.as_ref()).await?;
+        if let super::tls::Stream::Tls(stream) = &stream
+            && stream.get_ref().1.alpn_protocol() != Some(b"h2")
+        {
+            return Err(io::Error::other("the server did not agree to h2 by ALPN"));
+        }
         let mut connection = Connection {
             stream,
             authority: server.to_string(),
+            https: tls.is_some(),
             input: Vec::with_capacity(64 * 1024),
             start: 0,
             output: Vec::with_capacity(16 * 1024),
@@ -156,8 +171,9 @@ impl Connection {
         let at = self.output.len();
         frame_header(&mut self.output, 0, HEADERS, END_STREAM | END_HEADERS, id);
         let block = self.output.len();
-        // :method GET and :scheme http are entries 2 and 6 of the static table.
-        self.output.extend_from_slice(&[0x82, 0x86]);
+        // :method GET and :scheme http or https are entries 2 and 6 or 7 of the static table.
+        self.output
+            .extend_from_slice(&[0x82, if self.https { 0x87 } else { 0x86 }]);
         // Literals without indexing, named by static entries 4 (:path) and 1 (:authority); the
         // token is never indexed (entry 23, authorization).
         literal(&mut self.output, 0x00, 4, &[path.as_bytes()]);

@@ -9,7 +9,8 @@ use std::io;
 use std::net::SocketAddr;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+
+use super::tls::{Stream, Tls};
 
 /// Largest response head accepted.
 const MAX_HEAD: usize = 64 * 1024;
@@ -19,7 +20,7 @@ const MAX_COLLECTED_BODY: usize = 64 * 1024 * 1024;
 
 /// One keep-alive connection.
 pub struct Connection {
-    stream: TcpStream,
+    stream: Stream,
     /// Bytes read but not consumed yet (`buffer[start..end]`).
     buffer: Vec<u8>,
     start: usize,
@@ -57,8 +58,12 @@ enum Framing {
 impl Connection {
     /// Connects with `TCP_NODELAY` (requests are written whole, so Nagle only adds delay).
     pub async fn connect(addr: SocketAddr) -> io::Result<Connection> {
-        let stream = TcpStream::connect(addr).await?;
-        stream.set_nodelay(true)?;
+        Self::connect_with(addr, None).await
+    }
+
+    /// [`Self::connect`], in TLS when `tls` is given (offer `http/1.1` in its ALPN).
+    pub async fn connect_with(addr: SocketAddr, tls: Option<&Tls>) -> io::Result<Connection> {
+        let stream = super::tls::connect(addr, tls).await?;
         Ok(Connection {
             stream,
             buffer: vec![0; 16 * 1024],
