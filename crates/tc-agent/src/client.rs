@@ -28,14 +28,13 @@ use tokio::time::Instant;
 
 use crate::backoff::{Backoff, Retry};
 use crate::config::{AgentConfig, CaTrust};
-use crate::download::{Fetcher, error_chain};
+use crate::download::{Fetcher, answer_error_message, error_chain};
 use crate::engine::{Engine, EngineError, EngineOptions, Snapshot};
 use crate::identity::{Identity, KeyOrigin};
 use crate::inventory::{AGENT_VERSION, Collector};
 use crate::state::{
     ConnectionStatus, Credentials, Decommissioned, ErrorRecord, StateDir, StateError, read_file,
-    read_json,
-    write_atomic, write_json,
+    read_json, write_atomic, write_json,
 };
 
 /// Where the system's machine identity is read from.
@@ -269,10 +268,10 @@ impl ControllerClient {
     }
 
     /// An answer of `path` without the part the protocol promises.
-    pub fn protocol_error(&self, path: &str, missing: &str) -> ApiError {
+    pub fn protocol_error(&self, path: &str, problem: &str) -> ApiError {
         ApiError::Decode {
             url: self.url(&format!("agent/v1/{path}")),
-            message: format!("{missing} in the answer"),
+            message: problem.to_string(),
         }
     }
 
@@ -345,28 +344,48 @@ async fn send<T: DeserializeOwned>(
             url: url.clone(),
             message: error_chain(&error),
         })?;
-    if !status.is_success() {
-        let (reason, message) = match serde_json::from_slice::<ErrorStatus>(&body) {
-            Ok(error) => (error.reason, error.message),
-            Err(_) => {
-                let text = String::from_utf8_lossy(&body).trim().to_owned();
-                let message = if text.is_empty() {
-                    status.canonical_reason().unwrap_or("error").to_owned()
-                } else {
-                    text.chars().take(500).collect()
-                };
-                (String::new(), message)
-            }
-        };
-        return Err(ApiError::Status {
+    decode_answer(url, status, &body).map_err(|error| match error {
+        ApiError::Status {
+            url,
+            status,
+            reason,
+            message,
+            ..
+        } => ApiError::Status {
             url,
             status,
             reason,
             message,
             retry_after,
+        },
+        other => other,
+    })
+}
+
+/// Decodes the controller's answer to a request to `url`: its JSON body when `status` is a
+/// success, else the error it carries (the `ErrorStatus` message, or the start of the text).
+// `ApiError` is large (a URL and two strings) and made once per failed request, next to a
+// network round trip: boxing it would buy nothing.
+#[allow(clippy::result_large_err)]
+pub fn decode_answer<T: DeserializeOwned>(
+    url: Url,
+    status: StatusCode,
+    body: &[u8],
+) -> Result<T, ApiError> {
+    if !status.is_success() {
+        let reason = serde_json::from_slice::<ErrorStatus>(body)
+            .map(|error| error.reason)
+            .unwrap_or_default();
+        let message = answer_error_message(status, body);
+        return Err(ApiError::Status {
+            url,
+            status,
+            reason,
+            message,
+            retry_after: None,
         });
     }
-    serde_json::from_slice(&body).map_err(|error| ApiError::Decode {
+    serde_json::from_slice(body).map_err(|error| ApiError::Decode {
         url,
         message: error.to_string(),
     })
@@ -381,10 +400,12 @@ fn redirect_error(url: Url, status: StatusCode, headers: &header::HeaderMap) -> 
     ApiError::Status {
         url,
         status,
+        reason: String::new(),
         message: format!(
             "the controller redirects to {location}; the agent follows no redirect (set its server \
              to the controller's own address)"
         ),
+        retry_after: None,
     }
 }
 
@@ -740,6 +761,45 @@ impl ProtocolLoop<'_> {
     }
 }
 
+/// Checks an enrolment answer before its credentials are stored. The session token (or a
+/// protocol-1 client token) is sent back in the `Authorization` header of every later request,
+/// and the client name in every session request: a token that cannot be sent (empty, or not
+/// printable ASCII without spaces, as the controller's tokens are) or a name that is empty,
+/// overlong or has control characters would make each of them fail, with no way back to
+/// enrolment.
+pub fn check_enrollment(response: &EnrollResponse) -> Result<(), String> {
+    let name = &response.client_name;
+    if name.trim().is_empty()
+        || name.len() > tc_proto::limits::MAX_HOSTNAME_BYTES
+        || name.chars().any(char::is_control)
+    {
+        return Err(format!(
+            "the controller's enrolment answer has an unusable client name {name:?}"
+        ));
+    }
+    if let Some(session) = &response.session {
+        check_bearer(&session.token, "session token")?;
+    }
+    if let Some(token) = &response.client_token {
+        check_bearer(token, "client token")?;
+    }
+    Ok(())
+}
+
+/// Checks a bearer token the controller handed out: it must be sendable in a header.
+pub fn check_bearer(token: &str, what: &str) -> Result<(), String> {
+    if token.is_empty() {
+        return Err(format!("the controller's answer has an empty {what}"));
+    }
+    if !token.bytes().all(|byte| byte.is_ascii_graphic()) {
+        return Err(format!(
+            "the controller's answer has a {what} that is not printable ASCII without spaces, \
+             which cannot be sent back"
+        ));
+    }
+    Ok(())
+}
+
 /// Records the controller's desired revision (what the long-poll asks after) and hands the
 /// desired state to the engine when it differs from the one the engine has. Revision 0 means the
 /// controller has not computed an assignment for this client yet (a new or reset controller): it
@@ -748,7 +808,7 @@ impl ProtocolLoop<'_> {
 ///
 /// A desired state that says to decommission is handed over without packages, whatever it
 /// lists: everything thinfleet installed goes.
-fn deliver(
+pub fn deliver(
     desired_tx: &watch::Sender<Option<DesiredState>>,
     mut desired: DesiredState,
     known_revision: &mut u64,

@@ -474,19 +474,29 @@ fn content_range(headers: &header::HeaderMap) -> Option<(u64, Option<u64>)> {
     Some((start.parse().ok()?, total))
 }
 
+/// The most of an error answer's message that is kept (it is logged and recorded).
+pub const MAX_ERROR_MESSAGE_CHARS: usize = 500;
+
 /// The message of an error response: `ErrorStatus.message` when the body is one, else the text.
 pub async fn error_message(response: reqwest::Response) -> String {
     let status = response.status();
     let body = response.bytes().await.unwrap_or_default();
-    if let Ok(error) = serde_json::from_slice::<ErrorStatus>(&body) {
-        return error.message;
-    }
-    let text = String::from_utf8_lossy(&body);
+    answer_error_message(status, &body)
+}
+
+/// The message of an error answer with `status` and `body`: its `ErrorStatus.message`, or else
+/// its text, trimmed and cut to [`MAX_ERROR_MESSAGE_CHARS`]; the status' reason when that leaves
+/// nothing.
+pub fn answer_error_message(status: StatusCode, body: &[u8]) -> String {
+    let text = match serde_json::from_slice::<ErrorStatus>(body) {
+        Ok(error) => error.message,
+        Err(_) => String::from_utf8_lossy(body).into_owned(),
+    };
     let text = text.trim();
     if text.is_empty() {
         status.canonical_reason().unwrap_or("no message").to_owned()
     } else {
-        text.chars().take(500).collect()
+        text.chars().take(MAX_ERROR_MESSAGE_CHARS).collect()
     }
 }
 

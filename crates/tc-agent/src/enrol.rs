@@ -95,6 +95,13 @@ impl ProtocolLoop<'_> {
                 previous_client_token: self.previous_client_token.clone(),
             };
             let error = match self.controller.enroll(&request).await {
+                Ok(answer)
+                    if answer.state == EnrollState::Enrolled
+                        && let Err(reason) = crate::client::check_enrollment(&answer) =>
+                {
+                    // Nothing is stored: the enrolment is tried again.
+                    self.controller.protocol_error("enroll", &reason)
+                }
                 Ok(answer) if answer.state == EnrollState::Enrolled => {
                     let mut credentials = Credentials {
                         server: config.server.to_string(),
@@ -176,7 +183,9 @@ impl ProtocolLoop<'_> {
         };
         let answer = self.controller.session(&request).await?;
         let Some(challenge) = answer.challenge else {
-            return Err(self.controller.protocol_error("session", "no challenge"));
+            return Err(self
+                .controller
+                .protocol_error("session", "no challenge in the answer"));
         };
         request.signature = self
             .identity
@@ -184,8 +193,13 @@ impl ProtocolLoop<'_> {
         request.challenge = challenge.value;
         let answer = self.controller.session(&request).await?;
         let Some(session) = answer.session else {
-            return Err(self.controller.protocol_error("session", "no session"));
+            return Err(self
+                .controller
+                .protocol_error("session", "no session in the answer"));
         };
+        if let Err(reason) = crate::client::check_bearer(&session.token, "session token") {
+            return Err(self.controller.protocol_error("session", &reason));
+        }
         tracing::debug!(expires_at = %session.expires_at, "session opened");
         credentials.session = Some(session);
         credentials.client_token = None;

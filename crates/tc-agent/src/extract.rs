@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
@@ -159,21 +159,37 @@ fn io_error(path: &Path) -> impl FnOnce(io::Error) -> ExtractError + '_ {
     }
 }
 
+/// What an entry of the archive becomes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Kind {
+pub enum EntryKind {
+    /// A directory.
     Directory,
+    /// A regular file (also entries whose mode names another file type: they are written as
+    /// regular files).
     File,
+    /// A symbolic link.
     Link,
 }
 
-/// One entry, checked and ready to be written.
-struct Planned {
-    index: usize,
-    name: String,
-    path: PathBuf,
-    kind: Kind,
-    mode: Option<u32>,
-    size: u64,
+/// One entry of an archive, checked and ready to be written: what [`plan_zip`] decided.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlannedEntry {
+    /// Its index in the archive.
+    pub index: usize,
+    /// Its name in the archive (lossily decoded).
+    pub name: String,
+    /// Where it is written, relative to the package root: not empty, only normal components.
+    pub path: PathBuf,
+    /// What it is.
+    pub kind: EntryKind,
+    /// The Unix mode the archive records, if any.
+    pub mode: Option<u32>,
+    /// The uncompressed size its header declares.
+    pub size: u64,
+    /// The compressed size its header declares.
+    pub compressed_size: u64,
+    /// For a link, its target, checked to resolve inside the package.
+    pub link_target: Option<String>,
 }
 
 /// Extracts `zip` into `destination`, which must not exist yet. On error nothing is left behind.
@@ -197,15 +213,36 @@ fn extract_checked(
     let file = File::open(zip).map_err(io_error(zip))?;
     let mut archive = ZipArchive::new(file).map_err(|source| ExtractError::Archive { source })?;
     let plan = plan(&mut archive, limits)?;
-    let links = read_link_targets(&mut archive, &plan)?;
-    write(&mut archive, &plan, &links, destination, limits)
+    write(&mut archive, &plan, destination, limits)
 }
 
-/// Checks every entry's name, kind and declared size, without writing anything.
-fn plan(
-    archive: &mut ZipArchive<File>,
+/// Decides, without writing anything, what extracting the zip read from `zip` would write where:
+/// every entry's name, kind, declared size and link target is checked against the rules and
+/// `limits` that [`extract`] applies before its first write. Extraction still checks the real
+/// decompressed sizes while writing, since a header can lie.
+pub fn plan_zip<R: Read + Seek>(
+    zip: R,
     limits: &ExtractLimits,
-) -> Result<Vec<Planned>, ExtractError> {
+) -> Result<Vec<PlannedEntry>, ExtractError> {
+    let mut archive = ZipArchive::new(zip).map_err(|source| ExtractError::Archive { source })?;
+    plan(&mut archive, limits)
+}
+
+/// Checks every entry and reads the link targets.
+fn plan<R: Read + Seek>(
+    archive: &mut ZipArchive<R>,
+    limits: &ExtractLimits,
+) -> Result<Vec<PlannedEntry>, ExtractError> {
+    let mut plan = check_entries(archive, limits)?;
+    read_link_targets(archive, &mut plan)?;
+    Ok(plan)
+}
+
+/// Checks every entry's name, kind and declared size.
+fn check_entries<R: Read + Seek>(
+    archive: &mut ZipArchive<R>,
+    limits: &ExtractLimits,
+) -> Result<Vec<PlannedEntry>, ExtractError> {
     let count = archive.len();
     if count > limits.max_entries {
         let entry = archive
@@ -220,7 +257,7 @@ fn plan(
         });
     }
     let mut plan = Vec::with_capacity(count);
-    let mut kinds: HashMap<PathBuf, Kind> = HashMap::new();
+    let mut kinds: HashMap<PathBuf, EntryKind> = HashMap::new();
     let mut declared_total: u64 = 0;
     for index in 0..count {
         let entry = archive
@@ -238,11 +275,11 @@ fn plan(
             continue;
         }
         let kind = if entry.is_symlink() {
-            Kind::Link
+            EntryKind::Link
         } else if entry.is_dir() {
-            Kind::Directory
+            EntryKind::Directory
         } else {
-            Kind::File
+            EntryKind::File
         };
         let size = entry.size();
         declared_total = declared_total.saturating_add(size);
@@ -263,29 +300,31 @@ fn plan(
             }
         }
         match kinds.insert(path.clone(), kind) {
-            Some(Kind::Directory) if kind == Kind::Directory => {}
+            Some(EntryKind::Directory) if kind == EntryKind::Directory => {}
             Some(_) => return Err(ExtractError::Duplicate { entry: name }),
             None => {}
         }
-        plan.push(Planned {
+        plan.push(PlannedEntry {
             index,
             name,
             path,
             kind,
             mode: entry.unix_mode(),
             size,
+            compressed_size: entry.compressed_size(),
+            link_target: None,
         });
     }
     for planned in &plan {
         for ancestor in planned.path.ancestors().skip(1) {
             match kinds.get(ancestor) {
-                Some(Kind::Link) => {
+                Some(EntryKind::Link) => {
                     return Err(ExtractError::UnsafePath {
                         entry: planned.name.clone(),
                         reason: "lies under a symbolic link",
                     });
                 }
-                Some(Kind::File) => {
+                Some(EntryKind::File) => {
                     return Err(ExtractError::UnsafePath {
                         entry: planned.name.clone(),
                         reason: "lies under an entry that is a file",
@@ -299,17 +338,19 @@ fn plan(
 }
 
 /// Reads and checks the target of every link entry.
-fn read_link_targets(
-    archive: &mut ZipArchive<File>,
-    plan: &[Planned],
-) -> Result<BTreeMap<usize, String>, ExtractError> {
-    let links: BTreeSet<&Path> = plan
+fn read_link_targets<R: Read + Seek>(
+    archive: &mut ZipArchive<R>,
+    plan: &mut [PlannedEntry],
+) -> Result<(), ExtractError> {
+    let links: BTreeSet<PathBuf> = plan
         .iter()
-        .filter(|planned| planned.kind == Kind::Link)
-        .map(|planned| planned.path.as_path())
+        .filter(|planned| planned.kind == EntryKind::Link)
+        .map(|planned| planned.path.clone())
         .collect();
-    let mut targets = BTreeMap::new();
-    for planned in plan.iter().filter(|planned| planned.kind == Kind::Link) {
+    for planned in plan
+        .iter_mut()
+        .filter(|planned| planned.kind == EntryKind::Link)
+    {
         let entry_error = |source| ExtractError::Entry {
             entry: planned.name.clone(),
             source,
@@ -330,16 +371,15 @@ fn read_link_targets(
                 reason,
             }
         })?;
-        targets.insert(planned.index, target);
+        planned.link_target = Some(target);
     }
-    Ok(targets)
+    Ok(())
 }
 
 /// Writes the checked plan into `destination`.
 fn write(
     archive: &mut ZipArchive<File>,
-    plan: &[Planned],
-    links: &BTreeMap<usize, String>,
+    plan: &[PlannedEntry],
     destination: &Path,
     limits: &ExtractLimits,
 ) -> Result<Extracted, ExtractError> {
@@ -360,11 +400,11 @@ fn write(
             }
         }
         match planned.kind {
-            Kind::Directory => {
+            EntryKind::Directory => {
                 fs::create_dir_all(&target).map_err(io_error(&target))?;
                 directories.insert(target, permissions(planned.mode, 0o755));
             }
-            Kind::File => {
+            EntryKind::File => {
                 if let Some(parent) = target.parent() {
                     fs::create_dir_all(parent).map_err(io_error(parent))?;
                 }
@@ -384,15 +424,22 @@ fn write(
                     });
                 }
             }
-            Kind::Link => {}
+            EntryKind::Link => {}
         }
     }
-    for planned in plan.iter().filter(|planned| planned.kind == Kind::Link) {
+    for planned in plan
+        .iter()
+        .filter(|planned| planned.kind == EntryKind::Link)
+    {
         let target = destination.join(&planned.path);
         if let Some(parent) = target.parent() {
             fs::create_dir_all(parent).map_err(io_error(parent))?;
         }
-        std::os::unix::fs::symlink(&links[&planned.index], &target).map_err(io_error(&target))?;
+        let link_target = planned
+            .link_target
+            .as_deref()
+            .expect("the plan holds the target of every link");
+        std::os::unix::fs::symlink(link_target, &target).map_err(io_error(&target))?;
     }
     // Deepest first, so that a read-only directory does not stop its children from being set.
     for (directory, mode) in directories.iter().rev() {
@@ -407,7 +454,11 @@ fn write(
 }
 
 /// Writes one file entry, refusing more data than declared, and flushes it to disk.
-fn write_file(entry: impl Read, planned: &Planned, target: &Path) -> Result<u64, ExtractError> {
+fn write_file(
+    entry: impl Read,
+    planned: &PlannedEntry,
+    target: &Path,
+) -> Result<u64, ExtractError> {
     let mut file = OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -483,7 +534,7 @@ pub fn safe_relative_path(name: &str) -> Result<PathBuf, &'static str> {
 fn check_link_target(
     link: &Path,
     target: &str,
-    links: &BTreeSet<&Path>,
+    links: &BTreeSet<PathBuf>,
 ) -> Result<(), &'static str> {
     if target.is_empty() {
         return Err("is empty");
@@ -577,7 +628,7 @@ mod tests {
 
     #[test]
     fn link_targets_may_not_pass_through_other_links() {
-        let links: BTreeSet<&Path> = [Path::new("d/l"), Path::new("d/l2")].into();
+        let links: BTreeSet<PathBuf> = [PathBuf::from("d/l"), PathBuf::from("d/l2")].into();
         assert_eq!(
             check_link_target(Path::new("d/l2"), "l/..", &links),
             Err("passes through another symbolic link")

@@ -332,6 +332,43 @@ async fn wrong_bootstrap_token_is_reported_and_a_corrected_token_file_is_picked_
     agent.stop().await;
 }
 
+/// Found by fuzzing the controller's answers: a client token that cannot be sent in a header
+/// (here with a line break) was stored, and every heartbeat then failed before leaving the agent,
+/// as a network error, with no way back to enrolment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enrolment_answer_with_an_unsendable_client_token_is_refused_and_enrolment_retried() {
+    let fake = FakeController::start();
+    fake.state().token_prefix = "client\ntoken-".into();
+    let temp = tempfile::tempdir().unwrap();
+    let state = StateDir::new(temp.path().join("state"));
+    let agent = Agent::start(options(&fake, state.root()));
+    wait_for(
+        WAIT,
+        || {
+            std::fs::read_to_string(state.connection())
+                .is_ok_and(|text| text.contains("client token that is not printable ASCII"))
+        },
+        || format!("the refusal is recorded; {}", heartbeats_summary(&fake)),
+    )
+    .await;
+    assert!(!state.credentials().exists(), "the bad token is not stored");
+
+    fake.state().token_prefix = "client-token-".into();
+    wait_for(
+        WAIT,
+        || !fake.state().heartbeats.is_empty(),
+        || heartbeats_summary(&fake),
+    )
+    .await;
+    let credentials = Credentials::load(&state).unwrap().unwrap();
+    assert!(
+        credentials
+            .client_token
+            .is_some_and(|token| token.starts_with("client-token-"))
+    );
+    agent.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revision_zero_from_a_new_controller_removes_nothing() {
     let old = FakeController::start();

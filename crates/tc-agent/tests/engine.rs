@@ -648,6 +648,109 @@ async fn unsafe_names_from_the_controller_are_refused_and_touch_nothing() {
     );
 }
 
+/// Found by fuzzing the controller's answers: a download URL that does not resolve against the
+/// controller's URL (or resolves to something other than http(s)) was accepted, failed every
+/// download attempt and was retried with backoff for ever. It is refused up front, not retried,
+/// and nothing is downloaded.
+#[tokio::test]
+async fn download_url_that_cannot_be_fetched_is_refused_and_not_retried() {
+    let mut h = Harness::new();
+    let mut engine = h.open();
+    let good = h.package("1.0.0", Hooks::default());
+    let mut packages = vec![];
+    for (name, url) in [
+        ("bad-host", "https://cdn.example+blobs%v/pn.zip"),
+        ("bad-port", "//controller:99999/blobs/x"),
+        ("not-http", "file:///etc/shadow"),
+    ] {
+        let mut package = good.clone();
+        package.name = name.into();
+        package.url = url.into();
+        packages.push(package);
+    }
+    let desired = h.desired(packages);
+    h.converge(&mut engine, &desired).await.unwrap();
+    for name in ["bad-host", "bad-port", "not-http"] {
+        let reported = report(&engine, name);
+        assert_eq!(reported.state, PackageState::Failed, "{reported:?}");
+        let message = reported.message.clone().unwrap();
+        assert!(message.starts_with("refused by the agent: "), "{message}");
+        assert!(message.contains("URL"), "{message}");
+    }
+    assert_eq!(engine.next_retry_at(tc_proto::Timestamp::now()), None);
+    assert!(list(&h.dir.downloads()).is_empty());
+    assert!(h.versions_on_disk().is_empty());
+}
+
+/// Found with the fuzz target of the controller's answers (its check that every hook of an
+/// accepted package can run): a hook with an empty command, a blank program, a NUL byte or a
+/// timeout of 0 seconds was accepted, so the release was downloaded, extracted and activated
+/// before the hook failed (and a `preRemove` like that could never let the package go). Such a
+/// package is refused up front and nothing is downloaded.
+#[tokio::test]
+async fn hook_that_cannot_run_is_refused_before_anything_is_downloaded() {
+    let mut h = Harness::new();
+    let mut engine = h.open();
+    let hook = |command: &[&str], timeout_seconds| {
+        Some(tc_proto::Hook {
+            command: command.iter().map(|part| part.to_string()).collect(),
+            timeout_seconds,
+        })
+    };
+    let cases = [
+        (
+            "empty",
+            Hooks {
+                post_install: hook(&[], 10),
+                ..Hooks::default()
+            },
+            "postInstall hook has an empty command",
+        ),
+        (
+            "blank",
+            Hooks {
+                pre_install: hook(&["  "], 10),
+                ..Hooks::default()
+            },
+            "preInstall hook names no program",
+        ),
+        (
+            "nul",
+            Hooks {
+                pre_remove: hook(&["/bin/sh", "-c", "echo\0bye"], 10),
+                ..Hooks::default()
+            },
+            "preRemove hook command contains a NUL byte",
+        ),
+        (
+            "zero",
+            Hooks {
+                health_check: hook(&["./health.sh"], 0),
+                ..Hooks::default()
+            },
+            "healthCheck hook has a timeout of 0 seconds",
+        ),
+    ];
+    let mut packages = vec![];
+    for (name, hooks, _) in &cases {
+        let mut package = h.package("1.0.0", hooks.clone());
+        package.name = (*name).into();
+        packages.push(package);
+    }
+    let desired = h.desired(packages);
+    h.converge(&mut engine, &desired).await.unwrap();
+    for (name, _, reason) in cases {
+        let reported = report(&engine, name);
+        assert_eq!(reported.state, PackageState::Failed, "{reported:?}");
+        assert_eq!(
+            reported.message.as_deref(),
+            Some(format!("refused by the agent: {reason}").as_str())
+        );
+    }
+    assert!(list(&h.dir.downloads()).is_empty());
+    assert!(h.versions_on_disk().is_empty());
+}
+
 #[tokio::test]
 async fn package_script_runs_as_health_check_from_inside_the_package() {
     let mut h = Harness::new();

@@ -51,14 +51,11 @@ impl Setup {
                 mode: 0o755,
             },
         ]);
+        let controller = TestController::start().await;
         let mut setup = Setup {
             agent: None,
-            controller: TestController::start().await,
-            http: reqwest::Client::builder()
-                .no_proxy()
-                .timeout(Duration::from_secs(30))
-                .build()
-                .unwrap(),
+            http: controller.http_client(),
+            controller,
             client_name: String::new(),
             state: root.path().join("state"),
             markers,
@@ -159,6 +156,7 @@ impl Setup {
             .open(&self.log)
             .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_tc-agent"))
+            .args(["--ca-cert-hash", &self.controller.ca_cert_hash().unwrap()])
             .arg("--server")
             .arg(self.controller.url())
             .arg("--bootstrap-token-file")

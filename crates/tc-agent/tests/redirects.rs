@@ -143,7 +143,11 @@ async fn a_307_on_heartbeat_does_not_send_the_inventory_to_another_host() {
         server: format!("http://{controller}/"),
         machine_id: "redirect-test-machine".into(),
         client_name: "kiosk-1".into(),
-        client_token: "client-secret".into(),
+        // Credentials as a protocol-1 controller handed out: used as they are, no session to
+        // open first, so the first request is the heartbeat.
+        public_key: String::new(),
+        session: None,
+        client_token: Some("client-secret".into()),
         enrolled_at: Timestamp::now(),
     }
     .save(&dir)

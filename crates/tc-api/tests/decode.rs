@@ -922,3 +922,55 @@ fn list_documents_give_their_items_with_their_own_positions() {
         )],
     );
 }
+
+/// The fuzzer's first find: a syntax error at the very end of a file whose last line has no line
+/// break was reported on a line after the last one (`x.yaml:2:1` for a file of one line), which
+/// editors cannot jump to. It is reported just after the last character instead.
+#[test]
+fn syntax_error_at_the_end_of_a_file_without_a_final_newline_is_reported_inside_it() {
+    let cases = [
+        ("a: b\nc", (2, 2)),
+        ("- a\nb", (2, 2)),
+        ("a:\n  b\nc", (3, 2)),
+        ("a: |\n b\r\nc", (3, 2)),
+        ("[a", (1, 3)),
+        ("{a: b", (1, 6)),
+        // With a final line break the end of the file is the start of the empty last line.
+        ("a: b\nc\n", (3, 1)),
+    ];
+    for (text, expected) in cases {
+        let errors = decode_objects("x.yaml", text).unwrap_err();
+        let error = errors.first().unwrap();
+        assert_eq!((error.line, error.column), expected, "{text:?}: {error}");
+    }
+}
+
+/// Found by fuzzing too: the parser counts the columns of a directive in bytes, so a syntax error
+/// after non-ASCII text in one (`%é` followed by a control character) named a column past the end
+/// of its line. Its column is kept within the line (at worst just after its last character).
+#[test]
+fn syntax_error_in_a_directive_with_non_ascii_text_is_reported_inside_its_line() {
+    for (text, expected) in [("%\u{fffd}\0\n", (1, 4)), ("%éééé\0\r\nx", (1, 7))] {
+        let errors = decode_objects("x.yaml", text).unwrap_err();
+        let error = errors.first().unwrap();
+        assert!(error.message.contains("unprintable"), "{error}");
+        assert_eq!((error.line, error.column), expected, "{text:?}: {error}");
+    }
+}
+
+/// Found by fuzzing as well: an error about a whole document that ends its file without a final
+/// line break (`? ` is a mapping with one empty key) was placed where the parser saw the mapping
+/// start, on the line after the last one. Every position the parser reports is kept inside the
+/// input, not only those of syntax errors.
+#[test]
+fn document_error_at_the_end_of_a_file_without_a_final_newline_is_reported_inside_it() {
+    for (text, expected) in [("? ", (1, 3)), ("\n\n? ", (3, 3))] {
+        let errors = decode_objects("x.yaml", text).unwrap_err();
+        let error = errors.first().unwrap();
+        assert!(
+            error.message.contains("missing field `apiVersion`"),
+            "{error}"
+        );
+        assert_eq!((error.line, error.column), expected, "{text:?}: {error}");
+    }
+}

@@ -54,8 +54,7 @@ fn ok(schema: Value, extra: &[u16]) -> Value {
 
 /// `responses` with one more successful answer, `code`, of `schema` in JSON.
 fn with_response(mut responses: Value, code: &str, description: &str, schema: Value) -> Value {
-    responses[code] =
-        json!({ "description": description, "content": { "application/json": { "schema": schema } } });
+    responses[code] = json!({ "description": description, "content": { "application/json": { "schema": schema } } });
     responses
 }
 

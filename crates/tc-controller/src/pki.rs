@@ -4,7 +4,7 @@
 //! The server certificate is issued again when less than 30 days remain (at start, and while
 //! running by [`crate::tls::maintain`]) or, at start, when the names it should carry changed (`localhost`, `127.0.0.1`, `::1`, the machine's host name, the
 //! listen address when it is a specific IP, and every `--tls-san`). The CA is never replaced:
-//! agents pin its fingerprint. Keys are mode 0600, `pki/` 0700.
+//! agents pin its fingerprint. Every file is mode 0600 (the data directory is private as a whole), `pki/` 0700.
 
 use std::io::Write;
 use std::net::IpAddr;
@@ -116,7 +116,7 @@ pub fn load_or_create(dir: &Path, names: &[String], now: i64) -> Result<ServerId
             params.not_after = timestamp(now + CA_DAYS * DAY);
             let certificate = params.self_signed(&key)?;
             write_private(&ca_key_path, key.serialize_pem().as_bytes())?;
-            write_file(&ca_cert_path, certificate.pem().as_bytes(), 0o644)?;
+            write_file(&ca_cert_path, certificate.pem().as_bytes(), 0o600)?;
             tracing::info!(path = %ca_cert_path.display(), "created the controller's CA");
             (certificate.der().clone(), key)
         }
@@ -172,7 +172,7 @@ pub fn load_or_create(dir: &Path, names: &[String], now: i64) -> Result<ServerId
             let issuer = Issuer::new(ca_params(), ca_key);
             let certificate = params.signed_by(&key, &issuer)?;
             write_private(&server_key_path, key.serialize_pem().as_bytes())?;
-            write_file(&server_cert_path, certificate.pem().as_bytes(), 0o644)?;
+            write_file(&server_cert_path, certificate.pem().as_bytes(), 0o600)?;
             tracing::info!(path = %server_cert_path.display(), names = ?names, "issued the server certificate");
             let key = PrivateKeyDer::try_from(key.serialize_der())
                 .map_err(|e| invalid(&server_key_path, e.to_string()))?;

@@ -1,4 +1,4 @@
-//! Terminal escapes from clients are shown, never obeyed: a host name, inventory strings and a
+//! Terminal escapes from clients are shown, never obeyed: inventory strings and a
 //! package message carrying a window title (OSC 0), a screen clear, a clipboard write (OSC 52),
 //! a C1 control and a carriage return go through a real controller and reach every kind of
 //! `tcadm` output; the bytes printed hold no control character but newline, while `-o json` and
@@ -10,10 +10,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tc_proto::{
-    EnrollRequest, EnrollResponse, HeartbeatRequest, Inventory, PROTOCOL_VERSION, PackageReport,
-    PackageState, Timestamp,
+    EnrollResponse, HeartbeatRequest, Inventory, PROTOCOL_VERSION, PackageReport, PackageState,
+    Timestamp,
 };
 use tc_testkit::TestController;
+use tc_testkit::protocol::TestIdentity;
 
 /// A title, a screen clear, a clipboard write, CSI as one C1 character, DEL, a carriage return.
 const HOSTILE: &str =
@@ -44,22 +45,60 @@ impl Fleet {
             dir: tempfile::tempdir().unwrap(),
             token: String::new(),
         };
+        // Host names with control characters are refused at enrolment and in heartbeats (see
+        // `tc_proto::limits`); every other string an agent reports reaches tcadm as sent.
+        let identity = TestIdentity::new("machine-1");
+        let refused = fleet.send(
+            "/agent/v1/enroll",
+            None,
+            &with_hostname(
+                identity.enroll_body(
+                    fleet.controller.bootstrap_token(),
+                    "machine-1",
+                    "kiosk-1",
+                    Value::Object(Default::default()),
+                ),
+                HOSTILE,
+            ),
+        );
+        assert_eq!(refused.0, 400, "{}", refused.1);
         let enrolled: EnrollResponse = fleet.post(
             "/agent/v1/enroll",
             None,
-            &EnrollRequest {
-                protocol_version: PROTOCOL_VERSION,
-                bootstrap_token: fleet.controller.bootstrap_token().to_owned(),
-                machine_id: "machine-1".into(),
-                name: "kiosk-1".into(),
-                hostname: HOSTILE.into(),
-                labels: Default::default(),
-            },
+            &identity.enroll_body(
+                fleet.controller.bootstrap_token(),
+                "machine-1",
+                "kiosk-1",
+                Value::Object(Default::default()),
+            ),
         );
         assert_eq!(enrolled.client_name, "kiosk-1");
-        fleet.token = enrolled.client_token;
+        fleet.token = enrolled.session.expect("a first session").token;
         fleet.heartbeat(HOSTILE);
         fleet
+    }
+
+    /// Posts `body` as JSON; the status and the text of the answer.
+    fn send(&self, path: &str, token: Option<&str>, body: &impl serde::Serialize) -> (u16, String) {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let tls = self
+            .controller
+            .tls_client_config(&[b"http/1.1"])
+            .expect("an HTTPS controller");
+        let client = reqwest::blocking::Client::builder()
+            .use_preconfigured_tls((*tls).clone())
+            .build()
+            .unwrap();
+        let mut request = client
+            .post(format!("{}{path}", self.controller.url()))
+            .header("content-type", "application/json")
+            .body(serde_json::to_string(body).unwrap());
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().unwrap();
+        let status = response.status().as_u16();
+        (status, response.text().unwrap())
     }
 
     fn post<T: serde::de::DeserializeOwned>(
@@ -68,25 +107,15 @@ impl Fleet {
         token: Option<&str>,
         body: &impl serde::Serialize,
     ) -> T {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let mut request = reqwest::blocking::Client::new()
-            .post(format!("{}{path}", self.controller.url()))
-            .header("content-type", "application/json")
-            .body(serde_json::to_string(body).unwrap());
-        if let Some(token) = token {
-            request = request.bearer_auth(token);
-        }
-        let response = request.send().unwrap();
-        let status = response.status();
-        let text = response.text().unwrap();
-        assert!(status.is_success(), "{path}: {status} {text}");
+        let (status, text) = self.send(path, token, body);
+        assert!((200..300).contains(&status), "{path}: {status} {text}");
         serde_json::from_str(&text).unwrap()
     }
 
     /// A heartbeat whose inventory strings and package message are `text`.
     fn heartbeat(&self, text: &str) {
         let inventory = Inventory {
-            hostname: text.into(),
+            hostname: "kiosk-1".into(),
             os_name: text.into(),
             os_version: "12".into(),
             cpu_model: text.into(),
@@ -111,6 +140,7 @@ impl Fleet {
                 inventory_hash: tc_proto::inventory_hash(&inventory),
                 inventory: Some(inventory),
                 load: Default::default(),
+                decommissioned: false,
             },
         );
     }
@@ -122,7 +152,11 @@ impl Fleet {
             .current_dir(self.dir.path())
             .env_clear()
             .env("TCADM_SERVER", self.controller.url())
-            .env("TCADM_TOKEN", self.controller.admin_token());
+            .env("TCADM_TOKEN", self.controller.admin_token())
+            .env(
+                "TCADM_CA_CERT_HASH",
+                self.controller.ca_cert_hash().expect("an HTTPS controller"),
+            );
         command
     }
 
@@ -135,6 +169,12 @@ impl Fleet {
             String::from_utf8(output.stderr).unwrap(),
         )
     }
+}
+
+/// An enrolment request with another host name.
+fn with_hostname(mut body: Value, hostname: &str) -> Value {
+    body["hostname"] = Value::from(hostname);
+    body
 }
 
 /// Fails when `text` holds a control character a terminal would obey (newline aside).

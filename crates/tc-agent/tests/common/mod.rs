@@ -57,6 +57,8 @@ pub struct FakeState {
     pub send_inventory_next: bool,
     /// Long-polls received.
     pub long_polls: usize,
+    /// Client tokens handed out at enrolment are this followed by a number.
+    pub token_prefix: String,
 }
 
 struct Shared {
@@ -89,6 +91,7 @@ impl FakeController {
                 heartbeat_millis: 200,
                 send_inventory_next: false,
                 long_polls: 0,
+                token_prefix: "client-token-".into(),
             }),
             revision: watch::channel(0).0,
         });
@@ -262,7 +265,7 @@ async fn enroll(State(shared): State<Arc<Shared>>, Json(request): Json<EnrollReq
         );
     }
     let mut state = shared.state.lock().unwrap();
-    let token = format!("client-token-{}", state.enrolments.len() + 1);
+    let token = format!("{}{}", state.token_prefix, state.enrolments.len() + 1);
     state.tokens.insert(token.clone());
     let name = request.name.clone();
     state.enrolments.push(request);

@@ -54,12 +54,18 @@ fn parse_into(
     limits: &Limits,
     documents: &mut Vec<Document>,
 ) -> Result<(), DecodeError> {
-    let fail = |position: Position, message: String| DecodeError {
-        file: file.to_string(),
-        line: position.line,
-        column: position.column,
-        field: None,
-        message,
+    // Every position the parser reports is moved inside the input before it is used: those of
+    // events onto its end when past it (O(1) each), that of an error inside its line too (once).
+    let end = end_of(text);
+    let fail = |position: Position, message: String| {
+        let position = within(text, position);
+        DecodeError {
+            file: file.to_string(),
+            line: position.line,
+            column: position.column,
+            field: None,
+            message,
+        }
     };
     if text.len() > limits.max_bytes {
         return Err(fail(
@@ -90,7 +96,7 @@ fn parse_into(
                 format!("YAML syntax error: {}", error.info()),
             )
         })?;
-        let position = Position::of(&span);
+        let position = Position::of(&span).min(end);
         // A completed node: (value, node count, anchor id).
         let completed: Option<(Value, usize, usize)> = match event {
             Event::StreamStart | Event::StreamEnd | Event::Nothing => None,
@@ -275,6 +281,66 @@ fn parse_into(
         }
     }
     Ok(())
+}
+
+/// The parser reads as if a line break followed the last line, so what it finds at the end of a
+/// file without one (a syntax error, the start of a mapping there) names the line after the last;
+/// and it counts the columns of a directive (`%TAG ...`) in bytes, not characters. Positions are
+/// therefore moved inside the input, with lines broken as YAML breaks them (`\n`, `\r\n` or
+/// `\r`) and columns counted in characters.
+///
+/// The position just after the last character of `text`.
+fn end_of(text: &str) -> Position {
+    let mut end = Position { line: 1, column: 1 };
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\n' || c == '\r' {
+            if c == '\r' && chars.peek() == Some(&'\n') {
+                chars.next();
+            }
+            end = Position {
+                line: end.line + 1,
+                column: 1,
+            };
+        } else {
+            end.column += 1;
+        }
+    }
+    end
+}
+
+/// `position` moved onto the end of the last line of `text` when it names a line after it, and
+/// onto the end of its line when its column lies past that.
+fn within(text: &str, position: Position) -> Position {
+    let wanted = position.line.max(1);
+    let mut line = 1;
+    let mut width = 0;
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\n' || c == '\r' {
+            if line == wanted {
+                break;
+            }
+            if c == '\r' && chars.peek() == Some(&'\n') {
+                chars.next();
+            }
+            line += 1;
+            width = 0;
+        } else {
+            width += 1;
+        }
+    }
+    if wanted > line {
+        Position {
+            line,
+            column: width + 1,
+        }
+    } else {
+        Position {
+            line: wanted,
+            column: position.column.clamp(1, width + 1),
+        }
+    }
 }
 
 /// The path of a collection that starts inside `parent`; records its position.
