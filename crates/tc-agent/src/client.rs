@@ -187,7 +187,16 @@ fn tls_config(ca: &CaTrust, state_dir: &Path) -> Result<rustls::ClientConfig, Ag
                 None,
             )?);
         }
-        CaTrust::Pinned(pin) => *pin,
+        CaTrust::Pinned(pins) if pins.len() > 1 => {
+            // A CA being replaced: the chain is checked against every fingerprint at each
+            // connection, so that the switch to the new CA needs nothing here.
+            return Ok(tc_trust::client_config(
+                &Trust::Pinned(pins.clone()),
+                &alpn,
+                None,
+            )?);
+        }
+        CaTrust::Pinned(pins) => pins[0],
     };
     let stored = state_dir.join(PINNED_CA_FILE);
     // Read like every file of the state directory: a link planted there is refused, not followed.
@@ -226,7 +235,7 @@ fn tls_config(ca: &CaTrust, state_dir: &Path) -> Result<rustls::ClientConfig, Ag
         }
     });
     Ok(tc_trust::client_config(
-        &Trust::Pinned(pin),
+        &Trust::Pinned(vec![pin]),
         &alpn,
         Some(on_pinned),
     )?)
@@ -672,7 +681,7 @@ impl ProtocolLoop<'_> {
                 Err(error) if error.is_unauthorized() => {
                     self.connection.failed(&error.to_string());
                     tracing::warn!(%error, "the controller refused the session");
-                    credentials = self.recover(credentials, &error).await?;
+                    credentials = self.recover(credentials).await?;
                     self.fetcher
                         .set_token(credentials.bearer().map(str::to_owned));
                     send_inventory = true;

@@ -75,8 +75,9 @@ pub struct Settings {
     #[arg(long, value_name = "FILE", conflicts_with = "bootstrap_token")]
     pub bootstrap_token_file: Option<PathBuf>,
     /// Fingerprint of the controller's CA, `sha256:<hex>` (from the join material): an https
-    /// server is trusted only if its chain has this CA.
-    #[arg(long, value_name = "sha256:HEX")]
+    /// server is trusted only if its chain has this CA. Several, comma-separated, while the
+    /// controller's CA is being replaced.
+    #[arg(long, value_name = "sha256:HEX[,...]")]
     pub ca_cert_hash: Option<String>,
     /// PEM file of the CA that signs the controller's certificate (instead of --ca-cert-hash).
     #[arg(long, value_name = "FILE", conflicts_with = "ca_cert_hash")]
@@ -158,9 +159,11 @@ pub struct AgentConfig {
 /// How the agent trusts an `https://` controller.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CaTrust {
-    /// The CA whose fingerprint this is (`caCertHash`); the CA certificate is stored in the
-    /// state directory at the first successful contact and trusted alone from then on.
-    Pinned(CaCertHash),
+    /// A CA whose fingerprint is one of these (`caCertHash`). With one fingerprint, the CA
+    /// certificate is stored in the state directory at the first successful contact and trusted
+    /// alone from then on; with several (a CA being replaced), the chain is checked against the
+    /// fingerprints at every connection.
+    Pinned(Vec<CaCertHash>),
     /// The CA certificates of this PEM file (`caFile`).
     File(PathBuf),
 }
@@ -376,9 +379,15 @@ impl Settings {
     }
 }
 
-fn parse_ca_cert_hash(text: &str) -> Result<CaCertHash, ConfigError> {
-    text.parse()
-        .map_err(|error: tc_trust::TrustError| ConfigError::InvalidCaCertHash(error.to_string()))
+/// One fingerprint, or several separated by commas.
+fn parse_ca_cert_hash(text: &str) -> Result<Vec<CaCertHash>, ConfigError> {
+    text.split(',')
+        .map(|hash| {
+            hash.trim().parse().map_err(|error: tc_trust::TrustError| {
+                ConfigError::InvalidCaCertHash(error.to_string())
+            })
+        })
+        .collect()
 }
 
 /// The settings a configuration file may hold, as written in YAML.
@@ -685,7 +694,10 @@ mod tests {
             .settings
             .resolve("h")
             .unwrap();
-        assert_eq!(pinned.ca, Some(CaTrust::Pinned(hash.parse().unwrap())));
+        assert_eq!(
+            pinned.ca,
+            Some(CaTrust::Pinned(vec![hash.parse().unwrap()]))
+        );
         let temp = tempfile::tempdir().unwrap();
         let config_path = temp.path().join("agent.yaml");
         std::fs::write(&config_path, "server: https://x\ncaFile: ca.pem\n").unwrap();

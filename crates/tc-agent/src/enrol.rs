@@ -4,9 +4,10 @@
 //! * The client is the key in `identity.key`. Enrolment sends its public key and a signature
 //!   binding the machine id and the bootstrap token; a client enrolled by this very request gets
 //!   its first session with the answer, a known key opens one by signing a challenge.
-//! * A session that expires is replaced by signing a new challenge: no bootstrap token is
-//!   involved. A session that was revoked (the client deleted, its key replaced) or a controller
-//!   that no longer knows the client leads to a new enrolment.
+//! * A session that expires, or that the controller cannot check any more (its session key was
+//!   replaced), is replaced by signing a new challenge: no bootstrap token is involved. A client
+//!   the controller no longer knows by this key (deleted, its key replaced) leads to a new
+//!   enrolment.
 //! * `credentials.json` is a cache: when it is missing or corrupt, the agent enrols again with
 //!   its key and is the same client. A pending enrolment (an admin's approval, a machine id
 //!   enrolled under another key) is asked about again when the controller says; a refused one
@@ -14,9 +15,7 @@
 
 use std::time::Duration;
 
-use tc_proto::{
-    EnrollRequest, EnrollState, PROTOCOL_VERSION, REASON_SESSION_EXPIRED, SessionRequest, Timestamp,
-};
+use tc_proto::{EnrollRequest, EnrollState, PROTOCOL_VERSION, SessionRequest, Timestamp};
 
 use crate::client::{AgentError, ApiError, ProtocolLoop, RunOutcome};
 use crate::identity::Identity;
@@ -254,15 +253,17 @@ impl ProtocolLoop<'_> {
         }
     }
 
-    /// New credentials after the controller refused a request's token: a new session when the
-    /// session expired, else a new enrolment (when a bootstrap token is configured).
+    /// New credentials after the controller refused a request's token: a new session signed
+    /// with the key, else a new enrolment (when a bootstrap token is configured).
     pub(crate) async fn recover(
         &mut self,
         credentials: Credentials,
-        error: &ApiError,
     ) -> Result<Credentials, AgentError> {
-        if error.reason() == Some(REASON_SESSION_EXPIRED)
-            && !credentials.public_key.is_empty()
+        // Whatever the refusal (expired, or a token the controller cannot check any more: its
+        // session key was replaced, or a backup restored), a session signed with the key is
+        // tried first: it needs no bootstrap token. A client that was deleted or whose key was
+        // replaced refuses it too, and the agent enrols again.
+        if !credentials.public_key.is_empty()
             && let Some(credentials) = self.with_new_session(credentials.clone()).await?
         {
             return Ok(credentials);

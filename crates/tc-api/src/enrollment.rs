@@ -65,7 +65,8 @@ pub struct JoinMaterial {
     pub server: String,
     /// The bootstrap token's secret.
     pub token: String,
-    /// The SHA-256 fingerprint of the controller's CA, when the controller has one.
+    /// The SHA-256 fingerprint of the controller's CA, when the controller has one; while the
+    /// CA is being replaced, the current and the next one, comma-separated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_cert_hash: Option<String>,
 }

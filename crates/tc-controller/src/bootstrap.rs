@@ -408,7 +408,7 @@ pub async fn create(
             describe(&token),
         )])
         .await;
-    let ca_cert_hash = controller.ca_cert_hash();
+    let ca_cert_hash = controller.join_ca_cert_hash();
     let join = JoinMaterial {
         server: server_url(&headers, &uri, ca_cert_hash.is_some()),
         token: secret.clone(),

@@ -269,6 +269,20 @@ impl Controller {
             .map(|tls| tls.resolver.ca_hash().to_string())
     }
 
+    /// The fingerprints the join material gives agents to pin: the CA's, and while a
+    /// replacement is prepared (`tc-controller ca prepare`) the next CA's too, comma-separated.
+    pub fn join_ca_cert_hash(&self) -> Option<String> {
+        let current = self.ca_cert_hash()?;
+        let next = match self.config.tls {
+            TlsMode::Generated { .. } => pki::next_ca_hash(&self.config.data_dir.join("pki")),
+            _ => None,
+        };
+        Some(match next {
+            Some(next) => format!("{current},{next}"),
+            None => current,
+        })
+    }
+
     /// Stores events; failures are logged (events never fail a request).
     pub async fn record(&self, events: Vec<Event>) {
         if events.is_empty() {

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use tc_controller::{Config, TlsMode, serve_with};
 
 /// mimalloc rather than the system allocator: the controller allocates and frees a task, a request
@@ -18,11 +18,18 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Debug, Parser)]
 #[command(name = "tc-controller", version)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Address to listen on (IPv4 or IPv6, e.g. `[::]:7130`).
     #[arg(long, default_value = "127.0.0.1:7130", env = "TC_CONTROLLER_LISTEN")]
     listen: SocketAddr,
     /// Data directory: the database, the blobs and the token files.
-    #[arg(long, default_value = "./data", env = "TC_CONTROLLER_DATA_DIR")]
+    #[arg(
+        long,
+        default_value = "./data",
+        env = "TC_CONTROLLER_DATA_DIR",
+        global = true
+    )]
     data_dir: PathBuf,
     /// Watched manifest directory, applied at start and on every change.
     #[arg(long, default_value = "./manifests", env = "TC_CONTROLLER_MANIFESTS")]
@@ -79,6 +86,9 @@ fn main() -> ExitCode {
         )
         .init();
     let args = Args::parse();
+    if let Some(Command::Ca(command)) = &args.command {
+        return ca_command(command, &args.data_dir);
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -119,6 +129,69 @@ fn main() -> ExitCode {
             }
         }
     })
+}
+
+/// Commands other than serving.
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Replace the controller's generated CA without locking agents out.
+    #[command(subcommand)]
+    Ca(CaCommand),
+}
+
+/// The two steps of replacing the CA.
+#[derive(Debug, Subcommand)]
+enum CaCommand {
+    /// Make the next CA (<data-dir>/pki/next-ca.crt) and print its fingerprint; agents then
+    /// pin both (`caCertHash: OLD,NEW`; new tokens' join material has both). Safe while the
+    /// controller runs.
+    Prepare,
+    /// With the controller stopped: make the next CA the CA (the old one is kept as
+    /// previous-ca.crt); the server certificate is issued by it at the next start.
+    Rotate,
+}
+
+/// Runs a `ca` command.
+fn ca_command(command: &CaCommand, data_dir: &std::path::Path) -> ExitCode {
+    let pki = data_dir.join("pki");
+    let result = match command {
+        CaCommand::Prepare => {
+            tc_controller::pki::prepare_next_ca(&pki, tc_controller::pki::unix_now()).map(|next| {
+                let current = tc_controller::pki::ca_hash(&pki)
+                    .map(|hash| hash.to_string())
+                    .unwrap_or_else(|| "(none yet)".into());
+                println!("next CA: {} ({next})", pki.join("next-ca.crt").display());
+                println!("give agents both fingerprints: caCertHash: {current},{next}");
+                println!("then stop the controller and run `tc-controller ca rotate`");
+            })
+        }
+        CaCommand::Rotate => {
+            // The store is locked by a running controller: rotating under it would leave it
+            // serving the old certificate while the files say otherwise.
+            let db = data_dir.join("thinfleet.redb");
+            if db.exists()
+                && let Err(error) = tc_store::RedbStore::open(&db)
+            {
+                eprintln!(
+                    "error: {}: {error}; stop the controller before rotating its CA",
+                    db.display()
+                );
+                return ExitCode::FAILURE;
+            }
+            tc_controller::pki::rotate_ca(&pki).map(|(old, new)| {
+                println!("the CA is now {new} (was {old}, kept as previous-ca.crt)");
+                println!("start the controller: it issues its server certificate with the new CA");
+                println!("once every agent runs, pin only the new one: caCertHash: {new}");
+            })
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Completes on Ctrl-C or SIGTERM.

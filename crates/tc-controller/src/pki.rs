@@ -25,6 +25,9 @@ const SERVER_DAYS: i64 = 365;
 /// A server certificate with less than this left is issued again at start.
 pub const RENEW_BEFORE_DAYS: i64 = 30;
 const DAY: i64 = 86_400;
+/// The next CA of a rotation (`tc-controller ca prepare`).
+const NEXT_CA_CERT: &str = "next-ca.crt";
+const NEXT_CA_KEY: &str = "next-ca.key";
 /// The CA's common name (also its issuer name in every server certificate it signs).
 const CA_NAME: &str = "thinfleet controller CA";
 
@@ -110,15 +113,9 @@ pub fn load_or_create(dir: &Path, names: &[String], now: i64) -> Result<ServerId
             read_key_pair(&ca_key_path)?,
         ),
         (false, false) => {
-            let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-            let mut params = ca_params();
-            params.not_before = timestamp(now - DAY);
-            params.not_after = timestamp(now + CA_DAYS * DAY);
-            let certificate = params.self_signed(&key)?;
-            write_private(&ca_key_path, key.serialize_pem().as_bytes())?;
-            write_file(&ca_cert_path, certificate.pem().as_bytes(), 0o600)?;
+            let made = make_ca(&ca_cert_path, &ca_key_path, now)?;
             tracing::info!(path = %ca_cert_path.display(), "created the controller's CA");
-            (certificate.der().clone(), key)
+            made
         }
         (true, false) => {
             return Err(PkiError::HalfCa {
@@ -147,7 +144,8 @@ pub fn load_or_create(dir: &Path, names: &[String], now: i64) -> Result<ServerId
     }
 
     let (server_cert_path, server_key_path) = (dir.join("server.crt"), dir.join("server.key"));
-    let current = current_server(&server_cert_path, &server_key_path, names, now);
+    let current = current_server(&server_cert_path, &server_key_path, names, now)
+        .filter(|(server, _)| issued_by(server, &ca, &server_cert_path, now));
     let (server, key, issued) = match current {
         Some((server, key)) => (server, key, false),
         None => {
@@ -212,6 +210,152 @@ fn current_server(
         return None;
     }
     Some((certificate, key))
+}
+
+/// Makes a CA (`cert_path`, `key_path`).
+fn make_ca(
+    cert_path: &Path,
+    key_path: &Path,
+    now: i64,
+) -> Result<(CertificateDer<'static>, KeyPair), PkiError> {
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let mut params = ca_params();
+    params.not_before = timestamp(now - DAY);
+    params.not_after = timestamp(now + CA_DAYS * DAY);
+    let certificate = params.self_signed(&key)?;
+    write_private(key_path, key.serialize_pem().as_bytes())?;
+    write_file(cert_path, certificate.pem().as_bytes(), 0o600)?;
+    Ok((certificate.der().clone(), key))
+}
+
+/// Whether `server` verifies against `ca` alone (as agents pinning `ca` check it); a server
+/// certificate of another CA (the CA was replaced) is issued again.
+fn issued_by(server: &CertificateDer<'_>, ca: &CertificateDer<'_>, path: &Path, now: i64) -> bool {
+    use rustls::client::danger::ServerCertVerifier;
+    let mut roots = rustls::RootCertStore::empty();
+    if roots.add(ca.clone().into_owned()).is_err() {
+        return false;
+    }
+    let Ok(verifier) = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        std::sync::Arc::new(roots),
+        tc_trust::provider(),
+    )
+    .build() else {
+        return false;
+    };
+    let at = rustls::pki_types::UnixTime::since_unix_epoch(std::time::Duration::from_secs(
+        u64::try_from(now).unwrap_or(0),
+    ));
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("a valid name");
+    let verified = verifier
+        .verify_server_cert(server, &[], &name, &[], at)
+        .is_ok();
+    if !verified {
+        tracing::info!(path = %path.display(), "the server certificate is not the CA's; issuing a new one");
+    }
+    verified
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .map_or(0, |elapsed| {
+            i64::try_from(elapsed.as_secs()).unwrap_or(i64::MAX)
+        })
+}
+
+/// The fingerprint of the CA in `dir`, when there is one.
+pub fn ca_hash(dir: &Path) -> Option<CaCertHash> {
+    hash_of_file(&dir.join("ca.crt"))
+}
+
+fn hash_of_file(path: &Path) -> Option<CaCertHash> {
+    if !path.exists() {
+        return None;
+    }
+    read_certificate(path)
+        .ok()
+        .and_then(|certificate| CaCertHash::of_certificate(&certificate).ok())
+}
+
+/// The next CA of a CA rotation, when one was prepared: `next-ca.crt` in the PKI directory.
+pub fn next_ca_hash(dir: &Path) -> Option<CaCertHash> {
+    hash_of_file(&dir.join(NEXT_CA_CERT))
+}
+
+/// First step of replacing the CA: makes the next CA (`next-ca.crt`, `next-ca.key`) unless it
+/// exists, and answers its fingerprint. The controller keeps serving with its CA; agents are
+/// given both fingerprints (the join material of new tokens has them) before the switch.
+pub fn prepare_next_ca(dir: &Path, now: i64) -> Result<CaCertHash, PkiError> {
+    create_private_dir(dir)?;
+    let (cert_path, key_path) = (dir.join(NEXT_CA_CERT), dir.join(NEXT_CA_KEY));
+    let certificate = match (cert_path.exists(), key_path.exists()) {
+        (true, true) => read_certificate(&cert_path)?,
+        (false, false) => make_ca(&cert_path, &key_path, now)?.0,
+        (true, false) => {
+            return Err(PkiError::HalfCa {
+                present: cert_path,
+                missing: key_path,
+            });
+        }
+        (false, true) => {
+            return Err(PkiError::HalfCa {
+                present: key_path,
+                missing: cert_path,
+            });
+        }
+    };
+    CaCertHash::of_certificate(&certificate).map_err(|e| PkiError::Invalid {
+        path: cert_path,
+        message: e.to_string(),
+    })
+}
+
+/// Second step, with the controller stopped: the next CA becomes the CA (the old one is kept as
+/// `previous-ca.crt`/`.key`), and the server certificate is issued by it at the next start.
+/// Answers the old and the new fingerprint.
+pub fn rotate_ca(dir: &Path) -> Result<(CaCertHash, CaCertHash), PkiError> {
+    let (next_cert, next_key) = (dir.join(NEXT_CA_CERT), dir.join(NEXT_CA_KEY));
+    if !next_cert.exists() || !next_key.exists() {
+        return Err(PkiError::Invalid {
+            path: next_cert,
+            message: "no next CA: run `tc-controller ca prepare` first, and give agents its \
+                      fingerprint"
+                .into(),
+        });
+    }
+    let hash_of = |path: &Path| -> Result<CaCertHash, PkiError> {
+        CaCertHash::of_certificate(&read_certificate(path)?).map_err(|e| PkiError::Invalid {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })
+    };
+    let (ca_cert, ca_key) = (dir.join("ca.crt"), dir.join("ca.key"));
+    let old = hash_of(&ca_cert)?;
+    let new = hash_of(&next_cert)?;
+    let rename = |from: &Path, to: &Path| {
+        std::fs::rename(from, to).map_err(|source| PkiError::Io {
+            path: from.to_owned(),
+            source,
+        })
+    };
+    rename(&ca_cert, &dir.join("previous-ca.crt"))?;
+    rename(&ca_key, &dir.join("previous-ca.key"))?;
+    rename(&next_key, &ca_key)?;
+    rename(&next_cert, &ca_cert)?;
+    for file in ["server.crt", "server.key"] {
+        match std::fs::remove_file(dir.join(file)) {
+            Err(source) if source.kind() != std::io::ErrorKind::NotFound => {
+                return Err(PkiError::Io {
+                    path: dir.join(file),
+                    source,
+                });
+            }
+            _ => {}
+        }
+    }
+    Ok((old, new))
 }
 
 /// The CA's parameters. Server certificates are signed with these and the CA's key: the issuer
@@ -348,5 +492,56 @@ mod tests {
             error.contains("ca.key") && error.contains("restore"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn a_ca_is_replaced_in_two_steps_and_the_server_certificate_follows_it() {
+        let temp = tempfile::tempdir().unwrap();
+        let dir = temp.path().join("pki");
+        let names = server_names(&[], None);
+        let first = load_or_create(&dir, &names, NOW).unwrap();
+        assert_eq!(ca_hash(&dir), Some(first.ca_hash));
+        assert_eq!(next_ca_hash(&dir), None);
+        assert!(
+            rotate_ca(&dir)
+                .unwrap_err()
+                .to_string()
+                .contains("ca prepare")
+        );
+
+        // Prepared: the controller still serves with its CA; preparing again keeps the next CA.
+        let next = prepare_next_ca(&dir, NOW).unwrap();
+        assert_ne!(next, first.ca_hash);
+        assert_eq!(prepare_next_ca(&dir, NOW).unwrap(), next);
+        assert_eq!(next_ca_hash(&dir), Some(next));
+        let still = load_or_create(&dir, &names, NOW).unwrap();
+        assert!(!still.issued);
+        assert_eq!(still.ca_hash, first.ca_hash);
+
+        // Rotated: the next CA is the CA, the old one is kept, and the server certificate is
+        // issued by the new CA.
+        let old_server = (
+            std::fs::read(dir.join("server.crt")).unwrap(),
+            std::fs::read(dir.join("server.key")).unwrap(),
+        );
+        assert_eq!(rotate_ca(&dir).unwrap(), (first.ca_hash, next));
+        assert_eq!(ca_hash(&dir), Some(next));
+        assert_eq!(next_ca_hash(&dir), None);
+        assert_eq!(
+            hash_of_file(&dir.join("previous-ca.crt")),
+            Some(first.ca_hash)
+        );
+        let rotated = load_or_create(&dir, &names, NOW).unwrap();
+        assert!(rotated.issued);
+        assert_eq!(rotated.ca_hash, next);
+        assert!(issued_by(&rotated.chain[0], &rotated.ca, &dir, NOW));
+        assert!(!issued_by(&rotated.chain[0], &first.ca, &dir, NOW));
+
+        // A server certificate of another CA put back is not served: it is issued again.
+        std::fs::write(dir.join("server.crt"), &old_server.0).unwrap();
+        std::fs::write(dir.join("server.key"), &old_server.1).unwrap();
+        let again = load_or_create(&dir, &names, NOW).unwrap();
+        assert!(again.issued);
+        assert!(issued_by(&again.chain[0], &again.ca, &dir, NOW));
     }
 }

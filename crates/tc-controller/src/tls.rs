@@ -302,7 +302,5 @@ pub async fn watch_files(
 }
 
 fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
+    pki::unix_now()
 }

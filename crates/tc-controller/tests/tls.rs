@@ -297,7 +297,7 @@ fn admin_pki(name: &str) -> (String, String, String) {
 fn pinned_client(hash: &str) -> reqwest::Client {
     tc_controller::install_crypto_provider();
     let config = tc_trust::client_config(
-        &tc_trust::Trust::Pinned(hash.parse().unwrap()),
+        &tc_trust::Trust::Pinned(vec![hash.parse().unwrap()]),
         &[tc_trust::ALPN_HTTP1],
         None,
     )

@@ -131,8 +131,9 @@ impl FromStr for CaCertHash {
 /// Whom a client trusts as the controller.
 #[derive(Clone, Debug)]
 pub enum Trust {
-    /// The CA with this fingerprint, found in the chain the server presents.
-    Pinned(CaCertHash),
+    /// A CA with one of these fingerprints (several while a CA is being replaced), found in the
+    /// chain the server presents.
+    Pinned(Vec<CaCertHash>),
     /// Exactly these CA certificates.
     CaCertificates(Vec<CertificateDer<'static>>),
 }
@@ -212,10 +213,12 @@ pub fn client_config(
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()?;
     let mut config = match trust {
-        Trust::Pinned(hash) => builder
+        Trust::Pinned(pins) => builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(PinnedCaVerifier::new(
-                *hash, provider, on_pinned,
+                pins.clone(),
+                provider,
+                on_pinned,
             )))
             .with_no_client_auth(),
         Trust::CaCertificates(certificates) => {

@@ -13,11 +13,12 @@ use crate::CaCertHash;
 /// Called with the CA certificate a pin matched, once, after the first handshake it verified.
 pub type OnPinned = Box<dyn Fn(&CertificateDer<'static>) + Send + Sync>;
 
-/// Accepts a server only if one certificate of the chain it presents has the pinned
+/// Accepts a server only if one certificate of the chain it presents has a pinned
 /// SubjectPublicKeyInfo hash, and the end-entity certificate verifies (signature chain, validity,
-/// server name) against that certificate as the only trust anchor.
+/// server name) against that certificate as the only trust anchor. Several pins are accepted
+/// alike: the old and the new CA while a CA is being replaced.
 pub struct PinnedCaVerifier {
-    pin: CaCertHash,
+    pins: Vec<CaCertHash>,
     provider: Arc<CryptoProvider>,
     /// The certificate the pin matched and a verifier anchored on it, built on the first
     /// handshake and reused while the server presents the same CA.
@@ -28,7 +29,7 @@ pub struct PinnedCaVerifier {
 impl std::fmt::Debug for PinnedCaVerifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PinnedCaVerifier")
-            .field("pin", &self.pin)
+            .field("pins", &self.pins)
             .finish_non_exhaustive()
     }
 }
@@ -40,8 +41,8 @@ impl std::fmt::Debug for PinnedCaVerifier {
     "the controller's CA does not match the pinned fingerprint: expected {expected}, the certificates presented have {presented}"
 )]
 pub struct PinMismatch {
-    /// The pin.
-    pub expected: CaCertHash,
+    /// The pins, comma-separated.
+    pub expected: String,
     /// The fingerprints of the chain presented, comma-separated.
     pub presented: String,
 }
@@ -53,14 +54,15 @@ impl std::fmt::Debug for PinMismatch {
 }
 
 impl PinnedCaVerifier {
-    /// A verifier for `pin`.
+    /// A verifier for `pins` (at least one).
     pub fn new(
-        pin: CaCertHash,
+        pins: Vec<CaCertHash>,
         provider: Arc<CryptoProvider>,
         on_pinned: Option<OnPinned>,
     ) -> PinnedCaVerifier {
+        assert!(!pins.is_empty(), "a pinned verifier needs a pin");
         PinnedCaVerifier {
-            pin,
+            pins,
             provider,
             anchored: Mutex::new(None),
             on_pinned: Mutex::new(on_pinned),
@@ -101,7 +103,7 @@ impl ServerCertVerifier for PinnedCaVerifier {
         for certificate in chain {
             let hash = CaCertHash::of_certificate(certificate)
                 .map_err(|_| Error::InvalidCertificate(CertificateError::BadEncoding))?;
-            if hash == self.pin {
+            if self.pins.contains(&hash) {
                 anchor = Some(certificate);
                 break;
             }
@@ -110,7 +112,12 @@ impl ServerCertVerifier for PinnedCaVerifier {
         let Some(anchor) = anchor else {
             return Err(Error::InvalidCertificate(CertificateError::Other(
                 OtherError(Arc::new(PinMismatch {
-                    expected: self.pin,
+                    expected: self
+                        .pins
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(" or "),
                     presented: presented.join(", "),
                 })),
             )));

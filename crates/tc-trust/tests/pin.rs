@@ -53,7 +53,16 @@ fn verify(
     intermediates: &[CertificateDer<'_>],
     name: &str,
 ) -> Result<(), String> {
-    let verifier = PinnedCaVerifier::new(pin, tc_trust::provider(), None);
+    verify_any(vec![pin], end_entity, intermediates, name)
+}
+
+fn verify_any(
+    pins: Vec<CaCertHash>,
+    end_entity: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
+    name: &str,
+) -> Result<(), String> {
+    let verifier = PinnedCaVerifier::new(pins, tc_trust::provider(), None);
     verifier
         .verify_server_cert(
             end_entity,
@@ -176,6 +185,47 @@ fn name_and_validity_are_checked_against_the_pinned_anchor() {
     assert!(error.contains("expired"), "{error}");
 }
 
+/// While a CA is being replaced, agents pin the old and the new CA: a server of either is
+/// accepted, a server of a third is refused with every pin named.
+#[test]
+fn any_of_several_pins_is_accepted_and_only_those() {
+    let (old, new, other) = (ca("old"), ca("new"), ca("other"));
+    let pins = vec![
+        CaCertHash::of_certificate(&old.certificate).unwrap(),
+        CaCertHash::of_certificate(&new.certificate).unwrap(),
+    ];
+    for issuer in [&old, &new] {
+        let server = leaf(issuer, &["localhost"], false);
+        verify_any(
+            pins.clone(),
+            &server,
+            std::slice::from_ref(&issuer.certificate),
+            "localhost",
+        )
+        .unwrap();
+    }
+    let server = leaf(&other, &["localhost"], false);
+    let error = verify_any(
+        pins.clone(),
+        &server,
+        std::slice::from_ref(&other.certificate),
+        "localhost",
+    )
+    .unwrap_err();
+    for pin in &pins {
+        assert!(error.contains(&pin.to_string()), "{error}");
+    }
+    // A pinned CA in the chain does not vouch for a server certificate another CA issued.
+    let error = verify_any(
+        pins,
+        &server,
+        &[other.certificate.clone(), old.certificate.clone()],
+        "localhost",
+    )
+    .unwrap_err();
+    assert!(!error.is_empty());
+}
+
 #[test]
 fn the_matched_ca_is_reported_once() {
     let ca = ca("reported");
@@ -183,7 +233,7 @@ fn the_matched_ca_is_reported_once() {
     let seen = Arc::new(Mutex::new(vec![]));
     let record = seen.clone();
     let verifier = PinnedCaVerifier::new(
-        pin,
+        vec![pin],
         tc_trust::provider(),
         Some(Box::new(move |certificate: &CertificateDer<'static>| {
             record.lock().unwrap().push(certificate.clone())
@@ -227,7 +277,7 @@ fn client_configs_carry_the_alpn_asked_for() {
         vec![b"h2".to_vec(), b"http/1.1".to_vec()]
     );
     let pinned = client_config(
-        &Trust::Pinned(CaCertHash::of_certificate(&ca.certificate).unwrap()),
+        &Trust::Pinned(vec![CaCertHash::of_certificate(&ca.certificate).unwrap()]),
         &[tc_trust::ALPN_HTTP1],
         None,
     )

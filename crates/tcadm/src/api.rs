@@ -389,7 +389,7 @@ impl ApiClient {
                 CaSource::File(path) | CaSource::LocalFile(path) => {
                     tc_trust::Trust::from_pem_file(path).map_err(|e| unreachable(e.to_string()))?
                 }
-                CaSource::Hash(hash) => tc_trust::Trust::Pinned(*hash),
+                CaSource::Hash(hash) => tc_trust::Trust::Pinned(vec![*hash]),
                 CaSource::None => {
                     return Err(unreachable(format!(
                         "no CA to verify it with: pass --certificate-authority FILE (TCADM_CA_FILE; the controller's data/pki/ca.crt) or --ca-cert-hash sha256:<hex> (TCADM_CA_CERT_HASH; the controller prints it at start){}",
