@@ -263,7 +263,10 @@ impl ProtocolLoop<'_> {
         // session key was replaced, or a backup restored), a session signed with the key is
         // tried first: it needs no bootstrap token. A client that was deleted or whose key was
         // replaced refuses it too, and the agent enrols again.
+        // (Credentials of a protocol-1 controller hold a client token and no session: that
+        // controller has no sessions to open.)
         if !credentials.public_key.is_empty()
+            && credentials.session.is_some()
             && let Some(credentials) = self.with_new_session(credentials.clone()).await?
         {
             return Ok(credentials);

@@ -116,6 +116,10 @@ pub struct FleetArgs {
     /// Fleet seed.
     #[arg(long, default_value_t = 7)]
     pub seed: u64,
+    /// The controller serves HTTPS (as it does by default) and every agent connection is TLS;
+    /// plain HTTP otherwise.
+    #[arg(long)]
+    pub tls: bool,
 }
 
 /// Options of `tc-bench push`.

@@ -113,33 +113,44 @@ fn heartbeat_measures_both(tls: bool) {
 
 #[test]
 fn fleet_sustains_its_schedule_with_long_polls_and_enrolments() {
-    let figures = run(&[
-        "fleet",
-        "--clients",
-        "300",
-        "--interval",
-        "1",
-        "--duration",
-        "2",
-        "--warmup",
-        "0.5",
-        "--enroll-http",
-        "5",
-        "--long-poll-share",
-        "0.2",
-    ]);
-    assert_eq!(figures["scenario"], "fleet");
-    assert!(number(&figures, "achieved_rate") > 0.0, "{figures}");
-    assert!(number(&figures, "expected_rate") > 0.0);
-    assert_eq!(number(&figures, "errors"), 0.0, "{figures}");
-    assert_eq!(number(&figures, "errors_total"), 0.0, "{figures}");
-    assert_eq!(number(&figures, "enroll_http_errors"), 0.0, "{figures}");
-    assert!(number(&figures, "enroll_http_rate") > 0.0);
-    assert!(number(&figures, "p99_ms") > 0.0);
-    assert!(number(&figures, "controller_rss_mib") > 0.0);
-    assert!(number(&figures, "rss_per_client_bytes") > 0.0);
-    assert_eq!(number(&figures, "long_polls"), 60.0);
-    check_machine(&figures);
+    for tls in [false, true] {
+        let mut args = vec![
+            "fleet",
+            "--clients",
+            "300",
+            "--interval",
+            "1",
+            "--duration",
+            "2",
+            "--warmup",
+            "0.5",
+            "--enroll-http",
+            "5",
+            "--long-poll-share",
+            "0.2",
+        ];
+        if tls {
+            args.push("--tls");
+        }
+        let figures = run(&args);
+        assert_eq!(figures["scenario"], "fleet");
+        assert_eq!(
+            figures["security"].as_str().unwrap().starts_with("HTTPS"),
+            tls,
+            "{figures}"
+        );
+        assert!(number(&figures, "achieved_rate") > 0.0, "{figures}");
+        assert!(number(&figures, "expected_rate") > 0.0);
+        assert_eq!(number(&figures, "errors"), 0.0, "{figures}");
+        assert_eq!(number(&figures, "errors_total"), 0.0, "{figures}");
+        assert_eq!(number(&figures, "enroll_http_errors"), 0.0, "{figures}");
+        assert!(number(&figures, "enroll_http_rate") > 0.0);
+        assert!(number(&figures, "p99_ms") > 0.0);
+        assert!(number(&figures, "controller_rss_mib") > 0.0);
+        assert!(number(&figures, "rss_per_client_bytes") > 0.0);
+        assert_eq!(number(&figures, "long_polls"), 60.0);
+        check_machine(&figures);
+    }
 }
 
 #[test]

@@ -20,7 +20,7 @@ pub async fn run(args: FleetArgs) -> Result<Report, String> {
         args.first_contact,
     )
     .await?;
-    let controller = super::start_controller(&workspace, None).await?;
+    let controller = super::start_controller_with(&workspace, None, args.tls).await?;
     let loaded = controller.server.figures();
     let interval = seconds(args.interval);
     controller
@@ -59,6 +59,7 @@ pub async fn run(args: FleetArgs) -> Result<Report, String> {
     config.long_poll_share = args.long_poll_share;
     config.long_poll_transport = transport;
     config.seed = args.seed;
+    config.tls = controller.tls.clone();
     let sim = fleet.start(config);
 
     let warmup = seconds(args.warmup.unwrap_or((args.interval / 4.0).min(15.0)));
@@ -130,6 +131,15 @@ pub async fn run(args: FleetArgs) -> Result<Report, String> {
         elapsed.as_secs_f64(),
         1,
         "s",
+    );
+    report.text(
+        "security",
+        "agent connections",
+        if args.tls {
+            "HTTPS (TLS 1.3, the controller's generated certificate), session tokens"
+        } else {
+            "plain HTTP, session tokens"
+        },
     );
     if waiting > 0 {
         report.count("long_polls", "agents on the long-poll", waiting);

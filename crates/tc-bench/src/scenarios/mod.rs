@@ -144,6 +144,12 @@ pub async fn start_controller_with(
     )
     .await?;
     let tls = if tls {
+        // The controller makes its CA while it opens the data directory, after it listens.
+        let ca = data_dir.join("pki/ca.crt");
+        let deadline = Instant::now() + Duration::from_secs(3600);
+        while !ca.exists() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         Some(client_tls(&data_dir, server.addr)?)
     } else {
         None
