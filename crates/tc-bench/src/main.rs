@@ -187,6 +187,10 @@ pub struct AgentArgs {
     /// next to this executable (for CI smoke runs; its figures are not the release figures).
     #[arg(long)]
     pub allow_debug_agent: bool,
+    /// The controller serves plain HTTP (`--insecure-http`); by default it serves HTTPS and the
+    /// agent pins its CA, as agents are installed.
+    #[arg(long)]
+    pub insecure_http: bool,
 }
 
 /// How long-polls travel.

@@ -67,12 +67,26 @@ pub async fn run(args: AgentArgs) -> Result<Report, String> {
     let workspace = Workspace::new()?;
     let (binary_bytes, stripped) = stripped_size(&binary, &workspace)?;
     std::fs::create_dir_all(workspace.data_dir()).map_err(|e| e.to_string())?;
-    let controller = super::start_controller(&workspace, None).await?;
+    let tls = !args.insecure_http;
+    let controller = super::start_controller_with(&workspace, None, tls).await?;
     let state_dir = workspace.path("agent-state");
     let log = std::fs::File::create(workspace.path("agent.log")).map_err(|e| e.to_string())?;
-    let mut agent = tokio::process::Command::new(&binary)
-        .arg("--server")
-        .arg(format!("http://{}", controller.server.addr))
+    let mut command = tokio::process::Command::new(&binary);
+    if tls {
+        let ca = tc_trust::read_pem_certificates(&workspace.data_dir().join("pki/ca.crt"))
+            .map_err(|e| e.to_string())?;
+        let hash = tc_trust::CaCertHash::of_certificate(&ca[0]).map_err(|e| e.to_string())?;
+        command
+            .arg("--server")
+            .arg(format!("https://{}", controller.server.addr))
+            .arg("--ca-cert-hash")
+            .arg(hash.to_string());
+    } else {
+        command
+            .arg("--server")
+            .arg(format!("http://{}", controller.server.addr));
+    }
+    let mut agent = command
         .arg("--bootstrap-token-file")
         .arg(workspace.data_dir().join("bootstrap.token"))
         .arg("--state-dir")
@@ -135,6 +149,15 @@ pub async fn run(args: AgentArgs) -> Result<Report, String> {
     report.section("binary");
     report.text("binary", "agent binary", &binary.display().to_string());
     report.set("debug_build", debug_build);
+    report.text(
+        "transport",
+        "transport",
+        if tls {
+            "HTTPS, the controller's CA pinned by its fingerprint"
+        } else {
+            "plain HTTP (--insecure-http)"
+        },
+    );
     report.text(
         "build",
         "build",
