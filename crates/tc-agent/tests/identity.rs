@@ -3,8 +3,10 @@
 //! decommissioning. Everything listens on 127.0.0.1, every wait has a deadline, and agent
 //! processes are killed when a test ends.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 use reqwest::StatusCode;
@@ -89,30 +91,13 @@ impl Setup {
             .append(true)
             .open(&log)
             .unwrap();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_tc-agent"));
-        if let Some(hash) = self.controller.ca_cert_hash() {
-            command.args(["--ca-cert-hash", &hash]);
-        }
-        let child = command
-            .arg("--server")
-            .arg(self.controller.url())
+        let hash = self.controller.ca_cert_hash();
+        let child = common::agent_command(&self.controller.url(), hash.as_deref(), &state)
             .arg("--bootstrap-token-file")
             .arg(&self.token_file)
-            .arg("--state-dir")
-            .arg(&state)
             .args(["--machine-id", machine])
             .args(["--name", "kiosk"])
             .args(["--label", "role=e2e"])
-            .env_remove("TC_AGENT_FAULT")
-            .env_remove("RUST_LOG")
-            .env("TC_AGENT_LOG", "info")
-            .env("TC_AGENT_RETRY_MILLIS", "100")
-            .env_remove("HTTP_PROXY")
-            .env_remove("http_proxy")
-            .env_remove("ALL_PROXY")
-            .env_remove("all_proxy")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
             .stderr(stderr)
             .spawn()
             .unwrap();

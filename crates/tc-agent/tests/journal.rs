@@ -4,7 +4,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
 use common::{FakeController, package_zip, wait_for};
@@ -13,19 +12,12 @@ use tc_proto::Hooks;
 const WAIT: Duration = Duration::from_secs(30);
 
 fn start_agent(fake: &FakeController, state: &Path, log: &Path) -> tokio::process::Child {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_tc-agent"))
-        .args(["--server", &fake.url(), "--bootstrap-token"])
-        .arg(common::BOOTSTRAP_TOKEN)
-        .arg("--state-dir")
-        .arg(state)
+    let mut command = common::agent_command(&fake.url(), None, state);
+    command
+        .args(["--bootstrap-token", common::BOOTSTRAP_TOKEN])
         .args(["--machine-id", "journal-test"])
-        .env_remove("TC_AGENT_FAULT")
-        .env_remove("RUST_LOG")
-        .env("TC_AGENT_LOG", "info")
-        .env("TC_AGENT_RETRY_MILLIS", "100")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log).unwrap())
+        .stderr(std::fs::File::create(log).unwrap());
+    tokio::process::Command::from(command)
         .kill_on_drop(true)
         .spawn()
         .unwrap()

@@ -7,11 +7,13 @@
 //! the controller and from the agent's state directory. Everything listens on and talks to
 //! 127.0.0.1 only, every wait has a deadline, and the agent process is killed when a test ends.
 
+mod common;
+
 use std::io::{Cursor, Write};
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -298,32 +300,13 @@ impl Setup {
         std::fs::write(&token_file, self.controller.bootstrap_token()).unwrap();
         let log = self.root.path().join("agent.log");
         let stderr = std::fs::File::create(&log).unwrap();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_tc-agent"));
-        if let Some(hash) = self.controller.ca_cert_hash() {
-            command.args(["--ca-cert-hash", &hash]);
-        }
-        let child = command
-            .arg("--server")
-            .arg(server)
+        let hash = self.controller.ca_cert_hash();
+        let child = common::agent_command(server, hash.as_deref(), &self.state)
             .arg("--bootstrap-token-file")
             .arg(&token_file)
-            .arg("--state-dir")
-            .arg(&self.state)
             .args(["--machine-id", "e2e-machine-0001"])
             .args(["--name", "e2e-kiosk"])
             .args(["--label", "role=e2e"])
-            .env_remove("TC_AGENT_FAULT")
-            .env_remove("RUST_LOG")
-            .env("TC_AGENT_LOG", "info")
-            .env("TC_AGENT_RETRY_MILLIS", "100")
-            .env_remove("HTTP_PROXY")
-            .env_remove("http_proxy")
-            .env_remove("HTTPS_PROXY")
-            .env_remove("https_proxy")
-            .env_remove("ALL_PROXY")
-            .env_remove("all_proxy")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
             .stderr(stderr)
             .spawn()
             .unwrap();

@@ -3,8 +3,10 @@
 //! restored from the desired state, or learnt from the controller's release before a removal, so
 //! `preRemove` still runs; while nobody can tell them, the package is not removed.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::Duration;
 
 use reqwest::StatusCode;
@@ -155,26 +157,12 @@ impl Setup {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_tc-agent"))
-            .args(["--ca-cert-hash", &self.controller.ca_cert_hash().unwrap()])
-            .arg("--server")
-            .arg(self.controller.url())
+        let hash = self.controller.ca_cert_hash();
+        let child = common::agent_command(&self.controller.url(), hash.as_deref(), &self.state)
             .arg("--bootstrap-token-file")
             .arg(&token_file)
-            .arg("--state-dir")
-            .arg(&self.state)
             .args(["--machine-id", "rebuilt-journal-0001"])
             .args(["--label", "role=e2e"])
-            .env_remove("TC_AGENT_FAULT")
-            .env_remove("RUST_LOG")
-            .env("TC_AGENT_LOG", "info")
-            .env("TC_AGENT_RETRY_MILLIS", "100")
-            .env_remove("HTTP_PROXY")
-            .env_remove("http_proxy")
-            .env_remove("ALL_PROXY")
-            .env_remove("all_proxy")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .unwrap();

@@ -7,7 +7,6 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -76,26 +75,13 @@ fn requests_to(received: &Received, path: &str) -> usize {
 fn start_agent(server: SocketAddr, state: &Path, log: &Path) -> tokio::process::Child {
     let token_file = state.parent().unwrap().join("bootstrap.token");
     std::fs::write(&token_file, common::BOOTSTRAP_TOKEN).unwrap();
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_tc-agent"))
-        .arg("--server")
-        .arg(format!("http://{server}"))
+    let mut command = common::agent_command(&format!("http://{server}"), None, state);
+    command
         .arg("--bootstrap-token-file")
         .arg(&token_file)
-        .arg("--state-dir")
-        .arg(state)
         .args(["--machine-id", "redirect-test-machine"])
-        .env_remove("TC_AGENT_FAULT")
-        .env_remove("RUST_LOG")
-        .env("TC_AGENT_LOG", "info")
-        .env_remove("HTTP_PROXY")
-        .env_remove("http_proxy")
-        .env_remove("HTTPS_PROXY")
-        .env_remove("https_proxy")
-        .env_remove("ALL_PROXY")
-        .env_remove("all_proxy")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log).unwrap())
+        .stderr(std::fs::File::create(log).unwrap());
+    tokio::process::Command::from(command)
         .kill_on_drop(true)
         .spawn()
         .unwrap()

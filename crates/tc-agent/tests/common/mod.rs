@@ -641,3 +641,39 @@ pub async fn wait_for(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// The real `tc-agent` binary as the tests run it: `--server` (with `--ca-cert-hash` for an
+/// HTTPS controller) and `--state-dir`, info logs on standard error, retries after 100 ms, no
+/// fault injection and no proxy from the environment, nothing on standard input or output.
+/// Callers add the rest (token, machine id, labels) and where standard error goes.
+pub fn agent_command(
+    server: &str,
+    ca_cert_hash: Option<&str>,
+    state: &Path,
+) -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_tc-agent"));
+    command.args(["--server", server]);
+    if let Some(hash) = ca_cert_hash {
+        command.args(["--ca-cert-hash", hash]);
+    }
+    command
+        .arg("--state-dir")
+        .arg(state)
+        .env_remove("TC_AGENT_FAULT")
+        .env_remove("RUST_LOG")
+        .env("TC_AGENT_LOG", "info")
+        .env("TC_AGENT_RETRY_MILLIS", "100")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null());
+    for proxy in [
+        "HTTP_PROXY",
+        "http_proxy",
+        "HTTPS_PROXY",
+        "https_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+    ] {
+        command.env_remove(proxy);
+    }
+    command
+}
