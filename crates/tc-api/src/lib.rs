@@ -3,6 +3,7 @@
 //! Pure: no I/O, no async runtime, no HTTP, no database. Everything here is tested as plain
 //! functions.
 
+pub mod credential;
 pub mod decode;
 pub mod enrollment;
 pub mod event;
@@ -13,6 +14,7 @@ pub mod selector;
 pub mod source;
 pub mod validate;
 
+pub use credential::{Credential, CredentialCreated, CredentialRequest, Role};
 pub use decode::{
     DecodeError, DecodeErrors, Limits, MAX_ERRORS, Position, SourcedObject, decode_objects,
 };

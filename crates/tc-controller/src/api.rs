@@ -5,9 +5,8 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -19,39 +18,6 @@ use crate::apply::{ApplyRequest, ArtifactPaths, ManifestFile};
 use crate::error::ApiError;
 use crate::fleet::{ClientSlot, Labels};
 use crate::{Controller, tokens};
-
-/// Middleware: the admin bearer token is required.
-pub async fn require_admin(
-    State(controller): State<Arc<Controller>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    match controller.check_admin(request.headers()) {
-        Ok(()) => next.run(request).await,
-        Err(error) => error.into_response(),
-    }
-}
-
-impl Controller {
-    /// 401 without or with an unknown token; 403 for a client's session token.
-    pub fn check_admin(&self, headers: &HeaderMap) -> Result<(), ApiError> {
-        let token = tokens::bearer(headers).ok_or_else(|| {
-            ApiError::unauthorized("missing bearer token: pass the admin token (data/admin.token)")
-        })?;
-        if tokens::hash(token) == self.admin_token_hash {
-            return Ok(());
-        }
-        if !matches!(
-            self.session_key.verify(token, Timestamp::now()),
-            Err(crate::session::SessionError::Invalid)
-        ) {
-            return Err(ApiError::forbidden(
-                "a client's session token cannot be used on admin routes",
-            ));
-        }
-        Err(ApiError::unauthorized("invalid admin token"))
-    }
-}
 
 fn parse_kind(plural: &str) -> Result<Kind, ApiError> {
     Kind::ALL
@@ -459,6 +425,7 @@ struct FileBody {
 /// `POST /apis/thinfleet.io/v1/apply`.
 pub async fn apply(
     State(controller): State<Arc<Controller>>,
+    Extension(identity): Extension<crate::credentials::Identity>,
     Query(query): Query<ApplyQuery>,
     headers: HeaderMap,
     body: axum::body::Bytes,
@@ -486,7 +453,10 @@ pub async fn apply(
             content: text.to_string(),
         }],
     };
-    let manager = query.field_manager.unwrap_or_else(|| "tcadm".into());
+    // Without a fieldManager, the objects are managed by the credential that applied them.
+    let manager = query
+        .field_manager
+        .unwrap_or_else(|| identity.field_manager());
     if manager.is_empty() || manager.starts_with("dir:") {
         return Err(ApiError::bad_request(
             "fieldManager must be non-empty and must not start with `dir:`",
@@ -621,7 +591,12 @@ impl Controller {
         }
         let token = tokens::bearer(headers)
             .ok_or_else(|| ApiError::unauthorized("missing bearer token"))?;
-        if tokens::hash(token) == self.admin_token_hash {
+        // Any credential may read blobs (the least role of the route in the table).
+        if self
+            .credentials
+            .authenticate(token, Timestamp::now())?
+            .is_some()
+        {
             return Ok(());
         }
         crate::enroll::authenticate_client(self, headers).map(|_| ())

@@ -80,9 +80,9 @@ pub fn authenticate_client(
         ))
         .with_reason(REASON_SESSION_EXPIRED)),
         Err(_) => {
-            if tokens::hash(token) == controller.admin_token_hash {
+            if controller.credentials.is_known(token) {
                 return Err(ApiError::forbidden(
-                    "the admin token cannot be used on agent routes",
+                    "an admin credential cannot be used on agent routes",
                 ));
             }
             Err(ApiError::unauthorized(

@@ -9,6 +9,7 @@ pub mod api;
 pub mod apply;
 pub mod blobs;
 pub mod bootstrap;
+pub mod credentials;
 pub mod datadir;
 pub mod demo;
 pub mod enroll;
@@ -229,6 +230,8 @@ pub struct Controller {
     pub session_key: SessionKey,
     /// Bootstrap tokens.
     pub bootstrap: BootstrapTokens,
+    /// Named admin credentials (and the break-glass token).
+    pub credentials: credentials::Credentials,
     /// Machine identities kept from enrolling.
     pub blocks: Blocks,
     /// Enrolment rate limits.
@@ -348,12 +351,24 @@ pub fn router(controller: Arc<Controller>) -> Router {
             post(rollout::retry),
         )
         .route(
+            "/apis/thinfleet.io/v1/credentials",
+            post(credentials::create).get(credentials::list),
+        )
+        .route(
+            "/apis/thinfleet.io/v1/credentials/{name}",
+            delete(credentials::revoke),
+        )
+        .route(
+            "/apis/thinfleet.io/v1/credentials/{name}/rotate",
+            post(credentials::rotate),
+        )
+        .route(
             "/blobs",
             put(api::put_blob).layer(DefaultBodyLimit::disable()),
         )
         .route_layer(axum::middleware::from_fn_with_state(
             controller.clone(),
-            api::require_admin,
+            credentials::authorize,
         ));
     let max_apply = controller.config.max_apply_bytes;
     // Agent requests are small; a body beyond the limit is refused before it is read in full.
@@ -443,6 +458,7 @@ pub async fn open(
         .map(|text| text.trim().to_string())
         .filter(|text| !text.is_empty());
     let blocks = Blocks::open(&*store)?;
+    let credentials = credentials::Credentials::open(&*store, tokens::hash(&admin_token))?;
     let server_tls = {
         let (mode, data_dir) = (config.tls.clone(), config.data_dir.clone());
         tokio::task::spawn_blocking(move || tls::ServerTls::setup(&mode, &data_dir, None))
@@ -479,6 +495,7 @@ pub async fn open(
         enroll_lock: tokio::sync::Mutex::new(()),
         session_key,
         bootstrap,
+        credentials,
         blocks,
         enroll_limiter: EnrollLimiter::new(config_limits.0, config_limits.1, Timestamp::now()),
         sources: Sources::default(),

@@ -10,7 +10,8 @@
 use serde_json::{Value, json};
 use tc_api::{
     BlockedMachine, BootstrapToken, BootstrapTokenCreated, BootstrapTokenRequest, Client,
-    ClientGroup, Event, PackageRelease, SourceStatus,
+    ClientGroup, Credential, CredentialCreated, CredentialRequest, Event, PackageRelease,
+    SourceStatus,
 };
 use tc_proto::{
     DesiredResponse, EnrollRequest, EnrollResponse, HeartbeatRequest, HeartbeatResponse,
@@ -92,6 +93,9 @@ pub fn document() -> Value {
     let token_request = schema_of::<BootstrapTokenRequest>(&mut components);
     let token_created = schema_of::<BootstrapTokenCreated>(&mut components);
     let blocked = schema_of::<BlockedMachine>(&mut components);
+    let credential = schema_of::<Credential>(&mut components);
+    let credential_request = schema_of::<CredentialRequest>(&mut components);
+    let credential_created = schema_of::<CredentialCreated>(&mut components);
     components.insert(
         "Status".into(),
         json!({ "type": "object", "required": ["kind", "code", "reason", "message"], "properties": {
@@ -196,6 +200,19 @@ pub fn document() -> Value {
             json!({ "post": operation }),
         );
     }
+    paths.insert("/apis/thinfleet.io/v1/credentials".into(), json!({
+        "post": { "summary": "Create a named credential with a role (its token is answered once); role admin",
+            "requestBody": json_body(credential_request),
+            "responses": ok(credential_created.clone(), &[400, 401, 403, 409, 422]) },
+        "get": { "summary": "List credentials (no tokens); role viewer", "responses": ok(list(&credential), &[401, 403]) } }));
+    paths.insert(
+        "/apis/thinfleet.io/v1/credentials/{name}".into(),
+        json!({ "delete": { "summary": "Revoke a credential; role admin",
+        "parameters": [token_name], "responses": ok(credential, &[401, 403, 404]) } }),
+    );
+    paths.insert("/apis/thinfleet.io/v1/credentials/{name}/rotate".into(), json!({ "post": {
+        "summary": "Give a credential a new token (answered once; the old one is refused from now on); role admin",
+        "parameters": [token_name], "responses": ok(credential_created, &[401, 403, 404]) } }));
     paths.insert("/apis/thinfleet.io/v1/blockedmachines".into(), json!({ "get": { "summary": "Machine identities refused at enrolment", "responses": ok(list(&blocked), auth) } }));
     paths.insert("/apis/thinfleet.io/v1/blockedmachines/{machineId}".into(), json!({ "delete": { "summary": "Allow a machine id to enrol again",
         "parameters": [ { "name": "machineId", "in": "path", "required": true, "schema": { "type": "string" } } ],
@@ -260,6 +277,22 @@ pub fn document() -> Value {
         "200": { "description": "OK", "content": { "application/json": { "schema": { "type": "object", "required": ["version"], "properties": { "version": { "type": "string" } } } } } } } } }));
     paths.insert("/openapi.json".into(), json!({ "get": { "summary": "This document", "security": [], "responses": {
         "200": { "description": "OK", "content": { "application/json": { "schema": { "type": "object" } } } } } } }));
+    // The role each admin operation needs, from the route table the server enforces.
+    for (path, operations) in paths.iter_mut() {
+        let Some(operations) = operations.as_object_mut() else {
+            continue;
+        };
+        for (method, operation) in operations.iter_mut() {
+            if let Some(role) = crate::credentials::documented_role(method, path) {
+                let text = if path.starts_with("/blobs/sha256/") {
+                    "Any credential, or an agent's session token.".to_string()
+                } else {
+                    format!("Needs a credential with role {role} or above.")
+                };
+                operation["description"] = Value::String(text);
+            }
+        }
+    }
     json!({
         "openapi": "3.1.0",
         "info": { "title": "thinfleet controller", "version": env!("CARGO_PKG_VERSION") },

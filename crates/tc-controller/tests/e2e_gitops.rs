@@ -136,7 +136,7 @@ fn the_directory_restores_deleted_forced_and_released_objects_and_no_package_is_
         },
     );
     let group = back_office(&fleet);
-    assert_eq!(group["metadata"]["managedBy"], "tcadm:alice", "{group}");
+    assert_eq!(group["metadata"]["managedBy"], "admin", "{group}");
     assert_eq!(group["spec"]["rollout"]["maxUnavailable"], 3, "{group}");
 
     // 5. Reclaim: without the mark, the directory takes it back.

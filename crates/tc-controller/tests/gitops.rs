@@ -209,7 +209,7 @@ async fn a_forced_apply_is_taken_back_and_never_blocks_the_directory() {
     assert!(
         message.contains("a.yaml")
             && message.contains("spec")
-            && message.contains("manager taken back from `tcadm`"),
+            && message.contains("manager taken back from `admin`"),
         "{message}"
     );
 
@@ -262,7 +262,7 @@ async fn objects_marked_reconcile_disabled_are_left_alone_until_the_mark_goes() 
     );
     let status = next_sync(&api).await;
     let (_, alpha) = group(&api, "alpha").await;
-    assert_eq!(alpha["metadata"]["managedBy"], "tcadm", "{alpha}");
+    assert_eq!(alpha["metadata"]["managedBy"], "admin", "{alpha}");
     assert_eq!(alpha["spec"]["selector"]["matchLabels"]["site"], "rome");
     let skipped: Vec<(&str, &str)> = status["skipped"]
         .as_array()
@@ -542,7 +542,7 @@ async fn a_deferred_prune_is_recorded_on_the_release_and_carried_out_later_for_a
     let condition = pending(&release).unwrap_or_else(|| panic!("{release}"));
     assert_eq!(condition["status"], "True");
     assert!(
-        condition["message"].as_str().unwrap().contains("`tcadm`"),
+        condition["message"].as_str().unwrap().contains("`admin`"),
         "{condition}"
     );
 

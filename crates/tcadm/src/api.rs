@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tc_api::{
     BlockedMachine, BootstrapToken, BootstrapTokenCreated, BootstrapTokenRequest, Cause, Client,
-    Event, Kind,
+    Credential, CredentialCreated, CredentialRequest, Event, Kind,
 };
 
 /// Path prefix of the resource API.
@@ -273,7 +273,8 @@ pub struct ApplyOptions {
     pub force: bool,
     /// Delete objects of this manager absent from the request.
     pub prune: bool,
-    /// The manager name (`tcadm` when empty).
+    /// The manager name; when empty none is sent, and the controller records the credential
+    /// (`credential:<name>`, or `admin` for the break-glass token).
     pub field_manager: String,
 }
 
@@ -625,11 +626,6 @@ impl ApiClient {
         files: &[FileBody],
         options: &ApplyOptions,
     ) -> Result<ApplyResult, ApiError> {
-        let manager = if options.field_manager.is_empty() {
-            "tcadm"
-        } else {
-            options.field_manager.as_str()
-        };
         let flag = |on: bool| if on { "true" } else { "" };
         let url = self.url(
             &format!("{API_PREFIX}/apply"),
@@ -637,7 +633,7 @@ impl ApiClient {
                 ("dryRun", flag(options.dry_run)),
                 ("force", flag(options.force)),
                 ("prune", flag(options.prune)),
-                ("fieldManager", manager),
+                ("fieldManager", options.field_manager.as_str()),
             ],
         )?;
         let body = json!({ "files": files });
@@ -737,6 +733,37 @@ impl ApiClient {
     pub fn revoke_bootstrap_token(&self, name: &str) -> Result<BootstrapToken, ApiError> {
         let url = self.url(&format!("{API_PREFIX}/bootstraptokens/{name}"), &[])?;
         Self::decode(self.execute(self.request(Method::DELETE, url))?)
+    }
+
+    /// `POST /apis/thinfleet.io/v1/credentials`.
+    pub fn create_credential(
+        &self,
+        request: &CredentialRequest,
+    ) -> Result<CredentialCreated, ApiError> {
+        let url = self.url(&format!("{API_PREFIX}/credentials"), &[])?;
+        let builder = self
+            .request(Method::POST, url)
+            .header("content-type", "application/json")
+            .body(serde_json::to_string(request).expect("credential requests serialize"));
+        Self::decode(self.execute(builder)?)
+    }
+
+    /// `GET /apis/thinfleet.io/v1/credentials`.
+    pub fn credentials(&self) -> Result<Vec<Credential>, ApiError> {
+        let list: Value = self.get_json(&format!("{API_PREFIX}/credentials"), &[])?;
+        typed_items(&list, "credentials")
+    }
+
+    /// `DELETE /apis/thinfleet.io/v1/credentials/NAME`.
+    pub fn revoke_credential(&self, name: &str) -> Result<Credential, ApiError> {
+        let url = self.url(&format!("{API_PREFIX}/credentials/{name}"), &[])?;
+        Self::decode(self.execute(self.request(Method::DELETE, url))?)
+    }
+
+    /// `POST /apis/thinfleet.io/v1/credentials/NAME/rotate`.
+    pub fn rotate_credential(&self, name: &str) -> Result<CredentialCreated, ApiError> {
+        let url = self.url(&format!("{API_PREFIX}/credentials/{name}/rotate"), &[])?;
+        Self::decode(self.execute(self.request(Method::POST, url))?)
     }
 
     /// `POST /apis/thinfleet.io/v1/clients/NAME/ACTION` (`approve`, `deny`, `decommission`)

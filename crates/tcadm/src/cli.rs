@@ -89,6 +89,9 @@ pub enum Command {
     /// Manage bootstrap tokens for enrolling agents.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Manage named admin credentials and their roles (viewer, operator, admin).
+    #[command(subcommand)]
+    Credential(CredentialCommand),
     /// Approve a pending client: as a client of its own, or with --replace as the new key of an
     /// existing client (a re-imaged or replaced machine).
     Approve(ApproveArgs),
@@ -145,9 +148,9 @@ pub struct ApplyArgs {
     #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration, requires = "wait")]
     pub timeout: Duration,
     /// The manager recorded on the objects; `--prune` deletes only what this manager applied
-    /// [default: tcadm:<login name>].
-    #[arg(long, value_name = "NAME", default_value_t = default_field_manager(), hide_default_value = true)]
-    pub field_manager: String,
+    /// [default: the credential, `credential:<name>`, or `admin` for the break-glass token].
+    #[arg(long, value_name = "NAME", value_parser = clap::builder::NonEmptyStringValueParser::new())]
+    pub field_manager: Option<String>,
 }
 
 /// Arguments of `diff`.
@@ -162,36 +165,9 @@ pub struct DiffArgs {
     /// Diff as if taking over objects managed by someone else.
     #[arg(long)]
     pub force: bool,
-    /// The manager the apply would record [default: tcadm:<login name>].
-    #[arg(long, value_name = "NAME", default_value_t = default_field_manager(), hide_default_value = true)]
-    pub field_manager: String,
-}
-
-/// The field manager of an apply without `--field-manager`: `tcadm:<login name>` (from `$USER`,
-/// else `$LOGNAME`), or `tcadm:uid-<uid>` when neither is set. Each admin is a manager of their
-/// own, so `apply --prune` deletes only what that admin applied. Named credentials will replace
-/// this.
-pub fn default_field_manager() -> String {
-    let variable = |name: &str| std::env::var(name).ok();
-    #[cfg(unix)]
-    let uid = Some(rustix::process::getuid().as_raw());
-    #[cfg(not(unix))]
-    let uid = None;
-    field_manager_for(variable("USER"), variable("LOGNAME"), uid)
-}
-
-/// [`default_field_manager`] from what it reads: `$USER`, `$LOGNAME` and the user id.
-fn field_manager_for(user: Option<String>, logname: Option<String>, uid: Option<u32>) -> String {
-    let login = [user, logname]
-        .into_iter()
-        .flatten()
-        .map(|name| name.trim().to_string())
-        .find(|name| !name.is_empty());
-    match (login, uid) {
-        (Some(login), _) => format!("tcadm:{login}"),
-        (None, Some(uid)) => format!("tcadm:uid-{uid}"),
-        (None, None) => "tcadm".into(),
-    }
+    /// The manager the apply would record [default: the credential's, as for `apply`].
+    #[arg(long, value_name = "NAME", value_parser = clap::builder::NonEmptyStringValueParser::new())]
+    pub field_manager: Option<String>,
 }
 
 /// What `get` lists.
@@ -460,6 +436,43 @@ pub enum TokenCommand {
     Revoke(TokenRevokeArgs),
 }
 
+/// `credential` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum CredentialCommand {
+    /// Create a named credential with a role: its token is printed once, on standard output.
+    Create(CredentialCreateArgs),
+    /// List credentials (never their tokens).
+    List(TokenListArgs),
+    /// Revoke a credential: its token is refused from now on.
+    Revoke(CredentialNameArgs),
+    /// Give a credential a new token (printed once); the old one is refused from now on.
+    Rotate(CredentialNameArgs),
+}
+
+/// Arguments of `credential create`.
+#[derive(Debug, Args)]
+pub struct CredentialCreateArgs {
+    /// The credential's name (a DNS label, e.g. `helpdesk`); `admin` is the break-glass token.
+    #[arg(value_name = "NAME")]
+    pub name: String,
+    /// What it may do: `viewer` reads, `operator` also labels clients and retries rollouts,
+    /// `admin` may do everything.
+    #[arg(long, value_name = "ROLE")]
+    pub role: tc_api::Role,
+    /// How long it can be used, from now and from each rotation (`90d`, `12h`) [default: no
+    /// expiry].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub expires: Option<Duration>,
+}
+
+/// A credential named on the command line.
+#[derive(Debug, Args)]
+pub struct CredentialNameArgs {
+    /// The credential's name (`tcadm credential list`).
+    #[arg(value_name = "NAME")]
+    pub name: String,
+}
+
 /// Output formats of commands that print one document.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum DocumentFormat {
@@ -590,7 +603,7 @@ mod tests {
         assert!(args.files.recursive && args.prune && args.wait);
         assert!(!args.dry_run && !args.force);
         assert_eq!(args.timeout, Duration::from_secs(90));
-        assert_eq!(args.field_manager, default_field_manager());
+        assert_eq!(args.field_manager, None);
         let cli = parse("tcadm apply -f -").unwrap();
         let Command::Apply(args) = cli.command else {
             panic!("not apply")
@@ -726,26 +739,20 @@ mod tests {
     }
 
     #[test]
-    fn the_default_field_manager_is_the_login_name_or_the_uid() {
-        let some = |text: &str| Some(text.to_string());
-        assert_eq!(
-            field_manager_for(some("alice"), some("root"), Some(1000)),
-            "tcadm:alice"
+    fn the_field_manager_is_only_sent_when_given() {
+        let cli = parse("tcadm diff -f a.yaml").unwrap();
+        let Command::Diff(args) = cli.command else {
+            panic!("not diff")
+        };
+        assert_eq!(args.field_manager, None);
+        assert!(
+            Cli::try_parse_from(["tcadm", "apply", "-f", "a.yaml", "--field-manager", ""]).is_err()
         );
-        assert_eq!(
-            field_manager_for(None, some("bob"), Some(1000)),
-            "tcadm:bob"
-        );
-        assert_eq!(
-            field_manager_for(some(" "), some(""), Some(1000)),
-            "tcadm:uid-1000"
-        );
-        assert_eq!(field_manager_for(None, None, None), "tcadm");
         let cli = parse("tcadm diff -f a.yaml --field-manager ci").unwrap();
         let Command::Diff(args) = cli.command else {
             panic!("not diff")
         };
-        assert_eq!(args.field_manager, "ci");
+        assert_eq!(args.field_manager.as_deref(), Some("ci"));
     }
 
     #[test]

@@ -98,6 +98,7 @@ pub fn run(cli: Cli, context: &mut Context<'_>) -> Result<u8, CliError> {
         Command::Push(args) => push(context, &args),
         Command::Rollout(RolloutCommand::Status(args)) => rollout_status(context, &args),
         Command::Rollout(RolloutCommand::Retry(args)) => rollout_retry(context, &args),
+        Command::Credential(command) => crate::credentials::run(context, &command),
         Command::Token(TokenCommand::Create(args)) => enrollment::token_create(context, &args),
         Command::Token(TokenCommand::List(args)) => enrollment::token_list(context, &args),
         Command::Token(TokenCommand::Revoke(args)) => enrollment::token_revoke(context, &args),
@@ -194,7 +195,7 @@ fn apply(context: &mut Context<'_>, args: &ApplyArgs) -> Result<u8, CliError> {
         dry_run: args.dry_run,
         force: args.force,
         prune: args.prune,
-        field_manager: args.field_manager.clone(),
+        field_manager: args.field_manager.clone().unwrap_or_default(),
     };
     let result = send_apply(context, &prepared, &options)?;
     let suffix = if result.dry_run || args.dry_run {
@@ -240,7 +241,7 @@ fn diff(context: &mut Context<'_>, args: &DiffArgs) -> Result<u8, CliError> {
         dry_run: true,
         force: args.force,
         prune: args.prune,
-        field_manager: args.field_manager.clone(),
+        field_manager: args.field_manager.clone().unwrap_or_default(),
     };
     let result = send_apply(context, &prepared, &options)?;
     let mut changed = false;

@@ -8,6 +8,7 @@
 pub mod api;
 pub mod cli;
 pub mod commands;
+pub mod credentials;
 pub mod describe;
 pub mod diff;
 pub mod enrollment;

@@ -839,19 +839,28 @@ fn a_closed_standard_output_ends_every_command_quietly() {
 }
 
 #[test]
-fn each_user_is_a_field_manager_of_their_own() {
+fn each_credential_is_a_field_manager_of_its_own() {
     let fleet = Fleet::start();
     let (front, back) = GROUPS.split_once("---\n").unwrap();
     fleet.write("alice.yaml", front);
     fleet.write("bob.yaml", back);
-    let as_user = |user: &str, args: &[&str]| fleet.run(fleet.command(args).env("USER", user), "");
+    let credential = |name: &str| {
+        fleet
+            .tcadm(&["credential", "create", name, "--role", "admin"])
+            .ok()
+            .trim()
+            .to_string()
+    };
+    let (alice, bob) = (credential("alice"), credential("bob"));
+    let as_credential =
+        |token: &str, args: &[&str]| fleet.run(fleet.command(args).env("TCADM_TOKEN", token), "");
     assert_eq!(
-        as_user("alice", &["apply", "-f", "alice.yaml", "--prune"]).ok(),
+        as_credential(&alice, &["apply", "-f", "alice.yaml", "--prune"]).ok(),
         "clientgroup/front-desk created\n"
     );
     // Bob's apply with --prune leaves Alice's group alone.
     assert_eq!(
-        as_user("bob", &["apply", "-f", "bob.yaml", "--prune"]).ok(),
+        as_credential(&bob, &["apply", "-f", "bob.yaml", "--prune"]).ok(),
         "clientgroup/back-office created\n"
     );
     assert_eq!(
@@ -859,10 +868,10 @@ fn each_user_is_a_field_manager_of_their_own() {
         "clientgroup/back-office\nclientgroup/front-desk\n"
     );
     let group = fleet.get_json(&["cg", "front-desk"]);
-    assert_eq!(group["metadata"]["managedBy"], "tcadm:alice");
+    assert_eq!(group["metadata"]["managedBy"], "credential:alice");
     assert_eq!(
         fleet.get_json(&["cg", "back-office"])["metadata"]["managedBy"],
-        "tcadm:bob"
+        "credential:bob"
     );
     // Each may prune their own objects, and only those.
     fleet.write(
@@ -870,7 +879,7 @@ fn each_user_is_a_field_manager_of_their_own() {
         front.replace("name: front-desk", "name: reception"),
     );
     assert_eq!(
-        as_user("alice", &["apply", "-f", "alice.yaml", "--prune"]).ok(),
+        as_credential(&alice, &["apply", "-f", "alice.yaml", "--prune"]).ok(),
         "clientgroup/reception created\nclientgroup/front-desk pruned\n"
     );
     assert_eq!(
@@ -878,23 +887,30 @@ fn each_user_is_a_field_manager_of_their_own() {
         "clientgroup/back-office\nclientgroup/reception\n"
     );
     // Bob cannot change Alice's group without taking it over.
-    let error = as_user("bob", &["apply", "-f", "alice.yaml"])
+    let error = as_credential(&bob, &["apply", "-f", "alice.yaml"])
         .fails(3)
         .to_string();
-    assert!(error.contains("is managed by `tcadm:alice`"), "{error}");
-    // With neither USER nor LOGNAME, the manager is named after the user id.
+    assert!(
+        error.contains("is managed by `credential:alice`"),
+        "{error}"
+    );
+    // The break-glass token's applies are managed by `admin`; --field-manager names another.
     fleet.write(
         "carol.yaml",
         front.replace("name: front-desk", "name: carol"),
     );
     fleet.tcadm(&["apply", "-f", "carol.yaml"]).ok();
-    let uid = {
-        use std::os::unix::fs::MetadataExt;
-        std::fs::metadata(fleet.path("carol.yaml")).unwrap().uid()
-    };
     assert_eq!(
         fleet.get_json(&["cg", "carol"])["metadata"]["managedBy"],
-        format!("tcadm:uid-{uid}")
+        "admin"
+    );
+    fleet.write("dave.yaml", front.replace("name: front-desk", "name: dave"));
+    fleet
+        .tcadm(&["apply", "-f", "dave.yaml", "--field-manager", "ci"])
+        .ok();
+    assert_eq!(
+        fleet.get_json(&["cg", "dave"])["metadata"]["managedBy"],
+        "ci"
     );
 }
 

@@ -57,7 +57,7 @@ pub enum ArtifactPaths {
 pub struct ApplyRequest {
     /// The manifests.
     pub files: Vec<ManifestFile>,
-    /// Who applies (`tcadm`, `dir:/srv/manifests`).
+    /// Who applies (`credential:ci`, `admin`, `dir:/srv/manifests`).
     pub manager: String,
     /// Validate and report only.
     pub dry_run: bool,

@@ -124,12 +124,11 @@ impl Fleet {
         }
     }
 
-    /// Runs `tcadm` in the fleet's directory, as the admin `alice` (its field manager is the login
-    /// name: `tcadm:alice`).
+    /// Runs `tcadm` in the fleet's directory with the break-glass token (its applies are managed
+    /// by `admin`).
     pub fn run(&self, args: &[&str]) -> Output {
         Command::new(binary("tcadm"))
             .current_dir(&self.root)
-            .env("USER", "alice")
             .args(["--server", &self.server, "--token", &self.token])
             .args(args)
             .output()
