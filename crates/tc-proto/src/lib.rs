@@ -37,14 +37,18 @@ impl Timestamp {
     /// The Unix epoch.
     pub const EPOCH: Timestamp = Timestamp(0);
 
+    /// The last time RFC 3339 can write, 9999-12-31T23:59:59.999Z: every way of making a
+    /// timestamp stops there, so that every timestamp can be written.
+    pub const MAX: Timestamp = Timestamp(253_402_300_799_999);
+
     /// The current wall-clock time.
     pub fn now() -> Self {
         Self::from_system_time(SystemTime::now())
     }
 
-    /// Milliseconds since the Unix epoch.
+    /// Milliseconds since the Unix epoch (at most [`Timestamp::MAX`]).
     pub fn from_unix_millis(millis: u64) -> Self {
-        Timestamp(millis)
+        Timestamp(millis.min(Self::MAX.0))
     }
 
     /// Converts a `SystemTime`; times before the epoch become the epoch.
@@ -53,7 +57,7 @@ impl Timestamp {
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
             .as_millis();
-        Timestamp(u64::try_from(millis).unwrap_or(u64::MAX))
+        Timestamp::from_unix_millis(u64::try_from(millis).unwrap_or(u64::MAX))
     }
 
     /// Milliseconds since the Unix epoch.
@@ -64,7 +68,7 @@ impl Timestamp {
     /// This time plus `duration` (saturating).
     pub fn plus(self, duration: Duration) -> Self {
         let millis = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
-        Timestamp(self.0.saturating_add(millis))
+        Timestamp::from_unix_millis(self.0.saturating_add(millis))
     }
 
     /// How long after `earlier` this time is; zero if it is not after.
@@ -649,6 +653,19 @@ mod tests {
         assert_eq!(text.parse::<Timestamp>().unwrap(), time);
         let json = serde_json::to_string(&time).unwrap();
         assert_eq!(serde_json::from_str::<Timestamp>(&json).unwrap(), time);
+    }
+
+    /// Found by schemathesis: a credential asked to expire in 17,000 years made a timestamp that
+    /// RFC 3339 cannot write, and writing it panicked (a 500). Every timestamp stops at the year
+    /// 9999 now, and can be written and read back.
+    #[test]
+    fn far_future_timestamps_stop_at_the_last_writable_time() {
+        let far = Timestamp::now().plus(Duration::from_secs(539_316_815_062));
+        assert_eq!(far, Timestamp::MAX);
+        assert_eq!(far.to_string(), "9999-12-31T23:59:59.999Z");
+        assert_eq!(far.to_string().parse::<Timestamp>().unwrap(), far);
+        assert_eq!(Timestamp::from_unix_millis(u64::MAX), Timestamp::MAX);
+        assert_eq!(Timestamp::MAX.plus(Duration::MAX), Timestamp::MAX);
     }
 
     #[test]
