@@ -379,6 +379,28 @@ pub struct Artifact {
     /// Lowercase hex sha256 of the zip. Required with `url` and alone; computed for `path`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
+    /// The minisign signature of the zip: the whole text of the `.minisig` file written by
+    /// `tcadm sign` or `minisign -S`. Agents configured with trusted keys install only releases
+    /// whose signature verifies with one of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
+}
+
+/// Largest `spec.artifact.signature`, in bytes (a minisign signature with a trusted comment of
+/// the size `minisign` itself allows is well below it).
+pub const MAX_SIGNATURE_BYTES: usize = 4096;
+
+/// Checks that `text` is a minisign signature (the text of a `.minisig` file) of bounded size.
+pub fn check_signature(text: &str) -> Result<(), String> {
+    if text.len() > MAX_SIGNATURE_BYTES {
+        return Err(format!(
+            "is {} bytes, more than the {MAX_SIGNATURE_BYTES} bytes a minisign signature needs",
+            text.len()
+        ));
+    }
+    minisign_verify::Signature::decode(text)
+        .map(|_| ())
+        .map_err(|error| format!("is not a minisign signature: {error}"))
 }
 
 /// Observed state of a release.
@@ -936,6 +958,11 @@ fn validate_release_spec(spec: &PackageReleaseSpec, errors: &mut Errors) {
             "needs `path`, `url` or the `sha256` of an uploaded blob",
         ),
         _ => {}
+    }
+    if let Some(signature) = &artifact.signature
+        && let Err(reason) = check_signature(signature)
+    {
+        errors.push("spec.artifact.signature", reason);
     }
     validate_hook(&spec.hooks.pre_install, "spec.hooks.preInstall", errors);
     validate_hook(&spec.hooks.post_install, "spec.hooks.postInstall", errors);
