@@ -663,6 +663,50 @@ mod tests {
     }
 
     #[test]
+    fn trusted_keys_come_from_the_file_or_the_command_line_and_must_be_minisign_keys() {
+        const OLD: &str = "RWSUGzAijdwTU3Fjku6EVUMBcc39WchsTxBp8e2PHYTPlms2GtzNj2rN";
+        const NEW: &str = "RWQf6LRCGA9i53mlYecO4IzT51TGPpvWucNSCh1CBM0QTaLn73Y7GFO3";
+        let temp = tempfile::tempdir().unwrap();
+        let config_path = temp.path().join("agent.yaml");
+        let config = config_path.to_str().unwrap();
+        std::fs::write(
+            &config_path,
+            format!("trustedKeys:\n  - {OLD}\n  - {NEW}\n"),
+        )
+        .unwrap();
+        let base = ["--server", "http://x", "--config", config];
+        let keys = |extra: &[&str]| {
+            let arguments: Vec<&str> = base.iter().chain(extra).copied().collect();
+            cli(&arguments).settings.resolve("h").map(|c| {
+                c.trusted_keys
+                    .iter()
+                    .map(|k| k.as_str().to_owned())
+                    .collect::<Vec<_>>()
+            })
+        };
+        assert_eq!(keys(&[]).unwrap(), vec![OLD, NEW]);
+        assert_eq!(keys(&["--trusted-key", NEW]).unwrap(), vec![NEW]);
+        let error = keys(&["--trusted-key", "RWnotakey"]).unwrap_err();
+        assert!(
+            matches!(&error, ConfigError::InvalidTrustedKey(m) if m.contains("RWnotakey")),
+            "{error}"
+        );
+        assert!(
+            cli(&["--server", "http://x"])
+                .settings
+                .resolve("h")
+                .unwrap()
+                .trusted_keys
+                .is_empty()
+        );
+        let error = parse_file_config("trustedKeys: RWabc\n").unwrap_err();
+        assert!(
+            error.contains("`trustedKeys` must be a list of strings"),
+            "{error}"
+        );
+    }
+
+    #[test]
     fn command_line_alone() {
         let parsed = cli(&[
             "--server",

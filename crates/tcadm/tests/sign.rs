@@ -16,6 +16,11 @@ struct Fleet {
 
 impl Fleet {
     fn start(require_signed: bool) -> Fleet {
+        Fleet::start_with(require_signed, None)
+    }
+
+    /// A fleet whose controller also applies the manifests in `watched`.
+    fn start_with(require_signed: bool, watched: Option<PathBuf>) -> Fleet {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -23,6 +28,7 @@ impl Fleet {
             .expect("runtime");
         let controller = runtime.block_on(TestController::start_with(move |config| {
             config.require_signed = require_signed;
+            config.manifests_dir = watched;
         }));
         Fleet {
             controller,
@@ -193,4 +199,54 @@ fn apply_sends_the_signature_beside_a_local_zip_and_require_signed_refuses_unsig
     .unwrap();
     let signature = std::fs::read_to_string(fleet.path("kiosk.zip.minisig")).unwrap();
     assert_eq!(stored["spec"]["artifact"]["signature"], signature.as_str());
+}
+
+#[test]
+fn push_prints_a_release_with_the_signature_beside_the_zip() {
+    let fleet = Fleet::start(false);
+    std::fs::write(fleet.path("kiosk-1.0.0.zip"), zip()).unwrap();
+    ok(&fleet.tcadm(&["sign", "--generate-key", "admin"]));
+    ok(&fleet.tcadm(&["sign", "--key", "admin.key", "kiosk-1.0.0.zip"]));
+    let printed = ok(&fleet.tcadm(&["push", "kiosk-1.0.0.zip"]));
+    let objects = tc_api::decode_objects("push", &printed).unwrap();
+    let tc_api::Object::PackageRelease(release) = &objects[0].object else {
+        panic!("not a release: {printed}");
+    };
+    let signature = std::fs::read_to_string(fleet.path("kiosk-1.0.0.zip.minisig")).unwrap();
+    assert_eq!(
+        release.spec.artifact.signature.as_deref(),
+        Some(&*signature)
+    );
+}
+
+#[test]
+fn the_watched_directory_takes_the_signature_beside_a_zip() {
+    let watched = tempfile::tempdir().unwrap();
+    let fleet = Fleet::start_with(true, Some(watched.path().to_owned()));
+    ok(&fleet.tcadm(&["sign", "--generate-key", "admin"]));
+    std::fs::write(watched.path().join("kiosk.zip"), zip()).unwrap();
+    let key = fleet.path("admin.key");
+    let zip_path = watched.path().join("kiosk.zip");
+    ok(&fleet.tcadm(&[
+        "sign",
+        "--key",
+        key.to_str().unwrap(),
+        zip_path.to_str().unwrap(),
+    ]));
+    std::fs::write(watched.path().join("release.yaml"), RELEASE).unwrap();
+    let signature = std::fs::read_to_string(watched.path().join("kiosk.zip.minisig")).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let run = fleet.tcadm(&["get", "pr", "kiosk-1.0.0", "-o", "json"]);
+        if run.status.success() {
+            let stored: Value = serde_json::from_slice(&run.stdout).unwrap();
+            assert_eq!(stored["spec"]["artifact"]["signature"], signature.as_str());
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the watched release never appeared: {run:#?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }
