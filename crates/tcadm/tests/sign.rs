@@ -126,6 +126,22 @@ fn a_signature_by_tcadm_sign_verifies_with_minisign() {
         &fleet.path("kiosk.zip")
     ));
 
+    // The minisign tool signs with the key tcadm made, too.
+    std::fs::write(fleet.path("other.zip"), zip()).unwrap();
+    let signed = minisign()
+        .arg("-S")
+        .arg("-s")
+        .arg(fleet.path("admin.key"))
+        .arg("-m")
+        .arg(fleet.path("other.zip"))
+        .output()
+        .unwrap();
+    assert!(signed.status.success(), "{signed:#?}");
+    assert!(minisign_verifies(
+        &fleet.path("admin.pub"),
+        &fleet.path("other.zip")
+    ));
+
     // The same signature does not verify a changed zip.
     let mut changed = zip();
     changed.extend_from_slice(b"appended");
