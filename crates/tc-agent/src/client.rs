@@ -438,9 +438,13 @@ pub struct RunOptions {
 impl RunOptions {
     /// Production defaults for `config`.
     pub fn new(config: AgentConfig) -> Self {
+        let engine = EngineOptions {
+            trusted_keys: config.trusted_keys.clone(),
+            ..EngineOptions::default()
+        };
         RunOptions {
             config,
-            engine: EngineOptions::default(),
+            engine,
             retry: Backoff::new(Duration::from_secs(1), Duration::from_secs(60)),
             long_poll_timeout: Duration::from_secs(75),
             heartbeat_bounds: (Duration::from_secs(1), Duration::from_secs(3600)),

@@ -12,6 +12,8 @@
 //! name: front-desk-3
 //! labels:
 //!   site: berlin
+//! trustedKeys:   # minisign public keys packages must be signed with (optional; several to rotate)
+//!   - RWQf6LRCGA9i53mlYecO4IzT51TGPpvWucNSCh1CBM0QTaLn73Y7GFO3
 //! ```
 
 use std::collections::BTreeMap;
@@ -23,6 +25,8 @@ use clap::{Args, Subcommand};
 use reqwest::Url;
 use saphyr_parser::{Event, Parser, ScalarStyle};
 use tc_trust::CaCertHash;
+
+use crate::signature::TrustedKey;
 
 /// The default state directory.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/tc-agent";
@@ -51,6 +55,10 @@ impl Cli {
 
 /// The subcommands, each with only the settings it takes.
 #[derive(Clone, Debug, PartialEq, Eq, Subcommand)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "made once at start from the command line"
+)]
 pub enum Command {
     /// Run the agent (the default).
     Run(Settings),
@@ -94,6 +102,11 @@ pub struct Settings {
     /// Machine identity [default: /etc/machine-id, else one generated in the state directory].
     #[arg(long, value_name = "ID")]
     pub machine_id: Option<String>,
+    /// Minisign public key (the `RW...` line of a `.pub` file) that packages must be signed with
+    /// (repeatable: several while keys are rotated); replaces `trustedKeys` of the file. Without
+    /// any, packages are installed unsigned.
+    #[arg(long = "trusted-key", value_name = "BASE64")]
+    pub trusted_keys: Vec<String>,
 }
 
 /// The settings of `status`: only where the state directory is.
@@ -135,6 +148,8 @@ pub struct FileConfig {
     pub name: Option<String>,
     /// Machine identity.
     pub machine_id: Option<String>,
+    /// Minisign public keys packages must be signed with.
+    pub trusted_keys: Vec<String>,
 }
 
 /// The resolved configuration of a running agent.
@@ -154,6 +169,8 @@ pub struct AgentConfig {
     pub machine_id: Option<String>,
     /// How an `https://` controller is trusted (required for one; unused for `http://`).
     pub ca: Option<CaTrust>,
+    /// Minisign public keys packages must be signed with; empty: packages are not checked.
+    pub trusted_keys: Vec<TrustedKey>,
 }
 
 /// How the agent trusts an `https://` controller.
@@ -251,6 +268,9 @@ pub enum ConfigError {
     /// A fingerprint that is not `sha256:<hex>`.
     #[error("{0}")]
     InvalidCaCertHash(String),
+    /// A `trustedKeys` entry or `--trusted-key` that is not a minisign public key.
+    #[error("invalid trusted key: {0}")]
+    InvalidTrustedKey(String),
     /// Both a fingerprint and a CA file were configured.
     #[error("set either caCertHash or caFile, not both")]
     TwoCas,
@@ -358,6 +378,16 @@ impl Settings {
             }
         })?;
 
+        let key_texts = if self.trusted_keys.is_empty() {
+            file.trusted_keys
+        } else {
+            self.trusted_keys.clone()
+        };
+        let trusted_keys = key_texts
+            .iter()
+            .map(|text| TrustedKey::parse(text).map_err(ConfigError::InvalidTrustedKey))
+            .collect::<Result<Vec<_>, _>>()?;
+
         Ok(AgentConfig {
             server,
             bootstrap_token,
@@ -375,6 +405,7 @@ impl Settings {
                 .unwrap_or_else(|| hostname.to_owned()),
             machine_id: self.machine_id.clone().or(file.machine_id),
             ca,
+            trusted_keys,
         })
     }
 }
@@ -391,7 +422,7 @@ fn parse_ca_cert_hash(text: &str) -> Result<Vec<CaCertHash>, ConfigError> {
 }
 
 /// The settings a configuration file may hold, as written in YAML.
-const FILE_FIELDS: &str = "server, caCertHash, caFile, bootstrapToken, bootstrapTokenFile, stateDir, labels, name, machineId";
+const FILE_FIELDS: &str = "server, caCertHash, caFile, bootstrapToken, bootstrapTokenFile, stateDir, labels, name, machineId, trustedKeys";
 
 /// Parses the YAML configuration file. Errors name the line and column.
 pub fn parse_file_config(text: &str) -> Result<FileConfig, String> {
@@ -436,6 +467,7 @@ pub fn parse_file_config(text: &str) -> Result<FileConfig, String> {
             "labels" => config.labels = events.labels()?,
             "name" => config.name = events.string(&key)?,
             "machineId" => config.machine_id = events.string(&key)?,
+            "trustedKeys" => config.trusted_keys = events.strings(&key)?,
             other => {
                 return Err(position.error(&format!(
                     "unknown field `{other}`, expected one of {FILE_FIELDS}"
@@ -494,6 +526,29 @@ impl<'a> YamlEvents<'a> {
             (Event::Scalar(text, ScalarStyle::Plain, ..), _) if is_null(&text) => Ok(None),
             (Event::Scalar(text, ..), _) => Ok(Some(text.into_owned())),
             (_, position) => Err(position.error(&format!("`{key}` must be a string"))),
+        }
+    }
+
+    /// A sequence of strings; empty for a YAML null.
+    fn strings(&mut self, key: &str) -> Result<Vec<String>, String> {
+        let mut values = Vec::new();
+        match self.next()? {
+            (Event::SequenceStart(..), _) => {}
+            (Event::Scalar(text, ScalarStyle::Plain, ..), _) if is_null(&text) => {
+                return Ok(values);
+            }
+            (_, position) => {
+                return Err(position.error(&format!("`{key}` must be a list of strings")));
+            }
+        }
+        loop {
+            match self.next()? {
+                (Event::SequenceEnd, _) => return Ok(values),
+                (Event::Scalar(text, ..), _) => values.push(text.into_owned()),
+                (_, position) => {
+                    return Err(position.error(&format!("`{key}` must be a list of strings")));
+                }
+            }
         }
     }
 
@@ -605,6 +660,50 @@ mod tests {
             std::iter::once("tc-agent").chain(arguments.iter().copied()),
         )
         .unwrap()
+    }
+
+    #[test]
+    fn trusted_keys_come_from_the_file_or_the_command_line_and_must_be_minisign_keys() {
+        const OLD: &str = "RWSUGzAijdwTU3Fjku6EVUMBcc39WchsTxBp8e2PHYTPlms2GtzNj2rN";
+        const NEW: &str = "RWQf6LRCGA9i53mlYecO4IzT51TGPpvWucNSCh1CBM0QTaLn73Y7GFO3";
+        let temp = tempfile::tempdir().unwrap();
+        let config_path = temp.path().join("agent.yaml");
+        let config = config_path.to_str().unwrap();
+        std::fs::write(
+            &config_path,
+            format!("trustedKeys:\n  - {OLD}\n  - {NEW}\n"),
+        )
+        .unwrap();
+        let base = ["--server", "http://x", "--config", config];
+        let keys = |extra: &[&str]| {
+            let arguments: Vec<&str> = base.iter().chain(extra).copied().collect();
+            cli(&arguments).settings.resolve("h").map(|c| {
+                c.trusted_keys
+                    .iter()
+                    .map(|k| k.as_str().to_owned())
+                    .collect::<Vec<_>>()
+            })
+        };
+        assert_eq!(keys(&[]).unwrap(), vec![OLD, NEW]);
+        assert_eq!(keys(&["--trusted-key", NEW]).unwrap(), vec![NEW]);
+        let error = keys(&["--trusted-key", "RWnotakey"]).unwrap_err();
+        assert!(
+            matches!(&error, ConfigError::InvalidTrustedKey(m) if m.contains("RWnotakey")),
+            "{error}"
+        );
+        assert!(
+            cli(&["--server", "http://x"])
+                .settings
+                .resolve("h")
+                .unwrap()
+                .trusted_keys
+                .is_empty()
+        );
+        let error = parse_file_config("trustedKeys: RWabc\n").unwrap_err();
+        assert!(
+            error.contains("`trustedKeys` must be a list of strings"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -59,6 +59,7 @@ use crate::download::{DownloadOptions, Fetcher, is_sha256_hex};
 use crate::extract::{ExtractLimits, extract};
 use crate::fault::{FaultPoint, Faults};
 use crate::hooks::{self, HookContext, HookKind};
+use crate::signature::{TrustedKey, verify_zip};
 use crate::state::{
     ErrorRecord, FailedAction, Failure, FailureCause, InstallStep, Journal, Operation,
     PackageRecord, RemoveStep, StateDir, StateError, VersionRecord, check_dir, ensure_dir,
@@ -89,6 +90,8 @@ pub struct EngineOptions {
     pub retry: Backoff,
     /// Fault injection for crash tests.
     pub faults: Faults,
+    /// Minisign public keys packages must be signed with; empty: signatures are not checked.
+    pub trusted_keys: Vec<TrustedKey>,
 }
 
 impl Default for EngineOptions {
@@ -101,6 +104,7 @@ impl Default for EngineOptions {
                 std::time::Duration::from_secs(3600),
             ),
             faults: Faults::none(),
+            trusted_keys: Vec::new(),
         }
     }
 }
@@ -385,6 +389,18 @@ impl Engine {
             .await
             .map_err(|error| StepError::Download(format!("download failed: {error}")))?;
         self.fault(FaultPoint::AfterDownload)?;
+        if !self.options.trusted_keys.is_empty() {
+            // After the sha256 (checked by the download), before anything of the zip is used.
+            let keys = self.options.trusted_keys.clone();
+            let signature = package.signature.clone();
+            let zip_for_task = zip.clone();
+            tokio::task::spawn_blocking(move || {
+                verify_zip(&keys, signature.as_deref(), &zip_for_task)
+            })
+            .await
+            .map_err(|error| StepError::Failed(format!("signature check failed: {error}")))?
+            .map_err(|reason| StepError::Failed(format!("refused: {reason}")))?;
+        }
 
         self.set_install_step(name, InstallStep::Extract)?;
         let staging = self.dir.staging_for(name);

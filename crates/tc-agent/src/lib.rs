@@ -15,6 +15,7 @@ pub mod fault;
 pub mod hooks;
 pub mod identity;
 pub mod inventory;
+pub mod signature;
 pub mod state;
 pub mod status;
 

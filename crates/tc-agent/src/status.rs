@@ -257,6 +257,7 @@ mod tests {
             url: "/blobs/sha256/b".into(),
             hooks: Default::default(),
             attempt: 0,
+            signature: None,
         }
     }
 

@@ -11,6 +11,7 @@ pub mod meta;
 pub mod resources;
 pub mod schema;
 pub mod selector;
+pub mod signature;
 pub mod source;
 pub mod validate;
 

@@ -379,7 +379,14 @@ pub struct Artifact {
     /// Lowercase hex sha256 of the zip. Required with `url` and alone; computed for `path`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
+    /// The minisign signature of the zip: the whole text of the `.minisig` file written by
+    /// `tcadm sign` or `minisign -S`. Agents configured with trusted keys install only releases
+    /// whose signature verifies with one of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
 }
+
+pub use crate::signature::{MAX_SIGNATURE_BYTES, check_signature};
 
 /// Observed state of a release.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -936,6 +943,11 @@ fn validate_release_spec(spec: &PackageReleaseSpec, errors: &mut Errors) {
             "needs `path`, `url` or the `sha256` of an uploaded blob",
         ),
         _ => {}
+    }
+    if let Some(signature) = &artifact.signature
+        && let Err(reason) = check_signature(signature)
+    {
+        errors.push("spec.artifact.signature", reason);
     }
     validate_hook(&spec.hooks.pre_install, "spec.hooks.preInstall", errors);
     validate_hook(&spec.hooks.post_install, "spec.hooks.postInstall", errors);

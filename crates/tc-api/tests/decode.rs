@@ -974,3 +974,57 @@ fn document_error_at_the_end_of_a_file_without_a_final_newline_is_reported_insid
         assert_eq!((error.line, error.column), expected, "{text:?}: {error}");
     }
 }
+
+/// A signature made by `minisign -S` (a `.minisig` file), as a YAML block scalar.
+const SIGNATURE: &str = "untrusted comment: signature from minisign secret key
+RUSUGzAijdwTU925mX/MFY/YS04sloQ/SRui8LwJpg9Jl4kmag59UXtIFfTMRWcS2u//kDjBJxFOLHxbg11FtdJvgyWOiV5bwgU=
+trusted comment: timestamp:1796534031\tfile:a.zip\thashed
+sT3WPBVD9J0UfhIm8ab9NhZ5SGpWp8vidEBujPnm6a2NkrJ4a0vrXxuQIWtoKxCZJOAB3vaSKTMNz4Ukobf7Cg==
+";
+
+fn release_signed_with(signature: &str) -> String {
+    let indented: String = signature
+        .lines()
+        .map(|line| format!("      {line}\n"))
+        .collect();
+    release_with(
+        "    path: ../packages/kiosk-browser-1.4.2.zip\n",
+        &format!("    path: ../packages/kiosk-browser-1.4.2.zip\n    signature: |\n{indented}"),
+    )
+}
+
+#[test]
+fn a_release_carries_its_minisign_signature() {
+    let objects = decode_objects("r.yaml", &release_signed_with(SIGNATURE)).unwrap();
+    let Object::PackageRelease(release) = &objects[0].object else {
+        panic!("not a release");
+    };
+    assert_eq!(release.spec.artifact.signature.as_deref(), Some(SIGNATURE));
+}
+
+#[test]
+fn a_signature_that_is_not_minisign_is_refused_with_its_field() {
+    let garbled = SIGNATURE.replace("RUSUGzAij", "RUSU!!Aij");
+    let errors = decode_objects("r.yaml", &release_signed_with(&garbled)).unwrap_err();
+    let text = errors.to_string();
+    assert!(text.contains("spec.artifact.signature"), "{text}");
+    assert!(text.contains("is not a minisign signature"), "{text}");
+
+    let errors = decode_objects("r.yaml", &release_signed_with("just some words\n")).unwrap_err();
+    assert!(
+        errors.to_string().contains("spec.artifact.signature"),
+        "{errors}"
+    );
+}
+
+#[test]
+fn an_oversized_signature_is_refused() {
+    let padded = SIGNATURE.replace(
+        "trusted comment: timestamp",
+        &format!("trusted comment: {}timestamp", "x".repeat(5000)),
+    );
+    let errors = decode_objects("r.yaml", &release_signed_with(&padded)).unwrap_err();
+    let text = errors.to_string();
+    assert!(text.contains("spec.artifact.signature"), "{text}");
+    assert!(text.contains("4096 bytes"), "{text}");
+}

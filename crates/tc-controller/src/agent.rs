@@ -393,6 +393,7 @@ mod tests {
                 url: "/blobs/sha256/ab".into(),
                 hooks: Default::default(),
                 attempt: 0,
+                signature: None,
             }],
             decommission: false,
         };

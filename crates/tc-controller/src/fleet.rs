@@ -870,6 +870,7 @@ mod tests {
             url: "/blobs/sha256/ab".into(),
             hooks: Default::default(),
             attempt: 0,
+            signature: None,
         }];
         let served = Served {
             revision: 4,

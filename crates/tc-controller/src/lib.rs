@@ -108,6 +108,8 @@ pub struct Config {
     pub challenge_lifetime: Duration,
     /// Every new client waits as `Pending` until an admin approves it.
     pub require_approval: bool,
+    /// Apply refuses a `PackageRelease` without `spec.artifact.signature` (422).
+    pub require_signed: bool,
     /// Enrolment requests accepted from all sources together.
     pub enroll_rate: RateLimit,
     /// Enrolment requests accepted from one source address.
@@ -148,6 +150,7 @@ impl Config {
             session_lifetime: Duration::from_secs(3600),
             challenge_lifetime: Duration::from_secs(60),
             require_approval: false,
+            require_signed: false,
             enroll_rate: RateLimit::new(50.0, 500),
             enroll_rate_per_source: RateLimit::new(5.0, 100),
             pending_retry_after: Duration::from_secs(30),

@@ -73,6 +73,10 @@ struct Args {
     /// Every new client waits as Pending until `tcadm approve` (whatever its bootstrap token).
     #[arg(long, env = "TC_CONTROLLER_REQUIRE_APPROVAL")]
     require_approval: bool,
+    /// Apply refuses every PackageRelease without a signature (`spec.artifact.signature`, or a
+    /// `ZIP.minisig` beside a zip in the watched directory).
+    #[arg(long, env = "TC_CONTROLLER_REQUIRE_SIGNED")]
+    require_signed: bool,
     /// Also start three real tc-agent processes (throwaway state, different labels) and print the
     /// fleet's events: a fleet converging on one machine.
     #[arg(long)]
@@ -117,6 +121,7 @@ fn main() -> ExitCode {
             },
         };
         config.require_approval = args.require_approval;
+        config.require_signed = args.require_signed;
         tracing::info!(listen = %args.listen, data_dir = %args.data_dir.display(), "tc-controller starting");
         match serve_with(listener, config, shutdown_signal(), args.demo).await {
             Ok(()) => {

@@ -136,6 +136,7 @@ impl ServedCache {
                     url: format!("/blobs/sha256/{}", info.sha256),
                     hooks: info.hooks.clone(),
                     attempt: package.attempt,
+                    signature: info.signature.clone(),
                 }),
                 None => {
                     complete = false;

@@ -517,6 +517,11 @@ pub struct DesiredPackage {
     /// (sha256) again until this changes. Absent (0) from controllers that predate it.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub attempt: u32,
+    /// The minisign signature of the zip (the whole `.minisig` text) from the release, if an admin
+    /// signed it. Agents with trusted keys refuse a package whose signature is missing or does not
+    /// verify. Absent from controllers that predate it and for unsigned releases.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
 }
 
 fn is_zero(value: &u32) -> bool {

@@ -20,6 +20,8 @@ pub struct ReleaseInfo {
     pub size: u64,
     /// Lifecycle hooks.
     pub hooks: Hooks,
+    /// The minisign signature of the zip (`spec.artifact.signature`), if the release is signed.
+    pub signature: Option<String>,
 }
 
 /// The ready releases, by package, newest last.
@@ -50,6 +52,7 @@ impl ReleaseCatalog {
                     sha256: artifact.sha256.clone(),
                     size: artifact.size,
                     hooks: release.spec.hooks.clone(),
+                    signature: release.spec.artifact.signature.clone(),
                 });
         }
         for infos in by_package.values_mut() {

@@ -83,6 +83,8 @@ pub enum Command {
     Label(LabelArgs),
     /// Upload a package zip and print a PackageRelease for it.
     Push(PushArgs),
+    /// Sign a package zip with a minisign secret key (writes ZIP.minisig), or make a key pair.
+    Sign(SignArgs),
     /// Follow the rollout of a client group.
     #[command(subcommand)]
     Rollout(RolloutCommand),
@@ -366,6 +368,24 @@ pub struct LabelArgs {
     /// `key=value` to set a label, `key-` to remove it.
     #[arg(value_name = "KEY=VALUE|KEY-", required = true)]
     pub labels: Vec<String>,
+}
+
+/// Arguments of `sign`.
+#[derive(Debug, Args)]
+pub struct SignArgs {
+    /// The minisign secret key (from `tcadm sign --generate-key` or `minisign -G`).
+    #[arg(long, value_name = "FILE", conflicts_with = "generate_key")]
+    pub key: Option<PathBuf>,
+    /// A file holding the password of an encrypted secret key (else `TCADM_SIGN_PASSWORD`;
+    /// unencrypted keys need neither).
+    #[arg(long, value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
+    /// Write a new unencrypted key pair NAME.key (secret) and NAME.pub instead of signing.
+    #[arg(long, value_name = "NAME")]
+    pub generate_key: Option<PathBuf>,
+    /// The zip to sign; the signature goes to ZIP.minisig.
+    #[arg(value_name = "ZIP", required_unless_present = "generate_key")]
+    pub zip: Option<PathBuf>,
 }
 
 /// Arguments of `push`.

@@ -35,6 +35,7 @@ use crate::output::{Style, one_line, print_stderr, terminal_safe, to_json, to_ya
 use crate::rollout::{
     ExpectedRelease, RolloutState, awaiting_source_sync, progress_text, rollout_state,
 };
+use crate::sign::read_signature_beside;
 use crate::sources::fetch_sources;
 use crate::views::{
     clients_table, events_table, groups_table, reference, releases_table, row_signature,
@@ -96,6 +97,7 @@ pub fn run(cli: Cli, context: &mut Context<'_>) -> Result<u8, CliError> {
         Command::Delete(args) => delete(context, &args),
         Command::Label(args) => label(context, &args),
         Command::Push(args) => push(context, &args),
+        Command::Sign(args) => crate::sign::run(&args).map(|()| EXIT_OK),
         Command::Rollout(RolloutCommand::Status(args)) => rollout_status(context, &args),
         Command::Rollout(RolloutCommand::Retry(args)) => rollout_retry(context, &args),
         Command::Credential(command) => crate::credentials::run(context, &command),
@@ -1069,6 +1071,7 @@ fn push(context: &mut Context<'_>, args: &PushArgs) -> Result<u8, CliError> {
                 path: None,
                 url: None,
                 sha256: Some(sha256.clone()),
+                signature: read_signature_beside(&args.file)?,
             },
             hooks: Default::default(),
         },

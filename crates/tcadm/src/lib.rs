@@ -18,6 +18,7 @@ pub mod labels;
 pub mod manifest;
 pub mod output;
 pub mod rollout;
+pub mod sign;
 pub mod sources;
 pub mod views;
 

@@ -1,7 +1,7 @@
 //! Reading manifests from files, directories and standard input; decoding them locally so errors
 //! name the real file; and preparing releases whose artifact is a local zip for upload.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
@@ -347,6 +347,10 @@ pub fn prepare_artifacts(
     let mut digests: BTreeMap<String, String> = BTreeMap::new();
     // Per file: (position of the `path` key, sha256) of each insertion.
     let mut insertions: BTreeMap<usize, Vec<(Position, String)>> = BTreeMap::new();
+    // The signature (`ZIP.minisig` beside a local zip) written into each release that has none:
+    // `kind/name` -> minisig text; and the files that hold such releases.
+    let mut signatures: BTreeMap<String, String> = BTreeMap::new();
+    let mut signed_files: BTreeSet<usize> = BTreeSet::new();
     for item in decoded {
         let Object::PackageRelease(release) = &item.object else {
             continue;
@@ -389,6 +393,13 @@ pub fn prepare_artifacts(
                 path: path.display().to_string(),
                 source,
             })?;
+            if release.spec.artifact.signature.is_none()
+                && let Some(signature) = crate::sign::read_signature_beside(&path)
+                    .map_err(|error| item.error("spec.artifact.signature", error.to_string()))?
+            {
+                signatures.insert(item.object.reference(), signature);
+                signed_files.insert(item.file);
+            }
             (sha256, size, None)
         } else {
             return Err(item
@@ -427,22 +438,33 @@ pub fn prepare_artifacts(
             size,
         });
     }
-    for (index, mut file_insertions) in insertions {
-        file_insertions.sort();
+    let edited: BTreeSet<usize> = insertions
+        .keys()
+        .copied()
+        .chain(signed_files.iter().copied())
+        .collect();
+    for index in edited {
         let file = &mut files[index];
         let expected: Vec<Object> = decoded
             .iter()
             .filter(|d| d.file == index)
-            .map(|d| with_sha256(&d.object, &digests))
+            .map(|d| with_signature(&with_sha256(&d.object, &digests), &signatures))
             .collect();
-        insert_sha256(file, &file_insertions);
-        let matches = decode_objects(&file.name, &file.content).is_ok_and(|objects| {
-            objects.len() == expected.len()
-                && objects
-                    .iter()
-                    .zip(&expected)
-                    .all(|(got, want)| got.object == *want)
-        });
+        // A signature is several lines: a file that gains one is sent as JSON documents.
+        if !signed_files.contains(&index)
+            && let Some(file_insertions) = insertions.get_mut(&index)
+        {
+            file_insertions.sort();
+            insert_sha256(file, file_insertions);
+        }
+        let matches = !signed_files.contains(&index)
+            && decode_objects(&file.name, &file.content).is_ok_and(|objects| {
+                objects.len() == expected.len()
+                    && objects
+                        .iter()
+                        .zip(&expected)
+                        .all(|(got, want)| got.object == *want)
+            });
         if !matches {
             // The text could not be edited in place (unusual formatting): send the objects as
             // JSON documents instead.
@@ -457,6 +479,20 @@ pub fn prepare_artifacts(
         }
     }
     Ok(artifacts)
+}
+
+/// The object with `artifact.signature` set from `signatures` (by `kind/name`), if it has an
+/// entry.
+fn with_signature(object: &Object, signatures: &BTreeMap<String, String>) -> Object {
+    let mut object = object.clone();
+    let reference = object.reference();
+    if let Object::PackageRelease(release) = &mut object
+        && release.spec.artifact.signature.is_none()
+        && let Some(signature) = signatures.get(&reference)
+    {
+        release.spec.artifact.signature = Some(signature.clone());
+    }
+    object
 }
 
 /// The object with `artifact.sha256` set from `digests` (by `kind/name`), if it has an entry.

@@ -431,6 +431,7 @@ front-desk   5         4            3       1        2         kiosk-browser@1.4
                     sha256: Some(
                         "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08".into(),
                     ),
+                    signature: None,
                 },
                 hooks: Default::default(),
             },

@@ -11,6 +11,7 @@ fn package(name: &str, version: &str, sha256: &str) -> DesiredPackage {
         url: "/blobs/sha256/x".into(),
         hooks: Default::default(),
         attempt: 0,
+        signature: None,
     }
 }
 

@@ -149,6 +149,7 @@ impl FakeController {
             size,
             hooks,
             attempt: 0,
+            signature: None,
         }
     }
 

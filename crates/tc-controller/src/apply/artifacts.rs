@@ -115,6 +115,90 @@ fn artifact_error(sourced: &SourcedObject, name: &str, message: String) -> ApiEr
     }])
 }
 
+/// Fills in `artifact.signature` of each release whose `artifact.path` names a zip on the
+/// controller (the watched directory) with the `ZIP.minisig` file beside it, when the manifest
+/// gives none and that file exists. A package directory packed by the controller has no such
+/// file: its release carries the signature of the packed zip in the manifest, or none.
+pub(super) fn attach_signatures(
+    decoded: &mut [SourcedObject],
+    request: &ApplyRequest,
+) -> Result<(), ApiError> {
+    if request.artifact_paths != ArtifactPaths::RelativeToManifest {
+        return Ok(());
+    }
+    for sourced in decoded.iter_mut() {
+        let file = sourced.file.clone();
+        let Object::PackageRelease(release) = &mut sourced.object else {
+            continue;
+        };
+        let artifact = &release.spec.artifact;
+        let (Some(path), None) = (&artifact.path, &artifact.signature) else {
+            continue;
+        };
+        let full = resolve_relative(&file, path);
+        if !full.is_file() {
+            continue;
+        }
+        let mut minisig = full.into_os_string();
+        minisig.push(".minisig");
+        let minisig = PathBuf::from(minisig);
+        let text = match std::fs::read_to_string(&minisig) {
+            Ok(text) => text,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(error) => {
+                let name = release.metadata.name.clone();
+                return Err(artifact_error(
+                    sourced,
+                    &name,
+                    format!("cannot read {}: {error}", minisig.display()),
+                ));
+            }
+        };
+        if let Err(reason) = tc_api::resources::check_signature(&text) {
+            let name = release.metadata.name.clone();
+            return Err(artifact_error(
+                sourced,
+                &name,
+                format!("{} {reason}", minisig.display()),
+            ));
+        }
+        release.spec.artifact.signature = Some(text);
+    }
+    Ok(())
+}
+
+/// With `--require-signed`: refuses the request when a release in it has no signature, naming
+/// every such release and its file.
+pub(super) fn check_signed(decoded: &[SourcedObject]) -> Result<(), ApiError> {
+    let mut causes = vec![];
+    let mut messages = vec![];
+    for sourced in decoded {
+        let Object::PackageRelease(release) = &sourced.object else {
+            continue;
+        };
+        if release.spec.artifact.signature.is_some() {
+            continue;
+        }
+        let message = format!(
+            "packagerelease/{} has no spec.artifact.signature, and this controller accepts only \
+             signed releases (--require-signed): sign the zip with `tcadm sign --key KEY ZIP`",
+            release.metadata.name
+        );
+        messages.push(format!("{}: {message}", sourced.file));
+        causes.push(Cause {
+            file: Some(sourced.file.clone()),
+            line: Some(sourced.position.line),
+            column: Some(sourced.position.column),
+            field: Some("spec.artifact.signature".into()),
+            message,
+        });
+    }
+    if causes.is_empty() {
+        return Ok(());
+    }
+    Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, messages.join("\n")).with_causes(causes))
+}
+
 /// Blobs fetched from `artifact.url`s, by release name.
 pub(super) type Fetched = BTreeMap<String, crate::blobs::BlobInfo>;
 

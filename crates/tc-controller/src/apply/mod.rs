@@ -171,7 +171,11 @@ impl Controller {
         self: &Arc<Self>,
         request: &ApplyRequest,
     ) -> Result<ApplyResult, ApiError> {
-        let decoded = decode(&request.files)?;
+        let mut decoded = decode(&request.files)?;
+        artifacts::attach_signatures(&mut decoded, request)?;
+        if self.config.require_signed {
+            artifacts::check_signed(&decoded)?;
+        }
         // Fetched before the lock is taken: a slow `artifact.url` must not hold up every other
         // apply and the directory's sync while it downloads.
         let fetched = self.fetch_url_artifacts(&decoded, request).await?;
