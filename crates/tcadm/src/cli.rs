@@ -600,11 +600,48 @@ pub struct VersionArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory;
     use clap::error::ErrorKind;
+    use clap::{CommandFactory, FromArgMatches};
 
     fn parse(line: &str) -> Result<Cli, clap::Error> {
         Cli::try_parse_from(line.split_whitespace())
+    }
+
+    #[test]
+    fn config_commands_parse_and_typed_options_are_told_apart() {
+        let line = [
+            "tcadm",
+            "config",
+            "set-context",
+            "desk",
+            "--server",
+            "x:1",
+            "--token-file",
+            "t",
+        ];
+        let matches = Cli::command().try_get_matches_from(line).unwrap();
+        let cli = Cli::from_arg_matches(&matches).unwrap();
+        let Command::Config(ConfigCommand::SetContext(args)) = &cli.command else {
+            panic!("not set-context")
+        };
+        assert_eq!(args.name, "desk");
+        assert_eq!(
+            OnCommandLine::from_matches(&matches),
+            OnCommandLine {
+                server: true,
+                token_file: true,
+                ..OnCommandLine::default()
+            }
+        );
+        let cli = parse("tcadm --context ops --config c.yaml config use-context ops").unwrap();
+        assert_eq!(cli.context.as_deref(), Some("ops"));
+        assert!(matches!(
+            cli.command,
+            Command::Config(ConfigCommand::UseContext(_))
+        ));
+        assert!(parse("tcadm config get-contexts").is_ok());
+        assert!(parse("tcadm config current-context").is_ok());
+        assert!(parse("tcadm config set-context").is_err());
     }
 
     #[test]

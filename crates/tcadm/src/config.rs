@@ -457,7 +457,7 @@ pub fn resolve(
     }
     // The CA: flags and environment, else the context's, else the local default kept above.
     if given.certificate_authority.is_some() || given.ca_cert_hash.is_some() {
-        base = base.with_ca(given.certificate_authority, given.ca_cert_hash.clone());
+        base = base.with_ca(given.certificate_authority, given.ca_cert_hash);
     } else if let Some(entry) = context {
         if let Some(hash) = &entry.ca_cert_hash {
             let hash = hash
@@ -503,4 +503,200 @@ pub fn loose_permissions_warning(path: &Path) -> Option<String> {
 #[cfg(not(unix))]
 pub fn loose_permissions_warning(_path: &Path) -> Option<String> {
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HASH: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+
+    fn config(text: &str) -> ConfigFile {
+        ConfigFile {
+            path: PathBuf::from("/etc/tc/config.yaml"),
+            content: parse("/etc/tc/config.yaml", text).unwrap(),
+        }
+    }
+
+    fn env() -> Environment {
+        Environment {
+            home: Some(PathBuf::from("/home/ada")),
+            xdg_config_home: None,
+        }
+    }
+
+    #[test]
+    fn a_config_file_decodes_into_its_contexts() {
+        let text = format!(
+            "currentContext: b\ncontexts:\n  - name: a\n    server: https://a:7130\n    \
+             caCertHash: {HASH}\n    tokenFile: ~/a.token\n  - name: b\n    \
+             certificateAuthority: ca.crt\n"
+        );
+        let config = config(&text);
+        assert_eq!(config.content.current_context.as_deref(), Some("b"));
+        assert_eq!(config.names(), ["a", "b"]);
+        let a = config.context("a").unwrap();
+        assert_eq!(a.server.as_deref(), Some("https://a:7130"));
+        assert_eq!(a.ca_cert_hash.as_deref(), Some(HASH));
+        assert_eq!(
+            config
+                .context("b")
+                .unwrap()
+                .certificate_authority
+                .as_deref(),
+            Some("ca.crt")
+        );
+        assert_eq!(parse("c", "").unwrap(), ConfigContent::default());
+        // What is written is read back the same.
+        let written = serde_saphyr::to_string(&config.content).unwrap();
+        assert_eq!(parse("c", &written).unwrap(), config.content);
+    }
+
+    #[test]
+    fn bad_config_files_are_errors_at_their_line() {
+        let error = |text: &str| parse("c.yaml", text).unwrap_err().to_string();
+        assert_eq!(
+            error("currentContext: a\nkind: Config\n"),
+            "c.yaml:2:1: kind: unknown field `kind`; expected one of currentContext, contexts"
+        );
+        assert!(
+            error("contexts:\n  - name: a\n    server: 7\n")
+                .starts_with("c.yaml:3:5: contexts[0].server: must be a string"),
+        );
+        assert!(error("contexts:\n  - server: x\n").contains("a context needs a name"));
+        assert!(error("contexts:\n  - name: a\n  - name: a\n").contains("duplicate context `a`"));
+        assert!(
+            error(&format!(
+                "contexts:\n  - name: a\n    caCertHash: {HASH}\n    certificateAuthority: x\n"
+            ))
+            .contains("not both")
+        );
+        assert!(
+            error("contexts:\n  - name: a\n    caCertHash: md5:1\n").starts_with("c.yaml:3:5:")
+        );
+        assert!(error("contexts: 3\n").contains("must be a list"));
+        assert!(error("- a\n").contains("must be a mapping"));
+    }
+
+    #[test]
+    fn paths_resolve_against_home_and_the_config_directory() {
+        let home = Path::new("/home/ada");
+        let base = Path::new("/etc/tc");
+        assert_eq!(
+            expand_path("~/t.token", base, Some(home)),
+            Path::new("/home/ada/t.token")
+        );
+        assert_eq!(
+            expand_path("t.token", base, Some(home)),
+            Path::new("/etc/tc/t.token")
+        );
+        assert_eq!(expand_path("/abs/t", base, Some(home)), Path::new("/abs/t"));
+        assert_eq!(
+            env().default_config_path().unwrap(),
+            Path::new("/home/ada/.config/thinfleet/config.yaml")
+        );
+        let xdg = Environment {
+            xdg_config_home: Some(PathBuf::from("/xdg")),
+            ..env()
+        };
+        assert_eq!(
+            xdg.default_config_path().unwrap(),
+            Path::new("/xdg/thinfleet/config.yaml")
+        );
+        assert_eq!(Environment::default().default_config_path(), None);
+    }
+
+    #[test]
+    fn each_setting_comes_from_flag_then_context_then_local_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("a.token");
+        std::fs::write(&token, "secret\n").unwrap();
+        let text = format!(
+            "currentContext: a\ncontexts:\n  - name: a\n    server: ctl.example:7130\n    \
+             caCertHash: {HASH}\n    tokenFile: a.token\n  - name: bare\n"
+        );
+        let config = ConfigFile {
+            path: dir.path().join("config.yaml"),
+            content: parse("config.yaml", &text).unwrap(),
+        };
+        let cwd = Path::new("/nowhere");
+        // The current context.
+        let resolved = resolve(&Given::default(), &config, &env(), cwd).unwrap();
+        let connection = resolved.connection;
+        assert_eq!(connection.server, "https://ctl.example:7130");
+        assert_eq!(connection.token.as_deref(), Some("secret"));
+        assert_eq!(connection.token_source, TokenSource::File(token.clone()));
+        assert_eq!(connection.ca, CaSource::Hash(HASH.parse().unwrap()));
+        // Flags (or their variables) win, setting by setting.
+        let given = Given {
+            server: Some("https://other:1"),
+            token: Some("typed"),
+            certificate_authority: Some(Path::new("/ca.pem")),
+            ..Given::default()
+        };
+        let connection = resolve(&given, &config, &env(), cwd).unwrap().connection;
+        assert_eq!(connection.server, "https://other:1");
+        assert_eq!(connection.token.as_deref(), Some("typed"));
+        assert_eq!(connection.token_source, TokenSource::Given);
+        assert_eq!(connection.ca, CaSource::File(PathBuf::from("/ca.pem")));
+        // No config: the local defaults of a bare `tcadm`.
+        let empty = ConfigFile {
+            path: dir.path().join("none.yaml"),
+            content: ConfigContent::default(),
+        };
+        let connection = resolve(&Given::default(), &empty, &env(), cwd)
+            .unwrap()
+            .connection;
+        assert_eq!(connection.server, crate::api::DEFAULT_SERVER);
+        assert_eq!(
+            connection.token_source,
+            TokenSource::Missing(cwd.join(crate::api::DEFAULT_TOKEN_FILE))
+        );
+        // A chosen context that does not exist, or has no server.
+        let unknown = Given {
+            context: Some("b"),
+            ..Given::default()
+        };
+        let error = resolve(&unknown, &config, &env(), cwd).unwrap_err();
+        assert!(
+            error.to_string().contains("known contexts: a, bare"),
+            "{error}"
+        );
+        let bare = Given {
+            context: Some("bare"),
+            ..Given::default()
+        };
+        let error = resolve(&bare, &config, &env(), cwd).unwrap_err();
+        assert!(error.to_string().contains("has no server"), "{error}");
+        // With a server typed, a context without one is fine.
+        let bare = Given {
+            context: Some("bare"),
+            server: Some("https://x:1"),
+            ..Given::default()
+        };
+        let connection = resolve(&bare, &config, &env(), cwd).unwrap().connection;
+        assert_eq!(connection.token_source, TokenSource::None);
+    }
+
+    #[test]
+    fn save_writes_a_private_file_atomically() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = ConfigFile::load(&dir.path().join("new/config.yaml"), false).unwrap();
+        assert!(config.content.contexts.is_empty());
+        config.content.current_context = Some("a".into());
+        config.content.contexts.push(ContextEntry {
+            name: "a".into(),
+            server: Some("https://a:1".into()),
+            ..ContextEntry::default()
+        });
+        config.save().unwrap();
+        let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&config.path), 0o600);
+        assert_eq!(mode(&dir.path().join("new")), 0o700);
+        assert_eq!(ConfigFile::load(&config.path, true).unwrap(), config);
+        let entries: Vec<_> = std::fs::read_dir(dir.path().join("new")).unwrap().collect();
+        assert_eq!(entries.len(), 1, "no temporary file is left");
+        assert!(ConfigFile::load(&dir.path().join("absent.yaml"), true).is_err());
+    }
 }

@@ -45,7 +45,7 @@ impl Settings {
             token: cli.token.clone(),
             token_file: cli.token_file.clone(),
             certificate_authority: cli.certificate_authority.clone(),
-            ca_cert_hash: cli.ca_cert_hash.clone(),
+            ca_cert_hash: cli.ca_cert_hash,
             on_command_line: cli.on_command_line,
             env: Environment::from_process(),
             current_dir: std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")),
@@ -55,8 +55,13 @@ impl Settings {
     /// The config file: `--config` (which must exist), else the default location (which may
     /// not). `None` when there is no default location (no `$HOME`).
     fn config_file(&self) -> Result<Option<ConfigFile>, CliError> {
+        self.load(true)
+    }
+
+    /// As [`Self::config_file`]; `--config` may name a missing file unless `must_exist`.
+    fn load(&self, must_exist: bool) -> Result<Option<ConfigFile>, CliError> {
         let (path, explicit) = match (&self.config, self.env.default_config_path()) {
-            (Some(path), _) => (self.current_dir.join(path), true),
+            (Some(path), _) => (self.current_dir.join(path), must_exist),
             (None, Some(path)) => (path, false),
             (None, None) => return Ok(None),
         };
@@ -65,7 +70,13 @@ impl Settings {
 
     /// The config file, or an error saying why there is none.
     fn required_config_file(&self) -> Result<ConfigFile, CliError> {
-        self.config_file()?.ok_or_else(|| {
+        self.required(true)
+    }
+
+    /// As [`Self::required_config_file`], a missing `--config` file being empty unless
+    /// `must_exist` (`set-context` creates it).
+    fn required(&self, must_exist: bool) -> Result<ConfigFile, CliError> {
+        self.load(must_exist)?.ok_or_else(|| {
             CliError::Usage(
                 "no config file: neither HOME nor XDG_CONFIG_HOME is set; pass --config FILE"
                     .into(),
@@ -88,7 +99,7 @@ impl Settings {
             token: self.token.as_deref(),
             token_file: self.token_file.as_deref(),
             certificate_authority: self.certificate_authority.as_deref(),
-            ca_cert_hash: self.ca_cert_hash.clone(),
+            ca_cert_hash: self.ca_cert_hash,
             context: self.context.as_deref(),
         };
         Ok(resolve(&given, &config, &self.env, &self.current_dir)?)
@@ -133,7 +144,7 @@ pub fn run(
             eprintln!("Switched to context `{}`.", args.name);
         }
         ConfigCommand::SetContext(args) => {
-            let mut config = settings.required_config_file()?;
+            let mut config = settings.required(false)?;
             let created = set_context(&mut config, &args.name, settings)?;
             config.save()?;
             let verb = if created { "Created" } else { "Updated" };

@@ -367,6 +367,20 @@ fn an_unknown_context_exits_2_naming_the_known_ones() {
     let run = fleet.tcadm(&["--config", "absent.yaml", "get", "clients"]);
     assert_eq!(run.code, 2, "{run:#?}");
     assert!(run.stderr.contains("absent.yaml"), "{run:#?}");
+    // `set-context` creates a file `--config` names.
+    fleet
+        .tcadm(&[
+            "--config",
+            "new/tc.yaml",
+            "config",
+            "set-context",
+            "x",
+            "--server",
+            "h:1",
+        ])
+        .ok();
+    let run = fleet.tcadm(&["--config", "new/tc.yaml", "config", "get-contexts"]);
+    assert!(run.ok().contains("https://h:1"), "{run:#?}");
     // A context without a server says so.
     fleet.tcadm(&["config", "set-context", "empty"]).ok();
     let run = fleet.tcadm(&["--context", "empty", "get", "clients"]);
