@@ -21,8 +21,8 @@ fn main() -> ExitCode {
     cli.on_command_line = OnCommandLine::from_matches(&matches);
     let err_style = Style::stderr();
     // `config` commands edit the config file and talk to no controller: a broken context must
-    // not keep them from repairing it.
-    let connection = if matches!(cli.command, Command::Config(_)) {
+    // not keep them from repairing it (nor keep `completion` from printing a script).
+    let connection = if matches!(cli.command, Command::Config(_) | Command::Completion(_)) {
         let current_dir = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
         Connection::resolve(None, None, &current_dir)
     } else {
