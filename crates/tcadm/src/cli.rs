@@ -27,10 +27,11 @@ Exit codes:
 #[derive(Debug, Parser)]
 #[command(name = "tcadm", version, after_help = EXIT_CODES_HELP)]
 pub struct Cli {
-    /// Controller URL [default: https://127.0.0.1:7130].
+    /// Controller URL [default: the context's, else https://127.0.0.1:7130].
     #[arg(long, global = true, env = "TCADM_SERVER", value_name = "URL")]
     pub server: Option<String>,
-    /// Admin bearer token [default: the content of ./data/admin.token, with the default server].
+    /// Admin bearer token [default: from --token-file or the context's token file, else the
+    /// content of ./data/admin.token with the default server].
     #[arg(
         long,
         global = true,
@@ -874,8 +875,9 @@ pub enum ConfigCommand {
     CurrentContext,
     /// Make a context the current one.
     UseContext(UseContextArgs),
-    /// Create a context or update the settings given (the file and its directory are created
-    /// with modes 0600 and 0700).
+    /// Create a context or update the settings typed with it: --server, --ca-cert-hash or
+    /// --certificate-authority, --token-file (the file and its directory are created with modes
+    /// 0600 and 0700; environment variables are not stored).
     SetContext(SetContextArgs),
 }
 
