@@ -439,7 +439,11 @@ pub fn resolve(
                 .as_deref()
                 .filter(|s| !s.trim().is_empty())
                 .ok_or_else(|| {
-                    invalid(entry, "it has no server; set one with `tcadm config set-context NAME --server URL`".into())
+                    let hint = format!(
+                        "it has no server; set one with `tcadm config set-context {} --server URL`",
+                        entry.name
+                    );
+                    invalid(entry, hint)
                 })?;
             Connection::resolve(Some(server), given_token, current_dir)
         }
