@@ -111,6 +111,11 @@ impl Setup {
     fn tcadm(&self, args: &[&str]) -> Output {
         Command::new(binary("tcadm"))
             .current_dir(&self.root)
+            // No config file or context of the machine running the tests applies.
+            .env("XDG_CONFIG_HOME", &self.root)
+            .env_remove("TCADM_CONFIG")
+            .env_remove("TCADM_CONTEXT")
+            .env_remove("TCADM_TOKEN_FILE")
             .args(["--server", &self.server()])
             .arg("--certificate-authority")
             .arg(self.data.join("pki/ca.crt"))

@@ -9,11 +9,13 @@ use tc_api::Kind;
 /// Help text listing the exit codes.
 pub const EXIT_CODES_HELP: &str = "\
 Connection:
-  --server/TCADM_SERVER and --token/TCADM_TOKEN. With neither, tcadm talks to
-  https://127.0.0.1:7130 with the token in ./data/admin.token (the local quickstart).
-  An https controller is verified with --certificate-authority/TCADM_CA_FILE or
-  --ca-cert-hash/TCADM_CA_CERT_HASH; with neither, a local controller (localhost or a
-  loopback address) is verified with ./data/pki/ca.crt.
+  Each setting comes from the first of: its flag, its environment variable, the context
+  (--context/TCADM_CONTEXT, else currentContext of the config file), the local defaults.
+  --server/TCADM_SERVER; --token/TCADM_TOKEN or --token-file/TCADM_TOKEN_FILE;
+  --certificate-authority/TCADM_CA_FILE or --ca-cert-hash/TCADM_CA_CERT_HASH.
+  With no server from any of them, tcadm talks to https://127.0.0.1:7130 with the token in
+  ./data/admin.token (the local quickstart); a local controller (localhost or a loopback
+  address) with no CA given is verified with ./data/pki/ca.crt.
 
 Exit codes:
   0  success
@@ -25,10 +27,11 @@ Exit codes:
 #[derive(Debug, Parser)]
 #[command(name = "tcadm", version, after_help = EXIT_CODES_HELP)]
 pub struct Cli {
-    /// Controller URL [default: https://127.0.0.1:7130].
+    /// Controller URL [default: the context's, else https://127.0.0.1:7130].
     #[arg(long, global = true, env = "TCADM_SERVER", value_name = "URL")]
     pub server: Option<String>,
-    /// Admin bearer token [default: the content of ./data/admin.token, with the default server].
+    /// Admin bearer token [default: from --token-file or the context's token file, else the
+    /// content of ./data/admin.token with the default server].
     #[arg(
         long,
         global = true,
@@ -56,6 +59,20 @@ pub struct Cli {
         value_parser = parse_ca_cert_hash
     )]
     pub ca_cert_hash: Option<tc_trust::CaCertHash>,
+    /// File holding the admin bearer token (used when no --token is given), so that no token
+    /// appears on a command line.
+    #[arg(long, global = true, env = "TCADM_TOKEN_FILE", value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// The config file of contexts [default: $XDG_CONFIG_HOME/thinfleet/config.yaml, else
+    /// ~/.config/thinfleet/config.yaml].
+    #[arg(long, global = true, env = "TCADM_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The context of the config file to use [default: its currentContext].
+    #[arg(long, global = true, env = "TCADM_CONTEXT", value_name = "NAME")]
+    pub context: Option<String>,
+    /// Which of the options above were typed on the command line (filled in by `main`).
+    #[arg(skip)]
+    pub on_command_line: OnCommandLine,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -105,6 +122,9 @@ pub enum Command {
     Decommission(ClientArgs),
     /// Let a refused machine id (decommissioned, denied, or a deleted client's) enrol again.
     Allow(AllowArgs),
+    /// Show and edit the config file's contexts (server, CA and token file by name).
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Print a shell completion script.
     Completion(CompletionArgs),
     /// Print the client version, and the server version when reachable.
@@ -601,11 +621,48 @@ pub struct VersionArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory;
     use clap::error::ErrorKind;
+    use clap::{CommandFactory, FromArgMatches};
 
     fn parse(line: &str) -> Result<Cli, clap::Error> {
         Cli::try_parse_from(line.split_whitespace())
+    }
+
+    #[test]
+    fn config_commands_parse_and_typed_options_are_told_apart() {
+        let line = [
+            "tcadm",
+            "config",
+            "set-context",
+            "desk",
+            "--server",
+            "x:1",
+            "--token-file",
+            "t",
+        ];
+        let matches = Cli::command().try_get_matches_from(line).unwrap();
+        let cli = Cli::from_arg_matches(&matches).unwrap();
+        let Command::Config(ConfigCommand::SetContext(args)) = &cli.command else {
+            panic!("not set-context")
+        };
+        assert_eq!(args.name, "desk");
+        assert_eq!(
+            OnCommandLine::from_matches(&matches),
+            OnCommandLine {
+                server: true,
+                token_file: true,
+                ..OnCommandLine::default()
+            }
+        );
+        let cli = parse("tcadm --context ops --config c.yaml config use-context ops").unwrap();
+        assert_eq!(cli.context.as_deref(), Some("ops"));
+        assert!(matches!(
+            cli.command,
+            Command::Config(ConfigCommand::UseContext(_))
+        ));
+        assert!(parse("tcadm config get-contexts").is_ok());
+        assert!(parse("tcadm config current-context").is_ok());
+        assert!(parse("tcadm config set-context").is_err());
     }
 
     #[test]
@@ -826,5 +883,72 @@ mod tests {
         assert!(parse_object_ref("front-desk").is_err());
         assert!(parse_object_ref("cg/").is_err());
         assert!(parse_object_ref("pods/x").is_err());
+    }
+}
+
+/// `config` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// List the contexts as a table; `*` marks the current one.
+    GetContexts,
+    /// Print the name of the current context.
+    CurrentContext,
+    /// Make a context the current one.
+    UseContext(UseContextArgs),
+    /// Create a context or update the settings typed with it: --server, --ca-cert-hash or
+    /// --certificate-authority, --token-file (the file and its directory are created with modes
+    /// 0600 and 0700; environment variables are not stored).
+    SetContext(SetContextArgs),
+}
+
+/// Arguments of `config use-context`.
+#[derive(Debug, Args)]
+pub struct UseContextArgs {
+    /// The context.
+    #[arg(value_name = "NAME")]
+    pub name: String,
+}
+
+/// Arguments of `config set-context`: the context's settings are the global options
+/// `--server`, `--ca-cert-hash` or `--certificate-authority` and `--token-file`, taken only from
+/// the command line (never from the environment).
+#[derive(Debug, Args)]
+pub struct SetContextArgs {
+    /// The context.
+    #[arg(value_name = "NAME", value_parser = clap::builder::NonEmptyStringValueParser::new())]
+    pub name: String,
+}
+
+/// Which connection options were typed on the command line (not taken from the environment).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OnCommandLine {
+    /// `--server`.
+    pub server: bool,
+    /// `--token`.
+    pub token: bool,
+    /// `--token-file`.
+    pub token_file: bool,
+    /// `--certificate-authority`.
+    pub certificate_authority: bool,
+    /// `--ca-cert-hash`.
+    pub ca_cert_hash: bool,
+}
+
+impl OnCommandLine {
+    /// Reads the sources of the values from clap's matches.
+    pub fn from_matches(matches: &clap::ArgMatches) -> Self {
+        let typed = |id: &str| {
+            matches!(
+                matches.value_source(id),
+                Some(clap::parser::ValueSource::CommandLine)
+            )
+        };
+        OnCommandLine {
+            server: typed("server"),
+            token: typed("token"),
+            token_file: typed("token_file"),
+            certificate_authority: typed("certificate_authority"),
+            ca_cert_hash: typed("ca_cert_hash"),
+        }
     }
 }

@@ -89,7 +89,9 @@ impl Context<'_> {
 
 /// Runs a command; the result is the exit code, or the error to print.
 pub fn run(cli: Cli, context: &mut Context<'_>) -> Result<u8, CliError> {
+    let settings = crate::contexts::Settings::from_cli(&cli);
     match cli.command {
+        Command::Config(command) => crate::contexts::run(&settings, &command, context.out),
         Command::Apply(args) => apply(context, &args),
         Command::Diff(args) => diff(context, &args),
         Command::Get(args) => get(context, &args),

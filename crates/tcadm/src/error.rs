@@ -23,6 +23,9 @@ pub enum CliError {
     /// A manifest cannot be read or decoded.
     #[error(transparent)]
     Manifest(#[from] ManifestError),
+    /// The config file cannot be read or written, or names no usable context.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
     /// The server could not be reached or refused the request.
     #[error(transparent)]
     Api(#[from] ApiError),
@@ -46,7 +49,7 @@ impl CliError {
     /// The process exit code for this error.
     pub fn exit_code(&self) -> u8 {
         match self {
-            CliError::Usage(_) | CliError::Manifest(_) => EXIT_USAGE,
+            CliError::Usage(_) | CliError::Manifest(_) | CliError::Config(_) => EXIT_USAGE,
             CliError::Api(_) => EXIT_SERVER,
             CliError::Failed(_) | CliError::Output(_) => EXIT_CHANGES_OR_FAILED,
             CliError::Reported { code, .. } => *code,

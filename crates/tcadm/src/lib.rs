@@ -8,6 +8,8 @@
 pub mod api;
 pub mod cli;
 pub mod commands;
+pub mod config;
+pub mod contexts;
 pub mod credentials;
 pub mod describe;
 pub mod diff;

@@ -5,19 +5,42 @@ use std::io::{self, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 use tcadm::api::Connection;
-use tcadm::cli::Cli;
+use tcadm::cli::{Cli, Command, OnCommandLine};
 use tcadm::commands::progress_bars_possible;
+use tcadm::contexts::Settings;
 use tcadm::output::{ExitOnClosedPipe, Style, Terminal, print_stderr};
 use tcadm::{Context, run};
 
 fn main() -> ExitCode {
-    let cli = Cli::try_parse().unwrap_or_else(|error| error.exit());
-    let current_dir = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
-    let connection = Connection::resolve(cli.server.as_deref(), cli.token.as_deref(), &current_dir)
-        .with_ca(cli.certificate_authority.as_deref(), cli.ca_cert_hash);
+    let matches = Cli::command()
+        .try_get_matches()
+        .unwrap_or_else(|error| error.exit());
+    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|error| error.exit());
+    cli.on_command_line = OnCommandLine::from_matches(&matches);
     let err_style = Style::stderr();
+    // `config` commands edit the config file and talk to no controller: a broken context must
+    // not keep them from repairing it (nor keep `completion` from printing a script).
+    let connection = if matches!(cli.command, Command::Config(_) | Command::Completion(_)) {
+        let current_dir = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+        Connection::resolve(None, None, &current_dir)
+    } else {
+        match Settings::from_cli(&cli).connection() {
+            Ok(resolved) => {
+                if let Some(warning) = &resolved.warning {
+                    print_stderr(err_style, &err_style.yellow("warning:"), warning);
+                }
+                resolved.connection
+            }
+            Err(error) => {
+                for line in error.lines() {
+                    print_stderr(err_style, &err_style.error("error:"), &line);
+                }
+                return ExitCode::from(error.exit_code());
+            }
+        }
+    };
     let out_style = Style::stdout();
     // A closed standard output ends any command quietly (see `ExitOnClosedPipe`); control
     // characters in what is printed are shown, not obeyed (see `Terminal`).

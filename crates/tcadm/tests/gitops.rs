@@ -411,8 +411,12 @@ fn rollout_status_waits_for_the_directorys_pending_sync() {
         // Long enough to look at the pending sync; the test waits for conditions, not for time.
         Duration::from_secs(3),
     );
-    let done = setup.tcadm(&["rollout", "status", "cg", "alpha"]);
-    assert!(done.ok().contains("successfully rolled out"), "{done:#?}");
+    // The first apply of the directory is reconciled in the background: wait for it (a loaded
+    // machine may not have written the group's status yet).
+    eventually("alpha to be rolled out", || {
+        let done = setup.tcadm(&["rollout", "status", "cg", "alpha"]);
+        done.ok().contains("successfully rolled out").then_some(())
+    });
     write(
         &setup.dir(),
         "alpha.yaml",

@@ -129,6 +129,11 @@ impl Fleet {
     pub fn run(&self, args: &[&str]) -> Output {
         Command::new(binary("tcadm"))
             .current_dir(&self.root)
+            // No config file or context of the machine running the tests applies.
+            .env("XDG_CONFIG_HOME", &self.root)
+            .env_remove("TCADM_CONFIG")
+            .env_remove("TCADM_CONTEXT")
+            .env_remove("TCADM_TOKEN_FILE")
             .args(["--server", &self.server, "--token", &self.token])
             .args(args)
             .output()
