@@ -3,8 +3,10 @@
 //! refuses every other one before extracting anything, reporting it `Failed` while the version
 //! it runs keeps running. Keys are rotated by trusting the old and the new key for a while.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 use reqwest::StatusCode;
@@ -143,28 +145,14 @@ impl Setup {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_tc-agent"))
+        let hash = self.controller.ca_cert_hash();
+        let child = common::agent_command(&self.controller.url(), hash.as_deref(), &self.state)
             .arg("--config")
             .arg(&self.config)
-            .args(["--ca-cert-hash", &self.controller.ca_cert_hash().unwrap()])
-            .arg("--server")
-            .arg(self.controller.url())
             .arg("--bootstrap-token-file")
             .arg(&token_file)
-            .arg("--state-dir")
-            .arg(&self.state)
             .args(["--machine-id", "signed-releases-0001"])
             .args(["--label", "role=e2e"])
-            .env_remove("TC_AGENT_FAULT")
-            .env_remove("RUST_LOG")
-            .env("TC_AGENT_LOG", "info")
-            .env("TC_AGENT_RETRY_MILLIS", "100")
-            .env_remove("HTTP_PROXY")
-            .env_remove("http_proxy")
-            .env_remove("ALL_PROXY")
-            .env_remove("all_proxy")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .unwrap();

@@ -1,55 +1,23 @@
 //! Contexts of the config file, `--context`, `--token-file` and the precedence of flags and
 //! environment over them: the real binary against a real controller on `127.0.0.1:0` over HTTPS.
 
+mod common;
+
+use common::{Fleet, Run};
 use std::path::{Path, PathBuf};
-use std::process::Command;
-
-use tc_testkit::TestController;
-
-/// A controller, the runtime it runs on, a scratch working directory and a home directory.
-struct Fleet {
-    controller: TestController,
-    _runtime: tokio::runtime::Runtime,
-    dir: tempfile::TempDir,
-}
-
-/// What one run of `tcadm` did.
-#[derive(Debug)]
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    #[track_caller]
-    fn ok(&self) -> &str {
-        assert_eq!(self.code, 0, "tcadm failed: {self:#?}");
-        &self.stdout
-    }
-}
 
 const GROUP: &str = "apiVersion: thinfleet.io/v1\nkind: ClientGroup\nmetadata:\n  name: front-desk\n\
 spec:\n  selector: {}\n  packages: []\n";
 
-impl Fleet {
-    fn start() -> Fleet {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let controller = runtime.block_on(TestController::start());
-        let dir = tempfile::tempdir().expect("scratch directory");
-        std::fs::write(dir.path().join("group.yaml"), GROUP).unwrap();
-        std::fs::create_dir(dir.path().join("home")).unwrap();
-        Fleet {
-            controller,
-            _runtime: runtime,
-            dir,
-        }
-    }
+/// A controller, and a scratch directory holding `group.yaml` and a home directory.
+fn start() -> Fleet {
+    let fleet = Fleet::start();
+    std::fs::write(fleet.dir.path().join("group.yaml"), GROUP).unwrap();
+    std::fs::create_dir(fleet.dir.path().join("home")).unwrap();
+    fleet
+}
 
+impl Fleet {
     fn home(&self) -> PathBuf {
         self.dir.path().join("home")
     }
@@ -64,29 +32,17 @@ impl Fleet {
     }
 
     fn hash(&self) -> String {
-        self.controller
-            .ca_cert_hash()
-            .expect("an HTTPS controller")
-            .to_string()
+        self.ca_cert_hash()
     }
 
     /// Runs tcadm in the scratch directory with only `HOME` and `env` set.
     fn tcadm_env(&self, env: &[(&str, &str)], args: &[&str]) -> Run {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_tcadm"));
-        command
-            .args(args)
-            .current_dir(self.dir.path())
-            .env_clear()
-            .env("HOME", self.home());
+        let mut command = self.bare_command(args);
+        command.env("HOME", self.home());
         for (name, value) in env {
             command.env(name, value);
         }
-        let output = command.output().expect("tcadm runs");
-        Run {
-            code: output.status.code().unwrap_or(-1),
-            stdout: String::from_utf8(output.stdout).unwrap(),
-            stderr: String::from_utf8(output.stderr).unwrap(),
-        }
+        Run::of(&mut command)
     }
 
     /// Runs tcadm with nothing but `HOME`: the connection comes from the config file.
@@ -153,7 +109,7 @@ fn mode(path: &Path) -> u32 {
 
 #[test]
 fn set_context_and_use_context_let_get_clients_run_without_server_or_token() {
-    let fleet = Fleet::start();
+    let fleet = start();
     let desk = fleet.token_file("desk", "viewer");
     // No config file yet: tcadm falls back to the local defaults and finds no controller there.
     assert_eq!(fleet.tcadm(&["get", "clients"]).code, 3);
@@ -198,7 +154,7 @@ fn set_context_and_use_context_let_get_clients_run_without_server_or_token() {
 
 #[test]
 fn a_viewer_context_may_not_apply_and_an_admin_context_may() {
-    let fleet = Fleet::start();
+    let fleet = start();
     let desk = fleet.token_file("desk", "viewer");
     let ops = fleet.token_file("ops", "admin");
     fleet.set_context("desk", &desk);
@@ -228,7 +184,7 @@ fn a_viewer_context_may_not_apply_and_an_admin_context_may() {
 
 #[test]
 fn flags_and_environment_win_over_the_context() {
-    let fleet = Fleet::start();
+    let fleet = start();
     let desk = fleet.token_file("desk", "viewer");
     // Written by hand, with a token file relative to the config file's directory and a server
     // where nothing listens.
@@ -281,7 +237,7 @@ fn flags_and_environment_win_over_the_context() {
 
 #[test]
 fn token_file_gives_the_token_and_warns_when_others_may_read_it() {
-    let fleet = Fleet::start();
+    let fleet = start();
     let ops = fleet.token_file("ops", "admin");
     let url = fleet.url();
     let hash = fleet.hash();
@@ -323,7 +279,7 @@ fn token_file_gives_the_token_and_warns_when_others_may_read_it() {
 
 #[test]
 fn an_unknown_field_in_the_config_file_is_an_error_with_its_line() {
-    let fleet = Fleet::start();
+    let fleet = start();
     std::fs::create_dir_all(fleet.config_path().parent().unwrap()).unwrap();
     let text = "currentContext: a\ncontexts:\n  - name: a\n    server: https://127.0.0.1:1\n    \
                 tokenFle: a.token\n";
@@ -346,7 +302,7 @@ fn an_unknown_field_in_the_config_file_is_an_error_with_its_line() {
 
 #[test]
 fn an_unknown_context_exits_2_naming_the_known_ones() {
-    let fleet = Fleet::start();
+    let fleet = start();
     let desk = fleet.token_file("desk", "viewer");
     fleet.set_context("desk", &desk);
     fleet.set_context("ops", &desk);

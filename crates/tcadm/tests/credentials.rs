@@ -1,75 +1,25 @@
 //! `tcadm credential create|list|rotate|revoke` and what each role may do: the real binary against
 //! a real controller on `127.0.0.1:0` over HTTPS.
 
-use std::process::Command;
+mod common;
 
-use tc_testkit::TestController;
-
-/// A controller, the runtime it runs on and a scratch working directory.
-struct Fleet {
-    controller: TestController,
-    _runtime: tokio::runtime::Runtime,
-    dir: tempfile::TempDir,
-}
-
-/// What one run of `tcadm` did.
-#[derive(Debug)]
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    #[track_caller]
-    fn ok(&self) -> &str {
-        assert_eq!(self.code, 0, "tcadm failed: {self:#?}");
-        &self.stdout
-    }
-}
+use common::{Fleet, Run};
 
 const GROUP: &str = "apiVersion: thinfleet.io/v1\nkind: ClientGroup\nmetadata:\n  name: front-desk\n\
 spec:\n  selector: {}\n  packages: []\n";
 
-impl Fleet {
-    fn start() -> Fleet {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let controller = runtime.block_on(TestController::start());
-        let dir = tempfile::tempdir().expect("scratch directory");
-        std::fs::write(dir.path().join("group.yaml"), GROUP).unwrap();
-        Fleet {
-            controller,
-            _runtime: runtime,
-            dir,
-        }
-    }
+/// A controller and a scratch directory holding `group.yaml`.
+fn start() -> Fleet {
+    let fleet = Fleet::start();
+    std::fs::write(fleet.dir.path().join("group.yaml"), GROUP).unwrap();
+    fleet
+}
 
+impl Fleet {
     /// Runs tcadm with `token` (the break-glass token when `None`).
     fn tcadm_as(&self, token: Option<&str>, args: &[&str]) -> Run {
-        let output = Command::new(env!("CARGO_BIN_EXE_tcadm"))
-            .args(args)
-            .current_dir(self.dir.path())
-            .env_clear()
-            .env("TCADM_SERVER", self.controller.url())
-            .env(
-                "TCADM_TOKEN",
-                token.unwrap_or(self.controller.admin_token()),
-            )
-            .env(
-                "TCADM_CA_CERT_HASH",
-                self.controller.ca_cert_hash().expect("an HTTPS controller"),
-            )
-            .output()
-            .expect("tcadm runs");
-        Run {
-            code: output.status.code().unwrap_or(-1),
-            stdout: String::from_utf8(output.stdout).unwrap(),
-            stderr: String::from_utf8(output.stderr).unwrap(),
-        }
+        let token = token.unwrap_or(self.controller.admin_token());
+        Run::of(&mut self.command_as(token, args))
     }
 
     fn tcadm(&self, args: &[&str]) -> Run {
@@ -93,7 +43,7 @@ impl Fleet {
 
 #[test]
 fn a_viewer_may_get_clients_but_not_apply() {
-    let fleet = Fleet::start();
+    let fleet = start();
     let token = fleet.create("helpdesk", "viewer");
     let run = fleet.tcadm_as(Some(&token), &["get", "clients"]);
     assert_eq!(run.code, 0, "{run:#?}");
@@ -111,7 +61,7 @@ fn a_viewer_may_get_clients_but_not_apply() {
 
 #[test]
 fn credentials_are_listed_rotated_and_revoked() {
-    let fleet = Fleet::start();
+    let fleet = start();
     let token = fleet.create("desk", "operator");
     let run = fleet.tcadm(&[
         "credential",

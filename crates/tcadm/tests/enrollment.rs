@@ -1,34 +1,11 @@
 //! `tcadm token`, `approve`, `deny`, `decommission` and `allow machine`: the real binary against a
 //! real controller on `127.0.0.1:0`, with agents speaking the protocol by hand.
 
-use std::process::Command;
+mod common;
 
+use common::{Fleet, Run};
 use serde_json::{Value, json};
-use tc_testkit::TestController;
 use tc_testkit::protocol::TestIdentity;
-
-/// A controller, the runtime it runs on and a scratch working directory.
-struct Fleet {
-    controller: TestController,
-    _runtime: tokio::runtime::Runtime,
-    dir: tempfile::TempDir,
-}
-
-/// What one run of `tcadm` did.
-#[derive(Debug)]
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    #[track_caller]
-    fn ok(&self) -> &str {
-        assert_eq!(self.code, 0, "tcadm failed: {self:#?}");
-        &self.stdout
-    }
-}
 
 /// An HTTP answer: status and JSON body.
 struct Answer {
@@ -37,38 +14,8 @@ struct Answer {
 }
 
 impl Fleet {
-    fn start(adjust: impl FnOnce(&mut tc_testkit::Config) + Send + 'static) -> Fleet {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let controller = runtime.block_on(TestController::start_with(adjust));
-        Fleet {
-            controller,
-            _runtime: runtime,
-            dir: tempfile::tempdir().expect("scratch directory"),
-        }
-    }
-
     fn tcadm(&self, args: &[&str]) -> Run {
-        let output = Command::new(env!("CARGO_BIN_EXE_tcadm"))
-            .args(args)
-            .current_dir(self.dir.path())
-            .env_clear()
-            .env("TCADM_SERVER", self.controller.url())
-            .env("TCADM_TOKEN", self.controller.admin_token())
-            .env(
-                "TCADM_CA_CERT_HASH",
-                self.controller.ca_cert_hash().expect("an HTTPS controller"),
-            )
-            .output()
-            .expect("tcadm runs");
-        Run {
-            code: output.status.code().unwrap_or(-1),
-            stdout: String::from_utf8(output.stdout).unwrap(),
-            stderr: String::from_utf8(output.stderr).unwrap(),
-        }
+        Run::of(&mut self.command(args))
     }
 
     fn request(
@@ -78,16 +25,9 @@ impl Fleet {
         token: Option<&str>,
         body: Option<Value>,
     ) -> Answer {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let tls = self
-            .controller
-            .tls_client_config(&[b"http/1.1"])
-            .expect("an HTTPS controller");
-        let client = reqwest::blocking::Client::builder()
-            .use_preconfigured_tls((*tls).clone())
-            .build()
-            .unwrap();
-        let mut request = client.request(method, format!("{}{path}", self.controller.url()));
+        let mut request = self
+            .https_client()
+            .request(method, format!("{}{path}", self.controller.url()));
         if let Some(token) = token {
             request = request.bearer_auth(token);
         }
@@ -158,7 +98,7 @@ impl Fleet {
 
 #[test]
 fn a_site_token_imposes_its_labels_counts_its_uses_and_is_revoked() {
-    let fleet = Fleet::start(|_| {});
+    let fleet = Fleet::start();
     let created = fleet.tcadm(&[
         "token",
         "create",
@@ -271,7 +211,7 @@ fn a_site_token_imposes_its_labels_counts_its_uses_and_is_revoked() {
 /// any other, and revoking it deletes `data/bootstrap.token`.
 #[test]
 fn the_default_bootstrap_token_can_be_revoked() {
-    let fleet = Fleet::start(|_| {});
+    let fleet = Fleet::start();
     let secret = fleet.controller.bootstrap_token().to_string();
     let identity = TestIdentity::new("k");
     assert_eq!(
@@ -288,7 +228,7 @@ fn the_default_bootstrap_token_can_be_revoked() {
 
 #[test]
 fn pending_clients_are_approved_or_denied_and_denied_machines_allowed_again() {
-    let fleet = Fleet::start(|config| config.require_approval = true);
+    let fleet = Fleet::start_with(|config| config.require_approval = true);
     let bootstrap = fleet.controller.bootstrap_token().to_string();
     let first = TestIdentity::new("first");
     let answer = fleet.enroll(&first, &bootstrap, "m-first", "first", json!({}));
@@ -366,7 +306,7 @@ fn pending_clients_are_approved_or_denied_and_denied_machines_allowed_again() {
 /// can make its key the client's.
 #[test]
 fn a_duplicate_machine_id_is_pending_until_approved_as_the_replacement() {
-    let fleet = Fleet::start(|_| {});
+    let fleet = Fleet::start();
     let bootstrap = fleet.controller.bootstrap_token().to_string();
     let original = TestIdentity::new("original");
     let answer = fleet.enroll(&original, &bootstrap, "m-shared", "kiosk-1", json!({}));
@@ -417,7 +357,7 @@ fn a_duplicate_machine_id_is_pending_until_approved_as_the_replacement() {
 
 #[test]
 fn decommissioning_tells_the_agent_and_shows_the_phase() {
-    let fleet = Fleet::start(|_| {});
+    let fleet = Fleet::start();
     let bootstrap = fleet.controller.bootstrap_token().to_string();
     let identity = TestIdentity::new("leaving");
     let answer = fleet.enroll(&identity, &bootstrap, "m-leaving", "leaving", json!({}));
@@ -473,7 +413,7 @@ fn decommissioning_tells_the_agent_and_shows_the_phase() {
 /// client's credential is revoked; its agent is refused until the machine is allowed again.
 #[test]
 fn deleting_a_client_revokes_its_credential_until_allowed() {
-    let fleet = Fleet::start(|_| {});
+    let fleet = Fleet::start();
     let bootstrap = fleet.controller.bootstrap_token().to_string();
     let identity = TestIdentity::new("gone");
     let answer = fleet.enroll(&identity, &bootstrap, "m-gone", "gone", json!({}));
