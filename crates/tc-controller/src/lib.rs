@@ -205,8 +205,6 @@ pub struct Controller {
     pub fleet: Arc<Fleet>,
     /// Client writes (group commit).
     pub persister: Persister,
-    /// SHA-256 of the admin token.
-    pub admin_token_hash: String,
     /// Metrics.
     pub metrics: Metrics,
     /// Counters of the accept loop (registered with `metrics`).
@@ -480,7 +478,6 @@ pub async fn open(
         .map_err(|e| ServeError::Server(std::io::Error::other(e)))?;
     let config_limits = (config.enroll_rate, config.enroll_rate_per_source);
     let controller = Arc::new(Controller {
-        admin_token_hash: tokens::hash(&admin_token),
         ready: AtomicBool::new(config.manifests_dir.is_none()),
         config,
         store: store.clone(),
