@@ -3,6 +3,7 @@
 //! Pure: no I/O, no async runtime, no HTTP, no database. Everything here is tested as plain
 //! functions.
 
+pub mod audit;
 pub mod credential;
 pub mod decode;
 pub mod enrollment;
@@ -15,6 +16,7 @@ pub mod signature;
 pub mod source;
 pub mod validate;
 
+pub use audit::{AuditEntry, AuditObject, AuditOutcome};
 pub use credential::{Credential, CredentialCreated, CredentialRequest, Role};
 pub use decode::{
     DecodeError, DecodeErrors, Limits, MAX_ERRORS, Position, SourcedObject, decode_objects,

@@ -7,18 +7,19 @@
 
 use std::sync::{Arc, Mutex};
 
-use axum::Json;
 use axum::extract::{Path as UrlPath, State};
 use axum::http::StatusCode;
+use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tc_api::{
-    API_VERSION, BlockReason, BlockedMachine, Client, ClientPhase, Event, EventType, Kind,
-    ObjectRef, Timestamp,
+    API_VERSION, AuditObject, BlockReason, BlockedMachine, Client, ClientPhase, Event, EventType,
+    Kind, ObjectRef, Timestamp,
 };
 use tc_store::Store;
 
 use crate::Controller;
+use crate::audit::Note;
 use crate::error::ApiError;
 use crate::fleet::{ClientSlot, Served};
 
@@ -212,7 +213,7 @@ pub async fn approve(
     State(controller): State<Arc<Controller>>,
     UrlPath(name): UrlPath<String>,
     body: axum::body::Bytes,
-) -> Result<Json<Client>, ApiError> {
+) -> Result<(Extension<Note>, Json<Client>), ApiError> {
     let request: ApproveRequest = if body.iter().all(u8::is_ascii_whitespace) {
         ApproveRequest::default()
     } else {
@@ -248,7 +249,10 @@ pub async fn approve(
             .await;
         controller.clients_changed.notify_one();
         controller.reconcile_wake.notify_one();
-        return Ok(Json(client));
+        return Ok((
+            Extension(Note::object("Client", &name, "approved")),
+            Json(client),
+        ));
     };
     if old == name {
         return Err(ApiError::bad_request(
@@ -306,7 +310,15 @@ pub async fn approve(
         ])
         .await;
     controller.clients_changed.notify_one();
-    Ok(Json(target))
+    let note = Note {
+        objects: vec![
+            AuditObject::new("Client", &name).changed(format!("its key replaces client/{old}'s")),
+            AuditObject::new("Client", &old)
+                .changed(format!("key replaced by pending client/{name}'s")),
+        ],
+        message: None,
+    };
+    Ok((Extension(note), Json(target)))
 }
 
 /// `POST /apis/thinfleet.io/v1/clients/{name}/deny`: a pending client is deleted, and its key (and

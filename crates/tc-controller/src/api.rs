@@ -15,6 +15,7 @@ use tc_store::{EventFilter, Write, WriteOutcome};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use crate::apply::{ApplyRequest, ArtifactPaths, ManifestFile};
+use crate::audit::Note;
 use crate::error::ApiError;
 use crate::fleet::{ClientSlot, Labels};
 use crate::{Controller, tokens};
@@ -157,7 +158,7 @@ pub async fn get(
 pub async fn delete(
     State(controller): State<Arc<Controller>>,
     Path((plural, name)): Path<(String, String)>,
-) -> Result<(HeaderMap, Json<Value>), ApiError> {
+) -> Result<(HeaderMap, Extension<Note>, Json<Value>), ApiError> {
     let kind = parse_kind(&plural)?;
     let reference = format!("{}/{name}", kind.as_str().to_ascii_lowercase());
     let now = Timestamp::now();
@@ -274,7 +275,8 @@ pub async fn delete(
     );
     controller.record(events).await;
     controller.reconcile_wake.notify_one();
-    Ok((headers, Json(deleted)))
+    let note = Note::object(kind.as_str(), &name, "deleted");
+    Ok((headers, Extension(note), Json(deleted)))
 }
 
 /// Adds a `Warning: 299 - "text"` header (RFC 7234, as Kubernetes sends them). Text that cannot be
@@ -298,7 +300,7 @@ pub async fn get_client(
 pub async fn delete_client(
     state: State<Arc<Controller>>,
     Path(name): Path<String>,
-) -> Result<(HeaderMap, Json<Value>), ApiError> {
+) -> Result<(HeaderMap, Extension<Note>, Json<Value>), ApiError> {
     delete(state, Path(("clients".to_string(), name))).await
 }
 
@@ -307,7 +309,7 @@ pub async fn patch_client(
     State(controller): State<Arc<Controller>>,
     Path(name): Path<String>,
     Json(patch): Json<Value>,
-) -> Result<Json<Client>, ApiError> {
+) -> Result<(Extension<Note>, Json<Client>), ApiError> {
     let Some(patch) = patch.as_object() else {
         return Err(ApiError::bad_request("the patch must be a JSON object"));
     };
@@ -393,7 +395,16 @@ pub async fn patch_client(
         )])
         .await;
     controller.reconcile_wake.notify_one();
-    Ok(Json(client))
+    let mut changes: Vec<String> = labels
+        .iter()
+        .map(|(key, value)| match value.as_str() {
+            Some(value) => format!("+{key}={value}"),
+            None => format!("-{key}"),
+        })
+        .collect();
+    changes.sort();
+    let note = Note::object("Client", &name, format!("labels: {}", changes.join(" ")));
+    Ok((Extension(note), Json(client)))
 }
 
 /// Query of the apply call.
@@ -429,7 +440,7 @@ pub async fn apply(
     Query(query): Query<ApplyQuery>,
     headers: HeaderMap,
     body: axum::body::Bytes,
-) -> Result<Json<crate::apply::ApplyResult>, ApiError> {
+) -> Result<(Extension<Note>, Json<crate::apply::ApplyResult>), ApiError> {
     let text = std::str::from_utf8(&body)
         .map_err(|_| ApiError::bad_request("the request body is not UTF-8"))?;
     let is_json = headers
@@ -474,7 +485,7 @@ pub async fn apply(
             artifact_cache: None,
         })
         .await?;
-    Ok(Json(result))
+    Ok((Extension(Note::apply(&result)), Json(result)))
 }
 
 /// Query of the events call.
@@ -558,7 +569,7 @@ pub async fn put_blob(
     State(controller): State<Arc<Controller>>,
     Query(query): Query<PutBlobQuery>,
     body: Body,
-) -> Result<Json<crate::blobs::BlobInfo>, ApiError> {
+) -> Result<(Extension<Note>, Json<crate::blobs::BlobInfo>), ApiError> {
     if let Some(sha) = &query.sha256
         && !tc_api::resources::is_sha256_hex(sha)
     {
@@ -581,7 +592,12 @@ pub async fn put_blob(
             crate::blobs::BlobError::Source(_) => ApiError::bad_request(error.to_string()),
             crate::blobs::BlobError::Io(_) => ApiError::internal(error),
         })?;
-    Ok(Json(info))
+    let note = Note::object(
+        "Blob",
+        &info.sha256,
+        format!("stored ({} bytes)", info.size),
+    );
+    Ok((Extension(note), Json(info)))
 }
 
 impl Controller {

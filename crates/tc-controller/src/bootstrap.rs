@@ -13,9 +13,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::Json;
 use axum::extract::{Path as UrlPath, State};
 use axum::http::{HeaderMap, StatusCode, header};
+use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tc_api::{
@@ -24,6 +24,7 @@ use tc_api::{
 };
 use tc_store::Store;
 
+use crate::audit::Note;
 use crate::error::ApiError;
 use crate::{Controller, tokens};
 
@@ -382,7 +383,7 @@ pub async fn create(
     uri: axum::http::Uri,
     headers: HeaderMap,
     body: axum::body::Bytes,
-) -> Result<Json<BootstrapTokenCreated>, ApiError> {
+) -> Result<(Extension<Note>, Json<BootstrapTokenCreated>), ApiError> {
     let request: BootstrapTokenRequest = if body.iter().all(u8::is_ascii_whitespace) {
         BootstrapTokenRequest::default()
     } else {
@@ -414,11 +415,15 @@ pub async fn create(
         token: secret.clone(),
         ca_cert_hash,
     };
-    Ok(Json(BootstrapTokenCreated {
-        token: secret,
-        bootstrap_token: token,
-        join,
-    }))
+    let note = Note::object("BootstrapToken", &token.name, describe(&token));
+    Ok((
+        Extension(note),
+        Json(BootstrapTokenCreated {
+            token: secret,
+            bootstrap_token: token,
+            join,
+        }),
+    ))
 }
 
 /// `DELETE /apis/thinfleet.io/v1/bootstraptokens/{name}`: revokes a token (new enrolments with

@@ -17,11 +17,11 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::Json;
 use axum::extract::{MatchedPath, Path, Request, State};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tc_api::{
@@ -30,6 +30,7 @@ use tc_api::{
 };
 use tc_store::Store;
 
+use crate::audit::Note;
 use crate::error::ApiError;
 use crate::{Controller, tokens};
 
@@ -52,6 +53,7 @@ pub const ROUTE_ROLES: &[(&str, &str, Role)] = &[
     ("GET", "/apis/thinfleet.io/v1/bootstraptokens", Role::Viewer),
     ("GET", "/apis/thinfleet.io/v1/blockedmachines", Role::Viewer),
     ("GET", "/apis/thinfleet.io/v1/credentials", Role::Viewer),
+    ("GET", "/apis/thinfleet.io/v1/audit", Role::Viewer),
     ("GET", "/blobs/sha256/{hex}", Role::Viewer),
     (
         "PATCH",
@@ -476,15 +478,20 @@ pub async fn authorize(
         .into_response();
     };
     if identity.role < needed {
-        return ApiError::forbidden(format!(
+        let mut response = ApiError::forbidden(format!(
             "{} may not {method} {}: needs role {needed}",
             identity.describe(),
             request.uri().path()
         ))
         .into_response();
+        response.extensions_mut().insert(identity);
+        return response;
     }
-    request.extensions_mut().insert(identity);
-    next.run(request).await
+    request.extensions_mut().insert(identity.clone());
+    // On the answer too, for the audit trail (crate::audit::record).
+    let mut response = next.run(request).await;
+    response.extensions_mut().insert(identity);
+    response
 }
 
 /// `GET /apis/thinfleet.io/v1/credentials`: every credential, without tokens (the break-glass
@@ -499,7 +506,7 @@ pub async fn list(State(controller): State<Arc<Controller>>) -> Json<Value> {
 pub async fn create(
     State(controller): State<Arc<Controller>>,
     body: axum::body::Bytes,
-) -> Result<Json<CredentialCreated>, ApiError> {
+) -> Result<(Extension<Note>, Json<CredentialCreated>), ApiError> {
     let request: CredentialRequest = serde_json::from_slice(&body)
         .map_err(|error| ApiError::bad_request(format!("invalid credential request: {error}")))?;
     let now = Timestamp::now();
@@ -515,6 +522,7 @@ pub async fn create(
     if let Some(at) = created.credential.expires {
         message.push_str(&format!(", expires {at}"));
     }
+    let note = Note::object("Credential", &created.credential.name, message.clone());
     event(
         &controller,
         now,
@@ -523,7 +531,7 @@ pub async fn create(
         message,
     )
     .await;
-    Ok(Json(created))
+    Ok((Extension(note), Json(created)))
 }
 
 /// `POST /apis/thinfleet.io/v1/credentials/{name}/rotate`: a new token for the credential (the

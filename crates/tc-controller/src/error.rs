@@ -219,6 +219,9 @@ impl IntoResponse for ApiError {
             )),
         )
             .into_response();
+        response
+            .extensions_mut()
+            .insert(crate::audit::ErrorMessage(self.message.clone()));
         if let Some(seconds) = self.retry_after {
             response.headers_mut().insert(
                 axum::http::header::RETRY_AFTER,

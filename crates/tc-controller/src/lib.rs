@@ -7,6 +7,7 @@ pub mod admission;
 pub mod agent;
 pub mod api;
 pub mod apply;
+pub mod audit;
 pub mod blobs;
 pub mod bootstrap;
 pub mod credentials;
@@ -119,6 +120,8 @@ pub struct Config {
     /// Events about one client recorded from what its agent reports (package changes, coming
     /// back online); the excess is dropped and counted.
     pub client_event_rate: RateLimit,
+    /// How long the audit trail is kept (by count and age).
+    pub audit_retention: tc_store::AuditRetention,
 }
 
 impl Config {
@@ -155,6 +158,7 @@ impl Config {
             enroll_rate_per_source: RateLimit::new(5.0, 100),
             pending_retry_after: Duration::from_secs(30),
             client_event_rate: RateLimit::new(1.0 / 6.0, 100),
+            audit_retention: tc_store::AuditRetention::default(),
         }
     }
 
@@ -367,9 +371,15 @@ pub fn router(controller: Arc<Controller>) -> Router {
             "/blobs",
             put(api::put_blob).layer(DefaultBodyLimit::disable()),
         )
+        .route("/apis/thinfleet.io/v1/audit", get(audit::list))
         .route_layer(axum::middleware::from_fn_with_state(
             controller.clone(),
             credentials::authorize,
+        ))
+        // Outside `authorize`, so that what it refuses is recorded too.
+        .route_layer(axum::middleware::from_fn_with_state(
+            controller.clone(),
+            audit::record,
         ));
     let max_apply = controller.config.max_apply_bytes;
     // Agent requests are small; a body beyond the limit is refused before it is read in full.
@@ -600,6 +610,7 @@ pub async fn serve_with(
             controller.clone(),
             stopping.clone(),
         )),
+        tokio::spawn(audit::run_retention(controller.clone(), stopping.clone())),
     ];
     if demo_agents.is_some() {
         tasks.push(tokio::spawn(demo::print_events(

@@ -77,6 +77,14 @@ struct Args {
     /// `ZIP.minisig` beside a zip in the watched directory).
     #[arg(long, env = "TC_CONTROLLER_REQUIRE_SIGNED")]
     require_signed: bool,
+    /// The audit trail keeps at most this many entries (the oldest go first).
+    #[arg(long, value_name = "N", env = "TC_CONTROLLER_AUDIT_MAX_ENTRIES",
+        default_value_t = tc_store::AuditRetention::default().max_entries)]
+    audit_max_entries: u64,
+    /// The audit trail drops entries older than this many days.
+    #[arg(long, value_name = "DAYS", env = "TC_CONTROLLER_AUDIT_MAX_AGE_DAYS",
+        default_value_t = tc_store::AuditRetention::default().max_age.as_secs() / 86_400)]
+    audit_max_age_days: u64,
     /// Also start three real tc-agent processes (throwaway state, different labels) and print the
     /// fleet's events: a fleet converging on one machine.
     #[arg(long)]
@@ -122,6 +130,12 @@ fn main() -> ExitCode {
         };
         config.require_approval = args.require_approval;
         config.require_signed = args.require_signed;
+        config.audit_retention = tc_store::AuditRetention {
+            max_entries: args.audit_max_entries.max(1),
+            max_age: std::time::Duration::from_secs(
+                args.audit_max_age_days.max(1).saturating_mul(86_400),
+            ),
+        };
         tracing::info!(listen = %args.listen, data_dir = %args.data_dir.display(), "tc-controller starting");
         match serve_with(listener, config, shutdown_signal(), args.demo).await {
             Ok(()) => {

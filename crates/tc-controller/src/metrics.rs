@@ -35,6 +35,8 @@ pub struct Metrics {
     pub client_events_dropped: Counter,
     /// Group commits of client state (heartbeat reports and liveness flushes share them).
     pub client_write_batches: Counter,
+    /// Audit entries that could not be stored (the database failed).
+    pub audit_failures: Counter,
 }
 
 impl Metrics {
@@ -114,6 +116,12 @@ impl Default for Metrics {
             "Group commits of client state to the store",
             client_write_batches.clone(),
         );
+        let audit_failures = Counter::default();
+        registry.register(
+            "audit_failures",
+            "Audit entries that could not be stored",
+            audit_failures.clone(),
+        );
         Metrics {
             registry,
             clients,
@@ -128,6 +136,7 @@ impl Default for Metrics {
             sessions,
             client_events_dropped,
             client_write_batches,
+            audit_failures,
         }
     }
 }
@@ -139,6 +148,11 @@ impl Metrics {
             .get_or_create(&vec![("result".to_string(), result.to_string())])
             .inc();
         self.apply_seconds.observe(seconds);
+    }
+
+    /// Counts an audit entry that could not be stored.
+    pub fn audit_failed(&self) {
+        self.audit_failures.inc();
     }
 
     /// Counts a refused enrolment.

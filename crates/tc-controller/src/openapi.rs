@@ -96,6 +96,7 @@ pub fn document() -> Value {
     let credential = schema_of::<Credential>(&mut components);
     let credential_request = schema_of::<CredentialRequest>(&mut components);
     let credential_created = schema_of::<CredentialCreated>(&mut components);
+    let audit_entry = schema_of::<tc_api::AuditEntry>(&mut components);
     components.insert(
         "Status".into(),
         json!({ "type": "object", "required": ["kind", "code", "reason", "message"], "properties": {
@@ -150,6 +151,17 @@ pub fn document() -> Value {
         "parameters": [ { "name": "kind", "in": "query", "schema": { "type": "string" } }, { "name": "name", "in": "query", "schema": { "type": "string" } },
                         { "name": "afterSeq", "in": "query", "schema": { "type": "integer", "minimum": 0, "maximum": U64_MAX } }, { "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 0, "maximum": U64_MAX } } ],
         "responses": ok(list(&event), auth) } }));
+    let mut audit_responses = ok(list(&audit_entry), auth);
+    audit_responses["200"]["content"]["application/jsonl"] = json!({ "schema": { "type": "string", "description": "one AuditEntry per line (format=jsonl)" } });
+    let text = json!({ "type": "string" });
+    paths.insert("/apis/thinfleet.io/v1/audit".into(), json!({ "get": {
+        "summary": "The audit trail (every write with who, from where, what and how it ended), oldest first; role viewer",
+        "parameters": [ { "name": "by", "in": "query", "schema": text }, { "name": "kind", "in": "query", "schema": text },
+                        { "name": "name", "in": "query", "schema": text }, { "name": "action", "in": "query", "schema": text },
+                        { "name": "afterSeq", "in": "query", "schema": { "type": "integer", "minimum": 0, "maximum": U64_MAX } },
+                        { "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 0, "maximum": U64_MAX } },
+                        { "name": "format", "in": "query", "schema": { "enum": ["json", "jsonl"] } } ],
+        "responses": audit_responses } }));
     paths.insert("/apis/thinfleet.io/v1/clientgroups/{name}/retry".into(), json!({ "post": {
         "summary": "Retry the releases that failed on the group's members (each failed package once more)",
         "parameters": [name_param],

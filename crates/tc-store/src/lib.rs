@@ -14,7 +14,7 @@
 
 mod redb_store;
 
-use tc_api::{Client, Event, Kind, Object, Timestamp};
+use tc_api::{AuditEntry, Client, Event, Kind, Object, Timestamp};
 use tc_proto::Load;
 
 pub use redb_store::{DEFAULT_EVENT_CAPACITY, PUBLIC_KEY_KIND, RedbStore};
@@ -157,6 +157,58 @@ pub struct EventFilter {
     pub limit: Option<usize>,
 }
 
+/// Which audit entries to list (see [`Store::list_audit`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AuditFilter {
+    /// Only entries of this user (a credential's name, `dir:/srv/manifests`).
+    pub user: Option<String>,
+    /// Only entries naming an object of this kind (case-insensitive: `clientgroup`).
+    pub kind: Option<String>,
+    /// Only entries naming an object of this name.
+    pub name: Option<String>,
+    /// Only entries of this action (`apply`, `label`, ...).
+    pub action: Option<String>,
+    /// Only entries with a sequence number greater than this.
+    pub after_seq: Option<u64>,
+    /// At most this many (all when `None`): the newest matches, or with `oldest_first` the
+    /// oldest ones after `after_seq` (for paging forward through an export).
+    pub limit: Option<usize>,
+    /// Whether `limit` keeps the oldest matches instead of the newest.
+    pub oldest_first: bool,
+}
+
+impl AuditFilter {
+    /// Whether `entry` matches the filter's user, kind, name and action.
+    pub fn matches(&self, entry: &AuditEntry) -> bool {
+        self.user.as_ref().is_none_or(|user| *user == entry.user)
+            && self
+                .action
+                .as_ref()
+                .is_none_or(|action| *action == entry.action)
+            && entry.concerns(self.kind.as_deref(), self.name.as_deref())
+    }
+}
+
+/// How long the audit trail is kept: entries beyond the newest `max_entries`, and entries older
+/// than `max_age`, are dropped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AuditRetention {
+    /// At most this many entries (at least one is kept).
+    pub max_entries: u64,
+    /// Entries older than this are dropped.
+    pub max_age: std::time::Duration,
+}
+
+impl Default for AuditRetention {
+    /// 100,000 entries, at most 400 days.
+    fn default() -> Self {
+        AuditRetention {
+            max_entries: 100_000,
+            max_age: std::time::Duration::from_secs(400 * 24 * 3600),
+        }
+    }
+}
+
 /// Persistence of objects, clients, events and settings.
 ///
 /// A client's `resourceVersion` changes only when its object is written
@@ -270,6 +322,23 @@ pub trait Store: Send + Sync + 'static {
 
     /// Events matching the filter, oldest first.
     fn list_events(&self, filter: &EventFilter) -> Result<Vec<Event>>;
+
+    /// Appends audit entries (assigning increasing `seq`) in one transaction, then drops the
+    /// entries `retention` no longer keeps (by count, and those older than `now - max_age`).
+    /// The audit trail is separate from the events: appending events never drops an entry.
+    /// Returns the given entries with their `seq`.
+    fn append_audit(
+        &self,
+        entries: Vec<AuditEntry>,
+        retention: &AuditRetention,
+        now: Timestamp,
+    ) -> Result<Vec<AuditEntry>>;
+
+    /// Audit entries matching the filter, oldest first.
+    fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditEntry>>;
+
+    /// Drops the audit entries `retention` no longer keeps at `now`; returns how many.
+    fn prune_audit(&self, retention: &AuditRetention, now: Timestamp) -> Result<usize>;
 
     /// A small persisted setting (bootstrap token hashes, manifest source status, ...).
     fn get_setting(&self, key: &str) -> Result<Option<String>>;

@@ -57,6 +57,8 @@
 //! leaves nothing behind.
 
 use std::cmp::Ordering;
+mod audit;
+
 use std::collections::hash_map::DefaultHasher;
 use std::fmt::Display;
 use std::hash::{Hash, Hasher};
@@ -70,13 +72,15 @@ use redb::{
 use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::{Deserialize, Serialize};
 use tc_api::{
-    AssignedPackage, Client, ClientGroup, ClientPhase, ClientSpec, ClientStatus, Condition, Event,
-    Inventory, Kind, Object, ObjectMeta, PackageRelease, PackageReport, Timestamp,
+    AssignedPackage, AuditEntry, Client, ClientGroup, ClientPhase, ClientSpec, ClientStatus,
+    Condition, Event, Inventory, Kind, Object, ObjectMeta, PackageRelease, PackageReport,
+    Timestamp,
 };
 use tc_proto::Load;
 
 use crate::{
-    ClientStatusEntry, EventFilter, Liveness, Result, Store, StoreError, Write, WriteOutcome,
+    AuditFilter, AuditRetention, ClientStatusEntry, EventFilter, Liveness, Result, Store,
+    StoreError, Write, WriteOutcome,
 };
 
 const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
@@ -179,6 +183,7 @@ impl RedbStore {
             open(txn, LIVENESS)?;
             open(txn, EVENTS)?;
             open(txn, SETTINGS)?;
+            RedbStore::init_audit(txn)?;
             let mut meta = open(txn, META)?;
             match meta_value(&meta, META_SCHEMA_VERSION)? {
                 // A new file, or one of layout 1, whose client records are read as they are
@@ -1641,6 +1646,23 @@ impl Store for RedbStore {
             result.reverse();
             Ok(result)
         })
+    }
+
+    fn append_audit(
+        &self,
+        entries: Vec<AuditEntry>,
+        retention: &AuditRetention,
+        now: Timestamp,
+    ) -> Result<Vec<AuditEntry>> {
+        self.append_audit_entries(entries, retention, now)
+    }
+
+    fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditEntry>> {
+        self.list_audit_entries(filter)
+    }
+
+    fn prune_audit(&self, retention: &AuditRetention, now: Timestamp) -> Result<usize> {
+        self.prune_audit_entries(retention, now)
     }
 
     fn get_setting(&self, key: &str) -> Result<Option<String>> {

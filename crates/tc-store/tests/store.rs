@@ -2290,3 +2290,164 @@ fn scan_clients_does_not_decode_inventories() {
     assert!(scanned.iter().all(|c| c.status.inventory.is_none()));
     assert_eq!(scanned[1], without_inventory(b));
 }
+
+// ---------------------------------------------------------------------------------------------
+// The audit trail
+
+fn audit(user: &str, kind: &str, name: &str, time: u64) -> tc_api::AuditEntry {
+    tc_api::AuditEntry {
+        seq: 0,
+        time: at(time),
+        user: user.into(),
+        role: Some(tc_api::Role::Admin),
+        break_glass: false,
+        source: "127.0.0.1:40000".into(),
+        action: "apply".into(),
+        request: "POST /apis/thinfleet.io/v1/apply".into(),
+        objects: vec![tc_api::AuditObject::new(kind, name).changed("created")],
+        code: 200,
+        outcome: tc_api::AuditOutcome::Succeeded,
+        message: None,
+    }
+}
+
+#[test]
+fn audit_entries_survive_any_number_of_events_and_a_reopen() {
+    let dir = TempDir::new().unwrap();
+    let retention = tc_store::AuditRetention::default();
+    {
+        let store = RedbStore::open_with_event_capacity(&db_path(&dir), 10).unwrap();
+        let stored = store
+            .append_audit(
+                vec![
+                    audit("alice", "ClientGroup", "kiosk", 1_000),
+                    audit("bob", "PackageRelease", "browser-1.0.0", 2_000),
+                ],
+                &retention,
+                at(2_000),
+            )
+            .unwrap();
+        assert_eq!(stored.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2]);
+        // An agent flooding events far beyond the ring's capacity evicts events only.
+        for round in 0..50 {
+            let events = (0..20)
+                .map(|i| {
+                    Event::new(
+                        at(3_000 + round * 20 + i),
+                        ObjectRef {
+                            kind: "Client".into(),
+                            name: "noisy".into(),
+                        },
+                        EventType::Warning,
+                        "Flood",
+                        "x",
+                    )
+                })
+                .collect();
+            store.append_events(events).unwrap();
+        }
+    }
+    let store = RedbStore::open_with_event_capacity(&db_path(&dir), 10).unwrap();
+    let all = store.list_audit(&Default::default()).unwrap();
+    assert_eq!(all.len(), 2);
+    assert_eq!(all[0].user, "alice");
+    let next = store
+        .append_audit(
+            vec![audit("alice", "ClientGroup", "lab", 4_000)],
+            &retention,
+            at(4_000),
+        )
+        .unwrap();
+    assert_eq!(next[0].seq, 3, "sequence numbers continue after a reopen");
+
+    let by = |filter: tc_store::AuditFilter| {
+        store
+            .list_audit(&filter)
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect::<Vec<_>>()
+    };
+    let alice = tc_store::AuditFilter {
+        user: Some("alice".into()),
+        ..Default::default()
+    };
+    assert_eq!(by(alice.clone()), vec![1, 3]);
+    assert_eq!(
+        by(tc_store::AuditFilter {
+            kind: Some("clientgroup".into()),
+            name: Some("kiosk".into()),
+            ..Default::default()
+        }),
+        vec![1]
+    );
+    assert_eq!(
+        by(tc_store::AuditFilter {
+            limit: Some(1),
+            ..alice.clone()
+        }),
+        vec![3],
+        "a limit keeps the newest"
+    );
+    assert_eq!(
+        by(tc_store::AuditFilter {
+            limit: Some(1),
+            oldest_first: true,
+            after_seq: Some(1),
+            ..Default::default()
+        }),
+        vec![2],
+        "oldest_first pages forward"
+    );
+    assert_eq!(
+        by(tc_store::AuditFilter {
+            action: Some("delete".into()),
+            ..Default::default()
+        }),
+        Vec::<u64>::new()
+    );
+}
+
+#[test]
+fn audit_retention_drops_by_count_and_by_age() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&dir);
+    let day = 24 * 3600 * 1000;
+    let retention = tc_store::AuditRetention {
+        max_entries: 3,
+        max_age: std::time::Duration::from_secs(2 * 24 * 3600),
+    };
+    let entries = (0..5)
+        .map(|i| audit("alice", "ClientGroup", &format!("g{i}"), 10 * day + i))
+        .collect();
+    store
+        .append_audit(entries, &retention, at(10 * day + 5))
+        .unwrap();
+    let names = |store: &RedbStore| {
+        store
+            .list_audit(&Default::default())
+            .unwrap()
+            .iter()
+            .map(|e| e.objects[0].name.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        names(&store),
+        vec!["g2", "g3", "g4"],
+        "the newest 3 are kept"
+    );
+    // A day later nothing is old enough; three days later all are, and the next append keeps
+    // only itself.
+    assert_eq!(store.prune_audit(&retention, at(11 * day)).unwrap(), 0);
+    assert_eq!(names(&store).len(), 3);
+    store
+        .append_audit(
+            vec![audit("bob", "ClientGroup", "late", 13 * day)],
+            &retention,
+            at(13 * day),
+        )
+        .unwrap();
+    assert_eq!(names(&store), vec!["late"]);
+    assert_eq!(store.prune_audit(&retention, at(16 * day)).unwrap(), 1);
+    assert!(names(&store).is_empty());
+}

@@ -679,6 +679,20 @@ impl ApiClient {
         typed_items(&list, "events")
     }
 
+    /// `GET /apis/thinfleet.io/v1/audit` as the raw list (`by`, `kind`, `name`, `action`,
+    /// `limit`; empty values are left out).
+    pub fn audit(&self, query: &[(&str, &str)]) -> Result<Value, ApiError> {
+        self.get_json(&format!("{API_PREFIX}/audit"), query)
+    }
+
+    /// `GET /apis/thinfleet.io/v1/audit?format=jsonl`: the URL and the answer, to be read as it
+    /// streams in.
+    pub fn audit_export(&self, query: &[(&str, &str)]) -> Result<(String, Response), ApiError> {
+        let url = self.url(&format!("{API_PREFIX}/audit"), query)?;
+        let shown = url.to_string();
+        Ok((shown, self.execute(self.request(Method::GET, url))?))
+    }
+
     /// `GET /apis/thinfleet.io/v1/events` as the raw list.
     pub fn events_raw(
         &self,

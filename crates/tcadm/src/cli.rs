@@ -201,6 +201,8 @@ pub enum Resource {
     Events,
     /// Watched manifest directories.
     Sources,
+    /// The audit trail.
+    Audit,
 }
 
 /// True for the names of watched manifest directories as a resource: `sources`, `source`.
@@ -222,8 +224,9 @@ pub fn parse_resource(text: &str) -> Result<Resource, String> {
     }
     match text.to_ascii_lowercase().as_str() {
         "events" | "event" | "ev" => Ok(Resource::Events),
+        "audit" => Ok(Resource::Audit),
         _ => Err(format!(
-            "unknown resource `{text}`; use clients, clientgroups (cg), packagereleases (pr), events or sources"
+            "unknown resource `{text}`; use clients, clientgroups (cg), packagereleases (pr), events, sources or audit"
         )),
     }
 }
@@ -259,21 +262,48 @@ pub struct EventSubject {
     pub name: String,
 }
 
-/// Parses `KIND/NAME` for events, where KIND may also be `source`.
+/// Subjects of events and audit entries that are not objects of a kind: the word (singular,
+/// lower case) and the subject kind as they name it.
+const OTHER_SUBJECTS: &[(&str, &str)] = &[
+    ("source", "ManifestSource"),
+    ("credential", "Credential"),
+    ("bootstraptoken", "BootstrapToken"),
+    ("token", "BootstrapToken"),
+    ("blockedmachine", "BlockedMachine"),
+    ("machine", "BlockedMachine"),
+    ("blob", "Blob"),
+];
+
+/// Parses `KIND/NAME` for events and audit entries, where KIND may also be `source`,
+/// `credential`, `token` (a bootstrap token), `machine` (a blocked machine) or `blob`.
 pub fn parse_event_subject(text: &str) -> Result<EventSubject, String> {
-    if let Some((kind, name)) = text.split_once('/')
-        && is_source_word(kind)
-    {
-        if name.is_empty() {
-            return Err(format!("`{text}` has no name after the `/`"));
+    if let Some((kind, name)) = text.split_once('/') {
+        let word = kind.to_ascii_lowercase();
+        let word = word.strip_suffix('s').unwrap_or(&word);
+        let other = if is_source_word(kind) {
+            Some("ManifestSource")
+        } else {
+            OTHER_SUBJECTS
+                .iter()
+                .find(|(w, _)| *w == word)
+                .map(|(_, subject)| *subject)
+        };
+        if let Some(subject) = other {
+            if name.is_empty() {
+                return Err(format!("`{text}` has no name after the `/`"));
+            }
+            return Ok(EventSubject {
+                kind: subject.into(),
+                name: name.to_string(),
+            });
         }
-        return Ok(EventSubject {
-            kind: "ManifestSource".into(),
-            name: name.to_string(),
-        });
     }
-    let (kind, name) = parse_object_ref(text)
-        .map_err(|error| format!("{error}; `source/NAME` names a watched directory"))?;
+    let (kind, name) = parse_object_ref(text).map_err(|error| {
+        format!(
+            "{error}; `source/NAME` names a watched directory, and credential/, token/, \
+             machine/ and blob/ the other subjects of events and audit entries"
+        )
+    })?;
     Ok(EventSubject {
         kind: kind.as_str().to_string(),
         name,
@@ -315,12 +345,14 @@ pub enum OutputFormat {
     Json,
     /// `kind/name`, one per line.
     Name,
+    /// One JSON document per line (`get audit`: the export).
+    Jsonl,
 }
 
 /// Arguments of `get`.
 #[derive(Debug, Args)]
 pub struct GetArgs {
-    /// clients, clientgroups (cg), packagereleases (pr) or events.
+    /// clients, clientgroups (cg), packagereleases (pr), events, sources or audit.
     #[arg(value_name = "RESOURCE", value_parser = parse_resource)]
     pub resource: Resource,
     /// Show only this object.
@@ -339,6 +371,16 @@ pub struct GetArgs {
     /// (`source/manifests`).
     #[arg(long = "for", value_name = "KIND/NAME", value_parser = parse_event_subject)]
     pub for_object: Option<EventSubject>,
+    /// For audit: only the writes of this credential (`admin` for the break-glass token) or
+    /// watched directory (`dir:/srv/manifests`).
+    #[arg(long, value_name = "NAME")]
+    pub by: Option<String>,
+    /// For audit: only this action (apply, delete, label, approve, retry, createCredential, ...).
+    #[arg(long, value_name = "ACTION")]
+    pub action: Option<String>,
+    /// For audit: only the newest N entries.
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
 }
 
 /// Arguments of `describe`.

@@ -82,7 +82,7 @@ impl Context<'_> {
     }
 
     /// A line on standard error without a prefix (notes, progress of uploads).
-    fn note(&self, message: &str) {
+    pub fn note(&self, message: &str) {
         print_stderr(self.err_style, "", message);
     }
 }
@@ -667,7 +667,20 @@ fn get(context: &mut Context<'_>, args: &GetArgs) -> Result<u8, CliError> {
         }
         LabelSelector::parse(selector).map_err(|error| CliError::Usage(error.to_string()))?;
     }
+    if args.resource != Resource::Audit
+        && (args.by.is_some() || args.action.is_some() || args.limit.is_some())
+    {
+        return Err(CliError::Usage(
+            "--by, --action and --limit apply to `get audit` only".into(),
+        ));
+    }
+    if args.resource != Resource::Audit && args.output == Some(OutputFormat::Jsonl) {
+        return Err(CliError::Usage(
+            "-o jsonl applies to `get audit` only; use -o json or yaml".into(),
+        ));
+    }
     match args.resource {
+        Resource::Audit => crate::audit::get_audit(context, args),
         Resource::Events => get_events(context, args),
         Resource::Sources => {
             if args.for_object.is_some() {

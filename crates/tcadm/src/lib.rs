@@ -6,6 +6,7 @@
 //! its own; [`commands`] does the I/O.
 
 pub mod api;
+pub mod audit;
 pub mod cli;
 pub mod commands;
 pub mod config;

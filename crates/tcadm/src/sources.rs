@@ -232,7 +232,8 @@ pub fn get_sources(context: &mut Context<'_>, args: &GetArgs) -> Result<u8, CliE
             .iter()
             .map(|item| format!("source/{}\n", item["name"].as_str().unwrap_or("")))
             .collect(),
-        (None | Some(OutputFormat::Wide), _) => {
+        // Refused before (`-o jsonl` is for the audit trail).
+        (None | Some(OutputFormat::Wide | OutputFormat::Jsonl), _) => {
             let sources = items
                 .into_iter()
                 .map(typed)

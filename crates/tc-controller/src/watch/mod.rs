@@ -146,6 +146,17 @@ async fn sync(controller: &Arc<Controller>, source: &Arc<Source>) -> Option<Dura
             None,
         ),
     };
+    if let Ok(result) = &outcome {
+        let shown = revision.as_ref().map(|(revision, _)| revision.as_str());
+        controller
+            .audit_sync(
+                &source.manager,
+                &source.path.display().to_string(),
+                shown,
+                result,
+            )
+            .await;
+    }
     let now = Timestamp::now();
     // Only this loop writes the state; the new state is served once its events are recorded, so
     // whoever sees it finds the events.
