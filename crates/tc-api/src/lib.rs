@@ -4,6 +4,7 @@
 //! functions.
 
 pub mod audit;
+pub mod client;
 pub mod credential;
 pub mod decode;
 pub mod enrollment;
