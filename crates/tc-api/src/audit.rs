@@ -99,7 +99,7 @@ pub struct AuditEntry {
     /// the watched directory.
     pub source: String,
     /// What was asked: `apply`, `delete`, `label`, `approve`, `deny`, `decommission`, `allow`,
-    /// `retry`, `createBootstrapToken`, `revokeBootstrapToken`, `createCredential`,
+    /// `retry`, `pause`, `resume`, `createBootstrapToken`, `revokeBootstrapToken`, `createCredential`,
     /// `rotateCredential`, `revokeCredential`, `uploadBlob`, `sync` (the watched directory).
     pub action: String,
     /// The request line (`POST /apis/thinfleet.io/v1/apply?prune=true`); the directory for a

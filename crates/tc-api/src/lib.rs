@@ -32,7 +32,7 @@ pub use resources::{
     AgentSpec, Artifact, ArtifactStatus, AssignedPackage, Client, ClientGroup, ClientGroupSpec,
     ClientGroupStatus, ClientPhase, ClientSpec, ClientStatus, IntOrPercent, Kind, Object,
     PackageDecision, PackageRelease, PackageReleaseSpec, PackageReleaseStatus, PackageRequirement,
-    PendingEnrollment, ResolvedPackage, RolloutSpec, WaitingMember,
+    PendingEnrollment, ResolvedPackage, RolloutPause, RolloutSpec, WaitingMember,
 };
 pub use selector::{LabelSelector, LabelSelectorRequirement, SelectorOperator};
 pub use source::{SkippedObject, SourceObject, SourcePendingPrune, SourceStatus};

@@ -274,6 +274,20 @@ pub struct ClientGroupStatus {
     /// `Ready`, `Progressing`, `Degraded`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// Who paused the rollout through the API (`tcadm rollout pause`), and when; the pause holds
+    /// until `tcadm rollout resume`, whatever the manifests say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused_by: Option<RolloutPause>,
+}
+
+/// A pause of a group's rollout asked for through the API.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutPause {
+    /// Who paused it (a credential's name).
+    pub by: String,
+    /// When.
+    pub time: Timestamp,
 }
 
 /// A member a rollout waits for.

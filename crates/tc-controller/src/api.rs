@@ -247,6 +247,13 @@ pub async fn delete(
             }
             _ => return Err(ApiError::not_found(format!("{reference} not found"))),
         };
+        if kind == Kind::ClientGroup && restore.is_none() {
+            // A group of that name created later starts unpaused.
+            let store = controller.store.clone();
+            let group = name.clone();
+            tokio::task::spawn_blocking(move || crate::rollout::forget_pause(&*store, &group))
+                .await??;
+        }
         match (&restore, defining) {
             (Some((defining, object)), _) => {
                 events.push(defining.restoration_event(object, "deleted through the API", now));

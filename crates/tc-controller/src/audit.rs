@@ -98,6 +98,18 @@ pub const ACTIONS: &[(&str, &str, &str, Option<&str>)] = &[
     ),
     (
         "POST",
+        "/apis/thinfleet.io/v1/clientgroups/{name}/pause",
+        "pause",
+        Some("ClientGroup"),
+    ),
+    (
+        "POST",
+        "/apis/thinfleet.io/v1/clientgroups/{name}/resume",
+        "resume",
+        Some("ClientGroup"),
+    ),
+    (
+        "POST",
         "/apis/thinfleet.io/v1/clients/{name}/approve",
         "approve",
         Some("Client"),

@@ -65,6 +65,16 @@ pub const ROUTE_ROLES: &[(&str, &str, Role)] = &[
         "/apis/thinfleet.io/v1/clientgroups/{name}/retry",
         Role::Operator,
     ),
+    (
+        "POST",
+        "/apis/thinfleet.io/v1/clientgroups/{name}/pause",
+        Role::Operator,
+    ),
+    (
+        "POST",
+        "/apis/thinfleet.io/v1/clientgroups/{name}/resume",
+        Role::Operator,
+    ),
     ("POST", "/apis/thinfleet.io/v1/apply", Role::Admin),
     (
         "DELETE",

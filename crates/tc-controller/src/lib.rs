@@ -356,6 +356,14 @@ pub fn router(controller: Arc<Controller>) -> Router {
             post(rollout::retry),
         )
         .route(
+            "/apis/thinfleet.io/v1/clientgroups/{name}/pause",
+            post(rollout::pause),
+        )
+        .route(
+            "/apis/thinfleet.io/v1/clientgroups/{name}/resume",
+            post(rollout::resume),
+        )
+        .route(
             "/apis/thinfleet.io/v1/credentials",
             post(credentials::create).get(credentials::list),
         )

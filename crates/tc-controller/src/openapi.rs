@@ -168,6 +168,22 @@ pub fn document() -> Value {
         "responses": ok(json!({ "type": "object", "properties": { "kind": { "type": "string" }, "group": { "type": "string" }, "message": { "type": "string" },
             "retried": { "type": "array", "items": { "type": "object", "properties": { "client": { "type": "string" }, "package": { "type": "string" }, "version": { "type": "string" }, "attempt": { "type": "integer" } } } } } }),
             &[400, 401, 403, 404, 503]) } }));
+    for (verb, summary) in [
+        (
+            "pause",
+            "Pause the group's rollout: no member gets a new version until it is resumed (kept across applies); role operator",
+        ),
+        (
+            "resume",
+            "Resume a rollout paused with pause; role operator",
+        ),
+    ] {
+        paths.insert(format!("/apis/thinfleet.io/v1/clientgroups/{{name}}/{verb}"), json!({ "post": {
+            "summary": summary,
+            "parameters": [name_param],
+            "responses": ok(json!({ "type": "object", "properties": { "kind": { "type": "string" }, "group": { "type": "string" },
+                "paused": { "type": "boolean" }, "message": { "type": "string" } } }), &[400, 401, 403, 404, 409]) } }));
+    }
     paths.insert("/apis/thinfleet.io/v1/sources".into(), json!({ "get": { "summary": "Watched manifest directories", "responses": ok(list(&source), &[401, 403]) } }));
     // One source is its status with `kind` and `apiVersion` added.
     let one_source = json!({ "allOf": [source, { "type": "object", "properties": { "kind": { "const": "ManifestSource" }, "apiVersion": { "type": "string" } } }] });

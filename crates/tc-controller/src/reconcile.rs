@@ -198,8 +198,11 @@ pub async fn pass(controller: &Arc<Controller>) -> Result<(), String> {
     let retry_requests = std::mem::take(&mut *controller.retries.lock().expect("retries lock"));
     let retry_groups: Vec<String> = retry_requests.iter().map(|r| r.group.clone()).collect();
     let store = controller.store.clone();
-    let (groups, releases) = tokio::task::spawn_blocking(move || -> tc_store::Result<_> {
-        Ok((list_groups(&*store)?, list_releases(&*store)?))
+    let (groups, releases, pauses) = tokio::task::spawn_blocking(move || -> tc_store::Result<_> {
+        let pauses = crate::rollout::load_pauses(&*store)?;
+        let mut groups = list_groups(&*store)?;
+        crate::rollout::overlay_pauses(&mut groups, &pauses);
+        Ok((groups, list_releases(&*store)?, pauses))
     })
     .await
     .map_err(|e| e.to_string())?
@@ -215,6 +218,7 @@ pub async fn pass(controller: &Arc<Controller>) -> Result<(), String> {
         offline_after_missed: controller.config.offline_after_missed,
         started_at: controller.started_at,
         now,
+        pauses,
     };
     let (outcome, groups) = tokio::task::spawn_blocking(move || {
         let mut cache = cache;
@@ -477,6 +481,8 @@ struct Context {
     /// Heartbeats missed before this are not held against a client.
     started_at: Timestamp,
     now: Timestamp,
+    /// Groups paused through the API (already `spec.paused` in the groups of the pass).
+    pauses: BTreeMap<String, tc_api::RolloutPause>,
 }
 
 /// A client's status to persist (a new assignment, a phase change), and what to serve it once
@@ -745,7 +751,10 @@ fn compute(
     let hasher = std::collections::hash_map::RandomState::new();
     let mut tallies: Vec<GroupTally> = groups
         .iter()
-        .map(|group| GroupTally::new(group, catalog))
+        .map(|group| {
+            GroupTally::new(group, catalog)
+                .paused_by(context.pauses.get(&group.metadata.name).cloned())
+        })
         .collect();
     let mut budgets = budgets(groups);
     let mut standings: Vec<GroupStanding> = budgets.iter().map(GroupStanding::new).collect();
@@ -1128,6 +1137,7 @@ mod tests {
             offline_after_missed: 3,
             started_at,
             now,
+            pauses: BTreeMap::new(),
         }
     }
 

@@ -1,16 +1,28 @@
 //! Rollouts as admins see and steer them: retrying the releases that failed on a group's
-//! members, and why a client runs what it runs.
+//! members, pausing and resuming a group's rollout, and why a client runs what it runs.
+//!
+//! A pause asked for through the API is the controller's, not the manifest's: it is kept as a
+//! setting (`rolloutPause/{group}`: who and when), so neither an apply nor the watched
+//! directory's sync undoes it, and an operator (who may not apply) can stop a bad rollout. Each
+//! reconcile pass treats a paused group as `spec.paused` (it assigns nothing new; members
+//! already changing finish) and its status names who paused it.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use axum::{Extension, Json};
 use serde_json::{Value, json};
-use tc_api::{Client, ClientGroup, Event, EventType, Kind, Object, ObjectRef, Timestamp};
+use tc_api::{
+    Client, ClientGroup, Event, EventType, Kind, Object, ObjectRef, RolloutPause, Timestamp,
+};
 use tc_reconcile::ReleaseCatalog;
+use tc_store::Store;
 
 use crate::Controller;
+use crate::audit::Note;
+use crate::credentials::Identity;
 use crate::error::ApiError;
 use crate::reconcile::RetryRequest;
 
@@ -103,6 +115,10 @@ impl Controller {
             })
             .filter(|group| group.spec.selector.matches(&client.metadata.labels))
             .collect();
+        let mut groups = groups;
+        let store = self.store.clone();
+        let pauses = tokio::task::spawn_blocking(move || load_pauses(&*store)).await??;
+        overlay_pauses(&mut groups, &pauses);
         let releases: Vec<tc_api::PackageRelease> = releases
             .into_iter()
             .filter_map(|object| match object {
@@ -122,4 +138,144 @@ impl Controller {
         client.status.groups = groups.iter().map(|g| g.metadata.name.clone()).collect();
         Ok(client)
     }
+}
+
+/// Settings key prefix of pauses asked for through the API.
+pub const PAUSE_SETTING: &str = "rolloutPause/";
+
+/// The groups paused through the API, by name. Blocking.
+pub fn load_pauses(store: &dyn Store) -> tc_store::Result<BTreeMap<String, RolloutPause>> {
+    let mut pauses = BTreeMap::new();
+    for (key, value) in store.list_settings(PAUSE_SETTING)? {
+        let pause: RolloutPause =
+            serde_json::from_str(&value).map_err(|error| tc_store::StoreError::Corrupt {
+                key: key.clone(),
+                message: error.to_string(),
+            })?;
+        pauses.insert(key[PAUSE_SETTING.len()..].to_string(), pause);
+    }
+    Ok(pauses)
+}
+
+/// Marks the groups paused through the API as paused (`spec.paused`) for a pass or an
+/// explanation; nothing is written.
+pub fn overlay_pauses(groups: &mut [ClientGroup], pauses: &BTreeMap<String, RolloutPause>) {
+    for group in groups {
+        if pauses.contains_key(&group.metadata.name) {
+            group.spec.paused = true;
+        }
+    }
+}
+
+/// Deletes a group's pause (the group is deleted). Blocking.
+pub fn forget_pause(store: &dyn Store, group: &str) -> tc_store::Result<()> {
+    store.put_setting(&format!("{PAUSE_SETTING}{group}"), None)
+}
+
+/// `POST /apis/thinfleet.io/v1/clientgroups/{name}/pause`: no member gets a new version from the
+/// group until it is resumed (members already changing finish). 409 when it is already paused.
+pub async fn pause(
+    State(controller): State<Arc<Controller>>,
+    Extension(identity): Extension<Identity>,
+    Path(name): Path<String>,
+) -> Result<(Extension<Note>, Json<Value>), ApiError> {
+    steer(&controller, &identity, &name, true).await
+}
+
+/// `POST /apis/thinfleet.io/v1/clientgroups/{name}/resume`: lifts a pause asked for through the
+/// API. 409 when there is none (a group paused by its manifest is resumed there).
+pub async fn resume(
+    State(controller): State<Arc<Controller>>,
+    Extension(identity): Extension<Identity>,
+    Path(name): Path<String>,
+) -> Result<(Extension<Note>, Json<Value>), ApiError> {
+    steer(&controller, &identity, &name, false).await
+}
+
+/// Pauses (`pause`) or resumes a group's rollout as `identity`; the pass that follows at once
+/// applies it.
+pub async fn steer(
+    controller: &Arc<Controller>,
+    identity: &Identity,
+    name: &str,
+    pause: bool,
+) -> Result<(Extension<Note>, Json<Value>), ApiError> {
+    // Under the apply lock: a group deleted meanwhile cannot leave a pause behind.
+    let _guard = controller.apply_lock.lock().await;
+    let store = controller.store.clone();
+    let lookup = name.to_string();
+    let (group, current) = tokio::task::spawn_blocking(move || -> tc_store::Result<_> {
+        let group = store.get(Kind::ClientGroup, &lookup)?;
+        Ok((group, load_pauses(&*store)?.remove(&lookup)))
+    })
+    .await??;
+    let Some(Object::ClientGroup(group)) = group else {
+        return Err(ApiError::not_found(format!("clientgroup/{name} not found")));
+    };
+    let now = Timestamp::now();
+    let key = format!("{PAUSE_SETTING}{name}");
+    let (value, reason, message) = match (pause, &current) {
+        (true, Some(current)) => {
+            return Err(ApiError::conflict(format!(
+                "clientgroup/{name} is already paused (by {} at {})",
+                current.by, current.time
+            )));
+        }
+        (false, None) if group.spec.paused => {
+            return Err(ApiError::conflict(format!(
+                "clientgroup/{name} is paused by its manifest (spec.paused: true); change the \
+                 manifest to resume it"
+            )));
+        }
+        (false, None) => {
+            return Err(ApiError::conflict(format!(
+                "clientgroup/{name} is not paused"
+            )));
+        }
+        (true, None) => {
+            let record = RolloutPause {
+                by: identity.name.clone(),
+                time: now,
+            };
+            (
+                Some(serde_json::to_string(&record).expect("pauses serialize")),
+                "Paused",
+                format!(
+                    "rollout paused by {}: no member gets a new version until `tcadm rollout \
+                     resume clientgroup {name}`",
+                    identity.name
+                ),
+            )
+        }
+        (false, Some(current)) => (
+            None,
+            "Resumed",
+            format!(
+                "rollout resumed by {} (paused by {} at {})",
+                identity.name, current.by, current.time
+            ),
+        ),
+    };
+    let store = controller.store.clone();
+    tokio::task::spawn_blocking(move || store.put_setting(&key, value.as_deref())).await??;
+    controller
+        .record(vec![Event::new(
+            now,
+            ObjectRef::new(Kind::ClientGroup, name),
+            EventType::Normal,
+            reason,
+            message.clone(),
+        )])
+        .await;
+    controller.reconcile_wake.notify_one();
+    let change = if pause { "paused" } else { "resumed" };
+    Ok((
+        Extension(Note::object("ClientGroup", name, change)),
+        Json(json!({
+            "kind": "RolloutPauseResult",
+            "group": name,
+            "paused": pause,
+            "message": message,
+        })),
+    ))
 }

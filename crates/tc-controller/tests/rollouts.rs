@@ -437,3 +437,159 @@ async fn an_update_event_names_the_version_the_client_really_ran() {
         ]
     );
 }
+
+async fn steer(api: &Api, verb: &str) -> (StatusCode, Value) {
+    let path = format!("/apis/thinfleet.io/v1/clientgroups/g/{verb}");
+    api.request(Method::POST, &path, None).await
+}
+
+/// An operator (who may not apply) stops a bad rollout: `pause` holds members on what they run —
+/// new members included — across applies until `resume`, and the group's status says who paused it.
+#[tokio::test]
+async fn an_operator_pauses_a_rollout_that_applies_do_not_resume() {
+    let controller = TestController::start().await;
+    let admin = Api::admin(&controller);
+    let (status, desk) = admin
+        .request(
+            Method::POST,
+            "/apis/thinfleet.io/v1/credentials",
+            Some(json!({ "name": "desk", "role": "operator" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{desk}");
+    let desk = Api::with_token(&controller, desk["token"].as_str().unwrap());
+    publish(&admin, "kiosk", "1.0.0").await;
+    publish(&admin, "kiosk", "2.0.0").await;
+    let (status, body) = admin
+        .apply(&group_yaml("g", "{}", &[("kiosk", "1.0.0")], "1"), "")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let mut agents = vec![];
+    for machine in ["p-1", "p-2"] {
+        agents.push(SimAgent::enroll(&controller, machine, json!({})).await);
+    }
+    settle(&mut agents, &[], 20).await;
+    assert!(
+        agents
+            .iter()
+            .all(|a| installed(a, "kiosk").as_deref() == Some("1.0.0"))
+    );
+
+    let (status, body) = steer(&desk, "pause").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["paused"], true);
+    let (status, body) = steer(&desk, "pause").await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("already paused (by desk"),
+        "{body}"
+    );
+    let paused = eventually(Duration::from_secs(5), || async {
+        let g = group(&admin, "g").await;
+        (condition(&g, "Progressing")["reason"] == "Paused").then_some(g)
+    })
+    .await;
+    assert_eq!(paused["status"]["pausedBy"]["by"], "desk");
+    let message = condition(&paused, "Progressing")["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(message.contains("paused by desk"), "{message}");
+
+    // An admin's apply of a new version neither resumes the rollout nor reaches any member,
+    // nor a member that joins meanwhile.
+    let (status, body) = admin
+        .apply(&group_yaml("g", "{}", &[("kiosk", "2.0.0")], "1"), "")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let generation = body["items"][0]["object"]["metadata"]["generation"].clone();
+    eventually(Duration::from_secs(5), || async {
+        let g = group(&admin, "g").await;
+        (g["status"]["observedGeneration"] == generation).then_some(())
+    })
+    .await;
+    agents.push(SimAgent::enroll(&controller, "p-new", json!({})).await);
+    settle(&mut agents, &[], 5).await;
+    for agent in agents.iter_mut() {
+        let desired = agent.heartbeat().await;
+        assert!(
+            !versions(&desired).contains(&"kiosk@2.0.0".to_string()),
+            "{} was assigned 2.0.0 while paused: {desired}",
+            agent.name
+        );
+    }
+    let g = group(&admin, "g").await;
+    assert_eq!(condition(&g, "Progressing")["reason"], "Paused", "{g}");
+
+    // A viewer may not resume; the operator does, and the rollout goes on.
+    let (status, viewer) = admin
+        .request(
+            Method::POST,
+            "/apis/thinfleet.io/v1/credentials",
+            Some(json!({ "name": "eyes", "role": "viewer" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let viewer = Api::with_token(&controller, viewer["token"].as_str().unwrap());
+    let (status, _) = steer(&viewer, "resume").await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, body) = steer(&desk, "resume").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = steer(&desk, "resume").await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    settle(&mut agents, &[], 40).await;
+    for agent in &agents {
+        assert_eq!(
+            installed(agent, "kiosk").as_deref(),
+            Some("2.0.0"),
+            "{}",
+            agent.name
+        );
+    }
+    let g = group(&admin, "g").await;
+    assert!(g["status"].get("pausedBy").is_none(), "{g}");
+
+    // Both are in the audit trail, with the operator's name.
+    let (_, audit) = admin.get("/apis/thinfleet.io/v1/audit?by=desk").await;
+    let actions: Vec<(&str, &str)> = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["action"].as_str().unwrap(),
+                e["outcome"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        actions,
+        vec![
+            ("pause", "Succeeded"),
+            ("pause", "Failed"),
+            ("resume", "Succeeded"),
+            ("resume", "Failed")
+        ]
+    );
+
+    // A group paused by its manifest is resumed there, not through the API.
+    let mut yaml = group_yaml("m", "{}", &[], "1");
+    yaml = yaml.replace("  rollout:", "  paused: true\n  rollout:");
+    let (status, body) = admin.apply(&yaml, "").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = admin
+        .request(
+            Method::POST,
+            "/apis/thinfleet.io/v1/clientgroups/m/resume",
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("spec.paused"),
+        "{body}"
+    );
+}

@@ -237,6 +237,13 @@ impl GroupTally {
         }
     }
 
+    /// Records who paused the group's rollout through the API (its `Progressing` condition then
+    /// says so).
+    pub fn paused_by(mut self, pause: Option<tc_api::RolloutPause>) -> GroupTally {
+        self.status.paused_by = pause;
+        self
+    }
+
     /// The status with its conditions. Conditions keep their transition time while their status
     /// and reason hold.
     pub fn finish(mut self, group: &ClientGroup, now: Timestamp) -> ClientGroupStatus {
@@ -445,11 +452,20 @@ fn finish_conditions(
                 .map(move |v| format!("{} {v}", p.name))
         })
         .collect();
-    let (progressing, reason, message) = if group.spec.paused {
+    let (progressing, reason, message) = if let Some(pause) = &status.paused_by {
         (
             false,
             "Paused",
-            "the group is paused; no new assignments".to_string(),
+            format!(
+                "paused by {} at {}: no new assignments until `tcadm rollout resume clientgroup {}`",
+                pause.by, pause.time, group.metadata.name
+            ),
+        )
+    } else if group.spec.paused {
+        (
+            false,
+            "Paused",
+            "the group is paused (spec.paused); no new assignments".to_string(),
         )
     } else if all_ready {
         let overridden = other_groups_text(&status, |p| &p.overridden_by);

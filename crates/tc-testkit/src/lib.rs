@@ -2,6 +2,7 @@
 //! data directory (HTTPS with its own CA by default, as in production), fixtures (zip packages built on the fly), the fleet simulator ([`sim`]), and
 //! checks of the deployment files ([`deploy`]).
 
+pub mod browser;
 pub mod deploy;
 pub mod protocol;
 pub mod sim;

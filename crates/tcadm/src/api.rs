@@ -724,6 +724,12 @@ impl ApiClient {
         Self::decode(self.execute(self.request(Method::POST, url))?)
     }
 
+    /// `POST /apis/thinfleet.io/v1/clientgroups/NAME/pause` or `.../resume` (`verb`).
+    pub fn steer_group(&self, name: &str, verb: &str) -> Result<Value, ApiError> {
+        let url = self.url(&format!("{API_PREFIX}/clientgroups/{name}/{verb}"), &[])?;
+        Self::decode(self.execute(self.request(Method::POST, url))?)
+    }
+
     /// `POST /apis/thinfleet.io/v1/bootstraptokens`: a new bootstrap token, with its secret.
     pub fn create_bootstrap_token(
         &self,

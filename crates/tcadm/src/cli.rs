@@ -475,9 +475,14 @@ pub enum RolloutCommand {
     /// Try the releases that failed on a group's members once more (agents do not retry a
     /// failed release on their own).
     Retry(RolloutTargetArgs),
+    /// Stop assigning new versions to the group's members (those updating finish); kept across
+    /// applies and syncs of the watched directory until `rollout resume`. Role operator.
+    Pause(RolloutTargetArgs),
+    /// Let a group paused with `rollout pause` go on. Role operator.
+    Resume(RolloutTargetArgs),
 }
 
-/// A rollout's group, for `rollout retry`.
+/// A rollout's group, for `rollout retry|pause|resume`.
 #[derive(Debug, Args)]
 pub struct RolloutTargetArgs {
     /// Always `clientgroup` (`cg`).

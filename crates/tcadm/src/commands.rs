@@ -18,8 +18,7 @@ use tc_api::{
 use crate::api::{ApiClient, ApiError, ApplyOptions, ApplyResult, Connection};
 use crate::cli::{
     ApplyArgs, Cli, Command, DeleteArgs, DescribeArgs, DescribeKind, DiffArgs, FileArgs, GetArgs,
-    LabelArgs, OutputFormat, PushArgs, Resource, RolloutCommand, RolloutStatusArgs,
-    RolloutTargetArgs, TokenCommand,
+    LabelArgs, OutputFormat, PushArgs, Resource, RolloutCommand, TokenCommand,
 };
 use crate::describe::{MAX_EVENTS, describe_client, describe_group, describe_release};
 use crate::diff::item_diff;
@@ -32,9 +31,8 @@ use crate::manifest::{
     map_server_error, prepare_artifacts, sha256_file,
 };
 use crate::output::{Style, one_line, print_stderr, terminal_safe, to_json, to_yaml};
-use crate::rollout::{
-    ExpectedRelease, RolloutState, awaiting_source_sync, progress_text, rollout_state,
-};
+use crate::rollout::{ExpectedRelease, RolloutState, awaiting_source_sync, rollout_state};
+use crate::rollout_commands;
 use crate::sign::read_signature_beside;
 use crate::sources::fetch_sources;
 use crate::views::{
@@ -100,8 +98,10 @@ pub fn run(cli: Cli, context: &mut Context<'_>) -> Result<u8, CliError> {
         Command::Label(args) => label(context, &args),
         Command::Push(args) => push(context, &args),
         Command::Sign(args) => crate::sign::run(&args).map(|()| EXIT_OK),
-        Command::Rollout(RolloutCommand::Status(args)) => rollout_status(context, &args),
-        Command::Rollout(RolloutCommand::Retry(args)) => rollout_retry(context, &args),
+        Command::Rollout(RolloutCommand::Status(args)) => rollout_commands::status(context, &args),
+        Command::Rollout(RolloutCommand::Retry(args)) => rollout_commands::retry(context, &args),
+        Command::Rollout(RolloutCommand::Pause(args)) => rollout_commands::pause(context, &args),
+        Command::Rollout(RolloutCommand::Resume(args)) => rollout_commands::resume(context, &args),
         Command::Credential(command) => crate::credentials::run(context, &command),
         Command::Token(TokenCommand::Create(args)) => enrollment::token_create(context, &args),
         Command::Token(TokenCommand::List(args)) => enrollment::token_list(context, &args),
@@ -345,7 +345,11 @@ impl RolloutDisplay {
         let RolloutState::Progressing(text) = state else {
             return Ok(());
         };
-        let paused = if group.spec.paused { " (paused)" } else { "" };
+        let paused = if crate::describe::is_paused(group) {
+            " (paused)"
+        } else {
+            ""
+        };
         let line = format!("Waiting for clientgroup \"{name}\" rollout to finish: {text}{paused}");
         if self.last_line.get(name) != Some(&line) {
             // The text carries the group's conditions, with messages from clients.
@@ -452,7 +456,7 @@ fn wait_for_rollouts(
 
 /// Polls the groups until every one is complete (returns their names), one fails, or the time is
 /// up (both errors).
-fn follow_rollouts(
+pub(crate) fn follow_rollouts(
     context: &Context<'_>,
     client: &ApiClient,
     names: &[String],
@@ -518,93 +522,6 @@ fn follow_rollouts(
     };
     display.finish();
     outcome
-}
-
-/// Refuses `tcadm rollout SUBCOMMAND` for anything but a client group.
-fn rollout_of_client_group(kind: Kind, subcommand: &str) -> Result<(), CliError> {
-    if kind == Kind::ClientGroup {
-        return Ok(());
-    }
-    Err(CliError::Usage(format!(
-        "rollouts belong to client groups: use `tcadm rollout {subcommand} clientgroup NAME`, not {}",
-        kind.as_str().to_ascii_lowercase()
-    )))
-}
-
-fn rollout_status(context: &mut Context<'_>, args: &RolloutStatusArgs) -> Result<u8, CliError> {
-    rollout_of_client_group(args.kind, "status")?;
-    let client = context.client()?;
-    let name = &args.name;
-    if args.watch {
-        let mut out = io::stdout();
-        follow_rollouts(
-            context,
-            &client,
-            std::slice::from_ref(name),
-            &[],
-            args.timeout,
-            &mut out,
-        )?;
-        writeln!(
-            context.out,
-            "clientgroup \"{name}\" successfully rolled out"
-        )?;
-        return Ok(EXIT_OK);
-    }
-    if let Some(text) = awaiting_source_sync(name, &fetch_sources(&client)) {
-        writeln!(
-            context.out,
-            "Waiting for clientgroup \"{name}\" rollout to finish: {text}"
-        )?;
-        return Ok(EXIT_OK);
-    }
-    let group: ClientGroup = client.get_typed(Kind::ClientGroup, name)?;
-    match rollout_state(&group, &[]) {
-        RolloutState::Complete => {
-            writeln!(
-                context.out,
-                "clientgroup \"{name}\" successfully rolled out ({})",
-                progress_text(&group)
-            )?;
-            Ok(EXIT_OK)
-        }
-        RolloutState::Progressing(text) => {
-            let paused = if group.spec.paused { " (paused)" } else { "" };
-            writeln!(
-                context.out,
-                "Waiting for clientgroup \"{name}\" rollout to finish: {text}{paused}"
-            )?;
-            Ok(EXIT_OK)
-        }
-        RolloutState::Failed(message) => Err(CliError::Failed(format!(
-            "clientgroup/{name} rollout failed: {message}"
-        ))),
-        RolloutState::Stalled(message) => Err(CliError::Failed(format!(
-            "clientgroup/{name} rollout stalled: {message}"
-        ))),
-    }
-}
-
-fn rollout_retry(context: &mut Context<'_>, args: &RolloutTargetArgs) -> Result<u8, CliError> {
-    rollout_of_client_group(args.kind, "retry")?;
-    let client = context.client()?;
-    let answer = client.retry_group(&args.name)?;
-    writeln!(
-        context.out,
-        "clientgroup/{}: {}",
-        args.name,
-        answer["message"].as_str().unwrap_or_default()
-    )?;
-    for retried in answer["retried"].as_array().into_iter().flatten() {
-        writeln!(
-            context.out,
-            "  client/{} {} {}",
-            retried["client"].as_str().unwrap_or_default(),
-            retried["package"].as_str().unwrap_or_default(),
-            retried["version"].as_str().unwrap_or_default()
-        )?;
-    }
-    Ok(EXIT_OK)
 }
 
 // ---------------------------------------------------------------------------------------------

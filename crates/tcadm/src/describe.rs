@@ -334,7 +334,7 @@ pub fn describe_group(
         ),
         ("Selector", selector_text(group)),
         ("Priority", spec.priority.to_string()),
-        ("Paused", spec.paused.to_string()),
+        ("Paused", paused_text(group)),
         ("Max Unavailable", spec.rollout.max_unavailable.to_string()),
         (
             "Progress Deadline",
@@ -548,6 +548,20 @@ pub fn describe_release(
     );
     out.section("Events", &events_table(events, now));
     out.text
+}
+
+/// `false`, `true` (spec.paused), or `true (by lead at 2026-12-06T08:00:00Z)` for a pause
+/// asked for through the API.
+pub fn paused_text(group: &ClientGroup) -> String {
+    match group.status.as_ref().and_then(|s| s.paused_by.as_ref()) {
+        Some(pause) => format!("true (by {} at {})", pause.by, pause.time),
+        None => group.spec.paused.to_string(),
+    }
+}
+
+/// Whether the group's rollout is paused, by its manifest or through the API.
+pub fn is_paused(group: &ClientGroup) -> bool {
+    group.spec.paused || group.status.as_ref().is_some_and(|s| s.paused_by.is_some())
 }
 
 #[cfg(test)]

@@ -21,6 +21,7 @@ pub mod labels;
 pub mod manifest;
 pub mod output;
 pub mod rollout;
+pub mod rollout_commands;
 pub mod sign;
 pub mod sources;
 pub mod views;

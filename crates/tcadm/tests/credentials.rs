@@ -122,3 +122,34 @@ fn credentials_are_listed_rotated_and_revoked() {
         2
     );
 }
+
+#[test]
+fn an_operator_pauses_and_resumes_a_rollout_a_viewer_may_not() {
+    let fleet = start();
+    fleet.tcadm(&["apply", "-f", "group.yaml"]).ok();
+    let operator = fleet.create("lead", "operator");
+    let viewer = fleet.create("eyes", "viewer");
+    let run = fleet.tcadm_as(Some(&viewer), &["rollout", "pause", "cg", "front-desk"]);
+    assert_eq!(run.code, 3, "{run:#?}");
+    assert!(run.stderr.contains("needs role operator"), "{run:#?}");
+    let run = fleet.tcadm_as(Some(&operator), &["rollout", "pause", "cg", "front-desk"]);
+    assert!(
+        run.ok().starts_with(
+            "clientgroup/front-desk: rollout paused by lead: no member gets a new version"
+        ),
+        "{run:#?}"
+    );
+    let run = fleet.tcadm_as(Some(&operator), &["rollout", "pause", "cg", "front-desk"]);
+    assert_eq!(run.code, 3, "{run:#?}");
+    assert!(run.stderr.contains("already paused (by lead"), "{run:#?}");
+    let run = fleet.tcadm_as(
+        Some(&operator),
+        &["rollout", "resume", "clientgroup", "front-desk"],
+    );
+    assert!(run.ok().contains("rollout resumed by lead"), "{run:#?}");
+    let run = fleet.tcadm_as(
+        Some(&operator),
+        &["rollout", "resume", "client", "front-desk"],
+    );
+    assert_eq!(run.code, 2, "{run:#?}");
+}
