@@ -17,6 +17,7 @@ pub mod diff;
 pub mod enrollment;
 pub mod error;
 pub mod format;
+pub mod get;
 pub mod labels;
 pub mod manifest;
 pub mod output;
