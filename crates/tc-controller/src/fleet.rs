@@ -813,32 +813,47 @@ mod tests {
     }
 
     /// One console page opening one client must not wake the long-polls of the whole fleet:
-    /// a history request wakes that client's long-poll, asks once, and leaves the others waiting.
+    /// a history request wakes that client's long-poll, asks once, and leaves the others
+    /// asleep (a waiter looks at its conditions once per wake-up: b's looks are counted).
     #[tokio::test]
     async fn a_history_request_wakes_only_that_clients_long_poll() {
+        use std::sync::atomic::AtomicUsize;
         let fleet = Arc::new(Fleet::default());
         let a = fleet.insert(&client("a"));
         let b = fleet.insert(&client("b"));
+        let looks = Arc::new(AtomicUsize::new(0));
         let waiter = |slot: &Arc<ClientSlot>| {
             let slot = slot.clone();
             let fleet = fleet.clone();
+            let looks = looks.clone();
+            let counted = slot.name.as_ref() == "b";
             tokio::spawn(async move {
+                let wanted = || {
+                    if counted {
+                        looks.fetch_add(1, Ordering::SeqCst);
+                    }
+                    slot.history_wanted()
+                };
                 slot.revision
-                    .wait_newer_or(0, fleet.closing(), || slot.history_wanted())
+                    .wait_newer_or(0, fleet.closing(), wanted)
                     .await
             })
         };
         let (wait_a, wait_b) = (waiter(&a), waiter(&b));
         tokio::task::yield_now().await;
         assert!(!wait_a.is_finished() && !wait_b.is_finished());
+        assert_eq!(looks.load(Ordering::SeqCst), 1, "b looked once, then slept");
         assert!(!a.take_history_upload(), "nothing was asked yet");
         a.request_history();
         tokio::time::timeout(Duration::from_secs(5), wait_a)
             .await
             .expect("a's long-poll woken")
             .unwrap();
-        tokio::task::yield_now().await;
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
         assert!(!wait_b.is_finished(), "b's long-poll must go on waiting");
+        assert_eq!(looks.load(Ordering::SeqCst), 1, "b's long-poll was woken");
         assert!(!b.history_wanted());
         // The answer asks once; the next long-poll waits again until the upload.
         assert!(a.take_history_request());
