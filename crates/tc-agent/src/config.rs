@@ -743,6 +743,46 @@ mod tests {
     }
 
     #[test]
+    fn the_history_interval_comes_from_the_file_or_the_command_line_within_range() {
+        let temp = tempfile::tempdir().unwrap();
+        let config_path = temp.path().join("agent.yaml");
+        let config = config_path.to_str().unwrap();
+        std::fs::write(&config_path, "historyIntervalSeconds: 30\n").unwrap();
+        let interval = |arguments: &[&str]| {
+            cli(arguments)
+                .settings
+                .resolve("h")
+                .map(|c| c.history_interval)
+        };
+        assert_eq!(
+            interval(&["--server", "http://x"]).unwrap(),
+            Duration::from_secs(60)
+        );
+        assert_eq!(
+            interval(&["--server", "http://x", "--config", config]).unwrap(),
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            interval(&[
+                "--server",
+                "http://x",
+                "--config",
+                config,
+                "--history-interval-seconds",
+                "1"
+            ])
+            .unwrap(),
+            Duration::from_secs(1)
+        );
+        let error =
+            interval(&["--server", "http://x", "--history-interval-seconds", "0"]).unwrap_err();
+        assert!(error.to_string().contains("1 to 3600"), "{error}");
+        std::fs::write(&config_path, "historyIntervalSeconds: soon\n").unwrap();
+        let error = interval(&["--server", "http://x", "--config", config]).unwrap_err();
+        assert!(error.to_string().contains("`soon`"), "{error}");
+    }
+
+    #[test]
     fn command_line_alone() {
         let parsed = cli(&[
             "--server",
