@@ -36,9 +36,12 @@ pub const DEFAULT_WAIT_SECONDS: u64 = 2;
 /// The longest wait a request may ask for, in seconds.
 pub const MAX_WAIT_SECONDS: u64 = 10;
 
+/// Where one waiting request gets the upload it waits for.
+type Waiter = oneshot::Sender<Arc<StoredHistory>>;
+
 /// Requests waiting for a client's upload, by client name. Empty unless someone is looking.
 #[derive(Debug, Default)]
-pub struct HistoryWaiters(Mutex<HashMap<Arc<str>, Vec<oneshot::Sender<Arc<StoredHistory>>>>>);
+pub struct HistoryWaiters(Mutex<HashMap<Arc<str>, Vec<Waiter>>>);
 
 impl HistoryWaiters {
     /// Waits for the next upload of `client`.

@@ -141,7 +141,7 @@ impl LoadHistory {
 
     /// Samples from their bytes; says which sample is wrong.
     pub fn decode_samples(bytes: &[u8]) -> Result<Vec<Sample>, String> {
-        if bytes.len() % SAMPLE_BYTES != 0 {
+        if !bytes.len().is_multiple_of(SAMPLE_BYTES) {
             return Err(format!(
                 "{} bytes is not a whole number of {SAMPLE_BYTES}-byte samples",
                 bytes.len()
