@@ -538,6 +538,7 @@ pub async fn run(
         previous_client_token: None,
         decommission: None,
         history: &history,
+        history_sent_at: None,
     };
     tracing::info!(server = %options.config.server, state_dir = %options.config.state_dir.display(), version = AGENT_VERSION, "agent starting");
     let engine = engine_loop(engine, fetcher, desired_rx, reports_tx, stop_rx);
@@ -556,7 +557,7 @@ pub async fn run(
         }
     };
     // The samples since the last save (a decommissioned client's identity and state are gone).
-    if matches!(result, Ok(RunOutcome::Stopped)) {
+    if !matches!(result, Ok(RunOutcome::Decommissioned(_))) {
         save_history(&history, &dir);
     }
     stop_tx.send_replace(true);
@@ -655,6 +656,8 @@ pub(crate) struct ProtocolLoop<'a> {
     decommission: Option<u64>,
     /// The load history, sent when the controller asks for it.
     history: &'a std::sync::Mutex<Ring>,
+    /// When the load history was last sent.
+    history_sent_at: Option<Instant>,
 }
 
 impl ProtocolLoop<'_> {
@@ -786,8 +789,8 @@ impl ProtocolLoop<'_> {
                     poll_retry.reset();
                     let advanced = response.desired.revision != asked;
                     deliver(desired_tx, response.desired, known_revision);
+                    // Answered at once on purpose: send the history, then poll on.
                     if response.send_history {
-                        // Answered at once on purpose: send the history, then poll on.
                         self.send_history(credentials).await;
                         continue;
                     }
@@ -813,9 +816,14 @@ impl ProtocolLoop<'_> {
         }
     }
 
-    /// Sends the load history the controller asked for. A failure is logged, not retried: the
-    /// controller asks again when someone looks.
-    async fn send_history(&self, credentials: &Credentials) {
+    /// Sends the load history the controller asked for, at most once a second (a controller
+    /// asking without end does not make the agent send without end). A failure is logged, not
+    /// retried: the controller asks again when someone looks.
+    async fn send_history(&mut self, credentials: &Credentials) {
+        if let Some(sent) = self.history_sent_at {
+            tokio::time::sleep_until(sent + MIN_LONG_POLL).await;
+        }
+        self.history_sent_at = Some(Instant::now());
         let upload = self
             .history
             .lock()
