@@ -30,6 +30,7 @@ use crate::backoff::{Backoff, Retry};
 use crate::config::{AgentConfig, CaTrust};
 use crate::download::{Fetcher, answer_error_message, error_chain};
 use crate::engine::{Engine, EngineError, EngineOptions, Snapshot};
+use crate::history::Ring;
 use crate::identity::{Identity, KeyOrigin};
 use crate::inventory::{AGENT_VERSION, Collector};
 use crate::state::{
@@ -317,6 +318,22 @@ impl ControllerClient {
         send(builder, url).await
     }
 
+    /// `POST /agent/v1/history`: the load history, which the controller asked for.
+    pub async fn history(
+        &self,
+        token: &str,
+        upload: &tc_proto::history::HistoryUpload,
+    ) -> Result<(), ApiError> {
+        let url = self.url("agent/v1/history");
+        let builder = self
+            .http
+            .post(url.clone())
+            .timeout(REQUEST_TIMEOUT)
+            .bearer_auth(token)
+            .json(upload);
+        send::<serde::de::IgnoredAny>(builder, url).await.map(drop)
+    }
+
     fn url(&self, path: &str) -> Url {
         self.server
             .join(path)
@@ -505,28 +522,44 @@ pub async fn run(
     let (desired_tx, desired_rx) = watch::channel(engine.journal().desired.clone());
     let (reports_tx, reports_rx) = watch::channel(engine.snapshot());
     let (stop_tx, stop_rx) = watch::channel(false);
+    let history_interval = options.config.history_interval;
+    let history = std::sync::Mutex::new(Ring::load(
+        &dir,
+        u32::try_from(history_interval.as_secs()).unwrap_or(u32::MAX),
+    ));
     let protocol = ProtocolLoop {
         options: &options,
         dir: dir.clone(),
         controller,
         fetcher: fetcher.clone(),
-        connection: ConnectionTracker::load(dir, options.config.server.as_str()),
+        connection: ConnectionTracker::load(dir.clone(), options.config.server.as_str()),
         retry: Retry::new(options.retry),
         identity,
         previous_client_token: None,
         decommission: None,
+        history: &history,
+        history_sent_at: None,
     };
     tracing::info!(server = %options.config.server, state_dir = %options.config.state_dir.display(), version = AGENT_VERSION, "agent starting");
     let engine = engine_loop(engine, fetcher, desired_rx, reports_tx, stop_rx);
     tokio::pin!(engine);
+    let sampler = crate::history::sample_forever(&history, &dir, history_interval);
     let result = tokio::select! {
         result = protocol.run(desired_tx, reports_rx) => result,
-        () = &mut engine => return Ok(RunOutcome::Stopped),
+        () = &mut engine => {
+            save_history(&history, &dir);
+            return Ok(RunOutcome::Stopped);
+        }
+        () = sampler => unreachable!("sampling never ends"),
         () = shutdown => {
             tracing::info!("shutting down");
             Ok(RunOutcome::Stopped)
         }
     };
+    // The samples since the last save (a decommissioned client's identity and state are gone).
+    if !matches!(result, Ok(RunOutcome::Decommissioned(_))) {
+        save_history(&history, &dir);
+    }
     stop_tx.send_replace(true);
     if tokio::time::timeout(options.shutdown_grace, &mut engine)
         .await
@@ -535,6 +568,14 @@ pub async fn run(
         tracing::warn!("an install step was still running; it is recovered at the next start");
     }
     result
+}
+
+/// Saves the load history (at shutdown: samples are otherwise saved now and then).
+fn save_history(history: &std::sync::Mutex<Ring>, dir: &StateDir) {
+    let ring = history.lock().expect("history lock").clone();
+    if let Err(error) = ring.save(dir) {
+        tracing::warn!(%error, "cannot save the load history");
+    }
 }
 
 /// Converges to the latest desired state until `stop` turns true (checked between packages).
@@ -613,6 +654,10 @@ pub(crate) struct ProtocolLoop<'a> {
     pub(crate) previous_client_token: Option<String>,
     /// The desired revision that told the agent to decommission.
     decommission: Option<u64>,
+    /// The load history, sent when the controller asks for it.
+    history: &'a std::sync::Mutex<Ring>,
+    /// When the load history was last sent.
+    history_sent_at: Option<Instant>,
 }
 
 impl ProtocolLoop<'_> {
@@ -744,6 +789,11 @@ impl ProtocolLoop<'_> {
                     poll_retry.reset();
                     let advanced = response.desired.revision != asked;
                     deliver(desired_tx, response.desired, known_revision);
+                    // Answered at once on purpose: send the history, then poll on.
+                    if response.send_history {
+                        self.send_history(credentials).await;
+                        continue;
+                    }
                     if !advanced && started.elapsed() < MIN_LONG_POLL {
                         self.wait_until(deadline, reports_rx).await;
                         return;
@@ -763,6 +813,27 @@ impl ProtocolLoop<'_> {
                     }
                 }
             }
+        }
+    }
+
+    /// Sends the load history the controller asked for, at most once a second (a controller
+    /// asking without end does not make the agent send without end). A failure is logged, not
+    /// retried: the controller asks again when someone looks.
+    async fn send_history(&mut self, credentials: &Credentials) {
+        if let Some(sent) = self.history_sent_at {
+            tokio::time::sleep_until(sent + MIN_LONG_POLL).await;
+        }
+        self.history_sent_at = Some(Instant::now());
+        let upload = self
+            .history
+            .lock()
+            .expect("history lock")
+            .history()
+            .to_upload(&credentials.client_name);
+        let bearer = credentials.bearer().unwrap_or_default();
+        match self.controller.history(bearer, &upload).await {
+            Ok(()) => tracing::debug!(samples = upload.count, "sent the load history"),
+            Err(error) => tracing::info!(%error, "the controller did not take the load history"),
         }
     }
 

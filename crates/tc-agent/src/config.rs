@@ -18,6 +18,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use std::collections::BTreeSet;
 
@@ -107,6 +108,9 @@ pub struct Settings {
     /// any, packages are installed unsigned.
     #[arg(long = "trusted-key", value_name = "BASE64")]
     pub trusted_keys: Vec<String>,
+    /// Seconds between two load-history samples (1..=3600) [default: 60].
+    #[arg(long, value_name = "SECONDS")]
+    pub history_interval_seconds: Option<u32>,
 }
 
 /// The settings of `status`: only where the state directory is.
@@ -150,6 +154,8 @@ pub struct FileConfig {
     pub machine_id: Option<String>,
     /// Minisign public keys packages must be signed with.
     pub trusted_keys: Vec<String>,
+    /// Seconds between two load-history samples.
+    pub history_interval_seconds: Option<String>,
 }
 
 /// The resolved configuration of a running agent.
@@ -171,6 +177,8 @@ pub struct AgentConfig {
     pub ca: Option<CaTrust>,
     /// Minisign public keys packages must be signed with; empty: packages are not checked.
     pub trusted_keys: Vec<TrustedKey>,
+    /// Time between two load-history samples (60 s unless configured).
+    pub history_interval: Duration,
 }
 
 /// How the agent trusts an `https://` controller.
@@ -274,6 +282,13 @@ pub enum ConfigError {
     /// Both a fingerprint and a CA file were configured.
     #[error("set either caCertHash or caFile, not both")]
     TwoCas,
+    /// A history interval that is not a whole number of seconds within range.
+    #[error(
+        "invalid historyIntervalSeconds `{0}`: expected whole seconds from {min} to {max}",
+        min = tc_proto::history::MIN_INTERVAL_SECONDS,
+        max = tc_proto::history::MAX_INTERVAL_SECONDS
+    )]
+    InvalidHistoryInterval(String),
 }
 
 /// Reads the configuration file at `path`, if one is given.
@@ -388,6 +403,25 @@ impl Settings {
             .map(|text| TrustedKey::parse(text).map_err(ConfigError::InvalidTrustedKey))
             .collect::<Result<Vec<_>, _>>()?;
 
+        let history_seconds = match (
+            self.history_interval_seconds,
+            &file.history_interval_seconds,
+        ) {
+            (Some(seconds), _) => seconds,
+            (None, Some(text)) => text
+                .trim()
+                .parse()
+                .map_err(|_| ConfigError::InvalidHistoryInterval(text.clone()))?,
+            (None, None) => tc_proto::history::DEFAULT_INTERVAL_SECONDS,
+        };
+        let interval_range =
+            tc_proto::history::MIN_INTERVAL_SECONDS..=tc_proto::history::MAX_INTERVAL_SECONDS;
+        if !interval_range.contains(&history_seconds) {
+            return Err(ConfigError::InvalidHistoryInterval(
+                history_seconds.to_string(),
+            ));
+        }
+
         Ok(AgentConfig {
             server,
             bootstrap_token,
@@ -406,6 +440,7 @@ impl Settings {
             machine_id: self.machine_id.clone().or(file.machine_id),
             ca,
             trusted_keys,
+            history_interval: Duration::from_secs(u64::from(history_seconds)),
         })
     }
 }
@@ -422,7 +457,7 @@ fn parse_ca_cert_hash(text: &str) -> Result<Vec<CaCertHash>, ConfigError> {
 }
 
 /// The settings a configuration file may hold, as written in YAML.
-const FILE_FIELDS: &str = "server, caCertHash, caFile, bootstrapToken, bootstrapTokenFile, stateDir, labels, name, machineId, trustedKeys";
+const FILE_FIELDS: &str = "server, caCertHash, caFile, bootstrapToken, bootstrapTokenFile, stateDir, labels, name, machineId, trustedKeys, historyIntervalSeconds";
 
 /// Parses the YAML configuration file. Errors name the line and column.
 pub fn parse_file_config(text: &str) -> Result<FileConfig, String> {
@@ -468,6 +503,7 @@ pub fn parse_file_config(text: &str) -> Result<FileConfig, String> {
             "name" => config.name = events.string(&key)?,
             "machineId" => config.machine_id = events.string(&key)?,
             "trustedKeys" => config.trusted_keys = events.strings(&key)?,
+            "historyIntervalSeconds" => config.history_interval_seconds = events.string(&key)?,
             other => {
                 return Err(position.error(&format!(
                     "unknown field `{other}`, expected one of {FILE_FIELDS}"
@@ -704,6 +740,46 @@ mod tests {
             error.contains("`trustedKeys` must be a list of strings"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn the_history_interval_comes_from_the_file_or_the_command_line_within_range() {
+        let temp = tempfile::tempdir().unwrap();
+        let config_path = temp.path().join("agent.yaml");
+        let config = config_path.to_str().unwrap();
+        std::fs::write(&config_path, "historyIntervalSeconds: 30\n").unwrap();
+        let interval = |arguments: &[&str]| {
+            cli(arguments)
+                .settings
+                .resolve("h")
+                .map(|c| c.history_interval)
+        };
+        assert_eq!(
+            interval(&["--server", "http://x"]).unwrap(),
+            Duration::from_secs(60)
+        );
+        assert_eq!(
+            interval(&["--server", "http://x", "--config", config]).unwrap(),
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            interval(&[
+                "--server",
+                "http://x",
+                "--config",
+                config,
+                "--history-interval-seconds",
+                "1"
+            ])
+            .unwrap(),
+            Duration::from_secs(1)
+        );
+        let error =
+            interval(&["--server", "http://x", "--history-interval-seconds", "0"]).unwrap_err();
+        assert!(error.to_string().contains("1 to 3600"), "{error}");
+        std::fs::write(&config_path, "historyIntervalSeconds: soon\n").unwrap();
+        let error = interval(&["--server", "http://x", "--config", config]).unwrap_err();
+        assert!(error.to_string().contains("`soon`"), "{error}");
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod engine;
 pub mod enrol;
 pub mod extract;
 pub mod fault;
+pub mod history;
 pub mod hooks;
 pub mod identity;
 pub mod inventory;

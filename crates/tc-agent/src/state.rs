@@ -129,6 +129,11 @@ impl StateDir {
         self.root.join("connection.json")
     }
 
+    /// The path of `history.bin`, the load history (see [`crate::history`]).
+    pub fn history(&self) -> PathBuf {
+        self.root.join("history.bin")
+    }
+
     /// The path of `machine-id`, the identity generated when the system has none.
     pub fn machine_id(&self) -> PathBuf {
         self.root.join("machine-id")

@@ -28,6 +28,7 @@ fn options(fake: &FakeController, state_dir: &std::path::Path) -> RunOptions {
         machine_id: Some("machine-test-1".into()),
         ca: None,
         trusted_keys: Vec::new(),
+        history_interval: Duration::from_secs(60),
     });
     options.retry = Backoff::new(Duration::from_millis(50), Duration::from_millis(300));
     options.heartbeat_bounds = (Duration::from_millis(50), Duration::from_secs(3600));

@@ -9,6 +9,7 @@ pub mod credential;
 pub mod decode;
 pub mod enrollment;
 pub mod event;
+pub mod history;
 pub mod meta;
 pub mod resources;
 pub mod schema;
@@ -27,6 +28,7 @@ pub use enrollment::{
     JoinMaterial,
 };
 pub use event::{Event, EventType, ObjectRef};
+pub use history::{ClientHistory, HistorySample};
 pub use meta::{API_VERSION, Cause, Condition, ConditionStatus, ObjectMeta, Timestamp};
 pub use resources::{
     AgentSpec, Artifact, ArtifactStatus, AssignedPackage, Client, ClientGroup, ClientGroupSpec,

@@ -92,6 +92,8 @@ struct HeartbeatAnswer<'a> {
 struct DesiredAnswer<'a> {
     desired: DesiredView<'a>,
     changed: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    send_history: bool,
 }
 
 /// A JSON response from a value that borrows (axum's `Json` needs an owned one).
@@ -366,14 +368,19 @@ pub async fn desired(
         .timeout_seconds
         .map_or(limit, |s| Duration::from_secs(s).min(limit));
     let after = query.after_revision;
-    if slot.revision.get() <= after {
+    if slot.revision.get() <= after && !slot.history_wanted() {
         let closing = controller.fleet.closing();
-        let _ = tokio::time::timeout(wait, slot.revision.wait_newer(after, closing)).await;
+        let waiting = slot
+            .revision
+            .wait_newer_or(after, closing, || slot.history_wanted());
+        let _ = tokio::time::timeout(wait, waiting).await;
     }
     let served = slot.state.lock().expect("client lock").served.clone();
     Ok(json_response(&DesiredAnswer {
         changed: served.revision > after,
         desired: served.view(),
+        // Asked once; an agent that predates load histories just polls again.
+        send_history: slot.take_history_request(),
     }))
 }
 
@@ -415,17 +422,21 @@ mod tests {
         })
         .unwrap();
         assert_eq!(heartbeat, expected);
-        let long_poll = serde_json::to_value(DesiredAnswer {
-            desired: served.view(),
-            changed: true,
-        })
-        .unwrap();
-        let expected = serde_json::to_value(tc_proto::DesiredResponse {
-            desired: desired.clone(),
-            changed: true,
-        })
-        .unwrap();
-        assert_eq!(long_poll, expected);
+        for send_history in [false, true] {
+            let long_poll = serde_json::to_value(DesiredAnswer {
+                desired: served.view(),
+                changed: true,
+                send_history,
+            })
+            .unwrap();
+            let expected = serde_json::to_value(tc_proto::DesiredResponse {
+                desired: desired.clone(),
+                changed: true,
+                send_history,
+            })
+            .unwrap();
+            assert_eq!(long_poll, expected);
+        }
     }
 
     #[test]

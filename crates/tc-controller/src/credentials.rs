@@ -47,6 +47,11 @@ pub const ROUTE_ROLES: &[(&str, &str, Role)] = &[
     ("GET", "/apis/thinfleet.io/v1/{plural}", Role::Viewer),
     ("GET", "/apis/thinfleet.io/v1/{plural}/{name}", Role::Viewer),
     ("GET", "/apis/thinfleet.io/v1/clients/{name}", Role::Viewer),
+    (
+        "GET",
+        "/apis/thinfleet.io/v1/clients/{name}/history",
+        Role::Viewer,
+    ),
     ("GET", "/apis/thinfleet.io/v1/events", Role::Viewer),
     ("GET", "/apis/thinfleet.io/v1/sources", Role::Viewer),
     ("GET", "/apis/thinfleet.io/v1/sources/{name}", Role::Viewer),

@@ -13,7 +13,7 @@
 //! list (not a channel), and the liveness queue holds slots, not names.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use tc_api::{AssignedPackage, Client, ClientPhase, ClientStatus, Condition, Timestamp};
@@ -31,6 +31,13 @@ pub struct RevisionCell {
     value: AtomicU64,
     changed: Notify,
 }
+
+/// No load history is asked of the client.
+const HISTORY_IDLE: u8 = 0;
+/// A load history is wanted: the next long-poll answer asks the agent for it.
+const HISTORY_WANTED: u8 = 1;
+/// The agent was asked; its upload is awaited.
+const HISTORY_ASKED: u8 = 2;
 
 impl RevisionCell {
     /// A cell holding `revision`.
@@ -58,12 +65,18 @@ impl RevisionCell {
     /// Completes once the revision is greater than `after`, or `closing` is set (and the cell
     /// woken with [`RevisionCell::wake`]).
     pub async fn wait_newer(&self, after: u64, closing: &AtomicBool) {
+        self.wait_newer_or(after, closing, || false).await;
+    }
+
+    /// [`RevisionCell::wait_newer`], also completing once `also` is true when the cell is woken
+    /// (a client's load history wanted: [`ClientSlot::request_history`]).
+    pub async fn wait_newer_or(&self, after: u64, closing: &AtomicBool, also: impl Fn() -> bool) {
         loop {
             let notified = self.changed.notified();
             tokio::pin!(notified);
             // Registered before the checks, so a change between them and the wait wakes us.
             notified.as_mut().enable();
-            if self.get() > after || closing.load(Ordering::SeqCst) {
+            if self.get() > after || also() || closing.load(Ordering::SeqCst) {
                 return;
             }
             notified.await;
@@ -368,6 +381,10 @@ pub struct ClientSlot {
     dirty: AtomicBool,
     /// Removed from the fleet (a queued flush must not write it).
     removed: AtomicBool,
+    /// Whether the controller wants the client's load history: [`HISTORY_IDLE`],
+    /// [`HISTORY_WANTED`] or [`HISTORY_ASKED`] (one byte, in what was padding; see
+    /// [`crate::history`]).
+    history: AtomicU8,
     /// The client's uid (0 when it has none): session tokens name it.
     pub uid: u128,
     /// The generation of the client's credential (`spec.credentialGeneration`): sessions of
@@ -384,6 +401,35 @@ impl ClientSlot {
     /// Whether the client was removed from the fleet.
     pub fn is_removed(&self) -> bool {
         self.removed.load(Ordering::Acquire)
+    }
+
+    /// Asks the client for its load history: wakes this client's long-polls (and no other
+    /// client's), whose answer asks the agent for it.
+    pub fn request_history(&self) {
+        self.history.store(HISTORY_WANTED, Ordering::SeqCst);
+        self.revision.wake();
+    }
+
+    /// True when a load history is wanted and no long-poll answer has asked for it yet.
+    pub fn history_wanted(&self) -> bool {
+        self.history.load(Ordering::SeqCst) == HISTORY_WANTED
+    }
+
+    /// For a long-poll answer: true (once) when it is to ask the agent for its load history.
+    pub fn take_history_request(&self) -> bool {
+        self.history
+            .compare_exchange(
+                HISTORY_WANTED,
+                HISTORY_ASKED,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            )
+            .is_ok()
+    }
+
+    /// For an upload: true when a load history was asked for (and is no longer).
+    pub fn take_history_upload(&self) -> bool {
+        self.history.swap(HISTORY_IDLE, Ordering::SeqCst) != HISTORY_IDLE
     }
 }
 
@@ -550,6 +596,7 @@ impl Fleet {
                     revision: RevisionCell::new(revision),
                     dirty: AtomicBool::new(false),
                     removed: AtomicBool::new(false),
+                    history: AtomicU8::new(HISTORY_IDLE),
                     uid,
                     generation: AtomicU32::new(generation),
                 });
@@ -763,6 +810,66 @@ mod tests {
         assert!(fleet.take_dirty().is_empty());
         fleet.mark_dirty(&a);
         assert_eq!(fleet.take_dirty().len(), 1, "queued again after a flush");
+    }
+
+    /// One console page opening one client must not wake the long-polls of the whole fleet:
+    /// a history request wakes that client's long-poll, asks once, and leaves the others
+    /// asleep (a waiter looks at its conditions once per wake-up: b's looks are counted).
+    #[tokio::test]
+    async fn a_history_request_wakes_only_that_clients_long_poll() {
+        use std::sync::atomic::AtomicUsize;
+        let fleet = Arc::new(Fleet::default());
+        let a = fleet.insert(&client("a"));
+        let b = fleet.insert(&client("b"));
+        let looks = Arc::new(AtomicUsize::new(0));
+        let waiter = |slot: &Arc<ClientSlot>| {
+            let slot = slot.clone();
+            let fleet = fleet.clone();
+            let looks = looks.clone();
+            let counted = slot.name.as_ref() == "b";
+            tokio::spawn(async move {
+                let wanted = || {
+                    if counted {
+                        looks.fetch_add(1, Ordering::SeqCst);
+                    }
+                    slot.history_wanted()
+                };
+                slot.revision
+                    .wait_newer_or(0, fleet.closing(), wanted)
+                    .await
+            })
+        };
+        let (wait_a, wait_b) = (waiter(&a), waiter(&b));
+        tokio::task::yield_now().await;
+        assert!(!wait_a.is_finished() && !wait_b.is_finished());
+        assert_eq!(looks.load(Ordering::SeqCst), 1, "b looked once, then slept");
+        assert!(!a.take_history_upload(), "nothing was asked yet");
+        a.request_history();
+        tokio::time::timeout(Duration::from_secs(5), wait_a)
+            .await
+            .expect("a's long-poll woken")
+            .unwrap();
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!wait_b.is_finished(), "b's long-poll must go on waiting");
+        assert_eq!(looks.load(Ordering::SeqCst), 1, "b's long-poll was woken");
+        assert!(!b.history_wanted());
+        // The answer asks once; the next long-poll waits again until the upload.
+        assert!(a.take_history_request());
+        assert!(!a.take_history_request());
+        assert!(!a.history_wanted());
+        assert!(a.take_history_upload());
+        assert!(!a.take_history_upload(), "one upload per request");
+        wait_b.abort();
+    }
+
+    /// The request costs a client one byte, in what was padding: a client's slot is as large as
+    /// before load histories (352 bytes on 64-bit targets).
+    #[test]
+    #[cfg(target_pointer_width = "64")]
+    fn a_history_request_costs_no_memory_per_client() {
+        assert_eq!(std::mem::size_of::<ClientSlot>(), 352);
     }
 
     #[tokio::test]

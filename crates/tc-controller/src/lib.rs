@@ -16,6 +16,7 @@ pub mod demo;
 pub mod enroll;
 pub mod error;
 pub mod fleet;
+pub mod history;
 pub mod metrics;
 pub mod openapi;
 pub mod persist;
@@ -226,6 +227,8 @@ pub struct Controller {
     pub served_cache: Mutex<reconcile::ServedCache>,
     /// Retries of failed releases asked for by admins, carried out by the next reconcile pass.
     pub retries: Mutex<Vec<reconcile::RetryRequest>>,
+    /// Requests waiting for a client's load history.
+    pub history_waiters: history::HistoryWaiters,
     /// Serializes applies and deletes of objects, so that a plan is written against what it read.
     pub apply_lock: tokio::sync::Mutex<()>,
     /// Serializes enrolments, approvals, denials, decommissions, client deletions and token
@@ -341,6 +344,10 @@ pub fn router(controller: Arc<Controller>) -> Router {
             post(admission::decommission),
         )
         .route(
+            "/apis/thinfleet.io/v1/clients/{name}/history",
+            get(history::get),
+        )
+        .route(
             "/apis/thinfleet.io/v1/clients/{name}",
             patch(api::patch_client)
                 .get(api::get_client)
@@ -396,6 +403,12 @@ pub fn router(controller: Arc<Controller>) -> Router {
         .route("/agent/v1/session", post(enroll::session))
         .route("/agent/v1/heartbeat", post(agent::heartbeat))
         .route("/agent/v1/desired", get(agent::desired))
+        .route(
+            "/agent/v1/history",
+            post(history::upload).layer(DefaultBodyLimit::max(
+                tc_proto::history::MAX_HISTORY_BODY_BYTES,
+            )),
+        )
         .route(
             "/agent/v1/releases/{package}/{version}",
             get(agent::release),
@@ -509,6 +522,7 @@ pub async fn open(
         clients_changed: Notify::new(),
         served_cache: Mutex::new(Default::default()),
         retries: Mutex::new(vec![]),
+        history_waiters: Default::default(),
         apply_lock: tokio::sync::Mutex::new(()),
         enroll_lock: tokio::sync::Mutex::new(()),
         session_key,

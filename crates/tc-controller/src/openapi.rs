@@ -97,6 +97,8 @@ pub fn document() -> Value {
     let credential_request = schema_of::<CredentialRequest>(&mut components);
     let credential_created = schema_of::<CredentialCreated>(&mut components);
     let audit_entry = schema_of::<tc_api::AuditEntry>(&mut components);
+    let client_history = schema_of::<tc_api::ClientHistory>(&mut components);
+    let history_upload = schema_of::<tc_proto::history::HistoryUpload>(&mut components);
     components.insert(
         "Status".into(),
         json!({ "type": "object", "required": ["kind", "code", "reason", "message"], "properties": {
@@ -137,6 +139,10 @@ pub fn document() -> Value {
         }
         paths.insert(format!("/apis/thinfleet.io/v1/{plural}/{{name}}"), item);
     }
+    paths.insert("/apis/thinfleet.io/v1/clients/{name}/history".into(), json!({ "get": {
+        "summary": "A client's load history (24 h of CPU, memory, disk and temperature at one-minute resolution): fresh from an online client's agent within `wait` seconds, else the last one stored (`fresh: false`)",
+        "parameters": [name_param, { "name": "wait", "in": "query", "schema": { "type": "integer", "minimum": 0, "maximum": crate::history::MAX_WAIT_SECONDS, "default": crate::history::DEFAULT_WAIT_SECONDS } }],
+        "responses": ok(client_history, READ) } }));
     let flag = |name: &str| json!({ "name": name, "in": "query", "schema": { "type": "boolean" } });
     // Any manager but the watched directory's (`dir:...`).
     let manager = json!({ "name": "fieldManager", "in": "query", "schema": { "type": "string", "minLength": 1, "pattern": "^(?!dir:)" } });
@@ -285,6 +291,9 @@ pub fn document() -> Value {
     paths.insert("/agent/v1/desired".into(), json!({ "get": { "summary": "Long-poll for a new desired state (a client token)",
         "parameters": [ { "name": "afterRevision", "in": "query", "schema": { "type": "integer", "minimum": 0, "maximum": U64_MAX } }, { "name": "timeoutSeconds", "in": "query", "schema": { "type": "integer", "minimum": 0, "maximum": U64_MAX } } ],
         "responses": ok(desired_response, auth) } }));
+    paths.insert("/agent/v1/history".into(), json!({ "post": { "summary": "The load history the controller asked for with sendHistory (a session token); refused with nothing stored for another client (403), broken limits (400, 413) or when not asked (409)",
+        "requestBody": json_body(history_upload),
+        "responses": ok(json!({ "type": "object", "required": ["samples"], "properties": { "samples": { "type": "integer", "minimum": 0 } } }), &[400, 401, 403, 404, 409, 413, 415, 422]) } }));
     paths.insert("/agent/v1/releases/{package}/{version}".into(), json!({ "get": {
         "summary": "The release (digest and hooks) of a package version this client reports running, for an agent that rebuilt its journal",
         "parameters": [ { "name": "package", "in": "path", "required": true, "schema": { "type": "string" } }, { "name": "version", "in": "path", "required": true, "schema": { "type": "string" } } ],

@@ -119,6 +119,7 @@ async fn every_admin_route_has_a_role_and_refuses_exactly_the_roles_below_it() {
         ("get", v1("clients"), Role::Viewer),
         ("get", v1("clientgroups/{name}"), Role::Viewer),
         ("get", v1("events"), Role::Viewer),
+        ("get", v1("clients/{name}/history"), Role::Viewer),
         ("patch", v1("clients/{name}"), Role::Operator),
         ("post", v1("clientgroups/{name}/retry"), Role::Operator),
         ("post", v1("apply"), Role::Admin),

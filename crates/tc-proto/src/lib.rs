@@ -9,6 +9,7 @@
 //! obtained with `POST /agent/v1/session`, and everything an agent sends is bounded
 //! ([`limits`]).
 
+pub mod history;
 pub mod identity;
 pub mod limits;
 
@@ -566,6 +567,11 @@ pub struct DesiredResponse {
     pub desired: DesiredState,
     /// True when the revision is newer than the one asked after.
     pub changed: bool,
+    /// The controller asks for the load history: send it with `POST /agent/v1/history`, then
+    /// long-poll again. Absent (false) from controllers that predate it; agents that predate it
+    /// ignore it.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub send_history: bool,
 }
 
 /// Answer of `GET /agent/v1/releases/{package}/{version}`: the release of a package version the

@@ -135,6 +135,15 @@ pub struct Liveness {
 }
 
 /// A client's status to record apart from its object (see [`Store::put_client_status`]).
+/// The last load history a client uploaded, and when the controller received it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredHistory {
+    /// When the controller received it.
+    pub collected: Timestamp,
+    /// The samples.
+    pub history: tc_proto::history::LoadHistory,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct ClientStatusEntry {
     /// The client's name.
@@ -348,4 +357,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Sets (or with `None` removes) a setting.
     fn put_setting(&self, key: &str, value: Option<&str>) -> Result<()>;
+
+    /// Records the load history received from client `name`, replacing the one before, in one
+    /// write. `NotFound` when there is no such client (deleted since), and nothing is written.
+    fn put_history(&self, name: &str, history: &StoredHistory) -> Result<()>;
+
+    /// The last load history received from client `name`, if any. Deleting the client deletes
+    /// it.
+    fn get_history(&self, name: &str) -> Result<Option<StoredHistory>>;
 }

@@ -58,6 +58,7 @@
 
 use std::cmp::Ordering;
 mod audit;
+mod history;
 
 use std::collections::hash_map::DefaultHasher;
 use std::fmt::Display;
@@ -80,7 +81,7 @@ use tc_proto::Load;
 
 use crate::{
     AuditFilter, AuditRetention, ClientStatusEntry, EventFilter, Liveness, Result, Store,
-    StoreError, Write, WriteOutcome,
+    StoreError, StoredHistory, Write, WriteOutcome,
 };
 
 const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
@@ -184,6 +185,7 @@ impl RedbStore {
             open(txn, EVENTS)?;
             open(txn, SETTINGS)?;
             RedbStore::init_audit(txn)?;
+            RedbStore::init_history(txn)?;
             let mut meta = open(txn, META)?;
             match meta_value(&meta, META_SCHEMA_VERSION)? {
                 // A new file, or one of layout 1, whose client records are read as they are
@@ -918,6 +920,7 @@ impl<'a> Beside<'a> {
 /// The records kept beside client objects (status, inventory, liveness), open in one write
 /// transaction.
 struct ClientParts<'t> {
+    txn: &'t WriteTransaction,
     status: Table<'t, &'static str, &'static [u8]>,
     inventory: Table<'t, &'static str, &'static [u8]>,
     liveness: Table<'t, &'static str, &'static [u8]>,
@@ -926,14 +929,15 @@ struct ClientParts<'t> {
 impl<'t> ClientParts<'t> {
     fn open(txn: &'t WriteTransaction) -> Result<Self> {
         Ok(ClientParts {
+            txn,
             status: open(txn, CLIENT_STATUS)?,
             inventory: open(txn, CLIENT_INVENTORY)?,
             liveness: open(txn, LIVENESS)?,
         })
     }
 
-    /// Drops every record under `name`: those of a deleted client, or liveness written for a
-    /// name without a client.
+    /// Drops every record under `name`: those of a deleted client (its load history too), or
+    /// liveness written for a name without a client.
     fn clear(&mut self, name: &str) -> Result<()> {
         self.status
             .remove(name)
@@ -944,7 +948,7 @@ impl<'t> ClientParts<'t> {
         self.liveness
             .remove(name)
             .map_err(db_error(format_args!("remove client_liveness/{name}")))?;
-        Ok(())
+        history::clear_history(self.txn, name)
     }
 
     /// Records a stored client's status: the status record, the inventory when `Some`, and the
@@ -1691,6 +1695,14 @@ impl Store for RedbStore {
             }
             Ok(found)
         })
+    }
+
+    fn put_history(&self, name: &str, history: &StoredHistory) -> Result<()> {
+        self.put_client_history(name, history)
+    }
+
+    fn get_history(&self, name: &str) -> Result<Option<StoredHistory>> {
+        self.get_client_history(name)
     }
 
     fn put_setting(&self, key: &str, value: Option<&str>) -> Result<()> {

@@ -2451,3 +2451,55 @@ fn audit_retention_drops_by_count_and_by_age() {
     assert_eq!(store.prune_audit(&retention, at(16 * day)).unwrap(), 1);
     assert!(names(&store).is_empty());
 }
+
+// ---------------------------------------------------------------------------------------------
+// Load histories
+
+fn history(collected: u64, cpu: f32) -> tc_store::StoredHistory {
+    use tc_proto::history::{LoadHistory, Sample};
+    tc_store::StoredHistory {
+        collected: at(collected),
+        history: LoadHistory {
+            interval_seconds: 60,
+            end: at(collected - 1000),
+            samples: vec![Sample::GAP, Sample::measured(cpu, 20.0, 30.0, Some(50.0))],
+        },
+    }
+}
+
+#[test]
+fn a_load_history_is_replaced_kept_across_reopening_and_deleted_with_its_client() {
+    let dir = TempDir::new().unwrap();
+    {
+        let store = open(&dir);
+        store
+            .create_client(client("kiosk-1", "machine-1"), at(1))
+            .unwrap();
+        assert_eq!(store.get_history("kiosk-1").unwrap(), None);
+        store.put_history("kiosk-1", &history(10_000, 5.0)).unwrap();
+        store.put_history("kiosk-1", &history(20_000, 6.0)).unwrap();
+    }
+    let store = open(&dir);
+    assert_eq!(
+        store.get_history("kiosk-1").unwrap(),
+        Some(history(20_000, 6.0))
+    );
+    store.delete_client("kiosk-1").unwrap();
+    assert_eq!(store.get_history("kiosk-1").unwrap(), None);
+    // A new client of the same name starts without the old one's history.
+    store
+        .create_client(client("kiosk-1", "machine-1"), at(2))
+        .unwrap();
+    assert_eq!(store.get_history("kiosk-1").unwrap(), None);
+}
+
+#[test]
+fn a_load_history_of_no_client_is_refused_and_not_written() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&dir);
+    let error = store
+        .put_history("ghost", &history(10_000, 5.0))
+        .unwrap_err();
+    assert!(matches!(error, StoreError::NotFound { .. }), "{error}");
+    assert_eq!(store.get_history("ghost").unwrap(), None);
+}

@@ -335,7 +335,12 @@ async fn desired(
     .await;
     let desired = shared.state.lock().unwrap().desired.clone();
     let changed = desired.revision != query.after_revision;
-    Json(DesiredResponse { desired, changed }).into_response()
+    Json(DesiredResponse {
+        desired,
+        changed,
+        send_history: false,
+    })
+    .into_response()
 }
 
 async fn blob(
