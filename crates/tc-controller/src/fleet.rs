@@ -612,6 +612,28 @@ impl Fleet {
         index.by_name.values().cloned().collect()
     }
 
+    /// Calls `visit` with every client slot in name order, under the index's read lock (no
+    /// slot is cloned), until it returns false. Enrolments wait while it runs: keep `visit` short
+    /// per slot (the console's queries, a few tens of nanoseconds each).
+    pub fn visit(&self, mut visit: impl FnMut(&Arc<ClientSlot>) -> bool) {
+        let index = self.index.read().expect("fleet lock");
+        for slot in index.by_name.values() {
+            if !visit(slot) {
+                return;
+            }
+        }
+    }
+
+    /// [`Fleet::visit`] in reverse name order.
+    pub fn visit_rev(&self, mut visit: impl FnMut(&Arc<ClientSlot>) -> bool) {
+        let index = self.index.read().expect("fleet lock");
+        for slot in index.by_name.values().rev() {
+            if !visit(slot) {
+                return;
+            }
+        }
+    }
+
     /// Number of clients.
     pub fn len(&self) -> usize {
         self.index.read().expect("fleet lock").by_name.len()

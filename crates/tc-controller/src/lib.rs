@@ -27,6 +27,7 @@ pub mod server;
 pub mod session;
 pub mod tls;
 pub mod tokens;
+pub mod ui;
 pub mod watch;
 
 use std::future::Future;
@@ -122,6 +123,8 @@ pub struct Config {
     pub client_event_rate: RateLimit,
     /// How long the audit trail is kept (by count and age).
     pub audit_retention: tc_store::AuditRetention,
+    /// How long a web console session lasts after sign-in (12 h).
+    pub console_session_lifetime: Duration,
 }
 
 impl Config {
@@ -159,6 +162,7 @@ impl Config {
             pending_retry_after: Duration::from_secs(30),
             client_event_rate: RateLimit::new(1.0 / 6.0, 100),
             audit_retention: tc_store::AuditRetention::default(),
+            console_session_lifetime: Duration::from_secs(12 * 3600),
         }
     }
 
@@ -237,6 +241,8 @@ pub struct Controller {
     pub bootstrap: BootstrapTokens,
     /// Named admin credentials (and the break-glass token).
     pub credentials: credentials::Credentials,
+    /// The web console's sessions and one-time sign-in codes.
+    pub console: ui::Console,
     /// Machine identities kept from enrolling.
     pub blocks: Blocks,
     /// Enrolment rate limits.
@@ -397,6 +403,7 @@ pub fn router(controller: Arc<Controller>) -> Router {
         ));
     Router::new()
         .merge(admin)
+        .merge(ui::router())
         .route(
             "/blobs/sha256/{hex}",
             get(api::get_blob).head(api::get_blob),
@@ -506,6 +513,7 @@ pub async fn open(
         session_key,
         bootstrap,
         credentials,
+        console: ui::Console::default(),
         blocks,
         enroll_limiter: EnrollLimiter::new(config_limits.0, config_limits.1, Timestamp::now()),
         sources: Sources::default(),
@@ -585,6 +593,12 @@ pub async fn serve_with(
         println!(
             "thinfleet demo: try `tcadm get clients`; then edit manifests/groups.yaml and watch \
              `tcadm rollout status clientgroup front-desk --watch`"
+        );
+        let code = controller.console.mint_code(Timestamp::now());
+        println!(
+            "thinfleet demo: web console (this link signs in once, within {} minutes): \
+             {server}/ui/signin/code?code={code}",
+            ui::CODE_LIFETIME.as_secs() / 60
         );
         Some(
             demo::start_agents(
