@@ -125,6 +125,9 @@ pub struct Config {
     pub audit_retention: tc_store::AuditRetention,
     /// How long a web console session lasts after sign-in (12 h).
     pub console_session_lifetime: Duration,
+    /// A one-time sign-in code for the web console (the link `--demo` prints), valid for
+    /// [`ui::CODE_LIFETIME`] from the start; `serve_with` makes one in demo mode.
+    pub console_sign_in_code: Option<String>,
 }
 
 impl Config {
@@ -163,6 +166,7 @@ impl Config {
             client_event_rate: RateLimit::new(1.0 / 6.0, 100),
             audit_retention: tc_store::AuditRetention::default(),
             console_session_lifetime: Duration::from_secs(12 * 3600),
+            console_sign_in_code: None,
         }
     }
 
@@ -521,6 +525,9 @@ pub async fn open(
         shutdown,
         started_at: Timestamp::now(),
     });
+    if let Some(code) = &controller.config.console_sign_in_code {
+        controller.console.add_code(code, Timestamp::now());
+    }
     reconcile::initial_desired(&controller, &*store)?;
     Ok((
         controller,
@@ -564,6 +571,9 @@ pub async fn serve_with(
     {
         extra_names.push(addr.ip().to_string());
     }
+    if demo_mode && config.console_sign_in_code.is_none() {
+        config.console_sign_in_code = Some(tokens::generate());
+    }
     let (stop, stopping) = tokio::sync::watch::channel(false);
     let (controller, token_files) = open(config, stopping.clone()).await?;
     announce(&controller, addr);
@@ -594,7 +604,11 @@ pub async fn serve_with(
             "thinfleet demo: try `tcadm get clients`; then edit manifests/groups.yaml and watch \
              `tcadm rollout status clientgroup front-desk --watch`"
         );
-        let code = controller.console.mint_code(Timestamp::now());
+        let code = controller
+            .config
+            .console_sign_in_code
+            .clone()
+            .unwrap_or_default();
         println!(
             "thinfleet demo: web console (this link signs in once, within {} minutes): \
              {server}/ui/signin/code?code={code}",

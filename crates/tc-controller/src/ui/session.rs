@@ -72,12 +72,18 @@ impl Console {
     /// [`CODE_LIFETIME`].
     pub fn mint_code(&self, now: Timestamp) -> String {
         let code = tokens::generate();
+        self.add_code(&code, now);
+        code
+    }
+
+    /// Makes `code` a one-time sign-in code for the break-glass identity, usable once within
+    /// [`CODE_LIFETIME`] from `now`.
+    pub fn add_code(&self, code: &str, now: Timestamp) {
         let mut codes = self.codes.lock().expect("console lock");
         codes.retain(|_, expires| *expires > now);
         if codes.len() < MAX_CODES {
-            codes.insert(tokens::hash(&code), now.plus(CODE_LIFETIME));
+            codes.insert(tokens::hash(code), now.plus(CODE_LIFETIME));
         }
-        code
     }
 
     /// Uses a code: true once, while it has not expired.
