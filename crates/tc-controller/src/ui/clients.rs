@@ -312,11 +312,12 @@ pub async fn list(
             let _ = write!(region, "<p class=\"bad\">{}</p>", esc(problem));
         }
     } else {
-        let fleet = controller.fleet.clone();
-        let page = match tokio::task::spawn_blocking(move || query::clients(&fleet, &query)).await {
-            Ok(page) => page,
-            Err(error) => return failed(ApiError::internal(error)),
-        };
+        let snapshot = controller.console.snapshots.get(&controller.fleet).await;
+        let page =
+            match tokio::task::spawn_blocking(move || query::clients(&snapshot, &query)).await {
+                Ok(page) => page,
+                Err(error) => return failed(ApiError::internal(error)),
+            };
         let details = details(&controller, &page.rows).await;
         let _ = write!(
             region,

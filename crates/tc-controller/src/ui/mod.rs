@@ -19,6 +19,7 @@ pub mod html;
 pub mod pages;
 pub mod query;
 pub mod session;
+pub mod snapshot;
 
 use std::sync::Arc;
 

@@ -3,7 +3,6 @@
 use std::collections::HashMap;
 use std::fmt::Write;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, Method, StatusCode};
@@ -13,7 +12,7 @@ use tc_api::{ClientGroup, Event, EventType, Kind, Object, PackageRelease, Timest
 use tc_store::EventFilter;
 
 use super::html::{self, ago, csrf_field, esc, live, may, progress, url};
-use super::query::{self, ClientQuery, Overview};
+use super::query::{self, ClientQuery};
 use super::session::{self, UiSession, error_page};
 use crate::Controller;
 use crate::credentials::required_role;
@@ -79,24 +78,6 @@ async fn load_events(controller: &Controller, filter: EventFilter) -> Result<Vec
     let mut events = tokio::task::spawn_blocking(move || store.list_events(&filter)).await??;
     events.reverse();
     Ok(events)
-}
-
-/// The overview's counts: one pass over the fleet at most once a second.
-async fn cached_overview(controller: &Arc<Controller>) -> Arc<Overview> {
-    if let Some((at, counts)) = &*controller.console.overview.lock().expect("console lock")
-        && at.elapsed() < Duration::from_secs(1)
-    {
-        return counts.clone();
-    }
-    let fleet = controller.fleet.clone();
-    let counts = Arc::new(
-        tokio::task::spawn_blocking(move || query::overview(&fleet))
-            .await
-            .unwrap_or_default(),
-    );
-    *controller.console.overview.lock().expect("console lock") =
-        Some((Instant::now(), counts.clone()));
-    counts
 }
 
 /// An events table.
@@ -188,7 +169,8 @@ pub async fn overview(State(controller): State<Arc<Controller>>, headers: Header
         Err(response) => return response,
     };
     let now = Timestamp::now();
-    let counts = cached_overview(&controller).await;
+    let snapshot = controller.console.snapshots.get(&controller.fleet).await;
+    let counts = &snapshot.overview;
     let groups = match load_groups(&controller).await {
         Ok(groups) => groups,
         Err(error) => return failed(error),
@@ -369,11 +351,11 @@ pub async fn group(
         }
         region.push_str("</ul>");
     }
-    let fleet = controller.fleet.clone();
+    let snapshot = controller.console.snapshots.get(&controller.fleet).await;
     let selector = spec.selector.clone();
     let members = tokio::task::spawn_blocking(move || {
         query::clients(
-            &fleet,
+            &snapshot,
             &ClientQuery {
                 group: Some(selector),
                 limit: 50,
@@ -432,33 +414,10 @@ pub async fn packages(State(controller): State<Arc<Controller>>, headers: Header
         Ok(groups) => groups,
         Err(error) => return failed(error),
     };
-    // Clients assigned each release: one pass, counting each shared assignment list once.
-    let fleet = controller.fleet.clone();
-    let assigned = tokio::task::spawn_blocking(move || {
-        let mut lists: HashMap<*const (), (Arc<[tc_api::AssignedPackage]>, usize)> = HashMap::new();
-        fleet.visit(|slot| {
-            let state = slot.state.lock().expect("client lock");
-            let desired = &state.status.desired;
-            lists
-                .entry(Arc::as_ptr(desired) as *const ())
-                .or_insert_with(|| (desired.clone(), 0))
-                .1 += 1;
-            true
-        });
-        let mut counts: HashMap<(String, String), usize> = HashMap::new();
-        for (list, count) in lists.into_values() {
-            for package in list.iter() {
-                *counts
-                    .entry((package.name.clone(), package.version.clone()))
-                    .or_default() += count;
-            }
-        }
-        counts
-    })
-    .await
-    .unwrap_or_default();
+    // Clients reporting or assigned each release, from the console's snapshot.
+    let snapshot = controller.console.snapshots.get(&controller.fleet).await;
     let mut region = String::from(
-        "<table><thead><tr><th>Package</th><th>Version</th><th>Used by groups</th><th>Assigned to</th>\
+        "<table><thead><tr><th>Package</th><th>Version</th><th>Used by groups</th><th>Clients (running or assigned)</th>\
          <th>Size</th><th>sha256</th><th>Download</th></tr></thead><tbody>",
     );
     let mut sorted = releases;
@@ -482,10 +441,11 @@ pub async fn packages(State(controller): State<Arc<Controller>>, headers: Header
                 )
             })
             .collect();
-        let count = assigned
-            .get(&(spec.package.clone(), spec.version.clone()))
-            .copied()
-            .unwrap_or(0);
+        let count = snapshot
+            .packages
+            .get(&spec.package)
+            .and_then(|versions| versions.get(&spec.version))
+            .map_or(0, Vec::len);
         let sha = spec.artifact.sha256.clone().unwrap_or_default();
         let size = if sha.is_empty() {
             None

@@ -1,20 +1,25 @@
-//! The console's fleet queries, sized for a million clients: one pass over the fleet in memory
-//! (no store read, no clone of the fleet), bounded memory whatever the fleet's size.
+//! The console's fleet queries, sized for a million clients. They run on the console's
+//! [`Snapshot`] (contiguous arrays and posting lists built in one pass over the fleet), so a
+//! page costs set operations on bitmaps and a scan of small entries, never a walk over a million
+//! scattered slots nor a sort of them:
 //!
-//! * The overview counts clients by phase in one pass (cached for a second, so several open
-//!   consoles cost one pass a second at most).
-//! * The clients page filters in one pass. Sorted by name (the fleet's own order) it keeps only
-//!   the page's rows; sorted by another key it keeps the best `offset + page` keys in a bounded
-//!   heap, never sorting the whole fleet, and pages of such a sort stop at
-//!   [`MAX_SORTED_WINDOW`] rows (narrow the filter to go further).
+//! * the overview's counts are the snapshot's;
+//! * label selectors, groups and packages are posting lists combined as bitmaps (the host-name
+//!   label, not indexed, is checked on the live slots of the remaining candidates); searches scan
+//!   one lowercase buffer of names and host names;
+//! * sorted by name (the snapshot's order) a page keeps only its rows; sorted by another key it
+//!   keeps the best `offset + page` keys in a bounded heap, and such pages stop at
+//!   [`MAX_SORTED_WINDOW`] rows (narrow the filter to go further);
+//! * rows are read from the live slots.
 
 use std::collections::{BinaryHeap, HashSet};
 use std::sync::Arc;
 
-use tc_api::{ClientPhase, LabelSelector, Timestamp};
+use tc_api::{ClientPhase, LabelSelector, SelectorOperator, Timestamp};
 use tc_proto::PackageState;
 
-use crate::fleet::{Admission, ClientRuntime, ClientSlot, Fleet};
+use super::snapshot::{Entry, HOSTNAME_LABEL, Snapshot};
+use crate::fleet::{Admission, ClientRuntime, ClientSlot};
 
 /// Deepest row a page sorted by something other than the name may reach.
 pub const MAX_SORTED_WINDOW: usize = 10_000;
@@ -77,29 +82,6 @@ pub fn progress(state: &ClientRuntime) -> Progress {
     } else {
         Progress::UpToDate
     }
-}
-
-/// Counts the fleet by phase, in one pass.
-pub fn overview(fleet: &Fleet) -> Overview {
-    let mut counts = Overview::default();
-    fleet.visit(|slot| {
-        let state = slot.state.lock().expect("client lock");
-        counts.total += 1;
-        match state.status.phase {
-            ClientPhase::Online => counts.online += 1,
-            ClientPhase::Offline => counts.offline += 1,
-            ClientPhase::Enrolled => counts.enrolled += 1,
-            ClientPhase::Pending => counts.pending += 1,
-            ClientPhase::Decommissioning => counts.decommissioning += 1,
-        }
-        match progress(&state) {
-            Progress::Updating => counts.updating += 1,
-            Progress::Failed => counts.failed += 1,
-            Progress::UpToDate => {}
-        }
-        true
-    });
-    counts
 }
 
 /// The phase filter of the clients page.
@@ -211,76 +193,150 @@ pub struct ClientPage {
     pub clamped: bool,
 }
 
-fn matches(
-    query: &ClientQuery,
-    search: Option<&str>,
-    slot: &ClientSlot,
-    state: &ClientRuntime,
-) -> bool {
-    if let Some(selector) = &query.selector
-        && !state.labels.matches(selector)
-    {
-        return false;
+/// A set of snapshot positions.
+#[derive(Clone, Debug)]
+struct Bits(Vec<u64>);
+
+impl Bits {
+    fn empty(len: usize) -> Bits {
+        Bits(vec![0; len.div_ceil(64)])
     }
-    if let Some(selector) = &query.group
-        && !(state.admission == Admission::Active && state.labels.matches(selector))
-    {
-        return false;
+
+    fn full(len: usize) -> Bits {
+        let mut bits = Bits(vec![u64::MAX; len.div_ceil(64)]);
+        if len % 64 != 0
+            && let Some(last) = bits.0.last_mut()
+        {
+            *last = (1u64 << (len % 64)) - 1;
+        }
+        bits
     }
-    if let Some(filter) = query.phase {
-        let ok = match filter {
-            PhaseFilter::Phase(phase) => state.status.phase == phase,
-            PhaseFilter::Updating => progress(state) == Progress::Updating,
-            PhaseFilter::Failed => progress(state) == Progress::Failed,
-        };
-        if !ok {
-            return false;
+
+    fn set(&mut self, at: usize) {
+        self.0[at / 64] |= 1 << (at % 64);
+    }
+
+    fn get(&self, at: usize) -> bool {
+        self.0[at / 64] & (1 << (at % 64)) != 0
+    }
+
+    fn add(&mut self, postings: &[u32]) {
+        for at in postings {
+            self.set(*at as usize);
         }
     }
-    if let Some((name, version)) = &query.package {
-        let wanted = |n: &str, v: &str| n == name && version.as_deref().is_none_or(|w| w == v);
-        let has = state
-            .status
-            .packages
-            .iter()
-            .any(|p| wanted(&p.name, &p.version))
-            || state
-                .status
-                .desired
-                .iter()
-                .any(|p| wanted(&p.name, &p.version));
-        if !has {
-            return false;
+
+    fn and(&mut self, other: &Bits) {
+        for (a, b) in self.0.iter_mut().zip(&other.0) {
+            *a &= b;
         }
     }
-    if let Some(search) = search {
-        let by_name = contains_ignore_case(&slot.name, search)
-            || state
-                .labels
-                .get("thinfleet.io/hostname")
-                .is_some_and(|host| contains_ignore_case(host, search));
-        let by_address = query
-            .address_matches
-            .as_ref()
-            .is_some_and(|names| names.contains(&*slot.name));
-        if !(by_name || by_address) {
-            return false;
+
+    /// The complement within `len` positions.
+    fn not(mut self, len: usize) -> Bits {
+        let full = Bits::full(len);
+        for (a, b) in self.0.iter_mut().zip(&full.0) {
+            *a = !*a & b;
         }
+        self
     }
-    true
 }
 
-/// `needle` must be lowercase.
-fn contains_ignore_case(haystack: &str, needle: &str) -> bool {
-    if haystack.is_ascii() {
-        haystack
-            .as_bytes()
-            .windows(needle.len().max(1))
-            .any(|window| window.eq_ignore_ascii_case(needle.as_bytes()))
-            || needle.is_empty()
-    } else {
-        haystack.to_lowercase().contains(needle)
+/// The clients a selector selects, as far as the snapshot's labels tell, and what is left to
+/// check on the live slots (requirements on the host name, which is not indexed).
+fn select(snapshot: &Snapshot, selector: &LabelSelector) -> (Bits, Option<LabelSelector>) {
+    let len = snapshot.entries.len();
+    let mut bits = Bits::full(len);
+    let mut live = LabelSelector::default();
+    let values = |key: &str| snapshot.labels.get(key);
+    for (key, value) in &selector.match_labels {
+        if key == HOSTNAME_LABEL {
+            live.match_labels.insert(key.clone(), value.clone());
+            continue;
+        }
+        let mut set = Bits::empty(len);
+        if let Some(postings) = values(key).and_then(|v| v.get(value)) {
+            set.add(postings);
+        }
+        bits.and(&set);
     }
+    for requirement in &selector.match_expressions {
+        if requirement.key == HOSTNAME_LABEL {
+            live.match_expressions.push(requirement.clone());
+            continue;
+        }
+        let mut union = Bits::empty(len);
+        if let Some(by_value) = values(&requirement.key) {
+            for (value, postings) in by_value {
+                let counted = match requirement.operator {
+                    SelectorOperator::In | SelectorOperator::NotIn => {
+                        requirement.values.contains(value)
+                    }
+                    SelectorOperator::Exists | SelectorOperator::DoesNotExist => true,
+                };
+                if counted {
+                    union.add(postings);
+                }
+            }
+        }
+        let set = match requirement.operator {
+            SelectorOperator::In | SelectorOperator::Exists => union,
+            SelectorOperator::NotIn | SelectorOperator::DoesNotExist => union.not(len),
+        };
+        bits.and(&set);
+    }
+    (bits, (!live.is_empty()).then_some(live))
+}
+
+/// The candidates of a query's indexed filters (`None`: every client), and the selectors left
+/// to check on live slots.
+fn candidates(snapshot: &Snapshot, query: &ClientQuery) -> (Option<Bits>, Vec<LabelSelector>) {
+    let len = snapshot.entries.len();
+    let mut bits: Option<Bits> = None;
+    let mut live = vec![];
+    let narrow = |set: Bits, bits: &mut Option<Bits>| match bits {
+        Some(bits) => bits.and(&set),
+        None => *bits = Some(set),
+    };
+    for selector in [&query.selector, &query.group].into_iter().flatten() {
+        let (set, rest) = select(snapshot, selector);
+        narrow(set, &mut bits);
+        live.extend(rest);
+    }
+    if let Some((name, version)) = &query.package {
+        let mut set = Bits::empty(len);
+        if let Some(versions) = snapshot.packages.get(name) {
+            for (v, postings) in versions {
+                if version.as_deref().is_none_or(|wanted| wanted == v) {
+                    set.add(postings);
+                }
+            }
+        }
+        narrow(set, &mut bits);
+    }
+    let search = query
+        .search
+        .as_deref()
+        .map(|s| s.trim().to_lowercase().replace(['\t', '\n'], ""))
+        .filter(|s| !s.is_empty());
+    if let Some(needle) = search {
+        let mut set = Bits::empty(len);
+        let mut last = usize::MAX;
+        for (at, _) in snapshot.text.match_indices(&needle) {
+            let entry = snapshot.entry_at(at);
+            if entry != last {
+                set.set(entry);
+                last = entry;
+            }
+        }
+        for name in query.address_matches.iter().flatten() {
+            if let Some(at) = snapshot.position(name) {
+                set.set(at);
+            }
+        }
+        narrow(set, &mut bits);
+    }
+    (bits, live)
 }
 
 fn row(slot: &ClientSlot, state: &ClientRuntime) -> Row {
@@ -289,10 +345,7 @@ fn row(slot: &ClientSlot, state: &ClientRuntime) -> Row {
         phase: state.status.phase,
         progress: progress(state),
         last_seen: state.status.last_heartbeat,
-        hostname: state
-            .labels
-            .get("thinfleet.io/hostname")
-            .map(str::to_string),
+        hostname: state.labels.get(HOSTNAME_LABEL).map(str::to_string),
         packages: state
             .status
             .packages
@@ -300,6 +353,11 @@ fn row(slot: &ClientSlot, state: &ClientRuntime) -> Row {
             .map(|p| (p.name.clone(), p.version.clone(), p.state))
             .collect(),
     }
+}
+
+fn live_row(entry: &Entry) -> Row {
+    let state = entry.slot.state.lock().expect("client lock");
+    row(&entry.slot, &state)
 }
 
 fn phase_rank(phase: ClientPhase) -> u8 {
@@ -312,33 +370,49 @@ fn phase_rank(phase: ClientPhase) -> u8 {
     }
 }
 
-/// The clients page of `query`: one pass over the fleet.
-pub fn clients(fleet: &Fleet, query: &ClientQuery) -> ClientPage {
+/// The clients page of `query` on `snapshot`.
+pub fn clients(snapshot: &Snapshot, query: &ClientQuery) -> ClientPage {
     let limit = query.limit.max(1);
-    let search = query
-        .search
-        .as_deref()
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(str::to_lowercase);
-    let search = search.as_deref();
+    let (bits, live) = candidates(snapshot, query);
+    let keep = |at: usize, entry: &Entry| {
+        if bits.as_ref().is_some_and(|bits| !bits.get(at)) {
+            return false;
+        }
+        if query.group.is_some() && !entry.active {
+            return false;
+        }
+        let phase_ok = match query.phase {
+            None => true,
+            Some(PhaseFilter::Phase(phase)) => entry.phase == phase,
+            Some(PhaseFilter::Updating) => entry.progress == Progress::Updating,
+            Some(PhaseFilter::Failed) => entry.progress == Progress::Failed,
+        };
+        if !phase_ok {
+            return false;
+        }
+        if live.is_empty() {
+            return true;
+        }
+        let state = entry.slot.state.lock().expect("client lock");
+        live.iter().all(|selector| state.labels.matches(selector))
+    };
     let mut page = ClientPage::default();
+    let entries = &snapshot.entries;
     if query.sort == Sort::Name {
-        // The fleet's order: keep only the rows of the page.
-        let mut visit = |slot: &Arc<ClientSlot>| {
-            let state = slot.state.lock().expect("client lock");
-            if matches(query, search, slot, &state) {
+        // The snapshot's order: keep only the rows of the page.
+        let mut visit = |at: usize| {
+            let entry = &entries[at];
+            if keep(at, entry) {
                 if page.matches >= query.offset && page.rows.len() < limit {
-                    page.rows.push(row(slot, &state));
+                    page.rows.push(live_row(entry));
                 }
                 page.matches += 1;
             }
-            true
         };
         if query.descending {
-            fleet.visit_rev(&mut visit);
+            (0..entries.len()).rev().for_each(&mut visit);
         } else {
-            fleet.visit(&mut visit);
+            (0..entries.len()).for_each(&mut visit);
         }
         return page;
     }
@@ -347,46 +421,34 @@ pub fn clients(fleet: &Fleet, query: &ClientQuery) -> ClientPage {
         offset = MAX_SORTED_WINDOW.saturating_sub(limit);
         page.clamped = true;
     }
-    let keep = offset + limit;
-    // A max-heap of the best `keep` keys: the worst kept is on top, replaced by a better one.
-    // The key orders ascending; descending sorts negate it. The name breaks ties.
-    let mut heap: BinaryHeap<(u64, Arc<str>)> = BinaryHeap::with_capacity(keep + 1);
-    fleet.visit(|slot| {
-        let state = slot.state.lock().expect("client lock");
-        if !matches(query, search, slot, &state) {
-            return true;
+    let wanted = offset + limit;
+    // A max-heap of the best `wanted` (key, position): the worst kept is on top. Descending
+    // sorts invert the key; the position (name order) breaks ties.
+    let mut heap: BinaryHeap<(u64, usize)> = BinaryHeap::with_capacity(wanted + 1);
+    for (at, entry) in entries.iter().enumerate() {
+        if !keep(at, entry) {
+            continue;
         }
         page.matches += 1;
         let primary = match query.sort {
-            Sort::LastSeen => state
-                .status
-                .last_heartbeat
-                .map_or(0, Timestamp::unix_millis),
-            Sort::Phase => u64::from(phase_rank(state.status.phase)),
+            Sort::LastSeen => entry.last_seen,
+            Sort::Phase => u64::from(phase_rank(entry.phase)),
             Sort::Name => 0,
         };
-        drop(state);
         let key = if query.descending {
             u64::MAX - primary
         } else {
             primary
         };
-        if heap.len() < keep {
-            heap.push((key, slot.name.clone()));
-        } else if let Some(top) = heap.peek()
-            && (key, &slot.name) < (top.0, &top.1)
-        {
+        if heap.len() < wanted {
+            heap.push((key, at));
+        } else if heap.peek().is_some_and(|top| (key, at) < *top) {
             heap.pop();
-            heap.push((key, slot.name.clone()));
+            heap.push((key, at));
         }
-        true
-    });
-    let sorted = heap.into_sorted_vec();
-    for (_, name) in sorted.into_iter().skip(offset) {
-        if let Some(slot) = fleet.get(&name) {
-            let state = slot.state.lock().expect("client lock");
-            page.rows.push(row(&slot, &state));
-        }
+    }
+    for (_, at) in heap.into_sorted_vec().into_iter().skip(offset) {
+        page.rows.push(live_row(&entries[at]));
     }
     page
 }
@@ -394,6 +456,7 @@ pub fn clients(fleet: &Fleet, query: &ClientQuery) -> ClientPage {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fleet::Fleet;
     use std::collections::BTreeMap;
     use tc_api::{Client, ClientSpec};
 
@@ -406,6 +469,12 @@ mod tests {
                 ..Default::default()
             },
         );
+        if name.ends_with('7') {
+            client.spec.admin_labels = BTreeMap::from([
+                ("site".to_string(), "c".to_string()),
+                (HOSTNAME_LABEL.to_string(), format!("host-{name}")),
+            ]);
+        }
         client.status.phase = phase;
         client.status.last_heartbeat = Some(Timestamp::from_unix_millis(seen));
         client.refresh_labels();
@@ -461,14 +530,14 @@ mod tests {
                 limit: 25,
                 ..Default::default()
             };
-            let page = clients(&fleet, &query);
+            let page = clients(&Snapshot::build(&fleet), &query);
             assert_eq!(page.matches, all.len());
             let names: Vec<String> = page.rows.iter().map(|r| r.name.to_string()).collect();
             let want: Vec<String> = expected[20..45].iter().map(|(_, n)| n.clone()).collect();
             assert_eq!(names, want, "descending {descending}");
         }
         let by_name = clients(
-            &fleet,
+            &Snapshot::build(&fleet),
             &ClientQuery {
                 search: Some("TC-00001".into()),
                 descending: true,
@@ -479,7 +548,7 @@ mod tests {
         assert_eq!(by_name.matches, 100);
         let names: Vec<&str> = by_name.rows.iter().map(|r| &*r.name).collect();
         assert_eq!(names, ["tc-0000199", "tc-0000198", "tc-0000197"]);
-        let counts = overview(&fleet);
+        let counts = Snapshot::build(&fleet).overview;
         assert_eq!((counts.total, counts.offline), (500, 167));
     }
 
@@ -487,7 +556,7 @@ mod tests {
     fn a_deep_sorted_page_is_clamped() {
         let fleet = fleet(50);
         let page = clients(
-            &fleet,
+            &Snapshot::build(&fleet),
             &ClientQuery {
                 sort: Sort::Phase,
                 offset: MAX_SORTED_WINDOW,
@@ -497,5 +566,48 @@ mod tests {
         );
         assert!(page.clamped);
         assert_eq!(page.matches, 50);
+    }
+
+    #[test]
+    fn selectors_on_the_index_select_what_the_labels_select() {
+        let fleet = fleet(300);
+        let snapshot = Snapshot::build(&fleet);
+        for text in [
+            "site=a",
+            "site!=a",
+            "site in (a,c)",
+            "site notin (b)",
+            "site",
+            "!site",
+            "site=c,thinfleet.io/hostname=host-tc-0000017",
+            "thinfleet.io/hostname",
+            "nothing=here",
+        ] {
+            let selector = LabelSelector::parse(text).unwrap();
+            let mut expected = 0;
+            fleet.visit(|slot| {
+                expected += usize::from(slot.state.lock().unwrap().labels.matches(&selector));
+                true
+            });
+            let page = clients(
+                &snapshot,
+                &ClientQuery {
+                    selector: Some(selector),
+                    limit: 10,
+                    ..Default::default()
+                },
+            );
+            assert_eq!(page.matches, expected, "{text}");
+        }
+        let found = clients(
+            &snapshot,
+            &ClientQuery {
+                search: Some("HOST-tc-000001".into()),
+                limit: 10,
+                ..Default::default()
+            },
+        );
+        let names: Vec<&str> = found.rows.iter().map(|r| &*r.name).collect();
+        assert_eq!(names, ["tc-0000017"], "a search finds host names too");
     }
 }

@@ -52,8 +52,8 @@ pub struct Console {
     sessions: Mutex<HashMap<String, Stored>>,
     /// SHA-256 of a code → its expiry.
     codes: Mutex<HashMap<String, Timestamp>>,
-    /// The overview's counts, computed at most once a second (see `query::Overview`).
-    pub(super) overview: Mutex<Option<(std::time::Instant, Arc<super::query::Overview>)>>,
+    /// The console's view of the fleet (see [`super::snapshot`]).
+    pub snapshots: Arc<super::snapshot::Snapshots>,
 }
 
 /// A signed-in console session, as a request sees it.
