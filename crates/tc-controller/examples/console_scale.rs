@@ -32,7 +32,7 @@ fn client(i: usize, now: u64) -> Client {
             ..Default::default()
         },
     );
-    client.status.phase = if i % 11 == 0 {
+    client.status.phase = if i.is_multiple_of(11) {
         ClientPhase::Offline
     } else {
         ClientPhase::Online
@@ -40,12 +40,16 @@ fn client(i: usize, now: u64) -> Client {
     client.status.last_heartbeat = Some(Timestamp::from_unix_millis(
         now - (i as u64 * 7919) % 600_000,
     ));
-    let version = if i % 7 == 0 { "1.4.2" } else { "1.5.0" };
+    let version = if i.is_multiple_of(7) {
+        "1.4.2"
+    } else {
+        "1.5.0"
+    };
     client.status.packages = vec![
         PackageReport {
             name: "kiosk-browser".into(),
             version: version.into(),
-            state: if i % 97 == 0 {
+            state: if i.is_multiple_of(97) {
                 PackageState::Failed
             } else {
                 PackageState::Installed
@@ -65,6 +69,14 @@ fn client(i: usize, now: u64) -> Client {
     ];
     client.refresh_labels();
     client
+}
+
+/// Resident memory of this process, KiB (Linux).
+fn resident_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|text| text.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0, |pages| pages * 4)
 }
 
 fn measure(title: &str, runs: usize, mut run: impl FnMut() -> String) {
@@ -100,6 +112,7 @@ fn main() {
     );
     let runs = 7;
     // Built in the background, at most every few seconds, while a console is open.
+    let before = resident_kib();
     let mut snapshot = Snapshot::default();
     measure("snapshot build (background)", 3, || {
         snapshot = Snapshot::build(&fleet);
@@ -109,6 +122,10 @@ fn main() {
             snapshot.text.len() / 1024
         )
     });
+    println!(
+        "snapshot in memory: about {} MiB",
+        resident_kib().saturating_sub(before) / 1024
+    );
     let snapshot = &snapshot;
     measure("overview (counts by phase)", runs, || {
         let o = &snapshot.overview;

@@ -326,6 +326,16 @@ async fn every_page_and_region_answers_signed_in_renders_hostile_strings_inert_a
         assert!(!asset.body.is_empty());
     }
     assert!(!overview.body.contains("<script>"), "no inline script");
+    let missing = console.get("/ui/nothing/here").await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    assert!(
+        missing.headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    let unknown = console.get("/ui/clients/nobody").await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
     let packages = console.get("/ui/packages").await;
     let at = packages.body.find("href=\"/ui/blobs/").unwrap() + "href=\"".len();
     let link = &packages.body[at..at + packages.body[at..].find('"').unwrap()];

@@ -85,10 +85,10 @@ pub async fn retry(
 ) -> Response {
     let session = match signed(&controller, &headers) {
         Ok(session) => session,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     if let Err(response) = check_post(&controller, &headers, &session, form.csrf.as_deref()) {
-        return response;
+        return *response;
     }
     let path = format!("/apis/thinfleet.io/v1/clientgroups/{}/retry", url(&name));
     let request_line = format!("POST /ui/groups/{}/retry", url(&name));
@@ -132,7 +132,7 @@ pub async fn download(
     headers: HeaderMap,
 ) -> Response {
     if let Err(response) = signed(&controller, &headers) {
-        return response;
+        return *response;
     }
     if !tc_api::resources::is_sha256_hex(&sha256) {
         return session::error_page(

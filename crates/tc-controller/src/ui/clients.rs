@@ -193,7 +193,7 @@ pub async fn list(
 ) -> Response {
     let session = match signed(&controller, &headers) {
         Ok(session) => session,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let now = Timestamp::now();
     let (q, selector_text, phase_text, group_name, package_text) = (
@@ -399,7 +399,7 @@ pub async fn show(
 ) -> Response {
     let session = match signed(&controller, &headers) {
         Ok(session) => session,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let missing = || error_page(StatusCode::NOT_FOUND, &format!("client/{name} not found"));
     let Some(slot) = controller.fleet.get(&name) else {

@@ -60,6 +60,10 @@ pub fn router() -> Router<Arc<Controller>> {
         .route("/ui/events", get(pages::events))
         .route("/ui/blobs/{sha256}", get(actions::download))
         .route("/ui/assets/{file}", get(asset))
+        .route(
+            "/ui/{*rest}",
+            get(|| async { session::error_page(StatusCode::NOT_FOUND, "No such page.") }),
+        )
         .layer(axum::middleware::from_fn(security_headers))
 }
 

@@ -19,10 +19,13 @@ use crate::credentials::required_role;
 use crate::error::ApiError;
 
 /// The session of a request, or the answer sending it to sign in.
-pub(super) fn signed(controller: &Controller, headers: &HeaderMap) -> Result<UiSession, Response> {
+pub(super) fn signed(
+    controller: &Controller,
+    headers: &HeaderMap,
+) -> Result<UiSession, Box<Response>> {
     controller
         .ui_session(headers)
-        .ok_or_else(|| session::to_signin(headers))
+        .ok_or_else(|| Box::new(session::to_signin(headers)))
 }
 
 /// Whether htmx asks (for a live region alone).
@@ -166,7 +169,7 @@ fn groups_table(out: &mut String, groups: &[ClientGroup]) {
 pub async fn overview(State(controller): State<Arc<Controller>>, headers: HeaderMap) -> Response {
     let session = match signed(&controller, &headers) {
         Ok(session) => session,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let now = Timestamp::now();
     let snapshot = controller.console.snapshots.get(&controller.fleet).await;
@@ -222,7 +225,7 @@ pub async fn overview(State(controller): State<Arc<Controller>>, headers: Header
 pub async fn groups(State(controller): State<Arc<Controller>>, headers: HeaderMap) -> Response {
     let session = match signed(&controller, &headers) {
         Ok(session) => session,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let groups = match load_groups(&controller).await {
         Ok(groups) => groups,
@@ -251,7 +254,7 @@ pub async fn group(
 ) -> Response {
     let session = match signed(&controller, &headers) {
         Ok(session) => session,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let store = controller.store.clone();
     let lookup = name.clone();
@@ -395,7 +398,7 @@ pub async fn group(
 pub async fn packages(State(controller): State<Arc<Controller>>, headers: HeaderMap) -> Response {
     let session = match signed(&controller, &headers) {
         Ok(session) => session,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let store = controller.store.clone();
     let releases = match tokio::task::spawn_blocking(move || store.list(Kind::PackageRelease)).await
@@ -508,7 +511,7 @@ pub async fn events(
 ) -> Response {
     let session = match signed(&controller, &headers) {
         Ok(session) => session,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let nonempty = |value: &Option<String>| {
         value

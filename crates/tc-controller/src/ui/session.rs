@@ -205,7 +205,7 @@ pub fn redirect(location: &'static str) -> Response {
 
 /// Refuses a cross-site POST: an `Origin` (or, without one, a `Referer`) that is not this
 /// controller's own origin. Requests with neither (not from a browser) rely on the CSRF token.
-pub fn same_origin(controller: &Controller, headers: &HeaderMap) -> Result<(), Response> {
+pub fn same_origin(controller: &Controller, headers: &HeaderMap) -> Result<(), Box<Response>> {
     let host = headers
         .get(header::HOST)
         .and_then(|value| value.to_str().ok())
@@ -218,10 +218,10 @@ pub fn same_origin(controller: &Controller, headers: &HeaderMap) -> Result<(), R
     let expected = format!("{scheme}://{host}");
     let refused = || {
         tracing::warn!(%expected, "console POST from another origin refused");
-        Err(error_page(
+        Err(Box::new(error_page(
             StatusCode::FORBIDDEN,
             "This form was sent from another site: refused.",
-        ))
+        )))
     };
     if let Some(origin) = headers.get(header::ORIGIN) {
         return match origin.to_str() {
@@ -249,7 +249,7 @@ pub fn check_post(
     headers: &HeaderMap,
     session: &UiSession,
     csrf: Option<&str>,
-) -> Result<(), Response> {
+) -> Result<(), Box<Response>> {
     same_origin(controller, headers)?;
     let given = csrf.unwrap_or_default().as_bytes();
     let expected = session.csrf.as_bytes();
@@ -261,10 +261,10 @@ pub fn check_post(
             == 0;
     if !equal {
         tracing::warn!(user = %session.identity.name, "console POST without a valid CSRF token refused");
-        return Err(error_page(
+        return Err(Box::new(error_page(
             StatusCode::FORBIDDEN,
             "This form's security token is missing or out of date: reload the page and try again.",
-        ));
+        )));
     }
     Ok(())
 }
@@ -332,7 +332,7 @@ pub async fn signin(
     Form(form): Form<SigninForm>,
 ) -> Response {
     if let Err(response) = same_origin(&controller, &headers) {
-        return response;
+        return *response;
     }
     let now = Timestamp::now();
     let token = form.token.trim();
@@ -414,7 +414,7 @@ pub async fn signout(
         return to_signin(&headers);
     };
     if let Err(response) = check_post(&controller, &headers, &session, form.csrf.as_deref()) {
-        return response;
+        return *response;
     }
     controller.console.close(&session.id_hash);
     tracing::info!(user = %session.identity.name, "console sign-out");
