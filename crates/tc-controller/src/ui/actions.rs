@@ -87,7 +87,7 @@ pub async fn retry(
         Ok(session) => session,
         Err(response) => return *response,
     };
-    if let Err(response) = check_post(&controller, &headers, &session, form.csrf.as_deref()) {
+    if let Err(response) = check_post(&headers, &session, form.csrf.as_deref()) {
         return *response;
     }
     let path = format!("/apis/thinfleet.io/v1/clientgroups/{}/retry", url(&name));

@@ -69,7 +69,8 @@ pub fn router() -> Router<Arc<Controller>> {
 
 /// Headers of every console answer: the CSP, no sniffing, no framing, no referrer to other
 /// sites, and no caching of pages (assets say otherwise themselves).
-async fn security_headers(request: Request, next: Next) -> Response {
+async fn security_headers(mut request: Request, next: Next) -> Response {
+    ensure_host(&mut request);
     let mut response = next.run(request).await;
     let headers = response.headers_mut();
     headers.insert(
@@ -89,6 +90,21 @@ async fn security_headers(request: Request, next: Next) -> Response {
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
     response
+}
+
+/// Gives an HTTP/2 request (which names its host in `:authority`, not in `Host`) a `Host`
+/// header, so that the origin check of a POST compares against the host the browser used.
+fn ensure_host(request: &mut Request) {
+    if request.headers().contains_key(header::HOST) {
+        return;
+    }
+    let host = request
+        .uri()
+        .authority()
+        .and_then(|authority| HeaderValue::from_str(authority.as_str()).ok());
+    if let Some(host) = host {
+        request.headers_mut().insert(header::HOST, host);
+    }
 }
 
 /// The embedded files.
@@ -154,4 +170,26 @@ async fn asset(Path(file): Path<String>) -> Response {
         asset.bytes,
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_http2_request_gets_the_host_of_its_authority() {
+        let mut request = Request::builder()
+            .uri("https://controller.example:7130/ui/signout")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        ensure_host(&mut request);
+        assert_eq!(request.headers()[header::HOST], "controller.example:7130");
+        let mut request = Request::builder()
+            .uri("/ui")
+            .header(header::HOST, "a:1")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        ensure_host(&mut request);
+        assert_eq!(request.headers()[header::HOST], "a:1");
+    }
 }

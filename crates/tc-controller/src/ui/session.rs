@@ -203,54 +203,52 @@ pub fn redirect(location: &'static str) -> Response {
         .into_response()
 }
 
-/// Refuses a cross-site POST: an `Origin` (or, without one, a `Referer`) that is not this
-/// controller's own origin. Requests with neither (not from a browser) rely on the CSRF token.
-pub fn same_origin(controller: &Controller, headers: &HeaderMap) -> Result<(), Box<Response>> {
+/// Refuses a cross-site POST: an `Origin` (or, without one, a `Referer`) whose host is not the
+/// host the request was sent to. Requests with neither (not from a browser) rely on the CSRF
+/// token. The scheme is not compared: behind a TLS-terminating proxy the browser's origin is
+/// `https` while the controller serves plain HTTP.
+pub fn same_origin(headers: &HeaderMap) -> Result<(), Box<Response>> {
     let host = headers
         .get(header::HOST)
         .and_then(|value| value.to_str().ok())
         .unwrap_or_default();
-    let scheme = if controller.tls.is_some() {
-        "https"
-    } else {
-        "http"
+    let origin_host = |url: &str| {
+        let rest = url
+            .strip_prefix("https://")
+            .or_else(|| url.strip_prefix("http://"))?;
+        Some(
+            rest.split(['/', '?', '#'])
+                .next()
+                .unwrap_or_default()
+                .to_string(),
+        )
     };
-    let expected = format!("{scheme}://{host}");
-    let refused = || {
-        tracing::warn!(%expected, "console POST from another origin refused");
-        Err(Box::new(error_page(
-            StatusCode::FORBIDDEN,
-            "This form was sent from another site: refused.",
-        )))
+    let claimed = match (headers.get(header::ORIGIN), headers.get(header::REFERER)) {
+        (Some(origin), _) => Some(origin),
+        (None, Some(referer)) => Some(referer),
+        (None, None) => None,
     };
-    if let Some(origin) = headers.get(header::ORIGIN) {
-        return match origin.to_str() {
-            Ok(origin) if !host.is_empty() && origin == expected => Ok(()),
-            _ => refused(),
-        };
+    let Some(claimed) = claimed else {
+        return Ok(());
+    };
+    let from = claimed.to_str().ok().and_then(origin_host);
+    if !host.is_empty() && from.as_deref() == Some(host) {
+        return Ok(());
     }
-    if let Some(referer) = headers.get(header::REFERER) {
-        return match referer.to_str() {
-            Ok(referer)
-                if !host.is_empty()
-                    && (referer == expected || referer.starts_with(&format!("{expected}/"))) =>
-            {
-                Ok(())
-            }
-            _ => refused(),
-        };
-    }
-    Ok(())
+    tracing::warn!(host, from = ?claimed, "console POST from another origin refused");
+    Err(Box::new(error_page(
+        StatusCode::FORBIDDEN,
+        "This form was sent from another site: refused.",
+    )))
 }
 
 /// Checks a POST of a signed-in page: same origin and the session's CSRF token.
 pub fn check_post(
-    controller: &Controller,
     headers: &HeaderMap,
     session: &UiSession,
     csrf: Option<&str>,
 ) -> Result<(), Box<Response>> {
-    same_origin(controller, headers)?;
+    same_origin(headers)?;
     let given = csrf.unwrap_or_default().as_bytes();
     let expected = session.csrf.as_bytes();
     let equal = given.len() == expected.len()
@@ -331,7 +329,7 @@ pub async fn signin(
     headers: HeaderMap,
     Form(form): Form<SigninForm>,
 ) -> Response {
-    if let Err(response) = same_origin(&controller, &headers) {
+    if let Err(response) = same_origin(&headers) {
         return *response;
     }
     let now = Timestamp::now();
@@ -413,7 +411,7 @@ pub async fn signout(
     let Some(session) = controller.ui_session(&headers) else {
         return to_signin(&headers);
     };
-    if let Err(response) = check_post(&controller, &headers, &session, form.csrf.as_deref()) {
+    if let Err(response) = check_post(&headers, &session, form.csrf.as_deref()) {
         return *response;
     }
     controller.console.close(&session.id_hash);
@@ -440,6 +438,43 @@ mod tests {
         assert!(!console.take_code(&code, now));
         let late = console.mint_code(now);
         assert!(!console.take_code(&late, now.plus(CODE_LIFETIME)));
+    }
+
+    #[test]
+    fn a_post_must_come_from_the_host_it_was_sent_to() {
+        let headers = |pairs: &[(header::HeaderName, &'static str)]| {
+            let mut map = HeaderMap::new();
+            for (name, value) in pairs {
+                map.insert(name.clone(), HeaderValue::from_static(value));
+            }
+            map
+        };
+        let host = (header::HOST, "tc.example:7130");
+        for (ok, extra) in [
+            (true, vec![(header::ORIGIN, "https://tc.example:7130")]),
+            (true, vec![(header::ORIGIN, "http://tc.example:7130")]),
+            (
+                true,
+                vec![(header::REFERER, "https://tc.example:7130/ui/groups/a")],
+            ),
+            (true, vec![]),
+            (false, vec![(header::ORIGIN, "https://evil.example")]),
+            (
+                false,
+                vec![(header::ORIGIN, "https://tc.example:7130.evil.example")],
+            ),
+            (false, vec![(header::ORIGIN, "null")]),
+            (
+                false,
+                vec![(header::REFERER, "https://evil.example/tc.example:7130")],
+            ),
+        ] {
+            let mut pairs = vec![host.clone()];
+            pairs.extend(extra.clone());
+            assert_eq!(same_origin(&headers(&pairs)).is_ok(), ok, "{extra:?}");
+        }
+        let no_host = headers(&[(header::ORIGIN, "https://tc.example:7130")]);
+        assert!(same_origin(&no_host).is_err());
     }
 
     #[test]
