@@ -23,7 +23,7 @@ use crate::error::ApiError;
 /// Carries out an admin route for a console session: refused (403) below the route's role in
 /// [`crate::credentials::ROUTE_ROLES`], else answered by `handler`; either way recorded in the
 /// audit trail with the session's identity, as the API records its own requests.
-async fn act<F>(
+pub(super) async fn act<F>(
     controller: &Arc<Controller>,
     session: &UiSession,
     source: Option<SocketAddr>,

@@ -274,7 +274,9 @@ pub async fn group(
     let spec = &group.spec;
     let status = group.status.clone().unwrap_or_default();
     let mut head = format!("<h1>Group {}</h1>", esc(&name));
-    // Actions: only the buttons the session's role may use (the server checks again).
+    // Actions: only the buttons the session's role may use (the server checks again). Pause and
+    // Resume go beside Retry: a button shown when `may(role, required_role(..their route..))`,
+    // posting to a handler in `actions` that runs the API's handler through `actions::act`.
     let retry = may(
         session.identity.role,
         required_role(&Method::POST, RETRY_ROUTE),
