@@ -637,6 +637,18 @@ pub async fn get_blob(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     controller.check_blob_reader(&headers)?;
+    serve_blob(&controller, &sha256, &method, &headers).await
+}
+
+/// Answers a blob (Range, ETag, immutable caching) to a reader already authenticated: an API
+/// credential, an agent's session, or a console session (`crate::ui`).
+pub async fn serve_blob(
+    controller: &Controller,
+    sha256: &str,
+    method: &axum::http::Method,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let sha256 = sha256.to_string();
     let size = controller
         .blobs
         .stat(&sha256)
@@ -682,7 +694,7 @@ pub async fn get_blob(
         None => (0, size),
     };
     response = response.header(header::CONTENT_LENGTH, length);
-    if method == axum::http::Method::HEAD {
+    if *method == axum::http::Method::HEAD {
         return Ok(response.body(Body::empty()).expect("valid response"));
     }
     let mut file = tokio::fs::File::open(controller.blobs.path(&sha256))

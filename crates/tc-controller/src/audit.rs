@@ -258,46 +258,83 @@ pub async fn record(
         Some(query) => format!("{method} {path}?{query}"),
         None => format!("{method} {path}"),
     };
-    let mut response = next.run(request).await;
-    let Some(identity) = response.extensions_mut().remove::<Identity>() else {
-        tracing::info!(%source, request = %request_line, code = response.status().as_u16(),
-            "unauthenticated admin request (not in the audit trail)");
-        return response;
-    };
-    let (action, kind) = action_of(&method, &pattern).map_or_else(
-        || (format!("{method} {pattern}"), None),
-        |(a, k)| (a.to_string(), k),
-    );
-    let note = response
-        .extensions_mut()
-        .remove::<Note>()
-        .unwrap_or_default();
-    let error = response.extensions_mut().remove::<ErrorMessage>();
-    let objects = if note.objects.is_empty() {
-        path_object(&pattern, &path, kind).into_iter().collect()
-    } else {
-        note.objects
-    };
-    let code = response.status().as_u16();
-    let entry = AuditEntry {
-        seq: 0,
-        time: Timestamp::now(),
-        user: identity.name.clone(),
-        role: Some(identity.role),
-        break_glass: identity.break_glass,
+    let response = next.run(request).await;
+    let call = Call {
+        method,
+        pattern,
+        path,
+        request_line,
         source,
-        action,
-        request: truncate(request_line),
-        objects,
-        code,
-        outcome: AuditOutcome::of_status(code),
-        message: error.map(|e| truncate(e.0)).or(note.message),
     };
-    controller.audit(vec![entry]).await;
-    response
+    controller.audit_answer(call, response).await
+}
+
+/// A write request as the audit trail names it.
+#[derive(Clone, Debug)]
+pub struct Call {
+    /// Its method.
+    pub method: Method,
+    /// The admin route's pattern (what [`ACTIONS`] and [`crate::credentials::ROUTE_ROLES`] list).
+    pub pattern: String,
+    /// The path of that route the request meant (the object is read from it).
+    pub path: String,
+    /// The request as it was sent (`POST /ui/groups/kiosk/retry` for the console's).
+    pub request_line: String,
+    /// The TCP peer.
+    pub source: String,
 }
 
 impl Controller {
+    /// Records the answer to a write (see [`record`]): the identity on the answer, the action of
+    /// its route, the objects of its [`Note`] or its path, and the outcome. The console's
+    /// actions come here too, with the admin route they carry out.
+    pub async fn audit_answer(&self, call: Call, mut response: Response) -> Response {
+        let Call {
+            method,
+            pattern,
+            path,
+            request_line,
+            source,
+        } = call;
+        let controller = self;
+        let Some(identity) = response.extensions_mut().remove::<Identity>() else {
+            tracing::info!(%source, request = %request_line, code = response.status().as_u16(),
+            "unauthenticated admin request (not in the audit trail)");
+            return response;
+        };
+        let (action, kind) = action_of(&method, &pattern).map_or_else(
+            || (format!("{method} {pattern}"), None),
+            |(a, k)| (a.to_string(), k),
+        );
+        let note = response
+            .extensions_mut()
+            .remove::<Note>()
+            .unwrap_or_default();
+        let error = response.extensions_mut().remove::<ErrorMessage>();
+        let objects = if note.objects.is_empty() {
+            path_object(&pattern, &path, kind).into_iter().collect()
+        } else {
+            note.objects
+        };
+        let code = response.status().as_u16();
+        let entry = AuditEntry {
+            seq: 0,
+            time: Timestamp::now(),
+            user: identity.name.clone(),
+            role: Some(identity.role),
+            break_glass: identity.break_glass,
+            source,
+            action,
+            request: truncate(request_line),
+            objects,
+            code,
+            outcome: AuditOutcome::of_status(code),
+            message: error.map(|e| truncate(e.0)).or(note.message),
+        };
+        controller.audit(vec![entry]).await;
+        response
+    }
+
     /// Appends entries to the audit trail (and applies its retention). A failure is logged and
     /// counted: the request it records has already been carried out.
     pub async fn audit(&self, entries: Vec<AuditEntry>) {

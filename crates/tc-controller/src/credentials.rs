@@ -270,6 +270,12 @@ impl Credentials {
         })
     }
 
+    /// The SHA-256 of the break-glass token (the identity of the console's one-time sign-in
+    /// codes, which only the operator who started the controller sees).
+    pub fn break_glass_hash(&self) -> &str {
+        &self.break_glass_hash
+    }
+
     /// Whether `token` is the break-glass token or a credential's (expired or not).
     pub fn is_known(&self, token: &str) -> bool {
         let hash = tokens::hash(token);
@@ -285,7 +291,16 @@ impl Credentials {
     /// The identity of `token` at `now`: `Ok(None)` for a token that is no credential's,
     /// 401 for an expired one.
     pub fn authenticate(&self, token: &str, now: Timestamp) -> Result<Option<Identity>, ApiError> {
-        let hash = tokens::hash(token);
+        self.authenticate_hash(&tokens::hash(token), now)
+    }
+
+    /// [`Credentials::authenticate`] by the SHA-256 of the token (lowercase hex): what a console
+    /// session keeps, so that rotating or revoking the credential ends its sessions.
+    pub fn authenticate_hash(
+        &self,
+        hash: &str,
+        now: Timestamp,
+    ) -> Result<Option<Identity>, ApiError> {
         if hash == self.break_glass_hash {
             return Ok(Some(Identity {
                 name: BREAK_GLASS.into(),

@@ -164,6 +164,11 @@ impl Labels {
             .map(|at| &*self.0[at].1)
     }
 
+    /// The (key, value) pairs, sorted by key.
+    pub fn iter(&self) -> impl Iterator<Item = &(Arc<str>, Arc<str>)> {
+        self.0.iter()
+    }
+
     /// The labels as a map.
     pub fn to_map(&self) -> BTreeMap<String, String> {
         self.0
@@ -657,6 +662,17 @@ impl Fleet {
     pub fn slots(&self) -> Vec<Arc<ClientSlot>> {
         let index = self.index.read().expect("fleet lock");
         index.by_name.values().cloned().collect()
+    }
+
+    /// Calls `visit` with every client slot in name order, under the index's read lock (no
+    /// slot is cloned), until it returns false. Enrolments wait while it runs.
+    pub fn visit(&self, mut visit: impl FnMut(&Arc<ClientSlot>) -> bool) {
+        let index = self.index.read().expect("fleet lock");
+        for slot in index.by_name.values() {
+            if !visit(slot) {
+                return;
+            }
+        }
     }
 
     /// Number of clients.

@@ -28,6 +28,7 @@ pub mod server;
 pub mod session;
 pub mod tls;
 pub mod tokens;
+pub mod ui;
 pub mod watch;
 
 use std::future::Future;
@@ -123,6 +124,11 @@ pub struct Config {
     pub client_event_rate: RateLimit,
     /// How long the audit trail is kept (by count and age).
     pub audit_retention: tc_store::AuditRetention,
+    /// How long a web console session lasts after sign-in (12 h).
+    pub console_session_lifetime: Duration,
+    /// A one-time sign-in code for the web console (the link `--demo` prints), valid for
+    /// [`ui::CODE_LIFETIME`] from the start; `serve_with` makes one in demo mode.
+    pub console_sign_in_code: Option<String>,
 }
 
 impl Config {
@@ -160,6 +166,8 @@ impl Config {
             pending_retry_after: Duration::from_secs(30),
             client_event_rate: RateLimit::new(1.0 / 6.0, 100),
             audit_retention: tc_store::AuditRetention::default(),
+            console_session_lifetime: Duration::from_secs(12 * 3600),
+            console_sign_in_code: None,
         }
     }
 
@@ -240,6 +248,8 @@ pub struct Controller {
     pub bootstrap: BootstrapTokens,
     /// Named admin credentials (and the break-glass token).
     pub credentials: credentials::Credentials,
+    /// The web console's sessions and one-time sign-in codes.
+    pub console: ui::Console,
     /// Machine identities kept from enrolling.
     pub blocks: Blocks,
     /// Enrolment rate limits.
@@ -418,6 +428,7 @@ pub fn router(controller: Arc<Controller>) -> Router {
         ));
     Router::new()
         .merge(admin)
+        .merge(ui::router())
         .route(
             "/blobs/sha256/{hex}",
             get(api::get_blob).head(api::get_blob),
@@ -528,6 +539,7 @@ pub async fn open(
         session_key,
         bootstrap,
         credentials,
+        console: ui::Console::default(),
         blocks,
         enroll_limiter: EnrollLimiter::new(config_limits.0, config_limits.1, Timestamp::now()),
         sources: Sources::default(),
@@ -535,6 +547,9 @@ pub async fn open(
         shutdown,
         started_at: Timestamp::now(),
     });
+    if let Some(code) = &controller.config.console_sign_in_code {
+        controller.console.add_code(code, Timestamp::now());
+    }
     reconcile::initial_desired(&controller, &*store)?;
     Ok((
         controller,
@@ -578,6 +593,9 @@ pub async fn serve_with(
     {
         extra_names.push(addr.ip().to_string());
     }
+    if demo_mode && config.console_sign_in_code.is_none() {
+        config.console_sign_in_code = Some(tokens::generate());
+    }
     let (stop, stopping) = tokio::sync::watch::channel(false);
     let (controller, token_files) = open(config, stopping.clone()).await?;
     announce(&controller, addr);
@@ -607,6 +625,16 @@ pub async fn serve_with(
         println!(
             "thinfleet demo: try `tcadm get clients`; then edit manifests/groups.yaml and watch \
              `tcadm rollout status clientgroup front-desk --watch`"
+        );
+        let code = controller
+            .config
+            .console_sign_in_code
+            .clone()
+            .unwrap_or_default();
+        println!(
+            "thinfleet demo: web console (this link signs in once, within {} minutes): \
+             {server}/ui/signin/code?code={code}",
+            ui::CODE_LIFETIME.as_secs() / 60
         );
         Some(
             demo::start_agents(

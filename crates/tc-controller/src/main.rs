@@ -85,6 +85,14 @@ struct Args {
     #[arg(long, value_name = "DAYS", env = "TC_CONTROLLER_AUDIT_MAX_AGE_DAYS",
         default_value_t = tc_store::AuditRetention::default().max_age.as_secs() / 86_400)]
     audit_max_age_days: u64,
+    /// How long a web console session lasts after sign-in, in hours.
+    #[arg(
+        long,
+        value_name = "HOURS",
+        env = "TC_CONTROLLER_CONSOLE_SESSION_HOURS",
+        default_value_t = 12
+    )]
+    console_session_hours: u64,
     /// Also start three real tc-agent processes (throwaway state, different labels) and print the
     /// fleet's events: a fleet converging on one machine.
     #[arg(long)]
@@ -136,6 +144,8 @@ fn main() -> ExitCode {
                 args.audit_max_age_days.max(1).saturating_mul(86_400),
             ),
         };
+        config.console_session_lifetime =
+            std::time::Duration::from_secs(args.console_session_hours.max(1).saturating_mul(3600));
         tracing::info!(listen = %args.listen, data_dir = %args.data_dir.display(), "tc-controller starting");
         match serve_with(listener, config, shutdown_signal(), args.demo).await {
             Ok(()) => {
