@@ -533,6 +533,68 @@ async fn forged_posts_are_refused_and_change_nothing_roles_are_enforced_and_audi
     assert_eq!(denied.len(), 1, "{entries:?}");
     assert_eq!(denied[0]["outcome"], "Denied");
     assert_eq!(denied[0]["code"], 403);
+
+    // The operator pauses the rollout from the group's page (the status says by whom), the
+    // button becomes Resume, and resuming brings Pause back; the viewer may do neither.
+    let page = operator.get("/ui/groups/kiosk").await;
+    assert!(
+        page.body.contains("action=\"/ui/groups/kiosk/pause\""),
+        "{}",
+        page.body
+    );
+    assert!(!page.body.contains("action=\"/ui/groups/kiosk/resume\""));
+    let refused = viewer
+        .post("/ui/groups/kiosk/pause", &format!("csrf={viewer_csrf}"))
+        .await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN, "{}", refused.body);
+    let forged = operator.post("/ui/groups/kiosk/pause", "csrf=0123").await;
+    assert_eq!(forged.status, StatusCode::FORBIDDEN, "{}", forged.body);
+    let done = operator
+        .post("/ui/groups/kiosk/pause", &format!("csrf={csrf}"))
+        .await;
+    assert_eq!(done.status, StatusCode::OK, "{}", done.body);
+    assert!(done.body.contains("rollout paused by opa"), "{}", done.body);
+    let page = common::eventually(std::time::Duration::from_secs(5), || async {
+        let page = operator.get("/ui/groups/kiosk").await;
+        page.body.contains("yes, by opa at").then_some(page)
+    })
+    .await;
+    assert!(
+        page.body.contains("action=\"/ui/groups/kiosk/resume\""),
+        "{}",
+        page.body
+    );
+    assert!(!page.body.contains("action=\"/ui/groups/kiosk/pause\""));
+    let done = operator
+        .post("/ui/groups/kiosk/resume", &format!("csrf={csrf}"))
+        .await;
+    assert_eq!(done.status, StatusCode::OK, "{}", done.body);
+    let again = operator
+        .post("/ui/groups/kiosk/resume", &format!("csrf={csrf}"))
+        .await;
+    assert_eq!(again.status, StatusCode::CONFLICT, "{}", again.body);
+    let steered: Vec<(String, String, String)> = audit(&admin)
+        .await
+        .iter()
+        .filter(|e| e["action"] == "pause" || e["action"] == "resume")
+        .map(|e| {
+            (
+                e["user"].as_str().unwrap().to_string(),
+                e["action"].as_str().unwrap().to_string(),
+                e["outcome"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let row = |u: &str, a: &str, o: &str| (u.to_string(), a.to_string(), o.to_string());
+    assert_eq!(
+        steered,
+        vec![
+            row("vera", "pause", "Denied"),
+            row("opa", "pause", "Succeeded"),
+            row("opa", "resume", "Succeeded"),
+            row("opa", "resume", "Failed"),
+        ]
+    );
     controller.stop().await;
 }
 

@@ -123,11 +123,7 @@ fn fetch_objects(
     })
 }
 
-fn get_objects(
-    context: &mut Context<'_>,
-    args: &GetArgs,
-    kind: Kind,
-) -> Result<u8, CliError> {
+fn get_objects(context: &mut Context<'_>, args: &GetArgs, kind: Kind) -> Result<u8, CliError> {
     let client = context.client()?;
     let name = args.name.as_deref();
     let selector = args.selector.as_deref();

@@ -6,10 +6,10 @@ use std::fmt::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::Form;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Form};
 use serde_json::Value;
 
 use super::html::{self, esc, url};
@@ -74,9 +74,82 @@ fn outcome(
     session::html(code, html::page(title, "/ui/groups", Some(session), &body))
 }
 
+/// What a group's buttons do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GroupAction {
+    /// Retry failed releases.
+    Retry,
+    /// Pause the rollout.
+    Pause,
+    /// Resume it.
+    Resume,
+}
+
+impl GroupAction {
+    /// The last segment of its console and API paths.
+    pub fn verb(self) -> &'static str {
+        match self {
+            GroupAction::Retry => "retry",
+            GroupAction::Pause => "pause",
+            GroupAction::Resume => "resume",
+        }
+    }
+
+    /// The admin API route that carries it out.
+    pub fn route(self) -> &'static str {
+        match self {
+            GroupAction::Retry => RETRY_ROUTE,
+            GroupAction::Pause => "/apis/thinfleet.io/v1/clientgroups/{name}/pause",
+            GroupAction::Resume => "/apis/thinfleet.io/v1/clientgroups/{name}/resume",
+        }
+    }
+
+    fn title(self) -> &'static str {
+        match self {
+            GroupAction::Retry => "Retry",
+            GroupAction::Pause => "Pause",
+            GroupAction::Resume => "Resume",
+        }
+    }
+}
+
 /// `POST /ui/groups/{name}/retry`: the group's Retry button, carried out by
 /// `POST /apis/thinfleet.io/v1/clientgroups/{name}/retry`'s handler.
 pub async fn retry(
+    state: State<Arc<Controller>>,
+    name: Path<String>,
+    extensions: axum::http::Extensions,
+    headers: HeaderMap,
+    form: Form<CsrfForm>,
+) -> Response {
+    group_action(GroupAction::Retry, state, name, extensions, headers, form).await
+}
+
+/// `POST /ui/groups/{name}/pause`: the Pause button (`.../clientgroups/{name}/pause`).
+pub async fn pause(
+    state: State<Arc<Controller>>,
+    name: Path<String>,
+    extensions: axum::http::Extensions,
+    headers: HeaderMap,
+    form: Form<CsrfForm>,
+) -> Response {
+    group_action(GroupAction::Pause, state, name, extensions, headers, form).await
+}
+
+/// `POST /ui/groups/{name}/resume`: the Resume button (`.../clientgroups/{name}/resume`).
+pub async fn resume(
+    state: State<Arc<Controller>>,
+    name: Path<String>,
+    extensions: axum::http::Extensions,
+    headers: HeaderMap,
+    form: Form<CsrfForm>,
+) -> Response {
+    group_action(GroupAction::Resume, state, name, extensions, headers, form).await
+}
+
+/// Carries out one of a group's buttons through its API handler, for the session's identity.
+async fn group_action(
+    action: GroupAction,
     State(controller): State<Arc<Controller>>,
     Path(name): Path<String>,
     extensions: axum::http::Extensions,
@@ -90,19 +163,33 @@ pub async fn retry(
     if let Err(response) = check_post(&headers, &session, form.csrf.as_deref()) {
         return *response;
     }
-    let path = format!("/apis/thinfleet.io/v1/clientgroups/{}/retry", url(&name));
-    let request_line = format!("POST /ui/groups/{}/retry", url(&name));
+    let verb = action.verb();
+    let path = format!("/apis/thinfleet.io/v1/clientgroups/{}/{verb}", url(&name));
+    let request_line = format!("POST /ui/groups/{}/{verb}", url(&name));
     let worker = controller.clone();
     let target = name.clone();
+    let identity = session.identity.clone();
     let answer = act(
         &controller,
         &session,
         extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0),
-        (RETRY_ROUTE, path, request_line),
+        (action.route(), path, request_line),
         async move {
-            crate::rollout::retry(State(worker), Path(target))
-                .await
-                .into_response()
+            match action {
+                GroupAction::Retry => crate::rollout::retry(State(worker), Path(target))
+                    .await
+                    .into_response(),
+                GroupAction::Pause => {
+                    crate::rollout::pause(State(worker), Extension(identity), Path(target))
+                        .await
+                        .into_response()
+                }
+                GroupAction::Resume => {
+                    crate::rollout::resume(State(worker), Extension(identity), Path(target))
+                        .await
+                        .into_response()
+                }
+            }
         },
     )
     .await;
@@ -116,7 +203,7 @@ pub async fn retry(
         .unwrap_or_else(|| format!("{}", code));
     outcome(
         &session,
-        &format!("Retry of group {name}"),
+        &format!("{} of group {name}", action.title()),
         code,
         &message,
         &format!("/ui/groups/{}", url(&name)),

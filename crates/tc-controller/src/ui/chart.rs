@@ -35,17 +35,38 @@ pub struct History {
     pub collected: Timestamp,
     /// Fetched from the agent for this request (else the last one stored).
     pub fresh: bool,
-    /// Samples, oldest first, one a minute.
+    /// Seconds between two samples (60 unless the agent is configured otherwise).
+    pub interval_seconds: u32,
+    /// Samples, oldest first.
     pub samples: Vec<Sample>,
 }
 
-/// The load history of a client, if the controller has one.
-///
-/// Fetching it is the `history` API's work (`Controller::client_history`, which asks an online
-/// agent for a fresh upload and falls back to the stored one); until this controller has it,
-/// the client page shows "no history yet".
-pub async fn for_client(_controller: &Controller, _client: &str) -> Option<History> {
-    None
+/// The load history of a client, if the controller has one, through the same function as the
+/// `history` API (`Controller::client_history`): an online agent is asked for a fresh upload,
+/// waited for up to `wait` (the page's first load waits; its live refreshes do not, and show
+/// what the previous refresh's request brought), else the stored one is shown with its age.
+pub async fn for_client(
+    controller: &Controller,
+    client: &str,
+    wait: std::time::Duration,
+) -> Option<History> {
+    let history = controller.client_history(client, wait).await.ok()?;
+    Some(History {
+        collected: history.collected?,
+        fresh: history.fresh,
+        interval_seconds: history.interval_seconds,
+        samples: history
+            .samples
+            .iter()
+            .map(|s| Sample {
+                time: s.time,
+                cpu_percent: Some(f32::from(s.cpu_percent)),
+                memory_percent: Some(f32::from(s.memory_percent)),
+                disk_percent: Some(f32::from(s.disk_percent)),
+                temperature_celsius: s.temperature_celsius.map(f32::from),
+            })
+            .collect(),
+    })
 }
 
 /// Samples further apart than this are a gap (the agent was down).
@@ -109,13 +130,18 @@ pub fn section(history: Option<&History>, now: Timestamp) -> String {
     };
     let _ = write!(
         out,
-        "<p class=\"muted\">Collected {} ({}){}; one sample a minute; times in UTC.</p>",
+        "<p class=\"muted\">Collected {} ({}){}; {}; times in UTC.</p>",
         esc(&history.collected.to_string()),
         ago(Some(history.collected), now),
         if history.fresh {
             ""
         } else {
             ", the last history known"
+        },
+        match history.interval_seconds {
+            60 => "one sample a minute".to_string(),
+            1 => "one sample a second".to_string(),
+            seconds => format!("one sample every {seconds} s"),
         }
     );
     let end = history
@@ -254,6 +280,7 @@ mod tests {
         History {
             collected: Timestamp::from_unix_millis(end),
             fresh: true,
+            interval_seconds: 60,
             samples,
         }
     }
@@ -265,6 +292,7 @@ mod tests {
         let empty = History {
             collected: now,
             fresh: false,
+            interval_seconds: 60,
             samples: vec![],
         };
         assert!(section(Some(&empty), now).contains("No history yet"));

@@ -482,7 +482,12 @@ pub async fn show(
     };
     events.reverse();
     events_table(&mut region, &events, now);
-    let history = chart::for_client(&controller, &name).await;
+    let wait = if super::pages::is_htmx(&headers) {
+        std::time::Duration::ZERO
+    } else {
+        std::time::Duration::from_secs(crate::history::DEFAULT_WAIT_SECONDS)
+    };
+    let history = chart::for_client(&controller, &name, wait).await;
     region.push_str(&chart::section(history.as_ref(), now));
     View {
         title: &format!("Client {name}"),

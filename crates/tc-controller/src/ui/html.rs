@@ -158,9 +158,17 @@ pub fn conditions(out: &mut String, conditions: &[Condition]) {
     out.push_str("<ul class=\"conditions\">");
     for condition in conditions {
         let status = format!("{:?}", condition.status);
-        let class = match (condition.type_.as_str(), status.as_str()) {
-            ("Degraded", "True") | ("Progressing", "False") => "bad",
-            (_, "True") => "good",
+        // A rollout that stopped is bad unless it stopped because it is done (or an operator
+        // paused it: a warning).
+        let class = match (
+            condition.type_.as_str(),
+            status.as_str(),
+            condition.reason.as_str(),
+        ) {
+            ("Progressing", "False", "Complete") => "good",
+            ("Progressing", "False", "Paused") => "warn",
+            ("Degraded", "True", _) | ("Progressing", "False", _) => "bad",
+            (_, "True", _) => "good",
             _ => "muted",
         };
         let _ = write!(

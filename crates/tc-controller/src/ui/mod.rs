@@ -56,6 +56,8 @@ pub fn router() -> Router<Arc<Controller>> {
         .route("/ui/groups", get(pages::groups))
         .route("/ui/groups/{name}", get(pages::group))
         .route("/ui/groups/{name}/retry", post(actions::retry))
+        .route("/ui/groups/{name}/pause", post(actions::pause))
+        .route("/ui/groups/{name}/resume", post(actions::resume))
         .route("/ui/packages", get(pages::packages))
         .route("/ui/events", get(pages::events))
         .route("/ui/blobs/{sha256}", get(actions::download))

@@ -144,7 +144,7 @@ fn groups_table(out: &mut String, groups: &[ClientGroup]) {
         let name = &group.metadata.name;
         let mut conditions = String::new();
         html::conditions(&mut conditions, &status.conditions);
-        let paused = if group.spec.paused {
+        let paused = if group.spec.paused || status.paused_by.is_some() {
             " <span class=\"pill warn\">paused</span>"
         } else {
             ""
@@ -274,22 +274,35 @@ pub async fn group(
     let spec = &group.spec;
     let status = group.status.clone().unwrap_or_default();
     let mut head = format!("<h1>Group {}</h1>", esc(&name));
-    // Actions: only the buttons the session's role may use (the server checks again). Pause and
-    // Resume go beside Retry: a button shown when `may(role, required_role(..their route..))`,
-    // posting to a handler in `actions` that runs the API's handler through `actions::act`.
-    let retry = may(
-        session.identity.role,
-        required_role(&Method::POST, RETRY_ROUTE),
-    );
-    if retry {
-        let _ = write!(
-            head,
-            "<div class=\"actions\"><form method=\"post\" action=\"/ui/groups/{}/retry\" class=\"inline\">{}\
-             <button type=\"submit\">Retry failed releases</button></form>\
-             <!-- Pause and Resume buttons go here, beside Retry. --></div>",
-            esc(&url(&name)),
-            csrf_field(&session)
-        );
+    // Actions: only the buttons the session's role may use (the server checks again); Pause
+    // while the rollout runs, Resume while it is paused through the API (a group paused by its
+    // manifest is resumed there).
+    use super::actions::GroupAction;
+    let mut buttons = vec![(GroupAction::Retry, "Retry failed releases")];
+    if status.paused_by.is_some() {
+        buttons.push((GroupAction::Resume, "Resume rollout"));
+    } else if !spec.paused {
+        buttons.push((GroupAction::Pause, "Pause rollout"));
+    }
+    let mut actions = String::new();
+    for (action, label) in buttons {
+        if may(
+            session.identity.role,
+            required_role(&Method::POST, action.route()),
+        ) {
+            let _ = write!(
+                actions,
+                "<form method=\"post\" action=\"/ui/groups/{}/{}\" class=\"inline\">{}\
+                 <button type=\"submit\" class=\"{}\">{label}</button></form>",
+                esc(&url(&name)),
+                action.verb(),
+                csrf_field(&session),
+                action.verb()
+            );
+        }
+    }
+    if !actions.is_empty() {
+        let _ = write!(head, "<div class=\"actions\">{actions}</div>");
     }
     let mut region = String::from("<dl class=\"facts\">");
     let _ = write!(
@@ -301,8 +314,12 @@ pub async fn group(
          <dt>Unavailable</dt><dd>{}</dd><dt>Offline</dt><dd>{}</dd><dt>Last progress</dt><dd>{}</dd></dl>",
         esc(&spec.selector.to_string()),
         spec.priority,
-        esc(&format!("{:?}", spec.rollout.max_unavailable)),
-        if spec.paused { "yes" } else { "no" },
+        esc(&spec.rollout.max_unavailable.to_string()),
+        esc(&match (&status.paused_by, spec.paused) {
+            (Some(pause), _) => format!("yes, by {} at {}", pause.by, pause.time),
+            (None, true) => "yes (spec.paused)".to_string(),
+            (None, false) => "no".to_string(),
+        }),
         status.desired,
         esc(&url(&name)),
         progress(status.updated, status.desired),
