@@ -43,6 +43,8 @@ enum Command {
     Converge(ConvergeArgs),
     /// The real tc-agent: binary size, idle memory and idle CPU.
     Agent(AgentArgs),
+    /// The web console's overview and clients pages on a large fleet: latency against a baseline.
+    Console(ConsoleArgs),
     /// Runs the real controller until standard input closes (used by the scenarios).
     #[command(hide = true)]
     ServeController(servers::ControllerArgs),
@@ -171,6 +173,20 @@ pub struct ConvergeArgs {
     pub seed: u64,
 }
 
+/// Options of `tc-bench console`.
+#[derive(Clone, Debug, Args)]
+pub struct ConsoleArgs {
+    /// Seeded clients.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub clients: u64,
+    /// Rounds; each asks for every page once.
+    #[arg(long, default_value_t = 40)]
+    pub rounds: u64,
+    /// Fleet seed.
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+}
+
 /// Options of `tc-bench agent`.
 #[derive(Clone, Debug, Args)]
 pub struct AgentArgs {
@@ -216,6 +232,7 @@ fn main() -> ExitCode {
         Command::Push(args) => run(cli.json, scenarios::push::run(args)),
         Command::Converge(args) => run(cli.json, scenarios::converge::run(args)),
         Command::Agent(args) => run(cli.json, scenarios::agent::run(args)),
+        Command::Console(args) => run(cli.json, scenarios::console::run(args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

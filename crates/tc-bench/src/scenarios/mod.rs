@@ -2,6 +2,7 @@
 //! of long-poll transport.
 
 pub mod agent;
+pub mod console;
 pub mod converge;
 pub mod fleet;
 pub mod heartbeat;
