@@ -220,6 +220,29 @@ fn converge_installs_the_new_release_everywhere() {
     check_machine(&figures);
 }
 
+#[test]
+fn console_measures_its_pages_against_the_baseline() {
+    let figures = run(&["console", "--clients", "3000", "--rounds", "3"]);
+    assert_eq!(figures["scenario"], "console");
+    assert_eq!(number(&figures, "clients"), 3000.0, "{figures}");
+    assert!(number(&figures, "healthz_ms") > 0.0);
+    for page in [
+        "overview",
+        "clients_first",
+        "clients_filtered",
+        "clients_search",
+        "clients_sorted",
+    ] {
+        assert!(number(&figures, &format!("{page}_ms")) > 0.0, "{page}");
+        // A page of rows, not a sign-in form or an error page.
+        assert!(
+            number(&figures, &format!("{page}_bytes")) > 1_000.0,
+            "{page}: {figures}"
+        );
+    }
+    check_machine(&figures);
+}
+
 /// The tc-agent binary of this build, built first (into its own target directory, since the
 /// running `cargo test` holds the lock of this one) when it is not there.
 fn agent_binary() -> PathBuf {
