@@ -64,7 +64,7 @@ pub async fn run(controller: Arc<Controller>, mut shutdown: tokio::sync::watch::
 const MAX_REPORT_SPACING: Duration = Duration::from_secs(5);
 
 /// Every client group.
-fn list_groups(store: &dyn Store) -> tc_store::Result<Vec<ClientGroup>> {
+pub(crate) fn list_groups(store: &dyn Store) -> tc_store::Result<Vec<ClientGroup>> {
     let objects = store.list(Kind::ClientGroup)?;
     Ok(objects
         .into_iter()

@@ -11,18 +11,6 @@ use common::*;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-async fn credential(admin: &Api, name: &str, role: &str) -> String {
-    let (status, body) = admin
-        .request(
-            Method::POST,
-            "/apis/thinfleet.io/v1/credentials",
-            Some(json!({ "name": name, "role": role })),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    body["token"].as_str().unwrap().to_string()
-}
-
 async fn audit(api: &Api, query: &str) -> Vec<Value> {
     let (status, list) = api
         .get(&format!("/apis/thinfleet.io/v1/audit{query}"))

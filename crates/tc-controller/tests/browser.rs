@@ -13,8 +13,7 @@ use std::process::{Child, Command, Stdio};
 
 use common::demo::binary;
 use common::*;
-use reqwest::{Method, StatusCode};
-use serde_json::json;
+use reqwest::StatusCode;
 use tc_testkit::browser::Browser;
 
 /// The three agents: name and labels.
@@ -120,18 +119,6 @@ impl Drop for Agents {
 
 fn docs() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs")
-}
-
-async fn credential(admin: &Api, name: &str, role: &str) -> String {
-    let (status, body) = admin
-        .request(
-            Method::POST,
-            "/apis/thinfleet.io/v1/credentials",
-            Some(json!({ "name": name, "role": role })),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    body["token"].as_str().unwrap().to_string()
 }
 
 /// Signs in through the form with `token`; waits for the signed-in overview.

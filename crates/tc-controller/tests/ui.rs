@@ -144,18 +144,6 @@ fn session_cookie(headers: &HeaderMap) -> Option<String> {
     (!id.is_empty()).then(|| id.to_string())
 }
 
-async fn credential(admin: &Api, name: &str, role: &str) -> String {
-    let (status, body) = admin
-        .request(
-            Method::POST,
-            "/apis/thinfleet.io/v1/credentials",
-            Some(json!({ "name": name, "role": role })),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    body["token"].as_str().unwrap().to_string()
-}
-
 /// How many retries of the group `kiosk` were carried out (its `RetryRequested` events).
 async fn events(admin: &Api) -> usize {
     let (_, list) = admin

@@ -66,14 +66,7 @@ pub(super) fn failed(error: ApiError) -> Response {
 /// The groups, with their status as the reconcile loop last wrote it.
 pub(super) async fn load_groups(controller: &Controller) -> Result<Vec<ClientGroup>, ApiError> {
     let store = controller.store.clone();
-    let objects = tokio::task::spawn_blocking(move || store.list(Kind::ClientGroup)).await??;
-    Ok(objects
-        .into_iter()
-        .filter_map(|object| match object {
-            Object::ClientGroup(group) => Some(group),
-            Object::PackageRelease(_) => None,
-        })
-        .collect())
+    Ok(tokio::task::spawn_blocking(move || crate::reconcile::list_groups(&*store)).await??)
 }
 
 async fn load_events(controller: &Controller, filter: EventFilter) -> Result<Vec<Event>, ApiError> {

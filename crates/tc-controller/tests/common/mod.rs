@@ -171,6 +171,19 @@ impl Api {
     }
 }
 
+/// Creates the credential `name` with `role` as `admin`; returns its token.
+pub async fn credential(admin: &Api, name: &str, role: &str) -> String {
+    let (status, body) = admin
+        .request(
+            reqwest::Method::POST,
+            "/apis/thinfleet.io/v1/credentials",
+            Some(json!({ "name": name, "role": role })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body["token"].as_str().unwrap().to_string()
+}
+
 /// Names of the items of a list answer, in order.
 pub fn item_names(list: &Value) -> Vec<String> {
     list["items"]
