@@ -199,28 +199,11 @@ fn path_object(pattern: &str, path: &str, kind: Option<&str>) -> Option<AuditObj
             .map_or_else(|| plural.to_string(), |k| k.as_str().to_string()),
         (None, None) => return None,
     };
-    let name = percent_decode(name?);
+    // `%2F` → `/`: names as they were meant.
+    let name = percent_encoding::percent_decode_str(name?)
+        .decode_utf8_lossy()
+        .into_owned();
     Some(AuditObject::new(kind, name))
-}
-
-/// `%2F` → `/`: names in paths as they were meant (invalid escapes are kept as written).
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && let Some(hex) = text.get(i + 1..i + 3)
-            && let Ok(byte) = u8::from_str_radix(hex, 16)
-        {
-            out.push(byte);
-            i += 3;
-            continue;
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Longest error message kept in an entry.

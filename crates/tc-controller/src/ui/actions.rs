@@ -6,10 +6,10 @@ use std::fmt::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use axum::Form;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::{Extension, Form};
 use serde_json::Value;
 
 use super::html::{self, esc, url};
@@ -179,13 +179,9 @@ async fn group_action(
                 GroupAction::Retry => crate::rollout::retry(State(worker), Path(target))
                     .await
                     .into_response(),
-                GroupAction::Pause => {
-                    crate::rollout::pause(State(worker), Extension(identity), Path(target))
-                        .await
-                        .into_response()
-                }
-                GroupAction::Resume => {
-                    crate::rollout::resume(State(worker), Extension(identity), Path(target))
+                GroupAction::Pause | GroupAction::Resume => {
+                    let pause = action == GroupAction::Pause;
+                    crate::rollout::steer(&worker, &identity, &target, pause)
                         .await
                         .into_response()
                 }
