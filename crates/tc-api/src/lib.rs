@@ -16,6 +16,7 @@ pub mod schema;
 pub mod selector;
 pub mod signature;
 pub mod source;
+pub mod task;
 pub mod validate;
 
 pub use audit::{AuditEntry, AuditObject, AuditOutcome};
@@ -34,7 +35,7 @@ pub use resources::{
     AgentSpec, Artifact, ArtifactStatus, AssignedPackage, Client, ClientGroup, ClientGroupSpec,
     ClientGroupStatus, ClientPhase, ClientSpec, ClientStatus, IntOrPercent, Kind, Object,
     PackageDecision, PackageRelease, PackageReleaseSpec, PackageReleaseStatus, PackageRequirement,
-    PendingEnrollment, ResolvedPackage, RolloutPause, RolloutSpec, WaitingMember,
+    PendingEnrollment, ResolvedPackage, RolloutPause, RolloutSpec, Task, WaitingMember,
 };
 pub use selector::{LabelSelector, LabelSelectorRequirement, SelectorOperator};
 pub use source::{SkippedObject, SourceObject, SourcePendingPrune, SourceStatus};

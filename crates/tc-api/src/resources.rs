@@ -10,6 +10,7 @@ use tc_proto::{Hook, Hooks, Timestamp};
 pub use crate::client::*;
 use crate::meta::{API_VERSION, Condition, ObjectMeta};
 use crate::selector::LabelSelector;
+pub use crate::task::Task;
 use crate::validate::{Errors, validate_labels, validate_name, validate_object_name};
 
 /// Longest hook timeout accepted (one day).
@@ -447,11 +448,18 @@ pub enum Kind {
     PackageRelease,
     /// [`Client`].
     Client,
+    /// [`Task`].
+    Task,
 }
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 3] = [Kind::ClientGroup, Kind::PackageRelease, Kind::Client];
+    pub const ALL: [Kind; 4] = [
+        Kind::ClientGroup,
+        Kind::PackageRelease,
+        Kind::Client,
+        Kind::Task,
+    ];
 
     /// The `kind` string (`ClientGroup`).
     pub fn as_str(self) -> &'static str {
@@ -459,6 +467,7 @@ impl Kind {
             Kind::ClientGroup => "ClientGroup",
             Kind::PackageRelease => "PackageRelease",
             Kind::Client => "Client",
+            Kind::Task => "Task",
         }
     }
 
@@ -468,6 +477,7 @@ impl Kind {
             Kind::ClientGroup => "clientgroups",
             Kind::PackageRelease => "packagereleases",
             Kind::Client => "clients",
+            Kind::Task => "tasks",
         }
     }
 
@@ -478,6 +488,7 @@ impl Kind {
             "clientgroup" | "clientgroups" | "cg" => Some(Kind::ClientGroup),
             "packagerelease" | "packagereleases" | "pr" => Some(Kind::PackageRelease),
             "client" | "clients" => Some(Kind::Client),
+            "task" | "tasks" => Some(Kind::Task),
             _ => None,
         }
     }
@@ -489,7 +500,7 @@ impl fmt::Display for Kind {
     }
 }
 
-/// An object an admin can apply: a `ClientGroup` or a `PackageRelease`.
+/// An object an admin can apply: a `ClientGroup`, a `PackageRelease` or a `Task`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum Object {
@@ -497,6 +508,8 @@ pub enum Object {
     ClientGroup(ClientGroup),
     /// A package release.
     PackageRelease(PackageRelease),
+    /// A remote operation.
+    Task(Task),
 }
 
 impl Object {
@@ -505,6 +518,7 @@ impl Object {
         match self {
             Object::ClientGroup(_) => Kind::ClientGroup,
             Object::PackageRelease(_) => Kind::PackageRelease,
+            Object::Task(_) => Kind::Task,
         }
     }
 
@@ -513,6 +527,7 @@ impl Object {
         match self {
             Object::ClientGroup(group) => &group.metadata,
             Object::PackageRelease(release) => &release.metadata,
+            Object::Task(task) => &task.metadata,
         }
     }
 
@@ -521,6 +536,7 @@ impl Object {
         match self {
             Object::ClientGroup(group) => &mut group.metadata,
             Object::PackageRelease(release) => &mut release.metadata,
+            Object::Task(task) => &mut task.metadata,
         }
     }
 
@@ -543,6 +559,7 @@ impl Object {
         let spec = match self {
             Object::ClientGroup(group) => serde_json::to_value(&group.spec),
             Object::PackageRelease(release) => serde_json::to_value(&release.spec),
+            Object::Task(task) => serde_json::to_value(&task.spec),
         };
         spec.expect("specs serialize to JSON")
     }
@@ -560,6 +577,7 @@ impl Object {
         match self {
             Object::ClientGroup(group) => group.status = None,
             Object::PackageRelease(release) => release.status = None,
+            Object::Task(task) => task.status = None,
         }
     }
 
@@ -569,6 +587,7 @@ impl Object {
         let (api_version, kind) = match self {
             Object::ClientGroup(group) => (&group.api_version, &group.kind),
             Object::PackageRelease(release) => (&release.api_version, &release.kind),
+            Object::Task(task) => (&task.api_version, &task.kind),
         };
         if api_version != API_VERSION {
             errors.push(
@@ -583,6 +602,7 @@ impl Object {
         match self {
             Object::ClientGroup(group) => validate_group_spec(&group.spec, &mut errors),
             Object::PackageRelease(release) => validate_release_spec(&release.spec, &mut errors),
+            Object::Task(task) => crate::task::validate_task_spec(&task.spec, &mut errors),
         }
         errors.into_result()
     }

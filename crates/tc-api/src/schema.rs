@@ -12,10 +12,12 @@ use crate::resources::{ClientGroup, Kind, PackageRelease};
 pub fn schema_files() -> Vec<(String, String)> {
     let group = generate::<ClientGroup>(Kind::ClientGroup);
     let release = generate::<PackageRelease>(Kind::PackageRelease);
-    let combined = combine(&[&group, &release]);
+    let task = generate::<crate::task::Task>(Kind::Task);
+    let combined = combine(&[&group, &release, &task]);
     [
         ("clientgroup", group),
         ("packagerelease", release),
+        ("task", task),
         ("thinfleet", combined),
     ]
     .into_iter()
@@ -31,6 +33,7 @@ pub fn schema(kind: Kind) -> Option<Value> {
     match kind {
         Kind::ClientGroup => Some(generate::<ClientGroup>(kind)),
         Kind::PackageRelease => Some(generate::<PackageRelease>(kind)),
+        Kind::Task => Some(generate::<crate::task::Task>(kind)),
         Kind::Client => None,
     }
 }
@@ -83,7 +86,7 @@ fn combine(schemas: &[&Value]) -> Value {
         "required": ["apiVersion", "kind", "metadata", "spec"],
         "properties": {
             "apiVersion": { "const": crate::API_VERSION },
-            "kind": { "enum": ["ClientGroup", "PackageRelease"] }
+            "kind": { "enum": ["ClientGroup", "PackageRelease", "Task"] }
         },
         "allOf": branches,
         "$defs": definitions,

@@ -162,6 +162,7 @@ async fn bare_heartbeat(
         desired: DesiredState::default(),
         next_heartbeat_millis: 60_000,
         send_inventory: false,
+        tasks: Vec::new(),
     })
 }
 

@@ -419,6 +419,7 @@ mod tests {
             desired: desired.clone(),
             next_heartbeat_millis: 1234,
             send_inventory: true,
+            tasks: Vec::new(),
         })
         .unwrap();
         assert_eq!(heartbeat, expected);
@@ -433,6 +434,7 @@ mod tests {
                 desired: desired.clone(),
                 changed: true,
                 send_history,
+                tasks: Vec::new(),
             })
             .unwrap();
             assert_eq!(long_poll, expected);

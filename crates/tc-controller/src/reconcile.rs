@@ -70,7 +70,7 @@ pub(crate) fn list_groups(store: &dyn Store) -> tc_store::Result<Vec<ClientGroup
         .into_iter()
         .filter_map(|object| match object {
             Object::ClientGroup(group) => Some(group),
-            Object::PackageRelease(_) => None,
+            _ => None,
         })
         .collect())
 }
@@ -82,7 +82,7 @@ fn list_releases(store: &dyn Store) -> tc_store::Result<Vec<PackageRelease>> {
         .into_iter()
         .filter_map(|object| match object {
             Object::PackageRelease(release) => Some(release),
-            Object::ClientGroup(_) => None,
+            _ => None,
         })
         .collect())
 }

@@ -111,7 +111,7 @@ impl Controller {
             .into_iter()
             .filter_map(|object| match object {
                 Object::ClientGroup(group) => Some(group),
-                Object::PackageRelease(_) => None,
+                _ => None,
             })
             .filter(|group| group.spec.selector.matches(&client.metadata.labels))
             .collect();
@@ -123,7 +123,7 @@ impl Controller {
             .into_iter()
             .filter_map(|object| match object {
                 Object::PackageRelease(release) => Some(release),
-                Object::ClientGroup(_) => None,
+                _ => None,
             })
             .collect();
         let catalog = ReleaseCatalog::new(&releases);

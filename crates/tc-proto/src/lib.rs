@@ -12,6 +12,7 @@
 pub mod history;
 pub mod identity;
 pub mod limits;
+pub mod task;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -556,6 +557,10 @@ pub struct HeartbeatResponse {
     /// The controller wants the full inventory with the next heartbeat.
     #[serde(default)]
     pub send_inventory: bool,
+    /// Remote operations the client has not reported started yet ([`task`]). Absent (empty)
+    /// from controllers that predate tasks.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tasks: Vec<task::TaskOrder>,
 }
 
 /// Answer of `GET /agent/v1/desired?afterRevision=N`.
@@ -572,6 +577,10 @@ pub struct DesiredResponse {
     /// ignore it.
     #[serde(default, skip_serializing_if = "is_false")]
     pub send_history: bool,
+    /// Remote operations the client has not reported started yet ([`task`]); a new one answers
+    /// a waiting long-poll at once. Absent (empty) from controllers that predate tasks.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tasks: Vec<task::TaskOrder>,
 }
 
 /// Answer of `GET /agent/v1/releases/{package}/{version}`: the release of a package version the

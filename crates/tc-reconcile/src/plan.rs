@@ -414,7 +414,7 @@ fn skip_second_releases(
                 (release.spec.package.clone(), release.spec.version.clone()),
                 release.metadata.name.clone(),
             )),
-            Object::ClientGroup(_) => None,
+            Object::ClientGroup(_) | Object::Task(_) => None,
         })
         .collect();
     items.retain(|item| {

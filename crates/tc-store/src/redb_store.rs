@@ -501,6 +501,7 @@ fn decode_object(kind: Kind, key: &str, bytes: &[u8]) -> Result<Object> {
     match kind {
         Kind::ClientGroup => decode::<ClientGroup>(&key, bytes).map(Object::ClientGroup),
         Kind::PackageRelease => decode::<PackageRelease>(&key, bytes).map(Object::PackageRelease),
+        Kind::Task => decode::<tc_api::Task>(&key, bytes).map(Object::Task),
         Kind::Client => Err(StoreError::Corrupt {
             key,
             message: "clients are not stored as objects".into(),

@@ -94,7 +94,7 @@ fn with_group_status(object: Object, desired: u32) -> Object {
 fn group_status(object: &Object) -> Option<ClientGroupStatus> {
     match object {
         Object::ClientGroup(group) => group.status.clone(),
-        Object::PackageRelease(_) => None,
+        _ => None,
     }
 }
 

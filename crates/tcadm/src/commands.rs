@@ -557,6 +557,11 @@ fn describe(context: &mut Context<'_>, args: &DescribeArgs) -> Result<u8, CliErr
             )?;
             describe_release(&release, &groups, &events, now)
         }
+        Kind::Task => {
+            let task: tc_api::Task = client.get_typed(Kind::Task, name)?;
+            let events = client.events(Some(Kind::Task), Some(name), None, Some(MAX_EVENTS))?;
+            crate::tasks::describe_task(&task, &events, now)
+        }
     };
     write!(context.out, "{text}")?;
     Ok(EXIT_OK)

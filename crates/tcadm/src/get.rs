@@ -39,6 +39,7 @@ fn objects_table(kind: Kind, items: &[Value], wide: bool) -> Result<Table, CliEr
         Kind::Client => clients_table(&typed::<Client>(items)?, wide, now),
         Kind::ClientGroup => groups_table(&typed::<ClientGroup>(items)?, wide, now),
         Kind::PackageRelease => releases_table(&typed::<PackageRelease>(items)?, wide, now),
+        Kind::Task => crate::tasks::tasks_table(&typed::<tc_api::Task>(items)?, wide, now),
     })
 }
 

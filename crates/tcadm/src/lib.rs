@@ -25,6 +25,7 @@ pub mod rollout;
 pub mod rollout_commands;
 pub mod sign;
 pub mod sources;
+pub mod tasks;
 pub mod views;
 
 pub use commands::{Context, run};

@@ -298,6 +298,7 @@ async fn heartbeat(
         desired: state.desired.clone(),
         next_heartbeat_millis: state.heartbeat_millis,
         send_inventory,
+        tasks: Vec::new(),
     })
     .into_response()
 }
@@ -339,6 +340,7 @@ async fn desired(
         desired,
         changed,
         send_history: false,
+        tasks: Vec::new(),
     })
     .into_response()
 }

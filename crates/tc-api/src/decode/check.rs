@@ -146,6 +146,9 @@ impl ObjectCheck<'_> {
             Kind::PackageRelease => self
                 .deserialize::<PackageRelease>(value, kind, passes)
                 .map(Object::PackageRelease),
+            Kind::Task => self
+                .deserialize::<crate::task::Task>(value, kind, passes)
+                .map(Object::Task),
             Kind::Client => None,
         }?;
         if let Err(errors) = object.validate() {
@@ -328,9 +331,11 @@ fn neutralise(
 fn kind_schema(kind: Kind) -> &'static Value {
     static GROUP: OnceLock<Value> = OnceLock::new();
     static RELEASE: OnceLock<Value> = OnceLock::new();
+    static TASK: OnceLock<Value> = OnceLock::new();
     // Only the kinds manifests carry get here; `Client` has no schema.
     let (cell, kind) = match kind {
         Kind::PackageRelease => (&RELEASE, Kind::PackageRelease),
+        Kind::Task => (&TASK, Kind::Task),
         Kind::ClientGroup | Kind::Client => (&GROUP, Kind::ClientGroup),
     };
     cell.get_or_init(|| crate::schema::schema(kind).expect("manifest kinds have a schema"))

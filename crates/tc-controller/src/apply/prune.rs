@@ -173,7 +173,7 @@ pub(super) fn applied_release_status(
     let artifact = artifacts.get(&release.metadata.name)?;
     let previous = item.existing.as_ref().and_then(|o| match o {
         Object::PackageRelease(r) => r.status.clone(),
-        Object::ClientGroup(_) => None,
+        _ => None,
     });
     let mut status = previous.clone().unwrap_or_default();
     status.artifact = Some(artifact.clone());

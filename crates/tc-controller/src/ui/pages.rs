@@ -419,7 +419,7 @@ pub async fn packages(State(controller): State<Arc<Controller>>, headers: Header
             .into_iter()
             .filter_map(|object| match object {
                 Object::PackageRelease(release) => Some(release),
-                Object::ClientGroup(_) => None,
+                _ => None,
             })
             .collect::<Vec<PackageRelease>>(),
         Ok(Err(error)) => return failed(error.into()),
