@@ -14,6 +14,7 @@
 
 mod redb_store;
 
+use tc_api::task::TaskResult;
 use tc_api::{AuditEntry, Client, Event, Kind, Object, Timestamp};
 use tc_proto::Load;
 
@@ -365,4 +366,63 @@ pub trait Store: Send + Sync + 'static {
     /// The last load history received from client `name`, if any. Deleting the client deletes
     /// it.
     fn get_history(&self, name: &str) -> Result<Option<StoredHistory>>;
+
+    /// Records a task's run (its targets, deadline and action), replacing one with its id.
+    fn put_task_run(&self, run: &StoredTaskRun) -> Result<()>;
+
+    /// The runs of `task`, oldest first.
+    fn task_runs(&self, task: &str) -> Result<Vec<StoredTaskRun>>;
+
+    /// Records task results (replacing earlier ones of the same task, run and client) in one
+    /// write, with the logs some carried (`(index into results, logs)`).
+    fn put_task_results(&self, results: &[TaskResult], logs: &[(usize, String)]) -> Result<()>;
+
+    /// The results of one run, by client name.
+    fn task_results(&self, task: &str, run: u64) -> Result<Vec<TaskResult>>;
+
+    /// One client's result in one run.
+    fn task_result(&self, task: &str, run: u64, client: &str) -> Result<Option<TaskResult>>;
+
+    /// The logs a client's `collectLogs` result carried.
+    fn task_logs(&self, task: &str, run: u64, client: &str) -> Result<Option<String>>;
+
+    /// Removes the runs of `task` older than `before` (every run when `None`) with their
+    /// results and logs; returns how many runs went.
+    fn remove_task_runs(&self, task: &str, before: Option<u64>) -> Result<usize>;
+}
+
+/// One run of a task as the store keeps it: what the controller needs to carry it on after a
+/// restart (results are kept apart, one record per target).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoredTaskRun {
+    /// The task's name.
+    pub task: String,
+    /// The uid of the task object the run belongs to (a task deleted and created again under
+    /// its name does not inherit runs).
+    pub task_uid: String,
+    /// The run's id: when it was due, Unix milliseconds.
+    pub run: u64,
+    /// When it started.
+    pub started_at: Timestamp,
+    /// When the targets that have not started expire.
+    pub deadline: Timestamp,
+    /// How many may run at once (resolved against the targets).
+    pub max_concurrent: u32,
+    /// The action as agents receive it (for `wake`, each target's packet is in `targets`).
+    pub action: tc_proto::task::TaskAction,
+    /// The targets, by name, with who carries each out when it is not the target itself.
+    pub targets: Vec<StoredTaskTarget>,
+}
+
+/// One target of a stored run.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoredTaskTarget {
+    /// The client.
+    pub client: String,
+    /// `wake`: the neighbour that sends the packet and the packet (absent when the target
+    /// needs none, or has no neighbour: its result says which).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wake: Option<(String, tc_proto::task::WakeOrder)>,
 }

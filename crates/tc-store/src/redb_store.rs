@@ -59,6 +59,7 @@
 use std::cmp::Ordering;
 mod audit;
 mod history;
+mod tasks;
 
 use std::collections::hash_map::DefaultHasher;
 use std::fmt::Display;
@@ -79,9 +80,10 @@ use tc_api::{
 };
 use tc_proto::Load;
 
+use tc_api::task::TaskResult;
 use crate::{
     AuditFilter, AuditRetention, ClientStatusEntry, EventFilter, Liveness, Result, Store,
-    StoreError, StoredHistory, Write, WriteOutcome,
+    StoreError, StoredHistory, StoredTaskRun, Write, WriteOutcome,
 };
 
 const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
@@ -186,6 +188,7 @@ impl RedbStore {
             open(txn, SETTINGS)?;
             RedbStore::init_audit(txn)?;
             RedbStore::init_history(txn)?;
+            RedbStore::init_tasks(txn)?;
             let mut meta = open(txn, META)?;
             match meta_value(&meta, META_SCHEMA_VERSION)? {
                 // A new file, or one of layout 1, whose client records are read as they are
@@ -1704,6 +1707,34 @@ impl Store for RedbStore {
 
     fn get_history(&self, name: &str) -> Result<Option<StoredHistory>> {
         self.get_client_history(name)
+    }
+
+    fn put_task_run(&self, run: &StoredTaskRun) -> Result<()> {
+        self.put_run(run)
+    }
+
+    fn task_runs(&self, task: &str) -> Result<Vec<StoredTaskRun>> {
+        self.runs_of(task)
+    }
+
+    fn put_task_results(&self, results: &[TaskResult], logs: &[(usize, String)]) -> Result<()> {
+        self.put_results(results, logs)
+    }
+
+    fn task_results(&self, task: &str, run: u64) -> Result<Vec<TaskResult>> {
+        self.results_of(task, run)
+    }
+
+    fn task_result(&self, task: &str, run: u64, client: &str) -> Result<Option<TaskResult>> {
+        self.result_of(task, run, client)
+    }
+
+    fn task_logs(&self, task: &str, run: u64, client: &str) -> Result<Option<String>> {
+        self.logs_of(task, run, client)
+    }
+
+    fn remove_task_runs(&self, task: &str, before: Option<u64>) -> Result<usize> {
+        self.remove_runs(task, before)
     }
 
     fn put_setting(&self, key: &str, value: Option<&str>) -> Result<()> {
