@@ -8,6 +8,7 @@
 //! * [`status`]: group status and conditions.
 //! * [`explain`]: why a client runs what it runs (the `describe client` view).
 //! * [`plan`]: what an apply would create, configure, leave unchanged or prune.
+//! * [`tasks`]: remote operations: schedules, due runs, targets, dispatch, wake-on-LAN.
 
 pub mod catalog;
 pub mod convergence;
@@ -16,6 +17,7 @@ pub mod explain;
 pub mod plan;
 pub mod rollout;
 pub mod status;
+pub mod tasks;
 
 pub use status::{GroupTally, MemberView, group_status};
 
