@@ -10,6 +10,7 @@ use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use tc_api::{ClientPhase, Event, EventType, Kind, ObjectRef, PackageState, Timestamp};
+use tc_proto::task::TaskOrder;
 use tc_proto::{HeartbeatRequest, PackageReport, ReleaseInfo};
 use tc_store::ClientStatusEntry;
 
@@ -84,6 +85,8 @@ struct HeartbeatAnswer<'a> {
     desired: DesiredView<'a>,
     next_heartbeat_millis: u64,
     send_inventory: bool,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tasks: Vec<TaskOrder>,
 }
 
 /// The body of a long-poll answer: [`tc_proto::DesiredResponse`] without copying the state.
@@ -94,6 +97,8 @@ struct DesiredAnswer<'a> {
     changed: bool,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     send_history: bool,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tasks: Vec<TaskOrder>,
 }
 
 /// A JSON response from a value that borrows (axum's `Json` needs an owned one).
@@ -235,6 +240,7 @@ pub async fn heartbeat(
         desired: served.view(),
         next_heartbeat_millis,
         send_inventory,
+        tasks: controller.tasks.orders_for(&slot.name),
     }))
 }
 
@@ -368,11 +374,10 @@ pub async fn desired(
         .timeout_seconds
         .map_or(limit, |s| Duration::from_secs(s).min(limit));
     let after = query.after_revision;
-    if slot.revision.get() <= after && !slot.history_wanted() {
+    let wanted = || slot.history_wanted() || slot.task_offered();
+    if slot.revision.get() <= after && !wanted() {
         let closing = controller.fleet.closing();
-        let waiting = slot
-            .revision
-            .wait_newer_or(after, closing, || slot.history_wanted());
+        let waiting = slot.revision.wait_newer_or(after, closing, wanted);
         let _ = tokio::time::timeout(wait, waiting).await;
     }
     let served = slot.state.lock().expect("client lock").served.clone();
@@ -381,6 +386,11 @@ pub async fn desired(
         desired: served.view(),
         // Asked once; an agent that predates load histories just polls again.
         send_history: slot.take_history_request(),
+        // Every open order, until the agent reports it started.
+        tasks: {
+            slot.take_task_offer();
+            controller.tasks.orders_for(&slot.name)
+        },
     }))
 }
 
@@ -413,6 +423,7 @@ mod tests {
             desired: served.view(),
             next_heartbeat_millis: 1234,
             send_inventory: true,
+            tasks: Vec::new(),
         })
         .unwrap();
         let expected = serde_json::to_value(tc_proto::HeartbeatResponse {
@@ -428,6 +439,7 @@ mod tests {
                 desired: served.view(),
                 changed: true,
                 send_history,
+                tasks: Vec::new(),
             })
             .unwrap();
             let expected = serde_json::to_value(tc_proto::DesiredResponse {

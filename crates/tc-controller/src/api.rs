@@ -36,7 +36,7 @@ fn parse_kind(plural: &str) -> Result<Kind, ApiError> {
 #[serde(rename_all = "camelCase")]
 pub struct ListQuery {
     /// kubectl `-l` syntax.
-    label_selector: Option<String>,
+    pub label_selector: Option<String>,
 }
 
 /// `GET /apis/thinfleet.io/v1/{plural}`.
@@ -107,7 +107,10 @@ pub async fn list(
             .await??
             .into_iter()
             .filter(|o| selector.matches(&o.meta().labels))
-            .map(|o| serde_json::to_value(o).expect("objects serialize"))
+            .map(|mut o| {
+                controller.tasks.overlay(&mut o);
+                serde_json::to_value(o).expect("objects serialize")
+            })
             .collect()
     };
     Ok(Json(
@@ -142,9 +145,10 @@ pub async fn get(
     }
     let store = controller.store.clone();
     let lookup = name.clone();
-    let object = tokio::task::spawn_blocking(move || store.get(kind, &lookup))
+    let mut object = tokio::task::spawn_blocking(move || store.get(kind, &lookup))
         .await??
         .ok_or_else(missing)?;
+    controller.tasks.overlay(&mut object);
     Ok(Json(
         serde_json::to_value(object).expect("objects serialize"),
     ))
@@ -282,6 +286,7 @@ pub async fn delete(
     );
     controller.record(events).await;
     controller.reconcile_wake.notify_one();
+    controller.tasks.objects_changed();
     let note = Note::object(kind.as_str(), &name, "deleted");
     Ok((headers, Extension(note), Json(deleted)))
 }

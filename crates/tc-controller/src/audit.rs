@@ -73,6 +73,18 @@ pub struct ErrorMessage(pub String);
 pub const ACTIONS: &[(&str, &str, &str, Option<&str>)] = &[
     ("POST", "/apis/thinfleet.io/v1/apply", "apply", None),
     (
+        "POST",
+        "/apis/thinfleet.io/v1/tasks",
+        "create",
+        Some("Task"),
+    ),
+    (
+        "DELETE",
+        "/apis/thinfleet.io/v1/tasks/{name}",
+        "delete",
+        Some("Task"),
+    ),
+    (
         "DELETE",
         "/apis/thinfleet.io/v1/{plural}/{name}",
         "delete",

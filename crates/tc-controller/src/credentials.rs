@@ -80,6 +80,30 @@ pub const ROUTE_ROLES: &[(&str, &str, Role)] = &[
         "/apis/thinfleet.io/v1/clientgroups/{name}/resume",
         Role::Operator,
     ),
+    ("GET", "/apis/thinfleet.io/v1/tasks", Role::Viewer),
+    ("GET", "/apis/thinfleet.io/v1/tasks/{name}", Role::Viewer),
+    (
+        "GET",
+        "/apis/thinfleet.io/v1/tasks/{name}/results",
+        Role::Viewer,
+    ),
+    (
+        "GET",
+        "/apis/thinfleet.io/v1/clients/{name}/tasks",
+        Role::Viewer,
+    ),
+    // Logs can hold what a viewer should not read (paths, addresses, errors).
+    (
+        "GET",
+        "/apis/thinfleet.io/v1/tasks/{name}/results/{client}/logs",
+        Role::Operator,
+    ),
+    ("POST", "/apis/thinfleet.io/v1/tasks", Role::Operator),
+    (
+        "DELETE",
+        "/apis/thinfleet.io/v1/tasks/{name}",
+        Role::Operator,
+    ),
     ("POST", "/apis/thinfleet.io/v1/apply", Role::Admin),
     (
         "DELETE",

@@ -390,6 +390,9 @@ pub struct ClientSlot {
     /// [`HISTORY_WANTED`] or [`HISTORY_ASKED`] (one byte, in what was padding; see
     /// [`crate::history`]).
     history: AtomicU8,
+    /// A task order was offered to the client since its last long-poll answer (see
+    /// [`crate::tasks`]): the next one answers at once.
+    task_offered: AtomicBool,
     /// The client's uid (0 when it has none): session tokens name it.
     pub uid: u128,
     /// The generation of the client's credential (`spec.credentialGeneration`): sessions of
@@ -430,6 +433,22 @@ impl ClientSlot {
                 Ordering::SeqCst,
             )
             .is_ok()
+    }
+
+    /// A task order waits for the client: wakes its long-polls.
+    pub fn offer_task(&self) {
+        self.task_offered.store(true, Ordering::SeqCst);
+        self.revision.wake();
+    }
+
+    /// True when an order was offered since the last long-poll answer.
+    pub fn task_offered(&self) -> bool {
+        self.task_offered.load(Ordering::SeqCst)
+    }
+
+    /// For a long-poll answer: clears the offer mark (the answer carries every open order).
+    pub fn take_task_offer(&self) -> bool {
+        self.task_offered.swap(false, Ordering::SeqCst)
     }
 
     /// For an upload: true when a load history was asked for (and is no longer).
@@ -602,6 +621,7 @@ impl Fleet {
                     dirty: AtomicBool::new(false),
                     removed: AtomicBool::new(false),
                     history: AtomicU8::new(HISTORY_IDLE),
+                    task_offered: AtomicBool::new(false),
                     uid,
                     generation: AtomicU32::new(generation),
                 });

@@ -26,6 +26,7 @@ pub mod reconcile;
 pub mod rollout;
 pub mod server;
 pub mod session;
+pub mod tasks;
 pub mod tls;
 pub mod tokens;
 pub mod ui;
@@ -237,6 +238,8 @@ pub struct Controller {
     pub retries: Mutex<Vec<reconcile::RetryRequest>>,
     /// Requests waiting for a client's load history.
     pub history_waiters: history::HistoryWaiters,
+    /// Remote operations: tasks, their runs and the orders open for agents.
+    pub tasks: tasks::Tasks,
     /// Serializes applies and deletes of objects, so that a plan is written against what it read.
     pub apply_lock: tokio::sync::Mutex<()>,
     /// Serializes enrolments, approvals, denials, decommissions, client deletions and token
@@ -363,6 +366,26 @@ pub fn router(controller: Arc<Controller>) -> Router {
                 .get(api::get_client)
                 .delete(api::delete_client),
         )
+        .route(
+            "/apis/thinfleet.io/v1/tasks",
+            post(tasks::api::create).get(tasks::api::list),
+        )
+        .route(
+            "/apis/thinfleet.io/v1/tasks/{name}",
+            delete(tasks::api::delete).get(tasks::api::get),
+        )
+        .route(
+            "/apis/thinfleet.io/v1/tasks/{name}/results",
+            get(tasks::api::results),
+        )
+        .route(
+            "/apis/thinfleet.io/v1/tasks/{name}/results/{client}/logs",
+            get(tasks::api::logs),
+        )
+        .route(
+            "/apis/thinfleet.io/v1/clients/{name}/tasks",
+            get(tasks::api::client_tasks),
+        )
         .route("/apis/thinfleet.io/v1/{plural}", get(api::list))
         .route(
             "/apis/thinfleet.io/v1/{plural}/{name}",
@@ -413,6 +436,7 @@ pub fn router(controller: Arc<Controller>) -> Router {
         .route("/agent/v1/session", post(enroll::session))
         .route("/agent/v1/heartbeat", post(agent::heartbeat))
         .route("/agent/v1/desired", get(agent::desired))
+        .route("/agent/v1/tasks/report", post(tasks::report))
         .route(
             "/agent/v1/history",
             post(history::upload).layer(DefaultBodyLimit::max(
@@ -534,6 +558,7 @@ pub async fn open(
         served_cache: Mutex::new(Default::default()),
         retries: Mutex::new(vec![]),
         history_waiters: Default::default(),
+        tasks: tasks::Tasks::new(store.clone()),
         apply_lock: tokio::sync::Mutex::new(()),
         enroll_lock: tokio::sync::Mutex::new(()),
         session_key,
@@ -661,6 +686,7 @@ pub async fn serve_with(
             stopping.clone(),
         )),
         tokio::spawn(audit::run_retention(controller.clone(), stopping.clone())),
+        tokio::spawn(tasks::run_loop(controller.clone())),
     ];
     if demo_agents.is_some() {
         tasks.push(tokio::spawn(demo::print_events(

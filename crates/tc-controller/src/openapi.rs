@@ -99,6 +99,9 @@ pub fn document() -> Value {
     let audit_entry = schema_of::<tc_api::AuditEntry>(&mut components);
     let client_history = schema_of::<tc_api::ClientHistory>(&mut components);
     let history_upload = schema_of::<tc_proto::history::HistoryUpload>(&mut components);
+    let task = schema_of::<tc_api::Task>(&mut components);
+    let task_result = schema_of::<tc_api::task::TaskResult>(&mut components);
+    let task_reports = schema_of::<tc_proto::task::TaskReports>(&mut components);
     components.insert(
         "Status".into(),
         json!({ "type": "object", "required": ["kind", "code", "reason", "message"], "properties": {
@@ -118,6 +121,7 @@ pub fn document() -> Value {
         ("clientgroups", &group),
         ("packagereleases", &release),
         ("clients", &client),
+        ("tasks", &task),
     ] {
         paths.insert(
             format!("/apis/thinfleet.io/v1/{plural}"),
@@ -139,6 +143,36 @@ pub fn document() -> Value {
         }
         paths.insert(format!("/apis/thinfleet.io/v1/{plural}/{{name}}"), item);
     }
+    {
+        let tasks = paths
+            .get_mut("/apis/thinfleet.io/v1/tasks")
+            .expect("tasks are listed");
+        tasks["post"] = json!({ "summary": "Create a task (operator): a Task in JSON or YAML; an existing name is a conflict",
+            "requestBody": { "required": true, "content": { "application/json": { "schema": task.clone() }, "application/yaml": { "schema": { "type": "string" } } } },
+            "responses": with_response(ok(task.clone(), &[400, 401, 403, 409, 413]), "201", "Created", task.clone()) });
+    }
+    let state_param = json!({ "name": "state", "in": "query", "schema": { "type": "string", "enum": ["Pending", "Running", "Succeeded", "Failed", "Expired", "Interrupted"] } });
+    let run_param = json!({ "name": "run", "in": "query", "schema": { "type": "integer", "minimum": 0, "maximum": U64_MAX } });
+    let client_param =
+        json!({ "name": "client", "in": "path", "required": true, "schema": { "type": "string" } });
+    paths.insert("/apis/thinfleet.io/v1/tasks/{name}/results".into(), json!({ "get": {
+        "summary": "The targets of a task's run (the newest unless `run`) with their states, exit codes, output tails and messages, by client name; `continue` names the last client of a full page",
+        "parameters": [name_param, run_param, state_param,
+            { "name": "after", "in": "query", "schema": { "type": "string" } },
+            { "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 1, "maximum": U64_MAX } }],
+        "responses": ok(list(&task_result), READ) } }));
+    paths.insert("/apis/thinfleet.io/v1/tasks/{name}/results/{client}/logs".into(), json!({ "get": {
+        "summary": "The log and journal a client's collectLogs sent (operator)",
+        "parameters": [name_param, client_param, run_param],
+        "responses": { "200": { "description": "The logs", "content": { "text/plain": { "schema": { "type": "string" } } } },
+            "400": { "description": "Bad request", "content": status_content }, "401": { "description": "Unauthorized", "content": status_content },
+            "403": { "description": "Forbidden", "content": status_content }, "404": { "description": "No such run or no logs", "content": status_content } } } }));
+    paths.insert(
+        "/apis/thinfleet.io/v1/clients/{name}/tasks".into(),
+        json!({ "get": {
+        "summary": "A client's results in the task runs the controller keeps, newest first",
+        "parameters": [name_param], "responses": ok(list(&task_result), READ) } }),
+    );
     paths.insert("/apis/thinfleet.io/v1/clients/{name}/history".into(), json!({ "get": {
         "summary": "A client's load history (24 h of CPU, memory, disk and temperature at one-minute resolution): fresh from an online client's agent within `wait` seconds, else the last one stored (`fresh: false`)",
         "parameters": [name_param, { "name": "wait", "in": "query", "schema": { "type": "integer", "minimum": 0, "maximum": crate::history::MAX_WAIT_SECONDS, "default": crate::history::DEFAULT_WAIT_SECONDS } }],
@@ -291,6 +325,9 @@ pub fn document() -> Value {
     paths.insert("/agent/v1/desired".into(), json!({ "get": { "summary": "Long-poll for a new desired state (a client token)",
         "parameters": [ { "name": "afterRevision", "in": "query", "schema": { "type": "integer", "minimum": 0, "maximum": U64_MAX } }, { "name": "timeoutSeconds", "in": "query", "schema": { "type": "integer", "minimum": 0, "maximum": U64_MAX } } ],
         "responses": ok(desired_response, auth) } }));
+    paths.insert("/agent/v1/tasks/report".into(), json!({ "post": { "summary": "What the agent says about its task orders (a session token): states, exit codes, output tails, logs; orders not given to this client are ignored",
+        "requestBody": json_body(task_reports),
+        "responses": ok(json!({ "type": "object", "required": ["accepted"], "properties": { "accepted": { "type": "integer", "minimum": 0 } } }), &[400, 401, 403, 413, 415, 422, 503]) } }));
     paths.insert("/agent/v1/history".into(), json!({ "post": { "summary": "The load history the controller asked for with sendHistory (a session token); refused with nothing stored for another client (403), broken limits (400, 413) or when not asked (409)",
         "requestBody": json_body(history_upload),
         "responses": ok(json!({ "type": "object", "required": ["samples"], "properties": { "samples": { "type": "integer", "minimum": 0 } } }), &[400, 401, 403, 404, 409, 413, 415, 422]) } }));

@@ -153,6 +153,15 @@ pub enum PlanError {
         /// What would change.
         reason: String,
     },
+    /// A task without a schedule would change: it ran (or runs) as it was.
+    #[error(
+        "task/{name} cannot change: only a task with a `schedule` can (its next runs use the \
+         new spec); delete it and create a new one"
+    )]
+    ImmutableTask {
+        /// Task name.
+        name: String,
+    },
     /// Two releases claim the same package and version.
     #[error("packagerelease/{name} and packagerelease/{other} are both {package} {version}")]
     DuplicateRelease {
@@ -303,6 +312,24 @@ pub fn plan(
             let error = PlanError::ImmutableRelease {
                 name: object.name().to_string(),
                 reason,
+            };
+            if options.authoritative {
+                skipped.push(Skipped {
+                    kind: key.0,
+                    name: key.1.to_string(),
+                    reason: SkipReason::Conflict(error),
+                });
+            } else {
+                errors.push(error);
+            }
+            continue;
+        }
+        if let (Object::Task(old), Object::Task(new)) = (current, object)
+            && old.spec != new.spec
+            && (old.spec.schedule.is_none() || new.spec.schedule.is_none())
+        {
+            let error = PlanError::ImmutableTask {
+                name: object.name().to_string(),
             };
             if options.authoritative {
                 skipped.push(Skipped {

@@ -80,11 +80,11 @@ use tc_api::{
 };
 use tc_proto::Load;
 
-use tc_api::task::TaskResult;
 use crate::{
     AuditFilter, AuditRetention, ClientStatusEntry, EventFilter, Liveness, Result, Store,
     StoreError, StoredHistory, StoredTaskRun, Write, WriteOutcome,
 };
+use tc_api::task::TaskResult;
 
 const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
 const CLIENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("clients");

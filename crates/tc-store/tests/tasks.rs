@@ -59,10 +59,14 @@ fn runs_results_and_logs_survive_a_reopen_and_go_with_their_run() {
             },
         ));
         store.put_task_run(&wake).unwrap();
-        store.put_task_run(&run("restart", 1_000, &["a", "b"])).unwrap();
+        store
+            .put_task_run(&run("restart", 1_000, &["a", "b"]))
+            .unwrap();
         store.put_task_run(&run("restart", 30_000, &["a"])).unwrap();
         // A task whose name extends another's is not listed with it.
-        store.put_task_run(&run("restart-2", 5_000, &["a"])).unwrap();
+        store
+            .put_task_run(&run("restart-2", 5_000, &["a"]))
+            .unwrap();
         let results = [
             result("restart", 1_000, "a", TaskClientState::Succeeded),
             result("restart", 1_000, "b", TaskClientState::Failed),

@@ -187,6 +187,7 @@ impl Controller {
         let existing = tokio::task::spawn_blocking(move || -> tc_store::Result<Vec<Object>> {
             let mut all = store.list(Kind::ClientGroup)?;
             all.extend(store.list(Kind::PackageRelease)?);
+            all.extend(store.list(Kind::Task)?);
             Ok(all)
         })
         .await??;
@@ -367,6 +368,7 @@ impl Controller {
         drop(_guard);
         self.record(events).await;
         self.reconcile_wake.notify_one();
+        self.tasks.objects_changed();
         for defining in effects.wake {
             defining.source.request_sync();
         }
@@ -424,7 +426,7 @@ fn event_reason(action: Action) -> Option<&'static str> {
 
 /// Decodes every file (without the status, which only the controller writes); any error fails
 /// the whole apply, naming file, line, column and field.
-fn decode(files: &[ManifestFile]) -> Result<Vec<SourcedObject>, ApiError> {
+pub(crate) fn decode(files: &[ManifestFile]) -> Result<Vec<SourcedObject>, ApiError> {
     let mut decoded: Vec<SourcedObject> = vec![];
     // Every error of every file, in file order, up to the decoder's cap for the request.
     let mut errors = tc_api::DecodeErrors::new();
@@ -522,7 +524,9 @@ fn plan_error(errors: &[PlanError], decoded: &[SourcedObject]) -> ApiError {
     let code = if errors.iter().any(|e| {
         matches!(
             e,
-            PlanError::ManagerConflict { .. } | PlanError::ImmutableRelease { .. }
+            PlanError::ManagerConflict { .. }
+                | PlanError::ImmutableRelease { .. }
+                | PlanError::ImmutableTask { .. }
         )
     }) {
         StatusCode::CONFLICT
@@ -537,6 +541,7 @@ fn plan_error(errors: &[PlanError], decoded: &[SourcedObject]) -> ApiError {
                 | PlanError::ManagerConflict { kind, name, .. } => (*kind, name),
                 PlanError::ImmutableRelease { name, .. }
                 | PlanError::DuplicateRelease { name, .. } => (Kind::PackageRelease, name),
+                PlanError::ImmutableTask { name } => (Kind::Task, name),
             };
             let source = source_of(decoded, kind, name);
             Cause {

@@ -137,6 +137,7 @@ impl Controller {
             .collect();
         self.record(events).await;
         self.reconcile_wake.notify_one();
+        self.tasks.objects_changed();
         Ok(pruned)
     }
 }

@@ -84,13 +84,20 @@ impl RedbStore {
                 .map_err(db_error("scan task_runs"))?
             {
                 let (key, value) = entry.map_err(db_error("scan task_runs"))?;
-                runs.push(decode(format_args!("task_runs/{}", key.value()), value.value())?);
+                runs.push(decode(
+                    format_args!("task_runs/{}", key.value()),
+                    value.value(),
+                )?);
             }
             Ok(runs)
         })
     }
 
-    pub(super) fn put_results(&self, results: &[TaskResult], logs: &[(usize, String)]) -> Result<()> {
+    pub(super) fn put_results(
+        &self,
+        results: &[TaskResult],
+        logs: &[(usize, String)],
+    ) -> Result<()> {
         let mut records = Vec::with_capacity(results.len());
         for result in results {
             let key = result_key(&result.task, result.run, &result.client);
@@ -134,7 +141,12 @@ impl RedbStore {
         })
     }
 
-    pub(super) fn result_of(&self, task: &str, run: u64, client: &str) -> Result<Option<TaskResult>> {
+    pub(super) fn result_of(
+        &self,
+        task: &str,
+        run: u64,
+        client: &str,
+    ) -> Result<Option<TaskResult>> {
         let key = result_key(task, run, client);
         self.read_txn("read a task result", |txn| {
             let table = open_read(txn, TASK_RESULTS)?;
