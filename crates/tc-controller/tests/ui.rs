@@ -197,6 +197,40 @@ async fn fleet(controller: &TestController) -> (Api, String) {
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{answer}");
+    // A task whose result carries hostile output.
+    let (status, body) = admin
+        .request(
+            Method::POST,
+            "/apis/thinfleet.io/v1/tasks",
+            Some(json!({ "apiVersion": "thinfleet.io/v1", "kind": "Task", "metadata": { "name": "probe" },
+                "spec": { "targets": { "clients": [agent.name] }, "action": "exec",
+                          "exec": { "command": ["uname"], "timeoutSeconds": 10 } } })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let id = eventually(Duration::from_secs(10), || async {
+        let (_, answer) = agent
+            .api
+            .heartbeat(
+                json!({ "protocolVersion": 2, "observedRevision": 0, "packages": [],
+                "inventoryHash": "hostile" }),
+            )
+            .await;
+        answer["tasks"][0]["id"].as_str().map(str::to_string)
+    })
+    .await;
+    let (status, body) = agent
+        .api
+        .request(
+            Method::POST,
+            "/agent/v1/tasks/report",
+            Some(
+                json!({ "reports": [{ "id": id, "state": "Failed", "exitCode": 1,
+                "stdout": HOSTILE, "message": HOSTILE }] }),
+            ),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
     (admin, agent.name)
 }
 
@@ -231,6 +265,9 @@ async fn every_page_and_region_answers_signed_in_renders_hostile_strings_inert_a
         "/ui/packages".into(),
         "/ui/events".into(),
         "/ui/events?kind=Client&type=Warning&reason=Enrolled".into(),
+        "/ui/tasks".into(),
+        "/ui/tasks/probe".into(),
+        "/ui/tasks/probe?state=Failed".into(),
     ];
     for path in &paths {
         let page = console.get(path).await;
@@ -610,5 +647,99 @@ async fn the_one_time_code_signs_in_once() {
     assert!(set_cookie(&again.headers).is_none());
     other.cookie = None;
     assert_eq!(other.get("/ui").await.status, StatusCode::SEE_OTHER);
+    controller.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_s_task_buttons_create_tasks_for_operators_and_are_refused_to_viewers() {
+    let controller = TestController::start().await;
+    let (admin, client) = fleet(&controller).await;
+    let operator_token = credential(&admin, "olga", "operator").await;
+    let viewer_token = credential(&admin, "vic", "viewer").await;
+    let mut operator = Console::new(&controller);
+    operator.sign_in(&operator_token).await;
+    let page = operator.get(&format!("/ui/clients/{client}")).await;
+    for action in ["reboot", "shutdown", "wake", "collectLogs"] {
+        assert!(
+            page.body
+                .contains(&format!("action=\"/ui/clients/{client}/tasks/{action}\"")),
+            "{action} button missing:\n{}",
+            page.body
+        );
+    }
+    // The client's page lists the task it ran, with its (escaped) output.
+    assert!(
+        page.body.contains("<a href=\"/ui/tasks/probe\">probe</a>"),
+        "{}",
+        page.body
+    );
+    let csrf = page.csrf();
+    let done = operator
+        .post(
+            &format!("/ui/clients/{client}/tasks/reboot"),
+            &format!("csrf={csrf}"),
+        )
+        .await;
+    assert_eq!(done.status, StatusCode::SEE_OTHER, "{}", done.body);
+    let task = done
+        .location()
+        .strip_prefix("/ui/tasks/")
+        .unwrap()
+        .to_string();
+    let (status, created) = admin
+        .get(&format!("/apis/thinfleet.io/v1/tasks/{task}"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{created}");
+    assert_eq!(created["spec"]["action"], "reboot");
+    assert_eq!(created["spec"]["targets"]["clients"], json!([client]));
+    assert_eq!(created["metadata"]["managedBy"], "credential:olga");
+    let entry = audit(&admin)
+        .await
+        .into_iter()
+        .find(|e| e["action"] == "create" && e["user"] == "olga")
+        .expect("the button's task is in the audit trail");
+    assert_eq!(entry["objects"][0]["name"], task.as_str());
+    assert_eq!(
+        entry["request"],
+        format!("POST /ui/clients/{client}/tasks/reboot")
+    );
+    // Its page shows the client once the run started.
+    let path = format!("/ui/tasks/{task}");
+    eventually(Duration::from_secs(10), || async {
+        let shown = operator.get(&path).await;
+        assert_eq!(shown.status, StatusCode::OK);
+        shown
+            .body
+            .contains(&format!("<a href=\"/ui/clients/{client}\">"))
+            .then_some(())
+    })
+    .await;
+    // Forged and viewers' posts change nothing.
+    let forged = operator
+        .post(&format!("/ui/clients/{client}/tasks/shutdown"), "csrf=0123")
+        .await;
+    assert_eq!(forged.status, StatusCode::FORBIDDEN);
+    let mut viewer = Console::new(&controller);
+    viewer.sign_in(&viewer_token).await;
+    let page = viewer.get(&format!("/ui/clients/{client}")).await;
+    assert!(
+        !page.body.contains("/tasks/reboot"),
+        "a viewer sees the buttons"
+    );
+    let refused = viewer
+        .post(
+            &format!("/ui/clients/{client}/tasks/shutdown"),
+            &format!("csrf={}", page.csrf()),
+        )
+        .await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN, "{}", refused.body);
+    let (_, tasks) = admin.get("/apis/thinfleet.io/v1/tasks").await;
+    let actions: Vec<&str> = tasks["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["spec"]["action"].as_str().unwrap())
+        .collect();
+    assert!(!actions.contains(&"shutdown"), "{actions:?}");
     controller.stop().await;
 }

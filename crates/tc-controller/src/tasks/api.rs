@@ -47,6 +47,22 @@ pub async fn create(
 ) -> Result<(StatusCode, Extension<Note>, Json<Value>), ApiError> {
     let text = std::str::from_utf8(&body)
         .map_err(|_| ApiError::bad_request("the request body is not UTF-8"))?;
+    let task = create_task(&controller, &identity, text).await?;
+    let name = task.metadata.name.clone();
+    Ok((
+        StatusCode::CREATED,
+        Extension(Note::object("Task", &name, "created")),
+        Json(serde_json::to_value(Object::Task(task)).expect("objects serialize")),
+    ))
+}
+
+/// Creates the task `text` (one `Task` manifest) as `identity`, through the one apply path;
+/// the API's create route and the console's buttons call it.
+pub(crate) async fn create_task(
+    controller: &Arc<Controller>,
+    identity: &Identity,
+    text: &str,
+) -> Result<tc_api::Task, ApiError> {
     let file = ManifestFile {
         name: "request".into(),
         content: text.to_owned(),
@@ -95,11 +111,10 @@ pub async fn create(
         .map(|item| item.object)
         .ok_or_else(|| ApiError::internal("the apply returned no object"))?;
     controller.tasks.overlay(&mut object);
-    Ok((
-        StatusCode::CREATED,
-        Extension(Note::object("Task", &name, "created")),
-        Json(serde_json::to_value(object).expect("objects serialize")),
-    ))
+    match object {
+        Object::Task(task) => Ok(task),
+        _ => Err(ApiError::internal("the apply returned another kind")),
+    }
 }
 
 /// `DELETE /apis/thinfleet.io/v1/tasks/{name}` (operators may: it cancels what has not
@@ -142,19 +157,63 @@ pub async fn results(
         None => None,
     };
     let limit = query.limit.unwrap_or(MAX_PAGE).clamp(1, MAX_PAGE);
-    let (run, targets) = {
+    let page = run_results(
+        &controller,
+        &name,
+        query.run,
+        state,
+        query.after.as_deref().unwrap_or(""),
+        limit,
+    )
+    .await?;
+    let mut answer = json!({
+        "apiVersion": API_VERSION,
+        "kind": "TaskResultList",
+        "items": page.items,
+    });
+    if let Some(run) = page.run {
+        answer["run"] = json!(run);
+    }
+    if page.more
+        && let Some(last) = page.items.last()
+    {
+        answer["continue"] = json!(last.client);
+    }
+    Ok(Json(answer))
+}
+
+/// One page of a run's results.
+pub(crate) struct ResultsPage {
+    /// The run (none yet: no items).
+    pub run: Option<u64>,
+    /// The results, by client name.
+    pub items: Vec<TaskResult>,
+    /// More follow the last one.
+    pub more: bool,
+}
+
+/// The results of run `run` of task `name` (its newest when `None`), in `state` when given, of
+/// clients after `after`, at most `limit`: the book's states with the store's details. The API
+/// and the console read them through this one function.
+pub(crate) async fn run_results(
+    controller: &Arc<Controller>,
+    name: &str,
+    run: Option<u64>,
+    state: Option<TaskClientState>,
+    after: &str,
+    limit: usize,
+) -> Result<ResultsPage, ApiError> {
+    let (found, targets) = {
         let book = controller.tasks.book.lock().expect("task book");
-        let run = book.run(&name, query.run);
-        match run {
+        match book.run(name, run) {
             None => (None, Vec::new()),
-            Some(run) => {
-                let after = query.after.as_deref().unwrap_or("");
+            Some(found) => {
                 let mut targets = Vec::new();
-                for (index, target) in run.stored.targets.iter().enumerate() {
+                for (index, target) in found.stored.targets.iter().enumerate() {
                     if target.client.as_str() <= after {
                         continue;
                     }
-                    let current = run.clients[index].state;
+                    let current = found.clients[index].state;
                     if state.is_some_and(|wanted| wanted != current) {
                         continue;
                     }
@@ -167,42 +226,44 @@ pub async fn results(
                         break;
                     }
                 }
-                (Some(run.stored.run), targets)
+                (Some(found.stored.run), targets)
             }
         }
     };
-    let Some(run) = run else {
+    let Some(found) = found else {
         let store = controller.store.clone();
-        let lookup = name.clone();
+        let lookup = name.to_owned();
         if tokio::task::spawn_blocking(move || store.get(Kind::Task, &lookup))
             .await??
             .is_none()
         {
             return Err(ApiError::not_found(format!("task/{name} not found")));
         }
-        return match query.run {
+        return match run {
             Some(run) => Err(ApiError::not_found(format!(
                 "task/{name} has no run {run} (runs beyond the newest {} are dropped)",
                 tc_api::task::MAX_TASK_RUNS_KEPT
             ))),
-            None => Ok(Json(json!({
-                "apiVersion": API_VERSION, "kind": "TaskResultList", "items": []
-            }))),
+            None => Ok(ResultsPage {
+                run: None,
+                items: Vec::new(),
+                more: false,
+            }),
         };
     };
     let more = targets.len() > limit;
     let targets: Vec<_> = targets.into_iter().take(limit).collect();
     let store = controller.store.clone();
-    let task = name.clone();
+    let task = name.to_owned();
     let items = tokio::task::spawn_blocking(move || -> tc_store::Result<Vec<TaskResult>> {
         let stored = if targets.len() > 64 {
-            store.task_results(&task, run)?
+            store.task_results(&task, found)?
         } else {
-            let mut found = Vec::new();
+            let mut stored = Vec::new();
             for (client, _, _) in &targets {
-                found.extend(store.task_result(&task, run, client)?);
+                stored.extend(store.task_result(&task, found, client)?);
             }
-            found
+            stored
         };
         let mut stored = stored.into_iter().peekable();
         let mut items = Vec::with_capacity(targets.len());
@@ -211,7 +272,7 @@ pub async fn results(
             let detail = stored.next_if(|r| r.client == client);
             let mut item = detail.unwrap_or_else(|| TaskResult {
                 task: task.clone(),
-                run,
+                run: found,
                 client: client.clone(),
                 by: by.clone(),
                 ..Default::default()
@@ -223,16 +284,11 @@ pub async fn results(
         Ok(items)
     })
     .await??;
-    let mut answer = json!({
-        "apiVersion": API_VERSION,
-        "kind": "TaskResultList",
-        "run": run,
-        "items": items,
-    });
-    if more && let Some(last) = items.last() {
-        answer["continue"] = json!(last.client);
-    }
-    Ok(Json(answer))
+    Ok(ResultsPage {
+        run: Some(found),
+        items,
+        more,
+    })
 }
 
 /// Query of the logs route.

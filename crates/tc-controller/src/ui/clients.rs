@@ -489,6 +489,7 @@ pub async fn show(
     };
     let history = chart::for_client(&controller, &name, wait).await;
     region.push_str(&chart::section(history.as_ref(), now));
+    region.push_str(&super::tasks::client_section(&controller, &session, &name).await);
     View {
         title: &format!("Client {name}"),
         current: "/ui/clients",

@@ -58,6 +58,7 @@ const NAV: &[(&str, &str)] = &[
     ("/ui/clients", "Clients"),
     ("/ui/groups", "Groups"),
     ("/ui/packages", "Packages"),
+    ("/ui/tasks", "Tasks"),
     ("/ui/events", "Events"),
 ];
 

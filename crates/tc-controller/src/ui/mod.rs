@@ -20,6 +20,7 @@ pub mod pages;
 pub mod query;
 pub mod session;
 pub mod snapshot;
+pub mod tasks;
 
 use std::sync::Arc;
 
@@ -60,6 +61,12 @@ pub fn router() -> Router<Arc<Controller>> {
         .route("/ui/groups/{name}/resume", post(actions::resume))
         .route("/ui/packages", get(pages::packages))
         .route("/ui/events", get(pages::events))
+        .route("/ui/tasks", get(tasks::list))
+        .route("/ui/tasks/{name}", get(tasks::show))
+        .route(
+            "/ui/clients/{name}/tasks/{action}",
+            post(tasks::run_on_client),
+        )
         .route("/ui/blobs/{sha256}", get(actions::download))
         .route("/ui/assets/{file}", get(asset))
         .route(
