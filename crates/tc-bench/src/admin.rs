@@ -46,7 +46,7 @@ impl Admin {
         .map_err(|_| format!("{method} {path}: no answer within 5 minutes"))?
         .map_err(|e| format!("{method} {path}: {e}"))?;
         let text = String::from_utf8_lossy(&response.body);
-        if response.status != 200 {
+        if !(200..300).contains(&response.status) {
             return Err(format!("{method} {path}: HTTP {}: {text}", response.status));
         }
         serde_json::from_str(&text).map_err(|e| format!("{method} {path}: {e}: {text}"))
@@ -92,6 +92,13 @@ impl Admin {
                 Some((name.to_string(), value.parse().ok()?))
             })
             .collect())
+    }
+
+    /// POSTs a JSON body.
+    pub async fn post_json(&self, path: &str, body: &Value) -> Result<Value, String> {
+        let body = serde_json::to_vec(body).map_err(|e| e.to_string())?;
+        self.call("POST", path, Some("application/json"), &body)
+            .await
     }
 
     /// Reads an object.

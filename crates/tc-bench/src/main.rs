@@ -41,6 +41,9 @@ enum Command {
     Push(PushArgs),
     /// Agents installing a new release: time until all report it, beside the bandwidth bound.
     Converge(ConvergeArgs),
+    /// One exec task to agents waiting on the long-poll: time until every one has its order and
+    /// every result is recorded, losses, memory and disk per result.
+    Tasks(TasksArgs),
     /// The real tc-agent: binary size, idle memory and idle CPU.
     Agent(AgentArgs),
     /// The web console's overview and clients pages on a large fleet: latency against a baseline.
@@ -150,6 +153,29 @@ pub struct PushArgs {
     pub seed: u64,
 }
 
+/// Options of `tc-bench tasks`.
+#[derive(Clone, Debug, Args)]
+pub struct TasksArgs {
+    /// Agents waiting on the long-poll, all targets of the task.
+    #[arg(long, default_value_t = 50_000)]
+    pub waiting: u64,
+    /// Long-poll transport.
+    #[arg(long, value_enum, default_value_t = TransportArg::Auto)]
+    pub transport: TransportArg,
+    /// Heartbeat interval in seconds (long, so that the long-poll delivers the order).
+    #[arg(long, default_value_t = 300.0)]
+    pub interval: f64,
+    /// Seconds to let the controller take in every long-poll before the task.
+    #[arg(long, default_value_t = 2.0)]
+    pub settle: f64,
+    /// Longest wait for every result, in seconds.
+    #[arg(long, default_value_t = 60.0)]
+    pub timeout: f64,
+    /// Fleet seed.
+    #[arg(long, default_value_t = 11)]
+    pub seed: u64,
+}
+
 /// Options of `tc-bench converge`.
 #[derive(Clone, Debug, Args)]
 pub struct ConvergeArgs {
@@ -231,6 +257,7 @@ fn main() -> ExitCode {
         Command::Fleet(args) => run(cli.json, scenarios::fleet::run(args)),
         Command::Push(args) => run(cli.json, scenarios::push::run(args)),
         Command::Converge(args) => run(cli.json, scenarios::converge::run(args)),
+        Command::Tasks(args) => run(cli.json, scenarios::tasks::run(args)),
         Command::Agent(args) => run(cli.json, scenarios::agent::run(args)),
         Command::Console(args) => run(cli.json, scenarios::console::run(args)),
     };

@@ -243,6 +243,20 @@ fn console_measures_its_pages_against_the_baseline() {
     check_machine(&figures);
 }
 
+#[test]
+fn tasks_records_every_result_of_an_exec_task() {
+    let figures = run(&["tasks", "--waiting", "300", "--settle", "0.5"]);
+    assert_eq!(figures["scenario"], "tasks");
+    assert_eq!(number(&figures, "started"), 300.0, "{figures}");
+    assert_eq!(number(&figures, "recorded"), 300.0, "{figures}");
+    assert_eq!(number(&figures, "run_targets"), 300.0, "{figures}");
+    assert_eq!(number(&figures, "succeeded"), 300.0, "{figures}");
+    assert_eq!(number(&figures, "lost"), 0.0, "{figures}");
+    assert_eq!(number(&figures, "errors"), 0.0, "{figures}");
+    assert!(number(&figures, "result_record_bytes") > 50.0, "{figures}");
+    check_machine(&figures);
+}
+
 /// The tc-agent binary of this build, built first (into its own target directory, since the
 /// running `cargo test` holds the lock of this one) when it is not there.
 fn agent_binary() -> PathBuf {

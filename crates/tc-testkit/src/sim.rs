@@ -20,6 +20,7 @@ pub mod http;
 pub mod identity;
 pub mod inventory;
 pub mod stats;
+mod tasks;
 pub mod tls;
 
 use std::cmp::Reverse;
@@ -113,6 +114,8 @@ pub struct SimConfig {
     pub seed: u64,
     /// TLS to the servers (`None`: cleartext HTTP/1.1 and h2c).
     pub tls: Option<Tls>,
+    /// Answer task orders: report each new one started and succeeded.
+    pub answer_tasks: bool,
 }
 
 impl SimConfig {
@@ -132,6 +135,7 @@ impl SimConfig {
             request_timeout: Duration::from_secs(30),
             seed: 1,
             tls: None,
+            answer_tasks: false,
         }
     }
 }
@@ -167,6 +171,12 @@ struct AgentState {
     /// The newest revision whose `Installed` report the controller acknowledged.
     converged_revision: u64,
     converged_at: Option<Instant>,
+    /// Ids of the task orders received.
+    tasks_seen: Vec<Box<str>>,
+    /// When the first task order arrived.
+    task_received_at: Option<Instant>,
+    /// When the controller first acknowledged a task report.
+    task_recorded_at: Option<Instant>,
 }
 
 /// One virtual agent.
@@ -349,6 +359,7 @@ impl SimFleet {
         let (stop, stopping) = watch::channel(false);
         let (jobs, job_receiver) = mpsc::channel::<Job>(config.connections.max(1) * 8);
         let (installs, install_receiver) = mpsc::unbounded_channel::<u32>();
+        let (task_orders, task_receiver) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             agents: self.agents.clone(),
             histograms: (0..config.connections.max(1))
@@ -358,6 +369,7 @@ impl SimFleet {
             counters: Counters::default(),
             jobs: jobs.clone(),
             installs,
+            task_orders,
             errors: Mutex::new(vec![]),
             config,
         });
@@ -370,6 +382,17 @@ impl SimFleet {
                 job_receiver.clone(),
                 stopping.clone(),
             )));
+        }
+        if shared.config.answer_tasks {
+            let task_receiver = Arc::new(tokio::sync::Mutex::new(task_receiver));
+            for worker in 0..shared.config.connections.max(1) {
+                tasks.push(tokio::spawn(tasks::report_worker(
+                    shared.clone(),
+                    worker,
+                    task_receiver.clone(),
+                    stopping.clone(),
+                )));
+            }
         }
         if shared.config.install {
             let install_receiver = Arc::new(tokio::sync::Mutex::new(install_receiver));
@@ -440,6 +463,9 @@ struct Counters {
     installs: AtomicU64,
     install_failures: AtomicU64,
     late_dispatches: AtomicU64,
+    task_orders: AtomicU64,
+    task_reports: AtomicU64,
+    task_report_errors: AtomicU64,
 }
 
 /// A point-in-time copy of a simulation's counters.
@@ -473,12 +499,22 @@ pub struct SimSnapshot {
     pub install_failures: u64,
     /// Heartbeats dispatched more than 100 ms after they were due (the generator fell behind).
     pub late_dispatches: u64,
+    /// Task orders received (each once).
+    pub task_orders: u64,
+    /// Task reports the controller acknowledged.
+    pub task_reports: u64,
+    /// Task reports that failed.
+    pub task_report_errors: u64,
 }
 
 impl SimSnapshot {
     /// Every kind of error added up.
     pub fn errors(&self) -> u64 {
-        self.heartbeat_errors + self.long_poll_errors + self.download_errors + self.install_failures
+        self.heartbeat_errors
+            + self.long_poll_errors
+            + self.download_errors
+            + self.install_failures
+            + self.task_report_errors
     }
 }
 
@@ -496,6 +532,8 @@ struct Shared {
     counters: Counters,
     jobs: mpsc::Sender<Job>,
     installs: mpsc::UnboundedSender<u32>,
+    /// Task orders to report on.
+    task_orders: mpsc::UnboundedSender<(u32, Vec<tc_proto::task::TaskOrder>)>,
     /// The first few error messages, for diagnosis.
     errors: Mutex<Vec<String>>,
 }
@@ -561,7 +599,23 @@ impl RunningSim {
             installs: get(&c.installs),
             install_failures: get(&c.install_failures),
             late_dispatches: get(&c.late_dispatches),
+            task_orders: get(&c.task_orders),
+            task_reports: get(&c.task_reports),
+            task_report_errors: get(&c.task_report_errors),
         }
+    }
+
+    /// Per agent: when its first task order arrived and when the controller first
+    /// acknowledged its report.
+    pub fn task_times(&self) -> Vec<(Option<Instant>, Option<Instant>)> {
+        self.shared
+            .agents
+            .iter()
+            .map(|agent| {
+                let state = agent.state.lock().expect("agent lock");
+                (state.task_received_at, state.task_recorded_at)
+            })
+            .collect()
     }
 
     /// Heartbeat latencies (from dispatch to answer) recorded since the last call, and resets them.
@@ -807,7 +861,7 @@ async fn pool_worker(
         };
         match result {
             Ok(response) if response.status == 200 => {
-                let answer: HeartbeatResponse = match serde_json::from_slice(&response.body) {
+                let mut answer: HeartbeatResponse = match serde_json::from_slice(&response.body) {
                     Ok(answer) => answer,
                     Err(error) => {
                         shared.error(&counters.heartbeat_errors, || {
@@ -847,6 +901,9 @@ async fn pool_worker(
                         state.converged_revision = reported_revision;
                         state.converged_at = Some(Instant::now());
                     }
+                }
+                if !answer.tasks.is_empty() {
+                    tasks::take_orders(&shared, agent, std::mem::take(&mut answer.tasks));
                 }
                 shared.learn(agent, answer.desired, Via::Heartbeat);
             }
@@ -942,8 +999,11 @@ fn current_revision(agent: &SimAgent) -> u64 {
 fn long_poll_answer(shared: &Shared, agent: usize, body: &[u8]) {
     let counters = &shared.counters;
     match serde_json::from_slice::<DesiredResponse>(body) {
-        Ok(answer) => {
+        Ok(mut answer) => {
             counters.long_polls_answered.fetch_add(1, Ordering::Relaxed);
+            if !answer.tasks.is_empty() {
+                tasks::take_orders(shared, agent as u32, std::mem::take(&mut answer.tasks));
+            }
             if answer.changed {
                 counters.long_polls_changed.fetch_add(1, Ordering::Relaxed);
                 shared.learn(agent as u32, answer.desired, Via::LongPoll);

@@ -281,7 +281,7 @@ pub async fn run(args: PushArgs) -> Result<Report, String> {
 }
 
 /// Waits until every agent has its long-poll open (5 minutes at most).
-async fn wait_until_all_wait(sim: &RunningSim, waiting: u64) -> Result<(), String> {
+pub(crate) async fn wait_until_all_wait(sim: &RunningSim, waiting: u64) -> Result<(), String> {
     let setup = Instant::now();
     while sim.snapshot().long_polls_waiting < waiting {
         if setup.elapsed() > Duration::from_secs(300) {
