@@ -14,6 +14,10 @@ use tokio::sync::{mpsc, watch};
 use super::http::{self, Connection};
 use super::{Shared, body_start, exchange};
 
+/// Orders to report on: the agent's index and its new orders.
+pub(super) type OrderQueue =
+    Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<(u32, Vec<TaskOrder>)>>>;
+
 /// Takes in orders an agent was given: the new ones are queued for a report.
 pub(super) fn take_orders(shared: &Shared, agent: u32, orders: Vec<TaskOrder>) {
     if !shared.config.answer_tasks {
@@ -48,7 +52,7 @@ pub(super) fn take_orders(shared: &Shared, agent: u32, orders: Vec<TaskOrder>) {
 pub(super) async fn report_worker(
     shared: Arc<Shared>,
     worker: usize,
-    orders: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<(u32, Vec<TaskOrder>)>>>,
+    orders: OrderQueue,
     mut stop: watch::Receiver<bool>,
 ) {
     let server = shared.config.servers[worker % shared.config.servers.len()];
