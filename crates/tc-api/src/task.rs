@@ -18,6 +18,9 @@ use crate::validate::{Errors, validate_object_name};
 /// Longest run deadline accepted (30 days).
 pub const MAX_TASK_DEADLINE_SECONDS: u32 = 2_592_000;
 
+/// Longest `ttlSecondsAfterFinished` accepted (a year).
+pub const MAX_TASK_TTL_SECONDS: u32 = 31_536_000;
+
 /// Default run deadline: clients that have not started an hour after the run began expire.
 pub const DEFAULT_TASK_DEADLINE_SECONDS: u32 = 3600;
 
@@ -72,6 +75,10 @@ pub struct TaskSpec {
     /// A scheduled task starts no new run while true.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub suspend: bool,
+    /// A task without a schedule is deleted this many seconds after its run completed (kept
+    /// until deleted when absent). `tcadm run` sets a week.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_seconds_after_finished: Option<u32>,
 }
 
 fn default_deadline_seconds() -> u32 {
@@ -428,6 +435,19 @@ pub fn validate_task_spec(spec: &TaskSpec, errors: &mut Errors) {
                 spec.deadline_seconds
             ),
         );
+    }
+    if let Some(ttl) = spec.ttl_seconds_after_finished {
+        if spec.schedule.is_some() {
+            errors.push(
+                "spec.ttlSecondsAfterFinished",
+                "is only for a task without a `schedule`",
+            );
+        } else if ttl > MAX_TASK_TTL_SECONDS {
+            errors.push(
+                "spec.ttlSecondsAfterFinished",
+                format!("{ttl} is more than {MAX_TASK_TTL_SECONDS} seconds (a year)"),
+            );
+        }
     }
     if let Some(schedule) = &spec.schedule {
         if schedule.cron.trim().is_empty() || schedule.cron.len() > 256 {

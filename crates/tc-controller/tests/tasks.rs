@@ -504,3 +504,58 @@ async fn results_and_open_orders_survive_a_controller_restart() {
     controller.stop().await;
     drop(keep);
 }
+
+#[tokio::test]
+async fn a_finished_task_goes_after_its_ttl() {
+    let controller = TestController::start().await;
+    let admin = Api::admin(&controller);
+    let agent = SimAgent::enroll(&controller, "ttl-1", json!({})).await;
+    let (status, body) = create(
+        &admin,
+        exec_task(
+            "short-lived",
+            json!({ "clients": [agent.name] }),
+            json!({ "ttlSecondsAfterFinished": 1 }),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    // A scheduled task cannot have one.
+    let (status, body) = create(
+        &admin,
+        exec_task(
+            "cron-ttl",
+            json!({ "selector": {} }),
+            json!({ "ttlSecondsAfterFinished": 1, "schedule": { "cron": "0 7 * * *" } }),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        body.to_string().contains("spec.ttlSecondsAfterFinished"),
+        "{body}"
+    );
+    let order = eventually(Duration::from_secs(10), || async {
+        orders(&agent).await.into_iter().next()
+    })
+    .await;
+    // Not before it finished.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (status, _) = admin.get("/apis/thinfleet.io/v1/tasks/short-lived").await;
+    assert_eq!(status, StatusCode::OK, "deleted before its run finished");
+    report(
+        &agent,
+        json!([{ "id": order["id"], "state": "Succeeded", "exitCode": 0 }]),
+    )
+    .await;
+    eventually(Duration::from_secs(10), || async {
+        let (status, _) = admin.get("/apis/thinfleet.io/v1/tasks/short-lived").await;
+        (status == StatusCode::NOT_FOUND).then_some(())
+    })
+    .await;
+    let (_, events) = admin
+        .get("/apis/thinfleet.io/v1/events?kind=Task&name=short-lived")
+        .await;
+    assert!(events.to_string().contains("Deleted"), "{events}");
+    controller.stop().await;
+}

@@ -287,6 +287,38 @@ impl Book {
         states
     }
 
+    /// Tasks past their `ttlSecondsAfterFinished` (without a schedule, their run completed that
+    /// long ago, and not kept by the watched directory, which would create them again, to run
+    /// again), and when the next one will be.
+    pub(crate) fn past_ttl(&self, now: Timestamp) -> (Vec<String>, Option<Timestamp>) {
+        let mut past = Vec::new();
+        let mut next: Option<Timestamp> = None;
+        for (name, entry) in &self.tasks {
+            let task = &entry.task;
+            let Some(ttl) = task.spec.ttl_seconds_after_finished else {
+                continue;
+            };
+            let from_directory = task
+                .metadata
+                .managed_by
+                .as_deref()
+                .is_some_and(|manager| manager.starts_with("dir:"));
+            if task.spec.schedule.is_some() || from_directory {
+                continue;
+            }
+            let Some(completed) = entry.runs.last().and_then(|run| run.completed_at) else {
+                continue;
+            };
+            let due = completed.plus(Duration::from_secs(u64::from(ttl)));
+            if due <= now {
+                past.push(name.clone());
+            } else {
+                next = Some(next.map_or(due, |next| next.min(due)));
+            }
+        }
+        (past, next)
+    }
+
     /// The run `run` of task `task`.
     pub(crate) fn run_mut(&mut self, task: &str, run: u64) -> Option<&mut Run> {
         self.tasks

@@ -223,6 +223,21 @@ pub async fn run_loop(controller: Arc<Controller>) {
             tracing::error!(%error, "cannot start a task run");
         }
         let wait = book::dispatch(&controller, now).await;
+        let (past_ttl, next_ttl) = tasks.book.lock().expect("task book").past_ttl(now);
+        let wait = next_ttl.map_or(wait, |due| wait.min(due.since(now) + SETTLE));
+        for name in past_ttl {
+            let deleted = crate::api::delete(
+                axum::extract::State(controller.clone()),
+                axum::extract::Path(("tasks".to_string(), name.clone())),
+            )
+            .await;
+            match deleted {
+                Ok(_) => {
+                    tracing::info!(task = %name, "deleted a finished task past its ttlSecondsAfterFinished")
+                }
+                Err(error) => tracing::warn!(task = %name, %error, "cannot delete a finished task"),
+            }
+        }
         let wait = wait.min(RESYNC);
         tokio::select! {
             () = tasks.wake.notified() => tokio::time::sleep(SETTLE).await,
