@@ -371,3 +371,46 @@ proptest! {
         prop_assert_eq!(schedule.last_at_or_before(next), Some(next));
     }
 }
+
+/// Every 7 minutes 13 seconds across each transition day: the backward and forward searches
+/// agree (the proptest above rarely lands on these days).
+#[test]
+fn next_and_last_agree_across_every_transition() {
+    let days = [
+        ("Europe/Berlin", "2026-03-28T20:00:00Z"),
+        ("Europe/Berlin", "2026-10-24T20:00:00Z"),
+        ("America/New_York", "2026-03-08T02:00:00Z"),
+        ("America/New_York", "2026-11-01T02:00:00Z"),
+    ];
+    for (zone, from) in days {
+        for cron in CRONS
+            .iter()
+            .chain(&["*/15 * * * *", "0,30 2 * * *", "59 1 * * *"])
+        {
+            let schedule = schedule(cron, zone);
+            let mut at = utc(from);
+            for _ in 0..(12 * 3600 / 433) {
+                let last = schedule.last_at_or_before(at).unwrap();
+                let next = schedule.next_after(at).unwrap();
+                assert!(last <= at && at < next, "{cron} {zone} at {at}");
+                assert_eq!(
+                    schedule.next_after(last),
+                    Some(next),
+                    "{cron} {zone} at {at}"
+                );
+                assert_eq!(schedule.last_at_or_before(next), Some(next));
+                at = at.plus(std::time::Duration::from_secs(433));
+            }
+        }
+    }
+}
+
+#[test]
+fn a_pattern_that_never_fires_is_refused() {
+    for cron in ["0 0 31 2,4,6 *", "0 0 30 2 *"] {
+        assert!(matches!(
+            Schedule::parse(cron, Some("Europe/Berlin")),
+            Err(ScheduleError::NeverFires { .. })
+        ));
+    }
+}

@@ -135,3 +135,33 @@ fn a_missing_group_is_an_error_naming_it() {
     assert_eq!(error, TargetError::UnknownGroup("gone".into()));
     assert!(error.to_string().contains("`gone`"));
 }
+
+/// The controller's shape: a name and a `&dyn Fn` label lookup per client.
+type Lookup<'a> = Box<dyn Fn(&str) -> Option<&'a str> + 'a>;
+
+fn lookups(fleet: &[(String, BTreeMap<String, String>)]) -> Vec<(&str, Lookup<'_>)> {
+    fleet
+        .iter()
+        .map(|(name, labels)| {
+            let lookup: Lookup<'_> = Box::new(move |key: &str| labels.get(key).map(String::as_str));
+            (name.as_str(), lookup)
+        })
+        .collect()
+}
+
+#[test]
+fn label_lookups_may_be_trait_objects() {
+    let fleet = fleet();
+    let lookups = lookups(&fleet);
+    let targets = TaskTargets {
+        selector: Some(LabelSelector::parse("role=desk").unwrap()),
+        ..Default::default()
+    };
+    let resolved = resolve_targets(
+        &targets,
+        &[],
+        lookups.iter().map(|(name, lookup)| (*name, &**lookup)),
+    )
+    .unwrap();
+    assert_eq!(resolved.clients, names(&["desk-1", "desk-2"]));
+}
