@@ -72,7 +72,7 @@ pub struct TaskSpec {
     /// Start a new run at each time of this schedule instead of once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule: Option<TaskSchedule>,
-    /// A scheduled task starts no new run while true.
+    /// No new run starts while true (a task without a schedule holds back its one run).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub suspend: bool,
     /// A task without a schedule is deleted this many seconds after its run completed (kept
