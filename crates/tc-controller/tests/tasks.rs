@@ -559,3 +559,73 @@ async fn a_finished_task_goes_after_its_ttl() {
     assert!(events.to_string().contains("Deleted"), "{events}");
     controller.stop().await;
 }
+
+#[tokio::test]
+async fn tasks_in_the_watched_directory_run_and_a_scheduled_one_can_change_there() {
+    let manifests = tempfile::tempdir().unwrap();
+    let dir = manifests.path().join("fleet");
+    std::fs::create_dir_all(&dir).unwrap();
+    let once = "apiVersion: thinfleet.io/v1\nkind: Task\nmetadata:\n  name: morning-check\nspec:\n  targets:\n    selector: { matchLabels: { floor: \"3\" } }\n  action: exec\n  exec: { command: [\"/usr/bin/true\"], timeoutSeconds: 20 }\n";
+    let scheduled = |hour: u32| {
+        format!(
+            "apiVersion: thinfleet.io/v1\nkind: Task\nmetadata:\n  name: wake-floor-3\nspec:\n  targets:\n    selector: {{ matchLabels: {{ floor: \"3\" }} }}\n  action: wake\n  schedule: {{ cron: \"0 {hour} * * 1-5\", timeZone: Europe/Berlin }}\n"
+        )
+    };
+    std::fs::write(dir.join("once.yaml"), once).unwrap();
+    std::fs::write(dir.join("wake.yaml"), scheduled(7)).unwrap();
+    let watched = dir.clone();
+    // The agent enrols first: the directory is applied at start.
+    let controller = TestController::start_with(move |config| {
+        config.manifests_dir = Some(watched);
+    })
+    .await;
+    let admin = Api::admin(&controller);
+    let agent = SimAgent::enroll(&controller, "floor3-a", json!({ "floor": "3" })).await;
+    // The one-off task started when the directory was applied, before the agent enrolled: no
+    // target. Recreated under a new name, it reaches the agent.
+    let run = wait_run(&admin, "morning-check", |run| {
+        run["completedAt"].is_string()
+    })
+    .await;
+    assert_eq!(run["targets"], 0, "{run}");
+    std::fs::write(
+        dir.join("once.yaml"),
+        once.replace("morning-check", "morning-check-2"),
+    )
+    .unwrap();
+    let order = eventually(Duration::from_secs(20), || async {
+        orders(&agent).await.into_iter().next()
+    })
+    .await;
+    assert_eq!(order["task"], "morning-check-2");
+    let task = get_task(&admin, "morning-check-2").await;
+    assert!(
+        task["metadata"]["managedBy"]
+            .as_str()
+            .unwrap()
+            .starts_with("dir:"),
+        "{task}"
+    );
+    // The scheduled one waits for 07:00 Berlin on a weekday; its time can change in git.
+    let first = eventually(Duration::from_secs(10), || async {
+        let task = get_task(&admin, "wake-floor-3").await;
+        task["status"]["nextRunTime"].as_str().map(str::to_string)
+    })
+    .await;
+    std::fs::write(dir.join("wake.yaml"), scheduled(8)).unwrap();
+    let second = eventually(Duration::from_secs(20), || async {
+        let task = get_task(&admin, "wake-floor-3").await;
+        let next = task["status"]["nextRunTime"].as_str().map(str::to_string)?;
+        (next != first).then_some(next)
+    })
+    .await;
+    let (first, second): (tc_api::Timestamp, tc_api::Timestamp) = (
+        serde_json::from_value(json!(first)).unwrap(),
+        serde_json::from_value(json!(second)).unwrap(),
+    );
+    // 07:00 became 08:00: an hour later on the same day, or (between 07:00 and 08:00) today's
+    // 08:00 before the next 07:00.
+    let hours = (second.unix_millis().abs_diff(first.unix_millis()) % (24 * 3_600_000)) / 3_600_000;
+    assert!(hours == 1 || hours == 23, "{first} → {second}");
+    controller.stop().await;
+}
