@@ -578,6 +578,7 @@ async fn start_run(
 ) -> tc_store::Result<()> {
     let task = due.task;
     let name = task.metadata.name.clone();
+    let started = std::time::Instant::now();
     let (targets, unknown) = match targets_of(controller, &task).await {
         Ok(targets) => targets,
         Err(error) => {
@@ -636,6 +637,7 @@ async fn start_run(
         action: action_of(&task),
         targets: stored_targets,
     };
+    let resolved = started.elapsed();
     let store = controller.store.clone();
     let record = stored.clone();
     let results = immediate.clone();
@@ -645,6 +647,14 @@ async fn start_run(
     })
     .await
     .map_err(|error| tc_store::StoreError::Database(error.to_string()))??;
+    tracing::info!(
+        task = %name,
+        run,
+        targets = stored.targets.len(),
+        resolved_ms = resolved.as_millis() as u64,
+        stored_ms = (started.elapsed() - resolved).as_millis() as u64,
+        "task run started"
+    );
     let mut clients = vec![
         ClientRun {
             state: TaskClientState::Pending,
@@ -787,6 +797,8 @@ pub(crate) async fn dispatch(controller: &Arc<Controller>, now: Timestamp) -> Du
             }
         }
     }
+    let offering = std::time::Instant::now();
+    let offered = offers.len();
     for (client, id) in &withdrawn {
         controller.tasks.withdraw(client, id);
     }
@@ -799,6 +811,13 @@ pub(crate) async fn dispatch(controller: &Arc<Controller>, now: Timestamp) -> Du
         if woken.insert(client) {
             slot.offer_task();
         }
+    }
+    if offered > 1000 {
+        tracing::info!(
+            orders = offered,
+            ms = offering.elapsed().as_millis() as u64,
+            "task orders offered"
+        );
     }
     if !expired.is_empty()
         && let Err(error) = controller.tasks.writer.write(expired, Vec::new()).await
