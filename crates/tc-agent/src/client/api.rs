@@ -184,7 +184,11 @@ impl ControllerClient {
             .timeout(REQUEST_TIMEOUT)
             .bearer_auth(token)
             .json(reports);
-        send::<serde::de::IgnoredAny>(builder, url).await.map(drop)
+        match send::<serde::de::IgnoredAny>(builder, url).await {
+            // A 2xx is the acknowledgement, whatever its body (none, or not JSON).
+            Ok(_) | Err(ApiError::Decode { .. }) => Ok(()),
+            Err(error) => Err(error),
+        }
     }
 
     fn url(&self, path: &str) -> Url {
