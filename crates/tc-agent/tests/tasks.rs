@@ -584,3 +584,120 @@ async fn an_order_past_its_deadline_is_neither_run_nor_reported() {
     assert!(!ran.exists());
     assert!(fake.task_reports("late/1").is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_are_retried_until_the_controller_takes_them_also_after_a_restart() {
+    let fake = FakeController::start();
+    let work = Work::new("");
+    let runs = work.path("runs");
+    fake.state().task_report_status = Some(axum::http::StatusCode::SERVICE_UNAVAILABLE);
+    fake.add_order(order(
+        "retry/1",
+        shell(&format!("echo run >> {}; echo done", runs.display()), 30),
+    ));
+    let agent = work.start(&fake, &[]);
+    wait_for(
+        WAIT,
+        || work.lines("runs").len() == 1 && fake.state().task_report_posts >= 3,
+        || agent.log(),
+    )
+    .await;
+    // Finished while the controller refused every report; the report waits in the journal.
+    let journal = std::fs::read_to_string(work.path("state/tasks.json")).unwrap();
+    assert!(journal.contains("\"Finished\""), "{journal}");
+    agent.kill();
+    fake.state().task_report_status = None;
+    let agent = work.start(&fake, &[]);
+    let report = final_report(&fake, &agent, "retry/1").await;
+    assert_eq!(report.state, TaskRunState::Succeeded, "{report:?}");
+    assert_eq!(report.stdout, "done");
+    wait_for_redeliveries(&fake, &agent, 3).await;
+    assert_eq!(work.lines("runs"), ["run"]);
+    wait_for(
+        WAIT,
+        || {
+            std::fs::read_to_string(work.path("state/tasks.json"))
+                .is_ok_and(|journal| journal.contains("\"Reported\""))
+        },
+        || agent.log(),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_the_controller_refuses_with_a_4xx_is_dropped_not_retried() {
+    let fake = FakeController::start();
+    let work = Work::new("");
+    fake.state().task_report_status = Some(axum::http::StatusCode::UNPROCESSABLE_ENTITY);
+    fake.add_order(order("refused-report/1", TaskAction::CollectLogs));
+    let agent = work.start(&fake, &[]);
+    wait_for(
+        WAIT,
+        || {
+            std::fs::read_to_string(work.path("state/tasks.json"))
+                .is_ok_and(|journal| journal.contains("\"Reported\""))
+        },
+        || agent.log(),
+    )
+    .await;
+    let posts = fake.state().task_report_posts;
+    fake.state().task_report_status = None;
+    wait_for_redeliveries(&fake, &agent, 3).await;
+    assert_eq!(fake.state().task_report_posts, posts, "{}", agent.log());
+    assert!(fake.task_reports("refused-report/1").is_empty());
+    assert!(
+        agent.log().contains("refused the task reports"),
+        "{}",
+        agent.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_run_side_by_side_and_do_not_hold_up_package_installs() {
+    let fake = FakeController::start();
+    let work = Work::new("");
+    // Each waits for the other to have started: they finish only if both run at once.
+    let wait_for_each_other = |me: &str, other: &str| {
+        shell(
+            &format!(
+                "touch {me}; while [ ! -e {other} ]; do sleep 0.05; done; \
+                 while [ ! -e {go} ]; do sleep 0.05; done; echo {name}",
+                me = work.path(me).display(),
+                other = work.path(other).display(),
+                go = work.path("go").display(),
+                name = me,
+            ),
+            60,
+        )
+    };
+    fake.add_order(order("left/1", wait_for_each_other("left", "right")));
+    fake.add_order(order("right/1", wait_for_each_other("right", "left")));
+    let agent = work.start(&fake, &[]);
+    wait_for(
+        WAIT,
+        || work.path("left").exists() && work.path("right").exists(),
+        || agent.log(),
+    )
+    .await;
+    // Both still running (they wait for `go`): a package is installed meanwhile.
+    let package = fake.package(
+        "kiosk",
+        "1.0.0",
+        common::package_zip("1.0.0"),
+        tc_proto::Hooks::default(),
+    );
+    let revision = fake.set_desired(vec![package]);
+    wait_for(
+        WAIT,
+        || fake.reports_installed("kiosk", "1.0.0", revision),
+        || agent.log(),
+    )
+    .await;
+    assert!(fake.final_report("left/1").is_none());
+    std::fs::write(work.path("go"), "").unwrap();
+    for (id, name) in [("left/1", "left"), ("right/1", "right")] {
+        let report = final_report(&fake, &agent, id).await;
+        assert_eq!(report.state, TaskRunState::Succeeded, "{report:?}");
+        assert_eq!(report.stdout, name);
+    }
+}

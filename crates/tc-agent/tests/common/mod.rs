@@ -67,6 +67,10 @@ pub struct FakeState {
     pub orders_served: usize,
     /// Every task report received, in order.
     pub task_reports: Vec<TaskReport>,
+    /// When set, task reports are answered with this status and not stored.
+    pub task_report_status: Option<StatusCode>,
+    /// Task report requests received (stored or not).
+    pub task_report_posts: usize,
 }
 
 struct Shared {
@@ -103,6 +107,8 @@ impl FakeController {
                 orders: Vec::new(),
                 orders_served: 0,
                 task_reports: Vec::new(),
+                task_report_status: None,
+                task_report_posts: 0,
             }),
             revision: watch::channel(0).0,
         });
@@ -406,12 +412,12 @@ async fn task_report(
     if let Err(message) = check_reports(&reports) {
         return error(StatusCode::BAD_REQUEST, "BadRequest", &message);
     }
-    shared
-        .state
-        .lock()
-        .unwrap()
-        .task_reports
-        .extend(reports.reports);
+    let mut state = shared.state.lock().unwrap();
+    state.task_report_posts += 1;
+    if let Some(status) = state.task_report_status {
+        return error(status, "Refused", "the test refuses task reports");
+    }
+    state.task_reports.extend(reports.reports);
     StatusCode::NO_CONTENT.into_response()
 }
 
