@@ -128,6 +128,8 @@ impl TaskRunner {
                     self.sent(sent);
                 }
                 () = sleep_until(wait), if wait.is_some() => {}
+                // No order can come and nothing is running or to be sent.
+                else => std::future::pending::<()>().await,
             }
         }
     }
@@ -182,6 +184,10 @@ impl TaskRunner {
             };
             self.queued_ids.remove(&order.id);
             let now = Timestamp::now();
+            if order.not_after.is_some_and(|deadline| deadline < now) {
+                tracing::info!(id = %order.id, "order reached its deadline while it waited: not run");
+                continue;
+            }
             let boot_id = match &order.action {
                 TaskAction::Reboot | TaskAction::Shutdown => {
                     match actions::boot_id(&self.config.boot_id_file) {
