@@ -1,6 +1,6 @@
 //! The agent side of the protocol (`/agent/v1`) and the agent's main loop.
 //!
-//! Two loops run side by side in one task:
+//! Three loops run side by side in one task:
 //!
 //! * the protocol loop enrols once (see [`crate::enrol`] for enrolment and sessions), then sends
 //!   heartbeats (package reports, inventory hash, the
@@ -10,7 +10,9 @@
 //!   retries with exponential backoff and jitter, and catches up when it is back;
 //! * the engine loop converges to the latest desired state (also the one remembered in the
 //!   journal, so work continues while the controller is away) and wakes up when a failed package
-//!   is due for a retry.
+//!   is due for a retry;
+//! * the task runner ([`crate::tasks::TaskRunner`]) carries out the orders that come with
+//!   heartbeat and long-poll answers, and reports on them, without holding up either loop.
 
 use std::future::Future;
 use std::path::Path;
