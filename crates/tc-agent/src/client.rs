@@ -1,6 +1,6 @@
 //! The agent side of the protocol (`/agent/v1`) and the agent's main loop.
 //!
-//! Two loops run side by side in one task:
+//! Three loops run side by side in one task:
 //!
 //! * the protocol loop enrols once (see [`crate::enrol`] for enrolment and sessions), then sends
 //!   heartbeats (package reports, inventory hash, the
@@ -10,25 +10,25 @@
 //!   retries with exponential backoff and jitter, and catches up when it is back;
 //! * the engine loop converges to the latest desired state (also the one remembered in the
 //!   journal, so work continues while the controller is away) and wakes up when a failed package
-//!   is due for a retry.
+//!   is due for a retry;
+//! * the task runner ([`crate::tasks::TaskRunner`]) carries out the orders that come with
+//!   heartbeat and long-poll answers, and reports on them, without holding up either loop.
 
 use std::future::Future;
 use std::path::Path;
 use std::time::Duration;
 
-use reqwest::{StatusCode, Url, header};
-use serde::de::DeserializeOwned;
+use reqwest::Url;
+use tc_proto::task::TaskOrder;
 use tc_proto::{
-    DesiredResponse, DesiredState, EnrollRequest, EnrollResponse, ErrorStatus, HeartbeatRequest,
-    HeartbeatResponse, PROTOCOL_VERSION, SessionRequest, SessionResponse, Timestamp,
-    inventory_hash,
+    DesiredState, EnrollResponse, HeartbeatRequest, PROTOCOL_VERSION, Timestamp, inventory_hash,
 };
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::backoff::{Backoff, Retry};
 use crate::config::{AgentConfig, CaTrust};
-use crate::download::{Fetcher, answer_error_message, error_chain};
+use crate::download::{Fetcher, error_chain};
 use crate::engine::{Engine, EngineError, EngineOptions, Snapshot};
 use crate::history::Ring;
 use crate::identity::{Identity, KeyOrigin};
@@ -38,6 +38,10 @@ use crate::state::{
     read_json, write_atomic, write_json,
 };
 
+mod api;
+
+pub use api::{ApiError, ControllerClient, decode_answer};
+
 /// Where the system's machine identity is read from.
 pub const SYSTEM_MACHINE_ID: &str = "/etc/machine-id";
 
@@ -45,75 +49,6 @@ pub const SYSTEM_MACHINE_ID: &str = "/etc/machine-id";
 /// controller does not hold requests; the agent then waits for the next heartbeat instead of
 /// polling again at once.
 const MIN_LONG_POLL: Duration = Duration::from_secs(1);
-
-/// Timeout of enrolment and heartbeat requests.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// An error from the controller API.
-#[derive(Debug, thiserror::Error)]
-pub enum ApiError {
-    /// The request did not get an answer.
-    #[error("{url}: {message}")]
-    Transport {
-        /// The URL.
-        url: Url,
-        /// What happened.
-        message: String,
-    },
-    /// The controller answered with an error.
-    #[error("{url}: {status}: {message}")]
-    Status {
-        /// The URL.
-        url: Url,
-        /// The status.
-        status: StatusCode,
-        /// The controller's reason word (`SessionExpired`, `Denied`, ...), empty when it gave none.
-        reason: String,
-        /// The controller's message.
-        message: String,
-        /// How long the controller asked to wait (`Retry-After`).
-        retry_after: Option<Duration>,
-    },
-    /// The answer could not be decoded.
-    #[error("{url}: unexpected answer: {message}")]
-    Decode {
-        /// The URL.
-        url: Url,
-        /// What is wrong with it.
-        message: String,
-    },
-}
-
-impl ApiError {
-    /// True when the controller refused the token.
-    pub fn is_unauthorized(&self) -> bool {
-        self.status() == Some(StatusCode::UNAUTHORIZED)
-    }
-
-    /// The status of an error answer.
-    pub fn status(&self) -> Option<StatusCode> {
-        match self {
-            ApiError::Status { status, .. } => Some(*status),
-            _ => None,
-        }
-    }
-
-    /// The reason word of an error answer, when the controller gave one.
-    pub fn reason(&self) -> Option<&str> {
-        match self {
-            ApiError::Status { reason, .. } if !reason.is_empty() => Some(reason),
-            _ => None,
-        }
-    }
-
-    /// How long the controller asked to wait before trying again.
-    pub fn retry_after(&self) -> Option<Duration> {
-        match self {
-            ApiError::Status { retry_after, .. } => *retry_after,
-            _ => None,
-        }
-    }
-}
 
 /// Errors that stop the agent.
 #[derive(Debug, thiserror::Error)]
@@ -242,199 +177,6 @@ fn tls_config(ca: &CaTrust, state_dir: &Path) -> Result<rustls::ClientConfig, Ag
     )?)
 }
 
-/// The controller's agent API.
-#[derive(Clone, Debug)]
-pub struct ControllerClient {
-    http: reqwest::Client,
-    server: Url,
-}
-
-impl ControllerClient {
-    /// A client for the controller at `server` (a URL ending with `/`).
-    pub fn new(http: reqwest::Client, server: Url) -> Self {
-        ControllerClient { http, server }
-    }
-
-    /// `POST /agent/v1/enroll`.
-    pub async fn enroll(&self, request: &EnrollRequest) -> Result<EnrollResponse, ApiError> {
-        let url = self.url("agent/v1/enroll");
-        let builder = self
-            .http
-            .post(url.clone())
-            .timeout(REQUEST_TIMEOUT)
-            .json(request);
-        send(builder, url).await
-    }
-
-    /// `POST /agent/v1/session`.
-    pub async fn session(&self, request: &SessionRequest) -> Result<SessionResponse, ApiError> {
-        let url = self.url("agent/v1/session");
-        let builder = self
-            .http
-            .post(url.clone())
-            .timeout(REQUEST_TIMEOUT)
-            .json(request);
-        send(builder, url).await
-    }
-
-    /// An answer of `path` without the part the protocol promises.
-    pub fn protocol_error(&self, path: &str, problem: &str) -> ApiError {
-        ApiError::Decode {
-            url: self.url(&format!("agent/v1/{path}")),
-            message: problem.to_string(),
-        }
-    }
-
-    /// `POST /agent/v1/heartbeat`.
-    pub async fn heartbeat(
-        &self,
-        token: &str,
-        request: &HeartbeatRequest,
-    ) -> Result<HeartbeatResponse, ApiError> {
-        let url = self.url("agent/v1/heartbeat");
-        let builder = self
-            .http
-            .post(url.clone())
-            .timeout(REQUEST_TIMEOUT)
-            .bearer_auth(token)
-            .json(request);
-        send(builder, url).await
-    }
-
-    /// `GET /agent/v1/desired?afterRevision=N`, waiting up to `timeout` for the answer.
-    pub async fn desired(
-        &self,
-        token: &str,
-        after_revision: u64,
-        timeout: Duration,
-    ) -> Result<DesiredResponse, ApiError> {
-        let mut url = self.url("agent/v1/desired");
-        url.set_query(Some(&format!("afterRevision={after_revision}")));
-        let builder = self
-            .http
-            .get(url.clone())
-            .timeout(timeout)
-            .bearer_auth(token);
-        send(builder, url).await
-    }
-
-    /// `POST /agent/v1/history`: the load history, which the controller asked for.
-    pub async fn history(
-        &self,
-        token: &str,
-        upload: &tc_proto::history::HistoryUpload,
-    ) -> Result<(), ApiError> {
-        let url = self.url("agent/v1/history");
-        let builder = self
-            .http
-            .post(url.clone())
-            .timeout(REQUEST_TIMEOUT)
-            .bearer_auth(token)
-            .json(upload);
-        send::<serde::de::IgnoredAny>(builder, url).await.map(drop)
-    }
-
-    fn url(&self, path: &str) -> Url {
-        self.server
-            .join(path)
-            .expect("a relative path joins onto an http(s) URL")
-    }
-}
-
-async fn send<T: DeserializeOwned>(
-    builder: reqwest::RequestBuilder,
-    url: Url,
-) -> Result<T, ApiError> {
-    let response = builder
-        .header(header::ACCEPT, "application/json")
-        .send()
-        .await
-        .map_err(|error| ApiError::Transport {
-            url: url.clone(),
-            message: error_chain(&error),
-        })?;
-    let status = response.status();
-    if status.is_redirection() {
-        return Err(redirect_error(url, status, response.headers()));
-    }
-    let retry_after = response
-        .headers()
-        .get(header::RETRY_AFTER)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.trim().parse::<u64>().ok())
-        .map(Duration::from_secs);
-    let body = response
-        .bytes()
-        .await
-        .map_err(|error| ApiError::Transport {
-            url: url.clone(),
-            message: error_chain(&error),
-        })?;
-    decode_answer(url, status, &body).map_err(|error| match error {
-        ApiError::Status {
-            url,
-            status,
-            reason,
-            message,
-            ..
-        } => ApiError::Status {
-            url,
-            status,
-            reason,
-            message,
-            retry_after,
-        },
-        other => other,
-    })
-}
-
-/// Decodes the controller's answer to a request to `url`: its JSON body when `status` is a
-/// success, else the error it carries (the `ErrorStatus` message, or the start of the text).
-// `ApiError` is large (a URL and two strings) and made once per failed request, next to a
-// network round trip: boxing it would buy nothing.
-#[allow(clippy::result_large_err)]
-pub fn decode_answer<T: DeserializeOwned>(
-    url: Url,
-    status: StatusCode,
-    body: &[u8],
-) -> Result<T, ApiError> {
-    if !status.is_success() {
-        let reason = serde_json::from_slice::<ErrorStatus>(body)
-            .map(|error| error.reason)
-            .unwrap_or_default();
-        let message = answer_error_message(status, body);
-        return Err(ApiError::Status {
-            url,
-            status,
-            reason,
-            message,
-            retry_after: None,
-        });
-    }
-    serde_json::from_slice(body).map_err(|error| ApiError::Decode {
-        url,
-        message: error.to_string(),
-    })
-}
-
-/// The error for a redirect, which the agent never follows (see [`http_client`]).
-fn redirect_error(url: Url, status: StatusCode, headers: &header::HeaderMap) -> ApiError {
-    let location = headers
-        .get(header::LOCATION)
-        .and_then(|value| value.to_str().ok())
-        .map_or_else(|| "nowhere".to_owned(), |to| to.chars().take(200).collect());
-    ApiError::Status {
-        url,
-        status,
-        reason: String::new(),
-        message: format!(
-            "the controller redirects to {location}; the agent follows no redirect (set its server \
-             to the controller's own address)"
-        ),
-        retry_after: None,
-    }
-}
-
 /// Everything the main loop needs.
 #[derive(Clone, Debug)]
 pub struct RunOptions {
@@ -519,6 +261,14 @@ pub async fn run(
         options.engine.download.clone(),
     );
     let controller = ControllerClient::new(http, options.config.server.clone());
+    let tasks = crate::tasks::TaskRunner::open(
+        dir.clone(),
+        options.config.tasks.clone(),
+        controller.clone(),
+        fetcher.clone(),
+        options.retry,
+    )?;
+    let (orders_tx, orders_rx) = mpsc::channel(16);
     let (desired_tx, desired_rx) = watch::channel(engine.journal().desired.clone());
     let (reports_tx, reports_rx) = watch::channel(engine.snapshot());
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -539,11 +289,13 @@ pub async fn run(
         decommission: None,
         history: &history,
         history_sent_at: None,
+        orders: orders_tx,
     };
     tracing::info!(server = %options.config.server, state_dir = %options.config.state_dir.display(), version = AGENT_VERSION, "agent starting");
     let engine = engine_loop(engine, fetcher, desired_rx, reports_tx, stop_rx);
     tokio::pin!(engine);
     let sampler = crate::history::sample_forever(&history, &dir, history_interval);
+    let tasks = tasks.run(orders_rx);
     let result = tokio::select! {
         result = protocol.run(desired_tx, reports_rx) => result,
         () = &mut engine => {
@@ -551,6 +303,7 @@ pub async fn run(
             return Ok(RunOutcome::Stopped);
         }
         () = sampler => unreachable!("sampling never ends"),
+        () = tasks => unreachable!("the task runner never ends"),
         () = shutdown => {
             tracing::info!("shutting down");
             Ok(RunOutcome::Stopped)
@@ -658,6 +411,8 @@ pub(crate) struct ProtocolLoop<'a> {
     history: &'a std::sync::Mutex<Ring>,
     /// When the load history was last sent.
     history_sent_at: Option<Instant>,
+    /// Hands the controller's task orders to the task runner.
+    orders: mpsc::Sender<Vec<TaskOrder>>,
 }
 
 impl ProtocolLoop<'_> {
@@ -720,6 +475,7 @@ impl ProtocolLoop<'_> {
                         .decommission
                         .then_some(response.desired.revision);
                     deliver(&desired_tx, response.desired, &mut known_revision);
+                    self.hand_over(response.tasks);
                     Duration::from_millis(response.next_heartbeat_millis)
                         .clamp(min_interval, max_interval)
                 }
@@ -789,6 +545,7 @@ impl ProtocolLoop<'_> {
                     poll_retry.reset();
                     let advanced = response.desired.revision != asked;
                     deliver(desired_tx, response.desired, known_revision);
+                    self.hand_over(response.tasks);
                     // Answered at once on purpose: send the history, then poll on.
                     if response.send_history {
                         self.send_history(credentials).await;
@@ -834,6 +591,14 @@ impl ProtocolLoop<'_> {
         match self.controller.history(bearer, &upload).await {
             Ok(()) => tracing::debug!(samples = upload.count, "sent the load history"),
             Err(error) => tracing::info!(%error, "the controller did not take the load history"),
+        }
+    }
+
+    /// Hands task orders to the task runner without waiting: when it is behind, the orders are
+    /// dropped here, and the controller sends them again.
+    fn hand_over(&self, orders: Vec<TaskOrder>) {
+        if !orders.is_empty() && self.orders.try_send(orders).is_err() {
+            tracing::debug!("the task runner is busy; its orders come again with the next answer");
         }
     }
 

@@ -20,14 +20,16 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use std::collections::BTreeSet;
-
 use clap::{Args, Subcommand};
 use reqwest::Url;
-use saphyr_parser::{Event, Parser, ScalarStyle};
 use tc_trust::CaCertHash;
 
 use crate::signature::TrustedKey;
+
+mod file;
+pub mod tasks;
+
+pub use file::{FileConfig, parse_file_config};
 
 /// The default state directory.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/tc-agent";
@@ -111,6 +113,11 @@ pub struct Settings {
     /// Seconds between two load-history samples (1..=3600) [default: 60].
     #[arg(long, value_name = "SECONDS")]
     pub history_interval_seconds: Option<u32>,
+    /// Remote operations this agent accepts, comma-separated (reboot, shutdown, wake, exec,
+    /// collectLogs; an empty list accepts none); replaces `allowedTasks` of the file [default:
+    /// all].
+    #[arg(long, value_name = "ACTION[,...]")]
+    pub allowed_tasks: Option<String>,
 }
 
 /// The settings of `status`: only where the state directory is.
@@ -129,33 +136,6 @@ impl StatusSettings {
     pub fn state_dir(&self) -> Result<PathBuf, ConfigError> {
         state_dir(self.config.as_deref(), self.state_dir.as_deref())
     }
-}
-
-/// The configuration file.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct FileConfig {
-    /// Controller URL.
-    pub server: Option<String>,
-    /// Bootstrap token.
-    pub bootstrap_token: Option<String>,
-    /// File holding the bootstrap token.
-    pub bootstrap_token_file: Option<PathBuf>,
-    /// Fingerprint of the controller's CA.
-    pub ca_cert_hash: Option<String>,
-    /// PEM file of the controller's CA.
-    pub ca_file: Option<PathBuf>,
-    /// State directory.
-    pub state_dir: Option<PathBuf>,
-    /// Labels reported at enrolment.
-    pub labels: BTreeMap<String, String>,
-    /// Client name.
-    pub name: Option<String>,
-    /// Machine identity.
-    pub machine_id: Option<String>,
-    /// Minisign public keys packages must be signed with.
-    pub trusted_keys: Vec<String>,
-    /// Seconds between two load-history samples.
-    pub history_interval_seconds: Option<String>,
 }
 
 /// The resolved configuration of a running agent.
@@ -179,6 +159,8 @@ pub struct AgentConfig {
     pub trusted_keys: Vec<TrustedKey>,
     /// Time between two load-history samples (60 s unless configured).
     pub history_interval: Duration,
+    /// Remote operations: allowed actions, reboot and shutdown commands, Wake-on-LAN.
+    pub tasks: tasks::TaskConfig,
 }
 
 /// How the agent trusts an `https://` controller.
@@ -289,6 +271,9 @@ pub enum ConfigError {
         max = tc_proto::history::MAX_INTERVAL_SECONDS
     )]
     InvalidHistoryInterval(String),
+    /// A setting of remote operations (`allowedTasks`, `rebootCommand`, ...) that is not valid.
+    #[error("invalid task setting: {0}")]
+    InvalidTasks(String),
 }
 
 /// Reads the configuration file at `path`, if one is given.
@@ -333,6 +318,7 @@ impl Settings {
     /// `hostname` is the default name.
     pub fn resolve(&self, hostname: &str) -> Result<AgentConfig, ConfigError> {
         let (file_path, file) = self.file_config()?.unwrap_or_default();
+        let tasks = tasks::resolve(self.allowed_tasks.as_deref(), &file, &file_path)?;
         let server_text = self
             .server
             .clone()
@@ -441,6 +427,7 @@ impl Settings {
             ca,
             trusted_keys,
             history_interval: Duration::from_secs(u64::from(history_seconds)),
+            tasks,
         })
     }
 }
@@ -454,181 +441,6 @@ fn parse_ca_cert_hash(text: &str) -> Result<Vec<CaCertHash>, ConfigError> {
             })
         })
         .collect()
-}
-
-/// The settings a configuration file may hold, as written in YAML.
-const FILE_FIELDS: &str = "server, caCertHash, caFile, bootstrapToken, bootstrapTokenFile, stateDir, labels, name, machineId, trustedKeys, historyIntervalSeconds";
-
-/// Parses the YAML configuration file. Errors name the line and column.
-pub fn parse_file_config(text: &str) -> Result<FileConfig, String> {
-    let mut events = YamlEvents {
-        parser: Parser::new_from_str(text),
-    };
-    let mut config = FileConfig::default();
-    loop {
-        match events.next()? {
-            (Event::StreamStart, _) => {}
-            (Event::StreamEnd, _) => return Ok(config),
-            (Event::DocumentStart(_), _) => break,
-            (_, position) => return Err(position.error("expected a YAML document")),
-        }
-    }
-    match events.next()? {
-        (Event::MappingStart(..), _) => {}
-        (Event::Scalar(text, ScalarStyle::Plain, ..), _) if is_null(&text) => {
-            return events.end(config);
-        }
-        (_, position) => return Err(position.error("the configuration must be a mapping")),
-    }
-    let mut seen = BTreeSet::new();
-    loop {
-        let (key, position) = match events.next()? {
-            (Event::MappingEnd, _) => break,
-            (Event::Scalar(key, ..), position) => (key.into_owned(), position),
-            (_, position) => return Err(position.error("expected a setting name")),
-        };
-        if !seen.insert(key.clone()) {
-            return Err(position.error(&format!("`{key}` is set twice")));
-        }
-        match key.as_str() {
-            "server" => config.server = events.string(&key)?,
-            "caCertHash" => config.ca_cert_hash = events.string(&key)?,
-            "caFile" => config.ca_file = events.string(&key)?.map(PathBuf::from),
-            "bootstrapToken" => config.bootstrap_token = events.string(&key)?,
-            "bootstrapTokenFile" => {
-                config.bootstrap_token_file = events.string(&key)?.map(PathBuf::from);
-            }
-            "stateDir" => config.state_dir = events.string(&key)?.map(PathBuf::from),
-            "labels" => config.labels = events.labels()?,
-            "name" => config.name = events.string(&key)?,
-            "machineId" => config.machine_id = events.string(&key)?,
-            "trustedKeys" => config.trusted_keys = events.strings(&key)?,
-            "historyIntervalSeconds" => config.history_interval_seconds = events.string(&key)?,
-            other => {
-                return Err(position.error(&format!(
-                    "unknown field `{other}`, expected one of {FILE_FIELDS}"
-                )));
-            }
-        }
-    }
-    events.end(config)
-}
-
-/// A place in the configuration file.
-struct Position {
-    line: usize,
-    column: usize,
-}
-
-impl Position {
-    fn error(&self, message: &str) -> String {
-        format!("line {} column {}: {message}", self.line, self.column)
-    }
-}
-
-/// The YAML events of a configuration file, with positions.
-struct YamlEvents<'a> {
-    parser: Parser<'a, saphyr_parser::StrInput<'a>>,
-}
-
-impl<'a> YamlEvents<'a> {
-    fn next(&mut self) -> Result<(Event<'a>, Position), String> {
-        match self.parser.next() {
-            Some(Ok((event, span))) => {
-                let position = Position {
-                    line: span.start.line(),
-                    column: span.start.col() + 1,
-                };
-                if let Event::Alias(_) = event {
-                    return Err(position.error("aliases are not supported here"));
-                }
-                Ok((event, position))
-            }
-            Some(Err(error)) => {
-                let marker = error.marker();
-                Err(Position {
-                    line: marker.line(),
-                    column: marker.col() + 1,
-                }
-                .error(&format!("YAML syntax error: {}", error.info())))
-            }
-            None => Err("unexpected end of the file".to_owned()),
-        }
-    }
-
-    /// A string value; `None` for a YAML null.
-    fn string(&mut self, key: &str) -> Result<Option<String>, String> {
-        match self.next()? {
-            (Event::Scalar(text, ScalarStyle::Plain, ..), _) if is_null(&text) => Ok(None),
-            (Event::Scalar(text, ..), _) => Ok(Some(text.into_owned())),
-            (_, position) => Err(position.error(&format!("`{key}` must be a string"))),
-        }
-    }
-
-    /// A sequence of strings; empty for a YAML null.
-    fn strings(&mut self, key: &str) -> Result<Vec<String>, String> {
-        let mut values = Vec::new();
-        match self.next()? {
-            (Event::SequenceStart(..), _) => {}
-            (Event::Scalar(text, ScalarStyle::Plain, ..), _) if is_null(&text) => {
-                return Ok(values);
-            }
-            (_, position) => {
-                return Err(position.error(&format!("`{key}` must be a list of strings")));
-            }
-        }
-        loop {
-            match self.next()? {
-                (Event::SequenceEnd, _) => return Ok(values),
-                (Event::Scalar(text, ..), _) => values.push(text.into_owned()),
-                (_, position) => {
-                    return Err(position.error(&format!("`{key}` must be a list of strings")));
-                }
-            }
-        }
-    }
-
-    /// The `labels` mapping.
-    fn labels(&mut self) -> Result<BTreeMap<String, String>, String> {
-        let mut labels = BTreeMap::new();
-        match self.next()? {
-            (Event::MappingStart(..), _) => {}
-            (Event::Scalar(text, ScalarStyle::Plain, ..), _) if is_null(&text) => {
-                return Ok(labels);
-            }
-            (_, position) => {
-                return Err(position.error("`labels` must be a mapping of strings"));
-            }
-        }
-        loop {
-            let (key, position) = match self.next()? {
-                (Event::MappingEnd, _) => return Ok(labels),
-                (Event::Scalar(key, ..), position) => (key.into_owned(), position),
-                (_, position) => return Err(position.error("expected a label name")),
-            };
-            let value = self.string(&format!("labels.{key}"))?.unwrap_or_default();
-            if labels.insert(key.clone(), value).is_some() {
-                return Err(position.error(&format!("label `{key}` is set twice")));
-            }
-        }
-    }
-
-    /// Checks that nothing but the end of the file follows.
-    fn end(&mut self, config: FileConfig) -> Result<FileConfig, String> {
-        loop {
-            match self.next()? {
-                (Event::DocumentEnd, _) => {}
-                (Event::StreamEnd, _) => return Ok(config),
-                (_, position) => {
-                    return Err(position.error("the configuration must be a single document"));
-                }
-            }
-        }
-    }
-}
-
-fn is_null(text: &str) -> bool {
-    matches!(text, "" | "~" | "null" | "Null" | "NULL")
 }
 
 /// Parses and normalises the controller URL.

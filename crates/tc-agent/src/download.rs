@@ -145,6 +145,14 @@ impl Fetcher {
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = token;
     }
 
+    /// The current session token (the remote operations' reports go with it too).
+    pub fn token(&self) -> Option<String> {
+        self.token
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
     /// The token to send to `url`: only to the controller's own scheme, host and port.
     fn token_for(&self, url: &Url) -> Option<String> {
         if url.origin() != self.base.origin() {

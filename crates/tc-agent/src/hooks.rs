@@ -2,6 +2,8 @@
 //!
 //! A hook runs in its own process group with the package directory as working directory, stdin
 //! closed, and stdout and stderr captured together (only the last [`OUTPUT_TAIL_BYTES`] are kept).
+//! [`Supervised`] is that machinery on its own (process group, timeout, tails of stdout and
+//! stderr kept apart as well), which the remote operations' `exec` uses too.
 //! When it exceeds its timeout the whole process group is killed, so a script's children do not
 //! outlive it. A hook that exits normally may leave background processes behind (a service it
 //! started); the agent then stops reading their output shortly after the hook itself exited.
@@ -127,8 +129,7 @@ fn tail_suffix(output: &str) -> String {
 pub struct RunningHook {
     kind: HookKind,
     timeout_seconds: u32,
-    child: Child,
-    process_group: Option<rustix::process::Pid>,
+    process: Supervised,
 }
 
 /// Starts `hook` for `context`.
@@ -148,99 +149,42 @@ pub fn spawn(
         .env("TC_PACKAGE_NAME", context.package)
         .env("TC_PACKAGE_VERSION", context.version)
         .env("TC_PACKAGE_DIR", context.directory)
-        .env("TC_HOOK", kind.to_string())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
+        .env("TC_HOOK", kind.to_string());
     if let Some(previous) = context.previous_version {
         command.env("TC_PREVIOUS_VERSION", previous);
     }
-    let child = command.spawn().map_err(|source| HookError::Spawn {
+    let process = Supervised::spawn(&mut command).map_err(|source| HookError::Spawn {
         kind,
         program: program.clone(),
         source,
     })?;
-    let process_group = child
-        .id()
-        .and_then(|id| i32::try_from(id).ok())
-        .and_then(rustix::process::Pid::from_raw);
     Ok(RunningHook {
         kind,
         timeout_seconds: hook.timeout_seconds,
-        child,
-        process_group,
+        process,
     })
 }
 
 impl RunningHook {
-    /// Waits for the hook to finish or time out; on success returns the tail of its output.
-    pub async fn wait(mut self) -> Result<String, HookError> {
-        let mut stdout = self.child.stdout.take();
-        let mut stderr = self.child.stderr.take();
-        let mut tail = Tail::default();
+    /// Waits for the hook to finish or time out; on success returns the tail of its output
+    /// (stdout and stderr together).
+    pub async fn wait(self) -> Result<String, HookError> {
+        let kind = self.kind;
         let timeout = Duration::from_secs(u64::from(self.timeout_seconds));
-        let run = async {
-            let mut out_buffer = [0u8; 1024];
-            let mut err_buffer = [0u8; 1024];
-            loop {
-                tokio::select! {
-                    status = self.child.wait() => return status,
-                    read = read_some(&mut stdout, &mut out_buffer) => tail.push(&out_buffer[..read]),
-                    read = read_some(&mut stderr, &mut err_buffer) => tail.push(&err_buffer[..read]),
-                }
-            }
-        };
-        let status = tokio::time::timeout(timeout, run).await;
-        let status = match status {
-            Ok(Ok(status)) => status,
-            Ok(Err(error)) => {
-                self.kill();
-                return Err(HookError::Wait {
-                    kind: self.kind,
-                    source: error,
-                });
-            }
-            Err(_) => {
-                self.kill();
-                let _ = self.child.wait().await;
-                drain(&mut stdout, &mut stderr, &mut tail).await;
-                return Err(HookError::TimedOut {
-                    kind: self.kind,
-                    seconds: self.timeout_seconds,
-                    output: tail.text(),
-                });
-            }
-        };
-        drain(&mut stdout, &mut stderr, &mut tail).await;
-        // The hook itself is done; forget the group so that dropping does not kill what it
-        // deliberately left running.
-        self.process_group = None;
-        if status.success() {
-            Ok(tail.text())
-        } else {
-            Err(HookError::Failed {
-                kind: self.kind,
+        let finished = self.process.wait(timeout).await;
+        match finished.end {
+            End::Exited(status) if status.success() => Ok(finished.combined),
+            End::Exited(status) => Err(HookError::Failed {
+                kind,
                 status,
-                output: tail.text(),
-            })
-        }
-    }
-
-    /// Kills the hook's whole process group.
-    fn kill(&mut self) {
-        if let Some(group) = self.process_group.take() {
-            let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
-        }
-        let _ = self.child.start_kill();
-    }
-}
-
-impl Drop for RunningHook {
-    fn drop(&mut self) {
-        if let Some(group) = self.process_group.take() {
-            let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+                output: finished.combined,
+            }),
+            End::TimedOut => Err(HookError::TimedOut {
+                kind,
+                seconds: self.timeout_seconds,
+                output: finished.combined,
+            }),
+            End::WaitFailed(source) => Err(HookError::Wait { kind, source }),
         }
     }
 }
@@ -252,6 +196,120 @@ pub async fn run(
     context: &HookContext<'_>,
 ) -> Result<String, HookError> {
     spawn(kind, hook, context)?.wait().await
+}
+
+/// A process the agent runs (a hook, a task's command) in its own process group, with stdin
+/// closed and stdout and stderr captured. Dropping it before it exited kills its whole group.
+pub struct Supervised {
+    child: Child,
+    process_group: Option<rustix::process::Pid>,
+}
+
+/// How a [`Supervised`] process ended, with the tails of its output (each at most
+/// [`OUTPUT_TAIL_BYTES`], lossily decoded and trimmed).
+#[derive(Debug)]
+pub struct Finished {
+    /// How it ended.
+    pub end: End,
+    /// The tail of its standard output.
+    pub stdout: String,
+    /// The tail of its standard error.
+    pub stderr: String,
+    /// The tail of both, interleaved as they were read.
+    pub combined: String,
+}
+
+/// How a [`Supervised`] process ended.
+#[derive(Debug)]
+pub enum End {
+    /// It exited (or a signal ended it).
+    Exited(ExitStatus),
+    /// It ran past its timeout; its process group was killed.
+    TimedOut,
+    /// Waiting for it failed; its process group was killed.
+    WaitFailed(std::io::Error),
+}
+
+impl Supervised {
+    /// Starts `command` in a process group of its own, with stdin closed and stdout and stderr
+    /// piped.
+    pub fn spawn(command: &mut Command) -> std::io::Result<Supervised> {
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        let child = command.spawn()?;
+        let process_group = child
+            .id()
+            .and_then(|id| i32::try_from(id).ok())
+            .and_then(rustix::process::Pid::from_raw);
+        Ok(Supervised {
+            child,
+            process_group,
+        })
+    }
+
+    /// Waits for the process to exit, at most `timeout`; past it the whole process group is
+    /// killed. After a normal exit its output is still read for a short while
+    /// ([`OUTPUT_GRACE`]), and what it left running in the background is left alone.
+    pub async fn wait(mut self, timeout: Duration) -> Finished {
+        let mut stdout = self.child.stdout.take();
+        let mut stderr = self.child.stderr.take();
+        let mut output = Output::default();
+        let run = async {
+            let mut out_buffer = [0u8; 1024];
+            let mut err_buffer = [0u8; 1024];
+            loop {
+                tokio::select! {
+                    status = self.child.wait() => return status,
+                    read = read_some(&mut stdout, &mut out_buffer) => output.out(&out_buffer[..read]),
+                    read = read_some(&mut stderr, &mut err_buffer) => output.err(&err_buffer[..read]),
+                }
+            }
+        };
+        let end = match tokio::time::timeout(timeout, run).await {
+            Ok(Ok(status)) => {
+                // The process itself is done; forget the group so that dropping does not kill
+                // what it deliberately left running.
+                self.process_group = None;
+                End::Exited(status)
+            }
+            Ok(Err(error)) => {
+                self.kill();
+                End::WaitFailed(error)
+            }
+            Err(_) => {
+                self.kill();
+                let _ = self.child.wait().await;
+                End::TimedOut
+            }
+        };
+        drain(&mut stdout, &mut stderr, &mut output).await;
+        Finished {
+            end,
+            stdout: output.stdout.text(),
+            stderr: output.stderr.text(),
+            combined: output.combined.text(),
+        }
+    }
+
+    /// Kills the process's whole group.
+    fn kill(&mut self) {
+        if let Some(group) = self.process_group.take() {
+            let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+        }
+        let _ = self.child.start_kill();
+    }
+}
+
+impl Drop for Supervised {
+    fn drop(&mut self) {
+        if let Some(group) = self.process_group.take() {
+            let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+        }
+    }
 }
 
 /// Reads from a pipe; once it is closed (or absent) never completes, so that `select!` keeps
@@ -273,19 +331,39 @@ async fn read_some<R: AsyncRead + Unpin>(pipe: &mut Option<R>, buffer: &mut [u8]
 async fn drain<A: AsyncRead + Unpin, B: AsyncRead + Unpin>(
     stdout: &mut Option<A>,
     stderr: &mut Option<B>,
-    tail: &mut Tail,
+    output: &mut Output,
 ) {
     let _ = tokio::time::timeout(OUTPUT_GRACE, async {
         let mut out_buffer = [0u8; 1024];
         let mut err_buffer = [0u8; 1024];
         while stdout.is_some() || stderr.is_some() {
             tokio::select! {
-                read = read_some(stdout, &mut out_buffer) => tail.push(&out_buffer[..read]),
-                read = read_some(stderr, &mut err_buffer) => tail.push(&err_buffer[..read]),
+                read = read_some(stdout, &mut out_buffer) => output.out(&out_buffer[..read]),
+                read = read_some(stderr, &mut err_buffer) => output.err(&err_buffer[..read]),
             }
         }
     })
     .await;
+}
+
+/// The tails of a process's output: each stream, and both together.
+#[derive(Default)]
+struct Output {
+    stdout: Tail,
+    stderr: Tail,
+    combined: Tail,
+}
+
+impl Output {
+    fn out(&mut self, data: &[u8]) {
+        self.stdout.push(data);
+        self.combined.push(data);
+    }
+
+    fn err(&mut self, data: &[u8]) {
+        self.stderr.push(data);
+        self.combined.push(data);
+    }
 }
 
 /// The last [`OUTPUT_TAIL_BYTES`] of a stream.

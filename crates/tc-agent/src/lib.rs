@@ -19,6 +19,7 @@ pub mod inventory;
 pub mod signature;
 pub mod state;
 pub mod status;
+pub mod tasks;
 
 /// Installs rustls' *ring* crypto provider as the process default. Call it once before any
 /// HTTP client is built; later calls are harmless.

@@ -20,8 +20,9 @@ fn main() -> ExitCode {
     }
 }
 
-/// Logs go to stderr; `TC_AGENT_LOG` (or `RUST_LOG`) takes `info`, `debug`, or per-target
-/// directives such as `tc_agent=debug,info`.
+/// Logs go to stderr, and the recent lines to a ring in memory that `collectLogs` sends;
+/// `TC_AGENT_LOG` (or `RUST_LOG`) takes `info`, `debug`, or per-target directives such as
+/// `tc_agent=debug,info`.
 fn init_logging() {
     let directives = std::env::var("TC_AGENT_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
@@ -35,6 +36,11 @@ fn init_logging() {
         .with(
             tracing_subscriber::fmt::layer()
                 .with_writer(std::io::stderr)
+                .with_ansi(false),
+        )
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(tc_agent::tasks::logs::RingWriter::default)
                 .with_ansi(false),
         )
         .with(filter)

@@ -9,6 +9,8 @@
 //!   machine-id                generated identity when /etc/machine-id is not readable
 //!   state.json                the journal: desired state, package records, step in progress
 //!   connection.json           the last error talking to the controller (for `tc-agent status`)
+//!   tasks.json                the journal of task orders (see [`crate::tasks::journal`])
+//!   tasks/                    the default working directory of `exec` orders (mode 0700)
 //!   downloads/<sha256>.part   a download in progress (resumed with HTTP Range)
 //!   downloads/<sha256>.zip    a verified download
 //!   staging/<name>/           a package being extracted

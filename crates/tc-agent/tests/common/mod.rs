@@ -22,6 +22,7 @@ use axum::routing::{get, post};
 use serde::Deserialize;
 use tc_agent::download::sha256_hex;
 use tc_agent::state::StateDir;
+use tc_proto::task::{TaskOrder, TaskReport, TaskReports, check_reports};
 use tc_proto::{
     DesiredPackage, DesiredResponse, DesiredState, EnrollRequest, ErrorStatus, HeartbeatRequest,
     HeartbeatResponse, Hook, Hooks, PackageReport, PackageState,
@@ -59,6 +60,17 @@ pub struct FakeState {
     pub long_polls: usize,
     /// Client tokens handed out at enrolment are this followed by a number.
     pub token_prefix: String,
+    /// Task orders handed out with every heartbeat and long-poll answer (again and again, until
+    /// a test takes them away: redelivery is normal).
+    pub orders: Vec<TaskOrder>,
+    /// How many answers carried orders.
+    pub orders_served: usize,
+    /// Every task report received, in order.
+    pub task_reports: Vec<TaskReport>,
+    /// When set, task reports are answered with this status and not stored.
+    pub task_report_status: Option<StatusCode>,
+    /// Task report requests received (stored or not).
+    pub task_report_posts: usize,
 }
 
 struct Shared {
@@ -92,6 +104,11 @@ impl FakeController {
                 send_inventory_next: false,
                 long_polls: 0,
                 token_prefix: "client-token-".into(),
+                orders: Vec::new(),
+                orders_served: 0,
+                task_reports: Vec::new(),
+                task_report_status: None,
+                task_report_posts: 0,
             }),
             revision: watch::channel(0).0,
         });
@@ -179,6 +196,28 @@ impl FakeController {
         self.serve(listener);
     }
 
+    /// Adds a task order, handed out from the next answer on.
+    pub fn add_order(&self, order: TaskOrder) {
+        self.state().orders.push(order);
+    }
+
+    /// The reports received for order `id`, in order.
+    pub fn task_reports(&self, id: &str) -> Vec<TaskReport> {
+        self.state()
+            .task_reports
+            .iter()
+            .filter(|report| report.id == id)
+            .cloned()
+            .collect()
+    }
+
+    /// The final report received for order `id`, if any.
+    pub fn final_report(&self, id: &str) -> Option<TaskReport> {
+        self.task_reports(id)
+            .into_iter()
+            .rfind(|report| report.state.is_final())
+    }
+
     /// The last heartbeat's report for `name`, with the heartbeat's observed revision.
     pub fn last_report(&self, name: &str) -> Option<(u64, PackageReport)> {
         let state = self.state();
@@ -232,6 +271,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/agent/v1/enroll", post(enroll))
         .route("/agent/v1/heartbeat", post(heartbeat))
         .route("/agent/v1/desired", get(desired))
+        .route("/agent/v1/tasks/report", post(task_report))
         .route("/blobs/sha256/{sha}", get(blob))
         .with_state(shared)
 }
@@ -294,11 +334,12 @@ async fn heartbeat(
     let mut state = shared.state.lock().unwrap();
     state.heartbeats.push(request);
     let send_inventory = std::mem::take(&mut state.send_inventory_next);
+    let tasks = served_orders(&mut state);
     Json(HeartbeatResponse {
         desired: state.desired.clone(),
         next_heartbeat_millis: state.heartbeat_millis,
         send_inventory,
-        tasks: Vec::new(),
+        tasks,
     })
     .into_response()
 }
@@ -334,15 +375,50 @@ async fn desired(
         }
     })
     .await;
-    let desired = shared.state.lock().unwrap().desired.clone();
+    let (desired, tasks) = {
+        let mut state = shared.state.lock().unwrap();
+        (state.desired.clone(), served_orders(&mut state))
+    };
     let changed = desired.revision != query.after_revision;
     Json(DesiredResponse {
         desired,
         changed,
         send_history: false,
-        tasks: Vec::new(),
+        tasks,
     })
     .into_response()
+}
+
+/// The orders to hand out with an answer, counted.
+fn served_orders(state: &mut FakeState) -> Vec<TaskOrder> {
+    if !state.orders.is_empty() {
+        state.orders_served += 1;
+    }
+    state.orders.clone()
+}
+
+async fn task_report(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Json(reports): Json<TaskReports>,
+) -> Response {
+    if !authorised(&shared, &headers) {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized",
+            "unknown client token",
+        );
+    }
+    if let Err(message) = check_reports(&reports) {
+        return error(StatusCode::BAD_REQUEST, "BadRequest", &message);
+    }
+    let mut state = shared.state.lock().unwrap();
+    state.task_report_posts += 1;
+    if let Some(status) = state.task_report_status {
+        return error(status, "Refused", "the test refuses task reports");
+    }
+    state.task_reports.extend(reports.reports);
+    StatusCode::NO_CONTENT.into_response()
 }
 
 async fn blob(
