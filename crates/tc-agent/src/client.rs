@@ -545,10 +545,20 @@ impl ProtocolLoop<'_> {
                     poll_retry.reset();
                     let advanced = response.desired.revision != asked;
                     deliver(desired_tx, response.desired, known_revision);
+                    let had_orders = !response.tasks.is_empty();
                     self.hand_over(response.tasks);
                     // Answered at once on purpose: send the history, then poll on.
                     if response.send_history {
                         self.send_history(credentials).await;
+                        continue;
+                    }
+                    // Answered with orders: poll on (the next order of a run may follow soon),
+                    // at most once a second.
+                    if had_orders {
+                        tokio::time::sleep_until((started + MIN_LONG_POLL).min(deadline)).await;
+                        if Instant::now() >= deadline {
+                            return;
+                        }
                         continue;
                     }
                     if !advanced && started.elapsed() < MIN_LONG_POLL {
