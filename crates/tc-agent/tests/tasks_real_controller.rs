@@ -107,8 +107,11 @@ impl Agent {
 
     fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let start = text.len().saturating_sub(6000);
-        text[text.ceil_char_boundary(start)..].to_owned()
+        let mut start = text.len().saturating_sub(6000);
+        while !text.is_char_boundary(start) {
+            start += 1;
+        }
+        text[start..].to_owned()
     }
 }
 
