@@ -19,7 +19,8 @@ Connection:
 
 Exit codes:
   0  success
-  1  `diff` found changes; `apply --wait` or `rollout status` saw a failed rollout or timed out
+  1  `diff` found changes; `apply --wait` or `rollout status` saw a failed rollout or timed out;
+     `run`, `reboot`, `shutdown`, `wake` or `logs`: a client failed, expired or was interrupted
   2  usage error: bad arguments, or manifests that cannot be read or decoded
   3  server, network or authentication error";
 
@@ -105,6 +106,16 @@ pub enum Command {
     /// Follow the rollout of a client group.
     #[command(subcommand)]
     Rollout(RolloutCommand),
+    /// Run a command on clients and print each client's result as it arrives. Role operator.
+    Run(crate::task_cli::RunArgs),
+    /// Reboot clients; each succeeds when it is back on a new boot. Role operator.
+    Reboot(crate::task_cli::PowerArgs),
+    /// Power clients off. Role operator.
+    Shutdown(crate::task_cli::PowerArgs),
+    /// Wake clients with Wake-on-LAN, sent by an online neighbour on their segment. Role operator.
+    Wake(crate::task_cli::PowerArgs),
+    /// Have a client send its recent agent log and journal, and print them. Role operator.
+    Logs(crate::task_cli::LogsArgs),
     /// Manage bootstrap tokens for enrolling agents.
     #[command(subcommand)]
     Token(TokenCommand),
