@@ -178,7 +178,11 @@ fn launch(context: &mut Context<'_>, launch: Launch<'_>) -> Result<u8, CliError>
         return Ok(EXIT_OK);
     }
     let run = wait_for_run(&client, &name)?;
-    let created = format!("task/{name} created ({} targets)", run.targets);
+    let created = format!(
+        "task/{name} created ({} target{})",
+        run.targets,
+        if run.targets == 1 { "" } else { "s" }
+    );
     match launch.flow.output {
         None => {
             writeln!(context.out, "{created}")?;
