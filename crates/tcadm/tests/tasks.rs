@@ -344,3 +344,72 @@ fn logs_of_a_client_that_never_answers_fail_when_it_expires() {
         "{run:#?}"
     );
 }
+
+/// An inventory with one network interface.
+fn on_segment(name: &str, mac: &str, address: &str) -> Value {
+    json!({ "hostname": name, "networkInterfaces": [
+        { "name": "eth0", "mac": mac, "addresses": [address] } ] })
+}
+
+#[test]
+fn wake_shows_the_neighbour_that_sent_the_packet_or_why_none_could() {
+    let fleet = Fleet::start();
+    std::fs::write(
+        fleet.dir.path().join("fast.yaml"),
+        "apiVersion: thinfleet.io/v1\nkind: ClientGroup\nmetadata: { name: fast }\n\
+         spec:\n  selector: {}\n  agent: { heartbeatSeconds: 5 }\n",
+    )
+    .unwrap();
+    fleet.tcadm(&["apply", "-f", "fast.yaml"]).ok();
+    let mut sleeper = SimAgent::enroll_silent(&fleet, "pc-sleeper", json!({ "floor": "2" }));
+    sleeper.inventory = on_segment("pc-sleeper", "aa:bb:cc:00:00:01", "192.0.2.11/24");
+    sleeper.orders();
+    let mut neighbour = SimAgent::enroll_silent(&fleet, "pc-awake", json!({ "floor": "3" }));
+    neighbour.inventory = on_segment("pc-awake", "aa:bb:cc:00:00:02", "192.0.2.12/24");
+    // Never came online: nothing is known of its network.
+    SimAgent::enroll_silent(&fleet, "pc-unknown", json!({ "floor": "2" }));
+    // The sleeper misses its heartbeats (3 of 5 s) while its neighbour keeps sending them.
+    let limit = std::time::Instant::now() + std::time::Duration::from_secs(40);
+    loop {
+        neighbour.orders();
+        let client: Value = serde_json::from_str(
+            fleet
+                .tcadm(&["get", "client", "pc-sleeper", "-o", "json"])
+                .ok(),
+        )
+        .unwrap();
+        if client["status"]["phase"] == "Offline" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < limit,
+            "pc-sleeper never went offline: {client}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    let tcadm =
+        Background::start(&mut fleet.command(&["wake", "-l", "floor=2", "--name", "morning"]));
+    let order = neighbour.next_order();
+    assert_eq!(order["action"]["type"], "wake");
+    assert_eq!(order["action"]["target"], "pc-sleeper");
+    assert_eq!(order["action"]["mac"], "aa:bb:cc:00:00:01");
+    neighbour.report(&order, json!({ "state": "Succeeded" }));
+    let run = tcadm.finish();
+    assert_eq!(run.code, 1, "{run:#?}");
+    // The target nobody can wake failed at once, the other when its neighbour reported
+    // (printed in the order they finished, or by name when one poll found both).
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(lines.len(), 4, "{run:#?}");
+    assert_eq!(lines[0], "task/morning created (2 targets)");
+    let mut results = lines[1..3].to_vec();
+    results.sort();
+    assert_eq!(
+        results,
+        [
+            "pc-sleeper  Succeeded    by pc-awake",
+            "pc-unknown  Failed       (its inventory has no hardware address to wake)",
+        ],
+        "{run:#?}"
+    );
+    assert_eq!(lines[3], "1 succeeded, 1 failed, 0 expired, 0 interrupted");
+}

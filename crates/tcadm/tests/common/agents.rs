@@ -16,17 +16,27 @@ use super::{Fleet, Run};
 /// A simulated agent: its client name and session token.
 pub struct SimAgent {
     pub name: String,
+    /// The inventory its heartbeats carry.
+    pub inventory: Value,
     token: String,
     base: String,
     http: reqwest::blocking::Client,
 }
 
 impl SimAgent {
-    /// Enrols the machine `machine` (also its client name) with `labels`.
+    /// Enrols the machine `machine` (also its client name) with `labels` and heartbeats once.
     pub fn enroll(fleet: &Fleet, machine: &str, labels: Value) -> SimAgent {
+        let agent = SimAgent::enroll_silent(fleet, machine, labels);
+        agent.orders();
+        agent
+    }
+
+    /// Enrols without a heartbeat: the client never came online and has no inventory.
+    pub fn enroll_silent(fleet: &Fleet, machine: &str, labels: Value) -> SimAgent {
         let identity = TestIdentity::new(machine);
         let mut agent = SimAgent {
             name: String::new(),
+            inventory: json!({ "hostname": machine }),
             token: String::new(),
             base: fleet.controller.url(),
             http: fleet.https_client(),
@@ -40,7 +50,6 @@ impl SimAgent {
             .as_str()
             .expect("a session for a new client")
             .to_string();
-        agent.orders();
         agent
     }
 
@@ -66,7 +75,8 @@ impl SimAgent {
         let answer = self.post(
             "/agent/v1/heartbeat",
             json!({ "protocolVersion": 2, "observedRevision": 0, "packages": [],
-                    "inventoryHash": "h1", "inventory": { "hostname": self.name } }),
+                    "inventoryHash": format!("h{}", self.inventory.to_string().len()),
+                    "inventory": self.inventory }),
         );
         answer["tasks"].as_array().cloned().unwrap_or_default()
     }
