@@ -114,6 +114,12 @@ fn run_streams_each_clients_result_and_exits_1_when_one_failed() {
         ["kiosk-check", "exec", "-l", "room=101", "1/2", "0", "1"],
         "{row}"
     );
+    let wide = fleet.tcadm(&["get", "task", "kiosk-check", "-o", "wide"]);
+    assert!(wide.ok().contains("SCHEDULE"), "{wide:#?}");
+    assert!(wide.ok().contains("<none>"), "{wide:#?}");
+    let task = fleet.task("kiosk-check");
+    assert_eq!(task["status"]["runs"][0]["succeeded"], 1, "{task}");
+    assert_eq!(task["status"]["runs"][0]["failed"], 1, "{task}");
     let text = fleet.tcadm(&["describe", "task", "kiosk-check"]);
     let text = text.ok();
     assert!(
@@ -277,8 +283,19 @@ fn a_viewer_is_refused_and_nothing_is_created() {
         .ok()
         .trim()
         .to_string();
-    let run = fleet.tcadm_as(&token, &["reboot", "client", "r101-a", "--detach"]);
-    assert_eq!(run.code, 0, "{run:#?}");
+    let run = fleet.tcadm_as(
+        &token,
+        &[
+            "reboot", "client", "r101-a", "--detach", "--name", "reboot-a",
+        ],
+    );
+    assert_eq!(run.ok(), "reboot-a\n");
+    // The audit trail names who created it; an operator may delete it.
+    let audit = fleet.tcadm(&["get", "audit", "--for", "task/reboot-a"]);
+    assert!(audit.ok().lines().any(|l| l.contains("lead")), "{audit:#?}");
+    let run = fleet.tcadm_as(&token, &["delete", "task", "reboot-a"]);
+    assert_eq!(run.ok(), "task/reboot-a deleted\n");
+    assert_eq!(fleet.task_names(), "");
 }
 
 #[test]
@@ -412,4 +429,38 @@ fn wake_shows_the_neighbour_that_sent_the_packet_or_why_none_could() {
         "{run:#?}"
     );
     assert_eq!(lines[3], "1 succeeded, 1 failed, 0 expired, 0 interrupted");
+}
+
+#[test]
+fn the_scheduled_tasks_of_the_readme_apply_and_show_their_schedule() {
+    let fleet = Fleet::start();
+    let readme = include_str!("../../../README.md");
+    let section = readme
+        .split("## Remote operations\n")
+        .nth(1)
+        .expect("the README has a Remote operations section");
+    let manifest = section
+        .split("```yaml\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("a YAML example");
+    std::fs::write(fleet.dir.path().join("floor.yaml"), manifest).unwrap();
+    let run = fleet.tcadm(&["apply", "-f", "floor.yaml"]);
+    assert!(run.ok().contains("task/floor-2-wake"), "{run:#?}");
+    let table = fleet.tcadm(&["get", "tasks", "-o", "wide"]);
+    let text = table.ok();
+    assert!(
+        text.lines().any(|l| l.starts_with("floor-2-wake")
+            && l.contains("wake")
+            && l.contains("0 7 * * 1-5 Europe/Berlin")),
+        "{text}"
+    );
+    assert!(
+        text.lines().any(|l| l.starts_with("floor-2-shutdown")
+            && l.contains("shutdown")
+            && l.contains("0 20 * * * Europe/Berlin")),
+        "{text}"
+    );
+    let text = fleet.tcadm(&["describe", "task", "floor-2-shutdown"]);
+    assert!(text.ok().contains("Concurrency:  25%"), "{text:#?}");
 }
