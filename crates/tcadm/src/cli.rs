@@ -237,7 +237,7 @@ pub fn parse_resource(text: &str) -> Result<Resource, String> {
         "events" | "event" | "ev" => Ok(Resource::Events),
         "audit" => Ok(Resource::Audit),
         _ => Err(format!(
-            "unknown resource `{text}`; use clients, clientgroups (cg), packagereleases (pr), events, sources or audit"
+            "unknown resource `{text}`; use clients, clientgroups (cg), packagereleases (pr), tasks, events, sources or audit"
         )),
     }
 }
@@ -258,7 +258,7 @@ pub fn parse_describe_kind(text: &str) -> Result<DescribeKind, String> {
     }
     Kind::parse(text).map(DescribeKind::Object).ok_or_else(|| {
         format!(
-            "unknown kind `{text}`; use client, clientgroup (cg), packagerelease (pr) or source"
+            "unknown kind `{text}`; use client, clientgroup (cg), packagerelease (pr), task or source"
         )
     })
 }
@@ -324,7 +324,7 @@ pub fn parse_event_subject(text: &str) -> Result<EventSubject, String> {
 /// Parses a kind name or short name.
 pub fn parse_kind(text: &str) -> Result<Kind, String> {
     Kind::parse(text).ok_or_else(|| {
-        format!("unknown kind `{text}`; use client, clientgroup (cg) or packagerelease (pr)")
+        format!("unknown kind `{text}`; use client, clientgroup (cg), packagerelease (pr) or task")
     })
 }
 
@@ -363,7 +363,7 @@ pub enum OutputFormat {
 /// Arguments of `get`.
 #[derive(Debug, Args)]
 pub struct GetArgs {
-    /// clients, clientgroups (cg), packagereleases (pr), events, sources or audit.
+    /// clients, clientgroups (cg), packagereleases (pr), tasks, events, sources or audit.
     #[arg(value_name = "RESOURCE", value_parser = parse_resource)]
     pub resource: Resource,
     /// Show only this object.
@@ -397,7 +397,7 @@ pub struct GetArgs {
 /// Arguments of `describe`.
 #[derive(Debug, Args)]
 pub struct DescribeArgs {
-    /// client, clientgroup (cg), packagerelease (pr) or source.
+    /// client, clientgroup (cg), packagerelease (pr), task or source.
     #[arg(value_name = "KIND", value_parser = parse_describe_kind)]
     pub kind: DescribeKind,
     /// The object's name.
@@ -414,7 +414,7 @@ pub struct DeleteArgs {
     /// Also read the subdirectories of directories.
     #[arg(short = 'R', long, requires = "filenames")]
     pub recursive: bool,
-    /// client, clientgroup (cg) or packagerelease (pr).
+    /// client, clientgroup (cg), packagerelease (pr) or task.
     #[arg(value_name = "KIND", value_parser = parse_kind, required_unless_present = "filenames")]
     pub kind: Option<Kind>,
     /// Names of the objects to delete.

@@ -38,7 +38,8 @@ pub struct TaskFlowArgs {
     /// (`10m`, `1h`; an offline client expires).
     #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_duration)]
     pub deadline: Duration,
-    /// The task's name [default: ACTION-<UTC yyyymmdd-hhmmss>-<4 random hex digits>].
+    /// The task's name [default: `run-`, `reboot-`, `shutdown-` or `wake-`, then
+    /// <UTC yyyymmdd-hhmmss>-<4 random hex digits>].
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
     /// Create the task, print its name and return without waiting for results.
