@@ -302,7 +302,10 @@ struct Followed {
 }
 
 /// Polls the run until it is complete (or `give_up` passes), handing `seen` the results of
-/// each poll and those that reached a final state since the previous one.
+/// each fetch and those that reached a final state since the previous one. The status (its
+/// counts) is polled every [`RESULTS_POLL_INTERVAL`]; the results, which carry output tails, only
+/// when more clients finished, and for a large run at most every half a millisecond per target
+/// (5 s at most).
 fn follow_run(
     client: &ApiClient,
     name: &str,
@@ -311,27 +314,34 @@ fn follow_run(
     mut seen: impl FnMut(&[TaskResult], &[&TaskResult]) -> Result<(), CliError>,
 ) -> Result<Followed, CliError> {
     let mut reported = BTreeSet::new();
+    let mut fetched: Option<(Instant, Option<u32>)> = None;
+    let mut items = Vec::new();
     loop {
         // The status first: results read after it saw the run complete are all final.
         let task: Task = client.get_typed(Kind::Task, name)?;
-        let complete = task
+        let status = task
             .status
             .as_ref()
-            .and_then(|status| status.runs.iter().find(|r| r.run == run))
-            .is_none_or(|r| r.completed_at.is_some());
-        let results = client.task_results(name, Some(run))?;
-        let finished: Vec<&TaskResult> = results
-            .items
-            .iter()
-            .filter(|r| r.state.is_final() && reported.insert(r.client.clone()))
-            .collect();
-        seen(&results.items, &finished)?;
+            .and_then(|status| status.runs.iter().find(|r| r.run == run));
+        let complete = status.is_none_or(|r| r.completed_at.is_some());
+        let finished = status.map(TaskRunStatus::finished);
+        let gap = Duration::from_millis(status.map_or(0, |r| u64::from(r.targets) / 2).min(5000));
         let gave_up = !complete && Instant::now() >= give_up;
+        let due = match fetched {
+            None => true,
+            Some((at, count)) => count != finished && at.elapsed() >= gap,
+        };
+        if complete || gave_up || due {
+            fetched = Some((Instant::now(), finished));
+            items = client.task_results(name, Some(run))?.items;
+            let newly: Vec<&TaskResult> = items
+                .iter()
+                .filter(|r| r.state.is_final() && reported.insert(r.client.clone()))
+                .collect();
+            seen(&items, &newly)?;
+        }
         if complete || gave_up {
-            return Ok(Followed {
-                items: results.items,
-                gave_up,
-            });
+            return Ok(Followed { items, gave_up });
         }
         thread::sleep(RESULTS_POLL_INTERVAL);
     }
@@ -453,6 +463,15 @@ mod tests {
         let error = judge("t", &one_failed, false).unwrap_err();
         assert_eq!(error.exit_code(), 1);
         assert_eq!(error.to_string(), "task/t: 1 of 3 clients did not succeed");
+        let waiting = Summary {
+            unfinished: 1,
+            ..all
+        };
+        assert_eq!(
+            judge("t", &waiting, true).unwrap_err().to_string(),
+            "task/t: stopped waiting with 1 of 3 clients not finished (they go on; see `tcadm \
+             describe task t`)"
+        );
         assert!(
             judge("t", &Summary::default(), false)
                 .unwrap_err()
