@@ -464,3 +464,44 @@ fn the_scheduled_tasks_of_the_readme_apply_and_show_their_schedule() {
     let text = fleet.tcadm(&["describe", "task", "floor-2-shutdown"]);
     assert!(text.ok().contains("Concurrency:  25%"), "{text:#?}");
 }
+
+#[test]
+fn output_json_is_one_document_of_every_result_at_the_end() {
+    let (fleet, room, _) = room_fleet();
+    let tcadm = Background::start(&mut fleet.command(&[
+        "shutdown", "client", "r101-a", "r101-b", "--name", "evening", "-o", "json",
+    ]));
+    for agent in &room {
+        let order = agent.next_order();
+        assert_eq!(order["action"]["type"], "shutdown");
+        agent.report(
+            &order,
+            json!({ "state": "Interrupted", "message": "agent stopped" }),
+        );
+    }
+    let run = tcadm.finish();
+    assert_eq!(run.code, 1, "{run:#?}");
+    let document: Value = serde_json::from_str(&run.stdout).expect("one JSON document");
+    assert_eq!(document["kind"], "TaskResultList");
+    assert_eq!(document["task"], "evening");
+    let states: Vec<(&str, &str)> = document["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["client"].as_str().unwrap(), r["state"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        states,
+        [("r101-a", "Interrupted"), ("r101-b", "Interrupted")]
+    );
+    assert!(
+        run.stderr
+            .contains("0 succeeded, 0 failed, 0 expired, 2 interrupted"),
+        "{run:#?}"
+    );
+    assert!(
+        run.stderr
+            .contains("error: task/evening: 2 of 2 clients did not succeed"),
+        "{run:#?}"
+    );
+}
