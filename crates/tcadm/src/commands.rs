@@ -572,8 +572,8 @@ fn describe(context: &mut Context<'_>, args: &DescribeArgs) -> Result<u8, CliErr
         Kind::Task => {
             let task: tc_api::Task = client.get_typed(Kind::Task, name)?;
             let events = client.events(Some(Kind::Task), Some(name), None, Some(MAX_EVENTS))?;
-            let results = client.task_results(name, None)?;
-            crate::tasks::describe_task(&task, &results.items, &events, now)
+            let sample = crate::run_commands::newest_run_sample(&client, &task)?;
+            crate::tasks::describe_task(&task, &sample, &events, now)
         }
     };
     write!(context.out, "{text}")?;

@@ -15,7 +15,9 @@ use crate::api::ApiClient;
 use crate::commands::Context;
 use crate::error::{CliError, EXIT_OK};
 use crate::task_cli::{LogsArgs, PowerArgs, RunArgs, RunOutput, TaskFlowArgs, client_names};
-use crate::tasks::{Summary, result_text};
+use crate::tasks::{
+    MAX_DESCRIBED_FAILURES, MAX_DESCRIBED_RESULTS, RunSample, Summary, result_text,
+};
 
 /// How often the results of a run are polled.
 pub const RESULTS_POLL_INTERVAL: Duration = Duration::from_millis(400);
@@ -345,6 +347,22 @@ fn follow_run(
         }
         thread::sleep(RESULTS_POLL_INTERVAL);
     }
+}
+
+/// The first clients and the first failures of a task's newest run, for `describe task`.
+pub fn newest_run_sample(client: &ApiClient, task: &Task) -> Result<RunSample, CliError> {
+    let name = &task.metadata.name;
+    let Some(run) = task.status.as_ref().and_then(|status| status.runs.first()) else {
+        return Ok(RunSample::default());
+    };
+    Ok(RunSample {
+        first: client.task_results_page(name, run.run, None, MAX_DESCRIBED_RESULTS)?,
+        failures: if run.failed == 0 {
+            Vec::new()
+        } else {
+            client.task_results_page(name, run.run, Some("Failed"), MAX_DESCRIBED_FAILURES)?
+        },
+    })
 }
 
 /// `tcadm logs client NAME`: a `collectLogs` task for the client; its logs on standard output.

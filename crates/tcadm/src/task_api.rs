@@ -59,6 +59,26 @@ impl ApiClient {
         }
     }
 
+    /// One page of `GET /apis/thinfleet.io/v1/tasks/NAME/results?run=&state=&limit=`: the
+    /// first `limit` targets of the run (in `state` only, when given), by client name.
+    pub fn task_results_page(
+        &self,
+        name: &str,
+        run: u64,
+        state: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<TaskResult>, ApiError> {
+        let page: ResultPage = self.get_json(
+            &format!("{API_PREFIX}/tasks/{name}/results"),
+            &[
+                ("run", &run.to_string()),
+                ("state", state.unwrap_or("")),
+                ("limit", &limit.to_string()),
+            ],
+        )?;
+        Ok(page.items)
+    }
+
     /// `GET /apis/thinfleet.io/v1/tasks/NAME/results/CLIENT/logs?run=`: what the client's
     /// `collectLogs` sent, as text.
     pub fn task_logs(&self, name: &str, client: &str, run: u64) -> Result<String, ApiError> {

@@ -109,12 +109,7 @@ pub fn tasks_table(tasks: &[Task], wide: bool, now: Timestamp) -> Table {
 
 /// `tcadm describe task NAME`: the spec, each run's counts, the newest run's results (a row per
 /// client, the output of the first failures) and the events.
-pub fn describe_task(
-    task: &Task,
-    results: &[TaskResult],
-    events: &[Event],
-    now: Timestamp,
-) -> String {
+pub fn describe_task(task: &Task, sample: &RunSample, events: &[Event], now: Timestamp) -> String {
     let mut out = String::new();
     let spec = &task.spec;
     let _ = writeln!(out, "Name:         {}", task.metadata.name);
@@ -170,7 +165,7 @@ pub fn describe_task(
         );
     }
     if let Some(newest) = status.runs.first() {
-        describe_results(&mut out, newest.run, results);
+        describe_results(&mut out, newest, sample);
     }
     let _ = writeln!(out, "Events:");
     if events.is_empty() {
@@ -188,16 +183,27 @@ pub fn describe_task(
     out
 }
 
-/// The newest run's results in `describe task`: a table capped at [`MAX_DESCRIBED_RESULTS`]
-/// rows, then the output tails of the first failures.
-fn describe_results(out: &mut String, run: u64, results: &[TaskResult]) {
-    let _ = writeln!(out, "Results of run {run}:");
-    if results.is_empty() {
+/// What `describe task` shows of the newest run: its first clients by name and its first
+/// failures (the counts of the run's status tell how many more there are).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RunSample {
+    /// At most [`MAX_DESCRIBED_RESULTS`] results, by client name.
+    pub first: Vec<TaskResult>,
+    /// At most [`MAX_DESCRIBED_FAILURES`] failed results, by client name.
+    pub failures: Vec<TaskResult>,
+}
+
+/// The newest run's results in `describe task`: a table of the first clients, then the output
+/// tails of the first failures, each with the count of those not shown.
+fn describe_results(out: &mut String, run: &TaskRunStatus, sample: &RunSample) {
+    let _ = writeln!(out, "Results of run {}:", run.run);
+    if sample.first.is_empty() {
         let _ = writeln!(out, "  <none>");
         return;
     }
     let mut table = Table::new(&["CLIENT", "STATE", "EXIT", "MESSAGE"]);
-    for result in results.iter().take(MAX_DESCRIBED_RESULTS) {
+    let shown = &sample.first[..sample.first.len().min(MAX_DESCRIBED_RESULTS)];
+    for result in shown {
         table.push(vec![
             result.client.clone(),
             result.state.as_str().to_string(),
@@ -210,31 +216,27 @@ fn describe_results(out: &mut String, run: u64, results: &[TaskResult]) {
     for line in table.render().lines() {
         let _ = writeln!(out, "  {line}");
     }
-    if results.len() > MAX_DESCRIBED_RESULTS {
-        let _ = writeln!(out, "  ... {} more", results.len() - MAX_DESCRIBED_RESULTS);
+    let total = sample.first.len().max(run.targets as usize);
+    if total > shown.len() {
+        let _ = writeln!(out, "  ... {} more", total - shown.len());
     }
-    let failures: Vec<&TaskResult> = results
-        .iter()
-        .filter(|r| {
-            r.state == TaskClientState::Failed && !(r.stdout.is_empty() && r.stderr.is_empty())
-        })
-        .collect();
-    if failures.is_empty() {
+    if sample.failures.is_empty() {
         return;
     }
     let _ = writeln!(out, "Output of failures:");
-    for result in failures.iter().take(MAX_DESCRIBED_FAILURES) {
+    let shown = &sample.failures[..sample.failures.len().min(MAX_DESCRIBED_FAILURES)];
+    for result in shown {
         let _ = writeln!(out, "  {}:", result.client);
+        if result.stdout.is_empty() && result.stderr.is_empty() {
+            let _ = writeln!(out, "    <no output>");
+        }
         for (name, text) in [("stdout", &result.stdout), ("stderr", &result.stderr)] {
             write_tail(out, name, text, Some(MAX_TAIL_LINES), 4);
         }
     }
-    if failures.len() > MAX_DESCRIBED_FAILURES {
-        let _ = writeln!(
-            out,
-            "  ... {} more",
-            failures.len() - MAX_DESCRIBED_FAILURES
-        );
+    let total = sample.failures.len().max(run.failed as usize);
+    if total > shown.len() {
+        let _ = writeln!(out, "  ... {} more", total - shown.len());
     }
 }
 
@@ -437,7 +439,11 @@ mod tests {
                 r
             })
             .collect();
-        let text = describe_task(&task, &results, &[], Timestamp::from_unix_millis(2_000));
+        let sample = RunSample {
+            first: results[..MAX_DESCRIBED_RESULTS].to_vec(),
+            failures: results[..MAX_DESCRIBED_FAILURES].to_vec(),
+        };
+        let text = describe_task(&task, &sample, &[], Timestamp::from_unix_millis(2_000));
         assert!(text.contains("Results of run 1000:"), "{text}");
         assert!(text.contains("  pc-00    Failed   1      -\n"), "{text}");
         assert!(
