@@ -418,7 +418,7 @@ impl ApiClient {
     }
 
     /// The URL of `path` with `query` pairs (empty values are left out).
-    fn url(&self, path: &str, query: &[(&str, &str)]) -> Result<Url, ApiError> {
+    pub(crate) fn url(&self, path: &str, query: &[(&str, &str)]) -> Result<Url, ApiError> {
         let text = format!("{}{path}", self.connection.server);
         let mut url = Url::parse(&text).map_err(|error| ApiError::Unreachable {
             server: self.connection.server.clone(),
@@ -437,7 +437,7 @@ impl ApiClient {
         Ok(url)
     }
 
-    fn request(&self, method: Method, url: Url) -> RequestBuilder {
+    pub(crate) fn request(&self, method: Method, url: Url) -> RequestBuilder {
         let builder = self.http.request(method, url);
         match &self.connection.token {
             Some(token) => builder.bearer_auth(token),
@@ -446,7 +446,7 @@ impl ApiClient {
     }
 
     /// Sends a request; any answer but 2xx becomes an error.
-    fn execute(&self, builder: RequestBuilder) -> Result<Response, ApiError> {
+    pub(crate) fn execute(&self, builder: RequestBuilder) -> Result<Response, ApiError> {
         let response = builder.send().map_err(|error| ApiError::Unreachable {
             server: self.connection.server.clone(),
             cause: root_cause(&error),
@@ -514,7 +514,7 @@ impl ApiClient {
         }
     }
 
-    fn decode<T: DeserializeOwned>(response: Response) -> Result<T, ApiError> {
+    pub(crate) fn decode<T: DeserializeOwned>(response: Response) -> Result<T, ApiError> {
         let url = response.url().to_string();
         let bytes = response.bytes().map_err(|error| ApiError::Protocol {
             url: url.clone(),
@@ -526,7 +526,7 @@ impl ApiClient {
         })
     }
 
-    fn get_json<T: DeserializeOwned>(
+    pub(crate) fn get_json<T: DeserializeOwned>(
         &self,
         path: &str,
         query: &[(&str, &str)],
@@ -894,7 +894,7 @@ pub fn typed_items<T: DeserializeOwned>(list: &Value, what: &str) -> Result<Vec<
 
 /// The innermost cause of an error, which is the part that tells a person what happened
 /// (`Connection refused (os error 111)`).
-fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
     let mut current = error;
     while let Some(source) = current.source() {
         current = source;

@@ -19,7 +19,8 @@ Connection:
 
 Exit codes:
   0  success
-  1  `diff` found changes; `apply --wait` or `rollout status` saw a failed rollout or timed out
+  1  `diff` found changes; `apply --wait` or `rollout status` saw a failed rollout or timed out;
+     `run`, `reboot`, `shutdown`, `wake` or `logs`: a client failed, expired or was interrupted
   2  usage error: bad arguments, or manifests that cannot be read or decoded
   3  server, network or authentication error";
 
@@ -105,6 +106,16 @@ pub enum Command {
     /// Follow the rollout of a client group.
     #[command(subcommand)]
     Rollout(RolloutCommand),
+    /// Run a command on clients and print each client's result as it arrives. Role operator.
+    Run(crate::task_cli::RunArgs),
+    /// Reboot clients; each succeeds when it is back on a new boot. Role operator.
+    Reboot(crate::task_cli::PowerArgs),
+    /// Power clients off. Role operator.
+    Shutdown(crate::task_cli::PowerArgs),
+    /// Wake clients with Wake-on-LAN, sent by an online neighbour on their segment. Role operator.
+    Wake(crate::task_cli::PowerArgs),
+    /// Have a client send its recent agent log and journal, and print them. Role operator.
+    Logs(crate::task_cli::LogsArgs),
     /// Manage bootstrap tokens for enrolling agents.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -226,7 +237,7 @@ pub fn parse_resource(text: &str) -> Result<Resource, String> {
         "events" | "event" | "ev" => Ok(Resource::Events),
         "audit" => Ok(Resource::Audit),
         _ => Err(format!(
-            "unknown resource `{text}`; use clients, clientgroups (cg), packagereleases (pr), events, sources or audit"
+            "unknown resource `{text}`; use clients, clientgroups (cg), packagereleases (pr), tasks, events, sources or audit"
         )),
     }
 }
@@ -247,7 +258,7 @@ pub fn parse_describe_kind(text: &str) -> Result<DescribeKind, String> {
     }
     Kind::parse(text).map(DescribeKind::Object).ok_or_else(|| {
         format!(
-            "unknown kind `{text}`; use client, clientgroup (cg), packagerelease (pr) or source"
+            "unknown kind `{text}`; use client, clientgroup (cg), packagerelease (pr), task or source"
         )
     })
 }
@@ -313,7 +324,7 @@ pub fn parse_event_subject(text: &str) -> Result<EventSubject, String> {
 /// Parses a kind name or short name.
 pub fn parse_kind(text: &str) -> Result<Kind, String> {
     Kind::parse(text).ok_or_else(|| {
-        format!("unknown kind `{text}`; use client, clientgroup (cg) or packagerelease (pr)")
+        format!("unknown kind `{text}`; use client, clientgroup (cg), packagerelease (pr) or task")
     })
 }
 
@@ -352,7 +363,7 @@ pub enum OutputFormat {
 /// Arguments of `get`.
 #[derive(Debug, Args)]
 pub struct GetArgs {
-    /// clients, clientgroups (cg), packagereleases (pr), events, sources or audit.
+    /// clients, clientgroups (cg), packagereleases (pr), tasks, events, sources or audit.
     #[arg(value_name = "RESOURCE", value_parser = parse_resource)]
     pub resource: Resource,
     /// Show only this object.
@@ -386,7 +397,7 @@ pub struct GetArgs {
 /// Arguments of `describe`.
 #[derive(Debug, Args)]
 pub struct DescribeArgs {
-    /// client, clientgroup (cg), packagerelease (pr) or source.
+    /// client, clientgroup (cg), packagerelease (pr), task or source.
     #[arg(value_name = "KIND", value_parser = parse_describe_kind)]
     pub kind: DescribeKind,
     /// The object's name.
@@ -403,7 +414,7 @@ pub struct DeleteArgs {
     /// Also read the subdirectories of directories.
     #[arg(short = 'R', long, requires = "filenames")]
     pub recursive: bool,
-    /// client, clientgroup (cg) or packagerelease (pr).
+    /// client, clientgroup (cg), packagerelease (pr) or task.
     #[arg(value_name = "KIND", value_parser = parse_kind, required_unless_present = "filenames")]
     pub kind: Option<Kind>,
     /// Names of the objects to delete.

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use clap::CommandFactory;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use tc_api::task::TaskActionKind as TaskAction;
 use tc_api::{
     API_VERSION, Artifact, Client, ClientGroup, Kind, Object, ObjectMeta, PackageRelease,
     PackageReleaseSpec, Timestamp,
@@ -18,7 +19,7 @@ use crate::cli::{
     ApplyArgs, Cli, Command, DeleteArgs, DescribeArgs, DescribeKind, DiffArgs, FileArgs, LabelArgs,
     PushArgs, RolloutCommand, TokenCommand,
 };
-use crate::describe::{MAX_EVENTS, describe_client, describe_group, describe_release};
+use crate::describe::{MAX_EVENTS, describe_client_with, describe_group, describe_release};
 use crate::diff::item_diff;
 use crate::enrollment;
 use crate::error::{CliError, EXIT_CHANGES_OR_FAILED, EXIT_OK, EXIT_SERVER};
@@ -98,6 +99,11 @@ pub fn run(cli: Cli, context: &mut Context<'_>) -> Result<u8, CliError> {
         Command::Rollout(RolloutCommand::Retry(args)) => rollout_commands::retry(context, &args),
         Command::Rollout(RolloutCommand::Pause(args)) => rollout_commands::pause(context, &args),
         Command::Rollout(RolloutCommand::Resume(args)) => rollout_commands::resume(context, &args),
+        Command::Run(args) => crate::run_commands::run(context, &args),
+        Command::Reboot(args) => crate::run_commands::power(context, TaskAction::Reboot, &args),
+        Command::Shutdown(args) => crate::run_commands::power(context, TaskAction::Shutdown, &args),
+        Command::Wake(args) => crate::run_commands::power(context, TaskAction::Wake, &args),
+        Command::Logs(args) => crate::run_commands::logs(context, &args),
         Command::Credential(command) => crate::credentials::run(context, &command),
         Command::Token(TokenCommand::Create(args)) => enrollment::token_create(context, &args),
         Command::Token(TokenCommand::List(args)) => enrollment::token_list(context, &args),
@@ -535,7 +541,13 @@ fn describe(context: &mut Context<'_>, args: &DescribeArgs) -> Result<u8, CliErr
         Kind::Client => {
             let object: Client = client.get_typed(Kind::Client, name)?;
             let events = client.events(Some(Kind::Client), Some(name), None, Some(MAX_EVENTS))?;
-            describe_client(&object, &events, now)
+            // A controller that predates tasks has no such route: no section then.
+            let results = match client.client_tasks(name) {
+                Err(error) if error.is_not_found() => Vec::new(),
+                other => other?,
+            };
+            let tasks = crate::tasks::client_tasks_table(&results, now);
+            describe_client_with(&object, &[("Tasks", &tasks)], &events, now)
         }
         Kind::ClientGroup => {
             let group: ClientGroup = client.get_typed(Kind::ClientGroup, name)?;
@@ -560,7 +572,8 @@ fn describe(context: &mut Context<'_>, args: &DescribeArgs) -> Result<u8, CliErr
         Kind::Task => {
             let task: tc_api::Task = client.get_typed(Kind::Task, name)?;
             let events = client.events(Some(Kind::Task), Some(name), None, Some(MAX_EVENTS))?;
-            crate::tasks::describe_task(&task, &events, now)
+            let sample = crate::run_commands::newest_run_sample(&client, &task)?;
+            crate::tasks::describe_task(&task, &sample, &events, now)
         }
     };
     write!(context.out, "{text}")?;

@@ -128,6 +128,16 @@ fn events_table(events: &[Event], now: Timestamp) -> Table {
 /// Describes a client: identity, labels, inventory, load, installed against desired packages,
 /// conditions and recent events.
 pub fn describe_client(client: &Client, events: &[Event], now: Timestamp) -> String {
+    describe_client_with(client, &[], events, now)
+}
+
+/// [`describe_client`] with more sections (a title and a table each) before the events.
+pub fn describe_client_with(
+    client: &Client,
+    sections: &[(&str, &Table)],
+    events: &[Event],
+    now: Timestamp,
+) -> String {
     let mut out = Writer::default();
     let status = &client.status;
     let mut fields = meta_fields(&client.metadata, now);
@@ -261,6 +271,9 @@ pub fn describe_client(client: &Client, events: &[Event], now: Timestamp) -> Str
     }
     out.section("Why", &why);
     out.section("Conditions", &conditions_table(&status.conditions, now));
+    for (title, table) in sections {
+        out.section(title, table);
+    }
     out.section("Events", &events_table(events, now));
     out.text
 }

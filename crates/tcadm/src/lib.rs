@@ -23,8 +23,11 @@ pub mod manifest;
 pub mod output;
 pub mod rollout;
 pub mod rollout_commands;
+pub mod run_commands;
 pub mod sign;
 pub mod sources;
+pub mod task_api;
+pub mod task_cli;
 pub mod tasks;
 pub mod views;
 

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod agents;
+
 use std::process::Command;
 
 use tc_testkit::TestController;
