@@ -140,6 +140,10 @@ pub fn generated_name(prefix: &str, now: Timestamp) -> String {
     )
 }
 
+/// How long the controller keeps a task `tcadm` created after its run finished: a week (its
+/// results, and the audit trail's entry, are there to look at meanwhile).
+pub const TASK_TTL_SECONDS: u32 = 7 * 24 * 3600;
+
 fn new_task(name: String, launch: &Launch<'_>, deadline_seconds: u32) -> Task {
     Task {
         api_version: API_VERSION.into(),
@@ -156,6 +160,7 @@ fn new_task(name: String, launch: &Launch<'_>, deadline_seconds: u32) -> Task {
             deadline_seconds,
             schedule: None,
             suspend: false,
+            ttl_seconds_after_finished: Some(TASK_TTL_SECONDS),
         },
         status: None,
     }

@@ -104,12 +104,18 @@ pub(crate) async fn create_task(
         })
         .await?;
     controller.tasks.objects_changed();
-    let mut object = result
+    let item = result
         .items
         .into_iter()
         .next()
-        .map(|item| item.object)
         .ok_or_else(|| ApiError::internal("the apply returned no object"))?;
+    // Another request created it between the check and the apply.
+    if item.action != "created" {
+        return Err(ApiError::conflict(format!(
+            "task/{name} already exists; choose another name"
+        )));
+    }
+    let mut object = item.object;
     controller.tasks.overlay(&mut object);
     match object {
         Object::Task(task) => Ok(task),
