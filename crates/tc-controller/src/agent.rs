@@ -10,7 +10,6 @@ use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use tc_api::{ClientPhase, Event, EventType, Kind, ObjectRef, PackageState, Timestamp};
-use tc_proto::task::TaskOrder;
 use tc_proto::{HeartbeatRequest, PackageReport, ReleaseInfo};
 use tc_store::ClientStatusEntry;
 
@@ -86,7 +85,7 @@ struct HeartbeatAnswer<'a> {
     next_heartbeat_millis: u64,
     send_inventory: bool,
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    tasks: Vec<TaskOrder>,
+    tasks: Vec<crate::tasks::SharedOrder>,
 }
 
 /// The body of a long-poll answer: [`tc_proto::DesiredResponse`] without copying the state.
@@ -98,7 +97,7 @@ struct DesiredAnswer<'a> {
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     send_history: bool,
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    tasks: Vec<TaskOrder>,
+    tasks: Vec<crate::tasks::SharedOrder>,
 }
 
 /// A JSON response from a value that borrows (axum's `Json` needs an owned one).

@@ -116,6 +116,9 @@ pub struct SimConfig {
     pub tls: Option<Tls>,
     /// Answer task orders: report each new one started and succeeded.
     pub answer_tasks: bool,
+    /// Connections that carry task reports, each one report at a time (real agents report each
+    /// over its own connection, all at once).
+    pub task_report_connections: usize,
 }
 
 impl SimConfig {
@@ -136,6 +139,7 @@ impl SimConfig {
             seed: 1,
             tls: None,
             answer_tasks: false,
+            task_report_connections: 256,
         }
     }
 }
@@ -385,7 +389,7 @@ impl SimFleet {
         }
         if shared.config.answer_tasks {
             let task_receiver = Arc::new(tokio::sync::Mutex::new(task_receiver));
-            for worker in 0..shared.config.connections.max(1) {
+            for worker in 0..shared.config.task_report_connections.max(1) {
                 tasks.push(tokio::spawn(tasks::report_worker(
                     shared.clone(),
                     worker,

@@ -16,7 +16,7 @@ use tc_reconcile::tasks::{
 };
 use tc_store::{StoredTaskRun, StoredTaskTarget};
 
-use super::{counts_text, task_event};
+use super::{SharedOrder, counts_text, task_event};
 use crate::Controller;
 use crate::fleet::Admission;
 
@@ -49,6 +49,8 @@ pub(crate) struct Run {
     completed_at: Option<Timestamp>,
     /// Something changed since the last dispatch.
     pub(crate) dirty: bool,
+    /// The order of the targets that carry it out themselves (all but wakes), shared.
+    own_order: SharedOrder,
 }
 
 impl Run {
@@ -82,16 +84,38 @@ impl Run {
     }
 
     /// Target `index`'s order.
-    fn order(&self, index: usize) -> TaskOrder {
-        let action = match &self.stored.targets[index].wake {
-            Some((_, packet)) => TaskAction::Wake(packet.clone()),
-            None => self.stored.action.clone(),
-        };
-        TaskOrder {
-            id: self.order_id(index),
-            task: self.stored.task.clone(),
-            action,
-            not_after: Some(self.stored.deadline),
+    fn order(&self, index: usize) -> SharedOrder {
+        match &self.stored.targets[index].wake {
+            Some((_, packet)) => SharedOrder(Arc::new(TaskOrder {
+                id: self.order_id(index),
+                task: self.stored.task.clone(),
+                action: TaskAction::Wake(packet.clone()),
+                not_after: Some(self.stored.deadline),
+            })),
+            None => self.own_order.clone(),
+        }
+    }
+
+    /// A run as stored, with every target pending.
+    fn new(stored: StoredTaskRun) -> Run {
+        let own_order = SharedOrder(Arc::new(TaskOrder {
+            id: format!("{}/{}", stored.task, stored.run),
+            task: stored.task.clone(),
+            action: stored.action.clone(),
+            not_after: Some(stored.deadline),
+        }));
+        Run {
+            clients: vec![
+                ClientRun {
+                    state: TaskClientState::Pending,
+                    offered: false,
+                };
+                stored.targets.len()
+            ],
+            stored,
+            completed_at: None,
+            dirty: true,
+            own_order,
         }
     }
 
@@ -189,27 +213,14 @@ impl Book {
             stale = Some(None);
         } else {
             for (stored, results) in runs.into_iter().zip(results) {
-                let mut clients = vec![
-                    ClientRun {
-                        state: TaskClientState::Pending,
-                        offered: false,
-                    };
-                    stored.targets.len()
-                ];
-                let mut run = Run {
-                    stored,
-                    clients: Vec::new(),
-                    completed_at: None,
-                    dirty: true,
-                };
+                let mut run = Run::new(stored);
                 let mut finished = None::<Timestamp>;
                 for result in results {
                     if let Some(index) = run.target(&result.client) {
-                        clients[index].state = result.state;
+                        run.clients[index].state = result.state;
                         finished = finished.max(result.finished_at);
                     }
                 }
-                run.clients = clients;
                 if run.all_final() {
                     run.completed_at = Some(finished.unwrap_or(run.stored.started_at));
                 }
@@ -464,17 +475,16 @@ async fn targets_of(
     for slot in &slots {
         let state = slot.state.lock().expect("client lock");
         if state.admission == Admission::Active {
-            clients.push((slot.name.clone(), state.labels.merged()));
+            // The labels as the fleet holds them (shared strings), not a map per client.
+            clients.push((slot.name.clone(), state.labels.clone()));
         }
     }
     let targets = resolve_targets(
         &task.spec.targets,
         &groups,
-        clients.iter().map(|(name, labels)| {
-            (&**name, move |key: &str| {
-                labels.get(key).map(String::as_str)
-            })
-        }),
+        clients
+            .iter()
+            .map(|(name, labels)| (&**name, move |key: &str| labels.get(key))),
     )
     .map_err(|error| error.to_string())?;
     Ok((targets.clients, targets.unknown))
@@ -655,25 +665,12 @@ async fn start_run(
         stored_ms = (started.elapsed() - resolved).as_millis() as u64,
         "task run started"
     );
-    let mut clients = vec![
-        ClientRun {
-            state: TaskClientState::Pending,
-            offered: false,
-        };
-        stored.targets.len()
-    ];
-    let mut new_run = Run {
-        stored,
-        clients: Vec::new(),
-        completed_at: None,
-        dirty: true,
-    };
+    let mut new_run = Run::new(stored);
     for result in &immediate {
         if let Some(index) = new_run.target(&result.client) {
-            clients[index].state = result.state;
+            new_run.clients[index].state = result.state;
         }
     }
-    new_run.clients = clients;
     let mut message = format!("run {run} started on {} client(s)", new_run.clients.len());
     if !unknown.is_empty() {
         message.push_str(&format!(
@@ -724,7 +721,7 @@ async fn start_run(
 /// Offers orders within each run's concurrency, expires targets past their deadline, records
 /// completed runs. Returns how long until the next deadline.
 pub(crate) async fn dispatch(controller: &Arc<Controller>, now: Timestamp) -> Duration {
-    let mut offers: Vec<(String, TaskOrder)> = Vec::new();
+    let mut offers: Vec<(String, SharedOrder)> = Vec::new();
     let mut withdrawn: Vec<(String, String)> = Vec::new();
     let mut expired: Vec<TaskResult> = Vec::new();
     let mut events = Vec::new();

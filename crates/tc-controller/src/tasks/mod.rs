@@ -39,12 +39,31 @@ const RESYNC: Duration = Duration::from_secs(10);
 /// in one pass.
 const SETTLE: Duration = Duration::from_millis(20);
 
+/// An order as answers carry it: shared by every client of a run (serializes as the
+/// [`TaskOrder`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SharedOrder(pub Arc<TaskOrder>);
+
+impl std::ops::Deref for SharedOrder {
+    type Target = TaskOrder;
+
+    fn deref(&self) -> &TaskOrder {
+        &self.0
+    }
+}
+
+impl serde::Serialize for SharedOrder {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(serializer)
+    }
+}
+
 /// The controller's remote operations.
 pub struct Tasks {
     /// Tasks, their runs and the state of each target.
     pub(crate) book: Mutex<Book>,
-    /// Open orders by the client that carries them out.
-    offers: Mutex<HashMap<Arc<str>, Vec<TaskOrder>>>,
+    /// Open orders by the client that carries them out (the orders of one run share one copy).
+    offers: Mutex<HashMap<Arc<str>, Vec<SharedOrder>>>,
     /// How many orders are open (heartbeats skip the lock when none is).
     open_orders: AtomicUsize,
     /// Wakes the loop (a report freed a slot, an object changed).
@@ -75,7 +94,7 @@ impl Tasks {
     }
 
     /// The orders open for `client`, for a heartbeat or long-poll answer.
-    pub fn orders_for(&self, client: &str) -> Vec<TaskOrder> {
+    pub fn orders_for(&self, client: &str) -> Vec<SharedOrder> {
         if self.open_orders.load(Ordering::SeqCst) == 0 {
             return Vec::new();
         }
@@ -88,7 +107,7 @@ impl Tasks {
     }
 
     /// Offers `order` to `client`.
-    fn offer(&self, client: &Arc<str>, order: TaskOrder) {
+    fn offer(&self, client: &Arc<str>, order: SharedOrder) {
         let mut offers = self.offers.lock().expect("offers lock");
         let list = offers.entry(client.clone()).or_default();
         if !list.iter().any(|open| open.id == order.id) {

@@ -89,6 +89,18 @@ pub async fn report(
             {
                 continue;
             }
+            // A later report of this request on the same order supersedes an earlier one
+            // (`Running` then the result): only the last is stored.
+            if let Some(earlier) = accepted.iter().position(|a: &Accepted| a.id == report.id) {
+                accepted.remove(earlier);
+                results.remove(earlier);
+                logs.retain(|(index, _)| *index != earlier);
+                for (index, _) in logs.iter_mut() {
+                    if *index > earlier {
+                        *index -= 1;
+                    }
+                }
+            }
             let has_logs = report.logs.is_some();
             if let Some(text) = report.logs {
                 logs.push((results.len(), text));
