@@ -259,7 +259,13 @@ pub async fn run_loop(controller: Arc<Controller>) {
         }
         let wait = wait.min(RESYNC);
         tokio::select! {
-            () = tasks.wake.notified() => tokio::time::sleep(SETTLE).await,
+            // Reports arriving together are dispatched in one pass; a new or changed task
+            // starts at once.
+            () = tasks.wake.notified() => {
+                if !tasks.objects_changed.load(Ordering::SeqCst) {
+                    tokio::time::sleep(SETTLE).await;
+                }
+            }
             () = tokio::time::sleep(wait) => {}
             _ = shutdown.changed() => {}
         }
