@@ -12,7 +12,7 @@ use tc_api::{ClientPhase, Condition, ConditionStatus, IntOrPercent, Inventory, T
 use tc_proto::task::{ExecOrder, TaskAction, TaskOrder, WakeOrder};
 use tc_reconcile::tasks::{
     Candidate, ClientRun, Schedule, WakeOutcome, WakeTarget, due_run, plan_dispatch, plan_wake,
-    resolve_targets,
+    resolve_targets, run_counts,
 };
 use tc_store::{StoredTaskRun, StoredTaskTarget};
 
@@ -125,7 +125,7 @@ impl Run {
             started_at: self.stored.started_at,
             deadline: self.stored.deadline,
             completed_at: self.completed_at,
-            targets: u32::try_from(self.clients.len()).unwrap_or(u32::MAX),
+            targets: 0,
             pending: 0,
             running: 0,
             succeeded: 0,
@@ -133,16 +133,7 @@ impl Run {
             expired: 0,
             interrupted: 0,
         };
-        for client in &self.clients {
-            *match client.state {
-                TaskClientState::Pending => &mut status.pending,
-                TaskClientState::Running => &mut status.running,
-                TaskClientState::Succeeded => &mut status.succeeded,
-                TaskClientState::Failed => &mut status.failed,
-                TaskClientState::Expired => &mut status.expired,
-                TaskClientState::Interrupted => &mut status.interrupted,
-            } += 1;
-        }
+        run_counts(&self.clients).fill(&mut status);
         status
     }
 

@@ -55,6 +55,31 @@ where
     controller.audit_answer(call, response).await
 }
 
+/// The session of a console POST: signed in, with the session's CSRF token and from the
+/// console's origin; else the answer that refuses it.
+pub(super) fn signed_post(
+    controller: &Arc<Controller>,
+    headers: &HeaderMap,
+    form: &CsrfForm,
+) -> Result<UiSession, Box<Response>> {
+    let session = signed(controller, headers)?;
+    check_post(headers, &session, form.csrf.as_deref())?;
+    Ok(session)
+}
+
+/// The status of an API handler's answer and its message (the `Status` body's, else the code's).
+pub(super) async fn answer_message(answer: Response) -> (StatusCode, String) {
+    let code = answer.status();
+    let body = axum::body::to_bytes(answer.into_body(), 1 << 20)
+        .await
+        .unwrap_or_default();
+    let message = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|v| v["message"].as_str().map(str::to_string))
+        .unwrap_or_else(|| code.to_string());
+    (code, message)
+}
+
 /// The page of an action's outcome.
 fn outcome(
     session: &UiSession,
@@ -156,13 +181,10 @@ async fn group_action(
     headers: HeaderMap,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    let session = match signed(&controller, &headers) {
+    let session = match signed_post(&controller, &headers, &form) {
         Ok(session) => session,
         Err(response) => return *response,
     };
-    if let Err(response) = check_post(&headers, &session, form.csrf.as_deref()) {
-        return *response;
-    }
     let verb = action.verb();
     let path = format!("/apis/thinfleet.io/v1/clientgroups/{}/{verb}", url(&name));
     let request_line = format!("POST /ui/groups/{}/{verb}", url(&name));
@@ -189,14 +211,7 @@ async fn group_action(
         },
     )
     .await;
-    let code = answer.status();
-    let body = axum::body::to_bytes(answer.into_body(), 1 << 20)
-        .await
-        .unwrap_or_default();
-    let message = serde_json::from_slice::<Value>(&body)
-        .ok()
-        .and_then(|v| v["message"].as_str().map(str::to_string))
-        .unwrap_or_else(|| format!("{}", code));
+    let (code, message) = answer_message(answer).await;
     outcome(
         &session,
         &format!("{} of group {name}", action.title()),

@@ -17,7 +17,7 @@ use tc_api::{Kind, Object, Task, Timestamp};
 
 use super::html::{self, ago, csrf_field, esc, live, may, url};
 use super::pages::{failed, signed};
-use super::session::{self, CsrfForm, UiSession, check_post, error_page};
+use super::session::{self, CsrfForm, UiSession, error_page};
 use crate::Controller;
 use crate::credentials::required_role;
 use crate::error::ApiError;
@@ -348,13 +348,10 @@ pub async fn run_on_client(
     headers: HeaderMap,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    let session = match signed(&controller, &headers) {
+    let session = match super::actions::signed_post(&controller, &headers, &form) {
         Ok(session) => session,
         Err(response) => return *response,
     };
-    if let Err(response) = check_post(&headers, &session, form.csrf.as_deref()) {
-        return *response;
-    }
     let Some((action, _)) = BUTTONS.iter().find(|(a, _)| a.as_str() == action) else {
         return error_page(
             StatusCode::NOT_FOUND,
@@ -414,13 +411,6 @@ pub async fn run_on_client(
         )
             .into_response();
     }
-    let code = answer.status();
-    let body = axum::body::to_bytes(answer.into_body(), 1 << 20)
-        .await
-        .unwrap_or_default();
-    let message = serde_json::from_slice::<serde_json::Value>(&body)
-        .ok()
-        .and_then(|v| v["message"].as_str().map(str::to_string))
-        .unwrap_or_else(|| code.to_string());
+    let (code, message) = super::actions::answer_message(answer).await;
     error_page(code, &message)
 }
