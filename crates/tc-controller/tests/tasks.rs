@@ -629,3 +629,29 @@ async fn tasks_in_the_watched_directory_run_and_a_scheduled_one_can_change_there
     assert!(hours == 1 || hours == 23, "{first} → {second}");
     controller.stop().await;
 }
+
+#[tokio::test]
+async fn with_max_concurrent_online_clients_take_their_turns_before_offline_ones() {
+    let controller = TestController::start().await;
+    let admin = Api::admin(&controller);
+    // `a-offline` sorts first but never heartbeats (enrolled, not online).
+    let _offline = SimAgent::enroll(&controller, "a-offline", json!({ "row": "1" })).await;
+    let mut online = SimAgent::enroll(&controller, "b-online", json!({ "row": "1" })).await;
+    online.heartbeat().await;
+    let (status, body) = create(
+        &admin,
+        exec_task(
+            "one-at-a-time",
+            json!({ "selector": { "matchLabels": { "row": "1" } } }),
+            json!({ "maxConcurrent": 1 }),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let order = eventually(Duration::from_secs(10), || async {
+        orders(&online).await.into_iter().next()
+    })
+    .await;
+    assert_eq!(order["task"], "one-at-a-time");
+    controller.stop().await;
+}

@@ -228,7 +228,9 @@ fn detach_creates_the_task_and_prints_only_its_name() {
         task["spec"],
         json!({ "targets": { "clients": ["r101-b"] }, "action": "exec",
                 "exec": { "command": ["df", "-h"], "timeoutSeconds": 60, "workingDir": "/srv" },
-                "maxConcurrent": "50%", "deadlineSeconds": 90 })
+                "maxConcurrent": "50%", "deadlineSeconds": 90,
+                // Deleted a week after its run finished.
+                "ttlSecondsAfterFinished": 604_800 })
     );
     let order = room[1].next_order();
     assert_eq!(order["task"], name.as_str());

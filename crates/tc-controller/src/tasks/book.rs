@@ -709,6 +709,37 @@ async fn start_run(
     Ok(())
 }
 
+/// For a run whose concurrency is limited: the order in which its targets take their turns,
+/// online clients first, so that offline ones do not hold the slots until the deadline; an
+/// offline client that was offered its order and has not started gives its slot back (it is
+/// offered again when its turn comes; its journal makes a second delivery harmless).
+fn online_first(
+    controller: &Arc<Controller>,
+    run: &mut Run,
+    withdrawn: &mut Vec<(String, String)>,
+) -> Vec<usize> {
+    let online: Vec<bool> = (0..run.clients.len())
+        .map(|index| {
+            controller
+                .fleet
+                .get(run.executor(index))
+                .is_some_and(|slot| {
+                    slot.state.lock().expect("client lock").status.phase == ClientPhase::Online
+                })
+        })
+        .collect();
+    for (index, online) in online.iter().enumerate() {
+        let client = &mut run.clients[index];
+        if client.offered && client.state == TaskClientState::Pending && !online {
+            client.offered = false;
+            withdrawn.push((run.executor(index).to_owned(), run.order_id(index)));
+        }
+    }
+    let mut order: Vec<usize> = (0..run.clients.len()).collect();
+    order.sort_by_key(|&index| !online[index]);
+    order
+}
+
 /// Offers orders within each run's concurrency, expires targets past their deadline, records
 /// completed runs. Returns how long until the next deadline.
 pub(crate) async fn dispatch(controller: &Arc<Controller>, now: Timestamp) -> Duration {
@@ -728,16 +759,33 @@ pub(crate) async fn dispatch(controller: &Arc<Controller>, now: Timestamp) -> Du
                 if now < deadline {
                     next_deadline = Some(next_deadline.map_or(deadline, |d| d.min(deadline)));
                 }
-                if !run.dirty && now < deadline {
+                let limited = (run.stored.max_concurrent as usize) < run.clients.len();
+                // A limited run looks at every pass: a client may have come online.
+                if !run.dirty && !limited && now < deadline {
                     continue;
                 }
                 run.dirty = false;
-                let plan = plan_dispatch(
-                    &run.clients,
-                    Some(IntOrPercent::Int(run.stored.max_concurrent)),
-                    deadline,
-                    now,
-                );
+                let plan = if limited && now < deadline {
+                    let taken = online_first(controller, run, &mut withdrawn);
+                    let view: Vec<ClientRun> = taken.iter().map(|&i| run.clients[i]).collect();
+                    let mut plan = plan_dispatch(
+                        &view,
+                        Some(IntOrPercent::Int(run.stored.max_concurrent)),
+                        deadline,
+                        now,
+                    );
+                    for index in plan.offer.iter_mut().chain(plan.expire.iter_mut()) {
+                        *index = taken[*index];
+                    }
+                    plan
+                } else {
+                    plan_dispatch(
+                        &run.clients,
+                        Some(IntOrPercent::Int(run.stored.max_concurrent)),
+                        deadline,
+                        now,
+                    )
+                };
                 for index in plan.offer {
                     run.clients[index].offered = true;
                     offers.push((run.executor(index).to_owned(), run.order(index)));
