@@ -83,6 +83,9 @@ pub struct Config {
     pub max_apply_bytes: usize,
     /// Missed heartbeats after which a client is Offline.
     pub offline_after_missed: u32,
+    /// How long after a task run's deadline (and an `exec`'s timeout) the controller waits for
+    /// the results of the targets that started before it counts them expired (10 minutes).
+    pub task_result_grace: Duration,
     /// Longest wait for the connection when an `artifact.url` is fetched.
     pub artifact_connect_timeout: Duration,
     /// Longest fetch of an `artifact.url`, from the request to the last byte.
@@ -147,6 +150,7 @@ impl Config {
             max_blob_bytes: 4 << 30,
             max_apply_bytes: 32 << 20,
             offline_after_missed: 3,
+            task_result_grace: Duration::from_secs(600),
             artifact_connect_timeout: Duration::from_secs(10),
             artifact_fetch_timeout: Duration::from_secs(600),
             tls: TlsMode::Generated {

@@ -655,3 +655,61 @@ async fn with_max_concurrent_online_clients_take_their_turns_before_offline_ones
     assert_eq!(order["task"], "one-at-a-time");
     controller.stop().await;
 }
+
+#[tokio::test]
+async fn a_target_that_started_and_never_reported_expires_and_a_late_result_still_counts() {
+    let controller = TestController::start_with(|config| {
+        config.task_result_grace = Duration::from_millis(500);
+    })
+    .await;
+    let admin = Api::admin(&controller);
+    let agent = SimAgent::enroll(&controller, "gone-1", json!({})).await;
+    let (status, body) = create(
+        &admin,
+        exec_task(
+            "vanishing",
+            json!({ "clients": [agent.name] }),
+            json!({ "deadlineSeconds": 1, "exec": { "command": ["true"], "timeoutSeconds": 1 } }),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let order = eventually(Duration::from_secs(10), || async {
+        orders(&agent).await.into_iter().next()
+    })
+    .await;
+    // It starts, then its agent is gone: the run completes anyway, after the deadline, the
+    // command's timeout and the grace.
+    report(&agent, json!([{ "id": order["id"], "state": "Running" }])).await;
+    let run = eventually(Duration::from_secs(20), || async {
+        let task = get_task(&admin, "vanishing").await;
+        let run = task["status"]["runs"][0].clone();
+        run["completedAt"].is_string().then_some(run)
+    })
+    .await;
+    assert_eq!(
+        (run["expired"].clone(), run["running"].clone()),
+        (json!(1), json!(0)),
+        "{run}"
+    );
+    let result = results(&admin, "vanishing").await.remove(0);
+    assert!(
+        result["message"]
+            .as_str()
+            .unwrap()
+            .contains("no result came"),
+        "{result}"
+    );
+    // A late `Running` changes nothing; a late result is taken.
+    let (_, late) = report(&agent, json!([{ "id": order["id"], "state": "Running" }])).await;
+    assert_eq!(late["accepted"], 0, "{late}");
+    let (_, late) = report(
+        &agent,
+        json!([{ "id": order["id"], "state": "Succeeded", "exitCode": 0 }]),
+    )
+    .await;
+    assert_eq!(late["accepted"], 1, "{late}");
+    let result = results(&admin, "vanishing").await.remove(0);
+    assert_eq!(result["state"], "Succeeded", "{result}");
+    controller.stop().await;
+}

@@ -137,6 +137,16 @@ impl Run {
         status
     }
 
+    /// When the results of the targets that started are due: the deadline, the time the action
+    /// may take (an `exec`'s timeout), and `grace` (a reboot's return, a report's way back).
+    fn results_due(&self, grace: Duration) -> Timestamp {
+        let allowance = match &self.stored.action {
+            TaskAction::Exec(exec) => Duration::from_secs(u64::from(exec.timeout_seconds)),
+            _ => Duration::ZERO,
+        };
+        self.stored.deadline.plus(allowance + grace)
+    }
+
     fn all_final(&self) -> bool {
         self.clients.iter().all(|client| client.state.is_final())
     }
@@ -709,6 +719,32 @@ async fn start_run(
     Ok(())
 }
 
+/// Targets that started and never reported a result by `due` (the agent gone, the machine not
+/// back from a reboot) count as expired, so that the run completes; a result that still comes
+/// replaces it.
+fn expire_overdue(run: &mut Run, name: &str, due: Timestamp, expired: &mut Vec<TaskResult>) {
+    for (index, client) in run.clients.iter_mut().enumerate() {
+        if client.state != TaskClientState::Running {
+            continue;
+        }
+        client.state = TaskClientState::Expired;
+        let target = &run.stored.targets[index];
+        expired.push(TaskResult {
+            task: name.to_owned(),
+            run: run.stored.run,
+            client: target.client.clone(),
+            state: TaskClientState::Expired,
+            by: target.wake.as_ref().map(|(neighbour, _)| neighbour.clone()),
+            finished_at: Some(due),
+            message: Some(format!(
+                "started, but no result came by {due} (the client may be gone, or not back from a restart)"
+            )),
+            ..Default::default()
+        });
+        run.dirty = true;
+    }
+}
+
 /// For a run whose concurrency is limited: the order in which its targets take their turns,
 /// online clients first, so that offline ones do not hold the slots until the deadline; an
 /// offline client that was offered its order and has not started gives its slot back (it is
@@ -756,8 +792,17 @@ pub(crate) async fn dispatch(controller: &Arc<Controller>, now: Timestamp) -> Du
                     continue;
                 }
                 let deadline = run.stored.deadline;
-                if now < deadline {
-                    next_deadline = Some(next_deadline.map_or(deadline, |d| d.min(deadline)));
+                let results_due = run.results_due(controller.config.task_result_grace);
+                let next = if now < deadline {
+                    deadline
+                } else {
+                    results_due
+                };
+                if now < next {
+                    next_deadline = Some(next_deadline.map_or(next, |d| d.min(next)));
+                }
+                if now >= results_due {
+                    expire_overdue(run, name, results_due, &mut expired);
                 }
                 let limited = (run.stored.max_concurrent as usize) < run.clients.len();
                 // A limited run looks at every pass: a client may have come online.

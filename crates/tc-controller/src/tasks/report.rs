@@ -36,8 +36,9 @@ fn moves(current: TaskClientState, new: TaskClientState) -> bool {
     match current {
         TaskClientState::Pending => true,
         TaskClientState::Running => new != TaskClientState::Running,
-        // The agent started it just before the deadline: what it says is the truth.
-        TaskClientState::Expired => true,
+        // Started just before the deadline, or its result came late: the result is the truth (a
+        // late `Running` changes nothing, the run may be complete already).
+        TaskClientState::Expired => new.is_final(),
         _ => false,
     }
 }
@@ -190,6 +191,7 @@ mod tests {
         assert!(!moves(Running, Running));
         assert!(!moves(Succeeded, Failed));
         assert!(!moves(Interrupted, Running));
-        assert!(moves(Expired, Running));
+        assert!(!moves(Expired, Running));
+        assert!(moves(Expired, Succeeded));
     }
 }
