@@ -8,7 +8,9 @@ use std::time::Duration;
 use tc_api::task::{
     MAX_TASK_RUNS_KEPT, TaskActionKind, TaskClientState, TaskResult, TaskRunStatus, TaskStatus,
 };
-use tc_api::{ClientPhase, Condition, ConditionStatus, IntOrPercent, Inventory, Task, Timestamp};
+use tc_api::{
+    ClientPhase, Condition, ConditionStatus, Event, IntOrPercent, Inventory, Task, Timestamp,
+};
 use tc_proto::task::{ExecOrder, TaskAction, TaskOrder, WakeOrder};
 use tc_reconcile::tasks::{
     Candidate, ClientRun, Schedule, WakeOutcome, WakeTarget, due_run, plan_dispatch, plan_wake,
@@ -776,13 +778,54 @@ fn online_first(
     order
 }
 
+/// Marks `completing` runs (all their targets final) completed at `now`; returns their events.
+fn complete_runs(
+    controller: &Arc<Controller>,
+    completing: &[(String, u64)],
+    now: Timestamp,
+) -> Vec<Event> {
+    let mut events = Vec::new();
+    let mut book = controller.tasks.book.lock().expect("task book");
+    for (name, number) in completing {
+        let Some(run) = book
+            .tasks
+            .get_mut(name)
+            .and_then(|entry| entry.runs.iter_mut().find(|run| run.stored.run == *number))
+        else {
+            continue;
+        };
+        if run.completed_at.is_some() || !run.all_final() {
+            continue;
+        }
+        run.completed_at = Some(now);
+        let status = run.status();
+        let failed = status.failed + status.expired + status.interrupted > 0;
+        events.push(task_event(
+            name,
+            failed,
+            "RunCompleted",
+            format!(
+                "run {} completed: {}",
+                run.stored.run,
+                if run.clients.is_empty() {
+                    "no targets".to_string()
+                } else {
+                    counts_text(run.clients.iter().map(|c| c.state))
+                }
+            ),
+            now,
+        ));
+    }
+    events
+}
+
 /// Offers orders within each run's concurrency, expires targets past their deadline, records
 /// completed runs. Returns how long until the next deadline.
 pub(crate) async fn dispatch(controller: &Arc<Controller>, now: Timestamp) -> Duration {
     let mut offers: Vec<(String, SharedOrder)> = Vec::new();
     let mut withdrawn: Vec<(String, String)> = Vec::new();
     let mut expired: Vec<TaskResult> = Vec::new();
-    let mut events = Vec::new();
+    let mut completing: Vec<(String, u64)> = Vec::new();
     let mut next_deadline: Option<Timestamp> = None;
     {
         let mut book = controller.tasks.book.lock().expect("task book");
@@ -856,24 +899,7 @@ pub(crate) async fn dispatch(controller: &Arc<Controller>, now: Timestamp) -> Du
                     });
                 }
                 if run.all_final() {
-                    run.completed_at = Some(now);
-                    let status = run.status();
-                    let failed = status.failed + status.expired + status.interrupted > 0;
-                    events.push(task_event(
-                        name,
-                        failed,
-                        "RunCompleted",
-                        format!(
-                            "run {} completed: {}",
-                            run.stored.run,
-                            if run.clients.is_empty() {
-                                "no targets".to_string()
-                            } else {
-                                counts_text(run.clients.iter().map(|c| c.state))
-                            }
-                        ),
-                        now,
-                    ));
+                    completing.push((name.clone(), run.stored.run));
                 }
             }
         }
@@ -905,6 +931,9 @@ pub(crate) async fn dispatch(controller: &Arc<Controller>, now: Timestamp) -> Du
     {
         tracing::error!(%error, "cannot record expired task targets");
     }
+    // A run shows as completed only once its last results are stored, so that whoever sees
+    // `completedAt` reads every target's result.
+    let events = complete_runs(controller, &completing, now);
     controller.record(events).await;
     next_deadline.map_or(super::RESYNC, |deadline| {
         deadline.since(now) + Duration::from_millis(1)
