@@ -744,6 +744,7 @@ impl PackageRecord {
     /// The report for the controller.
     pub fn report(&self, name: &str) -> PackageReport {
         PackageReport {
+            staged: None,
             name: name.to_owned(),
             version: self.version.clone(),
             state: self.state,

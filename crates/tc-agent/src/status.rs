@@ -301,6 +301,7 @@ mod tests {
         old.state = PackageState::Installed;
         journal.packages.insert("old-tool".into(), old);
         journal.desired = Some(DesiredState {
+            activation: Default::default(),
             revision: 4,
             packages: vec![
                 desired_package("browser", "2.0.0"),

@@ -46,6 +46,7 @@ async fn status_shows_installed_pending_and_the_last_error_without_a_controller(
     let v2 = fake.package("kiosk", "2.0.0", package_zip("2.0.0"), broken);
     for (revision, package) in [(1, v1), (2, v2)] {
         let desired = DesiredState {
+            activation: Default::default(),
             revision,
             packages: vec![package],
             decommission: false,

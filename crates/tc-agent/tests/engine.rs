@@ -76,6 +76,7 @@ impl Harness {
     fn desired(&mut self, packages: Vec<DesiredPackage>) -> DesiredState {
         self.revision += 1;
         DesiredState {
+            activation: Default::default(),
             revision: self.revision,
             packages,
             decommission: false,

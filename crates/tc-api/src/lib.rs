@@ -12,6 +12,7 @@ pub mod event;
 pub mod history;
 pub mod meta;
 pub mod resources;
+pub mod rollout;
 pub mod schema;
 pub mod selector;
 pub mod signature;

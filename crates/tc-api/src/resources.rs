@@ -99,6 +99,27 @@ pub struct RolloutSpec {
     /// `Progressing=False` with reason `ProgressDeadlineExceeded` (1 to 2592000, default 600).
     #[serde(default = "default_progress_deadline_seconds")]
     pub progress_deadline_seconds: u32,
+    /// Steps of each rollout (`[{clients: 1}, {pause: {duration: 1h}}, {percent: 10}, {pause:
+    /// {}}, {percent: 100}]`): each admits a share of the members to the new versions, waits
+    /// until they run them healthy, then goes on. Without steps every member is admitted at once
+    /// (within `maxUnavailable`). After the last step the rest of the members follow.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<crate::rollout::RolloutStep>,
+    /// How many members may fail to install a new version (a count, or a percentage of the
+    /// members given it so far) before the rollout stops with `FailureThresholdExceeded`. Absent:
+    /// the first failure stops it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_threshold: Option<IntOrPercent>,
+    /// When members may activate updates and removals; outside them they download and verify
+    /// the new versions ahead. Absent: at any time.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub maintenance_windows: Vec<crate::rollout::MaintenanceWindow>,
+    /// `immediate` (the default) or `onReboot`: staged at once, activated at the next boot.
+    #[serde(
+        default,
+        skip_serializing_if = "crate::rollout::ActivationPolicy::is_immediate"
+    )]
+    pub activation: crate::rollout::ActivationPolicy,
 }
 
 impl Default for RolloutSpec {
@@ -106,6 +127,10 @@ impl Default for RolloutSpec {
         RolloutSpec {
             max_unavailable: default_max_unavailable(),
             progress_deadline_seconds: default_progress_deadline_seconds(),
+            steps: Vec::new(),
+            failure_threshold: None,
+            maintenance_windows: Vec::new(),
+            activation: Default::default(),
         }
     }
 }
@@ -279,6 +304,9 @@ pub struct ClientGroupStatus {
     /// until `tcadm rollout resume`, whatever the manifests say.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub paused_by: Option<RolloutPause>,
+    /// Where the current rollout stands: its step, progress and what it waits for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<crate::rollout::RolloutStatus>,
 }
 
 /// A pause of a group's rollout asked for through the API.
@@ -654,6 +682,7 @@ fn validate_group_spec(spec: &ClientGroupSpec, errors: &mut Errors) {
             format!("{deadline} is outside 1..=2592000 seconds"),
         );
     }
+    crate::rollout::validate(&spec.rollout, errors);
     let heartbeat = spec.agent.heartbeat_seconds;
     if !(5..=86_400).contains(&heartbeat) {
         errors.push(

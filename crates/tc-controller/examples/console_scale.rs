@@ -47,6 +47,7 @@ fn client(i: usize, now: u64) -> Client {
     };
     client.status.packages = vec![
         PackageReport {
+            staged: None,
             name: "kiosk-browser".into(),
             version: version.into(),
             state: if i.is_multiple_of(97) {
@@ -59,6 +60,7 @@ fn client(i: usize, now: u64) -> Client {
             since: Timestamp::from_unix_millis(now),
         },
         PackageReport {
+            staged: None,
             name: "wallpaper".into(),
             version: "1.0.0".into(),
             state: PackageState::Installed,

@@ -400,6 +400,7 @@ mod tests {
     #[test]
     fn borrowed_answers_serialize_like_the_protocol_types() {
         let desired = tc_proto::DesiredState {
+            activation: Default::default(),
             revision: 7,
             packages: vec![tc_proto::DesiredPackage {
                 name: "kiosk".into(),

@@ -1023,6 +1023,7 @@ mod tests {
         assert_eq!(
             serde_json::to_value(served.view()).unwrap(),
             serde_json::to_value(tc_proto::DesiredState {
+                activation: Default::default(),
                 revision: 4,
                 packages,
                 decommission: false,

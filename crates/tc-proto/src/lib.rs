@@ -9,6 +9,7 @@
 //! obtained with `POST /agent/v1/session`, and everything an agent sends is bounded
 //! ([`limits`]).
 
+pub mod activation;
 pub mod history;
 pub mod identity;
 pub mod limits;
@@ -214,6 +215,11 @@ pub struct PackageReport {
     pub message: Option<String>,
     /// When the package entered this state.
     pub since: Timestamp,
+    /// The change to `version` (state `Installing`) or the removal (state `Removing`) is
+    /// downloaded and verified and waits for its activation ([`activation`]). Absent from agents
+    /// that predate progressive delivery.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub staged: Option<activation::Staged>,
 }
 
 /// A disk as seen by the agent.
@@ -492,7 +498,7 @@ pub struct HeartbeatRequest {
     pub decommissioned: bool,
 }
 
-fn is_false(value: &bool) -> bool {
+pub(crate) fn is_false(value: &bool) -> bool {
     !*value
 }
 
@@ -543,6 +549,9 @@ pub struct DesiredState {
     /// `preRemove`), report that with `decommissioned`, delete the identity and stop for good.
     #[serde(default, skip_serializing_if = "is_false")]
     pub decommission: bool,
+    /// When updates and removals may be activated ([`activation`]). Absent: at once.
+    #[serde(default, skip_serializing_if = "activation::Activation::is_default")]
+    pub activation: activation::Activation,
 }
 
 /// Answer to a heartbeat.

@@ -411,6 +411,7 @@ mod tests {
 
     fn report(name: &str) -> PackageReport {
         PackageReport {
+            staged: None,
             name: name.into(),
             version: "1.0.0".into(),
             state: PackageState::Installed,

@@ -384,6 +384,7 @@ fn an_update_needs_room_in_every_group_that_asks_for_the_package() {
 
 fn report(name: &str, version: &str, state: PackageState) -> PackageReport {
     PackageReport {
+        staged: None,
         name: name.into(),
         version: version.into(),
         state,

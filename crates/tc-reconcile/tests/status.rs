@@ -48,6 +48,7 @@ impl Member {
                 .iter()
                 .filter(|(_, _, h)| *h == PackageHealth::Failed)
                 .map(|(p, v, _)| PackageReport {
+                    staged: None,
                     name: p.to_string(),
                     version: v.to_string(),
                     state: PackageState::Failed,

@@ -1439,6 +1439,7 @@ fn reported(version: &str, desired_revision: u64) -> ClientStatus {
         phase: ClientPhase::Online,
         inventory_hash: format!("inventory-{version}"),
         packages: vec![PackageReport {
+            staged: None,
             name: "kiosk".into(),
             version: version.into(),
             state: PackageState::Installed,

@@ -1235,6 +1235,7 @@ async fn install_worker(
             };
             failed |= outcome.is_err();
             reports.push(PackageReport {
+                staged: None,
                 name: package.name.clone(),
                 version: package.version.clone(),
                 state: if outcome.is_ok() {

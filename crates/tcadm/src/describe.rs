@@ -627,6 +627,7 @@ mod tests {
         ];
         client.status.packages = vec![
             PackageReport {
+                staged: None,
                 name: "kiosk".into(),
                 version: "1.4.3".into(),
                 state: PackageState::Failed,
@@ -635,6 +636,7 @@ mod tests {
                 since: ago(30),
             },
             PackageReport {
+                staged: None,
                 name: "old-tool".into(),
                 version: "0.9.0".into(),
                 state: PackageState::Removing,

@@ -310,6 +310,7 @@ mod tests {
             ..Default::default()
         });
         client.status.packages = vec![PackageReport {
+            staged: None,
             name: "kiosk-browser".into(),
             version: "1.4.2".into(),
             state: PackageState::Installed,

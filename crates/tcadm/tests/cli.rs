@@ -1227,6 +1227,7 @@ fn fleet_with_one_member() -> (Fleet, Agent, u64) {
 
 fn report(state: PackageState) -> Vec<PackageReport> {
     vec![PackageReport {
+        staged: None,
         name: "kiosk".into(),
         version: "1.0.0".into(),
         state,

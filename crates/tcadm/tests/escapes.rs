@@ -130,6 +130,7 @@ impl Fleet {
                 protocol_version: PROTOCOL_VERSION,
                 observed_revision: 0,
                 packages: vec![PackageReport {
+                    staged: None,
                     name: "kiosk".into(),
                     version: "1.0.0".into(),
                     state: PackageState::Failed,

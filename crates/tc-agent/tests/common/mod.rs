@@ -143,6 +143,7 @@ impl FakeController {
         let revision = {
             let mut state = self.state();
             state.desired = DesiredState {
+                activation: Default::default(),
                 revision: state.desired.revision + 1,
                 packages,
                 decommission: false,
