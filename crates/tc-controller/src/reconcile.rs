@@ -622,12 +622,7 @@ fn budgets(groups: &[ClientGroup]) -> Vec<GroupBudget> {
                 group.spec.packages.iter().map(|p| p.name.clone()).collect();
             packages.sort();
             packages.dedup();
-            GroupBudget {
-                name: group.metadata.name.clone(),
-                max_unavailable: 1,
-                paused: group.spec.paused,
-                packages,
-            }
+            GroupBudget::new(&group.metadata.name, 1, group.spec.paused, packages)
         })
         .collect()
 }

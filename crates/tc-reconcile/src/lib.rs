@@ -8,6 +8,8 @@
 //! * [`status`]: group status and conditions.
 //! * [`explain`]: why a client runs what it runs (the `describe client` view).
 //! * [`plan`]: what an apply would create, configure, leave unchanged or prune.
+//! * [`progressive`]: a group's rollout among its steps, its failure threshold, history and
+//!   undo, and its maintenance windows resolved into intervals.
 //! * [`tasks`]: remote operations: schedules, due runs, targets, dispatch, wake-on-LAN.
 
 pub mod catalog;
@@ -15,6 +17,7 @@ pub mod convergence;
 pub mod desired;
 pub mod explain;
 pub mod plan;
+pub mod progressive;
 pub mod rollout;
 pub mod status;
 pub mod tasks;

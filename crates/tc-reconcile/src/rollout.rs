@@ -14,7 +14,7 @@
 //! members that failed keep it, and everyone else keeps what they run. Removals are assigned at
 //! once. A paused group assigns nothing new: the packages it decides keep their current versions.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use crate::desired::ClientDesire;
@@ -34,6 +34,14 @@ pub struct GroupBudget {
     pub paused: bool,
     /// The packages the group asks for, sorted and without duplicates.
     pub packages: Vec<String>,
+    /// Progressive delivery: how many members the current step admits to the rollout's
+    /// versions (`targets`); None without steps or past the last step.
+    pub step_cap: Option<usize>,
+    /// The version the group's rollout brings each of `packages` to (in that order), if any.
+    pub targets: Vec<Option<String>>,
+    /// How many failures of a release the group tolerates (`None`: none). With a threshold, a
+    /// member whose install failed (and rolled back) holds no room under `maxUnavailable`.
+    pub failure_threshold: Option<tc_api::IntOrPercent>,
 }
 
 impl GroupBudget {
@@ -43,6 +51,30 @@ impl GroupBudget {
             .binary_search_by(|p| p.as_str().cmp(package))
             .ok()
     }
+
+    /// A group without steps, threshold or targets (as before progressive delivery).
+    pub fn new(name: &str, max_unavailable: usize, paused: bool, packages: Vec<String>) -> Self {
+        GroupBudget {
+            name: name.to_string(),
+            max_unavailable,
+            paused,
+            targets: vec![None; packages.len()],
+            packages,
+            step_cap: None,
+            failure_threshold: None,
+        }
+    }
+
+    /// Whether its members are counted per target version (steps or a percentage threshold).
+    fn counts_targets(&self) -> bool {
+        self.step_cap.is_some()
+            || matches!(self.failure_threshold, Some(tc_api::IntOrPercent::Percent(_)))
+    }
+
+    /// Whether `version` is the rollout's version of package `k`.
+    fn is_target(&self, k: usize, version: &str) -> bool {
+        self.targets.get(k).and_then(|t| t.as_deref()) == Some(version)
+    }
 }
 
 /// Where one group's rollouts stand across the whole fleet.
@@ -51,8 +83,12 @@ pub struct GroupStanding {
     /// Per package of the group (in the order of [`GroupBudget::packages`]): how many members
     /// are unavailable for it.
     pub unavailable: Vec<usize>,
-    /// Releases (package, version) that failed on a member: not handed to further members.
-    pub failed: BTreeSet<(String, String)>,
+    /// Releases (package, version) that failed on members, with how many: beyond the group's
+    /// threshold, not handed to further members.
+    pub failed: BTreeMap<(String, String), usize>,
+    /// Per package: how many members are assigned the rollout's version (counted only for
+    /// groups with steps or a percentage threshold).
+    pub at_target: Vec<usize>,
 }
 
 impl GroupStanding {
@@ -60,7 +96,8 @@ impl GroupStanding {
     pub fn new(group: &GroupBudget) -> GroupStanding {
         GroupStanding {
             unavailable: vec![0; group.packages.len()],
-            failed: BTreeSet::new(),
+            failed: BTreeMap::new(),
+            at_target: vec![0; group.packages.len()],
         }
     }
 
@@ -73,7 +110,11 @@ impl GroupStanding {
         failed: &[String],
         assigned: &Assignment,
     ) {
+        let tolerant = group.failure_threshold.is_some();
         for package in unavailable {
+            if tolerant && failed.contains(package) {
+                continue;
+            }
             if let Some(index) = group.package_index(package) {
                 self.unavailable[index] += 1;
             }
@@ -82,17 +123,46 @@ impl GroupStanding {
             if group.package_index(package).is_some()
                 && let Some(version) = assigned.get(package)
             {
-                self.failed.insert((package.clone(), version.clone()));
+                *self
+                    .failed
+                    .entry((package.clone(), version.clone()))
+                    .or_default() += 1;
+            }
+        }
+        if group.counts_targets() {
+            for (k, package) in group.packages.iter().enumerate() {
+                if let Some(version) = assigned.get(package)
+                    && group.is_target(k, version)
+                {
+                    self.at_target[k] += 1;
+                }
             }
         }
     }
 
-    /// Whether the release `package` `version` failed on a member of this group.
-    pub fn has_failed(&self, package: &str, version: &str) -> bool {
+    /// How many members of this group the release `package` `version` failed on.
+    pub fn failures(&self, package: &str, version: &str) -> usize {
         // Few failures at a time: a scan avoids building a key.
         self.failed
             .iter()
-            .any(|(p, v)| p == package && v == version)
+            .find(|((p, v), _)| p == package && v == version)
+            .map_or(0, |(_, &count)| count)
+    }
+
+    /// Whether the release `package` `version` failed on more members of `group` than its
+    /// threshold allows (any failure, without one): it is then not handed to further members.
+    pub fn has_failed(&self, group: &GroupBudget, package: &str, version: &str) -> bool {
+        let failures = self.failures(package, version);
+        if failures == 0 {
+            return false;
+        }
+        let given = match group.package_index(package) {
+            Some(k) if group.is_target(k, version) && group.counts_targets() => {
+                self.at_target[k]
+            }
+            _ => failures,
+        };
+        crate::progressive::threshold_exceeded(group.failure_threshold, failures, given)
     }
 }
 
@@ -217,18 +287,33 @@ fn may_change(
             .iter()
             .filter_map(|&g| groups[g].package_index(&change.package).map(|k| (g, k)))
     };
-    if asking().any(|(g, _)| standings[g].has_failed(&change.package, &change.version)) {
+    if asking().any(|(g, _)| standings[g].has_failed(&groups[g], &change.package, &change.version))
+    {
         return false;
     }
-    if client.unavailable.contains(&change.package) {
-        // Unavailable for it already: the room it takes is counted.
-        return true;
+    // A step admits so many members to the rollout's version in all.
+    let stepped = |g: usize, k: usize| {
+        groups[g].step_cap.is_some() && groups[g].is_target(k, &change.version)
+    };
+    if asking().any(|(g, k)| {
+        stepped(g, k) && groups[g].step_cap.is_some_and(|cap| standings[g].at_target[k] >= cap)
+    }) {
+        return false;
     }
-    if !asking().all(|(g, k)| standings[g].unavailable[k] < groups[g].max_unavailable) {
+    let counted = client.unavailable.contains(&change.package);
+    if !counted
+        && !asking().all(|(g, k)| standings[g].unavailable[k] < groups[g].max_unavailable)
+    {
         return false;
     }
     for (g, k) in asking() {
-        standings[g].unavailable[k] += 1;
+        if !counted {
+            // Unavailable for it already: the room it takes is counted.
+            standings[g].unavailable[k] += 1;
+        }
+        if stepped(g, k) {
+            standings[g].at_target[k] += 1;
+        }
     }
     true
 }

@@ -61,12 +61,7 @@ fn budget(name: &str, max: usize, paused: bool, packages: &[&str]) -> GroupBudge
     let mut packages: Vec<String> = packages.iter().map(|p| p.to_string()).collect();
     packages.sort();
     packages.dedup();
-    GroupBudget {
-        name: name.into(),
-        max_unavailable: max,
-        paused,
-        packages,
-    }
+    GroupBudget::new(name, max, paused, packages)
 }
 
 /// A client's groups, desire and assignment, as clients share them.
