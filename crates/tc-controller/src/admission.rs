@@ -397,6 +397,7 @@ pub async fn decommission(
             revision,
             packages: Arc::from([]),
             decommission: true,
+            activation: None,
         };
     }
     slot.revision.send_replace(revision);

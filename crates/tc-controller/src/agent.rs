@@ -399,8 +399,17 @@ mod tests {
 
     #[test]
     fn borrowed_answers_serialize_like_the_protocol_types() {
+        let activation = tc_proto::activation::Activation {
+            windows: vec![tc_proto::activation::Window {
+                start: Timestamp::from_unix_millis(1_000),
+                end: Timestamp::from_unix_millis(2_000),
+            }],
+            windowed: true,
+            on_reboot: false,
+            now: true,
+        };
         let desired = tc_proto::DesiredState {
-            activation: Default::default(),
+            activation: activation.clone(),
             revision: 7,
             packages: vec![tc_proto::DesiredPackage {
                 name: "kiosk".into(),
@@ -418,6 +427,7 @@ mod tests {
             revision: desired.revision,
             packages: Arc::from(desired.packages.clone()),
             decommission: false,
+            activation: Some(Arc::new(activation)),
         };
         let heartbeat = serde_json::to_value(HeartbeatAnswer {
             desired: served.view(),

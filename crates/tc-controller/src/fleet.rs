@@ -347,6 +347,9 @@ pub struct Served {
     pub packages: Arc<[DesiredPackage]>,
     /// The client is to decommission.
     pub decommission: bool,
+    /// When its updates and removals may be activated (its groups' maintenance windows,
+    /// onReboot, activate-now); None: at once.
+    pub activation: Option<Arc<tc_proto::activation::Activation>>,
 }
 
 impl Served {
@@ -356,6 +359,7 @@ impl Served {
             revision: self.revision,
             packages: &self.packages,
             decommission: self.decommission,
+            activation: self.activation.as_deref(),
         }
     }
 }
@@ -371,6 +375,9 @@ pub struct DesiredView<'a> {
     /// See [`tc_proto::DesiredState::decommission`].
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub decommission: bool,
+    /// See [`tc_proto::DesiredState::activation`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub activation: Option<&'a tc_proto::activation::Activation>,
 }
 
 /// One client, as the controller holds it.
@@ -612,6 +619,7 @@ impl Fleet {
                             revision,
                             packages: Arc::from([]),
                             decommission: admission == Admission::Decommissioning,
+                            activation: None,
                         },
                         heartbeat_seconds: tc_api::resources::DEFAULT_HEARTBEAT_SECONDS,
                         admission,
@@ -1019,6 +1027,7 @@ mod tests {
             revision: 4,
             packages: Arc::from(packages.clone()),
             decommission: false,
+            activation: None,
         };
         assert_eq!(
             serde_json::to_value(served.view()).unwrap(),

@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod persist;
 pub mod pki;
+pub mod progressive;
 pub mod ratelimit;
 pub mod reconcile;
 pub mod rollout;
@@ -240,6 +241,8 @@ pub struct Controller {
     pub served_cache: Mutex<reconcile::ServedCache>,
     /// Retries of failed releases asked for by admins, carried out by the next reconcile pass.
     pub retries: Mutex<Vec<reconcile::RetryRequest>>,
+    /// The groups' rollout records and the activations their members are served.
+    pub rollouts: progressive::Rollouts,
     /// Requests waiting for a client's load history.
     pub history_waiters: history::HistoryWaiters,
     /// Remote operations: tasks, their runs and the orders open for agents.
@@ -561,6 +564,7 @@ pub async fn open(
         clients_changed: Notify::new(),
         served_cache: Mutex::new(Default::default()),
         retries: Mutex::new(vec![]),
+        rollouts: Default::default(),
         history_waiters: Default::default(),
         tasks: tasks::Tasks::new(store.clone()),
         apply_lock: tokio::sync::Mutex::new(()),

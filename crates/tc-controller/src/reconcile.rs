@@ -34,8 +34,14 @@ use crate::fleet::{Admission, ClientRuntime, ClientSlot, LiveStatus, Served};
 pub async fn run(controller: Arc<Controller>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
     loop {
         let started = Instant::now();
-        if let Err(error) = pass(&controller).await {
-            tracing::error!(%error, "reconcile pass failed");
+        let mut resync = controller.config.resync_interval;
+        match pass(&controller).await {
+            Err(error) => tracing::error!(%error, "reconcile pass failed"),
+            // A timed pause step ends, or a maintenance window opens or closes.
+            Ok(Some(at)) => {
+                resync = resync.min(at.since(Timestamp::now()) + Duration::from_millis(5));
+            }
+            Ok(None) => {}
         }
         let took = started.elapsed();
         let debounce = controller.config.reconcile_debounce;
@@ -54,7 +60,7 @@ pub async fn run(controller: Arc<Controller>, mut shutdown: tokio::sync::watch::
                     }
                 }
             }
-            _ = tokio::time::sleep(controller.config.resync_interval) => {}
+            _ = tokio::time::sleep(resync) => {}
             _ = shutdown.changed() => return,
         }
     }
@@ -122,6 +128,7 @@ impl ServedCache {
                 revision,
                 packages: packages.clone(),
                 decommission,
+                activation: previous.activation.clone(),
             };
         }
         let mut complete = true;
@@ -162,6 +169,7 @@ impl ServedCache {
             revision,
             packages,
             decommission,
+            activation: previous.activation.clone(),
         }
     }
 }
@@ -192,9 +200,22 @@ pub struct Retried {
 }
 
 /// One reconcile pass.
-pub async fn pass(controller: &Arc<Controller>) -> Result<(), String> {
+/// One pass; returns when the next one is due at the latest for progressive delivery (a timed
+/// pause's end, a maintenance window's start or end).
+pub async fn pass(controller: &Arc<Controller>) -> Result<Option<Timestamp>, String> {
     let started = Instant::now();
     let now = Timestamp::now();
+    // Held for the whole pass: routes that change a rollout record wait for it.
+    let mut records_guard = controller.rollouts.records.lock().await;
+    if records_guard.is_none() {
+        let store = controller.store.clone();
+        let loaded = tokio::task::spawn_blocking(move || crate::progressive::load(&*store))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        *records_guard = Some(loaded);
+    }
+    let records = records_guard.as_mut().expect("loaded above");
     let retry_requests = std::mem::take(&mut *controller.retries.lock().expect("retries lock"));
     let retry_groups: Vec<String> = retry_requests.iter().map(|r| r.group.clone()).collect();
     let store = controller.store.clone();
@@ -208,6 +229,33 @@ pub async fn pass(controller: &Arc<Controller>) -> Result<(), String> {
     .map_err(|e| e.to_string())?
     .map_err(|e| e.to_string())?;
     let catalog = ReleaseCatalog::new(&releases);
+    let mut groups = groups;
+    let mut rollout_events = vec![];
+    let (plans, mut records_changed) = crate::progressive::prepare(
+        &controller.rollouts,
+        records,
+        &mut groups,
+        &catalog,
+        now,
+        &mut rollout_events,
+    );
+    // The records of deleted groups go with them.
+    let gone: Vec<String> = records
+        .keys()
+        .filter(|name| !groups.iter().any(|g| &g.metadata.name == *name))
+        .cloned()
+        .collect();
+    for name in &gone {
+        records.remove(name);
+    }
+    records_changed.extend(gone);
+    let window_edge = plans
+        .iter()
+        .filter_map(|plan| plan.activation.as_ref())
+        .flat_map(|activation| activation.windows.iter())
+        .flat_map(|window| [window.start, window.end])
+        .filter(|edge| *edge > now)
+        .min();
     let loaded = started.elapsed();
 
     let slots = controller.fleet.slots();
@@ -219,6 +267,7 @@ pub async fn pass(controller: &Arc<Controller>) -> Result<(), String> {
         started_at: controller.started_at,
         now,
         pauses,
+        plans,
     };
     let (outcome, groups) = tokio::task::spawn_blocking(move || {
         let mut cache = cache;
@@ -245,7 +294,9 @@ pub async fn pass(controller: &Arc<Controller>) -> Result<(), String> {
         phases,
         clients,
         retried,
+        group_counts,
     } = outcome;
+    let mut group_statuses = group_statuses;
     // In parts: agents of the first part are answered while the next parts are written.
     let persisted_count = changes.len();
     let published_count = changes.iter().filter(|c| c.publish.is_some()).count();
@@ -293,6 +344,27 @@ pub async fn pass(controller: &Arc<Controller>) -> Result<(), String> {
         .persister
         .record_later(std::mem::take(&mut events));
 
+    // Steps move with this pass's counts; their status and records are written with the groups'.
+    let (changed, step_events, moved, pause_end) =
+        crate::progressive::finish(records, &groups, &group_counts, &mut group_statuses, now);
+    records_changed.extend(changed);
+    records_changed.sort();
+    records_changed.dedup();
+    events.extend(rollout_events);
+    events.extend(step_events);
+    let saved: Vec<(String, Option<tc_reconcile::progressive::GroupRollouts>)> = records_changed
+        .into_iter()
+        .map(|name| {
+            let record = records.get(&name).cloned();
+            (name, record)
+        })
+        .collect();
+    drop(records_guard);
+    if moved {
+        // The next step's share applies at once.
+        controller.reconcile_wake.notify_one();
+    }
+
     // Group status, conditions and the events of their transitions.
     let mut writes = vec![];
     for (group, status) in groups.iter().zip(group_statuses) {
@@ -338,6 +410,9 @@ pub async fn pass(controller: &Arc<Controller>) -> Result<(), String> {
     }
     let store = controller.store.clone();
     tokio::task::spawn_blocking(move || -> tc_store::Result<()> {
+        for (name, record) in &saved {
+            crate::progressive::save(&*store, name, record.as_ref())?;
+        }
         if !writes.is_empty() {
             store.write(writes, now)?;
         }
@@ -368,7 +443,7 @@ pub async fn pass(controller: &Arc<Controller>) -> Result<(), String> {
         .metrics
         .reconcile_seconds
         .observe(started.elapsed().as_secs_f64());
-    Ok(())
+    Ok([pause_end, window_edge].into_iter().flatten().min())
 }
 
 /// What changes between two assignments, for events: `install kiosk 1.0.0, update vpn to 2.0.0,
@@ -483,6 +558,8 @@ struct Context {
     now: Timestamp,
     /// Groups paused through the API (already `spec.paused` in the groups of the pass).
     pauses: BTreeMap<String, tc_api::RolloutPause>,
+    /// Progressive delivery, per group (in the order of the groups).
+    plans: Vec<crate::progressive::GroupPlan>,
 }
 
 /// A client's status to persist (a new assignment, a phase change), and what to serve it once
@@ -520,6 +597,8 @@ struct Outcome {
     clients: usize,
     /// Packages retried, with the group whose retry asked for each.
     retried: Vec<(String, Retried)>,
+    /// What each group's rollout counted (in the order of the groups).
+    group_counts: Vec<crate::progressive::GroupCounts>,
 }
 
 /// What a client with given groups and assignment should run; computed once per distinct pair.
@@ -731,6 +810,7 @@ fn compute(
         phases: [0; PHASES.len()],
         clients: slots.len(),
         retried: vec![],
+        group_counts: vec![],
     };
     // Groups whose failed releases are to be retried.
     let retrying: Vec<usize> = groups
@@ -752,6 +832,20 @@ fn compute(
         })
         .collect();
     let mut budgets = budgets(groups);
+    let stepped = context.plans.iter().any(|plan| plan.cap(0).is_some());
+    for (budget, plan) in budgets.iter_mut().zip(&context.plans) {
+        budget.targets = budget
+            .packages
+            .iter()
+            .map(|package| plan.targets.get(package).cloned())
+            .collect();
+        budget.failure_threshold = plan.failure_threshold;
+        // Resolved once the members are counted; set now so that members are counted per
+        // target.
+        budget.step_cap = plan.cap(0);
+    }
+    let mut activations: Vec<Option<Arc<tc_proto::activation::Activation>>> = vec![];
+    let mut ranks: Vec<(bool, u64)> = vec![];
     let mut standings: Vec<GroupStanding> = budgets.iter().map(GroupStanding::new).collect();
     let mut member_counts = vec![0usize; groups.len()];
     let mut wanting: Vec<Wanting> = vec![];
@@ -784,6 +878,9 @@ fn compute(
             }
         };
         let member_of: &[usize] = &memberships[membership];
+        if activations.len() < memberships.len() {
+            activations.push(crate::progressive::activation_of(&context.plans, member_of));
+        }
 
         let heartbeat_seconds = member_of
             .iter()
@@ -813,6 +910,25 @@ fn compute(
             phase_changed = true;
         }
         outcome.phases[phase_index(state.status.phase)] += 1;
+        // Its groups' activation changed (a window list, onReboot, activate-now): a new
+        // revision carries it to a waiting agent.
+        let activation = &activations[membership];
+        let same = match (&state.served.activation, activation) {
+            (None, None) => true,
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
+            _ => false,
+        };
+        if !same {
+            state.served.activation = activation.clone();
+            if state.admission == Admission::Active {
+                state.status.desired_revision += 1;
+                let served = cache.served(state, catalog);
+                outcome
+                    .changes
+                    .push(Change::new(slot, &state.status, Some(served)));
+                phase_changed = false;
+            }
+        }
         let retried = !retrying.is_empty()
             && retry_failed(
                 &retrying,
@@ -886,6 +1002,11 @@ fn compute(
             standings[g].count_member(&budgets[g], &unavailable, &failed, &desire.assigned_map);
         }
         if desire.wants_change {
+            if stepped {
+                let canary =
+                    state.labels.get(tc_reconcile::progressive::CANARY_LABEL) == Some("true");
+                ranks.push(tc_reconcile::progressive::member_rank(&slot.name, canary));
+            }
             rollouts.push(ClientRollout {
                 name: slot.name.clone(),
                 groups: memberships[membership].clone(),
@@ -931,8 +1052,29 @@ fn compute(
         }
     }
 
-    for (budget, (group, &count)) in budgets.iter_mut().zip(groups.iter().zip(&member_counts)) {
+    for (g, (budget, (group, &count))) in budgets
+        .iter_mut()
+        .zip(groups.iter().zip(&member_counts))
+        .enumerate()
+    {
         budget.max_unavailable = group.spec.rollout.max_unavailable.resolve(count);
+        budget.step_cap = context.plans[g].cap(count);
+    }
+    if stepped {
+        // Stepped rollouts admit members in rank order: canaries first, then spread.
+        let mut order: Vec<usize> = (0..rollouts.len()).collect();
+        order.sort_by_key(|&i| ranks[i]);
+        let mut taken_rollouts: Vec<Option<ClientRollout>> =
+            rollouts.into_iter().map(Some).collect();
+        let mut taken_wanting: Vec<Option<Wanting>> = wanting.into_iter().map(Some).collect();
+        rollouts = order
+            .iter()
+            .map(|&i| taken_rollouts[i].take().expect("each once"))
+            .collect();
+        wanting = order
+            .iter()
+            .map(|&i| taken_wanting[i].take().expect("each once"))
+            .collect();
     }
     let next = plan_rollout_from(&budgets, standings, &rollouts);
     let mut assignments = vec![];
@@ -1040,6 +1182,17 @@ fn compute(
         }
     }
     outcome.events.extend(assignment_events(assignments, now));
+    outcome.group_counts = tallies
+        .iter()
+        .map(|tally| {
+            let (staged, activates_at) = tally.staged();
+            crate::progressive::GroupCounts {
+                progress: tally.progress().to_vec(),
+                staged,
+                activates_at,
+            }
+        })
+        .collect();
     outcome.group_statuses = groups
         .iter()
         .zip(tallies)

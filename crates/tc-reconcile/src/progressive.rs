@@ -162,9 +162,9 @@ impl GroupRollouts {
     /// returns to. None when there is none.
     pub fn undo_target(&self) -> Option<&RolloutRecord> {
         let current = self.current.as_ref().map(|c| &c.versions);
-        self.history
-            .iter()
-            .find(|record| record.outcome == RolloutOutcome::Complete && Some(&record.versions) != current)
+        self.history.iter().find(|record| {
+            record.outcome == RolloutOutcome::Complete && Some(&record.versions) != current
+        })
     }
 
     /// The history as the API shows it: the current rollout first, then the earlier ones.

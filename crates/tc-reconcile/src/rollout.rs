@@ -68,7 +68,10 @@ impl GroupBudget {
     /// Whether its members are counted per target version (steps or a percentage threshold).
     fn counts_targets(&self) -> bool {
         self.step_cap.is_some()
-            || matches!(self.failure_threshold, Some(tc_api::IntOrPercent::Percent(_)))
+            || matches!(
+                self.failure_threshold,
+                Some(tc_api::IntOrPercent::Percent(_))
+            )
     }
 
     /// Whether `version` is the rollout's version of package `k`.
@@ -157,9 +160,7 @@ impl GroupStanding {
             return false;
         }
         let given = match group.package_index(package) {
-            Some(k) if group.is_target(k, version) && group.counts_targets() => {
-                self.at_target[k]
-            }
+            Some(k) if group.is_target(k, version) && group.counts_targets() => self.at_target[k],
             _ => failures,
         };
         crate::progressive::threshold_exceeded(group.failure_threshold, failures, given)
@@ -296,14 +297,15 @@ fn may_change(
         groups[g].step_cap.is_some() && groups[g].is_target(k, &change.version)
     };
     if asking().any(|(g, k)| {
-        stepped(g, k) && groups[g].step_cap.is_some_and(|cap| standings[g].at_target[k] >= cap)
+        stepped(g, k)
+            && groups[g]
+                .step_cap
+                .is_some_and(|cap| standings[g].at_target[k] >= cap)
     }) {
         return false;
     }
     let counted = client.unavailable.contains(&change.package);
-    if !counted
-        && !asking().all(|(g, k)| standings[g].unavailable[k] < groups[g].max_unavailable)
-    {
+    if !counted && !asking().all(|(g, k)| standings[g].unavailable[k] < groups[g].max_unavailable) {
         return false;
     }
     for (g, k) in asking() {

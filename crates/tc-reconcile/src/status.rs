@@ -17,6 +17,7 @@ use tc_api::{
 use crate::catalog::ReleaseCatalog;
 use crate::convergence::PackageHealth;
 use crate::desired::ClientDesire;
+use crate::progressive::{PackageProgress, threshold_exceeded};
 
 /// Members listed in `status.waiting`.
 pub const WAITING_LISTED: usize = 10;
@@ -95,6 +96,12 @@ pub struct GroupTally {
     conflicts_with: Vec<BTreeSet<String>>,
     failed_versions: Vec<BTreeSet<String>>,
     conflicted_members: u32,
+    /// Per package, over the members the group decides it for (progressive delivery).
+    progress: Vec<PackageProgress>,
+    /// Members with a change staged (downloaded, waiting for a window or a reboot).
+    staged: u32,
+    /// The earliest activation time a staged member reported.
+    activates_at: Option<Timestamp>,
 }
 
 impl GroupTally {
@@ -125,6 +132,9 @@ impl GroupTally {
             conflicts_with: vec![BTreeSet::new(); count],
             failed_versions: vec![BTreeSet::new(); count],
             conflicted_members: 0,
+            progress: vec![PackageProgress::default(); count],
+            staged: 0,
+            activates_at: None,
         }
     }
 
@@ -183,6 +193,15 @@ impl GroupTally {
                 updated = false;
             }
             let health = index.map(|i| member.health[i]);
+            let progress = &mut self.progress[k];
+            progress.eligible += 1;
+            if is_updated {
+                match health {
+                    Some(PackageHealth::Converged) => progress.converged += 1,
+                    Some(PackageHealth::Failed) => progress.failed += 1,
+                    _ => {}
+                }
+            }
             match health {
                 Some(PackageHealth::Failed) => {
                     package.failed += 1;
@@ -210,6 +229,12 @@ impl GroupTally {
         if conflicted {
             self.conflicted_members += 1;
         }
+        if let Some(staged) = member.reports.iter().find_map(|r| r.staged.as_ref()) {
+            self.staged += 1;
+            if let Some(at) = staged.activates_at {
+                self.activates_at = Some(self.activates_at.map_or(at, |t| t.min(at)));
+            }
+        }
         if updated {
             status.updated += 1;
         }
@@ -235,6 +260,18 @@ impl GroupTally {
                 },
             });
         }
+    }
+
+    /// Per package of the group (in spec order, packages that resolve to no release left at
+    /// zero): the members it decides the package for, and of them those that run the resolved
+    /// version healthy, or failed to install it.
+    pub fn progress(&self) -> &[PackageProgress] {
+        &self.progress
+    }
+
+    /// Members with a staged change, and the earliest activation time they reported.
+    pub fn staged(&self) -> (u32, Option<Timestamp>) {
+        (self.staged, self.activates_at)
     }
 
     /// Records who paused the group's rollout through the API (its `Progressing` condition then
@@ -391,6 +428,18 @@ fn other_groups_text(
         .join("; ")
 }
 
+/// Whether a package's failures exceed the group's failure threshold (any failure, without one):
+/// the failures of members given the resolved version, against the members given it.
+fn past_threshold(group: &ClientGroup, status: &ClientGroupStatus) -> bool {
+    status.packages.iter().any(|package| {
+        threshold_exceeded(
+            group.spec.rollout.failure_threshold,
+            package.failed as usize,
+            package.updated as usize,
+        )
+    })
+}
+
 fn finish_conditions(
     group: &ClientGroup,
     mut status: ClientGroupStatus,
@@ -481,17 +530,22 @@ fn finish_conditions(
                 )
             },
         )
-    } else if status.failed > 0 {
+    } else if status.failed > 0 && past_threshold(group, &status) {
         (
             false,
-            "ReleaseFailed",
+            "FailureThresholdExceeded",
             format!(
-                "{} of {} members failed to install {}; it is not handed to further members \
-                 until the requirement changes or `tcadm rollout retry clientgroup {}`",
+                "{} of {} members failed to install {}{}; it is not handed to further members \
+                 until the requirement changes, `tcadm rollout retry clientgroup {name}` or \
+                 `tcadm rollout undo clientgroup {name}`",
                 status.failed,
                 status.desired,
                 failed_releases.join(", "),
-                group.metadata.name
+                match group.spec.rollout.failure_threshold {
+                    None => String::new(),
+                    Some(threshold) => format!(" (failureThreshold {threshold})"),
+                },
+                name = group.metadata.name
             ),
         )
     } else if stuck_for > deadline {
