@@ -379,13 +379,17 @@ pub fn window_intervals(
             now.unix_millis()
                 .saturating_sub(duration.as_millis() as u64 + 1),
         );
+        // Bounded per window: a bound over all of them would let an earlier window's later
+        // intervals crowd out a later window's earlier ones.
+        let mut taken = 0;
         while let Some(start) = schedule.next_after(from) {
-            if start >= end || intervals.len() > limit * 4 {
+            if start >= end || taken > limit * 4 {
                 break;
             }
             let close = start.plus(duration);
             if close > now {
                 intervals.push(Window { start, end: close });
+                taken += 1;
             }
             from = start;
         }

@@ -948,3 +948,20 @@ fn a_window_whose_local_start_is_skipped_by_spring_forward_opens_after_the_gap()
         ["2026-10-25T00:30:00.000Z", "2026-10-26T01:30:00.000Z"]
     );
 }
+
+#[test]
+fn windows_are_resolved_alike_whatever_their_order_in_the_list() {
+    // Weeknights 22:00-04:00 and every afternoon 14:00-15:00 (UTC), the two nearest asked for:
+    // today's afternoon and tonight, however many weeknights the first schedule has ahead.
+    let nights = window("0 22 * * 1-5", "6h", None);
+    let afternoons = window("0 14 * * *", "1h", None);
+    let now = at("2026-03-23T12:00:00Z");
+    let expected = [
+        win("2026-03-23T14:00:00Z", "2026-03-23T15:00:00Z"),
+        win("2026-03-23T22:00:00Z", "2026-03-24T04:00:00Z"),
+    ];
+    let list = [nights.clone(), afternoons.clone()];
+    assert_eq!(window_intervals(&list, now, 14 * DAY, 2), expected);
+    let list = [afternoons, nights];
+    assert_eq!(window_intervals(&list, now, 14 * DAY, 2), expected);
+}
