@@ -288,7 +288,8 @@ pub fn advance(
 ) -> Wait {
     let complete = progress.iter().all(|p| p.converged >= p.eligible);
     if complete {
-        if state.finished.is_none() {
+        // Also one stopped at the threshold before: its failed members have since converged.
+        if !matches!(state.finished, Some((_, RolloutOutcome::Complete))) {
             state.finished = Some((now, RolloutOutcome::Complete));
         }
         return Wait::Complete;

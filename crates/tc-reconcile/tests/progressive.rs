@@ -336,6 +336,39 @@ fn a_held_rollout_never_advances_and_the_threshold_marks_it_failed_until_release
     );
 }
 
+#[test]
+fn a_rollout_stopped_at_the_threshold_that_then_completes_is_complete() {
+    // Past the threshold, then the failed members retried and now run the versions.
+    let steps = canary_steps();
+    let t0 = at("2026-03-27T12:00:00Z");
+    let mut state = rollout(t0);
+    let failing = [progress(4, 1, 3)];
+    let held = Some(Wait::FailureThreshold);
+    assert_eq!(
+        advance(&steps, &mut state, 4, &failing, held, t0),
+        Wait::FailureThreshold
+    );
+    let t1 = at("2026-03-27T13:00:00Z");
+    assert_eq!(
+        advance(&steps, &mut state, 4, &[progress(4, 4, 0)], None, t1),
+        Wait::Complete
+    );
+    assert_eq!(state.finished, Some((t1, RolloutOutcome::Complete)));
+    // So the history keeps it as complete, and an undo can return to it.
+    let mut group = GroupRollouts {
+        current: Some(state),
+        ..Default::default()
+    };
+    group.begin(
+        &versions(&[("app", "3.0")]),
+        2,
+        None,
+        at("2026-03-28T12:00:00Z"),
+    );
+    assert_eq!(group.history[0].outcome, RolloutOutcome::Complete);
+    assert!(group.undo_target().is_some());
+}
+
 // ---------------------------------------------------------------------------------------------
 // Canaries first.
 
