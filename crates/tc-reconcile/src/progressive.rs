@@ -288,7 +288,8 @@ pub fn advance(
 ) -> Wait {
     let complete = progress.iter().all(|p| p.converged >= p.eligible);
     if complete {
-        if state.finished.is_none() {
+        // Also one stopped at the threshold before: its failed members have since converged.
+        if !matches!(state.finished, Some((_, RolloutOutcome::Complete))) {
             state.finished = Some((now, RolloutOutcome::Complete));
         }
         return Wait::Complete;
@@ -379,13 +380,17 @@ pub fn window_intervals(
             now.unix_millis()
                 .saturating_sub(duration.as_millis() as u64 + 1),
         );
+        // Bounded per window: a bound over all of them would let an earlier window's later
+        // intervals crowd out a later window's earlier ones.
+        let mut taken = 0;
         while let Some(start) = schedule.next_after(from) {
-            if start >= end || intervals.len() > limit * 4 {
+            if start >= end || taken > limit * 4 {
                 break;
             }
             let close = start.plus(duration);
             if close > now {
                 intervals.push(Window { start, end: close });
+                taken += 1;
             }
             from = start;
         }
