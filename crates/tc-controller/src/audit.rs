@@ -122,6 +122,18 @@ pub const ACTIONS: &[(&str, &str, &str, Option<&str>)] = &[
     ),
     (
         "POST",
+        "/apis/thinfleet.io/v1/clientgroups/{name}/undo",
+        "undo",
+        Some("ClientGroup"),
+    ),
+    (
+        "POST",
+        "/apis/thinfleet.io/v1/clientgroups/{name}/activate-now",
+        "activate-now",
+        Some("ClientGroup"),
+    ),
+    (
+        "POST",
         "/apis/thinfleet.io/v1/clients/{name}/approve",
         "approve",
         Some("Client"),

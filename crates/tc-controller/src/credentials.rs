@@ -80,6 +80,21 @@ pub const ROUTE_ROLES: &[(&str, &str, Role)] = &[
         "/apis/thinfleet.io/v1/clientgroups/{name}/resume",
         Role::Operator,
     ),
+    (
+        "POST",
+        "/apis/thinfleet.io/v1/clientgroups/{name}/undo",
+        Role::Operator,
+    ),
+    (
+        "POST",
+        "/apis/thinfleet.io/v1/clientgroups/{name}/activate-now",
+        Role::Operator,
+    ),
+    (
+        "GET",
+        "/apis/thinfleet.io/v1/clientgroups/{name}/rollouts",
+        Role::Viewer,
+    ),
     ("GET", "/apis/thinfleet.io/v1/tasks", Role::Viewer),
     ("GET", "/apis/thinfleet.io/v1/tasks/{name}", Role::Viewer),
     (

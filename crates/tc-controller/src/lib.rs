@@ -411,6 +411,18 @@ pub fn router(controller: Arc<Controller>) -> Router {
             post(rollout::resume),
         )
         .route(
+            "/apis/thinfleet.io/v1/clientgroups/{name}/undo",
+            post(progressive::routes::undo),
+        )
+        .route(
+            "/apis/thinfleet.io/v1/clientgroups/{name}/activate-now",
+            post(progressive::routes::activate_now),
+        )
+        .route(
+            "/apis/thinfleet.io/v1/clientgroups/{name}/rollouts",
+            get(progressive::routes::history),
+        )
+        .route(
             "/apis/thinfleet.io/v1/credentials",
             post(credentials::create).get(credentials::list),
         )

@@ -224,6 +224,24 @@ pub fn document() -> Value {
             "responses": ok(json!({ "type": "object", "properties": { "kind": { "type": "string" }, "group": { "type": "string" },
                 "paused": { "type": "boolean" }, "message": { "type": "string" } } }), &[400, 401, 403, 404, 409]) } }));
     }
+    paths.insert("/apis/thinfleet.io/v1/clientgroups/{name}/undo".into(), json!({ "post": {
+        "summary": "Return the group to the versions of its last completed rollout before the current one, until its spec changes; role operator",
+        "parameters": [name_param],
+        "responses": ok(json!({ "type": "object", "properties": { "kind": { "type": "string" }, "group": { "type": "string" },
+            "versions": { "type": "object", "additionalProperties": { "type": "string" } }, "message": { "type": "string" } } }), &[400, 401, 403, 404, 409]) } }));
+    paths.insert("/apis/thinfleet.io/v1/clientgroups/{name}/activate-now".into(), json!({ "post": {
+        "summary": "Members activate the current rollout's staged changes at once, whatever their maintenance windows or reboots; role operator",
+        "parameters": [name_param],
+        "responses": ok(json!({ "type": "object", "properties": { "kind": { "type": "string" }, "group": { "type": "string" },
+            "revision": { "type": "integer" }, "message": { "type": "string" } } }), &[400, 401, 403, 404, 409]) } }));
+    paths.insert("/apis/thinfleet.io/v1/clientgroups/{name}/rollouts".into(), json!({ "get": {
+        "summary": "The group's rollouts, the current one first: when, which versions, by whom, outcome",
+        "parameters": [name_param],
+        "responses": ok(json!({ "type": "object", "properties": { "group": { "type": "string" },
+            "items": { "type": "array", "items": { "type": "object", "properties": {
+                "revision": { "type": "integer" }, "versions": { "type": "object", "additionalProperties": { "type": "string" } },
+                "startedAt": { "type": "string" }, "finishedAt": { "type": "string" }, "by": { "type": "string" },
+                "outcome": { "enum": ["Progressing", "Complete", "Failed", "Superseded", "Undone"] }, "generation": { "type": "integer" } } } } } }), READ) } }));
     paths.insert("/apis/thinfleet.io/v1/sources".into(), json!({ "get": { "summary": "Watched manifest directories", "responses": ok(list(&source), &[401, 403]) } }));
     // One source is its status with `kind` and `apiVersion` added.
     let one_source = json!({ "allOf": [source, { "type": "object", "properties": { "kind": { "const": "ManifestSource" }, "apiVersion": { "type": "string" } } }] });

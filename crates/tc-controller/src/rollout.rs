@@ -228,8 +228,22 @@ pub async fn steer(
             )));
         }
         (false, None) => {
+            // A rollout waiting at a pause step without a duration goes on.
+            if let Some(message) =
+                crate::progressive::routes::resume_step(controller, name, &identity.name).await?
+            {
+                return Ok((
+                    Extension(Note::object("ClientGroup", name, "resumed")),
+                    Json(json!({
+                        "kind": "RolloutPauseResult",
+                        "group": name,
+                        "paused": false,
+                        "message": message,
+                    })),
+                ));
+            }
             return Err(ApiError::conflict(format!(
-                "clientgroup/{name} is not paused"
+                "clientgroup/{name} is not paused and waits at no pause step"
             )));
         }
         (true, None) => {

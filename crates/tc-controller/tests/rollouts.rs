@@ -202,7 +202,10 @@ async fn a_failed_release_reaches_no_new_member_until_it_is_retried() {
         g["status"]["packages"][0]["failedVersions"],
         json!(["2.0.0"])
     );
-    assert_eq!(condition(&g, "Progressing")["reason"], "ReleaseFailed");
+    assert_eq!(
+        condition(&g, "Progressing")["reason"],
+        "FailureThresholdExceeded"
+    );
 
     // A new member gets nothing: kiosk 2.0.0 is held back in this group.
     let mut newcomer = SimAgent::enroll(&controller, "m3", json!({})).await;

@@ -150,7 +150,7 @@ fn counts_and_conditions() {
     let (progressing, reason, message) = condition(&status, "Progressing");
     assert_eq!(
         (progressing, reason.as_str()),
-        (ConditionStatus::False, "ReleaseFailed")
+        (ConditionStatus::False, "FailureThresholdExceeded")
     );
     assert!(
         message.contains("tcadm rollout retry clientgroup g"),

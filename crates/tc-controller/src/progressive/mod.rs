@@ -24,6 +24,8 @@ use tc_reconcile::progressive::{
 };
 use tc_store::Store;
 
+pub mod routes;
+
 /// Settings key prefix of the groups' rollout records.
 pub const ROLLOUTS_SETTING: &str = "rollouts/";
 
