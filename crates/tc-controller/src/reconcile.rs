@@ -310,7 +310,17 @@ pub async fn pass(controller: &Arc<Controller>) -> Result<Option<Timestamp>, Str
         let mut statuses = Vec::with_capacity(part.len());
         let mut publish = vec![];
         for change in part {
-            statuses.push(change.status);
+            // The client's status as it is now: a heartbeat that changed it (its phase) since
+            // the pass looked, and wrote it, must not be undone by this older copy.
+            let mut entry = change.status;
+            entry.status = change
+                .slot
+                .state
+                .lock()
+                .expect("client lock")
+                .status
+                .to_status(None);
+            statuses.push(entry);
             if let Some(served) = change.publish {
                 publish.push((change.slot, served));
             }
@@ -1058,7 +1068,7 @@ fn compute(
         .enumerate()
     {
         budget.max_unavailable = group.spec.rollout.max_unavailable.resolve(count);
-        budget.step_cap = context.plans[g].cap(count);
+        budget.step_cap = context.plans.get(g).and_then(|plan| plan.cap(count));
     }
     if stepped {
         // Stepped rollouts admit members in rank order: canaries first, then spread.
@@ -1286,6 +1296,7 @@ mod tests {
             started_at,
             now,
             pauses: BTreeMap::new(),
+            plans: vec![],
         }
     }
 

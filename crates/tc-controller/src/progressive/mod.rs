@@ -217,7 +217,10 @@ pub fn prepare(
 pub fn activation_of(plans: &[GroupPlan], member_of: &[usize]) -> Option<Arc<Activation>> {
     member_of
         .iter()
-        .filter_map(|&g| plans[g].activation.as_ref().map(|a| (plans[g].priority, a)))
+        .filter_map(|&g| {
+            let plan = plans.get(g)?;
+            plan.activation.as_ref().map(|a| (plan.priority, a))
+        })
         .fold(
             None::<(i32, &Arc<Activation>)>,
             |best, (priority, activation)| match best {
