@@ -625,6 +625,8 @@ async fn openapi_describes_the_routes() {
                 && !path.ends_with("/retry")
                 && !path.ends_with("/pause")
                 && !path.ends_with("/resume")
+                && !path.ends_with("/undo")
+                && !path.ends_with("/activate-now")
                 && !path.ends_with("/bootstraptokens")
                 && !path.ends_with("/deny")
                 && !path.ends_with("/decommission")
