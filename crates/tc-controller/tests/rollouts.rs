@@ -10,60 +10,6 @@ use common::*;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-async fn group(admin: &Api, name: &str) -> Value {
-    let (status, group) = admin
-        .get(&format!("/apis/thinfleet.io/v1/clientgroups/{name}"))
-        .await;
-    assert_eq!(status, StatusCode::OK, "{group}");
-    group
-}
-
-fn condition(group: &Value, type_: &str) -> Value {
-    group["status"]["conditions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|c| c["type"] == type_)
-        .cloned()
-        .unwrap_or(Value::Null)
-}
-
-/// Heartbeats every agent and converges it on what it is served (failing `fail` versions) until
-/// nothing changes any more or `rounds` are done.
-async fn settle(agents: &mut [SimAgent], fail: &[(&str, &str)], rounds: usize) {
-    for _ in 0..rounds {
-        let mut changed = false;
-        for agent in agents.iter_mut() {
-            let desired = agent.heartbeat().await;
-            if desired["revision"].as_u64().unwrap() != agent.revision {
-                let failing = desired["packages"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .find_map(|p| {
-                        fail.iter()
-                            .find(|(name, version)| p["name"] == *name && p["version"] == *version)
-                            .map(|(_, version)| *version)
-                    });
-                agent.converge(&desired, failing);
-                agent.heartbeat().await;
-                changed = true;
-            }
-        }
-        if !changed {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
-
-fn installed(agent: &SimAgent, package: &str) -> Option<String> {
-    agent
-        .packages
-        .iter()
-        .find(|p| p["name"] == package && p["state"] == "Installed")
-        .map(|p| p["version"].as_str().unwrap().to_string())
-}
-
 /// The reproduction: with `berlin`'s `hello-banner` failing on a kiosk, `everyone` and
 /// `front-desk` (which do not ask for it) reported `Degraded/MembersFailed`, and `front-desk`'s
 /// next update stopped after the failed member.

@@ -100,8 +100,8 @@ impl GroupRollouts {
     }
 
     /// Starts a new rollout when `versions` differ from the current one's; returns whether it
-    /// did. The current one goes to the history as `Complete` if it finished so, `Undone` when
-    /// `undone`, else `Superseded`.
+    /// did. The current one goes to the history as `Undone` when an undo replaces it, else as
+    /// it ended (`Complete`, `Failed`), or `Superseded` while it was still going.
     pub fn begin(
         &mut self,
         versions: &BTreeMap<String, String>,
@@ -120,8 +120,8 @@ impl GroupRollouts {
         let undone = self.undo.as_ref().is_some_and(|u| u.versions == *versions);
         if let Some(previous) = self.current.take() {
             let outcome = match previous.finished {
-                Some((_, RolloutOutcome::Complete)) => RolloutOutcome::Complete,
                 _ if undone => RolloutOutcome::Undone,
+                Some((_, RolloutOutcome::Complete)) => RolloutOutcome::Complete,
                 Some((_, outcome)) if outcome != RolloutOutcome::Progressing => outcome,
                 _ => RolloutOutcome::Superseded,
             };
@@ -292,6 +292,8 @@ pub fn advance(
         if !matches!(state.finished, Some((_, RolloutOutcome::Complete))) {
             state.finished = Some((now, RolloutOutcome::Complete));
         }
+        // Its steps are behind it: members that join later follow within the budget.
+        state.step = state.step.max(steps.len());
         return Wait::Complete;
     }
     // A rollout that completed and then lost members' convergence (a new member) goes on.

@@ -198,7 +198,7 @@ pub fn prepare(
             }
         });
         plans.push(GroupPlan {
-            steps: parse_steps(&rollout.steps),
+            steps: steps_of(group, current),
             step: current.step,
             targets: current.versions.clone(),
             failure_threshold: rollout.failure_threshold,
@@ -210,6 +210,19 @@ pub fn prepare(
         groups.iter().map(|g| g.metadata.name.as_str()).collect();
     served.retain(|name, _| names.contains(name.as_str()));
     (plans, changed)
+}
+
+/// The steps of a group's rollout. A group's first rollout has none (as Argo Rollouts skips
+/// the steps of an initial deployment): it installs what the group asks for on members that
+/// run nothing of it yet, where there is nothing to compare a canary with.
+pub(crate) fn steps_of(
+    group: &ClientGroup,
+    state: &tc_reconcile::progressive::RolloutState,
+) -> Vec<Step> {
+    if state.revision <= 1 {
+        return Vec::new();
+    }
+    parse_steps(&group.spec.rollout.steps)
 }
 
 /// The activation of a client that is a member of `member_of`: that of its highest-priority
@@ -256,7 +269,7 @@ pub fn finish(
             continue;
         };
         let before = state.clone();
-        let steps = parse_steps(&group.spec.rollout.steps);
+        let steps = steps_of(group, state);
         // Only the packages whose rollout version this pass counted (those that resolve).
         let counted: Vec<PackageProgress> = group
             .spec

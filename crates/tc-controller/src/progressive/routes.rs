@@ -8,7 +8,7 @@ use axum::{Extension, Json};
 use serde_json::{Value, json};
 use tc_api::rollout::{RolloutHistory, Step};
 use tc_api::{ClientGroup, Event, EventType, Kind, Object, ObjectRef, RolloutPause, Timestamp};
-use tc_reconcile::progressive::{GroupRollouts, UndoPin, parse_steps};
+use tc_reconcile::progressive::{GroupRollouts, UndoPin};
 
 use crate::Controller;
 use crate::audit::Note;
@@ -163,10 +163,10 @@ pub async fn resume_step(
 ) -> Result<Option<String>, ApiError> {
     let now = Timestamp::now();
     let resumed = with_record(controller, name, |group, record| {
-        let steps = parse_steps(&group.spec.rollout.steps);
         let Some(current) = record.current.as_mut() else {
             return Ok((false, None));
         };
+        let steps = super::steps_of(group, current);
         let waiting = current.finished.is_none()
             && steps.get(current.step) == Some(&Step::Pause(None))
             && current.resumed != Some(current.step);

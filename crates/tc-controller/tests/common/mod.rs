@@ -377,3 +377,58 @@ pub fn versions(desired: &Value) -> Vec<String> {
         })
         .collect()
 }
+
+/// A group as the API answers it.
+pub async fn group(admin: &Api, name: &str) -> Value {
+    let (status, group) = admin
+        .get(&format!("/apis/thinfleet.io/v1/clientgroups/{name}"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{group}");
+    group
+}
+
+pub fn condition(group: &Value, type_: &str) -> Value {
+    group["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == type_)
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+/// Heartbeats every agent and converges it on what it is served (failing `fail` versions) until
+/// nothing changes any more or `rounds` are done.
+pub async fn settle(agents: &mut [SimAgent], fail: &[(&str, &str)], rounds: usize) {
+    for _ in 0..rounds {
+        let mut changed = false;
+        for agent in agents.iter_mut() {
+            let desired = agent.heartbeat().await;
+            if desired["revision"].as_u64().unwrap() != agent.revision {
+                let failing = desired["packages"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find_map(|p| {
+                        fail.iter()
+                            .find(|(name, version)| p["name"] == *name && p["version"] == *version)
+                            .map(|(_, version)| *version)
+                    });
+                agent.converge(&desired, failing);
+                agent.heartbeat().await;
+                changed = true;
+            }
+        }
+        if !changed {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+pub fn installed(agent: &SimAgent, package: &str) -> Option<String> {
+    agent
+        .packages
+        .iter()
+        .find(|p| p["name"] == package && p["state"] == "Installed")
+        .map(|p| p["version"].as_str().unwrap().to_string())
+}
