@@ -51,7 +51,7 @@ fn outcome_text(outcome: RolloutOutcome) -> &'static str {
 /// answers, sorted again so that an older controller's order does not matter).
 pub fn history_table(history: &RolloutHistory) -> Table {
     let mut items: Vec<_> = history.items.iter().collect();
-    items.sort_by(|a, b| b.revision.cmp(&a.revision));
+    items.sort_by_key(|record| std::cmp::Reverse(record.revision));
     let mut table = Table::new(&[
         "REVISION", "VERSIONS", "STARTED", "FINISHED", "BY", "OUTCOME",
     ]);

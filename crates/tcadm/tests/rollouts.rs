@@ -40,15 +40,26 @@ impl Member {
     /// One heartbeat that reports the packages of `given` (the last answer) installed; answers
     /// what the member is given now.
     fn heartbeat(&self, fleet: &Fleet, given: Option<&HeartbeatResponse>) -> HeartbeatResponse {
+        self.heartbeat_as(fleet, given, PackageState::Installed)
+    }
+
+    /// One heartbeat that reports the packages of `given` in `state` (`Installed`, `Failed`).
+    fn heartbeat_as(
+        &self,
+        fleet: &Fleet,
+        given: Option<&HeartbeatResponse>,
+        state: PackageState,
+    ) -> HeartbeatResponse {
+        let installed = state == PackageState::Installed;
         let packages = given
             .into_iter()
             .flat_map(|g| &g.desired.packages)
             .map(|p| PackageReport {
                 name: p.name.clone(),
                 version: p.version.clone(),
-                state: PackageState::Installed,
-                active_version: Some(p.version.clone()),
-                message: None,
+                state,
+                active_version: installed.then(|| p.version.clone()),
+                message: (!installed).then(|| "health check exited 1".into()),
                 since: Timestamp::now(),
                 staged: None,
             })
@@ -120,8 +131,19 @@ impl Members {
 
     /// Every member heartbeats once, reporting what it was given installed.
     fn converge(&mut self, fleet: &Fleet) {
-        for (member, given) in &mut self.members {
-            *given = member.heartbeat(fleet, Some(given));
+        self.converge_failing(fleet, &[]);
+    }
+
+    /// Every member heartbeats once: those at the indexes `failing` report what they were given
+    /// failed, the others installed.
+    fn converge_failing(&mut self, fleet: &Fleet, failing: &[usize]) {
+        for (index, (member, given)) in self.members.iter_mut().enumerate() {
+            let state = if failing.contains(&index) {
+                PackageState::Failed
+            } else {
+                PackageState::Installed
+            };
+            *given = member.heartbeat_as(fleet, Some(given), state);
         }
     }
 
@@ -459,4 +481,89 @@ fn help_and_completion_name_the_new_subcommands() {
     assert!(completion.ok().contains("history"), "{completion:#?}");
     let usage = tcadm(&["rollout", "undo", "cg"]);
     assert_eq!(usage.code, 2, "{usage:#?}");
+}
+
+/// Below its `failureThreshold` a rollout with a failed member goes on (`rollout status` says it
+/// waits, exit 0); past it the controller reports `FailureThresholdExceeded` and `rollout status`
+/// fails with exit 1, with `--watch` too.
+#[test]
+fn only_a_rollout_past_its_failure_threshold_fails_rollout_status() {
+    let fleet = Fleet::start();
+    publish(&fleet, "1.0.0");
+    apply_group(
+        &fleet,
+        "lab",
+        "  rollout:\n    maxUnavailable: 3\n    failureThreshold: 1\n",
+    );
+    let mut members = Members::enroll(&fleet, &["kiosk-1", "kiosk-2", "kiosk-3"], "lab");
+    eventually("every member to be given kiosk 1.0.0", || {
+        members.converge_failing(&fleet, &[0]);
+        members
+            .given("kiosk")
+            .iter()
+            .all(Option::is_some)
+            .then_some(())
+    });
+    let group = eventually("one failed and two ready members", || {
+        members.converge_failing(&fleet, &[0]);
+        let group = group_json(&fleet, "lab");
+        (group["status"]["failed"] == 1 && group["status"]["ready"] == 2).then_some(group)
+    });
+    let progressing = group["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Progressing")
+        .cloned()
+        .unwrap_or_default();
+    assert_ne!(
+        progressing["reason"], "FailureThresholdExceeded",
+        "{group:#}"
+    );
+    let below = tcadm(&fleet, &["rollout", "status", "cg", "lab"]);
+    assert!(
+        below.ok().starts_with(
+            "Waiting for clientgroup \"lab\" rollout to finish: 3 of 3 updated, 2 ready, 1 failed"
+        ),
+        "{below:#?}"
+    );
+
+    let past = eventually("the failure threshold to be exceeded", || {
+        members.converge_failing(&fleet, &[0, 1]);
+        let run = tcadm(&fleet, &["rollout", "status", "cg", "lab"]);
+        (run.code != 0).then_some(run)
+    });
+    let error = fails(&past, 1);
+    assert!(
+        error.starts_with("error: clientgroup/lab rollout failed: 2 of 3 members failed"),
+        "{error}"
+    );
+    let group = group_json(&fleet, "lab");
+    assert!(
+        group["status"]["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["type"] == "Progressing" && c["reason"] == "FailureThresholdExceeded"),
+        "{group:#}"
+    );
+    let watched = tcadm(
+        &fleet,
+        &[
+            "rollout",
+            "status",
+            "cg",
+            "lab",
+            "--watch",
+            "--timeout",
+            "30s",
+        ],
+    );
+    assert!(
+        watched
+            .stderr
+            .contains("error: clientgroup/lab rollout failed: "),
+        "{watched:#?}"
+    );
+    assert_eq!(watched.code, 1, "{watched:#?}");
 }
