@@ -478,49 +478,9 @@ pub struct PushArgs {
     pub name: Option<String>,
 }
 
-/// `rollout` subcommands.
-#[derive(Debug, Subcommand)]
-pub enum RolloutCommand {
-    /// Show a group's rollout; with --watch, follow it until it completes, fails or stalls.
-    Status(RolloutStatusArgs),
-    /// Try the releases that failed on a group's members once more (agents do not retry a
-    /// failed release on their own).
-    Retry(RolloutTargetArgs),
-    /// Stop assigning new versions to the group's members (those updating finish); kept across
-    /// applies and syncs of the watched directory until `rollout resume`. Role operator.
-    Pause(RolloutTargetArgs),
-    /// Let a group paused with `rollout pause` go on. Role operator.
-    Resume(RolloutTargetArgs),
-}
-
-/// A rollout's group, for `rollout retry|pause|resume`.
-#[derive(Debug, Args)]
-pub struct RolloutTargetArgs {
-    /// Always `clientgroup` (`cg`).
-    #[arg(value_name = "KIND", value_parser = parse_kind)]
-    pub kind: Kind,
-    /// The group's name.
-    #[arg(value_name = "NAME")]
-    pub name: String,
-}
-
-/// Arguments of `rollout status`.
-#[derive(Debug, Args)]
-pub struct RolloutStatusArgs {
-    /// Always `clientgroup` (`cg`).
-    #[arg(value_name = "KIND", value_parser = parse_kind)]
-    pub kind: Kind,
-    /// The group's name.
-    #[arg(value_name = "NAME")]
-    pub name: String,
-    /// Follow the rollout until it completes (exit 0), fails, stalls past its progress deadline
-    /// or times out (exit 1).
-    #[arg(short = 'w', long)]
-    pub watch: bool,
-    /// How long --watch follows (`30s`, `5m`, `1h`).
-    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
-    pub timeout: Duration,
-}
+pub use crate::rollout_cli::{
+    RolloutCommand, RolloutHistoryArgs, RolloutStatusArgs, RolloutTargetArgs,
+};
 
 /// `token` subcommands.
 #[derive(Debug, Subcommand)]

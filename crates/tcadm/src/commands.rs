@@ -17,7 +17,7 @@ use tc_api::{
 use crate::api::{ApiClient, ApiError, ApplyOptions, ApplyResult, Connection};
 use crate::cli::{
     ApplyArgs, Cli, Command, DeleteArgs, DescribeArgs, DescribeKind, DiffArgs, FileArgs, LabelArgs,
-    PushArgs, RolloutCommand, TokenCommand,
+    PushArgs, TokenCommand,
 };
 use crate::describe::{MAX_EVENTS, describe_client_with, describe_group, describe_release};
 use crate::diff::item_diff;
@@ -95,10 +95,7 @@ pub fn run(cli: Cli, context: &mut Context<'_>) -> Result<u8, CliError> {
         Command::Label(args) => label(context, &args),
         Command::Push(args) => push(context, &args),
         Command::Sign(args) => crate::sign::run(&args).map(|()| EXIT_OK),
-        Command::Rollout(RolloutCommand::Status(args)) => rollout_commands::status(context, &args),
-        Command::Rollout(RolloutCommand::Retry(args)) => rollout_commands::retry(context, &args),
-        Command::Rollout(RolloutCommand::Pause(args)) => rollout_commands::pause(context, &args),
-        Command::Rollout(RolloutCommand::Resume(args)) => rollout_commands::resume(context, &args),
+        Command::Rollout(command) => rollout_commands::run(context, &command),
         Command::Run(args) => crate::run_commands::run(context, &args),
         Command::Reboot(args) => crate::run_commands::power(context, TaskAction::Reboot, &args),
         Command::Shutdown(args) => crate::run_commands::power(context, TaskAction::Shutdown, &args),
@@ -347,11 +344,7 @@ impl RolloutDisplay {
         let RolloutState::Progressing(text) = state else {
             return Ok(());
         };
-        let paused = if crate::describe::is_paused(group) {
-            " (paused)"
-        } else {
-            ""
-        };
+        let paused = crate::progressive::pause_note(group);
         let line = format!("Waiting for clientgroup \"{name}\" rollout to finish: {text}{paused}");
         if self.last_line.get(name) != Some(&line) {
             // The text carries the group's conditions, with messages from clients.

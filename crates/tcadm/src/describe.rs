@@ -369,6 +369,12 @@ pub fn describe_group(
         ("Last Progress", time_text(status.last_progress_time, now)),
     ]);
     out.fields(0, &fields);
+    // Steps, windows or activation on reboot: where the current rollout stands.
+    let rollout = crate::progressive::rollout_fields(group);
+    if crate::progressive::is_progressive(group) && !rollout.is_empty() {
+        out.heading(0, "Rollout");
+        out.fields(2, &rollout);
+    }
     let mut packages = Table::new(&[
         "NAME",
         "REQUIREMENT",

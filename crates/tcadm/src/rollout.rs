@@ -13,12 +13,16 @@ pub enum RolloutState {
     Complete,
     /// Still going; the text says what is awaited.
     Progressing(String),
-    /// Members failed; the text is the `Degraded` message.
+    /// Members failed past the failure threshold; the text is the `Degraded` message.
     Failed(String),
     /// No progress within `progressDeadlineSeconds`; the text is the `Progressing` message
     /// (whom the rollout waits for).
     Stalled(String),
 }
+
+/// The `Progressing` reason of a rollout stopped because more members failed than its
+/// `failureThreshold` allows (without one: any member).
+pub const FAILURE_THRESHOLD_EXCEEDED: &str = "FailureThresholdExceeded";
 
 /// The `Progressing` reason of a rollout past its deadline.
 pub const PROGRESS_DEADLINE_EXCEEDED: &str = "ProgressDeadlineExceeded";
@@ -61,21 +65,30 @@ pub fn progress_text(group: &ClientGroup) -> String {
     text
 }
 
-/// Judges a group: failed when `Degraded` is true with reason `MembersFailed`; complete when the
+/// Judges a group: failed when `Progressing` has reason `FailureThresholdExceeded`, or (for a
+/// group without a `failureThreshold`) `Degraded` is true with reason `MembersFailed`; complete when the
 /// status is for the current generation, resolves every expected release, and
 /// `updated == ready == desired`; progressing otherwise.
 pub fn rollout_state(group: &ClientGroup, expected: &[ExpectedRelease]) -> RolloutState {
     let Some(status) = &group.status else {
         return RolloutState::Progressing("waiting for the controller to report status".into());
     };
-    if let Some(degraded) = find_condition(&status.conditions, "Degraded")
-        && degraded.status == ConditionStatus::True
-        && degraded.reason == MEMBERS_FAILED
-    {
-        let message = if degraded.message.is_empty() {
-            format!("{} member(s) failed", status.failed)
-        } else {
-            degraded.message.clone()
+    let members_failed = find_condition(&status.conditions, "Degraded").filter(|degraded| {
+        degraded.status == ConditionStatus::True && degraded.reason == MEMBERS_FAILED
+    });
+    let threshold_exceeded = find_condition(&status.conditions, "Progressing")
+        .filter(|progressing| progressing.reason == FAILURE_THRESHOLD_EXCEEDED);
+    // Without a failureThreshold the first failure stops the rollout; with one, failures below
+    // it do not (the rollout goes on), so only the controller's verdict counts.
+    let failed = threshold_exceeded.is_some()
+        || (members_failed.is_some() && group.spec.rollout.failure_threshold.is_none());
+    if failed {
+        let message = match (members_failed, threshold_exceeded) {
+            (Some(degraded), _) if !degraded.message.is_empty() => degraded.message.clone(),
+            (_, Some(progressing)) if !progressing.message.is_empty() => {
+                progressing.message.clone()
+            }
+            _ => format!("{} member(s) failed", status.failed),
         };
         return RolloutState::Failed(message);
     }
@@ -238,6 +251,47 @@ mod tests {
         assert_eq!(
             rollout_state(&group(2, Some(conflict)), &[]),
             RolloutState::Complete
+        );
+    }
+
+    #[test]
+    fn with_a_failure_threshold_only_the_threshold_fails_the_rollout() {
+        let progressing = |reason: &str, message: &str| Condition {
+            type_: "Progressing".into(),
+            status: ConditionStatus::False,
+            reason: reason.into(),
+            message: message.into(),
+            last_transition_time: Timestamp::EPOCH,
+            observed_generation: Some(2),
+        };
+        let mut below = status(2, 5, 4, 3);
+        below.failed = 1;
+        below.conditions.push(degraded(MEMBERS_FAILED));
+        below
+            .conditions
+            .push(progressing("RollingOut", "4 of 5 members updated"));
+        let mut tolerant = group(2, Some(below.clone()));
+        tolerant.spec.rollout.failure_threshold = Some(tc_api::IntOrPercent::Int(2));
+        assert!(matches!(
+            rollout_state(&tolerant, &[]),
+            RolloutState::Progressing(_)
+        ));
+        let mut past = below;
+        past.conditions[1] = progressing(
+            FAILURE_THRESHOLD_EXCEEDED,
+            "3 of 5 members failed to install kiosk 1.4.2; ...",
+        );
+        tolerant.status = Some(past.clone());
+        assert_eq!(
+            rollout_state(&tolerant, &[]),
+            RolloutState::Failed("kiosk-3 failed to install kiosk 1.4.2".into())
+        );
+        // The threshold's own message when the Degraded condition says nothing.
+        past.conditions.remove(0);
+        tolerant.status = Some(past);
+        assert_eq!(
+            rollout_state(&tolerant, &[]),
+            RolloutState::Failed("3 of 5 members failed to install kiosk 1.4.2; ...".into())
         );
     }
 
