@@ -148,15 +148,13 @@ pub(crate) fn validate(spec: &crate::RolloutSpec, errors: &mut Errors) {
             Ok(Step::Pause(_)) => {}
         }
     }
-    if let Some(threshold) = spec.failure_threshold {
-        if let IntOrPercent::Percent(p) = threshold
-            && p > 100
-        {
-            errors.push(
-                "spec.rollout.failureThreshold",
-                format!("{p}% is more than 100%"),
-            );
-        }
+    if let Some(IntOrPercent::Percent(p)) = spec.failure_threshold
+        && p > 100
+    {
+        errors.push(
+            "spec.rollout.failureThreshold",
+            format!("{p}% is more than 100%"),
+        );
     }
     if spec.maintenance_windows.len() > MAX_STEPS {
         errors.push(

@@ -423,6 +423,9 @@ fn wait_text(wait: &Wait, steps: &[Step], group: &str) -> String {
             "{}: paused until `tcadm rollout resume clientgroup {group}`",
             of(*step)
         ),
+        Wait::Rest if steps.is_empty() => {
+            "rolling out: members follow within maxUnavailable".into()
+        }
         Wait::Rest => "past the last step: the remaining members follow".into(),
     }
 }
