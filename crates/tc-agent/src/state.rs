@@ -38,6 +38,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use tc_proto::{DesiredState, Hooks, PackageReport, PackageState, Session, Timestamp};
 
+use crate::engine::StagedChange;
+
 /// Format version written into `state.json`; a journal from a newer agent is not trusted.
 pub const JOURNAL_FORMAT: u32 = 1;
 
@@ -703,6 +705,9 @@ pub struct PackageRecord {
     /// The last failed attempt, if the package has not converged since.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure: Option<Failure>,
+    /// An update or removal held back until its activation (see [`crate::engine::StagedChange`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub staged: Option<StagedChange>,
 }
 
 impl PackageRecord {
@@ -717,6 +722,7 @@ impl PackageRecord {
             since: now,
             operation: None,
             failure: None,
+            staged: None,
         }
     }
 
@@ -741,10 +747,22 @@ impl PackageRecord {
         self.message = message;
     }
 
+    /// The staged change, when it is the one the record's state is about: an update to the
+    /// version being installed, or the removal.
+    fn reported_staged(&self) -> Option<tc_proto::activation::Staged> {
+        let staged = self.staged.as_ref()?;
+        let current = match self.state {
+            PackageState::Installing => staged.version.as_deref() == Some(self.version.as_str()),
+            PackageState::Removing => staged.version.is_none(),
+            _ => false,
+        };
+        current.then(|| staged.report())
+    }
+
     /// The report for the controller.
     pub fn report(&self, name: &str) -> PackageReport {
         PackageReport {
-            staged: None,
+            staged: self.reported_staged(),
             name: name.to_owned(),
             version: self.version.clone(),
             state: self.state,
