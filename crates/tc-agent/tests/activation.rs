@@ -20,6 +20,7 @@ use tc_agent::config::tasks::TaskConfig;
 use tc_agent::config::{AgentConfig, BootstrapToken, parse_server};
 use tc_agent::download::{DownloadOptions, Fetcher};
 use tc_agent::engine::{Engine, EngineOptions};
+use tc_agent::signature::TrustedKey;
 use tc_agent::state::{Journal, StateDir};
 use tc_proto::activation::{Activation, StagedWait, Window};
 use tc_proto::{DesiredPackage, DesiredState, PackageReport, PackageState, Timestamp};
@@ -86,8 +87,13 @@ impl Harness {
     }
 
     fn open(&self) -> Engine {
+        self.open_trusting(Vec::new())
+    }
+
+    fn open_trusting(&self, trusted_keys: Vec<TrustedKey>) -> Engine {
         let options = EngineOptions {
             retry: Backoff::new(Duration::from_secs(60), Duration::from_secs(60)),
+            trusted_keys,
             ..EngineOptions::default()
         };
         Engine::open(self.dir.clone(), options).unwrap()
@@ -262,6 +268,81 @@ async fn a_staged_download_that_fails_verification_is_reported_failed_and_the_ol
     );
     assert_active_complete(&h.dir, "kiosk", "1.0.0");
     assert_eq!(read_log(&h.log()), hooks_before);
+}
+
+/// A minisign key pair made in the test: the trusted key and a signer.
+fn key_pair() -> (TrustedKey, impl Fn(&[u8]) -> String) {
+    let pair = minisign::KeyPair::generate_unencrypted_keypair().unwrap();
+    let trusted = TrustedKey::parse(&pair.pk.to_base64()).unwrap();
+    let secret = pair.sk;
+    let sign = move |zip: &[u8]| {
+        minisign::sign(None, &secret, zip, Some("timestamp:0\tfile:p.zip"), None)
+            .unwrap()
+            .into_string()
+    };
+    (trusted, sign)
+}
+
+#[tokio::test]
+async fn an_agent_with_trusted_keys_checks_the_signature_of_an_update_it_stages() {
+    let mut h = Harness::new();
+    let (trusted, sign) = key_pair();
+    let (_, sign_with_another_key) = key_pair();
+    let mut engine = h.open_trusting(vec![trusted]);
+    let mut first = h.package("kiosk", "1.0.0");
+    first.signature = Some(sign(&package_zip("1.0.0")));
+    let desired = h.desired(vec![first], Activation::default());
+    h.converge(&mut engine, &desired).await;
+    assert_eq!(report(&engine, "kiosk").state, PackageState::Installed);
+    let hooks_before = read_log(&h.log());
+    let (activation, opens) = window_in_an_hour();
+
+    // Signed by a key the agent does not trust: refused while staging, the old version runs.
+    let mut forged = h.package("kiosk", "2.0.0");
+    forged.signature = Some(sign_with_another_key(&package_zip("2.0.0")));
+    let desired = h.desired(vec![forged], activation.clone());
+    h.converge(&mut engine, &desired).await;
+    let refused = report(&engine, "kiosk");
+    assert_eq!(refused.state, PackageState::Failed, "{refused:?}");
+    assert_eq!(refused.version, "2.0.0");
+    assert_eq!(refused.staged, None);
+    let message = refused.message.unwrap();
+    assert!(message.starts_with("refused: "), "{message}");
+    assert!(message.ends_with("1.0.0 stays active"), "{message}");
+    assert_active_complete(&h.dir, "kiosk", "1.0.0");
+
+    // Signed with the trusted key: staged.
+    let mut signed = h.package("kiosk", "2.0.0");
+    signed.signature = Some(sign(&package_zip("2.0.0")));
+    signed.attempt = 1;
+    let desired = h.desired(vec![signed], activation);
+    h.converge(&mut engine, &desired).await;
+    assert_update_staged(&report(&engine, "kiosk"), StagedWait::Window, Some(opens));
+    assert_active_complete(&h.dir, "kiosk", "1.0.0");
+    assert_eq!(read_log(&h.log()), hooks_before);
+}
+
+#[tokio::test]
+async fn a_staged_update_no_longer_assigned_is_dropped_with_its_download() {
+    let mut h = Harness::new();
+    let mut engine = h.running_1_0_0(&["kiosk"]).await;
+    let running = h.package("kiosk", "1.0.0");
+    let update = h.package("kiosk", "2.0.0");
+    let (activation, _) = window_in_an_hour();
+    let desired = h.desired(vec![update.clone()], activation.clone());
+    h.converge(&mut engine, &desired).await;
+    let zip = h.dir.downloads().join(format!("{}.zip", update.sha256));
+    assert!(zip.is_file());
+
+    // The rollout was taken back: the client stays at the version it runs.
+    let desired = h.desired(vec![running], activation);
+    h.converge(&mut engine, &desired).await;
+    let report = report(&engine, "kiosk");
+    assert_eq!(report.state, PackageState::Installed, "{report:?}");
+    assert_eq!(report.version, "1.0.0");
+    assert_eq!(report.staged, None);
+    assert!(!zip.exists(), "the staged download is deleted");
+    assert_eq!(engine.next_activation_at(Timestamp::now()), None);
 }
 
 #[tokio::test]
