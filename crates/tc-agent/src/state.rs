@@ -12,7 +12,7 @@
 //!   tasks.json                the journal of task orders (see [`crate::tasks::journal`])
 //!   tasks/                    the default working directory of `exec` orders (mode 0700)
 //!   downloads/<sha256>.part   a download in progress (resumed with HTTP Range)
-//!   downloads/<sha256>.zip    a verified download
+//!   downloads/<sha256>.zip    a verified download (also an update staged until its activation)
 //!   staging/<name>/           a package being extracted
 //!   packages/<name>/<version>/  an installed version
 //!   packages/<name>/current -> <version>
