@@ -148,9 +148,11 @@ impl Engine {
         }
         let now = Timestamp::now();
         let staged = self.staged_now(staged, Some(package), activation, now);
-        tracing::info!(package = %name, version = %package.version, waiting_for = ?staged.waiting_for,
-            activates_at = ?staged.activates_at, "update staged");
         let record = self.record_mut(name);
+        if record.staged.as_ref() != Some(&staged) {
+            tracing::info!(package = %name, version = %package.version, waiting_for = ?staged.waiting_for,
+                activates_at = ?staged.activates_at, "update staged");
+        }
         // The download that failed before went through; any other failure (an interrupted
         // install counting towards its limit) stays until the install itself decides.
         if record
@@ -178,9 +180,12 @@ impl Engine {
             .clone()
             .filter(|staged| staged.is_for(None, ""));
         let staged = self.staged_now(staged, None, activation, now);
-        tracing::info!(package = %name, waiting_for = ?staged.waiting_for,
-            activates_at = ?staged.activates_at, "removal staged");
-        self.record_mut(name).staged = Some(staged);
+        let record = self.record_mut(name);
+        if record.staged.as_ref() != Some(&staged) {
+            tracing::info!(package = %name, waiting_for = ?staged.waiting_for,
+                activates_at = ?staged.activates_at, "removal staged");
+        }
+        record.staged = Some(staged);
         self.save_if_changed()?;
         Ok(())
     }
