@@ -10,7 +10,7 @@
 //!   retries with exponential backoff and jitter, and catches up when it is back;
 //! * the engine loop converges to the latest desired state (also the one remembered in the
 //!   journal, so work continues while the controller is away) and wakes up when a failed package
-//!   is due for a retry;
+//!   is due for a retry, and when a maintenance window opens for a change it staged;
 //! * the task runner ([`crate::tasks::TaskRunner`]) carries out the orders that come with
 //!   heartbeat and long-poll answers, and reports on them, without holding up either loop.
 
@@ -199,6 +199,7 @@ impl RunOptions {
     pub fn new(config: AgentConfig) -> Self {
         let engine = EngineOptions {
             trusted_keys: config.trusted_keys.clone(),
+            boot_id_file: config.tasks.boot_id_file.clone(),
             ..EngineOptions::default()
         };
         RunOptions {
@@ -372,7 +373,14 @@ async fn engine_loop(
             }
         }
         let now = Timestamp::now();
-        let wait = wait.or_else(|| engine.next_retry_at(now).map(|at| at.since(now)));
+        // A retry that is due, or a staged change whose window opens: whichever comes first.
+        let wait = wait.or_else(|| {
+            [engine.next_retry_at(now), engine.next_activation_at(now)]
+                .into_iter()
+                .flatten()
+                .min()
+                .map(|at| at.since(now))
+        });
         tokio::select! {
             changed = desired_rx.changed() => {
                 if changed.is_err() {

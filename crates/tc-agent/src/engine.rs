@@ -43,6 +43,11 @@
 //! the removal is retried with backoff), then removes `current` and the package directory. Only
 //! packages recorded in the journal are ever touched.
 //!
+//! A desired state may restrict when updates and removals of packages the client runs take
+//! effect (maintenance windows, the next boot): until then they are staged — downloaded and
+//! verified ahead, reported with `staged` — and activated later through the same install and
+//! removal paths, without the controller ([`staging`]).
+//!
 //! What the agent reports is the journal on disk. A journal that cannot be written (a full disk)
 //! stops the pass as a crash at that point would: the journal in memory goes back to the one on
 //! disk, and the next pass, after a backoff, recovers from it and writes it again.
@@ -50,20 +55,20 @@
 use std::collections::BTreeSet;
 use std::fs;
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
+use tc_proto::activation::Activation;
 use tc_proto::{DesiredPackage, DesiredState, Hook, PackageReport, PackageState, Timestamp};
 
 use crate::backoff::Backoff;
-use crate::download::{DownloadOptions, Fetcher, is_sha256_hex};
+use crate::download::{DownloadOptions, Fetcher};
 use crate::extract::{ExtractLimits, extract};
 use crate::fault::{FaultPoint, Faults};
 use crate::hooks::{self, HookContext, HookKind};
 use crate::signature::{TrustedKey, verify_zip};
 use crate::state::{
     ErrorRecord, FailedAction, Failure, FailureCause, InstallStep, Journal, Operation,
-    PackageRecord, RemoveStep, StateDir, StateError, VersionRecord, check_dir, ensure_dir,
-    sync_dir,
+    PackageRecord, RemoveStep, StateDir, StateError, VersionRecord, ensure_dir, sync_dir,
 };
 
 /// How many times an install interrupted by a crash after a hook started is retried at once;
@@ -72,9 +77,15 @@ pub const IMMEDIATE_RETRIES_AFTER_CRASH: u32 = 3;
 
 mod files;
 mod rebuild;
+mod recovery;
+mod staging;
+mod validate;
 
 use files::{read_dir_names, remove_all, remove_file_if_exists};
 use rebuild::rebuild_journal;
+pub use staging::StagedChange;
+use validate::is_safe_name;
+pub use validate::validate;
 
 /// The name of the temporary link renamed over `current`.
 const CURRENT_TEMPORARY: &str = ".current.tmp";
@@ -92,6 +103,9 @@ pub struct EngineOptions {
     pub faults: Faults,
     /// Minisign public keys packages must be signed with; empty: signatures are not checked.
     pub trusted_keys: Vec<TrustedKey>,
+    /// The file holding the id of the current boot: a change staged until the next boot
+    /// (`onReboot`) is activated when it differs from the one read when the change was staged.
+    pub boot_id_file: PathBuf,
 }
 
 impl Default for EngineOptions {
@@ -105,6 +119,7 @@ impl Default for EngineOptions {
             ),
             faults: Faults::none(),
             trusted_keys: Vec::new(),
+            boot_id_file: PathBuf::from(crate::config::tasks::DEFAULT_BOOT_ID_FILE),
         }
     }
 }
@@ -162,6 +177,8 @@ pub struct Engine {
     /// is never reported), and what `journal` goes back to when a save fails.
     persisted: Journal,
     options: EngineOptions,
+    /// The id of the boot the agent runs in (read once at start), `None` when unreadable.
+    boot_id: Option<String>,
 }
 
 impl Engine {
@@ -180,7 +197,11 @@ impl Engine {
             }
             Err(error) => return Err(error.into()),
         };
+        let boot_id = crate::tasks::actions::boot_id(&options.boot_id_file)
+            .inspect_err(|error| tracing::warn!(%error, "changes staged until the next boot cannot tell the boot"))
+            .ok();
         let mut engine = Engine {
+            boot_id,
             dir,
             persisted: if rebuilt {
                 Journal::default()
@@ -282,14 +303,43 @@ impl Engine {
             return Ok(());
         }
 
+        // Leaving the fleet is not held back by windows: the client is going away.
+        let activation = if desired.decommission {
+            Activation::default()
+        } else {
+            desired.activation.clone()
+        };
+        // Whether a change may start is asked again before each one: a window that closes
+        // during the pass lets the change in progress finish and starts no other.
         for package in installs {
-            self.install(package, fetcher).await?;
+            let (version, sha256) = (Some(package.version.as_str()), package.sha256.as_str());
+            if self
+                .held_back(
+                    &activation,
+                    &package.name,
+                    version,
+                    sha256,
+                    Timestamp::now(),
+                )
+                .is_some()
+            {
+                self.stage_install(package, &activation, fetcher).await?;
+            } else {
+                self.install(package, fetcher).await?;
+            }
             if !progress(&self.snapshot()) {
                 return Ok(());
             }
         }
         for name in removals {
-            self.remove(&name, fetcher).await?;
+            if self
+                .held_back(&activation, &name, None, "", Timestamp::now())
+                .is_some()
+            {
+                self.stage_removal(&name, &activation)?;
+            } else {
+                self.remove(&name, fetcher).await?;
+            }
             if !progress(&self.snapshot()) {
                 return Ok(());
             }
@@ -320,12 +370,14 @@ impl Engine {
             .or_insert_with(|| PackageRecord::new(&package.version, now));
         if let Some(reason) = invalid {
             let message = format!("refused by the agent: {reason}");
+            record.staged = None;
             record.set_state(PackageState::Failed, &package.version, Some(message), now);
             return None;
         }
         if record.active_version() == Some(package.version.as_str()) {
             Self::restore_hooks(&package.name, record, package);
             record.failure = None;
+            record.staged = None;
             record.set_state(PackageState::Installed, &package.version, None, now);
             return None;
         }
@@ -355,6 +407,8 @@ impl Engine {
             .map(str::to_owned);
         tracing::info!(package = %package.name, version = %package.version,
             previous = previous.as_deref().unwrap_or("none"), "installing");
+        // A staged update is being activated: it is no longer held back.
+        self.record_mut(&package.name).staged = None;
         self.record_mut(&package.name).operation = Some(Operation::Install {
             target: version_record(package),
             step: InstallStep::Download,
@@ -384,23 +438,7 @@ impl Engine {
     ) -> Result<(), StepError> {
         let name = package.name.as_str();
         let version = package.version.as_str();
-        let zip = fetcher
-            .fetch(package, &self.dir.downloads())
-            .await
-            .map_err(|error| StepError::Download(format!("download failed: {error}")))?;
-        self.fault(FaultPoint::AfterDownload)?;
-        if !self.options.trusted_keys.is_empty() {
-            // After the sha256 (checked by the download), before anything of the zip is used.
-            let keys = self.options.trusted_keys.clone();
-            let signature = package.signature.clone();
-            let zip_for_task = zip.clone();
-            tokio::task::spawn_blocking(move || {
-                verify_zip(&keys, signature.as_deref(), &zip_for_task)
-            })
-            .await
-            .map_err(|error| StepError::Failed(format!("signature check failed: {error}")))?
-            .map_err(|reason| StepError::Failed(format!("refused: {reason}")))?;
-        }
+        let zip = self.fetch_verified(package, fetcher).await?;
 
         self.set_install_step(name, InstallStep::Extract)?;
         let staging = self.dir.staging_for(name);
@@ -472,6 +510,34 @@ impl Engine {
         let download = self.dir.downloads().join(format!("{}.zip", package.sha256));
         let _ = fs::remove_file(download);
         Ok(())
+    }
+
+    /// Downloads `package` into `downloads/<sha256>.zip` (or reuses it there) and verifies it:
+    /// size and sha256, then the signature when trusted keys are configured. Nothing of the zip
+    /// is used before.
+    async fn fetch_verified(
+        &self,
+        package: &DesiredPackage,
+        fetcher: &Fetcher,
+    ) -> Result<PathBuf, StepError> {
+        let zip = fetcher
+            .fetch(package, &self.dir.downloads())
+            .await
+            .map_err(|error| StepError::Download(format!("download failed: {error}")))?;
+        self.fault(FaultPoint::AfterDownload)?;
+        if !self.options.trusted_keys.is_empty() {
+            // After the sha256 (checked by the download), before anything of the zip is used.
+            let keys = self.options.trusted_keys.clone();
+            let signature = package.signature.clone();
+            let zip_for_task = zip.clone();
+            tokio::task::spawn_blocking(move || {
+                verify_zip(&keys, signature.as_deref(), &zip_for_task)
+            })
+            .await
+            .map_err(|error| StepError::Failed(format!("signature check failed: {error}")))?
+            .map_err(|reason| StepError::Failed(format!("refused: {reason}")))?;
+        }
+        Ok(zip)
     }
 
     /// Runs a hook of version `version` of `name`; a failure becomes [`StepError::Failed`].
@@ -634,6 +700,7 @@ impl Engine {
             }
         }
         tracing::info!(package = %name, version = %active.version, "removing");
+        self.record_mut(name).staged = None;
         self.record_mut(name).operation = Some(Operation::Remove {
             step: RemoveStep::PreRemove,
         });
@@ -700,151 +767,6 @@ impl Engine {
         self.journal.packages.remove(name);
         self.save()?;
         Ok(())
-    }
-
-    /// Finishes or undoes whatever was in progress when the agent stopped.
-    fn recover(&mut self) -> Result<(), EngineError> {
-        let interrupted: Vec<(String, Operation)> = self
-            .journal
-            .packages
-            .iter()
-            .filter_map(|(name, record)| Some((name.clone(), record.operation.clone()?)))
-            .collect();
-        for (name, operation) in interrupted {
-            match operation {
-                Operation::Install {
-                    target,
-                    step,
-                    reason,
-                    ..
-                } => {
-                    tracing::warn!(package = %name, version = %target.version, ?step, "recovering an interrupted install");
-                    if step == InstallStep::RollBack {
-                        // The attempt had failed; finish putting the previous version back.
-                        self.finish_rollback(&name)?;
-                    } else if step.ran_hooks() {
-                        // A hook may have run and `current` may point to the new version: the
-                        // attempt cannot be trusted, so it is rolled back and tried again.
-                        let reason = reason.unwrap_or_else(|| {
-                            format!("interrupted during {} (agent restarted)", step_name(step))
-                        });
-                        self.begin_rollback(&name, reason, FailureCause::Interrupted)?;
-                        self.finish_rollback(&name)?;
-                    } else {
-                        // Nothing active changed: clear the partial work, keep the download, and
-                        // let the next pass resume.
-                        let record = self.record_mut(&name);
-                        record.operation = None;
-                        let active = record.active_version().map(str::to_owned);
-                        if active.as_deref() != Some(target.version.as_str()) {
-                            let version_dir = self.dir.version(&name, &target.version);
-                            remove_all(&version_dir).map_err(StateError::io(&version_dir))?;
-                            let record = self.record_mut(&name);
-                            if record.previous.as_ref().map(|p| &p.version) == Some(&target.version)
-                            {
-                                record.previous = None;
-                            }
-                        }
-                        let staging = self.dir.staging_for(&name);
-                        remove_all(&staging).map_err(StateError::io(&staging))?;
-                        self.save()?;
-                    }
-                }
-                Operation::Remove { step } => {
-                    tracing::warn!(package = %name, ?step, "recovering an interrupted removal");
-                    match step {
-                        RemoveStep::PreRemove => {
-                            self.record_mut(&name).operation = None;
-                            self.save()?;
-                        }
-                        RemoveStep::Delete => self.delete_package(&name)?,
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Deletes what no record needs any more: staging leftovers, versions other than the active
-    /// and the previous one, and downloads of packages that are installed or no longer desired.
-    /// Errors are logged, never fatal.
-    fn sweep(&mut self) {
-        let staging = self.dir.staging();
-        for entry in read_dir_names(&staging) {
-            let busy =
-                self.journal.packages.get(&entry).is_some_and(|record| {
-                    matches!(record.operation, Some(Operation::Install { .. }))
-                });
-            if !busy {
-                let path = staging.join(&entry);
-                if let Err(error) = remove_all(&path) {
-                    tracing::warn!(path = %path.display(), %error, "cannot clean up");
-                }
-            }
-        }
-        let names: Vec<String> = self.journal.packages.keys().cloned().collect();
-        for name in names {
-            self.sweep_package(&name);
-        }
-        let needed: BTreeSet<String> = self
-            .journal
-            .desired
-            .iter()
-            .flat_map(|desired| desired.packages.iter())
-            .filter(|package| {
-                self.journal
-                    .packages
-                    .get(&package.name)
-                    .is_none_or(|record| {
-                        record.active_version() != Some(&package.version)
-                            && !is_given_up(record, package)
-                    })
-            })
-            .map(|package| package.sha256.clone())
-            .collect();
-        let downloads = self.dir.downloads();
-        for entry in read_dir_names(&downloads) {
-            let sha = entry
-                .strip_suffix(".zip")
-                .or_else(|| entry.strip_suffix(".part"))
-                .unwrap_or("");
-            if !needed.contains(sha) {
-                let path = downloads.join(&entry);
-                if let Err(error) = remove_all(&path) {
-                    tracing::warn!(path = %path.display(), %error, "cannot clean up");
-                }
-            }
-        }
-    }
-
-    /// Deletes the versions of `name` other than the active, the previous and the one being
-    /// installed.
-    fn sweep_package(&self, name: &str) {
-        let Some(record) = self.journal.packages.get(name) else {
-            return;
-        };
-        let mut keep: BTreeSet<&str> = BTreeSet::from(["current"]);
-        keep.extend(record.active.iter().map(|v| v.version.as_str()));
-        keep.extend(record.previous.iter().map(|v| v.version.as_str()));
-        if let Some(Operation::Install { target, .. }) = &record.operation {
-            keep.insert(&target.version);
-        }
-        let package_dir = self.dir.package(name);
-        if let Err(error) = check_dir(&package_dir) {
-            if fs::symlink_metadata(&package_dir).is_ok() {
-                tracing::error!(%error, "not cleaning up the package directory");
-            }
-            return;
-        }
-        for entry in read_dir_names(&package_dir) {
-            if !keep.contains(entry.as_str()) {
-                let path = package_dir.join(&entry);
-                tracing::debug!(path = %path.display(), "removing old version");
-                if let Err(error) = remove_all(&path) {
-                    tracing::warn!(path = %path.display(), %error, "cannot clean up");
-                }
-            }
-        }
     }
 
     /// Points `packages/<name>/current` at `version` atomically.
@@ -986,89 +908,6 @@ fn record_failure(
         attempts,
         retry_at: now.plus(delay),
     });
-}
-
-/// True for a name that is safe as one directory name: letters, digits, `.`, `_`, `+`, `-`,
-/// starting with a letter or digit (so never `.`, `..` or a hidden temporary name), and not
-/// `current`.
-fn is_safe_name(text: &str) -> bool {
-    !text.is_empty()
-        && text.len() <= 253
-        && text != "current"
-        && text.as_bytes()[0].is_ascii_alphanumeric()
-        && text
-            .bytes()
-            .all(|byte| byte.is_ascii_alphanumeric() || b"._+-".contains(&byte))
-}
-
-/// Checks what will become file names and URLs: the agent refuses a desired package that fails
-/// this (it is reported `Failed` and nothing is downloaded).
-pub fn validate(package: &DesiredPackage) -> Result<(), String> {
-    if !is_safe_name(&package.name) {
-        return Err(format!("invalid package name `{}`", package.name));
-    }
-    if !is_safe_name(&package.version) {
-        return Err(format!("invalid version `{}`", package.version));
-    }
-    if !is_sha256_hex(&package.sha256) {
-        return Err(format!("invalid sha256 `{}`", package.sha256));
-    }
-    check_download_url(&package.url)?;
-    let hooks = &package.hooks;
-    for (kind, hook) in [
-        (HookKind::PreInstall, &hooks.pre_install),
-        (HookKind::PostInstall, &hooks.post_install),
-        (HookKind::HealthCheck, &hooks.health_check),
-        (HookKind::PreRemove, &hooks.pre_remove),
-    ] {
-        if let Some(hook) = hook {
-            check_hook(kind, hook)?;
-        }
-    }
-    Ok(())
-}
-
-/// A hook must be one a process can be started for and that has time to run; otherwise the
-/// install would get as far as the hook (or, for `preRemove`, the package could never be removed).
-fn check_hook(kind: HookKind, hook: &Hook) -> Result<(), String> {
-    match hook.command.first() {
-        None => return Err(format!("{kind} hook has an empty command")),
-        Some(program) if program.trim().is_empty() => {
-            return Err(format!("{kind} hook names no program"));
-        }
-        Some(_) => {}
-    }
-    if hook.command.iter().any(|part| part.contains('\0')) {
-        return Err(format!("{kind} hook command contains a NUL byte"));
-    }
-    if hook.timeout_seconds == 0 {
-        return Err(format!("{kind} hook has a timeout of 0 seconds"));
-    }
-    Ok(())
-}
-
-/// The fetcher resolves a package URL against the controller's URL and can only request http(s):
-/// a URL that does not resolve so (against an http or an https controller URL alike, since a
-/// reference such as `http:x` means a path to one and a host to the other) is refused up front,
-/// rather than failing every download attempt.
-fn check_download_url(url: &str) -> Result<(), String> {
-    if url.is_empty() {
-        return Err("empty download URL".to_owned());
-    }
-    for base in ["http://controller.invalid/", "https://controller.invalid/"] {
-        let base = reqwest::Url::parse(base).expect("a valid URL");
-        match base.join(url) {
-            Ok(resolved) if matches!(resolved.scheme(), "http" | "https") => {}
-            Ok(resolved) => {
-                return Err(format!(
-                    "download URL `{url}` is a `{}` URL, not http(s)",
-                    resolved.scheme()
-                ));
-            }
-            Err(error) => return Err(format!("invalid download URL `{url}`: {error}")),
-        }
-    }
-    Ok(())
 }
 
 fn step_name(step: InstallStep) -> &'static str {

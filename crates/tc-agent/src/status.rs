@@ -154,6 +154,7 @@ pub fn render(dir: &StateDir, now: Timestamp) -> Result<String, StatusError> {
                 if let Some(active) = record.active_version() {
                     let _ = write!(text, " (replacing {active})");
                 }
+                text.push_str(&staged_note(record, &package.name));
                 if record.state == PackageState::Failed {
                     let _ = write!(text, ": failed");
                     if let Some(failure) = &record.failure {
@@ -186,6 +187,7 @@ pub fn render(dir: &StateDir, now: Timestamp) -> Result<String, StatusError> {
         for (name, record) in &journal.packages {
             if desired.packages.iter().all(|package| &package.name != name) {
                 let mut text = format!("remove {name}");
+                text.push_str(&staged_note(record, name));
                 if record.state == PackageState::Failed
                     && let Some(message) = &record.message
                 {
@@ -229,6 +231,20 @@ fn write_connection(out: &mut String, connection: Option<&ConnectionStatus>) {
             let _ = writeln!(out, "Controller:      no error recorded");
         }
     }
+}
+
+/// What a staged change waits for (empty when the change is not staged).
+fn staged_note(record: &crate::state::PackageRecord, name: &str) -> String {
+    use tc_proto::activation::StagedWait;
+    let Some(staged) = record.report(name).staged else {
+        return String::new();
+    };
+    let waits = match (staged.waiting_for, staged.activates_at) {
+        (StagedWait::Reboot, _) => "the next boot".to_owned(),
+        (_, Some(at)) => format!("a maintenance window (opens at {at})"),
+        (_, None) => "a maintenance window (none known yet)".to_owned(),
+    };
+    format!(": staged since {}, waits for {waits}", staged.since)
 }
 
 #[cfg(test)]
@@ -358,6 +374,61 @@ mod tests {
             text.contains(
                 "Controller:      failing since 2027-01-15T08:00:00.000Z: connection refused"
             ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn status_shows_what_a_staged_change_waits_for() {
+        use crate::engine::StagedChange;
+        use tc_proto::activation::StagedWait;
+        let temp = tempfile::tempdir().unwrap();
+        let dir = StateDir::new(temp.path());
+        let now = Timestamp::from_unix_millis(1_800_000_000_000);
+        let opens = now.plus(std::time::Duration::from_secs(3600));
+        let mut journal = Journal::default();
+        let mut kiosk = PackageRecord::new("2.0.0", now);
+        kiosk.active = Some(version("1.0.0"));
+        kiosk.staged = Some(StagedChange {
+            version: Some("2.0.0".into()),
+            sha256: "b".repeat(64),
+            waiting_for: StagedWait::Window,
+            activates_at: Some(opens),
+            since: now,
+            boot_id: None,
+        });
+        journal.packages.insert("kiosk".into(), kiosk);
+        let mut old = PackageRecord::new("3.0.0", now);
+        old.active = Some(version("3.0.0"));
+        old.state = PackageState::Removing;
+        old.staged = Some(StagedChange {
+            version: None,
+            sha256: String::new(),
+            waiting_for: StagedWait::Reboot,
+            activates_at: None,
+            since: now,
+            boot_id: Some("boot-1".into()),
+        });
+        journal.packages.insert("old-tool".into(), old);
+        journal.desired = Some(DesiredState {
+            activation: Default::default(),
+            revision: 2,
+            packages: vec![desired_package("kiosk", "2.0.0")],
+            decommission: false,
+        });
+        journal.save(&dir).unwrap();
+
+        let text = render(&dir, now).unwrap();
+        assert!(
+            text.contains(&format!(
+                "install kiosk 2.0.0 (replacing 1.0.0): staged since {now}, waits for a maintenance window (opens at {opens})"
+            )),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                "remove old-tool: staged since {now}, waits for the next boot"
+            )),
             "{text}"
         );
     }

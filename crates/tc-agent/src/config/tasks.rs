@@ -46,7 +46,8 @@ pub struct TaskConfig {
     pub reboot_command: Vec<String>,
     /// Program and arguments that power the machine off.
     pub shutdown_command: Vec<String>,
-    /// The file holding the id of the current boot.
+    /// The file holding the id of the current boot: it tells whether a reboot order succeeded,
+    /// and when a change staged until the next boot (`onReboot`) may be activated.
     pub boot_id_file: PathBuf,
     /// Where Wake-on-LAN packets go.
     pub wake_on_lan: WakeOnLan,

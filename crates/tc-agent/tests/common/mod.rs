@@ -22,6 +22,7 @@ use axum::routing::{get, post};
 use serde::Deserialize;
 use tc_agent::download::sha256_hex;
 use tc_agent::state::StateDir;
+use tc_proto::activation::Activation;
 use tc_proto::task::{TaskOrder, TaskReport, TaskReports, check_reports};
 use tc_proto::{
     DesiredPackage, DesiredResponse, DesiredState, EnrollRequest, ErrorStatus, HeartbeatRequest,
@@ -140,10 +141,16 @@ impl FakeController {
 
     /// Replaces the desired state, bumping the revision, and wakes the long-polls.
     pub fn set_desired(&self, packages: Vec<DesiredPackage>) -> u64 {
+        self.set_desired_with(packages, Activation::default())
+    }
+
+    /// Replaces the desired state with `packages` under `activation`, bumping the revision, and
+    /// wakes the long-polls.
+    pub fn set_desired_with(&self, packages: Vec<DesiredPackage>, activation: Activation) -> u64 {
         let revision = {
             let mut state = self.state();
             state.desired = DesiredState {
-                activation: Default::default(),
+                activation,
                 revision: state.desired.revision + 1,
                 packages,
                 decommission: false,
