@@ -11,155 +11,16 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Child;
+use common::real::{Admin, RealAgent as Agent, WAIT};
+
+use std::path::Path;
 use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tc_testkit::TestController;
 
-/// How long any single expected change may take.
-const WAIT: Duration = Duration::from_secs(60);
-
-/// A `tc-agent` child process with its own state directory; killed when dropped.
-struct Agent {
-    child: Option<Child>,
-    state: PathBuf,
-    log: PathBuf,
-    config: PathBuf,
-    machine: String,
-    name: String,
-}
-
-impl Agent {
-    /// Starts an agent enrolling as `machine` with `labels` and the YAML `config`.
-    async fn start(
-        controller: &TestController,
-        root: &Path,
-        machine: &str,
-        labels: &[&str],
-        config: &str,
-    ) -> Agent {
-        let dir = root.join(machine);
-        std::fs::create_dir_all(&dir).unwrap();
-        let config_path = dir.join("config.yaml");
-        std::fs::write(&config_path, config).unwrap();
-        let mut agent = Agent {
-            child: None,
-            state: dir.join("state"),
-            log: dir.join("agent.log"),
-            config: config_path,
-            machine: machine.to_owned(),
-            name: String::new(),
-        };
-        agent.spawn(controller, labels);
-        let credentials = agent.state.join("credentials.json");
-        let deadline = tokio::time::Instant::now() + WAIT;
-        agent.name = loop {
-            if let Ok(text) = std::fs::read_to_string(&credentials)
-                && let Ok(value) = serde_json::from_str::<Value>(&text)
-                && let Some(name) = value["clientName"].as_str()
-            {
-                break name.to_owned();
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{machine} did not enrol:\n{}",
-                agent.log_tail()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
-        agent
-    }
-
-    fn spawn(&mut self, controller: &TestController, labels: &[&str]) {
-        let token_file = self.state.with_file_name("bootstrap.token");
-        std::fs::write(&token_file, controller.bootstrap_token()).unwrap();
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        let hash = controller.ca_cert_hash();
-        let mut command = common::agent_command(&controller.url(), hash.as_deref(), &self.state);
-        command
-            .arg("--config")
-            .arg(&self.config)
-            .arg("--bootstrap-token-file")
-            .arg(&token_file)
-            .args(["--machine-id", &format!("{}-machine-id", self.machine)])
-            .args(["--name", &self.machine])
-            .stderr(log);
-        for label in labels {
-            command.args(["--label", label]);
-        }
-        self.child = Some(command.spawn().unwrap());
-    }
-
-    /// Kills the process (as a power loss would).
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let mut start = text.len().saturating_sub(6000);
-        while !text.is_char_boundary(start) {
-            start += 1;
-        }
-        text[start..].to_owned()
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// The admin API of a test controller.
-struct Admin {
-    http: reqwest::Client,
-    base: String,
-    token: String,
-}
-
 impl Admin {
-    fn new(controller: &TestController) -> Admin {
-        tc_agent::install_crypto_provider();
-        Admin {
-            http: controller.http_client(),
-            base: controller.url(),
-            token: controller.admin_token().to_owned(),
-        }
-    }
-
-    async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> (StatusCode, Value) {
-        let mut request = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(&self.token);
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.unwrap();
-        let status = response.status();
-        let text = response.text().await.unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
-    }
-
     async fn create_task(&self, name: &str, spec: Value) {
         let (status, body) = self
             .call(

@@ -5,6 +5,8 @@
 
 #![allow(dead_code)]
 
+pub mod real;
+
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::net::SocketAddr;
