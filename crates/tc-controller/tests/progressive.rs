@@ -318,3 +318,75 @@ async fn members_are_served_their_windows_and_activate_now_overrides_them() {
     );
     controller.stop().await;
 }
+
+#[tokio::test]
+async fn a_bad_rollout_spec_is_refused_with_where_and_what_and_changes_nothing() {
+    let controller = TestController::start().await;
+    let admin = Api::admin(&controller);
+    for (rollout, field, says) in [
+        (
+            "1\n    maintenanceWindows: [{schedule: \"0 25 * * *\", duration: 6h}]",
+            "spec.rollout.maintenanceWindows[0].schedule",
+            "hour",
+        ),
+        (
+            "1\n    maintenanceWindows: [{schedule: \"0 22 * * *\", duration: 6h, timeZone: Mars/Olympus}]",
+            "spec.rollout.maintenanceWindows[0].timeZone",
+            "Mars/Olympus",
+        ),
+        (
+            "1\n    maintenanceWindows: [{schedule: \"0 22 * * *\", duration: soon}]",
+            "spec.rollout.maintenanceWindows[0].duration",
+            "soon",
+        ),
+        (
+            "1\n    steps: [{percent: 50}, {percent: 10}]",
+            "spec.rollout.steps[1].percent",
+            "less than",
+        ),
+        (
+            "1\n    steps: [{clients: 1, percent: 5}]",
+            "spec.rollout.steps[0]",
+            "exactly one",
+        ),
+        (
+            "1\n    activation: onReboot\n    maintenanceWindows: [{schedule: \"0 22 * * *\", duration: 1h}]",
+            "spec.rollout.activation",
+            "cannot be combined",
+        ),
+    ] {
+        let yaml = group_yaml("bad", "{}", &[], rollout);
+        let (status, refused) = admin.apply(&yaml, "").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{rollout}: {refused}");
+        let text = refused.to_string();
+        assert!(text.contains(field), "{rollout}: no {field} in {refused}");
+        assert!(text.contains(says), "{rollout}: no {says} in {refused}");
+        let (status, _) = admin.get("/apis/thinfleet.io/v1/clientgroups/bad").await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{rollout} created the group");
+    }
+    controller.stop().await;
+}
+
+/// The README's hospital-ward group is a valid manifest and means what the README says.
+#[tokio::test]
+async fn the_readme_ward_example_applies() {
+    let readme = include_str!("../../../README.md");
+    let at = readme
+        .find("name: ward-3b")
+        .expect("the README's ward example");
+    let start = readme[..at].rfind("```yaml").expect("its code block") + "```yaml".len();
+    let end = at + readme[at..].find("```").expect("its end");
+    let controller = TestController::start().await;
+    let admin = Api::admin(&controller);
+    let (status, result) = admin.apply(&readme[start..end], "").await;
+    assert_eq!(status, StatusCode::OK, "{result}");
+    let g = group(&admin, "ward-3b").await;
+    let rollout = &g["spec"]["rollout"];
+    assert_eq!(rollout["steps"].as_array().unwrap().len(), 5, "{rollout}");
+    assert_eq!(rollout["failureThreshold"], 2, "{rollout}");
+    assert_eq!(
+        rollout["maintenanceWindows"][0]["timeZone"], "Europe/Berlin",
+        "{rollout}"
+    );
+    controller.stop().await;
+}

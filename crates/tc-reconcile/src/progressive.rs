@@ -418,8 +418,12 @@ pub fn window_errors(windows: &[MaintenanceWindow]) -> Vec<(String, String)> {
             Schedule::parse(&window.schedule, window.time_zone.as_deref())
                 .err()
                 .map(|error| {
+                    let field = match error {
+                        crate::tasks::ScheduleError::UnknownTimeZone(_) => "timeZone",
+                        _ => "schedule",
+                    };
                     (
-                        format!("spec.rollout.maintenanceWindows[{index}].schedule"),
+                        format!("spec.rollout.maintenanceWindows[{index}].{field}"),
                         error.to_string(),
                     )
                 })

@@ -452,6 +452,31 @@ pub(crate) fn decode(files: &[ManifestFile]) -> Result<Vec<SourcedObject>, ApiEr
         }
         return Err(ApiError::bad_request(errors.to_string()).with_causes(causes));
     }
+    // Maintenance windows are cron schedules in a time zone: checked here, where the schedule
+    // code is, so that a window that could never open is refused rather than never opening.
+    let mut causes: Vec<Cause> = vec![];
+    for sourced in &decoded {
+        if let Object::ClientGroup(group) = &sourced.object {
+            for (field, message) in
+                tc_reconcile::progressive::window_errors(&group.spec.rollout.maintenance_windows)
+            {
+                causes.push(Cause {
+                    file: Some(sourced.file.clone()),
+                    line: Some(sourced.position.line),
+                    column: Some(sourced.position.column),
+                    field: Some(field.clone()),
+                    message: format!("clientgroup/{}: {field}: {message}", group.metadata.name),
+                });
+            }
+        }
+    }
+    if !causes.is_empty() {
+        let text: Vec<String> = causes
+            .iter()
+            .map(|c| format!("{}: {}", c.file.as_deref().unwrap_or(""), c.message))
+            .collect();
+        return Err(ApiError::bad_request(text.join("; ")).with_causes(causes));
+    }
     for sourced in &mut decoded {
         sourced.object.clear_status();
     }
