@@ -942,7 +942,7 @@ fn an_invalid_window_is_skipped_and_named_by_its_path() {
         paths,
         [
             "spec.rollout.maintenanceWindows[0].schedule",
-            "spec.rollout.maintenanceWindows[2].schedule",
+            "spec.rollout.maintenanceWindows[2].timeZone",
         ]
     );
     assert!(errors[0].1.contains("minute"), "{}", errors[0].1);

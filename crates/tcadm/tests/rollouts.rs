@@ -400,6 +400,13 @@ fn status_shows_a_pause_step_and_resume_moves_the_rollout_on() {
         "  rollout:\n    steps:\n      - clients: 1\n      - pause: {}\n",
     );
     let mut members = Members::enroll(&fleet, &["kiosk-1", "kiosk-2"], "canary");
+    // The group's first rollout installs everywhere, without its steps.
+    eventually("both members to run kiosk 1.0.0 first", || {
+        members.converge(&fleet);
+        let group = group_json(&fleet, "canary");
+        (group["status"]["ready"] == 2).then_some(())
+    });
+    publish(&fleet, "1.1.0");
     let status = eventually("the rollout to wait at its pause step", || {
         members.converge(&fleet);
         let run = tcadm(&fleet, &["rollout", "status", "cg", "canary"]);
@@ -412,11 +419,14 @@ fn status_shows_a_pause_step_and_resume_moves_the_rollout_on() {
                 .contains("(step 2 of 2: paused until `tcadm rollout resume clientgroup canary`)"),
         "{status:#?}"
     );
-    assert!(out.contains("\n  rollout 1: step 2 of 2: "), "{status:#?}");
+    assert!(out.contains("\n  rollout 2: step 2 of 2: "), "{status:#?}");
     // Only the canary has the new version while the rollout waits.
     let mut given = members.given("kiosk");
     given.sort();
-    assert_eq!(given, [None, Some("1.0.0".to_string())]);
+    assert_eq!(
+        given,
+        [Some("1.0.0".to_string()), Some("1.1.0".to_string())]
+    );
 
     // --watch reports the pause step and follows on once the rollout is resumed.
     let mut watch = common::agents::Background::start(&mut fleet.command(&[
@@ -433,14 +443,15 @@ fn status_shows_a_pause_step_and_resume_moves_the_rollout_on() {
     assert!(
         resumed
             .ok()
-            .starts_with("clientgroup/canary: rollout 1 resumed by "),
+            .starts_with("clientgroup/canary: rollout 2 resumed by "),
         "{resumed:#?}"
     );
-    eventually("both members to run kiosk 1.0.0", || {
+    eventually("both members to run kiosk 1.1.0", || {
         members.converge(&fleet);
         let group = group_json(&fleet, "canary");
         (group["status"]["updated"] == 2 && group["status"]["ready"] == 2).then_some(())
     });
+    assert_eq!(members.given("kiosk"), vec![Some("1.1.0".to_string()); 2]);
     let watched = watch.finish();
     assert_eq!(watched.code, 0, "{watched:#?}");
     assert!(
