@@ -5,9 +5,11 @@
 //! the step's bandwidth bound (its bytes over the blob throughput measured in the same run with
 //! the same download code, as `converge` does).
 //!
-//! Step boundaries are the controller's own: the times of its `RolloutStarted` and `StepReached`
-//! events (millisecond timestamps), cross-checked by polling the group's `status.rollout` every
-//! 100 ms. Members are attributed to steps by the order in which the controller acknowledged
+//! Step boundaries are the controller's own millisecond timestamps: polling the group's
+//! `status.rollout` every 100 ms reads `startedAt` (the rollout's, so the first step's) and each
+//! step's `stepStartedAt`; a step over between two polls gets its start from the controller's
+//! `StepReached` event instead (the event log is a ring of the newest 10,000 events, which the
+//! agents' install events of a large fleet soon overwrite, so it only serves recent steps). Members are attributed to steps by the order in which the controller acknowledged
 //! their `Installed` reports: a step admits its members only once the previous step's are done,
 //! so the first `cap(step 1)` acknowledgements belong to step 1, the next ones to step 2, and so
 //! on.
@@ -119,6 +121,9 @@ struct Seen {
     first_s: Option<f64>,
     /// `admitted` at that poll.
     admitted: Option<u64>,
+    /// The step's start as the status gives it (`stepStartedAt`; the rollout's `startedAt` for
+    /// the first step), seconds after the publish.
+    started_s: Option<f64>,
 }
 
 /// One step's figures.
@@ -248,12 +253,22 @@ async fn run_steps(args: RolloutArgs, steps: Vec<BenchStep>) -> Result<Report, S
             Ok(group) => {
                 let rollout = &group["status"]["rollout"];
                 if rollout["revision"].as_u64() == Some(first_revision + 1) {
+                    let since = |field: &str| {
+                        rollout[field]
+                            .as_str()
+                            .and_then(parse_millis)
+                            .map(|ms| (ms as f64 - published_ms as f64) / 1000.0)
+                    };
+                    seen[0].started_s = seen[0].started_s.or(since("startedAt"));
                     let step = rollout["step"].as_u64().unwrap_or(0) as usize;
                     if let Some(seen) = seen.get_mut(step)
                         && seen.first_s.is_none()
                     {
                         seen.first_s = Some(at);
                         seen.admitted = rollout["admitted"].as_u64();
+                        if step > 0 && step < steps.len() {
+                            seen.started_s = since("stepStartedAt");
+                        }
                     }
                     if rollout["message"]
                         .as_str()
@@ -357,8 +372,13 @@ async fn run_steps(args: RolloutArgs, steps: Vec<BenchStep>) -> Result<Report, S
             .max(admitted_before);
         let members = &done
             [(admitted_before as usize).min(done.len())..(admitted_total as usize).min(done.len())];
-        let start_s = boundaries[index].or(seen[index].first_s);
-        let end_s = boundaries[index + 1].or(seen[index + 1].first_s);
+        let start_s = seen[index].started_s.or(boundaries[index]);
+        // The end of the last step (the rollout complete) is in no status field: its event, or
+        // failing that the poll that saw it.
+        let end_s = seen[index + 1]
+            .started_s
+            .or(boundaries[index + 1])
+            .or(seen[index + 1].first_s.filter(|_| index + 1 == steps.len()));
         figures.push(StepFigures {
             start_s,
             end_s,
@@ -376,6 +396,9 @@ async fn run_steps(args: RolloutArgs, steps: Vec<BenchStep>) -> Result<Report, S
     let last_done = done.last().map_or(finished, |m| m.0);
     let total_bound = (args.clients * size) as f64 / rate;
     let steps_seen = figures.iter().filter(|f| f.start_s.is_some()).count();
+    let steps_from_events = (0..steps.len())
+        .filter(|&i| seen[i].started_s.is_none() && boundaries[i].is_some())
+        .count();
     let steps_polled = seen[..steps.len()]
         .iter()
         .filter(|s| s.first_s.is_some())
@@ -430,7 +453,7 @@ async fn run_steps(args: RolloutArgs, steps: Vec<BenchStep>) -> Result<Report, S
         ));
         report.number(
             &format!("{key}.start_s"),
-            "started (controller's event)",
+            "started (controller's timestamp)",
             f.start_s.unwrap_or(f64::NAN),
             2,
             "s",
@@ -521,7 +544,7 @@ async fn run_steps(args: RolloutArgs, steps: Vec<BenchStep>) -> Result<Report, S
     report.count("steps", "steps", steps.len() as u64);
     report.count(
         "steps_seen",
-        "steps with a start (event or poll)",
+        "steps with a start (status or event)",
         steps_seen as u64,
     );
     report.count(
@@ -529,12 +552,19 @@ async fn run_steps(args: RolloutArgs, steps: Vec<BenchStep>) -> Result<Report, S
         "steps seen by polling status every 100 ms",
         steps_polled as u64,
     );
+    report.count(
+        "steps_from_events",
+        "steps whose start came from an event",
+        steps_from_events as u64,
+    );
     report.count("polls", "status polls", polls);
     report.count("poll_errors", "status polls that failed", poll_errors);
     report.number(
         "complete_s",
         "published -> past the last step (controller's event)",
-        boundaries[steps.len()].unwrap_or(f64::NAN),
+        boundaries[steps.len()]
+            .or(seen[steps.len()].first_s)
+            .unwrap_or(f64::NAN),
         2,
         "s",
     );
