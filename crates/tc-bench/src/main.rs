@@ -41,6 +41,9 @@ enum Command {
     Push(PushArgs),
     /// Agents installing a new release: time until all report it, beside the bandwidth bound.
     Converge(ConvergeArgs),
+    /// A stepped rollout of a new release over a group of agents: per step, its time beside
+    /// the bandwidth bound of the members it admits.
+    Rollout(RolloutArgs),
     /// One exec task to agents waiting on the long-poll: time until every one has its order and
     /// every result is recorded, losses, memory and disk per result.
     Tasks(TasksArgs),
@@ -199,6 +202,33 @@ pub struct ConvergeArgs {
     pub seed: u64,
 }
 
+/// Options of `tc-bench rollout`.
+#[derive(Clone, Debug, Args)]
+pub struct RolloutArgs {
+    /// Simulated clients, all members of the group.
+    #[arg(long, default_value_t = 10_000)]
+    pub clients: u64,
+    /// Size of the new release, in MiB (fractions allowed).
+    #[arg(long, default_value_t = 1.0)]
+    pub package_mib: f64,
+    /// The rollout's steps, comma-separated: `N` members in all, `N%` of the members in all,
+    /// `pause:DURATION`.
+    #[arg(long, default_value = "1,10%,50%,100%")]
+    pub steps: String,
+    /// Concurrent blob downloads of the simulated fleet (and of the throughput measurement).
+    #[arg(long, default_value_t = 64)]
+    pub downloads: usize,
+    /// Long-poll transport.
+    #[arg(long, value_enum, default_value_t = TransportArg::Auto)]
+    pub transport: TransportArg,
+    /// Longest wait for each rollout (the first, then the stepped one), in seconds.
+    #[arg(long, default_value_t = 600.0)]
+    pub timeout: f64,
+    /// Fleet seed.
+    #[arg(long, default_value_t = 17)]
+    pub seed: u64,
+}
+
 /// Options of `tc-bench console`.
 #[derive(Clone, Debug, Args)]
 pub struct ConsoleArgs {
@@ -257,6 +287,7 @@ fn main() -> ExitCode {
         Command::Fleet(args) => run(cli.json, scenarios::fleet::run(args)),
         Command::Push(args) => run(cli.json, scenarios::push::run(args)),
         Command::Converge(args) => run(cli.json, scenarios::converge::run(args)),
+        Command::Rollout(args) => run(cli.json, scenarios::rollout::run(args)),
         Command::Tasks(args) => run(cli.json, scenarios::tasks::run(args)),
         Command::Agent(args) => run(cli.json, scenarios::agent::run(args)),
         Command::Console(args) => run(cli.json, scenarios::console::run(args)),

@@ -221,6 +221,71 @@ fn converge_installs_the_new_release_everywhere() {
 }
 
 #[test]
+fn rollout_goes_through_every_step_to_every_agent() {
+    let figures = run(&[
+        "rollout",
+        "--clients",
+        "50",
+        "--package-mib",
+        "0.05",
+        "--downloads",
+        "4",
+        "--steps",
+        "1,10%,50%,100%",
+        "--timeout",
+        "120",
+    ]);
+    assert_eq!(figures["scenario"], "rollout");
+    assert_eq!(number(&figures, "steps"), 4.0, "{figures}");
+    assert_eq!(number(&figures, "steps_seen"), 4.0, "{figures}");
+    assert_eq!(number(&figures, "on_new"), 50.0, "{figures}");
+    assert_eq!(number(&figures, "errors"), 0.0, "{figures}");
+    assert_eq!(number(&figures, "throughput_errors"), 0.0, "{figures}");
+    // Each step admits its share in all (1, 10 % and 50 % of 50 rounded up, then everyone).
+    for (step, new, total) in [
+        (1, 1.0, 1.0),
+        (2, 4.0, 5.0),
+        (3, 20.0, 25.0),
+        (4, 25.0, 50.0),
+    ] {
+        assert_eq!(
+            number(&figures, &format!("step{step}.admitted")),
+            new,
+            "{figures}"
+        );
+        assert_eq!(
+            number(&figures, &format!("step{step}.admitted_total")),
+            total,
+            "{figures}"
+        );
+        assert!(
+            number(&figures, &format!("step{step}.bytes")) > 50_000.0 * new,
+            "{figures}"
+        );
+        assert!(
+            number(&figures, &format!("step{step}.duration_s")) > 0.0,
+            "{figures}"
+        );
+    }
+    // The steps follow one another.
+    for step in 1..4 {
+        assert!(
+            number(&figures, &format!("step{}.start_s", step + 1))
+                >= number(&figures, &format!("step{step}.start_s")),
+            "{figures}"
+        );
+    }
+    assert!(number(&figures, "blob_mib_per_s") > 0.0);
+    assert!(number(&figures, "bound_s") > 0.0);
+    assert!(number(&figures, "complete_s") > 0.0, "{figures}");
+    assert_eq!(
+        figures["targets"]["every_step_every_agent"], true,
+        "{figures}"
+    );
+    check_machine(&figures);
+}
+
+#[test]
 fn console_measures_its_pages_against_the_baseline() {
     let figures = run(&["console", "--clients", "3000", "--rounds", "3"]);
     assert_eq!(figures["scenario"], "console");

@@ -13,7 +13,7 @@ use crate::admin::{group_yaml, release_yaml};
 use crate::report::Report;
 
 /// Deterministic bytes that do not compress (a zip of them is as large as asked).
-fn noise(length: usize) -> Vec<u8> {
+pub(crate) fn noise(length: usize) -> Vec<u8> {
     let mut state = 0x1234_5678_9abc_def0u64;
     (0..length)
         .map(|_| {
@@ -25,7 +25,8 @@ fn noise(length: usize) -> Vec<u8> {
         .collect()
 }
 
-fn package(content: &[u8]) -> Vec<u8> {
+/// A one-file zip package holding `content`.
+pub(crate) fn package(content: &[u8]) -> Vec<u8> {
     tc_testkit::build_zip(&[tc_testkit::PackageFile {
         path: "payload.bin",
         content,

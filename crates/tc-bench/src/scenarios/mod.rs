@@ -7,6 +7,7 @@ pub mod converge;
 pub mod fleet;
 pub mod heartbeat;
 pub mod push;
+pub mod rollout;
 pub mod tasks;
 
 use std::future::Future;
