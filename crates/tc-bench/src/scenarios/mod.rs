@@ -285,3 +285,27 @@ pub fn quantile_ms(sorted: &[Duration], q: f64) -> f64 {
     let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
     sorted[rank - 1].as_secs_f64() * 1000.0
 }
+
+/// A seeded fleet of simulated agents (`clients`, `seed`, `downloads` at once) that wait on the
+/// long-poll over `transport` and install what they are assigned, started against `addr`, as
+/// `converge` and `rollout` run them. Returns the fleet (its agents' tokens) and the running sim.
+pub(crate) fn start_installing_fleet(
+    workspace: &Workspace,
+    addr: std::net::SocketAddr,
+    (clients, seed, downloads): (u64, u64, usize),
+    heartbeat_seconds: u64,
+    transport: tc_testkit::sim::Transport,
+) -> Result<(tc_testkit::sim::SimFleet, tc_testkit::sim::RunningSim), String> {
+    let fleet = tc_testkit::sim::SimFleet::seeded(seed, clients, true, &session_key(workspace)?);
+    let mut config =
+        tc_testkit::sim::SimConfig::new(addr, std::time::Duration::from_secs(heartbeat_seconds));
+    config.connections = 32;
+    config.long_poll_share = 1.0;
+    config.long_poll_transport = transport;
+    config.install = true;
+    config.downloads = downloads;
+    config.request_timeout = std::time::Duration::from_secs(120);
+    config.seed = seed;
+    let sim = fleet.start(config);
+    Ok((fleet, sim))
+}

@@ -17,7 +17,7 @@
 use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::Value;
-use tc_testkit::sim::{SimConfig, SimFleet, measure_downloads};
+use tc_testkit::sim::measure_downloads;
 
 use super::converge::{noise, package};
 use super::{Workspace, describe_transport, mib, seconds};
@@ -166,25 +166,14 @@ async fn run_steps(args: RolloutArgs, steps: Vec<BenchStep>) -> Result<Report, S
         ))
         .await?;
 
-    let fleet = SimFleet::seeded(
-        args.seed,
-        args.clients,
-        true,
-        &super::session_key(&workspace)?,
-    );
-    let token = fleet.agents()[0].token().to_string();
-    let mut config = SimConfig::new(
+    let (fleet, sim) = super::start_installing_fleet(
+        &workspace,
         controller.server.addr,
-        Duration::from_secs(heartbeat_seconds),
-    );
-    config.connections = 32;
-    config.long_poll_share = 1.0;
-    config.long_poll_transport = transport;
-    config.install = true;
-    config.downloads = args.downloads;
-    config.request_timeout = Duration::from_secs(120);
-    config.seed = args.seed;
-    let sim = fleet.start(config);
+        (args.clients, args.seed, args.downloads),
+        heartbeat_seconds,
+        transport,
+    )?;
+    let token = fleet.agents()[0].token().to_string();
     let first = Instant::now();
     let timeout = seconds(args.timeout);
     if !sim
