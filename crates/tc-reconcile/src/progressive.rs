@@ -116,17 +116,24 @@ impl GroupRollouts {
         {
             return false;
         }
-        let revision = self.current.as_ref().map_or(0, |c| c.revision) + 1;
         let undone = self.undo.as_ref().is_some_and(|u| u.versions == *versions);
-        if let Some(previous) = self.current.take() {
-            let outcome = match previous.finished {
-                _ if undone => RolloutOutcome::Undone,
-                Some((_, RolloutOutcome::Complete)) => RolloutOutcome::Complete,
-                Some((_, outcome)) if outcome != RolloutOutcome::Progressing => outcome,
-                _ => RolloutOutcome::Superseded,
-            };
-            self.record(&previous, outcome, now);
-        }
+        // A rollout of no versions (a group whose requirements resolve to nothing yet, its
+        // release not published) brought nothing to anyone: the next one takes its place, so
+        // the group's first real rollout is still its first.
+        let revision = match self.current.take() {
+            Some(empty) if empty.versions.is_empty() => empty.revision,
+            Some(previous) => {
+                let outcome = match previous.finished {
+                    _ if undone => RolloutOutcome::Undone,
+                    Some((_, RolloutOutcome::Complete)) => RolloutOutcome::Complete,
+                    Some((_, outcome)) if outcome != RolloutOutcome::Progressing => outcome,
+                    _ => RolloutOutcome::Superseded,
+                };
+                self.record(&previous, outcome, now);
+                previous.revision + 1
+            }
+            None => 1,
+        };
         self.current = Some(RolloutState {
             revision,
             versions: versions.clone(),

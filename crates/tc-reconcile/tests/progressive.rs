@@ -997,3 +997,21 @@ fn windows_are_resolved_alike_whatever_their_order_in_the_list() {
     let list = [afternoons, nights];
     assert_eq!(window_intervals(&list, now, 14 * DAY, 2), expected);
 }
+
+#[test]
+fn a_rollout_of_no_versions_gives_its_place_to_the_first_real_one() {
+    let t0 = at("2026-03-27T12:00:00Z");
+    let t1 = at("2026-03-27T12:05:00Z");
+    let mut group = GroupRollouts::default();
+    // The group exists before its release: it resolves to nothing.
+    assert!(group.begin(&BTreeMap::new(), 1, None, t0));
+    let kiosk: BTreeMap<String, String> = [("kiosk".to_string(), "1.0.0".to_string())].into();
+    assert!(group.begin(&kiosk, 1, None, t1));
+    let current = group.current.as_ref().unwrap();
+    assert_eq!(
+        (current.revision, &current.versions, current.started_at),
+        (1, &kiosk, t1),
+        "still the group's first rollout, whose steps are skipped"
+    );
+    assert!(group.history.is_empty(), "{:?}", group.history);
+}
