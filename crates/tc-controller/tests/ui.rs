@@ -743,3 +743,49 @@ async fn a_client_s_task_buttons_create_tasks_for_operators_and_are_refused_to_v
     assert!(!actions.contains(&"shutdown"), "{actions:?}");
     controller.stop().await;
 }
+
+#[tokio::test]
+async fn a_group_page_shows_its_rollout_step_and_resumes_a_pause_step() {
+    let controller = TestController::start().await;
+    let admin = Api::admin(&controller);
+    publish(&admin, "kiosk", "1.0.0").await;
+    let yaml = group_yaml(
+        "ward",
+        "{}",
+        &[("kiosk", "^1")],
+        "100%\n    steps: [{clients: 1}, {pause: {}}, {percent: 100}]",
+    );
+    assert_eq!(admin.apply(&yaml, "").await.0, StatusCode::OK);
+    let mut agents = vec![
+        SimAgent::enroll(&controller, "bed-1", json!({})).await,
+        SimAgent::enroll(&controller, "bed-2", json!({})).await,
+    ];
+    settle(&mut agents, &[], 20).await;
+    publish(&admin, "kiosk", "1.1.0").await;
+    settle(&mut agents, &[], 20).await;
+    eventually(Duration::from_secs(20), || async {
+        let g = group(&admin, "ward").await;
+        (condition(&g, "Progressing")["reason"] == "StepPaused").then_some(())
+    })
+    .await;
+    let mut console = Console::new(&controller);
+    console.sign_in(controller.admin_token()).await;
+    let page = console.get("/ui/groups/ward").await;
+    for expected in [
+        "<h2>Rollout 2</h2>",
+        "<dt>Step</dt><dd>2 of 3</dd>",
+        "<dt>Admitted</dt><dd>1 of 2</dd>",
+        "tcadm rollout resume clientgroup ward",
+        "action=\"/ui/groups/ward/resume\"",
+    ] {
+        assert!(page.body.contains(expected), "no {expected}: {}", page.body);
+    }
+    let csrf = page.csrf();
+    console
+        .post("/ui/groups/ward/resume", &format!("csrf={csrf}"))
+        .await;
+    settle(&mut agents, &[], 20).await;
+    let versions: Vec<Option<String>> = agents.iter().map(|a| installed(a, "kiosk")).collect();
+    assert_eq!(versions, vec![Some("1.1.0".to_string()); 2]);
+    controller.stop().await;
+}

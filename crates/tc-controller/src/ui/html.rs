@@ -167,7 +167,7 @@ pub fn conditions(out: &mut String, conditions: &[Condition]) {
             condition.reason.as_str(),
         ) {
             ("Progressing", "False", "Complete") => "good",
-            ("Progressing", "False", "Paused") => "warn",
+            ("Progressing", "False", "Paused" | "StepPaused") => "warn",
             ("Degraded", "True", _) | ("Progressing", "False", _) => "bad",
             (_, "True", _) => "good",
             _ => "muted",

@@ -272,7 +272,12 @@ pub async fn group(
     // manifest is resumed there).
     use super::actions::GroupAction;
     let mut buttons = vec![(GroupAction::Retry, "Retry failed releases")];
-    if status.paused_by.is_some() {
+    // A rollout waiting at a pause step without a duration goes on with the same Resume.
+    let at_pause_step = status
+        .rollout
+        .as_ref()
+        .is_some_and(|r| r.paused_until.is_none() && r.message.contains("rollout resume"));
+    if status.paused_by.is_some() || at_pause_step {
         buttons.push((GroupAction::Resume, "Resume rollout"));
     } else if !spec.paused {
         buttons.push((GroupAction::Pause, "Pause rollout"));
@@ -322,6 +327,9 @@ pub async fn group(
         status.offline,
         ago(status.last_progress_time, now),
     );
+    if let Some(rollout) = &status.rollout {
+        region.push_str(&rollout_facts(rollout, status.desired));
+    }
     region.push_str("<h2>Conditions</h2>");
     html::conditions(&mut region, &status.conditions);
     region.push_str(
@@ -611,4 +619,69 @@ pub async fn events(
         region,
     }
     .respond(&headers, &session)
+}
+
+/// The progressive-delivery facts of a group's current rollout: its step, members and what it
+/// waits for; the staged members and when they activate.
+fn rollout_facts(rollout: &tc_api::rollout::RolloutStatus, members: u32) -> String {
+    let versions: Vec<String> = rollout
+        .versions
+        .iter()
+        .map(|(package, version)| format!("{package} {version}"))
+        .collect();
+    let mut facts = format!(
+        "<h2>Rollout {}</h2><dl class=\"facts rollout\"><dt>Versions</dt><dd>{}</dd>",
+        rollout.revision,
+        esc(&versions.join(", "))
+    );
+    if let Some(step) = rollout.step {
+        let _ = write!(
+            facts,
+            "<dt>Step</dt><dd>{}</dd><dt>Admitted</dt><dd>{} of {members}</dd>",
+            if step >= rollout.steps {
+                format!("past the last of {}", rollout.steps)
+            } else {
+                format!("{} of {}", step + 1, rollout.steps)
+            },
+            rollout.admitted
+        );
+    }
+    let _ = write!(
+        facts,
+        "<dt>Updated</dt><dd>{}</dd><dt>Failed</dt><dd>{}</dd>",
+        rollout.updated, rollout.failed
+    );
+    if rollout.staged > 0 {
+        let _ = write!(
+            facts,
+            "<dt>Staged</dt><dd>staged on {} of {members}{}</dd>",
+            rollout.staged,
+            esc(&rollout
+                .activates_at
+                .map(|at| format!(", activates {at}"))
+                .unwrap_or_default())
+        );
+    }
+    if let Some(undone) = &rollout.undone_to {
+        let versions: Vec<String> = undone.iter().map(|(p, v)| format!("{p} {v}")).collect();
+        let _ = write!(
+            facts,
+            "<dt>Undone to</dt><dd>{}</dd>",
+            esc(&versions.join(", "))
+        );
+    }
+    if let Some(now) = &rollout.activate_now {
+        let _ = write!(
+            facts,
+            "<dt>Activate now</dt><dd>asked by {} at {}</dd>",
+            esc(&now.by),
+            now.time
+        );
+    }
+    let _ = write!(
+        facts,
+        "<dt>Waiting for</dt><dd>{}</dd></dl>",
+        esc(&rollout.message)
+    );
+    facts
 }
