@@ -199,8 +199,7 @@ pub struct Retried {
     pub attempt: u32,
 }
 
-/// One reconcile pass.
-/// One pass; returns when the next one is due at the latest for progressive delivery (a timed
+/// One reconcile pass; returns when the next one is due at the latest for progressive delivery (a timed
 /// pause's end, a maintenance window's start or end).
 pub async fn pass(controller: &Arc<Controller>) -> Result<Option<Timestamp>, String> {
     let started = Instant::now();
