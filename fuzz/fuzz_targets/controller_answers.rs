@@ -116,6 +116,7 @@ fn check_desired(desired: DesiredState) {
         revision: 7,
         packages: vec![],
         decommission: false,
+        activation: Default::default(),
     };
     let (sender, _receiver) = tokio::sync::watch::channel(Some(previous.clone()));
     let mut known_revision = previous.revision;
