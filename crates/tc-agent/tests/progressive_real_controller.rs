@@ -1,7 +1,8 @@
 //! Progressive delivery end to end: real `tc-agent` binaries against a real controller in this
 //! process. An update staged outside a maintenance window is activated only once the window
 //! opens, also with the controller stopped by then; activate-now overrides `onReboot`; a canary
-//! step holds the update at one member until the rollout is resumed.
+//! step holds the update at one member until the rollout is resumed; a release failing past the
+//! group's threshold reaches no further member, not even one that enrols afterwards.
 //!
 //! Everything listens on and talks to 127.0.0.1 only; every wait has a deadline; agents are
 //! killed when a test ends.
@@ -209,5 +210,55 @@ async fn a_canary_step_holds_the_update_at_one_member_until_resumed() {
         .await;
     assert_eq!(status, StatusCode::OK, "{answer}");
     wait_running(&[&other], |v| v[0].as_deref() == Some("1.1.0")).await;
+    controller.stop().await;
+}
+
+#[tokio::test]
+async fn past_the_failure_threshold_the_release_reaches_no_further_member_not_even_a_new_one() {
+    let controller = TestController::start().await;
+    let admin = Admin::new(&controller);
+    let root = tempfile::tempdir().unwrap();
+    publish(&admin, "1.0.0").await;
+    admin
+        .apply(&format!(
+            "apiVersion: thinfleet.io/v1\nkind: ClientGroup\nmetadata:\n  name: ward\nspec:\n  selector: {{ matchLabels: {{ ward: ward }} }}\n  packages:\n    - {{ name: {PACKAGE}, version: \"^1\" }}\n  rollout:\n    maxUnavailable: 1\n    failureThreshold: 1\n"
+        ))
+        .await;
+    let mut agents = vec![];
+    for machine in ["bed-1", "bed-2", "bed-3"] {
+        agents.push(RealAgent::start(&controller, root.path(), machine, &["ward=ward"], "").await);
+    }
+    let all: Vec<&RealAgent> = agents.iter().collect();
+    wait_running(&all, |v| v.iter().all(|v| v.as_deref() == Some("1.0.0"))).await;
+    // 1.1.0 fails its health check on every client that installs it (and rolls back).
+    let sha = admin.upload(&common::package_zip("1.1.0")).await;
+    admin
+        .apply(&format!(
+            "apiVersion: thinfleet.io/v1\nkind: PackageRelease\nmetadata:\n  name: {PACKAGE}-1.1.0\nspec:\n  package: {PACKAGE}\n  version: 1.1.0\n  artifact:\n    sha256: {sha}\n  hooks:\n    healthCheck: {{ command: [/bin/sh, -c, \"exit 1\"] }}\n"
+        ))
+        .await;
+    // One failure is tolerated (and holds no room under maxUnavailable 1), so a second member
+    // tries it; the second failure is past the threshold: the third keeps 1.0.0 untouched.
+    let status = wait_status(&admin, "ward", |s| {
+        s["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["type"] == "Progressing" && c["reason"] == "FailureThresholdExceeded")
+    })
+    .await;
+    assert_eq!(status["failed"], 2, "{status:#}");
+    wait_running(&all, |v| v.iter().all(|v| v.as_deref() == Some("1.0.0"))).await;
+    // A member that enrols now does not get the failing release.
+    let late = RealAgent::start(&controller, root.path(), "bed-4", &["ward=ward"], "").await;
+    wait_status(&admin, "ward", |s| s["desired"] == 4).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(running(&late.state), None, "{}", late.log_tail());
+    let status = group_status(&admin, "ward").await;
+    assert_eq!(status["failed"], 2, "{status:#}");
+    assert_eq!(
+        status["rollout"]["failed"], 2,
+        "the rollout counts its failed members: {status:#}"
+    );
     controller.stop().await;
 }
