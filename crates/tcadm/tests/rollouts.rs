@@ -228,13 +228,18 @@ fn history_json(fleet: &Fleet, name: &str) -> Value {
     serde_json::from_str(run.ok()).expect("JSON")
 }
 
-/// Converges the members until the group's current rollout is `revision` and complete.
-fn roll_out(fleet: &Fleet, members: &mut Members, name: &str, revision: u64) {
+/// Converges the members until each is given kiosk `version` and the group's current rollout is
+/// `revision` and complete (a rollout is complete at once while the group has no members yet).
+fn roll_out(fleet: &Fleet, members: &mut Members, name: &str, (revision, version): (u64, &str)) {
     eventually(&format!("rollout {revision} of {name} to complete"), || {
         members.converge(fleet);
+        let given = members.given("kiosk");
         let history = history_json(fleet, name);
         let current = &history["items"][0];
-        (current["revision"] == revision && current["outcome"] == "Complete").then_some(())
+        (given.iter().all(|g| g.as_deref() == Some(version))
+            && current["revision"] == revision
+            && current["outcome"] == "Complete")
+            .then_some(())
     });
 }
 
@@ -244,10 +249,10 @@ fn two_rollouts() -> (Fleet, Members) {
     publish(&fleet, "1.0.0");
     apply_group(&fleet, "front-desk", "");
     let mut members = Members::enroll(&fleet, &["kiosk-a"], "front-desk");
-    roll_out(&fleet, &mut members, "front-desk", 1);
+    roll_out(&fleet, &mut members, "front-desk", (1, "1.0.0"));
     assert_eq!(members.given("kiosk"), [Some("1.0.0".to_string())]);
     publish(&fleet, "1.1.0");
-    roll_out(&fleet, &mut members, "front-desk", 2);
+    roll_out(&fleet, &mut members, "front-desk", (2, "1.1.0"));
     assert_eq!(members.given("kiosk"), [Some("1.1.0".to_string())]);
     (fleet, members)
 }
@@ -331,7 +336,7 @@ fn undo_without_an_earlier_completed_rollout_is_refused() {
     publish(&fleet, "1.0.0");
     apply_group(&fleet, "front-desk", "");
     let mut members = Members::enroll(&fleet, &["kiosk-a"], "front-desk");
-    roll_out(&fleet, &mut members, "front-desk", 1);
+    roll_out(&fleet, &mut members, "front-desk", (1, "1.0.0"));
     let refused = tcadm(&fleet, &["rollout", "undo", "clientgroup", "front-desk"]);
     let error = fails(&refused, 3);
     assert!(
