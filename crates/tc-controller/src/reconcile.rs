@@ -311,15 +311,17 @@ pub async fn pass(controller: &Arc<Controller>) -> Result<Option<Timestamp>, Str
         for change in part {
             // The client's status as it is now: a heartbeat that changed it (its phase) since
             // the pass looked, and wrote it, must not be undone by this older copy.
-            let mut entry = change.status;
-            entry.status = change
+            let status = change
                 .slot
                 .state
                 .lock()
                 .expect("client lock")
                 .status
                 .to_status(None);
-            statuses.push(entry);
+            statuses.push(ClientStatusEntry {
+                name: change.slot.name.to_string(),
+                status,
+            });
             if let Some(served) = change.publish {
                 publish.push((change.slot, served));
             }
@@ -571,22 +573,17 @@ struct Context {
     plans: Vec<crate::progressive::GroupPlan>,
 }
 
-/// A client's status to persist (a new assignment, a phase change), and what to serve it once
-/// that is persisted.
+/// A client whose status is to be persisted (a new assignment, a phase change), and what to
+/// serve it once that is persisted. The status itself is read when the change is queued.
 struct Change {
     slot: Arc<ClientSlot>,
-    status: ClientStatusEntry,
     publish: Option<Served>,
 }
 
 impl Change {
-    fn new(slot: &Arc<ClientSlot>, status: &LiveStatus, publish: Option<Served>) -> Change {
+    fn new(slot: &Arc<ClientSlot>, publish: Option<Served>) -> Change {
         Change {
             slot: slot.clone(),
-            status: ClientStatusEntry {
-                name: slot.name.to_string(),
-                status: status.to_status(None),
-            },
             publish,
         }
     }
@@ -932,9 +929,7 @@ fn compute(
             if state.admission == Admission::Active {
                 state.status.desired_revision += 1;
                 let served = cache.served(state, catalog);
-                outcome
-                    .changes
-                    .push(Change::new(slot, &state.status, Some(served)));
+                outcome.changes.push(Change::new(slot, Some(served)));
                 phase_changed = false;
             }
         }
@@ -951,9 +946,7 @@ fn compute(
             );
         if retried {
             let served = cache.served(state, catalog);
-            outcome
-                .changes
-                .push(Change::new(slot, &state.status, Some(served)));
+            outcome.changes.push(Change::new(slot, Some(served)));
         }
 
         let key = {
@@ -1047,7 +1040,7 @@ fn compute(
             continue;
         }
         if phase_changed {
-            outcome.changes.push(Change::new(slot, &state.status, None));
+            outcome.changes.push(Change::new(slot, None));
         }
         // Keep the served state in line with the catalog (at start-up, after a release changed),
         // sharing one package list among clients with the same assignment.
@@ -1172,7 +1165,7 @@ fn compute(
             let served = cache.served(&state, catalog);
             outcome
                 .changes
-                .push(Change::new(&client.slot, &state.status, Some(served)));
+                .push(Change::new(&client.slot, Some(served)));
             continue;
         }
         tally_member(
@@ -1185,9 +1178,7 @@ fn compute(
             &health,
         );
         if client.phase_changed {
-            outcome
-                .changes
-                .push(Change::new(&client.slot, &state.status, None));
+            outcome.changes.push(Change::new(&client.slot, None));
         }
     }
     outcome.events.extend(assignment_events(assignments, now));
@@ -1334,7 +1325,10 @@ mod tests {
         );
         assert_eq!(outcome.phases, [0, 0, 0, 1, 0]);
         assert_eq!(outcome.changes.len(), 1);
-        assert_eq!(outcome.changes[0].status.status.phase, ClientPhase::Offline);
+        assert_eq!(
+            outcome.changes[0].slot.state.lock().unwrap().status.phase,
+            ClientPhase::Offline
+        );
         assert!(outcome.changes[0].publish.is_none());
         assert_eq!(outcome.events[0].reason, "Offline");
     }
@@ -1363,20 +1357,16 @@ mod tests {
         );
         // First installs take room in the budget too: three members are assigned, the fourth
         // waits, the other client gets nothing.
-        let mut assigned: Vec<&str> = outcome
-            .changes
-            .iter()
-            .map(|c| c.status.name.as_str())
-            .collect();
+        let mut assigned: Vec<&str> = outcome.changes.iter().map(|c| &*c.slot.name).collect();
         assigned.sort();
         assert_eq!(assigned, ["a", "b", "c"]);
         assert!(
             outcome
                 .changes
                 .iter()
-                .map(|c| &c.status)
-                .all(|s| s.status.desired_revision == 1
-                    && s.status.desired
+                .map(|c| c.slot.state.lock().unwrap().status.clone())
+                .all(|s| s.desired_revision == 1
+                    && *s.desired
                         == [AssignedPackage {
                             name: "kiosk".into(),
                             version: "1.0.0".into(),

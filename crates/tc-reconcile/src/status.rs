@@ -430,7 +430,7 @@ fn other_groups_text(
 
 /// Whether a package's failures exceed the group's failure threshold (any failure, without one):
 /// the failures of members given the resolved version, against the members given it.
-fn past_threshold(group: &ClientGroup, status: &ClientGroupStatus) -> bool {
+pub fn past_threshold(group: &ClientGroup, status: &ClientGroupStatus) -> bool {
     status.packages.iter().any(|package| {
         threshold_exceeded(
             group.spec.rollout.failure_threshold,

@@ -19,8 +19,7 @@ use tc_api::{
 use tc_proto::activation::{Activation, MAX_WINDOWS, WINDOW_HORIZON_DAYS};
 use tc_reconcile::ReleaseCatalog;
 use tc_reconcile::progressive::{
-    GroupRollouts, PackageProgress, Wait, advance, parse_steps, step_cap, threshold_exceeded,
-    window_intervals,
+    GroupRollouts, PackageProgress, Wait, advance, parse_steps, step_cap, window_intervals,
 };
 use tc_store::Store;
 
@@ -279,13 +278,8 @@ pub fn finish(
             .filter(|(p, _)| state.versions.contains_key(&p.name))
             .map(|(_, progress)| *progress)
             .collect();
-        let past_threshold = status.packages.iter().any(|package| {
-            threshold_exceeded(
-                group.spec.rollout.failure_threshold,
-                package.failed as usize,
-                package.updated as usize,
-            )
-        }) && status.failed > 0;
+        let past_threshold =
+            status.failed > 0 && tc_reconcile::status::past_threshold(group, status);
         let held = if past_threshold {
             Some(Wait::FailureThreshold)
         } else if group.spec.paused {
