@@ -129,6 +129,10 @@ async fn an_update_staged_outside_its_window_is_activated_when_the_window_opens_
         tc_proto::Timestamp::now().unix_millis() / 1000 < opens,
         "the controller must stop before the window opens"
     );
+    // Up to the window (which may be more than a minute away), it keeps the old version; from
+    // its opening, it has the new one within the usual wait.
+    let until_open = (opens * 1000).saturating_sub(tc_proto::Timestamp::now().unix_millis());
+    tokio::time::sleep(Duration::from_millis(until_open.saturating_sub(1000))).await;
     assert_eq!(running(&agent.state).as_deref(), Some("1.0.0"));
     wait_running(&[&agent], |v| v[0].as_deref() == Some("1.1.0")).await;
     assert!(
