@@ -221,6 +221,11 @@ pub enum RunOutcome {
     /// The client was decommissioned, now or before this start: everything thinfleet installed
     /// is removed, the identity is gone, and the agent does not run again.
     Decommissioned(Decommissioned),
+    /// A `thinfleet-agent` release was committed (or unassigned): the agent restarts into the
+    /// binary that should now run ([`crate::selfupdate::restart`]).
+    Restart,
+    /// In check-in mode: a heartbeat was accepted.
+    CheckedIn,
 }
 
 /// Runs the agent until `shutdown` completes or the client is decommissioned. Returns an error
@@ -291,6 +296,7 @@ pub async fn run(
         history: &history,
         history_sent_at: None,
         orders: orders_tx,
+        check_in_only: false,
     };
     tracing::info!(server = %options.config.server, state_dir = %options.config.state_dir.display(), version = AGENT_VERSION, "agent starting");
     let engine = engine_loop(engine, fetcher, desired_rx, reports_tx, stop_rx);
@@ -299,9 +305,9 @@ pub async fn run(
     let tasks = tasks.run(orders_rx);
     let result = tokio::select! {
         result = protocol.run(desired_tx, reports_rx) => result,
-        () = &mut engine => {
+        restart = &mut engine => {
             save_history(&history, &dir);
-            return Ok(RunOutcome::Stopped);
+            return Ok(if restart { RunOutcome::Restart } else { RunOutcome::Stopped });
         }
         () = sampler => unreachable!("sampling never ends"),
         () = tasks => unreachable!("the task runner never ends"),
@@ -324,6 +330,55 @@ pub async fn run(
     result
 }
 
+/// Check-in mode ([`crate::selfupdate::CHECK_IN_ENV`]): the new binary of a self-update proves
+/// that it can reach the controller with the client's identity. It opens a session if needed and
+/// sends heartbeats (retrying like the agent does) until one is accepted, then returns. It reports
+/// the journal as the running agent wrote it and changes nothing of the state directory but the
+/// session and the connection record: no install engine, no tasks.
+pub async fn check_in(options: RunOptions) -> Result<(), AgentError> {
+    let dir = StateDir::new(&options.config.state_dir);
+    let journal = crate::state::Journal::load(&dir)?.unwrap_or_default();
+    let snapshot = Snapshot {
+        observed_revision: journal.observed_revision,
+        packages: journal.reports(),
+    };
+    let (identity, _) = Identity::load_or_create(&dir)?;
+    let http = http_client(
+        &options.config.server,
+        options.config.ca.as_ref(),
+        &options.config.state_dir,
+    )?;
+    let fetcher = Fetcher::new(
+        http.clone(),
+        options.config.server.clone(),
+        options.engine.download.clone(),
+    );
+    let (orders_tx, _orders_rx) = mpsc::channel(16);
+    let (desired_tx, _desired_rx) = watch::channel(journal.desired.clone());
+    let (_reports_tx, reports_rx) = watch::channel(snapshot);
+    let history = std::sync::Mutex::new(Ring::load(
+        &dir,
+        u32::try_from(options.config.history_interval.as_secs()).unwrap_or(u32::MAX),
+    ));
+    let protocol = ProtocolLoop {
+        options: &options,
+        dir: dir.clone(),
+        controller: ControllerClient::new(http, options.config.server.clone()),
+        fetcher,
+        connection: ConnectionTracker::load(dir.clone(), options.config.server.as_str()),
+        retry: Retry::new(options.retry),
+        identity,
+        previous_client_token: None,
+        decommission: None,
+        history: &history,
+        history_sent_at: None,
+        orders: orders_tx,
+        check_in_only: true,
+    };
+    tracing::info!(server = %options.config.server, version = AGENT_VERSION, "checking in");
+    protocol.run(desired_tx, reports_rx).await.map(|_| ())
+}
+
 /// Saves the load history (at shutdown: samples are otherwise saved now and then).
 fn save_history(history: &std::sync::Mutex<Ring>, dir: &StateDir) {
     let ring = history.lock().expect("history lock").clone();
@@ -333,20 +388,21 @@ fn save_history(history: &std::sync::Mutex<Ring>, dir: &StateDir) {
 }
 
 /// Converges to the latest desired state until `stop` turns true (checked between packages).
+/// Returns true when it stopped for the agent to restart into another binary.
 async fn engine_loop(
     mut engine: Engine,
     fetcher: Fetcher,
     mut desired_rx: watch::Receiver<Option<DesiredState>>,
     reports_tx: watch::Sender<Snapshot>,
     mut stop: watch::Receiver<bool>,
-) {
+) -> bool {
     let mut failures = Retry::new(Backoff::new(
         Duration::from_secs(1),
         Duration::from_secs(60),
     ));
     loop {
         if *stop.borrow_and_update() {
-            return;
+            return false;
         }
         let desired = desired_rx.borrow_and_update().clone();
         let mut wait = None;
@@ -364,6 +420,7 @@ async fn engine_loop(
                 !watcher.has_changed().unwrap_or(false) && !*stopping.borrow()
             };
             match engine.converge(&desired, &fetcher, &mut progress).await {
+                Ok(()) if engine.restart_requested() => return true,
                 Ok(()) => failures.reset(),
                 Err(error) => {
                     let delay = failures.next_delay();
@@ -384,7 +441,7 @@ async fn engine_loop(
         tokio::select! {
             changed = desired_rx.changed() => {
                 if changed.is_err() {
-                    return;
+                    return false;
                 }
             }
             _ = stop.changed() => {}
@@ -421,6 +478,8 @@ pub(crate) struct ProtocolLoop<'a> {
     history_sent_at: Option<Instant>,
     /// Hands the controller's task orders to the task runner.
     orders: mpsc::Sender<Vec<TaskOrder>>,
+    /// Check-in mode: stop after the first accepted heartbeat.
+    check_in_only: bool,
 }
 
 impl ProtocolLoop<'_> {
@@ -465,6 +524,7 @@ impl ProtocolLoop<'_> {
             let bearer = credentials.bearer().unwrap_or_default().to_owned();
             let interval = match self.controller.heartbeat(&bearer, &request).await {
                 Ok(_) if decommissioned => return self.finish_decommission(&credentials),
+                Ok(_) if self.check_in_only => return Ok(RunOutcome::CheckedIn),
                 Ok(response) => {
                     self.connection.succeeded();
                     self.retry.reset();

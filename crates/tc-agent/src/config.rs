@@ -113,6 +113,10 @@ pub struct Settings {
     /// Seconds between two load-history samples (1..=3600) [default: 60].
     #[arg(long, value_name = "SECONDS")]
     pub history_interval_seconds: Option<u32>,
+    /// Seconds a new agent installed by a `thinfleet-agent` release has to check in with the
+    /// controller before the update is rolled back (5..=3600) [default: 120].
+    #[arg(long, value_name = "SECONDS")]
+    pub self_update_check_in_seconds: Option<u32>,
     /// Remote operations this agent accepts, comma-separated (reboot, shutdown, wake, exec,
     /// collectLogs; an empty list accepts none); replaces `allowedTasks` of the file [default:
     /// all].
@@ -161,6 +165,8 @@ pub struct AgentConfig {
     pub history_interval: Duration,
     /// Remote operations: allowed actions, reboot and shutdown commands, Wake-on-LAN.
     pub tasks: tasks::TaskConfig,
+    /// How long a new agent installed by a `thinfleet-agent` release has to check in.
+    pub self_update_check_in: Duration,
 }
 
 /// How the agent trusts an `https://` controller.
@@ -271,6 +277,13 @@ pub enum ConfigError {
         max = tc_proto::history::MAX_INTERVAL_SECONDS
     )]
     InvalidHistoryInterval(String),
+    /// A self-update check-in deadline that is not a whole number of seconds within range.
+    #[error(
+        "invalid selfUpdateCheckInSeconds `{0}`: expected whole seconds from {min} to {max}",
+        min = crate::selfupdate::MIN_CHECK_IN_SECONDS,
+        max = crate::selfupdate::MAX_CHECK_IN_SECONDS
+    )]
+    InvalidSelfUpdateCheckIn(String),
     /// A setting of remote operations (`allowedTasks`, `rebootCommand`, ...) that is not valid.
     #[error("invalid task setting: {0}")]
     InvalidTasks(String),
@@ -408,6 +421,25 @@ impl Settings {
             ));
         }
 
+        let check_in_seconds = match (
+            self.self_update_check_in_seconds,
+            &file.self_update_check_in_seconds,
+        ) {
+            (Some(seconds), _) => seconds,
+            (None, Some(text)) => text
+                .trim()
+                .parse()
+                .map_err(|_| ConfigError::InvalidSelfUpdateCheckIn(text.clone()))?,
+            (None, None) => crate::selfupdate::DEFAULT_CHECK_IN_SECONDS,
+        };
+        if !(crate::selfupdate::MIN_CHECK_IN_SECONDS..=crate::selfupdate::MAX_CHECK_IN_SECONDS)
+            .contains(&check_in_seconds)
+        {
+            return Err(ConfigError::InvalidSelfUpdateCheckIn(
+                check_in_seconds.to_string(),
+            ));
+        }
+
         Ok(AgentConfig {
             server,
             bootstrap_token,
@@ -428,6 +460,7 @@ impl Settings {
             trusted_keys,
             history_interval: Duration::from_secs(u64::from(history_seconds)),
             tasks,
+            self_update_check_in: Duration::from_secs(u64::from(check_in_seconds)),
         })
     }
 }

@@ -78,6 +78,7 @@ pub const IMMEDIATE_RETRIES_AFTER_CRASH: u32 = 3;
 mod files;
 mod rebuild;
 mod recovery;
+mod selfupdate;
 mod staging;
 mod validate;
 
@@ -106,6 +107,8 @@ pub struct EngineOptions {
     /// The file holding the id of the current boot: a change staged until the next boot
     /// (`onReboot`) is activated when it differs from the one read when the change was staged.
     pub boot_id_file: PathBuf,
+    /// How the agent updates itself; `None`: `thinfleet-agent` releases fail.
+    pub self_update: Option<crate::selfupdate::SelfUpdate>,
 }
 
 impl Default for EngineOptions {
@@ -120,6 +123,7 @@ impl Default for EngineOptions {
             faults: Faults::none(),
             trusted_keys: Vec::new(),
             boot_id_file: PathBuf::from(crate::config::tasks::DEFAULT_BOOT_ID_FILE),
+            self_update: None,
         }
     }
 }
@@ -179,6 +183,8 @@ pub struct Engine {
     options: EngineOptions,
     /// The id of the boot the agent runs in (read once at start), `None` when unreadable.
     boot_id: Option<String>,
+    /// A self-update was committed or unassigned: the agent restarts into another binary.
+    restart: bool,
 }
 
 impl Engine {
@@ -202,6 +208,7 @@ impl Engine {
             .ok();
         let mut engine = Engine {
             boot_id,
+            restart: false,
             dir,
             persisted: if rebuilt {
                 Journal::default()
@@ -327,7 +334,7 @@ impl Engine {
             } else {
                 self.install(package, fetcher).await?;
             }
-            if !progress(&self.snapshot()) {
+            if !progress(&self.snapshot()) || self.restart {
                 return Ok(());
             }
         }
@@ -338,9 +345,12 @@ impl Engine {
             {
                 self.stage_removal(&name, &activation)?;
             } else {
+                // Unassigned while its binary runs: back to the binary the agent was started as.
+                let leaving = name == crate::selfupdate::PACKAGE && self.running_self_updated();
                 self.remove(&name, fetcher).await?;
+                self.restart |= leaving && !self.journal.packages.contains_key(&name);
             }
-            if !progress(&self.snapshot()) {
+            if !progress(&self.snapshot()) || self.restart {
                 return Ok(());
             }
         }
@@ -472,6 +482,11 @@ impl Engine {
         sync_dir(&package_dir).map_err(|error| io_failure(&package_dir, error))?;
         sync_dir(&self.dir.staging()).map_err(|error| io_failure(&staging, error))?;
         self.fault(FaultPoint::AfterMove)?;
+        let agent_binary = if name == crate::selfupdate::PACKAGE {
+            Some(self.prepare_agent_binary(version)?)
+        } else {
+            None
+        };
 
         if let Some(hook) = &package.hooks.pre_install {
             self.set_install_step(name, InstallStep::PreInstall)?;
@@ -484,6 +499,9 @@ impl Engine {
             .map_err(|error| io_failure(&self.dir.current(name), error))?;
         tracing::info!(package = %name, version = %version, "activated");
         self.fault(FaultPoint::AfterActivate)?;
+        if let Some(binary) = &agent_binary {
+            self.check_in_new_agent(version, binary).await?;
+        }
 
         if let Some(hook) = &package.hooks.post_install {
             self.set_install_step(name, InstallStep::PostInstall)?;
@@ -509,6 +527,10 @@ impl Engine {
         self.sweep_package(name);
         let download = self.dir.downloads().join(format!("{}.zip", package.sha256));
         let _ = fs::remove_file(download);
+        if agent_binary.is_some() {
+            self.fault(FaultPoint::BeforeRestart)?;
+            self.restart = true;
+        }
         Ok(())
     }
 

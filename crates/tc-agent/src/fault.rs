@@ -18,6 +18,10 @@
 //! | `during-hook`       | a hook process was started and is still running                   |
 //! | `before-commit`     | every hook passed, the journal does not yet say `Installed`        |
 //! | `after-unlink`      | a removal deleted `current`, the package directory is still there  |
+//! | `before-restart`    | a `thinfleet-agent` release is committed, the agent not restarted  |
+//!
+//! For a `thinfleet-agent` release (the agent's self-update), `during-hook` is while the new
+//! binary is checking in.
 //!
 //! In-process tests use [`FaultMode::Simulate`] instead: the engine then returns
 //! [`crate::engine::EngineError::SimulatedCrash`] at the point without any clean-up, and the test
@@ -85,11 +89,13 @@ pub enum FaultPoint {
     BeforeCommit,
     /// After a removal deleted `current`.
     AfterUnlink,
+    /// After a `thinfleet-agent` release was committed, before the agent restarts into it.
+    BeforeRestart,
 }
 
 impl FaultPoint {
     /// Every point, in the order an install and a removal reach them.
-    pub const ALL: [FaultPoint; 7] = [
+    pub const ALL: [FaultPoint; 8] = [
         FaultPoint::AfterDownload,
         FaultPoint::AfterExtract,
         FaultPoint::AfterMove,
@@ -97,6 +103,7 @@ impl FaultPoint {
         FaultPoint::DuringHook,
         FaultPoint::BeforeCommit,
         FaultPoint::AfterUnlink,
+        FaultPoint::BeforeRestart,
     ];
 
     /// The name used in `TC_AGENT_FAULT`.
@@ -109,6 +116,7 @@ impl FaultPoint {
             FaultPoint::DuringHook => "during-hook",
             FaultPoint::BeforeCommit => "before-commit",
             FaultPoint::AfterUnlink => "after-unlink",
+            FaultPoint::BeforeRestart => "before-restart",
         }
     }
 }

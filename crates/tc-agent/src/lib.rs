@@ -16,6 +16,7 @@ pub mod history;
 pub mod hooks;
 pub mod identity;
 pub mod inventory;
+pub mod selfupdate;
 pub mod signature;
 pub mod state;
 pub mod status;

@@ -6,6 +6,7 @@ use clap::Parser;
 use tc_agent::client::{self, RunOptions};
 use tc_agent::config::{Cli, Command, Settings, StatusSettings};
 use tc_agent::fault::Faults;
+use tc_agent::selfupdate;
 use tc_agent::state::StateDir;
 use tc_proto::Timestamp;
 use tracing_subscriber::filter::{LevelFilter, Targets};
@@ -75,8 +76,18 @@ fn run(settings: &Settings) -> ExitCode {
         Err(error) => return fail(2, &error),
     };
     tc_agent::install_crypto_provider();
-    let mark_path = StateDir::new(&config.state_dir).decommissioned();
+    let dir = StateDir::new(&config.state_dir);
+    if let Some(nonce) = std::env::var_os(selfupdate::CHECK_IN_ENV) {
+        return check_in(RunOptions::new(config), &nonce);
+    }
+    // The binary a `thinfleet-agent` release installed runs instead of this one, if there is one.
+    if let Some(error) = selfupdate::launch(&dir) {
+        tracing::error!(%error, "cannot start the agent installed by {}; running this binary", selfupdate::PACKAGE);
+    }
+    let mark_path = dir.decommissioned();
+    let check_in_deadline = config.self_update_check_in;
     let mut options = RunOptions::new(config);
+    options.engine.self_update = Some(selfupdate::SelfUpdate::from_process(check_in_deadline));
     options.engine.faults = faults;
     if let Some(retry) = retry {
         options.engine.retry = retry;
@@ -89,7 +100,11 @@ fn run(settings: &Settings) -> ExitCode {
         Err(error) => return fail(1, &error),
     };
     match runtime.block_on(client::run(options, shutdown_signal())) {
-        Ok(client::RunOutcome::Stopped) => ExitCode::SUCCESS,
+        Ok(client::RunOutcome::Stopped | client::RunOutcome::CheckedIn) => ExitCode::SUCCESS,
+        Ok(client::RunOutcome::Restart) => {
+            drop(runtime);
+            fail(1, &selfupdate::restart(&dir))
+        }
         Ok(client::RunOutcome::Decommissioned(mark)) => {
             eprintln!(
                 "tc-agent: this machine was decommissioned as client {} by {} at {}: every \
@@ -108,6 +123,29 @@ fn run(settings: &Settings) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(error) => fail(1, &error),
+    }
+}
+
+/// Check-in mode: one accepted heartbeat, announced on standard output, within the configured
+/// self-update deadline (the agent that started this binary stops it then anyway).
+fn check_in(options: RunOptions, nonce: &std::ffi::OsStr) -> ExitCode {
+    let deadline = options.config.self_update_check_in;
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => return fail(1, &error),
+    };
+    match runtime
+        .block_on(async { tokio::time::timeout(deadline, client::check_in(options)).await })
+    {
+        Ok(Ok(())) => {
+            println!("{}", selfupdate::checked_in_line(nonce));
+            ExitCode::SUCCESS
+        }
+        Ok(Err(error)) => fail(1, &error),
+        Err(_) => fail(1, &"no heartbeat was accepted within the check-in deadline"),
     }
 }
 

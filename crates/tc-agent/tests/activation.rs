@@ -492,6 +492,7 @@ impl Agent {
             ca: None,
             trusted_keys: Vec::new(),
             history_interval: Duration::from_secs(60),
+            self_update_check_in: Duration::from_secs(120),
             tasks: TaskConfig {
                 boot_id_file: boot_id_file.to_owned(),
                 ..TaskConfig::default()

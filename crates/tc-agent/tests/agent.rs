@@ -29,6 +29,7 @@ fn options(fake: &FakeController, state_dir: &std::path::Path) -> RunOptions {
         ca: None,
         trusted_keys: Vec::new(),
         history_interval: Duration::from_secs(60),
+        self_update_check_in: Duration::from_secs(120),
         tasks: Default::default(),
     });
     options.retry = Backoff::new(Duration::from_millis(50), Duration::from_millis(300));

@@ -31,6 +31,8 @@ pub struct FileConfig {
     pub trusted_keys: Vec<String>,
     /// Seconds between two load-history samples.
     pub history_interval_seconds: Option<String>,
+    /// Seconds a self-updated agent has to check in.
+    pub self_update_check_in_seconds: Option<String>,
     /// Actions of remote operations the agent accepts (`None`: every one).
     pub allowed_tasks: Option<Vec<String>>,
     /// The command that reboots the machine.
@@ -44,7 +46,7 @@ pub struct FileConfig {
 }
 
 /// The settings a configuration file may hold, as written in YAML.
-const FILE_FIELDS: &str = "server, caCertHash, caFile, bootstrapToken, bootstrapTokenFile, stateDir, labels, name, machineId, trustedKeys, historyIntervalSeconds, allowedTasks, rebootCommand, shutdownCommand, bootIdFile, wakeOnLan";
+const FILE_FIELDS: &str = "server, caCertHash, caFile, bootstrapToken, bootstrapTokenFile, stateDir, labels, name, machineId, trustedKeys, historyIntervalSeconds, selfUpdateCheckInSeconds, allowedTasks, rebootCommand, shutdownCommand, bootIdFile, wakeOnLan";
 
 /// Parses the YAML configuration file. Errors name the line and column.
 pub fn parse_file_config(text: &str) -> Result<FileConfig, String> {
@@ -91,6 +93,9 @@ pub fn parse_file_config(text: &str) -> Result<FileConfig, String> {
             "machineId" => config.machine_id = events.string(&key)?,
             "trustedKeys" => config.trusted_keys = events.strings(&key)?,
             "historyIntervalSeconds" => config.history_interval_seconds = events.string(&key)?,
+            "selfUpdateCheckInSeconds" => {
+                config.self_update_check_in_seconds = events.string(&key)?;
+            }
             "allowedTasks" => config.allowed_tasks = events.optional_strings(&key)?,
             "rebootCommand" => config.reboot_command = events.optional_strings(&key)?,
             "shutdownCommand" => config.shutdown_command = events.optional_strings(&key)?,

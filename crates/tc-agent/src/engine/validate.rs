@@ -33,6 +33,21 @@ pub fn validate(package: &DesiredPackage) -> Result<(), String> {
     }
     check_download_url(&package.url)?;
     let hooks = &package.hooks;
+    if package.name == crate::selfupdate::PACKAGE
+        && [
+            &hooks.pre_install,
+            &hooks.post_install,
+            &hooks.health_check,
+            &hooks.pre_remove,
+        ]
+        .iter()
+        .any(|hook| hook.is_some())
+    {
+        return Err(format!(
+            "a {} release runs no hooks: the new agent checking in is its health check",
+            crate::selfupdate::PACKAGE
+        ));
+    }
     for (kind, hook) in [
         (HookKind::PreInstall, &hooks.pre_install),
         (HookKind::PostInstall, &hooks.post_install),

@@ -20,6 +20,8 @@ pub struct RealAgent {
     pub config: PathBuf,
     pub machine: String,
     pub name: String,
+    /// A fault point the next [`RealAgent::spawn`] aborts at (`TC_AGENT_FAULT`).
+    pub fault: Option<String>,
 }
 
 impl RealAgent {
@@ -42,6 +44,7 @@ impl RealAgent {
             config: config_path,
             machine: machine.to_owned(),
             name: String::new(),
+            fault: None,
         };
         agent.spawn(controller, labels);
         let credentials = agent.state.join("credentials.json");
@@ -83,6 +86,9 @@ impl RealAgent {
             .stderr(log);
         for label in labels {
             command.args(["--label", label]);
+        }
+        if let Some(fault) = &self.fault {
+            command.env("TC_AGENT_FAULT", fault);
         }
         self.child = Some(command.spawn().unwrap());
     }

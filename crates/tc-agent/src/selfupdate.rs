@@ -1,0 +1,226 @@
+//! Self-update: the agent updates itself through the fleet, as a release of the reserved package
+//! [`PACKAGE`] (`thinfleet-agent`) that a group assigns like any package, within the group's
+//! budget, steps and windows.
+//!
+//! The release's zip holds the new binary as [`BINARY`] (`tc-agent`) at its top. The install
+//! engine installs it like any package, beside the binary that runs: downloaded and verified
+//! (size, sha256, signature), extracted into `packages/thinfleet-agent/<version>/`, `current`
+//! switched. Its health check is the new binary itself: the agent starts it in *check-in mode*
+//! ([`CHECK_IN_ENV`]) with its own command line, and the new binary must open the client's
+//! session and have a heartbeat accepted by the controller within the check-in deadline
+//! (`selfUpdateCheckInSeconds`, 120 s by default). Only then is the install committed and the
+//! agent restarts into the new binary (`exec`, same process id, so systemd follows it). A new
+//! binary that exits, hangs, or cannot reach the controller in time is stopped, the install is
+//! rolled back like any failed health check and the release reported `Failed`; a failed release
+//! is not installed again until the assignment changes or an admin retries it, so it does not
+//! loop. The agent that ran on never stopped: nothing needs restoring.
+//!
+//! Whatever starts the agent (systemd's `ExecStart`, the binary of the operating system's
+//! package) *launches* the committed version first: before anything else, [`launch`] replaces the
+//! process with the binary of the `thinfleet-agent` version the journal records as installed, if
+//! there is one and it is not already running. A crash at any step therefore recovers like any
+//! interrupted install: the binary that was committed last starts, and the engine rolls the
+//! interrupted attempt back and tries it again at once (a few times; then it is a failure).
+//!
+//! Unassigning `thinfleet-agent` removes it like any package; the agent then restarts into the
+//! binary it was started as ([`ORIGINAL_ENV`]).
+
+use std::ffi::{OsStr, OsString};
+use std::io;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use crate::state::{Journal, StateDir};
+
+/// The reserved package name of agent releases.
+pub const PACKAGE: &str = "thinfleet-agent";
+
+/// The file at the top of a `thinfleet-agent` zip that is the agent binary.
+pub const BINARY: &str = "tc-agent";
+
+/// Set (to a nonce) when the agent is started to check in once and exit: the new binary of a
+/// self-update proving that it can reach the controller. It prints [`CHECKED_IN`] and the nonce
+/// on standard output once a heartbeat was accepted.
+pub const CHECK_IN_ENV: &str = "TC_AGENT_CHECK_IN";
+
+/// The binary the agent was started as, before [`launch`] replaced it with a self-updated one:
+/// where it returns when `thinfleet-agent` is unassigned.
+pub const ORIGINAL_ENV: &str = "TC_AGENT_ORIGINAL";
+
+/// What a binary in check-in mode prints, followed by a space and the nonce, once it checked in.
+pub const CHECKED_IN: &str = "tc-agent: checked in";
+
+/// The check-in deadline unless configured, in seconds.
+pub const DEFAULT_CHECK_IN_SECONDS: u32 = 120;
+/// The shortest check-in deadline that may be configured, in seconds.
+pub const MIN_CHECK_IN_SECONDS: u32 = 5;
+/// The longest check-in deadline that may be configured, in seconds.
+pub const MAX_CHECK_IN_SECONDS: u32 = 3600;
+
+/// What the install engine needs to update the agent itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SelfUpdate {
+    /// The agent's command line (without the program), given to the new binary as it is.
+    pub args: Vec<OsString>,
+    /// How long the new binary has to check in.
+    pub check_in: Duration,
+}
+
+impl SelfUpdate {
+    /// The command line of this process and `check_in`.
+    pub fn from_process(check_in: Duration) -> Self {
+        SelfUpdate {
+            args: std::env::args_os().skip(1).collect(),
+            check_in,
+        }
+    }
+}
+
+/// The binary of the `thinfleet-agent` version the journal records as installed (committed),
+/// if there is one and it is a regular file.
+pub fn committed_binary(dir: &StateDir) -> Option<PathBuf> {
+    let journal = Journal::load(dir).ok().flatten()?;
+    let version = &journal.packages.get(PACKAGE)?.active.as_ref()?.version;
+    let path = dir.version(PACKAGE, version).join(BINARY);
+    let metadata = std::fs::symlink_metadata(&path).ok()?;
+    metadata.is_file().then_some(path)
+}
+
+/// At start: replaces this process with the committed self-updated binary when there is one and
+/// it is not the one running. Returns only when there is nothing to launch (`None`) or the
+/// launch failed (the error; the agent then runs as it is, and logs why).
+pub fn launch(dir: &StateDir) -> Option<io::Error> {
+    if std::env::var_os(CHECK_IN_ENV).is_some() {
+        return None;
+    }
+    let target = committed_binary(dir)?;
+    if is_running(&target) {
+        return None;
+    }
+    tracing::info!(binary = %target.display(), "starting the agent installed by {PACKAGE}");
+    Some(exec(&target))
+}
+
+/// After a self-update was committed or unassigned: replaces this process with the binary that
+/// should now run — the committed one, else the one the agent was started as. Returns only the
+/// error of a failed `exec`.
+pub fn restart(dir: &StateDir) -> io::Error {
+    let target = committed_binary(dir)
+        .or_else(|| std::env::var_os(ORIGINAL_ENV).map(PathBuf::from))
+        .or_else(|| std::env::current_exe().ok());
+    match target {
+        Some(target) => {
+            tracing::info!(binary = %target.display(), "restarting the agent");
+            exec(&target)
+        }
+        None => io::Error::other("cannot tell which binary to restart"),
+    }
+}
+
+/// True when `binary` is the executable of this process.
+fn is_running(binary: &Path) -> bool {
+    match (std::env::current_exe(), std::fs::canonicalize(binary)) {
+        (Ok(running), Ok(binary)) => running == binary,
+        _ => false,
+    }
+}
+
+/// Replaces this process with `binary`, with the same arguments; returns only on failure.
+fn exec(binary: &Path) -> io::Error {
+    let original = std::env::var_os(ORIGINAL_ENV)
+        .or_else(|| std::env::current_exe().ok().map(PathBuf::into_os_string))
+        .unwrap_or_default();
+    std::process::Command::new(binary)
+        .args(std::env::args_os().skip(1))
+        .env(ORIGINAL_ENV, original)
+        .env_remove(CHECK_IN_ENV)
+        .exec()
+}
+
+/// A new binary started in check-in mode.
+#[derive(Debug)]
+pub struct CheckIn {
+    child: tokio::process::Child,
+    nonce: String,
+}
+
+impl CheckIn {
+    /// Starts `binary` in check-in mode with the agent's command line.
+    pub fn spawn(binary: &Path, update: &SelfUpdate) -> Result<CheckIn, String> {
+        let nonce = format!(
+            "{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|elapsed| elapsed.as_nanos())
+                .unwrap_or_default()
+        );
+        let child = tokio::process::Command::new(binary)
+            .args(&update.args)
+            .env(CHECK_IN_ENV, &nonce)
+            .env_remove(ORIGINAL_ENV)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|error| {
+                format!(
+                    "the new agent {} could not be started: {error}",
+                    binary.display()
+                )
+            })?;
+        Ok(CheckIn { child, nonce })
+    }
+
+    /// Waits until the new binary says it checked in and exits, for at most `deadline`. Stops it
+    /// when the deadline passes.
+    pub async fn wait(mut self, deadline: Duration) -> Result<(), String> {
+        let expected = format!("{CHECKED_IN} {}", self.nonce);
+        let stdout = self.child.stdout.take();
+        let outcome = tokio::time::timeout(deadline, async {
+            let mut checked_in = false;
+            if let Some(stdout) = stdout {
+                let mut lines = BufReader::new(stdout).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    checked_in |= line.trim_end() == expected;
+                }
+            }
+            (checked_in, self.child.wait().await)
+        })
+        .await;
+        match outcome {
+            Ok((true, Ok(status))) if status.success() => Ok(()),
+            Ok((_, Ok(status))) => Err(format!(
+                "the new agent exited ({}) without checking in with the controller",
+                describe(status)
+            )),
+            Ok((_, Err(error))) => Err(format!("the new agent could not be waited for: {error}")),
+            Err(_) => {
+                let _ = self.child.kill().await;
+                Err(format!(
+                    "the new agent did not check in with the controller within {} s and was stopped",
+                    deadline.as_secs()
+                ))
+            }
+        }
+    }
+}
+
+/// `exit code 3` or `killed by signal 9`.
+fn describe(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit code {code}"),
+        (None, Some(signal)) => format!("killed by signal {signal}"),
+        _ => status.to_string(),
+    }
+}
+
+/// The line a binary in check-in mode prints once it checked in.
+pub fn checked_in_line(nonce: &OsStr) -> String {
+    format!("{CHECKED_IN} {}", nonce.to_string_lossy())
+}
