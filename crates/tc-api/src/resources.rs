@@ -756,7 +756,29 @@ fn validate_release_spec(spec: &PackageReleaseSpec, errors: &mut Errors) {
     validate_hook(&spec.hooks.post_install, "spec.hooks.postInstall", errors);
     validate_hook(&spec.hooks.health_check, "spec.hooks.healthCheck", errors);
     validate_hook(&spec.hooks.pre_remove, "spec.hooks.preRemove", errors);
+    if spec.package == AGENT_PACKAGE {
+        for (hook, path) in [
+            (&spec.hooks.pre_install, "spec.hooks.preInstall"),
+            (&spec.hooks.post_install, "spec.hooks.postInstall"),
+            (&spec.hooks.health_check, "spec.hooks.healthCheck"),
+            (&spec.hooks.pre_remove, "spec.hooks.preRemove"),
+        ] {
+            if hook.is_some() {
+                errors.push(
+                    path,
+                    format!(
+                        "a {AGENT_PACKAGE} release runs no hooks: it is the agent itself, and its \
+                         new binary checking in with the controller is its health check"
+                    ),
+                );
+            }
+        }
+    }
 }
+
+/// The reserved package name of the agent's own releases: its zip holds the `tc-agent` binary,
+/// which agents install beside the running one and restart into once it checked in.
+pub const AGENT_PACKAGE: &str = "thinfleet-agent";
 
 #[cfg(test)]
 mod tests {

@@ -331,6 +331,14 @@ fn bad_documents_report_file_line_column_and_field() {
             message: "outside 1..=86400",
         },
         Bad {
+            name: "hooks on the agent's own release",
+            text: release_with("package: kiosk-browser", "package: thinfleet-agent"),
+            line: 12,
+            column: 5,
+            field: Some("spec.hooks.healthCheck"),
+            message: "a thinfleet-agent release runs no hooks",
+        },
+        Bad {
             name: "unknown hook",
             text: release_with("healthCheck:", "livenessProbe:"),
             line: 12,
