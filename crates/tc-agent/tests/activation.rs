@@ -413,6 +413,28 @@ async fn a_first_install_is_not_held_back() {
     }
 }
 
+#[tokio::test]
+async fn the_agents_own_first_release_waits_for_its_window_like_an_update() {
+    let mut h = Harness::new();
+    let mut engine = h.open();
+    let (activation, opens) = window_in_an_hour();
+    let package = h.fake.package(
+        "thinfleet-agent",
+        "0.3.0",
+        common::build_zip(&[common::Entry::File("tc-agent", b"#!/bin/sh\n", 0o755)]),
+        Default::default(),
+    );
+    let desired = h.desired(vec![package], activation);
+    h.converge(&mut engine, &desired).await;
+    let staged = report(&engine, "thinfleet-agent");
+    assert_eq!(staged.state, PackageState::Installing, "{staged:?}");
+    assert_eq!(staged.active_version, None, "{staged:?}");
+    let wait = staged.staged.as_ref().expect("reported staged");
+    assert_eq!(wait.waiting_for, StagedWait::Window, "{staged:?}");
+    assert_eq!(wait.activates_at, Some(opens), "{staged:?}");
+    assert!(!h.dir.package("thinfleet-agent").join("0.3.0").exists());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_window_that_closes_during_a_pass_lets_the_update_in_progress_finish_and_starts_no_other()
 {

@@ -94,7 +94,8 @@ fn wait_of(activation: &Activation) -> StagedWait {
 impl Engine {
     /// What the change of `name` to `version` (with `sha256`; `None`: its removal) must wait for
     /// under `activation` at `now`, or `None` when it may start now. Only a package the client
-    /// runs is held back.
+    /// runs is held back, and the agent's own release (`thinfleet-agent`), which replaces the
+    /// agent that runs.
     pub(super) fn held_back(
         &self,
         activation: &Activation,
@@ -107,7 +108,11 @@ impl Engine {
             return None;
         }
         let record = self.journal.packages.get(name)?;
-        record.active.as_ref()?;
+        // A first install is not held back, except the agent's own release: it replaces the
+        // running agent, an update like any other.
+        if record.active.is_none() && (name != crate::selfupdate::PACKAGE || version.is_none()) {
+            return None;
+        }
         let rebooted = record
             .staged
             .as_ref()
