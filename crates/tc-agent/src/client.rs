@@ -404,6 +404,9 @@ async fn engine_loop(
         if *stop.borrow_and_update() {
             return false;
         }
+        if engine.restart_requested() {
+            return true;
+        }
         let desired = desired_rx.borrow_and_update().clone();
         let mut wait = None;
         if let Some(desired) = desired {
@@ -499,6 +502,7 @@ impl ProtocolLoop<'_> {
         let mut sent_hash: Option<String> = None;
         // Always send the full inventory once after a start: the controller may have lost it.
         let mut send_inventory = true;
+        let mut checked_in = false;
         let (min_interval, max_interval) = self.options.heartbeat_bounds;
         loop {
             let snapshot = reports_rx.borrow_and_update().clone();
@@ -526,6 +530,11 @@ impl ProtocolLoop<'_> {
                 Ok(_) if decommissioned => return self.finish_decommission(&credentials),
                 Ok(_) if self.check_in_only => return Ok(RunOutcome::CheckedIn),
                 Ok(response) => {
+                    if !checked_in {
+                        // The binary that runs reaches the controller: its launches count afresh.
+                        checked_in = true;
+                        crate::selfupdate::launched_fine(&self.dir);
+                    }
                     self.connection.succeeded();
                     self.retry.reset();
                     if include {

@@ -222,6 +222,14 @@ impl Engine {
             engine.save()?;
         }
         engine.recover()?;
+        if let Some(version) = engine
+            .options
+            .self_update
+            .as_ref()
+            .and_then(|update| update.give_up.clone())
+        {
+            engine.give_up_agent(&version)?;
+        }
         engine.sweep();
         Ok(engine)
     }
@@ -890,7 +898,7 @@ fn is_given_up(record: &PackageRecord, package: &DesiredPackage) -> bool {
 /// Counts a failed attempt of `target` (at the desired package's `attempt`) and schedules the
 /// next one: at once for the first interruptions, never for a failed release (its `retry_at`
 /// still gets the backoff, for older agents that read the journal), with backoff otherwise.
-fn record_failure(
+pub(super) fn record_failure(
     record: &mut PackageRecord,
     action: FailedAction,
     target: &VersionRecord,

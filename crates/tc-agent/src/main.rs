@@ -81,13 +81,22 @@ fn run(settings: &Settings) -> ExitCode {
         return check_in(RunOptions::new(config), &nonce);
     }
     // The binary a `thinfleet-agent` release installed runs instead of this one, if there is one.
-    if let Some(error) = selfupdate::launch(&dir) {
-        tracing::error!(%error, "cannot start the agent installed by {}; running this binary", selfupdate::PACKAGE);
+    let mut self_update = selfupdate::SelfUpdate::from_process(config.self_update_check_in);
+    match selfupdate::launch(&dir) {
+        selfupdate::Launched::Nothing => {}
+        selfupdate::Launched::Failed(error) => {
+            tracing::error!(%error, "cannot start the agent installed by {}; running this binary", selfupdate::PACKAGE);
+        }
+        selfupdate::Launched::GaveUp { version } => {
+            tracing::error!(%version, launches = selfupdate::MAX_LAUNCHES,
+                "the agent installed by {} stopped before checking in at every start; running this binary and giving that release up",
+                selfupdate::PACKAGE);
+            self_update.give_up = Some(version);
+        }
     }
     let mark_path = dir.decommissioned();
-    let check_in_deadline = config.self_update_check_in;
     let mut options = RunOptions::new(config);
-    options.engine.self_update = Some(selfupdate::SelfUpdate::from_process(check_in_deadline));
+    options.engine.self_update = Some(self_update);
     options.engine.faults = faults;
     if let Some(retry) = retry {
         options.engine.retry = retry;

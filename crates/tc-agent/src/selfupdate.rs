@@ -22,6 +22,13 @@
 //! interrupted install: the binary that was committed last starts, and the engine rolls the
 //! interrupted attempt back and tries it again at once (a few times; then it is a failure).
 //!
+//! A committed binary that checked in but then dies at every start (before its first accepted
+//! heartbeat) would keep a client from phoning home: [`launch`] counts its launches in
+//! `agent-launches` and the first accepted heartbeat clears the count ([`launched_fine`]). After
+//! [`MAX_LAUNCHES`] launches without one (the restart after the commit is the first), the binary
+//! that was started runs instead and gives that release up: its version is removed, the previous one (or none) becomes active again, and the
+//! release is reported `Failed` and not installed again.
+//!
 //! Unassigning `thinfleet-agent` removes it like any package; the agent then restarts into the
 //! binary it was started as ([`ORIGINAL_ENV`]).
 
@@ -54,6 +61,14 @@ pub const ORIGINAL_ENV: &str = "TC_AGENT_ORIGINAL";
 /// What a binary in check-in mode prints, followed by a space and the nonce, once it checked in.
 pub const CHECKED_IN: &str = "tc-agent: checked in";
 
+/// How many times in a row a committed binary is launched without an accepted heartbeat before it
+/// is given up.
+pub const MAX_LAUNCHES: u32 = 3;
+
+/// The file counting the launches of a committed binary since its last accepted heartbeat:
+/// `<version> <count>`.
+const LAUNCHES_FILE: &str = "agent-launches";
+
 /// The check-in deadline unless configured, in seconds.
 pub const DEFAULT_CHECK_IN_SECONDS: u32 = 120;
 /// The shortest check-in deadline that may be configured, in seconds.
@@ -68,6 +83,8 @@ pub struct SelfUpdate {
     pub args: Vec<OsString>,
     /// How long the new binary has to check in.
     pub check_in: Duration,
+    /// A committed version [`launch`] gave up: the engine rolls it back when it opens.
+    pub give_up: Option<String>,
 }
 
 impl SelfUpdate {
@@ -76,6 +93,7 @@ impl SelfUpdate {
         SelfUpdate {
             args: std::env::args_os().skip(1).collect(),
             check_in,
+            give_up: None,
         }
     }
 }
@@ -90,26 +108,97 @@ pub fn committed_binary(dir: &StateDir) -> Option<PathBuf> {
     metadata.is_file().then_some(path)
 }
 
+/// What [`launch`] did, when it returned.
+#[derive(Debug)]
+pub enum Launched {
+    /// Nothing to launch: no committed self-updated binary, or it is this one.
+    Nothing,
+    /// The `exec` failed; the agent runs as it is.
+    Failed(io::Error),
+    /// The committed `version` was launched [`MAX_LAUNCHES`] times without an accepted heartbeat:
+    /// this binary runs instead and gives that release up.
+    GaveUp {
+        /// The version given up.
+        version: String,
+    },
+}
+
 /// At start: replaces this process with the committed self-updated binary when there is one and
-/// it is not the one running. Returns only when there is nothing to launch (`None`) or the
-/// launch failed (the error; the agent then runs as it is, and logs why).
-pub fn launch(dir: &StateDir) -> Option<io::Error> {
+/// it is not the one running. Returns only when it did not (see [`Launched`]).
+pub fn launch(dir: &StateDir) -> Launched {
     if std::env::var_os(CHECK_IN_ENV).is_some() {
-        return None;
+        return Launched::Nothing;
     }
-    let target = committed_binary(dir)?;
+    let Some(target) = committed_binary(dir) else {
+        return Launched::Nothing;
+    };
     if is_running(&target) {
-        return None;
+        return Launched::Nothing;
     }
-    tracing::info!(binary = %target.display(), "starting the agent installed by {PACKAGE}");
-    Some(exec(&target))
+    let version = version_of(&target);
+    let launches = launches_of(dir, &version);
+    if launches >= MAX_LAUNCHES {
+        return Launched::GaveUp { version };
+    }
+    if let Err(error) = count_launch(dir, &version, launches + 1) {
+        return Launched::Failed(error);
+    }
+    tracing::info!(binary = %target.display(), launch = launches + 1, "starting the agent installed by {PACKAGE}");
+    Launched::Failed(exec(&target))
+}
+
+/// The version directory a committed binary is in.
+fn version_of(binary: &Path) -> String {
+    binary
+        .parent()
+        .and_then(Path::file_name)
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// How many times `version` was launched since the last accepted heartbeat.
+fn launches_of(dir: &StateDir, version: &str) -> u32 {
+    read_launches(dir)
+        .filter(|(launched, _)| launched == version)
+        .map_or(0, |(_, count)| count)
+}
+
+fn count_launch(dir: &StateDir, version: &str, count: u32) -> io::Result<()> {
+    let text = format!("{version} {count}\n");
+    crate::state::write_atomic(&dir.root().join(LAUNCHES_FILE), text.as_bytes(), 0o600)
+        .map_err(|error| io::Error::other(error.to_string()))
+}
+
+/// After the first accepted heartbeat: the launches are counted afresh.
+pub fn launched_fine(dir: &StateDir) {
+    let path = dir.root().join(LAUNCHES_FILE);
+    if let Err(error) = std::fs::remove_file(&path)
+        && error.kind() != io::ErrorKind::NotFound
+    {
+        tracing::warn!(%error, path = %path.display(), "cannot clear the launch count");
+    }
+}
+
+/// `(version, count)` of the launch count, if there is one.
+fn read_launches(dir: &StateDir) -> Option<(String, u32)> {
+    let text = std::fs::read_to_string(dir.root().join(LAUNCHES_FILE)).ok()?;
+    let (version, count) = text.trim().split_once(' ')?;
+    Some((version.to_owned(), count.parse().ok()?))
 }
 
 /// After a self-update was committed or unassigned: replaces this process with the binary that
 /// should now run — the committed one, else the one the agent was started as. Returns only the
 /// error of a failed `exec`.
 pub fn restart(dir: &StateDir) -> io::Error {
-    let target = committed_binary(dir)
+    let committed = committed_binary(dir);
+    if let Some(binary) = &committed {
+        // The restart into a committed binary is its first launch.
+        let version = version_of(binary);
+        if let Err(error) = count_launch(dir, &version, launches_of(dir, &version) + 1) {
+            return error;
+        }
+    }
+    let target = committed
         .or_else(|| std::env::var_os(ORIGINAL_ENV).map(PathBuf::from))
         .or_else(|| std::env::current_exe().ok());
     match target {

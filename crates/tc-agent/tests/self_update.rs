@@ -7,6 +7,8 @@
 //! * a release whose binary exits at start, and one whose binary starts but never checks in, are
 //!   rolled back to the binary that ran, reported `Failed` with the reason, and not tried again
 //!   (neither in later passes nor after a restart);
+//! * a release whose binary checks in but then dies at every start is given up after three
+//!   launches: the binary that was started runs and reports the release `Failed`;
 //! * a crash (`abort()`, as abrupt as `kill -9`) at every step of a self-update recovers to an
 //!   agent running the new release.
 //!
@@ -425,4 +427,68 @@ async fn a_crash_at_each_step_of_a_self_update_recovers_to_a_working_agent() {
         let new = installed_binary(agent, "0.3.0");
         wait_for(&admin, agent, AGENT_PACKAGE, "0.3.0", "Installed", &new).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_agent_that_checks_in_but_dies_at_every_start_is_given_up_after_three_launches() {
+    let controller = TestController::start().await;
+    let admin = Admin::new(&controller);
+    let root = tempfile::tempdir().unwrap();
+    let launches = root.path().join("launches");
+    // Checks in (as the real agent), then stops at every normal start.
+    let fragile = format!(
+        "#!/bin/sh\nif [ -n \"$TC_AGENT_CHECK_IN\" ]; then exec {} \"$@\"; fi\necho launched >> {}\necho 'crashed at start' >&2\nexit 1\n",
+        original_binary().display(),
+        launches.display()
+    );
+    publish_agent(&admin, "0.3.0", fragile.as_bytes()).await;
+    let mut agent = RealAgent::start(
+        &controller,
+        root.path(),
+        "kiosk-5",
+        &["fleet=e"],
+        &config(30),
+    )
+    .await;
+    group(
+        &admin,
+        "e",
+        &[&format!("{{ name: {AGENT_PACKAGE}, version: \"0.3.0\" }}")],
+    )
+    .await;
+
+    // Restarted whenever it stops, as systemd's Restart= does.
+    let original = original_binary();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let failed = loop {
+        if agent.child.as_mut().unwrap().try_wait().unwrap().is_some() {
+            agent.spawn(&controller, &["fleet=e"]);
+        }
+        if let Some(report) = report(&admin, &agent, AGENT_PACKAGE).await
+            && report["state"] == "Failed"
+            && executable(&agent) == original
+        {
+            break report;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not given up:\n{}",
+            agent.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let message = failed["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("stopped before checking in at each of 3 starts")
+            && message.contains("no version is active"),
+        "{failed}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&launches).unwrap(),
+        "launched\n".repeat(3)
+    );
+    assert_eq!(check_ins_started(&agent), 1, "not installed again");
+    // The original binary keeps running and reporting.
+    wait_for(&admin, &agent, AGENT_PACKAGE, "0.3.0", "Failed", &original).await;
+    assert!(agent.child.as_mut().unwrap().try_wait().unwrap().is_none());
 }

@@ -5,10 +5,13 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use super::{Engine, StepError, io_failure};
+use tc_proto::{PackageState, Timestamp};
+
+use super::files::{remove_all, remove_file_if_exists};
+use super::{Engine, EngineError, StepError, io_failure};
 use crate::fault::FaultPoint;
-use crate::selfupdate::{BINARY, CheckIn, PACKAGE};
-use crate::state::InstallStep;
+use crate::selfupdate::{BINARY, CheckIn, MAX_LAUNCHES, PACKAGE};
+use crate::state::{ErrorRecord, FailedAction, FailureCause, InstallStep, StateError};
 
 impl Engine {
     /// Checks that the extracted version `version` of `thinfleet-agent` has its binary, a regular
@@ -78,5 +81,74 @@ impl Engine {
     /// committed, or unassigned while its binary runs. The pass that set it stops there.
     pub fn restart_requested(&self) -> bool {
         self.restart
+    }
+}
+
+impl Engine {
+    /// Gives up the committed `thinfleet-agent` `version`, whose binary stopped before checking
+    /// in at every launch: the previous version (or none) is active again, `version` is deleted,
+    /// and the release is recorded as a failed install, which is not tried again.
+    pub(super) fn give_up_agent(&mut self, version: &str) -> Result<(), EngineError> {
+        let Some(record) = self.journal.packages.get(PACKAGE) else {
+            return Ok(());
+        };
+        let Some(target) = record
+            .active
+            .clone()
+            .filter(|active| active.version == version)
+        else {
+            return Ok(());
+        };
+        let attempt = self
+            .journal
+            .desired
+            .as_ref()
+            .and_then(|desired| desired.packages.iter().find(|p| p.name == PACKAGE))
+            .filter(|package| package.version == version && package.sha256 == target.sha256)
+            .map_or(0, |package| package.attempt);
+        let previous = record
+            .previous
+            .clone()
+            .filter(|previous| self.dir.version(PACKAGE, &previous.version).is_dir());
+        match &previous {
+            Some(previous) => self
+                .switch_current(PACKAGE, &previous.version)
+                .map_err(StateError::io(self.dir.current(PACKAGE)))?,
+            None => remove_file_if_exists(&self.dir.current(PACKAGE))
+                .map_err(StateError::io(self.dir.current(PACKAGE)))?,
+        }
+        let reason =
+            format!("the new agent stopped before checking in at each of {MAX_LAUNCHES} starts");
+        let message = match &previous {
+            Some(previous) => format!("{reason}; rolled back to {}", previous.version),
+            None => format!("{reason}; no version is active"),
+        };
+        let now = Timestamp::now();
+        let retry = self.options.retry;
+        let record = self.record_mut(PACKAGE);
+        record.active = previous;
+        record.previous = None;
+        record.operation = None;
+        super::record_failure(
+            record,
+            FailedAction::Install,
+            &target,
+            attempt,
+            FailureCause::Package,
+            retry,
+            now,
+        );
+        record.set_state(PackageState::Failed, version, Some(message.clone()), now);
+        self.journal.last_error = Some(ErrorRecord {
+            message: format!("{PACKAGE} {version}: {message}"),
+            at: now,
+        });
+        self.save()?;
+        let version_dir = self.dir.version(PACKAGE, version);
+        remove_all(&version_dir).map_err(StateError::io(&version_dir))?;
+        tracing::warn!(%version, %message, "gave the agent's release up");
+        // The previous release's binary is the agent to run.
+        self.restart = self.journal.packages[PACKAGE].active.is_some();
+        Ok(())
     }
 }
