@@ -390,3 +390,25 @@ async fn the_readme_ward_example_applies() {
     );
     controller.stop().await;
 }
+
+/// The README's agent-update group is a valid manifest: the canary step, then a pause.
+#[tokio::test]
+async fn the_readme_agent_update_example_applies() {
+    let readme = include_str!("../../../README.md");
+    let at = readme
+        .find("name: agents\n")
+        .expect("the README's agent-update example");
+    let start = readme[..at].rfind("```yaml").expect("its code block") + "```yaml".len();
+    let end = at + readme[at..].find("```").expect("its end");
+    let controller = TestController::start().await;
+    let admin = Api::admin(&controller);
+    let (status, result) = admin.apply(&readme[start..end], "").await;
+    assert_eq!(status, StatusCode::OK, "{result}");
+    let g = group(&admin, "agents").await;
+    assert_eq!(g["spec"]["packages"][0]["name"], "thinfleet-agent", "{g}");
+    let rollout = &g["spec"]["rollout"];
+    assert_eq!(rollout["steps"][0]["clients"], 1, "{rollout}");
+    assert!(rollout["steps"][1]["pause"].is_object(), "{rollout}");
+    assert_eq!(rollout["failureThreshold"], 1, "{rollout}");
+    controller.stop().await;
+}
