@@ -44,7 +44,7 @@ fn the_controller_unit_verifies_and_its_flags_parse() {
     assert_controller_accepts(&exec_start_args(&unit), "tc-controller.service");
     let dir = tempfile::tempdir().unwrap();
     let local = unit.replace(
-        "/usr/local/bin/tc-controller",
+        "/usr/bin/tc-controller",
         env!("CARGO_BIN_EXE_tc-controller"),
     );
     let path = dir.path().join("tc-controller.service");
