@@ -216,36 +216,82 @@ impl Client {
             self.spec
                 .agent_labels
                 .iter()
+                .filter(|(k, _)| !is_system_label(k))
                 .map(|(k, v)| (k.clone(), v.clone())),
         );
         labels.extend(
             self.spec
                 .admin_labels
                 .iter()
+                .filter(|(k, _)| !is_system_label(k))
                 .map(|(k, v)| (k.clone(), v.clone())),
         );
         self.metadata.labels = labels;
     }
 }
 
+/// The label of the agent's reported version (`inventory.agentVersion`), for finding outdated
+/// agents (`thinfleet.io/agent-version<0.3.0`): the one key the ordering operators of selectors
+/// take.
+pub const AGENT_VERSION_LABEL: &str = "thinfleet.io/agent-version";
+
+/// True for the labels only the controller sets (from the inventory): neither an agent's nor an
+/// admin's labels can set or hide them.
+pub fn is_system_label(key: &str) -> bool {
+    key == AGENT_VERSION_LABEL
+}
+
+/// Reports every system label in `labels` (admin or imposed labels being set) under `path`.
+pub fn refuse_system_labels(
+    labels: &BTreeMap<String, String>,
+    path: &str,
+    errors: &mut crate::validate::Errors,
+) {
+    for key in labels.keys().filter(|key| is_system_label(key)) {
+        errors.push(
+            format!("{path}.{key}"),
+            format!(
+                "`{key}` is set by the controller from the version the agent reports; \
+                 it cannot be set or removed"
+            ),
+        );
+    }
+}
+
+/// The value of [`AGENT_VERSION_LABEL`] for a reported version: the version without its build
+/// metadata (which does not count in semver precedence and has a `+`, no label character), or,
+/// when that is no valid label value, the text made one as other automatic labels are.
+pub fn agent_version_label_value(version: &str) -> String {
+    let release = version.split_once('+').map_or(version, |(head, _)| head);
+    if crate::validate::is_label_name_part(release) {
+        release.to_string()
+    } else {
+        sanitize_label_value(version)
+    }
+}
+
 /// Keys of the labels derived from a client's inventory.
-pub const AUTOMATIC_LABEL_KEYS: [&str; 3] = [
+pub const AUTOMATIC_LABEL_KEYS: [&str; 4] = [
     "thinfleet.io/hostname",
     "thinfleet.io/os",
     "thinfleet.io/arch",
+    AGENT_VERSION_LABEL,
 ];
 
-/// The labels derived from an inventory: host name, OS and architecture, as valid label values
-/// (empty ones left out).
+/// The labels derived from an inventory: host name, OS, architecture and agent version, as
+/// valid label values (empty ones left out).
 pub fn automatic_labels(inventory: &Inventory) -> BTreeMap<String, String> {
-    let values = [&inventory.hostname, &inventory.os_name, &inventory.arch];
+    let values = [
+        sanitize_label_value(&inventory.hostname),
+        sanitize_label_value(&inventory.os_name),
+        sanitize_label_value(&inventory.arch),
+        agent_version_label_value(&inventory.agent_version),
+    ];
     AUTOMATIC_LABEL_KEYS
         .iter()
         .zip(values)
-        .filter_map(|(key, value)| {
-            let value = sanitize_label_value(value);
-            (!value.is_empty()).then(|| (key.to_string(), value))
-        })
+        .filter(|(_, value)| !value.is_empty())
+        .map(|(key, value)| (key.to_string(), value))
         .collect()
 }
 
@@ -265,4 +311,52 @@ pub fn sanitize_label_value(text: &str) -> String {
     mapped
         .trim_matches(|c: char| !c.is_ascii_alphanumeric())
         .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_agent_version_label_is_the_reported_version_without_build_metadata() {
+        let labels = |version: &str| {
+            automatic_labels(&Inventory {
+                agent_version: version.into(),
+                ..Default::default()
+            })
+        };
+        assert_eq!(labels("0.2.0")[AGENT_VERSION_LABEL], "0.2.0");
+        assert_eq!(labels("0.3.0-rc.1")[AGENT_VERSION_LABEL], "0.3.0-rc.1");
+        assert_eq!(labels("0.3.0+git.abc")[AGENT_VERSION_LABEL], "0.3.0");
+        assert_eq!(labels("dev build")[AGENT_VERSION_LABEL], "dev_build");
+        assert!(!labels("").contains_key(AGENT_VERSION_LABEL));
+    }
+
+    #[test]
+    fn neither_agent_nor_admin_labels_set_or_hide_the_agent_version() {
+        let mut client = Client::new(
+            "kiosk-1",
+            ClientSpec {
+                agent_labels: [(AGENT_VERSION_LABEL.into(), "9.9.9".into())].into(),
+                admin_labels: [(AGENT_VERSION_LABEL.into(), "8.8.8".into())].into(),
+                ..Default::default()
+            },
+        );
+        assert!(!client.metadata.labels.contains_key(AGENT_VERSION_LABEL));
+        client.status.inventory = Some(Inventory {
+            agent_version: "0.1.0".into(),
+            ..Default::default()
+        });
+        client.refresh_labels();
+        assert_eq!(client.metadata.labels[AGENT_VERSION_LABEL], "0.1.0");
+
+        let mut errors = crate::validate::Errors::default();
+        refuse_system_labels(&client.spec.admin_labels, "metadata.labels", &mut errors);
+        let text = errors.to_string();
+        assert!(
+            text.contains("metadata.labels.thinfleet.io/agent-version")
+                && text.contains("cannot be set"),
+            "{text}"
+        );
+    }
 }

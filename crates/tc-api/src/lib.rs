@@ -19,6 +19,7 @@ pub mod signature;
 pub mod source;
 pub mod task;
 pub mod validate;
+pub mod version_order;
 
 pub use audit::{AuditEntry, AuditObject, AuditOutcome};
 pub use credential::{Credential, CredentialCreated, CredentialRequest, Role};

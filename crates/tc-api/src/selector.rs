@@ -1,4 +1,5 @@
-//! Kubernetes label selectors: `matchLabels` and `matchExpressions`.
+//! Kubernetes label selectors: `matchLabels` and `matchExpressions`, with version comparisons
+//! (`Lt`, `Le`, `Gt`, `Ge`) on [`AGENT_VERSION_LABEL`] besides Kubernetes' operators.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -6,7 +7,9 @@ use std::fmt;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::client::AGENT_VERSION_LABEL;
 use crate::validate::{Errors, validate_label_key, validate_label_value};
+use crate::version_order::VersionRef;
 
 /// Selects clients by their labels. Every part must hold (AND); `{}` selects every client.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -28,7 +31,8 @@ pub struct LabelSelectorRequirement {
     pub key: String,
     /// How the key's value is tested.
     pub operator: SelectorOperator,
-    /// Values for `In` and `NotIn` (at least one); empty for `Exists` and `DoesNotExist`.
+    /// Values for `In` and `NotIn` (at least one); exactly one semantic version for `Lt`, `Le`,
+    /// `Gt` and `Ge`; empty for `Exists` and `DoesNotExist`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub values: Vec<String>,
 }
@@ -44,6 +48,43 @@ pub enum SelectorOperator {
     Exists,
     /// The label is absent.
     DoesNotExist,
+    /// The label is a semantic version lower than the one value (`<`). Only on
+    /// `thinfleet.io/agent-version`; a value that is no semantic version, or no value, never
+    /// matches.
+    Lt,
+    /// The label is a semantic version lower than or equal to the one value (`<=`).
+    Le,
+    /// The label is a semantic version greater than the one value (`>`).
+    Gt,
+    /// The label is a semantic version greater than or equal to the one value (`>=`).
+    Ge,
+}
+
+impl SelectorOperator {
+    /// True for the version comparisons (`Lt`, `Le`, `Gt`, `Ge`).
+    pub fn is_ordering(self) -> bool {
+        matches!(
+            self,
+            SelectorOperator::Lt
+                | SelectorOperator::Le
+                | SelectorOperator::Gt
+                | SelectorOperator::Ge
+        )
+    }
+
+    /// The `-l` spelling of a version comparison.
+    fn symbol(self) -> &'static str {
+        match self {
+            SelectorOperator::Lt => "<",
+            SelectorOperator::Le => "<=",
+            SelectorOperator::Gt => ">",
+            SelectorOperator::Ge => ">=",
+            SelectorOperator::In => "in",
+            SelectorOperator::NotIn => "notin",
+            SelectorOperator::Exists => "",
+            SelectorOperator::DoesNotExist => "!",
+        }
+    }
 }
 
 impl LabelSelector {
@@ -104,11 +145,53 @@ impl LabelSelector {
                         );
                     }
                 }
+                SelectorOperator::Lt
+                | SelectorOperator::Le
+                | SelectorOperator::Gt
+                | SelectorOperator::Ge => {
+                    validate_ordering(requirement, &entry, errors);
+                }
             }
             for (value_index, value) in requirement.values.iter().enumerate() {
                 validate_label_value(value, &format!("{entry}.values[{value_index}]"), errors);
             }
         }
+    }
+}
+
+/// The checks of a version comparison: its key, one value, a semantic version.
+fn validate_ordering(requirement: &LabelSelectorRequirement, entry: &str, errors: &mut Errors) {
+    let operator = requirement.operator;
+    if requirement.key != AGENT_VERSION_LABEL {
+        errors.push(
+            format!("{entry}.operator"),
+            format!(
+                "operator {operator:?} (`{}`) compares versions and applies only to \
+                 `{AGENT_VERSION_LABEL}`, not to `{}`; use In, NotIn, Exists or DoesNotExist",
+                operator.symbol(),
+                requirement.key
+            ),
+        );
+    }
+    match requirement.values.as_slice() {
+        [value] => {
+            if VersionRef::parse(value).is_none() {
+                errors.push(
+                    format!("{entry}.values[0]"),
+                    format!(
+                        "operator {operator:?} needs a semantic version \
+                         (MAJOR.MINOR.PATCH, optionally -PRERELEASE), not `{value}`"
+                    ),
+                );
+            }
+        }
+        values => errors.push(
+            format!("{entry}.values"),
+            format!(
+                "operator {operator:?} takes exactly one value, not {}",
+                values.len()
+            ),
+        ),
     }
 }
 
@@ -126,6 +209,30 @@ impl LabelSelectorRequirement {
             SelectorOperator::NotIn => value.is_none_or(|v| !self.values.iter().any(|x| x == v)),
             SelectorOperator::Exists => value.is_some(),
             SelectorOperator::DoesNotExist => value.is_none(),
+            SelectorOperator::Lt
+            | SelectorOperator::Le
+            | SelectorOperator::Gt
+            | SelectorOperator::Ge => self.compares(value),
+        }
+    }
+
+    /// A version comparison: the label's value and the bound are semantic versions in the
+    /// operator's order.
+    fn compares(&self, value: Option<&str>) -> bool {
+        let (Some(value), [bound]) = (value, self.values.as_slice()) else {
+            return false;
+        };
+        let (Some(value), Some(bound)) = (VersionRef::parse(value), VersionRef::parse(bound))
+        else {
+            return false;
+        };
+        let order = value.precedence(&bound);
+        match self.operator {
+            SelectorOperator::Lt => order.is_lt(),
+            SelectorOperator::Le => order.is_le(),
+            SelectorOperator::Gt => order.is_gt(),
+            SelectorOperator::Ge => order.is_ge(),
+            _ => false,
         }
     }
 }
@@ -142,7 +249,8 @@ pub struct SelectorParseError {
 
 impl LabelSelector {
     /// Parses the kubectl `-l` syntax: comma-separated `k=v`, `k==v`, `k!=v`, `k in (a,b)`,
-    /// `k notin (a,b)`, `k` and `!k`.
+    /// `k notin (a,b)`, `k` and `!k`; and the version comparisons `k<v`, `k<=v`, `k>v` and
+    /// `k>=v` (only on `thinfleet.io/agent-version`).
     pub fn parse(text: &str) -> Result<Self, SelectorParseError> {
         let fail = |message: String| SelectorParseError {
             selector: text.to_string(),
@@ -159,6 +267,12 @@ impl LabelSelector {
                     key: key.trim().to_string(),
                     operator: SelectorOperator::DoesNotExist,
                     values: vec![],
+                }
+            } else if let Some((key, operator, value)) = parse_ordering_term(term) {
+                LabelSelectorRequirement {
+                    key,
+                    operator,
+                    values: vec![value],
                 }
             } else if let Some((key, value)) = term.split_once("!=") {
                 LabelSelectorRequirement {
@@ -225,6 +339,22 @@ fn split_terms(text: &str) -> Result<Vec<&str>, String> {
     Ok(terms)
 }
 
+/// `k<v`, `k<=v`, `k>v`, `k>=v`.
+fn parse_ordering_term(term: &str) -> Option<(String, SelectorOperator, String)> {
+    let at = term.find(['<', '>'])?;
+    let (key, rest) = term.split_at(at);
+    let (operator, value) = if let Some(value) = rest.strip_prefix("<=") {
+        (SelectorOperator::Le, value)
+    } else if let Some(value) = rest.strip_prefix(">=") {
+        (SelectorOperator::Ge, value)
+    } else if let Some(value) = rest.strip_prefix('<') {
+        (SelectorOperator::Lt, value)
+    } else {
+        (SelectorOperator::Gt, &rest[1..])
+    };
+    Some((key.trim().to_string(), operator, value.trim().to_string()))
+}
+
 fn parse_set_term(term: &str) -> Option<(String, SelectorOperator, Vec<String>)> {
     let open = term.find('(')?;
     let inner = term[open + 1..].strip_suffix(')')?;
@@ -263,6 +393,7 @@ impl fmt::Display for LabelSelector {
                 }
                 SelectorOperator::Exists => key.clone(),
                 SelectorOperator::DoesNotExist => format!("!{key}"),
+                operator => format!("{key}{}{}", operator.symbol(), requirement.values.join(",")),
             });
         }
         f.write_str(&terms.join(","))

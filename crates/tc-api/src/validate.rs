@@ -97,7 +97,7 @@ pub fn validate_name(name: &str, path: &str, errors: &mut Errors) {
     }
 }
 
-fn is_label_name_part(part: &str) -> bool {
+pub(crate) fn is_label_name_part(part: &str) -> bool {
     let bytes = part.as_bytes();
     !bytes.is_empty()
         && bytes.len() <= 63

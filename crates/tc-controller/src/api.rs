@@ -359,6 +359,11 @@ pub async fn patch_client(
     }
     let mut errors = tc_api::validate::Errors::default();
     tc_api::validate::validate_labels(&set, "metadata.labels", &mut errors);
+    let touched: BTreeMap<String, String> = labels
+        .keys()
+        .map(|key| (key.clone(), String::new()))
+        .collect();
+    tc_api::resources::refuse_system_labels(&touched, "metadata.labels", &mut errors);
     if let Err(errors) = errors.into_result() {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -383,7 +388,8 @@ pub async fn patch_client(
         }
         spec.admin_labels.extend(set);
         client.refresh_labels();
-        state.labels.admin = Labels::new(&client.spec.admin_labels, &controller.fleet.interner);
+        state.labels.admin =
+            Labels::settable(&client.spec.admin_labels, &controller.fleet.interner);
         client
     };
     controller

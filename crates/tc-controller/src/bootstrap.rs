@@ -321,6 +321,11 @@ impl BootstrapTokens {
         if let Err(error) = tc_proto::limits::check_labels(&request.labels, "labels") {
             return Err(invalid(error.to_string()));
         }
+        let mut errors = tc_api::validate::Errors::default();
+        tc_api::resources::refuse_system_labels(&request.labels, "labels", &mut errors);
+        if let Err(errors) = errors.into_result() {
+            return Err(invalid(errors.to_string()));
+        }
         if request.ttl_seconds == Some(0) {
             return Err(invalid("ttlSeconds: must be at least 1".into()));
         }

@@ -16,6 +16,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
+use tc_api::resources::is_system_label;
 use tc_api::{AssignedPackage, Client, ClientPhase, ClientStatus, Condition, Timestamp};
 use tc_proto::{DesiredPackage, Inventory, Load, PackageReport};
 use tc_store::{Liveness, Store};
@@ -156,6 +157,17 @@ impl Labels {
         )
     }
 
+    /// The labels an agent or admin set: without the system labels (the agent's version), which
+    /// only the inventory gives, so a selector on them sees the reported value.
+    pub fn settable(map: &BTreeMap<String, String>, interner: &Interner) -> Labels {
+        Labels(
+            map.iter()
+                .filter(|(key, _)| !is_system_label(key))
+                .map(|(key, value)| (interner.intern(key), interner.intern(value)))
+                .collect(),
+        )
+    }
+
     /// The value of a label.
     pub fn get(&self, key: &str) -> Option<&str> {
         self.0
@@ -202,16 +214,17 @@ impl ClientLabels {
                 .iter()
                 .filter(|(key, _)| {
                     tc_api::resources::AUTOMATIC_LABEL_KEYS.contains(&key.as_str())
-                        && !client.spec.agent_labels.contains_key(*key)
-                        && !client.spec.admin_labels.contains_key(*key)
+                        && (is_system_label(key)
+                            || (!client.spec.agent_labels.contains_key(*key)
+                                && !client.spec.admin_labels.contains_key(*key)))
                 })
                 .map(|(key, value)| (key.clone(), value.clone()))
                 .collect(),
         };
         ClientLabels {
             automatic: Labels::new(&automatic, interner),
-            agent: Labels::new(&client.spec.agent_labels, interner),
-            admin: Labels::new(&client.spec.admin_labels, interner),
+            agent: Labels::settable(&client.spec.agent_labels, interner),
+            admin: Labels::settable(&client.spec.admin_labels, interner),
         }
     }
 

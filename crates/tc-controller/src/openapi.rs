@@ -113,8 +113,11 @@ pub fn document() -> Value {
         json!({ "application/json": { "schema": { "$ref": "#/components/schemas/Status" } } });
     let list = |item: &Value| json!({ "type": "object", "properties": { "apiVersion": { "type": "string" }, "kind": { "type": "string" }, "items": { "type": "array", "items": item } } });
     let name_param = json!({ "name": "name", "in": "path", "required": true, "schema": { "type": "string", "pattern": "^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", "maxLength": 63 } });
-    let selector_param =
-        json!({ "name": "labelSelector", "in": "query", "schema": { "type": "string" } });
+    let selector_param = json!({ "name": "labelSelector", "in": "query", "schema": { "type": "string" },
+        "description": "A label selector in kubectl `-l` syntax: `k=v`, `k==v`, `k!=v`, `k in (a,b)`, \
+            `k notin (a,b)`, `k`, `!k`, comma-separated (all must hold); and the version comparisons \
+            `<`, `<=`, `>`, `>=` by semver precedence, only on `thinfleet.io/agent-version` \
+            (`thinfleet.io/agent-version<0.3.0`)." });
     let auth = &[400, 401, 403];
     let mut paths = serde_json::Map::new();
     for (plural, schema) in [

@@ -789,3 +789,80 @@ async fn a_group_page_shows_its_rollout_step_and_resumes_a_pause_step() {
     assert_eq!(versions, vec![Some("1.1.0".to_string()); 2]);
     controller.stop().await;
 }
+
+#[tokio::test]
+async fn the_clients_page_shows_agent_versions_and_filters_outdated_agents() {
+    let controller = TestController::start().await;
+    let mut names = vec![];
+    for (machine, version) in [("v1", "0.1.0"), ("v2rc", "0.2.0-rc.1"), ("v2", "0.2.0")] {
+        let agent = SimAgent::enroll(&controller, machine, json!({ "site": "berlin" })).await;
+        let (status, answer) = agent
+            .api
+            .heartbeat(json!({ "protocolVersion": 2, "observedRevision": 0, "packages": [],
+                "inventoryHash": machine, "inventory": { "hostname": machine, "agentVersion": version } }))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        names.push(agent.name);
+    }
+    let mut console = Console::new(&controller);
+    console.sign_in(controller.admin_token()).await;
+    let all = console.get("/ui/clients").await;
+    assert_eq!(all.status, StatusCode::OK);
+    assert!(all.body.contains("<th>Agent</th>"), "{}", all.body);
+    for version in ["0.1.0", "0.2.0-rc.1", "0.2.0"] {
+        let cell = format!("<td class=\"agent\">{version}</td>");
+        assert!(all.body.contains(&cell), "{version}: {}", all.body);
+    }
+    // Outdated agents: a pre-release comes before its release.
+    for (path, selected) in [
+        ("/ui/clients?agent=%3C0.2.0", [true, true, false]),
+        ("/ui/clients?agent=%3E%3D0.2.0-rc.1", [false, true, true]),
+        ("/ui/clients?agent=0.2.0", [false, false, true]),
+        ("/ui/clients?agent=%21%3D0.2.0", [true, true, false]),
+        (
+            "/ui/clients?selector=thinfleet.io%2Fagent-version%3C%3D0.2.0-rc.1",
+            [true, true, false],
+        ),
+        (
+            "/ui/clients?selector=thinfleet.io%2Fagent-version%3E0.1.0&agent=%3C0.2.0",
+            [false, true, false],
+        ),
+    ] {
+        let page = console.get(path).await;
+        assert_eq!(page.status, StatusCode::OK, "{path}: {}", page.body);
+        let count = selected.iter().filter(|s| **s).count();
+        assert!(
+            page.body.contains(&format!("{count} client(s) match")),
+            "{path}: {}",
+            page.body
+        );
+        for (name, selected) in names.iter().zip(selected) {
+            let link = format!("<a href=\"/ui/clients/{name}\">");
+            assert_eq!(page.body.contains(&link), selected, "{path}: {name}");
+        }
+    }
+    // The filter is kept in the form; a bad one is a clear 400.
+    let page = console.get("/ui/clients?agent=%3C0.2.0").await;
+    assert!(
+        page.body.contains("name=\"agent\" value=\"&lt;0.2.0\""),
+        "{}",
+        page.body
+    );
+    let bad = console.get("/ui/clients?agent=%3Clatest").await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert!(
+        bad.body.contains("agent version: `&lt;latest`")
+            && bad.body.contains("needs a semantic version"),
+        "{}",
+        bad.body
+    );
+    let bad = console.get("/ui/clients?selector=site%3C3").await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert!(
+        bad.body
+            .contains("applies only to `thinfleet.io/agent-version`"),
+        "{}",
+        bad.body
+    );
+    controller.stop().await;
+}

@@ -369,7 +369,8 @@ pub struct GetArgs {
     /// Show only this object.
     #[arg(value_name = "NAME")]
     pub name: Option<String>,
-    /// Label selector, as in kubectl (`site=berlin,tier in (a,b),!legacy`).
+    /// Label selector, as in kubectl (`site=berlin,tier in (a,b),!legacy`); agent versions also
+    /// compare by semver (`thinfleet.io/agent-version<0.3.0`, `<=`, `>`, `>=`).
     #[arg(short = 'l', long = "selector", value_name = "SELECTOR")]
     pub selector: Option<String>,
     /// Output format [default: a table].

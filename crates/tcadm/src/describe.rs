@@ -692,7 +692,8 @@ vpn        2.0.1     -           Pending        -
         let text = describe_client(&client(), &events, Timestamp::from_unix_millis(NOW));
         for expected in [
             "Name:         kiosk-1\n",
-            "Labels:       thinfleet.io/arch=x86_64\n",
+            "Labels:       thinfleet.io/agent-version=0.1.0\n",
+            "              thinfleet.io/arch=x86_64\n",
             "              thinfleet.io/hostname=kiosk-1\n",
             "Phase:        Online\n",
             "Inventory:\n  Hostname:",

@@ -56,7 +56,8 @@ fn or_none(text: &str) -> String {
     }
 }
 
-/// The clients table: NAME, PHASE, LAST SEEN, IP, LABELS; wide adds OS, ARCH and PACKAGES.
+/// The clients table: NAME, PHASE, LAST SEEN, IP, LABELS; wide adds OS, ARCH, AGENT (the
+/// version the agent reports) and PACKAGES.
 pub fn clients_table(clients: &[Client], wide: bool, now: Timestamp) -> Table {
     let mut table = if wide {
         Table::new(&[
@@ -66,6 +67,7 @@ pub fn clients_table(clients: &[Client], wide: bool, now: Timestamp) -> Table {
             "IP",
             "OS",
             "ARCH",
+            "AGENT",
             "PACKAGES",
             "LABELS",
         ])
@@ -85,6 +87,7 @@ pub fn clients_table(clients: &[Client], wide: bool, now: Timestamp) -> Table {
                 format!("{} {}", inventory.os_name, inventory.os_version).trim(),
             ));
             row.push(or_none(&inventory.arch));
+            row.push(or_none(&inventory.agent_version));
             row.push(client_packages(client));
         }
         row.push(label_summary(&client.metadata.labels));
@@ -295,6 +298,7 @@ mod tests {
             os_name: "Debian GNU/Linux".into(),
             os_version: "12".into(),
             arch: "x86_64".into(),
+            agent_version: "0.2.0".into(),
             network_interfaces: vec![
                 NetworkInterface {
                     name: "lo".into(),
@@ -340,9 +344,9 @@ kiosk-2   Enrolled   <never>     <none>       <none>
         assert_eq!(
             wide.render(),
             "\
-NAME      PHASE      LAST SEEN   IP           OS                    ARCH     PACKAGES                         LABELS
-kiosk-1   Online     12s         192.0.2.10   Debian GNU/Linux 12   x86_64   kiosk-browser@1.4.2(Installed)   rack=7,site=berlin
-kiosk-2   Enrolled   <never>     <none>       <none>                <none>   <none>                           <none>
+NAME      PHASE      LAST SEEN   IP           OS                    ARCH     AGENT    PACKAGES                         LABELS
+kiosk-1   Online     12s         192.0.2.10   Debian GNU/Linux 12   x86_64   0.2.0    kiosk-browser@1.4.2(Installed)   rack=7,site=berlin
+kiosk-2   Enrolled   <never>     <none>       <none>                <none>   <none>   <none>                           <none>
 "
         );
     }

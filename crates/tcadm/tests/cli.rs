@@ -986,7 +986,8 @@ fn label_then_select_clients() {
     );
     let wide = fleet.tcadm(&["get", "client", &paris.name, "-o", "wide"]);
     assert!(
-        wide.ok().contains("Debian GNU/Linux 12   x86_64   <none>"),
+        wide.ok()
+            .contains("Debian GNU/Linux 12   x86_64   0.1.0   <none>"),
         "{wide:#?}"
     );
 

@@ -8,7 +8,10 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde::Deserialize;
-use tc_api::{ClientPhase, Kind, LabelSelector, Object, Timestamp};
+use tc_api::resources::AGENT_VERSION_LABEL;
+use tc_api::{
+    ClientPhase, Kind, LabelSelector, LabelSelectorRequirement, Object, SelectorOperator, Timestamp,
+};
 use tc_proto::{Inventory, PackageState};
 use tc_store::EventFilter;
 
@@ -93,7 +96,7 @@ pub fn rows_table(
     };
     let _ = write!(
         out,
-        "<table><thead><tr>{}<th>Host name</th>{}{}<th>OS</th><th>Model</th><th>Packages</th></tr></thead><tbody>",
+        "<table><thead><tr>{}<th>Host name</th>{}{}<th>OS</th><th>Agent</th><th>Model</th><th>Packages</th></tr></thead><tbody>",
         header("Name", Some(("name", Sort::Name))),
         header("State", Some(("phase", Sort::Phase))),
         header("Last seen", Some(("lastSeen", Sort::LastSeen))),
@@ -114,13 +117,14 @@ pub fn rows_table(
             .collect();
         let _ = write!(
             out,
-            "<tr><td><a href=\"/ui/clients/{}\">{}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td><a href=\"/ui/clients/{}\">{}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"agent\">{}</td><td>{}</td><td>{}</td></tr>",
             esc(&url(&row.name)),
             esc(&row.name),
             esc(row.hostname.as_deref().unwrap_or("")),
             phase_cell(row.phase, row.progress),
             ago(row.last_seen, now),
             esc(&detail.os),
+            esc(row.agent_version.as_deref().unwrap_or("")),
             esc(&detail.model),
             packages.join(", "),
         );
@@ -133,6 +137,7 @@ pub fn rows_table(
 pub struct ListQuery {
     q: Option<String>,
     selector: Option<String>,
+    agent: Option<String>,
     phase: Option<String>,
     group: Option<String>,
     package: Option<String>,
@@ -177,6 +182,29 @@ async fn address_matches(controller: &Controller, text: &str) -> Result<HashSet<
     Ok(names)
 }
 
+/// The agent-version filter: a version (`0.2.0`: exactly it), or one with an operator in
+/// front (`<0.2.0`, `<=`, `>`, `>=`, `=`, `!=`), as a requirement on
+/// `thinfleet.io/agent-version`.
+fn agent_filter(text: &str) -> Result<Vec<LabelSelectorRequirement>, String> {
+    let operator = text.starts_with(['<', '>', '=', '!']);
+    let term = if operator {
+        format!("{AGENT_VERSION_LABEL}{text}")
+    } else {
+        format!("{AGENT_VERSION_LABEL}={text}")
+    };
+    let selector = LabelSelector::parse(&term).map_err(|error| error.message)?;
+    // An equality as an expression too, so that it adds to the label selector's own.
+    let equal = selector
+        .match_labels
+        .into_iter()
+        .map(|(key, value)| LabelSelectorRequirement {
+            key,
+            operator: SelectorOperator::In,
+            values: vec![value],
+        });
+    Ok(equal.chain(selector.match_expressions).collect())
+}
+
 fn clean(value: &Option<String>) -> Option<String> {
     value
         .as_deref()
@@ -196,9 +224,10 @@ pub async fn list(
         Err(response) => return *response,
     };
     let now = Timestamp::now();
-    let (q, selector_text, phase_text, group_name, package_text) = (
+    let (q, selector_text, agent_text, phase_text, group_name, package_text) = (
         clean(&raw.q),
         clean(&raw.selector),
+        clean(&raw.agent),
         clean(&raw.phase),
         clean(&raw.group),
         clean(&raw.package),
@@ -224,6 +253,16 @@ pub async fn list(
         match LabelSelector::parse(text) {
             Ok(selector) => query.selector = Some(selector),
             Err(error) => problems.push(format!("label selector: {error}")),
+        }
+    }
+    if let Some(text) = &agent_text {
+        match agent_filter(text) {
+            Ok(requirements) => query
+                .selector
+                .get_or_insert_with(LabelSelector::default)
+                .match_expressions
+                .extend(requirements),
+            Err(error) => problems.push(format!("agent version: `{text}`: {error}")),
         }
     }
     if let Some(word) = &phase_text {
@@ -262,6 +301,7 @@ pub async fn list(
     for (key, value) in [
         ("q", &q),
         ("selector", &selector_text),
+        ("agent", &agent_text),
         ("phase", &phase_text),
         ("group", &group_name),
         ("package", &package_text),
@@ -283,6 +323,7 @@ pub async fn list(
         "<form method=\"get\" action=\"/ui/clients\" class=\"filters\">\
          <label>Search <input name=\"q\" value=\"{}\" placeholder=\"name, host name, IP or MAC\"></label>\
          <label>Label selector <input name=\"selector\" value=\"{}\" placeholder=\"site=berlin,tier!=test\"></label>\
+         <label>Agent version <input name=\"agent\" value=\"{}\" placeholder=\"&lt;0.2.0\"></label>\
          <label>State <select name=\"phase\"><option value=\"\">any</option>{}</select></label>\
          <label>Group <input name=\"group\" value=\"{}\"></label>\
          <label>Package <input name=\"package\" value=\"{}\" placeholder=\"browser=1.4.2\"></label>\
@@ -290,6 +331,7 @@ pub async fn list(
          <button type=\"submit\">Filter</button></form>",
         field(&q),
         field(&selector_text),
+        field(&agent_text),
         PhaseFilter::ALL
             .iter()
             .map(|(word, _)| {

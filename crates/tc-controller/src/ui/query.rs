@@ -178,6 +178,8 @@ pub struct Row {
     pub last_seen: Option<Timestamp>,
     /// The `thinfleet.io/hostname` label.
     pub hostname: Option<String>,
+    /// The `thinfleet.io/agent-version` label: the version the agent reports.
+    pub agent_version: Option<String>,
     /// Packages as reported: name, version, state.
     pub packages: Vec<(String, String, PackageState)>,
 }
@@ -273,6 +275,8 @@ fn select(snapshot: &Snapshot, selector: &LabelSelector) -> (Bits, Option<LabelS
                         requirement.values.contains(value)
                     }
                     SelectorOperator::Exists | SelectorOperator::DoesNotExist => true,
+                    // Compared once per distinct version, not once per client.
+                    _ => requirement.matches_with(|_| Some(value.as_str())),
                 };
                 if counted {
                     union.add(postings);
@@ -280,8 +284,8 @@ fn select(snapshot: &Snapshot, selector: &LabelSelector) -> (Bits, Option<LabelS
             }
         }
         let set = match requirement.operator {
-            SelectorOperator::In | SelectorOperator::Exists => union,
             SelectorOperator::NotIn | SelectorOperator::DoesNotExist => union.not(len),
+            _ => union,
         };
         bits.and(&set);
     }
@@ -346,6 +350,10 @@ fn row(slot: &ClientSlot, state: &ClientRuntime) -> Row {
         progress: progress(state),
         last_seen: state.status.last_heartbeat,
         hostname: state.labels.get(HOSTNAME_LABEL).map(str::to_string),
+        agent_version: state
+            .labels
+            .get(tc_api::resources::AGENT_VERSION_LABEL)
+            .map(str::to_string),
         packages: state
             .status
             .packages
@@ -490,12 +498,15 @@ mod tests {
                 ClientPhase::Online
             };
             let site = if i % 2 == 0 { "a" } else { "b" };
-            fleet.insert(&client(
-                &format!("tc-{i:07}"),
-                phase,
-                (i * 7919 % 1000) as u64,
-                site,
-            ));
+            let mut client = client(&format!("tc-{i:07}"), phase, (i * 7919 % 1000) as u64, site);
+            // Agents of several versions, one that is not semver, and some that report none.
+            let version = ["0.1.0", "0.2.0-rc.1", "0.2.0", "0.10.0", "dev", ""][i % 6];
+            client.status.inventory = Some(tc_proto::Inventory {
+                agent_version: version.into(),
+                ..Default::default()
+            });
+            client.refresh_labels();
+            fleet.insert(&client);
         }
         fleet
     }
@@ -582,6 +593,12 @@ mod tests {
             "site=c,thinfleet.io/hostname=host-tc-0000017",
             "thinfleet.io/hostname",
             "nothing=here",
+            "thinfleet.io/agent-version<0.2.0",
+            "thinfleet.io/agent-version<=0.2.0",
+            "thinfleet.io/agent-version>0.2.0-rc.1",
+            "thinfleet.io/agent-version>=0.2.0,site=a",
+            "thinfleet.io/agent-version!=0.2.0",
+            "!thinfleet.io/agent-version",
         ] {
             let selector = LabelSelector::parse(text).unwrap();
             let mut expected = 0;
@@ -598,6 +615,9 @@ mod tests {
                 },
             );
             assert_eq!(page.matches, expected, "{text}");
+            if text.contains("agent-version") {
+                assert!(expected > 0 && expected < 300, "{text} selects {expected}");
+            }
         }
         let found = clients(
             &snapshot,
