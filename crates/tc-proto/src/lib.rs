@@ -170,6 +170,46 @@ impl Hooks {
     }
 }
 
+/// [`Hooks`] as they arrive in a desired package: a hook or a hook field a newer controller adds
+/// is ignored, as unknown fields are everywhere on the wire, rather than making the whole answer
+/// unreadable to an older agent. Manifests keep refusing unknown fields ([`Hooks`] itself).
+fn hooks_from_wire<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Hooks, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct WireHook {
+        command: Vec<String>,
+        #[serde(default = "default_hook_timeout")]
+        timeout_seconds: u32,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct WireHooks {
+        #[serde(default)]
+        pre_install: Option<WireHook>,
+        #[serde(default)]
+        post_install: Option<WireHook>,
+        #[serde(default)]
+        health_check: Option<WireHook>,
+        #[serde(default)]
+        pre_remove: Option<WireHook>,
+    }
+
+    let hook = |wire: Option<WireHook>| {
+        wire.map(|hook| Hook {
+            command: hook.command,
+            timeout_seconds: hook.timeout_seconds,
+        })
+    };
+    let wire = WireHooks::deserialize(deserializer)?;
+    Ok(Hooks {
+        pre_install: hook(wire.pre_install),
+        post_install: hook(wire.post_install),
+        health_check: hook(wire.health_check),
+        pre_remove: hook(wire.pre_remove),
+    })
+}
+
 /// The state of one package on a client, as the agent reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
@@ -517,8 +557,12 @@ pub struct DesiredPackage {
     pub size: u64,
     /// Where to download it, relative to the controller URL (`/blobs/sha256/<hex>`).
     pub url: String,
-    /// Lifecycle hooks.
-    #[serde(default, skip_serializing_if = "Hooks::is_empty")]
+    /// Lifecycle hooks. A hook or hook field this version does not know is ignored.
+    #[serde(
+        default,
+        skip_serializing_if = "Hooks::is_empty",
+        deserialize_with = "hooks_from_wire"
+    )]
     pub hooks: Hooks,
     /// Which attempt at this release: the controller raises it when an admin retries a failed
     /// release. After an install of a release failed, the agent does not install the same release
@@ -695,6 +739,50 @@ mod tests {
         assert_eq!(far.to_string().parse::<Timestamp>().unwrap(), far);
         assert_eq!(Timestamp::from_unix_millis(u64::MAX), Timestamp::MAX);
         assert_eq!(Timestamp::MAX.plus(Duration::MAX), Timestamp::MAX);
+    }
+
+    /// The wire promises that agents read answers of a newer controller: a hook kind or a hook
+    /// field added later made `deny_unknown_fields` on `Hooks` refuse the whole desired state.
+    /// It is ignored now, on the wire only: a manifest's hooks still refuse unknown fields.
+    #[test]
+    fn a_desired_package_with_hooks_of_a_newer_controller_is_read() {
+        let json = r#"{"name":"kiosk","version":"1.1.0","sha256":"ab","size":3,"url":"/b",
+            "hooks":{"postInstall":{"command":["./post"],"timeoutSeconds":5,"runAs":"kiosk"},
+                     "healthCheck":{"command":["./health"]},
+                     "preActivate":{"command":["./later"]}}}"#;
+        let package: DesiredPackage = serde_json::from_str(json).unwrap();
+        assert_eq!(
+            package.hooks,
+            Hooks {
+                post_install: Some(Hook {
+                    command: vec!["./post".into()],
+                    timeout_seconds: 5,
+                }),
+                health_check: Some(Hook {
+                    command: vec!["./health".into()],
+                    timeout_seconds: 60,
+                }),
+                ..Hooks::default()
+            }
+        );
+        let written = serde_json::to_string(&package).unwrap();
+        assert_eq!(
+            serde_json::from_str::<DesiredPackage>(&written).unwrap(),
+            package
+        );
+        let without: DesiredPackage = serde_json::from_str(
+            r#"{"name":"kiosk","version":"1","sha256":"ab","size":3,"url":"/b"}"#,
+        )
+        .unwrap();
+        assert!(without.hooks.is_empty());
+        let error = serde_json::from_str::<Hooks>(r#"{"preActivate":{"command":["x"]}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("unknown field `preActivate`"), "{error}");
+        let error = serde_json::from_str::<Hook>(r#"{"command":["x"],"runAs":"kiosk"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("unknown field `runAs`"), "{error}");
     }
 
     #[test]

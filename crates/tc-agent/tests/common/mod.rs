@@ -745,7 +745,22 @@ pub fn agent_command(
     ca_cert_hash: Option<&str>,
     state: &Path,
 ) -> std::process::Command {
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_tc-agent"));
+    agent_command_for(
+        Path::new(env!("CARGO_BIN_EXE_tc-agent")),
+        server,
+        ca_cert_hash,
+        state,
+    )
+}
+
+/// [`agent_command`] for the agent binary `binary` (another release's, in `compat.rs`).
+pub fn agent_command_for(
+    binary: &Path,
+    server: &str,
+    ca_cert_hash: Option<&str>,
+    state: &Path,
+) -> std::process::Command {
+    let mut command = std::process::Command::new(binary);
     command.args(["--server", server]);
     if let Some(hash) = ca_cert_hash {
         command.args(["--ca-cert-hash", hash]);

@@ -12,8 +12,29 @@ use tc_testkit::TestController;
 /// How long any single expected change may take.
 pub const WAIT: Duration = Duration::from_secs(60);
 
+/// What an agent needs to join a controller: its URL, a bootstrap token and the CA's
+/// fingerprint (`None` over plain HTTP). A [`TestController`] gives its own; a controller run as a
+/// separate process (another release's, in `compat.rs`) is described by hand.
+pub struct Join {
+    pub url: String,
+    pub bootstrap_token: String,
+    pub ca_cert_hash: Option<String>,
+}
+
+impl From<&TestController> for Join {
+    fn from(controller: &TestController) -> Join {
+        Join {
+            url: controller.url(),
+            bootstrap_token: controller.bootstrap_token().to_owned(),
+            ca_cert_hash: controller.ca_cert_hash(),
+        }
+    }
+}
+
 /// A `tc-agent` child process with its own state directory; killed when dropped.
 pub struct RealAgent {
+    /// The agent binary: this build's, or another release's.
+    pub binary: PathBuf,
     pub child: Option<Child>,
     pub state: PathBuf,
     pub log: PathBuf,
@@ -27,7 +48,20 @@ pub struct RealAgent {
 impl RealAgent {
     /// Starts an agent enrolling as `machine` with `labels` and the YAML `config`.
     pub async fn start(
-        controller: &TestController,
+        controller: impl Into<Join>,
+        root: &Path,
+        machine: &str,
+        labels: &[&str],
+        config: &str,
+    ) -> RealAgent {
+        let binary = Path::new(env!("CARGO_BIN_EXE_tc-agent"));
+        Self::start_binary(binary, controller, root, machine, labels, config).await
+    }
+
+    /// [`RealAgent::start`] with the agent binary `binary`.
+    pub async fn start_binary(
+        binary: &Path,
+        controller: impl Into<Join>,
         root: &Path,
         machine: &str,
         labels: &[&str],
@@ -38,6 +72,7 @@ impl RealAgent {
         let config_path = dir.join("config.yaml");
         std::fs::write(&config_path, config).unwrap();
         let mut agent = RealAgent {
+            binary: binary.to_path_buf(),
             child: None,
             state: dir.join("state"),
             log: dir.join("agent.log"),
@@ -66,16 +101,21 @@ impl RealAgent {
         agent
     }
 
-    pub fn spawn(&mut self, controller: &TestController, labels: &[&str]) {
+    pub fn spawn(&mut self, controller: impl Into<Join>, labels: &[&str]) {
+        let join = controller.into();
         let token_file = self.state.with_file_name("bootstrap.token");
-        std::fs::write(&token_file, controller.bootstrap_token()).unwrap();
+        std::fs::write(&token_file, &join.bootstrap_token).unwrap();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.log)
             .unwrap();
-        let hash = controller.ca_cert_hash();
-        let mut command = super::agent_command(&controller.url(), hash.as_deref(), &self.state);
+        let mut command = super::agent_command_for(
+            &self.binary,
+            &join.url,
+            join.ca_cert_hash.as_deref(),
+            &self.state,
+        );
         command
             .arg("--config")
             .arg(&self.config)
