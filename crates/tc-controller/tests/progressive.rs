@@ -406,6 +406,8 @@ async fn the_readme_agent_update_example_applies() {
     assert_eq!(status, StatusCode::OK, "{result}");
     let g = group(&admin, "agents").await;
     assert_eq!(g["spec"]["packages"][0]["name"], "thinfleet-agent", "{g}");
+    let expression = &g["spec"]["selector"]["matchExpressions"][0];
+    assert_eq!(expression["operator"], "Ge", "{g}");
     let rollout = &g["spec"]["rollout"];
     assert_eq!(rollout["steps"][0]["clients"], 1, "{rollout}");
     assert!(rollout["steps"][1]["pause"].is_object(), "{rollout}");
