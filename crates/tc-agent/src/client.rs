@@ -256,17 +256,7 @@ pub async fn run(
              a pending client (machine id enrolled under another key) until an admin approves it")
         }
     }
-    let http = http_client(
-        &options.config.server,
-        options.config.ca.as_ref(),
-        &options.config.state_dir,
-    )?;
-    let fetcher = Fetcher::new(
-        http.clone(),
-        options.config.server.clone(),
-        options.engine.download.clone(),
-    );
-    let controller = ControllerClient::new(http, options.config.server.clone());
+    let (fetcher, controller) = connect(&options)?;
     let tasks = crate::tasks::TaskRunner::open(
         dir.clone(),
         options.config.tasks.clone(),
@@ -330,6 +320,25 @@ pub async fn run(
     result
 }
 
+/// The downloads and the controller's agent API over one HTTP client that trusts the configured
+/// CA.
+fn connect(options: &RunOptions) -> Result<(Fetcher, ControllerClient), AgentError> {
+    let http = http_client(
+        &options.config.server,
+        options.config.ca.as_ref(),
+        &options.config.state_dir,
+    )?;
+    let fetcher = Fetcher::new(
+        http.clone(),
+        options.config.server.clone(),
+        options.engine.download.clone(),
+    );
+    Ok((
+        fetcher,
+        ControllerClient::new(http, options.config.server.clone()),
+    ))
+}
+
 /// Check-in mode ([`crate::selfupdate::CHECK_IN_ENV`]): the new binary of a self-update proves
 /// that it can reach the controller with the client's identity. It opens a session if needed and
 /// sends heartbeats (retrying like the agent does) until one is accepted, then returns. It reports
@@ -343,16 +352,7 @@ pub async fn check_in(options: RunOptions) -> Result<(), AgentError> {
         packages: journal.reports(),
     };
     let (identity, _) = Identity::load_or_create(&dir)?;
-    let http = http_client(
-        &options.config.server,
-        options.config.ca.as_ref(),
-        &options.config.state_dir,
-    )?;
-    let fetcher = Fetcher::new(
-        http.clone(),
-        options.config.server.clone(),
-        options.engine.download.clone(),
-    );
+    let (fetcher, controller) = connect(&options)?;
     let (orders_tx, _orders_rx) = mpsc::channel(16);
     let (desired_tx, _desired_rx) = watch::channel(journal.desired.clone());
     let (_reports_tx, reports_rx) = watch::channel(snapshot);
@@ -363,7 +363,7 @@ pub async fn check_in(options: RunOptions) -> Result<(), AgentError> {
     let protocol = ProtocolLoop {
         options: &options,
         dir: dir.clone(),
-        controller: ControllerClient::new(http, options.config.server.clone()),
+        controller,
         fetcher,
         connection: ConnectionTracker::load(dir.clone(), options.config.server.as_str()),
         retry: Retry::new(options.retry),

@@ -402,43 +402,20 @@ impl Settings {
             .map(|text| TrustedKey::parse(text).map_err(ConfigError::InvalidTrustedKey))
             .collect::<Result<Vec<_>, _>>()?;
 
-        let history_seconds = match (
+        let history_seconds = seconds_setting(
             self.history_interval_seconds,
-            &file.history_interval_seconds,
-        ) {
-            (Some(seconds), _) => seconds,
-            (None, Some(text)) => text
-                .trim()
-                .parse()
-                .map_err(|_| ConfigError::InvalidHistoryInterval(text.clone()))?,
-            (None, None) => tc_proto::history::DEFAULT_INTERVAL_SECONDS,
-        };
-        let interval_range =
-            tc_proto::history::MIN_INTERVAL_SECONDS..=tc_proto::history::MAX_INTERVAL_SECONDS;
-        if !interval_range.contains(&history_seconds) {
-            return Err(ConfigError::InvalidHistoryInterval(
-                history_seconds.to_string(),
-            ));
-        }
-
-        let check_in_seconds = match (
+            file.history_interval_seconds.as_deref(),
+            tc_proto::history::DEFAULT_INTERVAL_SECONDS,
+            tc_proto::history::MIN_INTERVAL_SECONDS..=tc_proto::history::MAX_INTERVAL_SECONDS,
+            ConfigError::InvalidHistoryInterval,
+        )?;
+        let check_in_seconds = seconds_setting(
             self.self_update_check_in_seconds,
-            &file.self_update_check_in_seconds,
-        ) {
-            (Some(seconds), _) => seconds,
-            (None, Some(text)) => text
-                .trim()
-                .parse()
-                .map_err(|_| ConfigError::InvalidSelfUpdateCheckIn(text.clone()))?,
-            (None, None) => crate::selfupdate::DEFAULT_CHECK_IN_SECONDS,
-        };
-        if !(crate::selfupdate::MIN_CHECK_IN_SECONDS..=crate::selfupdate::MAX_CHECK_IN_SECONDS)
-            .contains(&check_in_seconds)
-        {
-            return Err(ConfigError::InvalidSelfUpdateCheckIn(
-                check_in_seconds.to_string(),
-            ));
-        }
+            file.self_update_check_in_seconds.as_deref(),
+            crate::selfupdate::DEFAULT_CHECK_IN_SECONDS,
+            crate::selfupdate::MIN_CHECK_IN_SECONDS..=crate::selfupdate::MAX_CHECK_IN_SECONDS,
+            ConfigError::InvalidSelfUpdateCheckIn,
+        )?;
 
         Ok(AgentConfig {
             server,
@@ -462,6 +439,27 @@ impl Settings {
             tasks,
             self_update_check_in: Duration::from_secs(u64::from(check_in_seconds)),
         })
+    }
+}
+
+/// A setting in whole seconds: the flag, else the file's text, else `default`; `invalid` (given
+/// the text) when it is not a number within `range`.
+fn seconds_setting(
+    flag: Option<u32>,
+    file: Option<&str>,
+    default: u32,
+    range: std::ops::RangeInclusive<u32>,
+    invalid: fn(String) -> ConfigError,
+) -> Result<u32, ConfigError> {
+    let seconds = match (flag, file) {
+        (Some(seconds), _) => seconds,
+        (None, Some(text)) => text.trim().parse().map_err(|_| invalid(text.to_owned()))?,
+        (None, None) => default,
+    };
+    if range.contains(&seconds) {
+        Ok(seconds)
+    } else {
+        Err(invalid(seconds.to_string()))
     }
 }
 
@@ -624,6 +622,46 @@ mod tests {
         assert!(error.to_string().contains("1 to 3600"), "{error}");
         std::fs::write(&config_path, "historyIntervalSeconds: soon\n").unwrap();
         let error = interval(&["--server", "http://x", "--config", config]).unwrap_err();
+        assert!(error.to_string().contains("`soon`"), "{error}");
+    }
+
+    #[test]
+    fn the_self_update_check_in_deadline_comes_from_the_file_or_the_command_line_within_range() {
+        let temp = tempfile::tempdir().unwrap();
+        let config_path = temp.path().join("agent.yaml");
+        let config = config_path.to_str().unwrap();
+        std::fs::write(&config_path, "selfUpdateCheckInSeconds: 30\n").unwrap();
+        let deadline = |arguments: &[&str]| {
+            cli(arguments)
+                .settings
+                .resolve("h")
+                .map(|c| c.self_update_check_in)
+        };
+        assert_eq!(
+            deadline(&["--server", "http://x"]).unwrap(),
+            Duration::from_secs(120)
+        );
+        assert_eq!(
+            deadline(&["--server", "http://x", "--config", config]).unwrap(),
+            Duration::from_secs(30)
+        );
+        let flag = ["--self-update-check-in-seconds", "5"];
+        let with_flag = [&["--server", "http://x", "--config", config][..], &flag[..]].concat();
+        assert_eq!(deadline(&with_flag).unwrap(), Duration::from_secs(5));
+        let error = deadline(&[
+            "--server",
+            "http://x",
+            "--self-update-check-in-seconds",
+            "4",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.contains("selfUpdateCheckInSeconds `4`") && error.contains("5 to 3600"),
+            "{error}"
+        );
+        std::fs::write(&config_path, "selfUpdateCheckInSeconds: soon\n").unwrap();
+        let error = deadline(&["--server", "http://x", "--config", config]).unwrap_err();
         assert!(error.to_string().contains("`soon`"), "{error}");
     }
 

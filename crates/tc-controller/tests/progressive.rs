@@ -367,18 +367,22 @@ async fn a_bad_rollout_spec_is_refused_with_where_and_what_and_changes_nothing()
     controller.stop().await;
 }
 
+/// The README's YAML code block that contains `marker`.
+fn readme_example(marker: &str) -> &'static str {
+    let readme = include_str!("../../../README.md");
+    let at = readme.find(marker).expect("the README's example");
+    let start = readme[..at].rfind("```yaml").expect("its code block") + "```yaml".len();
+    let end = at + readme[at..].find("```").expect("its end");
+    &readme[start..end]
+}
+
 /// The README's hospital-ward group is a valid manifest and means what the README says.
 #[tokio::test]
 async fn the_readme_ward_example_applies() {
-    let readme = include_str!("../../../README.md");
-    let at = readme
-        .find("name: ward-3b")
-        .expect("the README's ward example");
-    let start = readme[..at].rfind("```yaml").expect("its code block") + "```yaml".len();
-    let end = at + readme[at..].find("```").expect("its end");
+    let example = readme_example("name: ward-3b");
     let controller = TestController::start().await;
     let admin = Api::admin(&controller);
-    let (status, result) = admin.apply(&readme[start..end], "").await;
+    let (status, result) = admin.apply(example, "").await;
     assert_eq!(status, StatusCode::OK, "{result}");
     let g = group(&admin, "ward-3b").await;
     let rollout = &g["spec"]["rollout"];
@@ -394,15 +398,10 @@ async fn the_readme_ward_example_applies() {
 /// The README's agent-update group is a valid manifest: the canary step, then a pause.
 #[tokio::test]
 async fn the_readme_agent_update_example_applies() {
-    let readme = include_str!("../../../README.md");
-    let at = readme
-        .find("name: agents\n")
-        .expect("the README's agent-update example");
-    let start = readme[..at].rfind("```yaml").expect("its code block") + "```yaml".len();
-    let end = at + readme[at..].find("```").expect("its end");
+    let example = readme_example("name: agents\n");
     let controller = TestController::start().await;
     let admin = Api::admin(&controller);
-    let (status, result) = admin.apply(&readme[start..end], "").await;
+    let (status, result) = admin.apply(example, "").await;
     assert_eq!(status, StatusCode::OK, "{result}");
     let g = group(&admin, "agents").await;
     assert_eq!(g["spec"]["packages"][0]["name"], "thinfleet-agent", "{g}");
