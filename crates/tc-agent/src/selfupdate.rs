@@ -100,12 +100,28 @@ impl SelfUpdate {
 
 /// The binary of the `thinfleet-agent` version the journal records as installed (committed),
 /// if there is one and it is a regular file.
+/// It is run as root before anything else checks the state directory, so each directory on its
+/// way is checked as the agent checks its state directory (no link, owned by the agent's user, not
+/// writable by others), and so is the file: nobody else can have put it there.
 pub fn committed_binary(dir: &StateDir) -> Option<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
     let journal = Journal::load(dir).ok().flatten()?;
     let version = &journal.packages.get(PACKAGE)?.active.as_ref()?.version;
-    let path = dir.version(PACKAGE, version).join(BINARY);
+    let version_dir = dir.version(PACKAGE, version);
+    for directory in [
+        dir.root().to_owned(),
+        dir.packages(),
+        dir.package(PACKAGE),
+        version_dir.clone(),
+    ] {
+        crate::state::check_dir(&directory).ok()?;
+    }
+    let path = version_dir.join(BINARY);
     let metadata = std::fs::symlink_metadata(&path).ok()?;
-    metadata.is_file().then_some(path)
+    let trusted = metadata.is_file()
+        && metadata.uid() == rustix::process::geteuid().as_raw()
+        && metadata.mode() & 0o022 == 0;
+    trusted.then_some(path)
 }
 
 /// What [`launch`] did, when it returned.
@@ -312,4 +328,69 @@ fn describe(status: std::process::ExitStatus) -> String {
 /// The line a binary in check-in mode prints once it checked in.
 pub fn checked_in_line(nonce: &OsStr) -> String {
     format!("{CHECKED_IN} {}", nonce.to_string_lossy())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use tc_proto::Timestamp;
+
+    use super::*;
+    use crate::state::{PackageRecord, VersionRecord};
+
+    /// A state directory whose journal says `thinfleet-agent` 0.3.0 is installed, with its binary.
+    fn installed() -> (tempfile::TempDir, StateDir, PathBuf) {
+        let temp = tempfile::tempdir().unwrap();
+        let dir = StateDir::new(temp.path().join("state"));
+        dir.create().unwrap();
+        let mut record = PackageRecord::new("0.3.0", Timestamp::now());
+        record.active = Some(VersionRecord {
+            version: "0.3.0".into(),
+            sha256: String::new(),
+            hooks: Default::default(),
+            hooks_unknown: false,
+        });
+        let mut journal = Journal::default();
+        journal.packages.insert(PACKAGE.into(), record);
+        journal.save(&dir).unwrap();
+        let version = dir.version(PACKAGE, "0.3.0");
+        std::fs::create_dir_all(&version).unwrap();
+        for directory in [dir.package(PACKAGE), version.clone()] {
+            std::fs::set_permissions(&directory, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let binary = version.join(BINARY);
+        std::fs::write(&binary, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o755)).unwrap();
+        (temp, dir, binary)
+    }
+
+    #[test]
+    fn the_committed_binary_is_launched_only_from_a_trusted_state_directory() {
+        let (_temp, dir, binary) = installed();
+        assert_eq!(committed_binary(&dir), Some(binary.clone()));
+
+        // A binary others may write, or a version directory others may write, is not run.
+        std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o777)).unwrap();
+        assert_eq!(committed_binary(&dir), None);
+        std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let version = binary.parent().unwrap();
+        std::fs::set_permissions(version, std::fs::Permissions::from_mode(0o777)).unwrap();
+        assert_eq!(committed_binary(&dir), None);
+        std::fs::set_permissions(version, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+        // Nor a link in the binary's place.
+        std::fs::rename(&binary, version.join("real")).unwrap();
+        std::os::unix::fs::symlink("real", &binary).unwrap();
+        assert_eq!(committed_binary(&dir), None);
+    }
+
+    #[test]
+    fn nothing_is_launched_without_an_installed_release() {
+        let temp = tempfile::tempdir().unwrap();
+        let dir = StateDir::new(temp.path().join("state"));
+        assert_eq!(committed_binary(&dir), None);
+        dir.create().unwrap();
+        assert_eq!(committed_binary(&dir), None);
+    }
 }
