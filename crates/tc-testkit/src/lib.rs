@@ -1,9 +1,10 @@
 //! Test support for thinfleet: a real controller in-process on `127.0.0.1:0` with a throwaway
-//! data directory (HTTPS with its own CA by default, as in production), fixtures (zip packages built on the fly), the fleet simulator ([`sim`]), and
-//! checks of the deployment files ([`deploy`]).
+//! data directory (HTTPS with its own CA by default, as in production), fixtures (zip packages built on the fly), the fleet simulator ([`sim`]),
+//! checks of the deployment files ([`deploy`]) and a throwaway PostgreSQL server ([`postgres`]).
 
 pub mod browser;
 pub mod deploy;
+pub mod postgres;
 pub mod protocol;
 pub mod sim;
 
