@@ -13,6 +13,7 @@
 //! ([`Store::put_client_status`], [`Store::put_liveness`]) take none.
 
 mod redb_store;
+mod write_path;
 
 use tc_api::task::TaskResult;
 use tc_api::{AuditEntry, Client, Event, Kind, Object, Timestamp};

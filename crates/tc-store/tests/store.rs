@@ -1,10 +1,15 @@
-//! Behaviour of the redb store through the `Store` trait.
+//! Behaviour of the stores through the `Store` trait: every test generic over [`Backend`] runs
+//! against each backend (see the `conformance!` lists at the end); the tests of the redb file's
+//! own layout and upgrades are redb's alone.
+
+#[macro_use]
+mod common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use redb::{Database, ReadableDatabase, TableDefinition};
+use ::redb::{Database, ReadableDatabase, TableDefinition};
 use tc_api::{
     API_VERSION, Artifact, AssignedPackage, Client, ClientGroup, ClientGroupSpec,
     ClientGroupStatus, ClientPhase, ClientSpec, ClientStatus, Condition, ConditionStatus, Event,
@@ -17,16 +22,18 @@ use tc_store::{
 };
 use tempfile::TempDir;
 
+use common::Backend;
+
 // ---------------------------------------------------------------------------------------------
 // Fixtures
 
 fn db_path(dir: &TempDir) -> PathBuf {
     // A missing parent directory: `open` creates it.
-    dir.path().join("data").join("thinfleet.redb")
+    common::redb_path(dir)
 }
 
-fn open(dir: &TempDir) -> RedbStore {
-    RedbStore::open(&db_path(dir)).expect("open store")
+fn open_redb(dir: &TempDir) -> Box<dyn Store> {
+    common::Redb::open(dir)
 }
 
 fn at(millis: u64) -> Timestamp {
@@ -113,7 +120,7 @@ fn delete(kind: Kind, name: &str, precondition: Option<&str>) -> Write {
     }
 }
 
-fn write_one(store: &RedbStore, write: Write) -> Result<WriteOutcome, StoreError> {
+fn write_one(store: &dyn Store, write: Write) -> Result<WriteOutcome, StoreError> {
     let mut outcomes = store.write(vec![write], at(1_000))?;
     assert_eq!(outcomes.len(), 1);
     Ok(outcomes.remove(0))
@@ -166,7 +173,7 @@ fn keyed(name: &str, machine_id: &str, public_key: &str) -> Client {
 }
 
 /// The names of the clients enrolled with a machine id.
-fn names_of_machine(store: &RedbStore, machine_id: &str) -> Vec<String> {
+fn names_of_machine(store: &dyn Store, machine_id: &str) -> Vec<String> {
     store
         .clients_by_machine_id(machine_id)
         .unwrap()
@@ -176,7 +183,7 @@ fn names_of_machine(store: &RedbStore, machine_id: &str) -> Vec<String> {
 }
 
 /// The name of the client holding a key.
-fn holder_of_key(store: &RedbStore, key: &str) -> Option<String> {
+fn holder_of_key(store: &dyn Store, key: &str) -> Option<String> {
     store
         .client_by_public_key(key)
         .unwrap()
@@ -200,11 +207,10 @@ fn seqs(events: &[Event]) -> Vec<u64> {
 // ---------------------------------------------------------------------------------------------
 // Durability
 
-#[test]
-fn reopen_keeps_objects_clients_keys_events_settings_and_revision() {
-    let dir = TempDir::new().unwrap();
+fn reopen_keeps_objects_clients_keys_events_settings_and_revision<B: Backend>() {
+    let dir = B::place();
     let (created, revision) = {
-        let store = open(&dir);
+        let store = B::open(&dir);
         let outcomes = store
             .write(
                 vec![
@@ -231,7 +237,7 @@ fn reopen_keeps_objects_clients_keys_events_settings_and_revision() {
     };
     assert_eq!(revision, 3, "two objects and one client were written");
 
-    let store = open(&dir);
+    let store = B::open(&dir);
     assert_eq!(store.revision().unwrap(), revision);
     assert_eq!(
         store.get(Kind::ClientGroup, "front-desk").unwrap().as_ref(),
@@ -246,9 +252,9 @@ fn reopen_keeps_objects_clients_keys_events_settings_and_revision() {
     );
     let stored = store.get_client("kiosk-1").unwrap().expect("client kept");
     assert_eq!(stored.metadata.creation_timestamp, Some(at(43)));
-    assert_eq!(names_of_machine(&store, "machine-1"), ["kiosk-1"]);
+    assert_eq!(names_of_machine(&*store, "machine-1"), ["kiosk-1"]);
     assert_eq!(
-        holder_of_key(&store, "key-kiosk-1").as_deref(),
+        holder_of_key(&*store, "key-kiosk-1").as_deref(),
         Some("kiosk-1")
     );
     let events = store.list_events(&EventFilter::default()).unwrap();
@@ -260,7 +266,7 @@ fn reopen_keeps_objects_clients_keys_events_settings_and_revision() {
     );
 
     // The counter continues where it stopped rather than handing out a used version again.
-    let outcome = write_one(&store, apply(group("lab", 0), "tcadm")).unwrap();
+    let outcome = write_one(&*store, apply(group("lab", 0), "tcadm")).unwrap();
     assert_eq!(rv(carried(&outcome)), "4");
 }
 
@@ -284,10 +290,9 @@ fn open_refuses_a_file_that_is_not_a_database() {
 // ---------------------------------------------------------------------------------------------
 // The object write path
 
-#[test]
-fn failed_batch_writes_nothing() {
-    let dir = TempDir::new().unwrap();
-    let store = open(&dir);
+fn failed_batch_writes_nothing<B: Backend>() {
+    let dir = B::place();
+    let store = B::open(&dir);
     store
         .write(
             vec![apply(group("a", 0), "tcadm"), apply(group("b", 0), "tcadm")],
@@ -348,8 +353,7 @@ fn failed_batch_writes_nothing() {
     }
 }
 
-#[test]
-fn generation_rules() {
+fn generation_rules<B: Backend>() {
     struct Step {
         what: &'static str,
         object: Object,
@@ -456,12 +460,12 @@ fn generation_rules() {
         },
     ];
 
-    let dir = TempDir::new().unwrap();
-    let store = open(&dir);
+    let dir = B::place();
+    let store = B::open(&dir);
     let mut previous: Option<Object> = None;
     for step in steps {
         let revision_before = store.revision().unwrap();
-        let outcome = write_one(&store, apply(step.object.clone(), step.manager)).unwrap();
+        let outcome = write_one(&*store, apply(step.object.clone(), step.manager)).unwrap();
         assert_eq!(outcome_name(&outcome), step.outcome, "{}", step.what);
         let object = carried(&outcome).clone();
         let meta = object.meta();
@@ -502,10 +506,9 @@ fn generation_rules() {
     }
 }
 
-#[test]
-fn uids_are_unique_and_survive_recreation_as_new_ones() {
-    let dir = TempDir::new().unwrap();
-    let store = open(&dir);
+fn uids_are_unique_and_survive_recreation_as_new_ones<B: Backend>() {
+    let dir = B::place();
+    let store = B::open(&dir);
     let outcomes = store
         .write(
             vec![
@@ -520,7 +523,7 @@ fn uids_are_unique_and_survive_recreation_as_new_ones() {
         .iter()
         .map(|o| carried(o).meta().uid.clone().unwrap())
         .collect();
-    write_one(&store, delete(Kind::ClientGroup, "a", None)).unwrap();
+    write_one(&*store, delete(Kind::ClientGroup, "a", None)).unwrap();
     let recreated = store
         .write(vec![apply(group("a", 0), "tcadm")], at(9))
         .unwrap();
@@ -529,8 +532,7 @@ fn uids_are_unique_and_survive_recreation_as_new_ones() {
     assert_eq!(distinct.len(), uids.len(), "{uids:?}");
 }
 
-#[test]
-fn resource_version_preconditions() {
+fn resource_version_preconditions<B: Backend>() {
     // (what, precondition to send, expected outcome or error)
     let cases: [(&str, Option<&str>, &str); 4] = [
         ("stale", Some("1"), "conflict"),
@@ -539,10 +541,10 @@ fn resource_version_preconditions() {
         ("none", None, "configured"),
     ];
     for (what, precondition, expected) in cases {
-        let dir = TempDir::new().unwrap();
-        let store = open(&dir);
-        write_one(&store, apply(group("filler", 0), "tcadm")).unwrap();
-        let created = write_one(&store, apply(group("g", 0), "tcadm")).unwrap();
+        let dir = B::place();
+        let store = B::open(&dir);
+        write_one(&*store, apply(group("filler", 0), "tcadm")).unwrap();
+        let created = write_one(&*store, apply(group("g", 0), "tcadm")).unwrap();
         let current = rv(carried(&created));
         assert_eq!(current, "2");
         let mut object = group("g", 1);
@@ -553,7 +555,7 @@ fn resource_version_preconditions() {
                 p.to_string()
             }
         });
-        match (write_one(&store, apply(object, "tcadm")), expected) {
+        match (write_one(&*store, apply(object, "tcadm")), expected) {
             (Ok(outcome), "configured") => {
                 assert_eq!(outcome_name(&outcome), "configured", "{what}");
                 assert_eq!(rv(carried(&outcome)), "3", "{what}");
@@ -583,11 +585,10 @@ fn resource_version_preconditions() {
     }
 }
 
-#[test]
-fn precondition_on_a_missing_object_is_refused() {
-    let dir = TempDir::new().unwrap();
-    let store = open(&dir);
-    match write_one(&store, apply(with_rv(group("g", 0), "1"), "tcadm")) {
+fn precondition_on_a_missing_object_is_refused<B: Backend>() {
+    let dir = B::place();
+    let store = B::open(&dir);
+    match write_one(&*store, apply(with_rv(group("g", 0), "1"), "tcadm")) {
         Err(StoreError::Conflict {
             actual, expected, ..
         }) => {
@@ -600,14 +601,13 @@ fn precondition_on_a_missing_object_is_refused() {
     assert_eq!(store.revision().unwrap(), 0);
 }
 
-#[test]
-fn status_writes_keep_generation_and_survive_apply() {
-    let dir = TempDir::new().unwrap();
-    let store = open(&dir);
-    let created = carried(&write_one(&store, apply(group("g", 0), "tcadm")).unwrap()).clone();
+fn status_writes_keep_generation_and_survive_apply<B: Backend>() {
+    let dir = B::place();
+    let store = B::open(&dir);
+    let created = carried(&write_one(&*store, apply(group("g", 0), "tcadm")).unwrap()).clone();
 
     let outcome = write_one(
-        &store,
+        &*store,
         Write::Status {
             object: with_group_status(created.clone(), 4),
         },
@@ -626,7 +626,7 @@ fn status_writes_keep_generation_and_survive_apply() {
     // A status write only replaces the status: labels and spec in it are not taken.
     let mut sneaky = with_group_status(with_labels(group("g", 9), &[("x", "y")]), 5);
     sneaky.meta_mut().generation = Some(40);
-    let outcome = write_one(&store, Write::Status { object: sneaky }).unwrap();
+    let outcome = write_one(&*store, Write::Status { object: sneaky }).unwrap();
     let stored = carried(&outcome);
     assert_eq!(stored.spec_json(), created.spec_json());
     assert!(stored.meta().labels.is_empty());
@@ -634,7 +634,11 @@ fn status_writes_keep_generation_and_survive_apply() {
     assert_eq!(group_status(stored).map(|s| s.desired), Some(5));
 
     // An apply with a spec change keeps the stored status and ignores the one it carries.
-    let outcome = write_one(&store, apply(with_group_status(group("g", 1), 99), "tcadm")).unwrap();
+    let outcome = write_one(
+        &*store,
+        apply(with_group_status(group("g", 1), 99), "tcadm"),
+    )
+    .unwrap();
     let applied = carried(&outcome);
     assert_eq!(outcome_name(&outcome), "configured");
     assert_eq!(applied.meta().generation, Some(2));
@@ -643,14 +647,13 @@ fn status_writes_keep_generation_and_survive_apply() {
     assert_eq!(group_status(&stored).map(|s| s.desired), Some(5));
 }
 
-#[test]
-fn status_write_of_missing_object_or_equal_status_writes_nothing() {
-    let dir = TempDir::new().unwrap();
-    let store = open(&dir);
-    let created = carried(&write_one(&store, apply(group("g", 0), "tcadm")).unwrap()).clone();
+fn status_write_of_missing_object_or_equal_status_writes_nothing<B: Backend>() {
+    let dir = B::place();
+    let store = B::open(&dir);
+    let created = carried(&write_one(&*store, apply(group("g", 0), "tcadm")).unwrap()).clone();
     let with_status = carried(
         &write_one(
-            &store,
+            &*store,
             Write::Status {
                 object: with_group_status(created, 3),
             },
@@ -689,8 +692,7 @@ fn status_write_of_missing_object_or_equal_status_writes_nothing() {
     assert_eq!(store.get(Kind::ClientGroup, "gone").unwrap(), None);
 }
 
-#[test]
-fn deletes_with_and_without_precondition() {
+fn deletes_with_and_without_precondition<B: Backend>() {
     // (what, object exists, precondition, expected)
     let cases: [(&str, bool, Option<&str>, &str); 5] = [
         ("existing, no precondition", true, None, "deleted"),
@@ -700,16 +702,17 @@ fn deletes_with_and_without_precondition() {
         ("missing, precondition", false, Some("1"), "not found"),
     ];
     for (what, exists, precondition, expected) in cases {
-        let dir = TempDir::new().unwrap();
-        let store = open(&dir);
+        let dir = B::place();
+        let store = B::open(&dir);
         let mut created = None;
         if exists {
             created = Some(
-                carried(&write_one(&store, apply(release("r", "1.0.0"), "tcadm")).unwrap()).clone(),
+                carried(&write_one(&*store, apply(release("r", "1.0.0"), "tcadm")).unwrap())
+                    .clone(),
             );
         }
         let before = store.revision().unwrap();
-        let result = write_one(&store, delete(Kind::PackageRelease, "r", precondition));
+        let result = write_one(&*store, delete(Kind::PackageRelease, "r", precondition));
         match (result, expected) {
             (Ok(WriteOutcome::Deleted(last)), "deleted") => {
                 assert_eq!(Some(last), created, "{what}");
@@ -743,10 +746,9 @@ fn deletes_with_and_without_precondition() {
     }
 }
 
-#[test]
-fn a_batch_sees_its_own_earlier_writes() {
-    let dir = TempDir::new().unwrap();
-    let store = open(&dir);
+fn a_batch_sees_its_own_earlier_writes<B: Backend>() {
+    let dir = B::place();
+    let store = B::open(&dir);
     let outcomes = store
         .write(
             vec![
@@ -781,10 +783,9 @@ fn a_batch_sees_its_own_earlier_writes() {
     assert_eq!(store.revision().unwrap(), 5);
 }
 
-#[test]
-fn list_is_per_kind_and_sorted_by_name() {
-    let dir = TempDir::new().unwrap();
-    let store = open(&dir);
+fn list_is_per_kind_and_sorted_by_name<B: Backend>() {
+    let dir = B::place();
+    let store = B::open(&dir);
     store
         .write(
             vec![
@@ -816,20 +817,18 @@ fn list_is_per_kind_and_sorted_by_name() {
     assert_eq!(store.get(Kind::PackageRelease, "b").unwrap(), None);
 }
 
-#[test]
-fn client_kind_is_refused_by_the_object_write_path() {
-    let dir = TempDir::new().unwrap();
-    let store = open(&dir);
+fn client_kind_is_refused_by_the_object_write_path<B: Backend>() {
+    let dir = B::place();
+    let store = B::open(&dir);
     store.create_client(client("kiosk-1", "m1"), at(1)).unwrap();
     let result = store.write(vec![delete(Kind::Client, "kiosk-1", None)], at(2));
     assert!(matches!(result, Err(StoreError::Database(_))), "{result:?}");
     assert!(store.get_client("kiosk-1").unwrap().is_some());
 }
 
-#[test]
-fn concurrent_writers_get_distinct_versions() {
-    let dir = TempDir::new().unwrap();
-    let store = Arc::new(open(&dir));
+fn concurrent_writers_get_distinct_versions<B: Backend>() {
+    let dir = B::place();
+    let store = Arc::new(B::open(&dir));
     let threads: Vec<_> = (0..4)
         .map(|thread| {
             let store = Arc::clone(&store);
@@ -837,7 +836,7 @@ fn concurrent_writers_get_distinct_versions() {
                 (0..10)
                     .map(|i| {
                         let outcome =
-                            write_one(&store, apply(group(&format!("g-{thread}-{i}"), 0), "t"))
+                            write_one(&**store, apply(group(&format!("g-{thread}-{i}"), 0), "t"))
                                 .unwrap();
                         rv(carried(&outcome))
                     })
@@ -858,11 +857,10 @@ fn concurrent_writers_get_distinct_versions() {
 // ---------------------------------------------------------------------------------------------
 // Clients
 
-#[test]
-fn create_client_assigns_server_fields_and_refuses_duplicates() {
-    let dir = TempDir::new().unwrap();
-    let store = open(&dir);
-    write_one(&store, apply(group("g", 0), "tcadm")).unwrap();
+fn create_client_assigns_server_fields_and_refuses_duplicates<B: Backend>() {
+    let dir = B::place();
+    let store = B::open(&dir);
+    write_one(&*store, apply(group("g", 0), "tcadm")).unwrap();
     let created = store
         .create_client(client("kiosk-1", "machine-1"), at(77))
         .unwrap();
@@ -901,8 +899,8 @@ fn create_client_assigns_server_fields_and_refuses_duplicates() {
             vec![created.clone()],
             "{what}"
         );
-        assert_eq!(holder_of_key(&store, "key-2"), None, "{what}");
-        assert!(names_of_machine(&store, "machine-2").is_empty(), "{what}");
+        assert_eq!(holder_of_key(&*store, "key-2"), None, "{what}");
+        assert!(names_of_machine(&*store, "machine-2").is_empty(), "{what}");
     }
 
     // A machine id is not unique: a cloned image approved as a client of its own shares it.
@@ -910,7 +908,7 @@ fn create_client_assigns_server_fields_and_refuses_duplicates() {
         .create_client(keyed("kiosk-1-clone", "machine-1", "key-clone"), at(79))
         .unwrap();
     assert_eq!(
-        names_of_machine(&store, "machine-1"),
+        names_of_machine(&*store, "machine-1"),
         ["kiosk-1", "kiosk-1-clone"]
     );
     assert_eq!(store.clients_by_machine_id("machine-1").unwrap()[1], clone);
@@ -918,13 +916,13 @@ fn create_client_assigns_server_fields_and_refuses_duplicates() {
     store
         .create_client(keyed("kiosk-9", "machine-10", "key-9"), at(80))
         .unwrap();
-    assert!(names_of_machine(&store, "machine-").is_empty());
-    assert_eq!(names_of_machine(&store, "machine-10"), ["kiosk-9"]);
+    assert!(names_of_machine(&*store, "machine-").is_empty());
+    assert_eq!(names_of_machine(&*store, "machine-10"), ["kiosk-9"]);
     // A client without a key (enrolled before identities) is found by none.
     store
         .create_client(keyed("old", "machine-old", ""), at(81))
         .unwrap();
-    assert_eq!(holder_of_key(&store, ""), None);
+    assert_eq!(holder_of_key(&*store, ""), None);
     // A uid the client carries (a bulk import) is kept.
     let mut imported = client("imported", "machine-imported");
     imported.metadata.uid = Some("00000000-0000-0000-0000-000000000042".into());
@@ -935,10 +933,9 @@ fn create_client_assigns_server_fields_and_refuses_duplicates() {
     );
 }
 
-#[test]
-fn create_clients_enrols_a_batch_in_one_transaction_or_nothing() {
-    let dir = TempDir::new().unwrap();
-    let store = open(&dir);
+fn create_clients_enrols_a_batch_in_one_transaction_or_nothing<B: Backend>() {
+    let dir = B::place();
+    let store = B::open(&dir);
     store
         .create_client(client("kiosk-0", "machine-0"), at(1))
         .unwrap();
@@ -962,10 +959,10 @@ fn create_clients_enrols_a_batch_in_one_transaction_or_nothing() {
     assert_eq!(store.revision().unwrap(), 501);
     assert_eq!(store.list_clients().unwrap().len(), 501);
     assert_eq!(
-        holder_of_key(&store, "key-kiosk-250").as_deref(),
+        holder_of_key(&*store, "key-kiosk-250").as_deref(),
         Some("kiosk-250")
     );
-    assert_eq!(names_of_machine(&store, "machine-500"), ["kiosk-500"]);
+    assert_eq!(names_of_machine(&*store, "machine-500"), ["kiosk-500"]);
     assert!(store.create_clients(vec![], at(10)).unwrap().is_empty());
     assert_eq!(store.revision().unwrap(), 501);
 
@@ -1006,9 +1003,9 @@ fn create_clients_enrols_a_batch_in_one_transaction_or_nothing() {
         assert_eq!(store.revision().unwrap(), 501, "{what}");
         assert_eq!(store.list_clients().unwrap().len(), 501, "{what}");
         assert!(store.get_client("new-1").unwrap().is_none(), "{what}");
-        assert_eq!(holder_of_key(&store, "key-new-1"), None, "{what}");
+        assert_eq!(holder_of_key(&*store, "key-new-1"), None, "{what}");
         assert!(
-            names_of_machine(&store, "new-machine-1").is_empty(),
+            names_of_machine(&*store, "new-machine-1").is_empty(),
             "{what}"
         );
     }
@@ -1030,11 +1027,10 @@ fn seen(client: &Client) -> (Option<Timestamp>, f32) {
     (client.status.last_heartbeat, client.status.load.cpu_percent)
 }
 
-#[test]
-fn liveness_is_recorded_apart_and_overlaid_on_reads() {
-    let dir = TempDir::new().unwrap();
+fn liveness_is_recorded_apart_and_overlaid_on_reads<B: Backend>() {
+    let dir = B::place();
     {
-        let store = open(&dir);
+        let store = B::open(&dir);
         for (name, machine) in [("a", "ma"), ("b", "mb"), ("c", "mc")] {
             store.create_client(client(name, machine), at(1)).unwrap();
         }
@@ -1083,12 +1079,12 @@ fn liveness_is_recorded_apart_and_overlaid_on_reads() {
     }
     // The record of a name without a client is not read, and a client created under that
     // name does not inherit it.
-    let store = open(&dir);
+    let store = B::open(&dir);
     store.put_clients(vec![client("ghost", "mg")]).unwrap();
     assert_eq!(seen(&store.get_client("ghost").unwrap().unwrap()).0, None);
     drop(store);
     // Durable, and gone with the client.
-    let store = open(&dir);
+    let store = B::open(&dir);
     assert_eq!(
         seen(&store.get_client("a").unwrap().unwrap()),
         (Some(at(5_000)), 12.5)
@@ -1099,10 +1095,9 @@ fn liveness_is_recorded_apart_and_overlaid_on_reads() {
     assert_eq!(seen(&store.get_client("a").unwrap().unwrap()), (None, 0.0));
 }
 
-#[test]
-fn a_replaced_key_moves_in_the_index_and_a_held_key_is_refused() {
-    let dir = TempDir::new().unwrap();
-    let store = open(&dir);
+fn a_replaced_key_moves_in_the_index_and_a_held_key_is_refused<B: Backend>() {
+    let dir = B::place();
+    let store = B::open(&dir);
     let first = store
         .create_client(client("kiosk-1", "machine-1"), at(1))
         .unwrap();
@@ -1117,10 +1112,13 @@ fn a_replaced_key_moves_in_the_index_and_a_held_key_is_refused() {
     replaced.spec.machine_id = "machine-new".into();
     replaced.spec.credential_generation = 1;
     store.put_clients(vec![replaced]).unwrap();
-    assert_eq!(holder_of_key(&store, "key-kiosk-1"), None);
-    assert_eq!(holder_of_key(&store, "key-new").as_deref(), Some("kiosk-1"));
-    assert!(names_of_machine(&store, "machine-1").is_empty());
-    assert_eq!(names_of_machine(&store, "machine-new"), ["kiosk-1"]);
+    assert_eq!(holder_of_key(&*store, "key-kiosk-1"), None);
+    assert_eq!(
+        holder_of_key(&*store, "key-new").as_deref(),
+        Some("kiosk-1")
+    );
+    assert!(names_of_machine(&*store, "machine-1").is_empty());
+    assert_eq!(names_of_machine(&*store, "machine-new"), ["kiosk-1"]);
     let stored = store.get_client("kiosk-1").unwrap().unwrap();
     assert_eq!(stored.spec.credential_generation, 1);
     assert_eq!(stored.metadata.uid, first.metadata.uid);
@@ -1134,17 +1132,19 @@ fn a_replaced_key_moves_in_the_index_and_a_held_key_is_refused() {
         "{result:?}"
     );
     assert_eq!(store.get_client("kiosk-3").unwrap(), None);
-    assert_eq!(holder_of_key(&store, "key-new").as_deref(), Some("kiosk-1"));
     assert_eq!(
-        holder_of_key(&store, "key-kiosk-2").as_deref(),
+        holder_of_key(&*store, "key-new").as_deref(),
+        Some("kiosk-1")
+    );
+    assert_eq!(
+        holder_of_key(&*store, "key-kiosk-2").as_deref(),
         Some("kiosk-2")
     );
 }
 
-#[test]
-fn delete_client_removes_it_and_its_indexes() {
-    let dir = TempDir::new().unwrap();
-    let store = open(&dir);
+fn delete_client_removes_it_and_its_indexes<B: Backend>() {
+    let dir = B::place();
+    let store = B::open(&dir);
     let created = store
         .create_client(client("kiosk-1", "machine-1"), at(1))
         .unwrap();
@@ -1159,7 +1159,7 @@ fn delete_client_removes_it_and_its_indexes() {
         vec![other],
         "the other client of the machine id stays"
     );
-    assert_eq!(holder_of_key(&store, "key-kiosk-1"), None);
+    assert_eq!(holder_of_key(&*store, "key-kiosk-1"), None);
     assert_eq!(store.delete_client("kiosk-1").unwrap(), None);
 
     // The name and the key are free again.
@@ -1172,10 +1172,9 @@ fn delete_client_removes_it_and_its_indexes() {
     );
 }
 
-#[test]
-fn put_clients_upserts_a_large_batch_in_one_call() {
-    let dir = TempDir::new().unwrap();
-    let store = open(&dir);
+fn put_clients_upserts_a_large_batch_in_one_call<B: Backend>() {
+    let dir = B::place();
+    let store = B::open(&dir);
     let created = store
         .create_client(client("kiosk-0000", "machine-0000"), at(1))
         .unwrap();
@@ -1204,19 +1203,18 @@ fn put_clients_upserts_a_large_batch_in_one_call() {
 
     let listed = store.list_clients().unwrap();
     assert_eq!(listed, stored, "sorted by name and stored as returned");
-    assert_eq!(names_of_machine(&store, "machine-1234"), ["kiosk-1234"]);
+    assert_eq!(names_of_machine(&*store, "machine-1234"), ["kiosk-1234"]);
     assert_eq!(
-        holder_of_key(&store, "key-kiosk-0000").as_deref(),
+        holder_of_key(&*store, "key-kiosk-0000").as_deref(),
         Some("kiosk-0000")
     );
     assert_eq!(store.put_clients(Vec::new()).unwrap(), Vec::new());
     assert_eq!(store.revision().unwrap(), 2_001);
 }
 
-#[test]
-fn put_clients_moves_a_changed_machine_id_in_the_index() {
-    let dir = TempDir::new().unwrap();
-    let store = open(&dir);
+fn put_clients_moves_a_changed_machine_id_in_the_index<B: Backend>() {
+    let dir = B::place();
+    let store = B::open(&dir);
     store.create_client(client("a", "ma"), at(1)).unwrap();
     store.create_client(client("b", "mb"), at(1)).unwrap();
 
@@ -1224,18 +1222,17 @@ fn put_clients_moves_a_changed_machine_id_in_the_index() {
     store
         .put_clients(vec![client("c", "mc"), client("d", "ma")])
         .unwrap();
-    assert_eq!(names_of_machine(&store, "ma"), ["a", "d"]);
+    assert_eq!(names_of_machine(&*store, "ma"), ["a", "d"]);
 
     // A changed machine id moves the index entry (the old one no longer finds the client).
     store.put_clients(vec![client("b", "mb2")]).unwrap();
-    assert!(names_of_machine(&store, "mb").is_empty());
-    assert_eq!(names_of_machine(&store, "mb2"), ["b"]);
+    assert!(names_of_machine(&*store, "mb").is_empty());
+    assert_eq!(names_of_machine(&*store, "mb2"), ["b"]);
 }
 
-#[test]
-fn settings_are_listed_by_prefix() {
-    let dir = TempDir::new().unwrap();
-    let store = open(&dir);
+fn settings_are_listed_by_prefix<B: Backend>() {
+    let dir = B::place();
+    let store = B::open(&dir);
     for key in ["token/a", "token/b", "tokens", "other/x", "token"] {
         store.put_setting(key, Some(&format!("v-{key}"))).unwrap();
     }
@@ -1254,11 +1251,10 @@ fn settings_are_listed_by_prefix() {
 // ---------------------------------------------------------------------------------------------
 // Events
 
-#[test]
-fn event_ring_keeps_the_newest_and_sequence_continues_after_reopen() {
-    let dir = TempDir::new().unwrap();
+fn event_ring_keeps_the_newest_and_sequence_continues_after_reopen<B: Backend>() {
+    let dir = B::place();
     {
-        let store = RedbStore::open_with_event_capacity(&db_path(&dir), 5).unwrap();
+        let store = B::open_with_event_capacity(&dir, 5);
         let first = store
             .append_events(
                 (0..7)
@@ -1279,7 +1275,7 @@ fn event_ring_keeps_the_newest_and_sequence_continues_after_reopen() {
         assert_eq!(seqs(&kept), vec![8, 9, 10, 11, 12]);
         assert_eq!(kept[0].reason, "E7");
     }
-    let store = RedbStore::open_with_event_capacity(&db_path(&dir), 5).unwrap();
+    let store = B::open_with_event_capacity(&dir, 5);
     let appended = store
         .append_events(vec![event(Kind::Client, "k", "After")])
         .unwrap();
@@ -1290,7 +1286,7 @@ fn event_ring_keeps_the_newest_and_sequence_continues_after_reopen() {
 
     // A store reopened with a smaller capacity trims on its next append.
     drop(store);
-    let store = RedbStore::open_with_event_capacity(&db_path(&dir), 2).unwrap();
+    let store = B::open_with_event_capacity(&dir, 2);
     store
         .append_events(vec![event(Kind::Client, "k", "Small")])
         .unwrap();
@@ -1300,10 +1296,9 @@ fn event_ring_keeps_the_newest_and_sequence_continues_after_reopen() {
     );
 }
 
-#[test]
-fn event_filters_and_limit() {
-    let dir = TempDir::new().unwrap();
-    let store = open(&dir);
+fn event_filters_and_limit<B: Backend>() {
+    let dir = B::place();
+    let store = B::open(&dir);
     // seq: 1 g/a, 2 client/a, 3 g/b, 4 g/a, 5 client/a, 6 g/a
     store
         .append_events(vec![
@@ -1373,10 +1368,9 @@ fn event_filters_and_limit() {
     }
 }
 
-#[test]
-fn empty_event_append_writes_nothing() {
-    let dir = TempDir::new().unwrap();
-    let store = open(&dir);
+fn empty_event_append_writes_nothing<B: Backend>() {
+    let dir = B::place();
+    let store = B::open(&dir);
     assert!(store.append_events(Vec::new()).unwrap().is_empty());
     let appended = store
         .append_events(vec![event(Kind::Client, "k", "X")])
@@ -1387,10 +1381,9 @@ fn empty_event_append_writes_nothing() {
 // ---------------------------------------------------------------------------------------------
 // Settings
 
-#[test]
-fn settings_are_set_replaced_and_removed() {
-    let dir = TempDir::new().unwrap();
-    let store = open(&dir);
+fn settings_are_set_replaced_and_removed<B: Backend>() {
+    let dir = B::place();
+    let store = B::open(&dir);
     assert_eq!(store.get_setting("k").unwrap(), None);
     store.put_setting("k", Some("1")).unwrap();
     store.put_setting("k", Some("2")).unwrap();
@@ -1492,14 +1485,14 @@ fn entry(name: &str, status: ClientStatus) -> ClientStatusEntry {
     }
 }
 
-fn get(store: &RedbStore, name: &str) -> Client {
+fn get(store: &dyn Store, name: &str) -> Client {
     store
         .get_client(name)
         .unwrap()
         .unwrap_or_else(|| panic!("client {name} stored"))
 }
 
-fn scan(store: &RedbStore) -> Vec<Client> {
+fn scan(store: &dyn Store) -> Vec<Client> {
     let mut visited = Vec::new();
     store
         .scan_clients(&mut |client| visited.push(client))
@@ -1512,10 +1505,9 @@ fn without_inventory(mut client: Client) -> Client {
     client
 }
 
-#[test]
-fn status_is_recorded_apart_from_the_object_without_resource_versions() {
-    let dir = TempDir::new().unwrap();
-    let store = open(&dir);
+fn status_is_recorded_apart_from_the_object_without_resource_versions<B: Backend>() {
+    let dir = B::place();
+    let store = B::open(&dir);
     // A running fleet seeded through bulk enrolment: heartbeat, load and inventory read back.
     let created = store
         .create_clients(
@@ -1530,8 +1522,8 @@ fn status_is_recorded_apart_from_the_object_without_resource_versions() {
             at(1),
         )
         .unwrap();
-    assert_eq!(get(&store, "a"), created[0]);
-    assert_eq!(get(&store, "b"), created[1]);
+    assert_eq!(get(&*store, "a"), created[0]);
+    assert_eq!(get(&*store, "b"), created[1]);
     assert_eq!(
         created[1].status,
         with_inventory(heard(reported("1.0.0", 1), 1_000, 5.0), "b")
@@ -1552,13 +1544,13 @@ fn status_is_recorded_apart_from_the_object_without_resource_versions() {
         revision,
         "status takes no version"
     );
-    let a = get(&store, "a");
+    let a = get(&*store, "a");
     assert_eq!(a.status, a_status);
     assert_eq!(
         a.metadata, created[0].metadata,
         "the object is not rewritten"
     );
-    let b = get(&store, "b");
+    let b = get(&*store, "b");
     assert_eq!(
         b.status,
         with_inventory(heard(reported("1.2.0", 3), 1_000, 5.0), "b"),
@@ -1569,7 +1561,7 @@ fn status_is_recorded_apart_from_the_object_without_resource_versions() {
     store
         .put_liveness(vec![liveness("a", 3_000, 30.0)])
         .unwrap();
-    let a = get(&store, "a");
+    let a = get(&*store, "a");
     assert_eq!(seen(&a), (Some(at(3_000)), 30.0));
     assert_eq!(
         a.metadata.resource_version,
@@ -1586,12 +1578,12 @@ fn status_is_recorded_apart_from_the_object_without_resource_versions() {
     assert_eq!(store.clients_by_machine_id("ma").unwrap(), vec![a.clone()]);
     assert_eq!(store.clients_by_machine_id("mb").unwrap(), vec![b.clone()]);
     assert_eq!(
-        scan(&store),
+        scan(&*store),
         vec![without_inventory(a), without_inventory(b)]
     );
 
     // Writing the object takes a version; status writes after it do not.
-    let mut relabelled = get(&store, "b");
+    let mut relabelled = get(&*store, "b");
     relabelled
         .spec
         .admin_labels
@@ -1604,14 +1596,13 @@ fn status_is_recorded_apart_from_the_object_without_resource_versions() {
     store
         .put_client_status(vec![entry("b", reported("1.3.0", 4))])
         .unwrap();
-    assert_eq!(get(&store, "b").metadata.resource_version, version);
+    assert_eq!(get(&*store, "b").metadata.resource_version, version);
     assert_eq!(store.revision().unwrap(), revision + 1);
 }
 
-#[test]
-fn create_keeps_load_only_with_a_heartbeat_and_returns_what_reads_return() {
-    let dir = TempDir::new().unwrap();
-    let store = open(&dir);
+fn create_keeps_load_only_with_a_heartbeat_and_returns_what_reads_return<B: Backend>() {
+    let dir = B::place();
+    let store = B::open(&dir);
     let mut status = reported("1.0.0", 1);
     status.load.cpu_percent = 42.0;
     let created = store
@@ -1619,13 +1610,12 @@ fn create_keeps_load_only_with_a_heartbeat_and_returns_what_reads_return() {
         .unwrap();
     status.load = Default::default();
     assert_eq!(created.status, status);
-    assert_eq!(get(&store, "a"), created);
+    assert_eq!(get(&*store, "a"), created);
 }
 
-#[test]
-fn status_writes_skip_clients_that_are_not_stored_and_the_later_entry_of_a_name_wins() {
-    let dir = TempDir::new().unwrap();
-    let store = open(&dir);
+fn status_writes_skip_clients_that_are_not_stored_and_the_later_entry_of_a_name_wins<B: Backend>() {
+    let dir = B::place();
+    let store = B::open(&dir);
     store.create_client(client("a", "ma"), at(1)).unwrap();
     store.create_client(client("b", "mb"), at(1)).unwrap();
     store.delete_client("b").unwrap();
@@ -1649,7 +1639,7 @@ fn status_writes_skip_clients_that_are_not_stored_and_the_later_entry_of_a_name_
         ])
         .unwrap();
     assert_eq!(written, 1, "only a, once");
-    let a = get(&store, "a");
+    let a = get(&*store, "a");
     assert_eq!(a.status.desired_revision, 2, "the later entry of a wins");
     assert_eq!(
         a.status.inventory, None,
@@ -1671,15 +1661,14 @@ fn status_writes_skip_clients_that_are_not_stored_and_the_later_entry_of_a_name_
     for (name, machine) in [("ghost", "mg"), ("b", "mb")] {
         let created = store.create_client(client(name, machine), at(2)).unwrap();
         assert_eq!(created.status, ClientStatus::default(), "{name}");
-        assert_eq!(get(&store, name), created, "{name}");
+        assert_eq!(get(&*store, name), created, "{name}");
         assert_eq!(store.client_inventory(name).unwrap(), None, "{name}");
     }
 }
 
-#[test]
-fn inventory_is_kept_by_none_and_replaced_by_some() {
-    let dir = TempDir::new().unwrap();
-    let store = open(&dir);
+fn inventory_is_kept_by_none_and_replaced_by_some<B: Backend>() {
+    let dir = B::place();
+    let store = B::open(&dir);
     store
         .create_client(
             client_with("a", "ma", with_inventory(reported("1.0.0", 1), "first")),
@@ -1698,34 +1687,37 @@ fn inventory_is_kept_by_none_and_replaced_by_some() {
     store
         .put_client_status(vec![entry("a", reported("1.1.0", 2))])
         .unwrap();
-    assert_eq!(get(&store, "a").status.inventory, Some(inventory("first")));
-    assert_eq!(get(&store, "a").status.desired_revision, 2);
+    assert_eq!(get(&*store, "a").status.inventory, Some(inventory("first")));
+    assert_eq!(get(&*store, "a").status.desired_revision, 2);
     store
         .put_client_status(vec![entry(
             "a",
             with_inventory(reported("1.1.0", 2), "second"),
         )])
         .unwrap();
-    assert_eq!(get(&store, "a").status.inventory, Some(inventory("second")));
+    assert_eq!(
+        get(&*store, "a").status.inventory,
+        Some(inventory("second"))
+    );
     assert_eq!(
         store.client_inventory("a").unwrap(),
         Some(inventory("second"))
     );
 
     // put_clients, with a copy of the client that lacks the inventory (as scan_clients gives)
-    let scanned = scan(&store).remove(0);
+    let scanned = scan(&*store).remove(0);
     assert_eq!(scanned.status.inventory, None);
     let stored = store.put_clients(vec![scanned]).unwrap();
     assert_eq!(stored[0].status.inventory, Some(inventory("second")));
     assert_eq!(
-        get(&store, "a"),
+        get(&*store, "a"),
         stored[0],
         "put_clients returns what reads return"
     );
-    let mut replaced = get(&store, "a");
+    let mut replaced = get(&*store, "a");
     replaced.status.inventory = Some(inventory("third"));
     store.put_clients(vec![replaced]).unwrap();
-    assert_eq!(get(&store, "a").status.inventory, Some(inventory("third")));
+    assert_eq!(get(&*store, "a").status.inventory, Some(inventory("third")));
     assert_eq!(
         store.client_inventory("a").unwrap(),
         Some(inventory("third"))
@@ -1735,20 +1727,19 @@ fn inventory_is_kept_by_none_and_replaced_by_some() {
     let stored = store.put_clients(vec![client("d", "md")]).unwrap();
     assert_eq!(stored[0].status.inventory, None);
     assert_eq!(store.client_inventory("d").unwrap(), None);
-    assert_eq!(get(&store, "d"), stored[0]);
+    assert_eq!(get(&*store, "d"), stored[0]);
 }
 
-#[test]
-fn liveness_only_moves_forward_through_status_and_object_writes() {
-    let dir = TempDir::new().unwrap();
-    let store = open(&dir);
+fn liveness_only_moves_forward_through_status_and_object_writes<B: Backend>() {
+    let dir = B::place();
+    let store = B::open(&dir);
     store
         .create_client(
             client_with("a", "ma", heard(reported("1.0.0", 1), 5_000, 50.0)),
             at(1),
         )
         .unwrap();
-    assert_eq!(seen(&get(&store, "a")), (Some(at(5_000)), 50.0));
+    assert_eq!(seen(&get(&*store, "a")), (Some(at(5_000)), 50.0));
     // (what, heartbeat and cpu written, expected heartbeat and cpu read)
     let cases = [
         ("older", Some((4_000, 40.0)), (5_000, 50.0)),
@@ -1762,27 +1753,26 @@ fn liveness_only_moves_forward_through_status_and_object_writes() {
             status = heard(status, written_millis, written_cpu);
         }
         store.put_client_status(vec![entry("a", status)]).unwrap();
-        let a = get(&store, "a");
+        let a = get(&*store, "a");
         assert_eq!(seen(&a), (Some(at(millis)), cpu), "{what}");
         assert_eq!(a.status.load.memory_used_bytes, millis * 10, "{what}");
     }
 
-    let mut older = get(&store, "a");
+    let mut older = get(&*store, "a");
     older.status = heard(older.status, 5_500, 55.0);
     let stored = store.put_clients(vec![older]).unwrap();
     assert_eq!(seen(&stored[0]), (Some(at(6_000)), 60.0));
-    assert_eq!(seen(&get(&store, "a")), (Some(at(6_000)), 60.0));
-    let mut newer = get(&store, "a");
+    assert_eq!(seen(&get(&*store, "a")), (Some(at(6_000)), 60.0));
+    let mut newer = get(&*store, "a");
     newer.status = heard(newer.status, 7_000, 70.0);
     let stored = store.put_clients(vec![newer]).unwrap();
     assert_eq!(seen(&stored[0]), (Some(at(7_000)), 70.0));
-    assert_eq!(seen(&scan(&store)[0]), (Some(at(7_000)), 70.0));
+    assert_eq!(seen(&scan(&*store)[0]), (Some(at(7_000)), 70.0));
 }
 
-#[test]
-fn scan_clients_visits_every_client_in_name_order_without_inventory() {
-    let dir = TempDir::new().unwrap();
-    let store = open(&dir);
+fn scan_clients_visits_every_client_in_name_order_without_inventory<B: Backend>() {
+    let dir = B::place();
+    let store = B::open(&dir);
     let mut visited = 0;
     store.scan_clients(&mut |_| visited += 1).unwrap();
     assert_eq!(visited, 0);
@@ -1818,7 +1808,7 @@ fn scan_clients_visits_every_client_in_name_order_without_inventory() {
         .unwrap();
 
     let listed = store.list_clients().unwrap();
-    let scanned = scan(&store);
+    let scanned = scan(&*store);
     let names: Vec<String> = scanned.iter().map(|c| c.metadata.name.clone()).collect();
     let expected: Vec<String> = (0..300).map(|i| format!("kiosk-{i:03}")).collect();
     assert_eq!(names, expected);
@@ -1849,10 +1839,9 @@ fn scan_clients_visits_every_client_in_name_order_without_inventory() {
     assert_eq!(scanned[1].status.last_heartbeat, None);
 }
 
-#[test]
-fn delete_client_removes_its_status_inventory_and_liveness() {
-    let dir = TempDir::new().unwrap();
-    let store = open(&dir);
+fn delete_client_removes_its_status_inventory_and_liveness<B: Backend>() {
+    let dir = B::place();
+    let store = B::open(&dir);
     store
         .create_client(
             client_with(
@@ -1869,7 +1858,7 @@ fn delete_client_removes_its_status_inventory_and_liveness() {
     store
         .put_liveness(vec![liveness("a", 2_000, 20.0)])
         .unwrap();
-    let before = get(&store, "a");
+    let before = get(&*store, "a");
     assert_eq!(
         before.status,
         with_inventory(heard(reported("1.1.0", 2), 2_000, 20.0), "a")
@@ -1883,20 +1872,19 @@ fn delete_client_removes_its_status_inventory_and_liveness() {
             .unwrap(),
         0
     );
-    assert!(scan(&store).is_empty());
+    assert!(scan(&*store).is_empty());
 
     let again = store.create_client(client("a", "ma"), at(3)).unwrap();
     assert_eq!(again.status, ClientStatus::default());
-    assert_eq!(get(&store, "a"), again);
+    assert_eq!(get(&*store, "a"), again);
     assert_eq!(store.client_inventory("a").unwrap(), None);
-    assert_eq!(scan(&store), vec![again]);
+    assert_eq!(scan(&*store), vec![again]);
 }
 
-#[test]
-fn client_parts_survive_reopen() {
-    let dir = TempDir::new().unwrap();
+fn client_parts_survive_reopen<B: Backend>() {
+    let dir = B::place();
     let (listed, revision) = {
-        let store = open(&dir);
+        let store = B::open(&dir);
         store
             .create_clients(
                 vec![
@@ -1921,7 +1909,7 @@ fn client_parts_survive_reopen() {
             ])
             .unwrap();
         store.put_liveness(vec![liveness("c", 3_000, 3.0)]).unwrap();
-        let mut c = get(&store, "c");
+        let mut c = get(&*store, "c");
         c.spec.admin_labels.insert("room".into(), "12".into());
         c.refresh_labels();
         store.put_clients(vec![c]).unwrap();
@@ -1938,11 +1926,11 @@ fn client_parts_survive_reopen() {
             (0, (Some(at(3_000)), 3.0)),
         ]
     );
-    let store = open(&dir);
+    let store = B::open(&dir);
     assert_eq!(store.list_clients().unwrap(), listed);
     assert_eq!(store.revision().unwrap(), revision);
     assert_eq!(
-        scan(&store),
+        scan(&*store),
         listed
             .iter()
             .cloned()
@@ -2048,18 +2036,18 @@ fn a_layout_1_file_is_read_upgraded_and_written() {
         &[liveness("b", 9_000, 90.0), liveness("c", 3_000, 30.0)],
     );
 
-    let store = open(&dir);
+    let store = open_redb(&dir);
     let mut b_read = b.clone();
     b_read.status = heard(b.status.clone(), 9_000, 90.0);
-    assert_eq!(get(&store, "a"), a);
-    assert_eq!(get(&store, "b"), b_read);
-    assert_eq!(get(&store, "c"), c);
+    assert_eq!(get(&*store, "a"), a);
+    assert_eq!(get(&*store, "b"), b_read);
+    assert_eq!(get(&*store, "c"), c);
     assert_eq!(
         store.list_clients().unwrap(),
         vec![a.clone(), b_read.clone(), c.clone()]
     );
     assert_eq!(
-        scan(&store),
+        scan(&*store),
         vec![
             without_inventory(a.clone()),
             b_read.clone(),
@@ -2084,13 +2072,13 @@ fn a_layout_1_file_is_read_upgraded_and_written() {
     );
     let mut a_read = a.clone();
     a_read.status = with_inventory(heard(reported("1.1.0", 2), 5_000, 20.0), "a");
-    assert_eq!(get(&store, "a"), a_read);
-    assert_eq!(scan(&store)[0], without_inventory(a_read.clone()));
+    assert_eq!(get(&*store, "a"), a_read);
+    assert_eq!(scan(&*store)[0], without_inventory(a_read.clone()));
     store
         .put_client_status(vec![entry("a", heard(reported("1.1.0", 2), 6_000, 30.0))])
         .unwrap();
     a_read.status = heard(a_read.status, 6_000, 30.0);
-    assert_eq!(get(&store, "a"), a_read);
+    assert_eq!(get(&*store, "a"), a_read);
     assert_eq!(store.revision().unwrap(), 3);
     store
         .put_client_status(vec![entry("a", with_inventory(reported("1.1.0", 2), "a2"))])
@@ -2099,7 +2087,7 @@ fn a_layout_1_file_is_read_upgraded_and_written() {
     store
         .put_client_status(vec![entry("a", with_inventory(reported("1.1.0", 2), "a"))])
         .unwrap();
-    assert_eq!(get(&store, "a"), a_read);
+    assert_eq!(get(&*store, "a"), a_read);
 
     // Rewriting legacy objects (copies without inventory and heartbeat) keeps what they embedded.
     let rewrite: Vec<Client> = [&a_read, &b_read, &c]
@@ -2133,7 +2121,7 @@ fn a_layout_1_file_is_read_upgraded_and_written() {
     // Reopened: still the same, and recorded as layout 3.
     drop(store);
     assert_eq!(schema_version(&path), Some(3));
-    let store = open(&dir);
+    let store = open_redb(&dir);
     assert_eq!(store.list_clients().unwrap(), stored);
     assert_eq!(store.delete_client("c").unwrap(), Some(stored[2].clone()));
     assert_eq!(store.client_inventory("c").unwrap(), None);
@@ -2144,9 +2132,9 @@ fn a_layout_1_file_without_clients_is_upgraded() {
     let dir = TempDir::new().unwrap();
     let path = db_path(&dir);
     write_layout_1_file(&path, &[], &[]);
-    drop(open(&dir));
+    drop(open_redb(&dir));
     assert_eq!(schema_version(&path), Some(3));
-    let store = open(&dir);
+    let store = open_redb(&dir);
     assert!(store.list_clients().unwrap().is_empty());
 }
 
@@ -2158,7 +2146,7 @@ fn a_layout_2_file_keeps_its_machine_ids_and_token_hashes_for_the_upgrade() {
     let b = legacy("b", "mb", 2, reported("1.0.0", 1));
     write_legacy_file(&path, 2, &[(&a, "hash-a"), (&b, "hash-b")], &[]);
 
-    let store = open(&dir);
+    let store = open_redb(&dir);
     assert_eq!(store.clients_by_machine_id("ma").unwrap(), vec![a.clone()]);
     assert_eq!(
         store.list_settings("legacyClientToken/").unwrap(),
@@ -2171,7 +2159,7 @@ fn a_layout_2_file_keeps_its_machine_ids_and_token_hashes_for_the_upgrade() {
     store
         .create_client(keyed("a-clone", "ma", "key-clone"), at(3))
         .unwrap();
-    assert_eq!(names_of_machine(&store, "ma"), ["a", "a-clone"]);
+    assert_eq!(names_of_machine(&*store, "ma"), ["a", "a-clone"]);
     drop(store);
     assert_eq!(schema_version(&path), Some(3));
     // The old tables are gone.
@@ -2181,9 +2169,8 @@ fn a_layout_2_file_keeps_its_machine_ids_and_token_hashes_for_the_upgrade() {
     assert!(txn.open_table(V1_MACHINE_IDS).is_err());
 }
 
-#[test]
-fn a_large_append_keeps_exactly_the_newest_capacity_events() {
-    let dir = TempDir::new().unwrap();
+fn a_large_append_keeps_exactly_the_newest_capacity_events<B: Backend>() {
+    let dir = B::place();
     let batch = |from: usize, to: usize| -> Vec<Event> {
         (from..to)
             .map(|i| event(Kind::Client, &format!("k{i}"), &format!("E{i}")))
@@ -2194,7 +2181,7 @@ fn a_large_append_keeps_exactly_the_newest_capacity_events() {
     let names =
         |from: usize, to: usize| -> Vec<String> { (from..to).map(|i| format!("E{i}")).collect() };
     {
-        let store = RedbStore::open_with_event_capacity(&db_path(&dir), 100).unwrap();
+        let store = B::open_with_event_capacity(&dir, 100);
         store.append_events(batch(0, 30)).unwrap();
         // Far more than the capacity at once: every event comes back with its seq, only the
         // newest 100 are kept.
@@ -2217,7 +2204,7 @@ fn a_large_append_keeps_exactly_the_newest_capacity_events() {
         assert_eq!(seqs(&kept), (1_132..=1_231).collect::<Vec<_>>());
         assert_eq!(reasons(&kept), names(1_131, 1_231));
     }
-    let store = RedbStore::open_with_event_capacity(&db_path(&dir), 100).unwrap();
+    let store = B::open_with_event_capacity(&dir, 100);
     let appended = store.append_events(batch(1_231, 1_232)).unwrap();
     assert_eq!(seqs(&appended), vec![1_232]);
     let kept = store.list_events(&EventFilter::default()).unwrap();
@@ -2244,7 +2231,7 @@ fn scan_clients_does_not_decode_inventories() {
         }
         txn.commit().unwrap();
     }
-    let store = open(&dir);
+    let store = open_redb(&dir);
     store
         .create_client(
             client_with("a", "ma", with_inventory(reported("1.0.0", 1), "a")),
@@ -2262,7 +2249,7 @@ fn scan_clients_does_not_decode_inventories() {
             .unwrap();
         txn.commit().unwrap();
     }
-    let store = open(&dir);
+    let store = open_redb(&dir);
     for name in ["a", "b"] {
         assert!(
             matches!(store.get_client(name), Err(StoreError::Corrupt { .. })),
@@ -2280,7 +2267,7 @@ fn scan_clients_does_not_decode_inventories() {
         store.list_clients(),
         Err(StoreError::Corrupt { .. })
     ));
-    let scanned = scan(&store);
+    let scanned = scan(&*store);
     assert_eq!(
         scanned
             .iter()
@@ -2312,12 +2299,11 @@ fn audit(user: &str, kind: &str, name: &str, time: u64) -> tc_api::AuditEntry {
     }
 }
 
-#[test]
-fn audit_entries_survive_any_number_of_events_and_a_reopen() {
-    let dir = TempDir::new().unwrap();
+fn audit_entries_survive_any_number_of_events_and_a_reopen<B: Backend>() {
+    let dir = B::place();
     let retention = tc_store::AuditRetention::default();
     {
-        let store = RedbStore::open_with_event_capacity(&db_path(&dir), 10).unwrap();
+        let store = B::open_with_event_capacity(&dir, 10);
         let stored = store
             .append_audit(
                 vec![
@@ -2348,7 +2334,7 @@ fn audit_entries_survive_any_number_of_events_and_a_reopen() {
             store.append_events(events).unwrap();
         }
     }
-    let store = RedbStore::open_with_event_capacity(&db_path(&dir), 10).unwrap();
+    let store = B::open_with_event_capacity(&dir, 10);
     let all = store.list_audit(&Default::default()).unwrap();
     assert_eq!(all.len(), 2);
     assert_eq!(all[0].user, "alice");
@@ -2409,10 +2395,9 @@ fn audit_entries_survive_any_number_of_events_and_a_reopen() {
     );
 }
 
-#[test]
-fn audit_retention_drops_by_count_and_by_age() {
-    let dir = TempDir::new().unwrap();
-    let store = open(&dir);
+fn audit_retention_drops_by_count_and_by_age<B: Backend>() {
+    let dir = B::place();
+    let store = B::open(&dir);
     let day = 24 * 3600 * 1000;
     let retention = tc_store::AuditRetention {
         max_entries: 3,
@@ -2424,7 +2409,7 @@ fn audit_retention_drops_by_count_and_by_age() {
     store
         .append_audit(entries, &retention, at(10 * day + 5))
         .unwrap();
-    let names = |store: &RedbStore| {
+    let names = |store: &dyn Store| {
         store
             .list_audit(&Default::default())
             .unwrap()
@@ -2433,14 +2418,14 @@ fn audit_retention_drops_by_count_and_by_age() {
             .collect::<Vec<_>>()
     };
     assert_eq!(
-        names(&store),
+        names(&*store),
         vec!["g2", "g3", "g4"],
         "the newest 3 are kept"
     );
     // A day later nothing is old enough; three days later all are, and the next append keeps
     // only itself.
     assert_eq!(store.prune_audit(&retention, at(11 * day)).unwrap(), 0);
-    assert_eq!(names(&store).len(), 3);
+    assert_eq!(names(&*store).len(), 3);
     store
         .append_audit(
             vec![audit("bob", "ClientGroup", "late", 13 * day)],
@@ -2448,9 +2433,9 @@ fn audit_retention_drops_by_count_and_by_age() {
             at(13 * day),
         )
         .unwrap();
-    assert_eq!(names(&store), vec!["late"]);
+    assert_eq!(names(&*store), vec!["late"]);
     assert_eq!(store.prune_audit(&retention, at(16 * day)).unwrap(), 1);
-    assert!(names(&store).is_empty());
+    assert!(names(&*store).is_empty());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -2468,11 +2453,10 @@ fn history(collected: u64, cpu: f32) -> tc_store::StoredHistory {
     }
 }
 
-#[test]
-fn a_load_history_is_replaced_kept_across_reopening_and_deleted_with_its_client() {
-    let dir = TempDir::new().unwrap();
+fn a_load_history_is_replaced_kept_across_reopening_and_deleted_with_its_client<B: Backend>() {
+    let dir = B::place();
     {
-        let store = open(&dir);
+        let store = B::open(&dir);
         store
             .create_client(client("kiosk-1", "machine-1"), at(1))
             .unwrap();
@@ -2480,7 +2464,7 @@ fn a_load_history_is_replaced_kept_across_reopening_and_deleted_with_its_client(
         store.put_history("kiosk-1", &history(10_000, 5.0)).unwrap();
         store.put_history("kiosk-1", &history(20_000, 6.0)).unwrap();
     }
-    let store = open(&dir);
+    let store = B::open(&dir);
     assert_eq!(
         store.get_history("kiosk-1").unwrap(),
         Some(history(20_000, 6.0))
@@ -2494,13 +2478,53 @@ fn a_load_history_is_replaced_kept_across_reopening_and_deleted_with_its_client(
     assert_eq!(store.get_history("kiosk-1").unwrap(), None);
 }
 
-#[test]
-fn a_load_history_of_no_client_is_refused_and_not_written() {
-    let dir = TempDir::new().unwrap();
-    let store = open(&dir);
+fn a_load_history_of_no_client_is_refused_and_not_written<B: Backend>() {
+    let dir = B::place();
+    let store = B::open(&dir);
     let error = store
         .put_history("ghost", &history(10_000, 5.0))
         .unwrap_err();
     assert!(matches!(error, StoreError::NotFound { .. }), "{error}");
     assert_eq!(store.get_history("ghost").unwrap(), None);
 }
+
+conformance!(redb: crate::common::Redb => [
+    reopen_keeps_objects_clients_keys_events_settings_and_revision,
+    failed_batch_writes_nothing,
+    generation_rules,
+    uids_are_unique_and_survive_recreation_as_new_ones,
+    resource_version_preconditions,
+    precondition_on_a_missing_object_is_refused,
+    status_writes_keep_generation_and_survive_apply,
+    status_write_of_missing_object_or_equal_status_writes_nothing,
+    deletes_with_and_without_precondition,
+    a_batch_sees_its_own_earlier_writes,
+    list_is_per_kind_and_sorted_by_name,
+    client_kind_is_refused_by_the_object_write_path,
+    concurrent_writers_get_distinct_versions,
+    create_client_assigns_server_fields_and_refuses_duplicates,
+    create_clients_enrols_a_batch_in_one_transaction_or_nothing,
+    liveness_is_recorded_apart_and_overlaid_on_reads,
+    a_replaced_key_moves_in_the_index_and_a_held_key_is_refused,
+    delete_client_removes_it_and_its_indexes,
+    put_clients_upserts_a_large_batch_in_one_call,
+    put_clients_moves_a_changed_machine_id_in_the_index,
+    settings_are_listed_by_prefix,
+    event_ring_keeps_the_newest_and_sequence_continues_after_reopen,
+    event_filters_and_limit,
+    empty_event_append_writes_nothing,
+    settings_are_set_replaced_and_removed,
+    status_is_recorded_apart_from_the_object_without_resource_versions,
+    create_keeps_load_only_with_a_heartbeat_and_returns_what_reads_return,
+    status_writes_skip_clients_that_are_not_stored_and_the_later_entry_of_a_name_wins,
+    inventory_is_kept_by_none_and_replaced_by_some,
+    liveness_only_moves_forward_through_status_and_object_writes,
+    scan_clients_visits_every_client_in_name_order_without_inventory,
+    delete_client_removes_its_status_inventory_and_liveness,
+    client_parts_survive_reopen,
+    a_large_append_keeps_exactly_the_newest_capacity_events,
+    audit_entries_survive_any_number_of_events_and_a_reopen,
+    audit_retention_drops_by_count_and_by_age,
+    a_load_history_is_replaced_kept_across_reopening_and_deleted_with_its_client,
+    a_load_history_of_no_client_is_refused_and_not_written,
+]);

@@ -1,11 +1,15 @@
 //! The task tables: runs, results and logs survive a reopen, list by run, and go with their
-//! run.
+//! run, on every backend.
 
 use tc_api::Timestamp;
 use tc_api::task::{TaskClientState, TaskResult};
 use tc_proto::task::{TaskAction, WakeOrder};
-use tc_store::{RedbStore, Store, StoredTaskRun, StoredTaskTarget};
-use tempfile::TempDir;
+use tc_store::{StoredTaskRun, StoredTaskTarget};
+
+#[macro_use]
+mod common;
+
+use common::Backend;
 
 fn run(task: &str, run: u64, targets: &[&str]) -> StoredTaskRun {
     StoredTaskRun {
@@ -38,12 +42,10 @@ fn result(task: &str, run: u64, client: &str, state: TaskClientState) -> TaskRes
     }
 }
 
-#[test]
-fn runs_results_and_logs_survive_a_reopen_and_go_with_their_run() {
-    let dir = TempDir::new().unwrap();
-    let path = dir.path().join("thinfleet.redb");
+fn runs_results_and_logs_survive_a_reopen_and_go_with_their_run<B: Backend>() {
+    let dir = B::place();
     {
-        let store = RedbStore::open(&path).unwrap();
+        let store = B::open(&dir);
         let mut wake = run("wake-floor", 2_000, &["a"]);
         wake.action = TaskAction::Wake(WakeOrder {
             target: String::new(),
@@ -84,7 +86,7 @@ fn runs_results_and_logs_survive_a_reopen_and_go_with_their_run() {
             .unwrap();
         assert_eq!(store.task_runs("wake-floor").unwrap(), vec![wake]);
     }
-    let store = RedbStore::open(&path).unwrap();
+    let store = B::open(&dir);
     let runs = store.task_runs("restart").unwrap();
     assert_eq!(
         runs.iter().map(|r| r.run).collect::<Vec<_>>(),
@@ -126,3 +128,7 @@ fn runs_results_and_logs_survive_a_reopen_and_go_with_their_run() {
     assert!(store.task_runs("restart").unwrap().is_empty());
     assert_eq!(store.task_runs("restart-2").unwrap().len(), 1);
 }
+
+conformance!(redb: crate::common::Redb => [
+    runs_results_and_logs_survive_a_reopen_and_go_with_their_run,
+]);

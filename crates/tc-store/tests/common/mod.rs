@@ -1,0 +1,66 @@
+//! The store backends the conformance tests run against: every test is written once, generic
+//! over [`Backend`], and [`conformance!`] instantiates it as a `#[test]` per backend.
+
+// Each test file uses the part of this module it needs.
+#![allow(dead_code)]
+
+use tc_store::{RedbStore, Store};
+use tempfile::TempDir;
+
+/// A kind of store, and where a test keeps one: opening the same place again is a reopen
+/// (a restarted controller).
+pub trait Backend {
+    /// Where the store lives (a directory, a database); dropping it removes everything.
+    type Place;
+
+    /// A new, empty place.
+    fn place() -> Self::Place;
+
+    /// Opens the store of `place` with the default event capacity.
+    fn open(place: &Self::Place) -> Box<dyn Store>;
+
+    /// Opens the store of `place`, keeping at most `capacity` events.
+    fn open_with_event_capacity(place: &Self::Place, capacity: usize) -> Box<dyn Store>;
+}
+
+/// The embedded redb store, in a temporary directory (whose `data/` `open` creates).
+pub struct Redb;
+
+/// The redb file of a place.
+pub fn redb_path(dir: &TempDir) -> std::path::PathBuf {
+    dir.path().join("data").join("thinfleet.redb")
+}
+
+impl Backend for Redb {
+    type Place = TempDir;
+
+    fn place() -> TempDir {
+        TempDir::new().expect("create a temporary directory")
+    }
+
+    fn open(place: &TempDir) -> Box<dyn Store> {
+        Box::new(RedbStore::open(&redb_path(place)).expect("open the redb store"))
+    }
+
+    fn open_with_event_capacity(place: &TempDir, capacity: usize) -> Box<dyn Store> {
+        Box::new(
+            RedbStore::open_with_event_capacity(&redb_path(place), capacity)
+                .expect("open the redb store"),
+        )
+    }
+}
+
+/// Instantiates generic tests (`fn name<B: Backend>()`) for one backend: `conformance!(redb:
+/// common::Redb => [a, b])` makes `mod redb { #[test] fn a() ... }`.
+macro_rules! conformance {
+    ($module:ident: $backend:ty => [$($test:ident),* $(,)?]) => {
+        mod $module {
+            $(
+                #[test]
+                fn $test() {
+                    super::$test::<$backend>()
+                }
+            )*
+        }
+    };
+}
