@@ -1,6 +1,7 @@
 //! Persistence of desired and observed state behind the [`Store`] trait.
 //!
-//! [`RedbStore`] is the embedded default. Every write that returns `Ok` is committed to disk.
+//! [`RedbStore`] is the embedded default; [`PgStore`] keeps the state in a PostgreSQL database
+//! (not every method yet: see its documentation). Every write that returns `Ok` is committed.
 //!
 //! Object writes go through one place (see [`Write`]): it assigns `uid` and `creationTimestamp` on
 //! creation, bumps `generation` only when `spec` changes, and gives every write a new
@@ -12,6 +13,7 @@
 //! [`Store::delete_client`]); the frequent status and liveness writes
 //! ([`Store::put_client_status`], [`Store::put_liveness`]) take none.
 
+mod pg_store;
 mod redb_store;
 mod write_path;
 
@@ -19,6 +21,7 @@ use tc_api::task::TaskResult;
 use tc_api::{AuditEntry, Client, Event, Kind, Object, Timestamp};
 use tc_proto::Load;
 
+pub use pg_store::{DEFAULT_CONNECTIONS, PgStore};
 pub use redb_store::{DEFAULT_EVENT_CAPACITY, PUBLIC_KEY_KIND, RedbStore};
 
 /// Settings key prefix of the token hash a client enrolled before key-bound identities had

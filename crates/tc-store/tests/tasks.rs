@@ -132,3 +132,7 @@ fn runs_results_and_logs_survive_a_reopen_and_go_with_their_run<B: Backend>() {
 conformance!(redb: crate::common::Redb => [
     runs_results_and_logs_survive_a_reopen_and_go_with_their_run,
 ]);
+
+conformance!(postgres: crate::common::Postgres => [
+    runs_results_and_logs_survive_a_reopen_and_go_with_their_run,
+]);

@@ -4,7 +4,8 @@
 // Each test file uses the part of this module it needs.
 #![allow(dead_code)]
 
-use tc_store::{RedbStore, Store};
+use tc_store::{PgStore, RedbStore, Store};
+use tc_testkit::postgres::TestPostgres;
 use tempfile::TempDir;
 
 /// A kind of store, and where a test keeps one: opening the same place again is a reopen
@@ -47,6 +48,37 @@ impl Backend for Redb {
             RedbStore::open_with_event_capacity(&redb_path(place), capacity)
                 .expect("open the redb store"),
         )
+    }
+}
+
+/// The PostgreSQL store, in a database of a server of its own (started from Debian's
+/// `postgresql` package; the test fails when it is not installed).
+pub struct Postgres;
+
+/// A test's PostgreSQL server and the URL of its database.
+pub struct PostgresPlace {
+    url: String,
+    // Dropped last: the stores of a test are dropped before its place.
+    _server: TestPostgres,
+}
+
+impl Backend for Postgres {
+    type Place = PostgresPlace;
+
+    fn place() -> PostgresPlace {
+        let server = TestPostgres::start();
+        PostgresPlace {
+            url: server.create_database(),
+            _server: server,
+        }
+    }
+
+    fn open(place: &PostgresPlace) -> Box<dyn Store> {
+        Box::new(PgStore::connect(&place.url).expect("open the PostgreSQL store"))
+    }
+
+    fn open_with_event_capacity(place: &PostgresPlace, capacity: usize) -> Box<dyn Store> {
+        Box::new(PgStore::connect_with(&place.url, capacity, 2).expect("open the PostgreSQL store"))
     }
 }
 

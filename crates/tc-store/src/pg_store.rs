@@ -1,0 +1,626 @@
+//! A [`Store`] in a PostgreSQL database, for controllers that keep their state in a server
+//! rather than in a file.
+//!
+//! The schema is the redb store's tables as SQL tables (see `pg_store/migrations/`): documents
+//! are the same JSON, names sort bytewise (`COLLATE "C"`), so that both stores answer alike, and
+//! one conformance suite (`tests/`) runs against both. Migrations are versioned and applied at
+//! open ([`migrate`]).
+//!
+//! Every method is one transaction on one of a few connections, each owned by a thread of its
+//! own ([`pool`]). Writes that take a resourceVersion (or an event or audit sequence number)
+//! lock their counter's row in `meta` first, so that they are ordered as the redb store's single
+//! writer orders them: versions handed out in commit order, a batch's reads and checks made
+//! against the latest committed state.
+
+mod migrate;
+mod pool;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use postgres::{Client, Config, Transaction};
+use tc_api::task::TaskResult;
+use tc_api::{AuditEntry, Client as FleetClient, Event, Inventory, Kind, Object, Timestamp};
+
+use crate::write_path::{apply_object, decode, decode_object, delete_object, write_status};
+use crate::{
+    AuditFilter, AuditRetention, ClientStatusEntry, DEFAULT_EVENT_CAPACITY, EventFilter, Liveness,
+    Result, Store, StoreError, StoredHistory, StoredTaskRun, Write, WriteOutcome,
+};
+
+/// How many connections a store keeps unless told otherwise.
+pub const DEFAULT_CONNECTIONS: usize = 4;
+
+/// How long connecting may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A [`Store`] in a PostgreSQL database.
+pub struct PgStore {
+    pool: pool::Pool,
+    event_capacity: usize,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore")
+            .field("event_capacity", &self.event_capacity)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Wraps a database error with what the store was doing.
+fn db(what: impl std::fmt::Display) -> impl FnOnce(postgres::Error) -> StoreError {
+    move |e| StoreError::Database(format!("{what}: {e}"))
+}
+
+fn encode<T: serde::Serialize + ?Sized>(key: impl std::fmt::Display, value: &T) -> Result<String> {
+    serde_json::to_string(value)
+        .map_err(|error| StoreError::Database(format!("cannot encode {key}: {error}")))
+}
+
+/// A `u64` as PostgreSQL's `bigint`.
+fn int(what: &str, value: u64) -> Result<i64> {
+    i64::try_from(value)
+        .map_err(|_| StoreError::Database(format!("{what} {value} is beyond PostgreSQL's bigint")))
+}
+
+/// A stored `bigint` that must not be negative.
+fn uint(key: impl std::fmt::Display, value: i64) -> Result<u64> {
+    u64::try_from(value).map_err(|_| StoreError::Corrupt {
+        key: key.to_string(),
+        message: format!("{value} is negative"),
+    })
+}
+
+fn not_yet(method: &str) -> StoreError {
+    StoreError::Database(format!(
+        "the PostgreSQL store does not implement {method} yet; use the redb store"
+    ))
+}
+
+/// Locks counter `key` of `meta` for the rest of the transaction and reads it.
+fn lock_counter(txn: &mut Transaction<'_>, key: &str) -> Result<u64> {
+    let row = txn
+        .query_one("SELECT value FROM meta WHERE key = $1 FOR UPDATE", &[&key])
+        .map_err(db(format_args!("lock meta/{key}")))?;
+    uint(format_args!("meta/{key}"), row.get(0))
+}
+
+fn set_counter(txn: &mut Transaction<'_>, key: &str, value: u64) -> Result<()> {
+    txn.execute(
+        "UPDATE meta SET value = $2 WHERE key = $1",
+        &[&key, &int(key, value)?],
+    )
+    .map_err(db(format_args!("write meta/{key}")))?;
+    Ok(())
+}
+
+impl PgStore {
+    /// Connects to the database `url` names (`postgres://user@host:port/db`, or the key=value
+    /// form), applies the migrations it has not had, and keeps [`DEFAULT_EVENT_CAPACITY`]
+    /// events.
+    pub fn connect(url: &str) -> Result<PgStore> {
+        PgStore::connect_with(url, DEFAULT_EVENT_CAPACITY, DEFAULT_CONNECTIONS)
+    }
+
+    /// Connects as [`PgStore::connect`] does, keeping at most `event_capacity` events over
+    /// `connections` connections.
+    pub fn connect_with(url: &str, event_capacity: usize, connections: usize) -> Result<PgStore> {
+        let mut config = Config::from_str(url)
+            .map_err(|e| StoreError::Database(format!("PostgreSQL URL: {e}")))?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        config.application_name("thinfleet");
+        let pool = pool::Pool::start(config, connections)?;
+        pool.run("migrate", |client| migrate::migrate(client).map(drop))?;
+        Ok(PgStore {
+            pool,
+            event_capacity: event_capacity.max(1),
+        })
+    }
+
+    /// Runs `body` in one transaction, committed when it returns `Ok`.
+    fn txn<T: Send + 'static>(
+        &self,
+        what: &'static str,
+        body: impl FnOnce(&mut Transaction<'_>) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        self.pool.run(what, move |client: &mut Client| {
+            let mut txn = client
+                .transaction()
+                .map_err(db(format_args!("{what}: begin")))?;
+            let value = body(&mut txn)?;
+            txn.commit().map_err(db(format_args!("{what}: commit")))?;
+            Ok(value)
+        })
+    }
+}
+
+/// The stored object of `kind`/`name`, if any.
+fn read_object(txn: &mut Transaction<'_>, kind: Kind, name: &str) -> Result<Option<Object>> {
+    let row = txn
+        .query_opt(
+            "SELECT object FROM objects WHERE kind = $1 AND name = $2",
+            &[&kind.as_str(), &name],
+        )
+        .map_err(db(format_args!("read {kind}/{name}")))?;
+    row.map(|row| {
+        let text: &str = row.get(0);
+        decode_object(kind, &format!("{kind}/{name}"), text.as_bytes())
+    })
+    .transpose()
+}
+
+impl PgStore {
+    fn write_objects(
+        txn: &mut Transaction<'_>,
+        writes: Vec<Write>,
+        now: Timestamp,
+    ) -> Result<Vec<WriteOutcome>> {
+        let start = lock_counter(txn, "revision")?;
+        let mut revision = start;
+        let mut outcomes = Vec::with_capacity(writes.len());
+        for write in writes {
+            let (kind, name) = match &write {
+                Write::Apply { object, .. } | Write::Status { object } => {
+                    (object.kind(), object.name().to_string())
+                }
+                Write::Delete { kind, name, .. } => (*kind, name.clone()),
+            };
+            if kind == Kind::Client {
+                return Err(StoreError::Database(
+                    "clients are written with put_clients and delete_client, not Store::write"
+                        .into(),
+                ));
+            }
+            let stored = read_object(txn, kind, &name)?;
+            let next = revision.saturating_add(1);
+            let outcome = match write {
+                Write::Apply { object, manager } => {
+                    apply_object(stored.as_ref(), object, &manager, now, next)?
+                }
+                Write::Status { object } => write_status(stored.as_ref(), &object, next),
+                Write::Delete { precondition, .. } => {
+                    delete_object(stored.as_ref(), kind, &name, precondition.as_deref())?
+                }
+            };
+            match &outcome {
+                WriteOutcome::Created(object) | WriteOutcome::Configured(object) => {
+                    revision = next;
+                    let text = encode(format_args!("{kind}/{name}"), object)?;
+                    txn.execute(
+                        "INSERT INTO objects (kind, name, object) VALUES ($1, $2, $3)
+                         ON CONFLICT (kind, name) DO UPDATE SET object = excluded.object",
+                        &[&kind.as_str(), &name, &text],
+                    )
+                    .map_err(db(format_args!("write {kind}/{name}")))?;
+                }
+                WriteOutcome::Deleted(_) => {
+                    revision = next;
+                    txn.execute(
+                        "DELETE FROM objects WHERE kind = $1 AND name = $2",
+                        &[&kind.as_str(), &name],
+                    )
+                    .map_err(db(format_args!("delete {kind}/{name}")))?;
+                }
+                WriteOutcome::Unchanged(_) | WriteOutcome::Missing => {}
+            }
+            outcomes.push(outcome);
+        }
+        if revision != start {
+            set_counter(txn, "revision", revision)?;
+        }
+        Ok(outcomes)
+    }
+
+    fn append_event_rows(
+        txn: &mut Transaction<'_>,
+        events: Vec<Event>,
+        capacity: u64,
+    ) -> Result<Vec<Event>> {
+        let first = lock_counter(txn, "next_event_seq")?;
+        let count = u64::try_from(events.len()).unwrap_or(u64::MAX);
+        let next = first.saturating_add(count);
+        set_counter(txn, "next_event_seq", next)?;
+        // Keep the `capacity` newest, as the redb store does: events of this batch that the trim
+        // would drop are not stored at all.
+        let keep_above = next.saturating_sub(1).saturating_sub(capacity);
+        if keep_above > 0 {
+            txn.execute(
+                "DELETE FROM events WHERE seq <= $1",
+                &[&int("event seq", keep_above)?],
+            )
+            .map_err(db("trim events"))?;
+        }
+        let (mut seqs, mut kinds, mut names, mut texts) = (vec![], vec![], vec![], vec![]);
+        let mut result = Vec::with_capacity(events.len());
+        let mut seq = first;
+        for mut event in events {
+            event.seq = seq;
+            seq = seq.saturating_add(1);
+            if event.seq > keep_above {
+                seqs.push(int("event seq", event.seq)?);
+                kinds.push(event.object.kind.clone());
+                names.push(event.object.name.clone());
+                texts.push(encode(format_args!("events/{}", event.seq), &event)?);
+            }
+            result.push(event);
+        }
+        txn.execute(
+            "INSERT INTO events (seq, kind, name, event)
+             SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[])",
+            &[&seqs, &kinds, &names, &texts],
+        )
+        .map_err(db("write events"))?;
+        Ok(result)
+    }
+}
+
+impl Store for PgStore {
+    fn get(&self, kind: Kind, name: &str) -> Result<Option<Object>> {
+        if kind == Kind::Client {
+            return Ok(None);
+        }
+        let name = name.to_string();
+        self.txn("get object", move |txn| read_object(txn, kind, &name))
+    }
+
+    fn list(&self, kind: Kind) -> Result<Vec<Object>> {
+        if kind == Kind::Client {
+            return Ok(Vec::new());
+        }
+        self.txn("list objects", move |txn| {
+            let rows = txn
+                .query(
+                    "SELECT name, object FROM objects WHERE kind = $1 ORDER BY name",
+                    &[&kind.as_str()],
+                )
+                .map_err(db(format_args!("list {kind}")))?;
+            rows.iter()
+                .map(|row| {
+                    let name: &str = row.get(0);
+                    let text: &str = row.get(1);
+                    decode_object(kind, &format!("{kind}/{name}"), text.as_bytes())
+                })
+                .collect()
+        })
+    }
+
+    fn write(&self, writes: Vec<Write>, now: Timestamp) -> Result<Vec<WriteOutcome>> {
+        self.txn("write objects", move |txn| {
+            PgStore::write_objects(txn, writes, now)
+        })
+    }
+
+    fn revision(&self) -> Result<u64> {
+        self.txn("read revision", |txn| {
+            let row = txn
+                .query_one("SELECT value FROM meta WHERE key = 'revision'", &[])
+                .map_err(db("read meta/revision"))?;
+            uint("meta/revision", row.get(0))
+        })
+    }
+
+    fn get_client(&self, _name: &str) -> Result<Option<FleetClient>> {
+        Err(not_yet("get_client"))
+    }
+
+    fn list_clients(&self) -> Result<Vec<FleetClient>> {
+        Err(not_yet("list_clients"))
+    }
+
+    fn scan_clients(&self, _visit: &mut dyn FnMut(FleetClient)) -> Result<()> {
+        Err(not_yet("scan_clients"))
+    }
+
+    fn scan_inventories(&self, _visit: &mut dyn FnMut(&str, Inventory)) -> Result<()> {
+        Err(not_yet("scan_inventories"))
+    }
+
+    fn client_inventory(&self, _name: &str) -> Result<Option<Inventory>> {
+        Err(not_yet("client_inventory"))
+    }
+
+    fn clients_by_machine_id(&self, _machine_id: &str) -> Result<Vec<FleetClient>> {
+        Err(not_yet("clients_by_machine_id"))
+    }
+
+    fn client_by_public_key(&self, _public_key: &str) -> Result<Option<FleetClient>> {
+        Err(not_yet("client_by_public_key"))
+    }
+
+    fn create_client(&self, _client: FleetClient, _now: Timestamp) -> Result<FleetClient> {
+        Err(not_yet("create_client"))
+    }
+
+    fn create_clients(
+        &self,
+        _clients: Vec<FleetClient>,
+        _now: Timestamp,
+    ) -> Result<Vec<FleetClient>> {
+        Err(not_yet("create_clients"))
+    }
+
+    fn put_liveness(&self, _entries: Vec<Liveness>) -> Result<usize> {
+        Err(not_yet("put_liveness"))
+    }
+
+    fn put_client_status(&self, _entries: Vec<ClientStatusEntry>) -> Result<usize> {
+        Err(not_yet("put_client_status"))
+    }
+
+    fn put_clients(&self, _clients: Vec<FleetClient>) -> Result<Vec<FleetClient>> {
+        Err(not_yet("put_clients"))
+    }
+
+    fn delete_client(&self, _name: &str) -> Result<Option<FleetClient>> {
+        Err(not_yet("delete_client"))
+    }
+
+    fn append_events(&self, events: Vec<Event>) -> Result<Vec<Event>> {
+        if events.is_empty() {
+            return Ok(events);
+        }
+        let capacity = u64::try_from(self.event_capacity).unwrap_or(u64::MAX);
+        self.txn("append events", move |txn| {
+            PgStore::append_event_rows(txn, events, capacity)
+        })
+    }
+
+    fn list_events(&self, filter: &EventFilter) -> Result<Vec<Event>> {
+        let limit = match filter.limit {
+            Some(0) => return Ok(Vec::new()),
+            // A limit beyond bigint is no limit.
+            Some(limit) => i64::try_from(limit).ok(),
+            None => None,
+        };
+        // Sequence numbers are bigints: none is after one beyond them.
+        let Ok(after) = i64::try_from(filter.after_seq.unwrap_or(0)) else {
+            return Ok(Vec::new());
+        };
+        let (kind, name) = (filter.kind.clone(), filter.name.clone());
+        self.txn("list events", move |txn| {
+            // Newest first, so that a limit keeps the newest matches; reversed at the end.
+            let rows = txn
+                .query(
+                    "SELECT seq, event FROM events
+                     WHERE seq > $1 AND ($2::text IS NULL OR kind = $2)
+                       AND ($3::text IS NULL OR name = $3)
+                     ORDER BY seq DESC LIMIT $4",
+                    &[&after, &kind, &name, &limit],
+                )
+                .map_err(db("list events"))?;
+            let mut events = rows
+                .iter()
+                .map(|row| {
+                    let seq: i64 = row.get(0);
+                    let text: &str = row.get(1);
+                    decode::<Event>(format_args!("events/{seq}"), text.as_bytes())
+                })
+                .collect::<Result<Vec<_>>>()?;
+            events.reverse();
+            Ok(events)
+        })
+    }
+
+    fn append_audit(
+        &self,
+        _entries: Vec<AuditEntry>,
+        _retention: &AuditRetention,
+        _now: Timestamp,
+    ) -> Result<Vec<AuditEntry>> {
+        Err(not_yet("append_audit"))
+    }
+
+    fn list_audit(&self, _filter: &AuditFilter) -> Result<Vec<AuditEntry>> {
+        Err(not_yet("list_audit"))
+    }
+
+    fn prune_audit(&self, _retention: &AuditRetention, _now: Timestamp) -> Result<usize> {
+        Err(not_yet("prune_audit"))
+    }
+
+    fn get_setting(&self, key: &str) -> Result<Option<String>> {
+        let key = key.to_string();
+        self.txn("get setting", move |txn| {
+            let row = txn
+                .query_opt("SELECT value FROM settings WHERE key = $1", &[&key])
+                .map_err(db(format_args!("read setting {key}")))?;
+            Ok(row.map(|row| row.get(0)))
+        })
+    }
+
+    fn list_settings(&self, prefix: &str) -> Result<Vec<(String, String)>> {
+        let prefix = prefix.to_string();
+        self.txn("list settings", move |txn| {
+            let rows = txn
+                .query(
+                    "SELECT key, value FROM settings WHERE starts_with(key, $1) ORDER BY key",
+                    &[&prefix],
+                )
+                .map_err(db("list settings"))?;
+            Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
+        })
+    }
+
+    fn put_setting(&self, key: &str, value: Option<&str>) -> Result<()> {
+        let key = key.to_string();
+        let value = value.map(str::to_string);
+        self.txn("put setting", move |txn| {
+            match value {
+                Some(value) => txn.execute(
+                    "INSERT INTO settings (key, value) VALUES ($1, $2)
+                     ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    &[&key, &value],
+                ),
+                None => txn.execute("DELETE FROM settings WHERE key = $1", &[&key]),
+            }
+            .map_err(db(format_args!("write setting {key}")))?;
+            Ok(())
+        })
+    }
+
+    fn put_history(&self, _name: &str, _history: &StoredHistory) -> Result<()> {
+        Err(not_yet("put_history"))
+    }
+
+    fn get_history(&self, _name: &str) -> Result<Option<StoredHistory>> {
+        Err(not_yet("get_history"))
+    }
+
+    fn put_task_run(&self, run: &StoredTaskRun) -> Result<()> {
+        let text = encode(format_args!("task_runs/{}/{}", run.task, run.run), run)?;
+        let (task, id) = (run.task.clone(), int("task run", run.run)?);
+        self.txn("write task run", move |txn| {
+            txn.execute(
+                "INSERT INTO task_runs (task, run, stored) VALUES ($1, $2, $3)
+                 ON CONFLICT (task, run) DO UPDATE SET stored = excluded.stored",
+                &[&task, &id, &text],
+            )
+            .map_err(db(format_args!("write task_runs/{task}/{id}")))?;
+            Ok(())
+        })
+    }
+
+    fn task_runs(&self, task: &str) -> Result<Vec<StoredTaskRun>> {
+        let task = task.to_string();
+        self.txn("read task runs", move |txn| {
+            let rows = txn
+                .query(
+                    "SELECT run, stored FROM task_runs WHERE task = $1 ORDER BY run",
+                    &[&task],
+                )
+                .map_err(db("read task runs"))?;
+            rows.iter()
+                .map(|row| {
+                    let run: i64 = row.get(0);
+                    let text: &str = row.get(1);
+                    decode(format_args!("task_runs/{task}/{run}"), text.as_bytes())
+                })
+                .collect()
+        })
+    }
+
+    fn put_task_results(&self, results: &[TaskResult], logs: &[(usize, String)]) -> Result<()> {
+        let mut records = Vec::with_capacity(results.len());
+        for result in results {
+            let key = format!("{}/{}/{}", result.task, result.run, result.client);
+            let text = encode(format_args!("task_results/{key}"), result)?;
+            records.push((
+                result.task.clone(),
+                int("task run", result.run)?,
+                result.client.clone(),
+                text,
+            ));
+        }
+        let mut log_records = Vec::with_capacity(logs.len());
+        for (index, text) in logs {
+            let (task, run, client, _) = records.get(*index).ok_or_else(|| {
+                StoreError::Database(format!(
+                    "logs of result {index}, of {} results",
+                    records.len()
+                ))
+            })?;
+            log_records.push((task.clone(), *run, client.clone(), text.clone()));
+        }
+        self.txn("write task results", move |txn| {
+            for (task, run, client, text) in &records {
+                txn.execute(
+                    "INSERT INTO task_results (task, run, client, result) VALUES ($1, $2, $3, $4)
+                     ON CONFLICT (task, run, client) DO UPDATE SET result = excluded.result",
+                    &[task, run, client, text],
+                )
+                .map_err(db(format_args!("write task_results/{task}/{run}/{client}")))?;
+            }
+            for (task, run, client, text) in &log_records {
+                txn.execute(
+                    "INSERT INTO task_logs (task, run, client, logs) VALUES ($1, $2, $3, $4)
+                     ON CONFLICT (task, run, client) DO UPDATE SET logs = excluded.logs",
+                    &[task, run, client, text],
+                )
+                .map_err(db(format_args!("write task_logs/{task}/{run}/{client}")))?;
+            }
+            Ok(())
+        })
+    }
+
+    fn task_results(&self, task: &str, run: u64) -> Result<Vec<TaskResult>> {
+        let (task, run) = (task.to_string(), int("task run", run)?);
+        self.txn("read task results", move |txn| {
+            let rows = txn
+                .query(
+                    "SELECT client, result FROM task_results WHERE task = $1 AND run = $2
+                     ORDER BY client",
+                    &[&task, &run],
+                )
+                .map_err(db("read task results"))?;
+            rows.iter()
+                .map(|row| {
+                    let client: &str = row.get(0);
+                    let text: &str = row.get(1);
+                    decode(
+                        format_args!("task_results/{task}/{run}/{client}"),
+                        text.as_bytes(),
+                    )
+                })
+                .collect()
+        })
+    }
+
+    fn task_result(&self, task: &str, run: u64, client: &str) -> Result<Option<TaskResult>> {
+        let (task, run, client) = (task.to_string(), int("task run", run)?, client.to_string());
+        self.txn("read a task result", move |txn| {
+            let row = txn
+                .query_opt(
+                    "SELECT result FROM task_results WHERE task = $1 AND run = $2 AND client = $3",
+                    &[&task, &run, &client],
+                )
+                .map_err(db("read a task result"))?;
+            row.map(|row| {
+                let text: &str = row.get(0);
+                decode(
+                    format_args!("task_results/{task}/{run}/{client}"),
+                    text.as_bytes(),
+                )
+            })
+            .transpose()
+        })
+    }
+
+    fn task_logs(&self, task: &str, run: u64, client: &str) -> Result<Option<String>> {
+        let (task, run, client) = (task.to_string(), int("task run", run)?, client.to_string());
+        self.txn("read task logs", move |txn| {
+            let row = txn
+                .query_opt(
+                    "SELECT logs FROM task_logs WHERE task = $1 AND run = $2 AND client = $3",
+                    &[&task, &run, &client],
+                )
+                .map_err(db("read task logs"))?;
+            Ok(row.map(|row| row.get(0)))
+        })
+    }
+
+    fn remove_task_runs(&self, task: &str, before: Option<u64>) -> Result<usize> {
+        let task = task.to_string();
+        let before = before.map(|run| int("task run", run)).transpose()?;
+        self.txn("remove task runs", move |txn| {
+            let removed = txn
+                .execute(
+                    "DELETE FROM task_runs WHERE task = $1 AND ($2::bigint IS NULL OR run < $2)",
+                    &[&task, &before],
+                )
+                .map_err(db("remove task runs"))?;
+            for table in ["task_results", "task_logs"] {
+                txn.execute(
+                    &format!(
+                        "DELETE FROM {table} WHERE task = $1 AND ($2::bigint IS NULL OR run < $2)"
+                    ),
+                    &[&task, &before],
+                )
+                .map_err(db(format_args!("remove {table}")))?;
+            }
+            Ok(usize::try_from(removed).unwrap_or(usize::MAX))
+        })
+    }
+}

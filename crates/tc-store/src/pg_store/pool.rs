@@ -1,0 +1,120 @@
+//! The connections of a [`super::PgStore`]: a few threads, each owning one connection, that take
+//! jobs from one queue.
+//!
+//! The trait is synchronous, and the synchronous `postgres` client drives its connection with a
+//! runtime of its own: called on a thread that already runs async tasks it panics ("Cannot start
+//! a runtime from within a runtime"). Running every query on these plain threads makes the store
+//! callable from anywhere, as the redb store is: a caller (async or not) only waits on a channel.
+//! A worker whose connection broke connects again before its next job.
+
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use postgres::{Client, Config, NoTls};
+
+use crate::{Result, StoreError};
+
+type Job = Box<dyn FnOnce(Result<&mut Client>) + Send>;
+
+/// A fixed set of connection threads.
+pub(super) struct Pool {
+    queue: Mutex<Option<SyncSender<Job>>>,
+    workers: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Pool {
+    /// Starts `size` workers connecting with `config`; the first connection is made now, so that
+    /// a wrong URL or an unreachable server fails here.
+    pub(super) fn start(config: Config, size: usize) -> Result<Pool> {
+        let first = connect(&config)?;
+        let (sender, receiver) = sync_channel::<Job>(size.max(1) * 4);
+        let receiver = Arc::new(Mutex::new(receiver));
+        let mut workers = Vec::with_capacity(size);
+        let mut first = Some(first);
+        for index in 0..size.max(1) {
+            let receiver = Arc::clone(&receiver);
+            let config = config.clone();
+            let client = first.take();
+            let worker = std::thread::Builder::new()
+                .name(format!("tc-store-pg-{index}"))
+                .spawn(move || work(config, client, &receiver))
+                .map_err(|e| StoreError::Database(format!("start a connection thread: {e}")))?;
+            workers.push(worker);
+        }
+        Ok(Pool {
+            queue: Mutex::new(Some(sender)),
+            workers: Mutex::new(workers),
+        })
+    }
+
+    /// Runs `job` on a connection and waits for its result.
+    pub(super) fn run<T: Send + 'static>(
+        &self,
+        what: &str,
+        job: impl FnOnce(&mut Client) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let (done, result) = sync_channel(1);
+        let job: Job = Box::new(move |client| {
+            let _ = done.send(client.and_then(job));
+        });
+        let queue = self
+            .queue
+            .lock()
+            .map_err(|_| StoreError::Database(format!("{what}: the store's queue is poisoned")))?
+            .clone()
+            .ok_or_else(|| StoreError::Database(format!("{what}: the store is closed")))?;
+        queue
+            .send(job)
+            .map_err(|_| StoreError::Database(format!("{what}: the store is closed")))?;
+        result
+            .recv()
+            .map_err(|_| StoreError::Database(format!("{what}: the connection thread stopped")))?
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        if let Ok(mut queue) = self.queue.lock() {
+            queue.take();
+        }
+        if let Ok(mut workers) = self.workers.lock() {
+            for worker in workers.drain(..) {
+                let _ = worker.join();
+            }
+        }
+    }
+}
+
+fn connect(config: &Config) -> Result<Client> {
+    config
+        .connect(NoTls)
+        .map_err(|e| StoreError::Database(format!("connect to PostgreSQL: {e}")))
+}
+
+fn work(config: Config, mut client: Option<Client>, receiver: &Mutex<Receiver<Job>>) {
+    loop {
+        let job = {
+            let Ok(receiver) = receiver.lock() else {
+                return;
+            };
+            match receiver.recv() {
+                Ok(job) => job,
+                Err(_) => return,
+            }
+        };
+        if client.as_ref().is_none_or(Client::is_closed) {
+            client = None;
+            match connect(&config) {
+                Ok(connected) => client = Some(connected),
+                Err(e) => {
+                    job(Err(e));
+                    continue;
+                }
+            }
+        }
+        if let Some(client) = client.as_mut() {
+            job(Ok(client));
+        }
+    }
+}
