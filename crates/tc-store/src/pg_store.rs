@@ -12,6 +12,7 @@
 //! writer orders them: versions handed out in commit order, a batch's reads and checks made
 //! against the latest committed state.
 
+mod audit;
 mod migrate;
 mod pool;
 
@@ -406,19 +407,19 @@ impl Store for PgStore {
 
     fn append_audit(
         &self,
-        _entries: Vec<AuditEntry>,
-        _retention: &AuditRetention,
-        _now: Timestamp,
+        entries: Vec<AuditEntry>,
+        retention: &AuditRetention,
+        now: Timestamp,
     ) -> Result<Vec<AuditEntry>> {
-        Err(not_yet("append_audit"))
+        self.append_audit_entries(entries, *retention, now)
     }
 
-    fn list_audit(&self, _filter: &AuditFilter) -> Result<Vec<AuditEntry>> {
-        Err(not_yet("list_audit"))
+    fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditEntry>> {
+        self.list_audit_entries(filter)
     }
 
-    fn prune_audit(&self, _retention: &AuditRetention, _now: Timestamp) -> Result<usize> {
-        Err(not_yet("prune_audit"))
+    fn prune_audit(&self, retention: &AuditRetention, now: Timestamp) -> Result<usize> {
+        self.prune_audit_entries(*retention, now)
     }
 
     fn get_setting(&self, key: &str) -> Result<Option<String>> {

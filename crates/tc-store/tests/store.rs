@@ -2549,4 +2549,6 @@ conformance!(postgres: crate::common::Postgres => [
     empty_event_append_writes_nothing,
     settings_are_set_replaced_and_removed,
     a_large_append_keeps_exactly_the_newest_capacity_events,
+    audit_entries_survive_any_number_of_events_and_a_reopen,
+    audit_retention_drops_by_count_and_by_age,
 ]);
