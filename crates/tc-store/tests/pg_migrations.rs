@@ -1,0 +1,86 @@
+//! The PostgreSQL store's migrations: applied once at open and recorded, a database of a newer
+//! schema refused, a server that does not answer reported.
+
+use std::process::Command;
+
+use tc_store::{PgStore, Store, StoreError};
+use tc_testkit::postgres::TestPostgres;
+
+fn psql(server: &TestPostgres, url: &str, sql: &str) -> String {
+    let output = Command::new(server.bindir().join("psql"))
+        .args(["-X", "-At", "-v", "ON_ERROR_STOP=1", "-d", url, "-c", sql])
+        .output()
+        .expect("run psql");
+    assert!(
+        output.status.success(),
+        "psql {sql}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+#[test]
+fn migrations_are_applied_once_and_recorded() {
+    let server = TestPostgres::start();
+    let url = server.create_database();
+    let store = PgStore::connect(&url).unwrap();
+    store.put_setting("k", Some("v")).unwrap();
+    drop(store);
+    assert_eq!(
+        psql(&server, &url, "SELECT version, name FROM schema_migrations"),
+        "1|initial"
+    );
+    // Opening again applies nothing and keeps the data.
+    let store = PgStore::connect(&url).unwrap();
+    assert_eq!(store.get_setting("k").unwrap().as_deref(), Some("v"));
+    assert_eq!(
+        psql(&server, &url, "SELECT count(*) FROM schema_migrations"),
+        "1"
+    );
+}
+
+#[test]
+fn a_database_of_a_newer_schema_is_refused_and_left_alone() {
+    let server = TestPostgres::start();
+    let url = server.create_database();
+    drop(PgStore::connect(&url).unwrap());
+    psql(
+        &server,
+        &url,
+        "INSERT INTO schema_migrations (version, name) VALUES (9999, 'from_the_future')",
+    );
+    match PgStore::connect(&url) {
+        Err(StoreError::Database(message)) => {
+            assert!(message.contains("version 9999"), "{message}");
+            assert!(message.contains("newer"), "{message}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert_eq!(
+        psql(&server, &url, "SELECT max(version) FROM schema_migrations"),
+        "9999"
+    );
+}
+
+#[test]
+fn a_server_that_does_not_answer_is_an_error_naming_postgresql() {
+    let server = TestPostgres::start();
+    let url = server.url();
+    drop(server);
+    match PgStore::connect(&url) {
+        Err(StoreError::Database(message)) => {
+            assert!(message.contains("connect to PostgreSQL"), "{message}");
+        }
+        other => panic!("expected a connection error, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_malformed_url_is_refused() {
+    match PgStore::connect("postgres://user@host:notaport/db") {
+        Err(StoreError::Database(message)) => {
+            assert!(message.contains("PostgreSQL URL"), "{message}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
