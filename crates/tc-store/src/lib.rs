@@ -1,7 +1,7 @@
 //! Persistence of desired and observed state behind the [`Store`] trait.
 //!
-//! [`RedbStore`] is the embedded default; [`PgStore`] keeps the state in a PostgreSQL database
-//! (not every method yet: see its documentation). Every write that returns `Ok` is committed.
+//! [`RedbStore`] is the embedded default; [`PgStore`] keeps the state in a PostgreSQL database.
+//! Every write that returns `Ok` is committed.
 //!
 //! Object writes go through one place (see [`Write`]): it assigns `uid` and `creationTimestamp` on
 //! creation, bumps `generation` only when `spec` changes, and gives every write a new

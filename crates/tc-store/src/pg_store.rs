@@ -13,6 +13,7 @@
 //! against the latest committed state.
 
 mod audit;
+mod clients;
 mod migrate;
 mod pool;
 
@@ -71,12 +72,6 @@ fn uint(key: impl std::fmt::Display, value: i64) -> Result<u64> {
         key: key.to_string(),
         message: format!("{value} is negative"),
     })
-}
-
-fn not_yet(method: &str) -> StoreError {
-    StoreError::Database(format!(
-        "the PostgreSQL store does not implement {method} yet; use the redb store"
-    ))
 }
 
 /// Locks counter `key` of `meta` for the rest of the transaction and reads it.
@@ -303,60 +298,170 @@ impl Store for PgStore {
         })
     }
 
-    fn get_client(&self, _name: &str) -> Result<Option<FleetClient>> {
-        Err(not_yet("get_client"))
+    fn get_client(&self, name: &str) -> Result<Option<FleetClient>> {
+        let name = name.to_string();
+        self.txn("get client", move |txn| clients::read_client(txn, &name))
     }
 
     fn list_clients(&self) -> Result<Vec<FleetClient>> {
-        Err(not_yet("list_clients"))
+        self.txn("list clients", |txn| {
+            clients::read_clients(txn, "TRUE", None)
+        })
     }
 
-    fn scan_clients(&self, _visit: &mut dyn FnMut(FleetClient)) -> Result<()> {
-        Err(not_yet("scan_clients"))
+    fn scan_clients(&self, visit: &mut dyn FnMut(FleetClient)) -> Result<()> {
+        // The rows stream from one statement (one snapshot) on a connection thread; `visit` runs
+        // here, as they arrive.
+        let (rows, received) = std::sync::mpsc::sync_channel::<FleetClient>(256);
+        std::thread::scope(|scope| {
+            let scan = scope.spawn(|| {
+                self.txn("scan clients", move |txn| {
+                    clients::stream_clients(txn, &mut |client| rows.send(client).is_ok())
+                })
+            });
+            for client in received {
+                visit(client);
+            }
+            scan.join()
+                .unwrap_or_else(|_| Err(StoreError::Database("scan clients: panicked".into())))
+        })
     }
 
-    fn scan_inventories(&self, _visit: &mut dyn FnMut(&str, Inventory)) -> Result<()> {
-        Err(not_yet("scan_inventories"))
+    fn scan_inventories(&self, visit: &mut dyn FnMut(&str, Inventory)) -> Result<()> {
+        let rows = self.txn("scan inventories", |txn| {
+            let rows = txn
+                .query(
+                    "SELECT name, inventory FROM client_inventory ORDER BY name",
+                    &[],
+                )
+                .map_err(db("scan inventories"))?;
+            rows.iter()
+                .map(|row| {
+                    let name: String = row.get(0);
+                    let text: &str = row.get(1);
+                    let inventory: Inventory =
+                        decode(format_args!("client_inventory/{name}"), text.as_bytes())?;
+                    Ok((name, inventory))
+                })
+                .collect::<Result<Vec<_>>>()
+        })?;
+        for (name, inventory) in rows {
+            visit(&name, inventory);
+        }
+        Ok(())
     }
 
-    fn client_inventory(&self, _name: &str) -> Result<Option<Inventory>> {
-        Err(not_yet("client_inventory"))
+    fn client_inventory(&self, name: &str) -> Result<Option<Inventory>> {
+        let name = name.to_string();
+        self.txn("read client inventory", move |txn| {
+            let row = txn
+                .query_opt(
+                    "SELECT i.inventory FROM clients c
+                     JOIN client_inventory i ON i.name = c.name WHERE c.name = $1",
+                    &[&name],
+                )
+                .map_err(db(format_args!("read client_inventory/{name}")))?;
+            row.map(|row| {
+                decode(
+                    format_args!("client_inventory/{name}"),
+                    row.get::<_, &str>(0).as_bytes(),
+                )
+            })
+            .transpose()
+        })
     }
 
-    fn clients_by_machine_id(&self, _machine_id: &str) -> Result<Vec<FleetClient>> {
-        Err(not_yet("clients_by_machine_id"))
+    fn clients_by_machine_id(&self, machine_id: &str) -> Result<Vec<FleetClient>> {
+        let machine_id = machine_id.to_string();
+        self.txn("read clients by machine id", move |txn| {
+            clients::read_clients(txn, "c.machine_id = $1", Some(&machine_id))
+        })
     }
 
-    fn client_by_public_key(&self, _public_key: &str) -> Result<Option<FleetClient>> {
-        Err(not_yet("client_by_public_key"))
+    fn client_by_public_key(&self, public_key: &str) -> Result<Option<FleetClient>> {
+        if public_key.is_empty() {
+            return Ok(None);
+        }
+        let key = public_key.to_string();
+        self.txn("read client by public key", move |txn| {
+            Ok(clients::read_clients(txn, "c.public_key = $1", Some(&key))?
+                .into_iter()
+                .next())
+        })
     }
 
-    fn create_client(&self, _client: FleetClient, _now: Timestamp) -> Result<FleetClient> {
-        Err(not_yet("create_client"))
+    fn create_client(&self, client: FleetClient, now: Timestamp) -> Result<FleetClient> {
+        self.txn("create client", move |txn| {
+            clients::create(txn, vec![client], now)
+        })?
+        .pop()
+        .ok_or_else(|| StoreError::Database("create client: nothing created".into()))
     }
 
     fn create_clients(
         &self,
-        _clients: Vec<FleetClient>,
-        _now: Timestamp,
+        clients: Vec<FleetClient>,
+        now: Timestamp,
     ) -> Result<Vec<FleetClient>> {
-        Err(not_yet("create_clients"))
+        if clients.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.txn("create clients", move |txn| {
+            clients::create(txn, clients, now)
+        })
     }
 
-    fn put_liveness(&self, _entries: Vec<Liveness>) -> Result<usize> {
-        Err(not_yet("put_liveness"))
+    fn put_liveness(&self, mut entries: Vec<Liveness>) -> Result<usize> {
+        if entries.is_empty() {
+            return Ok(0);
+        }
+        let count = entries.len();
+        // In name order (as every batch writes, so that concurrent batches lock rows in one
+        // order); of a name given twice, the later entry.
+        entries.reverse();
+        entries.sort_by(|a, b| a.name.cmp(&b.name));
+        entries.dedup_by(|later, earlier| later.name == earlier.name);
+        self.txn("put client liveness", move |txn| {
+            for entry in &entries {
+                clients::write_liveness(txn, &entry.name, entry.last_heartbeat, &entry.load)?;
+            }
+            Ok(count)
+        })
     }
 
-    fn put_client_status(&self, _entries: Vec<ClientStatusEntry>) -> Result<usize> {
-        Err(not_yet("put_client_status"))
+    fn put_client_status(&self, mut entries: Vec<ClientStatusEntry>) -> Result<usize> {
+        if entries.is_empty() {
+            return Ok(0);
+        }
+        // In name order; of a name given twice, the later entry wins.
+        entries.reverse();
+        entries.sort_by(|a, b| a.name.cmp(&b.name));
+        entries.dedup_by(|later, earlier| later.name == earlier.name);
+        self.txn("put client status", move |txn| {
+            let mut written = 0;
+            for entry in &entries {
+                // A client deleted meanwhile (or never enrolled) is not brought back.
+                if !clients::exists(txn, &entry.name)? {
+                    continue;
+                }
+                clients::record_status(txn, &entry.name, &entry.status)?;
+                written += 1;
+            }
+            Ok(written)
+        })
     }
 
-    fn put_clients(&self, _clients: Vec<FleetClient>) -> Result<Vec<FleetClient>> {
-        Err(not_yet("put_clients"))
+    fn put_clients(&self, mut clients: Vec<FleetClient>) -> Result<Vec<FleetClient>> {
+        if clients.is_empty() {
+            return Ok(clients);
+        }
+        clients.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+        self.txn("put clients", move |txn| clients::put(txn, clients))
     }
 
-    fn delete_client(&self, _name: &str) -> Result<Option<FleetClient>> {
-        Err(not_yet("delete_client"))
+    fn delete_client(&self, name: &str) -> Result<Option<FleetClient>> {
+        let name = name.to_string();
+        self.txn("delete client", move |txn| clients::delete(txn, &name))
     }
 
     fn append_events(&self, events: Vec<Event>) -> Result<Vec<Event>> {
@@ -462,12 +567,38 @@ impl Store for PgStore {
         })
     }
 
-    fn put_history(&self, _name: &str, _history: &StoredHistory) -> Result<()> {
-        Err(not_yet("put_history"))
+    fn put_history(&self, name: &str, history: &StoredHistory) -> Result<()> {
+        let name = name.to_string();
+        let bytes = crate::redb_store::history::encode_history(history);
+        self.txn("write load history", move |txn| {
+            if !clients::exists(txn, &name)? {
+                return Err(StoreError::NotFound {
+                    kind: "Client".into(),
+                    name,
+                });
+            }
+            txn.execute(
+                "INSERT INTO client_history (name, history) VALUES ($1, $2)
+                 ON CONFLICT (name) DO UPDATE SET history = excluded.history",
+                &[&name, &bytes],
+            )
+            .map_err(db(format_args!("write client_history/{name}")))?;
+            Ok(())
+        })
     }
 
-    fn get_history(&self, _name: &str) -> Result<Option<StoredHistory>> {
-        Err(not_yet("get_history"))
+    fn get_history(&self, name: &str) -> Result<Option<StoredHistory>> {
+        let name = name.to_string();
+        self.txn("read load history", move |txn| {
+            let row = txn
+                .query_opt(
+                    "SELECT history FROM client_history WHERE name = $1",
+                    &[&name],
+                )
+                .map_err(db(format_args!("read client_history/{name}")))?;
+            row.map(|row| crate::redb_store::history::decode_history(&name, row.get::<_, &[u8]>(0)))
+                .transpose()
+        })
     }
 
     fn put_task_run(&self, run: &StoredTaskRun) -> Result<()> {

@@ -58,7 +58,7 @@
 
 use std::cmp::Ordering;
 mod audit;
-mod history;
+pub(crate) mod history;
 mod tasks;
 
 use std::fmt::Display;
@@ -396,7 +396,7 @@ impl Revision {
 /// A client's object as the `clients` table holds it: everything but its status.
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
-struct ClientObject<'a> {
+pub(crate) struct ClientObject<'a> {
     api_version: &'a str,
     kind: &'a str,
     metadata: &'a ObjectMeta,
@@ -404,7 +404,7 @@ struct ClientObject<'a> {
 }
 
 impl<'a> ClientObject<'a> {
-    fn of(client: &'a Client) -> Self {
+    pub(crate) fn of(client: &'a Client) -> Self {
         // Every field named, so that a field added to `Client` fails to compile here instead of
         // being silently left out of the record.
         let Client {
@@ -428,7 +428,7 @@ impl<'a> ClientObject<'a> {
 /// whose missing fields take their defaults.
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
-struct StatusRecord<'a> {
+pub(crate) struct StatusRecord<'a> {
     phase: ClientPhase,
     #[serde(skip_serializing_if = "str::is_empty")]
     inventory_hash: &'a str,
@@ -443,7 +443,7 @@ struct StatusRecord<'a> {
 }
 
 impl<'a> StatusRecord<'a> {
-    fn of(status: &'a ClientStatus) -> Self {
+    pub(crate) fn of(status: &'a ClientStatus) -> Self {
         // Every field named, so that a field added to `ClientStatus` fails to compile here.
         let ClientStatus {
             phase,
@@ -565,13 +565,13 @@ fn decode_inventory(name: &str, bytes: &[u8]) -> Result<Inventory> {
 }
 
 /// A client's liveness: its last heartbeat and the load it reported with it.
-type Live = (Timestamp, Load);
+pub(crate) type Live = (Timestamp, Load);
 
 /// Puts a client together from its `clients` record (whose status is the default, or what a
 /// legacy record embeds) and its other records: the status record replaces the status, except
 /// for the inventory, last heartbeat and load a legacy record embeds; the inventory record
 /// replaces the inventory; the liveness record is taken when it is newer.
-fn assemble(
+pub(crate) fn assemble(
     mut client: Client,
     status: Option<ClientStatus>,
     inventory: Option<Inventory>,
@@ -592,7 +592,7 @@ fn assemble(
 }
 
 /// Sets a status's liveness to the recorded one (none: no heartbeat, no load).
-fn set_liveness(status: &mut ClientStatus, liveness: Option<Live>) {
+pub(crate) fn set_liveness(status: &mut ClientStatus, liveness: Option<Live>) {
     let (last_heartbeat, load) = liveness.unzip();
     status.last_heartbeat = last_heartbeat;
     status.load = load.unwrap_or_default();

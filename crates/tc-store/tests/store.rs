@@ -1,5 +1,5 @@
 //! Behaviour of the stores through the `Store` trait: every test generic over [`Backend`] runs
-//! against each backend (see the `conformance!` lists at the end); the tests of the redb file's
+//! against each backend (see the `conformance!` list at the end); the tests of the redb file's
 //! own layout and upgrades are redb's alone.
 
 #[macro_use]
@@ -2488,7 +2488,7 @@ fn a_load_history_of_no_client_is_refused_and_not_written<B: Backend>() {
     assert_eq!(store.get_history("ghost").unwrap(), None);
 }
 
-conformance!(redb: crate::common::Redb => [
+conformance!(
     reopen_keeps_objects_clients_keys_events_settings_and_revision,
     failed_batch_writes_nothing,
     generation_rules,
@@ -2527,28 +2527,4 @@ conformance!(redb: crate::common::Redb => [
     audit_retention_drops_by_count_and_by_age,
     a_load_history_is_replaced_kept_across_reopening_and_deleted_with_its_client,
     a_load_history_of_no_client_is_refused_and_not_written,
-]);
-
-// The PostgreSQL store passes these so far; the rest of the redb list (clients, audit, load
-// history) follows as PgStore implements those methods.
-conformance!(postgres: crate::common::Postgres => [
-    failed_batch_writes_nothing,
-    generation_rules,
-    uids_are_unique_and_survive_recreation_as_new_ones,
-    resource_version_preconditions,
-    precondition_on_a_missing_object_is_refused,
-    status_writes_keep_generation_and_survive_apply,
-    status_write_of_missing_object_or_equal_status_writes_nothing,
-    deletes_with_and_without_precondition,
-    a_batch_sees_its_own_earlier_writes,
-    list_is_per_kind_and_sorted_by_name,
-    concurrent_writers_get_distinct_versions,
-    settings_are_listed_by_prefix,
-    event_ring_keeps_the_newest_and_sequence_continues_after_reopen,
-    event_filters_and_limit,
-    empty_event_append_writes_nothing,
-    settings_are_set_replaced_and_removed,
-    a_large_append_keeps_exactly_the_newest_capacity_events,
-    audit_entries_survive_any_number_of_events_and_a_reopen,
-    audit_retention_drops_by_count_and_by_age,
-]);
+);

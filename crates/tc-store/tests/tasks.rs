@@ -129,10 +129,4 @@ fn runs_results_and_logs_survive_a_reopen_and_go_with_their_run<B: Backend>() {
     assert_eq!(store.task_runs("restart-2").unwrap().len(), 1);
 }
 
-conformance!(redb: crate::common::Redb => [
-    runs_results_and_logs_survive_a_reopen_and_go_with_their_run,
-]);
-
-conformance!(postgres: crate::common::Postgres => [
-    runs_results_and_logs_survive_a_reopen_and_go_with_their_run,
-]);
+conformance!(runs_results_and_logs_survive_a_reopen_and_go_with_their_run,);

@@ -17,7 +17,7 @@ const RECORD_VERSION: u8 = 1;
 /// Version, collected (u64 ms), newest sample (u64 ms), interval (u32 s).
 const HEADER_BYTES: usize = 1 + 8 + 8 + 4;
 
-fn encode_history(stored: &StoredHistory) -> Vec<u8> {
+pub(crate) fn encode_history(stored: &StoredHistory) -> Vec<u8> {
     let history = &stored.history;
     let mut bytes = Vec::with_capacity(HEADER_BYTES + history.samples.len() * 4);
     bytes.push(RECORD_VERSION);
@@ -28,7 +28,7 @@ fn encode_history(stored: &StoredHistory) -> Vec<u8> {
     bytes
 }
 
-fn decode_history(name: &str, bytes: &[u8]) -> Result<StoredHistory> {
+pub(crate) fn decode_history(name: &str, bytes: &[u8]) -> Result<StoredHistory> {
     let corrupt = |message: String| StoreError::Corrupt {
         key: format!("client_history/{name}"),
         message,

@@ -82,10 +82,10 @@ impl Backend for Postgres {
     }
 }
 
-/// Instantiates generic tests (`fn name<B: Backend>()`) for one backend: `conformance!(redb:
-/// common::Redb => [a, b])` makes `mod redb { #[test] fn a() ... }`.
+/// Instantiates generic tests (`fn name<B: Backend>()`) for every backend: `conformance!(a, b)`
+/// makes `mod redb { #[test] fn a() ... }` and `mod postgres { ... }`.
 macro_rules! conformance {
-    ($module:ident: $backend:ty => [$($test:ident),* $(,)?]) => {
+    (@backend $module:ident: $backend:ty => [$($test:ident),*]) => {
         mod $module {
             $(
                 #[test]
@@ -94,5 +94,9 @@ macro_rules! conformance {
                 }
             )*
         }
+    };
+    ($($test:ident),* $(,)?) => {
+        conformance!(@backend redb: crate::common::Redb => [$($test),*]);
+        conformance!(@backend postgres: crate::common::Postgres => [$($test),*]);
     };
 }

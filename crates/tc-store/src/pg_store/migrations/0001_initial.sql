@@ -40,11 +40,14 @@ CREATE TABLE client_inventory (
 CREATE TABLE client_liveness (
     name text COLLATE "C" PRIMARY KEY,
     last_heartbeat_millis bigint NOT NULL,
+    -- JSON of the load reported with the heartbeat.
     load text NOT NULL
 );
+-- The last load history a client uploaded, in the redb store's compact encoding (a 21-byte header
+-- and four bytes a sample).
 CREATE TABLE client_history (
     name text COLLATE "C" PRIMARY KEY,
-    history text NOT NULL
+    history bytea NOT NULL
 );
 
 -- The newest events (at most the store's capacity).
