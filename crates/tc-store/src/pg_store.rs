@@ -109,6 +109,7 @@ impl PgStore {
         }
         config.application_name("thinfleet");
         let pool = pool::Pool::start(config, connections)?;
+        // The first job connects: a wrong URL or a server that does not answer fails here.
         pool.run("migrate", |client| migrate::migrate(client).map(drop))?;
         Ok(PgStore {
             pool,

@@ -1,5 +1,6 @@
 //! The PostgreSQL store's migrations: applied once at open and recorded, a database of a newer
-//! schema refused, a server that does not answer reported.
+//! schema refused, a server that does not answer reported; and the store answering callers on
+//! async runtime threads.
 
 use std::process::Command;
 
@@ -83,4 +84,34 @@ fn a_malformed_url_is_refused() {
         }
         other => panic!("expected a refusal, got {other:?}"),
     }
+}
+
+/// The synchronous `postgres` client panics when it is used on a thread that drives async tasks;
+/// the store runs it on threads of its own, so that a caller on a runtime thread only waits, as
+/// it would on the redb store.
+#[test]
+fn the_store_answers_callers_on_async_runtime_threads() {
+    let server = TestPostgres::start();
+    let url = server.create_database();
+    let store = PgStore::connect(&url).unwrap();
+    for runtime in [
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap(),
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .build()
+            .unwrap(),
+    ] {
+        runtime.block_on(async {
+            store.put_setting("from", Some("async")).unwrap();
+            assert_eq!(store.get_setting("from").unwrap().as_deref(), Some("async"));
+        });
+    }
+    // And it connects from one too.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let again = runtime.block_on(async { PgStore::connect(&url) }).unwrap();
+    assert_eq!(again.get_setting("from").unwrap().as_deref(), Some("async"));
 }

@@ -5,7 +5,7 @@
 //! runtime of its own: called on a thread that already runs async tasks it panics ("Cannot start
 //! a runtime from within a runtime"). Running every query on these plain threads makes the store
 //! callable from anywhere, as the redb store is: a caller (async or not) only waits on a channel.
-//! A worker whose connection broke connects again before its next job.
+//! A worker whose connection broke (or whose job panicked) connects again before its next job.
 
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
@@ -24,21 +24,18 @@ pub(super) struct Pool {
 }
 
 impl Pool {
-    /// Starts `size` workers connecting with `config`; the first connection is made now, so that
-    /// a wrong URL or an unreachable server fails here.
+    /// Starts `size` workers connecting with `config` when they get their first job (on their
+    /// own threads: connecting, too, must not happen on the caller's).
     pub(super) fn start(config: Config, size: usize) -> Result<Pool> {
-        let first = connect(&config)?;
         let (sender, receiver) = sync_channel::<Job>(size.max(1) * 4);
         let receiver = Arc::new(Mutex::new(receiver));
         let mut workers = Vec::with_capacity(size);
-        let mut first = Some(first);
         for index in 0..size.max(1) {
             let receiver = Arc::clone(&receiver);
             let config = config.clone();
-            let client = first.take();
             let worker = std::thread::Builder::new()
                 .name(format!("tc-store-pg-{index}"))
-                .spawn(move || work(config, client, &receiver))
+                .spawn(move || work(&config, &receiver))
                 .map_err(|e| StoreError::Database(format!("start a connection thread: {e}")))?;
             workers.push(worker);
         }
@@ -92,7 +89,8 @@ fn connect(config: &Config) -> Result<Client> {
         .map_err(|e| StoreError::Database(format!("connect to PostgreSQL: {e}")))
 }
 
-fn work(config: Config, mut client: Option<Client>, receiver: &Mutex<Receiver<Job>>) {
+fn work(config: &Config, receiver: &Mutex<Receiver<Job>>) {
+    let mut client: Option<Client> = None;
     loop {
         let job = {
             let Ok(receiver) = receiver.lock() else {
@@ -105,7 +103,7 @@ fn work(config: Config, mut client: Option<Client>, receiver: &Mutex<Receiver<Jo
         };
         if client.as_ref().is_none_or(Client::is_closed) {
             client = None;
-            match connect(&config) {
+            match connect(config) {
                 Ok(connected) => client = Some(connected),
                 Err(e) => {
                     job(Err(e));
@@ -113,8 +111,15 @@ fn work(config: Config, mut client: Option<Client>, receiver: &Mutex<Receiver<Jo
                 }
             }
         }
-        if let Some(client) = client.as_mut() {
-            job(Ok(client));
+        if let Some(connected) = client.as_mut() {
+            // A job that panics (a bug) must not take the thread with it: its caller learns it
+            // from the dropped result channel, and the connection, maybe mid-transaction, is
+            // replaced before the next job.
+            let outcome =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(Ok(connected))));
+            if outcome.is_err() {
+                client = None;
+            }
         }
     }
 }
