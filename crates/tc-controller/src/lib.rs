@@ -27,6 +27,7 @@ pub mod reconcile;
 pub mod rollout;
 pub mod server;
 pub mod session;
+pub mod store;
 pub mod tasks;
 pub mod tls;
 pub mod tokens;
@@ -129,6 +130,9 @@ pub struct Config {
     pub client_event_rate: RateLimit,
     /// How long the audit trail is kept (by count and age).
     pub audit_retention: tc_store::AuditRetention,
+    /// Where the state is kept (redb in the data directory unless a PostgreSQL database is
+    /// named).
+    pub store: store::StoreLocation,
     /// How long a web console session lasts after sign-in (12 h).
     pub console_session_lifetime: Duration,
     /// A one-time sign-in code for the web console (the link `--demo` prints), valid for
@@ -172,6 +176,7 @@ impl Config {
             pending_retry_after: Duration::from_secs(30),
             client_event_rate: RateLimit::new(1.0 / 6.0, 100),
             audit_retention: tc_store::AuditRetention::default(),
+            store: store::StoreLocation::Redb,
             console_session_lifetime: Duration::from_secs(12 * 3600),
             console_sign_in_code: None,
         }
@@ -510,14 +515,24 @@ pub async fn open(
     }
     let session_key = SessionKey::load_or_create(&config.data_dir)
         .map_err(io(&config.data_dir.join(session::SESSION_KEY_FILE)))?;
-    let db_path = config.data_dir.join("thinfleet.redb");
-    // redb creates a database in an empty file: made here first, it never has the default mode.
-    datadir::create_private_file(&db_path).map_err(io(&db_path))?;
-    let store: Arc<dyn Store> = Arc::new(
-        tokio::task::spawn_blocking(move || RedbStore::open(&db_path))
-            .await
-            .map_err(|e| ServeError::Server(std::io::Error::other(e)))??,
-    );
+    let store: Arc<dyn Store> = match config.store.clone() {
+        store::StoreLocation::Redb => {
+            let db_path = config.data_dir.join("thinfleet.redb");
+            // redb creates a database in an empty file: made here first, it never has the
+            // default mode.
+            datadir::create_private_file(&db_path).map_err(io(&db_path))?;
+            Arc::new(
+                tokio::task::spawn_blocking(move || RedbStore::open(&db_path))
+                    .await
+                    .map_err(|e| ServeError::Server(std::io::Error::other(e)))??,
+            )
+        }
+        store::StoreLocation::Postgres(settings) => Arc::new(
+            tokio::task::spawn_blocking(move || tc_store::PgStore::open(&settings))
+                .await
+                .map_err(|e| ServeError::Server(std::io::Error::other(e)))??,
+        ),
+    };
     // The store is open (its lock held): no other controller uses this data directory, so the
     // temporary files of uploads a crash interrupted can go.
     let blobs =

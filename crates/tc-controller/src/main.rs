@@ -93,6 +93,20 @@ struct Args {
         default_value_t = 12
     )]
     console_session_hours: u64,
+    /// Where the state is kept: `redb` (<data-dir>/thinfleet.redb) or a PostgreSQL database
+    /// (`postgres://user@host:5432/thinfleet`; its schema is created and migrated at start). The
+    /// data directory still holds the blobs, the token files and the PKI.
+    #[arg(
+        long,
+        default_value = "redb",
+        env = "TC_CONTROLLER_STORE",
+        hide_env_values = true
+    )]
+    store: String,
+    /// File whose first line is the PostgreSQL password (else TC_CONTROLLER_STORE_PASSWORD, else
+    /// the URL's).
+    #[arg(long, value_name = "FILE", env = "TC_CONTROLLER_STORE_PASSWORD_FILE")]
+    store_password_file: Option<PathBuf>,
     /// Also start three real tc-agent processes (throwaway state, different labels) and print the
     /// fleet's events: a fleet converging on one machine.
     #[arg(long)]
@@ -125,6 +139,17 @@ fn main() -> ExitCode {
             }
         };
         let mut config = Config::new(&args.data_dir);
+        config.store = match tc_controller::store::StoreLocation::parse(
+            &args.store,
+            args.store_password_file.as_deref(),
+            std::env::var(tc_controller::store::PASSWORD_ENV).ok(),
+        ) {
+            Ok(store) => store,
+            Err(error) => {
+                eprintln!("error: {error}");
+                return ExitCode::FAILURE;
+            }
+        };
         config.manifests_dir = (!args.no_manifests).then(|| args.manifests.clone());
         config.public_blobs = args.public_blobs;
         config.resync_interval = std::time::Duration::from_secs(args.resync_seconds.max(1));

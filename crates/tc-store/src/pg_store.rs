@@ -91,29 +91,81 @@ fn set_counter(txn: &mut Transaction<'_>, key: &str, value: u64) -> Result<()> {
     Ok(())
 }
 
+/// Where and how to connect a [`PgStore`].
+#[derive(Clone, PartialEq, Eq)]
+pub struct PgSettings {
+    /// The database: `postgres://user@host:port/db` (or the key=value form).
+    pub url: String,
+    /// The password, when it is not in the URL (from an environment variable or a file).
+    pub password: Option<String>,
+    /// At most this many events are kept.
+    pub event_capacity: usize,
+    /// How many connections the store keeps.
+    pub connections: usize,
+}
+
+impl PgSettings {
+    /// The database `url`, with the default event capacity and number of connections.
+    pub fn new(url: impl Into<String>) -> PgSettings {
+        PgSettings {
+            url: url.into(),
+            password: None,
+            event_capacity: DEFAULT_EVENT_CAPACITY,
+            connections: DEFAULT_CONNECTIONS,
+        }
+    }
+}
+
+impl std::fmt::Debug for PgSettings {
+    /// Without the password, nor the URL's (a URL may carry one).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgSettings")
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("event_capacity", &self.event_capacity)
+            .field("connections", &self.connections)
+            .finish_non_exhaustive()
+    }
+}
+
 impl PgStore {
     /// Connects to the database `url` names (`postgres://user@host:port/db`, or the key=value
     /// form), applies the migrations it has not had, and keeps [`DEFAULT_EVENT_CAPACITY`]
     /// events.
     pub fn connect(url: &str) -> Result<PgStore> {
-        PgStore::connect_with(url, DEFAULT_EVENT_CAPACITY, DEFAULT_CONNECTIONS)
+        PgStore::open(&PgSettings::new(url))
     }
 
     /// Connects as [`PgStore::connect`] does, keeping at most `event_capacity` events over
     /// `connections` connections.
     pub fn connect_with(url: &str, event_capacity: usize, connections: usize) -> Result<PgStore> {
-        let mut config = Config::from_str(url)
-            .map_err(|e| StoreError::Database(format!("PostgreSQL URL: {e}")))?;
+        PgStore::open(&PgSettings {
+            event_capacity,
+            connections,
+            ..PgSettings::new(url)
+        })
+    }
+
+    /// Connects as `settings` say and applies the migrations the database has not had.
+    pub fn open(settings: &PgSettings) -> Result<PgStore> {
+        // The URL is not quoted: it may carry a password.
+        let mut config = Config::from_str(&settings.url).map_err(|e| {
+            StoreError::Database(format!(
+                "PostgreSQL URL (postgres://user@host:port/db): {e}"
+            ))
+        })?;
+        if let Some(password) = &settings.password {
+            config.password(password);
+        }
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
         config.application_name("thinfleet");
-        let pool = pool::Pool::start(config, connections)?;
+        let pool = pool::Pool::start(config, settings.connections.max(1))?;
         // The first job connects: a wrong URL or a server that does not answer fails here.
         pool.run("migrate", |client| migrate::migrate(client).map(drop))?;
         Ok(PgStore {
             pool,
-            event_capacity: event_capacity.max(1),
+            event_capacity: settings.event_capacity.max(1),
         })
     }
 

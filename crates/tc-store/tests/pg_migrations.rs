@@ -1,6 +1,6 @@
 //! The PostgreSQL store's migrations: applied once at open and recorded, a database of a newer
 //! schema refused, a server that does not answer reported; and the store answering callers on
-//! async runtime threads.
+//! async runtime threads, and over a unix socket.
 
 use std::process::Command;
 
@@ -114,4 +114,28 @@ fn the_store_answers_callers_on_async_runtime_threads() {
         .unwrap();
     let again = runtime.block_on(async { PgStore::connect(&url) }).unwrap();
     assert_eq!(again.get_setting("from").unwrap().as_deref(), Some("async"));
+}
+
+#[test]
+fn the_store_connects_over_a_unix_socket() {
+    let server = TestPostgres::start();
+    let tcp = server.create_database();
+    let database = tcp.rsplit('/').next().unwrap();
+    let socket_dir = server
+        .socket_dir()
+        .display()
+        .to_string()
+        .replace('/', "%2F");
+    let url = format!(
+        "postgres://postgres@{socket_dir}:{}/{database}",
+        server.port()
+    );
+    let store = PgStore::connect(&url).unwrap();
+    store.put_setting("over", Some("socket")).unwrap();
+    drop(store);
+    let store = PgStore::connect(&tcp).unwrap();
+    assert_eq!(
+        store.get_setting("over").unwrap().as_deref(),
+        Some("socket")
+    );
 }

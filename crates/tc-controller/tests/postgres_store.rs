@@ -1,0 +1,56 @@
+//! A controller with `--store postgres://…` keeps its state in the database, not in its data
+//! directory: another controller, with a data directory of its own, finds it there.
+
+mod common;
+
+use common::*;
+use reqwest::StatusCode;
+use serde_json::json;
+use tc_controller::store::StoreLocation;
+use tc_store::PgSettings;
+use tc_testkit::postgres::TestPostgres;
+
+const GROUP: &str = "apiVersion: thinfleet.io/v1
+kind: ClientGroup
+metadata:
+  name: front-desk
+spec:
+  selector: { matchLabels: { site: berlin } }
+";
+
+#[tokio::test]
+async fn a_controller_keeps_its_state_in_postgresql_where_another_one_finds_it() {
+    let server = tokio::task::spawn_blocking(TestPostgres::start)
+        .await
+        .unwrap();
+    let location = StoreLocation::Postgres(PgSettings::new(server.create_database()));
+
+    let first = TestController::start_with(|config| config.store = location.clone()).await;
+    let api = Api::admin(&first);
+    let (status, result) = api.apply(GROUP, "").await;
+    assert_eq!(status, StatusCode::OK, "{result}");
+    let (status, enrolled) = api
+        .enroll(
+            first.bootstrap_token(),
+            "m-1",
+            "kiosk-1",
+            json!({"site": "berlin"}),
+        )
+        .await;
+    assert!(status.is_success(), "{status}: {enrolled}");
+    assert!(!first.data_dir().join("thinfleet.redb").exists());
+    first.stop().await;
+
+    let second = TestController::start_with(|config| config.store = location).await;
+    let api = Api::admin(&second);
+    let (status, group) = api
+        .get("/apis/thinfleet.io/v1/clientgroups/front-desk")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{group}");
+    assert_eq!(group["metadata"]["generation"], 1);
+    let (status, clients) = api.get("/apis/thinfleet.io/v1/clients").await;
+    assert_eq!(status, StatusCode::OK, "{clients}");
+    assert_eq!(item_names(&clients), ["kiosk-1"]);
+    assert!(!second.data_dir().join("thinfleet.redb").exists());
+    second.stop().await;
+}
