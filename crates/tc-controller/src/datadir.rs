@@ -83,3 +83,20 @@ pub fn tighten_and_log(dir: &Path) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// Locks the data directory for this process (`controller.lock`, 0600), for stores that do not
+/// lock it themselves (the redb file is locked by redb): the lock goes with the returned file,
+/// when the controller stops or dies.
+pub fn lock(dir: &Path) -> io::Result<fs::File> {
+    let path = dir.join("controller.lock");
+    create_private_file(&path)?;
+    let file = fs::OpenOptions::new().write(true).open(&path)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(fs::TryLockError::WouldBlock) => Err(io::Error::new(
+            io::ErrorKind::WouldBlock,
+            "another controller uses this data directory",
+        )),
+        Err(fs::TryLockError::Error(error)) => Err(error),
+    }
+}

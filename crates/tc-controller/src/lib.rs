@@ -281,6 +281,8 @@ pub struct Controller {
     /// When this controller started: no client is marked Offline for heartbeats it could not
     /// send while the controller was down or starting (a grace period of the offline timeout).
     pub started_at: Timestamp,
+    /// The data directory's lock, when the store does not hold one (see [`datadir::lock`]).
+    _data_dir_lock: Option<std::fs::File>,
 }
 
 /// Token files written at first start.
@@ -515,6 +517,10 @@ pub async fn open(
     }
     let session_key = SessionKey::load_or_create(&config.data_dir)
         .map_err(io(&config.data_dir.join(session::SESSION_KEY_FILE)))?;
+    // One controller per data directory (the blob store's clean-up below relies on it): redb
+    // locks its file; a PostgreSQL database is not the directory's, so the directory gets a lock
+    // of its own.
+    let mut data_dir_lock = None;
     let store: Arc<dyn Store> = match config.store.clone() {
         store::StoreLocation::Redb => {
             let db_path = config.data_dir.join("thinfleet.redb");
@@ -527,11 +533,15 @@ pub async fn open(
                     .map_err(|e| ServeError::Server(std::io::Error::other(e)))??,
             )
         }
-        store::StoreLocation::Postgres(settings) => Arc::new(
-            tokio::task::spawn_blocking(move || tc_store::PgStore::open(&settings))
-                .await
-                .map_err(|e| ServeError::Server(std::io::Error::other(e)))??,
-        ),
+        store::StoreLocation::Postgres(settings) => {
+            let lock_path = config.data_dir.join("controller.lock");
+            data_dir_lock = Some(datadir::lock(&config.data_dir).map_err(io(&lock_path))?);
+            Arc::new(
+                tokio::task::spawn_blocking(move || tc_store::PgStore::open(&settings))
+                    .await
+                    .map_err(|e| ServeError::Server(std::io::Error::other(e)))??,
+            )
+        }
     };
     // The store is open (its lock held): no other controller uses this data directory, so the
     // temporary files of uploads a crash interrupted can go.
@@ -606,6 +616,7 @@ pub async fn open(
         http,
         shutdown,
         started_at: Timestamp::now(),
+        _data_dir_lock: data_dir_lock,
     });
     if let Some(code) = &controller.config.console_sign_in_code {
         controller.console.add_code(code, Timestamp::now());

@@ -1,5 +1,6 @@
 //! A controller with `--store postgres://…` keeps its state in the database, not in its data
-//! directory: another controller, with a data directory of its own, finds it there.
+//! directory: another controller, with a data directory of its own, finds it there; the data
+//! directory is still one controller's.
 
 mod common;
 
@@ -53,4 +54,26 @@ async fn a_controller_keeps_its_state_in_postgresql_where_another_one_finds_it()
     assert_eq!(item_names(&clients), ["kiosk-1"]);
     assert!(!second.data_dir().join("thinfleet.redb").exists());
     second.stop().await;
+}
+
+#[tokio::test]
+async fn a_second_controller_on_the_same_data_directory_is_refused() {
+    let server = tokio::task::spawn_blocking(TestPostgres::start)
+        .await
+        .unwrap();
+    let location = StoreLocation::Postgres(PgSettings::new(server.create_database()));
+    let first = TestController::start_with(|config| config.store = location.clone()).await;
+    let mut config = tc_controller::Config::new(first.data_dir());
+    config.store = location;
+    let (_stop, stopped) = tokio::sync::watch::channel(false);
+    match tc_controller::open(config, stopped).await {
+        Err(error) => assert!(
+            error
+                .to_string()
+                .contains("another controller uses this data directory"),
+            "{error}"
+        ),
+        Ok(_) => panic!("a second controller opened the data directory"),
+    }
+    first.stop().await;
 }
