@@ -269,25 +269,16 @@ pub async fn run(
     let (reports_tx, reports_rx) = watch::channel(engine.snapshot());
     let (stop_tx, stop_rx) = watch::channel(false);
     let history_interval = options.config.history_interval;
-    let history = std::sync::Mutex::new(Ring::load(
+    let history = history_ring(&options, &dir);
+    let protocol = ProtocolLoop::new(
+        &options,
         &dir,
-        u32::try_from(history_interval.as_secs()).unwrap_or(u32::MAX),
-    ));
-    let protocol = ProtocolLoop {
-        options: &options,
-        dir: dir.clone(),
-        controller,
-        fetcher: fetcher.clone(),
-        connection: ConnectionTracker::load(dir.clone(), options.config.server.as_str()),
-        retry: Retry::new(options.retry),
+        (fetcher.clone(), controller),
         identity,
-        previous_client_token: None,
-        decommission: None,
-        history: &history,
-        history_sent_at: None,
-        orders: orders_tx,
-        check_in_only: false,
-    };
+        &history,
+        orders_tx,
+        false,
+    );
     tracing::info!(server = %options.config.server, state_dir = %options.config.state_dir.display(), version = AGENT_VERSION, "agent starting");
     let engine = engine_loop(engine, fetcher, desired_rx, reports_tx, stop_rx);
     tokio::pin!(engine);
@@ -318,6 +309,14 @@ pub async fn run(
         tracing::warn!("an install step was still running; it is recovered at the next start");
     }
     result
+}
+
+/// The load history as saved in `dir`, sampled at the configured interval.
+fn history_ring(options: &RunOptions, dir: &StateDir) -> std::sync::Mutex<Ring> {
+    std::sync::Mutex::new(Ring::load(
+        dir,
+        u32::try_from(options.config.history_interval.as_secs()).unwrap_or(u32::MAX),
+    ))
 }
 
 /// The downloads and the controller's agent API over one HTTP client that trusts the configured
@@ -356,25 +355,16 @@ pub async fn check_in(options: RunOptions) -> Result<(), AgentError> {
     let (orders_tx, _orders_rx) = mpsc::channel(16);
     let (desired_tx, _desired_rx) = watch::channel(journal.desired.clone());
     let (_reports_tx, reports_rx) = watch::channel(snapshot);
-    let history = std::sync::Mutex::new(Ring::load(
+    let history = history_ring(&options, &dir);
+    let protocol = ProtocolLoop::new(
+        &options,
         &dir,
-        u32::try_from(options.config.history_interval.as_secs()).unwrap_or(u32::MAX),
-    ));
-    let protocol = ProtocolLoop {
-        options: &options,
-        dir: dir.clone(),
-        controller,
-        fetcher,
-        connection: ConnectionTracker::load(dir.clone(), options.config.server.as_str()),
-        retry: Retry::new(options.retry),
+        (fetcher, controller),
         identity,
-        previous_client_token: None,
-        decommission: None,
-        history: &history,
-        history_sent_at: None,
-        orders: orders_tx,
-        check_in_only: true,
-    };
+        &history,
+        orders_tx,
+        true,
+    );
     tracing::info!(server = %options.config.server, version = AGENT_VERSION, "checking in");
     protocol.run(desired_tx, reports_rx).await.map(|_| ())
 }
@@ -485,7 +475,35 @@ pub(crate) struct ProtocolLoop<'a> {
     check_in_only: bool,
 }
 
-impl ProtocolLoop<'_> {
+impl<'a> ProtocolLoop<'a> {
+    /// The loop of a start, before anything was sent; `check_in_only` stops it after the first
+    /// accepted heartbeat.
+    fn new(
+        options: &'a RunOptions,
+        dir: &StateDir,
+        (fetcher, controller): (Fetcher, ControllerClient),
+        identity: Identity,
+        history: &'a std::sync::Mutex<Ring>,
+        orders: mpsc::Sender<Vec<TaskOrder>>,
+        check_in_only: bool,
+    ) -> Self {
+        ProtocolLoop {
+            options,
+            dir: dir.clone(),
+            controller,
+            fetcher,
+            connection: ConnectionTracker::load(dir.clone(), options.config.server.as_str()),
+            retry: Retry::new(options.retry),
+            identity,
+            previous_client_token: None,
+            decommission: None,
+            history,
+            history_sent_at: None,
+            orders,
+            check_in_only,
+        }
+    }
+
     async fn run(
         mut self,
         desired_tx: watch::Sender<Option<DesiredState>>,

@@ -27,11 +27,8 @@ fn running(state: &Path) -> Option<String> {
 }
 
 async fn publish(admin: &Admin, version: &str) {
-    let sha = admin.upload(&common::package_zip(version)).await;
     admin
-        .apply(&format!(
-            "apiVersion: thinfleet.io/v1\nkind: PackageRelease\nmetadata:\n  name: {PACKAGE}-{version}\nspec:\n  package: {PACKAGE}\n  version: {version}\n  artifact:\n    sha256: {sha}\n"
-        ))
+        .publish(PACKAGE, version, &common::package_zip(version))
         .await;
 }
 

@@ -48,21 +48,15 @@ fn this_agent() -> Vec<u8> {
 
 /// Publishes `thinfleet-agent` `version` holding `binary`.
 async fn publish_agent(admin: &Admin, version: &str, binary: &[u8]) {
-    let sha = admin.upload(&agent_zip(binary)).await;
     admin
-        .apply(&format!(
-            "apiVersion: thinfleet.io/v1\nkind: PackageRelease\nmetadata:\n  name: {AGENT_PACKAGE}-{version}\nspec:\n  package: {AGENT_PACKAGE}\n  version: {version}\n  artifact:\n    sha256: {sha}\n"
-        ))
+        .publish(AGENT_PACKAGE, version, &agent_zip(binary))
         .await;
 }
 
 /// Publishes the ordinary package `kiosk` `version`.
 async fn publish_kiosk(admin: &Admin, version: &str) {
-    let sha = admin.upload(&common::package_zip(version)).await;
     admin
-        .apply(&format!(
-            "apiVersion: thinfleet.io/v1\nkind: PackageRelease\nmetadata:\n  name: kiosk-{version}\nspec:\n  package: kiosk\n  version: {version}\n  artifact:\n    sha256: {sha}\n"
-        ))
+        .publish("kiosk", version, &common::package_zip(version))
         .await;
 }
 

@@ -212,6 +212,15 @@ impl Admin {
         assert_eq!(status, StatusCode::OK, "{yaml}\n{body}");
     }
 
+    /// Uploads `zip` and publishes it as release `version` of `package`.
+    pub async fn publish(&self, package: &str, version: &str, zip: &[u8]) {
+        let sha = self.upload(zip).await;
+        self.apply(&format!(
+            "apiVersion: thinfleet.io/v1\nkind: PackageRelease\nmetadata:\n  name: {package}-{version}\nspec:\n  package: {package}\n  version: {version}\n  artifact:\n    sha256: {sha}\n"
+        ))
+        .await;
+    }
+
     /// Uploads a blob; returns its sha256.
     pub async fn upload(&self, zip: &[u8]) -> String {
         let response = self
