@@ -21,7 +21,7 @@ use tc_api::task::TaskResult;
 use tc_api::{AuditEntry, Client, Event, Kind, Object, Timestamp};
 use tc_proto::Load;
 
-pub use pg_store::{DEFAULT_CONNECTIONS, PgSettings, PgStore};
+pub use pg_store::{DEFAULT_CONNECTIONS, LeaseState, PgSettings, PgStore};
 pub use redb_store::{DEFAULT_EVENT_CAPACITY, PUBLIC_KEY_KIND, RedbStore};
 
 /// Settings key prefix of the token hash a client enrolled before key-bound identities had
@@ -66,6 +66,14 @@ pub enum StoreError {
     /// The database failed (I/O, corruption, full disk).
     #[error("database error: {0}")]
     Database(String),
+    /// The database cannot be reached now (a server stopped or restarting, a lost connection):
+    /// nothing was written, and the same request may succeed later.
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
+    /// This controller replica no longer holds the leader lease: another took over, and nothing
+    /// was written (see `PgStore::fence`).
+    #[error("{0}")]
+    NotLeader(String),
     /// A stored record could not be decoded.
     #[error("stored record {key} is unreadable: {message}")]
     Corrupt {

@@ -14,8 +14,11 @@
 
 mod audit;
 mod clients;
+mod lease;
 mod migrate;
 mod pool;
+
+pub use lease::LeaseState;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -39,6 +42,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// A [`Store`] in a PostgreSQL database.
 pub struct PgStore {
     pool: pool::Pool,
+    /// One connection for the leader lease alone, so that a renewal never queues behind other
+    /// work.
+    lease_pool: pool::Pool,
+    fence: std::sync::RwLock<Option<lease::Fence>>,
     event_capacity: usize,
 }
 
@@ -52,7 +59,27 @@ impl std::fmt::Debug for PgStore {
 
 /// Wraps a database error with what the store was doing.
 fn db(what: impl std::fmt::Display) -> impl FnOnce(postgres::Error) -> StoreError {
-    move |e| StoreError::Database(format!("{what}: {e}"))
+    move |e| classify(format!("{what}: {e}"), &e)
+}
+
+/// [`StoreError::Unavailable`] when `error` says the server cannot be reached or is going away
+/// (a closed connection, an I/O error, SQLSTATE class 08 or 57P, too many connections), so that
+/// the caller can answer "try again"; [`StoreError::Database`] otherwise.
+fn classify(message: String, error: &postgres::Error) -> StoreError {
+    use std::error::Error as _;
+    let unavailable = error.is_closed()
+        || error
+            .source()
+            .is_some_and(|source| source.is::<std::io::Error>())
+        || error.code().is_some_and(|code| {
+            let code = code.code();
+            code.starts_with("08") || code.starts_with("57P") || code == "53300"
+        });
+    if unavailable {
+        StoreError::Unavailable(message)
+    } else {
+        StoreError::Database(message)
+    }
 }
 
 fn encode<T: serde::Serialize + ?Sized>(key: impl std::fmt::Display, value: &T) -> Result<String> {
@@ -160,11 +187,15 @@ impl PgStore {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
         config.application_name("thinfleet");
-        let pool = pool::Pool::start(config, settings.connections.max(1))?;
+        let pool = pool::Pool::start(config.clone(), settings.connections.max(1))?;
+        // Connects at its first use only: a controller that never takes the lease never opens it.
+        let lease_pool = pool::Pool::start(config, 1)?;
         // The first job connects: a wrong URL or a server that does not answer fails here.
         pool.run("migrate", |client| migrate::migrate(client).map(drop))?;
         Ok(PgStore {
             pool,
+            lease_pool,
+            fence: std::sync::RwLock::new(None),
             event_capacity: settings.event_capacity.max(1),
         })
     }
@@ -175,11 +206,15 @@ impl PgStore {
         what: &'static str,
         body: impl FnOnce(&mut Transaction<'_>) -> Result<T> + Send + 'static,
     ) -> Result<T> {
+        let fence = self.current_fence();
         self.pool.run(what, move |client: &mut Client| {
             let mut txn = client
                 .transaction()
                 .map_err(db(format_args!("{what}: begin")))?;
             let value = body(&mut txn)?;
+            if let Some(fence) = &fence {
+                lease::check(&mut txn, fence, what)?;
+            }
             txn.commit().map_err(db(format_args!("{what}: commit")))?;
             Ok(value)
         })

@@ -29,14 +29,14 @@ fn migrations_are_applied_once_and_recorded() {
     drop(store);
     assert_eq!(
         psql(&server, &url, "SELECT version, name FROM schema_migrations"),
-        "1|initial"
+        "1|initial\n2|leader"
     );
     // Opening again applies nothing and keeps the data.
     let store = PgStore::connect(&url).unwrap();
     assert_eq!(store.get_setting("k").unwrap().as_deref(), Some("v"));
     assert_eq!(
         psql(&server, &url, "SELECT count(*) FROM schema_migrations"),
-        "1"
+        "2"
     );
 }
 
@@ -69,7 +69,7 @@ fn a_server_that_does_not_answer_is_an_error_naming_postgresql() {
     let url = server.url();
     drop(server);
     match PgStore::connect(&url) {
-        Err(StoreError::Database(message)) => {
+        Err(StoreError::Unavailable(message)) => {
             assert!(message.contains("connect to PostgreSQL"), "{message}");
         }
         other => panic!("expected a connection error, got {other:?}"),

@@ -195,7 +195,15 @@ impl TestPostgres {
     }
 
     fn launch(bindir: &Path, dir: &Path, data: &Path) -> Result<(Child, u16), TestPostgresError> {
-        let port = free_port()?;
+        TestPostgres::launch_on(bindir, dir, data, free_port()?)
+    }
+
+    fn launch_on(
+        bindir: &Path,
+        dir: &Path,
+        data: &Path,
+        port: u16,
+    ) -> Result<(Child, u16), TestPostgresError> {
         let log = dir.join("postgres.log");
         let log_file = std::fs::File::create(&log).map_err(step_error("create the log"))?;
         if running_as_root() {
@@ -306,8 +314,27 @@ impl TestPostgres {
     }
 }
 
-impl Drop for TestPostgres {
-    fn drop(&mut self) {
+impl TestPostgres {
+    /// Stops the server (a fast shutdown: clients are disconnected) and waits for it, keeping
+    /// its data, as a database that goes away for a while. [`TestPostgres::restart`] brings it
+    /// back on the same port.
+    pub fn stop(&mut self) {
+        self.shut_down();
+    }
+
+    /// Starts the stopped server again, with its data, on the same port.
+    pub fn restart(&mut self) {
+        let data = self.dir.path().join("data");
+        match TestPostgres::launch_on(&self.bindir, self.dir.path(), &data, self.port) {
+            Ok((child, _)) => self.child = child,
+            Err(e) => panic!("restart PostgreSQL on port {}: {e}", self.port),
+        }
+    }
+
+    fn shut_down(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
         // SIGINT is PostgreSQL's fast shutdown: it disconnects clients and stops.
         let _ = Command::new("kill")
             .args(["-INT", &self.child.id().to_string()])
@@ -324,6 +351,12 @@ impl Drop for TestPostgres {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+impl Drop for TestPostgres {
+    fn drop(&mut self) {
+        self.shut_down();
     }
 }
 

@@ -15,11 +15,18 @@ pub(super) struct Migration {
 }
 
 /// Every migration, in version order.
-pub(super) const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "initial",
-    sql: include_str!("migrations/0001_initial.sql"),
-}];
+pub(super) const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "initial",
+        sql: include_str!("migrations/0001_initial.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "leader",
+        sql: include_str!("migrations/0002_leader.sql"),
+    },
+];
 
 /// An arbitrary constant identifying the store's migration lock among advisory locks.
 const MIGRATION_LOCK: i64 = 0x7466_6d69_6772_6174;
@@ -73,4 +80,27 @@ pub(super) fn migrate(client: &mut Client) -> Result<Vec<i32>> {
     }
     txn.commit().map_err(db("commit migrations"))?;
     Ok(applied)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MIGRATIONS;
+
+    /// Versions are 1, 2, 3... with no gap: a database at version `n` gets every migration above
+    /// `n`, so a migration numbered below one already released would never be applied.
+    #[test]
+    fn migrations_are_numbered_one_after_the_other() {
+        for (index, migration) in MIGRATIONS.iter().enumerate() {
+            assert_eq!(migration.version as usize, index + 1, "{}", migration.name);
+            assert!(
+                migration
+                    .sql
+                    .lines()
+                    .next()
+                    .is_some_and(|line| line.starts_with("--")),
+                "migration {} starts with a comment saying what it is for",
+                migration.name
+            );
+        }
+    }
 }

@@ -5,11 +5,13 @@
 //! runtime of its own: called on a thread that already runs async tasks it panics ("Cannot start
 //! a runtime from within a runtime"). Running every query on these plain threads makes the store
 //! callable from anywhere, as the redb store is: a caller (async or not) only waits on a channel.
-//! A worker whose connection broke (or whose job panicked) connects again before its next job.
+//! A worker whose connection broke (or whose job panicked) connects again before its next job; one
+//! idle for a second is checked first.
 
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use postgres::{Client, Config, NoTls};
 
@@ -86,11 +88,19 @@ impl Drop for Pool {
 fn connect(config: &Config) -> Result<Client> {
     config
         .connect(NoTls)
-        .map_err(|e| StoreError::Database(format!("connect to PostgreSQL: {e}")))
+        .map_err(|e| super::classify(format!("connect to PostgreSQL: {e}"), &e))
 }
+
+/// A connection idle this long is checked (one empty query) before its next job, so that the
+/// first jobs after the server came back do not fail on connections it closed meanwhile.
+const CHECK_AFTER_IDLE: Duration = Duration::from_secs(1);
+
+/// How long that check may take.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
 fn work(config: &Config, receiver: &Mutex<Receiver<Job>>) {
     let mut client: Option<Client> = None;
+    let mut last_used = Instant::now();
     loop {
         let job = {
             let Ok(receiver) = receiver.lock() else {
@@ -101,6 +111,13 @@ fn work(config: &Config, receiver: &Mutex<Receiver<Job>>) {
                 Err(_) => return,
             }
         };
+        if last_used.elapsed() > CHECK_AFTER_IDLE
+            && let Some(idle) = client.as_mut()
+            && idle.is_valid(CHECK_TIMEOUT).is_err()
+        {
+            client = None;
+        }
+        last_used = Instant::now();
         if client.as_ref().is_none_or(Client::is_closed) {
             client = None;
             match connect(config) {
