@@ -246,6 +246,18 @@ impl From<StoreError> for ApiError {
                 ApiError::conflict(error.to_string())
             }
             StoreError::Database(_) | StoreError::Corrupt { .. } => ApiError::internal(error),
+            // Nothing was written: the same request may succeed once the database is back, or
+            // on the replica that leads now.
+            StoreError::Unavailable(_) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, error.to_string())
+                    .with_reason("StoreUnavailable")
+                    .with_retry_after(std::time::Duration::from_secs(5))
+            }
+            StoreError::NotLeader(_) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, error.to_string())
+                    .with_reason("NotLeader")
+                    .with_retry_after(std::time::Duration::from_secs(5))
+            }
         }
     }
 }

@@ -17,6 +17,7 @@ pub mod enroll;
 pub mod error;
 pub mod fleet;
 pub mod history;
+pub mod leader;
 pub mod metrics;
 pub mod openapi;
 pub mod persist;
@@ -138,6 +139,9 @@ pub struct Config {
     /// A one-time sign-in code for the web console (the link `--demo` prints), valid for
     /// [`ui::CODE_LIFETIME`] from the start; `serve_with` makes one in demo mode.
     pub console_sign_in_code: Option<String>,
+    /// This replica's name in the leader lease (a PostgreSQL store), the host's name unless set;
+    /// a random part is added at every start.
+    pub replica_name: Option<String>,
 }
 
 impl Config {
@@ -179,6 +183,7 @@ impl Config {
             store: store::StoreLocation::Redb,
             console_session_lifetime: Duration::from_secs(12 * 3600),
             console_sign_in_code: None,
+            replica_name: None,
         }
     }
 
@@ -215,6 +220,15 @@ pub enum ServeError {
     /// TLS could not be set up.
     #[error("TLS: {0}")]
     Tls(#[from] tls::TlsError),
+    /// This replica cannot serve with the others of its database (see [`leader`]).
+    #[error("{0}")]
+    Replica(String),
+    /// Another replica took the leader lease over: this one stopped serving.
+    #[error("stopped: {0}")]
+    LeaseLost(String),
+    /// Asked to stop while waiting on standby.
+    #[error("stopped on standby")]
+    Stopped,
 }
 
 /// The shared state of a running controller.
@@ -259,6 +273,8 @@ pub struct Controller {
     pub enroll_lock: tokio::sync::Mutex<()>,
     /// The key of session tokens and challenges.
     pub session_key: SessionKey,
+    /// The leader lease this replica holds (a PostgreSQL store).
+    pub leadership: Option<leader::Leadership>,
     /// Bootstrap tokens.
     pub bootstrap: BootstrapTokens,
     /// Named admin credentials (and the break-glass token).
@@ -499,9 +515,20 @@ pub fn router(controller: Arc<Controller>) -> Router {
 }
 
 /// Opens the data directory: store, blobs, token files, fleet. Background tasks are not started.
+/// With a PostgreSQL store, waits for the leader lease first (see [`leader`]).
 pub async fn open(
     config: Config,
     shutdown: tokio::sync::watch::Receiver<bool>,
+) -> Result<(Arc<Controller>, TokenFiles), ServeError> {
+    open_on(config, shutdown, None).await
+}
+
+/// [`open`], closing at once the connections `listener` accepts while this replica waits on
+/// standby for the leader lease.
+pub async fn open_on(
+    config: Config,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+    listener: Option<&TcpListener>,
 ) -> Result<(Arc<Controller>, TokenFiles), ServeError> {
     let io = |path: &std::path::Path| {
         let path = path.display().to_string();
@@ -521,6 +548,7 @@ pub async fn open(
     // locks its file; a PostgreSQL database is not the directory's, so the directory gets a lock
     // of its own.
     let mut data_dir_lock = None;
+    let mut leadership = None;
     let store: Arc<dyn Store> = match config.store.clone() {
         store::StoreLocation::Redb => {
             let db_path = config.data_dir.join("thinfleet.redb");
@@ -536,13 +564,43 @@ pub async fn open(
         store::StoreLocation::Postgres(settings) => {
             let lock_path = config.data_dir.join("controller.lock");
             data_dir_lock = Some(datadir::lock(&config.data_dir).map_err(io(&lock_path))?);
-            Arc::new(
+            let store = Arc::new(
                 tokio::task::spawn_blocking(move || tc_store::PgStore::open(&settings))
                     .await
                     .map_err(|e| ServeError::Server(std::io::Error::other(e)))??,
-            )
+            );
+            // Nothing is read before this replica leads: it starts from what the previous
+            // leader committed.
+            let holder = leader::holder_name(config.replica_name.as_deref());
+            let Some(lease) =
+                leader::wait(store.clone(), holder, listener, shutdown.clone()).await?
+            else {
+                return Err(ServeError::Stopped);
+            };
+            leadership = Some(lease);
+            store
         }
     };
+    let server_tls = {
+        let (mode, data_dir) = (config.tls.clone(), config.data_dir.clone());
+        tokio::task::spawn_blocking(move || tls::ServerTls::setup(&mode, &data_dir, None))
+            .await
+            .map_err(|e| ServeError::Server(std::io::Error::other(e)))??
+            .map(Arc::new)
+    };
+    if let Some(lease) = &leadership {
+        let files = leader::shared_files(&config, &admin_token)?;
+        let checked = store.clone();
+        let outcome =
+            tokio::task::spawn_blocking(move || leader::check_shared_files(&*checked, &files))
+                .await
+                .map_err(|e| ServeError::Server(std::io::Error::other(e)))?;
+        if let Err(error) = outcome {
+            // Refused: another replica may lead at once.
+            lease.release().await;
+            return Err(error);
+        }
+    }
     // The store is open (its lock held): no other controller uses this data directory, so the
     // temporary files of uploads a crash interrupted can go.
     let blobs =
@@ -557,6 +615,11 @@ pub async fn open(
         .map_err(|e| ServeError::Server(std::io::Error::other(e)))??;
     let now = Timestamp::now();
     let (bootstrap, opened) = BootstrapTokens::open(&*store, &bootstrap_path, now)?;
+    if leadership.is_some() {
+        // A bootstrap token file made just now is recorded for the other replicas.
+        let files = leader::shared_files(&config, &admin_token)?;
+        leader::check_shared_files(&*store, &files)?;
+    }
     if opened.created_file {
         tracing::info!(bootstrap = %bootstrap_path.display(), "created the bootstrap token `default` (mode 0600)");
     }
@@ -570,13 +633,6 @@ pub async fn open(
         .filter(|text| !text.is_empty());
     let blocks = Blocks::open(&*store)?;
     let credentials = credentials::Credentials::open(&*store, tokens::hash(&admin_token))?;
-    let server_tls = {
-        let (mode, data_dir) = (config.tls.clone(), config.data_dir.clone());
-        tokio::task::spawn_blocking(move || tls::ServerTls::setup(&mode, &data_dir, None))
-            .await
-            .map_err(|e| ServeError::Server(std::io::Error::other(e)))??
-            .map(Arc::new)
-    };
     let mut metrics = Metrics::default();
     let connections = ConnectionMetrics::register(&mut metrics);
     let persister = Persister::start(store.clone(), metrics.client_write_batches.clone());
@@ -607,6 +663,7 @@ pub async fn open(
         apply_lock: tokio::sync::Mutex::new(()),
         enroll_lock: tokio::sync::Mutex::new(()),
         session_key,
+        leadership,
         bootstrap,
         credentials,
         console: ui::Console::default(),
@@ -668,7 +725,27 @@ pub async fn serve_with(
         config.console_sign_in_code = Some(tokens::generate());
     }
     let (stop, stopping) = tokio::sync::watch::channel(false);
-    let (controller, token_files) = open(config, stopping.clone()).await?;
+    let mut shutdown = Box::pin(shutdown);
+    // On standby (a PostgreSQL store whose lease another replica holds) until the lease is ours,
+    // or asked to stop.
+    let opened = tokio::select! {
+        opened = open_on(config, stopping.clone(), Some(&listener)) => opened,
+        () = &mut shutdown => return Ok(()),
+    };
+    let (controller, token_files) = match opened {
+        Err(ServeError::Stopped) => return Ok(()),
+        other => other?,
+    };
+    let (lease_lost, mut lease_lost_rx) = tokio::sync::oneshot::channel::<String>();
+    let lease_keeper = controller.leadership.clone().map(|leadership| {
+        let stopping = stopping.clone();
+        tokio::spawn(async move {
+            if let Err(reason) = leader::keep(leadership, stopping).await {
+                let _ = lease_lost.send(reason);
+            }
+        })
+    });
+    let lost = Arc::new(Mutex::new(None::<String>));
     announce(&controller, addr);
     let demo_agents = if demo_mode {
         let server_error = |e: String| ServeError::Server(std::io::Error::other(e));
@@ -766,10 +843,20 @@ pub async fn serve_with(
         controller.tls.as_ref().map(|tls| tls.config.clone()),
         controller.config.limits(),
         controller.connections.clone(),
-        async move {
-            shutdown.await;
-            let _ = stop.send(true);
-            closing.fleet.close();
+        {
+            let lost = lost.clone();
+            async move {
+                tokio::select! {
+                    () = &mut shutdown => {}
+                    Ok(reason) = &mut lease_lost_rx => {
+                        tracing::error!(%reason, "this replica no longer leads: it stops serving");
+                        *lost.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+                            Some(reason);
+                    }
+                }
+                let _ = stop.send(true);
+                closing.fleet.close();
+            }
         },
     )
     .await;
@@ -779,7 +866,21 @@ pub async fn serve_with(
     for task in tasks {
         let _ = task.await;
     }
-    Ok(())
+    if let Some(keeper) = lease_keeper {
+        let _ = keeper.await;
+    }
+    let lost = lost
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take();
+    match (lost, &controller.leadership) {
+        (Some(reason), _) => Err(ServeError::LeaseLost(reason)),
+        (None, Some(leadership)) => {
+            leadership.release().await;
+            Ok(())
+        }
+        (None, None) => Ok(()),
+    }
 }
 
 /// Says how the controller serves: the CA fingerprint agents and `tcadm` pin, or a warning for

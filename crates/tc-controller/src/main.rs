@@ -107,6 +107,10 @@ struct Args {
     /// the URL's).
     #[arg(long, value_name = "FILE", env = "TC_CONTROLLER_STORE_PASSWORD_FILE")]
     store_password_file: Option<PathBuf>,
+    /// This replica's name in the leader lease of a PostgreSQL store (the host name by default;
+    /// on Kubernetes, the pod's name).
+    #[arg(long, value_name = "NAME", env = "TC_CONTROLLER_REPLICA_NAME")]
+    replica_name: Option<String>,
     /// Also start three real tc-agent processes (throwaway state, different labels) and print the
     /// fleet's events: a fleet converging on one machine.
     #[arg(long)]
@@ -150,6 +154,7 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        config.replica_name = args.replica_name.clone();
         config.manifests_dir = (!args.no_manifests).then(|| args.manifests.clone());
         config.public_blobs = args.public_blobs;
         config.resync_interval = std::time::Duration::from_secs(args.resync_seconds.max(1));

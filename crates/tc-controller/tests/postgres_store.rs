@@ -40,9 +40,15 @@ async fn a_controller_keeps_its_state_in_postgresql_where_another_one_finds_it()
         .await;
     assert!(status.is_success(), "{status}: {enrolled}");
     assert!(!first.data_dir().join("thinfleet.redb").exists());
+    // Another controller of this database has a data directory of its own, with the files the
+    // replicas share.
+    let other = tempfile::tempdir().unwrap();
+    copy_shared_files(first.data_dir(), &other.path().join("data"));
     first.stop().await;
 
-    let second = TestController::start_with(|config| config.store = location).await;
+    let second =
+        TestController::start_in(&other.path().join("data"), |config| config.store = location)
+            .await;
     let api = Api::admin(&second);
     let (status, group) = api
         .get("/apis/thinfleet.io/v1/clientgroups/front-desk")
@@ -76,4 +82,68 @@ async fn a_second_controller_on_the_same_data_directory_is_refused() {
         Ok(_) => panic!("a second controller opened the data directory"),
     }
     first.stop().await;
+}
+
+/// The database going away for a while: writes are answered 503 with `Retry-After` (nothing
+/// acknowledged that is not stored), and the controller resumes by itself when it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_are_answered_503_while_the_database_is_down_and_resume_after() {
+    let mut server = tokio::task::spawn_blocking(TestPostgres::start)
+        .await
+        .unwrap();
+    let location = StoreLocation::Postgres(PgSettings::new(server.create_database()));
+    let controller = TestController::start_with(|config| config.store = location).await;
+    let api = Api::admin(&controller);
+    let (status, result) = api.apply(GROUP, "").await;
+    assert_eq!(status, StatusCode::OK, "{result}");
+
+    let server = tokio::task::spawn_blocking(move || {
+        server.stop();
+        server
+    })
+    .await
+    .unwrap();
+    let changed = GROUP.replace("berlin", "paris");
+    let response = api
+        .http
+        .post(format!("{}/apis/thinfleet.io/v1/apply", api.base))
+        .bearer_auth(&api.token)
+        .header("content-type", "application/yaml")
+        .body(changed.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(response.headers().contains_key("retry-after"));
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["reason"], "StoreUnavailable", "{body}");
+
+    let mut server = server;
+    let server = tokio::task::spawn_blocking(move || {
+        server.restart();
+        server
+    })
+    .await
+    .unwrap();
+    let applied = eventually(std::time::Duration::from_secs(30), || {
+        let (api, changed) = (&api, &changed);
+        async move {
+            let (status, result) = api.apply(changed, "").await;
+            (status == StatusCode::OK).then_some(result)
+        }
+    })
+    .await;
+    assert_eq!(
+        actions(&applied),
+        [(
+            "configured".to_string(),
+            "ClientGroup/front-desk".to_string()
+        )]
+    );
+    let (_, group) = api
+        .get("/apis/thinfleet.io/v1/clientgroups/front-desk")
+        .await;
+    assert_eq!(group["spec"]["selector"]["matchLabels"]["site"], "paris");
+    controller.stop().await;
+    drop(server);
 }

@@ -432,3 +432,15 @@ pub fn installed(agent: &SimAgent, package: &str) -> Option<String> {
         .find(|p| p["name"] == package && p["state"] == "Installed")
         .map(|p| p["version"].as_str().unwrap().to_string())
 }
+
+/// Copies the files the replicas share (README, "Running several replicas") from `from` to a new
+/// data directory `to`.
+pub fn copy_shared_files(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to.join("pki")).unwrap();
+    for file in ["admin.token", "session.key", "bootstrap.token"] {
+        std::fs::copy(from.join(file), to.join(file)).unwrap();
+    }
+    for file in ["ca.crt", "ca.key"] {
+        std::fs::copy(from.join("pki").join(file), to.join("pki").join(file)).unwrap();
+    }
+}
