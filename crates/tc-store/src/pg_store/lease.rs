@@ -1,7 +1,7 @@
 //! The leader lease of controller replicas sharing one database, and the fence that keeps a
 //! replica that lost it from writing.
 //!
-//! The lease is one row (`leader`, migration 0002): holder, epoch, expiry. Taking and renewing it
+//! The lease is one row (`leader`, migration 0003): holder, epoch, expiry. Taking and renewing it
 //! is one `UPDATE` that succeeds only when the row is free, expired or already the caller's, with
 //! times from the server's clock alone (replicas' clocks never compare). The epoch grows by one
 //! each time the holder changes. The lease's queries run on a connection of their own, so that a

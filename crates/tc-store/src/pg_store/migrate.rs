@@ -22,9 +22,9 @@ pub(super) const MIGRATIONS: &[Migration] = &[
         sql: include_str!("migrations/0001_initial.sql"),
     },
     Migration {
-        version: 2,
+        version: 3,
         name: "leader",
-        sql: include_str!("migrations/0002_leader.sql"),
+        sql: include_str!("migrations/0003_leader.sql"),
     },
 ];
 
