@@ -13,9 +13,12 @@
 //! against the latest committed state.
 
 mod audit;
+mod blobs;
 mod clients;
 mod migrate;
 mod pool;
+
+pub use blobs::{BLOB_CHUNK_BYTES, BlobError, BlobPut};
 
 use std::str::FromStr;
 use std::time::Duration;

@@ -15,11 +15,18 @@ pub(super) struct Migration {
 }
 
 /// Every migration, in version order.
-pub(super) const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "initial",
-    sql: include_str!("migrations/0001_initial.sql"),
-}];
+pub(super) const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "initial",
+        sql: include_str!("migrations/0001_initial.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "blobs",
+        sql: include_str!("migrations/0002_blobs.sql"),
+    },
+];
 
 /// An arbitrary constant identifying the store's migration lock among advisory locks.
 const MIGRATION_LOCK: i64 = 0x7466_6d69_6772_6174;

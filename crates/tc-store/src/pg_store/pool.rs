@@ -51,6 +51,16 @@ impl Pool {
         what: &str,
         job: impl FnOnce(&mut Client) -> Result<T> + Send + 'static,
     ) -> Result<T> {
+        self.submit(what, job)?.wait(what)
+    }
+
+    /// Queues `job` (waiting while the queue is full) and returns at once; its result comes
+    /// through the answer. For a job that its caller feeds while it runs.
+    pub(super) fn submit<T: Send + 'static>(
+        &self,
+        what: &str,
+        job: impl FnOnce(&mut Client) -> Result<T> + Send + 'static,
+    ) -> Result<Answer<T>> {
         let (done, result) = sync_channel(1);
         let job: Job = Box::new(move |client| {
             let _ = done.send(client.and_then(job));
@@ -64,9 +74,22 @@ impl Pool {
         queue
             .send(job)
             .map_err(|_| StoreError::Database(format!("{what}: the store is closed")))?;
-        result
-            .recv()
-            .map_err(|_| StoreError::Database(format!("{what}: the connection thread stopped")))?
+        Ok(Answer(result))
+    }
+}
+
+/// The result of a submitted job, to wait for.
+pub(super) struct Answer<T>(Receiver<Result<T>>);
+
+impl<T> Answer<T> {
+    /// Waits for the job's result.
+    pub(super) fn wait(self, what: &str) -> Result<T> {
+        self.0.recv().map_err(|_| {
+            StoreError::Database(format!(
+                "{what}: the job failed without an answer (a panic, or the connection thread \
+                 stopped)"
+            ))
+        })?
     }
 }
 
