@@ -521,6 +521,7 @@ pub async fn open(
     // locks its file; a PostgreSQL database is not the directory's, so the directory gets a lock
     // of its own.
     let mut data_dir_lock = None;
+    let mut pg_store = None;
     let store: Arc<dyn Store> = match config.store.clone() {
         store::StoreLocation::Redb => {
             let db_path = config.data_dir.join("thinfleet.redb");
@@ -536,17 +537,23 @@ pub async fn open(
         store::StoreLocation::Postgres(settings) => {
             let lock_path = config.data_dir.join("controller.lock");
             data_dir_lock = Some(datadir::lock(&config.data_dir).map_err(io(&lock_path))?);
-            Arc::new(
+            let opened = Arc::new(
                 tokio::task::spawn_blocking(move || tc_store::PgStore::open(&settings))
                     .await
                     .map_err(|e| ServeError::Server(std::io::Error::other(e)))??,
-            )
+            );
+            pg_store = Some(Arc::clone(&opened));
+            opened
         }
     };
     // The store is open (its lock held): no other controller uses this data directory, so the
-    // temporary files of uploads a crash interrupted can go.
-    let blobs =
-        BlobStore::open(&config.data_dir, config.max_blob_bytes).map_err(io(&config.data_dir))?;
+    // temporary files of uploads a crash interrupted can go. With PostgreSQL the blobs are in
+    // the database, shared by every controller on it.
+    let blobs = match pg_store {
+        Some(pg) => BlobStore::open_postgres(&config.data_dir, config.max_blob_bytes, pg),
+        None => BlobStore::open(&config.data_dir, config.max_blob_bytes),
+    }
+    .map_err(io(&config.data_dir))?;
     if let Err(error) = datadir::tighten_and_log(&config.data_dir) {
         tracing::warn!(dir = %config.data_dir.display(), %error,
             "cannot take group and other permissions away from the data directory");
