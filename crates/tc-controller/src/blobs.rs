@@ -217,7 +217,11 @@ impl BlobStore {
                 Backend::Disk => tokio::fs::rename(&temp, self.path(&sha256)).await?,
                 Backend::Postgres(store) => {
                     postgres::put_file(store, &temp, &sha256, size).await?;
-                    tokio::fs::remove_file(&temp).await?;
+                    // Stored: a temporary file left behind is only removed at the next start.
+                    if let Err(error) = tokio::fs::remove_file(&temp).await {
+                        tracing::warn!(path = %temp.display(), %error,
+                            "cannot remove the temporary file of a stored upload");
+                    }
                 }
             }
             Ok(BlobInfo { sha256, size })

@@ -84,12 +84,9 @@ pub(super) struct Answer<T>(Receiver<Result<T>>);
 impl<T> Answer<T> {
     /// Waits for the job's result.
     pub(super) fn wait(self, what: &str) -> Result<T> {
-        self.0.recv().map_err(|_| {
-            StoreError::Database(format!(
-                "{what}: the job failed without an answer (a panic, or the connection thread \
-                 stopped)"
-            ))
-        })?
+        self.0
+            .recv()
+            .map_err(|_| StoreError::Database(format!("{what}: the connection thread stopped")))?
     }
 }
 
