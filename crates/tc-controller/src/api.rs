@@ -12,7 +12,6 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tc_api::{API_VERSION, Client, Event, EventType, Kind, LabelSelector, ObjectRef, Timestamp};
 use tc_store::{EventFilter, Write, WriteOutcome};
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use crate::apply::{ApplyRequest, ArtifactPaths, ManifestFile};
 use crate::audit::Note;
@@ -608,7 +607,9 @@ pub async fn put_blob(
                 ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, error.to_string())
             }
             crate::blobs::BlobError::Source(_) => ApiError::bad_request(error.to_string()),
-            crate::blobs::BlobError::Io(_) => ApiError::internal(error),
+            crate::blobs::BlobError::Io(_) | crate::blobs::BlobError::Database(_) => {
+                ApiError::internal(error)
+            }
         })?;
     let note = Note::object(
         "Blob",
@@ -637,9 +638,6 @@ impl Controller {
     }
 }
 
-/// Bytes read from a blob file per chunk of a response.
-const BLOB_CHUNK_BYTES: usize = 256 * 1024;
-
 /// `GET|HEAD /blobs/sha256/{hex}`: Range, ETag, immutable caching.
 pub async fn get_blob(
     State(controller): State<Arc<Controller>>,
@@ -662,8 +660,9 @@ pub async fn serve_blob(
     let sha256 = sha256.to_string();
     let size = controller
         .blobs
-        .stat(&sha256)
+        .try_stat(&sha256)
         .await
+        .map_err(ApiError::internal)?
         .ok_or_else(|| ApiError::not_found(format!("blob sha256:{sha256} not found")))?;
     let etag = format!("\"sha256:{sha256}\"");
     let mut response = Response::builder()
@@ -708,19 +707,13 @@ pub async fn serve_blob(
     if *method == axum::http::Method::HEAD {
         return Ok(response.body(Body::empty()).expect("valid response"));
     }
-    let mut file = tokio::fs::File::open(controller.blobs.path(&sha256))
-        .await
-        .map_err(ApiError::internal)?;
-    file.seek(std::io::SeekFrom::Start(start))
+    let body = controller
+        .blobs
+        .body(&sha256, start, length)
         .await
         .map_err(ApiError::internal)?;
     controller.metrics.blob_bytes_served.inc_by(length);
-    // Large chunks: every chunk read from a `tokio::fs::File` is a hop to the blocking pool, so
-    // the default 4 KiB chunks cost a hop per 4 KiB served.
-    let stream = tokio_util::io::ReaderStream::with_capacity(file.take(length), BLOB_CHUNK_BYTES);
-    Ok(response
-        .body(Body::from_stream(stream))
-        .expect("valid response"))
+    Ok(response.body(body).expect("valid response"))
 }
 
 /// `GET /healthz`.

@@ -1,16 +1,27 @@
-//! The content-addressed blob store: `<data>/blobs/sha256/<hex>`.
+//! The content-addressed blob store: `<data>/blobs/sha256/<hex>` with the redb store, the
+//! database's `blobs` tables with the PostgreSQL store (so that every controller on the database
+//! serves the same blobs; see [`postgres`]).
 //!
-//! A blob is written to a temporary file while it is hashed, checked against the expected digest
-//! and size if any, synced, and only then renamed to its digest, so a blob that exists under its
-//! name is always complete and correct.
+//! A blob is written to a temporary file (`<data>/blobs/tmp/`) while it is hashed, checked
+//! against the expected digest and size if any, synced, and only then renamed to its digest (or
+//! copied into the database, where it appears when all of it is written), so a blob that exists
+//! under its name is always complete and correct.
+
+mod postgres;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use axum::body::Body;
 use futures_util::{Stream, StreamExt};
 use ring::digest::{Context, SHA256};
-use tokio::io::AsyncWriteExt;
+use tc_store::PgStore;
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
 use crate::tokens::hex;
+
+/// Bytes read from a blob file per chunk of a response.
+const FILE_CHUNK_BYTES: usize = 256 * 1024;
 
 /// A stored blob.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -44,6 +55,9 @@ pub enum BlobError {
     /// The disk failed.
     #[error("blob store I/O error: {0}")]
     Io(#[from] std::io::Error),
+    /// The database failed.
+    #[error("blob store database error: {0}")]
+    Database(String),
 }
 
 /// The blob store.
@@ -51,6 +65,16 @@ pub enum BlobError {
 pub struct BlobStore {
     root: PathBuf,
     max_size: u64,
+    backend: Backend,
+}
+
+/// Where complete blobs are kept.
+#[derive(Clone, Debug)]
+enum Backend {
+    /// `<data>/blobs/sha256/<hex>`.
+    Disk,
+    /// The PostgreSQL store's `blobs` tables.
+    Postgres(Arc<PgStore>),
 }
 
 impl BlobStore {
@@ -58,8 +82,23 @@ impl BlobStore {
     /// that a crash interrupted. Only one controller may use a data directory at a time (the
     /// database's lock sees to it), so every file in `tmp/` is such a leftover.
     pub fn open(data_dir: &Path, max_size: u64) -> std::io::Result<Self> {
+        crate::datadir::create_dir(&data_dir.join("blobs").join("sha256"))?;
+        Self::open_with(data_dir, max_size, Backend::Disk)
+    }
+
+    /// Opens the store keeping blobs in the PostgreSQL `store`; `data_dir` only holds the
+    /// temporary files of uploads (cleaned as [`BlobStore::open`] does: the data directory is
+    /// locked to one controller).
+    pub fn open_postgres(
+        data_dir: &Path,
+        max_size: u64,
+        store: Arc<PgStore>,
+    ) -> std::io::Result<Self> {
+        Self::open_with(data_dir, max_size, Backend::Postgres(store))
+    }
+
+    fn open_with(data_dir: &Path, max_size: u64, backend: Backend) -> std::io::Result<Self> {
         let root = data_dir.join("blobs");
-        crate::datadir::create_dir(&root.join("sha256"))?;
         let tmp = root.join("tmp");
         crate::datadir::create_dir(&tmp)?;
         let mut removed = 0;
@@ -75,24 +114,59 @@ impl BlobStore {
             tracing::info!(count = removed, dir = %tmp.display(),
                 "removed the temporary files of uploads interrupted by a stop");
         }
-        Ok(BlobStore { root, max_size })
+        Ok(BlobStore {
+            root,
+            max_size,
+            backend,
+        })
     }
 
-    /// Where a blob lives (whether or not it exists). `sha256` must be validated hex.
-    pub fn path(&self, sha256: &str) -> PathBuf {
+    /// Where a blob lives on disk (whether or not it exists). `sha256` must be validated hex.
+    fn path(&self, sha256: &str) -> PathBuf {
         self.root.join("sha256").join(sha256)
     }
 
-    /// The blob's size, if it exists.
+    /// The blob's size, if it exists (a database that fails is logged and counts as missing;
+    /// [`BlobStore::try_stat`] tells them apart).
     pub async fn stat(&self, sha256: &str) -> Option<u64> {
+        self.try_stat(sha256).await.unwrap_or_else(|error| {
+            tracing::warn!(sha256, %error, "cannot look a blob up");
+            None
+        })
+    }
+
+    /// The blob's size if it exists, or why it cannot be told.
+    pub async fn try_stat(&self, sha256: &str) -> Result<Option<u64>, BlobError> {
         if !tc_api::resources::is_sha256_hex(sha256) {
-            return None;
+            return Ok(None);
         }
-        tokio::fs::metadata(self.path(sha256))
-            .await
-            .ok()
-            .filter(|m| m.is_file())
-            .map(|m| m.len())
+        match &self.backend {
+            Backend::Disk => Ok(tokio::fs::metadata(self.path(sha256))
+                .await
+                .ok()
+                .filter(|m| m.is_file())
+                .map(|m| m.len())),
+            Backend::Postgres(store) => postgres::stat(store, sha256).await,
+        }
+    }
+
+    /// Bytes `start..start + length` of a stored blob, as a response body that streams them
+    /// (from the file, or from the database a chunk at a time).
+    pub async fn body(&self, sha256: &str, start: u64, length: u64) -> Result<Body, BlobError> {
+        match &self.backend {
+            Backend::Disk => {
+                let mut file = tokio::fs::File::open(self.path(sha256)).await?;
+                file.seek(std::io::SeekFrom::Start(start)).await?;
+                // Large chunks: every chunk read from a `tokio::fs::File` is a hop to the
+                // blocking pool, so the default 4 KiB chunks cost a hop per 4 KiB served.
+                let stream = tokio_util::io::ReaderStream::with_capacity(
+                    file.take(length),
+                    FILE_CHUNK_BYTES,
+                );
+                Ok(Body::from_stream(stream))
+            }
+            Backend::Postgres(store) => Ok(postgres::body(store, sha256, start, length)),
+        }
     }
 
     /// Stores a stream of bytes; verifies `expected` when given.
@@ -139,7 +213,17 @@ impl BlobStore {
                     actual: sha256,
                 });
             }
-            tokio::fs::rename(&temp, self.path(&sha256)).await?;
+            match &self.backend {
+                Backend::Disk => tokio::fs::rename(&temp, self.path(&sha256)).await?,
+                Backend::Postgres(store) => {
+                    postgres::put_file(store, &temp, &sha256, size).await?;
+                    // Stored: a temporary file left behind is only removed at the next start.
+                    if let Err(error) = tokio::fs::remove_file(&temp).await {
+                        tracing::warn!(path = %temp.display(), %error,
+                            "cannot remove the temporary file of a stored upload");
+                    }
+                }
+            }
             Ok(BlobInfo { sha256, size })
         }
         .await;

@@ -549,6 +549,7 @@ pub async fn open_on(
     // of its own.
     let mut data_dir_lock = None;
     let mut leadership = None;
+    let mut pg_store = None;
     let store: Arc<dyn Store> = match config.store.clone() {
         store::StoreLocation::Redb => {
             let db_path = config.data_dir.join("thinfleet.redb");
@@ -564,7 +565,7 @@ pub async fn open_on(
         store::StoreLocation::Postgres(settings) => {
             let lock_path = config.data_dir.join("controller.lock");
             data_dir_lock = Some(datadir::lock(&config.data_dir).map_err(io(&lock_path))?);
-            let store = Arc::new(
+            let opened = Arc::new(
                 tokio::task::spawn_blocking(move || tc_store::PgStore::open(&settings))
                     .await
                     .map_err(|e| ServeError::Server(std::io::Error::other(e)))??,
@@ -573,12 +574,13 @@ pub async fn open_on(
             // leader committed.
             let holder = leader::holder_name(config.replica_name.as_deref());
             let Some(lease) =
-                leader::wait(store.clone(), holder, listener, shutdown.clone()).await?
+                leader::wait(opened.clone(), holder, listener, shutdown.clone()).await?
             else {
                 return Err(ServeError::Stopped);
             };
             leadership = Some(lease);
-            store
+            pg_store = Some(Arc::clone(&opened));
+            opened
         }
     };
     let server_tls = {
@@ -602,9 +604,13 @@ pub async fn open_on(
         }
     }
     // The store is open (its lock held): no other controller uses this data directory, so the
-    // temporary files of uploads a crash interrupted can go.
-    let blobs =
-        BlobStore::open(&config.data_dir, config.max_blob_bytes).map_err(io(&config.data_dir))?;
+    // temporary files of uploads a crash interrupted can go. With PostgreSQL the blobs are in
+    // the database, shared by every controller on it.
+    let blobs = match pg_store {
+        Some(pg) => BlobStore::open_postgres(&config.data_dir, config.max_blob_bytes, pg),
+        None => BlobStore::open(&config.data_dir, config.max_blob_bytes),
+    }
+    .map_err(io(&config.data_dir))?;
     if let Err(error) = datadir::tighten_and_log(&config.data_dir) {
         tracing::warn!(dir = %config.data_dir.display(), %error,
             "cannot take group and other permissions away from the data directory");

@@ -21,7 +21,9 @@ use tc_api::task::TaskResult;
 use tc_api::{AuditEntry, Client, Event, Kind, Object, Timestamp};
 use tc_proto::Load;
 
-pub use pg_store::{DEFAULT_CONNECTIONS, LeaseState, PgSettings, PgStore};
+pub use pg_store::{
+    BLOB_CHUNK_BYTES, BlobError, BlobPut, DEFAULT_CONNECTIONS, LeaseState, PgSettings, PgStore,
+};
 pub use redb_store::{DEFAULT_EVENT_CAPACITY, PUBLIC_KEY_KIND, RedbStore};
 
 /// Settings key prefix of the token hash a client enrolled before key-bound identities had

@@ -13,11 +13,13 @@
 //! against the latest committed state.
 
 mod audit;
+mod blobs;
 mod clients;
 mod lease;
 mod migrate;
 mod pool;
 
+pub use blobs::{BLOB_CHUNK_BYTES, BlobError, BlobPut};
 pub use lease::LeaseState;
 
 use std::str::FromStr;

@@ -28,15 +28,45 @@ fn migrations_are_applied_once_and_recorded() {
     store.put_setting("k", Some("v")).unwrap();
     drop(store);
     assert_eq!(
-        psql(&server, &url, "SELECT version, name FROM schema_migrations"),
-        "1|initial\n2|leader"
+        psql(
+            &server,
+            &url,
+            "SELECT version, name FROM schema_migrations ORDER BY version"
+        ),
+        "1|initial\n2|blobs\n3|leader"
     );
     // Opening again applies nothing and keeps the data.
     let store = PgStore::connect(&url).unwrap();
     assert_eq!(store.get_setting("k").unwrap().as_deref(), Some("v"));
     assert_eq!(
         psql(&server, &url, "SELECT count(*) FROM schema_migrations"),
-        "2"
+        "3"
+    );
+}
+
+/// A database of the first schema (a controller of before the blobs) gets the later tables at
+/// open, its data untouched.
+#[test]
+fn a_database_of_the_first_schema_gets_the_blob_tables() {
+    let server = TestPostgres::start();
+    let url = server.create_database();
+    psql(
+        &server,
+        &url,
+        &format!(
+            "BEGIN; {} CREATE TABLE schema_migrations (version integer PRIMARY KEY, \
+             name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now()); \
+             INSERT INTO schema_migrations (version, name) VALUES (1, 'initial'); \
+             INSERT INTO settings (key, value) VALUES ('k', 'v'); COMMIT;",
+            include_str!("../src/pg_store/migrations/0001_initial.sql")
+        ),
+    );
+    let store = PgStore::connect(&url).unwrap();
+    assert_eq!(store.get_setting("k").unwrap().as_deref(), Some("v"));
+    assert_eq!(store.blob_size(&"a".repeat(64)).unwrap(), None);
+    assert_eq!(
+        psql(&server, &url, "SELECT max(version) FROM schema_migrations"),
+        "3"
     );
 }
 

@@ -22,6 +22,11 @@ pub(super) const MIGRATIONS: &[Migration] = &[
         sql: include_str!("migrations/0001_initial.sql"),
     },
     Migration {
+        version: 2,
+        name: "blobs",
+        sql: include_str!("migrations/0002_blobs.sql"),
+    },
+    Migration {
         version: 3,
         name: "leader",
         sql: include_str!("migrations/0003_leader.sql"),

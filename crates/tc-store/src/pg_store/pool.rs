@@ -6,9 +6,10 @@
 //! a runtime from within a runtime"). Running every query on these plain threads makes the store
 //! callable from anywhere, as the redb store is: a caller (async or not) only waits on a channel.
 //! A worker whose connection broke (or whose job panicked) connects again before its next job; one
-//! idle for a second is checked first.
+//! idle for a second, or any after another worker's connection failed, is checked first.
 
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -17,7 +18,9 @@ use postgres::{Client, Config, NoTls};
 
 use crate::{Result, StoreError};
 
-type Job = Box<dyn FnOnce(Result<&mut Client>) + Send>;
+/// A job; it says whether its connection failed under it (the store unavailable), so that the
+/// worker replaces the connection before its next job.
+type Job = Box<dyn FnOnce(Result<&mut Client>) -> bool + Send>;
 
 /// A fixed set of connection threads.
 pub(super) struct Pool {
@@ -31,13 +34,15 @@ impl Pool {
     pub(super) fn start(config: Config, size: usize) -> Result<Pool> {
         let (sender, receiver) = sync_channel::<Job>(size.max(1) * 4);
         let receiver = Arc::new(Mutex::new(receiver));
+        let failures = Arc::new(AtomicU64::new(0));
         let mut workers = Vec::with_capacity(size);
         for index in 0..size.max(1) {
             let receiver = Arc::clone(&receiver);
             let config = config.clone();
+            let failures = Arc::clone(&failures);
             let worker = std::thread::Builder::new()
                 .name(format!("tc-store-pg-{index}"))
-                .spawn(move || work(&config, &receiver))
+                .spawn(move || work(&config, &receiver, &failures))
                 .map_err(|e| StoreError::Database(format!("start a connection thread: {e}")))?;
             workers.push(worker);
         }
@@ -53,9 +58,22 @@ impl Pool {
         what: &str,
         job: impl FnOnce(&mut Client) -> Result<T> + Send + 'static,
     ) -> Result<T> {
+        self.submit(what, job)?.wait(what)
+    }
+
+    /// Queues `job` (waiting while the queue is full) and returns at once; its result comes
+    /// through the answer. For a job that its caller feeds while it runs.
+    pub(super) fn submit<T: Send + 'static>(
+        &self,
+        what: &str,
+        job: impl FnOnce(&mut Client) -> Result<T> + Send + 'static,
+    ) -> Result<Answer<T>> {
         let (done, result) = sync_channel(1);
         let job: Job = Box::new(move |client| {
-            let _ = done.send(client.and_then(job));
+            let result = client.and_then(job);
+            let broken = matches!(result, Err(StoreError::Unavailable(_)));
+            let _ = done.send(result);
+            broken
         });
         let queue = self
             .queue
@@ -66,7 +84,17 @@ impl Pool {
         queue
             .send(job)
             .map_err(|_| StoreError::Database(format!("{what}: the store is closed")))?;
-        result
+        Ok(Answer(result))
+    }
+}
+
+/// The result of a submitted job, to wait for.
+pub(super) struct Answer<T>(Receiver<Result<T>>);
+
+impl<T> Answer<T> {
+    /// Waits for the job's result.
+    pub(super) fn wait(self, what: &str) -> Result<T> {
+        self.0
             .recv()
             .map_err(|_| StoreError::Database(format!("{what}: the connection thread stopped")))?
     }
@@ -98,9 +126,12 @@ const CHECK_AFTER_IDLE: Duration = Duration::from_secs(1);
 /// How long that check may take.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
-fn work(config: &Config, receiver: &Mutex<Receiver<Job>>) {
+/// `failures` counts the jobs of every worker whose connection failed: a worker that sees it move
+/// checks its own connection before its next job, since a server that went away closed them all.
+fn work(config: &Config, receiver: &Mutex<Receiver<Job>>, failures: &AtomicU64) {
     let mut client: Option<Client> = None;
     let mut last_used = Instant::now();
+    let mut failures_seen = failures.load(Ordering::Relaxed);
     loop {
         let job = {
             let Ok(receiver) = receiver.lock() else {
@@ -111,19 +142,22 @@ fn work(config: &Config, receiver: &Mutex<Receiver<Job>>) {
                 Err(_) => return,
             }
         };
-        if last_used.elapsed() > CHECK_AFTER_IDLE
+        let failures_now = failures.load(Ordering::Relaxed);
+        if (last_used.elapsed() > CHECK_AFTER_IDLE || failures_now != failures_seen)
             && let Some(idle) = client.as_mut()
             && idle.is_valid(CHECK_TIMEOUT).is_err()
         {
             client = None;
         }
         last_used = Instant::now();
+        failures_seen = failures_now;
         if client.as_ref().is_none_or(Client::is_closed) {
             client = None;
             match connect(config) {
                 Ok(connected) => client = Some(connected),
                 Err(e) => {
-                    job(Err(e));
+                    let _ = job(Err(e));
+                    failures_seen = failures.fetch_add(1, Ordering::Relaxed) + 1;
                     continue;
                 }
             }
@@ -134,8 +168,9 @@ fn work(config: &Config, receiver: &Mutex<Receiver<Job>>) {
             // replaced before the next job.
             let outcome =
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(Ok(connected))));
-            if outcome.is_err() {
+            if !matches!(outcome, Ok(false)) {
                 client = None;
+                failures_seen = failures.fetch_add(1, Ordering::Relaxed) + 1;
             }
         }
     }
