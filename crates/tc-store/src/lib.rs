@@ -13,6 +13,7 @@
 //! [`Store::delete_client`]); the frequent status and liveness writes
 //! ([`Store::put_client_status`], [`Store::put_liveness`]) take none.
 
+mod copy;
 mod pg_store;
 mod redb_store;
 mod write_path;
@@ -21,7 +22,8 @@ use tc_api::task::TaskResult;
 use tc_api::{AuditEntry, Client, Event, Kind, Object, Timestamp};
 use tc_proto::Load;
 
-pub use pg_store::{DEFAULT_CONNECTIONS, PgSettings, PgStore};
+pub use copy::{CopyReport, Counters, TableCounts, TaskLogs, TaskRecord, copy_redb_to_pg};
+pub use pg_store::{DEFAULT_CONNECTIONS, ImportSink, PgSettings, PgStore};
 pub use redb_store::{DEFAULT_EVENT_CAPACITY, PUBLIC_KEY_KIND, RedbStore};
 
 /// Settings key prefix of the token hash a client enrolled before key-bound identities had
@@ -66,6 +68,12 @@ pub enum StoreError {
     /// The database failed (I/O, corruption, full disk).
     #[error("database error: {0}")]
     Database(String),
+    /// An import into a store that already holds records (nothing was written).
+    #[error("the target store is not empty: {holds}; nothing was copied")]
+    TargetNotEmpty {
+        /// What it holds (tables with their counts, counters moved on).
+        holds: String,
+    },
     /// A stored record could not be decoded.
     #[error("stored record {key} is unreadable: {message}")]
     Corrupt {

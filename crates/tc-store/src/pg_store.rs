@@ -14,6 +14,7 @@
 
 mod audit;
 mod clients;
+mod import;
 mod migrate;
 mod pool;
 
@@ -21,6 +22,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use postgres::{Client, Config, Transaction};
+
+pub use import::ImportSink;
 use tc_api::task::TaskResult;
 use tc_api::{AuditEntry, Client as FleetClient, Event, Inventory, Kind, Object, Timestamp};
 
