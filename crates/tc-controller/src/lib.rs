@@ -18,6 +18,7 @@ pub mod error;
 pub mod fleet;
 pub mod history;
 pub mod metrics;
+pub mod migrate;
 pub mod openapi;
 pub mod persist;
 pub mod pki;
