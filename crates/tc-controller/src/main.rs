@@ -283,10 +283,29 @@ fn ca_command(command: &CaCommand, args: &Args) -> ExitCode {
             })
         }
         CaCommand::Rotate => {
-            // The store is locked by a running controller: rotating under it would leave it
-            // serving the old certificate while the files say otherwise.
+            // A running controller would go on serving the old certificate while the files say
+            // otherwise. One on PostgreSQL holds the data directory's lock (held here until the
+            // rotation is done); one on redb holds its database file.
+            let lock_path = data_dir.join("controller.lock");
+            let _lock = match tc_controller::datadir::lock(data_dir) {
+                Ok(lock) => Some(lock),
+                // No data directory: rotate_ca says what is missing.
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
+                    eprintln!(
+                        "error: {}: {error}; stop the controller before rotating its CA",
+                        lock_path.display()
+                    );
+                    return ExitCode::FAILURE;
+                }
+                Err(error) => {
+                    eprintln!("error: {}: {error}", lock_path.display());
+                    return ExitCode::FAILURE;
+                }
+            };
             let db = data_dir.join("thinfleet.redb");
-            if db.exists()
+            if args.store == "redb"
+                && db.exists()
                 && let Err(error) = tc_store::RedbStore::open(&db)
             {
                 eprintln!(

@@ -1,7 +1,8 @@
 //! Moving a controller from its embedded store to PostgreSQL with the real
 //! `tc-controller migrate`: the agents it served go on with the controller on PostgreSQL (same
 //! clients, same sessions or one opened with their key, no new enrolment) and install what they
-//! are assigned next; a migration while the controller runs is refused and writes nothing.
+//! are assigned next; a migration while the controller runs is refused and writes nothing. And
+//! `tc-controller ca rotate` knows a controller on PostgreSQL runs by its data directory's lock.
 
 mod common;
 
@@ -208,4 +209,46 @@ async fn agents_go_on_with_a_controller_migrated_from_redb_to_postgresql() {
     );
     assert!(client["status"]["lastHeartbeat"].is_string(), "{client}");
     second.stop().await;
+}
+
+#[tokio::test]
+async fn ca_rotate_is_refused_while_a_controller_on_postgresql_runs() {
+    let server = tokio::task::spawn_blocking(TestPostgres::start)
+        .await
+        .unwrap();
+    let url = server.create_database();
+    let controller = TestController::start_with(|config| {
+        config.store = StoreLocation::Postgres(PgSettings::new(url.clone()));
+    })
+    .await;
+    let data = controller.data_dir().to_path_buf();
+    let ca_command = |step: &str| {
+        tc_controller(vec![
+            "--data-dir".into(),
+            data.display().to_string(),
+            "ca".into(),
+            step.into(),
+            "--store".into(),
+            url.clone(),
+        ])
+    };
+    let prepared = ca_command("prepare").await;
+    assert!(prepared.status.success(), "{}", text(&prepared));
+    let ca = std::fs::read(data.join("pki/ca.crt")).unwrap();
+    let next = std::fs::read(data.join("pki/next-ca.crt")).unwrap();
+
+    let refused = ca_command("rotate").await;
+    assert!(!refused.status.success(), "{}", text(&refused));
+    assert!(
+        text(&refused).contains("stop the controller"),
+        "{}",
+        text(&refused)
+    );
+    assert_eq!(std::fs::read(data.join("pki/ca.crt")).unwrap(), ca);
+
+    // The data directory outlives the controller.
+    let (_, _temp) = controller.stop_keep_data().await;
+    let rotated = ca_command("rotate").await;
+    assert!(rotated.status.success(), "{}", text(&rotated));
+    assert_eq!(std::fs::read(data.join("pki/ca.crt")).unwrap(), next);
 }
