@@ -11,7 +11,11 @@
 //!
 //! The source is read through the [`Store`] trait (clients streamed with
 //! [`Store::scan_clients`]), and through [`RedbStore::counters`] and [`RedbStore::export_tasks`]
-//! for what the trait does not list.
+//! for what the trait does not list. A client is written in its four parts as the trait reads
+//! it (object, status, inventory, liveness), so a layout-1 record, which embeds its status, is
+//! copied split, as the redb store splits it when it next writes the client: every read answers
+//! alike, except that [`Store::scan_inventories`] (which skips embedded inventories) then finds
+//! its inventory.
 
 use tc_api::{Kind, task::TaskResult};
 

@@ -315,7 +315,8 @@ fn populate(store: &RedbStore) {
         .unwrap();
 }
 
-/// Everything the store answers about the records [`populate`] wrote.
+/// Everything the store answers: every read of every record (clients by name, machine id and key
+/// as listed; tasks of `populate`).
 fn reads(store: &dyn Store) -> Vec<String> {
     let mut reads = vec![format!("revision {}", store.revision().unwrap())];
     for kind in [Kind::ClientGroup, Kind::PackageRelease, Kind::Task] {
@@ -327,27 +328,32 @@ fn reads(store: &dyn Store) -> Vec<String> {
             ));
         }
     }
-    reads.push(format!("clients: {:?}", store.list_clients().unwrap()));
+    let clients = store.list_clients().unwrap();
+    reads.push(format!("clients: {clients:?}"));
     let mut scanned = vec![];
     store
         .scan_clients(&mut |client| scanned.push(client))
         .unwrap();
     reads.push(format!("scanned: {scanned:?}"));
-    for name in ["kiosk-a", "kiosk-b", "kiosk-c"] {
+    let mut inventories = vec![];
+    store
+        .scan_inventories(&mut |name, inventory| inventories.push((name.to_owned(), inventory)))
+        .unwrap();
+    reads.push(format!("inventories: {inventories:?}"));
+    for client in &clients {
+        let name = &client.metadata.name;
         reads.push(format!("client: {:?}", store.get_client(name).unwrap()));
         reads.push(format!(
             "inventory: {:?}",
             store.client_inventory(name).unwrap()
         ));
         reads.push(format!("history: {:?}", store.get_history(name).unwrap()));
-    }
-    for machine in ["machine-1", "machine-2"] {
+        let machine = &client.spec.machine_id;
         reads.push(format!(
             "machine {machine}: {:?}",
             store.clients_by_machine_id(machine).unwrap()
         ));
-    }
-    for key in ["key-a", "key-b"] {
+        let key = &client.spec.public_key;
         reads.push(format!(
             "key {key}: {:?}",
             store.client_by_public_key(key).unwrap()
@@ -378,6 +384,16 @@ fn reads(store: &dyn Store) -> Vec<String> {
     reads
 }
 
+/// Asserts that both stores answer every read alike.
+fn assert_same_reads(source: &dyn Store, target: &dyn Store) {
+    let expected = reads(source);
+    let copied = reads(target);
+    assert_eq!(expected.len(), copied.len());
+    for (expected, copied) in expected.iter().zip(&copied) {
+        assert_eq!(expected, copied);
+    }
+}
+
 fn largest_version(store: &dyn Store) -> u64 {
     let objects = [Kind::ClientGroup, Kind::PackageRelease, Kind::Task]
         .into_iter()
@@ -405,12 +421,8 @@ fn a_redb_store_is_copied_into_postgresql_as_it_is_and_goes_on_from_its_counters
 
     let report = copy_redb_to_pg(&source, &target).unwrap();
 
-    let expected = reads(&source);
-    let copied = reads(&target);
-    assert_eq!(expected.len(), copied.len());
-    for (expected, copied) in expected.iter().zip(&copied) {
-        assert_eq!(expected, copied);
-    }
+    assert_same_reads(&source, &target);
+    assert_eq!(source.list_clients().unwrap().len(), 3);
     let counters = source.counters().unwrap();
     assert_eq!(report.counters, counters);
     assert_eq!(target.counters().unwrap(), counters);
@@ -537,4 +549,126 @@ fn a_failing_source_leaves_the_target_empty() {
     assert!(error.to_string().contains("the source broke"), "{error}");
     assert_eq!(target.table_counts().unwrap(), Default::default());
     assert_eq!(target.get_setting("first").unwrap(), None);
+}
+
+/// A file of layout 1, as builds before clients were split into parts wrote it: each client's
+/// whole status (inventory and heartbeat included) in its `clients` record, token hashes in
+/// tables of their own. Opening it upgrades the layout but leaves the records as they are.
+fn write_layout_1_file(path: &std::path::Path, clients: &[(&Client, &str)]) {
+    use redb::TableDefinition;
+    let db = redb::Database::create(path).unwrap();
+    let txn = db.begin_write().unwrap();
+    {
+        let mut table = txn
+            .open_table(TableDefinition::<&str, &[u8]>::new("clients"))
+            .unwrap();
+        let mut machine_ids = txn
+            .open_table(TableDefinition::<&str, &str>::new("client_machine_ids"))
+            .unwrap();
+        let mut tokens = txn
+            .open_table(TableDefinition::<&str, &str>::new("client_tokens"))
+            .unwrap();
+        let mut token_of = txn
+            .open_table(TableDefinition::<&str, &str>::new("client_token_of"))
+            .unwrap();
+        for (client, token) in clients {
+            let name = client.metadata.name.as_str();
+            let json = serde_json::to_vec(client).unwrap();
+            table.insert(name, json.as_slice()).unwrap();
+            machine_ids
+                .insert(client.spec.machine_id.as_str(), name)
+                .unwrap();
+            tokens.insert(*token, name).unwrap();
+            token_of.insert(name, *token).unwrap();
+        }
+        let mut meta = txn
+            .open_table(TableDefinition::<&str, u64>::new("meta"))
+            .unwrap();
+        meta.insert("schemaVersion", 1).unwrap();
+        meta.insert("revision", clients.len() as u64).unwrap();
+    }
+    txn.commit().unwrap();
+}
+
+#[test]
+fn clients_of_a_layout_1_file_are_copied_in_parts_and_read_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("thinfleet.redb");
+    let legacy = |name: &str, version: u64, heartbeat: u64, inventory: Option<Inventory>| {
+        let mut client = client(name, &format!("machine-{name}"), "");
+        client.metadata.uid = Some(format!("uid-{name}"));
+        client.metadata.creation_timestamp = Some(at(10));
+        client.metadata.resource_version = Some(version.to_string());
+        client.status = ClientStatus {
+            phase: ClientPhase::Online,
+            inventory_hash: format!("hash-{name}"),
+            last_heartbeat: Some(at(heartbeat)),
+            load: tc_proto::Load {
+                cpu_percent: 25.0,
+                ..Default::default()
+            },
+            inventory,
+            ..Default::default()
+        };
+        client
+    };
+    // a embeds its inventory and heartbeat; b gets a newer liveness record once opened.
+    let a = legacy("a", 1, 5_000, Some(inventory("a")));
+    let b = legacy("b", 2, 4_000, None);
+    write_layout_1_file(&path, &[(&a, "ta"), (&b, "tb")]);
+    let source = RedbStore::open(&path).unwrap();
+    source
+        .put_liveness(vec![Liveness {
+            name: "b".into(),
+            last_heartbeat: at(9_000),
+            load: tc_proto::Load::default(),
+        }])
+        .unwrap();
+    assert_eq!(source.get_client("a").unwrap().unwrap(), a);
+    let server = TestPostgres::start();
+    let target = PgStore::connect(&server.create_database()).unwrap();
+
+    let report = copy_redb_to_pg(&source, &target).unwrap();
+
+    // Every read alike but one: the copy records an embedded inventory in the inventory table
+    // (as the redb store does when it next writes the client), so the scan of recorded
+    // inventories, which skips embedded ones, now finds it.
+    let without_scanned_inventories = |store: &dyn Store| {
+        reads(store)
+            .into_iter()
+            .filter(|read| !read.starts_with("inventories:"))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        without_scanned_inventories(&source),
+        without_scanned_inventories(&target)
+    );
+    let scanned = |store: &dyn Store| {
+        let mut names = vec![];
+        store
+            .scan_inventories(&mut |name, inventory| names.push((name.to_owned(), inventory)))
+            .unwrap();
+        names
+    };
+    assert_eq!(scanned(&source), []);
+    assert_eq!(scanned(&target), [("a".to_owned(), inventory("a"))]);
+    assert_eq!(target.get_client("a").unwrap().unwrap(), a);
+    assert_eq!(
+        target
+            .get_client("b")
+            .unwrap()
+            .unwrap()
+            .status
+            .last_heartbeat,
+        Some(at(9_000))
+    );
+    // The token hashes an upgraded agent proves once are settings, copied with the rest.
+    assert_eq!(
+        target
+            .get_setting("legacyClientToken/a")
+            .unwrap()
+            .as_deref(),
+        Some("ta")
+    );
+    assert_eq!(report.counters.revision, 2);
 }
