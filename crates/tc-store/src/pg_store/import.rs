@@ -232,8 +232,8 @@ impl PgStore {
     /// are checked against what was sent before committing. Any failure (of `produce` too)
     /// leaves the database as it was. Returns the row counts.
     ///
-    /// The tables are locked (readers wait neither) until the end: `produce` must not write to
-    /// this store.
+    /// Other writers wait until the import ends (readers do not), and the import takes one of
+    /// the store's connections for its whole length: `produce` must not write to this store.
     pub fn import(
         &self,
         counters: Counters,
