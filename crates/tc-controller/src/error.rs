@@ -245,7 +245,9 @@ impl From<StoreError> for ApiError {
             StoreError::Conflict { .. } | StoreError::AlreadyExists { .. } => {
                 ApiError::conflict(error.to_string())
             }
-            StoreError::Database(_) | StoreError::Corrupt { .. } => ApiError::internal(error),
+            StoreError::Database(_)
+            | StoreError::Corrupt { .. }
+            | StoreError::TargetNotEmpty { .. } => ApiError::internal(error),
             // Nothing was written: the same request may succeed once the database is back, or
             // on the replica that leads now.
             StoreError::Unavailable(_) => {

@@ -19,6 +19,7 @@ pub mod fleet;
 pub mod history;
 pub mod leader;
 pub mod metrics;
+pub mod migrate;
 pub mod openapi;
 pub mod persist;
 pub mod pki;

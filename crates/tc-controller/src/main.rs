@@ -1,7 +1,7 @@
 //! `tc-controller`: the thinfleet controller binary.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -100,12 +100,18 @@ struct Args {
         long,
         default_value = "redb",
         env = "TC_CONTROLLER_STORE",
-        hide_env_values = true
+        hide_env_values = true,
+        global = true
     )]
     store: String,
     /// File whose first line is the PostgreSQL password (else TC_CONTROLLER_STORE_PASSWORD, else
-    /// the URL's).
-    #[arg(long, value_name = "FILE", env = "TC_CONTROLLER_STORE_PASSWORD_FILE")]
+    /// the URL's); also the password of `migrate --to`.
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "TC_CONTROLLER_STORE_PASSWORD_FILE",
+        global = true
+    )]
     store_password_file: Option<PathBuf>,
     /// This replica's name in the leader lease of a PostgreSQL store (the host name by default;
     /// on Kubernetes, the pod's name).
@@ -124,8 +130,12 @@ fn main() -> ExitCode {
         )
         .init();
     let args = Args::parse();
-    if let Some(Command::Ca(command)) = &args.command {
-        return ca_command(command, &args.data_dir);
+    match &args.command {
+        Some(Command::Ca(command)) => return ca_command(command, &args),
+        Some(Command::Migrate { from, to }) => {
+            return migrate_command(from, to, args.store_password_file.as_deref());
+        }
+        None => {}
     }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
@@ -196,6 +206,19 @@ enum Command {
     /// Replace the controller's generated CA without locking agents out.
     #[command(subcommand)]
     Ca(CaCommand),
+    /// With the controller stopped: copy its state from the embedded store (DIR/thinfleet.redb)
+    /// into an empty PostgreSQL database, as it is (agents keep their clients, keys and
+    /// sessions). Then start the controller with the same --data-dir and --store URL: the data
+    /// directory keeps the blobs, the PKI and the token files.
+    Migrate {
+        /// The controller's data directory.
+        #[arg(long, value_name = "DIR")]
+        from: PathBuf,
+        /// The PostgreSQL database (`postgres://user@host:5432/thinfleet`); its password from
+        /// --store-password-file, else TC_CONTROLLER_STORE_PASSWORD, else the URL.
+        #[arg(long, value_name = "URL")]
+        to: String,
+    },
 }
 
 /// The two steps of replacing the CA.
@@ -210,8 +233,50 @@ enum CaCommand {
     Rotate,
 }
 
+/// Runs `migrate`.
+fn migrate_command(from: &Path, to: &str, password_file: Option<&Path>) -> ExitCode {
+    let location = tc_controller::store::StoreLocation::parse(
+        to,
+        password_file,
+        std::env::var(tc_controller::store::PASSWORD_ENV).ok(),
+    );
+    let settings = match location {
+        Ok(tc_controller::store::StoreLocation::Postgres(settings)) => settings,
+        Ok(tc_controller::store::StoreLocation::Redb) => {
+            eprintln!("error: --to: expected a PostgreSQL URL (postgres://user@host:5432/db)");
+            return ExitCode::FAILURE;
+        }
+        Err(error) => {
+            eprintln!("error: {}", error.to_string().replace("--store:", "--to:"));
+            return ExitCode::FAILURE;
+        }
+    };
+    match tc_controller::migrate::migrate(from, &settings) {
+        Ok(migrated) => {
+            println!(
+                "copied {} into PostgreSQL:",
+                from.join(tc_controller::migrate::REDB_FILE).display()
+            );
+            print!("{}", migrated.store);
+            let (blobs, bytes) = migrated.blobs;
+            println!("{:<17} {blobs} ({bytes} bytes)", "blobs");
+            println!(
+                "start the controller with --data-dir {} --store <the same URL>; the PKI and the \
+                 token files stay in the data directory",
+                from.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// Runs a `ca` command.
-fn ca_command(command: &CaCommand, data_dir: &std::path::Path) -> ExitCode {
+fn ca_command(command: &CaCommand, args: &Args) -> ExitCode {
+    let data_dir = &args.data_dir;
     let pki = data_dir.join("pki");
     let result = match command {
         CaCommand::Prepare => {
@@ -225,10 +290,29 @@ fn ca_command(command: &CaCommand, data_dir: &std::path::Path) -> ExitCode {
             })
         }
         CaCommand::Rotate => {
-            // The store is locked by a running controller: rotating under it would leave it
-            // serving the old certificate while the files say otherwise.
+            // A running controller would go on serving the old certificate while the files say
+            // otherwise. One on PostgreSQL holds the data directory's lock (held here until the
+            // rotation is done); one on redb holds its database file.
+            let lock_path = data_dir.join("controller.lock");
+            let _lock = match tc_controller::datadir::lock(data_dir) {
+                Ok(lock) => Some(lock),
+                // No data directory: rotate_ca says what is missing.
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
+                    eprintln!(
+                        "error: {}: {error}; stop the controller before rotating its CA",
+                        lock_path.display()
+                    );
+                    return ExitCode::FAILURE;
+                }
+                Err(error) => {
+                    eprintln!("error: {}: {error}", lock_path.display());
+                    return ExitCode::FAILURE;
+                }
+            };
             let db = data_dir.join("thinfleet.redb");
-            if db.exists()
+            if args.store == "redb"
+                && db.exists()
                 && let Err(error) = tc_store::RedbStore::open(&db)
             {
                 eprintln!(

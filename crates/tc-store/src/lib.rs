@@ -13,6 +13,7 @@
 //! [`Store::delete_client`]); the frequent status and liveness writes
 //! ([`Store::put_client_status`], [`Store::put_liveness`]) take none.
 
+mod copy;
 mod pg_store;
 mod redb_store;
 mod write_path;
@@ -21,8 +22,10 @@ use tc_api::task::TaskResult;
 use tc_api::{AuditEntry, Client, Event, Kind, Object, Timestamp};
 use tc_proto::Load;
 
+pub use copy::{CopyReport, Counters, TableCounts, TaskLogs, TaskRecord, copy_redb_to_pg};
 pub use pg_store::{
-    BLOB_CHUNK_BYTES, BlobError, BlobPut, DEFAULT_CONNECTIONS, LeaseState, PgSettings, PgStore,
+    BLOB_CHUNK_BYTES, BlobError, BlobPut, DEFAULT_CONNECTIONS, ImportSink, LeaseState, PgSettings,
+    PgStore,
 };
 pub use redb_store::{DEFAULT_EVENT_CAPACITY, PUBLIC_KEY_KIND, RedbStore};
 
@@ -76,6 +79,12 @@ pub enum StoreError {
     /// was written (see `PgStore::fence`).
     #[error("{0}")]
     NotLeader(String),
+    /// An import into a store that already holds records (nothing was written).
+    #[error("the target store is not empty: {holds}; nothing was copied")]
+    TargetNotEmpty {
+        /// What it holds (tables with their counts, counters moved on).
+        holds: String,
+    },
     /// A stored record could not be decoded.
     #[error("stored record {key} is unreadable: {message}")]
     Corrupt {

@@ -15,6 +15,7 @@
 mod audit;
 mod blobs;
 mod clients;
+mod import;
 mod lease;
 mod migrate;
 mod pool;
@@ -26,6 +27,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use postgres::{Client, Config, Transaction};
+
+pub use import::ImportSink;
 use tc_api::task::TaskResult;
 use tc_api::{AuditEntry, Client as FleetClient, Event, Inventory, Kind, Object, Timestamp};
 

@@ -58,6 +58,7 @@
 
 use std::cmp::Ordering;
 mod audit;
+mod export;
 pub(crate) mod history;
 mod tasks;
 

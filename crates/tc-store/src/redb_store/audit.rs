@@ -12,7 +12,7 @@ use crate::{AuditFilter, AuditRetention, Result};
 /// Audit entries by sequence number (JSON).
 pub(super) const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 /// `meta` key of the sequence number the next audit entry gets.
-const META_NEXT_AUDIT_SEQ: &str = "nextAuditSeq";
+pub(super) const META_NEXT_AUDIT_SEQ: &str = "nextAuditSeq";
 
 fn key(seq: u64) -> String {
     format!("audit/{seq}")

@@ -12,11 +12,11 @@ use super::{RedbStore, db_error, decode, encode, open, open_read};
 use crate::{Result, StoredTaskRun};
 
 /// Runs by `task/run`.
-const TASK_RUNS: TableDefinition<&str, &[u8]> = TableDefinition::new("task_runs");
+pub(super) const TASK_RUNS: TableDefinition<&str, &[u8]> = TableDefinition::new("task_runs");
 /// Results by `task/run/client`.
-const TASK_RESULTS: TableDefinition<&str, &[u8]> = TableDefinition::new("task_results");
+pub(super) const TASK_RESULTS: TableDefinition<&str, &[u8]> = TableDefinition::new("task_results");
 /// `collectLogs` logs by `task/run/client`.
-const TASK_LOGS: TableDefinition<&str, &[u8]> = TableDefinition::new("task_logs");
+pub(super) const TASK_LOGS: TableDefinition<&str, &[u8]> = TableDefinition::new("task_logs");
 
 fn run_key(task: &str, run: u64) -> String {
     format!("{task}/{run:020}")
