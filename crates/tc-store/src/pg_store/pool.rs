@@ -8,8 +8,8 @@
 //! A worker whose connection broke (or whose job panicked) connects again before its next job; one
 //! idle for a second, or any after another worker's connection failed, is checked first.
 
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
