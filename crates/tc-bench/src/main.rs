@@ -27,6 +27,10 @@ struct Cli {
     /// Also print the figures as one JSON object on the last line.
     #[arg(long, global = true)]
     json: bool,
+    /// Keep the controller's state in PostgreSQL (a server this run starts, durable: fsync on)
+    /// instead of the embedded redb store.
+    #[arg(long, global = true)]
+    postgres: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -279,6 +283,7 @@ pub enum TransportArg {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    scenarios::use_postgres(cli.postgres);
     let result = match cli.command {
         Command::ServeController(args) => servers::serve_controller(args),
         Command::ServeBare(args) => servers::serve_bare(args),

@@ -34,6 +34,9 @@ pub struct ControllerArgs {
     /// controller does by default; plain HTTP otherwise, so the figures compare with earlier runs.
     #[arg(long)]
     pub tls: bool,
+    /// A PostgreSQL database instead of the embedded store.
+    #[arg(long, value_name = "URL")]
+    pub store: Option<String>,
 }
 
 /// Options of `tc-bench serve-bare`.
@@ -69,6 +72,9 @@ pub struct SeedArgs {
     /// Create them freshly enrolled (no inventory, `Pending`) instead of as a running fleet.
     #[arg(long)]
     pub pending: bool,
+    /// A PostgreSQL database instead of the embedded store.
+    #[arg(long, value_name = "URL")]
+    pub store: Option<String>,
 }
 
 fn pin(cpu: Option<usize>) -> Result<(), String> {
@@ -125,6 +131,10 @@ pub fn serve_controller(args: ControllerArgs) -> Result<(), String> {
         config.resync_interval = Duration::from_secs(args.resync_seconds.max(1));
         if !args.tls {
             config.tls = tc_controller::TlsMode::Disabled;
+        }
+        if let Some(url) = &args.store {
+            config.store =
+                tc_controller::store::StoreLocation::Postgres(tc_store::PgSettings::new(url));
         }
         // The simulated fleets hold more connections than the default cap (one long-poll per
         // waiting agent, plus the heartbeat pool); the cap is not what is measured.
@@ -225,11 +235,15 @@ pub fn seed(args: SeedArgs) -> Result<(), String> {
             .map_err(|e| format!("{file}: {e}"))?;
     }
     tc_testkit::sim::session_key(&args.data_dir).map_err(|e| e.to_string())?;
-    let store =
-        RedbStore::open(&args.data_dir.join("thinfleet.redb")).map_err(|e| e.to_string())?;
+    let store: Box<dyn tc_store::Store> = match &args.store {
+        Some(url) => Box::new(tc_store::PgStore::connect(url).map_err(|e| e.to_string())?),
+        None => Box::new(
+            RedbStore::open(&args.data_dir.join("thinfleet.redb")).map_err(|e| e.to_string())?,
+        ),
+    };
     let started = Instant::now();
     let created = seed_store(
-        &store,
+        &*store,
         &SeedOptions {
             seed: args.seed,
             count: args.clients,

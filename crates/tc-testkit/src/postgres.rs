@@ -54,6 +54,8 @@ fn step_error(step: impl Into<String>) -> impl FnOnce(std::io::Error) -> TestPos
 pub struct TestPostgres {
     child: Child,
     port: u16,
+    /// Every commit on disk (fsync on), for benchmarks; tests run without.
+    durable: bool,
     bindir: PathBuf,
     dir: tempfile::TempDir,
 }
@@ -141,6 +143,16 @@ impl TestPostgres {
 
     /// Starts a server.
     pub fn try_start() -> Result<TestPostgres, TestPostgresError> {
+        TestPostgres::try_start_with(false)
+    }
+
+    /// Starts a server that makes every commit durable (fsync, synchronous commit, full page
+    /// writes: PostgreSQL's defaults), for measurements that compare with a store that syncs.
+    pub fn try_start_durable() -> Result<TestPostgres, TestPostgresError> {
+        TestPostgres::try_start_with(true)
+    }
+
+    fn try_start_with(durable: bool) -> Result<TestPostgres, TestPostgresError> {
         let bindir = find_bindir()?;
         let dir = tempfile::Builder::new()
             .prefix("tc-postgres-")
@@ -179,11 +191,12 @@ impl TestPostgres {
         // with another one when the server exits early.
         let mut last = None;
         for _ in 0..3 {
-            match TestPostgres::launch(&bindir, dir.path(), &data) {
+            match TestPostgres::launch(&bindir, dir.path(), &data, durable) {
                 Ok((child, port)) => {
                     return Ok(TestPostgres {
                         child,
                         port,
+                        durable,
                         bindir,
                         dir,
                     });
@@ -194,8 +207,13 @@ impl TestPostgres {
         Err(last.expect("three attempts"))
     }
 
-    fn launch(bindir: &Path, dir: &Path, data: &Path) -> Result<(Child, u16), TestPostgresError> {
-        TestPostgres::launch_on(bindir, dir, data, free_port()?)
+    fn launch(
+        bindir: &Path,
+        dir: &Path,
+        data: &Path,
+        durable: bool,
+    ) -> Result<(Child, u16), TestPostgresError> {
+        TestPostgres::launch_on(bindir, dir, data, free_port()?, durable)
     }
 
     fn launch_on(
@@ -203,7 +221,9 @@ impl TestPostgres {
         dir: &Path,
         data: &Path,
         port: u16,
+        durable: bool,
     ) -> Result<(Child, u16), TestPostgresError> {
+        let sync = if durable { "on" } else { "off" };
         let log = dir.join("postgres.log");
         let log_file = std::fs::File::create(&log).map_err(step_error("create the log"))?;
         if running_as_root() {
@@ -219,16 +239,10 @@ impl TestPostgres {
             .args(["-c", "listen_addresses=127.0.0.1", "-p", &port.to_string()])
             .arg("-c")
             .arg(format!("unix_socket_directories={}", dir.display()))
-            .args([
-                "-c",
-                "fsync=off",
-                "-c",
-                "synchronous_commit=off",
-                "-c",
-                "full_page_writes=off",
-                "-c",
-                "max_connections=200",
-            ])
+            .args(["-c", &format!("fsync={sync}")])
+            .args(["-c", &format!("synchronous_commit={sync}")])
+            .args(["-c", &format!("full_page_writes={sync}")])
+            .args(["-c", "max_connections=200"])
             .stdin(Stdio::null())
             .stdout(log_file)
             .stderr(stderr)
@@ -325,7 +339,13 @@ impl TestPostgres {
     /// Starts the stopped server again, with its data, on the same port.
     pub fn restart(&mut self) {
         let data = self.dir.path().join("data");
-        match TestPostgres::launch_on(&self.bindir, self.dir.path(), &data, self.port) {
+        match TestPostgres::launch_on(
+            &self.bindir,
+            self.dir.path(),
+            &data,
+            self.port,
+            self.durable,
+        ) {
             Ok((child, _)) => self.child = child,
             Err(e) => panic!("restart PostgreSQL on port {}: {e}", self.port),
         }

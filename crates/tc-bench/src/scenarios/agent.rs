@@ -146,6 +146,7 @@ pub async fn run(args: AgentArgs) -> Result<Report, String> {
     let precise_per_hour = precise / window * 3600.0;
 
     let mut report = Report::new("agent");
+    report.text("store", "store", workspace.store_name());
     report.section("binary");
     report.text("binary", "agent binary", &binary.display().to_string());
     report.set("debug_build", debug_build);

@@ -59,7 +59,7 @@ fn latency(mut samples: Vec<Duration>) -> Latency {
 /// Runs the scenario.
 pub async fn run(args: ConsoleArgs) -> Result<Report, String> {
     let workspace = Workspace::new()?;
-    let seeding = super::seed(&workspace.data_dir(), args.clients, args.seed).await?;
+    let seeding = super::seed(&workspace, args.clients, args.seed).await?;
     let controller = super::start_controller(&workspace, None).await?;
     let base = format!("http://{}", controller.server.addr);
     tc_controller::install_crypto_provider();
@@ -132,6 +132,7 @@ pub async fn run(args: ConsoleArgs) -> Result<Report, String> {
     controller.server.stop().await?;
 
     let mut report = Report::new("console");
+    report.text("store", "store", workspace.store_name());
     report.section("setup");
     report.count(
         "clients",

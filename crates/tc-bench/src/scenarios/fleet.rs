@@ -13,13 +13,7 @@ use crate::report::Report;
 /// Runs the scenario.
 pub async fn run(args: FleetArgs) -> Result<Report, String> {
     let workspace = Workspace::new()?;
-    let seeding = super::seed_as(
-        &workspace.data_dir(),
-        args.clients,
-        args.seed,
-        args.first_contact,
-    )
-    .await?;
+    let seeding = super::seed_as(&workspace, args.clients, args.seed, args.first_contact).await?;
     let controller = super::start_controller_with(&workspace, None, args.tls).await?;
     let loaded = controller.server.figures();
     let interval = seconds(args.interval);
@@ -96,6 +90,7 @@ pub async fn run(args: FleetArgs) -> Result<Report, String> {
     let cpu = (figures.cpu_seconds - cpu_before) / elapsed.as_secs_f64();
 
     let mut report = Report::new("fleet");
+    report.text("store", "store", workspace.store_name());
     report.section("setup");
     report.count("clients", "clients", args.clients);
     report.number(

@@ -16,7 +16,7 @@ use crate::report::Report;
 pub async fn run(args: HeartbeatArgs) -> Result<Report, String> {
     let pinning = Pinning::decide(!args.no_pin);
     let workspace = Workspace::new()?;
-    super::seed(&workspace.data_dir(), args.clients, args.seed).await?;
+    super::seed(&workspace, args.clients, args.seed).await?;
     // Steady-state heartbeats: the controller already has every inventory, so only its hash is
     // sent; the clients were seeded Online.
     let fleet = SimFleet::seeded(
@@ -67,6 +67,7 @@ pub async fn run(args: HeartbeatArgs) -> Result<Report, String> {
 
     let ratio = controller_report.rate() / bare_report.rate().max(1e-9);
     let mut report = Report::new("heartbeat");
+    report.text("store", "store", workspace.store_name());
     report.section("setup");
     report.count(
         "clients",
@@ -106,7 +107,7 @@ pub async fn run(args: HeartbeatArgs) -> Result<Report, String> {
         report.section(if name == "bare" {
             "bare axum endpoint (parse JSON, insert into a map)"
         } else {
-            "controller (durable store)"
+            "controller (durable store: redb, or PostgreSQL with --postgres)"
         });
         report.number(&format!("{name}.rps"), "requests/s", figures.rate(), 0, "");
         report.number(

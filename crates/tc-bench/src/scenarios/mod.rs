@@ -11,7 +11,7 @@ pub mod rollout;
 pub mod tasks;
 
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use tc_testkit::sim::Transport;
@@ -27,6 +27,15 @@ pub const H2_STREAMS_PER_CONNECTION: usize = 190;
 /// `TC_BENCH_KEEP` set it is kept (and its path printed) for a look at the controller's log.
 pub struct Workspace {
     dir: tempfile::TempDir,
+    /// The PostgreSQL server and database of the run (`--postgres`).
+    postgres: Option<(tc_testkit::postgres::TestPostgres, String)>,
+}
+
+static POSTGRES: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+
+/// Whether the scenarios keep the controller's state in PostgreSQL (`tc-bench --postgres`).
+pub fn use_postgres(postgres: bool) {
+    let _ = POSTGRES.set(postgres);
 }
 
 impl Workspace {
@@ -41,7 +50,33 @@ impl Workspace {
         if keep {
             eprintln!("keeping {}", dir.path().display());
         }
-        Ok(Workspace { dir })
+        let postgres = if POSTGRES.get().copied().unwrap_or(false) {
+            let server = tc_testkit::postgres::TestPostgres::try_start_durable()
+                .map_err(|e| format!("PostgreSQL: {e}"))?;
+            let url = server.create_database();
+            Some((server, url))
+        } else {
+            None
+        };
+        Ok(Workspace { dir, postgres })
+    }
+
+    /// The store's arguments for `serve-controller` and `seed`: `--store URL` with
+    /// `--postgres`, none for the embedded store.
+    pub fn store_args(&self) -> Vec<String> {
+        match &self.postgres {
+            Some((_, url)) => vec!["--store".into(), url.clone()],
+            None => vec![],
+        }
+    }
+
+    /// `redb` or `postgresql`, for the reports.
+    pub fn store_name(&self) -> &'static str {
+        if self.postgres.is_some() {
+            "postgresql"
+        } else {
+            "redb"
+        }
     }
 
     /// The controller's data directory.
@@ -55,15 +90,15 @@ impl Workspace {
     }
 }
 
-/// Seeds `clients` simulated clients into the data directory in a separate process (through the
-/// store's batch enrolment); returns how long it took.
-pub async fn seed(data_dir: &Path, clients: u64, seed: u64) -> Result<Duration, String> {
-    seed_as(data_dir, clients, seed, false).await
+/// Seeds `clients` simulated clients into the workspace's store in a separate process (through
+/// the store's batch enrolment); returns how long it took.
+pub async fn seed(workspace: &Workspace, clients: u64, seed: u64) -> Result<Duration, String> {
+    seed_as(workspace, clients, seed, false).await
 }
 
 /// [`seed`], with `pending` as freshly enrolled clients that have reported nothing yet.
 pub async fn seed_as(
-    data_dir: &Path,
+    workspace: &Workspace,
     clients: u64,
     seed: u64,
     pending: bool,
@@ -72,7 +107,7 @@ pub async fn seed_as(
     let mut args = vec![
         "seed".to_string(),
         "--data-dir".into(),
-        data_dir.display().to_string(),
+        workspace.data_dir().display().to_string(),
         "--clients".into(),
         clients.to_string(),
         "--seed".into(),
@@ -81,6 +116,7 @@ pub async fn seed_as(
     if pending {
         args.push("--pending".into());
     }
+    args.extend(workspace.store_args());
     let output = process::run_to_end(&args, Duration::from_secs(3 * 3600)).await?;
     if !output.starts_with("SEEDED ") {
         return Err(format!("unexpected output of tc-bench seed: {output}"));
@@ -132,6 +168,7 @@ pub async fn start_controller_with(
     if tls {
         args.push("--tls".into());
     }
+    args.extend(workspace.store_args());
     if let Some(cpu) = cpu {
         args.extend(["--cpu".into(), cpu.to_string()]);
     }

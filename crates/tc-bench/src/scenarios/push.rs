@@ -44,7 +44,7 @@ pub async fn run(args: PushArgs) -> Result<Report, String> {
     }
     let transport = super::choose_transport(args.transport, args.waiting, 64)?;
     let workspace = Workspace::new()?;
-    super::seed(&workspace.data_dir(), args.waiting, args.seed).await?;
+    super::seed(&workspace, args.waiting, args.seed).await?;
     let controller = super::start_controller(&workspace, None).await?;
     let admin = &controller.admin;
     let zip = tc_testkit::build_zip(&[tc_testkit::PackageFile {
@@ -97,6 +97,7 @@ pub async fn run(args: PushArgs) -> Result<Report, String> {
     controller.server.stop().await?;
 
     let mut report = Report::new("push");
+    report.text("store", "store", workspace.store_name());
     report.section("setup");
     report.count("waiting", "agents waiting on the long-poll", args.waiting);
     report.text(

@@ -147,7 +147,7 @@ async fn run_steps(args: RolloutArgs, steps: Vec<BenchStep>) -> Result<Report, S
     let transport =
         super::choose_transport(args.transport, args.clients, (args.downloads + 16) as u64)?;
     let workspace = Workspace::new()?;
-    super::seed(&workspace.data_dir(), args.clients, args.seed).await?;
+    super::seed(&workspace, args.clients, args.seed).await?;
     let controller = super::start_controller(&workspace, None).await?;
     let admin = &controller.admin;
     let small = package(b"tc-bench release 1.0.0");
@@ -394,6 +394,7 @@ async fn run_steps(args: RolloutArgs, steps: Vec<BenchStep>) -> Result<Report, S
         .count();
 
     let mut report = Report::new("rollout");
+    report.text("store", "store", workspace.store_name());
     report.section("setup");
     report.count("clients", "clients", args.clients);
     report.count("package_bytes", "release 2.0.0 size", size);

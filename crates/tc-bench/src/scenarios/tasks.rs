@@ -34,7 +34,7 @@ fn disk_bytes(dir: &std::path::Path) -> u64 {
 pub async fn run(args: TasksArgs) -> Result<Report, String> {
     let transport = super::choose_transport(args.transport, args.waiting, 64)?;
     let workspace = Workspace::new()?;
-    super::seed(&workspace.data_dir(), args.waiting, args.seed).await?;
+    super::seed(&workspace, args.waiting, args.seed).await?;
     let controller = super::start_controller(&workspace, None).await?;
     let admin = &controller.admin;
     let fleet = SimFleet::seeded(
@@ -118,6 +118,7 @@ pub async fn run(args: TasksArgs) -> Result<Report, String> {
     controller.server.stop().await?;
 
     let mut report = Report::new("tasks");
+    report.text("store", "store", workspace.store_name());
     report.section("setup");
     report.count("waiting", "agents waiting on the long-poll", args.waiting);
     report.text(
