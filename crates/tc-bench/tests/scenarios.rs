@@ -373,3 +373,49 @@ fn agent_reports_size_memory_and_idle_cpu() {
     assert_ne!(figures["last_heartbeat"], "none", "{figures}");
     check_machine(&figures);
 }
+
+#[test]
+fn scenarios_run_on_postgresql_too() {
+    let figures = run(&[
+        "--postgres",
+        "heartbeat",
+        "--clients",
+        "50",
+        "--connections",
+        "4",
+        "--duration",
+        "0.5",
+        "--warmup",
+        "0.2",
+    ]);
+    assert_eq!(figures["store"], "postgresql", "{figures}");
+    assert!(number(&figures, "controller.rps") > 0.0, "{figures}");
+    assert_eq!(number(&figures, "controller.errors"), 0.0, "{figures}");
+    assert!(number(&figures, "ratio") > 0.0, "{figures}");
+    let figures = run(&[
+        "--postgres",
+        "push",
+        "--waiting",
+        "80",
+        "--settle",
+        "0.3",
+        "--timeout",
+        "30",
+        "--rounds",
+        "1",
+    ]);
+    assert_eq!(figures["store"], "postgresql", "{figures}");
+    assert_eq!(number(&figures, "notified"), 80.0, "{figures}");
+    assert_eq!(number(&figures, "errors"), 0.0, "{figures}");
+    // Without the flag, the embedded store.
+    let figures = run(&[
+        "heartbeat",
+        "--clients",
+        "20",
+        "--duration",
+        "0.2",
+        "--warmup",
+        "0.1",
+    ]);
+    assert_eq!(figures["store"], "redb", "{figures}");
+}

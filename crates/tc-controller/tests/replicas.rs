@@ -1,6 +1,7 @@
 //! Several `tc-controller` processes on one PostgreSQL database: one leads and serves, the others
 //! wait on standby and take over when it dies (kill -9) or stops; a replica whose shared files
-//! differ from the others' is refused before it changes anything.
+//! differ from the others' is refused before it changes anything; a rollout to real agents, behind
+//! a proxy that follows the leader, finishes within its budget after the leader is killed.
 
 mod common;
 
@@ -281,4 +282,208 @@ async fn a_replica_whose_shared_files_differ_is_refused_before_it_changes_anythi
     };
     let (status, enrolled) = agent.enroll(&bootstrap, "m-2", "kiosk-2", json!({})).await;
     assert_eq!(status, StatusCode::OK, "{enrolled}");
+}
+
+/// A TCP proxy in front of the replicas that sends each connection to the one answering
+/// `/readyz` (the leader), as a Kubernetes Service with a readiness probe does; checked every
+/// 100 ms.
+async fn proxy_to_the_leader(replicas: Vec<String>, http: reqwest::Client) -> String {
+    let leader = std::sync::Arc::new(std::sync::Mutex::new(None::<String>));
+    let watched = leader.clone();
+    tokio::spawn(async move {
+        loop {
+            let mut found = None;
+            for base in &replicas {
+                if let Ok(response) = http.get(format!("{base}/readyz")).send().await
+                    && response.status() == StatusCode::OK
+                {
+                    found = Some(base.trim_start_matches("https://").to_string());
+                    break;
+                }
+            }
+            *watched.lock().unwrap() = found;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut inbound, _)) = listener.accept().await else {
+                continue;
+            };
+            let target = leader.lock().unwrap().clone();
+            tokio::spawn(async move {
+                let Some(target) = target else {
+                    return;
+                };
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    format!("https://{address}")
+}
+
+/// GET `path` through the proxy: `None` while no replica answers (the proxy between two
+/// leaders closes the connection).
+async fn try_get(admin: &Api, path: &str) -> Option<serde_json::Value> {
+    let response = admin
+        .http
+        .get(format!("{}{path}", admin.base))
+        .bearer_auth(&admin.token)
+        .send()
+        .await
+        .ok()?;
+    if response.status() != StatusCode::OK {
+        return None;
+    }
+    let text = response.text().await.ok()?;
+    Some(serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)))
+}
+
+/// What the clients of the fleet run of `package`, through `admin`.
+async fn running(admin: &Api, package: &str) -> Vec<(String, Option<String>)> {
+    let Some(clients) = try_get(admin, "/apis/thinfleet.io/v1/clients").await else {
+        return vec![];
+    };
+    clients["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|client| {
+            let version = client["status"]["packages"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|p| p["name"] == package && p["state"] == "Installed")
+                .and_then(|p| p["version"].as_str().map(str::to_string));
+            (
+                client["metadata"]["name"].as_str().unwrap().to_string(),
+                version,
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_goes_on_when_its_leader_is_killed_and_real_agents_follow_the_new_one() {
+    tc_controller::install_crypto_provider();
+    let server = tokio::task::spawn_blocking(TestPostgres::start)
+        .await
+        .unwrap();
+    let url = server.create_database();
+    let temp = tempfile::tempdir().unwrap();
+    let data: Vec<PathBuf> = ["a", "b", "c"]
+        .iter()
+        .map(|n| temp.path().join(n))
+        .collect();
+    let mut a = Replica::start(&url, &data[0], "a");
+    let http = client_trusting(&data[0]);
+    a.wait_ready(&http).await;
+    copy_shared_files(&data[0], &data[1]);
+    copy_shared_files(&data[0], &data[2]);
+    let b = Replica::start(&url, &data[1], "b");
+    let c = Replica::start(&url, &data[2], "c");
+    b.wait_log("on standby");
+    c.wait_log("on standby");
+    let front = proxy_to_the_leader(
+        vec![a.base.clone(), b.base.clone(), c.base.clone()],
+        http.clone(),
+    )
+    .await;
+    let admin = Api {
+        base: front.clone(),
+        token: read(&data[0].join("admin.token")),
+        http: http.clone(),
+    };
+    eventually(Duration::from_secs(30), || async {
+        try_get(&admin, "/readyz").await.map(drop)
+    })
+    .await;
+
+    // Three real agents through the proxy; kiosk 1.0.0 for all, one member at a time.
+    let ca_hash = tc_trust::CaCertHash::of_certificate(
+        tc_trust::read_pem_certificates(&data[0].join("pki/ca.crt")).unwrap()[0].as_ref(),
+    )
+    .unwrap()
+    .to_string();
+    let agents = tc_controller::demo::start_agents(
+        &common::demo::binary("tc-agent"),
+        &front,
+        &data[0].join("bootstrap.token"),
+        Some(&ca_hash),
+    )
+    .unwrap();
+    publish(&admin, "kiosk", "1.0.0").await;
+    let (status, applied) = admin
+        .apply(&group_yaml("all", "{}", &[("kiosk", "^1")], "1"), "")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{applied}");
+    eventually(Duration::from_secs(120), || async {
+        let now = running(&admin, "kiosk").await;
+        (now.len() == 3 && now.iter().all(|(_, v)| v.as_deref() == Some("1.0.0"))).then_some(())
+    })
+    .await;
+
+    // 1.1.0 rolls out; once the first member has it, the leader is killed.
+    publish(&admin, "kiosk", "1.1.0").await;
+    eventually(Duration::from_secs(120), || async {
+        let now = running(&admin, "kiosk").await;
+        now.iter()
+            .any(|(_, v)| v.as_deref() == Some("1.1.0"))
+            .then_some(())
+    })
+    .await;
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
+    let killed = Instant::now();
+
+    // Another replica leads, the agents reach it through the proxy, and the rollout finishes.
+    eventually(Duration::from_secs(180), || async {
+        let now = running(&admin, "kiosk").await;
+        (now.len() == 3 && now.iter().all(|(_, v)| v.as_deref() == Some("1.1.0"))).then_some(())
+    })
+    .await;
+    println!(
+        "the rollout finished {:?} after the leader was killed",
+        killed.elapsed()
+    );
+    assert!(
+        b.log().contains("took the leader lease") || c.log().contains("took the leader lease"),
+        "no standby took over:\n{}\n{}",
+        b.log(),
+        c.log()
+    );
+    // Nothing acknowledged was lost: both releases and the group, as applied.
+    for path in [
+        "/apis/thinfleet.io/v1/packagereleases/kiosk-1.0.0",
+        "/apis/thinfleet.io/v1/packagereleases/kiosk-1.1.0",
+        "/apis/thinfleet.io/v1/clientgroups/all",
+    ] {
+        assert!(try_get(&admin, path).await.is_some(), "{path} is missing");
+    }
+    // The budget held across the takeover: never two members between "assigned 1.1.0" and
+    // "installed 1.1.0".
+    let events = try_get(&admin, "/apis/thinfleet.io/v1/events?limit=10000")
+        .await
+        .unwrap();
+    let mut changing = std::collections::BTreeSet::new();
+    let mut most = 0;
+    for event in events["items"].as_array().unwrap() {
+        let (client, message) = (
+            event["object"]["name"].as_str().unwrap_or_default(),
+            event["message"].as_str().unwrap_or_default(),
+        );
+        if event["reason"] == "Assigned" && message.contains("kiosk 1.0.0 -> 1.1.0") {
+            changing.insert(client.to_string());
+        }
+        if event["reason"] == "Installed" && message.contains("kiosk 1.1.0") {
+            changing.remove(client);
+        }
+        most = most.max(changing.len());
+    }
+    assert_eq!(most, 1, "{most} members updating at once: {events}");
+    agents.stop().await;
 }
