@@ -137,24 +137,58 @@ fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap().trim().to_string()
 }
 
+/// A database with a first replica (`a`, leading) and what the tests need around it.
+struct Cluster {
+    /// Dropped last: the replicas stop before the database.
+    _server: TestPostgres,
+    url: String,
+    temp: tempfile::TempDir,
+    /// Trusts the replicas' CA.
+    http: reqwest::Client,
+}
+
+impl Cluster {
+    /// Starts a database and replica `a` on it, and waits until `a` serves.
+    async fn start() -> (Cluster, Replica) {
+        tc_controller::install_crypto_provider();
+        let server = tokio::task::spawn_blocking(TestPostgres::start)
+            .await
+            .unwrap();
+        let url = server.create_database();
+        let temp = tempfile::tempdir().unwrap();
+        let a = Replica::start(&url, &temp.path().join("a"), "a");
+        let http = client_trusting(&temp.path().join("a"));
+        a.wait_ready(&http).await;
+        let cluster = Cluster {
+            _server: server,
+            url,
+            temp,
+            http,
+        };
+        (cluster, a)
+    }
+
+    /// The data directory of replica `name`.
+    fn data(&self, name: &str) -> PathBuf {
+        self.temp.path().join(name)
+    }
+
+    /// Starts replica `name` with the shared files of `a`, and waits until it is on standby.
+    fn standby(&self, name: &str) -> Replica {
+        copy_shared_files(&self.data("a"), &self.data(name));
+        let replica = Replica::start(&self.url, &self.data(name), name);
+        replica.wait_log("on standby");
+        replica
+    }
+}
+
 const GROUP: &str = "apiVersion: thinfleet.io/v1\nkind: ClientGroup\nmetadata:\n  name: front-desk\nspec:\n  selector:\n    matchLabels:\n      site: front\n";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_standby_takes_over_from_a_killed_leader_and_nothing_acknowledged_is_lost() {
-    tc_controller::install_crypto_provider();
-    let server = tokio::task::spawn_blocking(TestPostgres::start)
-        .await
-        .unwrap();
-    let url = server.create_database();
-    let temp = tempfile::tempdir().unwrap();
-    let (data_a, data_b) = (temp.path().join("a"), temp.path().join("b"));
-
-    let mut a = Replica::start(&url, &data_a, "a");
-    let http = client_trusting(&data_a);
-    a.wait_ready(&http).await;
-    copy_shared_files(&data_a, &data_b);
-    let b = Replica::start(&url, &data_b, "b");
-    b.wait_log("on standby");
+    let (cluster, mut a) = Cluster::start().await;
+    let (url, http, data_a) = (&cluster.url, &cluster.http, cluster.data("a"));
+    let b = cluster.standby("b");
     // A standby closes the connections it accepts at once: nobody waits on it.
     let refused = http.get(format!("{}/readyz", b.base)).send().await;
     assert!(refused.is_err(), "{refused:?}");
@@ -189,7 +223,7 @@ async fn a_standby_takes_over_from_a_killed_leader_and_nothing_acknowledged_is_l
     // kill -9: the lease is not given up, b takes it when it expires.
     a.child.kill().unwrap();
     a.child.wait().unwrap();
-    let takeover = b.wait_ready(&http).await;
+    let takeover = b.wait_ready(http).await;
     println!(
         "takeover after the leader's death: {takeover:?} (lease {:?})",
         tc_controller::leader::LEASE_TTL
@@ -227,13 +261,13 @@ async fn a_standby_takes_over_from_a_killed_leader_and_nothing_acknowledged_is_l
     .await;
 
     // a comes back on standby; b stopping cleanly gives the lease up, and a takes over at once.
-    let a = Replica::start(&url, &data_a, "a");
+    let a = Replica::start(url, &data_a, "a");
     a.wait_log("on standby");
     let mut b = b;
     b.signal("-TERM");
     assert!(b.wait_exit().success(), "{}", b.log());
     assert!(b.log().contains("gave the leader lease up"), "{}", b.log());
-    let handover = a.wait_ready(&http).await;
+    let handover = a.wait_ready(http).await;
     println!("handover after a clean stop: {handover:?}");
     let admin_a = Api {
         base: a.base.clone(),
@@ -245,21 +279,14 @@ async fn a_standby_takes_over_from_a_killed_leader_and_nothing_acknowledged_is_l
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_whose_shared_files_differ_is_refused_before_it_changes_anything() {
-    tc_controller::install_crypto_provider();
-    let server = tokio::task::spawn_blocking(TestPostgres::start)
-        .await
-        .unwrap();
-    let url = server.create_database();
-    let temp = tempfile::tempdir().unwrap();
-    let (data_a, data_b) = (temp.path().join("a"), temp.path().join("b"));
-    let mut a = Replica::start(&url, &data_a, "a");
-    let http = client_trusting(&data_a);
-    a.wait_ready(&http).await;
+    let (cluster, mut a) = Cluster::start().await;
+    let (url, http) = (&cluster.url, &cluster.http);
+    let (data_a, data_b) = (cluster.data("a"), cluster.data("b"));
     let bootstrap = read(&data_a.join("bootstrap.token"));
     // b has a bootstrap token file of its own: leading with it would revoke a's token.
     copy_shared_files(&data_a, &data_b);
     std::fs::write(data_b.join("bootstrap.token"), "another-token\n").unwrap();
-    let mut b = Replica::start(&url, &data_b, "b");
+    let mut b = Replica::start(url, &data_b, "b");
     b.wait_log("on standby");
     a.signal("-TERM");
     assert!(a.wait_exit().success(), "{}", a.log());
@@ -273,8 +300,8 @@ async fn a_replica_whose_shared_files_differ_is_refused_before_it_changes_anythi
         "{log}"
     );
     // a's bootstrap token still enrols.
-    let a = Replica::start(&url, &data_a, "a2");
-    a.wait_ready(&http).await;
+    let a = Replica::start(url, &data_a, "a2");
+    a.wait_ready(http).await;
     let agent = Api {
         base: a.base.clone(),
         token: String::new(),
@@ -369,25 +396,9 @@ async fn running(admin: &Api, package: &str) -> Vec<(String, Option<String>)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rollout_goes_on_when_its_leader_is_killed_and_real_agents_follow_the_new_one() {
-    tc_controller::install_crypto_provider();
-    let server = tokio::task::spawn_blocking(TestPostgres::start)
-        .await
-        .unwrap();
-    let url = server.create_database();
-    let temp = tempfile::tempdir().unwrap();
-    let data: Vec<PathBuf> = ["a", "b", "c"]
-        .iter()
-        .map(|n| temp.path().join(n))
-        .collect();
-    let mut a = Replica::start(&url, &data[0], "a");
-    let http = client_trusting(&data[0]);
-    a.wait_ready(&http).await;
-    copy_shared_files(&data[0], &data[1]);
-    copy_shared_files(&data[0], &data[2]);
-    let b = Replica::start(&url, &data[1], "b");
-    let c = Replica::start(&url, &data[2], "c");
-    b.wait_log("on standby");
-    c.wait_log("on standby");
+    let (cluster, mut a) = Cluster::start().await;
+    let (http, data_a) = (&cluster.http, cluster.data("a"));
+    let (b, c) = (cluster.standby("b"), cluster.standby("c"));
     let front = proxy_to_the_leader(
         vec![a.base.clone(), b.base.clone(), c.base.clone()],
         http.clone(),
@@ -395,7 +406,7 @@ async fn a_rollout_goes_on_when_its_leader_is_killed_and_real_agents_follow_the_
     .await;
     let admin = Api {
         base: front.clone(),
-        token: read(&data[0].join("admin.token")),
+        token: read(&data_a.join("admin.token")),
         http: http.clone(),
     };
     eventually(Duration::from_secs(30), || async {
@@ -405,14 +416,14 @@ async fn a_rollout_goes_on_when_its_leader_is_killed_and_real_agents_follow_the_
 
     // Three real agents through the proxy; kiosk 1.0.0 for all, one member at a time.
     let ca_hash = tc_trust::CaCertHash::of_certificate(
-        tc_trust::read_pem_certificates(&data[0].join("pki/ca.crt")).unwrap()[0].as_ref(),
+        tc_trust::read_pem_certificates(&data_a.join("pki/ca.crt")).unwrap()[0].as_ref(),
     )
     .unwrap()
     .to_string();
     let agents = tc_controller::demo::start_agents(
         &common::demo::binary("tc-agent"),
         &front,
-        &data[0].join("bootstrap.token"),
+        &data_a.join("bootstrap.token"),
         Some(&ca_hash),
     )
     .unwrap();

@@ -4,7 +4,6 @@
 //! once, is fine.
 
 use std::io::Read;
-use std::process::Command;
 
 use ring::digest::{SHA256, digest};
 use tc_store::{BLOB_CHUNK_BYTES, BlobError, BlobPut, PgStore};
@@ -50,19 +49,6 @@ fn read_all(store: &PgStore, sha: &str, start: u64, length: u64) -> Vec<u8> {
     out
 }
 
-fn psql(server: &TestPostgres, url: &str, sql: &str) -> String {
-    let output = Command::new(server.bindir().join("psql"))
-        .args(["-X", "-At", "-v", "ON_ERROR_STOP=1", "-d", url, "-c", sql])
-        .output()
-        .expect("run psql");
-    assert!(
-        output.status.success(),
-        "psql {sql}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).trim().to_string()
-}
-
 #[test]
 fn blobs_of_every_shape_are_stored_in_chunks_and_read_back_exactly() {
     let server = TestPostgres::start();
@@ -84,8 +70,7 @@ fn blobs_of_every_shape_are_stored_in_chunks_and_read_back_exactly() {
             bytes,
             "{size} bytes"
         );
-        let chunks = psql(
-            &server,
+        let chunks = server.psql(
             &url,
             &format!("SELECT count(*) FROM blob_chunks WHERE sha256 = '{sha}'"),
         );
@@ -200,8 +185,8 @@ fn a_content_that_is_not_the_declared_one_stores_nothing_and_says_what() {
     }
     // Nothing of those uploads was kept, not even the chunks written before the mismatch.
     assert_eq!(store.blob_size(&sha).unwrap(), None);
-    assert_eq!(psql(&server, &url, "SELECT count(*) FROM blob_chunks"), "0");
-    assert_eq!(psql(&server, &url, "SELECT count(*) FROM blobs"), "0");
+    assert_eq!(server.psql(&url, "SELECT count(*) FROM blob_chunks"), "0");
+    assert_eq!(server.psql(&url, "SELECT count(*) FROM blobs"), "0");
     // The right content is stored after all that.
     assert_eq!(
         store.put_blob(&sha, size, &bytes[..]).unwrap(),
@@ -230,7 +215,7 @@ fn two_uploads_of_one_blob_at_once_store_it_once() {
         "{outcomes:?}"
     );
     assert_eq!(read_all(&store, &sha, 0, size), bytes);
-    assert_eq!(psql(&server, &url, "SELECT count(*) FROM blob_chunks"), "3");
+    assert_eq!(server.psql(&url, "SELECT count(*) FROM blob_chunks"), "3");
 }
 
 #[test]
@@ -260,6 +245,6 @@ fn blobs_are_deleted_with_their_chunks_and_the_store_serves_runtime_threads() {
     assert_eq!(read.len(), CHUNK + 1);
     assert!(store.delete_blob(&sha).unwrap());
     assert_eq!(store.blob_size(&sha).unwrap(), None);
-    assert_eq!(psql(&server, &url, "SELECT count(*) FROM blob_chunks"), "0");
+    assert_eq!(server.psql(&url, "SELECT count(*) FROM blob_chunks"), "0");
     assert!(!store.delete_blob(&sha).unwrap());
 }

@@ -2,23 +2,8 @@
 //! schema refused, a server that does not answer reported; and the store answering callers on
 //! async runtime threads, and over a unix socket.
 
-use std::process::Command;
-
 use tc_store::{PgStore, Store, StoreError};
 use tc_testkit::postgres::TestPostgres;
-
-fn psql(server: &TestPostgres, url: &str, sql: &str) -> String {
-    let output = Command::new(server.bindir().join("psql"))
-        .args(["-X", "-At", "-v", "ON_ERROR_STOP=1", "-d", url, "-c", sql])
-        .output()
-        .expect("run psql");
-    assert!(
-        output.status.success(),
-        "psql {sql}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).trim().to_string()
-}
 
 #[test]
 fn migrations_are_applied_once_and_recorded() {
@@ -28,8 +13,7 @@ fn migrations_are_applied_once_and_recorded() {
     store.put_setting("k", Some("v")).unwrap();
     drop(store);
     assert_eq!(
-        psql(
-            &server,
+        server.psql(
             &url,
             "SELECT version, name FROM schema_migrations ORDER BY version"
         ),
@@ -39,7 +23,7 @@ fn migrations_are_applied_once_and_recorded() {
     let store = PgStore::connect(&url).unwrap();
     assert_eq!(store.get_setting("k").unwrap().as_deref(), Some("v"));
     assert_eq!(
-        psql(&server, &url, "SELECT count(*) FROM schema_migrations"),
+        server.psql(&url, "SELECT count(*) FROM schema_migrations"),
         "3"
     );
 }
@@ -50,8 +34,7 @@ fn migrations_are_applied_once_and_recorded() {
 fn a_database_of_the_first_schema_gets_the_blob_tables() {
     let server = TestPostgres::start();
     let url = server.create_database();
-    psql(
-        &server,
+    server.psql(
         &url,
         &format!(
             "BEGIN; {} CREATE TABLE schema_migrations (version integer PRIMARY KEY, \
@@ -65,7 +48,7 @@ fn a_database_of_the_first_schema_gets_the_blob_tables() {
     assert_eq!(store.get_setting("k").unwrap().as_deref(), Some("v"));
     assert_eq!(store.blob_size(&"a".repeat(64)).unwrap(), None);
     assert_eq!(
-        psql(&server, &url, "SELECT max(version) FROM schema_migrations"),
+        server.psql(&url, "SELECT max(version) FROM schema_migrations"),
         "3"
     );
 }
@@ -75,8 +58,7 @@ fn a_database_of_a_newer_schema_is_refused_and_left_alone() {
     let server = TestPostgres::start();
     let url = server.create_database();
     drop(PgStore::connect(&url).unwrap());
-    psql(
-        &server,
+    server.psql(
         &url,
         "INSERT INTO schema_migrations (version, name) VALUES (9999, 'from_the_future')",
     );
@@ -88,7 +70,7 @@ fn a_database_of_a_newer_schema_is_refused_and_left_alone() {
         other => panic!("expected a refusal, got {other:?}"),
     }
     assert_eq!(
-        psql(&server, &url, "SELECT max(version) FROM schema_migrations"),
+        server.psql(&url, "SELECT max(version) FROM schema_migrations"),
         "9999"
     );
 }

@@ -309,6 +309,22 @@ impl TestPostgres {
         format!("postgres://postgres@127.0.0.1:{}/{name}", self.port)
     }
 
+    /// Runs `sql` with `psql` on the database of `url` (of this server), and gives its output
+    /// (unaligned, tuples only, trimmed); panics with psql's error when it fails.
+    pub fn psql(&self, url: &str, sql: &str) -> String {
+        let output = Command::new(self.bindir.join("psql"))
+            .args(["-X", "-At", "-v", "ON_ERROR_STOP=1", "-d", url, "-c", sql])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run psql");
+        assert!(
+            output.status.success(),
+            "psql {sql}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).trim().to_string()
+    }
+
     /// Creates a new empty database with a name unique in this server, and gives its URL.
     pub fn create_database(&self) -> String {
         static NEXT: AtomicU64 = AtomicU64::new(1);
