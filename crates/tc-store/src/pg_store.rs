@@ -515,9 +515,7 @@ impl Store for PgStore {
         entries.sort_by(|a, b| a.name.cmp(&b.name));
         entries.dedup_by(|later, earlier| later.name == earlier.name);
         self.txn("put client liveness", move |txn| {
-            for entry in &entries {
-                clients::write_liveness(txn, &entry.name, entry.last_heartbeat, &entry.load)?;
-            }
+            clients::write_livenesses(txn, &entries)?;
             Ok(count)
         })
     }
@@ -530,18 +528,7 @@ impl Store for PgStore {
         entries.reverse();
         entries.sort_by(|a, b| a.name.cmp(&b.name));
         entries.dedup_by(|later, earlier| later.name == earlier.name);
-        self.txn("put client status", move |txn| {
-            let mut written = 0;
-            for entry in &entries {
-                // A client deleted meanwhile (or never enrolled) is not brought back.
-                if !clients::exists(txn, &entry.name)? {
-                    continue;
-                }
-                clients::record_status(txn, &entry.name, &entry.status)?;
-                written += 1;
-            }
-            Ok(written)
-        })
+        self.txn("put client status", move |txn| clients::record_statuses(txn, &entries))
     }
 
     fn put_clients(&self, mut clients: Vec<FleetClient>) -> Result<Vec<FleetClient>> {

@@ -362,3 +362,98 @@ pub(super) fn delete(txn: &mut Transaction<'_>, name: &str) -> Result<Option<Cli
     set_counter(txn, "revision", revision.saturating_add(1))?;
     Ok(Some(client))
 }
+
+/// Records the statuses of `entries` (names sorted, each once) whose client exists, as
+/// [`record_status`] does one by one, in at most four statements whatever their number (a
+/// reconcile pass writes thousands at once); returns how many were recorded.
+pub(super) fn record_statuses(
+    txn: &mut Transaction<'_>,
+    entries: &[crate::ClientStatusEntry],
+) -> Result<usize> {
+    let names: Vec<&str> = entries.iter().map(|entry| entry.name.as_str()).collect();
+    // A client deleted meanwhile (or never enrolled) is not brought back.
+    let existing: std::collections::HashSet<String> = txn
+        .query("SELECT name FROM clients WHERE name = ANY($1)", &[&names])
+        .map_err(db("read clients"))?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let (mut status_names, mut statuses) = (Vec::new(), Vec::new());
+    let (mut inventory_names, mut inventories) = (Vec::new(), Vec::new());
+    let (mut live_names, mut live_at, mut live_loads) = (Vec::new(), Vec::new(), Vec::new());
+    for entry in entries.iter().filter(|entry| existing.contains(&entry.name)) {
+        let (name, status) = (entry.name.as_str(), &entry.status);
+        status_names.push(name);
+        statuses.push(encode(
+            format_args!("client_status/{name}"),
+            &StatusRecord::of(status),
+        )?);
+        if let Some(inventory) = &status.inventory {
+            inventory_names.push(name);
+            inventories.push(encode(format_args!("client_inventory/{name}"), inventory)?);
+        }
+        if let Some(at) = status.last_heartbeat {
+            live_names.push(name);
+            live_at.push(int("heartbeat", at.unix_millis())?);
+            live_loads.push(encode(format_args!("client_liveness/{name}"), &status.load)?);
+        }
+    }
+    if status_names.is_empty() {
+        return Ok(0);
+    }
+    txn.execute(
+        "INSERT INTO client_status (name, status)
+         SELECT * FROM unnest($1::text[], $2::text[])
+         ON CONFLICT (name) DO UPDATE SET status = excluded.status",
+        &[&status_names, &statuses],
+    )
+    .map_err(db("write client_status"))?;
+    if !inventory_names.is_empty() {
+        txn.execute(
+            "INSERT INTO client_inventory (name, inventory)
+             SELECT * FROM unnest($1::text[], $2::text[])
+             ON CONFLICT (name) DO UPDATE SET inventory = excluded.inventory",
+            &[&inventory_names, &inventories],
+        )
+        .map_err(db("write client_inventory"))?;
+    }
+    if !live_names.is_empty() {
+        // Only a newer heartbeat replaces the recorded one.
+        txn.execute(
+            "INSERT INTO client_liveness (name, last_heartbeat_millis, load)
+             SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[])
+             ON CONFLICT (name) DO UPDATE SET last_heartbeat_millis = excluded.last_heartbeat_millis,
+                 load = excluded.load
+             WHERE client_liveness.last_heartbeat_millis < excluded.last_heartbeat_millis",
+            &[&live_names, &live_at, &live_loads],
+        )
+        .map_err(db("write client_liveness"))?;
+    }
+    Ok(status_names.len())
+}
+
+/// Writes the liveness of `entries` (names sorted, each once) in one statement
+/// (`Store::put_liveness`).
+pub(super) fn write_livenesses(
+    txn: &mut Transaction<'_>,
+    entries: &[crate::Liveness],
+) -> Result<()> {
+    let names: Vec<&str> = entries.iter().map(|entry| entry.name.as_str()).collect();
+    let at = entries
+        .iter()
+        .map(|entry| int("heartbeat", entry.last_heartbeat.unix_millis()))
+        .collect::<Result<Vec<i64>>>()?;
+    let loads = entries
+        .iter()
+        .map(|entry| encode(format_args!("client_liveness/{}", entry.name), &entry.load))
+        .collect::<Result<Vec<String>>>()?;
+    txn.execute(
+        "INSERT INTO client_liveness (name, last_heartbeat_millis, load)
+         SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[])
+         ON CONFLICT (name) DO UPDATE SET last_heartbeat_millis = excluded.last_heartbeat_millis,
+             load = excluded.load",
+        &[&names, &at, &loads],
+    )
+    .map_err(db("write client_liveness"))?;
+    Ok(())
+}
