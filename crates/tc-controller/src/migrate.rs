@@ -11,7 +11,7 @@
 
 use std::path::{Path, PathBuf};
 
-use tc_store::{CopyReport, PgSettings, PgStore, RedbStore, StoreError};
+use tc_store::{CopyReport, PgSettings, PgStore, RedbStore, StoreError, TableCounts};
 
 use crate::datadir;
 
@@ -112,8 +112,24 @@ pub fn migrate(data_dir: &Path, target: &PgSettings) -> Result<Migrated, Migrate
         }
     })?;
     let target = PgStore::open(target).map_err(MigrateError::Target)?;
-    let report = tc_store::copy_redb_to_pg(&source, &target).map_err(MigrateError::Copy)?;
+    // A database holding a store is refused before any blob is copied into it (the copy checks
+    // again, in its transaction).
+    let holds = target.table_counts().map_err(MigrateError::Target)?;
+    if holds != TableCounts::default() {
+        let holds = holds
+            .tables()
+            .iter()
+            .filter(|(_, count)| *count > 0)
+            .map(|(table, count)| format!("{table} {count}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        return Err(MigrateError::Copy(StoreError::TargetNotEmpty { holds }));
+    }
+    // The blobs first, each in a transaction of its own, then the store in one: a run that fails
+    // anywhere leaves the store's tables empty, and running it again copies what is missing
+    // (blobs are content-addressed: one already there is checked and kept).
     let blobs = copy_blobs(&data_dir.join("blobs/sha256"), &target)?;
+    let report = tc_store::copy_redb_to_pg(&source, &target).map_err(MigrateError::Copy)?;
     Ok(Migrated {
         store: report,
         blobs,
@@ -121,9 +137,8 @@ pub fn migrate(data_dir: &Path, target: &PgSettings) -> Result<Migrated, Migrate
 }
 
 /// Copies every blob file of `dir` (named by its sha256) into `target`, verified as it is read;
-/// a blob the database has already is read and checked all the same. After the store's copy,
-/// in transactions of their own: a blob is content-addressed, so running `migrate` again after
-/// a failure here copies what is missing. Returns how many blobs and bytes.
+/// a blob the database has already is read and checked all the same. Returns how many blobs and
+/// bytes.
 pub fn copy_blobs(dir: &Path, target: &PgStore) -> Result<(u64, u64), MigrateError> {
     let blob_error = |path: &Path, message: String| MigrateError::Blob {
         path: path.to_owned(),

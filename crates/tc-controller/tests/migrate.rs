@@ -268,3 +268,47 @@ async fn ca_rotate_is_refused_while_a_controller_on_postgresql_runs() {
     assert!(rotated.status.success(), "{}", text(&rotated));
     assert_eq!(std::fs::read(data.join("pki/ca.crt")).unwrap(), next);
 }
+
+/// A blob file whose content is not its name stops the migration before the store is copied,
+/// naming the file; once it is dealt with, running the migration again copies everything.
+#[tokio::test]
+async fn a_bad_blob_stops_the_migration_with_the_store_still_empty_and_it_can_run_again() {
+    let server = tokio::task::spawn_blocking(TestPostgres::start)
+        .await
+        .unwrap();
+    let url = server.create_database();
+    let temp = tempfile::tempdir().unwrap();
+    let data = temp.path().join("data");
+    let controller = TestController::start_in(&data, |_| {}).await;
+    let good = publish(&Api::admin(&controller), "kiosk", "1.0.0").await;
+    controller.stop().await;
+    let bad = data.join("blobs/sha256").join("0".repeat(64));
+    std::fs::write(&bad, b"not what the name says").unwrap();
+
+    let settings = PgSettings::new(url.clone());
+    let (from, to) = (data.clone(), settings.clone());
+    let failed = tokio::task::spawn_blocking(move || tc_controller::migrate::migrate(&from, &to))
+        .await
+        .unwrap();
+    let message = failed.unwrap_err().to_string();
+    assert!(message.contains(&bad.display().to_string()), "{message}");
+    assert_eq!(database_holds(&url).await.0, TableCounts::default());
+
+    std::fs::remove_file(&bad).unwrap();
+    let (from, to) = (data.clone(), settings);
+    let migrated = tokio::task::spawn_blocking(move || tc_controller::migrate::migrate(&from, &to))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(migrated.blobs.0, 1);
+    assert_eq!(migrated.store.tables.objects, 1);
+    let store = PgStore::connect(&url).unwrap();
+    assert_eq!(
+        store.blob_size(&good).unwrap(),
+        Some(
+            std::fs::metadata(data.join("blobs/sha256").join(&good))
+                .unwrap()
+                .len()
+        )
+    );
+}

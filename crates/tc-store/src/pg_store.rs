@@ -528,7 +528,9 @@ impl Store for PgStore {
         entries.reverse();
         entries.sort_by(|a, b| a.name.cmp(&b.name));
         entries.dedup_by(|later, earlier| later.name == earlier.name);
-        self.txn("put client status", move |txn| clients::record_statuses(txn, &entries))
+        self.txn("put client status", move |txn| {
+            clients::record_statuses(txn, &entries)
+        })
     }
 
     fn put_clients(&self, mut clients: Vec<FleetClient>) -> Result<Vec<FleetClient>> {

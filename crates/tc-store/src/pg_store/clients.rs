@@ -381,7 +381,10 @@ pub(super) fn record_statuses(
     let (mut status_names, mut statuses) = (Vec::new(), Vec::new());
     let (mut inventory_names, mut inventories) = (Vec::new(), Vec::new());
     let (mut live_names, mut live_at, mut live_loads) = (Vec::new(), Vec::new(), Vec::new());
-    for entry in entries.iter().filter(|entry| existing.contains(&entry.name)) {
+    for entry in entries
+        .iter()
+        .filter(|entry| existing.contains(&entry.name))
+    {
         let (name, status) = (entry.name.as_str(), &entry.status);
         status_names.push(name);
         statuses.push(encode(
@@ -395,7 +398,10 @@ pub(super) fn record_statuses(
         if let Some(at) = status.last_heartbeat {
             live_names.push(name);
             live_at.push(int("heartbeat", at.unix_millis())?);
-            live_loads.push(encode(format_args!("client_liveness/{name}"), &status.load)?);
+            live_loads.push(encode(
+                format_args!("client_liveness/{name}"),
+                &status.load,
+            )?);
         }
     }
     if status_names.is_empty() {
