@@ -124,8 +124,8 @@ async fn accept(listener: Option<&TcpListener>) -> std::io::Result<tokio::net::T
 }
 
 /// Renews the lease every third of its time to live until `stopping`; returns an error saying
-/// who took it when another replica did (the controller then stops), and gives it up on a clean
-/// stop.
+/// who took it when another replica did (the controller then stops). On a clean stop the caller
+/// gives the lease up ([`Leadership::release`]) once its last writes are flushed.
 pub async fn keep(
     leadership: Leadership,
     mut stopping: watch::Receiver<bool>,
