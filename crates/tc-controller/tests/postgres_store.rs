@@ -19,12 +19,18 @@ spec:
   selector: { matchLabels: { site: berlin } }
 ";
 
-#[tokio::test]
-async fn a_controller_keeps_its_state_in_postgresql_where_another_one_finds_it() {
+/// A PostgreSQL server started for the test, and the location of a new database in it.
+async fn database() -> (TestPostgres, StoreLocation) {
     let server = tokio::task::spawn_blocking(TestPostgres::start)
         .await
         .unwrap();
     let location = StoreLocation::Postgres(PgSettings::new(server.create_database()));
+    (server, location)
+}
+
+#[tokio::test]
+async fn a_controller_keeps_its_state_in_postgresql_where_another_one_finds_it() {
+    let (_server, location) = database().await;
 
     let first = TestController::start_with(|config| config.store = location.clone()).await;
     let api = Api::admin(&first);
@@ -64,10 +70,7 @@ async fn a_controller_keeps_its_state_in_postgresql_where_another_one_finds_it()
 
 #[tokio::test]
 async fn a_second_controller_on_the_same_data_directory_is_refused() {
-    let server = tokio::task::spawn_blocking(TestPostgres::start)
-        .await
-        .unwrap();
-    let location = StoreLocation::Postgres(PgSettings::new(server.create_database()));
+    let (_server, location) = database().await;
     let first = TestController::start_with(|config| config.store = location.clone()).await;
     let mut config = tc_controller::Config::new(first.data_dir());
     config.store = location;
@@ -88,10 +91,7 @@ async fn a_second_controller_on_the_same_data_directory_is_refused() {
 /// acknowledged that is not stored), and the controller resumes by itself when it is back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_are_answered_503_while_the_database_is_down_and_resume_after() {
-    let mut server = tokio::task::spawn_blocking(TestPostgres::start)
-        .await
-        .unwrap();
-    let location = StoreLocation::Postgres(PgSettings::new(server.create_database()));
+    let (mut server, location) = database().await;
     let controller = TestController::start_with(|config| config.store = location).await;
     let api = Api::admin(&controller);
     let (status, result) = api.apply(GROUP, "").await;
@@ -228,10 +228,7 @@ async fn check_served(api: &Api, sha: &str, zip: &[u8]) {
 
 #[tokio::test]
 async fn blobs_live_in_postgresql_where_another_controller_serves_them() {
-    let server = tokio::task::spawn_blocking(TestPostgres::start)
-        .await
-        .unwrap();
-    let location = StoreLocation::Postgres(PgSettings::new(server.create_database()));
+    let (_server, location) = database().await;
     let first = TestController::start_with(|config| config.store = location.clone()).await;
     let api = Api::admin(&first);
     // A package of a little more than two chunks.

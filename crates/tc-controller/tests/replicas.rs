@@ -109,30 +109,6 @@ impl Replica {
     }
 }
 
-/// A client trusting the CA the first replica made (`data/pki/ca.crt`), once it exists.
-fn client_trusting(data: &Path) -> reqwest::Client {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let ca = loop {
-        if let Ok(certificates) = tc_trust::read_pem_certificates(&data.join("pki/ca.crt")) {
-            break certificates;
-        }
-        assert!(Instant::now() < deadline, "no CA was created");
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let config = tc_trust::client_config(
-        &tc_trust::Trust::CaCertificates(ca),
-        &[tc_trust::ALPN_HTTP1],
-        None,
-    )
-    .unwrap();
-    reqwest::Client::builder()
-        .no_proxy()
-        .use_preconfigured_tls(config)
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap()
-}
-
 fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap().trim().to_string()
 }
@@ -157,7 +133,7 @@ impl Cluster {
         let url = server.create_database();
         let temp = tempfile::tempdir().unwrap();
         let a = Replica::start(&url, &temp.path().join("a"), "a");
-        let http = client_trusting(&temp.path().join("a"));
+        let http = client_trusting_its_ca(&temp.path().join("a"), Duration::from_secs(10)).await;
         a.wait_ready(&http).await;
         let cluster = Cluster {
             _server: server,

@@ -42,31 +42,6 @@ fn start(data_dir: &std::path::Path, port: u16) -> Process {
     Process { child }
 }
 
-/// Waits until the controller has made its CA (`data/pki/ca.crt`) and returns a client that
-/// trusts exactly that CA, with `timeout`.
-async fn client_trusting_its_ca(data: &std::path::Path, timeout: Duration) -> reqwest::Client {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let ca = loop {
-        if let Ok(certificates) = tc_trust::read_pem_certificates(&data.join("pki/ca.crt")) {
-            break certificates;
-        }
-        assert!(std::time::Instant::now() < deadline, "no CA was created");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    let config = tc_trust::client_config(
-        &tc_trust::Trust::CaCertificates(ca),
-        &[tc_trust::ALPN_HTTP1],
-        None,
-    )
-    .unwrap();
-    reqwest::Client::builder()
-        .no_proxy()
-        .use_preconfigured_tls(config)
-        .timeout(timeout)
-        .build()
-        .unwrap()
-}
-
 async fn wait_ready(http: &reqwest::Client, base: &str) {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {

@@ -444,3 +444,28 @@ pub fn copy_shared_files(from: &std::path::Path, to: &std::path::Path) {
         std::fs::copy(from.join("pki").join(file), to.join("pki").join(file)).unwrap();
     }
 }
+
+/// Waits until the controller has made its CA (`data/pki/ca.crt`) and returns a client that
+/// trusts exactly that CA, with `timeout`.
+pub async fn client_trusting_its_ca(data: &std::path::Path, timeout: Duration) -> reqwest::Client {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let ca = loop {
+        if let Ok(certificates) = tc_trust::read_pem_certificates(&data.join("pki/ca.crt")) {
+            break certificates;
+        }
+        assert!(std::time::Instant::now() < deadline, "no CA was created");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let config = tc_trust::client_config(
+        &tc_trust::Trust::CaCertificates(ca),
+        &[tc_trust::ALPN_HTTP1],
+        None,
+    )
+    .unwrap();
+    reqwest::Client::builder()
+        .no_proxy()
+        .use_preconfigured_tls(config)
+        .timeout(timeout)
+        .build()
+        .unwrap()
+}

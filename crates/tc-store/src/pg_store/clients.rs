@@ -209,12 +209,7 @@ fn advance_liveness(
     }
 }
 
-pub(super) fn write_liveness(
-    txn: &mut Transaction<'_>,
-    name: &str,
-    at: Timestamp,
-    load: &Load,
-) -> Result<()> {
+fn write_liveness(txn: &mut Transaction<'_>, name: &str, at: Timestamp, load: &Load) -> Result<()> {
     let text = encode(format_args!("client_liveness/{name}"), load)?;
     txn.execute(
         "INSERT INTO client_liveness (name, last_heartbeat_millis, load) VALUES ($1, $2, $3)
