@@ -117,8 +117,15 @@ impl ServedCache {
     /// What `client` is served for what it is assigned now (`status.desired` at
     /// `status.desiredRevision`). A package whose release is gone from the catalog keeps the
     /// details the client was served it with, so that deleting a release never makes agents
-    /// remove a package (such a list is the client's own).
-    pub fn served(&mut self, client: &ClientRuntime, catalog: &ReleaseCatalog) -> Served {
+    /// remove a package (such a list is the client's own). `activation` is what its groups'
+    /// windows make it now: it is served with the new revision, never put into the served state
+    /// in place, so that no agent sees a new activation at a revision it already has.
+    pub fn served(
+        &mut self,
+        client: &ClientRuntime,
+        catalog: &ReleaseCatalog,
+        activation: Option<Arc<tc_proto::activation::Activation>>,
+    ) -> Served {
         let assigned: &[AssignedPackage] = &client.status.desired;
         let revision = client.status.desired_revision;
         let previous = &client.served;
@@ -128,7 +135,7 @@ impl ServedCache {
                 revision,
                 packages: packages.clone(),
                 decommission,
-                activation: previous.activation.clone(),
+                activation,
             };
         }
         let mut complete = true;
@@ -169,7 +176,7 @@ impl ServedCache {
             revision,
             packages,
             decommission,
-            activation: previous.activation.clone(),
+            activation,
         }
     }
 }
@@ -924,14 +931,15 @@ fn compute(
             (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
             _ => false,
         };
-        if !same {
-            state.served.activation = activation.clone();
-            if state.admission == Admission::Active {
-                state.status.desired_revision += 1;
-                let served = cache.served(state, catalog);
-                outcome.changes.push(Change::new(slot, Some(served)));
-                phase_changed = false;
-            }
+        // Served with the new revision once it is committed; until then waiting agents keep
+        // the served state they have (its revision and activation together).
+        let mut published_later = false;
+        if !same && state.admission == Admission::Active {
+            state.status.desired_revision += 1;
+            let served = cache.served(state, catalog, activation.clone());
+            outcome.changes.push(Change::new(slot, Some(served)));
+            phase_changed = false;
+            published_later = true;
         }
         let retried = !retrying.is_empty()
             && retry_failed(
@@ -945,7 +953,7 @@ fn compute(
                 now,
             );
         if retried {
-            let served = cache.served(state, catalog);
+            let served = cache.served(state, catalog, activation.clone());
             outcome.changes.push(Change::new(slot, Some(served)));
         }
 
@@ -1044,7 +1052,10 @@ fn compute(
         }
         // Keep the served state in line with the catalog (at start-up, after a release changed),
         // sharing one package list among clients with the same assignment.
-        let served = cache.served(state, catalog);
+        if published_later {
+            continue;
+        }
+        let served = cache.served(state, catalog, state.served.activation.clone());
         if !Arc::ptr_eq(&served.packages, &state.served.packages) {
             let moved = served.revision != state.served.revision;
             state.served = served;
@@ -1162,7 +1173,7 @@ fn compute(
                 &desire.desire,
                 &new_health,
             );
-            let served = cache.served(&state, catalog);
+            let served = cache.served(&state, catalog, activations[client.membership].clone());
             outcome
                 .changes
                 .push(Change::new(&client.slot, Some(served)));
@@ -1208,7 +1219,7 @@ pub fn initial_desired(controller: &Controller, store: &dyn Store) -> tc_store::
     let mut cache = ServedCache::default().for_releases(&releases);
     for slot in controller.fleet.slots() {
         let mut state = slot.state.lock().expect("client lock");
-        let served = cache.served(&state, &catalog);
+        let served = cache.served(&state, &catalog, state.served.activation.clone());
         slot.revision.send_replace(served.revision);
         state.served = served;
     }
@@ -1288,6 +1299,49 @@ mod tests {
             pauses: BTreeMap::new(),
             plans: vec![],
         }
+    }
+
+    #[test]
+    fn a_new_activation_is_served_only_with_the_revision_that_carries_it() {
+        let fleet = Fleet::default();
+        let now = Timestamp::from_unix_millis(1_000_000_000);
+        fleet.insert(&client("a", "x", Some(now)));
+        let groups = [group("all", "", &[])];
+        let catalog = ReleaseCatalog::new(&[]);
+        let slots = fleet.slots();
+        let before = slots[0].state.lock().unwrap().served.clone();
+        let activation = Arc::new(tc_proto::activation::Activation {
+            now: true,
+            ..Default::default()
+        });
+        let mut context = context(now, Timestamp::from_unix_millis(0));
+        context.plans = vec![crate::progressive::GroupPlan {
+            steps: vec![],
+            step: 0,
+            targets: BTreeMap::new(),
+            failure_threshold: None,
+            activation: Some(activation.clone()),
+            priority: 0,
+        }];
+        let outcome = compute(
+            &groups,
+            &catalog,
+            &slots,
+            &context,
+            &[],
+            &mut Default::default(),
+        );
+        // The pass's change carries the activation at a new revision, to be published once the
+        // revision is committed.
+        assert_eq!(outcome.changes.len(), 1);
+        let published = outcome.changes[0].publish.clone().expect("served later");
+        assert_eq!(published.revision, before.revision + 1);
+        assert_eq!(published.activation.as_deref(), Some(&*activation));
+        // Until then a waiting agent is answered what it had: the old revision with the old
+        // activation, never the new activation at the old revision.
+        let live = slots[0].state.lock().unwrap().served.clone();
+        assert_eq!(live, before);
+        assert_eq!(slots[0].revision.get(), before.revision);
     }
 
     #[test]
