@@ -24,8 +24,8 @@ use tc_proto::Load;
 
 pub use copy::{CopyReport, Counters, TableCounts, TaskLogs, TaskRecord, copy_redb_to_pg};
 pub use pg_store::{
-    BLOB_CHUNK_BYTES, BlobError, BlobPut, DEFAULT_CONNECTIONS, ImportSink, LeaseState, PgSettings,
-    PgStore,
+    BLOB_CHUNK_BYTES, BlobError, BlobPut, Change, ChangeListener, ChangesPage, DEFAULT_CONNECTIONS,
+    ImportSink, LeaseState, PgSettings, PgStore,
 };
 pub use redb_store::{DEFAULT_EVENT_CAPACITY, PUBLIC_KEY_KIND, RedbStore};
 

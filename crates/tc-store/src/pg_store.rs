@@ -11,9 +11,14 @@
 //! lock their counter's row in `meta` first, so that they are ordered as the redb store's single
 //! writer orders them: versions handed out in commit order, a batch's reads and checks made
 //! against the latest committed state.
+//!
+//! Writes of clients, objects and settings also record what they changed in a change feed
+//! ([`changes`]), in the same transaction, so that replicas sharing the database can follow each
+//! other's writes ([`PgStore::changes_after`], [`PgStore::listen`]).
 
 mod audit;
 mod blobs;
+mod changes;
 mod clients;
 mod import;
 mod lease;
@@ -21,6 +26,7 @@ mod migrate;
 mod pool;
 
 pub use blobs::{BLOB_CHUNK_BYTES, BlobError, BlobPut};
+pub use changes::{Change, ChangeListener, ChangesPage};
 pub use lease::LeaseState;
 
 use std::str::FromStr;
@@ -52,6 +58,8 @@ pub struct PgStore {
     lease_pool: pool::Pool,
     fence: std::sync::RwLock<Option<lease::Fence>>,
     event_capacity: usize,
+    /// How the pool connects (password included), for listeners' connections of their own.
+    config: Config,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -194,7 +202,7 @@ impl PgStore {
         config.application_name("thinfleet");
         let pool = pool::Pool::start(config.clone(), settings.connections.max(1))?;
         // Connects at its first use only: a controller that never takes the lease never opens it.
-        let lease_pool = pool::Pool::start(config, 1)?;
+        let lease_pool = pool::Pool::start(config.clone(), 1)?;
         // The first job connects: a wrong URL or a server that does not answer fails here.
         pool.run("migrate", |client| migrate::migrate(client).map(drop))?;
         Ok(PgStore {
@@ -202,6 +210,7 @@ impl PgStore {
             lease_pool,
             fence: std::sync::RwLock::new(None),
             event_capacity: settings.event_capacity.max(1),
+            config,
         })
     }
 
@@ -250,6 +259,7 @@ impl PgStore {
         let start = lock_counter(txn, "revision")?;
         let mut revision = start;
         let mut outcomes = Vec::with_capacity(writes.len());
+        let mut changed = Vec::new();
         for write in writes {
             let (kind, name) = match &write {
                 Write::Apply { object, .. } | Write::Status { object } => {
@@ -284,6 +294,7 @@ impl PgStore {
                         &[&kind.as_str(), &name, &text],
                     )
                     .map_err(db(format_args!("write {kind}/{name}")))?;
+                    changed.push(format!("{kind}/{name}"));
                 }
                 WriteOutcome::Deleted(_) => {
                     revision = next;
@@ -292,6 +303,7 @@ impl PgStore {
                         &[&kind.as_str(), &name],
                     )
                     .map_err(db(format_args!("delete {kind}/{name}")))?;
+                    changed.push(format!("{kind}/{name}"));
                 }
                 WriteOutcome::Unchanged(_) | WriteOutcome::Missing => {}
             }
@@ -300,6 +312,7 @@ impl PgStore {
         if revision != start {
             set_counter(txn, "revision", revision)?;
         }
+        changes::record(txn, changes::OBJECT, &changed)?;
         Ok(outcomes)
     }
 
@@ -636,7 +649,7 @@ impl Store for PgStore {
         let key = key.to_string();
         let value = value.map(str::to_string);
         self.txn("put setting", move |txn| {
-            match value {
+            let written = match value {
                 Some(value) => txn.execute(
                     "INSERT INTO settings (key, value) VALUES ($1, $2)
                      ON CONFLICT (key) DO UPDATE SET value = excluded.value",
@@ -645,6 +658,9 @@ impl Store for PgStore {
                 None => txn.execute("DELETE FROM settings WHERE key = $1", &[&key]),
             }
             .map_err(db(format_args!("write setting {key}")))?;
+            if written > 0 {
+                changes::record(txn, changes::SETTING, &[&key])?;
+            }
             Ok(())
         })
     }

@@ -17,19 +17,19 @@ fn migrations_are_applied_once_and_recorded() {
             &url,
             "SELECT version, name FROM schema_migrations ORDER BY version"
         ),
-        "1|initial\n2|blobs\n3|leader"
+        "1|initial\n2|blobs\n3|leader\n4|changes"
     );
     // Opening again applies nothing and keeps the data.
     let store = PgStore::connect(&url).unwrap();
     assert_eq!(store.get_setting("k").unwrap().as_deref(), Some("v"));
     assert_eq!(
         server.psql(&url, "SELECT count(*) FROM schema_migrations"),
-        "3"
+        "4"
     );
 }
 
 /// A database of the first schema (a controller of before the blobs) gets the later tables at
-/// open, its data untouched.
+/// open (blobs, the lease, the change feed), its data untouched.
 #[test]
 fn a_database_of_the_first_schema_gets_the_blob_tables() {
     let server = TestPostgres::start();
@@ -49,8 +49,15 @@ fn a_database_of_the_first_schema_gets_the_blob_tables() {
     assert_eq!(store.blob_size(&"a".repeat(64)).unwrap(), None);
     assert_eq!(
         server.psql(&url, "SELECT max(version) FROM schema_migrations"),
-        "3"
+        "4"
     );
+    // The change feed starts empty and records the writes after the upgrade.
+    assert_eq!(store.latest_change().unwrap(), 0);
+    store.put_setting("k", Some("w")).unwrap();
+    let page = store.changes_after(0, 10).unwrap();
+    assert!(page.complete);
+    assert_eq!(page.changes.len(), 1);
+    assert_eq!(page.changes[0].name, "k");
 }
 
 #[test]

@@ -9,7 +9,7 @@ use postgres::fallible_iterator::FallibleIterator;
 use tc_api::{Client, ClientStatus, Inventory, Timestamp};
 use tc_proto::Load;
 
-use super::{db, encode, int, lock_counter, set_counter, uint};
+use super::{changes, db, encode, int, lock_counter, set_counter, uint};
 use crate::redb_store::{ClientObject, Live, StatusRecord, assemble, set_liveness};
 use crate::write_path::{decode, new_uid};
 use crate::{PUBLIC_KEY_KIND, Result, StoreError};
@@ -282,6 +282,8 @@ pub(super) fn create(
     if revision != start {
         set_counter(txn, "revision", revision)?;
     }
+    let names: Vec<&str> = created.iter().map(|c| c.metadata.name.as_str()).collect();
+    changes::record(txn, changes::CLIENT, &names)?;
     Ok(created)
 }
 
@@ -342,6 +344,8 @@ pub(super) fn put(txn: &mut Transaction<'_>, clients: Vec<Client>) -> Result<Vec
     if revision != start {
         set_counter(txn, "revision", revision)?;
     }
+    let names: Vec<&str> = result.iter().map(|c| c.metadata.name.as_str()).collect();
+    changes::record(txn, changes::CLIENT, &names)?;
     Ok(result)
 }
 
@@ -355,6 +359,7 @@ pub(super) fn delete(txn: &mut Transaction<'_>, name: &str) -> Result<Option<Cli
         .map_err(db(format_args!("delete clients/{name}")))?;
     clear_parts(txn, name)?;
     set_counter(txn, "revision", revision.saturating_add(1))?;
+    changes::record(txn, changes::CLIENT, &[name])?;
     Ok(Some(client))
 }
 
@@ -430,6 +435,7 @@ pub(super) fn record_statuses(
         )
         .map_err(db("write client_liveness"))?;
     }
+    changes::record(txn, changes::CLIENT, &status_names)?;
     Ok(status_names.len())
 }
 

@@ -5,7 +5,9 @@
 //! is one `UPDATE` that succeeds only when the row is free, expired or already the caller's, with
 //! times from the server's clock alone (replicas' clocks never compare). The epoch grows by one
 //! each time the holder changes. The lease's queries run on a connection of their own, so that a
-//! renewal never waits behind the store's other work.
+//! renewal never waits behind the store's other work. The holder may record the URL it serves at
+//! with the lease ([`PgStore::acquire_lease_serving`]), for the others to find
+//! ([`PgStore::leader`]).
 //!
 //! Fencing: once [`PgStore::fence`] is called, every transaction that wrote anything checks,
 //! just before its commit, that the row still names this holder at this epoch, reading it
@@ -56,23 +58,38 @@ impl PgStore {
     /// Takes the leader lease for `holder` for `ttl`, or renews it when `holder` has it already.
     /// It is taken only when nobody holds it or its holder's lease expired. A holder renewing
     /// keeps its epoch, even after its lease expired, as long as nobody else took it meanwhile.
+    /// The URL recorded with the lease is cleared (see [`PgStore::acquire_lease_serving`]).
     pub fn acquire_lease(&self, holder: &str, ttl: Duration) -> Result<LeaseState> {
+        self.acquire_lease_serving(holder, None, ttl)
+    }
+
+    /// Takes or renews the leader lease as [`PgStore::acquire_lease`] does, and when the caller
+    /// then holds it, records `url` as where it serves (`None`: unknown), for the other replicas
+    /// to find with [`PgStore::leader`].
+    pub fn acquire_lease_serving(
+        &self,
+        holder: &str,
+        url: Option<&str>,
+        ttl: Duration,
+    ) -> Result<LeaseState> {
         if holder.is_empty() {
             return Err(StoreError::Database(
                 "a lease holder needs a name".to_string(),
             ));
         }
         let (holder, ttl) = (holder.to_string(), millis(ttl));
+        let url = url.map(str::to_string);
         self.lease_pool.run("take the leader lease", move |client| {
             let taken = client
                 .query_opt(
                     "UPDATE leader SET
                          epoch = CASE WHEN holder = $1 THEN epoch ELSE epoch + 1 END,
                          holder = $1,
-                         expires_at = now() + $2::bigint * interval '1 millisecond'
+                         expires_at = now() + $2::bigint * interval '1 millisecond',
+                         url = $3
                      WHERE id = 1 AND (holder = $1 OR expires_at <= now())
                      RETURNING epoch",
-                    &[&holder, &ttl],
+                    &[&holder, &ttl, &url],
                 )
                 .map_err(db("take the leader lease"))?;
             if let Some(row) = taken {
@@ -96,19 +113,36 @@ impl PgStore {
     }
 
     /// Gives the lease up when `holder` has it, so that another replica can take it at once (a
-    /// controller stopping cleanly). Its epoch is kept: the next holder's is one more.
+    /// controller stopping cleanly), and clears the URL it recorded. Its epoch is kept: the next
+    /// holder's is one more.
     pub fn release_lease(&self, holder: &str) -> Result<()> {
         let holder = holder.to_string();
         self.lease_pool
             .run("give the leader lease up", move |client| {
                 client
                     .execute(
-                        "UPDATE leader SET expires_at = '-infinity' WHERE id = 1 AND holder = $1",
+                        "UPDATE leader SET expires_at = '-infinity', url = NULL
+                         WHERE id = 1 AND holder = $1",
                         &[&holder],
                     )
                     .map_err(db("give the leader lease up"))?;
                 Ok(())
             })
+    }
+
+    /// Who holds the leader lease, with the URL it recorded (see
+    /// [`PgStore::acquire_lease_serving`]); `None` when nobody holds an unexpired lease.
+    pub fn leader(&self) -> Result<Option<(String, Option<String>)>> {
+        self.txn("read the leader lease", |txn| {
+            let row = txn
+                .query_opt(
+                    "SELECT holder, url FROM leader
+                     WHERE id = 1 AND holder <> '' AND expires_at > now()",
+                    &[],
+                )
+                .map_err(db("read the leader lease"))?;
+            Ok(row.map(|row| (row.get(0), row.get(1))))
+        })
     }
 
     /// From now on, every transaction of this store that writes commits only while `holder`

@@ -31,6 +31,11 @@ pub(super) const MIGRATIONS: &[Migration] = &[
         name: "leader",
         sql: include_str!("migrations/0003_leader.sql"),
     },
+    Migration {
+        version: 4,
+        name: "changes",
+        sql: include_str!("migrations/0004_changes.sql"),
+    },
 ];
 
 /// An arbitrary constant identifying the store's migration lock among advisory locks.
