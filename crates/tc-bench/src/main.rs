@@ -31,6 +31,10 @@ struct Cli {
     /// instead of the embedded redb store.
     #[arg(long, global = true)]
     postgres: bool,
+    /// With --postgres: run this many controller replicas on the database; `push` and `fleet`
+    /// spread their agents over all of them (the first leads, the others follow).
+    #[arg(long, global = true, default_value_t = 1, value_name = "N")]
+    replicas: usize,
     #[command(subcommand)]
     command: Command,
 }
@@ -283,7 +287,12 @@ pub enum TransportArg {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if cli.replicas == 0 || (cli.replicas > 1 && !cli.postgres) {
+        eprintln!("tc-bench: --replicas above 1 needs --postgres (replicas share a database)");
+        std::process::exit(2);
+    }
     scenarios::use_postgres(cli.postgres);
+    scenarios::use_replicas(cli.replicas);
     let result = match cli.command {
         Command::ServeController(args) => servers::serve_controller(args),
         Command::ServeBare(args) => servers::serve_bare(args),

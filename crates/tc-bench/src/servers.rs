@@ -213,7 +213,7 @@ pub fn serve_bare(args: BareArgs) -> Result<(), String> {
         let counters = tc_controller::server::ConnectionMetrics::register(&mut registry);
         println!("LISTENING {addr}");
         tc_controller::server::run(
-            listener,
+            &listener,
             app,
             Some(tls.config.clone()),
             limits,

@@ -657,9 +657,22 @@ pub async fn serve_blob(
     method: &axum::http::Method,
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
+    answer_blob(&controller.blobs, sha256, method, headers, |length| {
+        controller.metrics.blob_bytes_served.inc_by(length);
+    })
+    .await
+}
+
+/// [`serve_blob`] from `blobs`, calling `served` with the number of bytes a body sends.
+pub async fn answer_blob(
+    blobs: &crate::blobs::BlobStore,
+    sha256: &str,
+    method: &axum::http::Method,
+    headers: &HeaderMap,
+    served: impl FnOnce(u64),
+) -> Result<Response, ApiError> {
     let sha256 = sha256.to_string();
-    let size = controller
-        .blobs
+    let size = blobs
         .try_stat(&sha256)
         .await
         .map_err(ApiError::internal)?
@@ -707,12 +720,11 @@ pub async fn serve_blob(
     if *method == axum::http::Method::HEAD {
         return Ok(response.body(Body::empty()).expect("valid response"));
     }
-    let body = controller
-        .blobs
+    let body = blobs
         .body(&sha256, start, length)
         .await
         .map_err(ApiError::internal)?;
-    controller.metrics.blob_bytes_served.inc_by(length);
+    served(length);
     Ok(response.body(body).expect("valid response"))
 }
 

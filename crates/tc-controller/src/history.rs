@@ -107,10 +107,12 @@ impl Controller {
         let online = slot.state.lock().expect("client lock").status.phase == ClientPhase::Online;
         if online && wait.is_zero() {
             slot.request_history();
+            self.announce_wakes(vec![name.to_string()]);
         } else if online {
             // Registered before asking, so that an answer cannot come before the wait.
             let arrived = self.history_waiters.register(&slot.name);
             slot.request_history();
+            self.announce_wakes(vec![name.to_string()]);
             if let Ok(Ok(stored)) = tokio::time::timeout(wait, arrived).await {
                 return Ok(ClientHistory::new(
                     name,

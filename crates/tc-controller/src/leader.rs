@@ -1,15 +1,16 @@
-//! Leadership of controller replicas on one PostgreSQL database: exactly one replica serves at a
-//! time (the leader); the others wait on standby and take over when its lease expires.
+//! Leadership of controller replicas on one PostgreSQL database: exactly one replica leads (it
+//! runs the reconcile pass, the task loop and the watched directory, and alone writes); the
+//! others follow and serve (see [`crate::follower`]) and take over when its lease expires.
 //!
-//! A replica waits for the lease before it reads any state ([`wait`]), so it starts from what the
-//! previous leader committed; from then on its store is fenced (`PgStore::fence`): a write
-//! committed after another replica took the lease over is impossible. While waiting it accepts
-//! connections and closes them at once, so that load balancers, health checks and agents go to
-//! the leader instead of waiting. The leader renews its lease every third of its time to live
-//! ([`keep`]); when it finds the lease taken by another replica it stops, and its supervisor
-//! (systemd, Kubernetes) starts it again, on standby. A database that cannot be reached is not a
-//! loss of the lease: writes fail (503) and renewing goes on until the database is back. A leader
-//! stopping cleanly gives the lease up, so a standby takes over at once.
+//! A replica takes the lease before it opens as the leader ([`wait`]), so it starts from what
+//! the previous leader committed; from then on its store is fenced (`PgStore::fence`): a write
+//! committed after another replica took the lease over is impossible. The lease row also records
+//! where the leader serves (`--advertise-url`), for the followers to forward to. The leader
+//! renews its lease every third of its time to live ([`keep`]); when it finds the lease taken by
+//! another replica it stops, and its supervisor (systemd, Kubernetes) starts it again, as a
+//! follower. A database that cannot be reached is not a loss of the lease: writes fail (503) and
+//! renewing goes on until the database is back. A leader stopping cleanly gives the lease up, so
+//! a follower takes over at once.
 //!
 //! The replicas must share the files of the data directory that the database does not hold (the
 //! CA, the session key, the admin and bootstrap tokens): [`check_shared_files`] records their
@@ -54,13 +55,21 @@ pub struct Leadership {
     pub holder: String,
     /// The epoch it took the lease at.
     pub epoch: u64,
+    /// Where it serves, for the followers (recorded with the lease).
+    pub url: Option<String>,
 }
 
-async fn acquire(store: &Arc<PgStore>, holder: &str) -> Result<LeaseState, tc_store::StoreError> {
-    let (store, holder) = (store.clone(), holder.to_string());
-    tokio::task::spawn_blocking(move || store.acquire_lease(&holder, LEASE_TTL))
-        .await
-        .map_err(|e| tc_store::StoreError::Database(format!("take the leader lease: {e}")))?
+async fn acquire(
+    store: &Arc<PgStore>,
+    holder: &str,
+    url: Option<&str>,
+) -> Result<LeaseState, tc_store::StoreError> {
+    let (store, holder, url) = (store.clone(), holder.to_string(), url.map(str::to_string));
+    tokio::task::spawn_blocking(move || {
+        store.acquire_lease_serving(&holder, url.as_deref(), LEASE_TTL)
+    })
+    .await
+    .map_err(|e| tc_store::StoreError::Database(format!("take the leader lease: {e}")))?
 }
 
 /// Waits until this replica holds the lease, closing the connections `listener` accepts
@@ -68,12 +77,13 @@ async fn acquire(store: &Arc<PgStore>, holder: &str) -> Result<LeaseState, tc_st
 pub async fn wait(
     store: Arc<PgStore>,
     holder: String,
+    url: Option<String>,
     listener: Option<&TcpListener>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<Option<Leadership>, ServeError> {
     let mut announced = None::<String>;
     loop {
-        match acquire(&store, &holder).await {
+        match acquire(&store, &holder, url.as_deref()).await {
             Ok(LeaseState::Held { epoch }) => {
                 store.fence(&holder, epoch);
                 tracing::info!(replica = %holder, epoch, "took the leader lease: this replica serves");
@@ -81,6 +91,7 @@ pub async fn wait(
                     store,
                     holder,
                     epoch,
+                    url,
                 }));
             }
             Ok(LeaseState::HeldBy {
@@ -141,7 +152,13 @@ pub async fn keep(
                 continue;
             }
         }
-        match acquire(&leadership.store, &leadership.holder).await {
+        match acquire(
+            &leadership.store,
+            &leadership.holder,
+            leadership.url.as_deref(),
+        )
+        .await
+        {
             Ok(LeaseState::Held { epoch }) if epoch == leadership.epoch => {}
             Ok(LeaseState::Held { epoch }) => {
                 return Err(format!(
@@ -163,6 +180,11 @@ pub async fn keep(
 }
 
 impl Leadership {
+    /// The store this replica leads (for the change feed's upkeep and announcements).
+    pub fn store(&self) -> &Arc<PgStore> {
+        &self.store
+    }
+
     /// Gives the lease up (a clean stop), so that a standby takes over without waiting.
     pub async fn release(&self) {
         let (store, holder) = (self.store.clone(), self.holder.clone());

@@ -16,6 +16,7 @@ pub mod demo;
 pub mod enroll;
 pub mod error;
 pub mod fleet;
+pub mod follower;
 pub mod history;
 pub mod leader;
 pub mod metrics;
@@ -143,6 +144,9 @@ pub struct Config {
     /// This replica's name in the leader lease (a PostgreSQL store), the host's name unless set;
     /// a random part is added at every start.
     pub replica_name: Option<String>,
+    /// The URL the other replicas reach this one at (a PostgreSQL store): followers forward to
+    /// the leader there. By default the address it listens on, unless that is 0.0.0.0 or ::.
+    pub advertise_url: Option<String>,
 }
 
 impl Config {
@@ -185,6 +189,7 @@ impl Config {
             console_session_lifetime: Duration::from_secs(12 * 3600),
             console_sign_in_code: None,
             replica_name: None,
+            advertise_url: None,
         }
     }
 
@@ -336,6 +341,24 @@ impl Controller {
             Some(next) => format!("{current},{next}"),
             None => current,
         })
+    }
+
+    /// Wakes the long-polls of these clients on the other replicas (a task order or a load
+    /// history wanted of them): a `wake` change in the feed the followers read. Nothing with
+    /// one replica.
+    pub fn announce_wakes(&self, names: Vec<String>) {
+        let Some(leadership) = &self.leadership else {
+            return;
+        };
+        if names.is_empty() {
+            return;
+        }
+        let store = leadership.store().clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(error) = store.announce("wake", &names) {
+                tracing::warn!(%error, "cannot wake the clients' long-polls on the other replicas");
+            }
+        });
     }
 
     /// Stores events; failures are logged (events never fail a request).
@@ -512,6 +535,10 @@ pub fn router(controller: Arc<Controller>) -> Router {
         .fallback(api::not_found)
         .layer(DefaultBodyLimit::max(max_apply))
         .layer(axum::middleware::from_fn(error::json_errors))
+        .layer(axum::middleware::from_fn_with_state(
+            controller.clone(),
+            follower::trust_forwarded,
+        ))
         .with_state(controller)
 }
 
@@ -530,6 +557,17 @@ pub async fn open_on(
     config: Config,
     shutdown: tokio::sync::watch::Receiver<bool>,
     listener: Option<&TcpListener>,
+) -> Result<(Arc<Controller>, TokenFiles), ServeError> {
+    let holder = leader::holder_name(config.replica_name.as_deref());
+    open_as(config, shutdown, listener, holder).await
+}
+
+/// [`open_on`] as `holder` in the leader lease.
+async fn open_as(
+    config: Config,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+    listener: Option<&TcpListener>,
+    holder: String,
 ) -> Result<(Arc<Controller>, TokenFiles), ServeError> {
     let io = |path: &std::path::Path| {
         let path = path.display().to_string();
@@ -573,9 +611,9 @@ pub async fn open_on(
             );
             // Nothing is read before this replica leads: it starts from what the previous
             // leader committed.
-            let holder = leader::holder_name(config.replica_name.as_deref());
+            let url = config.advertise_url.clone();
             let Some(lease) =
-                leader::wait(opened.clone(), holder, listener, shutdown.clone()).await?
+                leader::wait(opened.clone(), holder, url, listener, shutdown.clone()).await?
             else {
                 return Err(ServeError::Stopped);
             };
@@ -731,12 +769,30 @@ pub async fn serve_with(
     if demo_mode && config.console_sign_in_code.is_none() {
         config.console_sign_in_code = Some(tokens::generate());
     }
+    config.advertise_url = follower::advertised_url(&config, addr);
+    if let (TlsMode::Generated { extra_names }, Some(url)) =
+        (&mut config.tls, &config.advertise_url)
+        && let Some(host) = reqwest::Url::parse(url).ok().and_then(|url| {
+            url.host_str()
+                .map(|h| h.trim_matches(['[', ']']).to_string())
+        })
+        && !extra_names.contains(&host)
+    {
+        // The followers reach the leader by this name.
+        extra_names.push(host);
+    }
     let (stop, stopping) = tokio::sync::watch::channel(false);
     let mut shutdown = Box::pin(shutdown);
-    // On standby (a PostgreSQL store whose lease another replica holds) until the lease is ours,
+    let holder = leader::holder_name(config.replica_name.as_deref());
+    // A follower (a PostgreSQL store whose lease another replica holds) until the lease is ours,
     // or asked to stop.
+    let url = config.advertise_url.clone();
+    match follower::follow_until_leading(&listener, &config, &holder, url, &mut shutdown).await? {
+        follower::Ended::Leading => {}
+        follower::Ended::Stopped => return Ok(()),
+    }
     let opened = tokio::select! {
-        opened = open_on(config, stopping.clone(), Some(&listener)) => opened,
+        opened = open_as(config, stopping.clone(), Some(&listener), holder) => opened,
         () = &mut shutdown => return Ok(()),
     };
     let (controller, token_files) = match opened {
@@ -818,6 +874,12 @@ pub async fn serve_with(
         tokio::spawn(audit::run_retention(controller.clone(), stopping.clone())),
         tokio::spawn(tasks::run_loop(controller.clone())),
     ];
+    if let Some(leadership) = &controller.leadership {
+        tasks.push(tokio::spawn(prune_changes(
+            leadership.store().clone(),
+            stopping.clone(),
+        )));
+    }
     if demo_agents.is_some() {
         tasks.push(tokio::spawn(demo::print_events(
             controller.clone(),
@@ -845,7 +907,7 @@ pub async fn serve_with(
     let closing = controller.clone();
     // The accept loop gives handlers the peer's address (the enrolment rate limit per source).
     server::run(
-        listener,
+        &listener,
         app,
         controller.tls.as_ref().map(|tls| tls.config.clone()),
         controller.config.limits(),
@@ -887,6 +949,26 @@ pub async fn serve_with(
             Ok(())
         }
         (None, None) => Ok(()),
+    }
+}
+
+/// Deletes the changes of the feed older than the followers need, every minute.
+async fn prune_changes(
+    store: Arc<tc_store::PgStore>,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(60)) => {}
+            _ = stopping.changed() => return,
+        }
+        let store = store.clone();
+        match tokio::task::spawn_blocking(move || store.prune_changes(follower::CHANGES_KEPT)).await
+        {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "cannot prune the change feed"),
+            Err(error) => tracing::warn!(%error, "cannot prune the change feed"),
+        }
     }
 }
 

@@ -117,6 +117,11 @@ struct Args {
     /// on Kubernetes, the pod's name).
     #[arg(long, value_name = "NAME", env = "TC_CONTROLLER_REPLICA_NAME")]
     replica_name: Option<String>,
+    /// With a PostgreSQL store: the URL the other replicas reach this one at (the followers
+    /// forward to the leader there), e.g. https://10.0.3.7:8443; by default the address it
+    /// listens on, unless that is 0.0.0.0 or ::. Its host is added to the generated certificate.
+    #[arg(long, value_name = "URL", env = "TC_CONTROLLER_ADVERTISE_URL")]
+    advertise_url: Option<String>,
     /// Also start three real tc-agent processes (throwaway state, different labels) and print the
     /// fleet's events: a fleet converging on one machine.
     #[arg(long)]
@@ -165,6 +170,7 @@ fn main() -> ExitCode {
             }
         };
         config.replica_name = args.replica_name.clone();
+        config.advertise_url = args.advertise_url.clone();
         config.manifests_dir = (!args.no_manifests).then(|| args.manifests.clone());
         config.public_blobs = args.public_blobs;
         config.resync_interval = std::time::Duration::from_secs(args.resync_seconds.max(1));

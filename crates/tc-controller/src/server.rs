@@ -58,7 +58,7 @@ pub struct Limits {
 /// Serves `app` on `listener` (over TLS when `tls` is given) until `shutdown` completes, then
 /// shuts every connection down gracefully and returns when they are all closed.
 pub async fn run(
-    listener: TcpListener,
+    listener: &TcpListener,
     app: Router,
     tls: Option<Arc<rustls::ServerConfig>>,
     limits: Limits,
@@ -105,7 +105,6 @@ pub async fn run(
         let acceptor = acceptor.clone();
         tracker.spawn(connection.serve(stream, acceptor));
     }
-    drop(listener);
     let _ = close_tx.send(true);
     tracker.close();
     tracker.wait().await;

@@ -142,7 +142,13 @@ fn the_replicas_manifests_run_three_replicas_on_postgresql_with_a_disruption_bud
     let env = container["env"].as_array().unwrap();
     assert!(env.iter().any(|e| e["name"] == "TC_CONTROLLER_REPLICA_NAME"
         && e["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"));
-    // Ready means leading; no liveness probe would restart the standbys.
+    // The followers forward to the leader at its pod address, which its certificate names.
+    let advertised = flag("--advertise-url");
+    assert!(advertised.contains("$(POD_IP)"), "{advertised}");
+    assert!(env.iter().any(
+        |e| e["name"] == "POD_IP" && e["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+    ));
+    // Ready means serving (leading, or following a known leader); no liveness probe.
     assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
     assert!(container["livenessProbe"].is_null());
     // The shared files reach the data directory where the controller looks for them.
@@ -177,7 +183,12 @@ fn the_two_host_systemd_drop_in_runs_the_unit_on_postgresql() {
         .map(String::from)
         .collect();
     assert_controller_accepts(&args, "replicas/postgres.conf");
-    for flag in ["--store", "--store-password-file", "--replica-name"] {
+    for flag in [
+        "--store",
+        "--store-password-file",
+        "--replica-name",
+        "--advertise-url",
+    ] {
         assert!(args.iter().any(|a| a == flag), "{flag} missing");
     }
     // Installed as a drop-in next to the shipped unit, systemd accepts both.

@@ -153,9 +153,9 @@ fn every_client_object_and_setting_write_records_its_changes_in_commit_order() {
         pair("client", "alpha"),
         pair("client", "beta"),
         pair("client", "gamma"),
-        // A batch in name order, as it is written.
-        pair("client", "beta"),
-        pair("client", "gamma"),
+        // A batch of statuses in name order, as it is written.
+        pair("status", "beta"),
+        pair("status", "gamma"),
         pair("client", "alpha"),
         pair("object", "ClientGroup/front-desk"),
         pair("setting", "theme"),
@@ -496,4 +496,37 @@ fn a_reader_following_concurrent_writers_misses_no_change() {
         .collect();
     expected.sort();
     assert_eq!(seen, expected);
+}
+
+#[test]
+fn followers_read_the_clients_and_desired_revisions_a_page_names_in_one_go() {
+    let server = TestPostgres::start();
+    let store = PgStore::connect(&server.create_database()).unwrap();
+    store
+        .create_clients(vec![client("beta"), client("alpha")], Timestamp::now())
+        .unwrap();
+    let status = ClientStatus {
+        desired_revision: 7,
+        ..ClientStatus::default()
+    };
+    store
+        .put_client_status(vec![ClientStatusEntry {
+            name: "beta".into(),
+            status,
+        }])
+        .unwrap();
+    let names = ["beta", "ghost", "alpha"].map(String::from);
+    let clients = store.clients_named(&names).unwrap();
+    let found: Vec<(&str, u64)> = clients
+        .iter()
+        .map(|c| (c.metadata.name.as_str(), c.status.desired_revision))
+        .collect();
+    assert_eq!(found, [("alpha", 0), ("beta", 7)]);
+    assert!(clients.iter().all(|c| c.metadata.uid.is_some()));
+    // Unknown names are left out.
+    assert_eq!(
+        store.desired_revisions(&names).unwrap(),
+        [("alpha".to_string(), 0), ("beta".to_string(), 7)]
+    );
+    assert!(store.clients_named(&[]).unwrap().is_empty());
 }

@@ -49,6 +49,8 @@ pub async fn run(args: FleetArgs) -> Result<Report, String> {
         &super::session_key(&workspace)?,
     );
     let mut config = SimConfig::new(controller.server.addr, interval);
+    // With --replicas, the agents are spread over every replica.
+    config.servers = controller.addrs();
     config.connections = args.connections;
     config.long_poll_share = args.long_poll_share;
     config.long_poll_transport = transport;
@@ -63,6 +65,7 @@ pub async fn run(args: FleetArgs) -> Result<Report, String> {
     let before = sim.snapshot();
     let passes_before = super::reconcile_figures(&controller.admin).await?;
     let cpu_before = controller.server.figures().cpu_seconds;
+    let followers_cpu_before = controller.followers_cpu_seconds();
     let started = Instant::now();
     let window = seconds(args.duration);
     let mut peak_rss = 0;
@@ -76,11 +79,14 @@ pub async fn run(args: FleetArgs) -> Result<Report, String> {
     let lag = sim.take_dispatch_lag();
     let after = sim.snapshot();
     let figures = controller.server.figures();
+    let followers_cpu = controller.followers_cpu_seconds() - followers_cpu_before;
     let passes_after = super::reconcile_figures(&controller.admin).await?;
     let errors_sample = sim.error_samples();
     let total = sim.stop().await;
     let total_inventories = total.inventories_sent;
-    controller.server.stop().await?;
+    let replicas = controller.addrs().len();
+    let startup = controller.startup;
+    controller.stop().await?;
 
     let rate = (after.heartbeats - before.heartbeats) as f64 / elapsed.as_secs_f64();
     let expected = args.clients as f64 / args.interval;
@@ -91,6 +97,11 @@ pub async fn run(args: FleetArgs) -> Result<Report, String> {
 
     let mut report = Report::new("fleet");
     report.text("store", "store", workspace.store_name());
+    report.count(
+        "replicas",
+        "controller replicas the agents are spread over",
+        replicas as u64,
+    );
     report.section("setup");
     report.count("clients", "clients", args.clients);
     report.number(
@@ -161,7 +172,7 @@ pub async fn run(args: FleetArgs) -> Result<Report, String> {
     report.number(
         "startup_s",
         "controller start-up (open store, load fleet)",
-        controller.startup.as_secs_f64(),
+        startup.as_secs_f64(),
         1,
         "s",
     );
@@ -227,6 +238,15 @@ pub async fn run(args: FleetArgs) -> Result<Report, String> {
         "bytes",
     );
     report.number("controller_cpu_cores", "controller CPU", cpu, 2, "cores");
+    if replicas > 1 {
+        report.number(
+            "followers_cpu_cores",
+            "the followers' CPU, together",
+            followers_cpu / elapsed.as_secs_f64(),
+            2,
+            "cores",
+        );
+    }
     let passes = passes_after.0 - passes_before.0;
     report.count(
         "reconcile_passes",

@@ -32,6 +32,16 @@ pub struct Workspace {
 }
 
 static POSTGRES: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+static REPLICAS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+
+/// How many controller replicas the scenarios run (`tc-bench --postgres --replicas N`).
+pub fn use_replicas(replicas: usize) {
+    let _ = REPLICAS.set(replicas.max(1));
+}
+
+fn replicas() -> usize {
+    REPLICAS.get().copied().unwrap_or(1)
+}
 
 /// Whether the scenarios keep the controller's state in PostgreSQL (`tc-bench --postgres`).
 pub fn use_postgres(postgres: bool) {
@@ -142,6 +152,31 @@ pub struct RunningController {
     pub bootstrap_token: String,
     /// TLS to it (when started with `tls`).
     pub tls: Option<tc_testkit::sim::Tls>,
+    /// The other replicas (`--replicas`), following `server`, which leads.
+    pub followers: Vec<Server>,
+}
+
+impl RunningController {
+    /// Where every replica listens, the leader first: the agents of `push` and `fleet` are
+    /// spread over them.
+    pub fn addrs(&self) -> Vec<std::net::SocketAddr> {
+        std::iter::once(self.server.addr)
+            .chain(self.followers.iter().map(|f| f.addr))
+            .collect()
+    }
+
+    /// CPU seconds the followers used so far.
+    pub fn followers_cpu_seconds(&self) -> f64 {
+        self.followers.iter().map(|f| f.figures().cpu_seconds).sum()
+    }
+
+    /// Stops the followers, then the leader.
+    pub async fn stop(self) -> Result<(), String> {
+        for follower in self.followers {
+            follower.stop().await?;
+        }
+        self.server.stop().await
+    }
 }
 
 /// Starts `tc-bench serve-controller` on the data directory (optionally pinned to a CPU) and
@@ -202,12 +237,51 @@ pub async fn start_controller_with(
             .map_err(|e| format!("{file}: {e}"))
     };
     let admin = Admin::new(server.addr, &read("admin.token")?, tls.clone());
+    // The followers: each with a data directory of its own holding the shared files.
+    let mut followers = Vec::new();
+    for index in 2..=replicas() {
+        let dir = workspace.path(&format!("data-{index}"));
+        std::fs::create_dir_all(dir.join("pki")).map_err(|e| format!("{}: {e}", dir.display()))?;
+        for file in [
+            "session.key",
+            "admin.token",
+            "bootstrap.token",
+            "pki/ca.crt",
+            "pki/ca.key",
+        ] {
+            let from = data_dir.join(file);
+            if from.exists() {
+                std::fs::copy(&from, dir.join(file)).map_err(|e| format!("{file}: {e}"))?;
+            }
+        }
+        let mut follower_args = args.clone();
+        follower_args[2] = dir.display().to_string();
+        let follower = Server::start(
+            &follower_args,
+            &workspace.path(&format!("controller-{index}.log")),
+            Duration::from_secs(60),
+        )
+        .await?;
+        let follower_tls = if tls.is_some() {
+            Some(client_tls(&data_dir, follower.addr)?)
+        } else {
+            None
+        };
+        process::wait_ready(
+            follower.addr,
+            follower_tls.as_ref(),
+            Duration::from_secs(3600),
+        )
+        .await?;
+        followers.push(follower);
+    }
     Ok(RunningController {
         server,
         admin,
         startup,
         bootstrap_token: read("bootstrap.token")?,
         tls,
+        followers,
     })
 }
 

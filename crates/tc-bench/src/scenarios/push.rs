@@ -67,6 +67,8 @@ pub async fn run(args: PushArgs) -> Result<Report, String> {
         &super::session_key(&workspace)?,
     );
     let mut config = SimConfig::new(controller.server.addr, seconds(args.interval));
+    // With --replicas, the agents are spread over every replica.
+    config.servers = controller.addrs();
     config.connections = 16;
     config.long_poll_share = 1.0;
     config.long_poll_transport = transport;
@@ -94,10 +96,16 @@ pub async fn run(args: PushArgs) -> Result<Report, String> {
     }
     let errors_sample = sim.error_samples();
     sim.stop().await;
-    controller.server.stop().await?;
+    let replicas = controller.addrs().len();
+    controller.stop().await?;
 
     let mut report = Report::new("push");
     report.text("store", "store", workspace.store_name());
+    report.count(
+        "replicas",
+        "controller replicas the agents are spread over",
+        replicas as u64,
+    );
     report.section("setup");
     report.count("waiting", "agents waiting on the long-poll", args.waiting);
     report.text(
@@ -308,7 +316,8 @@ async fn measure(
 ) -> Result<Round, String> {
     let before = sim.snapshot();
     let passes_before = super::reconcile_figures(admin).await?;
-    let controller_cpu_before = controller.server.figures().cpu_seconds;
+    let controller_cpu_before =
+        controller.server.figures().cpu_seconds + controller.followers_cpu_seconds();
     let own_cpu_before = crate::process::figures(std::process::id()).unwrap_or_default();
     let applied = Instant::now();
     admin.apply(group).await?;
@@ -320,7 +329,9 @@ async fn measure(
         })
         .await;
     let window = applied.elapsed();
-    let controller_cpu = controller.server.figures().cpu_seconds - controller_cpu_before;
+    let controller_cpu = controller.server.figures().cpu_seconds
+        + controller.followers_cpu_seconds()
+        - controller_cpu_before;
     let simulator_cpu = crate::process::figures(std::process::id())
         .unwrap_or_default()
         .cpu_seconds

@@ -919,6 +919,8 @@ pub(crate) async fn dispatch(controller: &Arc<Controller>, now: Timestamp) -> Du
             slot.offer_task();
         }
     }
+    // Agents waiting on the other replicas are woken through the change feed.
+    controller.announce_wakes(woken.into_iter().collect());
     if offered > 1000 {
         tracing::info!(
             orders = offered,

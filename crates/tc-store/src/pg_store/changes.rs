@@ -23,6 +23,9 @@ use crate::{Result, StoreError};
 
 /// The kind of a change to a client (its object, status or inventory); the name is the client's.
 pub(super) const CLIENT: &str = "client";
+/// The kind of a change to a client's status alone (what it is assigned, what it reports); the
+/// name is the client's. Its object (metadata, spec) is as it was.
+pub(super) const STATUS: &str = "status";
 /// The kind of a change to an object; the name is `Kind/name`, as `ClientGroup/front-desk`.
 pub(super) const OBJECT: &str = "object";
 /// The kind of a change to a setting; the name is its key.
@@ -99,6 +102,44 @@ pub(super) fn record<S: AsRef<str>>(
 }
 
 impl PgStore {
+    /// The clients named (without inventory), as [`crate::Store::get_client`] reads them, in
+    /// one statement: a follower reads the clients a page of changes names at once.
+    pub fn clients_named(&self, names: &[String]) -> Result<Vec<tc_api::Client>> {
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let names = names.to_vec();
+        self.txn("read clients", move |txn| {
+            super::clients::read_named(txn, &names)
+        })
+    }
+
+    /// The desired revision of each client named that has a status record, in name order:
+    /// what a follower needs of a `status` change (read by the database from the JSON, so that
+    /// nothing else of the status travels).
+    pub fn desired_revisions(&self, names: &[String]) -> Result<Vec<(String, u64)>> {
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let names = names.to_vec();
+        self.txn("read desired revisions", move |txn| {
+            let rows = txn
+                .query(
+                    "SELECT name, COALESCE((status::jsonb ->> 'desiredRevision')::bigint, 0)
+                     FROM client_status WHERE name = ANY($1) ORDER BY name",
+                    &[&names],
+                )
+                .map_err(db("read desired revisions"))?;
+            rows.iter()
+                .map(|row| {
+                    let name: String = row.get(0);
+                    let revision = uint(format_args!("client_status/{name}"), row.get(1))?;
+                    Ok((name, revision))
+                })
+                .collect()
+        })
+    }
+
     /// The sequence number of the newest change (0 when none), pruned ones included: a reader
     /// starting now reads [`PgStore::changes_after`] it.
     pub fn latest_change(&self) -> Result<u64> {

@@ -86,6 +86,14 @@ pub(super) fn read_clients(
     rows.iter().map(client_of_row).collect()
 }
 
+/// The clients named, without inventory, in name order (the names that are not clients are
+/// left out): one statement, whatever their number.
+pub(super) fn read_named(txn: &mut Transaction<'_>, names: &[String]) -> Result<Vec<Client>> {
+    let sql = format!("{} WHERE c.name = ANY($1) ORDER BY c.name", select(false));
+    let rows = txn.query(&sql, &[&names]).map_err(db("read clients"))?;
+    rows.iter().map(client_of_row).collect()
+}
+
 /// Streams every client without inventory, in name order, to `send` (which returns false when
 /// the receiver is gone).
 pub(super) fn stream_clients(
@@ -435,7 +443,7 @@ pub(super) fn record_statuses(
         )
         .map_err(db("write client_liveness"))?;
     }
-    changes::record(txn, changes::CLIENT, &status_names)?;
+    changes::record(txn, changes::STATUS, &status_names)?;
     Ok(status_names.len())
 }
 
