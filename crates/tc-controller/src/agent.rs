@@ -16,7 +16,7 @@ use tc_store::ClientStatusEntry;
 use crate::Controller;
 pub use crate::enroll::{AuthenticatedClient, authenticate_client};
 use crate::error::ApiError;
-use crate::fleet::{Admission, DesiredView, Labels};
+use crate::fleet::{Admission, ClientSlot, DesiredView, Labels};
 use crate::ratelimit::EventVerdict;
 
 /// `GET /agent/v1/releases/{package}/{version}`: the release of a package version this client
@@ -379,18 +379,43 @@ pub async fn desired(
         let waiting = slot.revision.wait_newer_or(after, closing, wanted);
         let _ = tokio::time::timeout(wait, waiting).await;
     }
+    match desired_answer(&controller, &slot, after) {
+        Ok(body) => Ok((
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            body,
+        )
+            .into_response()),
+        Err(error) => Err(ApiError::internal(error)),
+    }
+}
+
+/// The JSON answer of a long-poll after `after` for `slot`, as it stands now (also what the
+/// leader answers a follower for the agents waiting there: [`crate::follower`]).
+pub fn desired_answer(
+    controller: &Controller,
+    slot: &ClientSlot,
+    after: u64,
+) -> serde_json::Result<Vec<u8>> {
     let served = slot.state.lock().expect("client lock").served.clone();
-    Ok(json_response(&DesiredAnswer {
-        changed: served.revision > after,
-        desired: served.view(),
-        // Asked once; an agent that predates load histories just polls again.
-        send_history: slot.take_history_request(),
-        // Every open order, until the agent reports it started.
-        tasks: {
-            slot.take_task_offer();
-            controller.tasks.orders_for(&slot.name)
+    let mut body = Vec::with_capacity(1024);
+    serde_json::to_writer(
+        &mut body,
+        &DesiredAnswer {
+            changed: served.revision > after,
+            desired: served.view(),
+            // Asked once; an agent that predates load histories just polls again.
+            send_history: slot.take_history_request(),
+            // Every open order, until the agent reports it started.
+            tasks: {
+                slot.take_task_offer();
+                controller.tasks.orders_for(&slot.name)
+            },
         },
-    }))
+    )?;
+    Ok(body)
 }
 
 #[cfg(test)]

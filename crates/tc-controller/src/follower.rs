@@ -26,6 +26,12 @@
 //! stalls; one that fell behind what the leader keeps (changes are kept 10 minutes) loads every
 //! client again. Clients named by a change are read again from the database.
 //!
+//! **Answers in batches.** The long-polls a follower answers at about the same time (a change to
+//! the whole fleet wakes them all) are asked of the leader together: one request
+//! (`POST /internal/v1/desired`, authenticated with the key the replicas share) names up to
+//! [`MAX_BATCH`] clients, and the leader answers each one's long-poll as it would its own, one JSON
+//! answer a line. Should that fail, each long-poll is forwarded on its own.
+//!
 //! **Taking over.** A follower tries to take the lease every second. When it does, it stops
 //! following (its long-polls end, the agents poll again at once) and opens as the leader.
 
@@ -59,6 +65,13 @@ pub const FORWARDED_TAG: &str = "x-thinfleet-forwarded-tag";
 /// The purpose the tag of a forwarded address is made for.
 const FORWARDED_PURPOSE: &str = "forwarded-for";
 
+/// The purpose of the tag a follower authenticates its batches with.
+const BATCH_PURPOSE: &str = "replica-long-polls";
+/// The most long-polls asked of the leader in one batch.
+pub const MAX_BATCH: usize = 2_000;
+/// How long a follower gathers woken long-polls before it asks the leader for their answers.
+const GATHER: Duration = Duration::from_millis(2);
+
 /// How often a follower reads the change feed when no notification came, and tries the lease.
 const POLL: Duration = Duration::from_secs(1);
 /// Changes read at a time.
@@ -83,7 +96,23 @@ pub struct Follower {
     applied: AtomicU64,
     /// Set once the fleet is loaded.
     synced: AtomicBool,
+    /// Long-polls whose answers are to be asked of the leader; `None` once the follower stops
+    /// (a long-poll woken then is answered 503 at once, so that stopping never waits for it).
+    batch: std::sync::Mutex<Option<Vec<Pending>>>,
+    /// Wakes the batch sender.
+    batch_ready: tokio::sync::Notify,
     counters: Counters,
+}
+
+/// A woken long-poll waiting for the leader's answer.
+struct Pending {
+    client: Arc<str>,
+    after: u64,
+    wait_millis: u64,
+    /// The agent's request, forwarded as it is should the batch fail.
+    request: Request,
+    peer: SocketAddr,
+    reply: tokio::sync::oneshot::Sender<Response>,
 }
 
 #[derive(Default)]
@@ -92,6 +121,7 @@ struct Counters {
     resyncs: AtomicU64,
     forwarded: AtomicU64,
     forward_failures: AtomicU64,
+    batches: AtomicU64,
     long_polls: AtomicU64,
     feed_errors: AtomicU64,
 }
@@ -250,10 +280,13 @@ pub async fn follow_until_leading(
         leader: RwLock::new(None),
         applied: AtomicU64::new(0),
         synced: AtomicBool::new(false),
+        batch: std::sync::Mutex::new(Some(Vec::new())),
+        batch_ready: tokio::sync::Notify::new(),
         counters: Counters::default(),
     });
     let (stop, stopping) = watch::channel(false);
     let feed = tokio::spawn(follow_changes(follower.clone(), stopping.clone()));
+    let batches = tokio::spawn(send_batches(follower.clone(), stopping.clone()));
     let (led_tx, mut led_rx) = tokio::sync::oneshot::channel::<()>();
     let lease = tokio::spawn({
         let follower = follower.clone();
@@ -314,6 +347,7 @@ pub async fn follow_until_leading(
     )
     .await;
     let _ = feed.await;
+    let _ = batches.await;
     let _ = lease.await;
     Ok(if led.load(Ordering::SeqCst) {
         Ended::Leading
@@ -393,6 +427,11 @@ async fn metrics(State(follower): State<Arc<Follower>>) -> Response {
             c.forward_failures.load(Ordering::Relaxed),
         ),
         (
+            "thinfleet_follower_batches_total",
+            "counter",
+            c.batches.load(Ordering::Relaxed),
+        ),
+        (
             "thinfleet_follower_long_polls_total",
             "counter",
             c.long_polls.load(Ordering::Relaxed),
@@ -456,16 +495,239 @@ async fn desired(
     slot.take_task_offer();
     // A newer revision is committed: the leader answers once it serves it (at once, or within
     // what is left of the wait). Otherwise it answers at once with what it serves.
-    let leader_wait = if slot.revision.get() > after {
-        wait.saturating_sub(started.elapsed()).as_secs().max(1)
+    let wait_millis = if slot.revision.get() > after {
+        (wait.saturating_sub(started.elapsed()).as_millis() as u64).max(1000)
     } else {
         0
     };
-    let path = format!("/agent/v1/desired?afterRevision={after}&timeoutSeconds={leader_wait}");
+    // Forwarded on its own should the batch fail: with the wait the leader is to do.
+    let path = format!(
+        "/agent/v1/desired?afterRevision={after}&timeoutSeconds={}",
+        wait_millis.div_ceil(1000)
+    );
     if let Ok(uri) = path.parse() {
         *request.uri_mut() = uri;
     }
-    forward(&follower, peer, request).await
+    let stopping = || {
+        let mut response = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this replica stops following (it leads next, or shuts down): poll again",
+        )
+        .with_reason("LeaderUnavailable")
+        .into_response();
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        response
+    };
+    let (reply, answered) = tokio::sync::oneshot::channel();
+    match follower.batch.lock().expect("batch lock").as_mut() {
+        Some(queue) => queue.push(Pending {
+            client: slot.name.clone(),
+            after,
+            wait_millis,
+            request,
+            peer,
+            reply,
+        }),
+        None => return stopping(),
+    }
+    follower.batch_ready.notify_one();
+    answered.await.unwrap_or_else(|_| stopping())
+}
+
+/// Sends the woken long-polls to the leader in batches, until `stop`.
+async fn send_batches(follower: Arc<Follower>, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            () = follower.batch_ready.notified() => {}
+            _ = stop.changed() => {
+                // Whatever waits is answered by its own forward; nothing waits from now on.
+                let left = follower.batch.lock().expect("batch lock").take().unwrap_or_default();
+                for pending in left {
+                    let follower = follower.clone();
+                    tokio::spawn(async move { forward_one(&follower, pending).await });
+                }
+                return;
+            }
+        }
+        tokio::time::sleep(GATHER).await;
+        loop {
+            let taken: Vec<Pending> = match follower.batch.lock().expect("batch lock").as_mut() {
+                Some(queue) => {
+                    let n = queue.len().min(MAX_BATCH);
+                    queue.drain(..n).collect()
+                }
+                None => Vec::new(),
+            };
+            if taken.is_empty() {
+                break;
+            }
+            tokio::spawn(send_batch(follower.clone(), taken));
+        }
+    }
+}
+
+async fn forward_one(follower: &Follower, pending: Pending) {
+    let response = forward(follower, pending.peer, pending.request).await;
+    let _ = pending.reply.send(response);
+}
+
+/// The bearer token a follower asks the leader for long-poll answers with: a tag of the key the
+/// replicas share.
+pub fn replica_token(session_key: &SessionKey) -> String {
+    session_key.vouch(BATCH_PURPOSE, "")
+}
+
+/// One entry of a batch: a client's long-poll after `after_revision`, waiting at most
+/// `wait_millis` for a newer revision.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct BatchEntry {
+    client: String,
+    after_revision: u64,
+    wait_millis: u64,
+}
+
+/// Asks the leader for the answers of `batch`'s long-polls in one request; each one it cannot
+/// answer so (or all, when the request fails) is forwarded on its own.
+async fn send_batch(follower: Arc<Follower>, batch: Vec<Pending>) {
+    follower.counters.batches.fetch_add(1, Ordering::Relaxed);
+    let Some(base) = follower.leader_url() else {
+        for pending in batch {
+            forward_one(&follower, pending).await;
+        }
+        return;
+    };
+    let entries: Vec<BatchEntry> = batch
+        .iter()
+        .map(|pending| BatchEntry {
+            client: pending.client.to_string(),
+            after_revision: pending.after,
+            wait_millis: pending.wait_millis,
+        })
+        .collect();
+    let answered = async {
+        let response = follower
+            .http
+            .post(format!("{base}/internal/v1/desired"))
+            .bearer_auth(replica_token(&follower.session_key))
+            .json(&entries)
+            .send()
+            .await
+            .ok()?;
+        if response.status() != StatusCode::OK {
+            return None;
+        }
+        response.bytes().await.ok()
+    }
+    .await;
+    let lines: Vec<&[u8]> = match &answered {
+        Some(body) => body
+            .split(|&byte| byte == b'\n')
+            .filter(|line| !line.is_empty())
+            .collect(),
+        None => Vec::new(),
+    };
+    let complete = lines.len() == batch.len();
+    for (index, pending) in batch.into_iter().enumerate() {
+        match lines
+            .get(index)
+            .filter(|line| complete && **line != b"null")
+        {
+            Some(line) => {
+                let response = (
+                    [(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/json"),
+                    )],
+                    line.to_vec(),
+                )
+                    .into_response();
+                let _ = pending.reply.send(response);
+            }
+            None => {
+                let follower = follower.clone();
+                tokio::spawn(async move { forward_one(&follower, pending).await });
+            }
+        }
+    }
+}
+
+/// `POST /internal/v1/desired` on the leader: the answers of a follower's long-polls, one JSON
+/// answer a line in the order asked (`null` for a client it does not know). Only a replica (the
+/// shared key) may ask.
+pub async fn answer_batch(
+    State(controller): State<Arc<crate::Controller>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let vouched = tokens::bearer(&headers)
+        .is_some_and(|token| controller.session_key.vouches(BATCH_PURPOSE, "", token));
+    if !vouched {
+        return ApiError::unauthorized(
+            "only a replica of this controller may ask for long-poll answers",
+        )
+        .into_response();
+    }
+    let entries: Vec<BatchEntry> = match serde_json::from_slice(&body) {
+        Ok(entries) => entries,
+        Err(error) => {
+            return ApiError::bad_request(format!("a batch of long-polls: {error}"))
+                .into_response();
+        }
+    };
+    if entries.len() > MAX_BATCH {
+        return ApiError::bad_request(format!("at most {MAX_BATCH} long-polls a batch"))
+            .into_response();
+    }
+    let limit = controller.config.long_poll_max;
+    let mut answers: Vec<Option<Vec<u8>>> = vec![None; entries.len()];
+    let mut waits = tokio::task::JoinSet::new();
+    for (index, entry) in entries.into_iter().enumerate() {
+        let Some(slot) = controller.fleet.get(&entry.client) else {
+            continue;
+        };
+        let after = entry.after_revision;
+        let wanted = || slot.history_wanted() || slot.task_offered();
+        if slot.revision.get() > after || wanted() || entry.wait_millis == 0 {
+            answers[index] = crate::agent::desired_answer(&controller, &slot, after).ok();
+            continue;
+        }
+        let controller = controller.clone();
+        let wait = Duration::from_millis(entry.wait_millis).min(limit);
+        waits.spawn(async move {
+            let closing = controller.fleet.closing();
+            let wanted = || slot.history_wanted() || slot.task_offered();
+            let _ = tokio::time::timeout(wait, slot.revision.wait_newer_or(after, closing, wanted))
+                .await;
+            (
+                index,
+                crate::agent::desired_answer(&controller, &slot, after).ok(),
+            )
+        });
+    }
+    while let Some(done) = waits.join_next().await {
+        if let Ok((index, answer)) = done {
+            answers[index] = answer;
+        }
+    }
+    let mut text = Vec::with_capacity(answers.len() * 512);
+    for answer in answers {
+        match answer {
+            Some(answer) => text.extend_from_slice(&answer),
+            None => text.extend_from_slice(b"null"),
+        }
+        text.push(b'\n');
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/x-ndjson"),
+        )],
+        text,
+    )
+        .into_response()
 }
 
 /// `GET`/`HEAD /blobs/sha256/{hex}` on a follower: served from the database to agents (and to

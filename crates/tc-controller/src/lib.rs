@@ -524,6 +524,7 @@ pub fn router(controller: Arc<Controller>) -> Router {
             get(api::get_blob).head(api::get_blob),
         )
         .merge(agent_routes)
+        .route("/internal/v1/desired", post(follower::answer_batch))
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
         .route("/metrics", get(api::metrics))

@@ -4,7 +4,7 @@ mod common;
 
 use common::*;
 use reqwest::{Method, StatusCode};
-use serde_json::json;
+use serde_json::{Value, json};
 
 const GROUP: &str = "apiVersion: thinfleet.io/v1
 kind: ClientGroup
@@ -812,4 +812,60 @@ async fn listing_many_clients_selects_on_live_labels_and_shows_stored_objects() 
         .into_iter()
         .collect();
     assert_eq!(item_names(&paris), expected);
+}
+
+#[tokio::test]
+async fn only_a_replica_may_ask_for_long_poll_answers_in_a_batch() {
+    let controller = TestController::start().await;
+    let admin = Api::admin(&controller);
+    let agent = Api::with_token(&controller, "");
+    let (status, enrolled) = agent
+        .enroll(controller.bootstrap_token(), "m-1", "kiosk-1", json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{enrolled}");
+    let key = tc_controller::session::SessionKey::load_or_create(controller.data_dir()).unwrap();
+    let url = format!("{}/internal/v1/desired", controller.url());
+    let batch = json!([
+        {"client": "kiosk-1", "afterRevision": 0, "waitMillis": 0},
+        {"client": "ghost", "afterRevision": 0, "waitMillis": 0},
+    ]);
+    let ask = |token: Option<String>, body: Value| {
+        let mut request = admin.http.post(&url).json(&body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        async move {
+            let response = request.send().await.unwrap();
+            (response.status(), response.text().await.unwrap())
+        }
+    };
+    // Nobody else: no token, an admin's, another key's tag.
+    for token in [
+        None,
+        Some(controller.admin_token().to_string()),
+        Some(tc_controller::follower::replica_token(
+            &tc_controller::session::SessionKey::from_secret(b"another"),
+        )),
+    ] {
+        let (status, body) = ask(token, batch.clone()).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    }
+    let token = Some(tc_controller::follower::replica_token(&key));
+    // One line each, in order: the long-poll's answer, and null for a client it does not know.
+    let (status, body) = ask(token.clone(), batch).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let lines: Vec<&str> = body.lines().collect();
+    assert_eq!(lines.len(), 2, "{body}");
+    let answer: Value = serde_json::from_str(lines[0]).unwrap();
+    assert!(answer["desired"]["revision"].is_u64(), "{answer}");
+    assert!(answer["changed"].is_boolean(), "{answer}");
+    assert_eq!(lines[1], "null");
+    // Hostile batches are refused whole.
+    let (status, body) = ask(token.clone(), json!({"client": "kiosk-1"})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let many: Vec<Value> = (0..=tc_controller::follower::MAX_BATCH)
+        .map(|_| json!({"client": "kiosk-1", "afterRevision": 0, "waitMillis": 0}))
+        .collect();
+    let (status, body) = ask(token, Value::Array(many)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
 }

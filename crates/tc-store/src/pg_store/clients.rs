@@ -259,21 +259,58 @@ pub(super) fn exists(txn: &mut Transaction<'_>, name: &str) -> Result<bool> {
         .is_some())
 }
 
-/// Creates clients (`Store::create_clients`), in one transaction with the revision locked.
+/// Creates clients (`Store::create_clients`), in one transaction with the revision locked, in a
+/// fixed number of statements whatever their number (a fleet is seeded or imported in batches of
+/// thousands): nothing is written when a name or a key is taken, here or earlier in the batch.
 pub(super) fn create(
     txn: &mut Transaction<'_>,
     clients: Vec<Client>,
     now: Timestamp,
 ) -> Result<Vec<Client>> {
     let start = lock_counter(txn, "revision")?;
+    let mut names = std::collections::HashSet::with_capacity(clients.len());
+    let mut keys = std::collections::HashMap::new();
+    for client in &clients {
+        let name = client.metadata.name.as_str();
+        if !names.insert(name) {
+            return Err(already_exists("Client", name));
+        }
+        let key = client.spec.public_key.as_str();
+        if !key.is_empty()
+            && let Some(holder) = keys.insert(key, name)
+        {
+            return Err(already_exists(PUBLIC_KEY_KIND, holder));
+        }
+    }
+    let names: Vec<&str> = clients.iter().map(|c| c.metadata.name.as_str()).collect();
+    if let Some(row) = txn
+        .query_opt(
+            "SELECT name FROM clients WHERE name = ANY($1) ORDER BY name LIMIT 1",
+            &[&names],
+        )
+        .map_err(db("read clients"))?
+    {
+        return Err(already_exists("Client", row.get::<_, &str>(0)));
+    }
+    let wanted_keys: Vec<&str> = keys.keys().copied().collect();
+    if !wanted_keys.is_empty()
+        && let Some(row) = txn
+            .query_opt(
+                "SELECT name FROM clients WHERE public_key = ANY($1) ORDER BY name LIMIT 1",
+                &[&wanted_keys],
+            )
+            .map_err(db("read the key index"))?
+    {
+        return Err(already_exists(PUBLIC_KEY_KIND, row.get::<_, &str>(0)));
+    }
     let mut revision = start;
     let mut created = Vec::with_capacity(clients.len());
+    let (mut machines, mut public_keys, mut objects) = (Vec::new(), Vec::new(), Vec::new());
+    let mut statuses = Vec::with_capacity(clients.len());
+    let (mut inventory_names, mut inventories) = (Vec::new(), Vec::new());
+    let (mut live_names, mut live_at, mut live_loads) = (Vec::new(), Vec::new(), Vec::new());
     for mut client in clients {
         let name = client.metadata.name.clone();
-        if exists(txn, &name)? {
-            return Err(already_exists("Client", &name));
-        }
-        check_key(txn, &name, &client.spec.public_key)?;
         revision = revision.saturating_add(1);
         let metadata = &mut client.metadata;
         if metadata.uid.is_none() {
@@ -281,16 +318,75 @@ pub(super) fn create(
         }
         metadata.creation_timestamp = Some(now);
         metadata.resource_version = Some(revision.to_string());
-        write_object(txn, &client)?;
-        clear_parts(txn, &name)?;
-        let liveness = record_status(txn, &name, &client.status)?;
+        objects.push(encode(
+            format_args!("clients/{name}"),
+            &ClientObject::of(&client),
+        )?);
+        machines.push(client.spec.machine_id.clone());
+        public_keys.push(Some(client.spec.public_key.clone()).filter(|key| !key.is_empty()));
+        let status = &client.status;
+        statuses.push(encode(
+            format_args!("client_status/{name}"),
+            &StatusRecord::of(status),
+        )?);
+        if let Some(inventory) = &status.inventory {
+            inventory_names.push(name.clone());
+            inventories.push(encode(format_args!("client_inventory/{name}"), inventory)?);
+        }
+        // Nothing is recorded for a new client: its heartbeat, if any, is its liveness.
+        let liveness = status.last_heartbeat.map(|at| (at, status.load));
+        if let Some((at, load)) = &liveness {
+            live_names.push(name.clone());
+            live_at.push(int("heartbeat", at.unix_millis())?);
+            live_loads.push(encode(format_args!("client_liveness/{name}"), load)?);
+        }
         set_liveness(&mut client.status, liveness);
         created.push(client);
+    }
+    let names: Vec<&str> = created.iter().map(|c| c.metadata.name.as_str()).collect();
+    txn.execute(
+        "INSERT INTO clients (name, machine_id, public_key, object)
+         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])",
+        &[&names, &machines, &public_keys, &objects],
+    )
+    .map_err(db("write clients"))?;
+    // What clients of these names left behind (a client deleted and enrolled again).
+    for table in [
+        "client_status",
+        "client_inventory",
+        "client_liveness",
+        "client_history",
+    ] {
+        txn.execute(
+            &format!("DELETE FROM {table} WHERE name = ANY($1)"),
+            &[&names],
+        )
+        .map_err(db(format_args!("remove from {table}")))?;
+    }
+    txn.execute(
+        "INSERT INTO client_status (name, status) SELECT * FROM unnest($1::text[], $2::text[])",
+        &[&names, &statuses],
+    )
+    .map_err(db("write client_status"))?;
+    if !inventory_names.is_empty() {
+        txn.execute(
+            "INSERT INTO client_inventory (name, inventory)
+             SELECT * FROM unnest($1::text[], $2::text[])",
+            &[&inventory_names, &inventories],
+        )
+        .map_err(db("write client_inventory"))?;
+    }
+    if !live_names.is_empty() {
+        txn.execute(
+            "INSERT INTO client_liveness (name, last_heartbeat_millis, load)
+             SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[])",
+            &[&live_names, &live_at, &live_loads],
+        )
+        .map_err(db("write client_liveness"))?;
     }
     if revision != start {
         set_counter(txn, "revision", revision)?;
     }
-    let names: Vec<&str> = created.iter().map(|c| c.metadata.name.as_str()).collect();
     changes::record(txn, changes::CLIENT, &names)?;
     Ok(created)
 }
