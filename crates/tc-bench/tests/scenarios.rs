@@ -407,6 +407,24 @@ fn scenarios_run_on_postgresql_too() {
     assert_eq!(figures["store"], "postgresql", "{figures}");
     assert_eq!(number(&figures, "notified"), 80.0, "{figures}");
     assert_eq!(number(&figures, "errors"), 0.0, "{figures}");
+    // Spread over three replicas: every agent notified, whichever replica it waits on.
+    let figures = run(&[
+        "--postgres",
+        "--replicas",
+        "3",
+        "push",
+        "--waiting",
+        "90",
+        "--settle",
+        "0.3",
+        "--timeout",
+        "30",
+        "--rounds",
+        "1",
+    ]);
+    assert_eq!(number(&figures, "replicas"), 3.0, "{figures}");
+    assert_eq!(number(&figures, "notified"), 90.0, "{figures}");
+    assert_eq!(number(&figures, "errors"), 0.0, "{figures}");
     // Without the flag, the embedded store.
     let figures = run(&[
         "heartbeat",

@@ -612,7 +612,8 @@ async fn send_batch(follower: Arc<Follower>, batch: Vec<Pending>) {
             .http
             .post(format!("{base}/internal/v1/desired"))
             .bearer_auth(replica_token(&follower.session_key))
-            .json(&entries)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(serde_json::to_vec(&entries).ok()?)
             .send()
             .await
             .ok()?;

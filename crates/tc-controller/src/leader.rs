@@ -179,6 +179,50 @@ pub async fn keep(
     Ok(())
 }
 
+/// [`keep`] running from the moment the lease is taken; stopped when dropped before
+/// [`Keeper::into_parts`].
+pub struct Keeper {
+    task: Option<tokio::task::JoinHandle<()>>,
+    lost: Option<tokio::sync::oneshot::Receiver<String>>,
+}
+
+impl Keeper {
+    /// Starts renewing `leadership` until `stopping`.
+    pub fn start(leadership: Leadership, stopping: watch::Receiver<bool>) -> Keeper {
+        let (lost_tx, lost) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
+            if let Err(reason) = keep(leadership, stopping).await {
+                let _ = lost_tx.send(reason);
+            }
+        });
+        Keeper {
+            task: Some(task),
+            lost: Some(lost),
+        }
+    }
+
+    /// The renewing task, and what says why the lease was lost if it is.
+    pub fn into_parts(
+        mut self,
+    ) -> (
+        tokio::task::JoinHandle<()>,
+        tokio::sync::oneshot::Receiver<String>,
+    ) {
+        (
+            self.task.take().expect("a keeper's task"),
+            self.lost.take().expect("a keeper's receiver"),
+        )
+    }
+}
+
+impl Drop for Keeper {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
 impl Leadership {
     /// The store this replica leads (for the change feed's upkeep and announcements).
     pub fn store(&self) -> &Arc<PgStore> {

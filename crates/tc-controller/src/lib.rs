@@ -281,6 +281,9 @@ pub struct Controller {
     pub session_key: SessionKey,
     /// The leader lease this replica holds (a PostgreSQL store).
     pub leadership: Option<leader::Leadership>,
+    /// Renews the lease from the moment it is taken (loading a large fleet outlasts the lease):
+    /// [`serve_with`] takes it over to learn of the lease's loss.
+    pub lease_keeper: Mutex<Option<leader::Keeper>>,
     /// Bootstrap tokens.
     pub bootstrap: BootstrapTokens,
     /// Named admin credentials (and the break-glass token).
@@ -589,6 +592,7 @@ async fn open_as(
     // of its own.
     let mut data_dir_lock = None;
     let mut leadership = None;
+    let mut keeper = None::<leader::Keeper>;
     let mut pg_store = None;
     let store: Arc<dyn Store> = match config.store.clone() {
         store::StoreLocation::Redb => {
@@ -618,6 +622,7 @@ async fn open_as(
             else {
                 return Err(ServeError::Stopped);
             };
+            keeper = Some(leader::Keeper::start(lease.clone(), shutdown.clone()));
             leadership = Some(lease);
             pg_store = Some(Arc::clone(&opened));
             opened
@@ -639,6 +644,7 @@ async fn open_as(
                 .map_err(|e| ServeError::Server(std::io::Error::other(e)))?;
         if let Err(error) = outcome {
             // Refused: another replica may lead at once.
+            drop(keeper.take());
             lease.release().await;
             return Err(error);
         }
@@ -710,6 +716,7 @@ async fn open_as(
         enroll_lock: tokio::sync::Mutex::new(()),
         session_key,
         leadership,
+        lease_keeper: Mutex::new(keeper),
         bootstrap,
         credentials,
         console: ui::Console::default(),
@@ -800,15 +807,19 @@ pub async fn serve_with(
         Err(ServeError::Stopped) => return Ok(()),
         other => other?,
     };
-    let (lease_lost, mut lease_lost_rx) = tokio::sync::oneshot::channel::<String>();
-    let lease_keeper = controller.leadership.clone().map(|leadership| {
-        let stopping = stopping.clone();
-        tokio::spawn(async move {
-            if let Err(reason) = leader::keep(leadership, stopping).await {
-                let _ = lease_lost.send(reason);
-            }
-        })
-    });
+    let lease_keeper = controller
+        .lease_keeper
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take();
+    let (lease_keeper, mut lease_lost_rx) = match lease_keeper {
+        Some(keeper) => {
+            let (task, lost) = keeper.into_parts();
+            (Some(task), lost)
+        }
+        // Never resolves with a reason: nothing is leased.
+        None => (None, tokio::sync::oneshot::channel::<String>().1),
+    };
     let lost = Arc::new(Mutex::new(None::<String>));
     announce(&controller, addr);
     let demo_agents = if demo_mode {
