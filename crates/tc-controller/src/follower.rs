@@ -56,7 +56,7 @@ use crate::blobs::BlobStore;
 use crate::error::ApiError;
 use crate::fleet::{ClientSlot, Fleet};
 use crate::session::SessionKey;
-use crate::{Config, ServeError, TlsMode, leader, tls, tokens};
+use crate::{Config, ServeError, TlsMode, leader, tokens};
 
 /// The header carrying the address a follower forwards a request for.
 pub const FORWARDED_FOR: &str = "x-thinfleet-forwarded-for";
@@ -258,13 +258,7 @@ pub async fn follow_until_leading(
                 .to_string(),
             source,
         })?;
-    let server_tls = {
-        let (mode, data_dir) = (config.tls.clone(), config.data_dir.clone());
-        tokio::task::spawn_blocking(move || tls::ServerTls::setup(&mode, &data_dir, None))
-            .await
-            .map_err(|e| ServeError::Server(std::io::Error::other(e)))??
-            .map(Arc::new)
-    };
+    let server_tls = crate::setup_tls(config).await?;
     let blobs = BlobStore::open_postgres(&config.data_dir, config.max_blob_bytes, store.clone())
         .map_err(|source| ServeError::Io {
             path: config.data_dir.display().to_string(),

@@ -628,13 +628,7 @@ async fn open_as(
             opened
         }
     };
-    let server_tls = {
-        let (mode, data_dir) = (config.tls.clone(), config.data_dir.clone());
-        tokio::task::spawn_blocking(move || tls::ServerTls::setup(&mode, &data_dir, None))
-            .await
-            .map_err(|e| ServeError::Server(std::io::Error::other(e)))??
-            .map(Arc::new)
-    };
+    let server_tls = setup_tls(&config).await?;
     if let Some(lease) = &leadership {
         let files = leader::shared_files(&config, &admin_token)?;
         let checked = store.clone();
@@ -741,6 +735,17 @@ async fn open_as(
             bootstrap_path,
         },
     ))
+}
+
+/// The certificate `config` serves (made from the CA at first start); `None` with plain HTTP.
+pub(crate) async fn setup_tls(config: &Config) -> Result<Option<Arc<tls::ServerTls>>, ServeError> {
+    let (mode, data_dir) = (config.tls.clone(), config.data_dir.clone());
+    Ok(
+        tokio::task::spawn_blocking(move || tls::ServerTls::setup(&mode, &data_dir, None))
+            .await
+            .map_err(|e| ServeError::Server(std::io::Error::other(e)))??
+            .map(Arc::new),
+    )
 }
 
 /// Installs the process-wide TLS crypto provider (ring). Safe to call more than once.

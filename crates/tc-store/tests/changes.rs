@@ -2,8 +2,11 @@
 //! listeners on other stores woken at commit; pruning seen by readers; the URL recorded with the
 //! leader lease.
 
+mod common;
+
 use std::time::{Duration, Instant};
 
+use common::take;
 use tc_api::{
     API_VERSION, Client, ClientGroup, ClientGroupSpec, ClientSpec, ClientStatus, Kind, Object,
     ObjectMeta, Timestamp,
@@ -59,20 +62,6 @@ fn kinds_and_names(store: &PgStore, after: u64) -> Vec<(String, String)> {
 
 fn pair(kind: &str, name: &str) -> (String, String) {
     (kind.to_string(), name.to_string())
-}
-
-/// Takes the lease for `holder`, waiting (bounded) for another holder's to expire.
-fn take(store: &PgStore, holder: &str, ttl: Duration) -> u64 {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match store.acquire_lease(holder, ttl).unwrap() {
-            LeaseState::Held { epoch } => return epoch,
-            LeaseState::HeldBy { .. } if Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(20))
-            }
-            other => panic!("{holder} never got the lease: {other:?}"),
-        }
-    }
 }
 
 #[test]

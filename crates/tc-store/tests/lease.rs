@@ -1,8 +1,11 @@
 //! The leader lease of replicas sharing one PostgreSQL database, and the fence that keeps a
 //! replica that lost it from writing; and a server that goes away answered as "unavailable".
 
+mod common;
+
 use std::time::{Duration, Instant};
 
+use common::take;
 use tc_api::{API_VERSION, ClientGroup, ClientGroupSpec, Kind, Object, ObjectMeta, Timestamp};
 use tc_store::{LeaseState, PgStore, Store, StoreError, Write};
 use tc_testkit::postgres::TestPostgres;
@@ -34,20 +37,6 @@ fn put(store: &PgStore, name: &str) -> Result<u64, StoreError> {
         other => panic!("{other:?}"),
     };
     Ok(version.unwrap().parse().unwrap())
-}
-
-/// Takes the lease for `holder`, waiting (bounded) for another holder's to expire.
-fn take(store: &PgStore, holder: &str, ttl: Duration) -> u64 {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match store.acquire_lease(holder, ttl).unwrap() {
-            LeaseState::Held { epoch } => return epoch,
-            LeaseState::HeldBy { .. } if Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(20))
-            }
-            other => panic!("{holder} never got the lease: {other:?}"),
-        }
-    }
 }
 
 #[test]

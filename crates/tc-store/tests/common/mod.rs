@@ -2,9 +2,11 @@
 //! over [`Backend`], and [`conformance!`] instantiates it as a `#[test]` per backend.
 
 // Each test file uses the part of this module it needs.
-#![allow(dead_code)]
+#![allow(dead_code, unused_macros)]
 
-use tc_store::{PgStore, RedbStore, Store};
+use std::time::{Duration, Instant};
+
+use tc_store::{LeaseState, PgStore, RedbStore, Store};
 use tc_testkit::postgres::TestPostgres;
 use tempfile::TempDir;
 
@@ -99,4 +101,18 @@ macro_rules! conformance {
         conformance!(@backend redb: crate::common::Redb => [$($test),*]);
         conformance!(@backend postgres: crate::common::Postgres => [$($test),*]);
     };
+}
+
+/// Takes the lease for `holder`, waiting (bounded) for another holder's to expire.
+pub fn take(store: &PgStore, holder: &str, ttl: Duration) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match store.acquire_lease(holder, ttl).unwrap() {
+            LeaseState::Held { epoch } => return epoch,
+            LeaseState::HeldBy { .. } if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            other => panic!("{holder} never got the lease: {other:?}"),
+        }
+    }
 }
