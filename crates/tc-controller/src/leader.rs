@@ -20,7 +20,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tc_store::{LeaseState, PgStore, Store};
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::ServeError;
@@ -72,13 +71,14 @@ async fn acquire(
     .map_err(|e| tc_store::StoreError::Database(format!("take the leader lease: {e}")))?
 }
 
-/// Waits until this replica holds the lease, closing the connections `listener` accepts
-/// meanwhile; fences `store` at the epoch taken. `None` when `shutdown` came first.
+/// Waits until this replica holds the lease and fences `store` at the epoch taken; `None` when
+/// `shutdown` came first. With `give_way`, a lease another replica holds ends the wait with
+/// [`ServeError::NotLeading`] (the replica follows again, see [`crate::follower`]) instead.
 pub async fn wait(
     store: Arc<PgStore>,
     holder: String,
     url: Option<String>,
-    listener: Option<&TcpListener>,
+    give_way: bool,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<Option<Leadership>, ServeError> {
     let mut announced = None::<String>;
@@ -94,6 +94,9 @@ pub async fn wait(
                     url,
                 }));
             }
+            Ok(LeaseState::HeldBy { holder: leader, .. }) if give_way => {
+                return Err(ServeError::NotLeading(leader));
+            }
             Ok(LeaseState::HeldBy {
                 holder: leader,
                 expires_in,
@@ -101,36 +104,21 @@ pub async fn wait(
                 if announced.as_deref() != Some(leader.as_str()) {
                     tracing::info!(replica = %holder, leader = %leader,
                         lease_expires_in = ?expires_in,
-                        "on standby: another replica leads; waiting for its lease");
+                        "another replica leads; waiting for its lease");
                     announced = Some(leader);
                 }
             }
             Err(error) => tracing::warn!(replica = %holder, %error,
                 "cannot reach the database to take the leader lease; trying again"),
         }
-        let poll = tokio::time::sleep(STANDBY_POLL);
-        tokio::pin!(poll);
-        loop {
-            tokio::select! {
-                () = &mut poll => break,
-                changed = shutdown.changed() => {
-                    if changed.is_err() || *shutdown.borrow() {
-                        return Ok(None);
-                    }
-                }
-                accepted = accept(listener) => {
-                    // Closed at once: whoever connected tries another replica.
-                    drop(accepted);
+        tokio::select! {
+            () = tokio::time::sleep(STANDBY_POLL) => {}
+            changed = shutdown.changed() => {
+                if changed.is_err() || *shutdown.borrow() {
+                    return Ok(None);
                 }
             }
         }
-    }
-}
-
-async fn accept(listener: Option<&TcpListener>) -> std::io::Result<tokio::net::TcpStream> {
-    match listener {
-        Some(listener) => listener.accept().await.map(|(stream, _)| stream),
-        None => std::future::pending().await,
     }
 }
 

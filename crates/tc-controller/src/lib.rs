@@ -232,9 +232,12 @@ pub enum ServeError {
     /// Another replica took the leader lease over: this one stopped serving.
     #[error("stopped: {0}")]
     LeaseLost(String),
-    /// Asked to stop while waiting on standby.
-    #[error("stopped on standby")]
+    /// Asked to stop while waiting for the lease.
+    #[error("stopped while waiting for the leader lease")]
     Stopped,
+    /// Another replica took the lease first (this one follows again).
+    #[error("replica {0} leads")]
+    NotLeading(String),
 }
 
 /// The shared state of a running controller.
@@ -552,25 +555,16 @@ pub async fn open(
     config: Config,
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(Arc<Controller>, TokenFiles), ServeError> {
-    open_on(config, shutdown, None).await
-}
-
-/// [`open`], closing at once the connections `listener` accepts while this replica waits on
-/// standby for the leader lease.
-pub async fn open_on(
-    config: Config,
-    shutdown: tokio::sync::watch::Receiver<bool>,
-    listener: Option<&TcpListener>,
-) -> Result<(Arc<Controller>, TokenFiles), ServeError> {
     let holder = leader::holder_name(config.replica_name.as_deref());
-    open_as(config, shutdown, listener, holder).await
+    open_as(config, shutdown, false, holder).await
 }
 
-/// [`open_on`] as `holder` in the leader lease.
+/// [`open`] as `holder` in the leader lease; with `give_way`, [`ServeError::NotLeading`] when
+/// another replica holds it.
 async fn open_as(
     config: Config,
     shutdown: tokio::sync::watch::Receiver<bool>,
-    listener: Option<&TcpListener>,
+    give_way: bool,
     holder: String,
 ) -> Result<(Arc<Controller>, TokenFiles), ServeError> {
     let io = |path: &std::path::Path| {
@@ -618,7 +612,7 @@ async fn open_as(
             // leader committed.
             let url = config.advertise_url.clone();
             let Some(lease) =
-                leader::wait(opened.clone(), holder, url, listener, shutdown.clone()).await?
+                leader::wait(opened.clone(), holder, url, give_way, shutdown.clone()).await?
             else {
                 return Err(ServeError::Stopped);
             };
@@ -797,20 +791,29 @@ pub async fn serve_with(
     let (stop, stopping) = tokio::sync::watch::channel(false);
     let mut shutdown = Box::pin(shutdown);
     let holder = leader::holder_name(config.replica_name.as_deref());
-    // A follower (a PostgreSQL store whose lease another replica holds) until the lease is ours,
-    // or asked to stop.
-    let url = config.advertise_url.clone();
-    match follower::follow_until_leading(&listener, &config, &holder, url, &mut shutdown).await? {
-        follower::Ended::Leading => {}
-        follower::Ended::Stopped => return Ok(()),
-    }
-    let opened = tokio::select! {
-        opened = open_as(config, stopping.clone(), Some(&listener), holder) => opened,
-        () = &mut shutdown => return Ok(()),
-    };
-    let (controller, token_files) = match opened {
-        Err(ServeError::Stopped) => return Ok(()),
-        other => other?,
+    let (controller, token_files) = loop {
+        // A follower (a PostgreSQL store whose lease another replica holds) until the lease is
+        // ours, or asked to stop.
+        let url = config.advertise_url.clone();
+        match follower::follow_until_leading(&listener, &config, &holder, url, &mut shutdown)
+            .await?
+        {
+            follower::Ended::Leading => {}
+            follower::Ended::Stopped => return Ok(()),
+        }
+        let opened = tokio::select! {
+            opened = open_as(config.clone(), stopping.clone(), true, holder.clone()) => opened,
+            () = &mut shutdown => return Ok(()),
+        };
+        match opened {
+            Err(ServeError::Stopped) => return Ok(()),
+            // Its lease ran out while it stopped following, and another replica took it.
+            Err(ServeError::NotLeading(leader)) => {
+                tracing::warn!(replica = %holder, %leader,
+                    "another replica took the leader lease first: following again");
+            }
+            other => break other?,
+        }
     };
     let lease_keeper = controller
         .lease_keeper
