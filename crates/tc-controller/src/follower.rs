@@ -860,11 +860,6 @@ pub async fn trust_forwarded(
     next.run(request).await
 }
 
-/// Reads the clients named, as the database has them now.
-fn load_clients(store: &PgStore, names: &[String]) -> tc_store::Result<Vec<Client>> {
-    store.clients_named(names)
-}
-
 /// Brings `client` into the follower's fleet and wakes its long-polls when its desired revision
 /// moved (or it was replaced by another client of the same name).
 fn apply_client(fleet: &Fleet, client: &Client) {
@@ -958,7 +953,7 @@ fn catch_up(follower: &Follower) -> tc_store::Result<()> {
             }
         }
         let names: Vec<String> = clients.into_iter().collect();
-        let found = load_clients(&follower.store, &names)?;
+        let found = follower.store.clients_named(&names)?;
         let present: HashSet<&str> = found.iter().map(|c| c.metadata.name.as_str()).collect();
         for name in names.iter().filter(|name| !present.contains(name.as_str())) {
             remove_client(&follower.fleet, name);

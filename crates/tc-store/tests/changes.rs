@@ -6,28 +6,13 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::take;
-use tc_api::{
-    API_VERSION, Client, ClientGroup, ClientGroupSpec, ClientSpec, ClientStatus, Kind, Object,
-    ObjectMeta, Timestamp,
-};
+use common::{LONG, group, take};
+use tc_api::{Client, ClientSpec, ClientStatus, Kind, Object, Timestamp};
 use tc_store::{
     Change, ClientStatusEntry, LeaseState, Liveness, PgStore, Store, StoreError, Write,
     WriteOutcome,
 };
 use tc_testkit::postgres::TestPostgres;
-
-const LONG: Duration = Duration::from_secs(60);
-
-fn group(name: &str) -> Object {
-    Object::ClientGroup(ClientGroup {
-        api_version: API_VERSION.into(),
-        kind: "ClientGroup".into(),
-        metadata: ObjectMeta::named(name),
-        spec: ClientGroupSpec::default(),
-        status: None,
-    })
-}
 
 fn apply(store: &PgStore, object: Object) -> Result<Vec<WriteOutcome>, StoreError> {
     store.write(

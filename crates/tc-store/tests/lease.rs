@@ -5,22 +5,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::take;
-use tc_api::{API_VERSION, ClientGroup, ClientGroupSpec, Kind, Object, ObjectMeta, Timestamp};
+use common::{LONG, group, take};
+use tc_api::{Kind, Timestamp};
 use tc_store::{LeaseState, PgStore, Store, StoreError, Write};
 use tc_testkit::postgres::TestPostgres;
-
-const LONG: Duration = Duration::from_secs(60);
-
-fn group(name: &str) -> Object {
-    Object::ClientGroup(ClientGroup {
-        api_version: API_VERSION.into(),
-        kind: "ClientGroup".into(),
-        metadata: ObjectMeta::named(name),
-        spec: ClientGroupSpec::default(),
-        status: None,
-    })
-}
 
 fn put(store: &PgStore, name: &str) -> Result<u64, StoreError> {
     let outcome = store.write(

@@ -6,6 +6,7 @@
 
 use std::time::{Duration, Instant};
 
+use tc_api::{API_VERSION, ClientGroup, ClientGroupSpec, Object, ObjectMeta};
 use tc_store::{LeaseState, PgStore, RedbStore, Store};
 use tc_testkit::postgres::TestPostgres;
 use tempfile::TempDir;
@@ -115,4 +116,18 @@ pub fn take(store: &PgStore, holder: &str, ttl: Duration) -> u64 {
             other => panic!("{holder} never got the lease: {other:?}"),
         }
     }
+}
+
+/// A lease that outlasts any test.
+pub const LONG: Duration = Duration::from_secs(60);
+
+/// An empty ClientGroup named `name`.
+pub fn group(name: &str) -> Object {
+    Object::ClientGroup(ClientGroup {
+        api_version: API_VERSION.into(),
+        kind: "ClientGroup".into(),
+        metadata: ObjectMeta::named(name),
+        spec: ClientGroupSpec::default(),
+        status: None,
+    })
 }
