@@ -675,7 +675,8 @@ async fn open_as(
     let credentials = credentials::Credentials::open(&*store, tokens::hash(&admin_token))?;
     let mut metrics = Metrics::default();
     let connections = ConnectionMetrics::register(&mut metrics);
-    let persister = Persister::start(store.clone(), metrics.client_write_batches.clone());
+    let persister = Persister::start(store.clone(), metrics.client_write_batches.clone())
+        .map_err(ServeError::Server)?;
     install_crypto_provider();
     let http = reqwest::Client::builder()
         .connect_timeout(config.artifact_connect_timeout)

@@ -133,58 +133,23 @@ pub struct Persister {
 }
 
 impl Persister {
-    /// Starts the writer task. It ends when every `Persister` handle is dropped. `batches` counts
-    /// the group commits it makes.
+    /// Starts the writer on a thread of its own, and returns at once. It ends when every
+    /// `Persister` handle is dropped. `batches` counts the group commits it makes.
+    ///
+    /// A thread, not a task: the next batch is written as soon as the last one committed, even
+    /// while the runtime's workers are busy answering the agents that batch released (a reconcile
+    /// pass over 50,000 clients commits in parts, and each part wakes thousands of long-polls).
+    /// It holds the store weakly, so that it never keeps a closed store open.
     pub fn start(
         store: Arc<dyn Store>,
         batches: prometheus_client::metrics::counter::Counter,
-    ) -> Persister {
-        let (sender, mut receiver) = mpsc::unbounded_channel::<PersistRequest>();
-        tokio::spawn(async move {
-            while let Some(first) = receiver.recv().await {
-                let mut waiters = vec![];
-                let mut batch = Batch::default();
-                let mut requests = 0;
-                let mut records = 0;
-                let mut next = Some(first);
-                while let Some(mut request) = next.take() {
-                    waiters.extend(request.done.take());
-                    records += request.records();
-                    batch.add(request);
-                    requests += 1;
-                    // Bounded, so that a large write queued in parts (a reconcile pass) is
-                    // committed, and its waiters answered, part by part.
-                    if requests < MAX_BATCH_REQUESTS && records < MAX_BATCH_RECORDS {
-                        next = receiver.try_recv().ok();
-                    }
-                }
-                let liveness = std::mem::take(&mut batch.liveness);
-                let events = std::mem::take(&mut batch.events);
-                let (objects, statuses) = batch.split();
-                let count = objects.len() + statuses.len() + liveness.len();
-                let store = store.clone();
-                batches.inc();
-                let result = tokio::task::spawn_blocking(move || -> tc_store::Result<()> {
-                    store.put_clients(objects)?;
-                    store.put_client_status(statuses)?;
-                    store.put_liveness(liveness)?;
-                    if let Err(error) = store.append_events(events) {
-                        tracing::error!(%error, "recording events failed");
-                    }
-                    Ok(())
-                })
-                .await
-                .map_err(|e| e.to_string())
-                .and_then(|r| r.map_err(|e| e.to_string()));
-                if let Err(error) = &result {
-                    tracing::error!(%error, clients = count, "writing clients failed");
-                }
-                for waiter in waiters {
-                    let _ = waiter.send(result.clone());
-                }
-            }
-        });
-        Persister { sender }
+    ) -> std::io::Result<Persister> {
+        let (sender, receiver) = mpsc::unbounded_channel::<PersistRequest>();
+        let store = Arc::downgrade(&store);
+        std::thread::Builder::new()
+            .name("tc-client-writer".into())
+            .spawn(move || write_batches(&store, receiver, &batches))?;
+        Ok(Persister { sender })
     }
 
     fn send(&self, request: PersistRequest) -> Result<(), String> {
@@ -306,6 +271,63 @@ impl Persister {
     }
 }
 
+/// The writer thread: takes the requests queued meanwhile (up to the batch bounds), writes them
+/// in one group commit, answers their waiters, and goes on with the next.
+fn write_batches(
+    store: &std::sync::Weak<dyn Store>,
+    mut receiver: mpsc::UnboundedReceiver<PersistRequest>,
+    batches: &prometheus_client::metrics::counter::Counter,
+) {
+    while let Some(first) = receiver.blocking_recv() {
+        let mut waiters = vec![];
+        let mut batch = Batch::default();
+        let mut requests = 0;
+        let mut records = 0;
+        let mut next = Some(first);
+        while let Some(mut request) = next.take() {
+            waiters.extend(request.done.take());
+            records += request.records();
+            batch.add(request);
+            requests += 1;
+            // Bounded, so that a large write queued in parts (a reconcile pass) is committed,
+            // and its waiters answered, part by part.
+            if requests < MAX_BATCH_REQUESTS && records < MAX_BATCH_RECORDS {
+                next = receiver.try_recv().ok();
+            }
+        }
+        let liveness = std::mem::take(&mut batch.liveness);
+        let events = std::mem::take(&mut batch.events);
+        let (objects, statuses) = batch.split();
+        let count = objects.len() + statuses.len() + liveness.len();
+        batches.inc();
+        let result = match store.upgrade() {
+            None => Err("the controller is shutting down".to_string()),
+            Some(store) => {
+                let write = || -> tc_store::Result<()> {
+                    store.put_clients(objects)?;
+                    store.put_client_status(statuses)?;
+                    store.put_liveness(liveness)?;
+                    if let Err(error) = store.append_events(events) {
+                        tracing::error!(%error, "recording events failed");
+                    }
+                    Ok(())
+                };
+                // A store that panics fails this batch, not every later one.
+                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(write)) {
+                    Ok(written) => written.map_err(|e| e.to_string()),
+                    Err(_) => Err("writing clients panicked".to_string()),
+                }
+            }
+        };
+        if let Err(error) = &result {
+            tracing::error!(%error, clients = count, "writing clients failed");
+        }
+        for waiter in waiters {
+            let _ = waiter.send(result.clone());
+        }
+    }
+}
+
 /// Flushes liveness-only changes every `interval` until `shutdown` fires, then once more.
 pub async fn flush_liveness(
     fleet: Arc<Fleet>,
@@ -408,5 +430,79 @@ mod tests {
             .map(|e| (e.name.as_str(), e.status.desired_revision))
             .collect();
         assert_eq!(merged, [("a", 4), ("b", 3), ("c", 1)]);
+    }
+
+    /// The writer goes on with the next batch while the runtime is busy (here: blocked), so a
+    /// reconcile pass's parts reach the store one after the other without waiting for the
+    /// runtime to get round to the writer between them.
+    #[tokio::test(flavor = "current_thread")]
+    async fn batches_are_written_while_the_runtime_is_busy() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> =
+            Arc::new(tc_store::RedbStore::open(&dir.path().join("state.redb")).unwrap());
+        store.put_clients(vec![client("a"), client("b")]).unwrap();
+        let persister = Persister::start(
+            store.clone(),
+            prometheus_client::metrics::counter::Counter::default(),
+        )
+        .unwrap();
+        let entry = |name: &str, revision: u64| ClientStatusEntry {
+            name: name.into(),
+            status: ClientStatus {
+                desired_revision: revision,
+                ..Default::default()
+            },
+        };
+        // Queued as two parts (more records than one batch takes); this task does not yield.
+        let first = persister.queue_statuses(
+            std::iter::repeat_with(|| entry("a", 1))
+                .take(MAX_BATCH_RECORDS)
+                .collect(),
+        );
+        let second = persister.queue_statuses(vec![entry("b", 2)]);
+        let revision = |name: &str| {
+            store
+                .get_client(name)
+                .unwrap()
+                .map(|c| c.status.desired_revision)
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while revision("b") != Some(2) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(
+            (revision("a"), revision("b")),
+            (Some(1), Some(2)),
+            "both parts are committed while the runtime never ran"
+        );
+        assert_eq!(first.await, Ok(()));
+        assert_eq!(second.await, Ok(()));
+    }
+
+    /// Writing after the store is gone is an error for the waiter, not a hang or a panic.
+    #[tokio::test]
+    async fn a_write_after_the_store_closed_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> =
+            Arc::new(tc_store::RedbStore::open(&dir.path().join("state.redb")).unwrap());
+        let persister = Persister::start(
+            store.clone(),
+            prometheus_client::metrics::counter::Counter::default(),
+        )
+        .unwrap();
+        drop(store);
+        // The writer held it weakly: the file is free to open again at once.
+        let reopened = tc_store::RedbStore::open(&dir.path().join("state.redb"));
+        assert!(reopened.is_ok(), "{:?}", reopened.err());
+        drop(reopened);
+        let written = persister.write_liveness(vec![Liveness {
+            name: "a".into(),
+            last_heartbeat: tc_proto::Timestamp::from_unix_millis(1),
+            load: Default::default(),
+        }]);
+        assert_eq!(
+            written.await,
+            Err("the controller is shutting down".to_string())
+        );
     }
 }
