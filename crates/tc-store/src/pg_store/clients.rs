@@ -468,33 +468,67 @@ pub(super) fn delete(txn: &mut Transaction<'_>, name: &str) -> Result<Option<Cli
 }
 
 /// Records the statuses of `entries` (names sorted, each once) whose client exists, as
-/// [`record_status`] does one by one, in at most four statements whatever their number (a
+/// [`record_status`] does one by one, in a fixed number of statements whatever their number (a
 /// reconcile pass writes thousands at once); returns how many were recorded.
 pub(super) fn record_statuses(
     txn: &mut Transaction<'_>,
     entries: &[crate::ClientStatusEntry],
 ) -> Result<usize> {
-    let names: Vec<&str> = entries.iter().map(|entry| entry.name.as_str()).collect();
-    // A client deleted meanwhile (or never enrolled) is not brought back.
-    let existing: std::collections::HashSet<String> = txn
-        .query("SELECT name FROM clients WHERE name = ANY($1)", &[&names])
-        .map_err(db("read clients"))?
+    let mut names = Vec::with_capacity(entries.len());
+    let mut statuses = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let name = entry.name.as_str();
+        names.push(name);
+        statuses.push(encode(
+            format_args!("client_status/{name}"),
+            &StatusRecord::of(&entry.status),
+        )?);
+    }
+    // A client has a status record from its creation until its deletion (in the same
+    // transactions as its object): its record is updated in place, which finds and locks each
+    // row once (an upsert would look for it twice, first to insert).
+    let mut recorded: std::collections::HashSet<String> = txn
+        .query(
+            "UPDATE client_status AS c SET status = u.s
+             FROM unnest($1::text[], $2::text[]) AS u (n, s)
+             WHERE c.name = u.n
+             RETURNING c.name",
+            &[&names, &statuses],
+        )
+        .map_err(db("write client_status"))?
         .iter()
         .map(|row| row.get(0))
         .collect();
-    let (mut status_names, mut statuses) = (Vec::new(), Vec::new());
+    if recorded.len() < names.len() {
+        // The others get one if their client exists: a client deleted meanwhile (or never
+        // enrolled) is not brought back.
+        let (rest_names, rest_statuses): (Vec<&str>, Vec<&str>) = names
+            .iter()
+            .zip(&statuses)
+            .filter(|(name, _)| !recorded.contains(**name))
+            .map(|(name, status)| (*name, status.as_str()))
+            .unzip();
+        let inserted = txn
+            .query(
+                "INSERT INTO client_status (name, status)
+                 SELECT u.n, u.s FROM unnest($1::text[], $2::text[]) AS u (n, s)
+                 WHERE EXISTS (SELECT 1 FROM clients WHERE clients.name = u.n)
+                 ON CONFLICT (name) DO UPDATE SET status = excluded.status
+                 RETURNING name",
+                &[&rest_names, &rest_statuses],
+            )
+            .map_err(db("write client_status"))?;
+        recorded.extend(inserted.iter().map(|row| row.get::<_, String>(0)));
+    }
     let (mut inventory_names, mut inventories) = (Vec::new(), Vec::new());
     let (mut live_names, mut live_at, mut live_loads) = (Vec::new(), Vec::new(), Vec::new());
+    let mut status_names = Vec::with_capacity(recorded.len());
     for entry in entries
         .iter()
-        .filter(|entry| existing.contains(&entry.name))
+        .filter(|entry| recorded.contains(&entry.name))
     {
         let (name, status) = (entry.name.as_str(), &entry.status);
         status_names.push(name);
-        statuses.push(encode(
-            format_args!("client_status/{name}"),
-            &StatusRecord::of(status),
-        )?);
         if let Some(inventory) = &status.inventory {
             inventory_names.push(name);
             inventories.push(encode(format_args!("client_inventory/{name}"), inventory)?);
@@ -511,13 +545,6 @@ pub(super) fn record_statuses(
     if status_names.is_empty() {
         return Ok(0);
     }
-    txn.execute(
-        "INSERT INTO client_status (name, status)
-         SELECT * FROM unnest($1::text[], $2::text[])
-         ON CONFLICT (name) DO UPDATE SET status = excluded.status",
-        &[&status_names, &statuses],
-    )
-    .map_err(db("write client_status"))?;
     if !inventory_names.is_empty() {
         txn.execute(
             "INSERT INTO client_inventory (name, inventory)
@@ -528,10 +555,15 @@ pub(super) fn record_statuses(
         .map_err(db("write client_inventory"))?;
     }
     if !live_names.is_empty() {
-        // Only a newer heartbeat replaces the recorded one.
+        // Only a newer heartbeat replaces the recorded one. The rows recorded as new already are
+        // left out before the upsert, which would lock each of them (and dirty its page) only to
+        // find it has nothing to do: a status write usually carries the heartbeat recorded last.
         txn.execute(
             "INSERT INTO client_liveness (name, last_heartbeat_millis, load)
-             SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[])
+             SELECT u.n, u.at, u.load
+             FROM unnest($1::text[], $2::bigint[], $3::text[]) AS u (n, at, load)
+             LEFT JOIN client_liveness AS l ON l.name = u.n
+             WHERE l.name IS NULL OR l.last_heartbeat_millis < u.at
              ON CONFLICT (name) DO UPDATE SET last_heartbeat_millis = excluded.last_heartbeat_millis,
                  load = excluded.load
              WHERE client_liveness.last_heartbeat_millis < excluded.last_heartbeat_millis",

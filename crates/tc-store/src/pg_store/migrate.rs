@@ -36,6 +36,11 @@ pub(super) const MIGRATIONS: &[Migration] = &[
         name: "changes",
         sql: include_str!("migrations/0004_changes.sql"),
     },
+    Migration {
+        version: 5,
+        name: "room_for_updates",
+        sql: include_str!("migrations/0005_room_for_updates.sql"),
+    },
 ];
 
 /// An arbitrary constant identifying the store's migration lock among advisory locks.
