@@ -207,6 +207,7 @@ pub async fn follow_until_leading(
     };
     let store =
         Arc::new(blocking("open the store", move || PgStore::open(&tc_store_location)).await?);
+    crate::store::log_encryption(&store);
     let try_lease = {
         let (store, holder, url) = (store.clone(), holder.to_string(), url.clone());
         move || {

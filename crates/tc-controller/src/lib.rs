@@ -608,6 +608,7 @@ async fn open_as(
                     .await
                     .map_err(|e| ServeError::Server(std::io::Error::other(e)))??,
             );
+            store::log_encryption(&opened);
             // Nothing is read before this replica leads: it starts from what the previous
             // leader committed.
             let url = config.advertise_url.clone();

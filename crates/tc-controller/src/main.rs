@@ -113,6 +113,16 @@ struct Args {
         global = true
     )]
     store_password_file: Option<PathBuf>,
+    /// PEM file of the CA certificates that signed the PostgreSQL server's certificate: every
+    /// connection then uses TLS and verifies the server (its chain, and the URL's host name);
+    /// without it, connections are in plain text. Also for `migrate --to`.
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "TC_CONTROLLER_STORE_CA_FILE",
+        global = true
+    )]
+    store_ca_file: Option<PathBuf>,
     /// This replica's name in the leader lease of a PostgreSQL store (the host name by default;
     /// on Kubernetes, the pod's name).
     #[arg(long, value_name = "NAME", env = "TC_CONTROLLER_REPLICA_NAME")]
@@ -138,7 +148,12 @@ fn main() -> ExitCode {
     match &args.command {
         Some(Command::Ca(command)) => return ca_command(command, &args),
         Some(Command::Migrate { from, to }) => {
-            return migrate_command(from, to, args.store_password_file.as_deref());
+            return migrate_command(
+                from,
+                to,
+                args.store_password_file.as_deref(),
+                args.store_ca_file.as_deref(),
+            );
         }
         None => {}
     }
@@ -162,6 +177,7 @@ fn main() -> ExitCode {
             &args.store,
             args.store_password_file.as_deref(),
             std::env::var(tc_controller::store::PASSWORD_ENV).ok(),
+            args.store_ca_file.as_deref(),
         ) {
             Ok(store) => store,
             Err(error) => {
@@ -240,11 +256,17 @@ enum CaCommand {
 }
 
 /// Runs `migrate`.
-fn migrate_command(from: &Path, to: &str, password_file: Option<&Path>) -> ExitCode {
+fn migrate_command(
+    from: &Path,
+    to: &str,
+    password_file: Option<&Path>,
+    ca_file: Option<&Path>,
+) -> ExitCode {
     let location = tc_controller::store::StoreLocation::parse(
         to,
         password_file,
         std::env::var(tc_controller::store::PASSWORD_ENV).ok(),
+        ca_file,
     );
     let settings = match location {
         Ok(tc_controller::store::StoreLocation::Postgres(settings)) => settings,

@@ -38,20 +38,28 @@ pub enum StoreLocationError {
     /// A password file given for the redb store.
     #[error("--store-password-file is for a PostgreSQL store; --store is redb")]
     PasswordForRedb,
+    /// A CA file given for the redb store.
+    #[error("--store-ca-file is for a PostgreSQL store; --store is redb")]
+    CaFileForRedb,
 }
 
 impl StoreLocation {
     /// Reads `--store` (`redb`, or a URL), with the password from `password_file` (its first
     /// line), else from `password_env` (the value of [`PASSWORD_ENV`]), else none (the URL's, or
-    /// none for trust or peer authentication).
+    /// none for trust or peer authentication); `ca_file` (`--store-ca-file`) holds the CA
+    /// certificates that signed the database server's (TLS, the server verified).
     pub fn parse(
         value: &str,
         password_file: Option<&Path>,
         password_env: Option<String>,
+        ca_file: Option<&Path>,
     ) -> Result<StoreLocation, StoreLocationError> {
         if value == "redb" {
             if password_file.is_some() {
                 return Err(StoreLocationError::PasswordForRedb);
+            }
+            if ca_file.is_some() {
+                return Err(StoreLocationError::CaFileForRedb);
             }
             return Ok(StoreLocation::Redb);
         }
@@ -79,8 +87,21 @@ impl StoreLocation {
         };
         Ok(StoreLocation::Postgres(PgSettings {
             password,
+            ca_file: ca_file.map(Path::to_path_buf),
             ..PgSettings::new(value)
         }))
+    }
+}
+
+/// Says at start whether the store's connections are encrypted, and warns when they cross a
+/// network in plain text (the store's password and every client's state would).
+pub fn log_encryption(store: &tc_store::PgStore) {
+    if store.encrypted() {
+        tracing::info!(
+            "the connections to PostgreSQL use TLS; the server's certificate is verified"
+        );
+    } else if let Some(host) = store.plain_text_host() {
+        tracing::warn!(%host, "the connections to PostgreSQL are not encrypted: give --store-ca-file (the CA that signed the server's certificate) to use TLS");
     }
 }
 
@@ -92,11 +113,11 @@ mod tests {
     fn redb_is_the_default_and_a_url_selects_postgresql() {
         assert_eq!(StoreLocation::default(), StoreLocation::Redb);
         assert_eq!(
-            StoreLocation::parse("redb", None, Some("ignored".into())),
+            StoreLocation::parse("redb", None, Some("ignored".into()), None),
             Ok(StoreLocation::Redb)
         );
         let StoreLocation::Postgres(settings) =
-            StoreLocation::parse("postgres://tc@db:5432/thinfleet", None, None).unwrap()
+            StoreLocation::parse("postgres://tc@db:5432/thinfleet", None, None, None).unwrap()
         else {
             panic!("expected PostgreSQL");
         };
@@ -115,45 +136,56 @@ mod tests {
         };
         let url = "postgresql://tc@db/thinfleet";
         assert_eq!(
-            password(StoreLocation::parse(url, Some(&file), Some("env".into())).unwrap()),
+            password(StoreLocation::parse(url, Some(&file), Some("env".into()), None).unwrap()),
             Some("s3cret".into())
         );
         assert_eq!(
-            password(StoreLocation::parse(url, None, Some("env".into())).unwrap()),
+            password(StoreLocation::parse(url, None, Some("env".into()), None).unwrap()),
             Some("env".into())
         );
         assert_eq!(
-            password(StoreLocation::parse(url, None, Some(String::new())).unwrap()),
+            password(StoreLocation::parse(url, None, Some(String::new()), None).unwrap()),
             None
         );
         // The password never shows in the settings' debug form.
         let debug = format!(
             "{:?}",
-            StoreLocation::parse(url, Some(&file), None).unwrap()
+            StoreLocation::parse(url, Some(&file), None, None).unwrap()
         );
         assert!(!debug.contains("s3cret"), "{debug}");
     }
 
     #[test]
     fn bad_settings_are_refused_without_repeating_the_value() {
-        let error = StoreLocation::parse("postgress://tc:pw@db/x", None, None).unwrap_err();
+        let error = StoreLocation::parse("postgress://tc:pw@db/x", None, None, None).unwrap_err();
         assert_eq!(error, StoreLocationError::Unknown);
         assert!(!error.to_string().contains("pw@"));
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("missing");
         assert!(matches!(
-            StoreLocation::parse("postgres://db/x", Some(&missing), None),
+            StoreLocation::parse("postgres://db/x", Some(&missing), None, None),
             Err(StoreLocationError::PasswordFile { .. })
         ));
         let empty = dir.path().join("empty");
         std::fs::write(&empty, "\n").unwrap();
         assert!(matches!(
-            StoreLocation::parse("postgres://db/x", Some(&empty), None),
+            StoreLocation::parse("postgres://db/x", Some(&empty), None, None),
             Err(StoreLocationError::PasswordFile { .. })
         ));
         assert_eq!(
-            StoreLocation::parse("redb", Some(&empty), None),
+            StoreLocation::parse("redb", Some(&empty), None, None),
             Err(StoreLocationError::PasswordForRedb)
         );
+        assert_eq!(
+            StoreLocation::parse("redb", None, None, Some(&empty)),
+            Err(StoreLocationError::CaFileForRedb)
+        );
+        // The CA file is the store's to read when it connects.
+        let StoreLocation::Postgres(settings) =
+            StoreLocation::parse("postgres://db/x", None, None, Some(&empty)).unwrap()
+        else {
+            panic!("expected PostgreSQL");
+        };
+        assert_eq!(settings.ca_file.as_deref(), Some(empty.as_path()));
     }
 }

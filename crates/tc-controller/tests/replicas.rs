@@ -31,6 +31,11 @@ impl Drop for Replica {
 
 impl Replica {
     fn start(url: &str, data: &Path, name: &str) -> Replica {
+        Replica::start_with(url, data, name, &[])
+    }
+
+    /// Starts a replica with `args` added to its command line.
+    fn start_with(url: &str, data: &Path, name: &str, args: &[&str]) -> Replica {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -43,6 +48,7 @@ impl Replica {
             .args(["--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
             .arg(data)
             .args(["--no-manifests", "--store", url, "--replica-name", name])
+            .args(args)
             .env("RUST_LOG", "info")
             .stdout(file.try_clone().unwrap())
             .stderr(file)
@@ -676,4 +682,80 @@ async fn every_replica_serves_and_a_change_through_any_wakes_long_polls_on_all()
         (metric(http, &c, "thinfleet_follower_feed_errors_total").await > Some(0)).then_some(())
     })
     .await;
+}
+
+/// Replicas on a database server that takes TLS connections only: given the CA that signed the
+/// server's certificate, every connection of the leader and of a follower (the pool's, the
+/// change feed's listener) is encrypted, and the replicas work as over plain text; a replica
+/// without the CA is refused by the server and says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_reach_a_database_that_requires_tls() {
+    tc_controller::install_crypto_provider();
+    let (server, url, ca_file) = tokio::task::spawn_blocking(|| {
+        let mut server = TestPostgres::start();
+        let url = server.create_database();
+        let ca_file = server.require_tls();
+        (server, url, ca_file)
+    })
+    .await
+    .unwrap();
+    let name = url.rsplit('/').next().unwrap().to_string();
+    let by_name = format!(
+        "postgres://postgres@localhost:{}/{name}?hostaddr=127.0.0.1&sslmode=verify-full",
+        server.port()
+    );
+    let ca = ca_file.to_str().unwrap();
+    let temp = tempfile::tempdir().unwrap();
+    let (data_a, data_b) = (temp.path().join("a"), temp.path().join("b"));
+    let a = Replica::start_with(&by_name, &data_a, "a", &["--store-ca-file", ca]);
+    let http = client_trusting_its_ca(&data_a, Duration::from_secs(10)).await;
+    a.wait_ready(&http).await;
+    assert!(
+        a.log()
+            .contains("use TLS; the server's certificate is verified"),
+        "{}",
+        a.log()
+    );
+    copy_shared_files(&data_a, &data_b);
+    let b = Replica::start_with(&by_name, &data_b, "b", &["--store-ca-file", ca]);
+    b.wait_log("this one follows and serves");
+    b.wait_ready(&http).await;
+    // A write through the follower reaches the leader, and the follower hears of it.
+    let admin = |replica: &Replica| Api {
+        base: replica.base.clone(),
+        token: read(&data_a.join("admin.token")),
+        http: http.clone(),
+    };
+    let (status, result) = admin(&b).apply(GROUP, "").await;
+    assert_eq!(status, StatusCode::OK, "{result}");
+    let (status, group) = admin(&a)
+        .get("/apis/thinfleet.io/v1/clientgroups/front-desk")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{group}");
+    let plain = server.psql(
+        &url,
+        "SELECT count(*) FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid) \
+         WHERE a.application_name = 'thinfleet' AND NOT s.ssl",
+    );
+    let encrypted = server.psql(
+        &url,
+        "SELECT count(*) FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid) \
+         WHERE a.application_name = 'thinfleet' AND s.ssl",
+    );
+    assert_eq!(
+        plain, "0",
+        "no connection in plain text ({encrypted} encrypted)"
+    );
+    assert_ne!(encrypted, "0");
+
+    // Without the CA the URL's verify-full is refused before connecting; without either, the
+    // server refuses plain text.
+    let data_c = temp.path().join("c");
+    copy_shared_files(&data_a, &data_c);
+    let mut c = Replica::start(&by_name, &data_c, "c");
+    assert!(!c.wait_exit().success());
+    assert!(c.log().contains("--store-ca-file"), "{}", c.log());
+    let mut c = Replica::start(&url, &data_c, "c");
+    assert!(!c.wait_exit().success());
+    assert!(c.log().contains("no encryption"), "{}", c.log());
 }

@@ -24,6 +24,7 @@ mod import;
 mod lease;
 mod migrate;
 mod pool;
+mod tls;
 
 pub use blobs::{BLOB_CHUNK_BYTES, BlobError, BlobPut};
 pub use changes::{Change, ChangeListener, ChangesPage};
@@ -59,7 +60,7 @@ pub struct PgStore {
     fence: std::sync::RwLock<Option<lease::Fence>>,
     event_capacity: usize,
     /// How the pool connects (password included), for listeners' connections of their own.
-    config: Config,
+    connector: tls::Connector,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -78,6 +79,22 @@ fn db(what: impl std::fmt::Display) -> impl FnOnce(postgres::Error) -> StoreErro
 /// [`StoreError::Unavailable`] when `error` says the server cannot be reached or is going away
 /// (a closed connection, an I/O error, SQLSTATE class 08 or 57P, too many connections), so that
 /// the caller can answer "try again"; [`StoreError::Database`] otherwise.
+/// `error` with what caused it: the driver says "error performing TLS handshake" and keeps why
+/// (an unknown issuer, a name the certificate does not cover) in its source.
+fn described(error: &postgres::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 fn classify(message: String, error: &postgres::Error) -> StoreError {
     use std::error::Error as _;
     let unavailable = error.is_closed()
@@ -142,6 +159,10 @@ pub struct PgSettings {
     pub event_capacity: usize,
     /// How many connections the store keeps.
     pub connections: usize,
+    /// The CA certificates (PEM) that signed the server's certificate: with them, every
+    /// connection uses TLS and verifies the server (its chain and its host name); without them,
+    /// connections are in plain text and a URL that asks for TLS is refused.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl PgSettings {
@@ -152,6 +173,7 @@ impl PgSettings {
             password: None,
             event_capacity: DEFAULT_EVENT_CAPACITY,
             connections: DEFAULT_CONNECTIONS,
+            ca_file: None,
         }
     }
 }
@@ -163,6 +185,7 @@ impl std::fmt::Debug for PgSettings {
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("event_capacity", &self.event_capacity)
             .field("connections", &self.connections)
+            .field("ca_file", &self.ca_file)
             .finish_non_exhaustive()
     }
 }
@@ -185,10 +208,22 @@ impl PgStore {
         })
     }
 
+    /// Whether the store's connections use TLS (and verify the server).
+    pub fn encrypted(&self) -> bool {
+        self.connector.encrypted()
+    }
+
+    /// The host the store reaches in plain text over a network (not a unix socket, not
+    /// loopback), if any: what a controller warns about at start.
+    pub fn plain_text_host(&self) -> Option<String> {
+        self.connector.plain_text_host()
+    }
+
     /// Connects as `settings` say and applies the migrations the database has not had.
     pub fn open(settings: &PgSettings) -> Result<PgStore> {
+        let (ssl_mode, url) = tls::UrlSslMode::of(&settings.url);
         // The URL is not quoted: it may carry a password.
-        let mut config = Config::from_str(&settings.url).map_err(|e| {
+        let mut config = Config::from_str(&url).map_err(|e| {
             StoreError::Database(format!(
                 "PostgreSQL URL (postgres://user@host:port/db): {e}"
             ))
@@ -200,9 +235,10 @@ impl PgStore {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
         config.application_name("thinfleet");
-        let pool = pool::Pool::start(config.clone(), settings.connections.max(1))?;
+        let connector = tls::Connector::new(config, ssl_mode, settings.ca_file.as_deref())?;
+        let pool = pool::Pool::start(connector.clone(), settings.connections.max(1))?;
         // Connects at its first use only: a controller that never takes the lease never opens it.
-        let lease_pool = pool::Pool::start(config.clone(), 1)?;
+        let lease_pool = pool::Pool::start(connector.clone(), 1)?;
         // The first job connects: a wrong URL or a server that does not answer fails here.
         pool.run("migrate", |client| migrate::migrate(client).map(drop))?;
         Ok(PgStore {
@@ -210,7 +246,7 @@ impl PgStore {
             lease_pool,
             fence: std::sync::RwLock::new(None),
             event_capacity: settings.event_capacity.max(1),
-            config,
+            connector,
         })
     }
 

@@ -352,6 +352,57 @@ impl TestPostgres {
         self.shut_down();
     }
 
+    /// Makes the server accept TCP connections over TLS only, with a certificate for the name
+    /// `localhost` (and no address) from a CA made for it, and restarts it; returns the CA
+    /// certificate's PEM file. A plain-text TCP connection is then refused by `pg_hba.conf`
+    /// (the unix socket stays open, for [`TestPostgres::psql`]). A client verifying the
+    /// certificate must connect by the name `localhost` (`host=localhost hostaddr=127.0.0.1`).
+    pub fn require_tls(&mut self) -> PathBuf {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+        let ca_key = KeyPair::generate().expect("generate the test CA's key");
+        let mut ca_params = CertificateParams::default();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "thinfleet test database CA");
+        let ca = ca_params
+            .self_signed(&ca_key)
+            .expect("sign the test CA's certificate");
+        let server_key = KeyPair::generate().expect("generate the server's key");
+        let server = CertificateParams::new(vec!["localhost".to_string()])
+            .expect("server certificate parameters")
+            .signed_by(&server_key, &Issuer::new(ca_params, ca_key))
+            .expect("sign the server's certificate");
+        let data = self.dir.path().join("data");
+        let write = |name: &str, text: &str| {
+            let path = data.join(name);
+            std::fs::write(&path, text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            if running_as_root() {
+                std::os::unix::fs::chown(&path, Some(UNPRIVILEGED_ID), Some(UNPRIVILEGED_ID))
+                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            }
+        };
+        write("server.crt", &server.pem());
+        write("server.key", &server_key.serialize_pem());
+        write(
+            "pg_hba.conf",
+            "local all all trust\n\
+             hostssl all all 127.0.0.1/32 trust\n\
+             hostnossl all all 127.0.0.1/32 reject\n",
+        );
+        let conf = data.join("postgresql.auto.conf");
+        let mut settings = std::fs::read_to_string(&conf).unwrap_or_default();
+        settings.push_str("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
+        write("postgresql.auto.conf", &settings);
+        let ca_file = self.dir.path().join("ca.crt");
+        std::fs::write(&ca_file, ca.pem()).unwrap_or_else(|e| panic!("{}: {e}", ca_file.display()));
+        self.stop();
+        self.restart();
+        ca_file
+    }
+
     /// Starts the stopped server again, with its data, on the same port.
     pub fn restart(&mut self) {
         let data = self.dir.path().join("data");

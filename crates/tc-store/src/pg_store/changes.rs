@@ -16,7 +16,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use postgres::fallible_iterator::FallibleIterator;
-use postgres::{Client, Config, NoTls, Transaction};
+use postgres::{Client, Transaction};
 
 use super::{PgStore, classify, db, uint};
 use crate::{Result, StoreError};
@@ -227,7 +227,7 @@ impl PgStore {
     /// reading [`PgStore::changes_after`], so that no change committed in between goes
     /// unnoticed.
     pub fn listen(&self) -> Result<ChangeListener> {
-        ChangeListener::open(self.config.clone())
+        ChangeListener::open(self.connector.clone())
     }
 }
 
@@ -278,9 +278,9 @@ impl std::fmt::Debug for ChangeListener {
 }
 
 impl ChangeListener {
-    /// Connects with `config` on a new thread and listens; returns once the server confirmed
+    /// Connects with `connector` on a new thread and listens; returns once the server confirmed
     /// the `LISTEN`.
-    fn open(config: Config) -> Result<ChangeListener> {
+    fn open(connector: super::tls::Connector) -> Result<ChangeListener> {
         let heard = Arc::new((Mutex::new(Heard::default()), Condvar::new()));
         let dropped = Arc::new(AtomicBool::new(false));
         let (ready, started) = std::sync::mpsc::sync_channel::<Result<()>>(1);
@@ -288,9 +288,14 @@ impl ChangeListener {
         std::thread::Builder::new()
             .name("tc-store-pg-listen".into())
             .spawn(move || {
-                let client = config
-                    .connect(NoTls)
-                    .map_err(|e| classify(format!("listen for changes: connect: {e}"), &e))
+                let client = connector
+                    .connect()
+                    .map_err(|e| {
+                        classify(
+                            format!("listen for changes: connect: {}", super::described(&e)),
+                            &e,
+                        )
+                    })
                     .and_then(|mut client| {
                         client
                             .batch_execute(&format!("LISTEN {CHANNEL}"))

@@ -14,7 +14,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use postgres::{Client, Config, NoTls};
+use postgres::Client;
+
+use super::tls::Connector;
 
 use crate::{Result, StoreError};
 
@@ -29,20 +31,20 @@ pub(super) struct Pool {
 }
 
 impl Pool {
-    /// Starts `size` workers connecting with `config` when they get their first job (on their
+    /// Starts `size` workers connecting with `connector` when they get their first job (on their
     /// own threads: connecting, too, must not happen on the caller's).
-    pub(super) fn start(config: Config, size: usize) -> Result<Pool> {
+    pub(super) fn start(connector: Connector, size: usize) -> Result<Pool> {
         let (sender, receiver) = sync_channel::<Job>(size.max(1) * 4);
         let receiver = Arc::new(Mutex::new(receiver));
         let failures = Arc::new(AtomicU64::new(0));
         let mut workers = Vec::with_capacity(size);
         for index in 0..size.max(1) {
             let receiver = Arc::clone(&receiver);
-            let config = config.clone();
+            let connector = connector.clone();
             let failures = Arc::clone(&failures);
             let worker = std::thread::Builder::new()
                 .name(format!("tc-store-pg-{index}"))
-                .spawn(move || work(&config, &receiver, &failures))
+                .spawn(move || work(&connector, &receiver, &failures))
                 .map_err(|e| StoreError::Database(format!("start a connection thread: {e}")))?;
             workers.push(worker);
         }
@@ -113,10 +115,13 @@ impl Drop for Pool {
     }
 }
 
-fn connect(config: &Config) -> Result<Client> {
-    config
-        .connect(NoTls)
-        .map_err(|e| super::classify(format!("connect to PostgreSQL: {e}"), &e))
+fn connect(connector: &Connector) -> Result<Client> {
+    connector.connect().map_err(|e| {
+        super::classify(
+            format!("connect to PostgreSQL: {}", super::described(&e)),
+            &e,
+        )
+    })
 }
 
 /// A connection idle this long is checked (one empty query) before its next job, so that the
@@ -128,7 +133,7 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// `failures` counts the jobs of every worker whose connection failed: a worker that sees it move
 /// checks its own connection before its next job, since a server that went away closed them all.
-fn work(config: &Config, receiver: &Mutex<Receiver<Job>>, failures: &AtomicU64) {
+fn work(connector: &Connector, receiver: &Mutex<Receiver<Job>>, failures: &AtomicU64) {
     let mut client: Option<Client> = None;
     let mut last_used = Instant::now();
     let mut failures_seen = failures.load(Ordering::Relaxed);
@@ -153,7 +158,7 @@ fn work(config: &Config, receiver: &Mutex<Receiver<Job>>, failures: &AtomicU64) 
         failures_seen = failures_now;
         if client.as_ref().is_none_or(Client::is_closed) {
             client = None;
-            match connect(config) {
+            match connect(connector) {
                 Ok(connected) => client = Some(connected),
                 Err(e) => {
                     let _ = job(Err(e));
