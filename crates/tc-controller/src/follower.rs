@@ -35,7 +35,7 @@
 //! **Taking over.** A follower tries to take the lease every second. When it does, it stops
 //! following (its long-polls end, the agents poll again at once) and opens as the leader.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -919,28 +919,36 @@ fn catch_up(follower: &Follower) -> tc_store::Result<()> {
             return Ok(());
         };
         let mut clients = BTreeSet::new();
-        let mut statuses = BTreeSet::new();
+        // A status change needs only the desired revision, and nothing else of the client
+        // travels (a push to a whole fleet is a status change of every client): the change
+        // carries it; for one recorded without it, the database reads it out of the status.
+        let mut revisions: BTreeMap<String, u64> = BTreeMap::new();
+        let mut unknown = BTreeSet::new();
         let mut wakes = Vec::new();
         for change in &page.changes {
-            match change.kind.as_str() {
-                "client" => {
+            match (change.kind.as_str(), change.revision) {
+                ("client", _) => {
                     clients.insert(change.name.clone());
                 }
-                "status" => {
-                    statuses.insert(change.name.clone());
+                ("status", Some(revision)) => {
+                    let latest = revisions.entry(change.name.clone()).or_default();
+                    *latest = (*latest).max(revision);
                 }
-                "wake" => wakes.push(change.name.clone()),
+                ("status", None) => {
+                    unknown.insert(change.name.clone());
+                }
+                ("wake", _) => wakes.push(change.name.clone()),
                 _ => {}
             }
         }
-        // A status change needs only the desired revision: the database reads it out of the
-        // status, and nothing else of the client travels (a push to a whole fleet is a status
-        // change of every client).
-        let statuses: Vec<String> = statuses
+        let unknown: Vec<String> = unknown
             .into_iter()
             .filter(|name| !clients.contains(name))
             .collect();
-        for (name, revision) in follower.store.desired_revisions(&statuses)? {
+        revisions.extend(follower.store.desired_revisions(&unknown)?);
+        // A client read whole below needs no revision of its own.
+        revisions.retain(|name, _| !clients.contains(name));
+        for (name, revision) in revisions {
             match follower.fleet.get(&name) {
                 Some(slot) => {
                     if revision > slot.revision.get() {

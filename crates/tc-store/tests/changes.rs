@@ -140,6 +140,22 @@ fn every_client_object_and_setting_write_records_its_changes_in_commit_order() {
         pair("wake", "gamma"),
     ];
     assert_eq!(kinds_and_names(&store, 0), expected);
+    // A status change carries the desired revision it recorded; no other kind has one.
+    let revisions: Vec<(String, Option<u64>)> = store
+        .changes_after(0, 1000)
+        .unwrap()
+        .changes
+        .into_iter()
+        .filter(|change| change.revision.is_some() || change.kind == "status")
+        .map(|change| (change.name, change.revision))
+        .collect();
+    assert_eq!(
+        revisions,
+        [
+            ("beta".to_string(), Some(0)),
+            ("gamma".to_string(), Some(0))
+        ]
+    );
 
     // Numbers grow; the latest is the last one; reading after a number gives what follows it,
     // a limit the oldest first.
@@ -313,7 +329,8 @@ fn pruned_changes_make_readers_behind_them_resync() {
         vec![Change {
             seq: page.latest,
             kind: "setting".into(),
-            name: "c".into()
+            name: "c".into(),
+            revision: None,
         }]
     );
 }
@@ -483,12 +500,21 @@ fn followers_read_the_clients_and_desired_revisions_a_page_names_in_one_go() {
         desired_revision: 7,
         ..ClientStatus::default()
     };
+    let before = store.latest_change().unwrap();
     store
         .put_client_status(vec![ClientStatusEntry {
             name: "beta".into(),
             status,
         }])
         .unwrap();
+    // The change itself says which revision beta was given.
+    let page = store.changes_after(before, 10).unwrap();
+    let recorded: Vec<(&str, &str, Option<u64>)> = page
+        .changes
+        .iter()
+        .map(|c| (c.kind.as_str(), c.name.as_str(), c.revision))
+        .collect();
+    assert_eq!(recorded, [("status", "beta", Some(7))]);
     let names = ["beta", "ghost", "alpha"].map(String::from);
     let clients = store.clients_named(&names).unwrap();
     let found: Vec<(&str, u64)> = clients

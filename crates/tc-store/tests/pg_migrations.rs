@@ -17,14 +17,14 @@ fn migrations_are_applied_once_and_recorded() {
             &url,
             "SELECT version, name FROM schema_migrations ORDER BY version"
         ),
-        "1|initial\n2|blobs\n3|leader\n4|changes\n5|room_for_updates"
+        "1|initial\n2|blobs\n3|leader\n4|changes\n5|room_for_updates\n6|change_revisions"
     );
     // Opening again applies nothing and keeps the data.
     let store = PgStore::connect(&url).unwrap();
     assert_eq!(store.get_setting("k").unwrap().as_deref(), Some("v"));
     assert_eq!(
         server.psql(&url, "SELECT count(*) FROM schema_migrations"),
-        "5"
+        "6"
     );
     // The often rewritten tables leave room on their pages for the next version of a row.
     assert_eq!(
@@ -58,7 +58,7 @@ fn a_database_of_the_first_schema_gets_the_blob_tables() {
     assert_eq!(store.blob_size(&"a".repeat(64)).unwrap(), None);
     assert_eq!(
         server.psql(&url, "SELECT max(version) FROM schema_migrations"),
-        "5"
+        "6"
     );
     // The change feed starts empty and records the writes after the upgrade.
     assert_eq!(store.latest_change().unwrap(), 0);

@@ -58,6 +58,10 @@ pub struct Change {
     /// Which one: the client's name, `Kind/name` of an object, the setting's key, or an
     /// announced name.
     pub name: String,
+    /// Of a `"status"` change: the client's desired revision as the change recorded it (none
+    /// for changes recorded before the store kept it; [`PgStore::desired_revisions`] reads it
+    /// then). None for other kinds.
+    pub revision: Option<u64>,
 }
 
 /// What [`PgStore::changes_after`] found.
@@ -82,20 +86,43 @@ pub(super) fn record<S: AsRef<str>>(
     kind: &str,
     names: &[S],
 ) -> Result<()> {
+    let names: Vec<&str> = names.iter().map(AsRef::as_ref).collect();
+    insert(txn, kind, &names, None)
+}
+
+/// Records a [`STATUS`] change for each of `names`, with the desired revision each was given
+/// (`revisions`, in the same order), as [`record`] does.
+pub(super) fn record_statuses(
+    txn: &mut Transaction<'_>,
+    names: &[&str],
+    revisions: &[i64],
+) -> Result<()> {
+    insert(txn, STATUS, names, Some(revisions))
+}
+
+fn insert(
+    txn: &mut Transaction<'_>,
+    kind: &str,
+    names: &[&str],
+    revisions: Option<&[i64]>,
+) -> Result<()> {
     if names.is_empty() {
         return Ok(());
     }
-    let names: Vec<&str> = names.iter().map(AsRef::as_ref).collect();
     txn.execute("SELECT pg_advisory_xact_lock($1)", &[&CHANGES_LOCK])
         .map_err(db("lock the change feed"))?;
+    // unnest pads the shorter array with NULLs: no revisions, NULL revisions.
+    let revisions = revisions.unwrap_or(&[]);
     txn.execute(
         "WITH recorded AS (
-             INSERT INTO changes (kind, name)
-             SELECT $1::text, n FROM unnest($2::text[]) WITH ORDINALITY AS u (n, i) ORDER BY i
+             INSERT INTO changes (kind, name, revision)
+             SELECT $1::text, n, r
+             FROM unnest($2::text[], $4::bigint[]) WITH ORDINALITY AS u (n, r, i)
+             WHERE n IS NOT NULL ORDER BY i
              RETURNING 1
          )
          SELECT pg_notify($3, '')",
-        &[&kind, &names, &CHANNEL],
+        &[&kind, &names, &CHANNEL, &revisions],
     )
     .map_err(db(format_args!("record {kind} changes")))?;
     Ok(())
@@ -156,7 +183,8 @@ impl PgStore {
         self.txn("read changes", move |txn| {
             let rows = txn
                 .query(
-                    "SELECT seq, kind, name FROM changes WHERE seq > $1 ORDER BY seq LIMIT $2",
+                    "SELECT seq, kind, name, revision FROM changes
+                     WHERE seq > $1 ORDER BY seq LIMIT $2",
                     &[&after_db, &limit],
                 )
                 .map_err(db("read changes"))?;
@@ -167,6 +195,10 @@ impl PgStore {
                         seq: uint("changes/seq", row.get(0))?,
                         kind: row.get(1),
                         name: row.get(2),
+                        revision: row
+                            .get::<_, Option<i64>>(3)
+                            .map(|revision| uint("changes/revision", revision))
+                            .transpose()?,
                     })
                 })
                 .collect::<Result<Vec<_>>>()?;

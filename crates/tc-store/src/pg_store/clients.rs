@@ -523,12 +523,14 @@ pub(super) fn record_statuses(
     let (mut inventory_names, mut inventories) = (Vec::new(), Vec::new());
     let (mut live_names, mut live_at, mut live_loads) = (Vec::new(), Vec::new(), Vec::new());
     let mut status_names = Vec::with_capacity(recorded.len());
+    let mut revisions = Vec::with_capacity(recorded.len());
     for entry in entries
         .iter()
         .filter(|entry| recorded.contains(&entry.name))
     {
         let (name, status) = (entry.name.as_str(), &entry.status);
         status_names.push(name);
+        revisions.push(int("desired revision", status.desired_revision)?);
         if let Some(inventory) = &status.inventory {
             inventory_names.push(name);
             inventories.push(encode(format_args!("client_inventory/{name}"), inventory)?);
@@ -571,7 +573,7 @@ pub(super) fn record_statuses(
         )
         .map_err(db("write client_liveness"))?;
     }
-    changes::record(txn, changes::STATUS, &status_names)?;
+    changes::record_statuses(txn, &status_names, &revisions)?;
     Ok(status_names.len())
 }
 

@@ -41,6 +41,11 @@ pub(super) const MIGRATIONS: &[Migration] = &[
         name: "room_for_updates",
         sql: include_str!("migrations/0005_room_for_updates.sql"),
     },
+    Migration {
+        version: 6,
+        name: "change_revisions",
+        sql: include_str!("migrations/0006_change_revisions.sql"),
+    },
 ];
 
 /// An arbitrary constant identifying the store's migration lock among advisory locks.
