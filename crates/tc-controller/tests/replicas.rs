@@ -47,7 +47,12 @@ impl Replica {
         let child = Command::new(env!("CARGO_BIN_EXE_tc-controller"))
             .args(["--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
             .arg(data)
-            .args(["--no-manifests", "--store", url, "--replica-name", name])
+            .args(if args.contains(&"--manifests") {
+                &[][..]
+            } else {
+                &["--no-manifests"][..]
+            })
+            .args(["--store", url, "--replica-name", name])
             .args(args)
             .env("RUST_LOG", "info")
             .stdout(file.try_clone().unwrap())
@@ -758,4 +763,94 @@ async fn replicas_reach_a_database_that_requires_tls() {
     let mut c = Replica::start(&url, &data_c, "c");
     assert!(!c.wait_exit().success());
     assert!(c.log().contains("no encryption"), "{}", c.log());
+}
+
+/// The watched directory is the leader's: with the same directory on two replicas, the leader
+/// applies it and the follower does not (it writes nothing of its own); when the leader is
+/// killed, the replica that takes over applies the directory as it is then, a change made while
+/// no one led included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_alone_applies_the_watched_directory_and_a_new_leader_takes_it_over() {
+    tc_controller::install_crypto_provider();
+    let server = tokio::task::spawn_blocking(TestPostgres::start)
+        .await
+        .unwrap();
+    let url = server.create_database();
+    let temp = tempfile::tempdir().unwrap();
+    let manifests = temp.path().join("manifests");
+    std::fs::create_dir_all(&manifests).unwrap();
+    std::fs::write(manifests.join("front-desk.yaml"), GROUP).unwrap();
+    let dir = manifests.to_str().unwrap();
+    let (data_a, data_b) = (temp.path().join("a"), temp.path().join("b"));
+    let mut a = Replica::start_with(&url, &data_a, "a", &["--manifests", dir]);
+    let http = client_trusting_its_ca(&data_a, Duration::from_secs(10)).await;
+    a.wait_ready(&http).await;
+    a.wait_log("manifest directory applied");
+    copy_shared_files(&data_a, &data_b);
+    let b = Replica::start_with(&url, &data_b, "b", &["--manifests", dir]);
+    b.wait_log("this one follows and serves");
+    b.wait_ready(&http).await;
+    let admin = |replica: &Replica| Api {
+        base: replica.base.clone(),
+        token: read(&data_a.join("admin.token")),
+        http: http.clone(),
+    };
+    let group = |api: Api, name: &'static str| async move {
+        api.get(&format!("/apis/thinfleet.io/v1/clientgroups/{name}"))
+            .await
+    };
+    let (status, front) = group(admin(&b), "front-desk").await;
+    assert_eq!(status, StatusCode::OK, "{front}");
+
+    // A change to the directory is applied once, by the leader.
+    std::fs::write(
+        manifests.join("lobby.yaml"),
+        GROUP.replace("front-desk", "lobby"),
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while group(admin(&b), "lobby").await.0 != StatusCode::OK {
+        assert!(
+            Instant::now() < deadline,
+            "lobby never applied:\n{}",
+            a.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        !b.log().contains("manifest directory applied"),
+        "the follower applied the directory:\n{}",
+        b.log()
+    );
+
+    // With the leader gone, a change waits for the next leader, which applies it.
+    a.signal("-KILL");
+    a.wait_exit();
+    std::fs::write(
+        manifests.join("kiosks.yaml"),
+        GROUP.replace("front-desk", "kiosks"),
+    )
+    .unwrap();
+    std::fs::remove_file(manifests.join("lobby.yaml")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let kiosks = group(admin(&b), "kiosks").await.0;
+        let lobby = group(admin(&b), "lobby").await.0;
+        if kiosks == StatusCode::OK && lobby == StatusCode::NOT_FOUND {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the new leader did not apply the directory (kiosks {kiosks}, lobby {lobby}):\n{}",
+            b.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        b.log().contains("manifest directory applied"),
+        "{}",
+        b.log()
+    );
+    let (status, front) = group(admin(&b), "front-desk").await;
+    assert_eq!(status, StatusCode::OK, "{front}");
 }
