@@ -508,20 +508,7 @@ pub fn answer_error_message(status: StatusCode, body: &[u8]) -> String {
     }
 }
 
-/// An error with its causes, which reqwest keeps out of its `Display`.
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
-}
+pub use tc_proto::error_chain;
 
 fn truncate(path: &Path) -> io::Result<()> {
     match fs::remove_file(path) {

@@ -171,11 +171,7 @@ impl Cluster {
     }
 
     fn admin(&self, replica: &Replica) -> Api {
-        Api {
-            base: replica.base.clone(),
-            token: read(&self.data("a").join("admin.token")),
-            http: self.http.clone(),
-        }
+        admin_of(&self.data("a"), replica, &self.http)
     }
 }
 
@@ -689,6 +685,34 @@ async fn every_replica_serves_and_a_change_through_any_wakes_long_polls_on_all()
     .await;
 }
 
+/// Starts replica `a` on `url` in `temp/a` and, once it serves, replica `b` in `temp/b` with a's
+/// shared files, `args` added to both; returns once b follows and serves, with a client that
+/// trusts their CA.
+async fn two_replicas(
+    url: &str,
+    temp: &Path,
+    args: &[&str],
+) -> (Replica, Replica, reqwest::Client) {
+    let (data_a, data_b) = (temp.join("a"), temp.join("b"));
+    let a = Replica::start_with(url, &data_a, "a", args);
+    let http = client_trusting_its_ca(&data_a, Duration::from_secs(10)).await;
+    a.wait_ready(&http).await;
+    copy_shared_files(&data_a, &data_b);
+    let b = Replica::start_with(url, &data_b, "b", args);
+    b.wait_log("this one follows and serves");
+    b.wait_ready(&http).await;
+    (a, b, http)
+}
+
+/// The admin API on `replica`, with the admin token of the replicas' shared files in `data`.
+fn admin_of(data: &Path, replica: &Replica, http: &reqwest::Client) -> Api {
+    Api {
+        base: replica.base.clone(),
+        token: read(&data.join("admin.token")),
+        http: http.clone(),
+    }
+}
+
 /// Replicas on a database server that takes TLS connections only: given the CA that signed the
 /// server's certificate, every connection of the leader and of a follower (the pool's, the
 /// change feed's listener) is encrypted, and the replicas work as over plain text; a replica
@@ -711,26 +735,16 @@ async fn replicas_reach_a_database_that_requires_tls() {
     );
     let ca = ca_file.to_str().unwrap();
     let temp = tempfile::tempdir().unwrap();
-    let (data_a, data_b) = (temp.path().join("a"), temp.path().join("b"));
-    let a = Replica::start_with(&by_name, &data_a, "a", &["--store-ca-file", ca]);
-    let http = client_trusting_its_ca(&data_a, Duration::from_secs(10)).await;
-    a.wait_ready(&http).await;
+    let (a, b, http) = two_replicas(&by_name, temp.path(), &["--store-ca-file", ca]).await;
     assert!(
         a.log()
             .contains("use TLS; the server's certificate is verified"),
         "{}",
         a.log()
     );
-    copy_shared_files(&data_a, &data_b);
-    let b = Replica::start_with(&by_name, &data_b, "b", &["--store-ca-file", ca]);
-    b.wait_log("this one follows and serves");
-    b.wait_ready(&http).await;
+    let data_a = temp.path().join("a");
     // A write through the follower reaches the leader, and the follower hears of it.
-    let admin = |replica: &Replica| Api {
-        base: replica.base.clone(),
-        token: read(&data_a.join("admin.token")),
-        http: http.clone(),
-    };
+    let admin = |replica: &Replica| admin_of(&data_a, replica, &http);
     let (status, result) = admin(&b).apply(GROUP, "").await;
     assert_eq!(status, StatusCode::OK, "{result}");
     let (status, group) = admin(&a)
@@ -781,20 +795,10 @@ async fn the_leader_alone_applies_the_watched_directory_and_a_new_leader_takes_i
     std::fs::create_dir_all(&manifests).unwrap();
     std::fs::write(manifests.join("front-desk.yaml"), GROUP).unwrap();
     let dir = manifests.to_str().unwrap();
-    let (data_a, data_b) = (temp.path().join("a"), temp.path().join("b"));
-    let mut a = Replica::start_with(&url, &data_a, "a", &["--manifests", dir]);
-    let http = client_trusting_its_ca(&data_a, Duration::from_secs(10)).await;
-    a.wait_ready(&http).await;
+    let (mut a, b, http) = two_replicas(&url, temp.path(), &["--manifests", dir]).await;
     a.wait_log("manifest directory applied");
-    copy_shared_files(&data_a, &data_b);
-    let b = Replica::start_with(&url, &data_b, "b", &["--manifests", dir]);
-    b.wait_log("this one follows and serves");
-    b.wait_ready(&http).await;
-    let admin = |replica: &Replica| Api {
-        base: replica.base.clone(),
-        token: read(&data_a.join("admin.token")),
-        http: http.clone(),
-    };
+    let data_a = temp.path().join("a");
+    let admin = |replica: &Replica| admin_of(&data_a, replica, &http);
     let group = |api: Api, name: &'static str| async move {
         api.get(&format!("/apis/thinfleet.io/v1/clientgroups/{name}"))
             .await

@@ -681,6 +681,23 @@ pub const REASON_DENIED: &str = "Denied";
 /// `reason` of a 403 refusing an enrolment of a decommissioned machine.
 pub const REASON_DECOMMISSIONED: &str = "Decommissioned";
 
+/// An error with its causes, for a message: HTTP and database clients keep the cause (a timeout,
+/// a certificate that does not verify) out of their own `Display`. A cause whose text the message
+/// already holds is not repeated.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 /// A stable hash of an inventory: FNV-1a over its canonical JSON-free field walk, in hex.
 ///
 /// Uses a fixed algorithm (not `std`'s randomly seeded hasher) so agent and controller agree across

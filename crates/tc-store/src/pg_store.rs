@@ -79,22 +79,6 @@ fn db(what: impl std::fmt::Display) -> impl FnOnce(postgres::Error) -> StoreErro
 /// [`StoreError::Unavailable`] when `error` says the server cannot be reached or is going away
 /// (a closed connection, an I/O error, SQLSTATE class 08 or 57P, too many connections), so that
 /// the caller can answer "try again"; [`StoreError::Database`] otherwise.
-/// `error` with what caused it: the driver says "error performing TLS handshake" and keeps why
-/// (an unknown issuer, a name the certificate does not cover) in its source.
-fn described(error: &postgres::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
-}
-
 fn classify(message: String, error: &postgres::Error) -> StoreError {
     use std::error::Error as _;
     let unavailable = error.is_closed()

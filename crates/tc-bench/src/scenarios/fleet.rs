@@ -69,10 +69,12 @@ pub async fn run(args: FleetArgs) -> Result<Report, String> {
     let started = Instant::now();
     let window = seconds(args.duration);
     let mut peak_rss = 0;
+    let mut peak_follower_rss = 0;
     while started.elapsed() < window {
         let left = window.saturating_sub(started.elapsed());
         tokio::time::sleep(left.min(Duration::from_secs(2))).await;
         peak_rss = peak_rss.max(controller.server.figures().rss_bytes);
+        peak_follower_rss = peak_follower_rss.max(controller.largest_follower_rss_bytes());
     }
     let elapsed = started.elapsed();
     let latency = sim.take_latencies();
@@ -239,6 +241,13 @@ pub async fn run(args: FleetArgs) -> Result<Report, String> {
     );
     report.number("controller_cpu_cores", "controller CPU", cpu, 2, "cores");
     if replicas > 1 {
+        report.number(
+            "follower_rss_mib",
+            "a follower's RSS (the largest, peak in window)",
+            mib(peak_follower_rss),
+            1,
+            "MiB",
+        );
         report.number(
             "followers_cpu_cores",
             "the followers' CPU, together",

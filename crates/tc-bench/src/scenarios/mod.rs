@@ -170,6 +170,15 @@ impl RunningController {
         self.followers.iter().map(|f| f.figures().cpu_seconds).sum()
     }
 
+    /// The resident memory of the largest follower now (0 without followers).
+    pub fn largest_follower_rss_bytes(&self) -> u64 {
+        self.followers
+            .iter()
+            .map(|f| f.figures().rss_bytes)
+            .max()
+            .unwrap_or(0)
+    }
+
     /// Stops the followers, then the leader.
     pub async fn stop(self) -> Result<(), String> {
         for follower in self.followers {

@@ -9,6 +9,7 @@ use std::sync::Mutex;
 use axum::http::StatusCode;
 use futures_util::StreamExt;
 use tc_api::{ArtifactStatus, Cause, Object, SourcedObject};
+use tc_proto::error_chain;
 
 use super::{ApplyRequest, ArtifactPaths};
 use crate::Controller;
@@ -388,20 +389,6 @@ impl Controller {
             .await
             .map_err(|e| e.to_string())
     }
-}
-
-/// An error with its causes (reqwest keeps the cause, a timeout say, out of its message).
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let message = cause.to_string();
-        if !text.contains(&message) {
-            text = format!("{text}: {message}");
-        }
-        source = cause.source();
-    }
-    text
 }
 
 /// `path` relative to the directory of `manifest` (absolute paths stay as they are).

@@ -324,7 +324,7 @@ impl ChangeListener {
                     .connect()
                     .map_err(|e| {
                         classify(
-                            format!("listen for changes: connect: {}", super::described(&e)),
+                            format!("listen for changes: connect: {}", tc_proto::error_chain(&e)),
                             &e,
                         )
                     })

@@ -118,7 +118,7 @@ impl Drop for Pool {
 fn connect(connector: &Connector) -> Result<Client> {
     connector.connect().map_err(|e| {
         super::classify(
-            format!("connect to PostgreSQL: {}", super::described(&e)),
+            format!("connect to PostgreSQL: {}", tc_proto::error_chain(&e)),
             &e,
         )
     })
