@@ -102,19 +102,30 @@ struct DesiredAnswer<'a> {
 
 /// A JSON response from a value that borrows (axum's `Json` needs an owned one).
 fn json_response(value: &impl Serialize) -> Response {
-    // Room for a typical answer, so that writing it does not grow the buffer step by step.
-    let mut body = Vec::with_capacity(1024);
-    match serde_json::to_writer(&mut body, value) {
-        Ok(()) => (
-            [(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            )],
-            body,
-        )
-            .into_response(),
+    match json_bytes(value) {
+        Ok(body) => json_body(body),
         Err(error) => ApiError::internal(error).into_response(),
     }
+}
+
+/// `value` as JSON.
+fn json_bytes(value: &impl Serialize) -> serde_json::Result<Vec<u8>> {
+    // Room for a typical answer, so that writing it does not grow the buffer step by step.
+    let mut body = Vec::with_capacity(1024);
+    serde_json::to_writer(&mut body, value)?;
+    Ok(body)
+}
+
+/// A response carrying `body`, JSON already.
+fn json_body(body: Vec<u8>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response()
 }
 
 /// `POST /agent/v1/heartbeat`.
@@ -379,17 +390,9 @@ pub async fn desired(
         let waiting = slot.revision.wait_newer_or(after, closing, wanted);
         let _ = tokio::time::timeout(wait, waiting).await;
     }
-    match desired_answer(&controller, &slot, after) {
-        Ok(body) => Ok((
-            [(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            )],
-            body,
-        )
-            .into_response()),
-        Err(error) => Err(ApiError::internal(error)),
-    }
+    desired_answer(&controller, &slot, after)
+        .map(json_body)
+        .map_err(ApiError::internal)
 }
 
 /// The JSON answer of a long-poll after `after` for `slot`, as it stands now (also what the
@@ -400,22 +403,17 @@ pub fn desired_answer(
     after: u64,
 ) -> serde_json::Result<Vec<u8>> {
     let served = slot.state.lock().expect("client lock").served.clone();
-    let mut body = Vec::with_capacity(1024);
-    serde_json::to_writer(
-        &mut body,
-        &DesiredAnswer {
-            changed: served.revision > after,
-            desired: served.view(),
-            // Asked once; an agent that predates load histories just polls again.
-            send_history: slot.take_history_request(),
-            // Every open order, until the agent reports it started.
-            tasks: {
-                slot.take_task_offer();
-                controller.tasks.orders_for(&slot.name)
-            },
+    json_bytes(&DesiredAnswer {
+        changed: served.revision > after,
+        desired: served.view(),
+        // Asked once; an agent that predates load histories just polls again.
+        send_history: slot.take_history_request(),
+        // Every open order, until the agent reports it started.
+        tasks: {
+            slot.take_task_offer();
+            controller.tasks.orders_for(&slot.name)
         },
-    )?;
-    Ok(body)
+    })
 }
 
 #[cfg(test)]

@@ -101,15 +101,7 @@ impl SessionKey {
     /// A tag vouching for `text` between replicas that share this key: the address of the
     /// agent or admin a follower forwards a request for (see [`crate::follower`]). Hex.
     pub fn vouch(&self, purpose: &str, text: &str) -> String {
-        let mut bytes = Vec::with_capacity(purpose.len() + 1 + text.len());
-        bytes.extend_from_slice(purpose.as_bytes());
-        bytes.push(0);
-        bytes.extend_from_slice(text.as_bytes());
-        hmac::sign(&self.key, &bytes)
-            .as_ref()
-            .iter()
-            .map(|byte| format!("{byte:02x}"))
-            .collect()
+        crate::tokens::hex(hmac::sign(&self.key, &vouched(purpose, text)).as_ref())
     }
 
     /// Whether `tag` is [`SessionKey::vouch`]'s for `purpose` and `text` (compared in constant
@@ -125,11 +117,7 @@ impl SessionKey {
         else {
             return false;
         };
-        let mut bytes = Vec::with_capacity(purpose.len() + 1 + text.len());
-        bytes.extend_from_slice(purpose.as_bytes());
-        bytes.push(0);
-        bytes.extend_from_slice(text.as_bytes());
-        hmac::verify(&self.key, &bytes, &tag).is_ok()
+        hmac::verify(&self.key, &vouched(purpose, text), &tag).is_ok()
     }
 
     /// A session token for a client.
@@ -266,6 +254,15 @@ pub enum SignatureError {
     /// The signature was not made with the key's private key over this message.
     #[error("the signature does not match the public key: the agent does not hold that key")]
     Mismatch,
+}
+
+/// What [`SessionKey::vouch`] signs: the purpose, a zero byte, the text.
+fn vouched(purpose: &str, text: &str) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(purpose.len() + 1 + text.len());
+    bytes.extend_from_slice(purpose.as_bytes());
+    bytes.push(0);
+    bytes.extend_from_slice(text.as_bytes());
+    bytes
 }
 
 #[cfg(test)]
